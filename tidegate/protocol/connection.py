@@ -1,0 +1,321 @@
+"""The sans-I/O connection: WebSocket message payloads in, events out; messages in, payloads out.
+
+One protocol message travels in one WebSocket message. The WebSocket framing itself belongs to
+the I/O shell (the server's ASGI handler, or :mod:`tidegate.protocol.client`); this class holds
+everything else: decoding, validation, the session state machine, envelope numbering, ping
+answers, upload credit and the limits on what it accepts. Time is always an argument.
+
+Server role::
+
+    conn = Connection(Role.SERVER, encoding="cbor")
+    conn.receive_data(payload, now_ms)   # a WebSocket message from the client
+    for event in conn.events_received(): # client messages, or BadInput
+        ...
+    conn.send(SessionCreated(...), now_ms)
+    for payload in conn.data_to_send():  # bytes (binary message) or str (text message)
+        ...
+
+Bad input never raises out of :meth:`receive_data`: it becomes a :class:`BadInput` event and,
+in the server role, an ``error`` reply queued in :meth:`data_to_send`. After
+``max_bad_messages`` bad messages in a row the connection fails with close code 4400.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Codec, get_codec
+from .errors import (
+    CloseCode,
+    ErrorCode,
+    FlowViolationError,
+    LocalProtocolError,
+    MessageTooLargeError,
+    ProtocolError,
+    RemoteProtocolError,
+    UnexpectedMessageError,
+)
+from .flow import Credits
+from .messages import (
+    UPLOAD_TYPES,
+    ClientMessage,
+    Direction,
+    Error,
+    FlowCredit,
+    Message,
+    Ping,
+    Pong,
+    ServerMessage,
+    SessionClose,
+    SessionClosed,
+    SessionCreate,
+    SessionCreated,
+    parse_message,
+)
+from .schema import MAX_DEPTH, MAX_LIST_ITEMS, MAX_MESSAGE_BYTES, MAX_STRING_CHARS, Limits
+
+MAX_BAD_MESSAGES = 16
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    AWAITING_SESSION = "awaiting_session"  # connected; no session yet
+    OPEN = "open"  # a session is attached
+    CLOSING = "closing"  # session.close sent/received; waiting for session.closed
+    CLOSED = "closed"  # nothing more is sent or accepted
+
+
+@dataclass(frozen=True, slots=True)
+class BadInput:
+    """The peer sent something we refused. ``fatal`` means the connection has failed."""
+
+    error: RemoteProtocolError
+    fatal: bool = False
+
+
+Event = Message | BadInput
+
+
+@dataclass(slots=True)
+class ConnectionStats:
+    received: int = 0
+    received_bytes: int = 0
+    sent: int = 0
+    sent_bytes: int = 0
+    bad: int = 0
+    pings: int = 0
+
+
+class Connection:
+    """The protocol state of one control-channel connection (either role)."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        encoding: str = "cbor",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_depth: int = MAX_DEPTH,
+        max_string_chars: int = MAX_STRING_CHARS,
+        max_list_items: int = MAX_LIST_ITEMS,
+        max_bad_messages: int = MAX_BAD_MESSAGES,
+    ) -> None:
+        self.role = role
+        self.codec: Codec = get_codec(encoding)
+        self.limits = Limits(
+            max_message_bytes=max_message_bytes,
+            max_depth=max_depth,
+            max_string_chars=max_string_chars,
+            max_list_items=max_list_items,
+        )
+        self.max_bad_messages = max_bad_messages
+        self.state = State.AWAITING_SESSION
+        self.session_id: str | None = None
+        self.credits = Credits()
+        self.stats = ConnectionStats()
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+        self._seq = 0  # last seq sent (server) or received (client)
+        self._bad_in_a_row = 0
+        self._create_sent = False
+        self._events: list[Event] = []
+        self._outgoing: list[bytes | str] = []
+        self._peer_direction = Direction.CLIENT if role is Role.SERVER else Direction.SERVER
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | str, now_ms: float) -> None:
+        """Feed one WebSocket message payload received from the peer."""
+        if self.state is State.CLOSED:
+            return
+        self.stats.received += 1
+        self.stats.received_bytes += len(data)
+        try:
+            if len(data) > self.limits.max_message_bytes:
+                raise MessageTooLargeError(
+                    f"message of {len(data)} bytes exceeds the limit of "
+                    f"{self.limits.max_message_bytes} bytes"
+                )
+            obj = self.codec.decode(data)
+            msg = parse_message(
+                obj,
+                self._peer_direction,
+                limits=self.limits,
+                strict=self.role is Role.SERVER,
+                binary_decoder=self.codec.binary_decoder,
+            )
+            if self.role is Role.SERVER:
+                self._server_receive(msg, now_ms)  # type: ignore[arg-type]
+            else:
+                self._client_receive(msg)  # type: ignore[arg-type]
+        except RemoteProtocolError as e:
+            self._bad_input(e, now_ms)
+            return
+        self._bad_in_a_row = 0
+
+    def _server_receive(self, msg: ClientMessage, now_ms: float) -> None:
+        if type(msg) is Ping:
+            self.stats.pings += 1
+            self.send(Pong(t_client=msg.t_client, t_server=now_ms, ref=msg.id), now_ms)
+            return
+        state = self.state
+        if state is State.AWAITING_SESSION:
+            if type(msg) is not SessionCreate:
+                raise UnexpectedMessageError(
+                    f"{msg.TYPE} before a session exists; send session.create first", ref=msg.id
+                )
+        elif state is State.OPEN:
+            if type(msg) is SessionCreate:
+                raise UnexpectedMessageError(
+                    "a session is already open on this connection; use session.update to change it",
+                    ref=msg.id,
+                )
+            if msg.TYPE in UPLOAD_TYPES:
+                size = _upload_size(msg)
+                if not self.credits.try_consume(size):
+                    raise FlowViolationError(
+                        f"{msg.TYPE} of {size} bytes without enough credit "
+                        f"({self.credits.messages} messages, {self.credits.bytes} bytes left); "
+                        "wait for flow.credit",
+                        ref=msg.id,
+                    )
+            elif type(msg) is SessionClose:
+                self.state = State.CLOSING
+        else:  # CLOSING
+            raise UnexpectedMessageError(
+                f"{msg.TYPE} after session.close; the session is closing", ref=msg.id
+            )
+        self._events.append(msg)
+
+    def _client_receive(self, msg: ServerMessage) -> None:
+        if msg.seq <= self._seq:
+            raise RemoteProtocolError(
+                f"{msg.TYPE}: seq {msg.seq} does not follow the previous seq {self._seq}"
+            )
+        self._seq = msg.seq
+        kind = type(msg)
+        if kind is FlowCredit:
+            self.credits.grant(msg.messages, msg.bytes)  # type: ignore[attr-defined]
+        elif kind is SessionCreated:
+            self.state = State.OPEN
+            self.session_id = msg.session_id  # type: ignore[attr-defined]
+        elif kind is SessionClosed:
+            self.state = State.CLOSED
+            self.close_code = CloseCode.NORMAL
+        self._events.append(msg)
+
+    def _bad_input(self, error: RemoteProtocolError, now_ms: float) -> None:
+        self.stats.bad += 1
+        self._bad_in_a_row += 1
+        fatal = self._bad_in_a_row >= self.max_bad_messages
+        if self.role is Role.SERVER:
+            self.send(Error(code=error.code.value, message=error.message, ref=error.ref), now_ms)
+        if fatal:
+            self.fail(
+                CloseCode.PROTOCOL_VIOLATION,
+                f"{self._bad_in_a_row} invalid messages in a row",
+            )
+        self._events.append(BadInput(error, fatal))
+
+    def events_received(self) -> list[Event]:
+        """Take the events produced since the last call, in order."""
+        events = self._events
+        self._events = []
+        return events
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, msg: Message, now_ms: float) -> None:
+        """Encode a message for the peer; payloads come out of :meth:`data_to_send`."""
+        if self.state is State.CLOSED:
+            raise LocalProtocolError(f"cannot send {msg.TYPE}: the connection is closed")
+        if self.role is Role.SERVER:
+            if not isinstance(msg, ServerMessage):
+                raise LocalProtocolError(f"a server cannot send the client message {msg.TYPE}")
+            kind = type(msg)
+            if kind is SessionCreated:
+                if self.state is not State.AWAITING_SESSION:
+                    raise LocalProtocolError("session.created sent twice on one connection")
+                self.state = State.OPEN
+                self.session_id = msg.session_id  # type: ignore[attr-defined]
+            elif kind is FlowCredit:
+                self.credits.grant(msg.messages, msg.bytes)  # type: ignore[attr-defined]
+            self._seq += 1
+            wire = msg.to_wire(self._seq, now_ms)
+            timing = wire.get("timing")
+            if timing is not None and "sent" not in timing:
+                timing["sent"] = now_ms
+            if kind is SessionClosed:
+                self.state = State.CLOSED
+                self.close_code = CloseCode.NORMAL
+        else:
+            if not isinstance(msg, ClientMessage):
+                raise LocalProtocolError(f"a client cannot send the server message {msg.TYPE}")
+            if type(msg) is SessionCreate:
+                if self._create_sent:
+                    raise LocalProtocolError("session.create sent twice on one connection")
+                self._create_sent = True
+            elif not self._create_sent and type(msg) is not Ping:
+                raise LocalProtocolError(f"send session.create before {msg.TYPE}")
+            elif msg.TYPE in UPLOAD_TYPES:
+                size = _upload_size(msg)
+                if not self.credits.try_consume(size):
+                    raise LocalProtocolError(
+                        f"{msg.TYPE} of {size} bytes exceeds the upload credit "
+                        f"({self.credits.messages} messages, {self.credits.bytes} bytes): "
+                        "wait for flow.credit"
+                    )
+            elif type(msg) is SessionClose:
+                self.state = State.CLOSING
+            wire = msg.to_wire()
+        payload = self.codec.encode(wire)
+        self.stats.sent += 1
+        self.stats.sent_bytes += len(payload)
+        self._outgoing.append(payload)
+
+    def send_error(self, error: ProtocolError, now_ms: float) -> None:
+        """Send an ``error`` for a refusal decided outside the protocol (auth, limits)."""
+        code = error.code if isinstance(error, RemoteProtocolError) else ErrorCode.INTERNAL
+        text = error.message if isinstance(error, RemoteProtocolError) else "internal error"
+        self.send(Error(code=code.value, message=text, ref=error.ref), now_ms)
+
+    def data_to_send(self) -> list[bytes | str]:
+        """Take the payloads to send, in order: bytes go as binary messages, str as text."""
+        out = self._outgoing
+        self._outgoing = []
+        return out
+
+    def fail(self, code: CloseCode, reason: str) -> None:
+        """Give up on the connection: the shell should close the WebSocket with ``code``."""
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            self.close_code = code
+            self.close_reason = reason.encode()[:120].decode(errors="ignore")  # fits a close frame
+
+    def continue_seq(self, last_seq: int) -> None:
+        """Number this connection's messages after ``last_seq`` (a resumed session's seq
+        continues across connections). Server role, before ``session.created``."""
+        if self.role is not Role.SERVER or self.state is not State.AWAITING_SESSION:
+            raise LocalProtocolError(
+                "continue_seq is for a server connection before session.created"
+            )
+        self._seq = max(self._seq, last_seq)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+
+def _upload_size(msg: Any) -> int:
+    t = msg.TYPE
+    if t == "input.audio":
+        return len(msg.pcm)
+    if t == "input.frame":
+        return len(msg.image)
+    return 8 * len(msg.values)

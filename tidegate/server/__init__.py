@@ -1,0 +1,1 @@
+"""The starlette application: routes, authentication, sessions, configuration, the CLI."""

@@ -1,0 +1,54 @@
+"""The starlette application: health, readiness and the control channel."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from .control import control_endpoint
+from .runtime import Runtime
+from .settings import Settings
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process serves requests."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: start-up finished (engines loaded and warm) and not draining."""
+    runtime: Runtime = request.app.state.runtime
+    if runtime.ready and not runtime.draining:
+        return JSONResponse({"status": "ready", "sessions": len(runtime.registry)})
+    return JSONResponse(
+        {"status": "starting" if not runtime.draining else "draining"}, status_code=503
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.load()
+    runtime = Runtime(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            WebSocketRoute("/v1/control", control_endpoint),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

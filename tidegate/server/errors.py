@@ -1,0 +1,59 @@
+"""Exceptions of the server package. Each refusal maps to a wire error code."""
+
+from __future__ import annotations
+
+from tidegate.protocol import CloseCode, ErrorCode
+
+
+class ServerError(Exception):
+    """Root of every exception raised by ``tidegate.server``."""
+
+
+class ConfigError(ServerError):
+    """A setting has a value we cannot use; the message names it."""
+
+
+class RefusalError(ServerError):
+    """A request refused for a reason the client caused or must know about.
+
+    ``code`` travels in the ``error`` message; ``close_code`` is set when the refusal ends the
+    connection; ``retry_after_ms`` hints when trying again may succeed.
+    """
+
+    code: ErrorCode = ErrorCode.FORBIDDEN
+    close_code: CloseCode | None = None
+
+    def __init__(self, message: str, *, retry_after_ms: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class UnauthorizedError(RefusalError):
+    code = ErrorCode.UNAUTHORIZED
+    close_code = CloseCode.UNAUTHORIZED
+
+
+class ForbiddenError(RefusalError):
+    code = ErrorCode.FORBIDDEN
+    close_code = CloseCode.FORBIDDEN
+
+
+class NotFoundError(RefusalError):
+    code = ErrorCode.NOT_FOUND
+
+
+class UnsupportedError(RefusalError):
+    code = ErrorCode.UNSUPPORTED
+
+
+class InvalidConfigError(RefusalError):
+    code = ErrorCode.INVALID_FIELD
+
+
+class OverloadedError(RefusalError):
+    code = ErrorCode.OVERLOADED
+
+
+class RateLimitedError(RefusalError):
+    code = ErrorCode.RATE_LIMITED

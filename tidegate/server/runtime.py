@@ -1,0 +1,65 @@
+"""What one server process holds: settings, the token verifier, the sessions, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+from .auth import TokenVerifier
+from .session import SessionRegistry
+from .settings import Settings
+
+
+class Runtime:
+    """Shared state of the application, built at start-up and closed at shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifier = TokenVerifier.from_settings(settings)
+        self.registry = SessionRegistry(settings)
+        self.counters: Counter[str] = Counter()
+        self.ready = False
+        self.draining = False
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.draining = True
+        await self.registry.close_all()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client is told in ``session.created``."""
+        s = self.settings
+        return {
+            "max_message_bytes": s.max_message_bytes,
+            "max_string_chars": s.max_string_chars,
+            "max_depth": s.max_depth,
+            "outbox_max_messages": s.outbox_max_messages,
+            "upload_credit_messages": s.upload_credit_messages,
+            "upload_credit_bytes": s.upload_credit_bytes,
+            "session_resume_s": s.session_resume_s,
+        }
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Browsers send Origin; others usually do not. Unlisted origins must be same-origin."""
+        if origin is None:
+            return True
+        if origin in self.settings.allowed_origins or "*" in self.settings.allowed_origins:
+            return True
+        if self.settings.allowed_origins:
+            return False
+        return urlsplit(origin).netloc == (host or "")

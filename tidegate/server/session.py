@@ -1,0 +1,277 @@
+"""Sessions and the registry that holds them.
+
+A session belongs to a tenant and outlives its connection for ``session_resume_s``, so that a
+client that lost its WebSocket can resume it (``session.create`` with ``session_id``) and get
+the events queued meanwhile. What a session does with its input is its mode's business
+(:mod:`tidegate.server.modes`); the session owns the mode, the outbox, the upload credit it
+hands back, and every task it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from tidegate.protocol import ClientMessage, ServerMessage
+from tidegate.protocol.messages import FlowCredit, Metrics
+
+from .auth import Principal
+from .errors import ForbiddenError, NotFoundError, OverloadedError, RateLimitedError
+from .outbox import Outbox
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESUME_RETRY_AFTER_MS = 1_000.0
+
+
+class Attachment(Protocol):
+    """The connection a session is attached to (see :mod:`tidegate.server.control`)."""
+
+    def too_slow(self) -> None: ...
+
+    def superseded(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class Mode(Protocol):
+    """What a session does with its input. One implementation per session mode."""
+
+    name: str
+
+    async def handle(self, msg: ClientMessage) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class Session:
+    """One client session."""
+
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        config: dict[str, Any],
+        settings: Settings,
+    ) -> None:
+        self.id = session_id
+        self.principal = principal
+        self.config = config
+        self.settings = settings
+        self.outbox = Outbox(
+            max_messages=settings.outbox_max_messages, max_bytes=settings.outbox_max_bytes
+        )
+        self.mode: Mode | None = None
+        self.last_seq = 0
+        self.attachment: Attachment | None = None
+        self.detached_at: float | None = None
+        self.closed = False
+        self.dropped_while_detached = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._credit_messages = 0
+        self._credit_bytes = 0
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant
+
+    # -- events out -----------------------------------------------------------------------------
+
+    def emit(self, msg: ServerMessage) -> None:
+        """Queue an event for the client. Never blocks; a client too slow to take it is cut."""
+        if self.closed:
+            return
+        if not self.outbox.push(msg):
+            if self.attachment is not None:
+                self.attachment.too_slow()
+            else:
+                self.dropped_while_detached += 1
+
+    def return_credit(self, nbytes: int) -> None:
+        """An upload has been consumed: give its credit back (in batches of a quarter)."""
+        self._credit_messages += 1
+        self._credit_bytes += nbytes
+        s = self.settings
+        if (
+            self._credit_messages * 4 >= s.upload_credit_messages
+            or self._credit_bytes * 4 >= s.upload_credit_bytes
+        ):
+            self.emit(FlowCredit(messages=self._credit_messages, bytes=self._credit_bytes))
+            self._credit_messages = 0
+            self._credit_bytes = 0
+
+    def initial_credit(self) -> FlowCredit:
+        """The credit of a fresh connection: the full grant, less nothing outstanding."""
+        self._credit_messages = 0
+        self._credit_bytes = 0
+        return FlowCredit(
+            messages=self.settings.upload_credit_messages, bytes=self.settings.upload_credit_bytes
+        )
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a task owned by this session (cancelled when it closes)."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "session %s: task %s failed", self.id, task.get_name(), exc_info=task.exception()
+            )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def attach(self, attachment: Attachment) -> None:
+        old = self.attachment
+        self.attachment = attachment
+        self.detached_at = None
+        if old is not None and old is not attachment:
+            old.superseded()
+
+    def detach(self, attachment: Attachment, now_s: float) -> None:
+        if self.attachment is attachment:
+            self.attachment = None
+            self.detached_at = now_s
+
+    async def run_metrics(self, interval_s: float) -> None:
+        """Emit a ``metrics`` event every ``interval_s`` while attached."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.attachment is not None:
+                self.emit(Metrics(stats=self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "session_id": self.id,
+            "mode": self.mode.name if self.mode else None,
+            "outbox": self.outbox.buffer.stats.as_dict(),
+            "dropped_while_detached": self.dropped_while_detached,
+        }
+        if self.attachment is not None:
+            out["connection"] = self.attachment.stats()
+        if self.mode is not None:
+            out["lanes"] = self.mode.stats()
+        return out
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.mode is not None:
+            await self.mode.close()
+
+
+class SessionRegistry:
+    """The sessions this node holds, with per-node and per-tenant limits and expiry."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._per_tenant: dict[str, int] = {}
+        self.created = 0
+        self.resumed = 0
+        self.expired = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._sessions.values()))
+
+    def create(self, principal: Principal, config: dict[str, Any]) -> Session:
+        s = self.settings
+        if len(self._sessions) >= s.max_sessions:
+            self.refused += 1
+            raise OverloadedError(
+                f"this node holds {len(self._sessions)} sessions, its limit; try again later",
+                retry_after_ms=RESUME_RETRY_AFTER_MS,
+            )
+        held = self._per_tenant.get(principal.tenant, 0)
+        if held >= s.max_sessions_per_tenant:
+            self.refused += 1
+            raise RateLimitedError(
+                f"tenant holds {held} sessions, its quota on this node; close one first",
+                retry_after_ms=RESUME_RETRY_AFTER_MS,
+            )
+        session_id = "s_" + secrets.token_urlsafe(12)
+        session = Session(session_id, principal, config, s)
+        self._sessions[session_id] = session
+        self._per_tenant[principal.tenant] = held + 1
+        self.created += 1
+        return session
+
+    def resume(self, session_id: str, principal: Principal) -> Session:
+        session = self._sessions.get(session_id)
+        # Another tenant's session looks exactly like a missing one: no existence oracle.
+        if session is None or session.closed or session.tenant != principal.tenant:
+            raise NotFoundError(f"no session {session_id!r} to resume (closed, expired or unknown)")
+        if session.principal.subject != principal.subject and not principal.is_admin:
+            raise ForbiddenError("this session belongs to another subject of your tenant")
+        self.resumed += 1
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    async def remove(self, session: Session) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            n = self._per_tenant.get(session.tenant, 1) - 1
+            if n > 0:
+                self._per_tenant[session.tenant] = n
+            else:
+                self._per_tenant.pop(session.tenant, None)
+        await session.close()
+
+    async def expire(self) -> int:
+        """Close detached sessions whose resume window has passed; returns how many."""
+        now = self.clock()
+        window = self.settings.session_resume_s
+        stale = [
+            s
+            for s in self._sessions.values()
+            if s.attachment is None and s.detached_at is not None and now - s.detached_at >= window
+        ]
+        for session in stale:
+            await self.remove(session)
+        self.expired += len(stale)
+        return len(stale)
+
+    async def run_reaper(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.expire()
+            except Exception:  # never let the reaper die; log and go on
+                log.exception("session reaper failed")
+
+    async def close_all(self) -> None:
+        for session in list(self._sessions.values()):
+            await self.remove(session)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "sessions": len(self._sessions),
+            "attached": sum(1 for s in self._sessions.values() if s.attachment is not None),
+            "created": self.created,
+            "resumed": self.resumed,
+            "expired": self.expired,
+            "refused": self.refused,
+        }

@@ -1,0 +1,186 @@
+"""Server configuration: defaults, then an optional TOML file, then ``TIDEGATE_*`` variables.
+
+Every limit is a setting with a unit in its name and a documented default (docs/config.md is
+generated from the field docs by ``tidegate config``). Secrets are never defaults: the JWT
+signing key is generated into the data folder on first run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError
+
+ENV_PREFIX = "TIDEGATE_"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All server settings. Field names map to ``TIDEGATE_<NAME>`` environment variables."""
+
+    host: str = _doc("Address to listen on.", default="127.0.0.1")
+    port: int = _doc("TCP port to listen on (0 picks a free one).", default=8080)
+    data_dir: Path = _doc(
+        "Folder for the signing key, prepared models and the database.",
+        default_factory=_default_data_dir,
+    )
+    config: Path | None = _doc("Optional TOML file with these settings.", default=None)
+    log_level: str = _doc("Logging level: debug, info, warning, error.", default="info")
+
+    # -- authentication -------------------------------------------------------------------------
+    jwt_secret: str | None = _doc(
+        "HS256 signing key. Unset: a random key is generated into data_dir/jwt.key.",
+        default=None,
+    )
+    jwt_audience: str = _doc("The audience (aud) every token must name.", default="tidegate")
+    jwt_issuer: str | None = _doc("If set, the issuer (iss) every token must name.", default=None)
+    jwt_leeway_s: float = _doc("Clock skew tolerated on exp/nbf/iat.", default=5.0)
+    token_ttl_s: float = _doc("Lifetime of tokens minted by `tidegate token`.", default=3600.0)
+    allowed_origins: tuple[str, ...] = _doc(
+        "Browser origins allowed to open the control channel (comma-separated). Empty: "
+        "requests without an Origin header, and same-origin pages.",
+        default=(),
+    )
+
+    # -- control channel ------------------------------------------------------------------------
+    max_message_bytes: int = _doc("Largest control message accepted.", default=1_048_576)
+    max_depth: int = _doc("Deepest nesting accepted in a message.", default=8)
+    max_string_chars: int = _doc("Longest string accepted in a message.", default=65_536)
+    max_bad_messages: int = _doc(
+        "Invalid messages in a row before the connection is closed (4400).", default=16
+    )
+    outbox_max_messages: int = _doc(
+        "Events queued for one client before it counts as too slow (4408).", default=512
+    )
+    outbox_max_bytes: int = _doc("Bytes queued for one client before 4408.", default=8_388_608)
+    send_timeout_s: float = _doc(
+        "A send that takes longer closes the connection (4408).", default=10.0
+    )
+    upload_credit_messages: int = _doc("Upload messages a client may have in flight.", default=64)
+    upload_credit_bytes: int = _doc("Upload bytes a client may have in flight.", default=2_097_152)
+    metrics_interval_s: float = _doc(
+        "Interval of per-session `metrics` events (0: off).", default=5.0
+    )
+
+    # -- sessions -------------------------------------------------------------------------------
+    max_sessions: int = _doc("Sessions one node holds at once.", default=256)
+    max_sessions_per_tenant: int = _doc("Sessions one tenant holds at once.", default=64)
+    session_resume_s: float = _doc(
+        "How long a session outlives its connection, waiting to be resumed.", default=30.0
+    )
+    default_mode: str = _doc("Mode of a session whose config names none.", default="assistant")
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "jwt.key"
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the TOML file named by TIDEGATE_CONFIG, then the environment,
+        then ``overrides`` (e.g. command-line flags). Raises ConfigError naming the culprit."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
+        if config_path:
+            path = Path(config_path)
+            try:
+                with path.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"cannot read config file {path}: {e}") from None
+            for key, raw in data.items():
+                if key not in names:
+                    raise ConfigError(f"{path}: unknown setting {key!r}")
+                values[key] = _convert(key, raw, hints[key])
+            values["config"] = path
+        for name in names:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = _convert(ENV_PREFIX + name.upper(), raw, hints[name])
+        for name, raw in overrides.items():
+            if raw is None:
+                continue
+            if name not in names:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _convert(name, raw, hints[name])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith(("_bytes", "_messages", "_sessions")) or f.name.startswith("max_"):
+                if isinstance(v, int) and v < 1:
+                    raise ConfigError(f"{f.name} must be at least 1, got {v}")
+            if f.name.endswith("_s") and isinstance(v, float) and v < 0:
+                raise ConfigError(f"{f.name} cannot be negative, got {v}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, default, doc) for every setting."""
+        rows = []
+        for f in dataclasses.fields(self):
+            default = "(per user data dir)" if f.name == "data_dir" else repr(f.default)
+            rows.append((ENV_PREFIX + f.name.upper(), default, f.metadata.get("doc", "")))
+        return rows
+
+
+def _convert(name: str, raw: Any, hint: Any) -> Any:
+    """Convert a raw value (a string from the environment, or a TOML value) to ``hint``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if isinstance(raw, str) and raw.lower() in ("none", "null"):
+            return None
+        return _convert(name, raw, inner[0])
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if hint is str:
+            return str(raw)
+        if hint is Path:
+            return Path(str(raw)).expanduser()
+        if origin is tuple:
+            items = raw if isinstance(raw, list) else [s for s in str(raw).split(",")]
+            return tuple(str(s).strip() for s in items if str(s).strip())
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from None
+    raise ConfigError(f"{name}: unsupported setting type {hint}")
