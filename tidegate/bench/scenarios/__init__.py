@@ -1,0 +1,3 @@
+"""Scenario modules register themselves on import; list each one here."""
+
+from . import control  # noqa: F401

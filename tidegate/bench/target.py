@@ -1,0 +1,126 @@
+"""The server a scenario drives: one it starts (``tidegate serve`` in a child process) or one
+already running (``--url`` and ``--token``). Either way it is reached only over the network."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Target:
+    """Where the server is and how to authenticate to it."""
+
+    http_url: str
+    token: str
+    pid: int | None = None
+    mint_key: str | None = None  # set when we started the server and know its key
+
+    @property
+    def control_url(self) -> str:
+        return self.http_url.replace("http", "ws", 1) + "/v1/control"
+
+    def mint(self, *, subject: str = "bench", tenant: str = "bench") -> str:
+        """A fresh token (only for a server this harness started)."""
+        if self.mint_key is None:
+            return self.token
+        return _mint(self.mint_key, subject, tenant)
+
+
+def _mint(key: str, subject: str, tenant: str) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "tenant": tenant,
+        "scope": "session",
+        "aud": "tidegate",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, key, algorithm="HS256")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def started_server(
+    env: dict[str, str] | None = None, *, data_dir: Path | None = None
+) -> AsyncIterator[Target]:
+    """Start ``tidegate serve`` on a free loopback port; stop it (SIGTERM) on exit."""
+    key = secrets.token_hex(32)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="tidegate-bench-") as tmp:
+        child_env = {
+            **os.environ,
+            "TIDEGATE_HOST": "127.0.0.1",
+            "TIDEGATE_PORT": str(port),
+            "TIDEGATE_JWT_SECRET": key,
+            "TIDEGATE_DATA_DIR": str(data_dir or tmp),
+            "TIDEGATE_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tidegate", "serve", env=child_env
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(url, proc)
+            yield Target(url, _mint(key, "bench", "bench"), proc.pid, key)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 15)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def _wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise RuntimeError(f"tidegate serve exited with {proc.returncode} before it was ready")
+        try:
+            status = await asyncio.to_thread(_get_status, url + "/readyz")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"server at {url} not ready after {READY_TIMEOUT_S} s")
+
+
+def _get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User+system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
