@@ -16,6 +16,7 @@ import timeit
 from typing import Any
 
 import websockets
+from websockets.typing import Subprotocol
 
 from tidegate.protocol import Direction, get_codec, parse_message, subprotocol_for
 from tidegate.protocol.client import Client
@@ -92,9 +93,9 @@ async def _echo_run(url: str, encoding: str, args: argparse.Namespace) -> dict[s
     codec = get_codec(encoding)
     async with websockets.connect(
         url,
-        subprotocols=[subprotocol_for(encoding)],
+        subprotocols=[Subprotocol(subprotocol_for(encoding))],
         compression=None,
-        ping_interval=None,  # type: ignore[list-item]
+        ping_interval=None,
     ) as ws:
 
         async def round_trip() -> float:
