@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
+from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
 from .runtime import Runtime
 from .settings import Settings
@@ -30,7 +31,11 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+CONTROL_PATH = "/v1/control"
+
+
+def create_app(settings: Settings | None = None) -> WebSocketFront:
+    """The ASGI application: the control WebSocket on its own fast path, the rest on starlette."""
     settings = settings or Settings.load()
     runtime = Runtime(settings)
 
@@ -46,9 +51,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            WebSocketRoute("/v1/control", control_endpoint),
         ],
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    return app
+
+    async def control(ws: AsgiWebSocket) -> None:
+        await control_endpoint(ws, runtime)
+
+    return WebSocketFront(app, CONTROL_PATH, control)

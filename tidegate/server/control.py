@@ -1,10 +1,14 @@
 """The control WebSocket (``/v1/control``): the I/O shell around the sans-I/O connection.
 
-One reader (this endpoint's coroutine) feeds received payloads to the
-:class:`~tidegate.protocol.Connection` and hands the resulting messages to the session; replies
-the protocol produces itself (``pong``, ``error``) go out at once from the reader. One writer
-task drains the session's outbox. Both send under one lock, so ordering holds and an idle
-writer adds no task hop to a ping's round trip.
+One reader (the endpoint's coroutine) feeds received payloads to the
+:class:`~tidegate.protocol.Connection` and hands the resulting messages to the session; the
+replies the protocol produces itself (``pong``, ``error``) go out at once from the reader. One
+writer task drains the session's outbox. Both send under one lock, so ordering holds and an
+idle writer adds no task hop to a ping's round trip.
+
+A send that does not complete within ``send_timeout_s`` (the client stopped reading and the
+socket's buffers are full) is caught by the runtime's watchdog, which closes the connection
+with 4408; no timer is armed per send.
 
 Refusals before the session exists (subprotocol, origin, token) are sent as an ``error`` and a
 close code, after accepting the socket, because browsers cannot read an HTTP refusal.
@@ -13,11 +17,10 @@ close code, after accepting the socket, because browsers cannot read an HTTP ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
-
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from typing import TYPE_CHECKING, Any
 
 from tidegate.protocol import (
     BadInput,
@@ -40,11 +43,14 @@ from tidegate.protocol.messages import (
     SessionUpdated,
 )
 
+from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .errors import ForbiddenError, InvalidConfigError, RefusalError
 from .modes import resolve_config, start_mode
-from .runtime import Runtime
 from .session import Session
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -53,66 +59,63 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-async def control_endpoint(websocket: WebSocket) -> None:
-    """ASGI WebSocket route handler."""
-    runtime: Runtime = websocket.app.state.runtime
-    offered = websocket.scope.get("subprotocols") or []
+def _close_reason(text: str) -> str:
+    """A close reason must fit in a control frame (123 bytes)."""
+    return text.encode()[:120].decode(errors="ignore")
+
+
+async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
+    """Serve one control connection: negotiate, authenticate, then run the channel."""
     try:
-        negotiated = negotiate(offered)
+        negotiated = negotiate(ws.subprotocols)
     except NegotiationError as e:
-        await websocket.accept()
-        await websocket.close(CloseCode.PROTOCOL_VIOLATION, e.message[:120])
+        await ws.accept()
+        await ws.close(CloseCode.PROTOCOL_VIOLATION, _close_reason(e.message))
         return
-    encoding, subprotocol = negotiated.encoding, negotiated.subprotocol
-    origin = websocket.headers.get("origin")
-    token = bearer_from_header(websocket.headers.get("authorization")) or negotiated.bearer_token
+    token = bearer_from_header(ws.headers.get("authorization")) or negotiated.bearer_token
     try:
-        if not runtime.origin_allowed(origin, websocket.headers.get("host")):
-            raise_origin(origin)
+        origin = ws.headers.get("origin")
+        if not runtime.origin_allowed(origin, ws.headers.get("host")):
+            raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
         principal = runtime.verifier.verify(token, SCOPE_SESSION)
     except RefusalError as e:
-        await _refuse(websocket, subprotocol, encoding, e)
         runtime.counters["auth_refused"] += 1
+        await _refuse(ws, negotiated.subprotocol, negotiated.encoding, e)
         return
-    await websocket.accept(subprotocol=subprotocol)
-    channel = ControlChannel(websocket, runtime, encoding, principal)
-    await channel.run()
-
-
-def raise_origin(origin: str | None) -> None:
-    raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
+    try:
+        await ws.accept(subprotocol=negotiated.subprotocol)
+    except Disconnected:
+        return
+    channel = ControlChannel(ws, runtime, negotiated.encoding, principal)
+    runtime.channels.add(channel)
+    try:
+        await channel.run()
+    finally:
+        runtime.channels.discard(channel)
 
 
 async def _refuse(
-    websocket: WebSocket, subprotocol: str | None, encoding: str, e: RefusalError
+    ws: AsgiWebSocket, subprotocol: str | None, encoding: str, e: RefusalError
 ) -> None:
-    await websocket.accept(subprotocol=subprotocol)
-    conn = Connection(Role.SERVER, encoding=encoding)
-    conn.send(Error(code=e.code.value, message=e.message), now_ms())
     try:
+        await ws.accept(subprotocol=subprotocol)
+        conn = Connection(Role.SERVER, encoding=encoding)
+        conn.send(Error(code=e.code.value, message=e.message), now_ms())
         for payload in conn.data_to_send():
-            await _send(websocket, payload)
-        code = e.close_code or CloseCode.FORBIDDEN
-        await websocket.close(code, e.message.encode()[:120].decode(errors="ignore"))
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        pass
-
-
-async def _send(websocket: WebSocket, payload: bytes | str) -> None:
-    if type(payload) is bytes:
-        await websocket.send({"type": "websocket.send", "bytes": payload})
-    else:
-        await websocket.send({"type": "websocket.send", "text": payload})
+            await ws.send(payload)
+    except (Disconnected, OSError):
+        return
+    await ws.close(e.close_code or CloseCode.FORBIDDEN, _close_reason(e.message))
 
 
 class ControlChannel:
     """One accepted control connection and the session attached to it."""
 
     def __init__(
-        self, websocket: WebSocket, runtime: Runtime, encoding: str, principal: Principal
+        self, ws: AsgiWebSocket, runtime: Runtime, encoding: str, principal: Principal
     ) -> None:
         s = runtime.settings
-        self.ws = websocket
+        self.ws = ws
         self.runtime = runtime
         self.principal = principal
         self.conn = Connection(
@@ -124,11 +127,14 @@ class ControlChannel:
             max_bad_messages=s.max_bad_messages,
         )
         self.session: Session | None = None
+        #: monotonic time the send in progress began (None: not sending); read by the watchdog
+        self.send_started: float | None = None
         self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[Any] | None = None
+        self._receiving = False  # the reader is parked in receive() (safe to cancel)
         self._writer: asyncio.Task[None] | None = None
         self._close_code: int | None = None
         self._close_reason = ""
-        self._closed = False
 
     # -- Attachment protocol (called by the session) ------------------------------------------
 
@@ -141,9 +147,7 @@ class ControlChannel:
         self.session = None
         if self._writer is not None:
             self._writer.cancel()
-        self._writer = asyncio.get_running_loop().create_task(
-            self._close_socket(), name="control:close-superseded"
-        )
+        self._stop_reader()
 
     def stats(self) -> dict[str, Any]:
         st = self.conn.stats
@@ -160,12 +164,27 @@ class ControlChannel:
             "credit_refused": self.conn.credits.refused,
         }
 
+    # -- watchdog -----------------------------------------------------------------------------
+
+    def check_send_stuck(self, now_s: float) -> bool:
+        """Called by the runtime's watchdog: abort a send stuck past ``send_timeout_s``."""
+        started = self.send_started
+        if started is None or now_s - started < self.runtime.settings.send_timeout_s:
+            return False
+        self._fail(CloseCode.TOO_SLOW, "send timed out: the client does not read")
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+        return True
+
     # -- main loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        self._reader = asyncio.current_task()
         try:
             await self._read_loop()
-        except WebSocketDisconnect:
+        except (Disconnected, asyncio.CancelledError):
             pass
         except Exception:
             log.exception("control channel failed")
@@ -173,39 +192,38 @@ class ControlChannel:
         finally:
             if self._writer is not None:
                 self._writer.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._writer
-                except (asyncio.CancelledError, Exception):
-                    pass
-            await self._close_socket()
+            code = CloseCode.NORMAL if self._close_code is None else self._close_code
+            await self.ws.close(code, self._close_reason)
             if self.session is not None:
                 self.session.detach(self, self.runtime.registry.clock())
 
+    def _stop_reader(self) -> None:
+        """Make the reader notice a close: cancel it if it waits for input; otherwise it
+        sees the close code when it finishes the message in hand."""
+        if self._reader is not None and self._receiving:
+            self._reader.cancel()
+
     async def _read_loop(self) -> None:
-        ws = self.ws
+        receive = self.ws.receive
         conn = self.conn
-        while not self._closed:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None:
-                data = message.get("text")
-                if data is None:
-                    continue
+        while self._close_code is None:
+            self._receiving = True
+            try:
+                data = await receive()
+            finally:
+                self._receiving = False
             conn.receive_data(data, now_ms())
             for event in conn.events_received():
                 if type(event) is BadInput:
                     self.runtime.counters["bad_messages"] += 1
                     if event.fatal:
-                        self._fail(
-                            conn.close_code or CloseCode.PROTOCOL_VIOLATION, conn.close_reason
-                        )
+                        code = conn.close_code or CloseCode.PROTOCOL_VIOLATION
+                        self._fail(code, conn.close_reason)
                     continue
                 await self._dispatch(event)  # type: ignore[arg-type]
             await self._flush()
-            if self._close_code is not None:
-                return
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         try:
@@ -217,72 +235,63 @@ class ControlChannel:
             elif kind is SessionUpdate:
                 self._update(msg)  # type: ignore[arg-type]
             else:
-                assert self.session is not None and self.session.mode is not None
-                await self.session.mode.handle(msg)
+                session = self.session
+                assert session is not None
+                assert session.mode is not None
+                await session.mode.handle(msg)
         except RefusalError as e:
-            self.conn.send(
-                Error(
-                    code=e.code.value,
-                    message=e.message,
-                    ref=msg.id,
-                    retry_after_ms=e.retry_after_ms,
-                ),
-                now_ms(),
+            error = Error(
+                code=e.code.value, message=e.message, ref=msg.id, retry_after_ms=e.retry_after_ms
             )
+            self.conn.send(error, now_ms())
             if e.close_code is not None:
                 self._fail(e.close_code, e.message)
         except Exception:
             log.exception("handling %s failed", msg.TYPE)
             self.runtime.counters["internal_errors"] += 1
-            self.conn.send(
-                Error(
-                    code=ErrorCode.INTERNAL.value,
-                    message="internal error; the server log has details",
-                    ref=msg.id,
-                ),
-                now_ms(),
+            error = Error(
+                code=ErrorCode.INTERNAL.value,
+                message="internal error; the server log has the details",
+                ref=msg.id,
             )
+            self.conn.send(error, now_ms())
 
     async def _create(self, msg: SessionCreate) -> None:
         registry = self.runtime.registry
         if msg.session_id is not None:
             session = registry.resume(msg.session_id, self.principal)
             resumed = True
-            if (
-                msg.config is not None
-                and resolve_config(msg.config, session.config["mode"]) != session.config
-            ):
-                raise InvalidConfigError(
-                    "session.create: a resumed session keeps its config; use session.update"
-                )
+            if msg.config is not None:
+                config = resolve_config(msg.config, session.config["mode"])
+                if config != session.config:
+                    raise InvalidConfigError(
+                        "session.create: a resumed session keeps its config; use session.update"
+                    )
         else:
             config = resolve_config(msg.config, self.runtime.settings.default_mode)
             session = registry.create(self.principal, config)
             session.mode = start_mode(session)
-            if self.runtime.settings.metrics_interval_s > 0:
-                session.spawn(
-                    session.run_metrics(self.runtime.settings.metrics_interval_s), "metrics"
-                )
+            interval = self.runtime.settings.metrics_interval_s
+            if interval > 0:
+                session.spawn(session.run_metrics(interval), "metrics")
             resumed = False
         self.session = session
         self.conn.continue_seq(session.last_seq)
         session.attach(self)
         now = now_ms()
-        self.conn.send(
-            SessionCreated(
-                session_id=session.id,
-                config=session.config,
-                limits=self.runtime.limits(),
-                ice_servers=(),
-                resumed=resumed,
-                ref=msg.id,
-            ),
-            now,
+        created = SessionCreated(
+            session_id=session.id,
+            config=session.config,
+            limits=self.runtime.limits(),
+            ice_servers=(),
+            resumed=resumed,
+            ref=msg.id,
         )
+        self.conn.send(created, now)
         self.conn.send(session.initial_credit(), now)
         session.last_seq = self.conn.last_seq
         self._writer = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"{session.id}:writer"
+            self._write_loop(session), name=f"{session.id}:writer"
         )
 
     def _update(self, msg: SessionUpdate) -> None:
@@ -297,7 +306,7 @@ class ControlChannel:
     async def _end_session(self, msg: ClientMessage) -> None:
         session = self.session
         assert session is not None
-        await self._drain_outbox()
+        await self._drain_outbox(session)
         self.conn.send(SessionClosed(reason="closed by the client", ref=msg.id), now_ms())
         await self._flush()
         self.session = None
@@ -306,20 +315,17 @@ class ControlChannel:
 
     # -- writing --------------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        session = self.session
-        assert session is not None
+    async def _write_loop(self, session: Session) -> None:
         outbox = session.outbox
-        while not self._closed:
+        while True:
             await outbox.wait()
             if self._close_code is not None:
-                await self._close_socket()
+                self._stop_reader()  # the reader closes the socket as it unwinds
                 return
-            await self._drain_outbox()
+            await self._drain_outbox(session)
 
-    async def _drain_outbox(self) -> None:
-        session = self.session
-        if session is None or self.conn.state is State.CLOSED:
+    async def _drain_outbox(self, session: Session) -> None:
+        if self.conn.state is State.CLOSED:
             return
         async with self._lock:
             conn = self.conn
@@ -336,32 +342,20 @@ class ControlChannel:
 
     async def _send_all(self) -> None:
         payloads = self.conn.data_to_send()
-        if not payloads:
-            return
-        try:
-            async with asyncio.timeout(self.runtime.settings.send_timeout_s):
-                for payload in payloads:
-                    await _send(self.ws, payload)
-        except TimeoutError:
-            self._fail(CloseCode.TOO_SLOW, "send timed out")
+        if payloads:
+            self.send_started = time.monotonic()
+            send = self.ws.send
+            for payload in payloads:
+                await send(payload)
+            self.send_started = None
 
     def _fail(self, code: int, reason: str) -> None:
-        """Close the connection with ``code``: the writer does it when it wakes, or the
-        reader after the message it is handling (whichever comes first)."""
+        """Close the connection with ``code``: the reader closes the socket after the message
+        it is handling, or as soon as the writer wakes and cancels it (whichever is first)."""
         if self._close_code is None:
             self._close_code = code
-            self._close_reason = reason.encode()[:120].decode(errors="ignore")
+            self._close_reason = _close_reason(reason)
             if code == CloseCode.TOO_SLOW:
                 self.runtime.counters["too_slow"] += 1
         if self.session is not None:
             self.session.outbox.wake()
-
-    async def _close_socket(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        code = self._close_code if self._close_code is not None else CloseCode.NORMAL
-        try:
-            await self.ws.close(code, self._close_reason)
-        except (RuntimeError, OSError, WebSocketDisconnect):
-            pass

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .auth import TokenVerifier
 from .session import SessionRegistry
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .control import ControlChannel
+
+log = logging.getLogger(__name__)
+WATCHDOG_INTERVAL_S = 1.0
 
 
 class Runtime:
@@ -21,6 +29,7 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.registry = SessionRegistry(settings)
         self.counters: Counter[str] = Counter()
+        self.channels: set[ControlChannel] = set()
         self.ready = False
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -28,6 +37,7 @@ class Runtime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
+        self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
         self.ready = True
 
     async def stop(self) -> None:
@@ -40,6 +50,17 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    async def _watchdog(self) -> None:
+        """Close connections whose send has been stuck past ``send_timeout_s``."""
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            now = time.monotonic()
+            for channel in list(self.channels):
+                try:
+                    channel.check_send_stuck(now)
+                except Exception:
+                    log.exception("send watchdog failed on a channel")
 
     def limits(self) -> dict[str, Any]:
         """The limits a client is told in ``session.created``."""

@@ -37,7 +37,9 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 @scenario(
-    "control", "control-channel round trip and message rate vs a bare echo server", add_args=_args
+    "control",
+    "control-channel round trip and message rate vs a bare echo server",
+    add_args=_args,
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     results: dict[str, Any] = {"codec_us": codec_cost(), "tidegate": {}, "echo": {}}
@@ -52,71 +54,72 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     try:
         assert echo.stdout is not None
         await asyncio.wait_for(echo.stdout.readline(), 30)
-        echo_url = f"ws://127.0.0.1:{port}"
         for encoding in ENCODINGS:
-            # Alternate the two servers so that drift in machine load hits both alike.
-            results["echo"][encoding] = await _echo_run(echo_url, encoding, args)
-            results["tidegate"][encoding] = await _tidegate_run(target, encoding, args)
+            tg, ec = await _measure(target, f"ws://127.0.0.1:{port}", encoding, args)
+            results["tidegate"][encoding], results["echo"][encoding] = tg, ec
     finally:
         echo.terminate()
         await echo.wait()
-    ratios = {
+    results["rtt_p50_ratio_vs_echo"] = {
         enc: results["tidegate"][enc]["rtt_ms"]["p50"] / results["echo"][enc]["rtt_ms"]["p50"]
         for enc in ENCODINGS
     }
-    results["rtt_p50_ratio_vs_echo"] = ratios
     results["target"] = {"rtt_p50_ratio_max": 1.3, "codec_us_max": 20.0}
     print(_summary(results), file=sys.stderr)
     return results
 
 
-async def _tidegate_run(target: Target, encoding: str, args: argparse.Namespace) -> dict[str, Any]:
-    async with await Client.connect(target.control_url, target.mint(), encoding=encoding) as client:
-        await client.create_session({"mode": "loopback"})
-        for _ in range(args.warmup):
-            await client.ping()
-        cpu0 = process_cpu_s(target.pid) if target.pid else None
-        rtts = [(await client.ping()).rtt_ms for _ in range(args.pings)]
-        cpu1 = process_cpu_s(target.pid) if target.pid else None
-
-        async def one() -> None:
-            await client.request(Ping(id=client.next_id(), t_client=0.0))
-
-        count = await _rate(one, args)
-    out: dict[str, Any] = {"rtt_ms": percentiles(rtts), "msgs_per_s": count / args.duration_s}
-    if cpu0 is not None and cpu1 is not None:
-        out["server_cpu_us_per_round_trip"] = (cpu1 - cpu0) / args.pings * 1e6
-    return out
-
-
-async def _echo_run(url: str, encoding: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _measure(
+    target: Target, echo_url: str, encoding: str, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Round trips alternate between tidegate and the echo server, one each, so that changes
+    in machine load during the run fall on both alike; then each one's message rate."""
     codec = get_codec(encoding)
-    async with websockets.connect(
-        url,
-        subprotocols=[Subprotocol(subprotocol_for(encoding))],
-        compression=None,
-        ping_interval=None,
-    ) as ws:
+    echo_payload = codec.encode(Ping(id="p", t_client=0.0).to_wire())
+    async with (
+        await Client.connect(target.control_url, target.mint(), encoding=encoding) as client,
+        websockets.connect(
+            echo_url,
+            subprotocols=[Subprotocol(subprotocol_for(encoding))],
+            compression=None,
+            ping_interval=None,
+        ) as ws,
+    ):
+        await client.create_session({"mode": "loopback"})
 
-        async def round_trip() -> float:
+        async def echo_round_trip() -> float:
             t0 = time.perf_counter()
             await ws.send(codec.encode(Ping(id="p", t_client=time.time() * 1000).to_wire()))
             codec.decode(await ws.recv())
             return (time.perf_counter() - t0) * 1000
 
         for _ in range(args.warmup):
-            await round_trip()
-        rtts = [await round_trip() for _ in range(args.pings)]
-        payload = codec.encode(Ping(id="p", t_client=0.0).to_wire())
-        count = 0
+            await client.ping()
+            await echo_round_trip()
+        cpu0 = process_cpu_s(target.pid) if target.pid else None
+        tg_rtts, echo_rtts = [], []
+        for _ in range(args.pings):
+            tg_rtts.append((await client.ping()).rtt_ms)
+            echo_rtts.append(await echo_round_trip())
+        cpu1 = process_cpu_s(target.pid) if target.pid else None
+
+        async def one() -> None:
+            await client.request(Ping(id=client.next_id(), t_client=0.0))
+
+        tg_count = await _rate(one, args)
+        echo_count = 0
         deadline = time.perf_counter() + args.duration_s
         while time.perf_counter() < deadline:
             for _ in range(args.window):
-                await ws.send(payload)
+                await ws.send(echo_payload)
             for _ in range(args.window):
                 codec.decode(await ws.recv())
-            count += args.window
-    return {"rtt_ms": percentiles(rtts), "msgs_per_s": count / args.duration_s}
+            echo_count += args.window
+    tg: dict[str, Any] = {"rtt_ms": percentiles(tg_rtts), "msgs_per_s": tg_count / args.duration_s}
+    if cpu0 is not None and cpu1 is not None:
+        tg["server_cpu_us_per_round_trip"] = (cpu1 - cpu0) / args.pings * 1e6
+    echo_result = {"rtt_ms": percentiles(echo_rtts), "msgs_per_s": echo_count / args.duration_s}
+    return tg, echo_result
 
 
 async def _rate(one: Any, args: argparse.Namespace) -> int:

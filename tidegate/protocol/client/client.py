@@ -218,7 +218,8 @@ class Client:
         """The next event (raises ConnectionClosedError once the connection has closed)."""
         if self._closed is not None and self._events.empty():
             raise self._closed
-        item = await asyncio.wait_for(self._events.get(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            item = await self._events.get()
         if isinstance(item, BaseException):
             self._events.put_nowait(item)  # keep it for the next caller
             raise item
@@ -274,7 +275,8 @@ class Client:
         self._waiters[msg.id] = fut
         try:
             await self.send(msg)
-            reply = await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                reply = await fut
         finally:
             self._waiters.pop(msg.id, None)
         if isinstance(reply, Error):

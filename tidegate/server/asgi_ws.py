@@ -1,0 +1,94 @@
+"""A minimal WebSocket over raw ASGI, for the control channel's hot path.
+
+Starlette's ``WebSocket`` adds state checks and, through its router and middleware, a wrapper
+around every ``send``; on a ping's round trip that is a measurable share of the server's time.
+The control channel speaks ASGI directly through this class instead; everything else stays on
+starlette.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Disconnected(Exception):
+    """The client went away."""
+
+
+class AsgiWebSocket:
+    """Accept, receive payloads, send payloads, close: nothing else."""
+
+    __slots__ = ("_receive", "_send", "accepted", "closed", "headers", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.headers: dict[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+        }
+        self.accepted = False
+        self.closed = False
+
+    @property
+    def subprotocols(self) -> list[str]:
+        return list(self.scope.get("subprotocols") or ())
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            raise Disconnected()
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        self.accepted = True
+
+    async def receive(self) -> bytes | str:
+        """The next message's payload (bytes or str); raises Disconnected at the end."""
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+            return data if data is not None else b""
+        raise Disconnected()
+
+    async def send(self, payload: bytes | str) -> None:
+        if type(payload) is bytes:
+            await self._send({"type": "websocket.send", "bytes": payload})
+        else:
+            await self._send({"type": "websocket.send", "text": payload})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError):
+            pass  # already gone
+
+
+class WebSocketFront:
+    """An ASGI app that serves one WebSocket path with ``handler`` and all else with ``app``."""
+
+    def __init__(
+        self, app: Any, path: str, handler: Callable[[AsgiWebSocket], Awaitable[None]]
+    ) -> None:
+        self.app = app
+        self.path = path
+        self.handler = handler
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope.get("path") == self.path:
+            await self.handler(AsgiWebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)
