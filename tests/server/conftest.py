@@ -49,8 +49,7 @@ class LiveServer:
             tenant=tenant,
             scopes=scopes,
             ttl_s=ttl_s,
-            audience=self.settings.jwt_audience,
-            **kw,
+            **{"audience": self.settings.jwt_audience, **kw},
         )
 
     async def client(self, **kw: Any) -> Client:

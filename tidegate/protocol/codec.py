@@ -47,12 +47,15 @@ def _refuse_tag(decoder: Any, tag: Any = None) -> Any:
     raise DecodeError(f"CBOR semantic tags are not used by this protocol (got tag {number})")
 
 
-def _refuse_semantic(decoder: Any) -> Any:
-    raise DecodeError("CBOR semantic tags are not used by this protocol")
+def _no_semantics(tag: int) -> Callable[..., Any]:
+    def refuse(*_: Any) -> Any:
+        raise DecodeError(f"CBOR semantic tags are not used by this protocol (got tag {tag})")
+
+    return refuse
 
 
 # cbor2 decodes well-known tags natively; route every one of them to a refusal.
-_NO_SEMANTICS = {tag: _refuse_semantic for tag in (*range(300), 1004, 1040, 55799)}
+_NO_SEMANTICS = {tag: _no_semantics(tag) for tag in (*range(300), 1004, 1040, 55799)}
 
 
 class CborCodec:
@@ -81,6 +84,9 @@ class CborCodec:
         except DecodeError:
             raise
         except Exception as e:  # the C decoder raises several kinds; all mean "bad bytes"
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, DecodeError):
+                raise cause from None
             raise DecodeError(f"not valid CBOR: {_short(e)}") from None
 
 

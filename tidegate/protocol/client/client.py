@@ -248,8 +248,11 @@ class Client:
             await self._wait_credit(msg)
         async with self._send_lock:
             self._conn.send(msg, now_ms())
-            for payload in self._conn.data_to_send():
-                await self._ws.send(payload)
+            try:
+                for payload in self._conn.data_to_send():
+                    await self._ws.send(payload)
+            except ConnectionClosed:
+                raise self._close_error() from None
 
     async def _wait_credit(self, msg: Any) -> None:
         size = (
