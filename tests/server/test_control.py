@@ -186,7 +186,7 @@ async def test_oversized_message_is_refused(server: LiveServer) -> None:
     async with await server.client() as client:
         await client.create_session({"mode": "loopback"})
         big = b"\x00" * (server.settings.max_message_bytes + 10)
-        await client._ws.send(cbor2.dumps({"type": "input.text", "text": "x", "pad": big}))
+        await client.send_raw(cbor2.dumps({"type": "input.text", "text": "x", "pad": big}))
         err = await client.wait_for(Error)
         assert err.code == "too_large" and "exceeds the limit" in err.message
         await client.send(InputText(text="after"))
@@ -197,7 +197,7 @@ async def test_far_too_large_frame_closes_the_socket(server: LiveServer) -> None
     """A frame beyond the transport's hard limit closes the connection with 1009."""
     async with await server.client(max_message_bytes=8 * 1024 * 1024) as client:
         await client.create_session({"mode": "loopback"})
-        await client._ws.send(b"\x00" * (3 * server.settings.max_message_bytes))
+        await client.send_raw(b"\x00" * (3 * server.settings.max_message_bytes))
         closed = await client.wait_closed()
         assert closed.close_code == CloseCode.MESSAGE_TOO_BIG
 
@@ -231,7 +231,7 @@ async def test_resume_after_disconnect(server: LiveServer) -> None:
     first = await server.client()
     created = await first.create_session({"mode": "loopback"})
     await first.ping()
-    last_seq = first._conn.last_seq
+    last_seq = first.last_seq
     await first.close()
     async with await server.client() as second:
         resumed = await second.create_session(session_id=created.session_id)

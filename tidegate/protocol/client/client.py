@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
-
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from ..connection import BadInput, Connection, Role
 from ..errors import CloseCode, ProtocolError
@@ -19,6 +17,7 @@ from ..messages import (
     UPLOAD_TYPES,
     ClientMessage,
     Error,
+    FlowCredit,
     Ping,
     Pong,
     ServerMessage,
@@ -29,10 +28,12 @@ from ..messages import (
 )
 from ..negotiation import bearer_subprotocol, subprotocol_for
 from ..schema import MAX_MESSAGE_BYTES
+from .wire import HandshakeError, WireProtocol, open_wire
 
 MAX_EVENTS = 1_024
 OPEN_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
+BAD_INPUTS_KEPT = 16
 
 S = TypeVar("S", bound=ServerMessage)
 
@@ -74,29 +75,29 @@ class ClockSample:
 
 
 class Client:
-    """One control-channel connection. Create with :meth:`connect`."""
+    """One control-channel connection. Create with :meth:`connect`.
 
-    def __init__(
-        self,
-        ws: ClientConnection,
-        conn: Connection,
-        *,
-        max_events: int = MAX_EVENTS,
-    ) -> None:
-        self._ws = ws
-        self._conn = conn
-        self._events: asyncio.Queue[ServerMessage | BaseException] = asyncio.Queue(max_events)
+    Events the application has not taken yet wait in a queue of ``max_events``; when it is
+    full the socket is no longer read (one read's worth may still arrive), so a slow consumer
+    pushes back on the server, which closes the connection (4408) if it cannot keep up.
+    """
+
+    def __init__(self, *, max_events: int = MAX_EVENTS) -> None:
+        self._wire: WireProtocol | None = None
+        self._conn: Connection | None = None
+        self._early: list[bytes | str] = []  # arrived before the handshake finished
+        self._events: deque[ServerMessage] = deque()
+        self._max_events = max_events
+        self._paused = False
+        self._getter: asyncio.Future[None] | None = None
         self._waiters: dict[str, asyncio.Future[ServerMessage]] = {}
         self._ids = itertools.count(1)
         self._credit = asyncio.Event()
-        self._send_lock = asyncio.Lock()
         self._closed: ConnectionClosedError | None = None
         self.clock_offset_ms = 0.0
         self.session: SessionCreated | None = None
-        self.bad_inputs: list[BadInput] = []
-        self._reader = asyncio.get_running_loop().create_task(
-            self._read(), name="tidegate-client-reader"
-        )
+        self.bad_inputs: deque[BadInput] = deque(maxlen=BAD_INPUTS_KEPT)
+        self.bad_input_count = 0
 
     @classmethod
     async def connect(
@@ -122,23 +123,30 @@ class Client:
                 headers["Authorization"] = f"Bearer {token}"
             else:
                 raise ValueError(f"token_in must be 'header' or 'subprotocol', got {token_in!r}")
-        ws = await connect(
-            url,
-            subprotocols=subprotocols,  # type: ignore[arg-type]
-            additional_headers=headers,
-            max_size=2 * max_message_bytes,
-            compression=None,
-            open_timeout=open_timeout_s,
-            origin=origin,  # type: ignore[arg-type]
-            ping_interval=None,
-        )
-        chosen = ws.subprotocol or subprotocol_for("cbor")
-        conn = Connection(
+        client = cls(max_events=max_events)
+        try:
+            wire, chosen = await open_wire(
+                url,
+                subprotocols=subprotocols,
+                headers=headers,
+                origin=origin,
+                max_size=2 * max_message_bytes,
+                on_message=client._on_message,
+                on_close=client._on_close,
+                timeout_s=open_timeout_s,
+            )
+        except HandshakeError as e:
+            raise ClientError(f"the server refused the WebSocket handshake: {e}") from None
+        client._wire = wire
+        client._conn = Connection(
             Role.CLIENT,
-            encoding=chosen.rsplit(".", 1)[-1],
+            encoding=(chosen or subprotocol_for("cbor")).rsplit(".", 1)[-1],
             max_message_bytes=2 * max_message_bytes,
         )
-        return cls(ws, conn, max_events=max_events)
+        early, client._early = client._early, []
+        for payload in early:
+            client._on_message(payload)
+        return client
 
     # -- context manager ------------------------------------------------------------------------
 
@@ -153,56 +161,49 @@ class Client:
     ) -> None:
         await self.close()
 
-    # -- reading --------------------------------------------------------------------------------
+    # -- receiving (called from the transport, no task in between) ------------------------------
 
-    async def _read(self) -> None:
+    def _on_message(self, payload: bytes | str) -> None:
         conn = self._conn
-        try:
-            async for payload in self._ws:
-                conn.receive_data(payload, now_ms())
-                for event in conn.events_received():
-                    if isinstance(event, BadInput):
-                        self.bad_inputs.append(event)
-                        continue
-                    await self._dispatch(event)  # type: ignore[arg-type]
-            self._closed = self._close_error()
-        except ConnectionClosed:
-            self._closed = self._close_error()
-        except asyncio.CancelledError:
-            self._closed = ConnectionClosedError(CloseCode.NORMAL, "closed by the client")
-            raise
-        except Exception as e:  # a bug: surface it to whoever waits
-            self._closed = ConnectionClosedError(None, f"client reader failed: {e!r}")
-        finally:
-            closed = self._closed or ConnectionClosedError(None, "closed")
-            for fut in self._waiters.values():
-                if not fut.done():
-                    fut.set_exception(closed)
-            self._waiters.clear()
-            self._credit.set()
-            try:
-                self._events.put_nowait(closed)
-            except asyncio.QueueFull:
-                pass
+        if conn is None:
+            self._early.append(payload)
+            return
+        conn.receive_data(payload, now_ms())
+        for event in conn.events_received():
+            if isinstance(event, BadInput):
+                self.bad_input_count += 1
+                self.bad_inputs.append(event)
+                continue
+            assert isinstance(event, ServerMessage)
+            if event.ref is not None:
+                fut = self._waiters.pop(event.ref, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(event)
+                    continue
+            kind = type(event)
+            if kind is Pong:
+                continue  # a pong nobody waits for any more (it timed out)
+            if kind is FlowCredit:
+                self._credit.set()
+            self._events.append(event)
+        if self._events:
+            if len(self._events) >= self._max_events and not self._paused and self._wire:
+                self._paused = True
+                self._wire.pause()
+            getter = self._getter
+            if getter is not None and not getter.done():
+                getter.set_result(None)
 
-    def _close_error(self) -> ConnectionClosedError:
-        code = self._ws.close_code
-        reason = self._ws.close_reason
-        return ConnectionClosedError(
-            code, reason if code is not None and reason else "connection lost"
-        )
-
-    async def _dispatch(self, event: ServerMessage) -> None:
-        if event.ref is not None:
-            fut = self._waiters.pop(event.ref, None)
-            if fut is not None and not fut.done():
-                fut.set_result(event)
-                return
-        if type(event) is Pong:
-            return  # a pong nobody waits for any more (timed out)
-        if self._conn.credits.messages > 0:
-            self._credit.set()
-        await self._events.put(event)  # block: stop reading when the application does not
+    def _on_close(self, code: int | None, reason: str) -> None:
+        self._closed = ConnectionClosedError(code, reason)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(self._closed)
+        self._waiters.clear()
+        self._credit.set()
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
 
     def __aiter__(self) -> AsyncIterator[ServerMessage]:
         return self._iterate()
@@ -215,15 +216,23 @@ class Client:
                 return
 
     async def recv(self, timeout_s: float | None = None) -> ServerMessage:
-        """The next event (raises ConnectionClosedError once the connection has closed)."""
-        if self._closed is not None and self._events.empty():
-            raise self._closed
-        async with asyncio.timeout(timeout_s):
-            item = await self._events.get()
-        if isinstance(item, BaseException):
-            self._events.put_nowait(item)  # keep it for the next caller
-            raise item
-        return item
+        """The next event (raises ConnectionClosedError once the connection has closed and
+        every event that arrived before has been taken)."""
+        if not self._events:
+            async with asyncio.timeout(timeout_s):
+                while not self._events:
+                    if self._closed is not None:
+                        raise self._closed
+                    self._getter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._getter
+                    finally:
+                        self._getter = None
+        event = self._events.popleft()
+        if self._paused and len(self._events) <= self._max_events // 2 and self._wire:
+            self._paused = False
+            self._wire.resume()
+        return event
 
     async def wait_for(self, kind: type[S], timeout_s: float = REPLY_TIMEOUT_S) -> S:
         """Skip events until one of ``kind`` arrives (raises RefusedError on an ``error``)."""
@@ -241,28 +250,32 @@ class Client:
         return f"c{next(self._ids)}"
 
     async def send(self, msg: ClientMessage) -> None:
-        """Send a message (uploads wait for credit first)."""
+        """Send a message (uploads wait for credit first; every send respects backpressure)."""
         if self._closed is not None:
             raise self._closed
+        conn, wire = self._conn, self._wire
+        assert conn is not None and wire is not None
         if msg.TYPE in UPLOAD_TYPES:
             await self._wait_credit(msg)
-        async with self._send_lock:
-            self._conn.send(msg, now_ms())
-            try:
-                for payload in self._conn.data_to_send():
-                    await self._ws.send(payload)
-            except ConnectionClosed:
-                raise self._close_error() from None
+        if not wire.is_open:
+            raise self._closed or ConnectionClosedError(
+                wire.ws.close_code, wire.ws.close_reason or ""
+            )
+        conn.send(msg, now_ms())
+        for payload in conn.data_to_send():
+            wire.send(payload)
+        await wire.drain()
 
     async def _wait_credit(self, msg: Any) -> None:
-        size = (
-            len(msg.pcm)
-            if hasattr(msg, "pcm")
-            else len(msg.image)
-            if hasattr(msg, "image")
-            else 8 * len(msg.values)
-        )
-        while not self._conn.credits.can_consume(size):
+        conn = self._conn
+        assert conn is not None
+        if hasattr(msg, "pcm"):
+            size = len(msg.pcm)
+        elif hasattr(msg, "image"):
+            size = len(msg.image)
+        else:
+            size = 8 * len(msg.values)
+        while not conn.credits.can_consume(size):
             if self._closed is not None:
                 raise self._closed
             self._credit.clear()
@@ -320,11 +333,23 @@ class Client:
     @property
     def credits(self) -> tuple[int, int]:
         """Upload credit left: (messages, bytes)."""
+        assert self._conn is not None
         return self._conn.credits.messages, self._conn.credits.bytes
+
+    @property
+    def last_seq(self) -> int:
+        assert self._conn is not None
+        return self._conn.last_seq
 
     @property
     def closed(self) -> ConnectionClosedError | None:
         return self._closed
+
+    async def send_raw(self, payload: bytes | str) -> None:
+        """Send bytes as they are, bypassing the protocol (for tests of bad input)."""
+        assert self._wire is not None
+        self._wire.send(payload)
+        await self._wire.drain()
 
     async def close_session(self, timeout_s: float = REPLY_TIMEOUT_S) -> SessionClosed:
         reply = await self.request(SessionClose(id=self.next_id()), timeout_s)
@@ -333,17 +358,14 @@ class Client:
         return reply
 
     async def close(self) -> None:
-        """Close the WebSocket and stop the reader."""
-        await self._ws.close()
-        self._reader.cancel()
-        try:
-            await self._reader
-        except asyncio.CancelledError:
-            pass
+        """Close the WebSocket (closing handshake, bounded by a timeout)."""
+        if self._wire is not None:
+            await self._wire.close(CloseCode.NORMAL)
 
     async def wait_closed(self, timeout_s: float = REPLY_TIMEOUT_S) -> ConnectionClosedError:
         """Wait for the server to close the connection; returns how it closed."""
+        assert self._wire is not None
         async with asyncio.timeout(timeout_s):
-            await asyncio.shield(self._reader)
+            await asyncio.shield(self._wire.lost)
         assert self._closed is not None
         return self._closed
