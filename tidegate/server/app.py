@@ -1,4 +1,4 @@
-"""The starlette application: health, readiness and the control channel."""
+"""The starlette application: health, readiness, the control channel and the HTTP SDP offer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
+from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

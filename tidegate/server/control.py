@@ -47,6 +47,7 @@ from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .errors import ForbiddenError, InvalidConfigError, RefusalError
 from .modes import resolve_config, start_mode
+from .rtc import ice_servers_for
 from .session import Session
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ class ControlChannel:
             session_id=session.id,
             config=session.config,
             limits=self.runtime.limits(),
-            ice_servers=(),
+            ice_servers=ice_servers_for(session),
             resumed=resumed,
             ref=msg.id,
         )

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from tidegate.media import MediaPeer
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     InputAudio,
@@ -29,6 +30,7 @@ from tidegate.protocol.messages import (
 )
 
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
+from .rtc import SessionMedia
 from .session import Mode, Session
 
 MODE_NAMES = ("assistant", "transcribe", "loopback")
@@ -41,7 +43,10 @@ def new_response_id() -> str:
 
 class LoopbackMode:
     """Echoes what arrives: text as a response, audio as ``output.audio``; counts frames and
-    sensor readings. Every upload's credit goes back as soon as it is handled."""
+    sensor readings. Every upload's credit goes back as soon as it is handled.
+
+    Over WebRTC (``rtc.offer``): the client's audio comes back on our outbound track as it
+    arrives, and the video frames are taken and counted (``metrics``: ``lanes.rtc``)."""
 
     name = "loopback"
 
@@ -53,6 +58,13 @@ class LoopbackMode:
         self.last_frame: dict[str, Any] | None = None
         self.sensor_readings: dict[str, int] = {}
         self.responses = 0
+        self.media = SessionMedia(session, self._start_media)
+        self.rtc_audio_chunks = 0
+        self.rtc_audio_ms = 0.0
+        self.rtc_concealed_chunks = 0
+        self.rtc_echo_trimmed_frames = 0
+        self.rtc_frames = 0
+        self.rtc_last_frame: dict[str, Any] | None = None
 
     async def handle(self, msg: ClientMessage) -> None:
         s = self.session
@@ -99,11 +111,12 @@ class LoopbackMode:
             self._respond(msg.text, msg.id)
         elif kind is ResponseCancel:
             raise NotFoundError("no response in progress (loopback responses complete at once)")
-        elif kind in (RtcOffer, RtcCandidate):
-            raise UnsupportedError(
-                "WebRTC media is not available on this server yet; "
-                "send media with input.audio and input.frame"
-            )
+        elif kind is RtcOffer:
+            assert isinstance(msg, RtcOffer)
+            await self.media.handle_offer(msg.sdp, msg.id)
+        elif kind is RtcCandidate:
+            assert isinstance(msg, RtcCandidate)
+            await self.media.handle_candidate(msg)
         else:
             raise UnsupportedError(f"{msg.TYPE} is not handled in loopback mode")
 
@@ -123,10 +136,54 @@ class LoopbackMode:
             "last_frame": self.last_frame,
             "sensor_readings": dict(self.sensor_readings),
             "responses": self.responses,
+            "rtc": {
+                "audio_chunks": self.rtc_audio_chunks,
+                "audio_ms": round(self.rtc_audio_ms, 1),
+                "concealed_chunks": self.rtc_concealed_chunks,
+                "echo_trimmed_frames": self.rtc_echo_trimmed_frames,
+                "frames": self.rtc_frames,
+                "last_frame": self.rtc_last_frame,
+            },
+            "media": self.media.stats(),
         }
 
+    # -- WebRTC: echo the audio, look at the frames ------------------------------------------
+
+    def _start_media(self, peer: MediaPeer) -> None:
+        if peer.audio_in is not None:
+            self.session.spawn(self._echo(peer), "rtc-echo")
+        if peer.video_in is not None:
+            self.session.spawn(self._watch_frames(peer), "rtc-frames")
+
+    async def _echo(self, peer: MediaPeer) -> None:
+        """Send the client's audio back as it arrives (capped at echo_max_latency_ms queued)."""
+        inbox = peer.audio_in
+        assert inbox is not None
+        out = peer.audio_out
+        cap_ms = self.session.settings.echo_max_latency_ms
+        while (chunk := await inbox.read()) is not None:
+            self.rtc_audio_chunks += 1
+            self.rtc_audio_ms += chunk.duration_ms
+            self.rtc_concealed_chunks += chunk.concealed
+            if out is not None:
+                out.write(chunk.pcm)
+                self.rtc_echo_trimmed_frames += out.trim(cap_ms)
+
+    async def _watch_frames(self, peer: MediaPeer) -> None:
+        """Take the newest frame whenever there is one; report what was seen."""
+        video = peer.video_in
+        assert video is not None
+        while (frame := await video.take()) is not None:
+            self.rtc_frames += 1
+            self.rtc_last_frame = {
+                "width": frame.width,
+                "height": frame.height,
+                "pts_ms": round(frame.pts_ms, 1),
+                "index": frame.index,
+            }
+
     async def close(self) -> None:
-        return None
+        await self.media.close()
 
 
 MODES: dict[str, Callable[[Session], Mode]] = {"loopback": LoopbackMode}

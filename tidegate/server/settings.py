@@ -19,6 +19,9 @@ from typing import Any
 
 import platformdirs
 
+from tidegate.media.errors import IceConfigError
+from tidegate.media.ice import IcePolicy
+
 from .errors import ConfigError
 
 ENV_PREFIX = "TIDEGATE_"
@@ -88,6 +91,64 @@ class Settings:
     )
     default_mode: str = _doc("Mode of a session whose config names none.", default="assistant")
 
+    # -- media (WebRTC) -------------------------------------------------------------------------
+    ice_servers: tuple[str, ...] = _doc(
+        "STUN/TURN URLs our ICE agent uses and lists to clients (comma-separated). Empty: "
+        "none (there is no public default).",
+        default=(),
+    )
+    ice_hosts: tuple[str, ...] = _doc(
+        "Addresses to gather ICE host candidates on (comma-separated): ADDR, or "
+        "ADVERTISED=BIND behind a 1:1 NAT (e.g. 203.0.113.7=10.0.0.7), or '*' for every "
+        "interface but loopback.",
+        default=("127.0.0.1",),
+    )
+    ice_ports: str = _doc(
+        "UDP port range for media, LOW-HIGH (e.g. 40000-40100). Empty: ephemeral ports.",
+        default="",
+    )
+    turn_urls: tuple[str, ...] = _doc(
+        "TURN URLs handed to clients with short-lived credentials (comma-separated; needs "
+        "turn_secret).",
+        default=(),
+    )
+    turn_secret: str | None = _doc(
+        "coturn's static-auth-secret (use-auth-secret), to mint TURN credentials.", default=None
+    )
+    turn_ttl_s: float = _doc("Lifetime of minted TURN credentials.", default=600.0)
+    jitter_target_ms: float = _doc(
+        "Longest wait for a missing audio packet before it is concealed (FEC/PLC).",
+        default=20.0,
+    )
+    jitter_max_gap_packets: int = _doc(
+        "A sequence jump larger than this resynchronises the audio jitter buffer.", default=50
+    )
+    audio_fec: bool = _doc("Rebuild lost audio packets from Opus in-band FEC.", default=True)
+    audio_buffer_s: float = _doc(
+        "Decoded inbound audio queued for the consumer before silence, then speech, is "
+        "dropped (with a flow.lag event).",
+        default=3.0,
+    )
+    audio_lag_report_ms: float = _doc(
+        "Inbound audio lag that triggers a flow.lag event.", default=500.0
+    )
+    audio_silence_dbfs: float = _doc(
+        "Level below which an inbound 20 ms chunk counts as silence (dropped first).",
+        default=-50.0,
+    )
+    audio_out_buffer_s: float = _doc(
+        "Outbound audio queued per session; beyond it the oldest is dropped.", default=10.0
+    )
+    audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
+    audio_out_complexity: int = _doc(
+        "Opus encoder complexity of outbound audio (0-10; CPU per frame grows with it).",
+        default=2,
+    )
+    echo_max_latency_ms: float = _doc(
+        "Loopback mode: the longest its echo may queue; older echo audio is dropped.",
+        default=60.0,
+    )
+
     @property
     def key_path(self) -> Path:
         return self.data_dir / "jwt.key"
@@ -137,6 +198,24 @@ class Settings:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        self._validate_media()
+
+    def _validate_media(self) -> None:
+        try:
+            IcePolicy.from_settings(self.ice_hosts, self.ice_ports, self.ice_servers)
+        except IceConfigError as e:
+            raise ConfigError(e.message) from None
+        if self.turn_urls and not self.turn_secret:
+            raise ConfigError("turn_urls needs turn_secret (coturn's static-auth-secret)")
+        if not 0 <= self.audio_out_complexity <= 10:
+            raise ConfigError(
+                f"audio_out_complexity must be 0..10, got {self.audio_out_complexity}"
+            )
+        for name in ("audio_buffer_s", "audio_out_buffer_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.jitter_target_ms < 0:
+            raise ConfigError(f"jitter_target_ms cannot be negative, got {self.jitter_target_ms}")
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, default, doc) for every setting."""
