@@ -26,7 +26,6 @@ async def test_garbage_over_the_wire_gets_documented_errors_only(tmp_path) -> No
     ]
     async with run_server(settings) as live, await live.client() as client:
         await client.create_session({"mode": "loopback"})
-        sent = 0
         for _ in range(500):
             kind = rng.random()
             if kind < 0.3:
@@ -37,7 +36,6 @@ async def test_garbage_over_the_wire_gets_documented_errors_only(tmp_path) -> No
                     raw[rng.randrange(len(raw))] = rng.randrange(256)
                 payload = bytes(raw[: rng.randint(1, len(raw))])
             await client.send_raw(payload)
-            sent += 1
         await client.send(InputText(text="still alive", id="alive"))
         errors = []
         while True:
