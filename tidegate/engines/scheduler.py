@@ -339,6 +339,8 @@ class Scheduler(Generic[ReqT, ResT]):
                     cond.wait(remaining)
                     target = self._target()
                 self._wake_at = _NEVER
+                if self._closing:
+                    return  # close() fails what is still queued
                 n = min(len(queue), policy.max_batch_items)
                 batch = [queue.pop() for _ in range(n)]
             try:

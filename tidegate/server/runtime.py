@@ -15,6 +15,8 @@ from .session import SessionRegistry
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from tidegate.engines.service import EngineService
+
     from .control import ControlChannel
 
 log = logging.getLogger(__name__)
@@ -33,17 +35,35 @@ class Runtime:
         self.ready = False
         self.draining = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.engines: EngineService | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
+        if self.settings.engines:
+            await self._start_engines()
         self.ready = True
+
+    async def _start_engines(self) -> None:
+        """Load and warm up the configured engines (in threads: the loop keeps serving
+        /healthz meanwhile); /readyz turns ready after this."""
+        from tidegate.engines.models import load_custom_models
+        from tidegate.engines.service import EngineService
+
+        from .engines import engine_specs
+
+        s = self.settings
+        custom = load_custom_models(s.models_file) if s.models_file else {}
+        self.engines = EngineService(engine_specs(s), s.data_dir, custom=custom)
+        await self.engines.start()
 
     async def stop(self) -> None:
         self.ready = False
         self.draining = True
         await self.registry.close_all()
+        if self.engines is not None:
+            await self.engines.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

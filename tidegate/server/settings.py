@@ -141,13 +141,66 @@ class Settings:
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
-        "Opus encoder complexity of outbound audio (0-10; CPU per frame grows with it).",
-        default=2,
+        "Opus encoder complexity of outbound audio (0-10; CPU per frame grows with it: "
+        "~70 us at 0, ~130 us at 2 per 20 ms frame on the CI machine).",
+        default=0,
     )
     echo_max_latency_ms: float = _doc(
         "Loopback mode: the longest its echo may queue; older echo audio is dropped.",
         default=60.0,
     )
+
+    # -- engines (docs/engines.md) -------------------------------------------------------------
+    engines: tuple[str, ...] = _doc(
+        "Engines loaded and warmed up at start-up (comma-separated: vad, vision); /readyz "
+        "turns ready once they are. Empty: none, so the server starts at once.",
+        default=(),
+    )
+    vision_model: str = _doc(
+        "Vision engine model: blazeface (fast) or mtcnn (finds smaller faces, ~30x slower).",
+        default="blazeface",
+    )
+    models_file: Path | None = _doc(
+        "TOML file of custom models ([models.NAME] path, inputs, outputs, sha256).", default=None
+    )
+    engine_runtime: str = _doc(
+        "onnx (ONNX Runtime) or tensorrt (TensorRT, for prebuilt engine files).", default="onnx"
+    )
+    engine_providers: tuple[str, ...] = _doc(
+        "ONNX Runtime execution providers in order of preference (tensorrt, cuda, cpu), or "
+        "auto: the best this machine has.",
+        default=("auto",),
+    )
+    engine_threads: int = _doc(
+        "Intra-op threads per engine instance (0: ONNX Runtime's default).", default=1
+    )
+    engine_trt_cache_dir: Path | None = _doc(
+        "TensorRT engine cache folder. Unset: data_dir/trt-cache.", default=None
+    )
+    engine_max_sessions: int = _doc(
+        "Sessions a stateful engine (VAD) keeps state for at once.", default=1024
+    )
+    vad_max_batch_items: int = _doc("Frames in one VAD batch, at most.", default=64)
+    vad_batch_wait_s: float = _doc(
+        "How long the oldest queued VAD frame waits for its batch to fill.", default=0.002
+    )
+    vad_max_queue_items: int = _doc(
+        "VAD frames queued at once; more are refused (overloaded).", default=1024
+    )
+    vad_deadline_s: float = _doc("A VAD frame's result is due within this.", default=0.5)
+    vad_threshold: float = _doc("Speech probability that starts speech.", default=0.5)
+    vad_min_speech_s: float = _doc("Shortest speech reported as a segment.", default=0.25)
+    vad_min_silence_s: float = _doc("Silence that ends a speech segment.", default=0.1)
+    vad_speech_pad_s: float = _doc("Padding added to both ends of a segment.", default=0.03)
+    vision_max_batch_items: int = _doc("Frames in one vision batch, at most.", default=8)
+    vision_batch_wait_s: float = _doc(
+        "How long the oldest queued frame waits for its vision batch to fill.", default=0.005
+    )
+    vision_max_queue_items: int = _doc(
+        "Frames queued for vision at once; more are refused (overloaded).", default=64
+    )
+    vision_deadline_s: float = _doc("A frame's detections are due within this.", default=1.0)
+    vision_score_threshold: float = _doc("Lowest face score reported.", default=0.5)
 
     @property
     def key_path(self) -> Path:
@@ -199,6 +252,15 @@ class Settings:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         self._validate_media()
+        self._validate_engines()
+
+    def _validate_engines(self) -> None:
+        from .engines import engine_specs
+
+        try:
+            engine_specs(self)
+        except ValueError as e:
+            raise ConfigError(f"engine settings: {e}") from None
 
     def _validate_media(self) -> None:
         try:

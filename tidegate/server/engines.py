@@ -1,0 +1,69 @@
+"""Engine settings -> the engine layer's specs (the server owns configuration; the engine
+layer never reads it)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tidegate.engines.runtime import RuntimeOptions
+from tidegate.engines.scheduler import BatchPolicy
+from tidegate.engines.service import ENGINE_KINDS, VISION_MODELS, EngineSpec
+from tidegate.engines.vad import VadSettings
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+
+def engine_specs(settings: Settings) -> list[EngineSpec]:
+    """The engines ``settings`` asks for; ValueError naming the bad setting otherwise."""
+    s = settings
+    runtime = RuntimeOptions(
+        runtime=s.engine_runtime,
+        providers=s.engine_providers or ("auto",),
+        intra_op_threads=s.engine_threads,
+        trt_cache_dir=s.engine_trt_cache_dir or s.data_dir / "trt-cache",
+    )
+    if s.vision_model not in VISION_MODELS:
+        raise ValueError(f"vision_model must be one of {VISION_MODELS}, got {s.vision_model!r}")
+    specs = []
+    for name in s.engines:
+        if name == "vad":
+            specs.append(
+                EngineSpec(
+                    "vad",
+                    "silero-vad",
+                    BatchPolicy(
+                        max_batch_items=s.vad_max_batch_items,
+                        batch_wait_s=s.vad_batch_wait_s,
+                        max_queue_items=s.vad_max_queue_items,
+                        deadline_s=s.vad_deadline_s,
+                        max_sessions=s.engine_max_sessions,
+                    ),
+                    runtime,
+                    VadSettings(
+                        threshold=s.vad_threshold,
+                        min_speech_s=s.vad_min_speech_s,
+                        min_silence_s=s.vad_min_silence_s,
+                        speech_pad_s=s.vad_speech_pad_s,
+                    ),
+                )
+            )
+        elif name == "vision":
+            specs.append(
+                EngineSpec(
+                    "vision",
+                    s.vision_model,
+                    BatchPolicy(
+                        max_batch_items=s.vision_max_batch_items,
+                        batch_wait_s=s.vision_batch_wait_s,
+                        max_queue_items=s.vision_max_queue_items,
+                        deadline_s=s.vision_deadline_s,
+                        max_sessions=s.engine_max_sessions,
+                    ),
+                    runtime,
+                    score_threshold=s.vision_score_threshold,
+                )
+            )
+        else:
+            raise ValueError(f"engines: unknown engine {name!r} (known: {', '.join(ENGINE_KINDS)})")
+    return specs
