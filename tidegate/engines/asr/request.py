@@ -1,0 +1,76 @@
+"""What an ASR engine is asked and what it answers, shared by both implementations
+(:mod:`.whisper_onnx` and :mod:`.faster_whisper`), and the checks that tell speech from
+hallucination (Whisper's own: no-speech probability, compression ratio, mean log-prob)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RequestError
+from ..runtime import Array
+from .features import SAMPLE_RATE_HZ
+
+MAX_AUDIO_S = 30.0  # Whisper's window
+
+
+@dataclass(frozen=True, slots=True)
+class AsrRequest:
+    """Transcribe ``audio`` (16 kHz mono float32, at most 30 s). ``prefix`` is text already
+    committed for this audio: the hypothesis is forced to begin with its tokens."""
+
+    audio: Array
+    prefix: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AsrResult:
+    """The greedy hypothesis: ``tokens`` (prefix included), ``text`` and the evidence for
+    (or against) speech. ``avg_logprob`` is over the generated (not forced) tokens."""
+
+    tokens: tuple[int, ...]
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    audio_ctx: int = 0  # encoder frames the audio ran on (20 ms each)
+    generated: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityGate:
+    """Whisper's fallback thresholds, used here to drop a hypothesis as not speech."""
+
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+    def is_speech(self, r: AsrResult) -> bool:
+        if not r.text.strip():
+            return False
+        if r.compression_ratio > self.compression_ratio_threshold:
+            return False  # a repetition loop
+        if r.no_speech_prob > self.no_speech_threshold and r.avg_logprob < self.logprob_threshold:
+            return False  # Whisper's silence rule
+        return r.generated == 0 or r.avg_logprob >= self.logprob_threshold * 1.5
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def check_audio(audio: object, name: str) -> Array:
+    a = np.asarray(audio)
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    if a.dtype != np.float32 or a.ndim != 1:
+        raise RequestError(f"{name}: audio must be 1-D float32 (or int16) at 16 kHz")
+    if len(a) > MAX_AUDIO_S * SAMPLE_RATE_HZ:
+        raise RequestError(f"{name}: {len(a) / SAMPLE_RATE_HZ:.1f} s of audio; at most 30 s")
+    if not np.isfinite(a).all():
+        raise RequestError(f"{name}: audio contains NaN or infinity")
+    return a

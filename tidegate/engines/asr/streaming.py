@@ -1,0 +1,175 @@
+"""The streaming policy, as pure logic (no model, no clock, no asyncio): one speech segment
+growing while the user speaks, re-decoded every ``partial_interval_s``, and what to send.
+
+- **Committed prefix** (local agreement): after each decode, the tokens on which the last
+  two hypotheses agree, cut back to a whole word (a word is complete once the next token
+  starts a new one), become committed. Committed tokens are forced as the prefix of every
+  later decode of the segment, and of its final, so they never change: an ``asr.partial``
+  carries the committed text, which only grows and is a prefix of the final.
+- **Gate**: a hypothesis counts only when :class:`~.request.QualityGate` calls it speech (no
+  text from silence or noise, even when the VAD let it through).
+- **Cuts**: a segment longer than ``max_segment_s`` is cut at the quietest VAD frame (below
+  ``pause_probability``) in the audio that arrived after the last commitment's audio, or at
+  the quietest frame anyway past ``hard_max_segment_s``. The audio is partitioned (the first
+  part ends exactly where the next begins), so no word is decoded twice; cutting at a pause
+  and never before committed audio keeps words whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..runtime import Array
+from .features import SAMPLE_RATE_HZ
+from .request import AsrRequest, AsrResult, QualityGate
+
+VAD_FRAME_SAMPLES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingSettings:
+    """Partial cadence and segment length limits."""
+
+    partial_interval_s: float = 1.0
+    min_partial_audio_s: float = 0.5
+    max_segment_s: float = 15.0
+    hard_max_segment_s: float = 25.0
+    pause_probability: float = 0.35
+    gate: QualityGate = field(default_factory=QualityGate)
+
+    def __post_init__(self) -> None:
+        if self.partial_interval_s <= 0:
+            raise ValueError("partial_interval_s must be positive")
+        if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
+            raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Segment:
+    """One segment of speech: its audio (16 kHz float32), the VAD probability of each
+    512-sample frame, and the committed tokens."""
+
+    def __init__(
+        self, seg_id: str, start_sample: int, decode: Callable[[Sequence[int]], str]
+    ) -> None:
+        self.id = seg_id
+        self.start_sample = start_sample
+        self._parts: list[Array] = []
+        self._samples = 0
+        self.probs: list[float] = []
+        self.committed: tuple[int, ...] = ()
+        self.committed_text = ""
+        self.commit_audio_end = 0  # segment samples the committing decode had seen
+        self.previous: tuple[int, ...] | None = None
+        self.decoded_until = 0
+        self.closed = False
+        self._decode = decode
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + self._samples
+
+    def append(self, audio: Array, probs: Sequence[float] = ()) -> None:
+        if len(audio):
+            self._parts.append(np.asarray(audio, dtype=np.float32))
+            self._samples += len(audio)
+        self.probs.extend(probs)
+
+    def audio(self, end: int | None = None) -> Array:
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        whole = self._parts[0] if self._parts else np.zeros(0, dtype=np.float32)
+        return whole if end is None else whole[:end]
+
+    def truncate(self, samples: int) -> None:
+        """Keep only the first ``samples`` (the VAD's end of speech)."""
+        whole = self.audio()
+        self._parts = [whole[:samples]]
+        self._samples = min(self._samples, samples)
+
+    def due(self, s: StreamingSettings) -> bool:
+        return (
+            not self.closed
+            and self._samples >= s.min_partial_audio_s * SAMPLE_RATE_HZ
+            and self._samples - self.decoded_until >= s.partial_interval_s * SAMPLE_RATE_HZ
+        )
+
+    def request(self, end: int | None = None) -> AsrRequest:
+        return AsrRequest(self.audio(end), self.committed)
+
+    def _starts_word(self, token: int) -> bool:
+        return self._decode([token]).startswith(" ")
+
+    def on_partial(self, result: AsrResult, decoded: int, s: StreamingSettings) -> bool:
+        """Take a partial hypothesis of the first ``decoded`` samples; True when the
+        committed prefix grew."""
+        self.decoded_until = max(self.decoded_until, decoded)
+        if not s.gate.is_speech(result):
+            self.previous = None
+            return False
+        hyp = result.tokens
+        prev, self.previous = self.previous, hyp
+        if prev is None:
+            return False
+        n = common_prefix(prev, hyp)
+        # Cut back to a word boundary: the word ending at n is complete only if hyp goes on
+        # with a token that starts a new word.
+        while n > len(self.committed) and not (n < len(hyp) and self._starts_word(hyp[n])):
+            n -= 1
+            while n > len(self.committed) and not self._starts_word(hyp[n]):
+                n -= 1
+        if n <= len(self.committed):
+            return False
+        self.committed = tuple(hyp[:n])
+        self.committed_text = self._decode(self.committed).strip()
+        self.commit_audio_end = decoded
+        return True
+
+    def cut_point(self, s: StreamingSettings) -> int | None:
+        """Where to cut this segment (samples), or None to let it grow."""
+        if self._samples < s.max_segment_s * SAMPLE_RATE_HZ:
+            return None
+        first = -(-self.commit_audio_end // VAD_FRAME_SAMPLES)
+        window = self.probs[first:]
+        if not window:
+            return None
+        k = int(np.argmin(window))
+        hard = self._samples >= s.hard_max_segment_s * SAMPLE_RATE_HZ
+        if window[k] < s.pause_probability or hard:
+            return min(self._samples, (first + k) * VAD_FRAME_SAMPLES + VAD_FRAME_SAMPLES // 2)
+        return None
+
+    def split(self, cut: int, new_id: str) -> Segment:
+        """Close this segment at ``cut`` and return the rest as a new open segment."""
+        whole = self.audio()
+        frame = cut // VAD_FRAME_SAMPLES
+        rest = Segment(new_id, self.start_sample + cut, self._decode)
+        rest.append(
+            whole[cut:], self.probs[frame + 1 :] if cut % VAD_FRAME_SAMPLES else self.probs[frame:]
+        )
+        self._parts = [whole[:cut]]
+        self._samples = cut
+        self.closed = True
+        return rest
+
+    def final_text(self, result: AsrResult | None, s: StreamingSettings) -> str:
+        """The final: the hypothesis when it is speech (it begins with the committed
+        tokens), else what was committed (possibly nothing)."""
+        if result is not None and s.gate.is_speech(result):
+            return result.text
+        return self.committed_text

@@ -1,0 +1,329 @@
+"""The ``transcribe`` session mode: inbound audio -> VAD -> streaming ASR -> events.
+
+Audio arrives as WS-only ``input.audio`` chunks (any rate, s16le or f32le, mixed to mono and
+resampled to 16 kHz) or over WebRTC (already 16 kHz mono float32). Both go through an
+:class:`~tidegate.media.AudioInbox`: the inbound audio lane of DESIGN.md's flow table —
+bounded at ``audio_buffer_s``; the consumer catches up by taking everything queued at once;
+when full, silence goes first and speech only with a ``flow.lag`` event. An ``input.audio``
+chunk's upload credit returns once the lane has consumed (or dropped) its audio.
+
+Two owned tasks per session: the *VAD loop* reads the lane, runs each 32 ms frame through
+the shared VAD scheduler (batched across sessions), emits ``vad.speech_started`` and
+``vad.speech_stopped``, and grows the current :class:`~tidegate.engines.asr.streaming.Segment`;
+the *ASR loop* decodes through the shared ASR scheduler (batched across sessions): the
+final of every closed segment first (in order), else a partial of the open segment when one
+is due. Finals wait in a bounded queue (``asr_max_pending_finals``): when full, the VAD loop
+waits, the lane fills, and its policy applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from tidegate.engines.asr.request import AsrResult
+from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.errors import EngineError
+from tidegate.engines.scheduler import Scheduler
+from tidegate.engines.service import EngineService
+from tidegate.engines.vad import FRAME_SAMPLES, VadResult
+from tidegate.media import AudioInbox, MediaPeer
+from tidegate.protocol import ClientMessage
+from tidegate.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    FlowLag,
+    InputAudio,
+    RtcCandidate,
+    RtcOffer,
+    Timing,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
+
+from .errors import InvalidConfigError, UnsupportedError
+from .rtc import SessionMedia
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
+PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Decode an ``input.audio`` chunk to 16 kHz mono float32 (linear interpolation)."""
+    dtype = np.dtype("<i2") if msg.format == "s16le" else np.dtype("<f4")
+    frame = dtype.itemsize * msg.channels
+    if len(msg.pcm) % frame:
+        raise InvalidConfigError(
+            f"input.audio.pcm: {len(msg.pcm)} bytes is not a whole number of "
+            f"{msg.channels}-channel {msg.format} frames"
+        )
+    x = np.frombuffer(msg.pcm, dtype=dtype).reshape(-1, msg.channels).astype(np.float32)
+    if msg.format == "s16le":
+        x /= 32768.0
+    mono = x.mean(axis=1) if msg.channels > 1 else x[:, 0]
+    if not np.isfinite(mono).all():
+        raise InvalidConfigError("input.audio.pcm: samples must be finite")
+    if msg.sample_rate == SAMPLE_RATE_HZ:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    if msg.sample_rate > SAMPLE_RATE_HZ:  # low-pass below the new Nyquist first
+        taps = np.arange(-RESAMPLE_TAPS, RESAMPLE_TAPS + 1)
+        cut = 0.45 * SAMPLE_RATE_HZ / msg.sample_rate
+        h = 2 * cut * np.sinc(2 * cut * taps) * np.hamming(len(taps))
+        mono = np.convolve(mono, (h / h.sum()).astype(np.float32), mode="same")
+    n_out = round(len(mono) * SAMPLE_RATE_HZ / msg.sample_rate)
+    t_out = np.arange(n_out) * (msg.sample_rate / SAMPLE_RATE_HZ)
+    out: np.ndarray[Any, np.dtype[np.float32]] = np.interp(
+        t_out, np.arange(len(mono)), mono
+    ).astype(np.float32)
+    return out
+
+
+def streaming_settings(session: Session) -> StreamingSettings:
+    s = session.settings
+    return StreamingSettings(
+        partial_interval_s=s.asr_partial_interval_s,
+        max_segment_s=s.asr_max_segment_s,
+        hard_max_segment_s=s.asr_hard_max_segment_s,
+    )
+
+
+class TranscribeMode:
+    """See the module docstring."""
+
+    name = "transcribe"
+
+    def __init__(self, session: Session, engines: EngineService) -> None:
+        self.session = session
+        s = session.settings
+        self.vad: Scheduler[Any, VadResult] = engines.get("vad")
+        self.asr: Scheduler[Any, AsrResult] = engines.get("asr")
+        tokenizer = getattr(self.asr.engine, "tokenizer", None)
+        if tokenizer is None:
+            raise UnsupportedError("the ASR engine has no tokenizer loaded")
+        self._decode = tokenizer.decode
+        self.settings = streaming_settings(session)
+        self.inbox = AudioInbox(
+            max_s=s.audio_buffer_s,
+            silence_dbfs=s.audio_silence_dbfs,
+            lag_report_ms=s.audio_lag_report_ms,
+            on_lag=self._lag,
+        )
+        self.media = SessionMedia(session, self._start_media)
+        self.vad.open_session(session.id)
+        self._feed_lock = asyncio.Lock()
+        self._credit: deque[tuple[float, int]] = deque()  # (lane ms when consumed, bytes)
+        self._samples = 0  # samples run through the VAD
+        self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
+        self._pre_roll_samples = 0
+        self._segment: Segment | None = None
+        self._finals: deque[tuple[Segment, float]] = deque()
+        self._finals_space = asyncio.Condition()
+        self._max_finals = s.asr_max_pending_finals
+        self._wake = asyncio.Event()
+        self._last_audio_ms = 0.0  # server time the newest audio arrived
+        self.counters: dict[str, int] = {
+            "segments": 0,
+            "partials": 0,
+            "finals": 0,
+            "empty_finals": 0,
+            "asr_errors": 0,
+            "vad_errors": 0,
+            "cuts": 0,
+        }
+        session.spawn(self._vad_loop(self.inbox), "vad")
+        session.spawn(self._asr_loop(), "asr")
+
+    # -- input ------------------------------------------------------------------------------
+    async def handle(self, msg: ClientMessage) -> None:
+        kind = type(msg)
+        if kind is InputAudio:
+            assert isinstance(msg, InputAudio)
+            try:
+                pcm = to_mono_16k(msg)
+            except InvalidConfigError:
+                self.session.return_credit(len(msg.pcm))
+                raise
+            self._last_audio_ms = now_ms()
+            self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
+            self._credit.append((self.inbox.stats.received_ms, len(msg.pcm)))
+            self._return_consumed()
+        elif kind is RtcOffer:
+            assert isinstance(msg, RtcOffer)
+            await self.media.handle_offer(msg.sdp, msg.id)
+        elif kind is RtcCandidate:
+            assert isinstance(msg, RtcCandidate)
+            await self.media.handle_candidate(msg)
+        else:
+            raise UnsupportedError(f"{msg.TYPE} is not handled in transcribe mode")
+
+    def _return_consumed(self) -> None:
+        st = self.inbox.stats
+        handled = st.received_ms - st.queued_ms + 1e-6
+        while self._credit and self._credit[0][0] <= handled:
+            self.session.return_credit(self._credit.popleft()[1])
+
+    def _lag(self, lag_ms: float, dropped_ms: float) -> None:
+        self.session.emit(FlowLag(lane="audio", lag_ms=lag_ms, dropped_ms=dropped_ms))
+
+    def _start_media(self, peer: MediaPeer) -> None:
+        if peer.audio_in is not None:
+            self.session.spawn(self._vad_loop(peer.audio_in), "rtc-vad")
+
+    # -- the VAD loop -----------------------------------------------------------------------
+    async def _vad_loop(self, inbox: AudioInbox) -> None:
+        rest = np.zeros(0, dtype=np.float32)
+        while (chunk := await inbox.read(max_ms=inbox.max_ms)) is not None:
+            if inbox is self.inbox:
+                self._return_consumed()
+            else:
+                self._last_audio_ms = now_ms()
+            audio = np.concatenate([rest, chunk.pcm]) if len(rest) else chunk.pcm
+            n = len(audio) // FRAME_SAMPLES
+            rest = audio[n * FRAME_SAMPLES :]
+            async with self._feed_lock:
+                for i in range(n):
+                    await self._frame(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+
+    async def _frame(self, frame: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+        received = self._last_audio_ms
+        start = now_ms()
+        try:
+            r = await self.vad.submit(frame, session=self.session.id)
+        except EngineError as e:
+            self.counters["vad_errors"] += 1
+            log.warning("session %s: VAD failed: %s", self.session.id, e)
+            r = VadResult(0.0, self._segment is not None, (), self._samples + FRAME_SAMPLES)
+        end = now_ms()
+        timing = Timing(received=received, engine_start=start, engine_end=end)
+        self._samples += FRAME_SAMPLES
+        seg = self._segment
+        if seg is not None:
+            seg.append(frame, [r.probability])
+        self._pre_roll.append(frame)
+        self._pre_roll_samples += FRAME_SAMPLES
+        while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
+            self._pre_roll_samples -= len(self._pre_roll.popleft())
+        for ev in r.events:
+            if ev.kind == "start" and self._segment is None:
+                self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
+                self._open_segment(ev.sample, r.probability)
+            elif ev.kind == "end" and self._segment is not None:
+                self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
+                seg = self._segment
+                self._segment = None
+                seg.truncate(max(0, ev.sample - seg.start_sample))
+                await self._close_segment(seg, received)
+        if self._segment is not None and self._segment.due(self.settings):
+            self._wake.set()
+
+    def _open_segment(self, start_sample: int, probability: float) -> None:
+        audio = np.concatenate(list(self._pre_roll))
+        first = self._samples - len(audio)
+        start_sample = max(start_sample, first)
+        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode)
+        skip = start_sample - first
+        frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
+        seg.append(audio[skip:], [probability] * frames)
+        self._segment = seg
+        self.counters["segments"] += 1
+
+    async def _close_segment(self, seg: Segment, received: float) -> None:
+        seg.closed = True
+        async with self._finals_space:
+            await self._finals_space.wait_for(lambda: len(self._finals) < self._max_finals)
+            self._finals.append((seg, received))
+        self._wake.set()
+
+    # -- the ASR loop -----------------------------------------------------------------------
+    async def _asr_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._finals or (self._segment is not None and self._segment.due(self.settings)):
+                if self._finals:
+                    seg, received = self._finals[0]
+                    await self._final(seg, received)
+                    async with self._finals_space:
+                        self._finals.popleft()
+                        self._finals_space.notify_all()
+                else:
+                    assert self._segment is not None
+                    await self._partial(self._segment)
+
+    async def _run(self, seg: Segment, end: int | None) -> tuple[AsrResult | None, Timing]:
+        received = self._last_audio_ms
+        start = now_ms()
+        try:
+            result: AsrResult | None = await self.asr.submit(seg.request(end))
+        except EngineError as e:
+            self.counters["asr_errors"] += 1
+            log.warning("session %s: ASR failed: %s", self.session.id, e)
+            result = None
+        return result, Timing(received=received, engine_start=start, engine_end=now_ms())
+
+    async def _partial(self, seg: Segment) -> None:
+        decoded = seg.samples
+        result, timing = await self._run(seg, decoded)
+        if result is None:
+            seg.decoded_until = decoded
+            return
+        if seg.on_partial(result, decoded, self.settings):
+            self.counters["partials"] += 1
+            self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
+        cut = seg.cut_point(self.settings) if self._segment is seg else None
+        if cut is not None:
+            self.counters["cuts"] += 1
+            rest = seg.split(cut, "seg_" + secrets.token_urlsafe(6))
+            self._segment = rest
+            self.counters["segments"] += 1
+            await self._close_segment(seg, self._last_audio_ms)
+
+    async def _final(self, seg: Segment, received: float) -> None:
+        result, timing = await self._run(seg, None)
+        timing = Timing(
+            received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
+        )
+        text = seg.final_text(result, self.settings)
+        if not text:
+            self.counters["empty_finals"] += 1
+            return
+        self.counters["finals"] += 1
+        self.session.emit(self._event(AsrFinal, seg, text, timing))
+
+    @staticmethod
+    def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:
+        return cls(
+            segment_id=seg.id,
+            text=text,
+            audio_start_ms=seg.start_sample * 1000 / SAMPLE_RATE_HZ,
+            audio_end_ms=seg.end_sample * 1000 / SAMPLE_RATE_HZ,
+            timing=timing,
+        )
+
+    # -- the rest ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "audio_in": self.inbox.stats.as_dict(),
+            "pending_finals": len(self._finals),
+            "media": self.media.stats(),
+        }
+
+    async def close(self) -> None:
+        self.inbox.close()
+        self.vad.close_session(self.session.id)
+        await self.media.close()
