@@ -35,6 +35,9 @@ class RuntimeOptions:
     trt_cache_dir: Path | None = None
     trt_fp16: bool = False
     trt_workspace_bytes: int = 1 << 30
+    #: TF32 matrix products on CUDA: faster, but a batch's answers then differ from single
+    #: calls by ~1e-4 (seen on an H100), so off unless asked for.
+    cuda_tf32: bool = False
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:

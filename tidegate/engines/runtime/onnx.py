@@ -58,7 +58,7 @@ def choose_providers(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]
 
 def _provider_options(short: str, options: RuntimeOptions) -> dict[str, Any]:
     if short == "cuda":
-        return {"device_id": options.device_id}
+        return {"device_id": options.device_id, "use_tf32": int(options.cuda_tf32)}
     if short == "tensorrt":
         out: dict[str, Any] = {
             "device_id": options.device_id,
