@@ -9,9 +9,13 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ASSETS := .cache/.assets-$(shell cat pyproject.toml scripts/fetch_assets.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test check lint format types pytest bench clean
+.PHONY: setup system run test check lint format types pytest bench clean
 
-setup: $(STAMP) $(ASSETS)
+setup: system $(STAMP) $(ASSETS)
+
+# Debian packages the tests need (chromium, iproute2): installed when missing.
+system:
+	@bash scripts/setup-system.sh
 
 $(ASSETS): $(STAMP) scripts/fetch_assets.py
 	$(BIN)/python scripts/fetch_assets.py .cache

@@ -50,7 +50,7 @@ class AudioOutTrack(MediaStreamTrack):
         *,
         max_s: float = 10.0,
         bitrate_bps: int = 32_000,
-        complexity: int = 2,
+        complexity: int = 0,
     ) -> None:
         super().__init__()
         max_frames = max(1, int(max_s * 1000 / FRAME_MS))

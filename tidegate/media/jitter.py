@@ -166,10 +166,10 @@ class JitterBuffer:
                 st.recovered_late += 1
             out.extend(self._release_run(now_ms))
             self._deadline = self._next_deadline()
-            if self._deadline is not None and self._deadline <= now_ms:
-                out.extend(self.poll(now_ms))
         elif self._deadline is None:
             self._deadline = now_ms + self.target_ms
+        if self._deadline is not None and self._deadline <= now_ms:
+            out.extend(self.poll(now_ms))
         return out
 
     def poll(self, now_ms: float) -> list[Release]:

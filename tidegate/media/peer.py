@@ -59,7 +59,7 @@ class MediaConfig:
     audio_lag_report_ms: float = 500.0
     audio_out_buffer_s: float = 10.0
     audio_out_bitrate_bps: int = 32_000
-    audio_out_complexity: int = 2
+    audio_out_complexity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
