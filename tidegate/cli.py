@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         add_models(sub, data_dir=settings.data_dir, models_file=settings.models_file)
     else:
         from tidegate.server.cli import add_commands as add_server
+        from tidegate.server.db.cli import add_commands as add_db
 
         add_server(sub)
+        add_db(sub)
         sub.add_parser("bench", help="run a benchmark scenario (tidegate bench --help)")
         sub.add_parser("models", help="prepare, list and verify models (tidegate models --help)")
     args = parser.parse_args(args_list)

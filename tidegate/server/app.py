@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
 from .rtc import offer_endpoint
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
+            *api_routes(),
         ],
         lifespan=lifespan,
     )

@@ -45,6 +45,7 @@ from tidegate.protocol.messages import (
 
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
+from .db.records import client_info
 from .errors import ForbiddenError, InvalidConfigError, RefusalError
 from .modes import resolve_config, start_mode
 from .rtc import ice_servers_for
@@ -228,6 +229,7 @@ class ControlChannel:
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         try:
+            self.runtime.limiter.admit_message(self.principal, msg, self.session)
             kind = type(msg)
             if kind is SessionCreate:
                 await self._create(msg)  # type: ignore[arg-type]
@@ -260,7 +262,7 @@ class ControlChannel:
     async def _create(self, msg: SessionCreate) -> None:
         registry = self.runtime.registry
         if msg.session_id is not None:
-            session = registry.resume(msg.session_id, self.principal)
+            session = registry.resume(msg.session_id, self.principal, self._client_info())
             resumed = True
             if msg.config is not None:
                 config = resolve_config(msg.config, session.config["mode"])
@@ -271,7 +273,7 @@ class ControlChannel:
         else:
             engines = self.runtime.engines
             config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
-            session = registry.create(self.principal, config)
+            session = registry.create(self.principal, config, self._client_info())
             session.mode = start_mode(session, engines)
             interval = self.runtime.settings.metrics_interval_s
             if interval > 0:
@@ -295,6 +297,9 @@ class ControlChannel:
         self._writer = asyncio.get_running_loop().create_task(
             self._write_loop(session), name=f"{session.id}:writer"
         )
+
+    def _client_info(self) -> dict[str, Any]:
+        return client_info(self.ws.scope, self.conn.codec.name)
 
     def _update(self, msg: SessionUpdate) -> None:
         assert self.session is not None

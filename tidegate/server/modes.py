@@ -29,6 +29,8 @@ from tidegate.protocol.messages import (
     RtcOffer,
 )
 
+from .db.records import Response as ResponseRecord
+from .db.records import SensorBatcher
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session
@@ -60,6 +62,11 @@ class LoopbackMode:
         self.frames = 0
         self.last_frame: dict[str, Any] | None = None
         self.sensor_readings: dict[str, int] = {}
+        self.sensors = SensorBatcher(
+            session.record,
+            max_readings=session.settings.sensor_batch_max_readings,
+            max_age_s=session.settings.sensor_batch_max_s,
+        )
         self.responses = 0
         self.media = SessionMedia(session, self._start_media)
         self.rtc_audio_chunks = 0
@@ -101,6 +108,7 @@ class LoopbackMode:
         elif kind is InputSensor:
             assert isinstance(msg, InputSensor)
             self.sensor_readings[msg.channel] = self.sensor_readings.get(msg.channel, 0) + 1
+            self.sensors.add(msg.channel, msg.ts, msg.values)
             s.return_credit(8 * len(msg.values))
         elif kind is InputText:
             assert isinstance(msg, InputText)
@@ -130,6 +138,7 @@ class LoopbackMode:
         s.emit(ResponseCreated(response_id=rid, ref=ref))
         s.emit(ResponseTextDelta(response_id=rid, delta=text, ref=ref))
         s.emit(ResponseDone(response_id=rid, status="completed", text=text, ref=ref))
+        s.record(ResponseRecord(response_id=rid, text=text, status="completed", ref=ref))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -186,6 +195,7 @@ class LoopbackMode:
             }
 
     async def close(self) -> None:
+        self.sensors.flush()
         await self.media.close()
 
 

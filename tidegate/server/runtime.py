@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .auth import TokenVerifier
+from .db.writer import RecordWriter
+from .limits import Limiter
 from .session import SessionRegistry
 from .settings import Settings
 
@@ -29,7 +31,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.verifier = TokenVerifier.from_settings(settings)
-        self.registry = SessionRegistry(settings)
+        self.recorder = RecordWriter.from_settings(settings)
+        self.limiter = Limiter(settings)
+        self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.counters: Counter[str] = Counter()
         self.channels: set[ControlChannel] = set()
         self.ready = False
@@ -39,6 +43,8 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.recorder.open()
+        self._tasks.append(loop.create_task(self.recorder.run(), name="db-writer"))
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
         if self.settings.engines:
@@ -62,6 +68,7 @@ class Runtime:
         self.ready = False
         self.draining = True
         await self.registry.close_all()
+        await self.recorder.close()  # journals what is queued, tries a last commit
         if self.engines is not None:
             await self.engines.close()
         for task in self._tasks:

@@ -10,19 +10,24 @@ hands back, and every task it starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tidegate.protocol import ClientMessage, ServerMessage
 from tidegate.protocol.messages import FlowCredit, Metrics
 
 from .auth import Principal
+from .db.records import Record, Recorder, SessionEnded, SessionResumed, SessionStarted, plain_json
 from .errors import ForbiddenError, NotFoundError, OverloadedError, RateLimitedError
 from .outbox import Outbox
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .limits import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Session:
         principal: Principal,
         config: dict[str, Any],
         settings: Settings,
+        *,
+        recorder: Recorder | None = None,
     ) -> None:
         self.id = session_id
         self.principal = principal
@@ -73,6 +80,8 @@ class Session:
         self.attachment: Attachment | None = None
         self.detached_at: float | None = None
         self.closed = False
+        self.recorder = recorder
+        self.resumes = 0
         self.dropped_while_detached = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._credit_messages = 0
@@ -81,6 +90,14 @@ class Session:
     @property
     def tenant(self) -> str:
         return self.principal.tenant
+
+    def record(self, rec: Record) -> bool:
+        """Hand a record of this session to the writer (never waits; False: refused)."""
+        if self.recorder is None:
+            return False
+        return self.recorder.record(
+            dataclasses.replace(rec, session_id=self.id, tenant=self.tenant)
+        )
 
     # -- events out -----------------------------------------------------------------------------
 
@@ -180,9 +197,18 @@ class Session:
 class SessionRegistry:
     """The sessions this node holds, with per-node and per-tenant limits and expiry."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        recorder: Recorder | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.recorder = recorder
+        self.limiter = limiter
         self._sessions: dict[str, Session] = {}
         self._per_tenant: dict[str, int] = {}
         self.created = 0
@@ -196,7 +222,9 @@ class SessionRegistry:
     def __iter__(self) -> Any:
         return iter(list(self._sessions.values()))
 
-    def create(self, principal: Principal, config: dict[str, Any]) -> Session:
+    def create(
+        self, principal: Principal, config: dict[str, Any], client: dict[str, Any] | None = None
+    ) -> Session:
         s = self.settings
         if len(self._sessions) >= s.max_sessions:
             self.refused += 1
@@ -211,14 +239,26 @@ class SessionRegistry:
                 f"tenant holds {held} sessions, its quota on this node; close one first",
                 retry_after_ms=RESUME_RETRY_AFTER_MS,
             )
+        if self.limiter is not None:
+            self.limiter.sessions.check(principal)
         session_id = "s_" + secrets.token_urlsafe(12)
-        session = Session(session_id, principal, config, s)
+        session = Session(session_id, principal, config, s, recorder=self.recorder)
         self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1
+        session.record(
+            SessionStarted(
+                subject=principal.subject,
+                mode=str(config.get("mode")),
+                config=plain_json(config),
+                client=client or {},
+            )
+        )
         return session
 
-    def resume(self, session_id: str, principal: Principal) -> Session:
+    def resume(
+        self, session_id: str, principal: Principal, client: dict[str, Any] | None = None
+    ) -> Session:
         session = self._sessions.get(session_id)
         # Another tenant's session looks exactly like a missing one: no existence oracle.
         if session is None or session.closed or session.tenant != principal.tenant:
@@ -226,19 +266,31 @@ class SessionRegistry:
         if session.principal.subject != principal.subject and not principal.is_admin:
             raise ForbiddenError("this session belongs to another subject of your tenant")
         self.resumed += 1
+        session.resumes += 1
+        session.record(
+            SessionResumed(subject=principal.subject, resumes=session.resumes, client=client or {})
+        )
         return session
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
-    async def remove(self, session: Session) -> None:
-        if self._sessions.pop(session.id, None) is not None:
+    async def remove(
+        self, session: Session, status: str = "closed", reason: str = "closed by the client"
+    ) -> None:
+        """Close a session; ``status`` (closed, expired, shutdown) and ``reason`` are recorded."""
+        held = self._sessions.pop(session.id, None) is not None
+        if held:
             n = self._per_tenant.get(session.tenant, 1) - 1
             if n > 0:
                 self._per_tenant[session.tenant] = n
             else:
                 self._per_tenant.pop(session.tenant, None)
         await session.close()
+        if held:
+            session.record(
+                SessionEnded(status=status, reason=reason, stats=plain_json(session.stats()))
+            )
 
     async def expire(self) -> int:
         """Close detached sessions whose resume window has passed; returns how many."""
@@ -250,7 +302,7 @@ class SessionRegistry:
             if s.attachment is None and s.detached_at is not None and now - s.detached_at >= window
         ]
         for session in stale:
-            await self.remove(session)
+            await self.remove(session, "expired", f"not resumed within {window:g} s")
         self.expired += len(stale)
         return len(stale)
 
@@ -264,7 +316,7 @@ class SessionRegistry:
 
     async def close_all(self) -> None:
         for session in list(self._sessions.values()):
-            await self.remove(session)
+            await self.remove(session, "shutdown", "the server shut down")
 
     def stats(self) -> dict[str, int]:
         return {

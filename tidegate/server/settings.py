@@ -227,6 +227,62 @@ class Settings:
         default=4,
     )
 
+    # -- persistence (docs/persistence.md) ------------------------------------------------------
+    database_url: str | None = _doc(
+        "Database: postgresql://USER@HOST:PORT/DB (through asyncpg) or sqlite:///PATH. Unset: "
+        "the SQLite file data_dir/tidegate.db, in WAL mode.",
+        default=None,
+    )
+    db_migrate_on_start: bool = _doc(
+        "Bring the schema up to date (alembic upgrade head) before the first write.", default=True
+    )
+    db_queue_max_records: int = _doc(
+        "Records queued for the writer task. Full: a new record is refused and counted "
+        "(policy reject); the media path never waits.",
+        default=10_000,
+    )
+    db_batch_max_records: int = _doc("Most records committed in one transaction.", default=500)
+    db_timeout_s: float = _doc(
+        "Longest connect or statement; past it the database counts as unavailable and "
+        "records wait in the journal.",
+        default=5.0,
+    )
+    db_retry_s: float = _doc(
+        "How often an unavailable database is tried again (replaying the journal).", default=1.0
+    )
+    db_journal_fsync: bool = _doc(
+        "fsync the journal after each batch, so records survive power loss, not only a crash.",
+        default=True,
+    )
+    db_journal_compact_bytes: int = _doc(
+        "Once every journaled record is committed, a journal this large is truncated.",
+        default=16_777_216,
+    )
+    sensor_batch_max_readings: int = _doc(
+        "Sensor readings of one channel kept as one record (sensor_batches row).", default=256
+    )
+    sensor_batch_max_s: float = _doc(
+        "A sensor batch older than this is written with the next reading.", default=5.0
+    )
+    api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
+
+    # -- rate limits (per token subject: tenant + sub) ------------------------------------------
+    rate_sessions_per_s: float = _doc(
+        "New sessions per second one subject may open (0: no limit).", default=1.0
+    )
+    rate_burst_sessions: int = _doc("New sessions one subject may open at once.", default=10)
+    rate_messages_per_s: float = _doc(
+        "Control messages per second one subject may send, uploads included (0: no limit).",
+        default=500.0,
+    )
+    rate_burst_messages: int = _doc(
+        "Control messages one subject may send in a burst.", default=1_000
+    )
+    rate_requests_per_s: float = _doc(
+        "HTTP API requests per second one subject may make (0: no limit).", default=20.0
+    )
+    rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+
     @property
     def key_path(self) -> Path:
         return self.data_dir / "jwt.key"
@@ -269,7 +325,9 @@ class Settings:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name.endswith(("_bytes", "_messages", "_sessions")) or f.name.startswith("max_"):
+            if f.name.endswith(
+                ("_bytes", "_messages", "_sessions", "_records", "_readings", "_items", "_requests")
+            ) or f.name.startswith("max_"):
                 if isinstance(v, int) and v < 1:
                     raise ConfigError(f"{f.name} must be at least 1, got {v}")
             if f.name.endswith("_s") and isinstance(v, float) and v < 0:

@@ -1,0 +1,81 @@
+"""Reading what landed in a database, straight from it (not through the code under test's
+queries), and building writers on a fresh database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tidegate.server.db import engine as db_engine
+from tidegate.server.db.writer import RecordWriter
+
+JSON_COLUMNS = {"config", "stats", "detail", "readings"}
+TABLES = (
+    "tenants",
+    "subjects",
+    "sessions",
+    "session_events",
+    "transcript_segments",
+    "responses",
+    "latency_summaries",
+    "sensor_batches",
+)
+
+
+def async_url(url: str) -> sa.URL:
+    u = make_url(url)
+    return u.set(drivername=db_engine.DRIVERS[u.get_backend_name()])
+
+
+def make_writer(url: str, journal_dir: Path, **kw: Any) -> RecordWriter:
+    opts: dict[str, Any] = {"timeout_s": 1.0, "retry_s": 0.1, "journal_fsync": False}
+    opts.update(kw)
+    return RecordWriter(async_url(url), journal_dir, **opts)
+
+
+async def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+    engine = db_engine.create_engine(async_url(url), timeout_s=5.0)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(sa.text(sql), params)
+            rows = [dict(row._mapping) for row in result]
+    finally:
+        await engine.dispose()
+    for row in rows:  # SQLite hands JSON columns back as text when read with raw SQL
+        for key in JSON_COLUMNS.intersection(row):
+            if isinstance(row[key], str):
+                row[key] = json.loads(row[key])
+    return rows
+
+
+async def counts(url: str) -> dict[str, int]:
+    out = {}
+    for table in TABLES:
+        key = "tenant_id || '/' || subject" if table == "subjects" else "id"
+        rows = await query(url, f"SELECT count(*) AS n, count(DISTINCT {key}) AS d FROM {table}")
+        assert rows[0]["n"] == rows[0]["d"]
+        out[table] = int(rows[0]["n"])
+    return out
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 20.0, what: str = ""
+) -> None:
+    """Wait until ``check()`` is true (polling); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout_s} s: {what}")
+        await asyncio.sleep(0.05)

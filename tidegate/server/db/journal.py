@@ -1,0 +1,202 @@
+"""The write-ahead journal: an append-only file of records, and a mark of how far it is done.
+
+Every batch the writer takes is appended here (and fsynced) before it is committed to the
+database; once the commit succeeds, the done mark moves past it. So a record is, at every
+instant, either still in the writer's memory, or in the journal beyond the done mark, or
+committed (and possibly also still beyond the mark, if the process died between the commit and
+the mark: replaying it then inserts nothing, since every write is idempotent).
+
+Files in the journal folder:
+- ``journal.jsonl``: one JSON record per line, appended only;
+- ``journal.done``: ``{"offset": N}``, the byte offset up to which every record is committed,
+  replaced atomically (write, then rename);
+- ``rejected.jsonl``: records the database refused for what they hold (not for being down),
+  kept for an operator, never retried;
+- ``journal.lock``: held (flock) while a writer owns the folder.
+
+When everything is done and the file has grown past ``compact_bytes``, the mark is reset to 0
+and then the file is truncated (a crash between the two replays committed records: harmless).
+
+This class does blocking file I/O: the writer calls it from a worker thread, one call at a time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.jsonl"
+DONE_FILE = "journal.done"
+REJECTED_FILE = "rejected.jsonl"
+LOCK_FILE = "journal.lock"
+
+
+class Journal:
+    """Append-only record journal with a done mark. Not thread-safe: one caller at a time."""
+
+    def __init__(self, folder: Path, *, fsync: bool = True, compact_bytes: int = 16 << 20) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        self.compact_bytes = compact_bytes
+        self.path = folder / JOURNAL_FILE
+        self.done_path = folder / DONE_FILE
+        self.rejected_path = folder / REJECTED_FILE
+        self.size_bytes = 0
+        self.done_offset = 0
+        self.pending = 0  # records beyond the done mark
+        self.torn_bytes = 0  # bytes of an incomplete last line cut off at open
+        self.compactions = 0
+        self.rejected = 0
+        self._fh: Any = None
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def open(self) -> int:
+        """Take the folder, cut a torn last line, count what is pending; returns that count."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"journal folder {self.folder} is in use by another tidegate process; give each "
+                "process its own data_dir"
+            ) from None
+        self._lock_fd = fd
+        self._fh = open(self.path, "a+b")  # noqa: SIM115 - held open for the writer's lifetime
+        self.size_bytes = self._fh.seek(0, os.SEEK_END)
+        self.done_offset = min(self._read_done(), self.size_bytes)
+        self._cut_torn_tail()
+        self.pending = sum(1 for _ in self._lines(self.done_offset, None))
+        return self.pending
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def append(self, entries: list[dict[str, Any]]) -> int:
+        """Append entries (one line each), flush and fsync; returns the new end offset."""
+        data = b"".join(orjson.dumps(e) + b"\n" for e in entries)
+        fh = self._fh
+        fh.write(data)
+        fh.flush()
+        if self.fsync:
+            os.fsync(fh.fileno())
+        self.size_bytes += len(data)
+        self.pending += len(entries)
+        return self.size_bytes
+
+    def mark_done(self, offset: int, count: int) -> None:
+        """Everything before ``offset`` (``count`` more records) is committed."""
+        self._write_done(offset)
+        self.done_offset = offset
+        self.pending = max(0, self.pending - count)
+        if self.done_offset == self.size_bytes and self.size_bytes >= self.compact_bytes:
+            self._compact()
+
+    def quarantine(self, entry: dict[str, Any], error: str) -> None:
+        """Keep a record the database refused for its content; it is never retried."""
+        line = orjson.dumps({"error": error, "entry": entry}) + b"\n"
+        with open(self.rejected_path, "ab") as fh:
+            fh.write(line)
+        self.rejected += 1
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read_pending(self, max_entries: int) -> tuple[list[dict[str, Any] | None], int]:
+        """Up to ``max_entries`` entries after the done mark (None for a line that does not
+        parse), and the offset just after the last one."""
+        out: list[dict[str, Any] | None] = []
+        end = self.done_offset
+        for line, line_end in self._lines(self.done_offset, max_entries):
+            try:
+                entry = orjson.loads(line)
+                out.append(entry if isinstance(entry, dict) else None)
+            except orjson.JSONDecodeError:
+                out.append(None)
+            end = line_end
+        return out, end
+
+    def _lines(self, offset: int, limit: int | None) -> Any:
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            pos = offset
+            for n, line in enumerate(fh):
+                if limit is not None and n >= limit:
+                    return
+                if not line.endswith(b"\n"):
+                    return  # a torn line is not a record
+                pos += len(line)
+                yield line, pos
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _read_done(self) -> int:
+        try:
+            data = orjson.loads(self.done_path.read_bytes())
+            return int(data["offset"])
+        except FileNotFoundError:
+            return 0
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("journal: %s is unreadable; replaying the whole journal", self.done_path)
+            return 0
+
+    def _write_done(self, offset: int) -> None:
+        tmp = self.done_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"offset": offset}))
+        os.replace(tmp, self.done_path)
+
+    def _cut_torn_tail(self) -> None:
+        """A crash in the middle of an append leaves a last line without its newline: cut it."""
+        if self.size_bytes == 0:
+            return
+        fh = self._fh
+        back = min(self.size_bytes, 1 << 20)
+        fh.seek(self.size_bytes - back)
+        tail = fh.read(back)
+        if tail.endswith(b"\n"):
+            return
+        keep = self.size_bytes - back + tail.rfind(b"\n") + 1
+        self.torn_bytes = self.size_bytes - keep
+        log.warning("journal: cutting a torn last line of %d bytes", self.torn_bytes)
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+        self.size_bytes = keep
+        self.done_offset = min(self.done_offset, keep)
+
+    def _compact(self) -> None:
+        self._write_done(0)
+        self._fh.truncate(0)
+        self._fh.flush()
+        self.size_bytes = 0
+        self.done_offset = 0
+        self.pending = 0
+        self.compactions += 1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "bytes": self.size_bytes,
+            "pending": self.pending,
+            "done_offset": self.done_offset,
+            "compactions": self.compactions,
+            "rejected": self.rejected,
+            "torn_bytes": self.torn_bytes,
+        }

@@ -1,0 +1,330 @@
+"""The writer: records in through a bounded queue, batches out to the database, and the
+journal in between so that nothing is lost while the database is away.
+
+``record()`` is all the media path ever calls: it appends to a bounded queue
+(``db_queue_max_records``, policy ``reject``: a record offered to a full queue is refused and
+counted in ``queue.rejected``; the caller never waits). One task, owned by the
+:class:`~tidegate.server.runtime.Runtime`, runs :meth:`RecordWriter.run`:
+
+1. take everything queued (at most ``db_batch_max_records``): batches form by themselves
+   while the previous one commits;
+2. append it to the journal and fsync (in a worker thread);
+3. commit it in one transaction (bounded by ``db_timeout_s``), then move the journal's done mark.
+
+If the commit fails because the database is unreachable (connection refused or lost, timeout,
+SQLite locked), the writer marks it unavailable and keeps journaling new batches; every
+``db_retry_s`` it replays the journal from the done mark, in order, in batches, and once that
+succeeds it is available again. A failure caused by a record itself (a constraint, bad data) is
+not retried: the batch is committed record by record and each refused record is moved to the
+journal's ``rejected.jsonl`` and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidegate.protocol import BoundedBuffer, Overflow, Push
+
+from ..settings import Settings
+from . import engine as db_engine
+from . import records as r
+from . import store
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+REFUSAL_LOG_INTERVAL_S = 10.0
+JOURNAL_DIR = "journal"
+
+
+def is_unavailable(e: BaseException) -> bool:
+    """True when ``e`` says the database cannot be reached (retry later), False when it
+    refused what we sent (retrying the same thing would fail again)."""
+    if isinstance(e, OSError | TimeoutError | ConnectionError | sa_exc.TimeoutError):
+        return True
+    if isinstance(e, sa_exc.DBAPIError):
+        if e.connection_invalidated:
+            return True
+        if isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return True
+        orig = getattr(e, "orig", None)
+        return orig is not None and type(orig).__name__ in _UNAVAILABLE_DRIVER_ERRORS
+    if isinstance(e, sa_exc.DisconnectionError):
+        return True
+    name = type(e).__name__
+    return name in _UNAVAILABLE_DRIVER_ERRORS or "Connection" in name
+
+
+_UNAVAILABLE_DRIVER_ERRORS = frozenset(
+    {
+        "CannotConnectNowError",
+        "ConnectionDoesNotExistError",
+        "ConnectionFailureError",
+        "ConnectionRejectionError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "CrashShutdownError",
+        "InterfaceError",
+        "InternalClientError",
+    }
+)
+
+
+class RecordWriter:
+    """A :class:`~tidegate.server.db.records.Recorder` backed by a database and a journal."""
+
+    def __init__(
+        self,
+        url: URL,
+        journal_dir: Path,
+        *,
+        queue_max_records: int = 10_000,
+        batch_max_records: int = 500,
+        timeout_s: float = 5.0,
+        retry_s: float = 1.0,
+        journal_fsync: bool = True,
+        journal_compact_bytes: int = 16 << 20,
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self.batch_max_records = batch_max_records
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.migrate = migrate
+        self.queue: BoundedBuffer[r.Record] = BoundedBuffer(
+            "db.records", max_items=queue_max_records, policy=Overflow.REJECT
+        )
+        self.journal = Journal(
+            journal_dir, fsync=journal_fsync, compact_bytes=journal_compact_bytes
+        )
+        self.engine: AsyncEngine = db_engine.create_engine(url, timeout_s=timeout_s)
+        self.available = True
+        self.schema_ready = not migrate
+        self.last_error: str | None = None
+        self.committed = 0
+        self.replayed = 0
+        self.batches = 0
+        self.failures = 0
+        self.outages = 0
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._next_try_s = 0.0
+        self._last_refusal_log_s = 0.0
+        self._opened = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RecordWriter:
+        return cls(
+            db_engine.database_url(settings),
+            settings.data_dir / JOURNAL_DIR,
+            queue_max_records=settings.db_queue_max_records,
+            batch_max_records=settings.db_batch_max_records,
+            timeout_s=settings.db_timeout_s,
+            retry_s=settings.db_retry_s,
+            journal_fsync=settings.db_journal_fsync,
+            journal_compact_bytes=settings.db_journal_compact_bytes,
+            migrate=settings.db_migrate_on_start,
+        )
+
+    # -- the media path's side: never waits -----------------------------------------------------
+
+    def record(self, rec: r.Record) -> bool:
+        """Queue a record for the writer; False (counted) when the queue is full."""
+        if self._stopping:
+            self.queue.stats.rejected += 1
+            return False
+        if self.queue.push(rec) is Push.ACCEPTED:
+            self._settled.clear()
+            self._wake.set()
+            return True
+        now = time.monotonic()
+        if now - self._last_refusal_log_s >= REFUSAL_LOG_INTERVAL_S:
+            self._last_refusal_log_s = now
+            log.warning(
+                "db writer: queue full (%d records); refusing records (%d so far)",
+                self.queue.max_items,
+                self.queue.stats.rejected,
+            )
+        return False
+
+    # -- the writer task ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the journal (what an earlier process left in it is replayed by ``run``) and
+        try the migrations once; if the database is unavailable, the writer tries again
+        before its first commit."""
+        pending = await asyncio.to_thread(self.journal.open)
+        self._opened = True
+        if pending:
+            log.info("db writer: %d journaled records to replay", pending)
+        if not self.schema_ready:
+            await self._commit([], [])
+
+    async def run(self) -> None:
+        """The writer loop; returns after :meth:`close` once everything is journaled."""
+        if not self._opened:
+            await self.open()
+        try:
+            while True:
+                await self._replay()
+                if not self.queue:
+                    if self.journal.pending == 0:
+                        self._settled.set()
+                    if self._stopping:
+                        return
+                    await self._wait()
+                    continue
+                batch = [
+                    self.queue.pop() for _ in range(min(len(self.queue), self.batch_max_records))
+                ]
+                await self._write(batch)
+        finally:
+            self._stopped.set()
+
+    async def _wait(self) -> None:
+        self._wake.clear()
+        timeout = None
+        if self.journal.pending:
+            timeout = max(0.0, self._next_try_s - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _write(self, batch: list[r.Record]) -> None:
+        entries = [r.to_entry(rec) for rec in batch]
+        older_pending = self.journal.pending > 0
+        end = await asyncio.to_thread(self.journal.append, entries)
+        if older_pending or not self._may_try():
+            return  # in the journal; _replay commits it in order
+        if await self._commit(batch, entries):
+            await asyncio.to_thread(self.journal.mark_done, end, len(batch))
+
+    async def _replay(self) -> None:
+        """Commit what the journal holds beyond its done mark, oldest first."""
+        while self.journal.pending and self._may_try():
+            entries, end = await asyncio.to_thread(
+                self.journal.read_pending, self.batch_max_records
+            )
+            if not entries:
+                return
+            batch: list[r.Record] = []
+            kept: list[dict[str, Any]] = []
+            for entry in entries:
+                try:
+                    if entry is None:
+                        raise r.RecordFormatError("a journal line that is not a JSON object")
+                    batch.append(r.from_entry(entry))
+                    kept.append(entry)
+                except r.RecordFormatError as e:
+                    await asyncio.to_thread(self.journal.quarantine, entry or {}, str(e))
+            if not await self._commit(batch, kept):
+                return
+            self.replayed += len(batch)
+            await asyncio.to_thread(self.journal.mark_done, end, len(entries))
+
+    def _may_try(self) -> bool:
+        return self.available or time.monotonic() >= self._next_try_s
+
+    async def _commit(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
+        """Commit ``batch``; False if the database is unavailable (the batch stays pending)."""
+        try:
+            if not self.schema_ready:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    await db_engine.upgrade(self.engine)
+                self.schema_ready = True
+            if batch:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    async with self.engine.begin() as conn:
+                        await store.apply(conn, batch)
+        except Exception as e:
+            if is_unavailable(e):
+                self._unavailable(e)
+                return False
+            log.warning("db writer: a batch was refused (%s); committing one by one", e)
+            return await self._commit_each(batch, entries)
+        self._committed(len(batch))
+        return True
+
+    async def _commit_each(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
+        for rec, entry in zip(batch, entries, strict=True):
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    async with self.engine.begin() as conn:
+                        await store.apply(conn, [rec])
+            except Exception as e:
+                if is_unavailable(e):
+                    self._unavailable(e)
+                    return False  # the whole batch stays pending; what did commit is idempotent
+                log.error("db writer: record %s refused: %s", rec.record_id, e)
+                await asyncio.to_thread(self.journal.quarantine, entry, str(e)[:500])
+                continue
+            self._committed(1)
+        return True
+
+    def _committed(self, n: int) -> None:
+        self.committed += n
+        self.batches += 1
+        if not self.available:
+            log.warning("db writer: database is back (%s)", db_engine.describe(self.url))
+        self.available = True
+
+    def _unavailable(self, e: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(e).__name__}: {e}"[:500]
+        if self.available:
+            self.outages += 1
+            log.warning(
+                "db writer: database unavailable (%s); journaling until it returns",
+                self.last_error,
+            )
+        self.available = False
+        self._next_try_s = time.monotonic() + self.retry_s
+
+    # -- control --------------------------------------------------------------------------------
+
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every record offered so far is committed; False on timeout."""
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await self._settled.wait()
+                    if not self.queue and self.journal.pending == 0:
+                        return True
+                    self._settled.clear()
+        except TimeoutError:
+            return False
+
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Stop taking records, journal what is queued, try one last commit, release all."""
+        self._stopping = True
+        self._wake.set()
+        if self._opened:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), timeout_s or self.timeout_s * 3)
+        await self.engine.dispose()
+        await asyncio.to_thread(self.journal.close)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "database": db_engine.describe(self.url),
+            "available": self.available,
+            "last_error": self.last_error,
+            "queue": self.queue.stats.as_dict(),
+            "journal": self.journal.stats(),
+            "committed": self.committed,
+            "replayed": self.replayed,
+            "batches": self.batches,
+            "failures": self.failures,
+            "outages": self.outages,
+        }

@@ -1,0 +1,157 @@
+"""Per-token rate limits: token buckets keyed by the token's subject (tenant + ``sub``).
+
+Three buckets per subject: new sessions, control messages (uploads included) and HTTP API
+requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
+``retry_after_ms`` (the time until one token is back): on the wire an ``error`` with code
+``rate_limited``, over HTTP a 429 with ``Retry-After``. Keying by subject rather than by the
+token string means a subject cannot reset its budget by fetching a fresh token.
+
+The buckets live in memory on each node (a cluster-wide limiter belongs to Redis, see
+DESIGN.md); a full bucket is the same as none, so full buckets are pruned once the table
+holds ``PRUNE_AT_KEYS`` subjects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tidegate.protocol import ClientMessage
+from tidegate.protocol.messages import UPLOAD_TYPES
+
+from .auth import Principal
+from .errors import RateLimitedError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .session import Session
+
+PRUNE_AT_KEYS = 10_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at_s: float
+
+
+class TokenBuckets:
+    """One token bucket per key: ``rate_per_s`` refill, ``burst`` capacity (rate 0: no limit)."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        rate_per_s: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self.admitted = 0
+        self.refused = 0
+
+    def take(self, key: tuple[str, str]) -> float | None:
+        """Take one token; None if admitted, else the milliseconds until one is back."""
+        if self.rate_per_s <= 0:
+            self.admitted += 1
+            return None
+        now = self.clock()
+        b = self._buckets.get(key)
+        if b is None:
+            if len(self._buckets) >= PRUNE_AT_KEYS:
+                self._prune(now)
+            b = self._buckets[key] = _Bucket(self.burst, now)
+        else:
+            b.tokens = min(self.burst, b.tokens + (now - b.at_s) * self.rate_per_s)
+            b.at_s = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            self.admitted += 1
+            return None
+        self.refused += 1
+        return (1.0 - b.tokens) / self.rate_per_s * 1000.0
+
+    def check(self, principal: Principal) -> None:
+        """Take one token for ``principal`` or raise RateLimitedError."""
+        wait_ms = self.take((principal.tenant, principal.subject))
+        if wait_ms is not None:
+            raise RateLimitedError(
+                f"too many {self.what}: the limit is {self.rate_per_s:g} per second (burst "
+                f"{self.burst:g}) per subject; retry in {wait_ms:.0f} ms",
+                retry_after_ms=round(wait_ms, 1),
+            )
+
+    def _prune(self, now: float) -> None:
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.at_s) * self.rate_per_s >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rate_per_s": self.rate_per_s,
+            "burst": self.burst,
+            "subjects": len(self._buckets),
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
+
+class Limiter:
+    """The rate limits of one node."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        s = settings
+        self.sessions = TokenBuckets(
+            "new sessions",
+            rate_per_s=s.rate_sessions_per_s,
+            burst=s.rate_burst_sessions,
+            clock=clock,
+        )
+        self.messages = TokenBuckets(
+            "messages", rate_per_s=s.rate_messages_per_s, burst=s.rate_burst_messages, clock=clock
+        )
+        self.requests = TokenBuckets(
+            "API requests",
+            rate_per_s=s.rate_requests_per_s,
+            burst=s.rate_burst_requests,
+            clock=clock,
+        )
+
+    def admit_message(
+        self, principal: Principal, msg: ClientMessage, session: Session | None
+    ) -> None:
+        """Count a control message against its subject's budget. A refused upload's credit is
+        handed back at once: the message was consumed, only not acted on."""
+        try:
+            self.messages.check(principal)
+        except RateLimitedError:
+            if session is not None and msg.TYPE in UPLOAD_TYPES:
+                session.return_credit(upload_bytes(msg))
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions.stats(),
+            "messages": self.messages.stats(),
+            "requests": self.requests.stats(),
+        }
+
+
+def upload_bytes(msg: Any) -> int:
+    """The credit an upload consumed (the protocol's own measure: payload bytes, 8 a value)."""
+    t = msg.TYPE
+    if t == "input.audio":
+        return len(msg.pcm)
+    if t == "input.frame":
+        return len(msg.image)
+    return 8 * len(msg.values)
