@@ -14,13 +14,15 @@ from typing import Any
 from . import models
 from .engine import Engine, TensorEngine
 from .errors import EngineError, ModelError
+from .llm import LlmBatcher, LlmSettings
 from .runtime import RuntimeOptions
 from .scheduler import BatchPolicy, Scheduler
 from .vad import SileroVad, VadSettings
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("vad", "vision", "asr")
+ENGINE_KINDS = ("vad", "vision", "asr", "llm", "tts")
+LLM_MODELS = ("smollm2-135m", "smollm2-135m-fp32")
 VISION_MODELS = ("blazeface", "mtcnn")
 
 
@@ -36,6 +38,7 @@ class EngineSpec:
     score_threshold: float = 0.5
     asr_ctx_margin_s: float = 5.0
     asr_ctx_step_s: float = 1.0
+    llm: LlmSettings = field(default_factory=LlmSettings)
 
 
 def build_engine(
@@ -62,6 +65,10 @@ def build_engine(
     folder = models.model_dir(data_dir, spec.model)
     if spec.model == "silero-vad":
         return SileroVad(folder / "silero_vad.onnx", runtime=spec.runtime, settings=spec.vad)
+    if spec.model == "piper-joe":
+        from .tts import PiperVoice
+
+        return PiperVoice(folder / "en_US-joe-medium.onnx", runtime=spec.runtime)
     if spec.model == "whisper-tiny-en":
         from .asr.whisper_onnx import WhisperOnnx
 
@@ -101,12 +108,17 @@ class EngineService:
         self.custom = dict(custom or {})
         self.wheel_dir = wheel_dir
         self.schedulers: dict[str, Scheduler[Any, Any]] = {}
+        # LLMs batch step by step (see llm/batcher.py), not request by request.
+        self.batchers: dict[str, LlmBatcher] = {}
         self.ready = False
 
     async def start(self) -> None:
         """Build, load and warm up every engine (in threads); on failure close what started."""
         try:
             for spec in self.specs:
+                if spec.model in LLM_MODELS:
+                    await self._start_llm(spec)
+                    continue
                 engine = await asyncio.to_thread(
                     build_engine, spec, self.data_dir, self.custom, wheel_dir=self.wheel_dir
                 )
@@ -125,6 +137,23 @@ class EngineService:
             raise
         self.ready = True
 
+    async def _start_llm(self, spec: EngineSpec) -> None:
+        await asyncio.to_thread(
+            models.prepare, self.data_dir, spec.model, wheel_dir=self.wheel_dir, download=False
+        )
+        batcher = LlmBatcher(
+            models.model_dir(self.data_dir, spec.model), runtime=spec.runtime, settings=spec.llm
+        )
+        self.batchers[spec.name] = batcher
+        await batcher.start()
+        log.info("engine %s: %s on %s", spec.name, spec.model, batcher.provider)
+
+    def llm(self, name: str = "llm") -> LlmBatcher:
+        try:
+            return self.batchers[name]
+        except KeyError:
+            raise EngineError(f"LLM engine {name!r} is not running") from None
+
     def get(self, name: str) -> Scheduler[Any, Any]:
         try:
             return self.schedulers[name]
@@ -133,9 +162,14 @@ class EngineService:
 
     async def close(self) -> None:
         self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self.batchers.clear()
         for scheduler in reversed(list(self.schedulers.values())):
             await scheduler.close()
         self.schedulers.clear()
 
     def stats(self) -> dict[str, Any]:
-        return {name: s.stats() for name, s in self.schedulers.items()}
+        out: dict[str, Any] = {name: s.stats() for name, s in self.schedulers.items()}
+        out.update({name: b.stats() for name, b in self.batchers.items()})
+        return out

@@ -13,6 +13,7 @@ from starlette.routing import Route
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
+from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
+            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),
         ],
         lifespan=lifespan,

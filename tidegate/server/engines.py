@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tidegate.engines.llm import LlmSettings
 from tidegate.engines.runtime import RuntimeOptions
 from tidegate.engines.scheduler import BatchPolicy
-from tidegate.engines.service import ENGINE_KINDS, VISION_MODELS, EngineSpec
+from tidegate.engines.service import ENGINE_KINDS, LLM_MODELS, VISION_MODELS, EngineSpec
 from tidegate.engines.vad import VadSettings
 
 if TYPE_CHECKING:
@@ -79,6 +80,33 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     runtime,
                     asr_ctx_margin_s=s.asr_ctx_margin_s,
                     asr_ctx_step_s=s.asr_ctx_step_s,
+                )
+            )
+        elif name == "llm":
+            if s.llm_model not in LLM_MODELS:
+                raise ValueError(f"llm_model must be one of {LLM_MODELS}, got {s.llm_model!r}")
+            llm = LlmSettings(
+                max_batch_items=s.llm_max_batch_items,
+                max_queue_items=s.llm_max_queue_items,
+                queue_deadline_s=s.llm_queue_deadline_s,
+                max_prompt_tokens=s.llm_max_prompt_tokens,
+                max_context_tokens=s.llm_max_context_tokens,
+                session_cache_items=s.llm_session_cache_items,
+            )
+            specs.append(EngineSpec("llm", s.llm_model, runtime=runtime, llm=llm))
+        elif name == "tts":
+            specs.append(
+                EngineSpec(
+                    "tts",
+                    "piper-joe",
+                    BatchPolicy(
+                        max_batch_items=1,
+                        batch_wait_s=0.0,
+                        max_queue_items=s.tts_max_queue_items,
+                        deadline_s=s.tts_deadline_s,
+                        max_sessions=s.engine_max_sessions,
+                    ),
+                    runtime,
                 )
             )
         else:

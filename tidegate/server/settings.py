@@ -227,6 +227,33 @@ class Settings:
         default=4,
     )
 
+    # -- LLM and TTS (docs/llm-tts.md) --------------------------------------------------------
+    llm_model: str = _doc(
+        "LLM of the llm engine: smollm2-135m (int8 weights, fastest) or smollm2-135m-fp32 "
+        "(float weights: a generation's tokens do not depend on what it is batched with).",
+        default="smollm2-135m",
+    )
+    llm_max_batch_items: int = _doc("Generations decoding together in one step.", default=16)
+    llm_max_queue_items: int = _doc(
+        "Generations waiting to join the batch; more are refused (overloaded).", default=64
+    )
+    llm_queue_deadline_s: float = _doc(
+        "A generation not started within this fails (timeout).", default=30.0
+    )
+    llm_max_prompt_tokens: int = _doc("Longest prompt, in tokens.", default=2048)
+    llm_max_context_tokens: int = _doc("Prompt plus reply, in tokens.", default=4096)
+    llm_session_cache_items: int = _doc(
+        "Conversations whose KV cache is kept for their next turn (least recent dropped).",
+        default=256,
+    )
+    llm_default_max_tokens: int = _doc(
+        "Reply length when a request names none (the OpenAI endpoint).", default=256
+    )
+    tts_max_queue_items: int = _doc(
+        "Text chunks queued for synthesis; more are refused (overloaded).", default=64
+    )
+    tts_deadline_s: float = _doc("A chunk's audio is due within this.", default=10.0)
+
     # -- persistence (docs/persistence.md) ------------------------------------------------------
     database_url: str | None = _doc(
         "Database: postgresql://USER@HOST:PORT/DB (through asyncpg) or sqlite:///PATH. Unset: "
