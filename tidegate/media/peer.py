@@ -36,7 +36,7 @@ from .video_in import VideoInbox
 log = logging.getLogger(__name__)
 
 MAX_SDP_CHARS = 65_536
-MAX_EARLY_CANDIDATES = 64
+MAX_REMOTE_CANDIDATES = 64
 
 _live_peers: weakref.WeakSet[MediaPeer] = weakref.WeakSet()
 
@@ -206,8 +206,8 @@ class MediaPeer:
             ) from None
         cand.sdpMid = sdp_mid
         cand.sdpMLineIndex = sdp_mline_index
-        if self.candidates_added >= MAX_EARLY_CANDIDATES:
-            raise BadSdpError(f"rtc.candidate: more than {MAX_EARLY_CANDIDATES} candidates")
+        if self.candidates_added >= MAX_REMOTE_CANDIDATES:
+            raise BadSdpError(f"rtc.candidate: more than {MAX_REMOTE_CANDIDATES} candidates")
         self.candidates_added += 1
         try:
             await self.pc.addIceCandidate(cand)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from tidegate.media import (
+    IceConfigError,
     IcePolicy,
     LocalMediaError,
     MediaConfig,
@@ -44,6 +46,8 @@ from .auth import SCOPE_SESSION, bearer_from_header
 from .errors import NotFoundError, OverloadedError, RefusalError, UnsupportedError
 from .session import Session
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 NO_PORT_RETRY_MS = 1_000.0
 HTTP_STATUS = {
@@ -121,10 +125,17 @@ class SessionMedia:
             peer = MediaPeer(media_config(self.session.settings), on_lag=self._lag)
             try:
                 answer = await peer.accept_offer(sdp)
-            except LocalMediaError as e:
+            except IceConfigError as e:  # no free UDP port: try again later
                 await peer.close()
                 raise OverloadedError(
                     f"media: {e.message}", retry_after_ms=NO_PORT_RETRY_MS
+                ) from None
+            except LocalMediaError:  # our fault: the details stay in the log
+                await peer.close()
+                log.exception("session %s: media setup failed", self.session.id)
+                raise OverloadedError(
+                    "media: cannot set up WebRTC media now; the server log has the details",
+                    retry_after_ms=NO_PORT_RETRY_MS,
                 ) from None
             except MediaError as e:
                 await peer.close()
