@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from tidegate.media import BadSdpError, MediaConfig, MediaPeer, MediaStateError, live_peers
+from tidegate.media import (
+    BadSdpError,
+    MediaConfig,
+    MediaPeer,
+    MediaStateError,
+    apply_ice_policy,
+    live_peers,
+)
 
 from .conftest import close_pair, connect_pair, tone
 
@@ -138,6 +145,7 @@ async def test_malformed_sdp_is_refused_with_bad_sdp() -> None:
     # A real offer with PCMU only: the error names the codec problem.
     pc = RTCPeerConnection(MediaConfig().ice.configuration())
     pc.addTransceiver("audio")
+    apply_ice_policy(pc, MediaConfig().ice)  # gather on 127.0.0.1 only
     await pc.setLocalDescription(await pc.createOffer())
     sdp = pc.localDescription.sdp
     await pc.close()
