@@ -236,3 +236,19 @@ def test_closed_connection_refuses_to_send() -> None:
     assert len(server.close_reason.encode()) <= 123
     with pytest.raises(LocalProtocolError):
         server.send(FlowCredit(messages=1, bytes=1), 0)
+
+
+def test_client_may_create_again_after_a_refusal() -> None:
+    """A refused session.create can be retried on the same connection; not once open."""
+    client, server = pair()
+    client.send(SessionCreate(id="c1", config={"mode": "nope"}), 0)
+    pump(client, server)
+    server.send(Error(code="invalid_field", message="config.mode", ref="c1"), 0)
+    pump(server, client)
+    client.send(SessionCreate(id="c2"), 0)
+    [create] = pump(client, server)
+    assert create == SessionCreate(id="c2")
+    server.send(SessionCreated(session_id="s", config={}, limits={}, ice_servers=()), 0)
+    pump(server, client)
+    with pytest.raises(LocalProtocolError, match="already open"):
+        client.send(SessionCreate(id="c3"), 0)

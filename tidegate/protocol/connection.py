@@ -258,8 +258,9 @@ class Connection:
             if not isinstance(msg, ClientMessage):
                 raise LocalProtocolError(f"a client cannot send the server message {msg.TYPE}")
             if type(msg) is SessionCreate:
-                if self._create_sent:
-                    raise LocalProtocolError("session.create sent twice on one connection")
+                # Again after a refusal is fine; once a session is open it is not.
+                if self.state is not State.AWAITING_SESSION:
+                    raise LocalProtocolError("a session is already open on this connection")
                 self._create_sent = True
             elif not self._create_sent and type(msg) is not Ping:
                 raise LocalProtocolError(f"send session.create before {msg.TYPE}")

@@ -29,9 +29,10 @@ async def readyz(request: Request) -> JSONResponse:
     runtime: Runtime = request.app.state.runtime
     if runtime.ready and not runtime.draining:
         return JSONResponse({"status": "ready", "sessions": len(runtime.registry)})
-    return JSONResponse(
-        {"status": "starting" if not runtime.draining else "draining"}, status_code=503
-    )
+    if runtime.startup_error is not None:
+        return JSONResponse({"status": "failed", "error": runtime.startup_error}, status_code=503)
+    status = "draining" if runtime.draining else "starting"
+    return JSONResponse({"status": status}, status_code=503)
 
 
 CONTROL_PATH = "/v1/control"

@@ -46,8 +46,8 @@ from tidegate.protocol.messages import (
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .db.records import client_info
-from .errors import ForbiddenError, InvalidConfigError, RefusalError
-from .modes import resolve_config, start_mode
+from .errors import ForbiddenError, InvalidConfigError, OverloadedError, RefusalError
+from .modes import ENGINE_MODES, resolve_config, start_mode
 from .rtc import ice_servers_for
 from .session import Session
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+ENGINE_WARMUP_RETRY_MS = 1_000.0
 
 
 def now_ms() -> float:
@@ -272,6 +274,12 @@ class ControlChannel:
                     )
         else:
             engines = self.runtime.engines
+            mode = (msg.config or {}).get("mode", self.runtime.settings.default_mode)
+            if mode in ENGINE_MODES and self.runtime.engines_warming:
+                raise OverloadedError(
+                    "the engines are still warming up; try again shortly",
+                    retry_after_ms=ENGINE_WARMUP_RETRY_MS,
+                )
             config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
             session = registry.create(self.principal, config, self._client_info())
             session.mode = start_mode(session, engines)

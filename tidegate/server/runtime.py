@@ -38,6 +38,7 @@ class Runtime:
         self.channels: set[ControlChannel] = set()
         self.ready = False
         self.draining = False
+        self.startup_error: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.engines: EngineService | None = None
 
@@ -48,21 +49,47 @@ class Runtime:
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
         if self.settings.engines:
-            await self._start_engines()
-        self.ready = True
+            # Load in the background: /healthz answers at once, /readyz once engines are warm.
+            self._tasks.append(loop.create_task(self._start_engines(), name="engine-start"))
+        else:
+            self.ready = True
+
+    @property
+    def engines_warming(self) -> bool:
+        """Engines are configured but not loaded yet (and have not failed)."""
+        return bool(self.settings.engines) and self.engines is None and self.startup_error is None
 
     async def _start_engines(self) -> None:
-        """Load and warm up the configured engines (in threads: the loop keeps serving
-        /healthz meanwhile); /readyz turns ready after this."""
+        """Load and warm up the configured engines (model work runs in threads, so the loop
+        keeps serving); ``ready`` turns true after this, ``startup_error`` says why not."""
         from tidegate.engines.models import load_custom_models
         from tidegate.engines.service import EngineService
 
         from .engines import engine_specs
 
         s = self.settings
-        custom = load_custom_models(s.models_file) if s.models_file else {}
-        self.engines = EngineService(engine_specs(s), s.data_dir, custom=custom)
-        await self.engines.start()
+        try:
+            custom = load_custom_models(s.models_file) if s.models_file else {}
+            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+        except Exception as e:
+            self._engines_failed(e)
+            return
+        try:
+            await service.start()
+        except asyncio.CancelledError:
+            await service.close()
+            raise
+        except Exception as e:
+            await service.close()
+            self._engines_failed(e)
+            return
+        self.engines = service
+        self.ready = True
+        log.info("engines ready: %s", ", ".join(s.engines))
+
+    def _engines_failed(self, error: Exception) -> None:
+        self.startup_error = f"engines failed to start: {error}"
+        log.error("%s", self.startup_error)
 
     async def stop(self) -> None:
         self.ready = False
