@@ -26,6 +26,9 @@ SENTENCES = (
     "We will meet again tomorrow morning at nine.",
 )
 
+REPLY = "The capital of France is Paris. It is a big city. And"
+LONG_REPLY = "Hello there, my friend. This reply keeps going"
+
 
 @pytest.fixture(scope="module")
 def voice(data_dir: Path) -> Iterator[PiperVoice]:
@@ -109,7 +112,7 @@ async def test_stream_speaks_before_the_text_ends(voice: PiperVoice) -> None:
         stream = TtsStream(scheduler.submit)
         frames: list[np.ndarray] = []
         reader_task = asyncio.get_running_loop().create_task(_read(stream, frames))
-        for word in ["Hello", "there,", "my", "friend.", "This", "reply", "keeps", "going"]:
+        for word in LONG_REPLY.split(" "):
             stream.push(word + " ")
             await asyncio.sleep(0.05)
         for _ in range(200):
