@@ -4,6 +4,7 @@ silence gate, batching, and agreement between the two implementations."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from tidegate.engines import models
 from tidegate.engines.asr.convert import read_ct2
 from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
-from tidegate.engines.asr.request import AsrRequest, QualityGate
+from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context
 from tidegate.engines.engine import Failed, Ok
@@ -152,3 +153,35 @@ def test_streaming_commits_only_agreed_whole_words(onnx_asr: WhisperOnnx, becket
     for a, b in zip(committed, [*committed[1:], text], strict=True):
         assert b.startswith(a), (a, b)
     assert wer(BECKETT, text) <= 0.1, text
+
+
+def test_a_cancelled_request_is_dropped_alone(onnx_asr: WhisperOnnx, beckett) -> None:
+    """A request whose cancel event is set fails with AsrCancelledError; its batch mate is
+    answered with the same text as alone."""
+    cancel = threading.Event()
+    cancel.set()
+    out = onnx_asr.run_batch(
+        [AsrRequest(beckett, cancel=cancel), AsrRequest(beckett[:48_000])], [None, None]
+    )
+    assert isinstance(out[0], Failed) and isinstance(out[0].error, AsrCancelledError)
+    assert isinstance(out[1], Ok)
+    (alone,) = run(onnx_asr, AsrRequest(beckett[:48_000]))
+    assert out[1].value.text == alone.text
+
+
+def test_no_partial_in_a_short_pause() -> None:
+    """A partial is not due while the newest frames are quiet for less than partial_hold_s,
+    and is due again once speech goes on (or the quiet outlasts the hold)."""
+    s = StreamingSettings(partial_interval_s=1.0, partial_hold_s=0.2)
+    seg = Segment("s", 0, lambda tokens: "")
+    frame = np.zeros(512, dtype=np.float32)
+    for _ in range(40):  # 1.28 s of speech
+        seg.append(frame, [0.9])
+    assert seg.due(s)
+    seg.append(frame, [0.1])
+    assert not seg.due(s)  # 32 ms of quiet: maybe the end
+    for _ in range(6):
+        seg.append(frame, [0.1])
+    assert seg.due(s)  # 224 ms of quiet, more than the hold
+    seg.append(frame, [0.9])
+    assert seg.due(s)

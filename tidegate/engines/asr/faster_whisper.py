@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Engine, Ok, Outcome
+from ..engine import Engine, Failed, Ok, Outcome
 from ..errors import EngineError, MissingPackageError, RequestError
 from ..signature import Signature, TensorSpec
 from .features import SAMPLE_RATE_HZ
-from .request import AsrRequest, AsrResult, check_audio, compression_ratio
+from .request import AsrCancelledError, AsrRequest, AsrResult, check_audio, compression_ratio
 from .tokenizer import WhisperTokenizer
 
 
@@ -64,13 +64,16 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
     def prepare(self, request: AsrRequest) -> AsrRequest:
         if not isinstance(request, AsrRequest):
             raise RequestError("asr: a request is an AsrRequest (audio and prefix)")
-        return AsrRequest(check_audio(request.audio, "asr"), tuple(request.prefix))
+        return AsrRequest(check_audio(request.audio, "asr"), tuple(request.prefix), request.cancel)
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self._model is None or self.tokenizer is None:
             raise EngineError("asr: not loaded")
         out: list[Outcome[AsrResult]] = []
         for it in items:
+            if it.cancelled:  # checked between requests (CTranslate2 runs each to the end)
+                out.append(Failed(AsrCancelledError("asr: cancelled")))
+                continue
             prefix = self.tokenizer.decode(it.prefix) if it.prefix else None
             segments, _ = self._model.transcribe(
                 it.audio,

@@ -4,12 +4,15 @@ hallucination (Whisper's own: no-speech probability, compression ratio, mean log
 
 from __future__ import annotations
 
+import threading
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import RequestError
+from tidegate.protocol.errors import ErrorCode
+
+from ..errors import EngineError, RequestError
 from ..runtime import Array
 from .features import SAMPLE_RATE_HZ
 
@@ -19,10 +22,24 @@ MAX_AUDIO_S = 30.0  # Whisper's window
 @dataclass(frozen=True, slots=True)
 class AsrRequest:
     """Transcribe ``audio`` (16 kHz mono float32, at most 30 s). ``prefix`` is text already
-    committed for this audio: the hypothesis is forced to begin with its tokens."""
+    committed for this audio: the hypothesis is forced to begin with its tokens. ``cancel``,
+    when given and set (from any thread), withdraws the request: an engine that sees it set
+    stops working on it at its next step (before the encoder, or between decoder steps) and
+    answers :class:`AsrCancelledError`, so the work queued behind it starts sooner."""
 
     audio: Array
     prefix: tuple[int, ...] = ()
+    cancel: threading.Event | None = field(default=None, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+
+class AsrCancelledError(EngineError):
+    """The caller withdrew the request (its ``cancel`` event was set) before it finished."""
+
+    code = ErrorCode.TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

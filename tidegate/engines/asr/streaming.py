@@ -6,6 +6,9 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
   starts a new one), become committed. Committed tokens are forced as the prefix of every
   later decode of the segment, and of its final, so they never change: an ``asr.partial``
   carries the committed text, which only grows and is a prefix of the final.
+- **Finals first**: a partial is not started while the newest audio is quiet (VAD
+  probability below ``pause_probability``) for less than ``partial_hold_s``: the segment may
+  be about to end, and its final should not queue behind a partial that nobody will read.
 - **Gate**: a hypothesis counts only when :class:`~.request.QualityGate` calls it speech (no
   text from silence or noise, even when the VAD let it through).
 - **Cuts**: a segment longer than ``max_segment_s`` is cut at the quietest VAD frame (below
@@ -17,6 +20,7 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -38,11 +42,14 @@ class StreamingSettings:
     max_segment_s: float = 15.0
     hard_max_segment_s: float = 25.0
     pause_probability: float = 0.35
+    partial_hold_s: float = 0.2
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
         if self.partial_interval_s <= 0:
             raise ValueError("partial_interval_s must be positive")
+        if self.partial_hold_s < 0:
+            raise ValueError("partial_hold_s cannot be negative")
         if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
             raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
 
@@ -107,10 +114,20 @@ class Segment:
             not self.closed
             and self._samples >= s.min_partial_audio_s * SAMPLE_RATE_HZ
             and self._samples - self.decoded_until >= s.partial_interval_s * SAMPLE_RATE_HZ
+            and not self._pausing(s)
         )
 
-    def request(self, end: int | None = None) -> AsrRequest:
-        return AsrRequest(self.audio(end), self.committed)
+    def _pausing(self, s: StreamingSettings) -> bool:
+        """The newest frames are quiet, for less than ``partial_hold_s``."""
+        quiet = 0
+        for p in reversed(self.probs):
+            if p >= s.pause_probability:
+                break
+            quiet += 1
+        return 0 < quiet * VAD_FRAME_SAMPLES < s.partial_hold_s * SAMPLE_RATE_HZ
+
+    def request(self, end: int | None = None, cancel: threading.Event | None = None) -> AsrRequest:
+        return AsrRequest(self.audio(end), self.committed, cancel)
 
     def _starts_word(self, token: int) -> bool:
         return self._decode([token]).startswith(" ")

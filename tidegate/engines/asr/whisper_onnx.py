@@ -20,12 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Engine, Ok, Outcome
+from ..engine import Engine, Failed, Ok, Outcome
 from ..errors import EngineError, RequestError
 from ..runtime import Array, ModelRunner, RuntimeOptions, open_model
 from ..signature import Signature, TensorSpec
 from .features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel
-from .request import AsrRequest, AsrResult, check_audio, compression_ratio
+from .request import (
+    AsrCancelledError,
+    AsrRequest,
+    AsrResult,
+    check_audio,
+    compression_ratio,
+)
 from .tokenizer import WhisperTokenizer
 
 ENCODER_FRAMES_PER_S = 50
@@ -106,7 +112,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audio = check_audio(request.audio, "asr")
         if len(request.prefix) > MAX_TEXT_CTX // 2:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
-        return AsrRequest(audio, tuple(int(t) for t in request.prefix))
+        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel)
 
     def encode(self, audios: Sequence[Array]) -> tuple[Array, Array, int]:
         """Cross-attention keys and values for a batch, on the shortened context."""
@@ -121,35 +127,38 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self._decoder is None or self.tokenizer is None:
             raise EngineError("asr: not loaded")
+        out: list[Outcome[AsrResult]] = [Failed(AsrCancelledError("asr: cancelled"))] * len(items)
+        live = [i for i, it in enumerate(items) if not it.cancelled]
+        if not live:
+            return out
         t0 = time.perf_counter()
-        cross_k, cross_v, ctx = self.encode([it.audio for it in items])
+        cross_k, cross_v, ctx = self.encode([items[i].audio for i in live])
         t1 = time.perf_counter()
-        results = self._decode(items, cross_k, cross_v)
+        results = self._decode([items[i] for i in live], cross_k, cross_v)
         t2 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000, "batch": len(items)}
-        out: list[Outcome[AsrResult]] = []
-        for it, (tokens, logprob, generated, no_speech) in zip(items, results, strict=True):
+        timings = {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000, "batch": len(live)}
+        for i, decoded in zip(live, results, strict=True):
+            if decoded is None:
+                continue  # cancelled while decoding
+            tokens, logprob, generated, no_speech = decoded
             text = self.tokenizer.decode(tokens).strip()
-            out.append(
-                Ok(
-                    AsrResult(
-                        tokens=tuple(tokens),
-                        text=text,
-                        avg_logprob=logprob / max(generated, 1),
-                        no_speech_prob=no_speech,
-                        compression_ratio=compression_ratio(text),
-                        audio_ctx=ctx,
-                        generated=generated,
-                        timings_ms=dict(timings),
-                    )
+            out[i] = Ok(
+                AsrResult(
+                    tokens=tuple(tokens),
+                    text=text,
+                    avg_logprob=logprob / max(generated, 1),
+                    no_speech_prob=no_speech,
+                    compression_ratio=compression_ratio(text),
+                    audio_ctx=ctx,
+                    generated=generated,
+                    timings_ms=dict(timings),
                 )
             )
-            del it
         return out
 
     def _decode(
         self, items: Sequence[AsrRequest], cross_k: Array, cross_v: Array
-    ) -> list[tuple[list[int], float, int, float]]:
+    ) -> list[tuple[list[int], float, int, float] | None]:
         assert self._decoder is not None and self.tokenizer is not None
         sp = self.tokenizer.special
         n = len(items)
@@ -171,6 +180,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         feed = np.array([prompt] * n, dtype=np.int64)
         first = True
         no_speech = [0.0] * n
+        cancelled = [False] * n
         while active:
             out = self._decoder.run(
                 {
@@ -193,6 +203,9 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             keep: list[int] = []
             next_tokens: list[int] = []
             for row, i in enumerate(active):
+                if items[i].cancelled:
+                    cancelled[i] = True
+                    continue
                 pos = len(tokens[i])
                 if pos < len(items[i].prefix):
                     tok = items[i].prefix[pos]
@@ -235,7 +248,10 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 feed = np.array(chunk, dtype=np.int64)
             else:
                 feed = np.array(next_tokens, dtype=np.int64)[:, None]
-        return [(tokens[i], logprob[i], generated[i], no_speech[i]) for i in range(n)]
+        return [
+            None if cancelled[i] else (tokens[i], logprob[i], generated[i], no_speech[i])
+            for i in range(n)
+        ]
 
     def _close(self) -> None:
         for m in (self._encoder, self._decoder):
