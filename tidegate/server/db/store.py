@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ T_LATENCY = LatencyRow.__table__  # type: ignore[attr-defined]
 T_SENSORS = SensorBatchRow.__table__  # type: ignore[attr-defined]
 
 
-def _insert_ignore(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> Any:
+def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
@@ -144,15 +144,13 @@ async def apply(conn: AsyncConnection, batch: Sequence[r.Record]) -> None:
     pending: list[tuple[sa.Table, dict[str, Any]]] = []
 
     async def flush_inserts() -> None:
-        i = 0
-        while i < len(pending):
-            table = pending[i][0]
-            j = i
-            while j < len(pending) and pending[j][0] is table:
-                j += 1
-            rows = [row for _, row in pending[i:j]]
-            await conn.execute(_insert_ignore(conn, table, rows), rows)
-            i = j
+        # Inserts between two updates do not depend on each other (no foreign keys), so each
+        # table's rows go out as one executemany, tables in the order they first appear.
+        by_table: dict[sa.Table, list[dict[str, Any]]] = {}
+        for table, row in pending:
+            by_table.setdefault(table, []).append(row)
+        for table, rows in by_table.items():
+            await conn.execute(_insert_ignore(conn, table), rows)
         pending.clear()
 
     for rec in batch:
@@ -191,7 +189,7 @@ async def _apply_update(
         kind = "ended"
     await conn.execute(sa.update(T_SESSIONS).where(sid).values(**values))
     row = _event_row(rec, kind, detail)
-    await conn.execute(_insert_ignore(conn, T_EVENTS, [row]), [row])
+    await conn.execute(_insert_ignore(conn, T_EVENTS), [row])
 
 
 # -- reading (the HTTP API) ---------------------------------------------------------------------
@@ -365,5 +363,3 @@ async def count_rows(conn: AsyncConnection) -> dict[str, int]:
         out[table.name] = int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
     return out
 
-
-SortKey = Callable[[dict[str, Any]], Any]
