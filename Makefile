@@ -13,9 +13,11 @@ PYTEST_ARGS ?=
 
 setup: system $(STAMP) $(ASSETS)
 
-# Debian packages the tests need (chromium, iproute2): installed when missing.
+# Debian packages the tests need (chromium, iproute2; PostgreSQL's server binaries for a
+# throwaway cluster where none runs): installed when missing.
 system:
 	@bash scripts/setup-system.sh
+	@bash scripts/setup-postgres.sh
 
 $(ASSETS): $(STAMP) scripts/fetch_assets.py
 	$(BIN)/python scripts/fetch_assets.py .cache
