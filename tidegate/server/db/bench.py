@@ -108,8 +108,9 @@ async def throughput(
         try:
             t0 = time.perf_counter()
             for rec in recs:
-                while writer.queue.is_full():
-                    await asyncio.sleep(0)  # let the writer drain: nothing is refused
+                # Full: yield to the writer, so that nothing is refused.
+                while writer.queue.is_full():  # noqa: ASYNC110
+                    await asyncio.sleep(0)
                 writer.record(rec)
             ok = await writer.flush(600)
             elapsed = time.perf_counter() - t0

@@ -362,4 +362,3 @@ async def count_rows(conn: AsyncConnection) -> dict[str, int]:
     for table in (T_TENANTS, T_SUBJECTS, T_SESSIONS, *CHILD_TABLES.values()):
         out[table.name] = int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
     return out
-
