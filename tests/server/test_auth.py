@@ -52,7 +52,8 @@ def test_valid_token() -> None:
         ),
         (
             jwt.encode(
-                {"sub": "a", "aud": "tidegate", "exp": time.time() + 60, "scope": "session"}, KEY
+                {"sub": "a", "aud": "tidegate", "exp": time.time() + 86_400, "scope": "session"},
+                KEY,
             ),
             ForbiddenError,
             "tenant",
@@ -64,7 +65,7 @@ def test_valid_token() -> None:
         ),
         (
             jwt.encode(
-                {"sub": "a", "tenant": "t", "aud": "tidegate", "exp": time.time() + 60},
+                {"sub": "a", "tenant": "t", "aud": "tidegate", "exp": time.time() + 86_400},
                 KEY,
                 algorithm="HS512",
             ),
