@@ -16,7 +16,7 @@ from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
 from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
-from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
 from tidegate.engines.engine import Failed, Ok
 
 from .asr_audio import BECKETT, ESPEAK_SENTENCES, TWO_CITIES_20S, espeak, read_wav, wer
@@ -77,7 +77,8 @@ def test_reads_the_ctranslate2_file() -> None:
 def test_audio_context_follows_the_audio() -> None:
     """The encoder runs on the audio plus the margin, rounded up, at most 30 s."""
     assert audio_context(16_000 * 3, 5.0, 1.0) == 400
-    assert audio_context(16_000 * 29, 5.0, 1.0) == 1500
+    assert audio_context(16_000 * 3, 5.0, 1.0, 10.0) == 500  # the floor for short audio
+    assert audio_context(16_000 * 29, 5.0, 1.0, 10.0) == 1500
 
 
 def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path) -> None:
@@ -86,7 +87,7 @@ def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path
     a, b = run(onnx_asr, AsrRequest(beckett), AsrRequest(cities))
     assert wer(BECKETT, a.text) <= 0.1, a.text
     assert wer(TWO_CITIES_20S, b.text) <= 0.1, b.text
-    assert a.audio_ctx == b.audio_ctx == audio_context(len(cities), 5.0, 1.0)
+    assert a.audio_ctx == b.audio_ctx == audio_context(len(cities), 5.0, 1.0, 10.0)
     (alone,) = run(onnx_asr, AsrRequest(beckett))
     assert alone.text == a.text  # padding to the batch's context does not change it
 
@@ -185,3 +186,12 @@ def test_no_partial_in_a_short_pause() -> None:
     assert seg.due(s)  # 224 ms of quiet, more than the hold
     seg.append(frame, [0.9])
     assert seg.due(s)
+
+
+def test_repetition_loops_are_cut() -> None:
+    """A span of at least min_len tokens said twice in a row is a loop; shorter repeats, and
+    copies reaching into the forced prefix, are not."""
+    assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4) == 4
+    assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4, keep=6) == 0
+    assert repeated_tail([7, 7, 7, 7], 4) == 0  # "no, no, no": short repeats are speech
+    assert repeated_tail([1, 2, 3, 4, 5, 6], 4) == 0

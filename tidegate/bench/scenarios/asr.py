@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -211,7 +212,9 @@ async def run_stream(
     """Stream ``audio`` over one session; wait for the last segment's final."""
     log = StreamLog()
     step = int(chunk_ms * RATE_HZ / 1000)
-    async with await Client.connect(target.control_url, target.mint()) as client:
+    # One subject per stream: new sessions are rate-limited per subject.
+    token = target.mint(subject=f"bench-asr-{secrets.token_hex(4)}")
+    async with await Client.connect(target.control_url, token) as client:
         await client.create_session({"mode": "transcribe"})
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(_reader(client, log))

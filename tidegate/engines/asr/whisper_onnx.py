@@ -2,11 +2,15 @@
 decoding with a KV cache, batched across sessions.
 
 A batch runs the encoder once for every request in it, on a shortened audio context: the
-longest request's audio plus ``ctx_margin_s``, rounded up to ``ctx_step_s`` (not Whisper's
-fixed 30 s: the cost follows the audio). Shorter requests are padded with silence to that
+longest request's audio plus ``ctx_margin_s``, at least ``min_ctx_s``, rounded up to
+``ctx_step_s`` (not Whisper's fixed 30 s: the cost follows the audio). The floor matters:
+on a 1 s utterance with only 5 s of context, tiny.en repeats itself ("No matter. No matter.
+No ..."); with 10 s it does not (docs/asr.md). Shorter requests are padded with silence to that
 length, as Whisper itself pads to 30 s. The decoder then steps all requests together: one
 call per token for the whole batch (forced prefix tokens common to every row go in one call),
-finished rows leaving the batch.
+finished rows leaving the batch. A hypothesis that starts repeating itself (a span of at
+least ``loop_min_tokens`` twice in a row: tiny.en loops on short audio padded with silence)
+ends there, without the copy.
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ MAX_AUDIO_CTX = 1500
 MAX_TEXT_CTX = 448
 
 
-def audio_context(samples: int, ctx_margin_s: float, ctx_step_s: float) -> int:
-    """Encoder frames (20 ms) for ``samples`` of audio: the audio, a margin, rounded up."""
-    seconds = samples / SAMPLE_RATE_HZ + ctx_margin_s
+def audio_context(
+    samples: int, ctx_margin_s: float, ctx_step_s: float, min_ctx_s: float = 0.0
+) -> int:
+    """Encoder frames (20 ms) for ``samples`` of audio: the audio and a margin, at least
+    ``min_ctx_s``, rounded up to ``ctx_step_s``, at most 30 s."""
+    seconds = max(samples / SAMPLE_RATE_HZ + ctx_margin_s, min_ctx_s)
     steps = max(1, math.ceil(seconds / ctx_step_s - 1e-9))
     return min(MAX_AUDIO_CTX, round(steps * ctx_step_s * ENCODER_FRAMES_PER_S))
 
@@ -60,6 +67,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         ctx_margin_s: float = 5.0,
         ctx_step_s: float = 1.0,
         max_tokens_per_s: float = 8.0,
+        loop_min_tokens: int = 4,
+        min_ctx_s: float = 10.0,
     ) -> None:
         super().__init__()
         if ctx_margin_s < 0 or ctx_step_s <= 0 or max_tokens_per_s <= 0:
@@ -69,6 +78,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         self.ctx_margin_s = ctx_margin_s
         self.ctx_step_s = ctx_step_s
         self.max_tokens_per_s = max_tokens_per_s
+        self.loop_min_tokens = loop_min_tokens
+        self.min_ctx_s = min_ctx_s
         self._encoder: ModelRunner | None = None
         self._decoder: ModelRunner | None = None
         self.tokenizer: WhisperTokenizer | None = None
@@ -118,7 +129,9 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         """Cross-attention keys and values for a batch, on the shortened context."""
         if self._encoder is None:
             raise EngineError("asr: not loaded")
-        ctx = audio_context(max(len(a) for a in audios), self.ctx_margin_s, self.ctx_step_s)
+        ctx = audio_context(
+            max(len(a) for a in audios), self.ctx_margin_s, self.ctx_step_s, self.min_ctx_s
+        )
         n = ctx * 2 * HOP_SAMPLES
         mel = np.stack([log_mel(np.pad(a[:n], (0, n - len(a[:n])))) for a in audios])
         out = self._encoder.run({"mel": mel})
@@ -227,6 +240,10 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 if tok == sp.eot:
                     continue
                 tokens[i].append(tok)
+                k = repeated_tail(tokens[i], self.loop_min_tokens, len(items[i].prefix))
+                if k:  # a loop: drop the copy and end the hypothesis
+                    del tokens[i][-k:]
+                    continue
                 keep.append(row)
                 next_tokens.append(tok)
             if len(keep) < len(active):
@@ -258,6 +275,21 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             if m is not None:
                 m.close()
         self._encoder = self._decoder = None
+
+
+def repeated_tail(tokens: Sequence[int], min_len: int, keep: int = 0) -> int:
+    """Length of a span of at least ``min_len`` tokens that ``tokens`` ends with twice in a
+    row (Whisper's repetition loop on short, padded audio), or 0. The second copy must lie
+    after the first ``keep`` tokens (a forced prefix is never cut)."""
+    if min_len <= 0:
+        return 0
+    n = len(tokens)
+    for k in range(min_len, n // 2 + 1):
+        if n - k < keep:
+            break
+        if tokens[n - k :] == tokens[n - 2 * k : n - k]:
+            return k
+    return 0
 
 
 def _logsumexp(x: Array) -> float:

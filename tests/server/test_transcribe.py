@@ -1,0 +1,185 @@
+"""The transcribe mode end to end: a real server with the VAD and ASR engines, WS-only
+clients streaming recorded speech as ``input.audio`` (paced by the clock and by credit)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from tidegate.engines import models
+from tidegate.protocol.client import Client, RefusedError
+from tidegate.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    InputAudio,
+    ServerMessage,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
+
+from ..engines.asr_audio import BECKETT, TWO_CITIES_20S, read_wav, wer
+from .conftest import LiveServer, make_settings, run_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+RATE_HZ = 16_000
+CHUNK_S = 0.04
+SPEED = 2.0  # times real time
+EVENTS = (VadSpeechStarted, VadSpeechStopped, AsrPartial, AsrFinal)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Path:
+    """The data folder with the VAD and Whisper prepared (by make setup, or here)."""
+    data = CACHE / "data"
+    if any(models.verify(data, n, deep=False) for n in ("silero-vad", "whisper-tiny-en")):
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
+        )
+    return data
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def asr_server(
+    tmp_path_factory: pytest.TempPathFactory, prepared: Path
+) -> AsyncIterator[LiveServer]:
+    """One server for the module (the models load once)."""
+    tmp = tmp_path_factory.mktemp("transcribe")
+    (tmp / "models").symlink_to(prepared / "models")
+    settings = make_settings(tmp, engines=("vad", "asr"))
+    async with run_server(settings) as live:
+        async with httpx.AsyncClient(base_url=live.http) as http, asyncio.timeout(90):
+            while (await http.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.1)
+        yield live
+
+
+async def stream(
+    live: LiveServer, audio: np.ndarray, *, tail_s: float = 1.0, quiet_s: float = 1.5
+) -> list[tuple[ServerMessage, float]]:
+    """Stream ``audio`` and ``tail_s`` of silence at SPEED x real time over one session;
+    return the transcribe events with their arrival times, once nothing has come for
+    ``quiet_s`` after the last final of every ended segment."""
+    audio = np.concatenate([audio, np.zeros(int(tail_s * RATE_HZ), np.float32)])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    step = int(CHUNK_S * RATE_HZ)
+    got: list[tuple[ServerMessage, float]] = []
+    async with await live.client() as client:
+        await client.create_session({"mode": "transcribe"})
+
+        async def read() -> None:
+            async for ev in client:
+                if isinstance(ev, EVENTS):
+                    got.append((ev, time.monotonic()))
+
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(read())
+            t0 = time.monotonic()
+            for i in range(0, len(pcm), step):
+                await asyncio.sleep(max(0.0, t0 + i / RATE_HZ / SPEED - time.monotonic()))
+                chunk = pcm[i : i + step].tobytes()
+                await client.send(
+                    InputAudio(pcm=chunk, format="s16le", sample_rate=RATE_HZ, channels=1)
+                )
+            async with asyncio.timeout(60):
+                while not _settled(got, quiet_s):
+                    await asyncio.sleep(0.1)
+            await client.close_session()
+            reader.cancel()
+    return got
+
+
+def _settled(got: list[tuple[ServerMessage, float]], quiet_s: float) -> bool:
+    if got and time.monotonic() - got[-1][1] < quiet_s:
+        return False
+    stops = sum(isinstance(e, VadSpeechStopped) for e, _ in got)
+    finals = [e for e, _ in got if isinstance(e, AsrFinal)]
+    return stops == 0 or len(finals) >= stops or time.monotonic() - got[-1][1] > 5
+
+
+def _text(events: list[tuple[ServerMessage, float]]) -> str:
+    return " ".join(e.text for e, _ in events if isinstance(e, AsrFinal))
+
+
+def _check_timing(ev: Any) -> None:
+    t = ev.timing
+    assert t is not None and None not in (t.received, t.engine_start, t.engine_end, t.sent), ev
+    assert t.engine_start <= t.engine_end <= t.sent, ev
+
+
+async def test_speech_gives_vad_events_partials_and_finals(asr_server: LiveServer) -> None:
+    """beckett.wav: speech_started, partials that are prefixes of their segment's final, and
+    each final after its speech_stopped, all with timing; the finals read the clip."""
+    events = await stream(asr_server, read_wav(CACHE / "assets" / "beckett.wav"))
+    kinds = [type(e) for e, _ in events]
+    assert kinds[0] is VadSpeechStarted
+    assert wer(BECKETT, _text(events)) <= 0.15, _text(events)
+    finals = {e.segment_id: e for e, _ in events if isinstance(e, AsrFinal)}
+    stopped_at = {e.audio_ms for e, _ in events if isinstance(e, VadSpeechStopped)}
+    for i, (e, _) in enumerate(events):
+        _check_timing(e)
+        if isinstance(e, AsrFinal):
+            assert e.audio_end_ms in stopped_at
+            before = [x for x, _ in events[:i] if isinstance(x, VadSpeechStopped)]
+            assert any(x.audio_ms == e.audio_end_ms for x in before), "final before its end"
+        if isinstance(e, AsrPartial):
+            assert finals[e.segment_id].text.startswith(e.text), (e.text, finals[e.segment_id])
+
+
+async def test_long_speech_partials_grow_into_the_final(asr_server: LiveServer) -> None:
+    """two_cities.wav (12 s): committed partials only grow within a segment and begin its
+    final; no segment's final is missing."""
+    audio = read_wav(CACHE / "assets" / "two_cities.wav", 12.0)
+    events = await stream(asr_server, audio)
+    partials = [e for e, _ in events if isinstance(e, AsrPartial)]
+    finals = {e.segment_id: e.text for e, _ in events if isinstance(e, AsrFinal)}
+    assert partials, "no partial"
+    last: dict[str, str] = {}
+    for p in partials:
+        assert p.text.startswith(last.get(p.segment_id, "")), (last, p.text)
+        last[p.segment_id] = p.text
+        assert finals[p.segment_id].startswith(p.text)
+    reference = " ".join(TWO_CITIES_20S.split()[: len(_text(events).split())])
+    assert wer(reference, _text(events)) <= 0.2, _text(events)
+
+
+async def test_silence_and_noise_give_nothing(asr_server: LiveServer) -> None:
+    """Three seconds of silence and faint noise give no VAD or ASR event."""
+    rng = np.random.default_rng(7)
+    audio = np.concatenate(
+        [np.zeros(RATE_HZ * 2, np.float32), (rng.standard_normal(RATE_HZ) * 0.003)]
+    ).astype(np.float32)
+    assert await stream(asr_server, audio, quiet_s=1.0) == []
+
+
+async def test_two_sessions_at_once_keep_their_own_text(asr_server: LiveServer) -> None:
+    """Two clients streaming different speech at the same time each get their own words."""
+    beckett = read_wav(CACHE / "assets" / "beckett.wav")
+    cities = read_wav(CACHE / "assets" / "two_cities.wav", 8.0)
+    a, b = await asyncio.gather(stream(asr_server, beckett), stream(asr_server, cities))
+    assert wer(BECKETT, _text(a)) <= 0.15, _text(a)
+    reference = " ".join(TWO_CITIES_20S.split()[: len(_text(b).split())])
+    assert len(_text(b).split()) >= 12 and wer(reference, _text(b)) <= 0.2, _text(b)
+    assert "times" not in _text(a).lower() and "fail" not in _text(b).lower()
+
+
+async def test_transcribe_without_the_engines_is_unsupported(tmp_path: Path) -> None:
+    """A server without the VAD and ASR engines refuses the transcribe mode (unsupported)."""
+    async with run_server(make_settings(tmp_path)) as live:
+        client: Client
+        async with await live.client() as client:
+            with pytest.raises(RefusedError) as caught:
+                await client.create_session({"mode": "transcribe"})
+            assert caught.value.server_code == "unsupported"
