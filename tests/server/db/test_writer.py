@@ -348,3 +348,39 @@ def test_cursor_round_trip_and_garbage() -> None:
     assert store.decode_cursor(store.encode_cursor(1.7e12 + 0.25, "s_x")) == (1.7e12 + 0.25, "s_x")
     with pytest.raises(store.CursorError):
         store.decode_cursor("!!!")
+
+
+async def test_processes_sharing_a_data_folder_get_own_journals_and_adopt_orphans(
+    tmp_path: Path,
+) -> None:
+    """Writers sharing a data folder each take a journal slot; a slot left with records by a
+    process that is gone is adopted (and committed) by the next writer that opens."""
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    base = tmp_path / "journal"
+    holders = [make_writer(url, base), make_writer(url, base)]
+    for h in holders:
+        await h.open()
+    assert [h.journal.folder.name for h in holders] == ["journal", "journal.1"]
+    gone = make_writer(url, base)
+    await gone.open()
+    assert gone.journal.folder.name == "journal.2"
+    recs = session_records("s_orphan")
+    await asyncio.to_thread(gone.journal.append, [r.to_entry(x) for x in recs])
+    await gone.close()  # died with records journaled, never committed
+    await holders[1].close()  # frees slot 1
+
+    heir = make_writer(url, base)
+    await heir.open()
+    assert heir.journal.folder.name == "journal.1"
+    assert heir.journal.pending == len(recs)  # adopted from journal.2
+    task = asyncio.create_task(heir.run())
+    try:
+        assert await heir.flush(20)
+    finally:
+        await heir.close()
+        await task
+        await holders[0].close()
+    assert (await counts(url))["responses"] == 3
+    orphan = Journal(tmp_path / "journal.2")
+    assert orphan.open() == 0
+    orphan.close()

@@ -12,7 +12,8 @@ Files in the journal folder:
   replaced atomically (write, then rename);
 - ``rejected.jsonl``: records the database refused for what they hold (not for being down),
   kept for an operator, never retried;
-- ``journal.lock``: held (flock) while a writer owns the folder.
+- ``journal.lock``: held (flock) while a writer owns the folder. Processes sharing a data
+  folder take slots of their own (``journal.1``...) and adopt what dead ones left behind.
 
 When everything is done and the file has grown past ``compact_bytes``, the mark is reset to 0
 and then the file is truncated (a crash between the two replays committed records: harmless).
@@ -38,6 +39,67 @@ JOURNAL_FILE = "journal.jsonl"
 DONE_FILE = "journal.done"
 REJECTED_FILE = "rejected.jsonl"
 LOCK_FILE = "journal.lock"
+
+
+MAX_SLOTS = 16
+ADOPT_CHUNK_ENTRIES = 10_000
+
+
+class JournalBusyError(ConfigError):
+    """The journal folder is held (flock) by another live process."""
+
+
+def slot_folder(base: Path, slot: int) -> Path:
+    """Slot 0 is ``base`` (``data_dir/journal``); others are ``journal.1``, ``journal.2``..."""
+    return base if slot == 0 else base.with_name(f"{base.name}.{slot}")
+
+
+def open_slot(base: Path, **kw: Any) -> Journal:
+    """Open the first journal slot no other process holds. One process per data folder uses
+    ``base`` itself; processes that share a data folder (e.g. its prepared models) each get a
+    slot of their own."""
+    for slot in range(MAX_SLOTS):
+        journal = Journal(slot_folder(base, slot), **kw)
+        try:
+            journal.open()
+        except JournalBusyError:
+            continue
+        return journal
+    raise ConfigError(
+        f"all {MAX_SLOTS} journal slots beside {base} are held by running processes; give "
+        "this process its own data_dir"
+    )
+
+
+def adopt_orphans(own: Journal, base: Path) -> int:
+    """Move what other slots' journals still hold into ``own``, for slots no live process
+    holds (their process died or stopped with the database away). Appended first, marked done
+    after: a crash in between duplicates entries, which replay absorbs. Returns how many."""
+    adopted = 0
+    for slot in range(MAX_SLOTS):
+        folder = slot_folder(base, slot)
+        if folder == own.folder or not (folder / JOURNAL_FILE).exists():
+            continue
+        other = Journal(folder, fsync=own.fsync)
+        try:
+            other.open()
+        except JournalBusyError:
+            continue
+        try:
+            while other.pending:
+                entries, end = other.read_pending(ADOPT_CHUNK_ENTRIES)
+                if not entries:
+                    break
+                good = [e for e in entries if e is not None]
+                if good:
+                    own.append(good)
+                other.mark_done(end, len(entries))
+                adopted += len(good)
+        finally:
+            other.close()
+    if adopted:
+        log.warning("journal: adopted %d records left by a process that is gone", adopted)
+    return adopted
 
 
 class Journal:
@@ -69,9 +131,8 @@ class Journal:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(
-                f"journal folder {self.folder} is in use by another tidegate process; give each "
-                "process its own data_dir"
+            raise JournalBusyError(
+                f"journal folder {self.folder} is held by another process"
             ) from None
         self._lock_fd = fd
         self._fh = open(self.path, "a+b")  # noqa: SIM115 - held open for the writer's lifetime

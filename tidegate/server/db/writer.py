@@ -39,7 +39,7 @@ from ..settings import Settings
 from . import engine as db_engine
 from . import records as r
 from . import store
-from .journal import Journal
+from .journal import Journal, adopt_orphans, open_slot
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL_S = 10.0
@@ -164,10 +164,14 @@ class RecordWriter:
         """Open the journal (what an earlier process left in it is replayed by ``run``) and
         try the migrations once; if the database is unavailable, the writer tries again
         before its first commit."""
-        pending = await asyncio.to_thread(self.journal.open)
+        base, j = self.journal.folder, self.journal
+        self.journal = await asyncio.to_thread(
+            open_slot, base, fsync=j.fsync, compact_bytes=j.compact_bytes
+        )
         self._opened = True
-        if pending:
-            log.info("db writer: %d journaled records to replay", pending)
+        await asyncio.to_thread(adopt_orphans, self.journal, base)
+        if self.journal.pending:
+            log.info("db writer: %d journaled records to replay", self.journal.pending)
         if not self.schema_ready:
             await self._commit([], [])
 
