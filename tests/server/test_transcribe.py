@@ -183,3 +183,55 @@ async def test_transcribe_without_the_engines_is_unsupported(tmp_path: Path) -> 
             with pytest.raises(RefusedError) as caught:
                 await client.create_session({"mode": "transcribe"})
             assert caught.value.server_code == "unsupported"
+
+
+async def test_webrtc_audio_is_transcribed(asr_server: LiveServer) -> None:
+    """Speech sent over WebRTC (Opus, real peer connection on loopback) goes through the same
+    VAD and ASR lanes as input.audio: VAD events and finals that read the clip."""
+    from aiortc import RTCSessionDescription
+
+    from tidegate.protocol.messages import RtcAnswer, RtcOffer
+
+    from .test_rtc import client_pc
+
+    audio = np.concatenate(
+        [read_wav(CACHE / "assets" / "beckett.wav"), np.zeros(RATE_HZ, np.float32)]
+    )
+    got: list[tuple[ServerMessage, float]] = []
+    async with await asr_server.client() as client:
+        await client.create_session({"mode": "transcribe"})
+        pc, mic, _ = await client_pc()
+        try:
+            answer = await client.request(RtcOffer(id="o1", sdp=pc.localDescription.sdp))
+            assert isinstance(answer, RtcAnswer)
+            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+            async with asyncio.timeout(10):
+                while pc.connectionState != "connected":
+                    await asyncio.sleep(0.02)
+
+            async def read() -> None:
+                async for ev in client:
+                    if isinstance(ev, EVENTS):
+                        got.append((ev, time.monotonic()))
+
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(read())
+                step = int(0.2 * RATE_HZ)
+                for i in range(0, len(audio), step):  # real time: the track paces by the clock
+                    mic.write(audio[i : i + step])
+                    while mic.queued_ms > 400:
+                        await asyncio.sleep(0.02)
+                async with asyncio.timeout(60):
+                    while not _settled(got, 1.5) or not any(
+                        isinstance(e, AsrFinal) for e, _ in got
+                    ):
+                        await asyncio.sleep(0.1)
+                reader.cancel()
+        finally:
+            await pc.close()
+    kinds = [type(e) for e, _ in got]
+    assert kinds[0] is VadSpeechStarted
+    assert VadSpeechStopped in kinds
+    for ev, _ in got:
+        _check_timing(ev)
+    assert wer(BECKETT, _text(got)) <= 0.2, _text(got)
