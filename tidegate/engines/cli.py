@@ -68,15 +68,19 @@ def _custom(args: argparse.Namespace) -> dict[str, models.CustomModel]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    print(f"{'model':12} {'state':10} {'licence':11} {'source':28} location")
+    rows = [("model", "state", "licence", "source", "location")]
     for name, spec in models.DEFAULT_MODELS.items():
         state = "ready" if not models.verify(args.data_dir, name, deep=False) else "missing"
         source = f"{spec.package}=={spec.version}"
-        where = models.model_dir(args.data_dir, name)
-        print(f"{name:12} {state:10} {spec.licence:11} {source:28} {where}")
+        rows.append((name, state, spec.licence, source, str(models.model_dir(args.data_dir, name))))
     for name, m in _custom(args).items():
         state = "ready" if not models.verify_custom(m) else "missing"
-        print(f"{name:12} {state:10} {m.licence:11} {'(custom)':28} {m.path}")
+        rows.append((name, state, m.licence, "(custom)", str(m.path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        )
     return 0
 
 

@@ -152,8 +152,8 @@ class Settings:
 
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
-        "Engines loaded and warmed up at start-up (comma-separated: vad, vision); /readyz "
-        "turns ready once they are. Empty: none, so the server starts at once.",
+        "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
+        "tts); /readyz turns ready once they are. Empty: none (`make run` asks for all).",
         default=(),
     )
     vision_model: str = _doc(
