@@ -65,7 +65,9 @@ def _fields(cls: type[Message] | type[Record]) -> list[str]:
 def _describe(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
     base = inspect.getdoc(cls.__mro__[1]) or ""
-    return "" if doc == base else " ".join(doc.split())
+    if doc == base or doc.startswith(cls.__name__ + "("):  # inherited, or dataclass's own
+        return ""
+    return " ".join(doc.split())
 
 
 def catalogue() -> str:

@@ -489,42 +489,56 @@ class Error(ServerMessage):
     retry_after_ms: float | None = spec(Number(0, 86_400_000), None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _VadEvent(ServerMessage):
+    """A voice-activity edge: ``audio_ms`` is its media time in the session's audio."""
+
+    audio_ms: float = spec(_MEDIA_MS)
+    timing: Timing | None = spec(Nested(Timing), None)
+
+
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class VadSpeechStarted(ServerMessage):
+class VadSpeechStarted(_VadEvent):
+    """The user started speaking (after the VAD's minimum speech, less its padding)."""
+
     TYPE: ClassVar[str] = "vad.speech_started"
-    audio_ms: float = spec(_MEDIA_MS)
-    timing: Timing | None = spec(Nested(Timing), None)
 
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class VadSpeechStopped(ServerMessage):
+class VadSpeechStopped(_VadEvent):
+    """The user stopped speaking (after the VAD's minimum silence)."""
+
     TYPE: ClassVar[str] = "vad.speech_stopped"
-    audio_ms: float = spec(_MEDIA_MS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _AsrSegment(ServerMessage):
+    """Recognised text of one speech segment, with the media times it covers."""
+
+    segment_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    text: str = spec(Text(MAX_TEXT_CHARS))
+    audio_start_ms: float = spec(_MEDIA_MS)
+    audio_end_ms: float = spec(_MEDIA_MS)
     timing: Timing | None = spec(Nested(Timing), None)
 
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class AsrPartial(ServerMessage):
+class AsrPartial(_AsrSegment):
+    """Text recognised so far while the user speaks: the committed part only, so every
+    partial of a segment is a prefix of the next and of the final."""
+
     TYPE: ClassVar[str] = "asr.partial"
-    segment_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
-    text: str = spec(Text(MAX_TEXT_CHARS))
-    audio_start_ms: float = spec(_MEDIA_MS)
-    audio_end_ms: float = spec(_MEDIA_MS)
-    timing: Timing | None = spec(Nested(Timing), None)
 
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class AsrFinal(ServerMessage):
+class AsrFinal(_AsrSegment):
+    """The segment's text once its speech has ended."""
+
     TYPE: ClassVar[str] = "asr.final"
-    segment_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
-    text: str = spec(Text(MAX_TEXT_CHARS))
-    audio_start_ms: float = spec(_MEDIA_MS)
-    audio_end_ms: float = spec(_MEDIA_MS)
-    timing: Timing | None = spec(Nested(Timing), None)
 
 
 @message
