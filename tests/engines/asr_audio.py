@@ -3,12 +3,13 @@ low-pass), espeak-ng sentences, and word error rate."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import wave
 from pathlib import Path
 
 import numpy as np
+
+from tidegate.bench.wer import wer, words  # noqa: F401
 
 BECKETT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 # The first 20 s of two_cities.wav (Dickens, A Tale of Two Cities), to a word boundary.
@@ -47,18 +48,3 @@ def espeak(text: str, tmp: Path) -> np.ndarray:
         x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
     t = np.arange(round(len(x) * 16_000 / rate)) * rate / 16_000
     return np.interp(t, np.arange(len(x)), x).astype(np.float32)
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    r, h = words(reference), words(hypothesis)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(len(r), 1)

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -56,6 +55,7 @@ from tidegate.protocol.messages import (
 from ..harness import scenario
 from ..report import percentiles
 from ..target import Target, process_cpu_s
+from ..wer import wer, words
 
 RATE_HZ = 16_000
 SHORT_UTTERANCE_MS = 5_000.0
@@ -140,21 +140,6 @@ def espeak_words(
         parts.append(pause)
         samples += len(pause)
     return np.concatenate(parts), ends
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    r, h = words(reference), words(hypothesis)
-    d = list(range(len(h) + 1))
-    for i in range(1, len(r) + 1):
-        prev, d[0] = d[0], i
-        for j in range(1, len(h) + 1):
-            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
-            prev, d[j] = d[j], cur
-    return d[len(h)] / max(len(r), 1)
 
 
 # -- one stream -------------------------------------------------------------------------------

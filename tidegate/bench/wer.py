@@ -1,0 +1,22 @@
+"""Word error rate: the accuracy figure of the speech scenarios (and of the tests)."""
+
+from __future__ import annotations
+
+import re
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped (apostrophes kept)."""
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: edit distance over words, divided by the reference's length."""
+    r, h = words(reference), words(hypothesis)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)] / max(len(r), 1)
