@@ -55,6 +55,16 @@ async def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
     return rows
 
 
+async def execute(url: str, sql: str, **params: Any) -> None:
+    """Run one statement straight on the database (committed)."""
+    engine = db_engine.create_engine(async_url(url), timeout_s=5.0)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(sql), params)
+    finally:
+        await engine.dispose()
+
+
 async def counts(url: str) -> dict[str, int]:
     out = {}
     for table in TABLES:

@@ -27,7 +27,7 @@ from tidegate.protocol.client import Client
 from tidegate.protocol.messages import InputSensor, InputText, ResponseDone
 from tidegate.server.auth import mint_token
 
-from .helpers import counts, eventually, query
+from .helpers import counts, eventually, execute, query
 from .postgres import free_port
 from .proxy import TcpProxy
 
@@ -110,6 +110,7 @@ async def _crash_and_recover(
             return bool(st["committed"] >= 6 and st["journal"]["pending"] == 0)
 
         await eventually(committed, what="the first records are committed")
+        first_node = (await first.db_status())["node_id"]
         cut()
         for i in range(20):
             await client.send(InputText(text=f"lost?{i}"))
@@ -132,6 +133,14 @@ async def _crash_and_recover(
     assert journal.count(b'"kind":"response"') >= 21
 
     restore()
+    # A session held by another node that shares this database (it is alive, as far as this
+    # data folder knows): the restarted server must leave it open.
+    await execute(
+        check_url,
+        "INSERT INTO sessions (id, tenant_id, subject, mode, status, created_at_ms, resumes,"
+        " config, node_id) VALUES ('s_other', 'acme', 'bob', 'loopback', 'open', 1.0, 0,"
+        " '{}', 'othernode')",
+    )
     async with child_server(data, url, key) as second:
 
         async def replayed() -> bool:
@@ -139,16 +148,22 @@ async def _crash_and_recover(
             return bool(st["available"] and st["journal"]["pending"] == 0 and st["replayed"])
 
         await eventually(replayed, what="the journal is replayed")
+        st = await second.db_status()
+        assert st["lost_nodes"] == [first_node] and st["node_id"] != first_node
     c = await counts(check_url)  # asserts every id once in every table
-    assert (c["responses"], c["sessions"], c["session_events"]) == (26, 1, 1)
+    assert (c["responses"], c["sessions"], c["session_events"]) == (26, 2, 1)
     rows = await query(check_url, "SELECT text FROM responses WHERE session_id = :s", s=sid)
     expected = [f"pre{i}" for i in range(5)] + [f"lost?{i}" for i in range(20)] + ["last"]
     assert sorted(r["text"] for r in rows) == sorted(expected)
     # What was still in memory when the process died is gone, as documented: the sensor
-    # batch not yet full, and the session's end (it stays 'open'; no process closed it).
+    # batch not yet full, and the session's end. The restarted server took the dead one's
+    # journal slot, so it knows that node is gone and closes the session it left open.
     assert c["sensor_batches"] == 0
-    [s] = await query(check_url, "SELECT status FROM sessions WHERE id = :s", s=sid)
-    assert s["status"] == "open"
+    [s] = await query(check_url, "SELECT * FROM sessions WHERE id = :s", s=sid)
+    assert (s["status"], s["end_reason"], s["node_id"]) == ("closed", "node_lost", first_node)
+    assert s["ended_at_ms"] > s["created_at_ms"]
+    [other] = await query(check_url, "SELECT status FROM sessions WHERE id = 's_other'")
+    assert other["status"] == "open"
 
 
 async def test_kill_between_journal_and_commit_postgres(

@@ -137,7 +137,8 @@ async def test_replay_after_commit_without_mark_inserts_nothing_twice(
     finally:
         await second.close()
         await task
-    assert second.replayed == len(recs)
+    assert second.lost_nodes == [first.node_id]  # its slot's last holder: swept, harmlessly
+    assert second.replayed == len(recs) + 1  # and the NodeLost record of that sweep
     c = await counts(database_url)
     assert (c["sessions"], c["responses"], c["session_events"]) == (1, 3, 3)
 
@@ -372,7 +373,9 @@ async def test_processes_sharing_a_data_folder_get_own_journals_and_adopt_orphan
     heir = make_writer(url, base)
     await heir.open()
     assert heir.journal.folder.name == "journal.1"
-    assert heir.journal.pending == len(recs)  # adopted from journal.2
+    # adopted from journal.2, then one NodeLost per node gone: slot 1's last holder and slot 2's
+    assert sorted(heir.lost_nodes) == sorted([holders[1].node_id, gone.node_id])
+    assert heir.journal.pending == len(recs) + 2
     task = asyncio.create_task(heir.run())
     try:
         assert await heir.flush(20)

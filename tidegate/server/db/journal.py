@@ -13,7 +13,9 @@ Files in the journal folder:
 - ``rejected.jsonl``: records the database refused for what they hold (not for being down),
   kept for an operator, never retried;
 - ``journal.lock``: held (flock) while a writer owns the folder. Processes sharing a data
-  folder take slots of their own (``journal.1``...) and adopt what dead ones left behind.
+  folder take slots of their own (``journal.1``...) and adopt what dead ones left behind;
+- ``node.id``: the node id of the process that holds (or last held) the slot; a process that
+  takes a slot, or adopts one, knows from it which node is gone.
 
 When everything is done and the file has grown past ``compact_bytes``, the mark is reset to 0
 and then the file is truncated (a crash between the two replays committed records: harmless).
@@ -39,6 +41,7 @@ JOURNAL_FILE = "journal.jsonl"
 DONE_FILE = "journal.done"
 REJECTED_FILE = "rejected.jsonl"
 LOCK_FILE = "journal.lock"
+NODE_FILE = "node.id"
 
 
 MAX_SLOTS = 16
@@ -71,10 +74,11 @@ def open_slot(base: Path, **kw: Any) -> Journal:
     )
 
 
-def adopt_orphans(own: Journal, base: Path) -> int:
+def adopt_orphans(own: Journal, base: Path, lost_nodes: list[str] | None = None) -> int:
     """Move what other slots' journals still hold into ``own``, for slots no live process
     holds (their process died or stopped with the database away). Appended first, marked done
-    after: a crash in between duplicates entries, which replay absorbs. Returns how many."""
+    after: a crash in between duplicates entries, which replay absorbs. Returns how many.
+    The node ids those slots name are added to ``lost_nodes`` (their processes are gone)."""
     adopted = 0
     for slot in range(MAX_SLOTS):
         folder = slot_folder(base, slot)
@@ -86,6 +90,9 @@ def adopt_orphans(own: Journal, base: Path) -> int:
         except JournalBusyError:
             continue
         try:
+            node = other.node_id()
+            if node and lost_nodes is not None:
+                lost_nodes.append(node)
             while other.pending:
                 entries, end = other.read_pending(ADOPT_CHUNK_ENTRIES)
                 if not entries:
@@ -149,6 +156,24 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def node_id(self) -> str | None:
+        """The node id written in this slot (by its holder, or its last holder)."""
+        try:
+            text = (self.folder / NODE_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def set_node_id(self, node_id: str) -> None:
+        """Name this process as the slot's holder (written, fsynced, then renamed)."""
+        path = self.folder / NODE_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(node_id + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class SessionRow(SQLModel, table=True):
     remote_addr: str | None = Field(default=None, max_length=128)
     config: dict[str, Any] = _json()
     stats: dict[str, Any] | None = _json(nullable=True)
+    node_id: str | None = Field(default=None, max_length=32, index=True)
 
 
 class SessionEvent(SQLModel, table=True):

@@ -25,6 +25,8 @@ from typing import Any, ClassVar, Protocol
 #: how a session ended, as stored in ``sessions.status``
 STATUS_OPEN = "open"
 END_STATUSES = ("closed", "expired", "shutdown")
+#: ``sessions.end_reason`` of a session closed because the process holding it is gone
+NODE_LOST = "node_lost"
 
 
 def new_record_id() -> str:
@@ -46,6 +48,7 @@ class SessionStarted:
     mode: str
     config: dict[str, Any]
     client: dict[str, Any]
+    node_id: str = ""  # the process holding the session; the writer fills it in
     session_id: str = ""
     tenant: str = ""
     record_id: str = field(default_factory=new_record_id)
@@ -156,6 +159,21 @@ class SessionDeleted:
     at_ms: float = field(default_factory=now_ms)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeLost:
+    """The process ``node_id`` is gone (killed, crashed): the sessions it left ``open`` are
+    closed with ``reason``. Journaled after everything that node journaled, so it applies
+    after its records; it belongs to no session (``session_id`` and ``tenant`` stay empty)."""
+
+    KIND: ClassVar[str] = "node_lost"
+    node_id: str
+    reason: str = NODE_LOST
+    session_id: str = ""
+    tenant: str = ""
+    record_id: str = field(default_factory=new_record_id)
+    at_ms: float = field(default_factory=now_ms)
+
+
 Record = (
     SessionStarted
     | SessionResumed
@@ -165,6 +183,7 @@ Record = (
     | LatencySummary
     | SensorBatch
     | SessionDeleted
+    | NodeLost
 )
 RECORD_TYPES: dict[str, type[Any]] = {
     cls.KIND: cls
@@ -177,6 +196,7 @@ RECORD_TYPES: dict[str, type[Any]] = {
         LatencySummary,
         SensorBatch,
         SessionDeleted,
+        NodeLost,
     )
 }
 

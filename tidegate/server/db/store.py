@@ -87,6 +87,7 @@ def _started_rows(rec: r.SessionStarted) -> list[tuple[sa.Table, dict[str, Any]]
                 "remote_addr": c.get("remote_addr"),
                 "config": rec.config,
                 "stats": None,
+                "node_id": rec.node_id or None,
             },
         ),
         (T_EVENTS, _event_row(rec, "started", {"client": c, "config": rec.config})),
@@ -156,12 +157,25 @@ async def apply(conn: AsyncConnection, batch: Sequence[r.Record]) -> None:
     for rec in batch:
         if isinstance(rec, r.SessionStarted):
             pending.extend(_started_rows(rec))
+        elif isinstance(rec, r.NodeLost):
+            await flush_inserts()
+            await _apply_node_lost(conn, rec)
         elif isinstance(rec, r.SessionResumed | r.SessionEnded | r.SessionDeleted):
             await flush_inserts()  # an update must see the rows inserted before it
             await _apply_update(conn, rec)
         else:
             pending.append(_child_row(rec))
     await flush_inserts()
+
+
+async def _apply_node_lost(conn: AsyncConnection, rec: r.NodeLost) -> None:
+    """Close the sessions that node left open (absolute values: replaying it is harmless)."""
+    t = T_SESSIONS
+    await conn.execute(
+        sa.update(t)
+        .where(t.c.node_id == rec.node_id, t.c.status == r.STATUS_OPEN)
+        .values(status="closed", ended_at_ms=rec.at_ms, end_reason=rec.reason)
+    )
 
 
 async def _apply_update(

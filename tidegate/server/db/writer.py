@@ -3,13 +3,17 @@ journal in between so that nothing is lost while the database is away.
 
 ``record()`` is all the media path ever calls: it appends to a bounded queue
 (``db_queue_max_records``, policy ``reject``: a record offered to a full queue is refused and
-counted in ``queue.rejected``; the caller never waits). One task, owned by the
-:class:`~tidegate.server.runtime.Runtime`, runs :meth:`RecordWriter.run`:
+counted in ``queue.rejected``; the caller never waits). One task on the event loop, owned by
+the :class:`~tidegate.server.runtime.Runtime`, runs :meth:`RecordWriter.run`; it only takes
+batches off the queue and hands them to the database thread (:mod:`.worker`), where everything
+else happens, so that none of it runs on the event loop:
 
 1. take everything queued (at most ``db_batch_max_records``): batches form by themselves
    while the previous one commits;
-2. append it to the journal and fsync (in a worker thread);
-3. commit it in one transaction (bounded by ``db_timeout_s``), then move the journal's done mark.
+2. on the database thread: turn the records into journal entries, append them to the journal
+   and fsync;
+3. commit them in one transaction (bounded by ``db_timeout_s``), then move the journal's done
+   mark; the outcome comes back to the loop through ``call_soon_threadsafe``.
 
 If the commit fails because the database is unreachable (connection refused or lost, timeout,
 SQLite locked), the writer marks it unavailable and keeps journaling new batches; every
@@ -17,13 +21,21 @@ SQLite locked), the writer marks it unavailable and keeps journaling new batches
 succeeds it is available again. A failure caused by a record itself (a constraint, bad data) is
 not retried: the batch is committed record by record and each refused record is moved to the
 journal's ``rejected.jsonl`` and counted.
+
+Each process has a node id (random, per start). It is stamped on every session it starts
+(``sessions.node_id``) and kept in its journal slot (``node.id``). At start-up, the node ids
+left in slots that no live process holds (this slot's predecessor, and orphaned slots) are
+journaled as :class:`~.records.NodeLost` records: applied after everything those nodes
+journaled, they close the sessions those nodes left open (``end_reason`` ``node_lost``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,10 +52,12 @@ from . import engine as db_engine
 from . import records as r
 from . import store
 from .journal import Journal, adopt_orphans, open_slot
+from .worker import DbThread
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL_S = 10.0
 JOURNAL_DIR = "journal"
+NODE_ID_BYTES = 8
 
 
 def is_unavailable(e: BaseException) -> bool:
@@ -80,7 +94,11 @@ _UNAVAILABLE_DRIVER_ERRORS = frozenset(
 
 
 class RecordWriter:
-    """A :class:`~tidegate.server.db.records.Recorder` backed by a database and a journal."""
+    """A :class:`~tidegate.server.db.records.Recorder` backed by a database and a journal.
+
+    ``engine`` is the event loop's engine, for the records API's reads; the writer commits
+    through an engine of its own that lives on the database thread.
+    """
 
     def __init__(
         self,
@@ -93,6 +111,7 @@ class RecordWriter:
         retry_s: float = 1.0,
         journal_fsync: bool = True,
         journal_compact_bytes: int = 16 << 20,
+        handoff_max_jobs: int = 2,
         migrate: bool = True,
     ) -> None:
         self.url = url
@@ -100,6 +119,8 @@ class RecordWriter:
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.migrate = migrate
+        self.node_id = secrets.token_hex(NODE_ID_BYTES)
+        self.lost_nodes: list[str] = []
         self.queue: BoundedBuffer[r.Record] = BoundedBuffer(
             "db.records", max_items=queue_max_records, policy=Overflow.REJECT
         )
@@ -107,6 +128,8 @@ class RecordWriter:
             journal_dir, fsync=journal_fsync, compact_bytes=journal_compact_bytes
         )
         self.engine: AsyncEngine = db_engine.create_engine(url, timeout_s=timeout_s)
+        self.db = DbThread("db-writer", max_jobs=handoff_max_jobs)
+        self._db_engine: AsyncEngine | None = None  # created on, used from, the db thread
         self.available = True
         self.schema_ready = not migrate
         self.last_error: str | None = None
@@ -158,22 +181,17 @@ class RecordWriter:
             )
         return False
 
-    # -- the writer task ------------------------------------------------------------------------
+    # -- the writer task (event loop side) ------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the journal (what an earlier process left in it is replayed by ``run``) and
-        try the migrations once; if the database is unavailable, the writer tries again
-        before its first commit."""
-        base, j = self.journal.folder, self.journal
-        self.journal = await asyncio.to_thread(
-            open_slot, base, fsync=j.fsync, compact_bytes=j.compact_bytes
-        )
+        """Start the database thread, open the journal (what an earlier process left in it is
+        replayed by ``run``), journal the sweep of nodes that are gone, and try the migrations
+        once; if the database is unavailable, the writer tries again before its first commit."""
+        self.db.start()
+        await self.db.call(self._t_open)
         self._opened = True
-        await asyncio.to_thread(adopt_orphans, self.journal, base)
         if self.journal.pending:
             log.info("db writer: %d journaled records to replay", self.journal.pending)
-        if not self.schema_ready:
-            await self._commit([], [])
 
     async def run(self) -> None:
         """The writer loop; returns after :meth:`close` once everything is journaled."""
@@ -181,7 +199,8 @@ class RecordWriter:
             await self.open()
         try:
             while True:
-                await self._replay()
+                if self.journal.pending and self._may_try():
+                    await self.db.call(self._t_replay)
                 if not self.queue:
                     if self.journal.pending == 0:
                         self._settled.set()
@@ -192,7 +211,7 @@ class RecordWriter:
                 batch = [
                     self.queue.pop() for _ in range(min(len(self.queue), self.batch_max_records))
                 ]
-                await self._write(batch)
+                await self.db.call(self._t_write, batch)
         finally:
             self._stopped.set()
 
@@ -204,21 +223,61 @@ class RecordWriter:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _write(self, batch: list[r.Record]) -> None:
+    def _may_try(self) -> bool:
+        return self.available or time.monotonic() >= self._next_try_s
+
+    async def _commit(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
+        """Commit ``batch`` (on the database thread); False if the database is unavailable."""
+        return await self.db.call(self._t_commit, batch, entries)
+
+    # -- on the database thread -----------------------------------------------------------------
+
+    def _engine_here(self) -> AsyncEngine:
+        if self._db_engine is None:
+            self._db_engine = db_engine.create_engine(
+                self.url, timeout_s=self.timeout_s, pool_size=1
+            )
+        return self._db_engine
+
+    async def _t_open(self) -> None:
+        base, j = self.journal.folder, self.journal
+        self.journal = open_slot(base, fsync=j.fsync, compact_bytes=j.compact_bytes)
+        predecessor = self.journal.node_id()
+        lost = [predecessor] if predecessor else []
+        adopt_orphans(self.journal, base, lost_nodes=lost)
+        self.journal.set_node_id(self.node_id)
+        self.lost_nodes = [n for n in dict.fromkeys(lost) if n and n != self.node_id]
+        if self.lost_nodes:
+            log.warning(
+                "db writer: closing the sessions left open by %d node(s) that are gone",
+                len(self.lost_nodes),
+            )
+            self.journal.append(
+                [r.to_entry(r.NodeLost(node_id=n, reason=r.NODE_LOST)) for n in self.lost_nodes]
+            )
+        if not self.schema_ready:
+            await self._t_commit([], [])
+
+    async def _t_write(self, batch: list[r.Record]) -> None:
+        batch = [self._stamped(rec) for rec in batch]
         entries = [r.to_entry(rec) for rec in batch]
         older_pending = self.journal.pending > 0
-        end = await asyncio.to_thread(self.journal.append, entries)
+        end = self.journal.append(entries)
         if older_pending or not self._may_try():
-            return  # in the journal; _replay commits it in order
-        if await self._commit(batch, entries):
-            await asyncio.to_thread(self.journal.mark_done, end, len(batch))
+            return  # in the journal; _t_replay commits it in order
+        if await self._t_commit(batch, entries):
+            self.journal.mark_done(end, len(batch))
 
-    async def _replay(self) -> None:
+    def _stamped(self, rec: r.Record) -> r.Record:
+        """A session started here is this node's (unless the record already names one)."""
+        if isinstance(rec, r.SessionStarted) and not rec.node_id:
+            return dataclasses.replace(rec, node_id=self.node_id)
+        return rec
+
+    async def _t_replay(self) -> None:
         """Commit what the journal holds beyond its done mark, oldest first."""
         while self.journal.pending and self._may_try():
-            entries, end = await asyncio.to_thread(
-                self.journal.read_pending, self.batch_max_records
-            )
+            entries, end = self.journal.read_pending(self.batch_max_records)
             if not entries:
                 return
             batch: list[r.Record] = []
@@ -230,47 +289,47 @@ class RecordWriter:
                     batch.append(r.from_entry(entry))
                     kept.append(entry)
                 except r.RecordFormatError as e:
-                    await asyncio.to_thread(self.journal.quarantine, entry or {}, str(e))
-            if not await self._commit(batch, kept):
+                    self.journal.quarantine(entry or {}, str(e))
+            if not await self._t_commit(batch, kept):
                 return
             self.replayed += len(batch)
-            await asyncio.to_thread(self.journal.mark_done, end, len(entries))
+            self.journal.mark_done(end, len(entries))
 
-    def _may_try(self) -> bool:
-        return self.available or time.monotonic() >= self._next_try_s
-
-    async def _commit(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
-        """Commit ``batch``; False if the database is unavailable (the batch stays pending)."""
+    async def _t_commit(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
+        engine = self._engine_here()
         try:
             if not self.schema_ready:
                 async with asyncio.timeout(self.timeout_s * 2):
-                    await db_engine.upgrade(self.engine)
+                    await db_engine.upgrade(engine)
                 self.schema_ready = True
             if batch:
                 async with asyncio.timeout(self.timeout_s * 2):
-                    async with self.engine.begin() as conn:
+                    async with engine.begin() as conn:
                         await store.apply(conn, batch)
         except Exception as e:
             if is_unavailable(e):
                 self._unavailable(e)
                 return False
             log.warning("db writer: a batch was refused (%s); committing one by one", e)
-            return await self._commit_each(batch, entries)
+            return await self._t_commit_each(batch, entries)
         self._committed(len(batch))
         return True
 
-    async def _commit_each(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
+    async def _t_commit_each(
+        self, batch: Sequence[r.Record], entries: list[dict[str, Any]]
+    ) -> bool:
+        engine = self._engine_here()
         for rec, entry in zip(batch, entries, strict=True):
             try:
                 async with asyncio.timeout(self.timeout_s * 2):
-                    async with self.engine.begin() as conn:
+                    async with engine.begin() as conn:
                         await store.apply(conn, [rec])
             except Exception as e:
                 if is_unavailable(e):
                     self._unavailable(e)
                     return False  # the whole batch stays pending; what did commit is idempotent
                 log.error("db writer: record %s refused: %s", rec.record_id, e)
-                await asyncio.to_thread(self.journal.quarantine, entry, str(e)[:500])
+                self.journal.quarantine(entry, str(e)[:500])
                 continue
             self._committed(1)
         return True
@@ -294,6 +353,12 @@ class RecordWriter:
         self.available = False
         self._next_try_s = time.monotonic() + self.retry_s
 
+    async def _t_close(self) -> None:
+        if self._db_engine is not None:
+            await self._db_engine.dispose()
+            self._db_engine = None
+        self.journal.close()
+
     # -- control --------------------------------------------------------------------------------
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
@@ -310,25 +375,35 @@ class RecordWriter:
             return False
 
     async def close(self, timeout_s: float | None = None) -> None:
-        """Stop taking records, journal what is queued, try one last commit, release all."""
+        """Stop taking records, journal what is queued, try one last commit, release all
+        (the database thread included)."""
         self._stopping = True
         self._wake.set()
         if self._opened:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), timeout_s or self.timeout_s * 3)
         await self.engine.dispose()
-        await asyncio.to_thread(self.journal.close)
+        if self.db.running:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout_s * 3):
+                    await self.db.call(self._t_close)
+            await self.db.stop()
+        else:
+            await asyncio.to_thread(self.journal.close)
 
     def stats(self) -> dict[str, Any]:
         return {
             "database": db_engine.describe(self.url),
+            "node_id": self.node_id,
             "available": self.available,
             "last_error": self.last_error,
             "queue": self.queue.stats.as_dict(),
+            "handoff": self.db.stats(),
             "journal": self.journal.stats(),
             "committed": self.committed,
             "replayed": self.replayed,
             "batches": self.batches,
             "failures": self.failures,
             "outages": self.outages,
+            "lost_nodes": list(self.lost_nodes),
         }
