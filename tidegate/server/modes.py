@@ -207,7 +207,10 @@ _MISSING_ENGINES = {
 
 
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
-ENGINE_MODES: dict[str, tuple[str, ...]] = {"transcribe": ("vad", "asr")}
+ENGINE_MODES: dict[str, tuple[str, ...]] = {
+    "assistant": ("vad", "asr", "llm", "tts"),
+    "transcribe": ("vad", "asr"),
+}
 
 
 def resolve_config(
@@ -228,7 +231,7 @@ def resolve_config(
         )
     needs = ENGINE_MODES.get(mode)
     if needs is not None:
-        running = set(engines.schedulers) if engines is not None else set()
+        running = set(engines.schedulers) | set(engines.batchers) if engines is not None else set()
         if not set(needs) <= running:
             raise UnsupportedError(
                 f"mode {mode!r} needs {_MISSING_ENGINES[mode]}, which this server does not "
@@ -244,6 +247,11 @@ def resolve_config(
 
 def start_mode(session: Session, engines: EngineService | None = None) -> Mode:
     mode = session.config["mode"]
+    if mode == "assistant":
+        assert engines is not None  # resolve_config checked it
+        from .assistant import AssistantMode
+
+        return AssistantMode(session, engines)
     if mode == "transcribe":
         assert engines is not None  # resolve_config checked it
         from .transcribe import TranscribeMode

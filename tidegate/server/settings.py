@@ -259,6 +259,31 @@ class Settings:
     )
     tts_deadline_s: float = _doc("A chunk's audio is due within this.", default=10.0)
 
+    # -- assistant sessions (docs/assistant.md) -------------------------------------------------
+    assistant_end_of_turn_s: float = _doc(
+        "Silence after the VAD's end of speech that ends the user's turn (the turn ends at "
+        "the later of this and the ASR final).",
+        default=0.2,
+    )
+    assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
+    assistant_system_prompt: str = _doc(
+        "The system message every assistant conversation starts with.",
+        default=(
+            "You are a helpful voice assistant. Answer in one or two short sentences of plain text."
+        ),
+    )
+    assistant_max_history_messages: int = _doc(
+        "User and assistant messages kept for the LLM (oldest dropped first).", default=16
+    )
+    assistant_audio_lead_s: float = _doc(
+        "Reply audio sent ahead of its playout (WebRTC track queue, output.audio); a "
+        "barge-in flushes at most this much.",
+        default=0.2,
+    )
+    assistant_max_pending_chunks: int = _doc(
+        "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
+    )
+
     # -- persistence (docs/persistence.md) ------------------------------------------------------
     database_url: str | None = _doc(
         "Database: postgresql://USER@HOST:PORT/DB (through asyncpg) or sqlite:///PATH. Unset: "
@@ -358,7 +383,16 @@ class Settings:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name.endswith(
-                ("_bytes", "_messages", "_sessions", "_records", "_readings", "_items", "_requests")
+                (
+                    "_bytes",
+                    "_messages",
+                    "_sessions",
+                    "_records",
+                    "_readings",
+                    "_items",
+                    "_requests",
+                    "_tokens",
+                )
             ) or f.name.startswith("max_"):
                 if isinstance(v, int) and v < 1:
                     raise ConfigError(f"{f.name} must be at least 1, got {v}")

@@ -178,7 +178,21 @@ class TranscribeMode:
             assert isinstance(msg, RtcCandidate)
             await self.media.handle_candidate(msg)
         else:
-            raise UnsupportedError(f"{msg.TYPE} is not handled in transcribe mode")
+            await self.handle_other(msg)
+
+    async def handle_other(self, msg: ClientMessage) -> None:
+        """A message the audio lane does not take (a mode built on this lane overrides it)."""
+        raise UnsupportedError(f"{msg.TYPE} is not handled in {self.name} mode")
+
+    # -- hooks for a mode built on this lane (the assistant); called on the event loop -----
+    def on_speech_started(self) -> None:
+        """The VAD reported the start of speech."""
+
+    def on_speech_stopped(self) -> None:
+        """The VAD reported the end of speech (its final follows)."""
+
+    def on_final(self, text: str, received: float) -> None:
+        """A segment's final transcript was emitted (``received``: its audio's arrival, ms)."""
 
     def _return_consumed(self) -> None:
         st = self.inbox.stats
@@ -230,9 +244,11 @@ class TranscribeMode:
         for ev in r.events:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
+                self.on_speech_started()
                 self._open_segment(ev.sample, r.probability)
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
+                self.on_speech_stopped()
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
@@ -326,6 +342,7 @@ class TranscribeMode:
             return
         self.counters["finals"] += 1
         self.session.emit(self._event(AsrFinal, seg, text, timing))
+        self.on_final(text, received)
 
     @staticmethod
     def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:

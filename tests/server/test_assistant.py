@@ -1,0 +1,315 @@
+"""The assistant mode end to end: a real server with the VAD, ASR, LLM and TTS engines, WS-only
+clients speaking recorded questions (espeak-ng) as ``input.audio`` and typing ``input.text``;
+replies stream as text and as speech (``output.audio``), and speech over a reply cuts it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from tidegate.bench.wer import wer
+from tidegate.engines import models
+from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx
+from tidegate.engines.engine import Ok
+from tidegate.engines.tts.piper import resample
+from tidegate.protocol.client import Client, RefusedError
+from tidegate.protocol.messages import (
+    AsrFinal,
+    InputAudio,
+    InputText,
+    OutputAudio,
+    ResponseCancel,
+    ResponseCreated,
+    ResponseDone,
+    ResponseTextDelta,
+    ServerMessage,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
+from tidegate.server.assistant import Reply, SpokenChunk
+
+from .conftest import LiveServer, make_settings, run_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe")
+QUESTION = "What is the capital of France?"
+STORY = "Tell me a short story about a cat."
+CHUNK_S = 0.04
+SPEED = 2.0  # times real time
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Path:
+    """The data folder with the four engines' models prepared (by make setup, or here)."""
+    data = CACHE / "data"
+    if any(models.verify(data, n, deep=False) for n in MODELS):
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
+        )
+    return data
+
+
+@pytest.fixture(scope="module")
+def question(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
+    """QUESTION spoken by espeak-ng: int16 mono samples and their rate."""
+    path = tmp_path_factory.mktemp("speech") / "question.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), QUESTION], check=True)
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return pcm, rate
+
+
+@pytest.fixture(scope="module")
+def whisper(prepared: Path) -> Iterator[WhisperOnnx]:
+    """Whisper, outside the server, to transcribe what the server said."""
+    engine = WhisperOnnx(models.model_dir(prepared, "whisper-tiny-en"))
+    engine.load()
+    yield engine
+    engine.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(
+    tmp_path_factory: pytest.TempPathFactory, prepared: Path
+) -> AsyncIterator[LiveServer]:
+    """One server for the module (the models load once)."""
+    tmp = tmp_path_factory.mktemp("assistant")
+    (tmp / "models").symlink_to(prepared / "models")
+    settings = make_settings(tmp, engines=("vad", "asr", "llm", "tts"))
+    async with run_server(settings) as server:
+        async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(120):
+            while (await http.get("/readyz")).status_code != 200:
+                await asyncio.sleep(0.1)
+        yield server
+
+
+@dataclass
+class Conversation:
+    """One assistant session and every event it received, with arrival times."""
+
+    client: Client
+    session_id: str
+    events: list[tuple[ServerMessage, float]] = field(default_factory=list)
+
+    async def read(self) -> None:
+        async for ev in self.client:
+            self.events.append((ev, time.monotonic()))
+
+    def of(self, kind: type) -> list:
+        return [e for e, _ in self.events if isinstance(e, kind)]
+
+    def done(self, status: str | None = None) -> list[ResponseDone]:
+        return [d for d in self.of(ResponseDone) if status is None or d.status == status]
+
+    async def wait(self, check: object, timeout_s: float = 60.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not check():  # type: ignore[operator]
+                await asyncio.sleep(0.05)
+
+    async def speak(self, pcm: np.ndarray, rate: int, tail_s: float = 1.0) -> None:
+        """Stream ``pcm`` and ``tail_s`` of silence as input.audio at SPEED x real time."""
+        pcm = np.concatenate([pcm, np.zeros(int(tail_s * rate), np.int16)])
+        step = int(CHUNK_S * rate)
+        t0 = time.monotonic()
+        for i in range(0, len(pcm), step):
+            await asyncio.sleep(max(0.0, t0 + i / rate / SPEED - time.monotonic()))
+            chunk = pcm[i : i + step].astype("<i2").tobytes()
+            await self.client.send(
+                InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1)
+            )
+
+    def deltas(self, response_id: str) -> str:
+        return "".join(d.delta for d in self.of(ResponseTextDelta) if d.response_id == response_id)
+
+    def audio(self, response_id: str) -> np.ndarray:
+        parts = [a.pcm for a in self.of(OutputAudio) if a.response_id == response_id]
+        return np.frombuffer(b"".join(parts), "<i2")
+
+
+class converse:
+    """``async with converse(live) as c``: an assistant session whose events are collected."""
+
+    def __init__(self, live: LiveServer) -> None:
+        self.live = live
+
+    async def __aenter__(self) -> Conversation:
+        self.client = await self.live.client()
+        created = await self.client.create_session({"mode": "assistant"})
+        self.conv = Conversation(self.client, created.session_id)
+        self.reader = asyncio.get_running_loop().create_task(self.conv.read())
+        return self.conv
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.client.close_session()
+        finally:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+            await self.client.close()
+
+
+def transcribe(whisper: WhisperOnnx, audio_48k: np.ndarray) -> str:
+    pcm = resample(audio_48k.astype(np.float32) / 32768, 48_000, 16_000)
+    result = whisper.run_batch([AsrRequest(pcm.astype(np.float32) / 32768)], [None])[0]
+    assert isinstance(result, Ok)
+    return str(result.value.text)
+
+
+def _check_timing(ev: ResponseTextDelta | ResponseDone) -> None:
+    t = ev.timing
+    assert t is not None and None not in (t.received, t.engine_start, t.engine_end, t.sent), ev
+    assert t.received <= t.engine_start <= t.engine_end <= t.sent, ev  # type: ignore[operator]
+
+
+async def test_spoken_question_gets_a_spoken_answer(
+    live: LiveServer, question: tuple[np.ndarray, int], whisper: WhisperOnnx
+) -> None:
+    """A recorded question gives VAD events and a final with its words, then a reply streamed
+    as deltas that says Paris, and output.audio whose transcription reads the reply."""
+    async with converse(live) as c:
+        await c.speak(*question)
+        await c.wait(lambda: c.done())
+        await asyncio.sleep(0.3)
+    kinds = [type(e) for e, _ in c.events]
+    assert VadSpeechStarted in kinds and VadSpeechStopped in kinds
+    final = " ".join(f.text for f in c.of(AsrFinal)).lower()
+    assert "capital" in final and "france" in final, final
+    (created,) = c.of(ResponseCreated)
+    (done,) = c.done()
+    assert done.response_id == created.response_id and done.status == "completed"
+    assert kinds.index(AsrFinal) < kinds.index(ResponseCreated) < kinds.index(ResponseTextDelta)
+    assert kinds.index(ResponseDone) > max(i for i, k in enumerate(kinds) if k is OutputAudio)
+    assert "Paris" in done.text, done.text
+    assert c.deltas(done.response_id) == done.text
+    for ev in [*c.of(ResponseTextDelta), done]:
+        _check_timing(ev)
+    audio = c.audio(done.response_id)
+    assert all(a.sample_rate == 48_000 and a.format == "s16le" for a in c.of(OutputAudio))
+    assert len(audio) / 48_000 > 1.0
+    heard = transcribe(whisper, audio)
+    assert wer(done.text, heard) <= 0.35, (done.text, heard)
+
+
+async def test_text_input_gets_a_streamed_reply(live: LiveServer) -> None:
+    """input.text starts a reply: response.created (referring to it), several deltas, audio,
+    and response.done completed whose text is the deltas."""
+    async with converse(live) as c:
+        await c.client.send(InputText(id="t1", text=STORY))
+        await c.wait(lambda: c.done())
+    (created,) = c.of(ResponseCreated)
+    (done,) = c.done("completed")
+    assert created.ref == "t1" and done.ref == "t1"
+    assert len([d for d in c.of(ResponseTextDelta)]) > 3
+    assert c.deltas(done.response_id) == done.text and "cat" in done.text.lower()
+    assert len(c.audio(done.response_id)) / 48_000 > 3.0
+
+
+async def test_speech_over_a_reply_cuts_it(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """Speech while a reply is spoken cancels it: response.done cancelled with the spoken part
+    (a prefix of the reply, not all of it), no more audio of it, the spoken part in the
+    history; then the new question is answered."""
+    async with converse(live) as c:
+        await c.client.send(InputText(id="t1", text=STORY))
+        await c.wait(lambda: c.of(OutputAudio))
+        await asyncio.sleep(1.5)
+        await c.speak(*question)
+        await c.wait(lambda: len(c.done()) == 2)
+        session = live.runtime.registry.get(c.session_id)
+        assert session is not None
+        history = list(session.mode.history)  # type: ignore[union-attr]
+    first, second = c.done()
+    assert first.status == "cancelled" and first.ref == "t1"
+    said = c.deltas(first.response_id)
+    assert first.text and said.startswith(first.text) and len(first.text) < len(said)
+    cut_at = next(i for i, (e, _) in enumerate(c.events) if e is first)
+    assert not [
+        e
+        for e, _ in c.events[cut_at:]
+        if isinstance(e, OutputAudio | ResponseTextDelta) and e.response_id == first.response_id
+    ]
+    heard_s = len(c.audio(first.response_id)) / 48_000
+    assert 1.0 < heard_s < 12.0
+    assert second.status == "completed" and "Paris" in second.text
+    assert history[:2] == [
+        {"role": "user", "content": STORY},
+        {"role": "assistant", "content": first.text},
+    ]
+
+
+async def test_cancel_stops_the_reply(live: LiveServer) -> None:
+    """response.cancel ends the reply in progress (cancelled); a second cancel is not_found."""
+    async with converse(live) as c:
+        await c.client.send(InputText(id="t1", text=STORY))
+        await c.wait(lambda: c.of(ResponseTextDelta))
+        await c.client.send(ResponseCancel(id="c1"))
+        await c.wait(lambda: c.done())
+        with pytest.raises(RefusedError) as caught:
+            await c.client.request(ResponseCancel(id="c2"))
+        assert caught.value.server_code == "not_found"
+    (done,) = c.done()
+    assert done.status == "cancelled"
+    assert c.deltas(done.response_id).startswith(done.text)
+
+
+async def test_two_sessions_at_once_keep_their_own_replies(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """One session speaks its question while another types a different one: each gets its
+    own reply and only its own audio."""
+    async with converse(live) as a, converse(live) as b:
+        await asyncio.gather(
+            a.speak(*question), b.client.send(InputText(id="t1", text="What color is the sky?"))
+        )
+        await a.wait(lambda: a.done())
+        await b.wait(lambda: b.done())
+    (da,), (db,) = a.done(), b.done()
+    assert da.status == db.status == "completed"
+    assert "Paris" in da.text and "Paris" not in db.text and "blue" in db.text.lower()
+    assert {x.response_id for x in a.of(OutputAudio)} == {da.response_id}
+    assert {x.response_id for x in b.of(OutputAudio)} == {db.response_id}
+
+
+async def test_assistant_without_the_engines_is_unsupported(tmp_path: Path) -> None:
+    """A server without the engines refuses the assistant mode (unsupported)."""
+    settings = make_settings(tmp_path, default_mode="loopback")
+    async with run_server(settings) as server, await server.client() as client:
+        with pytest.raises(RefusedError) as caught:
+            await client.create_session({"mode": "assistant"})
+        assert caught.value.server_code == "unsupported"
+
+
+async def test_spoken_text_follows_the_playout() -> None:
+    """What counts as spoken at a cut: whole chunks played, and of the chunk playing, the
+    words that fit in the share of its frames played; nothing before the first frame."""
+    reply = Reply("r_1", None, 0.0, text="Hello there, friend. How are you today? Fine.")
+    for chunk in ("Hello there,", "friend.", "How are you today?"):
+        reply.chunks.append(SpokenChunk(*reply.locate(chunk), 10, None))
+    t = 100.0
+    for c in reply.chunks[:2]:
+        c.frame_starts = [t + 0.02 * i for i in range(10)]
+        t += 0.2
+    reply.chunks[2].frame_starts = [t + 0.02 * i for i in range(6)]  # 6 of 10 sent
+    assert reply.spoken(99.0) == ""
+    assert reply.spoken(100.0) == ""  # one frame of "Hello there," is not yet a word
+    assert reply.spoken(100.19) == "Hello there,"
+    assert reply.spoken(100.39) == "Hello there, friend."
+    assert reply.spoken(t + 0.05) == "Hello there, friend. How"
+    assert reply.spoken(t + 5.0) == "Hello there, friend. How are"  # 6 of 10 frames played

@@ -1,0 +1,425 @@
+"""The ``assistant`` session mode: the transcribe lane (VAD -> ASR), then LLM -> TTS replies.
+
+Audio comes in exactly as in :mod:`tidegate.server.transcribe` (this mode *is* that lane, with
+its hooks filled in). What this module adds (docs/assistant.md):
+
+- **Turns.** The user's turn ends when the VAD has reported the end of speech, the ASR final of
+  every segment is out, and ``assistant_end_of_turn_s`` have passed since the end of speech
+  with no new speech. The turn's finals, joined, become the user message. ``input.text`` and
+  ``response.create`` start a reply too.
+- **Replies.** A reply streams from the shared :class:`~tidegate.engines.llm.LlmBatcher` (the
+  session's conversation KV cache is reused across turns) as ``response.text.delta``; its text
+  goes into a :class:`~tidegate.engines.tts.TtsStream` as it arrives, and the speech goes onto
+  the outbound WebRTC track (resampled 48 -> 16 kHz per synthesized chunk, in a thread) when
+  the session has one, else out as ``output.audio`` (48 kHz s16le, 20 ms per message).
+  Audio is paced by the clock at most ``assistant_audio_lead_s`` ahead of its playout, so that
+  a cut flushes little and we know what the user has heard. ``response.done`` (completed) comes
+  once the last audio has played out.
+- **Barge-in.** Speech reported by the VAD while a reply is generated or spoken cuts it at
+  once: the generation is cancelled (it stops within one decode step), pending text and audio
+  are dropped (``TtsStream.interrupt``, ``AudioOutTrack.flush``), and ``response.done`` says
+  ``cancelled`` with ``text`` = the reply as far as its audio had played (whole chunks, and
+  of the chunk playing at the cut, the words whose share of its characters fits in the share
+  of its frames played). That spoken part, not the whole reply, goes into the history.
+
+Bounds: the history keeps ``assistant_max_history_messages``; text chunks waiting for
+synthesis are bounded (``assistant_max_pending_chunks``, coalesce); synthesized audio waits in
+the TtsStream's queue (2 chunks, block); sent-but-unplayed audio is bounded by the lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tidegate.engines.errors import EngineError
+from tidegate.engines.llm import Generation, LlmBatcher, SamplingParams
+from tidegate.engines.runtime import Array
+from tidegate.engines.service import EngineService
+from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
+from tidegate.engines.tts import TtsStream
+from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
+from tidegate.engines.tts.stream import FRAME_MS
+from tidegate.media import AudioOutTrack
+from tidegate.protocol import ClientMessage
+from tidegate.protocol.messages import (
+    InputText,
+    OutputAudio,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseCreated,
+    ResponseDone,
+    ResponseTextDelta,
+    Timing,
+)
+
+from .db.records import Response as ResponseRecord
+from .errors import InvalidConfigError, NotFoundError
+from .modes import new_response_id
+from .session import Session
+from .transcribe import SAMPLE_RATE_HZ, TranscribeMode, now_ms
+
+log = logging.getLogger(__name__)
+
+FRAME_S = FRAME_MS / 1000
+OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
+WORD_RE = re.compile(r"\S+")
+
+
+def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """int16 speech at 48 kHz -> float32 at 16 kHz (libswresample; call it in a thread)."""
+    import av
+
+    pcm = np.ascontiguousarray(audio, np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+    frame.sample_rate = OUTPUT_RATE_HZ
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+@dataclass(slots=True)
+class SpokenChunk:
+    """One synthesized piece of a reply: where its text lies in the reply, how many 20 ms
+    frames it lasts, its 16 kHz audio (for the WebRTC track) and when each of its frames
+    began to play (``time.monotonic()``)."""
+
+    start: int
+    end: int
+    frames: int
+    track_pcm: np.ndarray[Any, np.dtype[np.float32]] | None
+    frame_starts: list[float] = field(default_factory=list)
+
+    def heard_end(self, text: str, at: float) -> int:
+        """Where in ``text`` the speech of this chunk had got to at ``at``: the words whose
+        share of the chunk's characters fits in the share of its frames played (speech runs
+        about evenly over the characters)."""
+        played = bisect.bisect_right(self.frame_starts, at)
+        if played >= self.frames:
+            return self.end
+        budget = self.start + (self.end - self.start) * played / max(1, self.frames)
+        end = self.start
+        for m in WORD_RE.finditer(text, self.start, self.end):
+            if m.end() > budget:
+                break
+            end = m.end()
+        return end
+
+
+@dataclass(slots=True)
+class Reply:
+    """One response in progress."""
+
+    id: str
+    ref: str | None
+    received_ms: float  # when its input arrived (the turn's last audio, or the text)
+    text: str = ""
+    chunks: list[SpokenChunk] = field(default_factory=list)
+    located: int = 0  # where the next chunk's text is looked for in ``text``
+    play_end: float = 0.0  # monotonic time the audio sent so far finishes playing
+    frames_sent: int = 0
+    gen: Generation | None = None
+    tts: TtsStream | None = None
+    task: asyncio.Task[Any] | None = None
+    speaker: asyncio.Task[Any] | None = None
+    started_ms: float | None = None
+    finished: bool = False
+
+    def locate(self, chunk: str) -> tuple[int, int]:
+        """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
+        words are found one after the other)."""
+        start = pos = self.located
+        for i, word in enumerate(chunk.split()):
+            at = self.text.find(word, pos)
+            if at < 0:
+                break
+            if i == 0:
+                start = at
+            pos = at + len(word)
+        self.located = pos
+        return start, pos
+
+    def spoken(self, at: float) -> str:
+        """The reply as far as its speech had played at ``at`` (whole words)."""
+        end = 0
+        for c in self.chunks:
+            heard = c.heard_end(self.text, at)
+            if heard > c.start:
+                end = heard
+            if heard < c.end:
+                break
+        return self.text[:end]
+
+
+class AssistantMode(TranscribeMode):
+    """See the module docstring."""
+
+    name = "assistant"
+
+    def __init__(self, session: Session, engines: EngineService) -> None:
+        super().__init__(session, engines)
+        s = session.settings
+        self.llm: LlmBatcher = engines.llm()
+        self.tts = engines.get("tts")
+        self.history: list[dict[str, str]] = []
+        self.reply: Reply | None = None
+        self._turn: list[str] = []
+        self._turn_received = 0.0
+        self._stopped_at = 0.0
+        self._turn_timer: asyncio.Task[Any] | None = None
+        self._params = SamplingParams(max_tokens=s.assistant_max_reply_tokens)
+        self.counters.update(
+            turns=0, responses=0, completed=0, cancelled=0, failed=0, barge_ins=0, audio_frames=0
+        )
+
+    # -- input ------------------------------------------------------------------------------
+    async def handle_other(self, msg: ClientMessage) -> None:
+        kind = type(msg)
+        if kind is InputText:
+            assert isinstance(msg, InputText)
+            self._user_says(msg.text)
+            self._start_reply(msg.id, now_ms())
+        elif kind is ResponseCreate:
+            assert isinstance(msg, ResponseCreate)
+            if msg.text is not None:
+                self._user_says(msg.text)
+            elif not self.history or self.history[-1]["role"] != "user":
+                raise InvalidConfigError(
+                    "response.create: there is no user message to answer; give 'text'"
+                )
+            self._start_reply(msg.id, now_ms())
+        elif kind is ResponseCancel:
+            assert isinstance(msg, ResponseCancel)
+            reply = self.reply
+            if reply is None or (msg.response_id not in (None, reply.id)):
+                which = f"response {msg.response_id!r}" if msg.response_id else "response"
+                raise NotFoundError(f"no {which} in progress")
+            self._cut(reply)
+        else:
+            await super().handle_other(msg)
+
+    def _user_says(self, text: str) -> None:
+        self.history.append({"role": "user", "content": text})
+        self._trim_history()
+
+    def _trim_history(self) -> None:
+        excess = len(self.history) - self.session.settings.assistant_max_history_messages
+        if excess > 0:
+            del self.history[:excess]
+
+    # -- turns (hooks of the audio lane) ----------------------------------------------------
+    def on_speech_started(self) -> None:
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()  # the turn goes on
+            self._turn_timer = None
+        reply = self.reply
+        if reply is not None:
+            self.counters["barge_ins"] += 1
+            self._cut(reply)
+
+    def on_speech_stopped(self) -> None:
+        self._stopped_at = time.monotonic()
+
+    def on_final(self, text: str, received: float) -> None:
+        self._turn.append(text)
+        self._turn_received = received
+        if self._segment is None and len(self._finals) <= 1:  # no speech or final pending
+            if self._turn_timer is not None:
+                self._turn_timer.cancel()
+            wait_s = self._stopped_at + self.session.settings.assistant_end_of_turn_s
+            self._turn_timer = self.session.spawn(
+                self._end_turn(max(0.0, wait_s - time.monotonic())), "turn-end"
+            )
+
+    async def _end_turn(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._turn_timer = None
+        if self._segment is not None or not self._turn:
+            return
+        text = " ".join(self._turn)
+        self._turn.clear()
+        self.counters["turns"] += 1
+        self._user_says(text)
+        self._start_reply(None, self._turn_received)
+
+    # -- replies ----------------------------------------------------------------------------
+    def _start_reply(self, ref: str | None, received_ms: float) -> None:
+        if self.reply is not None:
+            self._cut(self.reply)  # a new request supersedes the reply in progress
+        reply = Reply(new_response_id(), ref, received_ms)
+        self.reply = reply
+        self.counters["responses"] += 1
+        reply.task = self.session.spawn(self._respond(reply), "reply")
+
+    async def _respond(self, reply: Reply) -> None:
+        s = self.session
+        s.emit(ResponseCreated(response_id=reply.id, ref=reply.ref))
+        messages = [{"role": "system", "content": s.settings.assistant_system_prompt}]
+        messages += self.history
+        try:
+            reply.started_ms = now_ms()
+            gen = self.llm.generate(messages, self._params, session=s.id)
+            reply.gen = gen
+            tts = TtsStream(
+                lambda chunk: self._synthesize(reply, chunk),
+                max_pending_chunks=s.settings.assistant_max_pending_chunks,
+            )
+            reply.tts = tts
+            reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
+            async for delta in gen:
+                reply.text += delta
+                s.emit(
+                    ResponseTextDelta(response_id=reply.id, delta=delta, timing=self._timing(reply))
+                )
+                tts.push(delta)
+            tts.end()
+            await reply.speaker
+        except asyncio.CancelledError:
+            if reply.finished:  # cut: response.done has gone out already
+                return
+            self._stop(reply)
+            raise
+        except EngineError as e:
+            log.warning("session %s: reply %s failed: %s", s.id, reply.id, e)
+            self._stop(reply)
+            self._finish(reply, "failed", reply.spoken(time.monotonic()))
+            return
+        self._finish(reply, "completed", reply.text)
+
+    async def _synthesize(self, reply: Reply, chunk: str) -> Array:
+        """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
+        audio: Array = await self.tts.submit(chunk)
+        track = self._track()
+        pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
+        frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)
+        reply.chunks.append(SpokenChunk(*reply.locate(chunk), frames, pcm))
+        return audio
+
+    def _track(self) -> AudioOutTrack | None:
+        peer = self.media.peer
+        return peer.audio_out if peer is not None else None
+
+    async def _speak(self, reply: Reply, tts: TtsStream) -> None:
+        """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout;
+        return once the last one has played."""
+        lead_s = self.session.settings.assistant_audio_lead_s
+        index, left, j = -1, 0, 0
+        async for frame in tts.frames():
+            while left == 0:
+                index += 1
+                left, j = reply.chunks[index].frames, 0
+            chunk = reply.chunks[index]
+            now = time.monotonic()
+            ahead = max(now, reply.play_end) - now
+            if ahead > lead_s:
+                await asyncio.sleep(ahead - lead_s)
+                now = time.monotonic()
+            if reply.finished:
+                return
+            starts = max(now, reply.play_end)
+            chunk.frame_starts.append(starts)
+            reply.play_end = starts + FRAME_S
+            track = self._track()
+            if track is not None and chunk.track_pcm is not None:
+                part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
+                if len(part) < OUT_FRAME_SAMPLES:
+                    part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+                track.write(part)
+            else:
+                self.session.emit(
+                    OutputAudio(
+                        pcm=frame.astype("<i2").tobytes(),
+                        format="s16le",
+                        sample_rate=OUTPUT_RATE_HZ,
+                        channels=1,
+                        ts=reply.frames_sent * FRAME_MS,
+                        response_id=reply.id,
+                    )
+                )
+            reply.frames_sent += 1
+            self.counters["audio_frames"] += 1
+            left -= 1
+            j += 1
+        await asyncio.sleep(max(0.0, reply.play_end - time.monotonic()))
+
+    def _timing(self, reply: Reply) -> Timing:
+        return Timing(
+            received=reply.received_ms, engine_start=reply.started_ms, engine_end=now_ms()
+        )
+
+    def _stop(self, reply: Reply) -> None:
+        """Stop generating and speaking now (within one decode step and one audio frame)."""
+        if reply.gen is not None:
+            reply.gen.cancel()
+        if reply.tts is not None:
+            reply.tts.interrupt()
+        track = self._track()
+        if track is not None and reply.frames_sent:
+            track.flush()
+        if reply.speaker is not None:
+            reply.speaker.cancel()
+
+    def _cut(self, reply: Reply) -> None:
+        """Barge-in or cancel: stop, then say what the user heard."""
+        at = time.monotonic()
+        self._stop(reply)
+        self._finish(reply, "cancelled", reply.spoken(at))
+        if reply.task is not None:
+            reply.task.cancel()
+
+    def _finish(self, reply: Reply, status: str, spoken: str) -> None:
+        if reply.finished:
+            return
+        reply.finished = True
+        if self.reply is reply:
+            self.reply = None
+        self.counters[status] += 1
+        text = reply.text if status == "completed" else spoken
+        self.session.emit(
+            ResponseDone(
+                response_id=reply.id,
+                status=status,
+                text=text,
+                timing=self._timing(reply),
+                ref=reply.ref,
+            )
+        )
+        self.session.record(
+            ResponseRecord(
+                response_id=reply.id,
+                text=reply.text,
+                status=status,
+                spoken_text=spoken,
+                ref=reply.ref,
+            )
+        )
+        if spoken:
+            self.history.append({"role": "assistant", "content": spoken})
+            self._trim_history()
+
+    # -- the rest ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        out["history_messages"] = len(self.history)
+        out["reply"] = None if self.reply is None else self.reply.id
+        return out
+
+    async def close(self) -> None:
+        reply = self.reply
+        if reply is not None:
+            reply.finished = True
+            self._stop(reply)
+            if reply.tts is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reply.tts.close()
+        self.llm.close_session(self.session.id)
+        await super().close()
