@@ -67,17 +67,25 @@ async def asr_server(
 
 
 async def stream(
-    live: LiveServer, audio: np.ndarray, *, tail_s: float = 1.0, quiet_s: float = 1.5
+    live: LiveServer,
+    audio: np.ndarray,
+    *,
+    tail_s: float = 1.0,
+    quiet_s: float = 1.5,
+    session_ids: list[str] | None = None,
 ) -> list[tuple[ServerMessage, float]]:
     """Stream ``audio`` and ``tail_s`` of silence at SPEED x real time over one session;
     return the transcribe events with their arrival times, once nothing has come for
-    ``quiet_s`` after the last final of every ended segment."""
+    ``quiet_s`` after the last final of every ended segment (the session's id goes to
+    ``session_ids``)."""
     audio = np.concatenate([audio, np.zeros(int(tail_s * RATE_HZ), np.float32)])
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     step = int(CHUNK_S * RATE_HZ)
     got: list[tuple[ServerMessage, float]] = []
     async with await live.client() as client:
-        await client.create_session({"mode": "transcribe"})
+        created = await client.create_session({"mode": "transcribe"})
+        if session_ids is not None:
+            session_ids.append(created.session_id)
 
         async def read() -> None:
             async for ev in client:
@@ -136,6 +144,29 @@ async def test_speech_gives_vad_events_partials_and_finals(asr_server: LiveServe
             assert any(x.audio_ms == e.audio_end_ms for x in before), "final before its end"
         if isinstance(e, AsrPartial):
             assert finals[e.segment_id].text.startswith(e.text), (e.text, finals[e.segment_id])
+
+
+async def test_finals_are_recorded_and_served_by_the_records_api(
+    asr_server: LiveServer,
+) -> None:
+    """Every asr.final of a transcribe session becomes a transcript segment that
+    GET /v1/sessions/{id}/transcript serves (same ids, text and audio times, in order)."""
+    sids: list[str] = []
+    events = await stream(asr_server, read_wav(CACHE / "assets" / "beckett.wav"), session_ids=sids)
+    finals = [e for e, _ in events if isinstance(e, AsrFinal)]
+    assert finals and sids
+    assert await asr_server.runtime.recorder.flush(20)
+    auth = {"Authorization": f"Bearer {asr_server.token()}"}
+    async with httpx.AsyncClient(base_url=asr_server.http, headers=auth) as http:
+        detail = await http.get(f"/v1/sessions/{sids[0]}")
+        transcript = await http.get(f"/v1/sessions/{sids[0]}/transcript")
+    assert detail.status_code == 200 and transcript.status_code == 200
+    assert detail.json()["counts"]["transcript"] == len(finals)
+    assert detail.json()["mode"] == "transcribe"
+    rows = transcript.json()["items"]
+    assert [(x["segment_id"], x["text"], x["audio_start_ms"], x["audio_end_ms"]) for x in rows] == [
+        (e.segment_id, e.text, e.audio_start_ms, e.audio_end_ms) for e in finals
+    ]
 
 
 async def test_long_speech_partials_grow_into_the_final(asr_server: LiveServer) -> None:

@@ -54,6 +54,7 @@ from tidegate.protocol.messages import (
     VadSpeechStopped,
 )
 
+from .db.records import TranscriptSegment
 from .errors import InvalidConfigError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Session
@@ -341,7 +342,16 @@ class TranscribeMode:
             self.counters["empty_finals"] += 1
             return
         self.counters["finals"] += 1
-        self.session.emit(self._event(AsrFinal, seg, text, timing))
+        event = self._event(AsrFinal, seg, text, timing)
+        self.session.emit(event)
+        self.session.record(  # never waits: a bounded queue to the writer (db/writer.py)
+            TranscriptSegment(
+                segment_id=event.segment_id,
+                text=text,
+                audio_start_ms=event.audio_start_ms,
+                audio_end_ms=event.audio_end_ms,
+            )
+        )
         self.on_final(text, received)
 
     @staticmethod
