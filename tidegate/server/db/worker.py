@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -112,8 +113,19 @@ class DbThread:
         self._thread = None
         self._loop = None
 
+    def cpu_s(self) -> float | None:
+        """CPU time the thread has used so far (Linux: its own CPU clock), None if unknown."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return None
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError):
+            return None
+
     def stats(self) -> dict[str, Any]:
         return {
+            "cpu_s": self.cpu_s(),
             "max_jobs": self.max_jobs,
             "policy": "reject",
             "in_flight": self.in_flight,

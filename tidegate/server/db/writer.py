@@ -188,7 +188,11 @@ class RecordWriter:
         replayed by ``run``), journal the sweep of nodes that are gone, and try the migrations
         once; if the database is unavailable, the writer tries again before its first commit."""
         self.db.start()
-        await self.db.call(self._t_open)
+        try:
+            await self.db.call(self._t_open)
+        except BaseException:
+            await self.db.stop()  # e.g. every journal slot is held: no thread left behind
+            raise
         self._opened = True
         if self.journal.pending:
             log.info("db writer: %d journaled records to replay", self.journal.pending)
