@@ -1,0 +1,46 @@
+"""The assistant scenario speaks to a server it starts and writes a valid report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_assistant_scenario_report(tmp_path: Path) -> None:
+    """`tidegate bench assistant` with one session and one question reports the latencies
+    from the end of speech to the final, the first token and the first reply audio, with
+    the per-stage breakdown, and a completed reply that answers the question."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tidegate",
+            "bench",
+            "assistant",
+            "--sessions",
+            "1",
+            "--turns",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("assistant-*.json")
+    report = json.loads(path.read_text())
+    assert report["scenario"] == "assistant"
+    [level] = report["results"]["levels"]
+    assert level["sessions"] == 1 and level["turns"] == 1 and level["errors"] == []
+    assert level["completed"] == 1 and level["answers_ok"] == 1, level["heard_and_replied"]
+    final = level["eos_to_final_ms"]["p50"]
+    token = level["eos_to_first_token_ms"]["p50"]
+    audio = level["eos_to_first_audio_ms"]["p50"]
+    assert 0 < final < token < audio
+    for name, stage in level["stages"].items():
+        assert stage["n"] == 1 and stage["p50"] >= 0, name
+    assert level["server_cpu_s"] > 0

@@ -1,0 +1,311 @@
+"""Scenario ``assistant``: voice to voice over the public protocol (WS-only ``input.audio``,
+``{"mode": "assistant"}``) against a server running the ``vad``, ``asr``, ``llm`` and
+``tts`` engines, with N concurrent sessions (``--sessions``, default 1, 4).
+
+Every session speaks ``--turns`` questions (espeak-ng, one after the other), streamed like a
+microphone: in real time, in ``--chunk-ms`` chunks of 16 kHz s16le, with silence between the
+questions and while the reply plays, until its ``response.done``. The end of the user's speech
+is the moment the client sent the question's last loud sample. Measured from there, per turn:
+
+- ``eos_to_final_ms``: the arrival of the turn's ``asr.final``;
+- ``eos_to_first_token_ms``: the first ``response.text.delta``;
+- ``eos_to_first_audio_ms``: the first ``output.audio`` whose samples are audible (detected
+  in the received audio: a 20 ms frame above ``--audible-dbfs``);
+- ``speech_start_to_first_partial_ms``: from the start of the question to the first
+  ``asr.partial`` (short questions may have none: counted in ``turns_without_partial``);
+- a per-stage breakdown, each from one clock only: ``vad_wait_ms`` (end of speech sent ->
+  ``vad.speech_stopped`` received), ``asr_ms`` (the final's engine time, server clock),
+  ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
+  delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
+  first audible audio, client clock).
+
+Replies must be completed and are checked for an expected word (``answers_ok``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidegate.protocol.client import Client
+from tidegate.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    Error,
+    InputAudio,
+    OutputAudio,
+    ResponseCreated,
+    ResponseDone,
+    ResponseTextDelta,
+    ServerMessage,
+    VadSpeechStopped,
+)
+
+from ..harness import scenario
+from ..report import percentiles
+from ..target import Target, process_cpu_s
+from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
+
+QUESTIONS = (  # and a word a right answer contains
+    ("What is the capital of France?", "paris"),
+    ("What color is the sky?", "blue"),
+    ("How many days are in a week?", "7"),
+)
+LOUD = 0.01  # a sample above this is speech (espeak output is clean)
+GAP_S = 1.5  # silence after each question before the reply is awaited
+REPLY_WAIT_S = 30.0
+STAGES = ("vad_wait_ms", "asr_ms", "turn_wait_ms", "llm_first_token_ms", "tts_first_audio_ms")
+MEASURES = (
+    "eos_to_final_ms",
+    "eos_to_first_token_ms",
+    "eos_to_first_audio_ms",
+    "speech_start_to_first_partial_ms",
+)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sessions", default="1,4", help="concurrent session counts")
+    p.add_argument("--turns", type=int, default=3, help="questions per session")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="input.audio chunk length")
+    p.add_argument("--audible-dbfs", type=float, default=-40.0, help="reply audio detection")
+
+
+def speak(text: str, tmp: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """``text`` spoken by espeak-ng, 16 kHz, leading and trailing silence trimmed."""
+    out = tmp / "q.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(out), text], check=True)
+    x = read_wav(out)
+    loud = np.flatnonzero(np.abs(x) > LOUD)
+    return x[loud[0] : loud[-1] + 1] if len(loud) else x
+
+
+@dataclass
+class Turn:
+    """One question and its reply, in client times (``time.monotonic``) and events."""
+
+    expect: str
+    speech_start: float = 0.0
+    speech_end: float = 0.0
+    stopped: float | None = None
+    partial: float | None = None
+    final: tuple[AsrFinal, float] | None = None
+    created: float | None = None
+    first_delta: tuple[ResponseTextDelta, float] | None = None
+    first_audio: float | None = None
+    done: ResponseDone | None = None
+    got_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def measures(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        eos = self.speech_end
+        if self.final is not None:
+            out["eos_to_final_ms"] = (self.final[1] - eos) * 1000
+            t = self.final[0].timing
+            if t is not None and t.engine_start is not None and t.engine_end is not None:
+                out["asr_ms"] = t.engine_end - t.engine_start
+            if self.created is not None:
+                out["turn_wait_ms"] = (self.created - self.final[1]) * 1000
+        if self.stopped is not None:
+            out["vad_wait_ms"] = (self.stopped - eos) * 1000
+        if self.partial is not None:
+            out["speech_start_to_first_partial_ms"] = (self.partial - self.speech_start) * 1000
+        if self.first_delta is not None:
+            delta, t_delta = self.first_delta
+            out["eos_to_first_token_ms"] = (t_delta - eos) * 1000
+            t = delta.timing
+            if t is not None and t.engine_start is not None and t.engine_end is not None:
+                out["llm_first_token_ms"] = t.engine_end - t.engine_start
+            if self.first_audio is not None:
+                out["tts_first_audio_ms"] = (self.first_audio - t_delta) * 1000
+        if self.first_audio is not None:
+            out["eos_to_first_audio_ms"] = (self.first_audio - eos) * 1000
+        return out
+
+
+@dataclass
+class SessionLog:
+    turns: list[Turn] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _audible(msg: OutputAudio, threshold: float) -> bool:
+    x = np.frombuffer(msg.pcm, "<i2").astype(np.float32) / 32768
+    return bool(len(x)) and float(np.sqrt(np.mean(x**2))) > threshold
+
+
+async def _reader(client: Client, log: SessionLog, threshold: float) -> None:
+    async for ev in client:
+        t = time.monotonic()
+        turn = log.turns[-1] if log.turns else None
+        if isinstance(ev, Error):
+            log.errors.append(f"{ev.code}: {ev.message}")
+        if turn is None:
+            continue
+        _note(turn, ev, t, threshold)
+
+
+def _note(turn: Turn, ev: ServerMessage, t: float, threshold: float) -> None:
+    if isinstance(ev, VadSpeechStopped) and turn.stopped is None:
+        turn.stopped = t
+    elif isinstance(ev, AsrPartial) and turn.partial is None:
+        turn.partial = t
+    elif isinstance(ev, AsrFinal) and turn.created is None:
+        turn.final = (ev, t)  # the last final before the reply starts
+    elif isinstance(ev, ResponseCreated) and turn.created is None:
+        turn.created = t
+    elif isinstance(ev, ResponseTextDelta) and turn.first_delta is None:
+        turn.first_delta = (ev, t)
+    elif isinstance(ev, OutputAudio) and turn.first_audio is None:
+        if _audible(ev, threshold):
+            turn.first_audio = t
+    elif isinstance(ev, ResponseDone) and turn.done is None:
+        turn.done = ev
+        turn.got_done.set()
+
+
+async def run_session(
+    target: Target,
+    questions: list[tuple[np.ndarray[Any, np.dtype[np.float32]], str]],
+    *,
+    chunk_ms: float,
+    delay_s: float,
+    threshold: float,
+) -> SessionLog:
+    """Speak each question like a microphone (real time, silence between) and wait for its
+    reply to be done before the next one."""
+    log = SessionLog()
+    step = int(chunk_ms * RATE_HZ / 1000)
+    silence = np.zeros(step, np.float32)
+    token = target.mint(subject=f"bench-assistant-{secrets.token_hex(4)}")
+    async with await Client.connect(target.control_url, token) as client:
+        await client.create_session({"mode": "assistant"})
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(_reader(client, log, threshold))
+            await asyncio.sleep(delay_s)
+            clock = time.monotonic()
+            sent = 0  # samples
+
+            async def send(x: np.ndarray[Any, np.dtype[np.float32]]) -> float:
+                nonlocal sent
+                wait = clock + sent / RATE_HZ - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await client.send(
+                    InputAudio(pcm=_pcm(x), format="s16le", sample_rate=RATE_HZ, channels=1)
+                )
+                sent += len(x)
+                return time.monotonic()
+
+            for audio, expect in questions:
+                turn = Turn(expect)
+                log.turns.append(turn)
+                for i in range(0, len(audio), step):
+                    t = await send(audio[i : i + step])
+                    if i == 0:
+                        turn.speech_start = t
+                turn.speech_end = t
+                deadline = time.monotonic() + REPLY_WAIT_S
+                while not turn.got_done.is_set() and time.monotonic() < deadline:
+                    await send(silence)
+                for _ in range(int(GAP_S * 1000 / chunk_ms)):
+                    await send(silence)
+            with contextlib.suppress(Exception):
+                await client.close_session()
+            reader.cancel()
+    return log
+
+
+async def _level(
+    target: Target,
+    n: int,
+    questions: list[tuple[np.ndarray[Any, np.dtype[np.float32]], str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    cpu0 = process_cpu_s(target.pid) if target.pid else None
+    t0 = time.monotonic()
+    logs = await asyncio.gather(
+        *(
+            run_session(
+                target,
+                questions,
+                chunk_ms=args.chunk_ms,
+                delay_s=i / n,
+                threshold=10 ** (args.audible_dbfs / 20),
+            )
+            for i in range(n)
+        )
+    )
+    wall = time.monotonic() - t0
+    cpu1 = process_cpu_s(target.pid) if target.pid else None
+    values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
+    turns = [t for log in logs for t in log.turns]
+    for turn in turns:
+        for k, v in turn.measures().items():
+            values[k].append(v)
+    out: dict[str, Any] = {
+        "sessions": n,
+        "turns": len(turns),
+        "wall_s": wall,
+        **{k: percentiles(values[k]) for k in MEASURES},
+        "stages": {k: percentiles(values[k]) for k in STAGES},
+        "completed": sum(t.done is not None and t.done.status == "completed" for t in turns),
+        "answers_ok": sum(
+            t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
+            for t in turns
+        ),
+        "turns_without_partial": sum(t.partial is None for t in turns),
+        "heard_and_replied": [
+            [t.final[0].text if t.final else None, t.done.text if t.done else None]
+            for t in turns[: len(logs[0].turns)]
+        ],
+        "errors": [e for log in logs for e in log.errors][:10],
+    }
+    if cpu0 is not None and cpu1 is not None:
+        out["server_cpu_s"] = cpu1 - cpu0
+    return out
+
+
+@scenario(
+    "assistant",
+    "voice to voice: end of speech to final, first token and first reply audio, N sessions",
+    add_args=_args,
+    server_env={"TIDEGATE_ENGINES": "vad,asr,llm,tts", **_default_data_dir()},
+)
+async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng is not installed (make setup does)")
+    with tempfile.TemporaryDirectory(prefix="tidegate-bench-assistant-") as tmp:
+        chosen = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.turns)]
+        questions = [(speak(q, Path(tmp)), expect) for q, expect in chosen]
+    results: dict[str, Any] = {"chunk_ms": args.chunk_ms, "turns": args.turns, "levels": []}
+    for n in (int(s) for s in args.sessions.split(",")):
+        level = await _level(target, n, questions, args)
+        results["levels"].append(level)
+        print(_summary(level), file=sys.stderr)
+    results["target"] = {"eos_to_first_audio_p50_ms_max": 1200.0}
+    return results
+
+
+def _summary(r: dict[str, Any]) -> str:
+    def p(d: dict[str, float]) -> str:
+        return f"{d['p50']:.0f}/{d['p90']:.0f}" if d.get("n") else "-"
+
+    stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
+    return (
+        f"sessions {r['sessions']}: eos->final {p(r['eos_to_final_ms'])} ms, first token "
+        f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
+        f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
+        f"{r['answers_ok']}"
+    )
