@@ -320,60 +320,117 @@ async def test_spoken_text_follows_the_playout() -> None:
     assert reply.spoken(t + 5.0) == "Hello there, friend. How are"  # 6 of 10 frames played
 
 
-async def test_webrtc_question_is_answered_on_the_track(
-    live: LiveServer, question: tuple[np.ndarray, int], whisper: WhisperOnnx
-) -> None:
-    """Over WebRTC (a real aiortc peer on loopback), the spoken question is answered: the
-    reply's speech comes back on the client's inbound track (not as output.audio), and its
-    transcription reads the reply."""
-    from aiortc import RTCSessionDescription
+class rtc_call:
+    """``async with rtc_call(c) as call``: a real aiortc peer (loopback only) on the session of
+    ``c``: ``call.speak`` plays 16 kHz audio into its microphone track in real time, and what
+    arrives on its inbound track is collected in ``call.heard`` (arrival time, 48 kHz mono)."""
 
-    from tidegate.protocol.messages import RtcAnswer, RtcOffer
-    from tidegate.server.transcribe import to_mono_16k
+    def __init__(self, conv: Conversation) -> None:
+        self.conv = conv
+        self.heard: list[tuple[float, np.ndarray]] = []
 
-    from .test_rtc import client_pc
+    async def __aenter__(self) -> rtc_call:
+        from aiortc import RTCSessionDescription
 
-    pcm, rate = question
-    speech = to_mono_16k(
-        InputAudio(pcm=pcm.astype("<i2").tobytes(), format="s16le", sample_rate=rate, channels=1)
-    )
-    speech = np.concatenate([speech, np.zeros(16_000, np.float32)])
-    heard: list[np.ndarray] = []
+        from tidegate.protocol.messages import RtcAnswer, RtcOffer
 
-    async def listen(track: object) -> None:
+        from .test_rtc import client_pc
+
+        self.pc, self.mic, tracks = await client_pc()
+        try:
+            answer = await self.conv.client.request(
+                RtcOffer(id="o1", sdp=self.pc.localDescription.sdp)
+            )
+            assert isinstance(answer, RtcAnswer)
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
+            async with asyncio.timeout(10):
+                while self.pc.connectionState != "connected" or not tracks:
+                    await asyncio.sleep(0.02)
+        except BaseException:
+            await self.pc.close()
+            raise
+        self.listener = asyncio.get_running_loop().create_task(self._listen(tracks[0]))
+        return self
+
+    async def _listen(self, track: object) -> None:
         while True:
             f = await track.recv()  # type: ignore[attr-defined]
             x = f.to_ndarray().reshape(-1).astype(np.float32)
             if len(f.layout.channels) == 2:
                 x = x.reshape(-1, 2).mean(axis=1)
             assert f.sample_rate == 48_000
-            heard.append(x)
+            self.heard.append((time.monotonic(), x))
 
-    async with converse(live) as c:
-        pc, mic, tracks = await client_pc()
-        try:
-            answer = await c.client.request(RtcOffer(id="o1", sdp=pc.localDescription.sdp))
-            assert isinstance(answer, RtcAnswer)
-            await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            async with asyncio.timeout(10):
-                while pc.connectionState != "connected" or not tracks:
-                    await asyncio.sleep(0.02)
-            listener = asyncio.get_running_loop().create_task(listen(tracks[0]))
-            step = int(0.2 * 16_000)
-            for i in range(0, len(speech), step):  # real time: the track paces by the clock
-                mic.write(speech[i : i + step])
-                while mic.queued_ms > 400:
-                    await asyncio.sleep(0.02)
-            await c.wait(lambda: c.done())
-            await asyncio.sleep(0.5)
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-        finally:
-            await pc.close()
+    async def speak(self, speech: np.ndarray) -> None:
+        step = int(0.2 * 16_000)
+        for i in range(0, len(speech), step):  # real time: the track paces by the clock
+            self.mic.write(speech[i : i + step])
+            while self.mic.queued_ms > 400:
+                await asyncio.sleep(0.02)
+
+    def audio(self, start: float = 0.0, end: float = float("inf")) -> np.ndarray:
+        parts = [x for t, x in self.heard if start <= t < end]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.listener.cancel()
+        await asyncio.gather(self.listener, return_exceptions=True)
+        await self.pc.close()
+
+
+def _at_16k(question: tuple[np.ndarray, int], tail_s: float = 1.0) -> np.ndarray:
+    from tidegate.server.transcribe import to_mono_16k
+
+    pcm, rate = question
+    speech = to_mono_16k(
+        InputAudio(pcm=pcm.astype("<i2").tobytes(), format="s16le", sample_rate=rate, channels=1)
+    )
+    return np.concatenate([speech, np.zeros(int(tail_s * 16_000), np.float32)])
+
+
+async def test_webrtc_question_is_answered_on_the_track(
+    live: LiveServer, question: tuple[np.ndarray, int], whisper: WhisperOnnx
+) -> None:
+    """Over WebRTC (a real aiortc peer on loopback), the spoken question is answered: the
+    reply's speech comes back on the client's inbound track (not as output.audio), and its
+    transcription reads the reply."""
+    async with converse(live) as c, rtc_call(c) as call:
+        await call.speak(_at_16k(question))
+        await c.wait(lambda: c.done())
+        await asyncio.sleep(0.5)
     (done,) = c.done()
     assert done.status == "completed" and "Paris" in done.text, done.text
     assert not c.of(OutputAudio)
-    audio = np.concatenate(heard) if heard else np.zeros(0, np.float32)
+    audio = call.audio()
     assert len(audio) / 48_000 > 1.0
     text = transcribe(whisper, np.clip(audio, -32768, 32767).astype(np.int16))
     assert wer(done.text, text) <= 0.35, (done.text, text)
+
+
+async def test_webrtc_speech_over_a_reply_stops_the_track(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """Over WebRTC, speaking over a reply cuts it: response.done cancelled with a prefix of
+    the reply, and the track goes quiet at once (no audio from shortly after the cut until
+    the next reply starts)."""
+    async with converse(live) as c, rtc_call(c) as call:
+        await c.client.send(InputText(id="t1", text=STORY))
+        async with asyncio.timeout(60):
+            while len(call.audio()) < 1.5 * 48_000:
+                await asyncio.sleep(0.05)
+        await call.speak(_at_16k(question))
+        await c.wait(lambda: len(c.done()) == 2)
+        await asyncio.sleep(0.5)
+    first, second = c.done()
+    assert first.status == "cancelled" and second.status == "completed"
+    said = c.deltas(first.response_id)
+    assert first.text and said.startswith(first.text) and len(first.text) < len(said)
+    t_cut = next(t for e, t in c.events if e is first)
+    t_next = next(
+        t
+        for e, t in c.events
+        if isinstance(e, ResponseCreated) and e.response_id != first.response_id
+    )
+    assert t_next - t_cut > 0.5
+    assert len(call.audio(t_cut + 0.3, t_next)) == 0  # flushed: nothing played after the cut
+    assert not c.of(OutputAudio)
