@@ -136,6 +136,7 @@ async def _latency(server: Target, args: argparse.Namespace) -> dict[str, Any]:
             "sent_msgs": sent,
             "records_committed_during_probe_per_s": (during["committed"] - before["committed"])
             / flood_s,
+            "db_thread_cpu_share": _cpu_share(before, during, flood_s),
         },
         "writer": {
             "committed": after["committed"],
@@ -145,6 +146,12 @@ async def _latency(server: Target, args: argparse.Namespace) -> dict[str, Any]:
             "journal_pending": after["journal"]["pending"],
         },
     }
+
+
+def _cpu_share(before: dict[str, Any], during: dict[str, Any], seconds: float) -> float | None:
+    """The share of one core the writer's database thread used between two status reads."""
+    a, b = (x.get("handoff", {}).get("cpu_s") for x in (before, during))
+    return None if a is None or b is None else (b - a) / seconds
 
 
 async def _probe(server: Target, chunks: int) -> dict[str, Any]:

@@ -68,6 +68,27 @@ def create_engine(url: URL, *, timeout_s: float = 5.0, pool_size: int = 5) -> As
     return engine
 
 
+def create_sync_engine(url: URL, *, timeout_s: float = 5.0) -> sa.Engine:
+    """A synchronous SQLite engine (the standard ``sqlite3`` driver) for the writer's
+    database thread: it costs about a third of aiosqlite's CPU per record (docs/persistence.md).
+    ``timeout_s`` is SQLite's busy timeout: how long a write waits on another's lock."""
+    if url.get_backend_name() != "sqlite":
+        raise ValueError(f"a sync engine is for SQLite only, not {url.get_backend_name()}")
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": timeout_s},
+        pool_pre_ping=True,
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def upgrade_sync(engine: sa.Engine, revision: str = "head") -> None:
+    """:func:`upgrade` on a synchronous engine."""
+    with engine.begin() as conn:
+        _upgrade(conn, revision)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

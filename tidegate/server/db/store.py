@@ -42,7 +42,7 @@ T_LATENCY = LatencyRow.__table__  # type: ignore[attr-defined]
 T_SENSORS = SensorBatchRow.__table__  # type: ignore[attr-defined]
 
 
-def _insert_ignore(conn: AsyncConnection, table: sa.Table) -> Any:
+def _insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the connection's dialect."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
@@ -140,53 +140,55 @@ def _child_row(rec: Any) -> tuple[sa.Table, dict[str, Any]]:
     raise TypeError(f"not a child record: {type(rec).__name__}")
 
 
-async def apply(conn: AsyncConnection, batch: Sequence[r.Record]) -> None:
-    """Write ``batch`` in order. Consecutive inserts into one table go out as one statement."""
+def apply(conn: sa.Connection, batch: Sequence[r.Record]) -> None:
+    """Write ``batch`` in order. Consecutive inserts into one table go out as one statement.
+    Synchronous, for the database thread: a sync connection directly, an async one through
+    ``await conn.run_sync(apply, batch)``."""
     pending: list[tuple[sa.Table, dict[str, Any]]] = []
 
-    async def flush_inserts() -> None:
+    def flush_inserts() -> None:
         # Inserts between two updates do not depend on each other (no foreign keys), so each
         # table's rows go out as one executemany, tables in the order they first appear.
         by_table: dict[sa.Table, list[dict[str, Any]]] = {}
         for table, row in pending:
             by_table.setdefault(table, []).append(row)
         for table, rows in by_table.items():
-            await conn.execute(_insert_ignore(conn, table), rows)
+            conn.execute(_insert_ignore(conn, table), rows)
         pending.clear()
 
     for rec in batch:
         if isinstance(rec, r.SessionStarted):
             pending.extend(_started_rows(rec))
         elif isinstance(rec, r.NodeLost):
-            await flush_inserts()
-            await _apply_node_lost(conn, rec)
+            flush_inserts()
+            _apply_node_lost(conn, rec)
         elif isinstance(rec, r.SessionResumed | r.SessionEnded | r.SessionDeleted):
-            await flush_inserts()  # an update must see the rows inserted before it
-            await _apply_update(conn, rec)
+            flush_inserts()  # an update must see the rows inserted before it
+            _apply_update(conn, rec)
         else:
             pending.append(_child_row(rec))
-    await flush_inserts()
+    flush_inserts()
 
 
-async def _apply_node_lost(conn: AsyncConnection, rec: r.NodeLost) -> None:
+def _apply_node_lost(conn: sa.Connection, rec: r.NodeLost) -> None:
     """Close the sessions that node left open (absolute values: replaying it is harmless)."""
     t = T_SESSIONS
-    await conn.execute(
+    conn.execute(
         sa.update(t)
         .where(t.c.node_id == rec.node_id, t.c.status == r.STATUS_OPEN)
         .values(status="closed", ended_at_ms=rec.at_ms, end_reason=rec.reason)
     )
 
 
-async def _apply_update(
-    conn: AsyncConnection, rec: r.SessionResumed | r.SessionEnded | r.SessionDeleted
+def _apply_update(
+    conn: sa.Connection, rec: r.SessionResumed | r.SessionEnded | r.SessionDeleted
 ) -> None:
     sid = T_SESSIONS.c.id == rec.session_id
     if isinstance(rec, r.SessionDeleted):
         for model in SESSION_TABLES:
             table = model.__table__  # type: ignore[attr-defined]
             column = table.c.id if table is T_SESSIONS else table.c.session_id
-            await conn.execute(sa.delete(table).where(column == rec.session_id))
+            conn.execute(sa.delete(table).where(column == rec.session_id))
         return
     if isinstance(rec, r.SessionResumed):
         values: dict[str, Any] = {"resumes": rec.resumes, "last_resumed_at_ms": rec.at_ms}
@@ -201,9 +203,9 @@ async def _apply_update(
         }
         detail = {"status": rec.status, "reason": rec.reason}
         kind = "ended"
-    await conn.execute(sa.update(T_SESSIONS).where(sid).values(**values))
+    conn.execute(sa.update(T_SESSIONS).where(sid).values(**values))
     row = _event_row(rec, kind, detail)
-    await conn.execute(_insert_ignore(conn, T_EVENTS), [row])
+    conn.execute(_insert_ignore(conn, T_EVENTS), [row])
 
 
 # -- reading (the HTTP API) ---------------------------------------------------------------------

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -129,7 +130,9 @@ class RecordWriter:
         )
         self.engine: AsyncEngine = db_engine.create_engine(url, timeout_s=timeout_s)
         self.db = DbThread("db-writer", max_jobs=handoff_max_jobs)
-        self._db_engine: AsyncEngine | None = None  # created on, used from, the db thread
+        self._db_engine: AsyncEngine | sa.Engine | None = (
+            None  # created on, used from, the db thread
+        )
         self.available = True
         self.schema_ready = not migrate
         self.last_error: str | None = None
@@ -236,12 +239,37 @@ class RecordWriter:
 
     # -- on the database thread -----------------------------------------------------------------
 
-    def _engine_here(self) -> AsyncEngine:
+    def _engine_here(self) -> AsyncEngine | sa.Engine:
+        """The thread's engine: SQLite through the sync ``sqlite3`` driver (a third of
+        aiosqlite's CPU per record), PostgreSQL through asyncpg on the thread's own loop."""
         if self._db_engine is None:
-            self._db_engine = db_engine.create_engine(
-                self.url, timeout_s=self.timeout_s, pool_size=1
-            )
+            if self.url.get_backend_name() == "sqlite":
+                self._db_engine = db_engine.create_sync_engine(self.url, timeout_s=self.timeout_s)
+            else:
+                self._db_engine = db_engine.create_engine(
+                    self.url, timeout_s=self.timeout_s, pool_size=1
+                )
         return self._db_engine
+
+    async def _t_apply(self, batch: Sequence[r.Record]) -> None:
+        """Write ``batch`` in one transaction. Async: bounded by ``2 x db_timeout_s``; sync
+        (SQLite): its busy timeout (``db_timeout_s``) bounds the wait on a lock."""
+        engine = self._engine_here()
+        if isinstance(engine, AsyncEngine):
+            async with asyncio.timeout(self.timeout_s * 2):
+                async with engine.begin() as conn:
+                    await conn.run_sync(store.apply, batch)
+        else:
+            with engine.begin() as conn:
+                store.apply(conn, batch)
+
+    async def _t_upgrade(self) -> None:
+        engine = self._engine_here()
+        if isinstance(engine, AsyncEngine):
+            async with asyncio.timeout(self.timeout_s * 2):
+                await db_engine.upgrade(engine)
+        else:
+            db_engine.upgrade_sync(engine)
 
     async def _t_open(self) -> None:
         base, j = self.journal.folder, self.journal
@@ -300,16 +328,12 @@ class RecordWriter:
             self.journal.mark_done(end, len(entries))
 
     async def _t_commit(self, batch: Sequence[r.Record], entries: list[dict[str, Any]]) -> bool:
-        engine = self._engine_here()
         try:
             if not self.schema_ready:
-                async with asyncio.timeout(self.timeout_s * 2):
-                    await db_engine.upgrade(engine)
+                await self._t_upgrade()
                 self.schema_ready = True
             if batch:
-                async with asyncio.timeout(self.timeout_s * 2):
-                    async with engine.begin() as conn:
-                        await store.apply(conn, batch)
+                await self._t_apply(batch)
         except Exception as e:
             if is_unavailable(e):
                 self._unavailable(e)
@@ -322,12 +346,9 @@ class RecordWriter:
     async def _t_commit_each(
         self, batch: Sequence[r.Record], entries: list[dict[str, Any]]
     ) -> bool:
-        engine = self._engine_here()
         for rec, entry in zip(batch, entries, strict=True):
             try:
-                async with asyncio.timeout(self.timeout_s * 2):
-                    async with engine.begin() as conn:
-                        await store.apply(conn, [rec])
+                await self._t_apply([rec])
             except Exception as e:
                 if is_unavailable(e):
                     self._unavailable(e)
@@ -358,9 +379,11 @@ class RecordWriter:
         self._next_try_s = time.monotonic() + self.retry_s
 
     async def _t_close(self) -> None:
-        if self._db_engine is not None:
-            await self._db_engine.dispose()
-            self._db_engine = None
+        engine, self._db_engine = self._db_engine, None
+        if isinstance(engine, AsyncEngine):
+            await engine.dispose()
+        elif engine is not None:
+            engine.dispose()
         self.journal.close()
 
     # -- control --------------------------------------------------------------------------------
