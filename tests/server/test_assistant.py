@@ -46,7 +46,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
-MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe")
+MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe", "blazeface")
 QUESTION = "What is the capital of France?"
 STORY = "Tell me a short story about a cat."
 CHUNK_S = 0.04
@@ -91,7 +91,9 @@ async def live(
     """One server for the module (the models load once)."""
     tmp = tmp_path_factory.mktemp("assistant")
     (tmp / "models").symlink_to(prepared / "models")
-    settings = make_settings(tmp, engines=("vad", "asr", "llm", "tts"))
+    settings = make_settings(
+        tmp, engines=("vad", "asr", "llm", "tts", "vision"), assistant_vision_interval_s=0.2
+    )
     async with run_server(settings) as server:
         async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(120):
             while (await http.get("/readyz")).status_code != 200:
@@ -325,8 +327,9 @@ class rtc_call:
     ``c``: ``call.speak`` plays 16 kHz audio into its microphone track in real time, and what
     arrives on its inbound track is collected in ``call.heard`` (arrival time, 48 kHz mono)."""
 
-    def __init__(self, conv: Conversation) -> None:
+    def __init__(self, conv: Conversation, *, with_video: bool = False) -> None:
         self.conv = conv
+        self.with_video = with_video
         self.heard: list[tuple[float, np.ndarray]] = []
 
     async def __aenter__(self) -> rtc_call:
@@ -336,7 +339,7 @@ class rtc_call:
 
         from .test_rtc import client_pc
 
-        self.pc, self.mic, tracks = await client_pc()
+        self.pc, self.mic, tracks = await client_pc(self.with_video)
         try:
             answer = await self.conv.client.request(
                 RtcOffer(id="o1", sdp=self.pc.localDescription.sdp)
@@ -434,3 +437,60 @@ async def test_webrtc_speech_over_a_reply_stops_the_track(
     assert t_next - t_cut > 0.5
     assert len(call.audio(t_cut + 0.3, t_next)) == 0  # flushed: nothing played after the cut
     assert not c.of(OutputAudio)
+
+
+async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> None:
+    """input.frame photos give vision.result naming the frame's time: a face in the astronaut
+    photo, none in the coffee cup; the latest sight is put just before the user's question in
+    what the LLM is given; a frame that is not an image is dropped alone."""
+    from tidegate.protocol.messages import InputFrame, VisionResult
+
+    def frame(name: str, ts: float) -> InputFrame:
+        image = (CACHE / "assets" / f"{name}.png").read_bytes()
+        return InputFrame(image=image, encoding="png", ts=ts)
+
+    question = {"role": "user", "content": "Who do you see?"}
+
+    def prompt() -> list[dict[str, str]]:
+        mode = session.mode
+        mode.history.append(question)  # type: ignore[union-attr]
+        try:
+            return list(mode.messages())  # type: ignore[union-attr]
+        finally:
+            mode.history.pop()  # type: ignore[union-attr]
+
+    async with converse(live) as c:
+        session = live.runtime.registry.get(c.session_id)
+        assert session is not None
+        await c.client.send(InputFrame(image=b"not a png", encoding="png", ts=1.0))
+        await asyncio.sleep(0.5)
+        await c.client.send(frame("astronaut", 1000.0))
+        await c.wait(lambda: c.of(VisionResult))
+        with_face = prompt()
+        await c.client.send(frame("coffee", 2000.0))
+        await c.wait(lambda: len(c.of(VisionResult)) == 2)
+        without = prompt()
+        stats = session.mode.stats()["vision"]  # type: ignore[union-attr]
+    first, second = c.of(VisionResult)
+    assert first.frame_ts == 1000.0 and [d.label for d in first.detections] == ["face"]
+    assert first.detections[0].score > 0.5
+    assert second.frame_ts == 2000.0 and second.detections == ()
+    assert first.timing is not None and first.timing.engine_end is not None
+    assert with_face[-2:] == [
+        {"role": "system", "content": "The camera sees one face in view."},
+        question,
+    ]
+    assert without[-2]["content"] == "The camera sees no face in view."
+    assert stats["bad_frames"] == 1 and stats["results"] == 2
+
+
+async def test_webrtc_video_is_looked_at(live: LiveServer) -> None:
+    """Frames of a WebRTC video track (aiortc's test pattern: no face) reach the vision lane:
+    vision.result with no detection, naming increasing frame times."""
+    from tidegate.protocol.messages import VisionResult
+
+    async with converse(live) as c, rtc_call(c, with_video=True):
+        await c.wait(lambda: len(c.of(VisionResult)) >= 2, timeout_s=20)
+    results = c.of(VisionResult)
+    assert all(r.detections == () for r in results)
+    assert results[0].frame_ts < results[1].frame_ts

@@ -48,9 +48,10 @@ from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
 from tidegate.engines.tts import TtsStream
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
-from tidegate.media import AudioOutTrack
+from tidegate.media import AudioOutTrack, MediaPeer
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
+    InputFrame,
     InputText,
     OutputAudio,
     ResponseCancel,
@@ -66,6 +67,7 @@ from .errors import InvalidConfigError, NotFoundError
 from .modes import new_response_id
 from .session import Session
 from .transcribe import SAMPLE_RATE_HZ, TranscribeMode, now_ms
+from .vision import VisionLane
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,15 @@ class AssistantMode(TranscribeMode):
         self.counters.update(
             turns=0, responses=0, completed=0, cancelled=0, failed=0, barge_ins=0, audio_frames=0
         )
+        self.vision: VisionLane | None = None
+        if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
+            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            session.spawn(self.vision.run(), "vision")
+
+    def _start_media(self, peer: MediaPeer) -> None:
+        super()._start_media(peer)
+        if self.vision is not None and peer.video_in is not None:
+            self.vision.video = peer.video_in
 
     # -- input ------------------------------------------------------------------------------
     async def handle_other(self, msg: ClientMessage) -> None:
@@ -197,6 +208,9 @@ class AssistantMode(TranscribeMode):
                     "response.create: there is no user message to answer; give 'text'"
                 )
             self._start_reply(msg.id, now_ms())
+        elif kind is InputFrame and self.vision is not None:
+            assert isinstance(msg, InputFrame)
+            self.vision.push(msg, now_ms())
         elif kind is ResponseCancel:
             assert isinstance(msg, ResponseCancel)
             reply = self.reply
@@ -263,8 +277,7 @@ class AssistantMode(TranscribeMode):
     async def _respond(self, reply: Reply) -> None:
         s = self.session
         s.emit(ResponseCreated(response_id=reply.id, ref=reply.ref))
-        messages = [{"role": "system", "content": s.settings.assistant_system_prompt}]
-        messages += self.history
+        messages = self.messages()
         try:
             reply.started_ms = now_ms()
             gen = self.llm.generate(messages, self._params, session=s.id)
@@ -294,6 +307,16 @@ class AssistantMode(TranscribeMode):
             self._finish(reply, "failed", reply.spoken(time.monotonic()))
             return
         self._finish(reply, "completed", reply.text)
+
+    def messages(self) -> list[dict[str, str]]:
+        """What the LLM is given: the system prompt, the history and, just before the last
+        user message, what the camera sees (not kept in the history)."""
+        s = self.session.settings
+        out = [{"role": "system", "content": s.assistant_system_prompt}, *self.history]
+        sight = self.vision.context(s.assistant_vision_max_age_s) if self.vision else None
+        if sight is not None and out[-1]["role"] == "user":
+            out.insert(len(out) - 1, {"role": "system", "content": sight})
+        return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
         """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
@@ -411,6 +434,8 @@ class AssistantMode(TranscribeMode):
         out = super().stats()
         out["history_messages"] = len(self.history)
         out["reply"] = None if self.reply is None else self.reply.id
+        if self.vision is not None:
+            out["vision"] = self.vision.stats()
         return out
 
     async def close(self) -> None:

@@ -283,6 +283,14 @@ class Settings:
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
     )
+    assistant_vision_interval_s: float = _doc(
+        "How often the freshest video frame is run through the vision engine (when the "
+        "server runs one).",
+        default=1.0,
+    )
+    assistant_vision_max_age_s: float = _doc(
+        "A vision result older than this is not given to the LLM as context.", default=5.0
+    )
 
     # -- persistence (docs/persistence.md) ------------------------------------------------------
     database_url: str | None = _doc(
