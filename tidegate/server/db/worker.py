@@ -3,8 +3,8 @@
 SQLAlchemy's statement building, JSON column serialisation and the driver's per-row work are
 CPU work in Python; the journal's fsync is blocking I/O. Neither may run on the event loop that
 carries the media (DESIGN: the media path never waits on the database). :class:`DbThread` owns
-one thread with a private asyncio loop of its own; the async engine (asyncpg, aiosqlite) the
-writer commits through is created on, and only ever used from, that loop.
+one thread with a private asyncio loop of its own; the writer's engine (asyncpg driven by that
+loop, or the sync ``sqlite3`` driver) is created on, and only ever used from, that thread.
 
 The event loop hands work over with :meth:`DbThread.call`: a bounded hand-off
 (``max_jobs`` jobs in flight, policy ``reject``: one more raises :class:`DbHandoffFullError`
