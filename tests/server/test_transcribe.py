@@ -266,3 +266,27 @@ async def test_webrtc_audio_is_transcribed(asr_server: LiveServer) -> None:
     for ev, _ in got:
         _check_timing(ev)
     assert wer(BECKETT, _text(got)) <= 0.2, _text(got)
+
+
+async def test_refused_uploads_give_their_credit_back(asr_server: LiveServer) -> None:
+    """Audio the mode refuses (non-finite samples) is answered with an error and its credit
+    comes back: more refusals than the whole grant never stall the client."""
+    from tidegate.protocol.messages import Error
+
+    grant = asr_server.settings.upload_credit_messages
+    bad = np.full(320, np.nan, np.float32).tobytes()
+    async with await asr_server.client() as client:
+        await client.create_session({"mode": "transcribe"})
+        errors = 0
+        async with asyncio.timeout(30):
+            for i in range(grant + 20):
+                await client.send(
+                    InputAudio(pcm=bad, format="f32le", sample_rate=RATE_HZ, channels=1, id=f"a{i}")
+                )
+            while errors < grant + 20:
+                event = await client.recv()
+                if isinstance(event, Error):
+                    assert event.code == "invalid_field"
+                    assert "finite" in event.message
+                    errors += 1
+        assert client.credits[0] > 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
 from .codec import Codec, get_codec
 from .errors import (
@@ -53,6 +52,7 @@ from .messages import (
     SessionCreate,
     SessionCreated,
     parse_message,
+    upload_size,
 )
 from .schema import MAX_DEPTH, MAX_LIST_ITEMS, MAX_MESSAGE_BYTES, MAX_STRING_CHARS, Limits
 
@@ -177,7 +177,7 @@ class Connection:
                     ref=msg.id,
                 )
             if msg.TYPE in UPLOAD_TYPES:
-                size = _upload_size(msg)
+                size = upload_size(msg)
                 if not self.credits.try_consume(size):
                     raise FlowViolationError(
                         f"{msg.TYPE} of {size} bytes without enough credit "
@@ -265,7 +265,7 @@ class Connection:
             elif not self._create_sent and type(msg) is not Ping:
                 raise LocalProtocolError(f"send session.create before {msg.TYPE}")
             elif msg.TYPE in UPLOAD_TYPES:
-                size = _upload_size(msg)
+                size = upload_size(msg)
                 if not self.credits.try_consume(size):
                     raise LocalProtocolError(
                         f"{msg.TYPE} of {size} bytes exceeds the upload credit "
@@ -311,12 +311,3 @@ class Connection:
     @property
     def last_seq(self) -> int:
         return self._seq
-
-
-def _upload_size(msg: Any) -> int:
-    t = msg.TYPE
-    if t == "input.audio":
-        return len(msg.pcm)
-    if t == "input.frame":
-        return len(msg.image)
-    return 8 * len(msg.values)

@@ -640,3 +640,16 @@ class Metrics(ServerMessage):
 
 UPLOAD_TYPES = frozenset({InputAudio.TYPE, InputFrame.TYPE, InputSensor.TYPE})
 """Client messages that consume flow-control credit."""
+
+SENSOR_VALUE_BYTES = 8
+
+
+def upload_size(msg: ClientMessage) -> int:
+    """The bytes of credit an upload consumes: its payload, or 8 per sensor value."""
+    if isinstance(msg, InputAudio):
+        return len(msg.pcm)
+    if isinstance(msg, InputFrame):
+        return len(msg.image)
+    if isinstance(msg, InputSensor):
+        return SENSOR_VALUE_BYTES * len(msg.values)
+    raise TypeError(f"{msg.TYPE} is not an upload")

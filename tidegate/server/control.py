@@ -34,6 +34,7 @@ from tidegate.protocol import (
     negotiate,
 )
 from tidegate.protocol.messages import (
+    UPLOAD_TYPES,
     Error,
     SessionClose,
     SessionClosed,
@@ -41,6 +42,7 @@ from tidegate.protocol.messages import (
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
+    upload_size,
 )
 
 from .asgi_ws import AsgiWebSocket, Disconnected
@@ -245,6 +247,7 @@ class ControlChannel:
                 assert session.mode is not None
                 await session.mode.handle(msg)
         except RefusalError as e:
+            self._give_back_credit(msg)
             error = Error(
                 code=e.code.value, message=e.message, ref=msg.id, retry_after_ms=e.retry_after_ms
             )
@@ -252,6 +255,7 @@ class ControlChannel:
             if e.close_code is not None:
                 self._fail(e.close_code, e.message)
         except Exception:
+            self._give_back_credit(msg)
             log.exception("handling %s failed", msg.TYPE)
             self.runtime.counters["internal_errors"] += 1
             error = Error(
@@ -260,6 +264,12 @@ class ControlChannel:
                 ref=msg.id,
             )
             self.conn.send(error, now_ms())
+
+    def _give_back_credit(self, msg: ClientMessage) -> None:
+        """An upload that was refused was consumed, not kept: its credit goes back (modes
+        that refuse an upload never return its credit themselves)."""
+        if self.session is not None and msg.TYPE in UPLOAD_TYPES:
+            self.session.return_credit(upload_size(msg))
 
     async def _create(self, msg: SessionCreate) -> None:
         registry = self.runtime.registry

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidegate.protocol import ClientMessage
-from tidegate.protocol.messages import UPLOAD_TYPES
 
 from .auth import Principal
 from .errors import RateLimitedError
@@ -130,14 +129,9 @@ class Limiter:
     def admit_message(
         self, principal: Principal, msg: ClientMessage, session: Session | None
     ) -> None:
-        """Count a control message against its subject's budget. A refused upload's credit is
-        handed back at once: the message was consumed, only not acted on."""
-        try:
-            self.messages.check(principal)
-        except RateLimitedError:
-            if session is not None and msg.TYPE in UPLOAD_TYPES:
-                session.return_credit(upload_bytes(msg))
-            raise
+        """Count a control message against its subject's budget (RateLimitedError when spent;
+        the dispatcher gives a refused upload's credit back)."""
+        self.messages.check(principal)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -145,13 +139,3 @@ class Limiter:
             "messages": self.messages.stats(),
             "requests": self.requests.stats(),
         }
-
-
-def upload_bytes(msg: Any) -> int:
-    """The credit an upload consumed (the protocol's own measure: payload bytes, 8 a value)."""
-    t = msg.TYPE
-    if t == "input.audio":
-        return len(msg.pcm)
-    if t == "input.frame":
-        return len(msg.image)
-    return 8 * len(msg.values)

@@ -163,11 +163,7 @@ class TranscribeMode:
         kind = type(msg)
         if kind is InputAudio:
             assert isinstance(msg, InputAudio)
-            try:
-                pcm = to_mono_16k(msg)
-            except InvalidConfigError:
-                self.session.return_credit(len(msg.pcm))
-                raise
+            pcm = to_mono_16k(msg)  # refusals give the credit back in the dispatcher
             self._last_audio_ms = now_ms()
             self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
             self._credit.append((self.inbox.stats.received_ms, len(msg.pcm)))

@@ -25,6 +25,7 @@ from ..messages import (
     SessionClosed,
     SessionCreate,
     SessionCreated,
+    upload_size,
 )
 from ..negotiation import bearer_subprotocol, subprotocol_for
 from ..schema import MAX_MESSAGE_BYTES
@@ -269,12 +270,7 @@ class Client:
     async def _wait_credit(self, msg: Any) -> None:
         conn = self._conn
         assert conn is not None
-        if hasattr(msg, "pcm"):
-            size = len(msg.pcm)
-        elif hasattr(msg, "image"):
-            size = len(msg.image)
-        else:
-            size = 8 * len(msg.values)
+        size = upload_size(msg)
         while not conn.credits.can_consume(size):
             if self._closed is not None:
                 raise self._closed
