@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 
+def _policy(s: Settings, engine: str) -> BatchPolicy:
+    """The batching policy from an engine's ``<engine>_*`` settings."""
+    return BatchPolicy(
+        max_batch_items=getattr(s, f"{engine}_max_batch_items"),
+        batch_wait_s=getattr(s, f"{engine}_batch_wait_s"),
+        max_queue_items=getattr(s, f"{engine}_max_queue_items"),
+        deadline_s=getattr(s, f"{engine}_deadline_s"),
+        max_sessions=s.engine_max_sessions,
+    )
+
+
 def engine_specs(settings: Settings) -> list[EngineSpec]:
     """The engines ``settings`` asks for; ValueError naming the bad setting otherwise."""
     s = settings
@@ -33,13 +44,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                 EngineSpec(
                     "vad",
                     "silero-vad",
-                    BatchPolicy(
-                        max_batch_items=s.vad_max_batch_items,
-                        batch_wait_s=s.vad_batch_wait_s,
-                        max_queue_items=s.vad_max_queue_items,
-                        deadline_s=s.vad_deadline_s,
-                        max_sessions=s.engine_max_sessions,
-                    ),
+                    _policy(s, "vad"),
                     runtime,
                     VadSettings(
                         threshold=s.vad_threshold,
@@ -54,13 +59,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                 EngineSpec(
                     "vision",
                     s.vision_model,
-                    BatchPolicy(
-                        max_batch_items=s.vision_max_batch_items,
-                        batch_wait_s=s.vision_batch_wait_s,
-                        max_queue_items=s.vision_max_queue_items,
-                        deadline_s=s.vision_deadline_s,
-                        max_sessions=s.engine_max_sessions,
-                    ),
+                    _policy(s, "vision"),
                     runtime,
                     score_threshold=s.vision_score_threshold,
                 )
@@ -70,13 +69,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                 EngineSpec(
                     "asr",
                     "whisper-tiny-en",
-                    BatchPolicy(
-                        max_batch_items=s.asr_max_batch_items,
-                        batch_wait_s=s.asr_batch_wait_s,
-                        max_queue_items=s.asr_max_queue_items,
-                        deadline_s=s.asr_deadline_s,
-                        max_sessions=s.engine_max_sessions,
-                    ),
+                    _policy(s, "asr"),
                     runtime,
                     asr_ctx_margin_s=s.asr_ctx_margin_s,
                     asr_ctx_step_s=s.asr_ctx_step_s,
