@@ -29,6 +29,9 @@ from tidegate.protocol.messages import (
     RtcAnswer,
     RtcCandidate,
     RtcOffer,
+    SensorReading,
+    SensorSubscribe,
+    SensorUnsubscribe,
     ServerRtcCandidate,
     SessionClose,
     SessionClosed,
@@ -57,6 +60,9 @@ CLIENT_SAMPLES: list[Message] = [
     InputFrame(image=b"\xff\xd8\xff\xe0", encoding="jpeg", ts=33.0),
     InputFrame(image=b"\x00" * 12, encoding="rgb24", width=2, height=2),
     InputSensor(channel="imu.accel", ts=1000.0, values=(0.1, -9.81, 0.02)),
+    SensorSubscribe(id="c12", session_id="s_kiosk7", channels=("imu.accel", "temp")),
+    SensorSubscribe(session_id="s_kiosk7"),
+    SensorUnsubscribe(id="c13", session_id="s_kiosk7"),
     ResponseCreate(id="c7", text="Say hello"),
     ResponseCreate(),
     ResponseCancel(response_id="r_1"),
@@ -136,6 +142,15 @@ SERVER_SAMPLES: list[Message] = [
     FlowCredit(seq=19, t=T0, messages=64, bytes=2097152),
     FlowLag(seq=20, t=T0, lane="audio", lag_ms=240.0, dropped_ms=0.0),
     Metrics(seq=21, t=T0, stats={"audio": {"packets": 100, "loss": 0.0}, "lanes": [1, 2]}),
+    SensorReading(
+        seq=22,
+        t=T0,
+        session_id="s_kiosk7",
+        channel="imu.accel",
+        ts=1000.0,
+        values=(0.1, -9.81, 0.02),
+        dropped=3,
+    ),
 ]
 
 

@@ -37,6 +37,8 @@ MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 8_192
 MAX_SDP_CHARS = 65_536
 MAX_SENSOR_VALUES = 256
+MAX_SENSOR_CHANNELS = 64
+MAX_CHANNEL_CHARS = 64
 MAX_TIME_MS = 2.0**53  # any finite ms timestamp a float64 holds exactly
 MAX_SAMPLE_RATE_HZ = 192_000
 MAX_CHANNELS = 8
@@ -399,11 +401,32 @@ class InputSensor(ClientMessage):
     """Readings of one sensor channel at media time ``ts`` (ms)."""
 
     TYPE: ClassVar[str] = "input.sensor"
-    channel: str = spec(Text(64, min_chars=1))
+    channel: str = spec(Text(MAX_CHANNEL_CHARS, min_chars=1))
     ts: float = spec(_MEDIA_MS)
     values: tuple[float, ...] = spec(
         ListOf(Number(-1e300, 1e300), min_items=1, max_items=MAX_SENSOR_VALUES)
     )
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SensorSubscribe(ClientMessage):
+    """Receive another session's sensor readings (same tenant) as ``sensor.reading``;
+    ``channels`` None means all of its channels."""
+
+    TYPE: ClassVar[str] = "sensor.subscribe"
+    session_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    channels: tuple[str, ...] | None = spec(
+        ListOf(Text(MAX_CHANNEL_CHARS, min_chars=1), min_items=1, max_items=MAX_SENSOR_CHANNELS),
+        None,
+    )
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SensorUnsubscribe(ClientMessage):
+    TYPE: ClassVar[str] = "sensor.unsubscribe"
+    session_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
 
 
 @message
@@ -606,6 +629,23 @@ class ServerRtcCandidate(ServerMessage):
     candidate: str = spec(Text(1024))
     sdp_mid: str | None = spec(Text(64), None)
     sdp_mline_index: int | None = spec(Number(0, 64, integer=True), None)
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SensorReading(ServerMessage):
+    """A reading of a session this client subscribed to: ``ts`` is the publisher's media time
+    (ms); ``dropped`` counts this channel's readings coalesced away (latest wins) for this
+    subscriber since the last one delivered."""
+
+    TYPE: ClassVar[str] = "sensor.reading"
+    session_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    channel: str = spec(Text(MAX_CHANNEL_CHARS, min_chars=1))
+    ts: float = spec(_MEDIA_MS)
+    values: tuple[float, ...] = spec(
+        ListOf(Number(-1e300, 1e300), min_items=1, max_items=MAX_SENSOR_VALUES)
+    )
+    dropped: int = spec(Number(0, 2**53, integer=True), 0)
 
 
 @message
