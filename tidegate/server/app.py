@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
@@ -17,6 +17,7 @@ from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
+from .web import DEV_TOKEN_PATH, WebApp, dev_token, web_dir
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
             Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),
+            Route(DEV_TOKEN_PATH, dev_token, methods=["POST"]),
+            Mount("/", WebApp(web_dir(settings))),  # last: the browser client's files
         ],
         lifespan=lifespan,
     )

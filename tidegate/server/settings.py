@@ -65,6 +65,17 @@ class Settings:
 
     # -- control channel ------------------------------------------------------------------------
     max_message_bytes: int = _doc("Largest control message accepted.", default=1_048_576)
+    dev_login: str = _doc(
+        "Development login (POST /v1/dev/token mints a short-lived session token for the "
+        "browser client): auto (on only when host is a loopback address), on, or off (404).",
+        default="auto",
+    )
+    dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)
+    web_dir: Path | None = _doc(
+        "The built browser client served at /. Unset: client-web/dist of the source tree.",
+        default=None,
+    )
+
     max_depth: int = _doc("Deepest nesting accepted in a message.", default=8)
     max_string_chars: int = _doc("Longest string accepted in a message.", default=65_536)
     max_bad_messages: int = _doc(
@@ -482,3 +493,5 @@ def _convert(name: str, raw: Any, hint: Any) -> Any:
     except ValueError as e:
         raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint}")
+        if self.dev_login not in ("auto", "on", "off"):
+            raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")

@@ -1,0 +1,99 @@
+"""The browser client's side of the server: its built files at ``/`` and the development login.
+
+The client (``client-web/``, built by ``make web`` into ``client-web/dist``) is served as static
+files; when it has not been built, ``/`` says how to build it. ``POST /v1/dev/token`` mints a
+short-lived ``session`` token for whoever can reach the server, so that the page can connect
+without an identity provider. It is meant for the embedded default: ``dev_login`` ``auto`` turns
+it on only when the server listens on a loopback address; ``off`` answers 404 (as does ``auto`` on
+any other address). Browsers keep the token in memory only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from .auth import SCOPE_SESSION, load_or_create_secret, mint_token
+from .runtime import Runtime
+from .settings import Settings
+
+DEV_TOKEN_PATH = "/v1/dev/token"
+DEV_SUBJECT = "browser"
+DEV_TENANT = "default"
+SOURCE_WEB_DIR = Path(__file__).resolve().parents[2] / "client-web" / "dist"
+NOT_BUILT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tidegate</title></head>
+<body><main><h1>tidegate</h1>
+<p>The browser client is not built: run <code>make web</code> in the source tree
+(or <code>npm ci &amp;&amp; npm run build</code> in <code>client-web/</code>) and reload.
+It is looked for in <code>{path}</code> (setting <code>TIDEGATE_WEB_DIR</code>).</p>
+</main></body></html>
+"""
+
+
+def web_dir(settings: Settings) -> Path:
+    """Where the built client is looked for."""
+    return settings.web_dir if settings.web_dir is not None else SOURCE_WEB_DIR
+
+
+def dev_login_enabled(settings: Settings) -> bool:
+    """``on``; ``off``; ``auto``: on when the listening address is loopback."""
+    if settings.dev_login != "auto":
+        return settings.dev_login == "on"
+    if settings.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        return False
+
+
+async def dev_token(request: Request) -> Response:
+    """A short-lived session token for the development login (404 when it is off)."""
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+    if not dev_login_enabled(settings):
+        return JSONResponse(
+            {"error": {"code": "not_found", "message": "the development login is off"}}, 404
+        )
+    origin = request.headers.get("origin")
+    if not runtime.origin_allowed(origin, request.headers.get("host")):
+        message = f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
+        return JSONResponse({"error": {"code": "forbidden", "message": message}}, 403)
+    token = mint_token(
+        load_or_create_secret(settings),
+        subject=DEV_SUBJECT,
+        tenant=DEV_TENANT,
+        scopes=[SCOPE_SESSION],
+        ttl_s=settings.dev_login_ttl_s,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    body = {"token": token, "expires_in_s": settings.dev_login_ttl_s}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+class WebApp:
+    """The built client's files (``index.html`` for ``/``), or a page saying how to build them.
+
+    The folder is looked at per request, so a build made while the server runs is served.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files = StaticFiles(directory=directory, html=True, check_dir=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not (self.directory / "index.html").is_file():
+            if scope["path"] == "/":
+                page = NOT_BUILT_PAGE.format(path=self.directory)
+                await HTMLResponse(page, status_code=404)(scope, receive, send)
+            else:
+                await PlainTextResponse("Not Found", status_code=404)(scope, receive, send)
+            return
+        await self.files(scope, receive, send)
