@@ -120,7 +120,7 @@ async def test_upload_without_credit_is_refused(tmp_path) -> None:
 
 
 async def test_frames_and_sensors_are_counted(server: LiveServer) -> None:
-    """Loopback mode reports the frames and sensor readings it saw."""
+    """Loopback mode reports the frames it saw, the session's sensor lane the readings."""
     async with await server.client() as client:
         created = await client.create_session({"mode": "loopback"})
         for i in range(5):
@@ -141,7 +141,7 @@ async def test_frames_and_sensors_are_counted(server: LiveServer) -> None:
             "height": 2,
             "bytes": 12,
         }
-        assert stats["sensor_readings"] == {"temp": 5}
+        assert session.stats()["sensors"]["readings"] == {"temp": 5}
 
 
 async def test_garbage_gets_errors_and_other_sessions_keep_working(server: LiveServer) -> None:

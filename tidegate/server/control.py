@@ -51,6 +51,7 @@ from .db.records import client_info
 from .errors import ForbiddenError, InvalidConfigError, OverloadedError, RefusalError
 from .modes import ENGINE_MODES, resolve_config, start_mode
 from .rtc import ice_servers_for
+from .sensors import SENSOR_TYPES, SensorLane
 from .session import Session
 
 if TYPE_CHECKING:
@@ -241,6 +242,9 @@ class ControlChannel:
                 await self._end_session(msg)
             elif kind is SessionUpdate:
                 self._update(msg)  # type: ignore[arg-type]
+            elif msg.TYPE in SENSOR_TYPES:
+                assert self.session is not None and self.session.sensors is not None
+                await self.session.sensors.handle(msg)
             else:
                 session = self.session
                 assert session is not None
@@ -293,6 +297,7 @@ class ControlChannel:
             config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
             session = registry.create(self.principal, config, self._client_info())
             session.mode = start_mode(session, engines)
+            session.sensors = SensorLane(session, self.runtime.sensor_bus, registry.get)
             interval = self.runtime.settings.metrics_interval_s
             if interval > 0:
                 session.spawn(session.run_metrics(interval), "metrics")

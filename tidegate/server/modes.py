@@ -17,7 +17,6 @@ from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     InputAudio,
     InputFrame,
-    InputSensor,
     InputText,
     OutputAudio,
     ResponseCancel,
@@ -30,7 +29,6 @@ from tidegate.protocol.messages import (
 )
 
 from .db.records import Response as ResponseRecord
-from .db.records import SensorBatcher
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session
@@ -47,8 +45,9 @@ def new_response_id() -> str:
 
 
 class LoopbackMode:
-    """Echoes what arrives: text as a response, audio as ``output.audio``; counts frames and
-    sensor readings. Every upload's credit goes back as soon as it is handled.
+    """Echoes what arrives: text as a response, audio as ``output.audio``; counts frames
+    (sensor readings go to the session's sensor lane, as in every mode). Every upload's credit
+    goes back as soon as it is handled.
 
     Over WebRTC (``rtc.offer``): the client's audio comes back on our outbound track as it
     arrives, and the video frames are taken and counted (``metrics``: ``lanes.rtc``)."""
@@ -61,12 +60,6 @@ class LoopbackMode:
         self.audio_bytes = 0
         self.frames = 0
         self.last_frame: dict[str, Any] | None = None
-        self.sensor_readings: dict[str, int] = {}
-        self.sensors = SensorBatcher(
-            session.record,
-            max_readings=session.settings.sensor_batch_max_readings,
-            max_age_s=session.settings.sensor_batch_max_s,
-        )
         self.responses = 0
         self.media = SessionMedia(session, self._start_media)
         self.rtc_audio_chunks = 0
@@ -105,11 +98,6 @@ class LoopbackMode:
                 "bytes": len(msg.image),
             }
             s.return_credit(len(msg.image))
-        elif kind is InputSensor:
-            assert isinstance(msg, InputSensor)
-            self.sensor_readings[msg.channel] = self.sensor_readings.get(msg.channel, 0) + 1
-            self.sensors.add(msg.channel, msg.ts, msg.values)
-            s.return_credit(8 * len(msg.values))
         elif kind is InputText:
             assert isinstance(msg, InputText)
             self._respond(msg.text, msg.id)
@@ -146,7 +134,6 @@ class LoopbackMode:
             "audio_bytes": self.audio_bytes,
             "frames": self.frames,
             "last_frame": self.last_frame,
-            "sensor_readings": dict(self.sensor_readings),
             "responses": self.responses,
             "rtc": {
                 "audio_chunks": self.rtc_audio_chunks,
@@ -195,7 +182,6 @@ class LoopbackMode:
             }
 
     async def close(self) -> None:
-        self.sensors.flush()
         await self.media.close()
 
 

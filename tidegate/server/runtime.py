@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from .auth import TokenVerifier
 from .db.writer import RecordWriter
 from .limits import Limiter
+from .sensorbus import LocalSensorBus, SensorBus
 from .session import SessionRegistry
 from .settings import Settings
 
@@ -35,6 +36,7 @@ class Runtime:
         self.limiter = Limiter(settings)
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.counters: Counter[str] = Counter()
+        self.sensor_bus: SensorBus = LocalSensorBus()
         self.channels: set[ControlChannel] = set()
         self.ready = False
         self.draining = False
@@ -98,6 +100,7 @@ class Runtime:
         await self.recorder.close()  # journals what is queued, tries a last commit
         if self.engines is not None:
             await self.engines.close()
+        await self.sensor_bus.close()  # the sessions closed their subscriptions already
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

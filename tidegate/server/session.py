@@ -28,6 +28,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .limits import Limiter
+    from .sensors import SensorLane
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Session:
             max_messages=settings.outbox_max_messages, max_bytes=settings.outbox_max_bytes
         )
         self.mode: Mode | None = None
+        self.sensors: SensorLane | None = None  # input.sensor and subscriptions, every mode
         self.last_seq = 0
         self.attachment: Attachment | None = None
         self.detached_at: float | None = None
@@ -180,12 +182,16 @@ class Session:
             out["connection"] = self.attachment.stats()
         if self.mode is not None:
             out["lanes"] = self.mode.stats()
+        if self.sensors is not None:
+            out["sensors"] = self.sensors.stats()
         return out
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.sensors is not None:
+            self.sensors.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -340,6 +340,25 @@ class Settings:
     sensor_batch_max_s: float = _doc(
         "A sensor batch older than this is written with the next reading.", default=5.0
     )
+    sensor_max_channels: int = _doc(
+        "Sensor channels one session may publish (more are refused, rate_limited).", default=64
+    )
+    sensor_rate_readings_per_s: float = _doc(
+        "input.sensor readings per second one session may send (0: no limit); more are "
+        "refused (rate_limited, with a retry hint).",
+        default=200.0,
+    )
+    sensor_rate_burst_readings: int = _doc(
+        "input.sensor readings one session may send in a burst.", default=400
+    )
+    sensor_max_subscriptions: int = _doc(
+        "sensor.subscribe subscriptions one session may hold at once.", default=8
+    )
+    sensor_subscriber_backlog_messages: int = _doc(
+        "Events queued for a subscriber beyond which its sensor readings wait in the "
+        "subscription, latest-wins per channel (sensor.reading's dropped counts them).",
+        default=64,
+    )
     api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
 
     # -- rate limits (per token subject: tenant + sub) ------------------------------------------
@@ -419,6 +438,8 @@ class Settings:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.dev_login not in ("auto", "on", "off"):
+            raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
         self._validate_media()
         self._validate_engines()
 
@@ -493,5 +514,3 @@ def _convert(name: str, raw: Any, hint: Any) -> Any:
     except ValueError as e:
         raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from None
     raise ConfigError(f"{name}: unsupported setting type {hint}")
-        if self.dev_login not in ("auto", "on", "off"):
-            raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")

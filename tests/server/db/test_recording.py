@@ -53,7 +53,7 @@ async def test_a_sessions_records_are_all_there(
     assert s["origin"] == f"http://127.0.0.1:{server.port}" and s["user_agent"] is None
     assert s["remote_addr"].startswith("127.0.0.1:")
     assert s["stats"]["lanes"]["responses"] == 5  # the mode lives across the resume
-    assert s["stats"]["lanes"]["sensor_readings"] == {"imu": 10}
+    assert s["stats"]["sensors"]["readings"] == {"imu": 10}
     texts = await query(
         database_url, "SELECT text, status, ref FROM responses ORDER BY created_at_ms"
     )
