@@ -8,6 +8,11 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # espeak-ng: the TTS engine's phonemizer (libespeak-ng) and the ASR tests' synthetic speech.
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# nginx (with its stream module) and coturn: the deployment tests (tests/deploy/) start them
+# inside a network namespace with configurations of their own; no system service is left running.
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+[ -x /usr/bin/turnserver ] || need+=(coturn)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
@@ -20,4 +25,17 @@ fi
 echo "setup-system: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
+# Installing nginx or coturn must not start a server that holds ports 80 or 3478 on the host:
+# policy-rc.d says no (one we put there ourselves, and take away after).
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+  printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+  "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+fi
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Where a service manager started them anyway, stop them and keep them from starting at boot.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  for unit in nginx coturn; do
+    "${sudo[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
+fi

@@ -247,7 +247,9 @@ class SessionRegistry:
             )
         if self.limiter is not None:
             self.limiter.sessions.check(principal)
-        session_id = "s_" + secrets.token_urlsafe(12)
+        # Behind NGINX the id names this node, so that resumes and offers route back here.
+        route = f"{s.route_id}." if s.route_id else ""
+        session_id = f"s_{route}{secrets.token_urlsafe(12)}"
         session = Session(session_id, principal, config, s, recorder=self.recorder)
         self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -25,6 +26,7 @@ from tidegate.media.ice import IcePolicy
 from .errors import ConfigError
 
 ENV_PREFIX = "TIDEGATE_"
+ROUTE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
 
 
 def _default_data_dir() -> Path:
@@ -101,6 +103,12 @@ class Settings:
         "How long a session outlives its connection, waiting to be resumed.", default=30.0
     )
     default_mode: str = _doc("Mode of a session whose config names none.", default="assistant")
+    route_id: str = _doc(
+        "This node's routing id behind NGINX (1-16 of a-z, 0-9): embedded in every session id "
+        "it creates (s_<route_id>.<random>), so that a session's requests reach this node "
+        "(docs/deploy.md). Empty: plain session ids (one node).",
+        default="",
+    )
 
     # -- media (WebRTC) -------------------------------------------------------------------------
     ice_servers: tuple[str, ...] = _doc(
@@ -418,6 +426,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.route_id and not ROUTE_ID_RE.fullmatch(self.route_id):
+            raise ConfigError(f"route_id must be 1-16 of a-z and 0-9, got {self.route_id!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name.endswith(

@@ -32,7 +32,10 @@ async (args) => {
   log.push("session " + created.session_id);
 
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });
-  const pc = new RTCPeerConnection({ iceServers: created.ice_servers });
+  const pc = new RTCPeerConnection({
+    iceServers: created.ice_servers,
+    iceTransportPolicy: args.ice_transport_policy || "all",
+  });
   for (const t of stream.getTracks()) pc.addTrack(t, stream);
   let remoteAudio = null;
   const player = new Audio();
@@ -85,8 +88,20 @@ async (args) => {
     if (lanes.rtc.audio_chunks > 100 && lanes.rtc.frames > 10 && echoed) break;
     if (Date.now() > deadline) break;
   }
+  // The candidate pair the media took (its local side is "relay" when forced through TURN).
+  let pair = null;
+  const stats = await pc.getStats();
+  stats.forEach((s) => {
+    if (s.type !== "transport" || !s.selectedCandidatePairId) return;
+    const p = stats.get(s.selectedCandidatePairId);
+    const side = (id) => {
+      const c = stats.get(id);
+      return c && { candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol, address: c.address, port: c.port };
+    };
+    pair = { local: side(p.localCandidateId), remote: side(p.remoteCandidateId) };
+  });
   const result = {
-    log, connectMs, local, remote,
+    log, connectMs, local, remote, pair,
     rtc: lanes.rtc, media: lanes.media,
     inbound: inbound && {
       packetsReceived: inbound.packetsReceived, packetsLost: inbound.packetsLost,

@@ -1,0 +1,159 @@
+"""The client side of the deployment tests, run inside the test's network namespace.
+
+``python -m tests.deploy.probe SCENARIO '{json args}'`` prints one JSON object (the last line
+of its output) with what it saw. It speaks to NGINX's public address only, like a client on
+the internet would; TLS is verified against the test's own certificate (``SSL_CERT_FILE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from aioice import turn
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from tidegate.protocol.client import Client, RefusedError
+
+
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+
+
+def _alpn(host: str, port: int) -> str | None:
+    """The application protocol NGINX picks when a client offers HTTP/2 and HTTP/1.1."""
+    ctx = _tls()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        return tls.selected_alpn_protocol()
+
+
+async def _offer_sdp() -> str:
+    """A real WebRTC offer (audio), gathered on this namespace's addresses."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("audio", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+async def sticky(args: dict[str, Any]) -> dict[str, Any]:
+    """New sessions spread over the nodes; each is resumed (control channel, ?session=) and
+    offered to (HTTP) through NGINX; resuming on the other node directly is refused."""
+    base, token = args["base"], args["token"]
+    host = urlsplit(base).hostname or ""
+    ws = base.replace("https://", "wss://") + "/v1/control"
+    out: dict[str, Any] = {"alpn": _alpn(host, 443), "sessions": []}
+    for _ in range(args["sessions"]):
+        async with await Client.connect(ws, token) as c:
+            created = await c.create_session({"mode": "loopback"})
+            pong = await c.ping()
+            out["sessions"].append({"id": created.session_id, "ping_rtt_ms": pong.rtt_ms})
+    sdp = await _offer_sdp()
+    async with httpx.AsyncClient(verify=_tls(), timeout=20) as http:
+        ready = await http.get(base + "/readyz")
+        out["readyz"] = [ready.status_code, ready.json()]
+        for s in out["sessions"]:
+            async with await Client.connect(f"{ws}?session={s['id']}", token) as c:
+                resumed = await c.create_session(session_id=s["id"])
+                s["resumed"] = resumed.resumed and resumed.session_id == s["id"]
+            r = await http.post(
+                f"{base}/v1/sessions/{s['id']}/offer",
+                json={"type": "offer", "sdp": sdp},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            s["offer_status"] = r.status_code
+            answer = r.json()
+            s["answer_candidates"] = [
+                line.split()[4:6]
+                for line in answer.get("sdp", "").splitlines()
+                if line.startswith("a=candidate:")
+            ]
+            # The same resume sent straight to the node that does not hold the session.
+            other = args["other_node"][s["id"][2:].split(".", 1)[0]]
+            async with await Client.connect(f"ws://{other}/v1/control", token) as c:
+                try:
+                    await c.create_session(session_id=s["id"])
+                    s["elsewhere"] = "resumed"
+                except RefusedError as e:
+                    s["elsewhere"] = e.error.code
+    return out
+
+
+async def turn_allocations(args: dict[str, Any]) -> dict[str, Any]:
+    """TURN allocations over every URL the server lists, with the credentials it minted."""
+    ws = args["base"].replace("https://", "wss://") + "/v1/control"
+    async with await Client.connect(ws, args["token"]) as c:
+        created = await c.create_session({"mode": "loopback"})
+        await c.close_session()
+    out: dict[str, Any] = {"session_id": created.session_id, "allocations": []}
+    for server in created.ice_servers:
+        for url in server.urls:
+            scheme, rest = url.split(":", 1)
+            hostport, _, query = rest.partition("?")
+            host, port = hostport.rsplit(":", 1)
+            transport = query.partition("=")[2] or "udp"
+            tls = _tls() if scheme == "turns" else None
+            entry: dict[str, Any] = {"url": url, "username": server.username}
+            try:
+                t, _ = await turn.create_turn_endpoint(
+                    asyncio.DatagramProtocol,
+                    server_addr=(host, int(port)),
+                    username=server.username,
+                    password=server.credential,
+                    transport=transport,
+                    ssl=tls,
+                )
+                entry["relayed"] = list(t.get_extra_info("sockname"))
+                t.close()
+            except Exception as e:  # reported, and asserted on by the test
+                entry["error"] = f"{type(e).__name__}: {e}"
+            out["allocations"].append(entry)
+        if server.username:
+            try:  # the same URL with a password that was not minted by the server
+                t, _ = await turn.create_turn_endpoint(
+                    asyncio.DatagramProtocol,
+                    server_addr=(args["turn_host"], 3478),
+                    username=server.username,
+                    password="not-minted",
+                    transport="udp",
+                )
+                t.close()
+                out["forged"] = "allocated"
+            except Exception as e:
+                out["forged"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+async def flood(args: dict[str, Any]) -> dict[str, Any]:
+    """Many requests at once from one address: NGINX's limits answer some of them 429."""
+    limits = httpx.Limits(max_connections=args["connections"])
+    statuses: dict[str, int] = {}
+    async with httpx.AsyncClient(verify=_tls(), timeout=20, limits=limits) as http:
+
+        async def one() -> None:
+            r = await http.get(args["base"] + "/healthz")
+            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+
+        await asyncio.gather(*(one() for _ in range(args["requests"])))
+    return {"statuses": statuses}
+
+
+SCENARIOS = {"sticky": sticky, "turn": turn_allocations, "flood": flood}
+
+if __name__ == "__main__":
+    scenario, raw = sys.argv[1], sys.argv[2]
+    result = asyncio.run(SCENARIOS[scenario](json.loads(raw)))
+    print(json.dumps(result))
