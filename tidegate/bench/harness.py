@@ -12,6 +12,7 @@ from .target import Target
 
 RunFn = Callable[[argparse.Namespace, Target], Awaitable[dict[str, Any]]]
 ArgsFn = Callable[[argparse.ArgumentParser], None]
+EnvFn = Callable[[argparse.Namespace], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class Scenario:
     add_args: ArgsFn | None = None
     needs_server: bool = True  # False: the scenario starts what it measures itself
     server_env: dict[str, str] | None = None  # settings for a server the harness starts
+    env_from_args: EnvFn | None = None  # more settings, from the scenario's arguments
+
+    def env(self, args: argparse.Namespace) -> dict[str, str]:
+        """The settings of a server the harness starts for this run."""
+        extra = self.env_from_args(args) if self.env_from_args is not None else {}
+        return {**(self.server_env or {}), **extra}
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -34,13 +41,16 @@ def scenario(
     add_args: ArgsFn | None = None,
     needs_server: bool = True,
     server_env: dict[str, str] | None = None,
+    env_from_args: EnvFn | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Register a scenario under ``name``."""
 
     def register(fn: RunFn) -> RunFn:
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} registered twice")
-        SCENARIOS[name] = Scenario(name, help, fn, add_args, needs_server, server_env)
+        SCENARIOS[name] = Scenario(
+            name, help, fn, add_args, needs_server, server_env, env_from_args
+        )
         return fn
 
     return register

@@ -30,6 +30,8 @@ class Target:
     token: str
     pid: int | None = None
     mint_key: str | None = None  # set when we started the server and know its key
+    metrics_url: str | None = None  # Prometheus text; default: http_url + "/metrics"
+    admin_token: str | None = None  # for /metrics on a server we did not start
 
     @property
     def control_url(self) -> str:
@@ -41,13 +43,19 @@ class Target:
             return self.token
         return _mint(self.mint_key, subject, tenant)
 
+    def admin(self) -> str | None:
+        """An admin-scope token (for ``/metrics``): minted, or the one given, or none."""
+        if self.mint_key is not None:
+            return _mint(self.mint_key, "bench-admin", "bench", scope="admin")
+        return self.admin_token
 
-def _mint(key: str, subject: str, tenant: str) -> str:
+
+def _mint(key: str, subject: str, tenant: str, *, scope: str = "session") -> str:
     now = int(time.time())
     claims = {
         "sub": subject,
         "tenant": tenant,
-        "scope": "session",
+        "scope": scope,
         "aud": "tidegate",
         "iat": now,
         "exp": now + 3600,
@@ -124,3 +132,9 @@ def process_cpu_s(pid: int) -> float:
         fields = fh.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,162 @@
+"""What a load level costs: the server's CPU and memory, and the load generator's own CPU.
+
+Server figures come from the server's Prometheus endpoint (``/metrics``: the default process
+collector's ``process_cpu_seconds_total`` and ``process_resident_memory_bytes``, read with an
+admin token) when it serves one; else from ``/proc`` of a server this harness started itself;
+else they are left out. ``source`` in the figures says which. The generator's CPU is this
+process's (every thread: aiortc encodes and decrypts on threads), from ``time.process_time``,
+so that a report shows when the generator, not the server, was the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from .target import Target, process_cpu_s, process_rss_bytes
+
+METRICS_TIMEOUT_S = 5.0
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    wall_s: float  # time.monotonic()
+    generator_cpu_s: float
+    server_cpu_s: float | None
+    server_rss_bytes: float | None
+
+
+class ServerResources:
+    """Reads the server's CPU seconds and resident memory (see the module docstring)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.source: str | None = None
+        self._probed = False
+
+    async def read(self) -> tuple[float | None, float | None]:
+        if not self._probed:
+            self._probed = True
+            if await self._from_metrics() is not None:
+                self.source = "metrics"
+            elif self.target.pid:
+                self.source = "proc"
+        if self.source == "metrics":
+            got = await self._from_metrics()
+            if got is not None:
+                return got
+        if self.source == "proc" and self.target.pid:
+            return process_cpu_s(self.target.pid), float(process_rss_bytes(self.target.pid))
+        return None, None
+
+    async def _from_metrics(self) -> tuple[float, float] | None:
+        url = self.target.metrics_url or self.target.http_url + "/metrics"
+        token = self.target.admin()
+        try:
+            text = await asyncio.to_thread(_get_text, url, token)
+        except (OSError, ValueError):
+            return None
+        values = parse_prometheus(text)
+        cpu = values.get("process_cpu_seconds_total")
+        rss = values.get("process_resident_memory_bytes")
+        if cpu is None or rss is None:
+            return None
+        return cpu, rss
+
+
+def _get_text(url: str, token: str | None) -> str:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=METRICS_TIMEOUT_S) as resp:
+            return str(resp.read().decode())
+    except urllib.error.HTTPError as e:
+        raise ValueError(f"{url}: HTTP {e.code}") from None
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text exposition (``name value``)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or "{" in line:
+            continue
+        parts = line.split()
+        if len(parts) >= 2:
+            try:
+                out[parts[0]] = float(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+class LoadMeter:
+    """``await meter.baseline()`` with no session open, then per level ``await
+    meter.start()`` ... ``await meter.stop(sessions)`` for that level's figures."""
+
+    def __init__(self, target: Target) -> None:
+        self.server = ServerResources(target)
+        self.idle_rss: float | None = None
+        self._start: Sample | None = None
+
+    async def sample(self) -> Sample:
+        cpu, rss = await self.server.read()
+        return Sample(time.monotonic(), time.process_time(), cpu, rss)
+
+    async def baseline(self) -> dict[str, Any]:
+        """The idle server's memory (what a session's memory is counted from)."""
+        s = await self.sample()
+        self.idle_rss = s.server_rss_bytes
+        out: dict[str, Any] = {"source": self.server.source}
+        if s.server_rss_bytes is not None:
+            out["server_rss_mb"] = round(s.server_rss_bytes / MB, 1)
+        return out
+
+    async def start(self) -> None:
+        self._start = await self.sample()
+
+    async def stop(self, sessions: int) -> dict[str, Any]:
+        a, b = self._start, await self.sample()
+        assert a is not None, "start() first"
+        wall = max(b.wall_s - a.wall_s, 1e-9)
+        out: dict[str, Any] = {
+            "window_s": round(wall, 3),
+            "generator_cpu_s_per_s": round((b.generator_cpu_s - a.generator_cpu_s) / wall, 4),
+            "source": self.server.source,
+        }
+        if a.server_cpu_s is not None and b.server_cpu_s is not None:
+            cpu = (b.server_cpu_s - a.server_cpu_s) / wall
+            out["server_cpu_s_per_s"] = round(cpu, 4)
+            out["server_cpu_s_per_session_s"] = round(cpu / max(sessions, 1), 4)
+        if b.server_rss_bytes is not None:
+            out["server_rss_mb"] = round(b.server_rss_bytes / MB, 1)
+            if self.idle_rss is not None:
+                extra = (b.server_rss_bytes - self.idle_rss) / MB
+                out["server_rss_mb_per_session"] = round(extra / max(sessions, 1), 2)
+        return out
+
+
+def session_counts(spec: str, *, ramp: bool, ramp_max: int) -> list[int]:
+    """``--sessions 1,2,4,8`` as a list; with ``--ramp``: 1, 2, 4, ... up to ``ramp_max``
+    (the caller stops at the first level that loses real time)."""
+    if ramp:
+        out, n = [], 1
+        while n <= ramp_max:
+            out.append(n)
+            n *= 2
+        return out
+    counts = [int(x) for x in spec.split(",") if x.strip()]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--sessions: expected counts like 1,2,4,8, got {spec!r}")
+    return counts
+
+
+def real_time_lost_at(levels: list[dict[str, Any]], key: str = "sessions") -> int | None:
+    """The smallest level that did not keep real time (``real_time_held`` false), if any."""
+    lost = [lv[key] for lv in levels if lv.get("real_time_held") is False]
+    return min(lost) if lost else None
