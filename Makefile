@@ -9,15 +9,29 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 ASSETS := .cache/.assets-$(shell cat pyproject.toml scripts/fetch_assets.py | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup system run test check lint format types pytest bench clean
+.PHONY: setup system web run test check lint format types pytest bench clean
 
-setup: system $(STAMP) $(ASSETS)
+setup: system $(STAMP) $(ASSETS) web
 
 # Debian packages the tests need (chromium, iproute2; PostgreSQL's server binaries for a
 # throwaway cluster where none runs): installed when missing.
 system:
 	@bash scripts/setup-system.sh
 	@bash scripts/setup-postgres.sh
+
+# The browser client (client-web/, served at /): its npm packages from the lock file (cached
+# under .cache/npm), then built into client-web/dist whenever its sources change.
+WEB_DEPS := client-web/node_modules/.installed
+WEB_SRC  := $(shell find client-web/src -type f 2>/dev/null) $(wildcard client-web/*.html \
+            client-web/*.ts client-web/tsconfig.json)
+web: client-web/dist/index.html
+
+$(WEB_DEPS): client-web/package-lock.json
+	cd client-web && npm ci --cache ../.cache/npm --no-audit --no-fund --loglevel=error
+	@touch $@
+
+client-web/dist/index.html: $(WEB_DEPS) $(WEB_SRC)
+	cd client-web && npm run --silent build
 
 $(ASSETS): $(STAMP) scripts/fetch_assets.py
 	$(BIN)/python scripts/fetch_assets.py .cache

@@ -8,6 +8,9 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # espeak-ng: the TTS engine's phonemizer (libespeak-ng) and the ASR tests' synthetic speech.
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# node and npm: the browser client (client-web/) is built and unit-tested with them.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # nginx (with its stream module) and coturn: the deployment tests (tests/deploy/) start them
 # inside a network namespace with configurations of their own; no system service is left running.
 [ -x /usr/sbin/nginx ] || need+=(nginx)

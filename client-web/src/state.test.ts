@@ -1,0 +1,109 @@
+// The event → state reducer: what the page shows for a sequence of server events.
+
+import { describe, expect, it } from "vitest";
+
+import type { ServerMessage } from "./protocol";
+import { type Action, initialState, MAX_ERRORS, plainError, reduce, type State } from "./state";
+
+let seq = 0;
+const ev = (m: Record<string, unknown>, arrivedMs = 1000): Action => ({
+  kind: "event",
+  message: { seq: ++seq, t: arrivedMs, ...m } as unknown as ServerMessage,
+  arrivedMs,
+});
+const run = (actions: Action[], from: State = initialState): State => actions.reduce(reduce, from);
+
+const created = (resumed = false) =>
+  ev({ type: "session.created", session_id: "s_1", config: { mode: "assistant" }, limits: {}, ice_servers: [], resumed });
+
+describe("reduce", () => {
+  it("replaces a segment's partials by its final, in place", () => {
+    const s = run([
+      created(),
+      ev({ type: "asr.partial", segment_id: "g1", text: "the capital", audio_start_ms: 0, audio_end_ms: 900 }),
+      ev({ type: "asr.partial", segment_id: "g1", text: "the capital of", audio_start_ms: 0, audio_end_ms: 1400 }),
+    ]);
+    expect(s.turns).toEqual([{ key: "g1", who: "user", text: "the capital of", live: true }]);
+    const f = run([ev({ type: "asr.final", segment_id: "g1", text: " The capital of France?", audio_start_ms: 0, audio_end_ms: 2000 })], s);
+    expect(f.turns).toEqual([{ key: "g1", who: "user", text: "The capital of France?", live: false }]);
+    const empty = run([ev({ type: "asr.final", segment_id: "g1", text: "", audio_start_ms: 0, audio_end_ms: 2000 })], s);
+    expect(empty.turns).toEqual([]);
+  });
+
+  it("streams a reply from its deltas and marks a cut one interrupted", () => {
+    const s = run([
+      created(),
+      ev({ type: "response.created", response_id: "r_1" }),
+      ev({ type: "response.text.delta", response_id: "r_1", delta: "Paris is" }),
+      ev({ type: "response.text.delta", response_id: "r_1", delta: " the capital" }),
+    ]);
+    expect(s.activeResponse).toBe("r_1");
+    expect(s.turns.at(-1)).toEqual({ key: "r_1", who: "assistant", text: "Paris is the capital", live: true });
+    const cut = run([ev({ type: "response.done", response_id: "r_1", status: "cancelled", text: "Paris is" })], s);
+    expect(cut.activeResponse).toBeNull();
+    expect(cut.turns.at(-1)).toMatchObject({ text: "Paris is the capital", live: false, status: "cancelled" });
+    expect(cut.announcement).toBe("Reply interrupted.");
+    const done = run([ev({ type: "response.done", response_id: "r_1", status: "completed", text: "Paris is the capital." })], s);
+    expect(done.turns.at(-1)).toMatchObject({ text: "Paris is the capital.", status: "completed" });
+  });
+
+  it("maps the ping to a round trip and the clock offset of the best sample", () => {
+    let s = run([{ kind: "pong", tClient: 1000, tServer: 5030, arrivedMs: 1040 }]);
+    expect(s.rttMs).toBe(40);
+    expect(s.offsetMs).toBe(4010);
+    s = run([{ kind: "pong", tClient: 2000, tServer: 6020, arrivedMs: 2010 }], s);
+    expect(s.offsetMs).toBe(4015);
+    s = run([{ kind: "pong", tClient: 3000, tServer: 7100, arrivedMs: 3100 }], s);
+    expect(s.rttMs).toBe(100);
+    expect(s.offsetMs).toBe(4015); // a slower sample does not replace a better one
+  });
+
+  it("breaks an event's timing into stages, network through the clock offset", () => {
+    const timing = { received: 10_000, engine_start: 10_020, engine_end: 10_120, sent: 10_121 };
+    const s = run([
+      { kind: "pong", tClient: 0, tServer: 5000, arrivedMs: 0 }, // server clock 5 s ahead
+      ev({ type: "asr.final", segment_id: "g1", text: "hi", audio_start_ms: 0, audio_end_ms: 1, timing }, 5_131),
+    ]);
+    expect(s.stages["asr.final"]).toEqual({ label: "asr.final", queueMs: 20, engineMs: 100, sendMs: 1, networkMs: 10 });
+  });
+
+  it("takes jitter from metrics and detections from vision results", () => {
+    const s = run([
+      ev({ type: "metrics", stats: { lanes: { media: { audio_rtp: { jitter_ms: 3.5 } } } } }),
+      ev({ type: "vision.result", frame_ts: 66, detections: [{ label: "face", score: 0.9, box: [1, 2, 3, 4] }] }, 777),
+    ]);
+    expect(s.serverJitterMs).toBe(3.5);
+    expect(s.detections).toEqual({ frameTs: 66, items: [{ label: "face", score: 0.9, box: [1, 2, 3, 4] }], atMs: 777 });
+    expect(run([ev({ type: "metrics", stats: { lanes: {} } })], s).serverJitterMs).toBe(3.5);
+  });
+
+  it("says errors in plain words, keeps the last few, and announces them", () => {
+    const s = run([ev({ type: "error", code: "overloaded", message: "asr queue full" })]);
+    expect(s.errors[0]!.text).toBe("The server is busy; try again in a moment. (asr queue full)");
+    expect(s.announcement).toBe(s.errors[0]!.text);
+    const many = run(Array.from({ length: 10 }, (_, i) => ({ kind: "problem", text: `p${i}` }) as Action), s);
+    expect(many.errors.map((e) => e.text)).toEqual(["p6", "p7", "p8", "p9"].slice(-MAX_ERRORS));
+    expect(run([{ kind: "dismiss", id: many.errors[0]!.id }], many).errors).toHaveLength(MAX_ERRORS - 1);
+    expect(plainError("something_new", "")).toBe("The server refused a request.");
+  });
+
+  it("announces connection changes and a resumed session", () => {
+    let s = run([{ kind: "link", link: "connecting" }, created()]);
+    expect(s.link).toBe("open");
+    expect(s.announcement).toBe("Connected (assistant).");
+    s = run([{ kind: "link", link: "reconnecting", detail: "The connection to the server dropped." }], s);
+    expect(s.announcement).toBe("Connection lost; reconnecting… The connection to the server dropped.");
+    s = run([created(true)], s);
+    expect(s.resumedCount).toBe(1);
+    expect(s.announcement).toBe("Reconnected; the session went on.");
+    s = run([{ kind: "link", link: "closed" }], s);
+    expect(s.sessionId).toBeNull();
+  });
+
+  it("keeps the transcript bounded and shows typed text as the user's", () => {
+    const typed = Array.from({ length: 60 }, (_, i) => ({ kind: "typed", text: `t${i}` }) as Action);
+    const s = run(typed);
+    expect(s.turns).toHaveLength(50);
+    expect(s.turns.at(-1)).toMatchObject({ who: "user", text: "t59", live: false });
+  });
+});
