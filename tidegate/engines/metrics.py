@@ -51,6 +51,22 @@ def batch_buckets(max_batch: int) -> tuple[float, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueLoad:
+    """How loaded an engine's queue is now: what admission control looks at."""
+
+    engine: str
+    depth: int
+    max_items: int
+    oldest_wait_s: float  # how long the oldest queued request has waited (0: none queued)
+    deadline_s: float  # how long a queued request may wait before it fails
+    retry_after_s: float  # a hint: roughly when the queue will have drained
+
+    @property
+    def fraction(self) -> float:
+        return self.depth / self.max_items
+
+
 @dataclass(slots=True)
 class SchedulerStats:
     """What one engine scheduler counted."""

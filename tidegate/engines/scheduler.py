@@ -38,7 +38,7 @@ from .errors import (
     OverloadedError,
     SessionError,
 )
-from .metrics import SchedulerStats
+from .metrics import QueueLoad, SchedulerStats
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,17 @@ class Scheduler(Generic[ReqT, ResT]):
     def load_fraction(self) -> float:
         """How full the queue is (0..1): the server refuses new sessions near 1."""
         return len(self._queue) / self.policy.max_queue_items
+
+    def queue_load(self) -> QueueLoad:
+        """The queue's depth and its oldest request's wait, now (takes the queue's lock for
+        a moment)."""
+        with self._cond:
+            depth = len(self._queue)
+            oldest = self._queue.peek().enqueued if depth else None
+            hint = self._retry_hint_s()
+        wait = 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+        p = self.policy
+        return QueueLoad(self.engine.name, depth, p.max_queue_items, wait, p.deadline_s, hint)
 
     def stats(self) -> dict[str, Any]:
         return {

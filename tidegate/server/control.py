@@ -294,6 +294,7 @@ class ControlChannel:
                     "the engines are still warming up; try again shortly",
                     retry_after_ms=ENGINE_WARMUP_RETRY_MS,
                 )
+            self.runtime.admission.check(mode, engines)  # an engine it needs is saturated?
             config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
             session = registry.create(self.principal, config, self._client_info())
             session.mode = start_mode(session, engines)

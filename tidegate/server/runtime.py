@@ -10,6 +10,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .admission import Admission
 from .auth import TokenVerifier
 from .db.writer import RecordWriter
 from .limits import Limiter
@@ -37,6 +38,7 @@ class Runtime:
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = LocalSensorBus()
+        self.admission = Admission(settings)
         self.channels: set[ControlChannel] = set()
         self.ready = False
         self.draining = False

@@ -278,6 +278,17 @@ class Settings:
     )
     tts_deadline_s: float = _doc("A chunk's audio is due within this.", default=10.0)
 
+    admission_queue_fraction: float = _doc(
+        "New sessions are refused (overloaded, with a retry hint) while an engine their mode "
+        "needs has its queue at least this full (0..1; 0: this test is off).",
+        default=0.75,
+    )
+    admission_wait_fraction: float = _doc(
+        "New sessions are refused while an engine their mode needs has a queued request that "
+        "waited at least this fraction of the engine's deadline (0: this test is off).",
+        default=0.5,
+    )
+
     # -- assistant sessions (docs/assistant.md) -------------------------------------------------
     assistant_end_of_turn_s: float = _doc(
         "Silence after the VAD's end of speech that ends the user's turn (the turn ends at "

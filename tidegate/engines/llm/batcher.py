@@ -47,7 +47,7 @@ from ..errors import (
     OverloadedError,
     RequestError,
 )
-from ..metrics import TIME_BUCKETS_MS, Histogram, batch_buckets
+from ..metrics import TIME_BUCKETS_MS, Histogram, QueueLoad, batch_buckets
 from ..runtime import RuntimeOptions
 from .model import KvCache, LlamaModel
 from .sampling import SamplingParams, sample
@@ -511,6 +511,17 @@ class LlmBatcher:
                 pass
 
     # -- metrics ------------------------------------------------------------------------------
+    def queue_load(self) -> QueueLoad:
+        """The queue's depth and its oldest generation's wait, now (takes the queue's lock
+        for a moment)."""
+        with self._cond:
+            depth = len(self._queue)
+            oldest = self._queue.peek().submitted_at if depth else None
+            hint = self._retry_hint_s()
+        wait = 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
+        st = self.settings
+        return QueueLoad(self.name, depth, st.max_queue_items, wait, st.queue_deadline_s, hint)
+
     def stats(self) -> dict[str, Any]:
         return {
             "engine": self.name,
