@@ -5,7 +5,10 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
   dependencies would pull torch and OpenCV; we only read their ONNX files);
 - wheels downloaded, never installed, for single files: the BlazeFace tflite (mediapipe),
   a recorded speech clip (moonshine-voice) and test photos (scikit-image);
-- the default models prepared into ``.cache/data`` (the tests' data folder).
+- the default models prepared into ``.cache/data`` (the tests' data folder);
+- ``.cache/pytriton-venv``: a virtual environment of this interpreter with nvidia-pytriton
+  (a real Triton Inference Server, CPU, python backend) and ONNX Runtime, for the triton
+  runtime's tests and bench (pytriton pins numpy<2, so it cannot share the project's venv).
 
 Usage: python scripts/fetch_assets.py [CACHE_DIR]
 """
@@ -38,6 +41,22 @@ WHEELS = {
         ("skimage/data/camera.png", "camera.png"),
     ],
 }
+
+
+# The Triton server the tests run (scripts/pytriton_serve.py), in a venv of its own.
+PYTRITON = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime==1.32.0")
+
+
+def pytriton_venv(cache: Path) -> None:
+    venv = cache / "pytriton-venv"
+    stamp = venv / (".installed-" + "-".join(PYTRITON).replace("<", "lt").replace("=", ""))
+    if stamp.is_file():
+        return
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "--quiet", *PYTRITON], check=True)
+    stamp.touch()
 
 
 def pip(*args: str) -> None:
@@ -81,6 +100,7 @@ def main(cache: Path) -> int:
         ],
         check=True,
     )
+    pytriton_venv(cache)
     return 0
 
 

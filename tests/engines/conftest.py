@@ -136,3 +136,36 @@ def gather_model(path: Path) -> Path:
 
 
 TinyFactory = Callable[[Path], Path]
+
+
+@pytest.fixture(scope="session")
+def triton_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real Triton server (pytriton's, on 127.0.0.1) serving the tiny models, Silero VAD,
+    BlazeFace and Whisper under the names the triton runtime derives from their paths, plus
+    ``slow.tiny.affine`` (answers after 1 s). Tests that stop it start it again."""
+    import shutil
+
+    from .triton_server import TritonServer
+
+    work = tmp_path_factory.mktemp("pytriton")
+    tiny, slow = work / "tiny", work / "slow"
+    tiny.mkdir()
+    slow.mkdir()
+    affine_model(tiny / "affine.onnx")
+    recurrent_model(tiny / "rec.onnx")
+    shutil.copy(tiny / "affine.onnx", slow / "tiny.affine.onnx")
+    m = data_dir / "models"
+    files = [
+        tiny / "affine.onnx",
+        tiny / "rec.onnx",
+        m / "silero-vad" / "silero_vad.onnx",
+        m / "blazeface" / "blazeface.onnx",
+        m / "whisper-tiny-en" / "encoder.onnx",
+        m / "whisper-tiny-en" / "decoder.onnx",
+    ]
+    args = [a for f in files for a in ("--model", str(f))] + ["--slow", "tiny.affine=1.0"]
+    server = TritonServer(work, args)
+    server.start()
+    server.tiny, server.slow = tiny, slow  # type: ignore[attr-defined]
+    yield server
+    server.stop()

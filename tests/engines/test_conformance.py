@@ -26,11 +26,13 @@ CUDA = RuntimeOptions(providers=("cuda",), require_first=True)
 
 @dataclass
 class Case:
-    make: Callable[[Path, Path], Engine[Any, Any, Any]]
+    make: Callable[..., Engine[Any, Any, Any]]
     requests: Callable[[int], list[Any]]
     bad: Callable[[], Any]
     tolerance: float = 0.0
     gpu: bool = False
+    #: Runs on the triton runtime: ``make(tmp, data, server)`` gets the test Triton server.
+    triton: bool = False
 
 
 def _affine(runtime: RuntimeOptions) -> Callable[[Path, Path], Engine[Any, Any, Any]]:
@@ -60,6 +62,29 @@ def _real(name: str, model: str, runtime: RuntimeOptions = CPU) -> Callable[...,
         return build_engine(EngineSpec(name, model, runtime=runtime), data)
 
     return make
+
+
+def _triton(kind: str) -> Callable[..., Engine[Any, Any, Any]]:
+    """An engine on the triton runtime of the test server (tests/engines/conftest.py)."""
+
+    def make(tmp: Path, data: Path, server: Any) -> Engine[Any, Any, Any]:
+        rt = RuntimeOptions(runtime="triton", triton_url=server.url, triton_timeout_s=30.0)
+        if kind == "affine":
+            return TensorEngine(server.tiny / "affine.onnx", name="affine", runtime=rt)
+        if kind == "recurrent":
+            return TensorEngine(
+                server.tiny / "rec.onnx",
+                name="recurrent",
+                runtime=rt,
+                constants={"sr": np.array(16000, dtype=np.int64)},
+                states=[StateBinding("state", "stateN", batch_axis=1)],
+            )
+        return build_engine(EngineSpec(kind, MODELS[kind], runtime=rt), data)
+
+    return make
+
+
+MODELS = {"vad": "silero-vad", "vision": "blazeface"}
 
 
 def _arrays(n: int, shape: tuple[int, ...], name: str) -> list[Any]:
@@ -102,6 +127,19 @@ CASES = {
         1e-3,
         gpu=True,
     ),
+    "tensor-triton": Case(
+        _triton("affine"), lambda n: _arrays(n, (4,), "x"), lambda: {"x": "nope"}, triton=True
+    ),
+    "tensor-stateful-triton": Case(
+        _triton("recurrent"),
+        lambda n: _arrays(n, (8,), "input"),
+        lambda: {"input": np.zeros(3)},
+        triton=True,
+    ),
+    "vad-triton": Case(_triton("vad"), _audio, lambda: np.zeros(100, np.float32), triton=True),
+    "blazeface-triton": Case(
+        _triton("vision"), _frames, lambda: np.zeros((4, 4), np.uint8), triton=True
+    ),
     "vad-onnx-cuda": Case(
         _real("vad", "silero-vad", CUDA), _audio, lambda: np.zeros(3), 1e-4, True
     ),
@@ -123,7 +161,10 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     data = (
         request.getfixturevalue("data_dir") if not request.param.startswith("tensor") else tmp_path
     )
-    engine = case.make(tmp_path, data)
+    if case.triton:
+        engine = case.make(tmp_path, data, request.getfixturevalue("triton_server"))
+    else:
+        engine = case.make(tmp_path, data)
     engine.load()
     yield case, engine
     engine.close()

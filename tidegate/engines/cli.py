@@ -37,6 +37,22 @@ def add_commands(sub: Any, *, data_dir: Path, models_file: Path | None = None) -
     q = cmds.add_parser("verify", help="recompute checksums; exit 1 on any problem")
     q.add_argument("names", nargs="*", help="models (default: all prepared and custom ones)")
     q.set_defaults(func=cmd_verify)
+    q = cmds.add_parser(
+        "export-triton",
+        help="write a Triton model repository (onnxruntime backend) from the prepared models",
+    )
+    q.add_argument("dir", type=Path, help="the repository folder (created)")
+    q.add_argument("names", nargs="*", help="models (default: all prepared and custom ones)")
+    q.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind")
+    q.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
+    q.add_argument("--max-batch-size", type=int, default=64, help="for batchable models")
+    q.add_argument(
+        "--queue-delay-us", type=int, default=500, help="dynamic batching's queue delay"
+    )
+    q.add_argument("--tensorrt", action="store_true", help="TensorRT execution accelerator")
+    q.add_argument("--fp16", action="store_true", help="TensorRT in FP16")
+    q.add_argument("--copy", action="store_true", help="copy model files (default: hard link)")
+    q.set_defaults(func=cmd_export_triton)
 
 
 def _progress(line: str) -> None:
@@ -105,3 +121,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print("no prepared models (run `tidegate models prepare`)", file=sys.stderr)
         return 1
     return 1 if problems else 0
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from .triton_export import ExportOptions, export_repository, model_files
+
+    try:
+        options = ExportOptions(
+            kind=args.kind,
+            instances=args.instances,
+            max_batch_size=args.max_batch_size,
+            queue_delay_us=args.queue_delay_us,
+            tensorrt=args.tensorrt,
+            fp16=args.fp16,
+            copy=args.copy,
+        )
+        files = model_files(args.data_dir, args.names, _custom(args))
+        if not files:
+            print("no prepared models (run `tidegate models prepare`)", file=sys.stderr)
+            return 1
+        done = export_repository(files, args.dir, options, progress=_progress)
+    except (EngineError, ValueError) as e:
+        print(f"export-triton: {e}", file=sys.stderr)
+        return 1
+    print(f"{len(done)} models written to {args.dir}")
+    return 0

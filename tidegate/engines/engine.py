@@ -129,8 +129,10 @@ class Engine(abc.ABC, Generic[ReqT, ResT, PrepT]):
             try:
                 results = self.infer(prepared, sub_states)
             except Exception as e:
-                if len(prepared) == 1:
-                    results = [self._failure(e)]
+                if len(prepared) == 1 or getattr(e, "batch_wide", False):
+                    # One request, or a failure of the runtime itself (a Triton server down
+                    # or past its deadline): running them one by one would not help.
+                    results = [self._failure(e)] * len(prepared)
                 else:
                     # Isolate the culprit: run each request alone.
                     results = []

@@ -39,6 +39,7 @@ from .errors import (
     SessionError,
 )
 from .metrics import QueueLoad, SchedulerStats
+from .runtime import RuntimeOptions, runtime_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,11 @@ class Scheduler(Generic[ReqT, ResT]):
             raise EngineClosedError(f"{self.engine.name}: the engine is closed")
         if session_id in self._sessions:
             raise SessionError(f"{self.engine.name}: session {session_id!r} is already open")
+        options = getattr(self.engine, "runtime_options", None)
+        if isinstance(options, RuntimeOptions):
+            reason = runtime_unavailable(options)
+            if reason:
+                raise SessionError(f"{self.engine.name}: {reason}; retry later")
         if len(self._sessions) >= self.policy.max_sessions:
             raise SessionError(
                 f"{self.engine.name}: {self.policy.max_sessions} sessions already open "

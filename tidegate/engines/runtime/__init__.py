@@ -1,7 +1,8 @@
 """Runtimes: where a model file runs. ``onnx`` (ONNX Runtime with the TensorRT, CUDA or CPU
 execution provider) and ``tensorrt`` (TensorRT directly, for prebuilt engine files) have the
 same shape: :func:`open_model` gives a :class:`ModelRunner` with a signature, ``run`` and
-``close``. GPU packages are imported lazily, inside the module that needs them."""
+``close``; so has ``triton`` (a Triton Inference Server over gRPC, for a separate GPU pool).
+GPU packages and the Triton client are imported lazily, inside the module that needs them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..signature import Signature
 
 Array = np.ndarray[Any, Any]
 
-RUNTIMES = ("onnx", "tensorrt")
+RUNTIMES = ("onnx", "tensorrt", "triton")
+TRITON_POLICIES = ("refuse", "fallback")
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 
 
@@ -38,6 +40,17 @@ class RuntimeOptions:
     #: TF32 matrix products on CUDA: faster, but a batch's answers then differ from single
     #: calls by ~1e-4 (seen on an H100), so off unless asked for.
     cuda_tf32: bool = False
+    #: The Triton server (``host:port`` of its gRPC endpoint) of the ``triton`` runtime.
+    triton_url: str = "127.0.0.1:8001"
+    #: The client deadline of one Triton call (a batch), reconnection included.
+    triton_timeout_s: float = 2.0
+    #: When Triton is down or slow: ``refuse`` (fail the call, refuse new sessions) or
+    #: ``fallback`` (run the local model file on ONNX Runtime meanwhile).
+    triton_policy: str = "refuse"
+    #: After a failed call: how long the server counts as down before it is tried again.
+    triton_retry_s: float = 5.0
+    #: gRPC message size limit both ways (Whisper's cross-attention tensors are large).
+    triton_max_message_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -45,6 +58,12 @@ class RuntimeOptions:
         for p in self.providers:
             if p != "auto" and p not in PROVIDERS:
                 raise ValueError(f"provider must be auto or one of {PROVIDERS}, got {p!r}")
+        if self.triton_policy not in TRITON_POLICIES:
+            raise ValueError(
+                f"triton_policy must be one of {TRITON_POLICIES}, got {self.triton_policy!r}"
+            )
+        if self.triton_timeout_s <= 0 or self.triton_retry_s < 0:
+            raise ValueError("triton_timeout_s must be > 0 and triton_retry_s >= 0")
         if self.intra_op_threads < 0:
             raise ValueError("intra_op_threads cannot be negative (0: the runtime's default)")
 
@@ -85,7 +104,21 @@ def open_model(path: Path, options: RuntimeOptions | None = None) -> ModelRunner
         from .tensorrt import TensorRTModel
 
         return TensorRTModel(path, options)
+    if options.runtime == "triton":
+        from .triton import open_triton
+
+        return open_triton(path, options)
     raise RuntimeUnavailableError(f"unknown runtime {options.runtime!r}")
+
+
+def runtime_unavailable(options: RuntimeOptions) -> str:
+    """Why new sessions on a model of this runtime should be refused now ('' if they should
+    not): only a Triton server that failed recently under the ``refuse`` policy. Never blocks."""
+    if options.runtime != "triton":
+        return ""
+    from .triton import unavailable
+
+    return unavailable(options)
 
 
 def gpu_present() -> bool:

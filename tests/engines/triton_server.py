@@ -1,0 +1,110 @@
+"""A real Triton Inference Server for the tests: nvidia-pytriton's bundled server (CPU, python
+backend with ONNX Runtime inside), started by scripts/pytriton_serve.py from the venv that
+scripts/fetch_assets.py builds, on 127.0.0.1 ports picked here. It can be stopped and started
+again on the same ports (the failure tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV = ROOT / ".cache" / "pytriton-venv"
+SCRIPT = ROOT / "scripts" / "pytriton_serve.py"
+
+
+def ensure_venv() -> Path:
+    """The pytriton venv's python, built (by fetch_assets.py) if it is missing."""
+    python = VENV / "bin" / "python"
+    if not any(VENV.glob(".installed-*")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); import fetch_assets; "
+                "from pathlib import Path; fetch_assets.pytriton_venv(Path(sys.argv[2]))",
+                str(ROOT / "scripts"),
+                str(ROOT / ".cache"),
+            ],
+            check=True,
+        )
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TritonServer:
+    """One pytriton server process serving ``args`` (pytriton_serve.py's model options)."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.python = ensure_venv()
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 100.0) -> None:
+        self.starts += 1
+        log = self.workdir / f"triton-{self.starts}.log"
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.python),
+                    str(SCRIPT),
+                    *self.args,
+                    "--grpc-port",
+                    str(self.grpc_port),
+                    "--http-port",
+                    str(self.http_port),
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--workspace",
+                    str(self.workdir / f"workspace-{self.starts}"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+            )
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            text = log.read_text(errors="replace")
+            if any(line == "ready" for line in text.splitlines()):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = log.read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"the pytriton server did not start; its log ends:\n{tail}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
