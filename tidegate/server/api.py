@@ -22,6 +22,7 @@ from starlette.routing import Route
 from tidegate.protocol import ErrorCode
 
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
+from .cluster import WrongNodeError
 from .db import records as rec
 from .db import store
 from .db.writer import is_unavailable
@@ -60,7 +61,11 @@ def _error(e: RefusalError) -> JSONResponse:
     if e.retry_after_ms is not None:
         body["retry_after_ms"] = e.retry_after_ms
         headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_ms / 1000)))
-    return JSONResponse({"error": body}, STATUS_FOR_CODE.get(e.code, 400), headers=headers)
+    status = STATUS_FOR_CODE.get(e.code, 400)
+    if isinstance(e, WrongNodeError):  # another node holds the session: say which
+        status, body, more = e.http(body)
+        headers.update(more)
+    return JSONResponse({"error": body}, status, headers=headers)
 
 
 def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
@@ -91,7 +96,7 @@ def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[
             try:
                 token = bearer_from_header(request.headers.get("authorization"))
                 principal = runtime.verifier.verify(token, SCOPE_SESSION)
-                runtime.limiter.requests.check(principal)
+                await runtime.limiter.requests.acquire(principal)
                 response = await handler(request, runtime, principal)
             except RefusalError as e:
                 response = _error(e)
@@ -206,6 +211,8 @@ async def session_detail(request: Request, runtime: Runtime, principal: Principa
 
 
 async def _delete(runtime: Runtime, session_id: str, tenant: str | None) -> Response:
+    if runtime.registry.get(session_id) is None:  # running on another node: say which
+        await runtime.cluster.wrong_node(session_id, tenant, "DELETE")
     async with runtime.recorder.engine.connect() as conn:
         owner = await store.session_owner(conn, session_id)
     if owner is None or (tenant is not None and owner != tenant):
@@ -251,6 +258,14 @@ async def db_status(request: Request, runtime: Runtime, principal: Principal) ->
     return JSONResponse({"writer": runtime.recorder.stats(), "limits": runtime.limiter.stats()})
 
 
+@endpoint("GET, OPTIONS")
+async def cluster_status(request: Request, runtime: Runtime, principal: Principal) -> Response:
+    """This node's cluster state and the live nodes with their load (admin only)."""
+    if not principal.is_admin:
+        raise ForbiddenError("this endpoint needs the 'admin' scope")
+    return JSONResponse({"node": runtime.cluster.stats(), "nodes": await runtime.cluster.nodes()})
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
@@ -261,6 +276,7 @@ def api_routes() -> list[Route]:
         Route("/v1/sessions", list_sessions, methods=["GET", "OPTIONS"]),
         Route("/v1/sessions/{session_id}", session_detail, methods=["GET", "DELETE", "OPTIONS"]),
         Route("/v1/admin/db", db_status, methods=["GET", "OPTIONS"]),
+        Route("/v1/cluster", cluster_status, methods=["GET", "OPTIONS"]),
     ]
     for kind in CHILD_KINDS:
         routes.append(
@@ -462,6 +478,11 @@ def _build_openapi() -> dict[str, Any]:
                     "409": _json_response(
                         "the session is still running (code unexpected_message)", ERR
                     ),
+                    "421": _json_response(
+                        "another node holds the session (running): error.node, "
+                        "error.node_url and the X-Tidegate-Node header name it",
+                        ERR,
+                    ),
                     **NOT_FOUND,
                     **ERRORS,
                 },
@@ -471,6 +492,13 @@ def _build_openapi() -> dict[str, Any]:
             "get": {
                 "summary": "Writer, queue, journal and rate limiter counters (admin scope)",
                 "responses": {"200": _json_response("counters", J), **ERRORS},
+            }
+        },
+        "/v1/cluster": {
+            "get": {
+                "summary": "This node's cluster state (Redis link, directory, caches) and "
+                "the live nodes with their load (admin scope; docs/cluster.md)",
+                "responses": {"200": _json_response("node and nodes", J), **ERRORS},
             }
         },
     }

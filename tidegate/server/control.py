@@ -48,7 +48,13 @@ from tidegate.protocol.messages import (
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .db.records import client_info
-from .errors import ForbiddenError, InvalidConfigError, OverloadedError, RefusalError
+from .errors import (
+    ForbiddenError,
+    InvalidConfigError,
+    NotFoundError,
+    OverloadedError,
+    RefusalError,
+)
 from .modes import ENGINE_MODES, resolve_config, start_mode
 from .rtc import ice_servers_for
 from .sensors import SENSOR_TYPES, SensorLane
@@ -234,7 +240,7 @@ class ControlChannel:
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         try:
-            self.runtime.limiter.admit_message(self.principal, msg, self.session)
+            await self.runtime.limiter.admit_message(self.principal, msg, self.session)
             kind = type(msg)
             if kind is SessionCreate:
                 await self._create(msg)  # type: ignore[arg-type]
@@ -278,7 +284,12 @@ class ControlChannel:
     async def _create(self, msg: SessionCreate) -> None:
         registry = self.runtime.registry
         if msg.session_id is not None:
-            session = registry.resume(msg.session_id, self.principal, self._client_info())
+            try:
+                session = registry.resume(msg.session_id, self.principal, self._client_info())
+            except NotFoundError:  # another node's? then say which
+                tenant = self.principal.tenant
+                await self.runtime.cluster.wrong_node(msg.session_id, tenant, msg.TYPE)
+                raise
             resumed = True
             if msg.config is not None:
                 config = resolve_config(msg.config, session.config["mode"])
@@ -296,7 +307,14 @@ class ControlChannel:
                 )
             self.runtime.admission.check(mode, engines)  # an engine it needs is saturated?
             config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
-            session = registry.create(self.principal, config, self._client_info())
+            cluster = self.runtime.cluster
+            ticket = await cluster.admit(self.principal)  # quotas and limits across the nodes
+            try:
+                session = registry.create(self.principal, config, self._client_info())
+            except BaseException:
+                await cluster.cancel(ticket)
+                raise
+            await cluster.register(session, ticket)
             session.mode = start_mode(session, engines)
             session.sensors = SensorLane(session, self.runtime.sensor_bus, registry.get)
             interval = self.runtime.settings.metrics_interval_s

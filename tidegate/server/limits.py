@@ -6,9 +6,11 @@ requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
 ``rate_limited``, over HTTP a 429 with ``Retry-After``. Keying by subject rather than by the
 token string means a subject cannot reset its budget by fetching a fresh token.
 
-The buckets live in memory on each node (a cluster-wide limiter belongs to Redis, see
-DESIGN.md); a full bucket is the same as none, so full buckets are pruned once the table
-holds ``PRUNE_AT_KEYS`` subjects.
+The buckets live in memory on each node; a full bucket is the same as none, so full buckets
+are pruned once the table holds ``PRUNE_AT_KEYS`` subjects. With ``redis_url`` set, the
+asynchronous path (:meth:`TokenBuckets.acquire`) counts in Redis instead, so a subject's
+limit holds across every node (:mod:`tidegate.server.cluster.ratelimit`); when Redis is away
+it counts in these local buckets, as one node would.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tidegate.protocol import ClientMessage
 
 from .auth import Principal
+from .cluster.link import RedisDownError
 from .errors import RateLimitedError
 from .settings import Settings
 
@@ -28,6 +31,14 @@ if TYPE_CHECKING:
     from .session import Session
 
 PRUNE_AT_KEYS = 10_000
+
+
+class SharedBuckets(Protocol):
+    """Token buckets shared by the nodes (raises when they cannot be reached)."""
+
+    async def take(
+        self, what: str, key: tuple[str, str], *, rate_per_s: float, burst: float
+    ) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -54,6 +65,10 @@ class TokenBuckets:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self.admitted = 0
         self.refused = 0
+        self.shared: SharedBuckets | None = None
+        self.shared_admitted = 0
+        self.shared_refused = 0
+        self.shared_fallbacks = 0
 
     def take(self, key: tuple[str, str]) -> float | None:
         """Take one token; None if admitted, else the milliseconds until one is back."""
@@ -76,9 +91,31 @@ class TokenBuckets:
         self.refused += 1
         return (1.0 - b.tokens) / self.rate_per_s * 1000.0
 
+    async def acquire(self, principal: Principal) -> None:
+        """:meth:`check`, counted across the cluster when the buckets are shared."""
+        key = (principal.tenant, principal.subject)
+        if self.shared is None or self.rate_per_s <= 0:
+            wait_ms = self.take(key)
+        else:
+            try:
+                wait_ms = await self.shared.take(
+                    self.what, key, rate_per_s=self.rate_per_s, burst=self.burst
+                )
+            except RedisDownError:
+                self.shared_fallbacks += 1
+                wait_ms = self.take(key)
+            else:
+                if wait_ms is None:
+                    self.shared_admitted += 1
+                else:
+                    self.shared_refused += 1
+        self._refuse(wait_ms)
+
     def check(self, principal: Principal) -> None:
-        """Take one token for ``principal`` or raise RateLimitedError."""
-        wait_ms = self.take((principal.tenant, principal.subject))
+        """Take one token for ``principal`` or raise RateLimitedError (this node's count)."""
+        self._refuse(self.take((principal.tenant, principal.subject)))
+
+    def _refuse(self, wait_ms: float | None) -> None:
         if wait_ms is not None:
             raise RateLimitedError(
                 f"too many {self.what}: the limit is {self.rate_per_s:g} per second (burst "
@@ -102,6 +139,10 @@ class TokenBuckets:
             "subjects": len(self._buckets),
             "admitted": self.admitted,
             "refused": self.refused,
+            "shared": self.shared is not None,
+            "shared_admitted": self.shared_admitted,
+            "shared_refused": self.shared_refused,
+            "shared_fallbacks": self.shared_fallbacks,
         }
 
 
@@ -126,12 +167,17 @@ class Limiter:
             clock=clock,
         )
 
-    def admit_message(
+    def share(self, shared: SharedBuckets) -> None:
+        """Count every bucket across the cluster (see the module docstring)."""
+        for buckets in (self.sessions, self.messages, self.requests):
+            buckets.shared = shared
+
+    async def admit_message(
         self, principal: Principal, msg: ClientMessage, session: Session | None
     ) -> None:
         """Count a control message against its subject's budget (RateLimitedError when spent;
         the dispatcher gives a refused upload's credit back)."""
-        self.messages.check(principal)
+        await self.messages.acquire(principal)
 
     def stats(self) -> dict[str, Any]:
         return {

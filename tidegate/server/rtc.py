@@ -43,6 +43,7 @@ from tidegate.protocol.messages import (
 )
 
 from .auth import SCOPE_SESSION, bearer_from_header
+from .cluster import WrongNodeError
 from .errors import NotFoundError, OverloadedError, RefusalError, UnsupportedError
 from .session import Session
 from .settings import Settings
@@ -203,6 +204,8 @@ async def offer_endpoint(request: Request) -> JSONResponse:
         session = runtime.registry.get(request.path_params["session_id"])
         # Another tenant's session looks exactly like a missing one: no existence oracle.
         if session is None or session.closed or session.tenant != principal.tenant:
+            sid = request.path_params["session_id"]
+            await runtime.cluster.wrong_node(sid, principal.tenant, "offer")
             raise NotFoundError("no such session (closed, expired or unknown)")
         if session.principal.subject != principal.subject and not principal.is_admin:
             raise NotFoundError("no such session (closed, expired or unknown)")
@@ -216,6 +219,9 @@ async def offer_endpoint(request: Request) -> JSONResponse:
         body: dict[str, Any] = {"code": e.code.value, "message": e.message}
         if e.retry_after_ms is not None:
             body["retry_after_ms"] = e.retry_after_ms
+        if isinstance(e, WrongNodeError):  # another node holds it: say which
+            status, body, headers = e.http(body)
+            return JSONResponse(body, status_code=status, headers=headers)
         return JSONResponse(body, status_code=status)
     return JSONResponse({"type": "answer", "sdp": answer})
 

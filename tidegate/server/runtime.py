@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from .admission import Admission
 from .auth import TokenVerifier
+from .cluster import Cluster
 from .db.writer import RecordWriter
 from .limits import Limiter
 from .sensorbus import LocalSensorBus, SensorBus
@@ -37,6 +38,7 @@ class Runtime:
         self.limiter = Limiter(settings)
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.counters: Counter[str] = Counter()
+        self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.sensor_bus: SensorBus = LocalSensorBus()
         self.admission = Admission(settings)
         self.channels: set[ControlChannel] = set()
@@ -54,6 +56,7 @@ class Runtime:
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
         if self.settings.engines:
             # Load in the background: /healthz answers at once, /readyz once engines are warm.
+        await self.cluster.start()
             self._tasks.append(loop.create_task(self._start_engines(), name="engine-start"))
         else:
             self.ready = True
@@ -105,6 +108,7 @@ class Runtime:
         await self.sensor_bus.close()  # the sessions closed their subscriptions already
         for task in self._tasks:
             task.cancel()
+        await self.cluster.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -27,6 +27,7 @@ from .outbox import Outbox
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .limits import Limiter
     from .sensors import SensorLane
 
@@ -215,6 +216,7 @@ class SessionRegistry:
         self.clock = clock
         self.recorder = recorder
         self.limiter = limiter
+        self.cluster: Cluster | None = None  # set by the Cluster: the directory learns removals
         self._sessions: dict[str, Session] = {}
         self._per_tenant: dict[str, int] = {}
         self.created = 0
@@ -296,6 +298,8 @@ class SessionRegistry:
                 self._per_tenant.pop(session.tenant, None)
         await session.close()
         if held:
+        if held and self.cluster is not None:
+            await self.cluster.release(session)
             session.record(
                 SessionEnded(status=status, reason=reason, stats=plain_json(session.stats()))
             )

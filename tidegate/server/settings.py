@@ -289,6 +289,14 @@ class Settings:
         default=0.5,
     )
 
+    metrics_port: int | None = _doc(
+        "If set, /metrics is also served without authentication on this port (bound to "
+        "metrics_host), for a Prometheus inside the deployment. Unset: only /metrics on the "
+        "main port, which needs an admin-scope token.",
+        default=None,
+    )
+    metrics_host: str = _doc("Address the metrics_port listens on.", default="127.0.0.1")
+
     # -- assistant sessions (docs/assistant.md) -------------------------------------------------
     assistant_end_of_turn_s: float = _doc(
         "Silence after the VAD's end of speech that ends the user's turn (the turn ends at "
@@ -396,6 +404,65 @@ class Settings:
         "HTTP API requests per second one subject may make (0: no limit).", default=20.0
     )
     rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+
+    # -- cluster coordination (docs/cluster.md) ------------------------------------------------
+    redis_url: str | None = _doc(
+        "Redis that the nodes of one deployment share (redis://HOST:PORT/DB): rate limits, "
+        "session quotas, the session directory, result caches and sensor fan-out span the "
+        "nodes. Unset: everything stays in this process (one node needs no Redis).",
+        default=None,
+    )
+    redis_key_prefix: str = _doc(
+        "Prefix of every Redis key and channel (deployments sharing one Redis differ in it).",
+        default="tidegate:",
+    )
+    redis_timeout_s: float = _doc(
+        "Longest Redis connect or command; past it Redis counts as down and this node works "
+        "locally (logged and counted) until it answers again.",
+        default=0.5,
+    )
+    redis_retry_s: float = _doc("How often a Redis that is down is tried again.", default=1.0)
+    node_id: str | None = _doc(
+        "This node's id in the session directory. Unset: the record writer's node id.",
+        default=None,
+    )
+    node_url: str | None = _doc(
+        "Where this node is reached (http://HOST:PORT), published in the session directory so "
+        "that a request that reached the wrong node can be sent on.",
+        default=None,
+    )
+    cluster_heartbeat_s: float = _doc(
+        "How often a node refreshes its directory entries (node, sessions, quotas).",
+        default=2.0,
+    )
+    cluster_node_ttl_s: float = _doc(
+        "A node (and its sessions) not heard from for this long is dropped from the directory.",
+        default=10.0,
+    )
+    cluster_max_sessions: int | None = _doc(
+        "Sessions the whole cluster may hold (counted in the directory). Unset: only each "
+        "node's max_sessions applies.",
+        default=None,
+    )
+    result_caches: bool = _doc(
+        "Cache TTS audio of repeated text and greedy (temperature 0) LLM completions.",
+        default=True,
+    )
+    cache_tts_max_bytes: int = _doc(
+        "In-process TTS audio cache (least recently used entries dropped).", default=33_554_432
+    )
+    cache_llm_max_bytes: int = _doc(
+        "In-process LLM completion cache (least recently used entries dropped).",
+        default=4_194_304,
+    )
+    cache_item_max_bytes: int = _doc(
+        "Largest entry either cache keeps (longer audio or text is not cached).",
+        default=2_097_152,
+    )
+    cache_ttl_s: float = _doc(
+        "Lifetime of a shared cache entry in Redis (also bounds memory under maxmemory).",
+        default=3600.0,
+    )
 
     @property
     def key_path(self) -> Path:

@@ -112,6 +112,42 @@ class Generation:
         self._done = False
         self._error: EngineError | None = None
         self.cancelled = False  # read by the worker thread before every step
+        self._text: list[str] = []  # everything delivered, for done callbacks
+        self._done_callbacks: list[Callable[[Generation], None]] = []
+
+    @classmethod
+    def finished(
+        cls,
+        gen_id: str,
+        text: str,
+        params: SamplingParams,
+        *,
+        finish_reason: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        session: str | None = None,
+    ) -> Generation:
+        """A generation whose whole text is already known (a cached completion): iterating
+        it yields ``text`` at once. Call from an event loop."""
+        gen = cls(gen_id, [], params, session, asyncio.get_running_loop())
+        gen.prompt_tokens = prompt_tokens
+        gen.cached_tokens = prompt_tokens
+        gen.completion_tokens = completion_tokens
+        gen._deliver(text, finish_reason, None)
+        return gen
+
+    @property
+    def output(self) -> str:
+        """The text delivered so far (all of it once ``done``)."""
+        return "".join(self._text)
+
+    def add_done_callback(self, callback: Callable[[Generation], None]) -> None:
+        """Call ``callback(self)`` on the event loop once the generation ends (finished,
+        failed or cancelled); at once if it has ended already."""
+        if self._done:
+            callback(self)
+        else:
+            self._done_callbacks.append(callback)
 
     def cancel(self) -> None:
         """Stop generating: the worker drops this generation before its next step."""
@@ -126,6 +162,7 @@ class Generation:
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
             self._chunks.append(text)
+            self._text.append(text)
         if error is not None:
             self._error = error
             self._done = True
@@ -134,6 +171,13 @@ class Generation:
             self.finished_at = time.monotonic()
             self._done = True
         self._wake.set()
+        if self._done and self._done_callbacks:
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("llm: a done callback of %s failed", self.id)
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
