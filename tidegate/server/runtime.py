@@ -37,8 +37,8 @@ class Runtime:
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
-        self.counters: Counter[str] = Counter()
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
+        self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = LocalSensorBus()
         self.admission = Admission(settings)
         self.channels: set[ControlChannel] = set()
@@ -51,12 +51,12 @@ class Runtime:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await self.recorder.open()
+        await self.cluster.start()
         self._tasks.append(loop.create_task(self.recorder.run(), name="db-writer"))
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
         if self.settings.engines:
             # Load in the background: /healthz answers at once, /readyz once engines are warm.
-        await self.cluster.start()
             self._tasks.append(loop.create_task(self._start_engines(), name="engine-start"))
         else:
             self.ready = True
@@ -102,13 +102,13 @@ class Runtime:
         self.ready = False
         self.draining = True
         await self.registry.close_all()
+        await self.cluster.close()
         await self.recorder.close()  # journals what is queued, tries a last commit
         if self.engines is not None:
             await self.engines.close()
         await self.sensor_bus.close()  # the sessions closed their subscriptions already
         for task in self._tasks:
             task.cancel()
-        await self.cluster.close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -297,9 +297,9 @@ class SessionRegistry:
             else:
                 self._per_tenant.pop(session.tenant, None)
         await session.close()
-        if held:
         if held and self.cluster is not None:
             await self.cluster.release(session)
+        if held:
             session.record(
                 SessionEnded(status=status, reason=reason, stats=plain_json(session.stats()))
             )
