@@ -129,7 +129,10 @@ def test_nodes_routing_ids_and_media_ranges_match_nginx_conf() -> None:
         env = compose["services"][name]["environment"]
         route, ports = env["TIDEGATE_ROUTE_ID"], env["TIDEGATE_ICE_PORTS"]
         assert re.search(rf"~\^s_{route}\\\.\s+tidegate_{route};", nginx), route
-        assert re.search(rf"upstream tidegate_{route} \{{\s+server {name}:8080", nginx), route
+        block = re.search(rf"upstream tidegate_{route} \{{([^}}]*)\}}", nginx)
+        assert block, f"no upstream tidegate_{route}"
+        first = re.search(r"^\s*server (\S+)", block.group(1), re.MULTILINE)
+        assert first and first.group(1) == f"{name}:8080", block.group(1)
         assert re.search(rf"upstream tidegate_any \{{[^}}]*server {name}:8080", nginx), name
         forward = rf"listen {ports} udp reuseport;\s+proxy_pass {name}:\$server_port;"
         assert re.search(forward, nginx), f"nginx.conf does not forward {ports} to {name}"
