@@ -101,7 +101,7 @@ export function App() {
     <div className="app">
       <header>
         <h1>tidegate</h1>
-        <p className="link" data-link={state.link} data-testid="link">
+        <p className="link" data-link={state.link} data-session={state.sessionId ?? ""} data-resumed={state.resumedCount} data-testid="link">
           <span className="dot" aria-hidden="true" /> {LINK_LABEL[state.link]}
           {state.media !== "none" && <span className="media"> · media {state.media}</span>}
           {state.resumedCount > 0 && <span className="media"> · resumed {state.resumedCount}×</span>}

@@ -16,7 +16,7 @@ export function Latency({ state }: { state: State }) {
         <dt>Server clock offset</dt>
         <dd>{ms(state.offsetMs)}</dd>
         <dt>Jitter, your audio at the server</dt>
-        <dd>{ms(state.serverJitterMs)}</dd>
+        <dd data-testid="server-jitter">{ms(state.serverJitterMs)}</dd>
         <dt>Jitter, reply audio here</dt>
         <dd>{ms(state.replyJitterMs)}</dd>
       </dl>

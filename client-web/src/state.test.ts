@@ -69,7 +69,7 @@ describe("reduce", () => {
 
   it("takes jitter from metrics and detections from vision results", () => {
     const s = run([
-      ev({ type: "metrics", stats: { lanes: { media: { audio_rtp: { jitter_ms: 3.5 } } } } }),
+      ev({ type: "metrics", stats: { lanes: { media: { audio_rtp: { jitter_buffer: { jitter_ms: 3.5 } } } } } }),
       ev({ type: "vision.result", frame_ts: 66, detections: [{ label: "face", score: 0.9, box: [1, 2, 3, 4] }] }, 777),
     ]);
     expect(s.serverJitterMs).toBe(3.5);

@@ -47,7 +47,7 @@ export interface State {
   offsetMs: number | null;
   bestRttMs: number | null;
   stages: Record<string, Stage>;
-  /** Inbound audio jitter the server measures (metrics: lanes.media.audio_rtp.jitter_ms). */
+  /** Inbound audio jitter the server measures (RFC 3550, from its jitter buffer). */
   serverJitterMs: number | null;
   /** Jitter of the reply audio as this browser receives it (getStats). */
   replyJitterMs: number | null;
@@ -139,10 +139,13 @@ function stage(label: string, timing: Timing | undefined, arrivedMs: number, off
   return st;
 }
 
+/** metrics: lanes.media.audio_rtp.jitter_buffer.jitter_ms (docs/media.md, "Loopback"). */
 function jitterFrom(stats: unknown): number | null {
-  const j = (stats as { lanes?: { media?: { audio_rtp?: { jitter_ms?: unknown } } } })?.lanes?.media
-    ?.audio_rtp?.jitter_ms;
-  return typeof j === "number" ? j : null;
+  let node: unknown = stats;
+  for (const key of ["lanes", "media", "audio_rtp", "jitter_buffer", "jitter_ms"]) {
+    node = node && typeof node === "object" ? (node as Record<string, unknown>)[key] : undefined;
+  }
+  return typeof node === "number" ? node : null;
 }
 
 function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {

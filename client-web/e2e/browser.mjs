@@ -1,0 +1,161 @@
+// End to end: Debian's Chromium driven by Playwright (playwright-core) through the real client
+// served by a real tidegate, both inside the network namespace that
+// tests/client_web/test_e2e.py creates. The fake microphone plays a recorded sentence, the fake
+// camera shows a face. One session, as short as it can be; what was seen goes to stdout as one
+// JSON line for the pytest side to judge, with screenshots in `shots`.
+//
+//   node e2e/browser.mjs '{"origin": ..., "chromium": ..., "flags": [...], "shots": ...}'
+
+import { chromium } from "playwright-core";
+
+const args = JSON.parse(process.argv[2]);
+const SHORT = 30_000;
+const LONG = 90_000;
+const out = { steps: [], console: [] };
+const t0 = Date.now();
+const step = (name, extra = {}) => out.steps.push({ name, s: (Date.now() - t0) / 1000, ...extra });
+
+async function waitReady(origin) {
+  const deadline = Date.now() + LONG;
+  for (;;) {
+    try {
+      const r = await fetch(`${origin}/readyz`);
+      if (r.status === 200) return;
+      const body = await r.json();
+      if (body.status === "failed") throw new Error(`server failed to start: ${body.error}`);
+    } catch (e) {
+      if (String(e).includes("failed to start")) throw e;
+    }
+    if (Date.now() > deadline) throw new Error("server not ready in time");
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+const turns = (page, who) =>
+  page.$$eval(`[data-testid=turn-${who}]`, (els) => els.map((e) => ({ state: e.dataset.state, text: e.querySelector(".text")?.textContent ?? "" })));
+
+async function main() {
+  await waitReady(args.origin);
+  step("server ready");
+  const browser = await chromium.launch({ executablePath: args.chromium, headless: true, args: args.flags });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  try {
+    await session(page);
+  } catch (e) {
+    await page.screenshot({ path: `${args.shots}/failed.png`, fullPage: true }).catch(() => undefined);
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
+async function session(page) {
+  {
+    page.on("console", (m) => out.console.push(`${m.type()}: ${m.text()}`.slice(0, 300)));
+    page.on("pageerror", (e) => out.console.push(`pageerror: ${e.message}`));
+
+    // The control channel goes through Playwright, so that the test can drop it later.
+    const sockets = [];
+    await page.routeWebSocket(/\/v1\/control$/, (ws) => {
+      sockets.push({ page: ws, server: ws.connectToServer() });
+    });
+
+    await page.goto(args.origin);
+    await page.getByRole("button", { name: "Connect" }).click();
+    await page.waitForSelector("[data-testid=link][data-link=open]", { timeout: SHORT });
+    await page.waitForFunction(() => document.querySelector("[data-testid=link]")?.textContent?.includes("media connected"), null, { timeout: SHORT });
+    out.session = await page.getAttribute("[data-testid=link]", "data-session");
+    step("connected", { session: out.session });
+
+    // The face: a box over the video, inside it.
+    const box = await page.waitForSelector("[data-testid=detection-box][data-label=face] rect", { timeout: LONG });
+    const [b, v] = [await box.boundingBox(), await (await page.$("video")).boundingBox()];
+    out.face = { box: b, video: v, caption: await page.textContent("[data-testid=detections]") };
+    step("face box");
+    await page.screenshot({ path: `${args.shots}/1-face.png` });
+
+    // The spoken sentence: a final in the transcript, then a reply streaming in.
+    await page.waitForFunction(() => [...document.querySelectorAll("[data-testid=turn-user]")].some((e) => e.dataset.state === "final" && e.textContent.length > 4), null, { timeout: LONG });
+    out.transcript = await turns(page, "user");
+    step("final");
+    await page.waitForFunction(() => [...document.querySelectorAll("[data-testid=turn-assistant]")].some((e) => (e.querySelector(".text")?.textContent ?? "").replace("…", "").length > 0), null, { timeout: LONG });
+    out.replyStreaming = await turns(page, "assistant");
+    step("reply streaming");
+    await page.screenshot({ path: `${args.shots}/2-reply.png` });
+
+    // The reply is spoken on the WebRTC track: listen to the <audio>'s stream for a while.
+    out.replyAudio = await page.evaluate(async () => {
+      const el = document.querySelector("[data-testid=reply-audio]");
+      const stream = el.srcObject;
+      if (!stream) return { peak: 0, note: "no stream" };
+      const ctx = new AudioContext();
+      const an = ctx.createAnalyser();
+      ctx.createMediaStreamSource(stream).connect(an);
+      const buf = new Float32Array(an.fftSize);
+      let peak = 0;
+      for (let i = 0; i < 40; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        an.getFloatTimeDomainData(buf);
+        for (const x of buf) peak = Math.max(peak, Math.abs(x));
+      }
+      await ctx.close();
+      return { peak };
+    });
+    step("reply audio", out.replyAudio);
+
+    // Interrupt it (still being spoken: a reply ends only when its audio has played).
+    const interrupt = page.getByRole("button", { name: "Interrupt reply" });
+    if (await interrupt.isEnabled()) {
+      await interrupt.click();
+      await page.waitForSelector("[data-testid=turn-assistant][data-state=cancelled]", { timeout: SHORT });
+    }
+    out.afterInterrupt = await turns(page, "assistant");
+    step("interrupted");
+    await page.screenshot({ path: `${args.shots}/3-interrupted.png` });
+
+    // Drop the control channel (as a network would): the page reconnects and resumes.
+    const first = sockets[0];
+    await first.server.close({ code: 4000, reason: "dropped by the test" });
+    await page.waitForSelector("[data-testid=link][data-resumed='1']", { timeout: SHORT });
+    await page.waitForSelector("[data-testid=link][data-link=open]", { timeout: SHORT });
+    out.resumed = {
+      sockets: sockets.length,
+      session: await page.getAttribute("[data-testid=link]", "data-session"),
+      link: await page.textContent("[data-testid=link]"),
+    };
+    step("resumed", out.resumed);
+
+    // Typed text on the resumed session: another reply.
+    const before = (await turns(page, "assistant")).length;
+    await page.getByLabel("Type a message").fill("Say hello.");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction((n) => {
+      const els = [...document.querySelectorAll("[data-testid=turn-assistant]")];
+      return els.length > n && (els.at(-1).querySelector(".text")?.textContent ?? "").replace("…", "").length > 0;
+    }, before, { timeout: LONG });
+    out.typed = { user: (await turns(page, "user")).at(-1), reply: (await turns(page, "assistant")).at(-1) };
+    step("typed reply");
+
+    out.latency = await page.$eval("[data-testid=latency]", (e) => ({
+      rtt: e.querySelector("[data-testid=rtt]")?.textContent,
+      serverJitter: e.querySelector("[data-testid=server-jitter]")?.textContent,
+      rows: [...e.querySelectorAll("tbody tr")].map((r) => [...r.children].map((c) => c.textContent)),
+    }));
+    out.status = await page.textContent("[data-testid=status]");
+    out.errors = await page.$$eval(".errors li", (els) => els.map((e) => e.textContent));
+    await page.screenshot({ path: `${args.shots}/4-typed.png`, fullPage: true });
+    await page.getByRole("button", { name: "Disconnect" }).click();
+    await page.waitForSelector("[data-testid=link][data-link=closed]", { timeout: SHORT });
+    step("closed");
+  }
+}
+
+main().then(
+  () => console.log(JSON.stringify(out)),
+  (e) => {
+    out.error = String(e && e.stack ? e.stack : e);
+    console.log(JSON.stringify(out));
+    process.exitCode = 1;
+  },
+);
