@@ -49,13 +49,23 @@ PYTRITON = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime==1.32.0")
 
 def pytriton_venv(cache: Path) -> None:
     venv = cache / "pytriton-venv"
-    stamp = venv / (".installed-" + "-".join(PYTRITON).replace("<", "lt").replace("=", ""))
+    stamp = venv / (".installed-p1-" + "-".join(PYTRITON).replace("<", "lt").replace("=", ""))
     if stamp.is_file():
         return
     base = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "--quiet", *PYTRITON], check=True)
+    # pytriton 0.7 cannot pass a zero-size tensor (Whisper's first decoder step has an empty
+    # KV cache) through its shared memory: memoryview.cast fails on a zero in the shape.
+    # Its proxy (also copied into every model it generates) gets a one-line fix.
+    data = next(venv.glob("lib/python*/site-packages/pytriton/proxy/data.py"))
+    text = data.read_text()
+    bug = 'frame.nbytes] = frame.cast("B")'
+    if bug in text:
+        data.write_text(
+            text.replace(bug, 'frame.nbytes] = frame.cast("B") if frame.nbytes else b""')
+        )
     stamp.touch()
 
 

@@ -131,6 +131,7 @@ def main() -> None:
         metrics_port=args.metrics_port,
         allow_gpu_metrics=False,
         exit_on_error=True,
+        exit_timeout_secs=3,
     )
     kwargs = {}
     if args.workspace is not None:

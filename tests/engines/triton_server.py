@@ -5,11 +5,11 @@ again on the same ports (the failure tests)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,21 +19,15 @@ SCRIPT = ROOT / "scripts" / "pytriton_serve.py"
 
 
 def ensure_venv() -> Path:
-    """The pytriton venv's python, built (by fetch_assets.py) if it is missing."""
-    python = VENV / "bin" / "python"
-    if not any(VENV.glob(".installed-*")):
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; sys.path.insert(0, sys.argv[1]); import fetch_assets; "
-                "from pathlib import Path; fetch_assets.pytriton_venv(Path(sys.argv[2]))",
-                str(ROOT / "scripts"),
-                str(ROOT / ".cache"),
-            ],
-            check=True,
-        )
-    return python
+    """The pytriton venv's python, built (by fetch_assets.py) if it is missing or stale."""
+    spec = importlib.util.spec_from_file_location(
+        "fetch_assets", ROOT / "scripts" / "fetch_assets.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.pytriton_venv(ROOT / ".cache")
+    return VENV / "bin" / "python"
 
 
 def free_port() -> int:

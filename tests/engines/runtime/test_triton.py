@@ -1,0 +1,237 @@
+"""The triton runtime against a real Triton server (pytriton's, tests/engines/conftest.py): the
+same answers as the local runtime, the exported repository's configs, and what happens when
+the server is slow, stopped mid-stream, or restarted."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.engine import Failed, Ok, TensorEngine
+from tidegate.engines.errors import DeadlineError, SessionError
+from tidegate.engines.runtime import RuntimeOptions
+from tidegate.engines.runtime.triton import (
+    TritonDeadlineError,
+    TritonUnavailableError,
+    triton_model_name,
+)
+from tidegate.engines.scheduler import BatchPolicy, Scheduler
+from tidegate.engines.service import EngineSpec, build_engine
+from tidegate.engines.triton_export import ExportOptions, export_repository, onnx_signature
+
+from ..asr_audio import read_wav
+from ..triton_server import free_port
+
+LOCAL = RuntimeOptions(providers=("cpu",))
+
+
+def _triton(server: Any, **kw: Any) -> RuntimeOptions:
+    return RuntimeOptions(runtime="triton", triton_url=server.url, **kw)
+
+
+def _frames(assets: Path, n: int) -> list[np.ndarray]:
+    audio = read_wav(assets / "beckett.wav")
+    return [audio[i * 512 : (i + 1) * 512] for i in range(n)]
+
+
+def test_vad_stream_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
+    """A VAD stream (recurrent state carried in each request) gives the local runtime's
+    probabilities and speech events through Triton."""
+    frames = _frames(assets, 120)
+    got = []
+    for rt in (LOCAL, _triton(triton_server)):
+        engine = build_engine(EngineSpec("vad", "silero-vad", runtime=rt), data_dir)
+        engine.load()
+        state, probs = engine.new_state(), []
+        for f in frames:
+            out = engine.run_batch([f], [state])[0]
+            assert isinstance(out, Ok)
+            state = out.state
+            probs.append((round(out.value.probability, 5), out.value.speech))
+        engine.close()
+        got.append(probs)
+    assert got[0] == got[1]
+    assert any(speech for _, speech in got[0])  # the clip has speech
+
+
+def test_whisper_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
+    """Whisper's encoder and step-by-step decoder (KV cache in each request) give the local
+    runtime's tokens through Triton."""
+    audio = read_wav(assets / "beckett.wav", seconds=4.0)
+    tokens = []
+    for rt in (LOCAL, _triton(triton_server, triton_timeout_s=30.0)):
+        engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+        engine.load()
+        out = engine.run_batch([AsrRequest(audio)], [None])[0]
+        engine.close()
+        assert isinstance(out, Ok), out
+        tokens.append(out.value.tokens)
+    assert tokens[0] == tokens[1]
+    assert "tried" in engine.tokenizer.decode(list(tokens[1])).lower()  # type: ignore[attr-defined]
+
+
+def test_slow_server_deadline_and_fallback(triton_server: Any) -> None:
+    """A model slower than triton_timeout_s fails with a deadline error (refuse), or is
+    answered by the local file (fallback); the engine keeps serving either way."""
+    path = triton_server.slow / "tiny.affine.onnx"
+    assert triton_model_name(path) == "slow.tiny.affine"
+    x = {"x": np.arange(4, dtype=np.float32)}
+    local = TensorEngine(path, name="affine", runtime=LOCAL)
+    local.load()
+    expected = local.run_batch([x], [None])[0]
+    assert isinstance(expected, Ok)
+    refuse = TensorEngine(path, name="affine", runtime=_triton(triton_server, triton_timeout_s=0.3))
+    refuse.load()
+    out = refuse.run_batch([x, x], [None, None])
+    assert all(isinstance(o, Failed) and isinstance(o.error, TritonDeadlineError) for o in out)
+    assert isinstance(out[0], Failed) and isinstance(out[0].error, DeadlineError)
+    assert "triton_timeout_s" in str(out[0].error)
+    fallback = TensorEngine(
+        path,
+        name="affine",
+        runtime=_triton(
+            triton_server, triton_timeout_s=0.3, triton_policy="fallback", triton_retry_s=60
+        ),
+    )
+    fallback.load()
+    for _ in range(2):  # the first call waits for Triton, the second goes local at once
+        got = fallback.run_batch([x], [None])[0]
+        assert isinstance(got, Ok)
+        assert np.array_equal(got.value["y"], expected.value["y"])
+    assert fallback.model.fallbacks == 2  # type: ignore[attr-defined]
+    assert "fallback" in fallback.provider
+    for e in (local, refuse, fallback):
+        e.close()
+
+
+def test_server_down_at_load() -> None:
+    """With no server, loading fails with a clear error (refuse) or loads the local file
+    (fallback)."""
+    import tempfile
+
+    from ..conftest import affine_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = affine_model(Path(tmp) / "affine.onnx")
+        rt = RuntimeOptions(runtime="triton", triton_url=f"127.0.0.1:{free_port()}",
+                            triton_timeout_s=2.0)  # fmt: skip
+        with pytest.raises(TritonUnavailableError, match="unavailable"):
+            TensorEngine(path, runtime=rt).load()
+        engine = TensorEngine(path, runtime=replace(rt, triton_policy="fallback"))
+        engine.load()
+        assert isinstance(engine.run_batch([{"x": np.ones(4, np.float32)}], [None])[0], Ok)
+        assert "fallback" in engine.provider
+
+
+async def test_server_stopped_mid_stream_and_restarted(
+    triton_server: Any, data_dir: Path, assets: Path
+) -> None:
+    """Two VAD streams run through Triton, one under each policy; the server stops mid-stream
+    and starts again. refuse: the stream's frames fail with TritonUnavailableError (the
+    session stays open) and new sessions are refused until a call succeeds again; fallback:
+    every frame is answered, with the local runtime's results, state carried across. After
+    the restart both streams are served by Triton again (a new channel)."""
+    frames = _frames(assets, 60)
+    local = build_engine(EngineSpec("vad", "silero-vad", runtime=LOCAL), data_dir)
+    local.load()
+    state, expected = local.new_state(), []
+    for f in frames:
+        out = local.run_batch([f], [state])[0]
+        assert isinstance(out, Ok)
+        state = out.state
+        expected.append(round(out.value.probability, 5))
+    local.close()
+
+    async def start(policy: str) -> Scheduler[Any, Any]:
+        rt = _triton(triton_server, triton_timeout_s=5.0, triton_policy=policy, triton_retry_s=0.5)
+        engine = build_engine(EngineSpec("vad", "silero-vad", runtime=rt), data_dir)
+        sched: Scheduler[Any, Any] = Scheduler(engine, BatchPolicy(batch_wait_s=0.0))
+        await sched.start()
+        sched.open_session("a")
+        return sched
+
+    refuse, fallback = await start("refuse"), await start("fallback")
+    try:
+        got: list[float] = []
+        for f in frames[:20]:
+            assert (await refuse.submit(f, session="a")).probability >= 0
+            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+        await asyncio.to_thread(triton_server.stop)
+        with pytest.raises(TritonUnavailableError, match="unavailable"):
+            await refuse.submit(frames[20], session="a")
+        with pytest.raises(SessionError, match="Triton server"):
+            refuse.open_session("b")
+        for f in frames[20:40]:
+            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+        assert fallback.engine.provider.endswith("(triton fallback)")
+        await asyncio.to_thread(triton_server.start)
+        await asyncio.sleep(0.6)  # past triton_retry_s: Triton is tried again
+        for f in frames[40:]:
+            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+        assert fallback.engine.provider == "triton"
+        assert got == expected
+        assert (await refuse.submit(frames[0], session="a")).probability >= 0
+        refuse.open_session("b")  # admitted again once a call succeeded
+        assert refuse.stats()["failed"] >= 1
+    finally:
+        for s in (refuse, fallback):
+            await s.close()
+        if triton_server.proc is None:
+            await asyncio.to_thread(triton_server.start)
+
+
+def test_exported_repository(data_dir: Path, tmp_path: Path) -> None:
+    """export-triton writes one versioned folder per model file; every config.pbtxt parses as
+    Triton's ModelConfig and matches the model's signature (names, types, dims, batching,
+    scalar reshape), with the TensorRT accelerator when asked."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from tidegate.engines.triton_export import model_files
+
+    # Every default model but the LLMs (reading their 0.25-0.65 GB graphs adds nothing here).
+    files = model_files(data_dir, ["silero-vad", "blazeface", "mtcnn", "whisper-tiny-en"])
+    assert {triton_model_name(f) for f in files} >= {
+        "silero-vad.silero_vad",
+        "blazeface.blazeface",
+        "whisper-tiny-en.encoder",
+        "whisper-tiny-en.decoder",
+    }
+    options = ExportOptions(kind="gpu", tensorrt=True, fp16=True, max_batch_size=32)
+    done = export_repository(files, tmp_path / "repo", options)
+    types = {v: k for k, v in model_config_pb2.DataType.items()}
+    for item in done:
+        folder = tmp_path / "repo" / item.name
+        assert (folder / "1" / "model.onnx").stat().st_size == item.source.stat().st_size
+        config = text_format.Parse(
+            (folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        assert config.name == item.name and config.backend == "onnxruntime"
+        sig = onnx_signature(item.source)
+        assert config.max_batch_size == (32 if item.batched else 0)
+        assert config.HasField("dynamic_batching") == item.batched
+        for declared, specs in ((config.input, sig.inputs), (config.output, sig.outputs)):
+            assert [t.name for t in declared] == [s.name for s in specs]
+            for t, s in zip(declared, specs, strict=True):
+                assert types[t.data_type] == "TYPE_" + {
+                    "float32": "FP32", "int64": "INT64", "float16": "FP16", "int32": "INT32",
+                    "uint8": "UINT8", "bool": "BOOL", "float64": "FP64", "int8": "INT8",
+                }[s.dtype]  # fmt: skip
+                shape = s.shape[1:] if item.batched else s.shape
+                if not shape:
+                    assert list(t.dims) == [1] and t.HasField("reshape")
+                    assert list(t.reshape.shape) == []
+                else:
+                    assert list(t.dims) == [d if isinstance(d, int) else -1 for d in shape]
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        accel = config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert accel[0].name == "tensorrt" and accel[0].parameters["precision_mode"] == "FP16"
+    by_name = {d.name: d for d in done}
+    assert not by_name["silero-vad.silero_vad"].batched  # state [2, B, 128] and scalar sr
+    assert by_name["blazeface.blazeface"].batched
