@@ -172,6 +172,7 @@ class AssistantMode(TranscribeMode):
         s = session.settings
         self.llm: LlmBatcher = engines.llm()
         self.tts = engines.get("tts")
+        self.voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
         self.history: list[dict[str, str]] = []
         self.reply: Reply | None = None
         self._turn: list[str] = []
@@ -280,7 +281,10 @@ class AssistantMode(TranscribeMode):
         messages = self.messages()
         try:
             reply.started_ms = now_ms()
-            gen = self.llm.generate(messages, self._params, session=s.id)
+            if s.caches is not None:  # a greedy reply given before comes back at once
+                gen = await s.caches.generate(self.llm, messages, self._params, session=s.id)
+            else:
+                gen = self.llm.generate(messages, self._params, session=s.id)
             reply.gen = gen
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
@@ -320,7 +324,11 @@ class AssistantMode(TranscribeMode):
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
         """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
-        audio: Array = await self.tts.submit(chunk)
+        caches = self.session.caches
+        if caches is not None:  # text spoken before: its audio at once
+            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice)
+        else:
+            audio = await self.tts.submit(chunk)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)

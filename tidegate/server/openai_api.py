@@ -160,8 +160,8 @@ async def chat_completions(request: Request) -> Response:
         params = _params(body, runtime.settings.llm_default_max_tokens)
         messages = _messages(body)
         session = f"openai:{principal.tenant}:{principal.subject}"
-        try:
-            gen = batcher.generate(messages, params, session=session)
+        try:  # a greedy (temperature 0) request answered before comes from the cache
+            gen = await runtime.cluster.caches.generate(batcher, messages, params, session=session)
         except OverloadedError as e:
             raise ApiError(429, str(e), "rate_limit_error", retry_after_s=e.retry_after_s) from None
         except RequestError as e:

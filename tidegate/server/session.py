@@ -28,6 +28,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .cluster.caches import ResultCaches
     from .limits import Limiter
     from .sensors import SensorLane
 
@@ -84,6 +85,7 @@ class Session:
         self.detached_at: float | None = None
         self.closed = False
         self.recorder = recorder
+        self.caches: ResultCaches | None = None  # the node's TTS and LLM result caches
         self.resumes = 0
         self.dropped_while_detached = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -170,7 +172,10 @@ class Session:
         while True:
             await asyncio.sleep(interval_s)
             if self.attachment is not None:
-                self.emit(Metrics(stats=self.stats()))
+                stats = self.stats()
+                if self.caches is not None:  # the node's result caches: hits and misses
+                    stats["caches"] = self.caches.stats()
+                self.emit(Metrics(stats=stats))
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -254,6 +259,7 @@ class SessionRegistry:
         session_id = f"s_{route}{secrets.token_urlsafe(12)}"
         session = Session(session_id, principal, config, s, recorder=self.recorder)
         self._sessions[session_id] = session
+        session.caches = self.cluster.caches if self.cluster is not None else None
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1
         session.record(
