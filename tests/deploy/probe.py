@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from aioice import turn
 from aiortc import RTCConfiguration, RTCPeerConnection
+from websockets.asyncio.client import connect as ws_connect
 
 from tidegate.protocol.client import Client, RefusedError
 
@@ -151,7 +152,45 @@ async def flood(args: dict[str, Any]) -> dict[str, Any]:
     return {"statuses": statuses}
 
 
-SCENARIOS = {"sticky": sticky, "turn": turn_allocations, "flood": flood}
+async def _create(
+    ws_url: str, token: str, cookie: str | None, body: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """One control connection as a browser makes it (JSON encoding, cookie if it has one):
+    the answer to ``session.create`` and the cookie the handshake set."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if cookie:
+        headers["Cookie"] = cookie
+    async with ws_connect(
+        ws_url, ssl=_tls(), subprotocols=["tidegate.v1.json"], additional_headers=headers
+    ) as ws:
+        set_cookie = ws.response.headers.get("Set-Cookie")
+        await ws.send(json.dumps({"type": "session.create", "id": "c1", **body}))
+        while True:
+            msg = json.loads(await ws.recv())
+            if msg["type"] in ("session.created", "error"):
+                return msg, set_cookie
+
+
+async def cookie(args: dict[str, Any]) -> dict[str, Any]:
+    """A browser-like client that resumes without ?session=: the route cookie set by the node
+    brings each reconnection back to it; a cookie naming the other node does not."""
+    ws_url = args["base"].replace("https://", "wss://") + "/v1/control"
+    created, set_cookie = await _create(
+        ws_url, args["token"], None, {"config": {"mode": "loopback"}}
+    )
+    out: dict[str, Any] = {"session_id": created.get("session_id"), "set_cookie": set_cookie}
+    jar = (set_cookie or "").split(";", 1)[0]
+    resume = {"session_id": created.get("session_id")}
+    out["with_cookie"] = []
+    for _ in range(args["resumes"]):
+        msg, _ = await _create(ws_url, args["token"], jar, resume)
+        out["with_cookie"].append(msg.get("resumed", msg.get("code")))
+    msg, _ = await _create(ws_url, args["token"], args["wrong_cookie"], resume)
+    out["wrong_cookie"] = msg.get("resumed", msg.get("code"))
+    return out
+
+
+SCENARIOS = {"sticky": sticky, "cookie": cookie, "turn": turn_allocations, "flood": flood}
 
 if __name__ == "__main__":
     scenario, raw = sys.argv[1], sys.argv[2]

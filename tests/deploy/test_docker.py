@@ -128,7 +128,7 @@ def test_nodes_routing_ids_and_media_ranges_match_nginx_conf() -> None:
     for name in NODES:
         env = compose["services"][name]["environment"]
         route, ports = env["TIDEGATE_ROUTE_ID"], env["TIDEGATE_ICE_PORTS"]
-        assert re.search(rf"~\^s_{route}\\\.\s+tidegate_{route};", nginx), route
+        assert re.search(rf"\n\s+{route}\s+tidegate_{route};", nginx), route
         block = re.search(rf"upstream tidegate_{route} \{{([^}}]*)\}}", nginx)
         assert block, f"no upstream tidegate_{route}"
         first = re.search(r"^\s*server (\S+)", block.group(1), re.MULTILINE)

@@ -51,6 +51,28 @@ def test_sessions_stay_on_their_node_through_tls(stack: Stack) -> None:
         assert s["elsewhere"] == "not_found", s
 
 
+def test_a_reconnecting_browser_returns_to_its_node_by_cookie(stack: Stack) -> None:
+    """The control handshake sets ``tidegate_route`` (the node's route id); reconnections that
+    carry it (and no ?session=) resume on that node, and one naming the other node cannot."""
+    first = stack.probe(
+        "cookie", base=stack.base, token=stack.token(), resumes=4, wrong_cookie="tidegate_route=x"
+    )
+    node = first["session_id"][2:].split(".", 1)[0]
+    assert first["set_cookie"].startswith(f"tidegate_route={node};"), first
+    assert "HttpOnly" in first["set_cookie"] and "Path=/v1/control" in first["set_cookie"]
+    assert first["with_cookie"] == [True] * 4, first
+    other = next(n for n in NODES if n != node)
+    second = stack.probe(
+        "cookie",
+        base=stack.base,
+        token=stack.token(),
+        resumes=1,
+        wrong_cookie=f"tidegate_route={other}",
+    )
+    assert second["with_cookie"] == [True], second
+    assert second["wrong_cookie"] == "not_found", second
+
+
 def test_turn_credentials_from_the_server_allocate_through_nginx(stack: Stack) -> None:
     """The TURN credentials in ``session.created`` allocate relays on coturn through NGINX's
     stream block over UDP, TCP and TLS; a password the server did not mint is refused."""

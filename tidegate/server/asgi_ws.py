@@ -8,7 +8,7 @@ starlette.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -40,11 +40,14 @@ class AsgiWebSocket:
     def subprotocols(self) -> list[str]:
         return list(self.scope.get("subprotocols") or ())
 
-    async def accept(self, subprotocol: str | None = None) -> None:
+    async def accept(
+        self, subprotocol: str | None = None, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         message = await self._receive()
         if message["type"] != "websocket.connect":
             raise Disconnected()
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
         self.accepted = True
 
     async def receive(self) -> bytes | str:

@@ -59,6 +59,7 @@ from .modes import ENGINE_MODES, resolve_config, start_mode
 from .rtc import ice_servers_for
 from .sensors import SENSOR_TYPES, SensorLane
 from .session import Session
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINE_WARMUP_RETRY_MS = 1_000.0
+ROUTE_COOKIE = "tidegate_route"
 
 
 def now_ms() -> float:
@@ -75,6 +77,15 @@ def now_ms() -> float:
 def _close_reason(text: str) -> str:
     """A close reason must fit in a control frame (123 bytes)."""
     return text.encode()[:120].decode(errors="ignore")
+
+
+def route_cookie(settings: Settings) -> list[tuple[str, str]]:
+    """Behind NGINX, this node's route id as a cookie on the WebSocket handshake: a browser
+    that reconnects to resume its session comes back to this node (nginx/nginx.conf)."""
+    if not settings.route_id:
+        return []
+    cookie = f"{ROUTE_COOKIE}={settings.route_id}; Path=/v1/control; HttpOnly; SameSite=Strict"
+    return [("set-cookie", cookie)]
 
 
 async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
@@ -96,7 +107,7 @@ async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
         await _refuse(ws, negotiated.subprotocol, negotiated.encoding, e)
         return
     try:
-        await ws.accept(subprotocol=negotiated.subprotocol)
+        await ws.accept(subprotocol=negotiated.subprotocol, headers=route_cookie(runtime.settings))
     except Disconnected:
         return
     channel = ControlChannel(ws, runtime, negotiated.encoding, principal)
