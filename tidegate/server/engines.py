@@ -26,15 +26,37 @@ def _policy(s: Settings, engine: str) -> BatchPolicy:
     )
 
 
+def _runtimes(s: Settings) -> dict[str, RuntimeOptions]:
+    """Each engine kind's runtime: ``<engine>_runtime`` or ``engine_runtime``, and for the
+    triton runtime its server (``triton_urls`` entry or ``triton_url``)."""
+    urls: dict[str, str] = {}
+    for item in s.triton_urls:
+        engine, sep, url = item.partition("=")
+        if not sep or engine not in ENGINE_KINDS or not url:
+            raise ValueError(
+                f"triton_urls: {item!r} is not ENGINE=HOST:PORT with ENGINE one of "
+                f"{', '.join(ENGINE_KINDS)}"
+            )
+        urls[engine] = url
+    return {
+        engine: RuntimeOptions(
+            runtime=getattr(s, f"{engine}_runtime") or s.engine_runtime,
+            providers=s.engine_providers or ("auto",),
+            intra_op_threads=s.engine_threads,
+            trt_cache_dir=s.engine_trt_cache_dir or s.data_dir / "trt-cache",
+            triton_url=urls.get(engine, s.triton_url),
+            triton_timeout_s=s.triton_timeout_s,
+            triton_policy=s.triton_policy,
+            triton_retry_s=s.triton_retry_s,
+        )
+        for engine in ENGINE_KINDS
+    }
+
+
 def engine_specs(settings: Settings) -> list[EngineSpec]:
     """The engines ``settings`` asks for; ValueError naming the bad setting otherwise."""
     s = settings
-    runtime = RuntimeOptions(
-        runtime=s.engine_runtime,
-        providers=s.engine_providers or ("auto",),
-        intra_op_threads=s.engine_threads,
-        trt_cache_dir=s.engine_trt_cache_dir or s.data_dir / "trt-cache",
-    )
+    runtimes = _runtimes(s)
     if s.vision_model not in VISION_MODELS:
         raise ValueError(f"vision_model must be one of {VISION_MODELS}, got {s.vision_model!r}")
     specs = []
@@ -45,7 +67,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     "vad",
                     "silero-vad",
                     _policy(s, "vad"),
-                    runtime,
+                    runtimes["vad"],
                     VadSettings(
                         threshold=s.vad_threshold,
                         min_speech_s=s.vad_min_speech_s,
@@ -60,7 +82,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     "vision",
                     s.vision_model,
                     _policy(s, "vision"),
-                    runtime,
+                    runtimes["vision"],
                     score_threshold=s.vision_score_threshold,
                 )
             )
@@ -70,7 +92,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     "asr",
                     "whisper-tiny-en",
                     _policy(s, "asr"),
-                    runtime,
+                    runtimes["asr"],
                     asr_ctx_margin_s=s.asr_ctx_margin_s,
                     asr_ctx_step_s=s.asr_ctx_step_s,
                 )
@@ -86,7 +108,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                 max_context_tokens=s.llm_max_context_tokens,
                 session_cache_items=s.llm_session_cache_items,
             )
-            specs.append(EngineSpec("llm", s.llm_model, runtime=runtime, llm=llm))
+            specs.append(EngineSpec("llm", s.llm_model, runtime=runtimes["llm"], llm=llm))
         elif name == "tts":
             specs.append(
                 EngineSpec(
@@ -99,7 +121,7 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                         deadline_s=s.tts_deadline_s,
                         max_sessions=s.engine_max_sessions,
                     ),
-                    runtime,
+                    runtimes["tts"],
                 )
             )
         else:

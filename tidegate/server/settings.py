@@ -183,7 +183,9 @@ class Settings:
         "TOML file of custom models ([models.NAME] path, inputs, outputs, sha256).", default=None
     )
     engine_runtime: str = _doc(
-        "onnx (ONNX Runtime) or tensorrt (TensorRT, for prebuilt engine files).", default="onnx"
+        "onnx (ONNX Runtime), tensorrt (TensorRT, for prebuilt engine files) or triton (a "
+        "Triton Inference Server, triton_url).",
+        default="onnx",
     )
     engine_providers: tuple[str, ...] = _doc(
         "ONNX Runtime execution providers in order of preference (tensorrt, cuda, cpu), or "
@@ -195,6 +197,33 @@ class Settings:
     )
     engine_trt_cache_dir: Path | None = _doc(
         "TensorRT engine cache folder. Unset: data_dir/trt-cache.", default=None
+    )
+    vad_runtime: str = _doc("The VAD engine's runtime. Unset: engine_runtime.", default="")
+    asr_runtime: str = _doc("The ASR engine's runtime. Unset: engine_runtime.", default="")
+    vision_runtime: str = _doc("The vision engine's runtime. Unset: engine_runtime.", default="")
+    llm_runtime: str = _doc("The LLM engine's runtime. Unset: engine_runtime.", default="")
+    tts_runtime: str = _doc("The TTS engine's runtime. Unset: engine_runtime.", default="")
+    triton_url: str = _doc(
+        "gRPC endpoint (host:port) of the Triton server for engines on the triton runtime "
+        "(docs/triton.md).",
+        default="127.0.0.1:8001",
+    )
+    triton_urls: tuple[str, ...] = _doc(
+        "Per-engine Triton servers, ENGINE=HOST:PORT (comma-separated); others use triton_url.",
+        default=(),
+    )
+    triton_timeout_s: float = _doc(
+        "Client deadline of one Triton call (one batch; a reconnect included).", default=2.0
+    )
+    triton_policy: str = _doc(
+        "When Triton is down or slow: refuse (the call fails, new sessions are refused for "
+        "triton_retry_s) or fallback (the node runs the model locally meanwhile).",
+        default="refuse",
+    )
+    triton_retry_s: float = _doc(
+        "After a failed Triton call, how long the server counts as down before it is tried "
+        "again.",
+        default=5.0,
     )
     engine_max_sessions: int = _doc(
         "Sessions a stateful engine (VAD) keeps state for at once.", default=1024
