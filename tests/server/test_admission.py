@@ -20,6 +20,7 @@ from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import InputText, ResponseDone
 
 from .conftest import LiveServer, make_settings, run_server
+from .test_metrics import documented, samples
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -103,6 +104,11 @@ async def test_saturated_llm_refuses_new_assistant_sessions(live: LiveServer) ->
                 created = await late.create_session({"mode": "transcribe"})
                 assert created.config["mode"] == "transcribe"
             assert live.runtime.admission.refused["llm"] >= 1
+            admin = {"Authorization": f"Bearer {live.token(scopes=('session', 'admin'))}"}
+            async with httpx.AsyncClient(base_url=live.http) as http:
+                got = samples((await http.get("/metrics", headers=admin)).text)
+            assert got[("tidegate_admission_refusals_total", (("engine", "llm"),))] >= 1
+            assert got[("tidegate_engine_queue_depth", (("engine", "llm"),))] >= 1
         finally:
             statuses = await asyncio.gather(*flood)
         assert 200 in statuses
@@ -114,3 +120,28 @@ async def test_saturated_llm_refuses_new_assistant_sessions(live: LiveServer) ->
         created = await later.create_session({"mode": "assistant"})
         assert created.config["mode"] == "assistant"
         await later.close_session()
+
+
+async def test_metrics_show_engines_and_event_stages(live: LiveServer) -> None:
+    """After a spoken-to-text reply, /metrics has the LLM's requests, batch sizes and queue
+    bound, admission refusals by engine, and the reply events' stage histograms."""
+    async with await live.client(token=live.token(subject="m")) as client:
+        await client.create_session({"mode": "assistant"})
+        await client.send(InputText(id="t1", text="Say hello."))
+        await client.wait_for(ResponseDone, timeout_s=60)
+        await client.close_session()
+    admin = {"Authorization": f"Bearer {live.token(scopes=('session', 'admin'))}"}
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        text = (await http.get("/metrics", headers=admin)).text
+    got = samples(text)
+    llm = (("engine", "llm"),)
+    assert got[("tidegate_engine_requests_total", (("engine", "llm"), ("outcome", "completed")))]
+    assert got[("tidegate_engine_queue_capacity", llm)] == 2
+    assert got[("tidegate_engine_batch_size_count", llm)] > 0
+    assert got[("tidegate_engine_run_seconds_count", (("engine", "tts"),))] > 0
+    assert got[("tidegate_engine_wait_seconds_count", (("engine", "tts"),))] > 0
+    delta = (("stage", "total"), ("type", "response.text.delta"))
+    assert got[("tidegate_event_stage_seconds_count", delta)] > 0
+    assert got[("tidegate_event_stage_seconds_sum", delta)] > 0
+    assert got[("tidegate_sessions", (("mode", "assistant"),))] == 0
+    documented(text)

@@ -13,6 +13,7 @@ from starlette.routing import Mount, Route
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
+from .metrics import METRICS_PATH, metrics_endpoint
 from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .rtc import offer_endpoint
 from .runtime import Runtime
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
             Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),

@@ -268,6 +268,7 @@ class ControlChannel:
                 assert session.mode is not None
                 await session.mode.handle(msg)
         except RefusalError as e:
+            self.runtime.refusals[e.code.value] += 1
             self._give_back_credit(msg)
             error = Error(
                 code=e.code.value, message=e.message, ref=msg.id, retry_after_ms=e.retry_after_ms
@@ -389,8 +390,11 @@ class ControlChannel:
             return
         async with self._lock:
             conn = self.conn
+            stages = self.runtime.stage_times
             for msg in session.outbox.take_all():
-                conn.send(msg, now_ms())
+                sent = now_ms()
+                conn.send(msg, sent)
+                stages.observe(msg, sent)
             session.last_seq = conn.last_seq
             await self._send_all()
 

@@ -15,6 +15,7 @@ from .auth import TokenVerifier
 from .cluster import Cluster
 from .db.writer import RecordWriter
 from .limits import Limiter
+from .metrics import ServerMetrics, StageTimes
 from .sensorbus import LocalSensorBus, SensorBus
 from .session import SessionRegistry
 from .settings import Settings
@@ -41,6 +42,10 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = LocalSensorBus()
         self.admission = Admission(settings)
+        self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
+        self.stage_times = StageTimes()
+        self.metrics = ServerMetrics(self)
+        self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
         self.ready = False
         self.draining = False
@@ -55,6 +60,7 @@ class Runtime:
         self._tasks.append(loop.create_task(self.recorder.run(), name="db-writer"))
         self._tasks.append(loop.create_task(self.registry.run_reaper(), name="session-reaper"))
         self._tasks.append(loop.create_task(self._watchdog(), name="send-watchdog"))
+        await self.metrics.start()  # the separate metrics port, if configured
         if self.settings.engines:
             # Load in the background: /healthz answers at once, /readyz once engines are warm.
             self._tasks.append(loop.create_task(self._start_engines(), name="engine-start"))
@@ -107,6 +113,7 @@ class Runtime:
         if self.engines is not None:
             await self.engines.close()
         await self.sensor_bus.close()  # the sessions closed their subscriptions already
+        await self.metrics.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -228,6 +228,7 @@ class SessionRegistry:
         self.resumed = 0
         self.expired = 0
         self.refused = 0
+        self.removed_hooks: list[Callable[[Session], None]] = []  # e.g. metrics' totals
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -309,6 +310,8 @@ class SessionRegistry:
             session.record(
                 SessionEnded(status=status, reason=reason, stats=plain_json(session.stats()))
             )
+            for hook in self.removed_hooks:
+                hook(session)
 
     async def expire(self) -> int:
         """Close detached sessions whose resume window has passed; returns how many."""
