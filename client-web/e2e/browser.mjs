@@ -84,7 +84,7 @@ async function session(page) {
     step("reply streaming");
     await page.screenshot({ path: `${args.shots}/2-reply.png` });
 
-    // The reply is spoken on the WebRTC track: listen to the <audio>'s stream for a while.
+    // The reply is spoken on the WebRTC track: listen to the <audio>'s stream.
     out.replyAudio = await page.evaluate(async () => {
       const el = document.querySelector("[data-testid=reply-audio]");
       const stream = el.srcObject;
@@ -94,7 +94,8 @@ async function session(page) {
       ctx.createMediaStreamSource(stream).connect(an);
       const buf = new Float32Array(an.fftSize);
       let peak = 0;
-      for (let i = 0; i < 40; i++) {
+      // Until it is clearly audible (at most 4 s): the reply must still be running after.
+      for (let i = 0; i < 80 && peak < 0.05; i++) {
         await new Promise((r) => setTimeout(r, 50));
         an.getFloatTimeDomainData(buf);
         for (const x of buf) peak = Math.max(peak, Math.abs(x));
