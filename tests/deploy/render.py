@@ -1,4 +1,5 @@
-"""Render the shipped nginx/ files for a test: only addresses and file paths change.
+"""Render the shipped nginx/ files for a test: only addresses, file paths and NGINX's worker
+count change.
 
 Every replacement must match the shipped text, so a config that drifts from what the tests
 expect fails here instead of being tested half-rendered.
@@ -36,6 +37,9 @@ def render_nginx(
         text = _replace(text, f"{name}:", f"{addr}:")
     text = _replace(text, "coturn:3478", f"{coturn_addr}:3478")
     text = _replace(text, SHIPPED_TLS_DIR, f"{tls_dir}/")
+    # Two workers whatever the machine: with reuseport each worker holds a socket per media
+    # port, and the test process's open-file limit is not a server's.
+    text = _replace(text, "worker_processes auto;", "worker_processes 2;")
     if STREAM_MODULE.exists():
         text = f"load_module {STREAM_MODULE};\n" + text
     return text
