@@ -18,7 +18,7 @@ from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
-from .web import DEV_TOKEN_PATH, WebApp, dev_token, web_dir
+from .web import DEV_TOKEN_PATH, WebApp, dev_token_endpoint, web_dir
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
             Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),
-            Route(DEV_TOKEN_PATH, dev_token, methods=["POST"]),
+            Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),
             Mount("/", WebApp(web_dir(settings))),  # last: the browser client's files
         ],
         lifespan=lifespan,

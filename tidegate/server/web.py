@@ -11,8 +11,10 @@ any other address). Browsers keep the token in memory only.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -53,29 +55,36 @@ def dev_login_enabled(settings: Settings) -> bool:
         return False
 
 
-async def dev_token(request: Request) -> Response:
-    """A short-lived session token for the development login (404 when it is off)."""
-    runtime: Runtime = request.app.state.runtime
-    settings = runtime.settings
-    if not dev_login_enabled(settings):
-        return JSONResponse(
-            {"error": {"code": "not_found", "message": "the development login is off"}}, 404
+def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /v1/dev/token``: a short-lived session token, or 404 when the login is off.
+
+    The signing key is read here, once, at start-up (never per request on the event loop).
+    """
+    key = load_or_create_secret(settings) if dev_login_enabled(settings) else None
+
+    async def dev_token(request: Request) -> Response:
+        if key is None:
+            return JSONResponse(
+                {"error": {"code": "not_found", "message": "the development login is off"}}, 404
+            )
+        runtime: Runtime = request.app.state.runtime
+        origin = request.headers.get("origin")
+        if not runtime.origin_allowed(origin, request.headers.get("host")):
+            message = f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
+            return JSONResponse({"error": {"code": "forbidden", "message": message}}, 403)
+        token = mint_token(
+            key,
+            subject=DEV_SUBJECT,
+            tenant=DEV_TENANT,
+            scopes=[SCOPE_SESSION],
+            ttl_s=settings.dev_login_ttl_s,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
         )
-    origin = request.headers.get("origin")
-    if not runtime.origin_allowed(origin, request.headers.get("host")):
-        message = f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
-        return JSONResponse({"error": {"code": "forbidden", "message": message}}, 403)
-    token = mint_token(
-        load_or_create_secret(settings),
-        subject=DEV_SUBJECT,
-        tenant=DEV_TENANT,
-        scopes=[SCOPE_SESSION],
-        ttl_s=settings.dev_login_ttl_s,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-    )
-    body = {"token": token, "expires_in_s": settings.dev_login_ttl_s}
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        body = {"token": token, "expires_in_s": settings.dev_login_ttl_s}
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    return dev_token
 
 
 class WebApp:
@@ -89,7 +98,8 @@ class WebApp:
         self.files = StaticFiles(directory=directory, html=True, check_dir=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not (self.directory / "index.html").is_file():
+        index = self.directory / "index.html"
+        if scope["type"] == "http" and not await anyio.to_thread.run_sync(index.is_file):
             if scope["path"] == "/":
                 page = NOT_BUILT_PAGE.format(path=self.directory)
                 await HTMLResponse(page, status_code=404)(scope, receive, send)
