@@ -328,7 +328,9 @@ class ControlChannel:
                 raise
             await cluster.register(session, ticket)
             session.mode = start_mode(session, engines)
-            session.sensors = SensorLane(session, self.runtime.sensor_bus, registry.get)
+            session.sensors = SensorLane(
+                session, self.runtime.sensor_bus, registry.get, self.runtime.cluster.held_elsewhere
+            )
             interval = self.runtime.settings.metrics_interval_s
             if interval > 0:
                 session.spawn(session.run_metrics(interval), "metrics")

@@ -16,7 +16,7 @@ from .cluster import Cluster
 from .db.writer import RecordWriter
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
-from .sensorbus import LocalSensorBus, SensorBus
+from .sensorbus import SensorBus
 from .session import SessionRegistry
 from .settings import Settings
 
@@ -40,7 +40,7 @@ class Runtime:
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.counters: Counter[str] = Counter()
-        self.sensor_bus: SensorBus = LocalSensorBus()
+        self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
         self.stage_times = StageTimes()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tidegate.protocol import ClientMessage
@@ -54,12 +54,17 @@ class SensorLane:
     """See the module docstring. ``lookup`` finds a session of this node by id."""
 
     def __init__(
-        self, session: Session, bus: SensorBus, lookup: Callable[[str], Session | None]
+        self,
+        session: Session,
+        bus: SensorBus,
+        lookup: Callable[[str], Session | None],
+        elsewhere: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         s = session.settings
         self.session = session
         self.bus = bus
         self.lookup = lookup
+        self.elsewhere = elsewhere  # (session id, tenant): held by another node of the cluster?
         self.batcher = SensorBatcher(
             session.record, max_readings=s.sensor_batch_max_readings, max_age_s=s.sensor_batch_max_s
         )
@@ -82,7 +87,7 @@ class SensorLane:
             self._reading(msg)
         elif kind is SensorSubscribe:
             assert isinstance(msg, SensorSubscribe)
-            self._subscribe(msg)
+            await self._subscribe(msg)
         elif kind is SensorUnsubscribe:
             assert isinstance(msg, SensorUnsubscribe)
             self._unsubscribe(msg.session_id)
@@ -131,11 +136,15 @@ class SensorLane:
         self.session.return_credit(upload_size(msg))
 
     # -- subscriptions --------------------------------------------------------------------------
-    def _subscribe(self, msg: SensorSubscribe) -> None:
+    async def _subscribe(self, msg: SensorSubscribe) -> None:
         s = self.session
         target = self.lookup(msg.session_id)
         # Another tenant's session looks exactly like a missing one: no existence oracle.
-        if target is None or target.closed or target.tenant != s.tenant:
+        if target is None and self.elsewhere is not None:
+            remote = await self.elsewhere(msg.session_id, s.tenant)  # the cluster's directory
+        else:
+            remote = False
+        if not remote and (target is None or target.closed or target.tenant != s.tenant):
             raise NotFoundError(f"sensor.subscribe: no session {msg.session_id!r} to subscribe to")
         old = self._subs.get(msg.session_id)
         if old is None and len(self._subs) >= s.settings.sensor_max_subscriptions:

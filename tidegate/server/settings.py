@@ -473,6 +473,10 @@ class Settings:
         "node's max_sessions applies.",
         default=None,
     )
+    cluster_sensor_backlog_readings: int = _doc(
+        "Sensor readings waiting to be published to Redis; more drop the oldest (counted).",
+        default=1024,
+    )
     result_caches: bool = _doc(
         "Cache TTS audio of repeated text and greedy (temperature 0) LLM completions.",
         default=True,
@@ -559,6 +563,11 @@ class Settings:
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
         self._validate_media()
         self._validate_engines()
+        if self.cluster_node_ttl_s <= self.cluster_heartbeat_s:
+            raise ConfigError(
+                f"cluster_node_ttl_s ({self.cluster_node_ttl_s:g}) must exceed "
+                f"cluster_heartbeat_s ({self.cluster_heartbeat_s:g}), or live nodes expire"
+            )
 
     def _validate_engines(self) -> None:
         from .engines import engine_specs

@@ -7,6 +7,7 @@ test uses tenants and subjects of its own, so that their counts do not meet.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from tidegate.protocol.client import RefusedError
+from tidegate.protocol.messages import InputSensor, SensorReading, SensorSubscribe
 
 from .nodes import Node
 from .redis_server import eventually
@@ -152,3 +154,49 @@ async def test_killed_nodes_sessions_expire_from_the_directory(
             await c3.create_session({"mode": "loopback"})
     finally:
         doomed.stop()
+
+
+async def test_sensor_readings_cross_nodes_in_order_and_stay_in_their_tenant(
+    pair: tuple[Node, Node],
+) -> None:
+    """A subscriber on node B receives what a session on node A publishes, each channel in
+    order; another tenant's sensor.subscribe to that session is not_found."""
+    a, b = pair
+    kiosk = await a.client(token=a.token(tenant="sense", subject="kiosk"))
+    pub = (await kiosk.create_session({"mode": "loopback"})).session_id
+    dash = await b.client(token=b.token(tenant="sense", subject="dash"))
+    await dash.create_session({"mode": "loopback"})
+    eve = await b.client(token=b.token(tenant="sense-other", subject="eve"))
+    await eve.create_session({"mode": "loopback"})
+    with pytest.raises(RefusedError) as e:
+        await eve.request(SensorSubscribe(id="e1", session_id=pub))
+    assert e.value.error.code == "not_found"
+    await dash.send(SensorSubscribe(session_id=pub, channels=("temp",)))
+    ts = 0.0
+
+    async def publish(n: int) -> None:
+        nonlocal ts
+        for _ in range(n):
+            ts += 1.0
+            await kiosk.send(InputSensor(channel="temp", ts=ts, values=(ts, -ts)))
+            await kiosk.send(InputSensor(channel="hum", ts=ts, values=(1.0,)))
+
+    first = None
+    for _ in range(100):  # the subscription reaches Redis within a poll of node B's listener
+        await publish(2)
+        with contextlib.suppress(TimeoutError):
+            first = await dash.wait_for(SensorReading, timeout_s=0.3)
+            break
+    assert first is not None and first.session_id == pub and first.channel == "temp"
+    assert first.values == (first.ts, -first.ts)
+    await publish(60)
+    seen = [first.ts]
+    while seen[-1] < ts:
+        reading = await dash.wait_for(SensorReading, timeout_s=10)
+        assert reading.channel == "temp" and reading.values == (reading.ts, -reading.ts)
+        seen.append(reading.ts)
+    assert seen == sorted(set(seen))  # in order, none twice
+    bus = (await b.cluster())["node"]["sensor_bus"]
+    assert bus["received"] >= len(seen) and bus["redis_channels"] >= 1
+    for c in (kiosk, dash, eve):
+        await c.close()

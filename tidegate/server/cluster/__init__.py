@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..auth import Principal
 from ..errors import NotFoundError, OverloadedError, RateLimitedError
+from ..sensorbus import LocalSensorBus
 from .caches import ResultCaches
 from .directory import (
     ADMITTED,
@@ -27,6 +28,7 @@ from .directory import (
 )
 from .link import RedisDownError, RedisLink
 from .ratelimit import RedisBuckets
+from .sensorbus import RedisSensorBus
 
 if TYPE_CHECKING:
     from ..limits import Limiter
@@ -115,6 +117,13 @@ class Cluster:
         else:
             self.directory = LocalDirectory(self.node_id)
         self.caches = ResultCaches(s, self.link)
+        self.sensor_bus: LocalSensorBus | RedisSensorBus = (
+            LocalSensorBus()
+            if self.link is None
+            else RedisSensorBus(
+                self.link, self.node_id, backlog_readings=s.cluster_sensor_backlog_readings
+            )
+        )
         registry.cluster = self
 
     @property
@@ -125,8 +134,11 @@ class Cluster:
         if self.link is not None:
             await self.link.start()
         await self.directory.start()
+        if isinstance(self.sensor_bus, RedisSensorBus):
+            await self.sensor_bus.start()
 
     async def close(self) -> None:
+        await self.sensor_bus.close()
         await self.caches.close()
         await self.directory.close()
         if self.link is not None:
@@ -239,6 +251,10 @@ class Cluster:
                 owner,
             )
 
+    async def held_elsewhere(self, session_id: str, tenant: str) -> bool:
+        """``session_id`` is ``tenant``'s and lives on another node (sensor subscriptions)."""
+        return await self.where(session_id, tenant) is not None
+
     async def nodes(self) -> list[dict[str, Any]]:
         if self.link is None:
             return [{"node_id": self.node_id, **{k: str(v) for k, v in self.load().items()}}]
@@ -250,6 +266,7 @@ class Cluster:
             "shared": self.shared,
             "directory": self.directory.stats(),
             "caches": self.caches.stats(),
+            "sensor_bus": self.sensor_bus.stats(),
         }
         if self.link is not None:
             out["redis"] = self.link.stats()
