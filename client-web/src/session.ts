@@ -21,6 +21,8 @@ export const STATS_INTERVAL_MS = 1000;
 /** Reconnection waits, then the last one repeats until the session's resume window ends. */
 export const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000];
 const DEFAULT_RESUME_S = 30;
+/** How long session.close waits for the server to close the socket. */
+const STOP_GRACE_MS = 2000;
 /** Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes"). */
 const FINAL_CLOSES = new Set([1000, 4400, 4403]);
 
@@ -87,10 +89,15 @@ export class TidegateSession {
   /** Close the session for good (session.close), then everything local. */
   stop(): void {
     this.closing = true;
-    if (this.ws?.readyState === WebSocket.OPEN && this.sessionId) this.send({ type: "session.close", id: this.id() });
-    else this.ws?.close(1000);
     this.teardownMedia();
     this.clearTimers();
+    const ws = this.ws;
+    if (ws?.readyState === WebSocket.OPEN && this.sessionId) {
+      // The server answers session.closed and closes; if it does not, we do.
+      this.send({ type: "session.close", id: this.id() });
+      const timer = setTimeout(() => ws.close(1000), STOP_GRACE_MS);
+      this.timers.add(timer);
+    } else ws?.close(1000);
     this.sessionId = null;
   }
 
