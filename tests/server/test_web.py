@@ -45,6 +45,20 @@ async def test_dev_login_off_answers_404_and_refuses_foreign_origins(tmp_path: P
         assert same.status_code == 200
 
 
+async def test_dev_login_auto_refuses_proxied_requests(tmp_path: Path) -> None:
+    """``auto`` answers 404 to a request a proxy forwarded; ``on`` does not ask."""
+    proxied = {"X-Forwarded-For": "203.0.113.9"}
+    async with run_server(make_settings(tmp_path)) as live, httpx.AsyncClient() as http:
+        r = await http.post(f"{live.http}/v1/dev/token", headers=proxied)
+        assert r.status_code == 404 and "unproxied" in r.json()["error"]["message"]
+        for header in ("Forwarded", "X-Real-IP"):
+            r = await http.post(f"{live.http}/v1/dev/token", headers={header: "for=203.0.113.9"})
+            assert r.status_code == 404
+    on = make_settings(tmp_path, dev_login="on")
+    async with run_server(on) as live, httpx.AsyncClient() as http:
+        assert (await http.post(f"{live.http}/v1/dev/token", headers=proxied)).status_code == 200
+
+
 def test_dev_login_auto_is_on_only_on_loopback() -> None:
     """``auto`` serves tokens on 127.0.0.1, ::1 and localhost, never on another address."""
     on = [Settings(host=h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2")]

@@ -69,7 +69,8 @@ class Settings:
     max_message_bytes: int = _doc("Largest control message accepted.", default=1_048_576)
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
-        "browser client): auto (on only when host is a loopback address), on, or off (404).",
+        "browser client): auto (on only when host is a loopback address, for local requests "
+        "no proxy forwarded), on, or off (404).",
         default="auto",
     )
     dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)

@@ -4,8 +4,10 @@ The client (``client-web/``, built by ``make web`` into ``client-web/dist``) is 
 files; when it has not been built, ``/`` says how to build it. ``POST /v1/dev/token`` mints a
 short-lived ``session`` token for whoever can reach the server, so that the page can connect
 without an identity provider. It is meant for the embedded default: ``dev_login`` ``auto`` turns
-it on only when the server listens on a loopback address; ``off`` answers 404 (as does ``auto`` on
-any other address). Browsers keep the token in memory only.
+it on only when the server listens on a loopback address, and then answers only requests from
+loopback that no proxy forwarded (no ``Forwarded``/``X-Forwarded-For``/``X-Real-IP``: NGINX in
+front of a loopback server must not hand tokens to the world); ``off`` answers 404 (as does
+``auto`` elsewhere). Browsers keep the token in memory only.
 """
 
 from __future__ import annotations
@@ -47,12 +49,26 @@ def dev_login_enabled(settings: Settings) -> bool:
     """``on``; ``off``; ``auto``: on when the listening address is loopback."""
     if settings.dev_login != "auto":
         return settings.dev_login == "on"
-    if settings.host == "localhost":
+    return _is_loopback(settings.host)
+
+
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(settings.host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _direct_local(request: Request) -> bool:
+    """The request comes from this machine, not through a proxy (that would put others
+    behind a loopback peer address)."""
+    peer = request.client.host if request.client else ""
+    return _is_loopback(peer) and not any(h in request.headers for h in FORWARDING_HEADERS)
 
 
 def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
@@ -66,6 +82,17 @@ def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Resp
         if key is None:
             return JSONResponse(
                 {"error": {"code": "not_found", "message": "the development login is off"}}, 404
+            )
+        if settings.dev_login == "auto" and not _direct_local(request):
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": "not_found",
+                        "message": "the development login answers only local, unproxied "
+                        "requests (TIDEGATE_DEV_LOGIN=on to open it further)",
+                    }
+                },
+                404,
             )
         runtime: Runtime = request.app.state.runtime
         origin = request.headers.get("origin")
