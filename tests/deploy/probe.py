@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import httpx
 from aioice import turn
 from aiortc import RTCConfiguration, RTCPeerConnection
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
 
 from tidegate.protocol.client import Client, RefusedError
 
@@ -190,7 +192,44 @@ async def cookie(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"sticky": sticky, "cookie": cookie, "turn": turn_allocations, "flood": flood}
+async def ws_flood(args: dict[str, Any]) -> dict[str, Any]:
+    """Many control WebSockets opened at once from one address and held open until every
+    attempt has its answer: past NGINX's limits the handshakes are refused (429)."""
+    ws_url = args["base"].replace("https://", "wss://") + "/v1/control"
+    headers = {"Authorization": f"Bearer {args['token']}"}
+    held: list[ClientConnection] = []
+    statuses: dict[str, int] = {}
+
+    async def one() -> None:
+        try:
+            ws = await ws_connect(
+                ws_url,
+                ssl=_tls(),
+                subprotocols=["tidegate.v1.json"],
+                additional_headers=headers,
+                open_timeout=30,
+            )
+        except InvalidStatus as e:
+            status = str(e.response.status_code)
+        else:
+            held.append(ws)
+            status = "101"
+        statuses[status] = statuses.get(status, 0) + 1
+
+    try:
+        await asyncio.gather(*(one() for _ in range(args["connections"])))
+    finally:
+        await asyncio.gather(*(ws.close() for ws in held))
+    return {"statuses": statuses}
+
+
+SCENARIOS = {
+    "sticky": sticky,
+    "cookie": cookie,
+    "turn": turn_allocations,
+    "flood": flood,
+    "ws_flood": ws_flood,
+}
 
 if __name__ == "__main__":
     scenario, raw = sys.argv[1], sys.argv[2]

@@ -121,10 +121,21 @@ def test_relay_only_browser_reaches_a_node_through_coturn(stack: Stack, tmp_path
     assert inbound["totalAudioEnergy"] > 0, inbound
 
 
-def test_rate_limit_refuses_a_flood(stack: Stack) -> None:
-    """A burst far above ``limit_req`` from one address: NGINX answers part of it 429 and
-    serves the rest (which the nodes answer)."""
-    out = stack.probe("flood", base=stack.base, requests=300, connections=32)
+def test_connection_limits_refuse_a_flood_of_websockets(stack: Stack) -> None:
+    """100 control WebSockets at once from one address, held open: NGINX's ``limit_conn``
+    (64 per address) and ``limit_req`` refuse the rest with 429; the accepted ones are real
+    control channels."""
+    out = stack.probe("ws_flood", base=stack.base, token=stack.token(), connections=100)
+    statuses = out["statuses"]
+    assert set(statuses) <= {"101", "429"}, statuses
+    assert 0 < statuses.get("101", 0) <= 64, statuses
+    assert statuses.get("429", 0) >= 36, statuses
+
+
+def test_rate_limit_refuses_a_flood_of_requests(stack: Stack) -> None:
+    """A burst far above ``limit_req`` (20/s, burst 40) from one address: NGINX answers part
+    of it 429 and passes the rest to the nodes."""
+    out = stack.probe("flood", base=stack.base, requests=400, connections=60)
     statuses = out["statuses"]
     assert statuses.get("429", 0) > 0, statuses
     assert statuses.get("200", 0) > 0, statuses
