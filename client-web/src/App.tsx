@@ -230,7 +230,16 @@ function TurnItem({ turn }: { turn: Turn }) {
   return (
     <li className={`turn ${turn.who}`} data-state={state} data-testid={`turn-${turn.who}`}>
       <span className="who">{who}</span>
-      <span className="text">{turn.text || (turn.live ? "…" : "")}</span>
+      {turn.heard !== undefined ? (
+        <span className="text">
+          {turn.heard}
+          <span className="unheard" title="not spoken: the reply was cut here">
+            {turn.text.slice(turn.heard.length)}
+          </span>
+        </span>
+      ) : (
+        <span className="text">{turn.text || (turn.live ? "…" : "")}</span>
+      )}
       {turn.status === "cancelled" && <span className="tag">interrupted</span>}
       {turn.status === "failed" && <span className="tag bad">failed</span>}
     </li>

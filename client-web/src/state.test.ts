@@ -41,7 +41,7 @@ describe("reduce", () => {
     expect(s.turns.at(-1)).toEqual({ key: "r_1", who: "assistant", text: "Paris is the capital", live: true });
     const cut = run([ev({ type: "response.done", response_id: "r_1", status: "cancelled", text: "Paris is" })], s);
     expect(cut.activeResponse).toBeNull();
-    expect(cut.turns.at(-1)).toMatchObject({ text: "Paris is the capital", live: false, status: "cancelled" });
+    expect(cut.turns.at(-1)).toMatchObject({ text: "Paris is the capital", live: false, status: "cancelled", heard: "Paris is" });
     expect(cut.announcement).toBe("Reply interrupted.");
     const done = run([ev({ type: "response.done", response_id: "r_1", status: "completed", text: "Paris is the capital." })], s);
     expect(done.turns.at(-1)).toMatchObject({ text: "Paris is the capital.", status: "completed" });

@@ -14,6 +14,8 @@ export interface Turn {
   /** user: a partial still growing; assistant: still streaming. */
   live: boolean;
   status?: "completed" | "cancelled" | "failed";
+  /** A cut reply: the part the user heard before the cut (a prefix of `text`). */
+  heard?: string;
 }
 
 export interface Stage {
@@ -206,9 +208,12 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
     }
     case "response.done": {
       const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);
-      // cancelled: `text` is what was spoken before the cut; keep what was shown, mark it.
-      const text = m.status === "cancelled" ? (prev?.text ?? m.text) : m.text || (prev?.text ?? "");
+      // cancelled: `text` is what was heard before the cut; keep what was shown, and say
+      // which part of it was heard.
+      const cut = m.status === "cancelled";
+      const text = cut ? (prev?.text ?? m.text) : m.text || (prev?.text ?? "");
       const turn: Turn = { key: m.response_id, who: "assistant", text, live: false, status: m.status };
+      if (cut && text.startsWith(m.text)) turn.heard = m.text;
       const words = { completed: "Reply finished.", cancelled: "Reply interrupted.", failed: "The reply failed." };
       return {
         ...s,
