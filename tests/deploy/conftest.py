@@ -179,6 +179,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 data.mkdir()
                 env = {
                     **os.environ,
+                    "PYTHONPATH": str(ROOT),  # the tidegate these tests come with
                     "TIDEGATE_HOST": addr,
                     "TIDEGATE_PORT": str(HTTP_PORT),
                     "TIDEGATE_ROUTE_ID": node,
