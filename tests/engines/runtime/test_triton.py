@@ -235,3 +235,21 @@ def test_exported_repository(data_dir: Path, tmp_path: Path) -> None:
     by_name = {d.name: d for d in done}
     assert not by_name["silero-vad.silero_vad"].batched  # state [2, B, 128] and scalar sr
     assert by_name["blazeface.blazeface"].batched
+
+
+def test_side_by_side_bench(triton_server: Any, data_dir: Path, capsys: Any) -> None:
+    """The local-versus-triton bench reports latency of both, the added latency and the
+    agreement per engine, VAD streams on both runtimes and the unary/stream round trips."""
+    import json
+
+    from tidegate.engines import triton_bench
+
+    argv = ["--triton-url", triton_server.url, "--data-dir", str(data_dir), "--json"]
+    argv += ["--engines", "vad", "--vad-frames", "20", "--streams", "2"]
+    assert triton_bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    vad = report["engines"]["vad"]
+    assert vad["requests"] == 20 and vad["agreeing"] == 20
+    assert {"p50", "p99"} <= set(vad["added_ms"]) and vad["triton_ms"]["p50"] > 0
+    assert set(report["vad_streams"]) == {"local", "triton"}
+    assert report["grpc_unary_vs_stream"]["calls"] == 20

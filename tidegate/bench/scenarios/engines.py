@@ -25,6 +25,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per engine")
     p.add_argument("--providers", default="cpu", help="execution providers, in order")
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
+    p.add_argument(
+        "--triton-url",
+        help="also run the same requests locally and through this Triton server, side by "
+        "side (python -m tidegate.engines.triton_bench; docs/triton.md)",
+    )
 
 
 @scenario(
@@ -39,14 +44,25 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         command += [f"--{flag}", str(getattr(args, flag))]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
+    results = await _child(command, args.timeout_s)
+    if args.triton_url:
+        command = [sys.executable, "-m", "tidegate.engines.triton_bench", "--json"]
+        command += ["--triton-url", args.triton_url, "--threads", str(args.threads)]
+        if args.data_dir:
+            command += ["--data-dir", args.data_dir]
+        results["triton"] = await _child(command, args.timeout_s)
+    return results
+
+
+async def _child(command: list[str], timeout_s: float) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), args.timeout_s)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise SystemExit(f"engines bench did not finish within {args.timeout_s} s") from None
+        raise SystemExit(f"{command[2]} did not finish within {timeout_s} s") from None
     if proc.returncode != 0:
-        raise SystemExit(f"engines bench failed (exit {proc.returncode})")
+        raise SystemExit(f"{command[2]} failed (exit {proc.returncode})")
     results: dict[str, Any] = json.loads(out)
     return results
