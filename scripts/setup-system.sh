@@ -16,6 +16,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -x /usr/bin/turnserver ] || need+=(coturn)
+# redis-server: the cluster tests (tests/server/cluster/) use the Redis on 127.0.0.1:6379 when
+# one answers, else start their own on a free loopback port (never a system service).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()

@@ -1,6 +1,6 @@
 """One live server for the bench tests that drive a server they did not start (``--url``
 style): ``tidegate serve`` in a child process with the assistant's engines and vision, shared
-by the module, reached only over loopback."""
+by the bench tests, reached only over loopback."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """A server with the vad, asr, llm, tts and vision engines; vision looks 5 times a second."""
     key = secrets.token_hex(32)

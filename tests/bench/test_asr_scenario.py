@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tidegate.bench.report import load_report
 
 
 def test_asr_scenario_report(tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_asr_scenario_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("asr-*.json")
-    report = json.loads(path.read_text())
+    report = load_report(path)
     assert report["scenario"] == "asr"
     results = report["results"]
     assert results["clip_s"] == 4.0
@@ -47,3 +48,6 @@ def test_asr_scenario_report(tmp_path: Path) -> None:
     assert level["partial_latency_ms"]["n"] + level["words_final_only"] == 14
     assert level["cpu_s_per_audio_s"] > 0
     assert level["finals"] >= 2
+    assert len(level["eos_to_final_ms"]["samples"]) == eos["n"]
+    assert level["load"]["server_cpu_s_per_s"] > 0 and level["load"]["generator_cpu_s_per_s"] > 0
+    assert level["real_time_held"] is True and results["real_time_lost_at"] is None

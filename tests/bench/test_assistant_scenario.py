@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tidegate.bench.report import load_report
 
 
 def test_assistant_scenario_report(tmp_path: Path) -> None:
     """`tidegate bench assistant` with one session and one question reports the latencies
     from the end of speech to the final, the first token and the first reply audio, with
-    the per-stage breakdown, and a completed reply that answers the question."""
+    the per-stage breakdown, and a completed reply that answers the question; over the
+    control channel and over WebRTC."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -32,7 +34,7 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("assistant-*.json")
-    report = json.loads(path.read_text())
+    report = load_report(path)
     assert report["scenario"] == "assistant"
     [level] = report["results"]["levels"]
     assert level["sessions"] == 1 and level["turns"] == 1 and level["errors"] == []
@@ -44,3 +46,11 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
     for name, stage in level["stages"].items():
         assert stage["n"] == 1 and stage["p50"] >= 0, name
     assert level["server_cpu_s"] > 0
+    assert level["token_interval_ms"]["n"] >= 1  # the reply came in more than one delta
+    assert level["load"]["server_cpu_s_per_s"] > 0 and level["load"]["server_rss_mb"] > 0
+    assert isinstance(level["real_time_held"], bool)
+    # the same question over WebRTC: Opus up, the reply heard on the client's inbound track
+    [rtc] = report["results"]["rtc"]["levels"]
+    assert rtc["errors"] == [] and rtc["completed"] == 1, rtc["heard_and_replied"]
+    assert rtc["connect_ms"]["n"] == 1
+    assert 0 < rtc["eos_to_final_ms"]["p50"] < rtc["eos_to_first_audio_ms"]["p50"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from tidegate.bench.report import load_report
 
 
 def test_control_scenario_report(tmp_path: Path) -> None:
@@ -34,7 +35,7 @@ def test_control_scenario_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("control-*.json")
-    report = json.loads(path.read_text())
+    report = load_report(path)
     assert report["scenario"] == "control"
     assert report["environment"]["cpus"] >= 1
     results = report["results"]

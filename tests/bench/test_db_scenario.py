@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tidegate.bench.report import load_report
 
 
 @pytest.mark.slow
@@ -38,7 +39,7 @@ def test_db_scenario_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("db-*.json")
-    results = json.loads(path.read_text())["results"]
+    results = load_report(path)["results"]
     for backend in ("sqlite", "postgresql"):
         t = results["throughput"][backend]
         assert t["flushed"] and t["records"] >= 500 and t["records_per_s"] > 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tidegate.bench.report import load_report
 
 
 @pytest.mark.slow
@@ -35,7 +36,7 @@ def test_echo_scenario_report(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("echo-*.json")
-    results = json.loads(path.read_text())["results"]
+    results = load_report(path)["results"]
     echo = results["echo"]
     assert echo["rtt_ms"]["n"] >= 2  # bursts found in the echo, one per second
     assert 0 < echo["rtt_ms"]["p50"] < 1000
@@ -47,3 +48,5 @@ def test_echo_scenario_report(tmp_path: Path) -> None:
         assert r["client_send_rate_min"] > 0.5
         assert isinstance(r["real_time_held"], bool)
         assert r["connect_ms"]["n"] == r["sessions"]
+        assert r["load"]["generator_cpu_s_per_s"] > 0 and r["load"]["server_rss_mb"] > 0
+    assert results["real_time_lost_at"] in (None, 1, 3)

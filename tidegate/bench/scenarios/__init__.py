@@ -1,3 +1,3 @@
 """Scenario modules register themselves on import; list each one here."""
 
-from . import asr, assistant, control, db, echo, engines, llm_tts, vision  # noqa: F401
+from . import asr, assistant, control, db, echo, engines, llm_tts, sensors, vision  # noqa: F401

@@ -53,7 +53,9 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..report import percentiles
+from ..load import LoadMeter, real_time_lost_at
+from ..progress import current
+from ..report import distribution, percentiles
 from ..target import Target, process_cpu_s
 from ..wer import wer, words
 
@@ -289,8 +291,12 @@ async def _level(
     word_ends: list[tuple[str, float]],
     offset_ms: float,
     reference: str | None,
+    meter: LoadMeter | None = None,
 ) -> dict[str, Any]:
+    current().stage(f"asr: {n} stream(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    if meter is not None:
+        await meter.start()
     t0 = time.monotonic()
     logs = await asyncio.gather(
         *(
@@ -300,6 +306,7 @@ async def _level(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    load = await meter.stop(n) if meter is not None else None
     audio_s = len(audio) / RATE_HZ
     lat: dict[str, list[float]] = {"eos": [], "eos_short": [], "stopped": []}
     partial: list[float] = []
@@ -321,17 +328,21 @@ async def _level(
         "streams": n,
         "audio_s_per_stream": audio_s,
         "wall_s": wall,
-        "eos_to_final_ms": percentiles(lat["eos"]),
+        "eos_to_final_ms": distribution(lat["eos"]),
         "eos_to_final_ms_utterances_le_5s": percentiles(lat["eos_short"]),
         "speech_stopped_to_final_ms": percentiles(lat["stopped"]),
-        "partial_latency_ms": percentiles(partial),
+        "partial_latency_ms": distribution(partial),
         "words_final_only": final_only,
         "words_timed": len(word_ends) * n,
         "finals": sum(len(log.finals) for log in logs),
         "partials": sum(len(log.partials) for log in logs),
         "lag_events": sum(log.lag_events for log in logs),
         "errors": [e for log in logs for e in log.errors][:10],
+        # real time: the server never reported falling behind (flow.lag) and refused nothing
+        "real_time_held": not any(log.lag_events or log.errors for log in logs),
     }
+    if load is not None:
+        out["load"] = load
     if wers:
         out["wer"] = {"mean": sum(wers) / len(wers), "max": max(wers)}
     if cpu0 is not None and cpu1 is not None:
@@ -380,12 +391,16 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         "chunk_ms": args.chunk_ms,
         "levels": [],
     }
+    meter = LoadMeter(target)
+    results["idle"] = await meter.baseline()
     if not args.no_rtf:
+        current().stage("asr: the clip as fast as credit allows")
         results["fast_upload"] = await _rtf(target, clip, args.chunk_ms)
     for n in (int(s) for s in args.streams.split(",")):
-        level = await _level(target, n, audio, args, word_ends, offset_ms, reference)
+        level = await _level(target, n, audio, args, word_ends, offset_ms, reference, meter)
         results["levels"].append(level)
         print(_summary(level), file=sys.stderr)
+    results["real_time_lost_at"] = real_time_lost_at(results["levels"], "streams")
     results["target"] = {
         "eos_to_final_p50_ms_max": 500.0,
         "wer_max": 0.10,

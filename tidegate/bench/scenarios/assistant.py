@@ -8,7 +8,9 @@ questions and while the reply plays, until its ``response.done``. The end of the
 is the moment the client sent the question's last loud sample. Measured from there, per turn:
 
 - ``eos_to_final_ms``: the arrival of the turn's ``asr.final``;
-- ``eos_to_first_token_ms``: the first ``response.text.delta``;
+- ``eos_to_first_token_ms``: the first ``response.text.delta``; ``token_interval_ms``: the
+  time between one delta's arrival and the next's, within a reply (the server coalesces
+  deltas that pile up for a client, so an interval may span several tokens);
 - ``eos_to_first_audio_ms``: the first ``output.audio`` whose samples are audible (detected
   in the received audio: a 20 ms frame above ``--audible-dbfs``);
 - ``speech_start_to_first_partial_ms``: from the start of the question to the first
@@ -19,7 +21,10 @@ is the moment the client sent the question's last loud sample. Measured from the
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
 
-Replies must be completed and are checked for an expected word (``answers_ok``).
+Replies must be completed and are checked for an expected word (``answers_ok``). Per level:
+the server's CPU and memory and the generator's CPU (load.LoadMeter); real time is held when
+every reply completed, nothing was refused and ``eos_to_first_audio_ms`` p90 stayed under
+``--max-latency-ms``; ``--ramp`` doubles the sessions until it is not.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import secrets
 import shutil
 import subprocess
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tidegate.protocol.client import Client
 from tidegate.protocol.messages import (
@@ -54,7 +61,10 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..report import percentiles
+from ..load import LoadMeter, real_time_lost_at, session_counts
+from ..progress import current
+from ..report import distribution, percentiles
+from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
 from ..target import Target, process_cpu_s
 from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
 
@@ -80,6 +90,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=3, help="questions per session")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="input.audio chunk length")
     p.add_argument("--audible-dbfs", type=float, default=-40.0, help="reply audio detection")
+    p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
+    p.add_argument("--ramp-max", type=int, default=16, help="the ramp's last level")
+    p.add_argument("--transports", default="ws,rtc", help="ws (input.audio), rtc (Opus track)")
+    p.add_argument(
+        "--max-latency-ms", type=float, default=3000.0, help="real-time bound (first audio p90)"
+    )
 
 
 def speak(text: str, tmp: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -103,6 +119,7 @@ class Turn:
     final: tuple[AsrFinal, float] | None = None
     created: float | None = None
     first_delta: tuple[ResponseTextDelta, float] | None = None
+    delta_times: list[float] = field(default_factory=list)
     first_audio: float | None = None
     done: ResponseDone | None = None
     got_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -138,6 +155,7 @@ class Turn:
 class SessionLog:
     turns: list[Turn] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    connect_ms: float | None = None
 
 
 def _audible(msg: OutputAudio, threshold: float) -> bool:
@@ -165,8 +183,10 @@ def _note(turn: Turn, ev: ServerMessage, t: float, threshold: float) -> None:
         turn.final = (ev, t)  # the last final before the reply starts
     elif isinstance(ev, ResponseCreated) and turn.created is None:
         turn.created = t
-    elif isinstance(ev, ResponseTextDelta) and turn.first_delta is None:
-        turn.first_delta = (ev, t)
+    elif isinstance(ev, ResponseTextDelta) and turn.done is None:
+        turn.delta_times.append(t)
+        if turn.first_delta is None:
+            turn.first_delta = (ev, t)
     elif isinstance(ev, OutputAudio) and turn.first_audio is None:
         if _audible(ev, threshold):
             turn.first_audio = t
@@ -227,40 +247,121 @@ async def run_session(
     return log
 
 
+@dataclass(frozen=True)
+class SpokenQuestion:
+    """A question as 16 kHz samples (WS-only) and as Opus packets (WebRTC), with the packet
+    that carries its last loud sample."""
+
+    audio: np.ndarray[Any, np.dtype[np.float32]]
+    expect: str
+    packets: list[bytes]
+    last_loud_packet: int
+
+
+SILENCE_PACKET: list[bytes] = []  # one 20 ms Opus packet of silence, encoded on first use
+
+
+def _spoken(audio: np.ndarray[Any, np.dtype[np.float32]], expect: str) -> SpokenQuestion:
+    if not SILENCE_PACKET:
+        SILENCE_PACKET.append(encode_opus(np.zeros(960 * 10, np.float32))[5])
+    x48 = upsample_to_48k(audio, RATE_HZ)
+    packets = encode_opus(x48)
+    return SpokenQuestion(audio, expect, packets, min(len(packets), len(x48) // 960 + 1) - 1)
+
+
+async def run_session_rtc(
+    target: Target, questions: list[SpokenQuestion], *, delay_s: float, threshold: float
+) -> SessionLog:
+    """The same conversation over WebRTC: the questions go out as Opus on the client's track
+    (silence between them, like a microphone), the reply is heard on the inbound track: its
+    first 20 ms frame above the threshold after ``response.created`` is the first audio."""
+    log = SessionLog()
+    token = target.mint(subject=f"bench-assistant-rtc-{secrets.token_hex(4)}")
+    async with await Client.connect(target.control_url, token) as client:
+        await client.create_session({"mode": "assistant"})
+        await asyncio.sleep(delay_s)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        track = OpusQueueTrack(SILENCE_PACKET[0])
+        pc.addTransceiver(track, direction="sendrecv")
+        try:
+            log.connect_ms = await connect(client, pc)
+
+            def heard(pcm: np.ndarray[Any, np.dtype[np.float32]], arrival: float) -> None:
+                turn = log.turns[-1] if log.turns else None
+                if turn is None or turn.created is None or turn.first_audio is not None:
+                    return
+                if len(pcm) and float(np.sqrt(np.mean(pcm**2))) > threshold:
+                    turn.first_audio = arrival
+
+            AudioTap(heard).install(pc)
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(_reader(client, log, threshold))
+                for q in questions:
+                    turn = Turn(q.expect)
+                    log.turns.append(turn)
+                    sent = await asyncio.gather(*track.play(q.packets))
+                    turn.speech_start = sent[0]
+                    turn.speech_end = sent[q.last_loud_packet]
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(turn.got_done.wait(), REPLY_WAIT_S)
+                    await asyncio.sleep(GAP_S)
+                with contextlib.suppress(Exception):
+                    await client.close_session()
+                reader.cancel()
+        finally:
+            await pc.close()
+    return log
+
+
 async def _level(
     target: Target,
     n: int,
-    questions: list[tuple[np.ndarray[Any, np.dtype[np.float32]], str]],
+    questions: list[SpokenQuestion],
     args: argparse.Namespace,
+    meter: LoadMeter | None = None,
+    transport: str = "ws",
 ) -> dict[str, Any]:
+    current().stage(f"assistant {transport}: {n} session(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    if meter is not None:
+        await meter.start()
     t0 = time.monotonic()
+    threshold = 10 ** (args.audible_dbfs / 20)
     logs = await asyncio.gather(
         *(
-            run_session(
+            run_session_rtc(target, questions, delay_s=i / n, threshold=threshold)
+            if transport == "rtc"
+            else run_session(
                 target,
-                questions,
+                [(q.audio, q.expect) for q in questions],
                 chunk_ms=args.chunk_ms,
                 delay_s=i / n,
-                threshold=10 ** (args.audible_dbfs / 20),
+                threshold=threshold,
             )
             for i in range(n)
         )
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    load = await meter.stop(n) if meter is not None else None
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
+    intervals: list[float] = []
     for turn in turns:
         for k, v in turn.measures().items():
             values[k].append(v)
+        times = turn.delta_times
+        intervals += [(b - a) * 1000 for a, b in itertools.pairwise(times)]
+    completed = sum(t.done is not None and t.done.status == "completed" for t in turns)
+    errors = [e for log in logs for e in log.errors]
     out: dict[str, Any] = {
         "sessions": n,
         "turns": len(turns),
         "wall_s": wall,
-        **{k: percentiles(values[k]) for k in MEASURES},
+        **{k: distribution(values[k]) for k in MEASURES},
+        "token_interval_ms": distribution(intervals),
         "stages": {k: percentiles(values[k]) for k in STAGES},
-        "completed": sum(t.done is not None and t.done.status == "completed" for t in turns),
+        "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
             for t in turns
@@ -270,8 +371,18 @@ async def _level(
             [t.final[0].text if t.final else None, t.done.text if t.done else None]
             for t in turns[: len(logs[0].turns)]
         ],
-        "errors": [e for log in logs for e in log.errors][:10],
+        "errors": errors[:10],
+        # real time: every reply completed, nothing refused, and the first reply audio came
+        # within --max-latency-ms of the end of speech (p90)
+        "real_time_held": completed == len(turns)
+        and not errors
+        and values["eos_to_first_audio_ms"] != []
+        and percentiles(values["eos_to_first_audio_ms"])["p90"] <= args.max_latency_ms,
     }
+    if load is not None:
+        out["load"] = load
+    if transport == "rtc":
+        out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = cpu1 - cpu0
     return out
@@ -288,12 +399,28 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         raise SystemExit("espeak-ng is not installed (make setup does)")
     with tempfile.TemporaryDirectory(prefix="tidegate-bench-assistant-") as tmp:
         chosen = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.turns)]
-        questions = [(speak(q, Path(tmp)), expect) for q, expect in chosen]
-    results: dict[str, Any] = {"chunk_ms": args.chunk_ms, "turns": args.turns, "levels": []}
-    for n in (int(s) for s in args.sessions.split(",")):
-        level = await _level(target, n, questions, args)
-        results["levels"].append(level)
-        print(_summary(level), file=sys.stderr)
+        questions = [_spoken(speak(q, Path(tmp)), expect) for q, expect in chosen]
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    if not transports or set(transports) - {"ws", "rtc"}:
+        raise SystemExit(f"--transports: expected ws and/or rtc, got {args.transports!r}")
+    loopback_ice()
+    results: dict[str, Any] = {"chunk_ms": args.chunk_ms, "turns": args.turns}
+    meter = LoadMeter(target)
+    results["idle"] = await meter.baseline()
+    counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
+    for transport in transports:
+        levels: list[dict[str, Any]] = []
+        for n in counts:
+            level = await _level(target, n, questions, args, meter, transport)
+            levels.append(level)
+            print(f"{transport}: {_summary(level)}", file=sys.stderr)
+            if args.ramp and not level["real_time_held"]:
+                break
+        lost = real_time_lost_at(levels)
+        if transport == "ws":  # the WS-only figures keep their place of earlier reports
+            results["levels"], results["real_time_lost_at"] = levels, lost
+        else:
+            results["rtc"] = {"levels": levels, "real_time_lost_at": lost}
     results["target"] = {"eos_to_first_audio_p50_ms_max": 1200.0}
     return results
 

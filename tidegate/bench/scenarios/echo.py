@@ -32,18 +32,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from tidegate.protocol.client import Client
-from tidegate.protocol.messages import FlowLag, Metrics, RtcAnswer, RtcOffer, ServerRtcCandidate
+from tidegate.protocol.messages import FlowLag, Metrics
 
 from ..harness import scenario
-from ..report import percentiles
+from ..load import LoadMeter, real_time_lost_at
+from ..progress import current
+from ..report import distribution, percentiles
+from ..rtc import connect, loopback_ice
 from ..target import Target, process_cpu_s
 
 SAMPLE_RATE_HZ = 48_000
@@ -58,10 +60,6 @@ QUIET_FRAMES_BEFORE_ONSET = 10
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE_HZ)
 SESSION_COUNTS = (1, 5, 10, 20, 40)
 _subjects = itertools.count(1)
-
-
-def _loopback_only(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-    return ["127.0.0.1"]
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -218,21 +216,7 @@ async def open_session(target: Target, packets: list[bytes], *, echo: bool) -> E
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = ReplayTrack(packets)
     pc.addTransceiver(track, direction="sendrecv" if echo else "sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    t0 = time.perf_counter()
-    answer = await client.request(RtcOffer(id=client.next_id(), sdp=pc.localDescription.sdp))
-    assert isinstance(answer, RtcAnswer)
-    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-    async with asyncio.timeout(20):
-        while True:  # the trickled candidates (also in the answer): read up to the end marker
-            c = await client.wait_for(ServerRtcCandidate)
-            if not c.candidate:
-                break
-        while pc.connectionState != "connected":
-            if pc.connectionState == "failed":
-                raise RuntimeError("ICE/DTLS failed")
-            await asyncio.sleep(0.002)
-    session = EchoSession(client, pc, track, (time.perf_counter() - t0) * 1000.0)
+    session = EchoSession(client, pc, track, await connect(client, pc))
     session.reader = asyncio.get_running_loop().create_task(session.read_events())
     return session
 
@@ -251,8 +235,7 @@ async def run_echo(target: Target, packets: list[bytes], duration_s: float) -> d
         cpu1 = process_cpu_s(target.pid) if target.pid else None
         out: dict[str, Any] = {
             "connect_ms": s.connect_ms,
-            "rtt_ms": percentiles(tap.rtts_ms),
-            "rtt_samples_ms": [round(x, 2) for x in tap.rtts_ms],
+            "rtt_ms": distribution(tap.rtts_ms),
             "server_media": s.media(),
         }
         if cpu0 is not None and cpu1 is not None:
@@ -263,8 +246,14 @@ async def run_echo(target: Target, packets: list[bytes], duration_s: float) -> d
 
 
 async def run_load(
-    target: Target, packets: list[bytes], n: int, window_s: float, max_lag_ms: float
+    target: Target,
+    packets: list[bytes],
+    n: int,
+    window_s: float,
+    max_lag_ms: float,
+    meter: LoadMeter | None = None,
 ) -> dict[str, Any]:
+    current().stage(f"echo: {n} receive-only session(s)")
     sessions: list[EchoSession] = []
     try:
         sessions = list(
@@ -275,10 +264,13 @@ async def run_load(
         sent0 = [s.track.n for s in sessions]
         lag0 = sum(s.lag_events for s in sessions)
         cpu0 = process_cpu_s(target.pid) if target.pid else None
+        if meter is not None:
+            await meter.start()
         t0 = time.perf_counter()
         await asyncio.sleep(window_s)
         wall = time.perf_counter() - t0
         cpu1 = process_cpu_s(target.pid) if target.pid else None
+        load = await meter.stop(n) if meter is not None else None
         sent = [(s.track.n - n0) * FRAME_S * 1000.0 for s, n0 in zip(sessions, sent0, strict=True)]
         end = [s.audio_ms() for s in sessions]
         # The server's consumer rate, by its own clock, between two of its metrics events.
@@ -309,6 +301,8 @@ async def run_load(
             "flow_lag_events": lag_events,
             "real_time_held": held,
         }
+        if load is not None:
+            out["load"] = load
         if cpu0 is not None and cpu1 is not None:
             cpu = cpu1 - cpu0
             out["server_cpu_s_per_s"] = cpu / wall
@@ -325,18 +319,22 @@ async def run_load(
     server_env={"TIDEGATE_METRICS_INTERVAL_S": "1", "TIDEGATE_ICE_HOSTS": "127.0.0.1"},
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
-    aioice.ice.get_host_addresses = _loopback_only  # this process's ICE: loopback only
+    loopback_ice()
     packets = encode_cycle()
     results: dict[str, Any] = {}
     if target.pid:
         cpu0 = process_cpu_s(target.pid)
         await asyncio.sleep(1.0)
         results["server_idle_cpu_s_per_s"] = process_cpu_s(target.pid) - cpu0
+    meter = LoadMeter(target)
+    results["idle"] = await meter.baseline()
+    current().stage("echo: round trips")
     results["echo"] = await run_echo(target, packets, args.rtt_s)
     counts = [int(x) for x in str(args.sessions).split(",") if x.strip()]
     results["receive_only"] = [
-        await run_load(target, packets, n, args.window_s, args.max_lag_ms) for n in counts
+        await run_load(target, packets, n, args.window_s, args.max_lag_ms, meter) for n in counts
     ]
+    results["real_time_lost_at"] = real_time_lost_at(results["receive_only"])
     results["target"] = {
         "rtt_ms_p50_max": 70.0,
         "echo_server_cpu_s_per_s_max": 0.05,

@@ -41,10 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tidegate.protocol.client import Client, now_ms
@@ -52,9 +51,6 @@ from tidegate.protocol.messages import (
     Error,
     FlowLag,
     InputFrame,
-    RtcAnswer,
-    RtcOffer,
-    ServerRtcCandidate,
     VisionResult,
 )
 
@@ -62,6 +58,7 @@ from ..harness import scenario
 from ..load import LoadMeter, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
+from ..rtc import connect, loopback_ice
 from .asr import _default_data_dir
 
 WIDTH, HEIGHT = 640, 480
@@ -224,10 +221,6 @@ class VisionLog:
     connect_ms: float | None = None
 
 
-def _loopback_only(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-    return ["127.0.0.1"]
-
-
 async def _reader(client: Client, log: VisionLog) -> None:
     async for ev in client:
         t = now_ms()
@@ -245,21 +238,7 @@ async def _connect_rtc(client: Client, track: VideoReplayTrack) -> tuple[RTCPeer
     transceiver = pc.addTransceiver(track, direction="sendonly")
     vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in ("VP8", "rtx")]
     transceiver.setCodecPreferences(vp8)
-    await pc.setLocalDescription(await pc.createOffer())
-    t0 = time.perf_counter()
-    answer = await client.request(RtcOffer(id=client.next_id(), sdp=pc.localDescription.sdp))
-    assert isinstance(answer, RtcAnswer)
-    await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-    async with asyncio.timeout(20):
-        while True:
-            c = await client.wait_for(ServerRtcCandidate)
-            if not c.candidate:
-                break
-        while pc.connectionState != "connected":
-            if pc.connectionState == "failed":
-                raise RuntimeError("ICE/DTLS failed")
-            await asyncio.sleep(0.005)
-    return pc, (time.perf_counter() - t0) * 1000.0
+    return pc, await connect(client, pc)
 
 
 async def run_session(
@@ -419,7 +398,7 @@ async def _level(
     env_from_args=_env,
 )
 async def run(args: argparse.Namespace, target: Any) -> dict[str, Any]:
-    aioice.ice.get_host_addresses = _loopback_only  # this process's ICE: loopback only
+    loopback_ice()
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     bad = sorted(set(transports) - {"ws", "rtc"})
     if bad or not transports:

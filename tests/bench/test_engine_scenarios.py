@@ -1,0 +1,62 @@
+"""The engine-layer scenarios (engines, llm, tts) run briefly and write valid reports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tidegate.bench.report import ReportError, load_report, validate_report
+
+CASES = {
+    "engines": ["--engines", "vad", "--streams", "1,2", "--repeats", "1"],
+    "llm": ["--streams", "1", "--max-tokens", "6"],
+    "tts": [],  # the engine bench has no shorter setting (~25 s on 2 CPUs)
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
+    """`tidegate bench NAME` with brief settings writes a report that passes the schema."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tidegate", "bench", name, *CASES[name], "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob(f"{name}-*.json")
+    report = load_report(path)
+    assert report["scenario"] == name
+    results = report["results"]
+    if name == "engines":
+        assert results
+    elif name == "llm":
+        [case] = results["cases"]
+        assert case["tokens"] > 0 and case["ttft_ms_p50"] > 0
+    else:
+        assert results["rtf_p50"] > 0
+
+
+def test_schema_refuses_broken_reports() -> None:
+    """A report missing its envelope, or with percentiles out of order, is refused with a
+    message naming where."""
+    good = {
+        "report_version": 1,
+        "scenario": "x",
+        "created_utc": "20260101T000000",
+        "environment": {},
+        "results": {"a": {"n": 2, "p50": 1, "p90": 2, "p99": 2, "mean": 1.5, "min": 1, "max": 2}},
+    }
+    validate_report(good)
+    with pytest.raises(ReportError, match="missing field 'results'"):
+        validate_report({k: v for k, v in good.items() if k != "results"})
+    bad = {**good, "results": {"lvl": [{"sessions": 4, "x_ms": {"n": 2, "p50": 3, "p90": 2}}]}}
+    with pytest.raises(ReportError, match=r"results\.lvl\[sessions=4\]\.x_ms"):
+        validate_report(bad)
+    samples = {**good, "results": {"a": {"n": 0, "samples": [1.0]}}}
+    with pytest.raises(ReportError, match="samples"):
+        validate_report(samples)
