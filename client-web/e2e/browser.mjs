@@ -4,7 +4,9 @@
 // camera shows a face. One session, as short as it can be; what was seen goes to stdout as one
 // JSON line for the pytest side to judge, with screenshots in `shots`.
 //
-//   node e2e/browser.mjs '{"origin": ..., "chromium": ..., "flags": [...], "shots": ...}'
+//   node e2e/browser.mjs '{"origin": ..., "chromium": ..., "flags": [...], "shots": ..., "deadline_s": ...}'
+//
+// It stops by itself at deadline_s (browser closed, a screenshot of where it was).
 
 import { chromium } from "playwright-core";
 
@@ -13,10 +15,10 @@ const SHORT = 30_000;
 const LONG = 90_000;
 const out = { steps: [], console: [] };
 const t0 = Date.now();
+const END = t0 + args.deadline_s * 1000;
 const step = (name, extra = {}) => out.steps.push({ name, s: (Date.now() - t0) / 1000, ...extra });
 
 async function waitReady(origin) {
-  const deadline = Date.now() + LONG;
   for (;;) {
     try {
       const r = await fetch(`${origin}/readyz`);
@@ -26,7 +28,7 @@ async function waitReady(origin) {
     } catch (e) {
       if (String(e).includes("failed to start")) throw e;
     }
-    if (Date.now() > deadline) throw new Error("server not ready in time");
+    if (Date.now() > END) throw new Error("server not ready in time");
     await new Promise((r) => setTimeout(r, 250));
   }
 }
@@ -40,12 +42,17 @@ async function main() {
   const browser = await chromium.launch({ executablePath: args.chromium, headless: true, args: args.flags });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
+  let timer;
+  const deadline = new Promise((_, fail) => {
+    timer = setTimeout(() => fail(new Error(`over the ${args.deadline_s} s deadline`)), END - Date.now());
+  });
   try {
-    await session(page);
+    await Promise.race([session(page), deadline]);
   } catch (e) {
     await page.screenshot({ path: `${args.shots}/failed.png`, fullPage: true }).catch(() => undefined);
     throw e;
   } finally {
+    clearTimeout(timer);
     await browser.close();
   }
 }

@@ -36,6 +36,7 @@ PORT = 8080  # a fresh namespace has nothing else listening
 # "Ever tried." from the recorded clip the ASR tests use (moonshine's beckett.wav, 16 kHz).
 SPEECH_S = (0.25, 1.3)
 LEAD_S, TOTAL_S = 1.5, 90.0  # silence before; the file loops after TOTAL_S
+BROWSER_DEADLINE_S = 95  # the script stops by itself (pytest's per-test limit is 120 s)
 
 
 def _speech_wav(path: Path) -> None:
@@ -122,6 +123,7 @@ def test_browser_client_speaks_sees_interrupts_and_resumes(tmp_path: Path) -> No
         "chromium": CHROMIUM,
         "flags": flags,
         "shots": str(SHOTS),
+        "deadline_s": BROWSER_DEADLINE_S,
     }
     log = (tmp_path / "server.log").open("w+")
     with network_namespace([NETNS_ADDR]) as ns:
@@ -138,7 +140,7 @@ def test_browser_client_speaks_sees_interrupts_and_resumes(tmp_path: Path) -> No
                 cwd=WEB,
                 capture_output=True,
                 text=True,
-                timeout=110,
+                timeout=BROWSER_DEADLINE_S + 15,
             )
         finally:
             stop(server)
