@@ -8,8 +8,9 @@ import { CborError, type CborValue, decode, encode, Float64 } from "./cbor";
 export const SUBPROTOCOL = "tidegate.v1.cbor";
 export const BEARER_PREFIX = "tidegate.bearer.";
 export const CONTROL_PATH = "/v1/control";
-/** The server's default `max_depth`. */
-export const MAX_DEPTH = 8;
+/** Nesting accepted in a server message: a guard against runaway input, looser than the
+ * server's own `max_depth` (8, for what clients send), since metrics maps nest deeply. */
+export const MAX_DEPTH = 32;
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type Config = { [key: string]: Json };
