@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tidegate.bench.compare import compare
 from tidegate.bench.report import ReportError, load_report, validate_report
 
 CASES = {
@@ -39,6 +40,10 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         assert case["tokens"] > 0 and case["ttft_ms_p50"] > 0
     else:
         assert results["rtf_p50"] > 0
+    if name != "engines":  # flat *_p50/*_p95 figures are compared too, p95 as the tail
+        rows = compare(report, report)
+        assert rows and not any(r.worse for r in rows)
+        assert any(r.path.endswith("(p95)") for r in rows)
 
 
 def test_schema_refuses_broken_reports() -> None:

@@ -14,8 +14,9 @@ from .conftest import run_scenario, scenario_args
 
 
 async def test_sensors_scenario_report(live_target: Target, tmp_path: Path) -> None:
-    """Two levels (1 and 2 pairs): every reading sent arrives once, nothing is coalesced at
-    this rate, and the delivery latency and load figures are there."""
+    """Two levels (1 and 2 pairs): every reading sent is delivered or counted as coalesced
+    (latest-wins, when the server's loop falls behind on a busy machine), and the delivery
+    latency and load figures are there."""
     report = await run_scenario(
         live_target, "sensors", tmp_path, "--sessions", "1,2", "--duration-s", "1.5"
     )
@@ -23,9 +24,10 @@ async def test_sensors_scenario_report(live_target: Target, tmp_path: Path) -> N
     levels = results["levels"]
     assert [lv["sessions"] for lv in levels] == [1, 2]
     for lv in levels:
-        assert lv["errors"] == [] and lv["coalesced"] == 0
+        assert lv["errors"] == []
         assert lv["readings_sent"] >= lv["sessions"] * 100  # 2 channels x 50 Hz x 1.5 s
-        assert lv["readings_delivered"] == lv["readings_sent"]
+        assert lv["readings_delivered"] + lv["coalesced"] == lv["readings_sent"]
+        assert lv["missing"] == 0 and lv["readings_delivered"] > lv["readings_sent"] // 2
         assert lv["delivery_ms"]["n"] == lv["readings_delivered"]
         assert 0 < lv["delivery_ms"]["p50"] <= lv["delivery_ms"]["p99"]
         assert lv["real_time_held"] in (True, False)

@@ -4,7 +4,9 @@ Every percentile block found in both reports' results (report.percentile_blocks:
 mostly in ms) is one row: p50 and p99 of A and of B and their ratios B / A. A row is flagged
 when B is worse than A by more than ``--threshold`` (a fraction: 0.10 = 10 %) at p50 or p99.
 Every figure in a percentile block is one where more is worse (a latency, an interval, a
-queue wait); throughputs are plain numbers and not compared here.
+queue wait); throughputs are plain numbers and not compared here. Percentiles written as flat
+numbers (``ttft_ms_p50``, ``ttft_ms_p95``: the ``llm`` and ``tts`` reports) are compared too,
+with p95 standing in for p99 where that is the tail they keep (the row says so).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import ReportError, load_report, percentile_blocks
+from .report import ReportError, flat_blocks, load_report, percentile_blocks
 
 DEFAULT_THRESHOLD = 0.10
 POINTS = ("p50", "p99")
@@ -79,9 +81,9 @@ def compare(
         raise ReportError(
             f"the reports are of different scenarios ({a['scenario']!r}, {b['scenario']!r})"
         )
-    blocks_b = dict(percentile_blocks(b["results"]))
+    blocks_b = dict(_blocks(b["results"]))
     rows = []
-    for path, block_a in percentile_blocks(a["results"]):
+    for path, block_a in _blocks(a["results"]):
         block_b = blocks_b.get(path)
         if block_b is None or "p50" not in block_a or "p50" not in block_b:
             continue
@@ -89,6 +91,9 @@ def compare(
             continue
         va = {p: float(block_a[p]) for p in POINTS if p in block_a}
         vb = {p: float(block_b[p]) for p in POINTS if p in block_b}
+        if "p99" not in va and "p95" in block_a and "p95" in block_b:  # the tail there is
+            va["p99"], vb["p99"] = float(block_a["p95"]), float(block_b["p95"])
+            path += " (p95)"
         ratios: dict[str, float | None] = {}
         for p in POINTS:
             ok = p in va and p in vb and va[p] > 0
@@ -96,6 +101,11 @@ def compare(
         worse = any(r is not None and r > 1 + threshold for r in ratios.values())
         rows.append(Row(path.lstrip("."), va, vb, ratios, worse))
     return rows
+
+
+def _blocks(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    blocks: list[tuple[str, dict[str, Any]]] = list(percentile_blocks(results))
+    return blocks + list(flat_blocks(results))
 
 
 def table(rows: list[Row], threshold: float) -> str:

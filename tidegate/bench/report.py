@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -142,7 +143,27 @@ def percentile_blocks(node: Any, path: str = "") -> list[tuple[str, dict[str, An
     return out
 
 
-LEVEL_KEYS = ("sessions", "streams", "rate_hz")
+LEVEL_KEYS = ("sessions", "streams", "rate_hz", "concurrent")
+FLAT_POINT = re.compile(r"^(?P<name>.+)_(?P<point>p50|p90|p95|p99)$")
+
+
+def flat_blocks(node: Any, path: str = "") -> list[tuple[str, dict[str, float]]]:
+    """Percentiles written as flat numbers (``ttft_ms_p50``, ``ttft_ms_p95``: the engine
+    layer's benches) gathered into blocks named without the suffix, for :func:`compare`."""
+    out: list[tuple[str, dict[str, float]]] = []
+    if isinstance(node, dict):
+        found: dict[str, dict[str, float]] = {}
+        for k, v in node.items():
+            m = FLAT_POINT.match(str(k))
+            if m and isinstance(v, (int, float)) and not isinstance(v, bool):
+                found.setdefault(m["name"], {})[m["point"]] = float(v)
+            else:
+                out += flat_blocks(v, f"{path}.{k}")
+        out += [(f"{path}.{name}", block) for name, block in found.items() if "p50" in block]
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            out += flat_blocks(item, f"{path}[{_list_key(item, i)}]")
+    return out
 
 
 def _list_key(item: Any, index: int) -> str:
