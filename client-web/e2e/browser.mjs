@@ -153,6 +153,35 @@ async function session(page) {
     out.status = await page.textContent("[data-testid=status]");
     out.errors = await page.$$eval(".errors li", (els) => els.map((e) => e.textContent));
     await page.screenshot({ path: `${args.shots}/4-typed.png`, fullPage: true });
+
+    // Push to talk: the microphone track is live only while the button is held (pointer or
+    // Space), hands-free it is always live.
+    const micLive = () => page.evaluate(() => document.querySelector("video").srcObject.getAudioTracks().map((t) => t.enabled));
+    out.ptt = { handsFree: await micLive() };
+    await page.getByLabel("Push to talk").check();
+    out.ptt.idle = await micLive();
+    const hold = page.getByRole("button", { name: /Hold to talk/ });
+    await hold.hover();
+    await page.mouse.down();
+    out.ptt.held = await micLive();
+    await page.mouse.up();
+    out.ptt.released = await micLive();
+    await hold.focus();
+    await page.keyboard.down(" ");
+    out.ptt.space = await micLive();
+    await page.keyboard.up(" ");
+    out.ptt.spaceUp = await micLive();
+    await page.getByLabel("Hands-free").check();
+    step("push to talk", out.ptt);
+
+    // The pickers list the (fake) devices; choosing a camera swaps the sent track in place.
+    const cams = await page.$$eval("label:has-text('Camera') option", (os) => os.map((o) => ({ value: o.value, text: o.textContent })));
+    const mics = await page.$$eval("label:has-text('Microphone') select option", (os) => os.map((o) => o.textContent));
+    const track = await page.evaluate(() => document.querySelector("video").srcObject.getVideoTracks()[0].id);
+    await page.getByRole("combobox", { name: "Camera", exact: true }).selectOption(cams.at(-1).value);
+    await page.waitForFunction((id) => document.querySelector("video").srcObject?.getVideoTracks()[0]?.id !== id, track, { timeout: SHORT });
+    out.devices = { cams, mics, swapped: true, link: await page.textContent("[data-testid=link]") };
+    step("devices", out.devices);
     await page.getByRole("button", { name: "Disconnect" }).click();
     await page.waitForSelector("[data-testid=link][data-link=closed]", { timeout: SHORT });
     step("closed");

@@ -135,7 +135,7 @@ export function App() {
       )}
 
       <main>
-        <section className="see" aria-label="Camera">
+        <section className="see" aria-label="Camera view and latency">
           <VideoStage stream={local} detections={state.detections} />
           <div className="devices">
             <label>

@@ -3,7 +3,8 @@ served by ``tidegate serve`` (the assistant engines with vision), both inside a 
 namespace this test creates and deletes (NETWORK.md). The fake microphone plays a recorded
 sentence, the fake camera shows a face (skimage's astronaut). The page connects, shows the
 transcript and a streamed, spoken reply, a face box over the video, interrupts the reply, comes
-back after its control channel is dropped (the session resumes) and answers typed text.
+back after its control channel is dropped (the session resumes) and answers typed text;
+push-to-talk gates the microphone and the camera picker swaps the sent track.
 Screenshots are kept in reports/client-web-e2e/ (printed)."""
 
 from __future__ import annotations
@@ -183,6 +184,14 @@ def test_browser_client_speaks_sees_interrupts_and_resumes(tmp_path: Path) -> No
     assert "resumed 1" in seen["resumed"]["link"], seen["resumed"]
     assert seen["typed"]["user"]["text"] == "Say hello."
     assert seen["typed"]["reply"]["text"].strip("…"), seen["typed"]
+
+    # Push to talk gates the microphone (pointer and Space); the pickers list the devices.
+    ptt = seen["ptt"]
+    assert ptt["handsFree"] == [True] and ptt["idle"] == [False], ptt
+    assert ptt["held"] == [True] and ptt["released"] == [False], ptt
+    assert ptt["space"] == [True] and ptt["spaceUp"] == [False], ptt
+    assert len(seen["devices"]["cams"]) >= 2 and len(seen["devices"]["mics"]) >= 2
+    assert "media connected" in seen["devices"]["link"], seen["devices"]
 
     # The latency panel: a round trip and per-stage rows.
     assert seen["latency"]["rtt"].endswith("ms"), seen["latency"]
