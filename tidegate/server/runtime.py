@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from .admission import Admission
 from .auth import TokenVerifier
 from .cluster import Cluster
+from .cluster.metrics import ClusterCollector
 from .db.writer import RecordWriter
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
@@ -45,6 +46,7 @@ class Runtime:
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
         self.stage_times = StageTimes()
         self.metrics = ServerMetrics(self)
+        self.metrics.registry.register(ClusterCollector(self.cluster))
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
         self.ready = False

@@ -1,17 +1,20 @@
 """Redis stopped in the middle of a test and started again: the node goes on alone (logged
-and counted), then shares its state again by itself. Uses a redis-server of its own."""
+and counted, also in /metrics), then shares its state again by itself. Uses a redis-server of
+its own."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from tidegate.protocol.client import RefusedError
 
 from ..conftest import make_settings, run_server
+from ..test_metrics import documented, samples
 from .redis_server import OwnRedis, eventually
 
 
@@ -71,6 +74,16 @@ async def test_redis_stopped_and_started_again(
             assert await r.zcard("tgout:tenant:acme:sessions") == 2
             stats = cluster.stats()
             assert stats["redis"]["outages"] == 1 and stats["directory"]["local_admissions"] >= 1
+            admin = {"Authorization": f"Bearer {server.token(scopes=('session', 'admin'))}"}
+            async with httpx.AsyncClient(base_url=server.http) as http:
+                text = (await http.get("/metrics", headers=admin)).text
+            documented(text)
+            got = samples(text)
+            assert got[("tidegate_redis_up", ())] == 1.0
+            assert got[("tidegate_redis_outages_total", ())] == 1.0
+            assert got[("tidegate_redis_fallbacks_total", ())] >= 1.0
+            assert ("tidegate_cache_lookups_total", (("cache", "tts"), ("result", "miss"))) in got
+            assert ("tidegate_sensor_bus_sent_total", ()) in got
             await c1.close()
             await c2.close()
     finally:

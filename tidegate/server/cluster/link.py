@@ -130,6 +130,8 @@ class RedisLink:
 
     async def _try_up(self) -> bool:
         try:
+            if not self.up:  # pooled connections from before the outage are dead: drop them
+                await self.client.connection_pool.disconnect()
             await self.client.ping()
         except (TimeoutError, RedisError, OSError) as e:
             self.last_error = f"{type(e).__name__}: {e}"
