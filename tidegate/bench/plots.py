@@ -13,6 +13,7 @@ matplotlib is imported here only (the Agg backend: no display needed).
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ def _level_key(items: list[Any]) -> str | None:
     return None
 
 
+def _natural(text: str) -> list[Any]:
+    """Sort key that puts ``sessions=2`` before ``sessions=16``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = min(n, 3)
     return math.ceil(n / cols), cols
@@ -100,7 +106,7 @@ def _plot_cdfs(series: dict[str, dict[str, list[float]]], title: str, path: Path
         rows, cols, figsize=(PANEL_IN[0] * cols, PANEL_IN[1] * rows), squeeze=False
     )
     for ax, name in zip(axes.flat, names, strict=False):
-        for where, samples in sorted(series[name].items()):
+        for where, samples in sorted(series[name].items(), key=lambda kv: _natural(kv[0])):
             xs = sorted(samples)
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
             ax.step(xs, ys, where="post", label=f"{where} (n={len(xs)})")
