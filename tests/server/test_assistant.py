@@ -49,6 +49,10 @@ CACHE = ROOT / ".cache"
 MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe", "blazeface")
 QUESTION = "What is the capital of France?"
 STORY = "Tell me a short story about a cat."
+LONG_QUESTION = (
+    "Please tell me what the weather will be like tomorrow morning in the city of Paris "
+    "and whether I should bring an umbrella with me"
+)
 CHUNK_S = 0.04
 SPEED = 2.0  # times real time
 
@@ -69,6 +73,17 @@ def question(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]
     """QUESTION spoken by espeak-ng: int16 mono samples and their rate."""
     path = tmp_path_factory.mktemp("speech") / "question.wav"
     subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), QUESTION], check=True)
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return pcm, rate
+
+
+@pytest.fixture(scope="module")
+def long_question(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
+    """LONG_QUESTION spoken by espeak-ng (one breath, about 6 s): int16 samples, rate."""
+    path = tmp_path_factory.mktemp("speech") / "long.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), LONG_QUESTION], check=True)
     with wave.open(str(path)) as w:
         rate = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
@@ -494,3 +509,134 @@ async def test_webrtc_video_is_looked_at(live: LiveServer) -> None:
     results = c.of(VisionResult)
     assert all(r.detections == () for r in results)
     assert results[0].frame_ts < results[1].frame_ts
+
+
+async def test_turn_end_reports_the_freshest_frame(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """At the end of a spoken turn (and of a typed one), a vision.result names the freshest
+    frame's time, before the reply starts, besides the results at the set rate."""
+    from tidegate.protocol.messages import InputFrame, VisionResult
+
+    image = (CACHE / "assets" / "astronaut.png").read_bytes()
+    async with converse(live) as c:
+        await c.client.send(InputFrame(image=image, encoding="png", ts=5000.0))
+        await c.wait(lambda: c.of(VisionResult))
+        await c.speak(*question)
+        await c.wait(lambda: c.done())
+        await c.client.send(InputText(id="t2", text="And now?"))
+        await c.wait(lambda: len(c.done()) == 2)
+    kinds = [type(e) for e, _ in c.events]
+    results = c.of(VisionResult)
+    assert len(results) == 3 and {r.frame_ts for r in results} == {5000.0}
+    created = [i for i, k in enumerate(kinds) if k is ResponseCreated]
+    looks = [i for i, k in enumerate(kinds) if k is VisionResult]
+    assert looks[1] < created[0] < looks[2] < created[1]
+    assert [d.label for d in results[1].detections] == ["face"]
+    session_stats = c.of(ResponseDone)
+    assert all(d.status == "completed" for d in session_stats)
+
+
+async def test_ws_only_device_speaks_and_publishes_sensors(
+    live: LiveServer, long_question: tuple[np.ndarray, int]
+) -> None:
+    """A WS-only device (input.audio chunks, paced by credit) gets VAD events, partials, a
+    final with the words, a streamed reply and output.audio; its sensor readings, sent
+    meanwhile, reach a dashboard session of the same tenant; another tenant cannot subscribe."""
+    from tidegate.protocol.messages import (
+        AsrPartial,
+        InputSensor,
+        SensorReading,
+        SensorSubscribe,
+    )
+
+    speech, rate = long_question  # long enough for partials while it is spoken
+    async with (
+        converse(live) as device,
+        await live.client(token=live.token(subject="dash")) as dash,
+        await live.client(token=live.token(tenant="evil", subject="eve")) as eve,
+    ):
+        await dash.create_session({"mode": "transcribe"})
+        await eve.create_session({"mode": "transcribe"})
+        with pytest.raises(RefusedError) as caught:
+            await eve.request(SensorSubscribe(id="e1", session_id=device.session_id))
+        assert caught.value.server_code == "not_found"
+        await dash.send(SensorSubscribe(session_id=device.session_id, channels=("imu.accel",)))
+        await asyncio.sleep(0.2)  # the subscription is in place before the readings
+
+        async def sensors() -> None:
+            for i in range(20):
+                await device.client.send(
+                    InputSensor(channel="imu.accel", ts=i * 50.0, values=(0.1 * i, -9.8, 0.0))
+                )
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(device.speak(speech, rate), sensors())
+        readings = [await dash.wait_for(SensorReading, timeout_s=10)]
+        async with asyncio.timeout(10):
+            while readings[-1].ts < 19 * 50.0:
+                readings.append(await dash.wait_for(SensorReading))
+        await device.wait(lambda: device.done("completed"))
+    assert {r.session_id for r in readings} == {device.session_id}
+    assert [r.ts for r in readings] == sorted(r.ts for r in readings)
+    assert readings[-1].values == (0.1 * 19, -9.8, 0.0)
+    assert len(readings) + sum(r.dropped for r in readings) == 20
+    kinds = [type(e) for e, _ in device.events]
+    lane = [(e.TYPE, getattr(e, "text", "")) for e, _ in device.events if e.TYPE[:3] in "vadasr"]
+    assert VadSpeechStarted in kinds and AsrPartial in kinds and AsrFinal in kinds, lane
+    final = " ".join(f.text for f in device.of(AsrFinal)).lower()
+    assert "weather" in final and "umbrella" in final, final
+    partial = device.of(AsrPartial)[0]
+    assert partial.text and final.startswith(partial.text.lower()[:10]), (partial.text, final)
+    done = device.done("completed")[-1]  # a pause in the reading may end a turn early
+    assert done.text and len(device.audio(done.response_id)) > 48_000
+
+
+async def test_garbage_on_one_session_leaves_the_other_intact(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """One client sends undecodable bytes, unknown types, bad fields and a reading out of
+    order; it gets errors (and is closed at the bad-message limit); a session speaking at the
+    same time gets its final and reply as usual."""
+    import cbor2
+    from websockets.exceptions import InvalidState
+
+    from tidegate.protocol.client import ConnectionClosedError
+    from tidegate.protocol.messages import Error, InputSensor
+
+    async def garbage() -> list[str]:
+        codes: list[str] = []
+        async with await live.client(token=live.token(subject="mallory")) as bad:
+            await bad.create_session({"mode": "assistant"})
+            await bad.send(InputSensor(channel="t", ts=5.0, values=(1.0,)))
+            await bad.send(InputSensor(channel="t", ts=1.0, values=(1.0,)))
+            payloads = [
+                b"\xff\xfe\x00garbage",
+                cbor2.dumps({"type": "no.such.type"}),
+                cbor2.dumps({"type": "input.audio", "pcm": "text", "format": "s16le"}),
+                cbor2.dumps([1, 2, 3]),
+            ]
+            try:
+                for i in range(40):
+                    try:
+                        await bad.send_raw(payloads[i % len(payloads)])
+                    except InvalidState:  # the server closed it at the bad-message limit
+                        break
+                    await asyncio.sleep(0.02)
+                async with asyncio.timeout(10):
+                    while True:
+                        event = await bad.recv()
+                        if isinstance(event, Error):
+                            codes.append(event.code)
+            except ConnectionClosedError as e:
+                codes.append(f"closed {e.close_code}")
+        return codes
+
+    async with converse(live) as good:
+        codes, _ = await asyncio.gather(garbage(), good.speak(*question))
+        await good.wait(lambda: good.done())
+    assert "invalid_field" in codes and "closed 4400" in codes, codes
+    final = " ".join(f.text for f in good.of(AsrFinal)).lower()
+    assert "capital" in final and "france" in final, final
+    (done,) = good.done()
+    assert done.status == "completed" and "Paris" in done.text

@@ -198,6 +198,8 @@ class AssistantMode(TranscribeMode):
         kind = type(msg)
         if kind is InputText:
             assert isinstance(msg, InputText)
+            if self.vision is not None:
+                await self.vision.at_turn_end()  # a typed turn ends here
             self._user_says(msg.text)
             self._start_reply(msg.id, now_ms())
         elif kind is ResponseCreate:
@@ -262,6 +264,11 @@ class AssistantMode(TranscribeMode):
             return
         text = " ".join(self._turn)
         self._turn.clear()
+        if self.vision is not None:
+            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
+            if self._segment is not None:  # the user spoke again meanwhile: the turn goes on
+                self._turn.insert(0, text)
+                return
         self.counters["turns"] += 1
         self._user_says(text)
         self._start_reply(None, self._turn_received)

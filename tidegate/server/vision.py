@@ -7,6 +7,11 @@ the replaced upload's credit goes back at once). Every ``interval_s`` the lane t
 frame, if there is a new one, decodes it to RGB on a worker thread, runs it through the shared
 vision scheduler (batched across sessions) and emits ``vision.result`` naming the frame's
 media time. The latest result is kept for whoever wants it as context (the assistant's LLM).
+
+At the end of each user turn the assistant asks for a look at once (:meth:`VisionLane.at_turn_end`),
+besides the set rate: the freshest frame is run if a new one is waiting, otherwise the result of
+the freshest frame (already looked at) is sent again, so that every turn has a ``vision.result``
+naming the frame it came from, and the LLM's context is the freshest sight.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class VisionLane:
         self.slot: LatestSlot[tuple[InputFrame, float]] = LatestSlot("vision_in")
         self.video: VideoInbox | None = None
         self.latest: Sight | None = None
-        self.counters = {"results": 0, "errors": 0, "bad_frames": 0}
+        self.last_result: VisionResult | None = None
+        self.counters = {"results": 0, "errors": 0, "bad_frames": 0, "turn_looks": 0}
 
     def push(self, msg: InputFrame, received_ms: float) -> None:
         """A WS-only frame: the newest one waits; one it replaces gives its credit back."""
@@ -98,19 +104,31 @@ class VisionLane:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            try:
-                await self.look()
-            except InvalidConfigError as e:
-                self.counters["bad_frames"] += 1
-                log.info("session %s: %s", self.session.id, e.message)
+            await self._look_safely()
 
-    async def look(self) -> None:
-        """Run the freshest new frame, if any, through the engine and emit the result."""
+    async def at_turn_end(self) -> None:
+        """The user's turn ended: a result from the freshest frame now (see the module
+        docstring); nothing when no frame has come yet."""
+        self.counters["turn_looks"] += 1
+        if not await self._look_safely() and self.last_result is not None:
+            self.session.emit(self.last_result)
+
+    async def _look_safely(self) -> bool:
+        try:
+            return await self.look()
+        except InvalidConfigError as e:
+            self.counters["bad_frames"] += 1
+            log.info("session %s: %s", self.session.id, e.message)
+            return False
+
+    async def look(self) -> bool:
+        """Run the freshest new frame, if any, through the engine and emit the result; False
+        when there was no new frame (or the engine failed)."""
         received = time.time() * 1000.0
         if self.video is not None and self.video.slot:
             frame = await self.video.take("rgb24")
             if frame is None or frame.image is None:
-                return
+                return False
             image, ts = frame.image, frame.pts_ms
         elif self.slot:
             msg, received = self.slot.take()
@@ -118,14 +136,14 @@ class VisionLane:
             image = await asyncio.to_thread(decode_frame, msg)
             ts = msg.ts if msg.ts is not None else 0.0
         else:
-            return
+            return False
         start = time.time() * 1000.0
         try:
             result: FaceDetections = await self.scheduler.submit(image)
         except EngineError as e:
             self.counters["errors"] += 1
             log.warning("session %s: vision failed: %s", self.session.id, e)
-            return
+            return False
         timing = Timing(received=received, engine_start=start, engine_end=time.time() * 1000.0)
         detections = tuple(
             Detection(label="face", score=min(1.0, d.score), box=(d.x, d.y, d.width, d.height))
@@ -133,7 +151,9 @@ class VisionLane:
         )
         self.latest = Sight(ts, len(detections), time.monotonic())
         self.counters["results"] += 1
-        self.session.emit(VisionResult(frame_ts=ts, detections=detections, timing=timing))
+        self.last_result = VisionResult(frame_ts=ts, detections=detections, timing=timing)
+        self.session.emit(self.last_result)
+        return True
 
     def context(self, max_age_s: float) -> str | None:
         """What the camera sees, for the LLM, if seen within ``max_age_s``."""
