@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from tidegate.bench.compare import compare, run_compare, table
+from tidegate.bench.load import LoadMeter
 from tidegate.bench.target import Target
 
 from .conftest import run_scenario, scenario_args
@@ -74,3 +75,20 @@ def _pngs(folder: Path, pattern: str) -> list[Path]:
         with Image.open(path) as img:
             img.verify()
     return out
+
+
+async def test_load_figures_fall_back_to_proc(live_target: Target) -> None:
+    """Without an admin token /metrics is refused: a server this harness started is then
+    read from /proc; one it did not start (no pid) gives no server figures at all."""
+    own = Target(live_target.http_url, live_target.token, live_target.pid)
+    meter = LoadMeter(own)
+    idle = await meter.baseline()
+    assert idle["source"] == "proc" and idle["server_rss_mb"] > 0
+    await meter.start()
+    level = await meter.stop(1)
+    assert level["source"] == "proc" and level["server_cpu_s_per_s"] >= 0
+    remote = LoadMeter(Target(live_target.http_url, live_target.token))
+    assert (await remote.baseline()) == {"source": None}
+    await remote.start()
+    level = await remote.stop(1)
+    assert "server_cpu_s_per_s" not in level and level["generator_cpu_s_per_s"] >= 0

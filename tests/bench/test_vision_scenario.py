@@ -17,7 +17,7 @@ async def test_vision_scenario_report(live_target: Target, tmp_path: Path) -> No
         live_target, "vision", tmp_path, "--sessions", "1", "--duration-s", "2"
     )
     results = report["results"]
-    assert results["idle"]["source"] in ("metrics", "proc")
+    assert results["idle"]["source"] == "metrics"  # the server's /metrics, admin token
     for transport in ("ws", "rtc"):
         [level] = results[transport]["levels"]
         assert level["sessions"] == 1 and level["errors"] == [], level
