@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from tidegate.engines.runtime import RuntimeOptions, runtime_unavailable
+
 from .errors import OverloadedError
 from .modes import ENGINE_MODES
 
@@ -54,6 +56,7 @@ class Admission:
             return
         for name in self.engines_of(mode, engines):
             source = engines.batchers.get(name) or engines.schedulers[name]
+            self._check_runtime(name, mode, source)
             load = source.queue_load()
             why = self._saturated(load)
             if why is not None:
@@ -66,6 +69,21 @@ class Admission:
                     ),
                 )
         self.admitted += 1
+
+    def _check_runtime(self, name: str, mode: str, source: object) -> None:
+        """A Triton server that failed within triton_retry_s under the refuse policy refuses
+        new sessions of the engines it serves (docs/triton.md)."""
+        engine = getattr(source, "engine", source)
+        options = getattr(engine, "runtime_options", None) or getattr(engine, "runtime", None)
+        if not isinstance(options, RuntimeOptions):
+            return
+        reason = runtime_unavailable(options)
+        if reason:
+            self.refused[name] += 1
+            raise OverloadedError(
+                f"the {name} engine cannot serve new {mode} sessions now: {reason}",
+                retry_after_ms=max(ADMISSION_MIN_RETRY_MS, options.triton_retry_s * 1000.0),
+            )
 
     def _saturated(self, load: QueueLoad) -> str | None:
         if self.queue_fraction > 0 and load.depth and load.fraction >= self.queue_fraction:
