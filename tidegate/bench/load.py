@@ -141,7 +141,9 @@ class LoadMeter:
         return out
 
 
-def session_counts(spec: str, *, ramp: bool, ramp_max: int) -> list[int]:
+def session_counts(
+    spec: str, *, ramp: bool, ramp_max: int, option: str = "--sessions"
+) -> list[int]:
     """``--sessions 1,2,4,8`` as a list; with ``--ramp``: 1, 2, 4, ... up to ``ramp_max``
     (the caller stops at the first level that loses real time)."""
     if ramp:
@@ -150,9 +152,12 @@ def session_counts(spec: str, *, ramp: bool, ramp_max: int) -> list[int]:
             out.append(n)
             n *= 2
         return out
-    counts = [int(x) for x in spec.split(",") if x.strip()]
+    try:
+        counts = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        counts = []
     if not counts or min(counts) < 1:
-        raise SystemExit(f"--sessions: expected counts like 1,2,4,8, got {spec!r}")
+        raise SystemExit(f"{option}: expected counts like 1,2,4,8, got {spec!r}")
     return counts
 
 

@@ -53,7 +53,7 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at
+from ..load import LoadMeter, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..target import Target, process_cpu_s
@@ -90,6 +90,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default=".cache/assets/two_cities.wav", help="recorded speech (wav)")
     p.add_argument("--clip-s", type=float, default=20.0, help="seconds of the clip to stream")
     p.add_argument("--streams", default="1,4,16", help="concurrent stream counts")
+    p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
+    p.add_argument("--ramp-max", type=int, default=64, help="the ramp's last level")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="input.audio chunk length")
     p.add_argument("--sentences", type=int, default=2, help="espeak sentences (0: none)")
     p.add_argument("--no-rtf", action="store_true", help="skip the as-fast-as-credit run")
@@ -396,10 +398,14 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if not args.no_rtf:
         current().stage("asr: the clip as fast as credit allows")
         results["fast_upload"] = await _rtf(target, clip, args.chunk_ms)
-    for n in (int(s) for s in args.streams.split(",")):
+    for n in session_counts(
+        args.streams, ramp=args.ramp, ramp_max=args.ramp_max, option="--streams"
+    ):
         level = await _level(target, n, audio, args, word_ends, offset_ms, reference, meter)
         results["levels"].append(level)
         print(_summary(level), file=sys.stderr)
+        if args.ramp and not level["real_time_held"]:
+            break
     results["real_time_lost_at"] = real_time_lost_at(results["levels"], "streams")
     results["target"] = {
         "eos_to_final_p50_ms_max": 500.0,

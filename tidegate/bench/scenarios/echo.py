@@ -42,7 +42,7 @@ from tidegate.protocol.client import Client
 from tidegate.protocol.messages import FlowLag, Metrics
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at
+from ..load import LoadMeter, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import connect, loopback_ice
@@ -71,6 +71,8 @@ def _args(p: argparse.ArgumentParser) -> None:
         help="comma-separated session counts for the receive-only runs",
     )
     p.add_argument("--max-lag-ms", type=float, default=200.0, help="real-time bound on lag")
+    p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
+    p.add_argument("--ramp-max", type=int, default=256, help="the ramp's last level")
 
 
 def encode_cycle() -> list[bytes]:
@@ -330,10 +332,12 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     results["idle"] = await meter.baseline()
     current().stage("echo: round trips")
     results["echo"] = await run_echo(target, packets, args.rtt_s)
-    counts = [int(x) for x in str(args.sessions).split(",") if x.strip()]
-    results["receive_only"] = [
-        await run_load(target, packets, n, args.window_s, args.max_lag_ms, meter) for n in counts
-    ]
+    results["receive_only"] = []
+    for n in session_counts(str(args.sessions), ramp=args.ramp, ramp_max=args.ramp_max):
+        level = await run_load(target, packets, n, args.window_s, args.max_lag_ms, meter)
+        results["receive_only"].append(level)
+        if args.ramp and not level["real_time_held"]:
+            break
     results["real_time_lost_at"] = real_time_lost_at(results["receive_only"])
     results["target"] = {
         "rtt_ms_p50_max": 70.0,
