@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import sysconfig
@@ -88,6 +89,24 @@ def _serve_model(triton: Any, name: str, path: Path, delay_s: float, threads: in
     )
 
 
+def _stub_dirs() -> list[Path]:
+    """The /tmp folders of this server's python backend stubs (their command lines name the
+    model file there and the shared-memory prefix that carries this process's id)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a.endswith(str(os.getpid())) and a.startswith("pytrtion") for a in args):
+            found += [
+                Path(a).parents[1]
+                for a in args
+                if a.startswith("/tmp/folder") and a.endswith("/model.py")
+            ]
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models-dir", type=Path, action="append", default=[])
@@ -147,11 +166,15 @@ def main() -> None:
         for name, seconds in slow.items():
             _serve_model(triton, f"slow.{name}", files[name], seconds, args.threads)
         triton.run()
+        stub_dirs = _stub_dirs()
         print("ready", flush=True)
         try:
             triton.serve()
         except KeyboardInterrupt:
             pass
+    # Triton's python backend unpacks each model into /tmp/folderXXXXXX and leaves it there.
+    for folder in stub_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
