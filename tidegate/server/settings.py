@@ -453,7 +453,8 @@ class Settings:
     )
     redis_retry_s: float = _doc("How often a Redis that is down is tried again.", default=1.0)
     node_id: str | None = _doc(
-        "This node's id in the session directory. Unset: the record writer's node id.",
+        "This node's id in the session directory. Unset: route_id, else the record "
+        "writer's (random) node id.",
         default=None,
     )
     node_url: str | None = _doc(

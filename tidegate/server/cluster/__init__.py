@@ -93,7 +93,9 @@ class Cluster:
         self.settings = settings
         self.registry = registry
         self.limiter = limiter
-        self.node_id = s.node_id or node_id
+        # The route id NGINX routes on names the node too (docs/deploy.md), so that a 421's
+        # X-Tidegate-Node is what NGINX's maps know.
+        self.node_id = s.node_id or s.route_id or node_id
         self.link: RedisLink | None = None
         self.directory: Directory
         if s.redis_url:

@@ -177,6 +177,9 @@ class RedisSensorBus:
                 continue
             if msg is not None and msg.get("type") == "message":
                 self._deliver(msg)
+                # Let the subscribers' forwarders run before the next buffered message, or a
+                # burst from Redis would coalesce for subscribers that are not slow at all.
+                await asyncio.sleep(0)
 
     async def _sync_subscriptions(self) -> None:
         """Subscribe to the channels wanted now, unsubscribe from the others."""
