@@ -14,6 +14,7 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,3 +166,38 @@ def real_time_lost_at(levels: list[dict[str, Any]], key: str = "sessions") -> in
     """The smallest level that did not keep real time (``real_time_held`` false), if any."""
     lost = [lv[key] for lv in levels if lv.get("real_time_held") is False]
     return min(lost) if lost else None
+
+
+START_TIMEOUT_S = 60.0
+
+
+async def wait_started(
+    started: Sequence[asyncio.Event],
+    tasks: Sequence[asyncio.Future[Any]],
+    timeout_s: float = START_TIMEOUT_S,
+) -> None:
+    """Wait until every session of a level says it is sending; if one fails first (a refused
+    session, ICE that did not connect), cancel the others and raise its error at once rather
+    than waiting out the timeout."""
+    everyone = asyncio.ensure_future(asyncio.gather(*(ev.wait() for ev in started)))
+    try:
+        pending: set[asyncio.Future[Any]] = {everyone, *tasks}
+        deadline = time.monotonic() + timeout_s
+        while not everyone.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"sessions not started within {timeout_s:g} s")
+            done, pending = await asyncio.wait(
+                pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                if t is not everyone and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        everyone.cancel()
+        await asyncio.gather(everyone, return_exceptions=True)

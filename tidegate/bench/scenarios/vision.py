@@ -55,7 +55,7 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts
+from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import connect, loopback_ice
@@ -340,8 +340,7 @@ async def _level(
         for i, ev in enumerate(starts)
     ]
     try:
-        async with asyncio.timeout(60):
-            await asyncio.gather(*(ev.wait() for ev in starts))
+        await wait_started(starts, tasks)
         await meter.start()
         await asyncio.sleep(args.duration_s)
         load = await meter.stop(n)
