@@ -46,9 +46,7 @@ def add_commands(sub: Any, *, data_dir: Path, models_file: Path | None = None) -
     q.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind")
     q.add_argument("--instances", type=int, default=1, help="instances per model (default 1)")
     q.add_argument("--max-batch-size", type=int, default=64, help="for batchable models")
-    q.add_argument(
-        "--queue-delay-us", type=int, default=500, help="dynamic batching's queue delay"
-    )
+    q.add_argument("--queue-delay-us", type=int, default=500, help="dynamic batching's queue delay")
     q.add_argument("--tensorrt", action="store_true", help="TensorRT execution accelerator")
     q.add_argument("--fp16", action="store_true", help="TensorRT in FP16")
     q.add_argument("--copy", action="store_true", help="copy model files (default: hard link)")

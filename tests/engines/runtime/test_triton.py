@@ -253,3 +253,17 @@ def test_side_by_side_bench(triton_server: Any, data_dir: Path, capsys: Any) -> 
     assert {"p50", "p99"} <= set(vad["added_ms"]) and vad["triton_ms"]["p50"] > 0
     assert set(report["vad_streams"]) == {"local", "triton"}
     assert report["grpc_unary_vs_stream"]["calls"] == 20
+
+
+def test_export_triton_command(data_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    """`tidegate models export-triton DIR NAMES` writes the named models' folders; an unknown
+    model is a clear error with exit status 1."""
+    from tidegate.cli import main
+
+    out = tmp_path / "repo"
+    argv = ["models", "--data-dir", str(data_dir), "export-triton", str(out), "silero-vad"]
+    assert main([*argv, "--kind", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["silero-vad.silero_vad"]
+    assert "KIND_CPU" in (out / "silero-vad.silero_vad" / "config.pbtxt").read_text()
+    assert main([*argv[:-1], "no-such-model"]) == 1
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
