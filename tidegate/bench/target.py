@@ -19,6 +19,8 @@ from pathlib import Path
 
 import jwt
 
+from tidegate.protocol.client import Client
+
 READY_TIMEOUT_S = 60.0
 
 
@@ -138,3 +140,19 @@ def process_rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux /proc)."""
     with open(f"/proc/{pid}/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def open_session(
+    target: Target, subject: str, config: dict[str, object]
+) -> tuple[Client, float]:
+    """Connect the control channel with a fresh token for ``subject`` and create a session;
+    returns the client and the session's open time (WebSocket handshake to session.created,
+    ms)."""
+    t0 = time.perf_counter()
+    client = await Client.connect(target.control_url, target.mint(subject=subject))
+    try:
+        await client.create_session(dict(config))
+    except BaseException:
+        await client.close()
+        raise
+    return client, (time.perf_counter() - t0) * 1000.0

@@ -65,7 +65,7 @@ from ..load import LoadMeter, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
-from ..target import Target, process_cpu_s
+from ..target import Target, open_session, process_cpu_s
 from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
 
 QUESTIONS = (  # and a word a right answer contains
@@ -156,6 +156,7 @@ class SessionLog:
     turns: list[Turn] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     connect_ms: float | None = None
+    open_ms: float | None = None
 
 
 def _audible(msg: OutputAudio, threshold: float) -> bool:
@@ -208,42 +209,41 @@ async def run_session(
     log = SessionLog()
     step = int(chunk_ms * RATE_HZ / 1000)
     silence = np.zeros(step, np.float32)
-    token = target.mint(subject=f"bench-assistant-{secrets.token_hex(4)}")
-    async with await Client.connect(target.control_url, token) as client:
-        await client.create_session({"mode": "assistant"})
-        async with asyncio.TaskGroup() as tg:
-            reader = tg.create_task(_reader(client, log, threshold))
-            await asyncio.sleep(delay_s)
-            clock = time.monotonic()
-            sent = 0  # samples
+    subject = f"bench-assistant-{secrets.token_hex(4)}"
+    client, log.open_ms = await open_session(target, subject, {"mode": "assistant"})
+    async with client, asyncio.TaskGroup() as tg:
+        reader = tg.create_task(_reader(client, log, threshold))
+        await asyncio.sleep(delay_s)
+        clock = time.monotonic()
+        sent = 0  # samples
 
-            async def send(x: np.ndarray[Any, np.dtype[np.float32]]) -> float:
-                nonlocal sent
-                wait = clock + sent / RATE_HZ - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await client.send(
-                    InputAudio(pcm=_pcm(x), format="s16le", sample_rate=RATE_HZ, channels=1)
-                )
-                sent += len(x)
-                return time.monotonic()
+        async def send(x: np.ndarray[Any, np.dtype[np.float32]]) -> float:
+            nonlocal sent
+            wait = clock + sent / RATE_HZ - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await client.send(
+                InputAudio(pcm=_pcm(x), format="s16le", sample_rate=RATE_HZ, channels=1)
+            )
+            sent += len(x)
+            return time.monotonic()
 
-            for audio, expect in questions:
-                turn = Turn(expect)
-                log.turns.append(turn)
-                for i in range(0, len(audio), step):
-                    t = await send(audio[i : i + step])
-                    if i == 0:
-                        turn.speech_start = t
-                turn.speech_end = t
-                deadline = time.monotonic() + REPLY_WAIT_S
-                while not turn.got_done.is_set() and time.monotonic() < deadline:
-                    await send(silence)
-                for _ in range(int(GAP_S * 1000 / chunk_ms)):
-                    await send(silence)
-            with contextlib.suppress(Exception):
-                await client.close_session()
-            reader.cancel()
+        for audio, expect in questions:
+            turn = Turn(expect)
+            log.turns.append(turn)
+            for i in range(0, len(audio), step):
+                t = await send(audio[i : i + step])
+                if i == 0:
+                    turn.speech_start = t
+            turn.speech_end = t
+            deadline = time.monotonic() + REPLY_WAIT_S
+            while not turn.got_done.is_set() and time.monotonic() < deadline:
+                await send(silence)
+            for _ in range(int(GAP_S * 1000 / chunk_ms)):
+                await send(silence)
+        with contextlib.suppress(Exception):
+            await client.close_session()
+        reader.cancel()
     return log
 
 
@@ -276,9 +276,9 @@ async def run_session_rtc(
     (silence between them, like a microphone), the reply is heard on the inbound track: its
     first 20 ms frame above the threshold after ``response.created`` is the first audio."""
     log = SessionLog()
-    token = target.mint(subject=f"bench-assistant-rtc-{secrets.token_hex(4)}")
-    async with await Client.connect(target.control_url, token) as client:
-        await client.create_session({"mode": "assistant"})
+    subject = f"bench-assistant-rtc-{secrets.token_hex(4)}"
+    client, log.open_ms = await open_session(target, subject, {"mode": "assistant"})
+    async with client:
         await asyncio.sleep(delay_s)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         track = OpusQueueTrack(SILENCE_PACKET[0])
@@ -381,6 +381,7 @@ async def _level(
     }
     if load is not None:
         out["load"] = load
+    out["session_open_ms"] = percentiles([x.open_ms for x in logs if x.open_ms is not None])
     if transport == "rtc":
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
     if cpu0 is not None and cpu1 is not None:

@@ -43,7 +43,7 @@ from ..harness import scenario
 from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
 from ..progress import current
 from ..report import distribution, percentiles
-from ..target import Target
+from ..target import Target, open_session
 
 SETTLE_S = 1.0  # after the last reading, for the last deliveries
 
@@ -66,6 +66,7 @@ class PairLog:
     delivery_ms: list[float] = field(default_factory=list)
     delivered: int = 0
     coalesced: int = 0
+    open_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -94,12 +95,12 @@ async def run_pair(
 ) -> PairLog:
     log = PairLog()
     tag = secrets.token_hex(4)
-    async with (
-        await Client.connect(target.control_url, target.mint(subject=f"pub-{tag}")) as pub,
-        await Client.connect(target.control_url, target.mint(subject=f"sub-{tag}")) as sub,
-    ):
-        created = await pub.create_session({"mode": "loopback"})
-        await sub.create_session({"mode": "loopback"})
+    pub, open_pub = await open_session(target, f"pub-{tag}", {"mode": "loopback"})
+    sub, open_sub = await open_session(target, f"sub-{tag}", {"mode": "loopback"})
+    log.open_ms = [open_pub, open_sub]
+    async with pub, sub:
+        assert pub.session is not None
+        created = pub.session
         # No reply on success (an error on failure, which the reader logs); a ping after it
         # comes back once the server has handled the subscription.
         await sub.send(SensorSubscribe(id=sub.next_id(), session_id=created.session_id))
@@ -185,6 +186,7 @@ async def _level(
         "delivered_per_s": round(delivered / wall, 1),
         "delivery_ms": delivery,
         "send_ms": percentiles([v for x in logs for v in x.send_ms]),
+        "session_open_ms": percentiles([v for x in logs for v in x.open_ms]),
         "errors": errors[:10],
         "real_time_held": held,
         "load": load,

@@ -59,6 +59,7 @@ from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import connect, loopback_ice
+from ..target import open_session
 from .asr import _default_data_dir
 
 WIDTH, HEIGHT = 640, 480
@@ -219,6 +220,7 @@ class VisionLog:
     errors: list[str] = field(default_factory=list)
     clock_rtt_ms: float = 0.0
     connect_ms: float | None = None
+    open_ms: float = 0.0
 
 
 async def _reader(client: Client, log: VisionLog) -> None:
@@ -251,11 +253,10 @@ async def run_session(
     stop: asyncio.Event,
 ) -> tuple[VisionLog, Client]:
     log = VisionLog()
-    token = target.mint(subject=f"bench-vision-{secrets.token_hex(4)}")
-    client = await Client.connect(target.control_url, token)
+    subject = f"bench-vision-{secrets.token_hex(4)}"
+    client, log.open_ms = await open_session(target, subject, {"mode": "assistant"})
     pc: RTCPeerConnection | None = None
     try:
-        await client.create_session({"mode": "assistant"})
         log.clock_rtt_ms = (await client.sync_clock()).rtt_ms
         await asyncio.sleep(delay_s)
         track = VideoReplayTrack(media, args.fps)
@@ -378,6 +379,7 @@ async def _level(
         "results_unmatched": counts["unmatched"],
         "frame_to_detection_ms": latency,
         "stages": {k: percentiles(values[k]) for k in STAGES if k != "uplink_ms" or values[k]},
+        "session_open_ms": percentiles([log.open_ms for log in logs]),
         "clock_sync_rtt_ms": percentiles([log.clock_rtt_ms for log in logs]),
         "lag_events": lag,
         "errors": errors[:10],
