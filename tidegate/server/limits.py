@@ -33,12 +33,17 @@ if TYPE_CHECKING:
 PRUNE_AT_KEYS = 10_000
 
 
+LEASE_RATE_S = 0.05  # a lease holds at most this many seconds' worth of a bucket's rate...
+LEASE_BURST_SHARE = 0.1  # ...and at most this share of its burst (1 token: no lease)
+LEASE_MAX_AGE_S = 1.0  # leased tokens not used within this are given up (never returned)
+
+
 class SharedBuckets(Protocol):
     """Token buckets shared by the nodes (raises when they cannot be reached)."""
 
     async def take(
-        self, what: str, key: tuple[str, str], *, rate_per_s: float, burst: float
-    ) -> float | None: ...
+        self, what: str, key: tuple[str, str], *, rate_per_s: float, burst: float, want: int = 1
+    ) -> tuple[int, float | None]: ...
 
 
 @dataclass(slots=True)
@@ -66,6 +71,11 @@ class TokenBuckets:
         self.admitted = 0
         self.refused = 0
         self.shared: SharedBuckets | None = None
+        # Tokens taken from the shared bucket ahead of use: one round trip per lease.
+        self.lease_tokens = max(
+            1, int(min(self.burst * LEASE_BURST_SHARE, rate_per_s * LEASE_RATE_S))
+        )
+        self._leases: dict[tuple[str, str], _Bucket] = {}
         self.shared_admitted = 0
         self.shared_refused = 0
         self.shared_fallbacks = 0
@@ -97,19 +107,40 @@ class TokenBuckets:
         if self.shared is None or self.rate_per_s <= 0:
             wait_ms = self.take(key)
         else:
-            try:
-                wait_ms = await self.shared.take(
-                    self.what, key, rate_per_s=self.rate_per_s, burst=self.burst
-                )
-            except RedisDownError:
-                self.shared_fallbacks += 1
-                wait_ms = self.take(key)
-            else:
-                if wait_ms is None:
-                    self.shared_admitted += 1
-                else:
-                    self.shared_refused += 1
+            wait_ms = await self._take_shared(self.shared, key)
         self._refuse(wait_ms)
+
+    async def _take_shared(self, shared: SharedBuckets, key: tuple[str, str]) -> float | None:
+        now = self.clock()
+        lease = self._leases.get(key)
+        if lease is not None and lease.tokens >= 1 and now - lease.at_s < LEASE_MAX_AGE_S:
+            lease.tokens -= 1
+            self.shared_admitted += 1
+            return None
+        try:
+            granted, wait_ms = await shared.take(
+                self.what,
+                key,
+                rate_per_s=self.rate_per_s,
+                burst=self.burst,
+                want=self.lease_tokens,
+            )
+        except RedisDownError:
+            self.shared_fallbacks += 1
+            return self.take(key)
+        if wait_ms is not None:
+            self.shared_refused += 1
+            return wait_ms
+        self.shared_admitted += 1
+        if granted > 1:
+            if len(self._leases) >= PRUNE_AT_KEYS:
+                self._leases = {
+                    k: b for k, b in self._leases.items() if now - b.at_s < LEASE_MAX_AGE_S
+                }
+            self._leases[key] = _Bucket(float(granted - 1), now)
+        else:
+            self._leases.pop(key, None)
+        return None
 
     def check(self, principal: Principal) -> None:
         """Take one token for ``principal`` or raise RateLimitedError (this node's count)."""
@@ -143,6 +174,7 @@ class TokenBuckets:
             "shared_admitted": self.shared_admitted,
             "shared_refused": self.shared_refused,
             "shared_fallbacks": self.shared_fallbacks,
+            "lease_tokens": self.lease_tokens,
         }
 
 
