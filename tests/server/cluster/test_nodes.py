@@ -18,6 +18,7 @@ import pytest
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import InputSensor, SensorReading, SensorSubscribe
 
+from ..conftest import make_settings, run_server
 from .nodes import Node
 from .redis_server import eventually
 
@@ -200,3 +201,30 @@ async def test_sensor_readings_cross_nodes_in_order_and_stay_in_their_tenant(
     assert bus["received"] >= len(seen) and bus["redis_channels"] >= 1
     for c in (kiosk, dash, eve):
         await c.close()
+
+
+async def test_a_full_node_names_a_node_with_room(
+    tmp_path: Path, pair: tuple[Node, Node], redis_url: str, module_prefix: str
+) -> None:
+    """A node at max_sessions refuses with overloaded and a retry hint, naming a node of the
+    cluster that has room (from the directory's published load)."""
+    settings = make_settings(
+        tmp_path,
+        jwt_secret=KEY,
+        redis_url=redis_url,
+        redis_key_prefix=module_prefix,
+        node_id="nfull",
+        max_sessions=1,
+        cluster_heartbeat_s=0.2,
+        cluster_node_ttl_s=1.5,
+    )
+    async with run_server(settings) as full:
+        token = full.token(tenant="full")
+        async with await full.client(token=token) as c1, await full.client(token=token) as c2:
+            await c1.create_session({"mode": "loopback"})
+            with pytest.raises(RefusedError) as e:
+                await c2.create_session({"mode": "loopback"})
+    err = e.value.error
+    assert err.code == "overloaded" and err.retry_after_ms is not None
+    assert "this node holds 1 sessions, its limit; node n" in err.message
+    assert "has room" in err.message and "nfull" not in err.message.split(";")[1]

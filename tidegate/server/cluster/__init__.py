@@ -164,6 +164,7 @@ class Cluster:
         away), the registry's own checks decide. A node that is full says which has room."""
         s = self.settings
         if len(self.registry) >= s.max_sessions:
+            self.registry.refused += 1
             raise OverloadedError(await self._full_message(), retry_after_ms=FULL_RETRY_AFTER_MS)
         if self.link is None:
             return None
