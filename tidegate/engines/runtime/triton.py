@@ -11,8 +11,9 @@ each request, so one Triton call answers one batch and any Triton instance can a
 Failures: each call has a client deadline (``triton_timeout_s``); a call that finds the
 server unreachable makes a new channel and tries once more within that deadline. What then
 happens is ``triton_policy``: ``refuse`` fails the call (:class:`TritonUnavailableError` or
-:class:`TritonDeadlineError`) and marks the server down for ``triton_retry_s``, during which
-:func:`unavailable` tells the scheduler to refuse new sessions; ``fallback`` answers from the
+:class:`TritonDeadlineError`); an unreachable server is marked down for ``triton_retry_s``,
+during which :func:`unavailable` tells admission control and the scheduler to refuse new
+sessions; ``fallback`` answers from the
 local model file on ONNX Runtime instead and tries Triton again after ``triton_retry_s``.
 """
 
@@ -254,7 +255,9 @@ class TritonModel:
         outputs = [self._grpc.InferRequestedOutput(s.name) for s in self._signature.outputs]
         try:
             result = self._call("infer", self.name, inputs, outputs=outputs)
-        except (TritonUnavailableError, TritonDeadlineError) as e:
+        except TritonUnavailableError as e:
+            # A slow model is not a server that is down: a deadline miss fails its calls,
+            # and admission control sees the queue's wait grow.
             self._health.mark_down(str(e), self.options.triton_retry_s)
             raise
         self._health.mark_up()
