@@ -21,7 +21,9 @@ is the moment the client sent the question's last loud sample. Measured from the
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
 
-Replies must be completed and are checked for an expected word (``answers_ok``). Per level:
+Replies must be completed and are checked for an expected word (``answers_ok``). The same
+questions come again and again, so a server the harness starts runs with its result caches
+off (``--result-caches`` keeps them on: a repeated reply then costs no LLM or TTS time). Per level:
 the server's CPU and memory and the generator's CPU (load.LoadMeter); real time is held when
 every reply completed, nothing was refused and ``eos_to_first_audio_ms`` p90 stayed under
 ``--max-latency-ms``; ``--ramp`` doubles the sessions until it is not.
@@ -93,6 +95,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
     p.add_argument("--ramp-max", type=int, default=16, help="the ramp's last level")
     p.add_argument("--transports", default="ws,rtc", help="ws (input.audio), rtc (Opus track)")
+    p.add_argument(
+        "--result-caches",
+        action="store_true",
+        help="keep the started server's TTS/LLM result caches on (off: every reply is computed;"
+        " the same questions are asked again and again)",
+    )
     p.add_argument(
         "--max-latency-ms", type=float, default=3000.0, help="real-time bound (first audio p90)"
     )
@@ -394,6 +402,7 @@ async def _level(
     "voice to voice: end of speech to final, first token and first reply audio, N sessions",
     add_args=_args,
     server_env={"TIDEGATE_ENGINES": "vad,asr,llm,tts", **_default_data_dir()},
+    env_from_args=lambda args: {"TIDEGATE_RESULT_CACHES": "on" if args.result_caches else "off"},
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if shutil.which("espeak-ng") is None:
@@ -405,7 +414,12 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if not transports or set(transports) - {"ws", "rtc"}:
         raise SystemExit(f"--transports: expected ws and/or rtc, got {args.transports!r}")
     loopback_ice()
-    results: dict[str, Any] = {"chunk_ms": args.chunk_ms, "turns": args.turns}
+    results: dict[str, Any] = {
+        "chunk_ms": args.chunk_ms,
+        "turns": args.turns,
+        # a started server's setting; a server given by --url keeps its own
+        "result_caches": args.result_caches if target.pid else None,
+    }
     meter = LoadMeter(target)
     results["idle"] = await meter.baseline()
     counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
