@@ -11,8 +11,9 @@ its result in both. Keys are SHA-256 digests of everything the result depends on
 and the text for TTS; the model, the messages and the sampling parameters for the LLM. Only
 greedy generations that end by themselves (``stop`` or ``length``) are cached.
 
-Hits and misses are counted per tier (``stats()``, in every session's ``metrics`` event under
-``cluster.caches``). A Redis that is away counts as a miss of that tier, never as an error.
+Hits and misses are counted per tier (``stats()``: in every session's ``metrics`` event under
+``caches``, in ``/v1/cluster``, and in ``/metrics`` as ``tidegate_cache_*``). A Redis that is
+away counts as a miss of that tier, never as an error.
 """
 
 from __future__ import annotations
