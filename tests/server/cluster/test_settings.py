@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tidegate.protocol.messages import Metrics
 from tidegate.server.errors import ConfigError
 from tidegate.server.runtime import Runtime
 from tidegate.server.sensorbus import LocalSensorBus
 from tidegate.server.settings import Settings
 
-from ..conftest import make_settings
+from ..conftest import make_settings, run_server
 
 
 def test_node_id_is_the_setting_then_the_route_id_then_the_writers(tmp_path: Path) -> None:
@@ -37,3 +38,15 @@ async def test_one_node_needs_no_redis(tmp_path: Path) -> None:
     assert c.link is None and not c.shared and isinstance(rt.sensor_bus, LocalSensorBus)
     assert [n["node_id"] for n in await c.nodes()] == [c.node_id]
     assert c.stats()["caches"]["tts"]["shared"] is False
+
+
+async def test_metrics_events_carry_the_cache_counts(tmp_path: Path) -> None:
+    """Every session's metrics event has the node's result cache counts (hits, misses)."""
+    settings = make_settings(tmp_path, metrics_interval_s=0.05)
+    async with run_server(settings) as server, await server.client() as c:
+        await c.create_session({"mode": "loopback"})
+        event = await c.wait_for(Metrics, timeout_s=10)
+    caches = event.stats["caches"]
+    assert caches["enabled"] is True
+    for name in ("tts", "llm"):
+        assert {"hits", "misses", "local_hits", "shared_hits", "bytes"} <= set(caches[name])
