@@ -29,6 +29,8 @@ async def test_sensors_scenario_report(live_target: Target, tmp_path: Path) -> N
         assert lv["readings_sent"] >= lv["sessions"] * 100  # 2 channels x 50 Hz x 1.5 s
         assert lv["readings_delivered"] + lv["coalesced"] == lv["readings_sent"]
         assert lv["missing"] == 0 and lv["readings_delivered"] > lv["readings_sent"] // 2
+        # every reading reached the database, in the publishers' sensor batches
+        assert lv["readings_persisted"] == lv["readings_sent"] and lv["persist_wait_ms"] >= 0
         assert lv["delivery_ms"]["n"] == lv["readings_delivered"]
         assert 0 < lv["delivery_ms"]["p50"] <= lv["delivery_ms"]["p99"]
         assert lv["real_time_held"] in (True, False)

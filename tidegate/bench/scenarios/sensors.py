@@ -14,6 +14,10 @@ time in the values is on the subscriber's clock: no clock mapping is needed. Mea
   fraction of those sent arrived (``delivered_fraction``); ``coalesced``: the sum of the
   readings' ``dropped`` (latest-wins replaced them for a slow subscriber); ``missing``:
   sent, neither delivered nor counted as coalesced (in flight at the end, or refused);
+- ``readings_persisted``: the readings of the publishers' sessions in the database (the
+  sensor batches, ``GET /v1/sessions/{id}/sensors``) once the sessions have closed, and
+  ``persist_wait_ms``: from the last session's close until all of them were there (None when
+  some never arrived within 15 s);
 - per level the server's CPU and memory and the generator's CPU (load.LoadMeter).
 
 Real time is held when no ``error`` arrived, nothing was coalesced, at least 99 % of the
@@ -43,9 +47,11 @@ from ..harness import scenario
 from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
 from ..progress import current
 from ..report import distribution, percentiles
-from ..target import Target, open_session
+from ..target import Target, get_json, open_session
 
 SETTLE_S = 1.0  # after the last reading, for the last deliveries
+PERSIST_WAIT_S = 15.0  # for the sessions' sensor batches to reach the database
+PERSIST_POLL_S = 0.25
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +73,8 @@ class PairLog:
     delivered: int = 0
     coalesced: int = 0
     open_ms: list[float] = field(default_factory=list)
+    publisher_subject: str = ""
+    publisher_session: str = ""
     errors: list[str] = field(default_factory=list)
 
 
@@ -95,12 +103,14 @@ async def run_pair(
 ) -> PairLog:
     log = PairLog()
     tag = secrets.token_hex(4)
-    pub, open_pub = await open_session(target, f"pub-{tag}", {"mode": "loopback"})
+    log.publisher_subject = f"pub-{tag}"
+    pub, open_pub = await open_session(target, log.publisher_subject, {"mode": "loopback"})
     sub, open_sub = await open_session(target, f"sub-{tag}", {"mode": "loopback"})
     log.open_ms = [open_pub, open_sub]
     async with pub, sub:
         assert pub.session is not None
         created = pub.session
+        log.publisher_session = created.session_id
         # No reply on success (an error on failure, which the reader logs); a ping after it
         # comes back once the server has handled the subscription.
         await sub.send(SensorSubscribe(id=sub.next_id(), session_id=created.session_id))
@@ -143,6 +153,43 @@ async def run_pair(
     return log
 
 
+async def _persisted(target: Target, logs: list[PairLog]) -> tuple[int, float | None]:
+    """Readings the publishers' sessions have in the database (``GET
+    /v1/sessions/{id}/sensors``), polled until every reading sent is there or
+    ``PERSIST_WAIT_S`` has passed; and how long after the sessions closed that took (None if
+    never)."""
+    t0 = time.monotonic()
+    want = sum(x.sent for x in logs)
+    got = 0
+    while True:
+        counts = await asyncio.gather(*(_persisted_one(target, x) for x in logs))
+        got = sum(counts)
+        if got >= want:
+            return got, round((time.monotonic() - t0) * 1000, 1)
+        if time.monotonic() - t0 > PERSIST_WAIT_S:
+            return got, None
+        await asyncio.sleep(PERSIST_POLL_S)
+
+
+async def _persisted_one(target: Target, log: PairLog) -> int:
+    if not log.publisher_session:
+        return 0
+    token = target.mint(subject=log.publisher_subject)
+    total, cursor = 0, None
+    while True:
+        url = f"{target.http_url}/v1/sessions/{log.publisher_session}/sensors?limit=200"
+        if cursor:
+            url += f"&cursor={cursor}"
+        try:
+            doc = await asyncio.to_thread(get_json, url, token)
+        except (OSError, ValueError):
+            return total  # not there yet (or the API refused): counted as not persisted
+        total += sum(int(b.get("count", 0)) for b in doc.get("items", []))
+        cursor = doc.get("next_cursor")
+        if not cursor:
+            return total
+
+
 async def _level(
     target: Target, n: int, args: argparse.Namespace, meter: LoadMeter
 ) -> dict[str, Any]:
@@ -163,6 +210,7 @@ async def _level(
     finally:
         stop.set()
     logs = await asyncio.gather(*tasks)
+    persisted, persist_wait_ms = await _persisted(target, logs)
     sent = sum(x.sent for x in logs)
     delivered = sum(x.delivered for x in logs)
     coalesced = sum(x.coalesced for x in logs)
@@ -187,6 +235,8 @@ async def _level(
         "delivery_ms": delivery,
         "send_ms": percentiles([v for x in logs for v in x.send_ms]),
         "session_open_ms": percentiles([v for x in logs for v in x.open_ms]),
+        "readings_persisted": persisted,
+        "persist_wait_ms": persist_wait_ms,
         "errors": errors[:10],
         "real_time_held": held,
         "load": load,
