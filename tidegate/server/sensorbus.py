@@ -185,12 +185,18 @@ class LocalSensorBus:
         self, tenant: str, session_id: str, channel: str, ts: float, values: tuple[float, ...]
     ) -> None:
         self.published += 1
-        subs = self._subs.get((tenant, session_id))
-        if not subs:
-            return
-        reading = SensorReading(session_id, channel, ts, values)
-        for sub in subs:
+        if (tenant, session_id) in self._subs:
+            self.deliver(tenant, SensorReading(session_id, channel, ts, values))
+
+    def deliver(self, tenant: str, reading: SensorReading) -> None:
+        """Offer ``reading`` to this process's subscriptions of its session (a bus that spans
+        processes calls this with what arrives from elsewhere)."""
+        for sub in self._subs.get((tenant, reading.session_id), ()):
             sub.offer(reading)
+
+    def watched(self) -> Iterable[tuple[str, str]]:
+        """The ``(tenant, session id)`` pairs that have a subscription in this process now."""
+        return self._subs.keys()
 
     def subscribe(
         self,

@@ -1,6 +1,6 @@
 """The sensor bus over Redis pub/sub: a subscriber on one node receives the readings a session
-publishes on another (:class:`~tidegate.server.sensorbus.SensorBus`, same shape as the
-in-process bus it wraps).
+publishes on another (:class:`~tidegate.server.sensorbus.SensorBus`: the in-process bus keeps
+this node's subscriptions; this one carries readings between nodes).
 
 - **Channels.** A session's readings go to ``sensor:<tenant>:<session id>``. A subscription
   listens on its *own* tenant's channel for the session it names, so a tenant can never
@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from tidegate.protocol.flow import BoundedBuffer, Overflow
 
-from ..sensorbus import SensorReading, SensorSubscription
+from ..sensorbus import LocalSensorBus, SensorReading, SensorSubscription
 from .link import RedisDownError, RedisLink
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,14 @@ class RedisSensorBus:
     def __init__(self, link: RedisLink, node_id: str, *, backlog_readings: int = 1024) -> None:
         self.link = link
         self.node_id = node_id
-        self._subs: dict[tuple[str, str], set[SensorSubscription]] = {}
+        self.local = LocalSensorBus()  # this node's subscriptions
         self._out: BoundedBuffer[tuple[str, bytes]] = BoundedBuffer(
             "cluster.sensor_publish", max_items=backlog_readings, policy=Overflow.DROP_OLDEST
         )
         self._out_ready = asyncio.Event()
-        self._wanted: dict[str, tuple[str, str]] = {}  # redis channel -> (tenant, session)
-        self._subscribed: set[str] = set()
+        self._subscribed: dict[str, str] = {}  # redis channel -> tenant, as last subscribed
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.published = 0
         self.sent = 0
         self.publish_dropped = 0
         self.received = 0
@@ -64,6 +62,10 @@ class RedisSensorBus:
         self.bad = 0
         self.resubscribes = 0
         link.on_up(self._resubscribe)
+
+    @property
+    def published(self) -> int:
+        return self.local.published
 
     def _channel(self, tenant: str, session_id: str) -> str:
         return self.link.key("sensor", tenant, session_id)
@@ -77,8 +79,7 @@ class RedisSensorBus:
     def publish(
         self, tenant: str, session_id: str, channel: str, ts: float, values: tuple[float, ...]
     ) -> None:
-        self.published += 1
-        self._offer(tenant, session_id, SensorReading(session_id, channel, ts, values))
+        self.local.publish(tenant, session_id, channel, ts, values)
         if not self.link.up:
             self.publish_dropped += 1
             return
@@ -90,12 +91,6 @@ class RedisSensorBus:
         self.publish_dropped += self._out.stats.dropped - before
         self._out_ready.set()
 
-    def _offer(self, tenant: str, session_id: str, reading: SensorReading) -> None:
-        subs = self._subs.get((tenant, session_id))
-        if subs:
-            for sub in subs:
-                sub.offer(reading)
-
     def subscribe(
         self,
         tenant: str,
@@ -104,27 +99,10 @@ class RedisSensorBus:
         *,
         max_channels: int = 64,
     ) -> SensorSubscription:
-        sub = SensorSubscription(
-            tenant, session_id, channels, max_channels=max_channels, on_close=self._forget
-        )
-        self._subs.setdefault((tenant, session_id), set()).add(sub)
-        self._wanted[self._channel(tenant, session_id)] = (tenant, session_id)
-        return sub
-
-    def _forget(self, sub: SensorSubscription) -> None:
-        key = (sub.tenant, sub.session_id)
-        subs = self._subs.get(key)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._subs[key]
-                self._wanted.pop(self._channel(*key), None)
+        return self.local.subscribe(tenant, session_id, channels, max_channels=max_channels)
 
     async def close(self) -> None:
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub.close()
-        self._subs.clear()
+        await self.local.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -183,13 +161,13 @@ class RedisSensorBus:
 
     async def _sync_subscriptions(self) -> None:
         """Subscribe to the channels wanted now, unsubscribe from the others."""
-        wanted = set(self._wanted)
-        if wanted == self._subscribed:
+        wanted = {self._channel(t, s): t for t, s in self.local.watched()}
+        if wanted.keys() == self._subscribed.keys():
             return
         if self._pubsub is None:
             self._pubsub = self.link.client.pubsub()
-        new = wanted - self._subscribed
-        old = self._subscribed - wanted
+        new = wanted.keys() - self._subscribed.keys()
+        old = self._subscribed.keys() - wanted.keys()
         if new:
             await self._pubsub.subscribe(*new)
         if old:
@@ -203,7 +181,7 @@ class RedisSensorBus:
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
-        self._subscribed = set()
+        self._subscribed = {}
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -211,7 +189,7 @@ class RedisSensorBus:
     def _deliver(self, msg: dict[str, Any]) -> None:
         channel = msg.get("channel")
         key = channel.decode() if isinstance(channel, bytes) else str(channel)
-        target = self._wanted.get(key)
+        tenant = self._subscribed.get(key)
         try:
             doc = orjson.loads(msg["data"])
             node = doc["n"]
@@ -224,15 +202,14 @@ class RedisSensorBus:
         if node == self.node_id:
             self.received_own += 1  # delivered by the in-process path already
             return
-        if target is None or reading.session_id != target[1]:
+        if tenant is None or key != self._channel(tenant, reading.session_id):
             return  # unsubscribed meanwhile (or not what the channel carries)
         self.received += 1
-        self._offer(target[0], target[1], reading)
+        self.local.deliver(tenant, reading)
 
     def stats(self) -> dict[str, Any]:
         return {
-            "published": self.published,
-            "subscriptions": sum(len(s) for s in self._subs.values()),
+            **self.local.stats(),
             "shared": True,
             "sent": self.sent,
             "publish_queue": self._out.stats.as_dict(),
