@@ -259,8 +259,8 @@ class SessionRegistry:
         route = f"{s.route_id}." if s.route_id else ""
         session_id = f"s_{route}{secrets.token_urlsafe(12)}"
         session = Session(session_id, principal, config, s, recorder=self.recorder)
-        self._sessions[session_id] = session
         session.caches = self.cluster.caches if self.cluster is not None else None
+        self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1
         session.record(

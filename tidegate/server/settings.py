@@ -65,8 +65,6 @@ class Settings:
         default=(),
     )
 
-    # -- control channel ------------------------------------------------------------------------
-    max_message_bytes: int = _doc("Largest control message accepted.", default=1_048_576)
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
         "browser client): auto (on only when host is a loopback address, for local requests "
@@ -79,6 +77,8 @@ class Settings:
         default=None,
     )
 
+    # -- control channel ------------------------------------------------------------------------
+    max_message_bytes: int = _doc("Largest control message accepted.", default=1_048_576)
     max_depth: int = _doc("Deepest nesting accepted in a message.", default=8)
     max_string_chars: int = _doc("Longest string accepted in a message.", default=65_536)
     max_bad_messages: int = _doc(
@@ -222,8 +222,7 @@ class Settings:
         default="refuse",
     )
     triton_retry_s: float = _doc(
-        "After a failed Triton call, how long the server counts as down before it is tried "
-        "again.",
+        "After a failed Triton call, how long the server counts as down before it is tried again.",
         default=5.0,
     )
     engine_max_sessions: int = _doc(
