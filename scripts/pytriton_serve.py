@@ -8,7 +8,9 @@ is served as the model ``FOLDER.STEM`` (tidegate's triton runtime uses the same 
 batching off: tidegate's scheduler forms the batches, so every tensor has its full shape (a
 scalar input is declared ``[1]``, as in the exported repository's ``reshape``). ``--slow
 NAME=SECONDS`` also serves a copy of a model as ``slow.NAME`` that sleeps first (deadline
-tests). Binds 127.0.0.1 only. Stop it with SIGTERM. Prints ``ready`` when serving.
+tests). ``--whisper FOLDER`` serves Whisper's whole decode as ``FOLDER.transcribe`` (the python
+model that export-triton writes, same code). Binds 127.0.0.1 only. Stop it with SIGTERM.
+Prints ``ready`` when serving.
 """
 
 from __future__ import annotations
@@ -89,6 +91,45 @@ def _serve_model(triton: Any, name: str, path: Path, delay_s: float, threads: in
     )
 
 
+def _serve_transcribe(triton: Any, folder: Path, threads: int, max_batch: int) -> str:
+    """Whisper's python transcribe model (``FOLDER.transcribe``), running the very code that
+    ``tidegate models export-triton`` copies beside its model.py: tidegate/engines/asr/
+    greedy.py (numpy only), imported here by path."""
+    import numpy as np
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    asr = Path(__file__).resolve().parents[1] / "tidegate" / "engines" / "asr"
+    if str(asr) not in sys.path:
+        sys.path.append(str(asr))
+    import greedy  # type: ignore[import-not-found]
+
+    model = greedy.Transcriber.open_ort(folder, ["CPUExecutionProvider"], threads)
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        answers = model.infer([dict(r.items()) for r in requests])
+        for a in answers:
+            if isinstance(a, ValueError):
+                raise a  # pytriton fails the batch with the message
+        return answers
+
+    def tensors(items: Any) -> list[Any]:
+        return [Tensor(name=n, dtype=np.dtype(t).type, shape=dims) for n, t, dims in items]
+
+    name = f"{folder.name}.transcribe"
+    triton.bind(
+        model_name=name,
+        infer_func=infer,
+        inputs=tensors(greedy.TRANSCRIBE_INPUTS),
+        outputs=tensors(greedy.TRANSCRIBE_OUTPUTS),
+        config=ModelConfig(
+            max_batch_size=max_batch,
+            batcher=DynamicBatcher(max_queue_delay_microseconds=500),
+        ),
+        strict=False,
+    )
+    return name
+
+
 def _stub_dirs() -> list[Path]:
     """The /tmp folders of this server's python backend stubs (their command lines name the
     model file there and the shared-memory prefix that carries this process's id)."""
@@ -117,6 +158,14 @@ def main() -> None:
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--metrics-port", type=int, required=True)
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per model")
+    ap.add_argument(
+        "--whisper",
+        type=Path,
+        action="append",
+        default=[],
+        help="a converted Whisper folder: serve FOLDER.transcribe (the whole decode)",
+    )
+    ap.add_argument("--max-batch", type=int, default=64, help="transcribe's max_batch_size")
     ap.add_argument("--workspace", type=Path, default=None)
     args = ap.parse_args()
     _reexec_with_libpython()
@@ -165,6 +214,8 @@ def main() -> None:
             _serve_model(triton, name, path, 0.0, args.threads)
         for name, seconds in slow.items():
             _serve_model(triton, f"slow.{name}", files[name], seconds, args.threads)
+        for folder in args.whisper:
+            _serve_transcribe(triton, folder, args.threads, args.max_batch)
         triton.run()
         stub_dirs = _stub_dirs()
         print("ready", flush=True)

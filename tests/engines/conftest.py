@@ -141,8 +141,9 @@ TinyFactory = Callable[[Path], Path]
 @pytest.fixture(scope="session")
 def triton_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real Triton server (pytriton's, on 127.0.0.1) serving the tiny models, Silero VAD,
-    BlazeFace and Whisper under the names the triton runtime derives from their paths, plus
-    ``slow.tiny.affine`` (answers after 1 s). Tests that stop it start it again."""
+    BlazeFace and Whisper's whole decode (the python transcribe model) under the names the
+    triton runtime derives from their paths, plus ``slow.tiny.affine`` (answers after 1 s).
+    Tests that stop it start it again."""
     import shutil
 
     from .triton_server import TritonServer
@@ -160,10 +161,9 @@ def triton_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         tiny / "rec.onnx",
         m / "silero-vad" / "silero_vad.onnx",
         m / "blazeface" / "blazeface.onnx",
-        m / "whisper-tiny-en" / "encoder.onnx",
-        m / "whisper-tiny-en" / "decoder.onnx",
     ]
     args = [a for f in files for a in ("--model", str(f))] + ["--slow", "tiny.affine=1.0"]
+    args += ["--whisper", str(m / "whisper-tiny-en")]  # whisper-tiny-en.transcribe
     server = TritonServer(work, args)
     server.start()
     server.tiny, server.slow = tiny, slow  # type: ignore[attr-defined]

@@ -13,6 +13,11 @@ several session nodes). A model whose state is batched on another axis (Silero's
 the recurrent state travels in each request (so no ``sequence_batching``; docs/triton.md).
 A scalar input is declared ``dims: [1]`` with ``reshape { shape: [] }``.
 
+A converted Whisper folder also gets ``FOLDER.transcribe``, a python-backend model that runs a
+segment's whole decode on the server (encoder and greedy decoder, :mod:`.asr.greedy`), with
+dynamic batching on the request axis: the ``triton`` runtime's ASR makes one call per partial
+or final instead of one per token (the per-step KV and cross-attention tensors never travel).
+
 ``kind`` ``gpu`` puts instances on the GPUs; ``tensorrt`` adds ONNX Runtime's TensorRT
 execution accelerator (optionally FP16), whose engines Triton builds at first load.
 """
@@ -159,6 +164,75 @@ def config_text(name: str, sig: Signature, options: ExportOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
+TRANSCRIBE_FILES = ("encoder.onnx", "decoder.onnx", "tokenizer.json", "config.json")
+
+
+def transcribe_signature() -> Signature:
+    """The python transcribe model's tensors (batch axis first), from :mod:`.asr.greedy`."""
+    from .asr.greedy import TRANSCRIBE_INPUTS, TRANSCRIBE_OUTPUTS
+
+    def specs(items: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(n, t, ("batch", *(d if d >= 0 else f"{n}_{k}" for k, d in enumerate(dims))))
+            for n, t, dims in items
+        )
+
+    return Signature(specs(TRANSCRIBE_INPUTS), specs(TRANSCRIBE_OUTPUTS))
+
+
+def transcribe_config_text(name: str, options: ExportOptions) -> str:
+    """The ``config.pbtxt`` of Whisper's python transcribe model: dynamic batching on the
+    request axis (rows of different lengths batch together: ``allow_ragged_batch``), and the
+    instances on the GPUs (ONNX Runtime's CUDA provider inside) or the CPUs."""
+    sig = transcribe_signature()
+    lines = [
+        f'name: "{name}"',
+        'backend: "python"',
+        f"max_batch_size: {options.max_batch_size}",
+    ]
+    for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        items = []
+        for t in specs:
+            body = [
+                f'    name: "{t.name}"',
+                f"    data_type: {_TYPES[t.dtype]}",
+                f"    dims: {_dims(t.shape[1:])}",
+            ]
+            if kind == "input" and any(isinstance(d, str) for d in t.shape[1:]):
+                body.append("    allow_ragged_batch: true")
+            items.append("  {\n" + "\n".join(body) + "\n  }")
+        lines += [f"{kind} [", ",\n".join(items), "]"]
+    kind = "KIND_GPU" if options.kind == "gpu" else "KIND_CPU"
+    lines.append(f"instance_group [ {{ count: {options.instances}, kind: {kind} }} ]")
+    lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {options.queue_delay_us} }}")
+    lines.append('parameters { key: "intra_op_threads" value: { string_value: "1" } }')
+    return "\n".join(lines) + "\n"
+
+
+def export_transcribe(folder: Path, out: Path, options: ExportOptions) -> Exported:
+    """Whisper's whole-segment decode as the python model ``FOLDER.transcribe``: model.py
+    (:mod:`.asr.triton_model`) with :mod:`.asr.greedy` and :mod:`.asr.features` beside it,
+    and the model folder's ONNX files, tokenizer and config."""
+    name = f"{folder.name}.transcribe"
+    target = out / name
+    (target / "1").mkdir(parents=True, exist_ok=True)
+    (target / "config.pbtxt").write_text(transcribe_config_text(name, options))
+    source = Path(__file__).parent / "asr"  # model.py imports Triton's module: copied, not imported
+    for src, filename in (("triton_model.py", "model.py"), ("greedy.py", "greedy.py"),
+                          ("features.py", "features.py")):  # fmt: skip
+        shutil.copyfile(source / src, target / "1" / filename)
+    for filename in TRANSCRIBE_FILES:
+        _place(folder / filename, target / "1" / filename, options.copy)
+    return Exported(name, folder, transcribe_signature(), True)
+
+
+def whisper_folders(files: Sequence[Path]) -> list[Path]:
+    """The folders among ``files``' that hold a converted Whisper (encoder, decoder,
+    tokenizer, config): each gets a transcribe model."""
+    folders = sorted({f.parent for f in files})
+    return [d for d in folders if all((d / n).is_file() for n in TRANSCRIBE_FILES)]
+
+
 def _place(src: Path, dst: Path, copy: bool) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
@@ -220,4 +294,8 @@ def export_repository(
         done.append(Exported(name, path, sig, batchable(sig)))
         if progress is not None:
             progress(f"{name}: {'dynamic batching' if batchable(sig) else 'max_batch_size 0'}")
+    for folder in whisper_folders(files):
+        done.append(export_transcribe(folder, out, options))
+        if progress is not None:
+            progress(f"{done[-1].name}: python backend, whole decode, dynamic batching")
     return done

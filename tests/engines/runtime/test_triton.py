@@ -60,20 +60,120 @@ def test_vad_stream_same_as_local(triton_server: Any, data_dir: Path, assets: Pa
     assert any(speech for _, speech in got[0])  # the clip has speech
 
 
-def test_whisper_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
-    """Whisper's encoder and step-by-step decoder (KV cache in each request) give the local
-    runtime's tokens through Triton."""
-    audio = read_wav(assets / "beckett.wav", seconds=4.0)
-    tokens = []
-    for rt in (LOCAL, _triton(triton_server, triton_timeout_s=30.0)):
-        engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
-        engine.load()
-        out = engine.run_batch([AsrRequest(audio)], [None])[0]
+def _asr_requests(engine: Any, assets: Path) -> list[AsrRequest]:
+    """The test clips as a transcribe session sends them: finals of different lengths, a
+    partial with a committed prefix (forced tokens), and silence."""
+    beckett = read_wav(assets / "beckett.wav")
+    cities = read_wav(assets / "two_cities.wav", seconds=8.0)
+    prefix = tuple(engine.tokenizer.encode(" Ever tried, never"))
+    return [
+        AsrRequest(beckett[: 4 * 16000]),
+        AsrRequest(cities),
+        AsrRequest(beckett[: 6 * 16000], prefix),
+        AsrRequest(np.zeros(16000, np.float32)),
+    ]
+
+
+def _results(rt: RuntimeOptions, data_dir: Path, assets: Path) -> tuple[list[Any], list[Any]]:
+    """Each clip alone, then all of them in one batch."""
+    engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+    engine.load()
+    try:
+        reqs = _asr_requests(engine, assets)
+        singles = [engine.run_batch([r], [None])[0] for r in reqs]
+        batch = engine.run_batch(reqs, [None] * len(reqs))
+    finally:
         engine.close()
+    for out in (*singles, *batch):
         assert isinstance(out, Ok), out
-        tokens.append(out.value.tokens)
-    assert tokens[0] == tokens[1]
-    assert "tried" in engine.tokenizer.decode(list(tokens[1])).lower()  # type: ignore[attr-defined]
+    return [o.value for o in singles], [o.value for o in batch]  # type: ignore[union-attr]
+
+
+def _same_asr(a: Any, b: Any) -> None:
+    assert (a.tokens, a.text, a.generated, a.audio_ctx) == (
+        b.tokens,
+        b.text,
+        b.generated,
+        b.audio_ctx,
+    )
+    assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-6)
+    assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
+
+
+def test_whisper_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
+    """Whisper's whole decode on the server (the python transcribe model, one call per batch)
+    gives the local runtime's tokens, text and evidence (the QualityGate's inputs): each test
+    clip alone, and all of them in one batch (a partial's forced prefix included)."""
+    local = _results(LOCAL, data_dir, assets)
+    remote = _results(_triton(triton_server, triton_timeout_s=60.0), data_dir, assets)
+    for mine, theirs in zip(local, remote, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            _same_asr(a, b)
+    singles = remote[0]
+    assert "tried" in singles[0].text.lower() and "best of times" in singles[1].text.lower()
+    assert singles[2].text.startswith("Ever tried, never")
+    assert all(r.timings_ms["call"] > 0 for r in singles)
+
+
+def _transcribe_counts(server: Any) -> tuple[int, int]:
+    """Rows and model executions of the transcribe model, from Triton's metrics endpoint."""
+    import re
+    import urllib.request
+
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    found = []
+    for metric in ("nv_inference_count", "nv_inference_exec_count"):
+        pattern = rf'^{metric}{{[^}}]*model="whisper-tiny-en.transcribe"[^}}]*}} (\S+)$'
+        m = re.search(pattern, text, re.M)
+        assert m is not None, f"{metric} not in Triton's metrics"
+        found.append(int(float(m.group(1))))
+    return found[0], found[1]
+
+
+async def test_whisper_one_call_per_request(
+    triton_server: Any, data_dir: Path, assets: Path
+) -> None:
+    """Through the scheduler, concurrent ASR requests are answered with one Triton call per
+    batch (not one per token): Triton counts each row once, in at most one execution per
+    request."""
+    rt = _triton(triton_server, triton_timeout_s=60.0)
+    engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+    sched: Scheduler[Any, Any] = Scheduler(
+        engine, BatchPolicy(max_batch_items=8, batch_wait_s=0.05)
+    )
+    await sched.start()
+    try:
+        reqs = _asr_requests(engine, assets)
+        before = await asyncio.to_thread(_transcribe_counts, triton_server)
+        got = await asyncio.gather(*(sched.submit(r, deadline_s=60.0) for r in reqs))
+        after = await asyncio.to_thread(_transcribe_counts, triton_server)
+    finally:
+        await sched.close()
+    assert "tried" in got[0].text.lower()
+    assert after[0] - before[0] == len(reqs)  # each row once: no per-token calls
+    assert 1 <= after[1] - before[1] <= len(reqs)
+
+
+def test_whisper_fallback_runs_the_same_decode(data_dir: Path, assets: Path) -> None:
+    """With no Triton, the fallback policy answers from the same decode run locally."""
+    rt = RuntimeOptions(runtime="triton", triton_url=f"127.0.0.1:{free_port()}",
+                        triton_timeout_s=2.0, triton_policy="fallback")  # fmt: skip
+    engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+    engine.load()
+    try:
+        req = _asr_requests(engine, assets)[2]
+        out = engine.run_batch([req], [None])[0]
+        assert "fallback" in engine.provider
+    finally:
+        engine.close()
+    local = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=LOCAL), data_dir)
+    local.load()
+    expected = local.run_batch([req], [None])[0]
+    local.close()
+    assert isinstance(out, Ok) and isinstance(expected, Ok)
+    _same_asr(out.value, expected.value)
 
 
 def test_slow_server_deadline_and_fallback(triton_server: Any) -> None:
@@ -206,7 +306,10 @@ def test_exported_repository(data_dir: Path, tmp_path: Path) -> None:
     options = ExportOptions(kind="gpu", tensorrt=True, fp16=True, max_batch_size=32)
     done = export_repository(files, tmp_path / "repo", options)
     types = {v: k for k, v in model_config_pb2.DataType.items()}
+    _check_transcribe(done, tmp_path / "repo", model_config_pb2, text_format, types)
     for item in done:
+        if item.name.endswith(".transcribe"):
+            continue
         folder = tmp_path / "repo" / item.name
         assert (folder / "1" / "model.onnx").stat().st_size == item.source.stat().st_size
         config = text_format.Parse(
@@ -235,6 +338,43 @@ def test_exported_repository(data_dir: Path, tmp_path: Path) -> None:
     by_name = {d.name: d for d in done}
     assert not by_name["silero-vad.silero_vad"].batched  # state [2, B, 128] and scalar sr
     assert by_name["blazeface.blazeface"].batched
+
+
+def _check_transcribe(done: Any, repo: Path, pb2: Any, text_format: Any, types: Any) -> None:
+    """Whisper's python transcribe model: backend python, dynamic batching on the request
+    axis (ragged rows allowed), the tensors of tidegate/engines/asr/greedy.py, and beside
+    model.py the very greedy.py and features.py that the local engine (and the test server)
+    run, with the model folder's files."""
+    import ast
+
+    from tidegate.engines.asr import greedy
+
+    item = next(d for d in done if d.name == "whisper-tiny-en.transcribe")
+    assert item.batched
+    folder = repo / item.name
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), pb2.ModelConfig())
+    assert config.backend == "python" and config.max_batch_size == 32
+    assert config.HasField("dynamic_batching")
+    assert config.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
+    for declared, specs in ((config.input, greedy.TRANSCRIBE_INPUTS),
+                            (config.output, greedy.TRANSCRIBE_OUTPUTS)):  # fmt: skip
+        assert [t.name for t in declared] == [n for n, _, _ in specs]
+        for t, (_, dtype, dims) in zip(declared, specs, strict=True):
+            assert types[t.data_type] == {"float32": "TYPE_FP32", "int64": "TYPE_INT64",
+                                          "float64": "TYPE_FP64"}[dtype]  # fmt: skip
+            assert tuple(t.dims) == dims
+    ragged = {t.name for t in config.input if t.allow_ragged_batch}
+    assert ragged == {"audio", "prefix"}
+    src = Path(greedy.__file__).parent
+    version = folder / "1"
+    assert (version / "greedy.py").read_bytes() == (src / "greedy.py").read_bytes()
+    assert (version / "features.py").read_bytes() == (src / "features.py").read_bytes()
+    model_py = (version / "model.py").read_text()
+    assert model_py == (src / "triton_model.py").read_text()
+    assert "class TritonPythonModel" in model_py
+    ast.parse(model_py)
+    for name in ("encoder.onnx", "decoder.onnx", "tokenizer.json", "config.json"):
+        assert (version / name).is_file()
 
 
 def test_side_by_side_bench(triton_server: Any, data_dir: Path, capsys: Any) -> None:

@@ -10,10 +10,12 @@ The STFT is centred with reflect padding and its last frame dropped, as Whisper'
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..runtime import Array
+if TYPE_CHECKING:  # numpy only at run time: the Triton transcribe model copies this file
+    from ..runtime import Array
 
 SAMPLE_RATE_HZ = 16_000
 N_FFT = 400
@@ -75,7 +77,9 @@ def log_mel(audio: Array) -> Array:
     frames = np.lib.stride_tricks.as_strided(
         x, shape=(n_frames, N_FFT), strides=(x.strides[0] * HOP_SAMPLES, x.strides[0])
     )
-    spec = np.fft.rfft(frames * _window(), axis=1)
+    # float64 FFT: numpy 2 would keep float32 and numpy 1 upcasts; the same features either
+    # way (the Triton transcribe model may run under another numpy).
+    spec = np.fft.rfft((frames * _window()).astype(np.float64), axis=1)
     power = (spec.real**2 + spec.imag**2)[:-1]  # drop the last frame, as Whisper does
     mel = mel_filters() @ power.T.astype(np.float32)
     logs = np.log10(np.maximum(mel, 1e-10))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,12 +269,19 @@ class TritonModel:
 
 
 class FallbackModel:
-    """Triton first; the local model file on ONNX Runtime while Triton is down or slow
-    (``triton_policy = fallback``). Triton is tried again ``triton_retry_s`` after a failure."""
+    """Triton first; the local model file on ONNX Runtime (or what ``local`` opens) while
+    Triton is down or slow (``triton_policy = fallback``). Triton is tried again
+    ``triton_retry_s`` after a failure."""
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(
+        self,
+        path: Path,
+        options: RuntimeOptions,
+        local: Callable[[], ModelRunner] | None = None,
+    ) -> None:
         self.path = path
         self.options = options
+        self._local_factory = local
         self._health = _health(options.triton_url)
         self._remote: TritonModel | None = None
         self._local: ModelRunner | None = None
@@ -288,7 +295,9 @@ class FallbackModel:
             self._open_local()
 
     def _open_local(self) -> ModelRunner:
-        if self._local is None:
+        if self._local is None and self._local_factory is not None:
+            self._local = self._local_factory()
+        elif self._local is None:
             from dataclasses import replace
 
             from .onnx import OnnxModel
@@ -333,10 +342,13 @@ class FallbackModel:
             self._local = None
 
 
-def open_triton(path: Path, options: RuntimeOptions) -> ModelRunner:
-    """The model ``path`` names on Triton, under ``options.triton_policy``."""
+def open_triton(
+    path: Path, options: RuntimeOptions, local: Callable[[], ModelRunner] | None = None
+) -> ModelRunner:
+    """The model ``path`` names on Triton, under ``options.triton_policy``. ``local`` opens
+    what the ``fallback`` policy runs instead (default: the file ``path`` on ONNX Runtime)."""
     if options.triton_policy == "fallback":
-        return FallbackModel(path, options)
+        return FallbackModel(path, options, local)
     return TritonModel(path, options)
 
 

@@ -1,0 +1,493 @@
+"""Whisper's batched greedy decoding, the one copy of it: the local engine
+(:mod:`.whisper_onnx`) runs it with its own encoder and decoder, and the Triton model
+``FOLDER.transcribe`` runs it on the server (``tidegate models export-triton`` copies this file
+and :mod:`.features` beside that model's ``model.py``; scripts/pytriton_serve.py imports them).
+So this module needs numpy and the standard library only (no tidegate import at run time).
+
+A batch runs the encoder once for every request in it, on a shortened audio context: the
+longest request's audio plus ``ctx_margin_s``, at least ``min_ctx_s``, rounded up to
+``ctx_step_s`` (not Whisper's fixed 30 s: the cost follows the audio). The floor matters:
+on a 1 s utterance with only 5 s of context, tiny.en repeats itself ("No matter. No matter.
+No ..."); with 10 s it does not (docs/asr.md). Shorter requests are padded with silence to that
+length, as Whisper itself pads to 30 s. The decoder then steps all requests together: one
+call per token for the whole batch (forced prefix tokens common to every row go in one call),
+finished rows leaving the batch. A hypothesis that starts repeating itself (a span of at
+least ``loop_min_tokens`` twice in a row: tiny.en loops on short audio padded with silence)
+ends there, without the copy.
+
+The Triton model's tensors (:data:`TRANSCRIBE_INPUTS`, :data:`TRANSCRIBE_OUTPUTS`; the first
+axis is the batch, padded rows with their lengths beside them): :class:`Transcriber` turns
+the requests of one server-side batch into one :func:`transcribe` call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if __package__:
+    from .features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel
+else:  # copied beside a Triton model.py, or loaded by path (pytriton_serve.py)
+    from features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from ..runtime import Array
+
+ENCODER_FRAMES_PER_S = 50
+MAX_AUDIO_CTX = 1500
+MAX_TEXT_CTX = 448
+MAX_PREFIX = MAX_TEXT_CTX // 2
+
+Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
+
+#: The Triton transcribe model's inputs: name, numpy dtype, dims after the batch axis.
+TRANSCRIBE_INPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    ("audio", "float32", (-1,)),  # 16 kHz mono, rows padded with zeros
+    ("audio_len", "int64", (1,)),  # samples of each row
+    ("prefix", "int64", (-1,)),  # forced tokens, rows padded (at least one column)
+    ("prefix_len", "int64", (1,)),
+    # ctx_margin_s, ctx_step_s, min_ctx_s, max_tokens_per_s, loop_min_tokens
+    ("options", "float32", (5,)),
+)
+#: Its outputs: the hypothesis (prefix included, rows padded with -1) and its evidence.
+TRANSCRIBE_OUTPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    ("tokens", "int64", (-1,)),
+    ("token_count", "int64", (1,)),
+    ("logprob", "float64", (1,)),  # sum over the generated tokens (EOT included)
+    ("generated", "int64", (1,)),
+    ("no_speech_prob", "float64", (1,)),
+    ("audio_ctx", "int64", (1,)),  # encoder frames the batch ran on
+    ("timings_ms", "float64", (2,)),  # encode, decode
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """How one request is decoded (the engine's settings; sent with each Triton request)."""
+
+    ctx_margin_s: float = 5.0
+    ctx_step_s: float = 1.0
+    min_ctx_s: float = 10.0
+    max_tokens_per_s: float = 8.0
+    loop_min_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.ctx_margin_s < 0 or self.ctx_step_s <= 0 or self.max_tokens_per_s <= 0:
+            raise ValueError("ctx_margin_s >= 0, ctx_step_s > 0 and max_tokens_per_s > 0")
+
+    def vector(self) -> Array:
+        return np.array(
+            [
+                self.ctx_margin_s,
+                self.ctx_step_s,
+                self.min_ctx_s,
+                self.max_tokens_per_s,
+                self.loop_min_tokens,
+            ],
+            dtype=np.float32,
+        )
+
+    @classmethod
+    def from_vector(cls, v: Array) -> DecodeOptions:
+        a = [float(x) for x in np.asarray(v, dtype=np.float64).reshape(-1)]
+        if len(a) != 5:
+            raise ValueError(f"options: 5 values expected, got {len(a)}")
+        # float32 on the wire: round back to what the engine was configured with.
+        r = [round(x, 6) for x in a]
+        return cls(r[0], r[1], r[2], r[3], round(r[4]))
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The special tokens and the suppressed ones, from the model folder's files."""
+
+    eot: int
+    sot: int
+    no_timestamps: int
+    no_speech: int
+    suppress: Array  # never generated: configured suppressions, every special but EOT
+    suppress_begin: Array  # not as the first generated token
+
+    @classmethod
+    def from_folder(cls, folder: Path, vocab_size: int) -> Vocabulary:
+        tok = json.loads((folder / "tokenizer.json").read_text())
+        ids = {t["content"]: int(t["id"]) for t in tok.get("added_tokens", [])}
+        for name in ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"):
+            if name not in ids:
+                raise ValueError(f"{folder / 'tokenizer.json'}: no token {name!r}")
+        eot = ids["<|endoftext|>"]
+        no_speech = ids.get("<|nospeech|>", ids.get("<|nocaptions|>"))
+        if no_speech is None:
+            raise ValueError(f"{folder / 'tokenizer.json'}: no <|nospeech|> or <|nocaptions|>")
+        config = json.loads((folder / "config.json").read_text())
+        banned = {int(i) for i in config.get("suppress_ids", []) if int(i) >= 0}
+        banned |= set(range(eot + 1, vocab_size))
+        begin = {int(i) for i in config.get("suppress_ids_begin", [eot])} | {eot}
+        return cls(
+            eot=eot,
+            sot=ids["<|startoftranscript|>"],
+            no_timestamps=ids["<|notimestamps|>"],
+            no_speech=no_speech,
+            suppress=np.array(sorted(banned), dtype=np.int64),
+            suppress_begin=np.array(sorted(begin), dtype=np.int64),
+        )
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One row's hypothesis: ``tokens`` (prefix included), the summed log-probability of the
+    generated tokens, how many were generated, and the no-speech probability."""
+
+    tokens: list[int]
+    logprob: float
+    generated: int
+    no_speech: float
+
+
+def audio_context(
+    samples: int, ctx_margin_s: float, ctx_step_s: float, min_ctx_s: float = 0.0
+) -> int:
+    """Encoder frames (20 ms) for ``samples`` of audio: the audio and a margin, at least
+    ``min_ctx_s``, rounded up to ``ctx_step_s``, at most 30 s."""
+    seconds = max(samples / SAMPLE_RATE_HZ + ctx_margin_s, min_ctx_s)
+    steps = max(1, math.ceil(seconds / ctx_step_s - 1e-9))
+    return min(MAX_AUDIO_CTX, round(steps * ctx_step_s * ENCODER_FRAMES_PER_S))
+
+
+def encoder_input(audios: Sequence[Array], options: Sequence[DecodeOptions]) -> tuple[Array, int]:
+    """The encoder's ``mel`` for a batch (on the longest context any row asks for) and that
+    context in encoder frames."""
+    ctx = max(
+        audio_context(len(a), o.ctx_margin_s, o.ctx_step_s, o.min_ctx_s)
+        for a, o in zip(audios, options, strict=True)
+    )
+    n = ctx * 2 * HOP_SAMPLES
+    mel = np.stack([log_mel(np.pad(a[:n], (0, n - len(a[:n])))) for a in audios])
+    return mel, ctx
+
+
+def transcribe(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    prefixes: Sequence[Sequence[int]],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+    cancelled: Callable[[int], bool] | None = None,
+) -> tuple[list[Decoded | None], int, dict[str, float]]:
+    """Encode and greedily decode a batch: one hypothesis per row (None for a row whose
+    ``cancelled(row)`` became true), the audio context, and the timings."""
+    t0 = time.perf_counter()
+    mel, ctx = encoder_input(audios, options)
+    out = encoder({"mel": mel})
+    t1 = time.perf_counter()
+    budgets = [
+        min(
+            MAX_TEXT_CTX - 2 - len(p) - 1,
+            int(len(a) / SAMPLE_RATE_HZ * o.max_tokens_per_s) + 8,
+        )
+        for a, p, o in zip(audios, prefixes, options, strict=True)
+    ]
+    decoded = greedy_decode(
+        decoder,
+        out["cross_k"],
+        out["cross_v"],
+        prefixes,
+        budgets,
+        [o.loop_min_tokens for o in options],
+        vocab,
+        cancelled,
+    )
+    t2 = time.perf_counter()
+    return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
+
+
+def greedy_decode(
+    decoder: Run,
+    cross_k: Array,
+    cross_v: Array,
+    prefixes: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    loop_min_tokens: Sequence[int],
+    vocab: Vocabulary,
+    cancelled: Callable[[int], bool] | None = None,
+) -> list[Decoded | None]:
+    """Step the decoder (KV cache) over every row together until each ends: EOT, its token
+    budget, or a repetition loop. Each row begins with its forced ``prefixes``."""
+    n = len(prefixes)
+    L, _, H, dh, _ = cross_k.shape
+    prompt = [vocab.sot, vocab.no_timestamps]
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    logprob = [0.0] * n
+    generated = [0] * n
+    active = list(range(n))
+    past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
+    past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
+    feed = np.array([prompt] * n, dtype=np.int64)
+    first = True
+    no_speech = [0.0] * n
+    gone = [False] * n
+    while active:
+        out = decoder(
+            {
+                "tokens": feed,
+                "past_k": past_k,
+                "past_v": past_v,
+                "cross_k": cross_k,
+                "cross_v": cross_v,
+            }
+        )
+        logits = out["logits"]
+        past_k, past_v = out["present_k"], out["present_v"]
+        if first:
+            first = False
+            p0 = _log_softmax(logits[:, 0])
+            for row, i in enumerate(active):
+                no_speech[i] = float(np.exp(p0[row, vocab.no_speech]))
+        last = logits[:, -1].astype(np.float64)
+        last[:, vocab.suppress] = -np.inf
+        keep: list[int] = []
+        next_tokens: list[int] = []
+        for row, i in enumerate(active):
+            if cancelled is not None and cancelled(i):
+                gone[i] = True
+                continue
+            pos = len(tokens[i])
+            if pos < len(prefixes[i]):
+                tok = int(prefixes[i][pos])
+            else:
+                lg = last[row]
+                if generated[i] == 0 and pos == 0:
+                    lg = lg.copy()
+                    lg[vocab.suppress_begin] = -np.inf
+                if generated[i] >= budgets[i]:
+                    tok = vocab.eot
+                else:
+                    tok = int(np.argmax(lg))
+                    lp = lg - _logsumexp(lg)
+                    logprob[i] += float(lp[tok])
+                    if tok != vocab.eot:
+                        generated[i] += 1
+            if tok == vocab.eot:
+                continue
+            tokens[i].append(tok)
+            k = repeated_tail(tokens[i], loop_min_tokens[i], len(prefixes[i]))
+            if k:  # a loop: drop the copy and end the hypothesis
+                del tokens[i][-k:]
+                continue
+            keep.append(row)
+            next_tokens.append(tok)
+        if len(keep) < len(active):
+            active = [active[r] for r in keep]
+            idx = np.array(keep, dtype=np.int64)
+            past_k, past_v = past_k[:, idx], past_v[:, idx]
+            cross_k, cross_v = cross_k[:, idx], cross_v[:, idx]
+        if not active:
+            break
+        # Prefix tokens still forced on every active row go in one call.
+        forced = min(len(prefixes[i]) - len(tokens[i]) for i in active)
+        if forced > 1:
+            chunk = [
+                [next_tokens[k], *prefixes[i][len(tokens[i]) : len(tokens[i]) + forced - 1]]
+                for k, i in enumerate(active)
+            ]
+            for k, i in enumerate(active):
+                tokens[i].extend(int(t) for t in chunk[k][1:])
+            feed = np.array(chunk, dtype=np.int64)
+        else:
+            feed = np.array(next_tokens, dtype=np.int64)[:, None]
+    return [
+        None if gone[i] else Decoded(tokens[i], logprob[i], generated[i], no_speech[i])
+        for i in range(n)
+    ]
+
+
+def repeated_tail(tokens: Sequence[int], min_len: int, keep: int = 0) -> int:
+    """Length of a span of at least ``min_len`` tokens that ``tokens`` ends with twice in a
+    row (Whisper's repetition loop on short, padded audio), or 0. The second copy must lie
+    after the first ``keep`` tokens (a forced prefix is never cut)."""
+    if min_len <= 0:
+        return 0
+    n = len(tokens)
+    for k in range(min_len, n // 2 + 1):
+        if n - k < keep:
+            break
+        if tokens[n - k :] == tokens[n - 2 * k : n - k]:
+            return k
+    return 0
+
+
+def _logsumexp(x: Array) -> float:
+    m = float(np.max(x))
+    return m + math.log(float(np.sum(np.exp(x - m))))
+
+
+def _log_softmax(x: Array) -> Array:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+# -- the transcribe model's tensors ------------------------------------------------------------
+
+
+def pack_requests(
+    audios: Sequence[Array], prefixes: Sequence[Sequence[int]], options: DecodeOptions
+) -> dict[str, Array]:
+    """One transcribe request's tensors for a batch of rows."""
+    b = len(audios)
+    samples = max(len(a) for a in audios)
+    audio = np.zeros((b, samples), dtype=np.float32)
+    for r, a in enumerate(audios):
+        audio[r, : len(a)] = a
+    width = max(1, max(len(p) for p in prefixes))  # no zero-size tensor on the wire
+    prefix = np.zeros((b, width), dtype=np.int64)
+    for r, p in enumerate(prefixes):
+        prefix[r, : len(p)] = p
+    return {
+        "audio": audio,
+        "audio_len": np.array([[len(a)] for a in audios], dtype=np.int64),
+        "prefix": prefix,
+        "prefix_len": np.array([[len(p)] for p in prefixes], dtype=np.int64),
+        "options": np.tile(options.vector(), (b, 1)),
+    }
+
+
+def unpack_results(out: Mapping[str, Array]) -> list[tuple[Decoded, int, dict[str, float]]]:
+    """The rows of one transcribe response: hypothesis, audio context, timings."""
+    tokens, counts = np.asarray(out["tokens"]), np.asarray(out["token_count"]).reshape(-1)
+    rows = []
+    for r, count in enumerate(counts):
+        d = Decoded(
+            [int(t) for t in tokens[r, : int(count)]],
+            float(np.asarray(out["logprob"]).reshape(-1)[r]),
+            int(np.asarray(out["generated"]).reshape(-1)[r]),
+            float(np.asarray(out["no_speech_prob"]).reshape(-1)[r]),
+        )
+        t = np.asarray(out["timings_ms"]).reshape(-1, 2)[r]
+        ctx = int(np.asarray(out["audio_ctx"]).reshape(-1)[r])
+        rows.append((d, ctx, {"encode": float(t[0]), "decode": float(t[1])}))
+    return rows
+
+
+class Transcriber:
+    """The transcribe model: the requests of one batch (each a mapping of
+    :data:`TRANSCRIBE_INPUTS`, its rows on the first axis) decoded together by one
+    :func:`transcribe` call, answered request by request. A malformed request gets a
+    ValueError of its own in place of its outputs; the others are answered."""
+
+    def __init__(self, encoder: Run, decoder: Run, vocab: Vocabulary) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.vocab = vocab
+
+    @classmethod
+    def open_ort(cls, folder: Path, providers: Sequence[Any], threads: int = 1) -> Transcriber:
+        """With ONNX Runtime sessions on ``folder``'s encoder.onnx and decoder.onnx
+        (``providers`` as ONNX Runtime takes them: CUDA first on a GPU instance)."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        sessions = []
+        for name in ("encoder.onnx", "decoder.onnx"):
+            available = set(ort.get_available_providers())
+            wanted = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in available]
+            sessions.append(ort.InferenceSession(str(folder / name), so, providers=wanted or None))
+
+        def runner(session: Any) -> Run:
+            names = [o.name for o in session.get_outputs()]
+
+            def run(feeds: Mapping[str, Array]) -> dict[str, Array]:
+                return dict(zip(names, session.run(names, dict(feeds)), strict=True))
+
+            return run
+
+        vocab_size = sessions[1].get_outputs()[0].shape[-1]
+        return cls(
+            runner(sessions[0]),
+            runner(sessions[1]),
+            Vocabulary.from_folder(folder, int(vocab_size)),
+        )
+
+    def infer(self, requests: Sequence[Mapping[str, Array]]) -> list[dict[str, Array] | ValueError]:
+        rows: list[tuple[int, Array, list[int], DecodeOptions]] = []
+        answers: list[dict[str, Array] | ValueError] = []
+        for k, req in enumerate(requests):
+            try:
+                rows += _rows(k, req)
+                answers.append({})
+            except (KeyError, ValueError, TypeError) as e:
+                answers.append(ValueError(f"transcribe: {e}"))
+        if rows:
+            decoded, ctx, timings = transcribe(
+                self.encoder,
+                self.decoder,
+                [r[1] for r in rows],
+                [r[2] for r in rows],
+                [r[3] for r in rows],
+                self.vocab,
+            )
+            for k in range(len(requests)):
+                mine = [d for (owner, *_), d in zip(rows, decoded, strict=True) if owner == k]
+                if isinstance(answers[k], ValueError):
+                    continue
+                answers[k] = _outputs([d for d in mine if d is not None], ctx, timings)
+        return answers
+
+
+def _rows(k: int, req: Mapping[str, Array]) -> list[tuple[int, Array, list[int], DecodeOptions]]:
+    audio = np.asarray(req["audio"], dtype=np.float32)
+    audio_len = np.asarray(req["audio_len"]).reshape(-1)
+    prefix = np.asarray(req["prefix"]).astype(np.int64)
+    prefix_len = np.asarray(req["prefix_len"]).reshape(-1)
+    options = np.asarray(req["options"], dtype=np.float32).reshape(-1, 5)
+    b = audio.shape[0] if audio.ndim == 2 else -1
+    if b < 1 or not all(len(x) == b for x in (audio_len, prefix, prefix_len, options)):
+        raise ValueError("audio [B, samples], audio_len, prefix, prefix_len, options: B rows each")
+    if audio.shape[1] > 30 * SAMPLE_RATE_HZ or not np.isfinite(audio).all():
+        raise ValueError("audio: at most 30 s of finite 16 kHz samples")
+    out = []
+    for r in range(b):
+        n, p = int(audio_len[r]), int(prefix_len[r])
+        if not 0 <= n <= audio.shape[1] or not 0 <= p <= min(prefix.shape[1], MAX_PREFIX):
+            raise ValueError(f"row {r}: audio_len {n} or prefix_len {p} out of range")
+        out.append(
+            (
+                k,
+                audio[r, :n],
+                [int(t) for t in prefix[r, :p]],
+                DecodeOptions.from_vector(options[r]),
+            )
+        )
+    return out
+
+
+def _outputs(
+    decoded: Sequence[Decoded], ctx: int, timings: Mapping[str, float]
+) -> dict[str, Array]:
+    b = len(decoded)
+    width = max(1, max((len(d.tokens) for d in decoded), default=0))
+    tokens = np.full((b, width), -1, dtype=np.int64)
+    for r, d in enumerate(decoded):
+        tokens[r, : len(d.tokens)] = d.tokens
+    return {
+        "tokens": tokens,
+        "token_count": np.array([[len(d.tokens)] for d in decoded], dtype=np.int64),
+        "logprob": np.array([[d.logprob] for d in decoded], dtype=np.float64),
+        "generated": np.array([[d.generated] for d in decoded], dtype=np.int64),
+        "no_speech_prob": np.array([[d.no_speech] for d in decoded], dtype=np.float64),
+        "audio_ctx": np.full((b, 1), ctx, dtype=np.int64),
+        "timings_ms": np.tile(
+            np.array([timings["encode"], timings["decode"]], dtype=np.float64), (b, 1)
+        ),
+    }
