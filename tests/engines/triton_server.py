@@ -5,6 +5,7 @@ again on the same ports (the failure tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -75,6 +76,9 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
+                # A group of its own: Triton's python-backend stubs outlive the server when it
+                # is only signalled, so stop() ends the whole group.
+                start_new_session=True,
             )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -98,6 +102,8 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (backend stubs)
 
     def restart(self) -> None:
         self.stop()
