@@ -51,6 +51,7 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TIDEGATE_MAX_SESSIONS": "0"}, "max_sessions must be at least 1"),
         ({"TIDEGATE_SEND_TIMEOUT_S": "-1"}, "cannot be negative"),
         ({"TIDEGATE_CONFIG": "/nonexistent/tidegate.toml"}, "cannot read config file"),
+        ({"TIDEGATE_AUDIO_OUT_LEAD_MS": "150"}, "audio_out_lead_ms must be 0..100"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], words: str) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -39,6 +40,8 @@ TIME_BASE = fractions.Fraction(1, RTP_CLOCK_HZ)
 FRAME_S = FRAME_MS / 1000
 MAX_BEHIND_FRAMES = 3  # further behind the clock than this: skip ahead, don't burst
 
+PacketSink = Callable[[bytes, int], None]  # (Opus payload, pts in RTP clock units)
+
 
 class AudioOutTrack(MediaStreamTrack):
     """An outbound audio track (see the module docstring)."""
@@ -51,6 +54,7 @@ class AudioOutTrack(MediaStreamTrack):
         max_s: float = 10.0,
         bitrate_bps: int = 32_000,
         complexity: int = 0,
+        lead_ms: float = 0.0,
     ) -> None:
         super().__init__()
         max_frames = max(1, int(max_s * 1000 / FRAME_MS))
@@ -62,6 +66,10 @@ class AudioOutTrack(MediaStreamTrack):
         self._start: float | None = None
         self._slot = 0
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: PacketSink | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.lead_s = lead_ms / 1000.0
+        self.waits = 0
         self.sent = 0
         self.skipped_slots = 0
         self.flushed_ms = 0.0
@@ -84,8 +92,11 @@ class AudioOutTrack(MediaStreamTrack):
             for frame in frames:
                 self.queue.push(frame)
         self._carry = np.array(data[n * FRAME_SAMPLES :], np.float32)
-        if n and self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if n:
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            if self._sink is not None and self._timer is None:
+                self._pump()
         return self.queue.stats.dropped - dropped_before
 
     def trim(self, max_ms: float) -> int:
@@ -105,6 +116,36 @@ class AudioOutTrack(MediaStreamTrack):
         self.flushed_ms += ms
         return ms
 
+    # -- pacing, shared by the pull (recv) and push (attach) paths ------------------------
+
+    def _wait_s(self, now: float) -> float:
+        """Seconds until the next frame's window opens (0: it is open, and claimed)."""
+        if self._start is None:
+            self._start = now  # slot 0's window opens now
+            self._slot = 0
+            return 0.0
+        slot = self._slot + 1
+        nominal = self._start + slot * FRAME_S
+        opens = nominal - self.lead_s
+        if now < opens:
+            self.waits += 1
+            return opens - now
+        behind = int((now - nominal) / FRAME_S)  # whole windows gone since it opened
+        if behind > MAX_BEHIND_FRAMES:
+            # Idle (nothing to send) or a stalled loop: resume at the window of now, rather
+            # than bursting old slots.
+            slot += behind
+            self.skipped_slots += behind
+        self._slot = slot
+        return 0.0
+
+    def _encode_next(self) -> bytes:
+        frame = self.queue.pop()
+        self.sent += 1
+        return self._encoder.encode(frame)
+
+    # -- pull: aiortc's own sender calls recv() --------------------------------------------
+
     async def recv(self) -> av.Packet[Any]:
         """The next Opus packet, when its window opens (see the module docstring)."""
         if self.readyState != "live":
@@ -118,36 +159,61 @@ class AudioOutTrack(MediaStreamTrack):
                 self._waiter = None
             if self.readyState != "live":
                 raise MediaStreamError
-        now = loop.time()
-        if self._start is None:
-            self._start = now  # slot 0's window opens now
-            self._slot = 0
-        else:
-            slot = self._slot + 1
-            opens = self._start + slot * FRAME_S
-            if now < opens:
-                await asyncio.sleep(opens - now)
-                if self.readyState != "live":
-                    raise MediaStreamError
-            else:
-                behind = int((now - opens) / FRAME_S)  # whole windows gone since it opened
-                if behind > MAX_BEHIND_FRAMES:
-                    # Idle (nothing to send) or a stalled loop: resume at the window of now,
-                    # rather than bursting old slots.
-                    slot += behind
-                    self.skipped_slots += behind
-            self._slot = slot
-            if not self.queue:  # flushed while we waited
-                return await self.recv()
-        frame = self.queue.pop()
-        packet = av.Packet(self._encoder.encode(frame))
+        wait = self._wait_s(loop.time())
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._slot += 1
+        if not self.queue:  # flushed while we waited
+            return await self.recv()
+        packet = av.Packet(self._encode_next())
         packet.pts = self._slot * FRAME_TS
         packet.time_base = TIME_BASE
-        self.sent += 1
         return packet
+
+    # -- push: our sender (sender.py) attaches a sink --------------------------------------
+
+    def attach(self, sink: PacketSink) -> None:
+        """Send by push instead of pull: from now on each packet goes to ``sink(payload,
+        pts)`` (``pts`` in 48 kHz RTP clock units) from :meth:`write` itself when its window
+        is open, else from one loop timer at the window's opening. No task, no hop."""
+        self._sink = sink
+        self._pump()
+
+    def detach(self) -> None:
+        self._sink = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _pump(self) -> None:
+        self._timer = None
+        sink = self._sink
+        if sink is None:
+            return
+        loop = asyncio.get_running_loop()
+        while self.queue and self.readyState == "live":
+            wait = self._wait_s(loop.time())
+            if wait > 0:
+                self._timer = loop.call_later(wait, self._pump_at_window)
+                return
+            sink(self._encode_next(), self._slot * FRAME_TS)
+            if self._sink is None:  # the sink detached (its connection ended)
+                return
+
+    def _pump_at_window(self) -> None:
+        self._timer = None
+        self._slot += 1  # the window that _wait_s found closed is open now: claim it
+        sink = self._sink
+        if sink is None or not self.queue or self.readyState != "live":
+            return  # detached, flushed or stopped while it waited
+        sink(self._encode_next(), self._slot * FRAME_TS)
+        self._pump()
 
     def stop(self) -> None:
         super().stop()
+        self.detach()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         self._encoder.close()
@@ -161,6 +227,7 @@ class AudioOutTrack(MediaStreamTrack):
             "dropped_frames": st.dropped,
             "flushed_ms": self.flushed_ms,
             "skipped_slots": self.skipped_slots,
+            "paced_waits": self.waits,
             "policy": st.policy,
             "max_frames": st.max_items,
         }

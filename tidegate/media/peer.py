@@ -31,6 +31,7 @@ from .audio_out import AudioOutTrack
 from .errors import BadSdpError, MediaStateError
 from .ice import IcePolicy, apply_ice_policy
 from .receiver import AudioReceiver, install_audio_receiver
+from .sender import install_audio_sender
 from .video_in import VideoInbox
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class MediaConfig:
     audio_out_buffer_s: float = 10.0
     audio_out_bitrate_bps: int = 32_000
     audio_out_complexity: int = 0
+    audio_out_lead_ms: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +154,10 @@ class MediaPeer:
                         max_s=cfg.audio_out_buffer_s,
                         bitrate_bps=cfg.audio_out_bitrate_bps,
                         complexity=cfg.audio_out_complexity,
+                        lead_ms=cfg.audio_out_lead_ms,
                     )
                     t.sender.replaceTrack(self.audio_out)
+                    install_audio_sender(t.sender)
                     t.direction = direction
             elif t.kind == "video" and t._offerDirection in ("recvonly", "sendrecv"):
                 if self.video_in is None and t.receiver.track is not None:

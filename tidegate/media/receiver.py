@@ -19,9 +19,11 @@ RTP parsing and routing, and RTCP receiver reports (so the sender still sees los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
+import pylibsrtp
 from aiortc.rtcrtpparameters import RTCRtpReceiveParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtp import RtpPacket
@@ -73,8 +75,18 @@ class AudioReceiver(RTCRtpReceiver):
         self._loop = asyncio.get_running_loop()
         self._ssrc = None
         self._first_ts = None
+        self._fast_conn: Any = None
         self.counters = dict.fromkeys(
-            ("packets", "bytes", "not_opus", "decode_errors", "ssrc_changes"), 0
+            (
+                "packets",
+                "bytes",
+                "not_opus",
+                "decode_errors",
+                "ssrc_changes",
+                "fast_path",
+                "unprotect_errors",
+            ),
+            0,
         )
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
@@ -85,11 +97,74 @@ class AudioReceiver(RTCRtpReceiver):
         for codec in parameters.codecs:
             codecs[codec.payloadType] = codec
         self.transport._register_rtp_receiver(self, parameters)
+        self._install_fast_path()
         # aiortc's RTCP task (receiver reports); its stop() cancels it.
         _set_private(self, "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
         _set_private(self, "started", True)
 
+    # -- the fast path: our SRTP packets straight from the socket's callback -----------------
+
+    def _install_fast_path(self) -> None:
+        """Take our own audio RTP straight from aioice's datagram callback: SRTP unprotect,
+        parse and our handler run right there, instead of aioice queueing the datagram for
+        aiortc's DTLS task to wake up, await through five coroutines, parse and await again.
+        Anything else (DTLS, RTCP, other receivers' RTP, packets before SRTP is keyed) takes
+        aiortc's path unchanged. aiortc's transport counters are kept."""
+        dtls = self.transport
+        conn = getattr(dtls.transport, "_connection", None)
+        queued = getattr(conn, "data_received", None)
+        if conn is None or queued is None or self._fast_conn is not None:
+            return
+        router = dtls._rtp_router
+        ext_map = dtls._rtp_header_extensions_map
+
+        def data_received(data: bytes, component: int) -> None:
+            srtp = dtls._rx_srtp
+            if (
+                srtp is None
+                or len(data) < 12
+                or not 128 <= data[0] < 192
+                or 192 <= data[1] <= 208  # RTCP
+                or not self._ours(router, data)
+            ):
+                queued(data, component)
+                return
+            dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+            dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+            self.counters["fast_path"] += 1
+            try:
+                packet = RtpPacket.parse(srtp.unprotect(data), ext_map)
+            except (pylibsrtp.Error, ValueError):
+                self.counters["unprotect_errors"] += 1
+                return  # aiortc drops these too
+            self._on_rtp(packet)
+
+        conn.data_received = data_received
+        self._fast_conn = conn
+
+    def _ours(self, router: Any, data: bytes) -> bool:
+        """Whether aiortc's router would hand this RTP packet to us (its header's payload
+        type and SSRC are not encrypted)."""
+        ssrc = int.from_bytes(data[8:12], "big")
+        owner = router.ssrc_table.get(ssrc)
+        by_pt = router.payload_type_table.get(data[1] & 0x7F)
+        if owner is None:
+            if by_pt is not None and len(by_pt) == 1 and self in by_pt:
+                router.ssrc_table[ssrc] = self  # as route_rtp learns a new SSRC
+                return True
+            return False
+        return owner is self and by_pt is not None and self in by_pt
+
+    def _remove_fast_path(self) -> None:
+        conn, self._fast_conn = self._fast_conn, None
+        if conn is not None:
+            with contextlib.suppress(AttributeError):
+                del conn.data_received  # back to the class's method
+
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        self._on_rtp(packet)
+
+    def _on_rtp(self, packet: RtpPacket) -> None:
         if not self._enabled:
             return
         codec = _private(self, "codecs").get(packet.payload_type)
@@ -179,6 +254,7 @@ class AudioReceiver(RTCRtpReceiver):
         await super().stop()
 
     def _close_path(self) -> None:
+        self._remove_fast_path()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

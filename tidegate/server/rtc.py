@@ -86,6 +86,7 @@ def media_config(settings: Settings) -> MediaConfig:
         audio_out_buffer_s=s.audio_out_buffer_s,
         audio_out_bitrate_bps=s.audio_out_bitrate_bps,
         audio_out_complexity=s.audio_out_complexity,
+        audio_out_lead_ms=s.audio_out_lead_ms,
     )
 
 

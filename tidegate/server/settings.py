@@ -165,9 +165,15 @@ class Settings:
         "~70 us at 0, ~130 us at 2 per 20 ms frame on the CI machine).",
         default=0,
     )
+    audio_out_lead_ms: float = _doc(
+        "How early an outbound 20 ms packet may leave before its window on the clock opens "
+        "(absorbs the producer's jitter without a timer wakeup; 0: strict windows).",
+        default=20.0,
+    )
     echo_max_latency_ms: float = _doc(
-        "Loopback mode: the longest its echo may queue; older echo audio is dropped.",
-        default=60.0,
+        "Loopback mode: the longest its echo may queue; older echo audio is dropped (after a "
+        "stall, so that the echo's latency recovers instead of standing).",
+        default=20.0,
     )
 
     # -- engines (docs/engines.md) -------------------------------------------------------------
@@ -589,6 +595,8 @@ class Settings:
             raise ConfigError(
                 f"audio_out_complexity must be 0..10, got {self.audio_out_complexity}"
             )
+        if not 0 <= self.audio_out_lead_ms <= 100:
+            raise ConfigError(f"audio_out_lead_ms must be 0..100, got {self.audio_out_lead_ms}")
         for name in ("audio_buffer_s", "audio_out_buffer_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
