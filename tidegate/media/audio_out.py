@@ -2,15 +2,24 @@
 the clock.
 
 The producer (the loopback echo, later TTS) :meth:`AudioOutTrack.write`\\ s 16 kHz mono float32
-of any length; it is cut into 20 ms frames with numpy (no per-sample Python). aiortc's sender
-pulls with :meth:`AudioOutTrack.recv`; we encode each frame with libopus ourselves and hand
-aiortc the packet (so aiortc's 48 kHz stereo resampler and encoder never run).
+of any length; it is cut into 20 ms frames with numpy (no per-sample Python). We encode each
+frame with libopus ourselves (so aiortc's 48 kHz stereo resampler and encoder never run), and
+the packet leaves one of two ways:
 
-Pacing: frame *k* may leave in the 20 ms window that ends at ``start + k·20 ms``. A frame that
-is queued goes as soon as its window opens (so audio that arrives mid-window goes out at once,
-not at the next tick), and the track never runs ahead of the clock. With nothing queued nothing
-is sent (like Opus DTX: no packets, and no timer wakeups, for a quiet session); the RTP
-timestamp then jumps by the silence, as the receiver expects.
+- *push* (what :class:`~tidegate.media.peer.MediaPeer` uses): our
+  :class:`~tidegate.media.sender.AudioSender` attaches a sink (:meth:`~AudioOutTrack.attach`),
+  and each packet goes to it from :meth:`~AudioOutTrack.write` itself when its window is open, else
+  from one loop timer when it opens: no task and no hop per packet;
+- *pull*: aiortc's own sender awaits :meth:`AudioOutTrack.recv` (any other use of the track).
+
+Pacing: frame *k* may leave in the 20 ms window that ends at ``start + k·20 ms``, or up to
+``lead_ms`` before it opens (``TIDEGATE_AUDIO_OUT_LEAD_MS``, 20 ms for sessions: a producer that
+itself runs in real time, like the echo, then never waits for a timer because of its own jitter;
+0 for strict windows). A frame that is queued goes as soon as its window opens (so audio that
+arrives mid-window goes out at once, not at the next tick), and the track never runs ahead of
+the clock by more than ``lead_ms``. With nothing queued nothing is sent (like Opus DTX: no
+packets, and no timer wakeups, for a quiet session); the RTP timestamp then jumps by the
+silence, as the receiver expects.
 
 Bound: ``max_s`` of queued audio, policy ``drop_oldest`` (counted); :meth:`flush` empties the
 queue at once (barge-in).

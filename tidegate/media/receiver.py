@@ -109,11 +109,13 @@ class AudioReceiver(RTCRtpReceiver):
         parse and our handler run right there, instead of aioice queueing the datagram for
         aiortc's DTLS task to wake up, await through five coroutines, parse and await again.
         Anything else (DTLS, RTCP, other receivers' RTP, packets before SRTP is keyed) takes
-        aiortc's path unchanged. aiortc's transport counters are kept."""
+        aiortc's path unchanged, and so does our packet while anything waits in that path's
+        queue, so that no packet overtakes another. aiortc's transport counters are kept."""
         dtls = self.transport
         conn = getattr(dtls.transport, "_connection", None)
         queued = getattr(conn, "data_received", None)
-        if conn is None or queued is None or self._fast_conn is not None:
+        backlog = getattr(conn, "_queue", None)  # what waits for aiortc's DTLS task
+        if conn is None or queued is None or backlog is None or self._fast_conn is not None:
             return
         router = dtls._rtp_router
         ext_map = dtls._rtp_header_extensions_map
@@ -125,6 +127,7 @@ class AudioReceiver(RTCRtpReceiver):
                 or len(data) < 12
                 or not 128 <= data[0] < 192
                 or 192 <= data[1] <= 208  # RTCP
+                or backlog.qsize()  # keep the order: nothing overtakes what waits there
                 or not self._ours(router, data)
             ):
                 queued(data, component)
