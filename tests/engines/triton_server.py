@@ -108,3 +108,86 @@ class TritonServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class BundledTritonServer:
+    """The ``tritonserver`` binary that nvidia-pytriton bundles (Triton 2.51, python backend
+    only), started directly on a model repository written by ``export-triton``: the exported
+    python models run as a stock Triton runs them (their own model.py, Triton's python
+    backend stub), not through pytriton's bindings. Binds 127.0.0.1 only."""
+
+    def __init__(self, workdir: Path, repo: Path, models: list[str]) -> None:
+        self.workdir = workdir
+        self.repo = repo
+        self.models = models
+        python = ensure_venv()
+        self.venv = python.parents[1]
+        site = next((self.venv / "lib").glob("python3.*/site-packages"))
+        self.dist = site / "pytriton" / "tritonserver"
+        self.libs = site / "nvidia_pytriton.libs"
+        version = site.parent.name.removeprefix("python")
+        self.stub = self.dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+        self.libpython = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 100.0) -> None:
+        import shutil
+
+        backends = self.workdir / "backends"
+        shutil.copytree(self.dist / "backends", backends, dirs_exist_ok=True)
+        shutil.copy(self.stub, backends / "python" / "triton_python_backend_stub")
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env["LD_LIBRARY_PATH"] = f"{self.libpython}:{self.libs}"
+        env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"  # the stub's python
+        log = self.workdir / "tritonserver.log"
+        args = [
+            str(self.dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in self.models),
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=5",
+        ]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+            )
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if "Started GRPCInferenceService" in log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = log.read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"tritonserver did not start; its log ends:\n{tail}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

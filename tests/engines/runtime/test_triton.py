@@ -377,6 +377,50 @@ def _check_transcribe(done: Any, repo: Path, pb2: Any, text_format: Any, types: 
         assert (version / name).is_file()
 
 
+def test_exported_transcribe_model_in_tritonserver(
+    data_dir: Path, assets: Path, tmp_path: Path
+) -> None:
+    """The exported repository's python transcribe model (its own model.py, greedy.py and
+    features.py) loads in the tritonserver binary that pytriton bundles, run directly on the
+    repository as a stock Triton, and answers as the local runtime does: the test clips alone,
+    in one batch, and from two threads at once (the dynamic batcher may merge their ragged
+    rows)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tidegate.engines.triton_export import model_files
+
+    from ..triton_server import BundledTritonServer
+
+    repo = tmp_path / "repo"
+    export_repository(model_files(data_dir, ["whisper-tiny-en"]), repo, ExportOptions(kind="cpu"))
+    server = BundledTritonServer(tmp_path, repo, ["whisper-tiny-en.transcribe"])
+    server.start()
+    try:
+        rt = RuntimeOptions(runtime="triton", triton_url=server.url, triton_timeout_s=60.0)
+        remote = _results(rt, data_dir, assets)
+        local = _results(LOCAL, data_dir, assets)
+        for mine, theirs in zip(local, remote, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                _same_asr(a, b)
+        engines = [
+            build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir) for _ in "ab"
+        ]
+        for e in engines:
+            e.load()
+        try:
+            reqs = _asr_requests(engines[0], assets)[:2]
+            with ThreadPoolExecutor(2) as pool:  # one engine per thread, as schedulers run them
+                outs = list(pool.map(lambda e, r: e.run_batch([r], [None])[0], engines, reqs))
+        finally:
+            for e in engines:
+                e.close()
+        for out, expected in zip(outs, local[0][:2], strict=True):
+            assert isinstance(out, Ok)
+            _same_asr(out.value, expected)
+    finally:
+        server.stop()
+
+
 def test_side_by_side_bench(triton_server: Any, data_dir: Path, capsys: Any) -> None:
     """The local-versus-triton bench reports latency of both, the added latency and the
     agreement per engine, VAD streams on both runtimes and the unary/stream round trips."""

@@ -117,7 +117,7 @@ class Vocabulary:
 
     @classmethod
     def from_folder(cls, folder: Path, vocab_size: int) -> Vocabulary:
-        tok = json.loads((folder / "tokenizer.json").read_text())
+        tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         ids = {t["content"]: int(t["id"]) for t in tok.get("added_tokens", [])}
         for name in ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"):
             if name not in ids:
@@ -126,7 +126,7 @@ class Vocabulary:
         no_speech = ids.get("<|nospeech|>", ids.get("<|nocaptions|>"))
         if no_speech is None:
             raise ValueError(f"{folder / 'tokenizer.json'}: no <|nospeech|> or <|nocaptions|>")
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         banned = {int(i) for i in config.get("suppress_ids", []) if int(i) >= 0}
         banned |= set(range(eot + 1, vocab_size))
         begin = {int(i) for i in config.get("suppress_ids_begin", [eot])} | {eot}
