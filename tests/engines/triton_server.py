@@ -168,7 +168,12 @@ class BundledTritonServer:
         ]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,  # stop() ends the group: the backend stubs too
             )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
@@ -191,3 +196,5 @@ class BundledTritonServer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (backend stubs)
