@@ -12,8 +12,11 @@ not a task), then is concealed with FEC or PLC.
 aiortc creates its receivers itself, so :func:`install_audio_receiver` turns the one of an audio
 transceiver into an AudioReceiver after ``setRemoteDescription`` and before the connection
 starts it (aiortc's receiver keeps its state in name-mangled attributes, hence the
-``_RTCRtpReceiver__`` names; aiortc is pinned to 1.16 for this). What stays aiortc's: SRTP,
-RTP parsing and routing, and RTCP receiver reports (so the sender still sees loss and jitter).
+``_RTCRtpReceiver__`` names; aiortc is pinned to 1.16 for this). What stays aiortc's: the SRTP
+session and its keys, the RTP parser, the router's tables, and RTCP receiver reports (so the
+sender still sees loss and jitter). Our packets skip aiortc's receive task, though: the *fast
+path* takes them from aioice's datagram callback (see ``_install_fast_path``; it relies on
+aioice's ``Connection.data_received`` and ``_queue``, and is not installed without them).
 """
 
 from __future__ import annotations
