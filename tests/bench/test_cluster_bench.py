@@ -31,13 +31,16 @@ def redis_url() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_cluster_bench_sensor_report(tmp_path: Path, redis_url: str) -> None:
-    """`python -m tidegate.bench.cluster --skip-greeting` measures cross-node and same-node
+    """`tidegate bench cluster --skip-greeting` measures cross-node and same-node
     sensor delivery and writes them as percentile blocks."""
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
-            "tidegate.bench.cluster",
+            "tidegate",
+            "bench",
+            "cluster",
+            "--no-plots",
             "--skip-greeting",
             "--redis-url",
             redis_url,

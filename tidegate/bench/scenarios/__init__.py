@@ -1,3 +1,14 @@
 """Scenario modules register themselves on import; list each one here."""
 
-from . import asr, assistant, control, db, echo, engines, llm_tts, sensors, vision  # noqa: F401
+from . import (  # noqa: F401
+    asr,
+    assistant,
+    cluster,
+    control,
+    db,
+    echo,
+    engines,
+    llm_tts,
+    sensors,
+    vision,
+)

@@ -1,6 +1,6 @@
 """Cluster bench (docs/cluster.md): two measurements of what Redis adds between nodes.
 
-``python -m tidegate.bench.cluster [--redis-url URL] [--out reports]`` starts the nodes itself
+``tidegate bench cluster [--redis-url URL] [--out reports]`` starts the nodes itself
 (``tidegate serve`` child processes on loopback, sharing one Redis under a key prefix of this
 run) and writes ``reports/cluster-<time>.json``:
 
@@ -44,8 +44,9 @@ from tidegate.protocol.messages import (
     SensorSubscribe,
 )
 
-from .report import distribution, write_report
-from .target import Target, started_server
+from ..harness import scenario
+from ..report import distribution
+from ..target import Target, started_server
 
 GREETINGS = (
     "Say hello to a visitor.",
@@ -199,6 +200,16 @@ async def bench_greeting(first: Target, second: Target, greetings: int) -> dict[
     }
 
 
+def _pcts(block: Any) -> str:
+    """p50/p90/p99 of a distribution block (or of a dict of them), for the console; the report
+    has everything."""
+    if not isinstance(block, dict):
+        return str(block)
+    if "p50" not in block:
+        return "; ".join(f"{name}: {_pcts(b)}" for name, b in block.items())
+    return " ".join(f"{k} {block[k]:.2f}" for k in ("p50", "p90", "p99") if k in block) + " ms"
+
+
 def _data_dir() -> str | None:
     env = os.environ.get("TIDEGATE_DATA_DIR")
     if env:
@@ -207,16 +218,36 @@ def _data_dir() -> str | None:
     return str(here.resolve()) if here.is_dir() else None
 
 
-async def main(args: argparse.Namespace) -> Path:
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the shared Redis")
+    p.add_argument("--rate-hz", type=float, default=100.0, help="sensor readings per second")
+    p.add_argument("--duration-s", type=float, default=5.0, help="sensor sending time")
+    p.add_argument("--greetings", type=int, default=5, help="prompts, each asked twice")
+    p.add_argument("--shared", action="store_true", help="ask the second time on node 2")
+    p.add_argument("--skip-sensor", action="store_true")
+    p.add_argument("--skip-greeting", action="store_true")
+
+
+@scenario(
+    "cluster",
+    "two nodes over Redis: cross-node sensor delivery, first audio of a cached greeting",
+    add_args=_args,
+    needs_server=False,
+)
+async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    """Starts its own nodes (``target`` is unused); see the module docstring."""
     prefix = f"tgbench:{secrets.token_hex(4)}:"
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"redis_url": args.redis_url}
     if not args.skip_sensor:
         async with (
             started_server(_node_env(args.redis_url, prefix, "bench-a", TIDEGATE_ENGINES="")) as a,
             started_server(_node_env(args.redis_url, prefix, "bench-b", TIDEGATE_ENGINES="")) as b,
         ):
             results["sensor"] = await bench_sensor(a, b, args.rate_hz, args.duration_s)
-        print(f"sensor: {results['sensor']['cross_node_delivery_ms']}", file=sys.stderr)
+        print(
+            f"sensor: cross-node {_pcts(results['sensor']['cross_node_delivery_ms'])}",
+            file=sys.stderr,
+        )
     if not args.skip_greeting:
         data = _data_dir()
         engines = {"TIDEGATE_ENGINES": "vad,asr,llm,tts"}
@@ -232,31 +263,5 @@ async def main(args: argparse.Namespace) -> Path:
                 results["greeting"] = await bench_greeting(g1, g1, args.greetings)
         second = "another node (Redis tier)" if args.shared else "same node (process tier)"
         results["greeting"]["second_on"] = second
-        print(f"greeting: cached {results['greeting']['cached']}", file=sys.stderr)
-    return write_report(
-        "cluster",
-        results,
-        Path(args.out),
-        command=" ".join(["python -m tidegate.bench.cluster", *sys.argv[1:]]),
-        redis_url=args.redis_url,
-    )
-
-
-def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tidegate.bench.cluster", description=__doc__)
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the shared Redis")
-    p.add_argument("--out", default="reports", help="folder for the JSON report")
-    p.add_argument("--rate-hz", type=float, default=100.0, help="sensor readings per second")
-    p.add_argument("--duration-s", type=float, default=5.0, help="sensor sending time")
-    p.add_argument("--greetings", type=int, default=5, help="prompts, each asked twice")
-    p.add_argument("--shared", action="store_true", help="ask the second time on node 2")
-    p.add_argument("--skip-sensor", action="store_true")
-    p.add_argument("--skip-greeting", action="store_true")
-    args = p.parse_args(argv)
-    path = asyncio.run(main(args))
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli())
+        print(f"greeting: cached {_pcts(results['greeting']['cached'])}", file=sys.stderr)
+    return results
