@@ -37,87 +37,109 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class TritonServer:
-    """One pytriton server process serving ``args`` (pytriton_serve.py's model options)."""
+class _ServerProcess:
+    """A server process on 127.0.0.1 ports picked here, started in a process group of its own:
+    Triton's python-backend stubs outlive a signalled server, so :meth:`stop` ends the group."""
 
-    def __init__(self, workdir: Path, args: list[str]) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.args = args
-        self.python = ensure_venv()
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout_s: float = 100.0) -> None:
-        self.starts += 1
-        log = self.workdir / f"triton-{self.starts}.log"
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
+    def _launch(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        ready: str,
+        *,
+        exact_line: bool,
+        timeout_s: float,
+    ) -> None:
+        """Start ``args`` and wait until its log shows ``ready`` (a whole line of it, or
+        anywhere); a server that exits or never gets there raises with its log's tail."""
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [
-                    str(self.python),
-                    str(SCRIPT),
-                    *self.args,
-                    "--grpc-port",
-                    str(self.grpc_port),
-                    "--http-port",
-                    str(self.http_port),
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    "--workspace",
-                    str(self.workdir / f"workspace-{self.starts}"),
-                ],
+                args,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.workdir,
-                # A group of its own: Triton's python-backend stubs outlive the server when it
-                # is only signalled, so stop() ends the whole group.
                 start_new_session=True,
             )
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             text = log.read_text(errors="replace")
-            if any(line == "ready" for line in text.splitlines()):
+            if (ready in text.splitlines()) if exact_line else (ready in text):
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.2)
         tail = log.read_text(errors="replace")[-3000:]
         self.stop()
-        raise RuntimeError(f"the pytriton server did not start; its log ends:\n{tail}")
+        raise RuntimeError(f"{args[0]} did not start; its log ends:\n{tail}")
 
-    def stop(self) -> None:
+    def stop(self, term_timeout_s: float = 40.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=term_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (backend stubs)
+
+
+class TritonServer(_ServerProcess):
+    """One pytriton server process serving ``args`` (pytriton_serve.py's model options)."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        super().__init__(workdir)
+        self.args = args
+        self.python = ensure_venv()
+        self.starts = 0
+
+    def start(self, timeout_s: float = 100.0) -> None:
+        self.starts += 1
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        args = [
+            str(self.python),
+            str(SCRIPT),
+            *self.args,
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--workspace",
+            str(self.workdir / f"workspace-{self.starts}"),
+        ]
+        log = self.workdir / f"triton-{self.starts}.log"
+        self._launch(args, env, log, "ready", exact_line=True, timeout_s=timeout_s)
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
 
-class BundledTritonServer:
+class BundledTritonServer(_ServerProcess):
     """The ``tritonserver`` binary that nvidia-pytriton bundles (Triton 2.51, python backend
     only), started directly on a model repository written by ``export-triton``: the exported
     python models run as a stock Triton runs them (their own model.py, Triton's python
     backend stub), not through pytriton's bindings. Binds 127.0.0.1 only."""
 
     def __init__(self, workdir: Path, repo: Path, models: list[str]) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.repo = repo
         self.models = models
         python = ensure_venv()
@@ -133,12 +155,6 @@ class BundledTritonServer:
             text=True,
             check=True,
         ).stdout.strip()
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 100.0) -> None:
         import shutil
@@ -166,35 +182,9 @@ class BundledTritonServer:
             "--allow-gpu-metrics=false",
             "--exit-timeout-secs=5",
         ]
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,  # stop() ends the group: the backend stubs too
-            )
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if "Started GRPCInferenceService" in log.read_text(errors="replace"):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        tail = log.read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"tritonserver did not start; its log ends:\n{tail}")
+        self._launch(
+            args, env, log, "Started GRPCInferenceService", exact_line=False, timeout_s=timeout_s
+        )
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (backend stubs)
+    def stop(self, term_timeout_s: float = 30.0) -> None:
+        super().stop(term_timeout_s)

@@ -414,9 +414,18 @@ def test_exported_transcribe_model_in_tritonserver(
         finally:
             for e in engines:
                 e.close()
+        # The dynamic batcher may merge the two; a merged batch decodes with its longest row's
+        # audio context, so a row's context is its own or the longer one.
+        ctx_max = max(r.audio_ctx for r in local[0][:2])
         for out, expected in zip(outs, local[0][:2], strict=True):
             assert isinstance(out, Ok)
-            _same_asr(out.value, expected)
+            got = out.value
+            assert (got.tokens, got.text, got.generated) == (
+                expected.tokens,
+                expected.text,
+                expected.generated,
+            )
+            assert got.audio_ctx in (expected.audio_ctx, ctx_max)
     finally:
         server.stop()
 
