@@ -14,11 +14,13 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .target import Target, process_cpu_s, process_rss_bytes
+
+T = TypeVar("T")
 
 METRICS_TIMEOUT_S = 5.0
 MB = 1024 * 1024
@@ -201,3 +203,33 @@ async def wait_started(
     finally:
         everyone.cancel()
         await asyncio.gather(everyone, return_exceptions=True)
+
+
+SessionFn = Callable[[int, asyncio.Event, asyncio.Event], Awaitable[T]]
+
+
+async def run_level(
+    session: SessionFn[T], n: int, meter: LoadMeter, duration_s: float
+) -> tuple[list[T], dict[str, Any], float]:
+    """One load level: ``n`` sessions, ``session(i, started, stop)`` each (it sets ``started``
+    once it is sending and returns its log once ``stop`` is set); measured for ``duration_s``
+    once all have started. Returns the logs, the meter's figures and the measured wall time.
+    The tasks are this function's: on any failure they are cancelled and awaited."""
+    stop = asyncio.Event()
+    starts = [asyncio.Event() for _ in range(n)]
+    tasks = [asyncio.ensure_future(session(i, ev, stop)) for i, ev in enumerate(starts)]
+    try:
+        await wait_started(starts, tasks)
+        await meter.start()
+        t0 = time.monotonic()
+        await asyncio.sleep(duration_s)
+        wall = time.monotonic() - t0
+        load = await meter.stop(n)
+    except BaseException:
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    stop.set()
+    return list(await asyncio.gather(*tasks)), load, wall

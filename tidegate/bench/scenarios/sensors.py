@@ -44,7 +44,7 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
+from ..load import LoadMeter, real_time_lost_at, run_level, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..target import Target, get_json, open_session
@@ -194,22 +194,12 @@ async def _level(
     target: Target, n: int, args: argparse.Namespace, meter: LoadMeter
 ) -> dict[str, Any]:
     current().stage(f"sensors: {n} pair(s)")
-    stop = asyncio.Event()
-    starts = [asyncio.Event() for _ in range(n)]
-    tasks = [
-        asyncio.ensure_future(run_pair(target, args, i * 0.02, ev, stop))
-        for i, ev in enumerate(starts)
-    ]
-    try:
-        await wait_started(starts, tasks)
-        await meter.start()
-        t0 = time.monotonic()
-        await asyncio.sleep(args.duration_s)
-        wall = time.monotonic() - t0
-        load = await meter.stop(n)
-    finally:
-        stop.set()
-    logs = await asyncio.gather(*tasks)
+    logs, load, wall = await run_level(
+        lambda i, started, stop: run_pair(target, args, i * 0.02, started, stop),
+        n,
+        meter,
+        args.duration_s,
+    )
     persisted, persist_wait_ms = await _persisted(target, logs)
     sent = sum(x.sent for x in logs)
     delivered = sum(x.delivered for x in logs)

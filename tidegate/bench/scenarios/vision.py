@@ -55,7 +55,7 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts, wait_started
+from ..load import LoadMeter, real_time_lost_at, run_level, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import connect, loopback_ice
@@ -334,20 +334,14 @@ async def _level(
     meter: LoadMeter,
 ) -> dict[str, Any]:
     current().stage(f"vision {transport}: {n} session(s)")
-    stop = asyncio.Event()
-    starts = [asyncio.Event() for _ in range(n)]
-    tasks = [
-        asyncio.ensure_future(run_session(target, transport, media, args, i * 0.05, ev, stop))
-        for i, ev in enumerate(starts)
-    ]
-    try:
-        await wait_started(starts, tasks)
-        await meter.start()
-        await asyncio.sleep(args.duration_s)
-        load = await meter.stop(n)
-    finally:
-        stop.set()
-    done = await asyncio.gather(*tasks)
+    done, load, _ = await run_level(
+        lambda i, started, stop: run_session(
+            target, transport, media, args, i * 0.05, started, stop
+        ),
+        n,
+        meter,
+        args.duration_s,
+    )
     frame_ms = 1000.0 / args.fps
     values: dict[str, list[float]] = {k: [] for k in ("latency", *STAGES)}
     counts = {"faces": 0, "code_ok": 0, "unmatched": 0}
