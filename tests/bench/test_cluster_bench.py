@@ -13,20 +13,13 @@ import pytest
 
 from tidegate.bench.report import load_report
 
-from ..server.cluster.redis_server import SHARED_URL, OwnRedis, answers
+from ..server.cluster.redis_server import shared_or_own
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    if answers(6379):
-        yield SHARED_URL
-        return
-    own = OwnRedis()
-    own.start()
-    try:
-        yield own.url
-    finally:
-        own.close()
+    with shared_or_own() as url:
+        yield url
 
 
 @pytest.mark.slow

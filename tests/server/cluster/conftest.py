@@ -8,21 +8,14 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from .redis_server import SHARED_URL, OwnRedis, answers
+from .redis_server import OwnRedis, shared_or_own
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The machine's Redis on 6379 when it answers; else one of our own for the session."""
-    if answers(6379):
-        yield SHARED_URL
-        return
-    own = OwnRedis()
-    own.start()
-    try:
-        yield own.url
-    finally:
-        own.close()
+    with shared_or_own() as url:
+        yield url
 
 
 @pytest.fixture

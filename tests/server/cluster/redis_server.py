@@ -9,12 +9,13 @@ Every test gets a key prefix of its own, and its keys are deleted after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
@@ -109,3 +110,17 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def shared_or_own() -> Iterator[str]:
+    """The machine's Redis on 6379 when it answers; else one of our own for the duration."""
+    if answers(6379):
+        yield SHARED_URL
+        return
+    own = OwnRedis()
+    own.start()
+    try:
+        yield own.url
+    finally:
+        own.close()
