@@ -21,6 +21,7 @@ from .compile import compile_encoder, compile_parser
 from .errors import InvalidFieldError, UnknownTypeError
 from .schema import (
     DEFAULT_LIMITS,
+    INT64_MAX,
     MISSING,
     Binary,
     Check,
@@ -263,7 +264,7 @@ def parse_message(
         raise InvalidFieldError(e.describe(mtype), ref=ref) from None
 
 
-_SEQ_CHECK = Number(0, 2**63, integer=True)
+_SEQ_CHECK = Number(0, INT64_MAX, integer=True)
 _TIME_CHECK = Number(0, MAX_TIME_MS)
 _ENVELOPE_CLIENT_PLAN: tuple[tuple[str, Check | None, bool], ...] = (("id", _ID_CHECK, False),)
 _ENVELOPE_SERVER_PLAN: tuple[tuple[str, Check | None, bool], ...] = (
