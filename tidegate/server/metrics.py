@@ -148,8 +148,15 @@ class ServerCollector(Collector):
             ("tidegate_auth_refusals", "auth_refused", "Connections refused at authentication."),
             ("tidegate_bad_messages", "bad_messages", "Client messages that did not parse."),
             ("tidegate_outbox_closes", "too_slow", "Connections closed as too slow (4408)."),
+            (
+                "tidegate_encode_errors",
+                "encode_errors",
+                "Outbound events the connection's encoding could not carry (each became an "
+                "error event).",
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=rt.counters[key])
+        yield from self._persistence()
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
@@ -160,6 +167,43 @@ class ServerCollector(Collector):
             for stage, h in zip(STAGES, hists, strict=True):
                 stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
+
+    def _persistence(self) -> Iterator[Metric]:
+        w = self.runtime.recorder
+        yield GaugeMetricFamily(
+            "tidegate_db_writer_up",
+            "1 while the record writer runs; 0 while it is down (it restarts by itself).",
+            value=int(w.running),
+        )
+        yield CounterMetricFamily(
+            "tidegate_db_writer_restarts",
+            "Times the record writer started again after a failure.",
+            value=w.restarts,
+        )
+        yield GaugeMetricFamily(
+            "tidegate_db_available", "1 while the database takes commits.", value=int(w.available)
+        )
+        yield CounterMetricFamily(
+            "tidegate_db_records_committed", "Records committed to the database.", value=w.committed
+        )
+        quarantined = CounterMetricFamily(
+            "tidegate_db_records_quarantined",
+            "Records moved to the dead-letter file, by the stage that could not take them.",
+            labels=["stage"],
+        )
+        for stage, n in sorted(w.quarantined.items()):
+            quarantined.add_metric([stage], n)
+        yield quarantined
+        yield CounterMetricFamily(
+            "tidegate_db_records_refused",
+            "Records refused because the writer's queue was full.",
+            value=w.queue.stats.rejected,
+        )
+        yield GaugeMetricFamily(
+            "tidegate_db_journal_pending_records",
+            "Journaled records not committed yet.",
+            value=w.journal.pending,
+        )
 
     def _engines(self) -> Iterator[Metric]:
         engines = self.runtime.engines
