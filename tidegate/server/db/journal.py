@@ -222,11 +222,15 @@ class Journal:
         """Keep a record that cannot be journaled or stored (the dead-letter file); it is never
         retried. An entry that JSON cannot hold is kept as its ``ascii()`` text instead."""
         head = {"error": error, "session_id": entry.get("session_id"), "kind": entry.get("kind")}
+        as_text = ascii(entry)[:MAX_TEXT_CHARS]
         try:
             line = orjson.dumps({**head, "entry": entry})
         except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
-            text = {k: ascii(v)[:MAX_TEXT_CHARS] for k, v in head.items()}
-            line = orjson.dumps({**text, "entry_text": ascii(entry)[:MAX_TEXT_CHARS]})
+            try:
+                line = orjson.dumps({**head, "entry_text": as_text})
+            except (TypeError, ValueError):
+                text = {k: ascii(v)[:MAX_TEXT_CHARS] for k, v in head.items()}
+                line = orjson.dumps({**text, "entry_text": as_text})
         with open(self.rejected_path, "ab") as fh:
             fh.write(line + b"\n")
         self.rejected += 1
