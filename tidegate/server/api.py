@@ -226,8 +226,9 @@ async def _delete(runtime: Runtime, session_id: str, tenant: str | None) -> Resp
     deletion = rec.SessionDeleted(session_id=session_id, tenant=owner)
     if not await runtime.recorder.record_journaled(deletion, timeout_s):  # 202 means journaled
         raise DatabaseUnavailableError(
-            "the deletion could not be journaled (the writer's queue is full or the writer is "
-            "not running); retry shortly",
+            "the deletion could not be journaled in time (the writer's queue is full or the "
+            "writer is not running); if it was queued it is applied later; retry shortly (a "
+            "deleted session answers 404)",
             retry_after_ms=1000.0,
         )
     if await runtime.recorder.flush(timeout_s):

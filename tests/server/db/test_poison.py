@@ -165,3 +165,31 @@ async def test_record_journaled_is_false_while_the_writer_does_not_run(tmp_path:
     await task
     lines = (tmp_path / "journal" / "journal.jsonl").read_bytes().splitlines()
     assert [orjson.loads(x)["session_id"] for x in lines] == ["s1", "s2"]
+
+
+async def test_delete_is_refused_not_accepted_while_the_writer_is_down(tmp_path: Path) -> None:
+    """DELETE while the writer is down answers 503 overloaded with a retry hint, never a 202
+    "journaled" for a deletion that is in no journal; it stays queued and lands once the
+    writer is back."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    settings = make_settings(
+        tmp_path, database_url=url, db_retry_s=3.0, db_timeout_s=0.5, rate_requests_per_s=0.0
+    )
+    async with (
+        run_server(settings) as server,
+        httpx.AsyncClient(base_url=server.http, timeout=10) as http,
+    ):
+        sid = await _healthy_session(server, "acme", 1)
+        writer = server.runtime.recorder
+        assert await writer.flush(20)
+        writer.journal._fh.close()  # the disk under the journal fails: the next append raises
+        assert writer.record(session_records("other", "acme")[0])
+        await eventually(lambda: not writer.running, what="the writer is seen down")
+        refused = await http.delete(f"/v1/sessions/{sid}", headers=_auth(server, "acme"))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "overloaded"
+        await eventually(lambda: writer.running, what="the writer restarted")
+        assert await writer.flush(20)  # the deletion stayed queued: it lands now
+        again = await http.delete(f"/v1/sessions/{sid}", headers=_auth(server, "acme"))
+        assert again.status_code == 404, again.text  # retrying is safe
+    assert await query(url, "SELECT id FROM sessions WHERE id = :i", i=sid) == []
