@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.deploy.render import render_nginx, render_turnserver
 from tests.netns import in_netns, network_namespace, stop
+from tests.server.db.conftest import postgres_server  # noqa: F401 (the image tests' database)
 from tidegate.server.auth import mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
