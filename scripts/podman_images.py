@@ -42,6 +42,7 @@ BASE_TAG = "localhost/tidegate-debian:bookworm-minbase-1"
 PYTHON_TAG = "localhost/tidegate-python:3.11-bookworm"
 NODE_TAG = "localhost/tidegate-node:20-bookworm"
 CPU_TAG = "localhost/tidegate:cpu"
+STAGE_TAGS = (("web", "localhost/tidegate-stage:web"), ("build", "localhost/tidegate-stage:build"))
 # compose's upstream images -> the local ones docker/compose.offline.yaml names
 SERVICE_TAGS = {
     "nginx": "localhost/tidegate-nginx:bookworm",
@@ -117,10 +118,18 @@ def ensure_base(log: TextIO) -> float:
 
 
 def build(
-    containerfile: Path, tag: str, log: TextIO, build_args: dict[str, str] | None = None
+    containerfile: Path,
+    tag: str,
+    log: TextIO,
+    build_args: dict[str, str] | None = None,
+    *,
+    target: str | None = None,
 ) -> float:
-    """``podman build`` one image from the repository root (layers cached); its seconds."""
+    """``podman build`` one image (or one ``target`` stage) from the repository root, layers
+    cached; its seconds."""
     args = ["--build-arg", f"BASE_IMAGE={BASE_TAG}"]
+    if target is not None:
+        args += ["--target", target]
     for name, value in (build_args or {}).items():
         args += ["--build-arg", f"{name}={value}"]
     if CA_BUNDLE.is_file():
@@ -157,13 +166,26 @@ def build_cpu(log: TextIO) -> dict[str, float]:
     times = {"base": ensure_base(log)}
     times["python"] = build(OFFLINE / "python.Containerfile", PYTHON_TAG, log)
     times["node"] = build(OFFLINE / "node.Containerfile", NODE_TAG, log)
-    times["cpu"] = build(
-        ROOT / "docker" / "Dockerfile",
-        CPU_TAG,
-        log,
-        {"PYTHON_IMAGE": PYTHON_TAG, "NODE_IMAGE": NODE_TAG},
-    )
+    args = {"PYTHON_IMAGE": PYTHON_TAG, "NODE_IMAGE": NODE_TAG}
+    dockerfile = ROOT / "docker" / "Dockerfile"
+    # The first stages tagged too, so that pruning keeps their layers (the cache of the next
+    # build) and drops only what no tag reaches (the layers of earlier builds).
+    times["cpu"] = sum(build(dockerfile, tag, log, args, target=t) for t, tag in STAGE_TAGS)
+    times["cpu"] += build(dockerfile, CPU_TAG, log, args)
+    prune(log)
     return times
+
+
+def prune(log: TextIO) -> None:
+    """Remove the images no tag reaches (earlier builds' layers): each code change leaves a
+    runtime image and a prepared-models layer behind otherwise."""
+    subprocess.run(
+        ["podman", "image", "prune", "-f"],
+        env=podman_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        check=True,
+    )
 
 
 def build_services(log: TextIO) -> dict[str, float]:
@@ -171,6 +193,7 @@ def build_services(log: TextIO) -> dict[str, float]:
     times = {"base": ensure_base(log)}
     for name, tag in SERVICE_TAGS.items():
         times[name] = build(OFFLINE / f"{name}.Containerfile", tag, log)
+    prune(log)
     return times
 
 
