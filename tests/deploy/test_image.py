@@ -69,8 +69,8 @@ class Node:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def token(self, subject: str = "alice") -> str:
-        return mint_token(self.secret.encode(), subject=subject, tenant="acme")
+    def token(self, subject: str = "alice", scopes: tuple[str, ...] = ("session",)) -> str:
+        return mint_token(self.secret.encode(), subject=subject, tenant="acme", scopes=scopes)
 
     async def client(self, **kw: Any) -> Client:
         return await Client.connect(self.url, self.token(), **kw)
@@ -114,13 +114,16 @@ def test_ready_with_every_cpu_engine_as_a_non_root_user(node: Node) -> None:
     """/readyz is ready with the five CPU engines loaded (their queues are in /metrics), the
     server runs as uid 10001 under tini, and the image's HEALTHCHECK passes."""
     assert httpx.get(f"{node.http}/readyz").json()["status"] == "ready"
-    metrics = httpx.get(f"{node.http}/metrics").text
+    admin = {"Authorization": f"Bearer {node.token(scopes=('admin',))}"}
+    metrics = httpx.get(f"{node.http}/metrics", headers=admin).text
     for engine in ("vad", "asr", "vision", "tts"):
         assert f'tidegate_engine_queue_capacity{{engine="{engine}"}}' in metrics, engine
     assert "tidegate_llm_tokens" in metrics
     ps = node.container.podman("top", node.container.name, "user", "pid", "args")
     lines = [line.split(None, 2) for line in ps.stdout.splitlines()[1:]]
-    assert [u for u, pid, _ in lines if pid == "1"] == ["10001"], ps.stdout
+    assert {u for u, _, _ in lines} == {"tidegate"}, ps.stdout
+    uid = node.container.podman("exec", node.container.name, "id", "-u")
+    assert uid.stdout.strip() == "10001", uid.stdout + uid.stderr
     assert any("tini" in args for _, pid, args in lines if pid == "1"), ps.stdout
     assert any("tidegate serve" in args for _, _, args in lines), ps.stdout
     health = node.container.podman("healthcheck", "run", node.container.name)
