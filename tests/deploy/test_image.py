@@ -76,16 +76,6 @@ class Node:
         return await Client.connect(self.url, self.token(), **kw)
 
 
-@pytest.fixture(scope="session")
-def cpu_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """localhost/tidegate:cpu, built (or found in podman's cache) from docker/Dockerfile."""
-    images = podman_images()
-    log = tmp_path_factory.mktemp("image") / "build.log"
-    times = build_logged(images.build_cpu, log)
-    print(f"image build seconds: {times}")
-    return str(images.CPU_TAG)
-
-
 @pytest.fixture(scope="module")
 def node(cpu_image: str, postgres_server: str) -> Iterator[Node]:
     """The image running on a free loopback port, recording into a fresh PostgreSQL database."""
