@@ -80,7 +80,7 @@ def test_compose_mounts_the_tested_files_and_every_mount_exists() -> None:
     """nginx and coturn mount nginx/nginx.conf and nginx/turnserver.conf (what the stack test
     runs); every other bind mount exists, except the operator's certificates (docker/tls)."""
     compose = _compose()
-    assert set(compose["services"]) == {*NODES, "nginx", "coturn", "postgres"}
+    assert set(compose["services"]) == {*NODES, "nginx", "coturn", "postgres", "redis"}
     mounts: dict[str, dict[Path, str]] = {}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
