@@ -206,6 +206,16 @@ def test_each_alert_fires_alone_on_recorded_series_turned_bad(scrape: str, tmp_p
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_spoken_turn_is_counted_as_voice_to_voice(scrape: str) -> None:
+    """The live server's spoken turn was observed once in tidegate_voice_to_voice_seconds,
+    within its buckets (from its last audio to its reply's first audio)."""
+    _, count = _one(scrape, "tidegate_voice_to_voice_seconds_count")
+    _, total = _one(scrape, "tidegate_voice_to_voice_seconds_sum")
+    _, inf = _one(scrape, "tidegate_voice_to_voice_seconds_bucket", le="+Inf")
+    assert count == inf == 1
+    assert 0 < total < 60
+
+
 def test_dashboard_names_only_metrics_a_live_server_exports(scrape: str) -> None:
     """Every metric in the dashboard's queries is exported by the live server (as a sample,
     or as a declared family that has no sample yet, e.g. refusals that never happened)."""
