@@ -62,6 +62,7 @@ class MediaConfig:
     audio_out_bitrate_bps: int = 32_000
     audio_out_complexity: int = 0
     audio_out_lead_ms: float = 20.0
+    video_max_pixels: int = 8_294_400  # larger decoded frames are dropped (VideoInbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ class MediaPeer:
                     t.direction = direction
             elif t.kind == "video" and t._offerDirection in ("recvonly", "sendrecv"):
                 if self.video_in is None and t.receiver.track is not None:
-                    self.video_in = VideoInbox()
+                    self.video_in = VideoInbox(max_pixels=cfg.video_max_pixels)
                     self._spawn(self.video_in.pump(t.receiver.track), "video-pump")
                 t.direction = "recvonly"
         apply_ice_policy(self.pc, cfg.ice)

@@ -85,7 +85,13 @@ class Runtime:
         s = self.settings
         try:
             custom = load_custom_models(s.models_file) if s.models_file else {}
-            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+            service = EngineService(
+                engine_specs(s),
+                s.data_dir,
+                custom=custom,
+                media_workers=s.media_workers,
+                media_max_pending=s.media_max_pending,
+            )
         except Exception as e:
             self._engines_failed(e)
             return
