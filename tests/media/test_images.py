@@ -47,8 +47,8 @@ def test_png_and_jpeg_decode_to_their_header_size(fmt: str, encoding: str, optio
 
 
 def test_png_bomb_is_refused_from_its_header() -> None:
-    """A ~260 KB PNG of 16384x16384 pixels is refused from its IHDR, naming the size and the
-    setting, without decoding (it would be 768 MiB of RGB)."""
+    """A 249 KB PNG of 16000x16000 pixels is refused from its IHDR, naming the size and the
+    setting, without decoding (it would be 768 MB of RGB)."""
     bomb = png_bomb()
     assert len(bomb) < 300_000
     message = _refused(bomb, "png", f"{BOMB_SIDE_PX}x{BOMB_SIDE_PX}", "frame_max_pixels")

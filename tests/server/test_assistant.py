@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,7 @@ from tidegate.protocol.messages import (
 )
 from tidegate.server.assistant import Reply, SpokenChunk
 
+from ..media.imagefiles import png_bomb, still, video
 from .conftest import LiveServer, make_settings, run_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -497,6 +499,109 @@ async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> Non
     ]
     assert without[-2]["content"] == "The camera sees no face in view."
     assert stats["bad_frames"] == 1 and stats["results"] == 2
+
+
+class PeakRss:
+    """The peak resident memory of this process (the live server runs in it), sampled from
+    /proc/self/status by a thread while the block runs."""
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def _answer_to(c: Conversation, frame_id: str, ts: float) -> ServerMessage:
+    """The error that names ``frame_id``, or the vision.result of its ``ts``: whichever comes."""
+    from tidegate.protocol.messages import Error, VisionResult
+
+    def answer() -> ServerMessage | None:
+        for e, _ in c.events:
+            if isinstance(e, Error) and e.ref == frame_id:
+                return e
+            if isinstance(e, VisionResult) and e.frame_ts == ts:
+                return e
+        return None
+
+    await c.wait(lambda: answer() is not None, timeout_s=60)
+    found = answer()
+    assert found is not None
+    return found
+
+
+async def test_png_bomb_is_refused_before_decoding(live: LiveServer) -> None:
+    """A 249 KB PNG that would decode to 16000x16000 pixels (768 MB of RGB) is refused with
+    invalid_field naming the size and frame_max_pixels, before anything decodes it: the
+    server's resident memory does not grow by hundreds of MB; the next frame is looked at."""
+    from tidegate.protocol.messages import Error, InputFrame
+
+    bomb = png_bomb()
+    photo = (CACHE / "assets" / "astronaut.png").read_bytes()
+    async with converse(live) as c:
+        session = live.runtime.registry.get(c.session_id)
+        assert session is not None
+
+        def handled() -> int:  # frames the vision lane refused, failed or looked at
+            st = session.mode.stats()["vision"]  # type: ignore[union-attr]
+            return int(st["results"] + st["errors"] + st["bad_frames"])
+
+        with PeakRss() as rss:
+            for i in range(3):
+                before = handled()
+                await c.client.send(InputFrame(id=f"bomb{i}", image=bomb, encoding="png", ts=i))
+                await c.wait(lambda before=before: handled() > before, timeout_s=60)
+        errors = [e for e in c.of(Error) if e.ref is not None and e.ref.startswith("bomb")]
+        await c.client.send(InputFrame(id="photo", image=photo, encoding="png", ts=10.0))
+        assert not isinstance(await _answer_to(c, "photo", 10.0), Error)
+    assert rss.growth < 200 * 2**20, f"RSS grew {rss.growth / 2**20:.0f} MiB"
+    assert len(errors) == 3, "the bombs were decoded"
+    for e in errors:
+        assert e.code == "invalid_field"
+        assert "16000x16000" in e.message and "frame_max_pixels" in e.message
+
+
+async def test_frames_that_are_not_their_named_format_are_refused(live: LiveServer) -> None:
+    """A GIF, a BMP and a TIFF sent as png or jpeg, and real video files (MP4, Matroska) sent
+    as png or jpeg, are each refused with invalid_field saying what they look like; none is
+    looked at; a real JPEG then is."""
+    from tidegate.protocol.messages import Error, InputFrame
+
+    wrong = [
+        ("gif", still("GIF"), "png", "GIF"),
+        ("bmp", still("BMP"), "png", "BMP"),
+        ("tiff", still("TIFF"), "jpeg", "TIFF"),
+        ("mp4", video("mp4", "mpeg4"), "png", "MP4"),
+        ("mkv", video("matroska", "mpeg4"), "jpeg", "Matroska"),
+    ]
+    async with converse(live) as c:
+        for i, (name, data, encoding, looks) in enumerate(wrong):
+            await c.client.send(InputFrame(id=name, image=data, encoding=encoding, ts=100.0 + i))
+            answer = await _answer_to(c, name, 100.0 + i)
+            assert isinstance(answer, Error), f"{name} sent as {encoding} was looked at"
+            assert answer.code == "invalid_field" and looks in answer.message, answer
+        await c.client.send(InputFrame(id="ok", image=still("JPEG"), encoding="jpeg", ts=200.0))
+        assert not isinstance(await _answer_to(c, "ok", 200.0), Error)
 
 
 async def test_webrtc_video_is_looked_at(live: LiveServer) -> None:
