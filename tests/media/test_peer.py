@@ -82,6 +82,22 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
         await video.take("yuv9")
 
 
+async def test_video_frames_over_the_pixel_limit_are_never_taken(pair_factory) -> None:
+    """A WebRTC frame larger than video_max_pixels (the peer's codec chose its size) is
+    counted as oversized and never reaches the slot, so nothing converts or looks at it."""
+    pair = await pair_factory(MediaConfig(video_max_pixels=640 * 480 - 1), audio=False, video=True)
+    video = pair.server.video_in
+    assert video is not None
+    async with asyncio.timeout(20):
+        while video.frames < 3:
+            await asyncio.sleep(0.05)
+    st = video.stats()
+    assert st["oversized"] == st["frames"] >= 3
+    assert (st["width"], st["height"]) == (640, 480)
+    with pytest.raises(TimeoutError):
+        await video.take(timeout_s=0.3)
+
+
 async def test_echo_comes_back_to_the_client(pair_factory) -> None:
     """What the server writes to its outbound track plays on the client's track."""
     pair = await pair_factory()

@@ -362,3 +362,45 @@ async def test_audio_faster_than_real_time_is_refused_beyond_the_window(
     assert accepted * chunk_s <= elapsed + window_s + chunk_s
     assert pongs > 0
     assert pool.done - resampled >= accepted
+
+
+async def test_every_audio_chunk_the_protocol_accepts_is_refused_or_survives() -> None:
+    """Any input.audio the protocol accepts (either format, 8-192 kHz, 1-8 channels, any
+    bytes: NaN, infinities, huge floats) is refused with invalid_field, or becomes finite
+    16 kHz mono within full scale, of the length its duration gives, that the inbound audio
+    lane takes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tidegate.media import AudioInbox
+    from tidegate.protocol.messages import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ
+    from tidegate.server.errors import InvalidConfigError
+    from tidegate.server.transcribe import audio_frames, to_mono_16k
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(["s16le", "f32le"]),
+        st.integers(8_000, MAX_SAMPLE_RATE_HZ),
+        st.integers(1, MAX_CHANNELS),
+        st.binary(min_size=1, max_size=4_096),
+    )
+    def check(fmt: str, rate: int, channels: int, pcm: bytes) -> None:
+        msg = InputAudio(pcm=pcm, format=fmt, sample_rate=rate, channels=channels)
+        try:
+            frames = audio_frames(msg)
+            out = to_mono_16k(msg)
+        except InvalidConfigError as e:
+            refusal = e.message
+        else:
+            refusal = None
+        if refusal is not None:
+            assert refusal.startswith("input.audio.pcm: ")
+            return
+        assert out.dtype == np.float32 and out.ndim == 1
+        assert len(out) == round(frames * RATE_HZ / rate)
+        assert np.isfinite(out).all() and np.abs(out).max(initial=0.0) <= 1.0
+        inbox = AudioInbox(max_s=3.0)
+        inbox.push(out, 0.0)
+        assert inbox.stats.chunks_in == 1
+
+    check()

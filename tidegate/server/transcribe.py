@@ -109,7 +109,8 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
         taps = np.arange(-RESAMPLE_TAPS, RESAMPLE_TAPS + 1)
         cut = 0.45 * SAMPLE_RATE_HZ / msg.sample_rate
         h = 2 * cut * np.sinc(2 * cut * taps) * np.hamming(len(taps))
-        mono = np.convolve(mono, (h / h.sum()).astype(np.float32), mode="same")
+        full = np.convolve(mono, (h / h.sum()).astype(np.float32))
+        mono = full[RESAMPLE_TAPS : RESAMPLE_TAPS + len(mono)]  # "same", even when shorter
     n_out = round(len(mono) * SAMPLE_RATE_HZ / msg.sample_rate)
     t_out = np.arange(n_out) * (msg.sample_rate / SAMPLE_RATE_HZ)
     out: np.ndarray[Any, np.dtype[np.float32]] = np.interp(
