@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from tidegate.media.images import (
     MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
     ImageError,
     ImageHeader,
     decode_image,
@@ -120,6 +122,23 @@ def test_jpeg_structure_is_checked() -> None:
     scan = progressive[sos : progressive.index(b"\xff\xda", sos + 2)]
     many = progressive[:sos] + scan * (MAX_JPEG_SCANS + 1) + progressive[sos:]
     _refused(many, "jpeg", f"more than {MAX_JPEG_SCANS} scans")
+
+
+def test_header_walks_are_bounded_in_steps() -> None:
+    """The header walk runs on the event loop: a PNG of thousands of empty chunks, or a JPEG
+    of thousands of empty segments, is refused past a fixed count; fill bytes and stuffed
+    entropy data are skipped by searches, not byte by byte."""
+    png = still("PNG")
+    empty = struct.pack(">I4sI", 0, b"tEXt", 0)
+    _refused(png[:33] + empty * MAX_PNG_CHUNKS + png[33:], "png", f"{MAX_PNG_CHUNKS} chunks")
+    assert read_header(png[:33] + empty * 100 + png[33:], "png", max_pixels=LIMIT).width == 64
+    jpeg = still("JPEG")
+    comment = b"\xff\xfe\x00\x02"
+    _refused(jpeg[:2] + comment * MAX_JPEG_SEGMENTS + jpeg[2:], "jpeg", "marker segments")
+    sof = jpeg[_sof(jpeg) : _sof(jpeg) + 19]
+    filled = jpeg[:2] + b"\xff" * 500_000 + sof[1:] + b"\xff\xda" + b"\x00\x08" + bytes(6)
+    stuffed = filled + b"\xff\x00" * 200_000 + b"\xff\xd9"
+    assert read_header(stuffed, "jpeg", max_pixels=LIMIT) == ImageHeader("jpeg", 64, 48)
 
 
 def test_decoder_must_agree_with_the_header() -> None:

@@ -584,7 +584,8 @@ async def test_png_bomb_is_refused_before_decoding(live: LiveServer) -> None:
 async def test_frames_that_are_not_their_named_format_are_refused(live: LiveServer) -> None:
     """A GIF, a BMP and a TIFF sent as png or jpeg, and real video files (MP4, Matroska) sent
     as png or jpeg, are each refused with invalid_field saying what they look like; none is
-    looked at; a real JPEG then is."""
+    looked at; a PNG whose body does not decode gets invalid_field too; a real JPEG then is
+    looked at, decoded on the media worker pool."""
     from tidegate.protocol.messages import Error, InputFrame
 
     wrong = [
@@ -594,14 +595,24 @@ async def test_frames_that_are_not_their_named_format_are_refused(live: LiveServ
         ("mp4", video("mp4", "mpeg4"), "png", "MP4"),
         ("mkv", video("matroska", "mpeg4"), "jpeg", "Matroska"),
     ]
+    png = still("PNG")
+    idat = png.index(b"IDAT")
+    broken = png[: idat + 4] + bytes(len(png) - idat - 4)  # a good header, a body of zeros
+    pool = live.runtime.engines.media  # type: ignore[union-attr]
     async with converse(live) as c:
         for i, (name, data, encoding, looks) in enumerate(wrong):
             await c.client.send(InputFrame(id=name, image=data, encoding=encoding, ts=100.0 + i))
             answer = await _answer_to(c, name, 100.0 + i)
             assert isinstance(answer, Error), f"{name} sent as {encoding} was looked at"
             assert answer.code == "invalid_field" and looks in answer.message, answer
+        await c.client.send(InputFrame(id="broken", image=broken, encoding="png", ts=150.0))
+        answer = await _answer_to(c, "broken", 150.0)
+        assert isinstance(answer, Error) and answer.code == "invalid_field"
+        assert "not a decodable png" in answer.message
+        decoded = pool.done
         await c.client.send(InputFrame(id="ok", image=still("JPEG"), encoding="jpeg", ts=200.0))
         assert not isinstance(await _answer_to(c, "ok", 200.0), Error)
+        assert pool.done > decoded  # decoded on the media worker pool
 
 
 async def test_webrtc_video_is_looked_at(live: LiveServer) -> None:

@@ -23,6 +23,7 @@ pixels, the input's bytes and the scans.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,12 @@ from .errors import RemoteMediaError
 
 ENCODINGS = ("jpeg", "png", "rgb24", "i420")
 MAX_JPEG_SCANS = 128
+# The header walk runs on the event loop: its Python steps are bounded (a legit image has tens
+# of chunks or segments; 1 MiB of 12-byte chunks would be ~87,000 steps, ~80 ms).
+MAX_PNG_CHUNKS = 4_096
+MAX_JPEG_SEGMENTS = 4_096
+_NOT_FILL = re.compile(rb"[^\xff]")
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # ends entropy-coded data
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
 # Allowed JPEG frames: baseline (C0), extended (C1) and progressive (C2), Huffman coded.
@@ -163,7 +170,11 @@ def _png_header(data: bytes) -> ImageHeader:
         raise _not("png", data, "no PNG signature")
     pos = len(PNG_SIGNATURE)
     header: ImageHeader | None = None
+    chunks = 0
     while pos < len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(f"input.frame.image: png has more than {MAX_PNG_CHUNKS} chunks")
         if pos + 12 > len(data):
             raise ImageError(f"input.frame.image: png chunk at byte {pos} is cut short")
         length, kind = struct.unpack_from(">I4s", data, pos)
@@ -197,15 +208,20 @@ def _jpeg_header(data: bytes) -> ImageHeader:
         raise _not("jpeg", data, "no JPEG start-of-image marker")
     pos = 2
     size: tuple[int, int] | None = None
-    scans = 0
+    scans = segments = 0
     n = len(data)
     while pos < n:
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageError(
+                f"input.frame.image: jpeg has more than {MAX_JPEG_SEGMENTS} marker segments"
+            )
         if data[pos] != 0xFF:
             raise ImageError(f"input.frame.image: jpeg has no marker at byte {pos}")
-        while pos < n and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= n:
+        found = _NOT_FILL.search(data, pos)  # skip fill bytes (0xFF) in one search
+        if found is None:
             break
+        pos = found.start()
         marker = data[pos]
         pos += 1
         if marker == 0xD9:  # EOI
@@ -261,17 +277,10 @@ def _jpeg_frame(
 
 
 def _after_scan(data: bytes, pos: int) -> int:
-    """The position of the marker that ends the entropy-coded data starting at ``pos``."""
-    n = len(data)
-    while True:
-        pos = data.find(b"\xff", pos)
-        if pos < 0 or pos + 1 >= n:
-            return n
-        nxt = data[pos + 1]
-        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:  # stuffing, RSTn, fill
-            pos += 1 if nxt == 0xFF else 2
-            continue
-        return pos
+    """The position of the marker that ends the entropy-coded data starting at ``pos``
+    (skipping stuffed 0xFF00 and restart markers; one C-speed search)."""
+    found = _JPEG_MARKER.search(data, pos)
+    return len(data) if found is None else found.start()
 
 
 def decode_image(data: bytes, header: ImageHeader) -> RgbArray:
