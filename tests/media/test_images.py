@@ -71,6 +71,13 @@ def test_pixel_limit_applies_to_every_encoding() -> None:
     )
 
 
+def test_a_side_over_8192_is_refused_under_the_pixel_limit() -> None:
+    """8193 x 16 is few pixels, but a side the vision engine cannot take: refused up front."""
+    png = bytearray(still("PNG", 64, 48))
+    png[16:24] = struct.pack(">II", 8193, 16)  # IHDR width and height (CRC is not checked)
+    _refused(bytes(png), "png", "8193x16", "8192")
+
+
 @pytest.mark.parametrize(
     ("data", "encoding", "looks"),
     [

@@ -1,10 +1,11 @@
 """Still images a client uploads (``input.frame``): checked before any decoder sees them.
 
 An image is decoded only after its header has been read here, in pure Python, and found to be
-the format the message names, of an allowed kind, and no larger than ``max_pixels`` (width x
-height): a 249 KB PNG can describe a 16384 x 16384 picture (768 MiB as RGB), so the size must
-be known before decoding, not measured after. Only two formats are decoded, each by its own
-decoder (never a demuxer that guesses the format from the bytes):
+the format the message names, of an allowed kind, no larger than ``max_pixels`` (width x
+height) and with no side over ``MAX_IMAGE_SIDE_PX`` (8192, what the vision engine takes): a
+249 KB PNG can describe a 16000 x 16000 picture (768 MB as RGB), so the size must be known
+before decoding, not measured after. Only two formats are decoded, each by its own decoder
+(never a demuxer that guesses the format from the bytes):
 
 - ``png``: the signature, then an ``IHDR`` first (exactly one), every chunk whole;
 - ``jpeg``: ``SOI``, then one frame size for every ``SOF`` marker, a baseline, extended or
@@ -30,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
 from .errors import RemoteMediaError
 
@@ -139,6 +142,11 @@ def read_header(
         raise ImageError(
             f"input.frame.image: {header.width}x{header.height} is {header.pixels} pixels; "
             f"at most {max_pixels} are accepted (frame_max_pixels)"
+        )
+    if max(header.width, header.height) > MAX_IMAGE_SIDE_PX:
+        raise ImageError(
+            f"input.frame.image: {header.width}x{header.height} has a side over "
+            f"{MAX_IMAGE_SIDE_PX} pixels"
         )
     return header
 

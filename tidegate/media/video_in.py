@@ -8,8 +8,9 @@ frame replaces one nobody took (counted as dropped). Frames stay in their decode
 thread.
 
 The peer's codec decides what size a frame has (VP8 allows up to 16383 x 16383): a frame of
-more than ``max_pixels`` (``frame_max_pixels``) is counted as ``oversized`` and never enters
-the slot, so no consumer converts or looks at it.
+more than ``max_pixels`` (``frame_max_pixels``), or with a side over ``MAX_IMAGE_SIDE_PX``
+(8192), is counted as ``oversized`` and never enters the slot, so no consumer converts or
+looks at it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tidegate.protocol import LatestSlot
+from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
 FORMATS = ("rgb24", "bgr24")
 DEFAULT_MAX_PIXELS = 3840 * 2160
@@ -87,7 +89,8 @@ class VideoInbox:
         self.frames += 1
         self.width, self.height = frame.width, frame.height
         self._last_arrival = now
-        if frame.width * frame.height > self.max_pixels:
+        too_big = frame.width * frame.height > self.max_pixels
+        if too_big or max(frame.width, frame.height) > MAX_IMAGE_SIDE_PX:
             self.oversized += 1  # never converted nor looked at
             return
         self.slot.put(_Decoded(frame, (pts_s - self._first_pts) * 1000.0, now, self.frames))
