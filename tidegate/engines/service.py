@@ -100,8 +100,8 @@ class EngineService:
         *,
         custom: Mapping[str, models.CustomModel] | None = None,
         wheel_dir: Path | None = None,
-        media_workers: int = 2,
-        media_max_pending: int = 32,
+        media_worker_threads: int = 2,
+        media_max_pending_items: int = 32,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -114,7 +114,9 @@ class EngineService:
         # LLMs batch step by step (see llm/batcher.py), not request by request.
         self.batchers: dict[str, LlmBatcher] = {}
         # Blocking media work of the sessions (image decoding, resampling): see workers.py.
-        self.media = WorkerPool("media", workers=media_workers, max_pending=media_max_pending)
+        self.media = WorkerPool(
+            "media", workers=media_worker_threads, max_pending=media_max_pending_items
+        )
         self.ready = False
 
     async def start(self) -> None:

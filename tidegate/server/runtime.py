@@ -89,8 +89,8 @@ class Runtime:
                 engine_specs(s),
                 s.data_dir,
                 custom=custom,
-                media_workers=s.media_workers,
-                media_max_pending=s.media_max_pending,
+                media_worker_threads=s.media_worker_threads,
+                media_max_pending_items=s.media_max_pending_items,
             )
         except Exception as e:
             self._engines_failed(e)

@@ -98,11 +98,11 @@ class Settings:
         "also the largest WebRTC video frame looked at). Default: 3840x2160.",
         default=8_294_400,
     )
-    media_workers: int = _doc(
+    media_worker_threads: int = _doc(
         "Threads that decode input.frame images and resample input.audio, off the event loop.",
         default=2,
     )
-    media_max_pending: int = _doc(
+    media_max_pending_items: int = _doc(
         "Decodes and resamples in hand (running or waiting) at once; more are refused "
         "(overloaded).",
         default=32,
@@ -622,10 +622,10 @@ class Settings:
             raise ConfigError(f"audio_max_ahead_s cannot be negative, got {self.audio_max_ahead_s}")
         if self.frame_max_pixels < 1:
             raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")
-        if not 1 <= self.media_workers <= self.media_max_pending:
+        if not 1 <= self.media_worker_threads <= self.media_max_pending_items:
             raise ConfigError(
-                "media_workers must be 1 or more and at most media_max_pending, got "
-                f"{self.media_workers} and {self.media_max_pending}"
+                "media_worker_threads must be 1 or more and at most media_max_pending_items, got "
+                f"{self.media_worker_threads} and {self.media_max_pending_items}"
             )
         for name in ("audio_buffer_s", "audio_out_buffer_s"):
             if getattr(self, name) <= 0:
