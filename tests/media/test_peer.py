@@ -82,20 +82,37 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
         await video.take("yuv9")
 
 
-async def test_video_frames_over_the_pixel_limit_are_never_taken(pair_factory) -> None:
-    """A WebRTC frame larger than video_max_pixels (the peer's codec chose its size) is
-    counted as oversized and never reaches the slot, so nothing converts or looks at it."""
+async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory) -> None:
+    """A WebRTC stream whose keyframes are larger than video_max_pixels (the peer's encoder
+    chose the size) never reaches aiortc's decoder: its frames are counted as oversized and
+    none is decoded, converted or taken."""
     pair = await pair_factory(MediaConfig(video_max_pixels=640 * 480 - 1), audio=False, video=True)
     video = pair.server.video_in
     assert video is not None
     async with asyncio.timeout(20):
-        while video.frames < 3:
+        while pair.server.stats()["video_decoder"]["oversized"] < 10:
             await asyncio.sleep(0.05)
-    st = video.stats()
-    assert st["oversized"] == st["frames"] >= 3
-    assert (st["width"], st["height"]) == (640, 480)
+    guard = pair.server.stats()["video_decoder"]
+    assert guard["last_size"] == [640, 480] and guard["queued"] == 0
+    assert video.frames == 0
     with pytest.raises(TimeoutError):
         await video.take(timeout_s=0.3)
+
+
+def test_decoded_frames_over_the_limit_are_dropped_by_the_inbox() -> None:
+    """The inbox drops a decoded frame over its pixel limit or with a side over 8192 (a
+    second line behind the decoder guard), counting it as oversized."""
+    import av
+
+    from tidegate.media import VideoInbox
+
+    inbox = VideoInbox(max_pixels=100)
+    inbox.put(av.VideoFrame(16, 16, "yuv420p"))
+    inbox.put(av.VideoFrame(8, 8, "yuv420p"))
+    wide = VideoInbox()
+    wide.put(av.VideoFrame(8194, 2, "yuv420p"))
+    assert inbox.stats()["oversized"] == 1 and inbox.stats()["frames"] == 2
+    assert inbox.slot and wide.stats()["oversized"] == 1 and not wide.slot
 
 
 async def test_echo_comes_back_to_the_client(pair_factory) -> None:

@@ -95,7 +95,8 @@ class Settings:
     upload_credit_bytes: int = _doc("Upload bytes a client may have in flight.", default=2_097_152)
     frame_max_pixels: int = _doc(
         "Largest input.frame image (width x height, read from its header before decoding; "
-        "also the largest WebRTC video frame looked at). Default: 3840x2160.",
+        "also the largest WebRTC video frame decoded, read from the VP8 keyframe or H.264 "
+        "SPS). Default: 3840x2160.",
         default=8_294_400,
     )
     media_worker_threads: int = _doc(
@@ -179,6 +180,11 @@ class Settings:
     )
     audio_out_buffer_s: float = _doc(
         "Outbound audio queued per session; beyond it the oldest is dropped.", default=10.0
+    )
+    video_decoder_max_frames: int = _doc(
+        "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
+        "dropped (counted).",
+        default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
@@ -620,6 +626,10 @@ class Settings:
             raise ConfigError(f"audio_out_lead_ms must be 0..100, got {self.audio_out_lead_ms}")
         if self.audio_max_ahead_s < 0:
             raise ConfigError(f"audio_max_ahead_s cannot be negative, got {self.audio_max_ahead_s}")
+        if self.video_decoder_max_frames < 1:
+            raise ConfigError(
+                f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
+            )
         if self.frame_max_pixels < 1:
             raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")
         if not 1 <= self.media_worker_threads <= self.media_max_pending_items:
