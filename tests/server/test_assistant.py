@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -42,6 +41,7 @@ from tidegate.protocol.messages import (
 from tidegate.server.assistant import Reply, SpokenChunk
 
 from ..media.imagefiles import png_bomb, still, video
+from ..memory import PeakRss
 from .conftest import LiveServer, make_settings, run_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -499,37 +499,6 @@ async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> Non
     ]
     assert without[-2]["content"] == "The camera sees no face in view."
     assert stats["bad_frames"] == 1 and stats["results"] == 2
-
-
-class PeakRss:
-    """The peak resident memory of this process (the live server runs in it), sampled from
-    /proc/self/status by a thread while the block runs."""
-
-    def __enter__(self) -> PeakRss:
-        self.start = self.peak = _rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
-
-
-def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 async def _answer_to(c: Conversation, frame_id: str, ts: float) -> ServerMessage:
