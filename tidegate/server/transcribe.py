@@ -11,8 +11,9 @@ has come on the wall clock, so a client that waits for credit streams at real ti
 ``input.audio`` is live audio, paced against the wall clock (:mod:`tidegate.media.pace`): a
 chunk that would put the stream more than ``audio_max_ahead_s`` ahead of real time is refused
 with ``rate_limited`` and ``retry_after_ms`` (nothing is queued or resampled for it); the
-check costs no decoding. Resampling runs on the engines' bounded media worker pool, never on
-the event loop; a chunk that finds the pool full is refused with ``overloaded``.
+check costs no decoding. Mixing and resampling run on the engines' bounded media worker pool,
+never on the event loop (a chunk already 16 kHz mono is only cast, inline); a chunk that finds
+the pool full is refused with ``overloaded``.
 
 Two owned tasks per session: the *VAD loop* reads the lane, runs each 32 ms frame through
 the shared VAD scheduler (batched across sessions), emits ``vad.speech_started`` and
@@ -210,7 +211,10 @@ class TranscribeMode:
                 retry_after_ms=over_s * 1000.0,
             )
         try:
-            pcm = await self.workers.run(to_mono_16k, msg)
+            if msg.sample_rate == SAMPLE_RATE_HZ and msg.channels == 1:
+                pcm = to_mono_16k(msg)  # a cast and a check: less than a thread hop costs
+            else:
+                pcm = await self.workers.run(to_mono_16k, msg)
         except EngineError as e:  # the pool is full (or closing): refused, credit back
             raise OverloadedError(
                 f"input.audio: not taken, the server is busy ({e})",
