@@ -422,6 +422,11 @@ class Settings:
         default=64,
     )
     api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
+    http_max_body_bytes: int = _doc(
+        "Largest HTTP request body (chat completions, SDP offers): a larger Content-Length is "
+        "refused (413) before the body is read, a streamed body as soon as it passes this.",
+        default=1_048_576,
+    )
 
     # -- rate limits (per token subject: tenant + sub) ------------------------------------------
     rate_sessions_per_s: float = _doc(
@@ -439,6 +444,11 @@ class Settings:
         "HTTP API requests per second one subject may make (0: no limit).", default=20.0
     )
     rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+    max_completions_per_subject: int = _doc(
+        "Chat completions one subject may have generating at once on one node; one more is "
+        "refused (429, rate_limited).",
+        default=4,
+    )
 
     # -- cluster coordination (docs/cluster.md) ------------------------------------------------
     redis_url: str | None = _doc(
