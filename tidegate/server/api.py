@@ -247,10 +247,11 @@ ERR = {"$ref": "#/components/schemas/Error"}
 ERRORS = {
     str(code): _json_response(text, ERR)
     for code, text in (
-        (400, "a query parameter is invalid (code invalid_field)"),
+        (400, "a query or path parameter is invalid (code invalid_field)"),
         (401, "no token, or one that does not verify (code unauthorized)"),
         (403, "the token lacks a scope, or the origin is not allowed (code forbidden)"),
         (429, "too many requests for this subject; see Retry-After (code rate_limited)"),
+        (500, "our fault; the server log has the details (code internal)"),
         (503, "the database is unavailable; see Retry-After (code overloaded)"),
     )
 }

@@ -68,7 +68,8 @@ class Settings:
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
         "browser client): auto (on only when host is a loopback address, for local requests "
-        "no proxy forwarded), on, or off (404).",
+        "no proxy forwarded), on, or off (404). While on, it and the page at / answer only a "
+        "loopback Host with the server's port (with on: also the hosts of allowed_origins).",
         default="auto",
     )
     dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)
