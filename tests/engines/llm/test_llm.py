@@ -118,8 +118,8 @@ async def test_bad_requests_are_refused(llm: LlmBatcher) -> None:
 
 async def test_a_failing_request_fails_only_itself(llm: LlmBatcher) -> None:
     """A request that raises inside the shared step (values no validator caught: a seed numpy
-    refuses, a NaN temperature) fails alone with InferenceError; the generation running
-    beside it completes."""
+    refuses, a NaN temperature, a prompt the graph cannot run) fails alone with
+    InferenceError; the generations beside it complete."""
     healthy = llm.generate(
         [{"role": "user", "content": "Write a long story about a dragon."}],
         SamplingParams(max_tokens=60),
@@ -132,10 +132,19 @@ async def test_a_failing_request_fails_only_itself(llm: LlmBatcher) -> None:
         object.__setattr__(params, name, value)  # as if the validation had a hole
         with pytest.raises(InferenceError):
             await llm.generate(FRANCE, params).text()
+    # A prompt the graph cannot run (a token id past the vocabulary), prefilled together with
+    # a good one: the batched prefill fails, each is run alone, only the bad one fails.
+    with llm._cond:  # neither is taken by the worker before both are queued
+        bad = llm.generate(FRANCE, SamplingParams(max_tokens=4))
+        bad.prompt.append(10**9)
+        good = llm.generate(FRANCE, SamplingParams(max_tokens=4))
+    with pytest.raises(InferenceError):
+        await bad.text()
+    assert await good.text() and good.finish_reason in ("stop", "length")
     assert not healthy.done
     assert await healthy.text() and healthy.finish_reason in ("stop", "length")
     assert healthy.completion_tokens > 8
-    assert llm.counters.failed == failed + 2
+    assert llm.counters.failed == failed + 3
 
 
 async def test_concurrent_greedy_equals_separate(llm_fp32: LlmBatcher) -> None:

@@ -487,16 +487,20 @@ class LlmBatcher:
         if not rows:
             return
         try:
-            self._prefill_rows(rows, out)
+            ran = self._run_prefill(rows)
         except Exception:
             if len(rows) == 1:
                 self._fail(rows[0][0].gen, out, "prefilling")
                 return
-            for row in rows:  # which one? each alone: only the failing ones fail
+            for row in rows:  # which one? each alone: only those that fail alone fail
                 try:
-                    self._prefill_rows([row], out)
+                    alone = self._run_prefill([row])
                 except Exception:
                     self._fail(row[0].gen, out, "prefilling")
+                    continue
+                self._admit([row[0]], *alone, out)
+            return
+        self._admit([seq for seq, _ in rows], *ran, out)
 
     def _join(self, g: Generation) -> tuple[_Seq, KvCache]:
         """A joiner's row and its cached past (its session's longest common prefix)."""
@@ -518,9 +522,9 @@ class LlmBatcher:
                     g.cached_tokens = common
         return seq, past
 
-    def _prefill_rows(self, rows: list[tuple[_Seq, KvCache]], out: list[Delivery]) -> None:
+    def _run_prefill(self, rows: list[tuple[_Seq, KvCache]]) -> tuple[Any, KvCache]:
+        """One prefill call for ``rows`` (each its past and its new prompt tokens)."""
         assert self._model is not None
-        cfg = self._model.config
         seqs = [seq for seq, _ in rows]
         news = [seq.gen.prompt[len(seq.fed) :] for seq in seqs]
         t0 = self._clock()
@@ -528,14 +532,18 @@ class LlmBatcher:
             KvCache.stack([past for _, past in rows]),
             news,
             [list(range(len(s.fed), len(s.fed) + len(n))) for s, n in zip(seqs, news, strict=True)],
-            pad_id=cfg.eos_id,
+            pad_id=self._model.config.eos_id,
         )
         self.counters.prefill_ms.observe((self._clock() - t0) * 1000)
         self.counters.prefill_tokens += sum(len(n) for n in news)
         self.counters.cached_prompt_tokens += sum(s.gen.cached_tokens for s in seqs)
+        return logits, cache
+
+    def _admit(self, seqs: list[_Seq], logits: Any, cache: KvCache, out: list[Delivery]) -> None:
+        """Sample each prefilled row's first token; those not finished join the batch."""
         keep = []
-        for i, (seq, n) in enumerate(zip(seqs, news, strict=True)):
-            seq.fed.extend(n)
+        for i, seq in enumerate(seqs):
+            seq.fed = list(seq.gen.prompt)
             if not self._advance_or_fail(seq, logits[i], out, cache, i):
                 keep.append(i)
         if keep:
