@@ -6,6 +6,7 @@ import {
   type AuthConfig,
   beginSignIn,
   completeSignIn,
+  DEV_CONFIG,
   endpointSource,
   loadAuthConfig,
   type Provider,
@@ -71,6 +72,7 @@ export function App() {
         setSignedIn(done.signedIn);
       } catch (e) {
         if (!live) return;
+        setAuth((a) => a ?? DEV_CONFIG); // the options could not be read: try the dev login
         window.history.replaceState(null, "", window.location.pathname);
         dispatch({ kind: "problem", text: e instanceof Error ? e.message : String(e) });
       }

@@ -42,7 +42,8 @@ export type TokenSource = () => Promise<string>;
 export const PENDING_KEY = "tidegate.signin.pending";
 /** A token is not used in its last seconds: the connection would be refused or closed soon. */
 const EXPIRY_MARGIN_MS = 10_000;
-const DEV_CONFIG: AuthConfig = { dev_login: true, token_url: null, providers: [] };
+/** What a server from before sign-in options offers (or what to try when they cannot be read). */
+export const DEV_CONFIG: AuthConfig = { dev_login: true, token_url: null, providers: [] };
 
 interface Pending {
   provider: string;

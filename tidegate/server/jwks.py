@@ -662,7 +662,8 @@ class IdentityCollector(Collector):
             name = ks.config.name
             for outcome in ("ok", "failed"):
                 fetches.add_metric([name, outcome], ks.fetches[outcome])
-            up.add_metric([name], 1.0 if ks.last_error is None and ks.fetched_at_s else 0.0)
+            ok = ks.last_error is None and ks.fetched_at_s is not None
+            up.add_metric([name], 1.0 if ok else 0.0)
             keys.add_metric([name], len(ks.kids))
             if ks.fetched_at_s is not None:
                 age.add_metric([name], ks.age_s())

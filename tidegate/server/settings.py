@@ -610,6 +610,9 @@ class Settings:
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
         self._validate_media()
         self._validate_engines()
+        for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):
+            if getattr(self, name) <= 0:  # zero would fetch an issuer's keys in a busy loop
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.jwks_cache_max_s < self.jwks_cache_min_s:
             raise ConfigError(
                 f"jwks_cache_max_s ({self.jwks_cache_max_s:g}) must be at least "
