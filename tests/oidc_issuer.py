@@ -8,7 +8,9 @@ tests/server/test_oidc.py, and as a process (``python -m tests.oidc_issuer``) in
 namespace of tests/client_web/test_signin.py, where Chromium signs in through it.
 
 The sign-in page is a form (a user name and a button); the code it issues is bound to the
-client, the redirect URI and the S256 PKCE challenge, and is good once, for a minute.
+client, the redirect URI and the S256 PKCE challenge, and is good once, for a minute. Signing in
+also sets a session cookie, with which ``POST /session-token`` hands out a token the way an SSO
+proxy in front of an application does (the operator's token endpoint of docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -32,6 +35,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 CODE_TTL_S = 60.0
+SESSION_COOKIE = "idp_session"
 KINDS = {"RS256": "rsa", "ES256": "ec", "EdDSA": "ed25519"}
 
 
@@ -57,6 +61,7 @@ class IssuerState:
     clients: dict[str, str] = field(default_factory=dict)  # client_id -> redirect_uri
     claims: dict[str, Any] = field(default_factory=dict)  # added to tokens from /token
     codes: dict[str, Code] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)  # session cookie -> user name
     hits: Counter[str] = field(default_factory=Counter)
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -292,21 +297,59 @@ class _Handler(BaseHTTPRequestHandler):
         with st.lock:
             st.hits[url.path] += 1
         if url.path == "/login":
-            code = secrets.token_urlsafe(24)
+            code, session = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+            user = form.get("username") or "anonymous"
             with st.lock:
                 st.codes[code] = Code(
                     form["client_id"],
                     form["redirect_uri"],
                     form["code_challenge"],
-                    form.get("username") or "anonymous",
+                    user,
                     time.monotonic(),
                 )
+                st.sessions[session] = user
             back = form["redirect_uri"] + "?" + urlencode({"code": code, "state": form["state"]})
-            self._send(302, b"", "text/plain", {"Location": back})
+            cookie = f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Lax"
+            self._send(302, b"", "text/plain", {"Location": back, "Set-Cookie": cookie})
         elif url.path == "/token":
             self._token(form)
+        elif url.path == "/session-token":
+            self._session_token()
         else:
             self._json(404, {"error": "not_found"})
+
+    def _session_token(self) -> None:
+        """The SSO-proxy style endpoint: a token for whoever holds a session cookie."""
+        cookies = SimpleCookie(self.headers.get("Cookie", ""))
+        morsel = cookies.get(SESSION_COOKIE)
+        st = self.state
+        with st.lock:
+            user = st.sessions.get(morsel.value) if morsel is not None else None
+        cors = {**self._cors(), "Access-Control-Allow-Credentials": "true"}
+        print(json.dumps({"session_token": {"ok": user is not None}}), flush=True)
+        if user is None:
+            self._json(401, {"error": "not signed in"}, cors)
+            return
+        token = self._sign({"sub": user, "azp": "sso-proxy"})
+        self._json(
+            200, {"token": token, "expires_in_s": 300}, {**cors, "Cache-Control": "no-store"}
+        )
+
+    def _sign(self, claims: dict[str, Any]) -> str:
+        st = self.state
+        with st.lock:
+            kid = st.signing
+            alg, key = st.keys[kid]
+            now = time.time()
+            body = {
+                "iss": st.issuer,
+                "aud": st.audience,
+                "iat": int(now),
+                "exp": int(now + 300),
+                **st.claims,
+                **claims,
+            }
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
     def _token(self, form: dict[str, str]) -> None:
         st = self.state
@@ -332,20 +375,7 @@ class _Handler(BaseHTTPRequestHandler):
         if error is not None or code is None:
             self._json(400, {"error": error}, self._cors())
             return
-        with st.lock:
-            kid = st.signing
-            alg, key = st.keys[kid]
-            now = time.time()
-            claims = {
-                "iss": st.issuer,
-                "aud": st.audience,
-                "sub": code.subject,
-                "azp": code.client_id,
-                "iat": int(now),
-                "exp": int(now + 300),
-                **st.claims,
-            }
-        token = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+        token = self._sign({"sub": code.subject, "azp": code.client_id})
         self._json(
             200,
             {"access_token": token, "token_type": "Bearer", "expires_in": 300},

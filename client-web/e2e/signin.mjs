@@ -58,11 +58,15 @@ async function signIn(page) {
   out.forgedReturn = { alert: await page.textContent("[role=alert]"), url: page.url() };
   step("forged return refused", out.forgedReturn);
 
+  // Before signing in, the operator's token endpoint (the issuer's SSO-proxy-style endpoint)
+  // refuses: no session cookie yet.
   await page.goto(`${args.origin}/?mode=loopback`);
   const signInButton = page.getByRole("button", { name: "Sign in with Test IdP" });
   await signInButton.waitFor({ timeout: SHORT });
-  out.before = { connectDisabled: await page.getByRole("button", { name: "Connect" }).isDisabled() };
-  step("sign-in offered", out.before);
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.waitForSelector("[data-testid=link][data-link=closed]", { timeout: SHORT });
+  out.before = { status: await page.textContent("[data-testid=status]") };
+  step("token endpoint refused before sign-in", out.before);
 
   await signInButton.click();
   await page.getByLabel("User name").waitFor({ timeout: SHORT });
@@ -89,6 +93,18 @@ async function signIn(page) {
   await page.getByRole("button", { name: "Disconnect" }).click();
   await page.waitForSelector("[data-testid=link][data-link=closed]", { timeout: SHORT });
   step("closed");
+
+  // A new page load forgets the token (memory only); the operator's token endpoint now knows
+  // the user by the provider's session cookie and hands out a token that opens a session.
+  await page.goto(`${args.origin}/?mode=loopback`);
+  await signInButton.waitFor({ timeout: SHORT });
+  out.reloaded = { signedIn: (await page.$("[data-testid=signed-in]")) !== null };
+  await page.getByRole("button", { name: "Connect" }).click();
+  await page.waitForSelector("[data-testid=link][data-link=open]", { timeout: SHORT });
+  out.reloaded.session = await page.getAttribute("[data-testid=link]", "data-session");
+  step("connected through the token endpoint", out.reloaded);
+  await page.getByRole("button", { name: "Disconnect" }).click();
+  await page.waitForSelector("[data-testid=link][data-link=closed]", { timeout: SHORT });
 }
 
 main().then(

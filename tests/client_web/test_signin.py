@@ -1,9 +1,12 @@
-"""The browser client signs in at an OIDC provider with the authorization code flow and PKCE:
+"""The browser client signs in at an OIDC provider with the authorization code flow and PKCE,
+and through an operator's token endpoint:
 Playwright drives Debian's Chromium through the built client served by ``tidegate serve`` (its
 development login off) and the tests' OIDC issuer (tests/oidc_issuer.py, as a process), all
 inside a network namespace this test creates and deletes (NETWORK.md). The page refuses a
-return it did not start, goes to the provider, comes back with a code, exchanges it with its
-verifier, and opens a session with the provider's RS256 token."""
+return it did not start, is refused by the token endpoint before signing in, goes to the
+provider, comes back with a code, exchanges it with its verifier, and opens a session with the
+provider's RS256 token; after a reload the token endpoint (which knows the user by then) hands
+out the token."""
 
 from __future__ import annotations
 
@@ -56,7 +59,8 @@ def _wait_line(proc: subprocess.Popen[str], key: str) -> dict[str, Any]:
 @pytest.mark.slow
 def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
     """Sign-in at the provider (code + PKCE, no secret), back with a token in memory only, a
-    session opened with it; a forged return is refused."""
+    session opened with it; a forged return is refused; the operator's token endpoint works
+    once the user is known to it."""
     assert shutil.which("ip"), "iproute2 is needed (scripts/setup-system.sh installs it)"
     assert Path(CHROMIUM).exists(), "chromium is needed (scripts/setup-system.sh installs it)"
     assert (WEB / "dist" / "index.html").exists(), "the client is not built: run `make web`"
@@ -72,6 +76,7 @@ def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
         "TIDEGATE_LOG_LEVEL": "info",
         "TIDEGATE_DEV_LOGIN": "off",
         "TIDEGATE_OIDC_ISSUERS_FILE": str(issuers),
+        "TIDEGATE_WEB_TOKEN_URL": f"http://127.0.0.1:{IDP_PORT}/session-token",
         "TIDEGATE_ICE_HOSTS": NETNS_ADDR,
         "TIDEGATE_ICE_PORTS": "40000-40010",
     }
@@ -124,9 +129,7 @@ def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
             stop(server)
             stop(idp)
     assert idp.stdout is not None
-    exchanges = [
-        json.loads(ln)["exchange"] for ln in idp.stdout.read().splitlines() if '"exchange"' in ln
-    ]
+    said = [json.loads(ln) for ln in idp.stdout.read().splitlines() if ln.startswith("{")]
     idp.stdout.close()
     log.seek(0)
     server_log = log.read()
@@ -143,8 +146,8 @@ def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
     # A return the page did not start is refused, and the code leaves the address bar.
     assert "did not start" in seen["forgedReturn"]["alert"], seen["forgedReturn"]
     assert "code=" not in seen["forgedReturn"]["url"]
-    # Not signed in (and no dev login): nothing to connect with yet.
-    assert seen["before"]["connectDisabled"] is True
+    # Not signed in yet: the operator's token endpoint refuses, and the page says so.
+    assert "did not sign you in (HTTP 401)" in seen["before"]["status"], seen["before"]
 
     # The authorization request: code flow, S256 challenge, the registered redirect, no secret.
     auth = parse_qs(urlsplit(seen["atProvider"]["url"]).query)
@@ -159,13 +162,23 @@ def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
     digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
     assert digest.decode() == auth["code_challenge"][0]
     assert "client_secret" not in form and form["grant_type"] == ["authorization_code"]
-    assert exchanges == [{"ok": True, "error": None, "pkce": True}]
+    assert [e["exchange"] for e in said if "exchange" in e] == [
+        {"ok": True, "error": None, "pkce": True}
+    ]
+    assert [e["session_token"]["ok"] for e in said if "session_token" in e] == [False, True]
 
-    # Back on the page: signed in, the mode kept, nothing left in storage, no cookie.
+    # Back on the page: signed in, the mode kept, nothing left in storage, no cookie of the
+    # page's own (the provider's session cookie is the provider's).
     back = seen["back"]
     assert "carol" in back["who"] and "Test IdP" in back["who"]
     assert back["url"] == f"http://127.0.0.1:{PORT}/?mode=loopback"
-    assert back["session"] == {} and back["local"] == {} and back["cookies"] == []
+    assert back["session"] == {} and back["local"] == {}
+    assert [c["name"] for c in back["cookies"]] == ["idp_session"]
     # The provider's token opened a session (the dev login is off: it was the only way in).
     assert seen["connected"]["session"].startswith("s_")
+    # After a reload the token is gone (memory only); the operator's endpoint, which now knows
+    # the user, gave one that opened another session.
+    assert seen["reloaded"]["signedIn"] is False
+    assert seen["reloaded"]["session"].startswith("s_")
+    assert seen["reloaded"]["session"] != seen["connected"]["session"]
     assert "token refused" not in server_log
