@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 CODE_TTL_S = 60.0
 SESSION_COOKIE = "idp_session"
+GATE_MAX_S = 30.0  # a held JWKS request answers after this at the latest
 KINDS = {"RS256": "rsa", "ES256": "ec", "EdDSA": "ed25519"}
 
 
@@ -62,6 +63,8 @@ class IssuerState:
     claims: dict[str, Any] = field(default_factory=dict)  # added to tokens from /token
     codes: dict[str, Code] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)  # session cookie -> user name
+    gate: threading.Event = field(default_factory=threading.Event)  # JWKS answers wait on it
+    held: int = 0  # JWKS requests waiting at the gate now
     hits: Counter[str] = field(default_factory=Counter)
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,6 +96,7 @@ class TestIssuer:
 
     def __init__(self, port: int = 0, *, alg: str = "RS256", max_age_s: int = 300) -> None:
         self.state = IssuerState(max_age_s=max_age_s)
+        self.state.gate.set()
         self.port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -121,6 +125,7 @@ class TestIssuer:
 
     def stop(self) -> None:
         """Stop answering: the port refuses connections until ``start``."""
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -145,6 +150,18 @@ class TestIssuer:
             self.state.published.append(kid)
             if sign:
                 self.state.signing = kid
+
+    def hold(self) -> None:
+        """Make JWKS requests wait (a slow provider) until ``release``."""
+        self.state.gate.clear()
+
+    def release(self) -> None:
+        self.state.gate.set()
+
+    @property
+    def held(self) -> int:
+        with self.state.lock:
+            return self.state.held
 
     def sign_with(self, kid: str) -> None:
         with self.state.lock:
@@ -238,6 +255,12 @@ class _Handler(BaseHTTPRequestHandler):
                 {**self._cors(), "Cache-Control": "max-age=3600"},
             )
         elif url.path == "/jwks":
+            if not st.gate.is_set():
+                with st.lock:
+                    st.held += 1
+                st.gate.wait(GATE_MAX_S)
+                with st.lock:
+                    st.held -= 1
             with st.lock:
                 keys = [public_jwk(k, *st.keys[k]) for k in st.published]
                 max_age = st.max_age_s

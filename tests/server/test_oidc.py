@@ -246,6 +246,45 @@ async def test_issuer_stopped_then_back(tmp_path: Path) -> None:
             assert live.runtime.verifier.status()["idp"]["state"] == "ok"
 
 
+async def test_a_slow_issuer_blocks_nothing_else(tmp_path: Path) -> None:
+    """While a key fetch waits on a slow issuer, the server keeps serving (health, a session
+    with a cached key); the waiting token verifies once the keys arrive."""
+    with TestIssuer() as idp:
+        async with oidc_server(tmp_path, idp, jwks_timeout_s=60.0) as live:
+            verify = live.runtime.verifier.verify
+            cached = idp.token(GOOD)
+            idp.add_key("k2", sign=True)
+            idp.hold()
+            waiting = asyncio.create_task(verify(idp.token(GOOD)))
+            try:
+                async with asyncio.timeout(20):
+                    while idp.held == 0:
+                        await asyncio.sleep(0.02)
+                async with httpx.AsyncClient(base_url=live.http) as http:
+                    assert (await http.get("/healthz")).status_code == 200
+                async with await live.client(token=cached) as client:
+                    await client.create_session({"mode": "loopback"})
+                assert (await verify(cached)).tenant == "acme"
+                assert not waiting.done() and idp.held == 1
+            finally:
+                idp.release()
+            assert (await waiting).tenant == "acme"
+
+
+async def test_an_issuer_slower_than_the_timeout_is_unavailable(tmp_path: Path) -> None:
+    """A key fetch that outlasts jwks_timeout_s fails: the new kid is refused, saying so."""
+    with TestIssuer() as idp:
+        async with oidc_server(tmp_path, idp, jwks_timeout_s=0.5) as live:
+            idp.add_key("k2", sign=True)
+            idp.hold()
+            try:
+                error = await refused(live, idp.token(GOOD))
+            finally:
+                idp.release()
+    assert error.reason == "keys_unavailable"
+    assert "did not answer in time" in error.message
+
+
 async def test_wrong_iss_aud_alg_and_algorithm_confusion(tmp_path: Path) -> None:
     """Untrusted issuer, wrong audience, an algorithm not accepted, 'none', HS256 signed with
     the issuer's public key, a key of the wrong type, expired: each refused, saying which."""
