@@ -63,6 +63,7 @@ class IssuerState:
     claims: dict[str, Any] = field(default_factory=dict)  # added to tokens from /token
     codes: dict[str, Code] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)  # session cookie -> user name
+    undeclared: set[str] = field(default_factory=set)  # kids published without "alg"
     gate: threading.Event = field(default_factory=threading.Event)  # JWKS answers wait on it
     held: int = 0  # JWKS requests waiting at the gate now
     hits: Counter[str] = field(default_factory=Counter)
@@ -142,10 +143,15 @@ class TestIssuer:
 
     # -- keys --
 
-    def add_key(self, kid: str, alg: str = "RS256", *, sign: bool = False) -> None:
-        """Publish a new key (and sign with it from now on, if ``sign``)."""
+    def add_key(
+        self, kid: str, alg: str = "RS256", *, sign: bool = False, declare_alg: bool = True
+    ) -> None:
+        """Publish a new key (and sign with it from now on, if ``sign``); its JWK names its
+        ``alg`` unless ``declare_alg`` is false (the member is optional in a JWKS)."""
         key = new_key(alg)
         with self.state.lock:
+            if not declare_alg:
+                self.state.undeclared.add(kid)
             self.state.keys[kid] = (alg, key)
             self.state.published.append(kid)
             if sign:
@@ -263,6 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
                     st.held -= 1
             with st.lock:
                 keys = [public_jwk(k, *st.keys[k]) for k in st.published]
+                keys = [
+                    {m: v for m, v in jwk.items() if m != "alg" or jwk["kid"] not in st.undeclared}
+                    for jwk in keys
+                ]
                 max_age = st.max_age_s
             self._json(200, {"keys": keys}, {"Cache-Control": f"max-age={max_age}"})
         elif url.path == "/authorize":

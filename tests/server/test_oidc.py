@@ -290,6 +290,7 @@ async def test_wrong_iss_aud_alg_and_algorithm_confusion(tmp_path: Path) -> None
     the issuer's public key, a key of the wrong type, expired: each refused, saying which."""
     with TestIssuer() as idp:
         idp.add_key("ec1", "ES256")  # published, but ES256 is not in the issuer's algorithms
+        idp.add_key("ec2", "ES256", declare_alg=False)
         async with oidc_server(tmp_path, idp) as live:
             now = time.time()
             base = {"iss": idp.issuer, "aud": "tidegate", "sub": "a", "exp": now + 60, **GOOD}
@@ -328,6 +329,11 @@ async def test_wrong_iss_aud_alg_and_algorithm_confusion(tmp_path: Path) -> None
                     _resign(idp, base, kid="ec1", alg="RS256", signer="k1"),
                     "algorithm",
                     "is for ES256, not RS256",
+                ),
+                "RS256 header on an EC key that declares no alg": (
+                    _resign(idp, base, kid="ec2", alg="RS256", signer="k1"),
+                    "algorithm",
+                    "(EC) cannot verify RS256",
                 ),
                 "expired": (idp.token(GOOD, ttl_s=-60), "expired", "expired"),
                 "no kid": (

@@ -407,11 +407,11 @@ class KeySet:
             )
         try:
             key = jwt.PyJWK(jwk, algorithm=alg)
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as e:  # wrong type, malformed
             raise KeyRefusedError(
                 "algorithm",
-                f"key {kid!r} of issuer {self.config.name} is a {jwk.get('kty')} key, "
-                f"which cannot verify {alg}",
+                f"key {kid!r} of issuer {self.config.name} ({jwk.get('kty')}) cannot verify "
+                f"{alg}: {e}",
             ) from None
         self._keys[(kid, alg)] = key
         return key
@@ -614,12 +614,6 @@ def make_http_client(limits: JwksLimits) -> httpx.AsyncClient:
     )
 
 
-def key_sets(
-    issuers: Sequence[IssuerConfig], http: httpx.AsyncClient, limits: JwksLimits
-) -> tuple[KeySet, ...]:
-    return tuple(KeySet(cfg, http, limits) for cfg in issuers)
-
-
 # -- metrics ------------------------------------------------------------------------------------
 
 
@@ -634,7 +628,7 @@ class IdentityCollector(Collector):
         refused = CounterMetricFamily(
             "tidegate_token_refusals",
             "Tokens refused at any entry point, by issuer (local, a configured name, or "
-            "untrusted) and reason.",
+            "untrusted: a public-key token naming no trusted issuer) and reason.",
             labels=["issuer", "reason"],
         )
         for (issuer, reason), n in sorted(self.refusals.items()):
