@@ -418,26 +418,29 @@ class KeySet:
 
     async def _refresh_for(self, kid: str) -> None:
         if self._inflight is None:
-            # One fetch per refresh interval on demand; after a failed fetch, none before the
-            # interval has passed since it (scheduled fetches are bounded by cache_min_s).
-            gates = [self.last_demand_s]
-            if self.last_error is not None:
-                gates.append(self.last_attempt_s)
-            since = max((g for g in gates if g is not None), default=None)
-            if since is not None:
-                wait_s = since + self._limits.refresh_min_s - self._clock()
-                if wait_s > 0:
-                    raise self._unknown(kid, wait_s)
+            if self._demand_wait_s() > 0:
+                raise self._unknown(kid)
             self.last_demand_s = self._clock()
             self._start_refresh("unknown_kid")
         assert self._inflight is not None
         await asyncio.shield(self._inflight)  # shared: a caller that goes away leaves it running
 
-    def _unknown(self, kid: str, wait_s: float | None = None) -> KeyRefusedError:
+    def _demand_wait_s(self) -> float:
+        """Seconds until an unknown kid may cause a fetch: one such fetch per refresh interval,
+        and none within the interval after a failed fetch (scheduled fetches are bounded by
+        cache_min_s on their own)."""
+        gates = [self.last_demand_s]
+        if self.last_error is not None:
+            gates.append(self.last_attempt_s)
+        since = max((g for g in gates if g is not None), default=None)
+        if since is None:
+            return 0.0
+        return since + self._limits.refresh_min_s - self._clock()
+
+    def _unknown(self, kid: str) -> KeyRefusedError:
         name, shown = self.config.name, quote_untrusted(kid)
-        if wait_s is None:
-            wait_s = self._limits.refresh_min_s
-        retry_ms = round(wait_s * 1000)
+        wait_s = max(self._demand_wait_s(), 0.0)
+        retry_ms = round(wait_s * 1000) or None
         if self.last_error is not None:
             return KeyRefusedError(
                 "keys_unavailable",
@@ -449,7 +452,7 @@ class KeySet:
         return KeyRefusedError(
             "unknown_key",
             f"key id {shown} is not among the keys of issuer {name} (fetched "
-            f"{self.age_s():.0f} s ago; the next fetch may happen in {max(wait_s, 0):.0f} s)",
+            f"{self.age_s():.0f} s ago; the next fetch may happen in {wait_s:.0f} s)",
             retry_ms,
         )
 
