@@ -28,7 +28,8 @@ from tidegate.server.auth import (
     principal_from,
 )
 from tidegate.server.errors import ConfigError
-from tidegate.server.jwks import JwksLimits, cache_lifetime_s, load_issuers
+from tidegate.server.issuers import load_issuers
+from tidegate.server.jwks import JwksLimits, cache_lifetime_s
 
 from .conftest import LiveServer, make_settings, run_server
 from .test_metrics import documented, samples

@@ -4,8 +4,8 @@ Two kinds of token verify. HS256 tokens of the local key, with ``sub`` (the subj
 ``tenant`` (which tenant's sessions and records the token can see), ``scope`` (space-separated:
 ``session``, ``admin``), ``aud`` and ``exp``; the key comes from TIDEGATE_JWT_SECRET or is
 generated on first run into ``data_dir/jwt.key`` (mode 0600): there is no built-in secret. And
-tokens of the trusted OIDC issuers (``oidc_issuers_file``), signed with their public keys
-(jwks.py), whose claims are mapped per issuer. docs/security.md has the trust model.
+tokens of the trusted OIDC issuers (``oidc_issuers_file``, issuers.py), signed with their
+public keys (jwks.py), whose claims are mapped per issuer. docs/security.md has the trust model.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import httpx
 import jwt
 
 from .errors import ConfigError, ForbiddenError, UnauthorizedError
+from .issuers import ClaimMap, load_issuers
 from .jwks import (
-    ClaimMap,
     IdentityCollector,
     JwksLimits,
     KeyRefusedError,
     KeySet,
-    load_issuers,
     make_http_client,
     quote_untrusted,
 )
