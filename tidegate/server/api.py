@@ -95,7 +95,7 @@ def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[
                 )
             try:
                 token = bearer_from_header(request.headers.get("authorization"))
-                principal = runtime.verifier.verify(token, SCOPE_SESSION)
+                principal = await runtime.verifier.verify(token, SCOPE_SESSION)
                 await runtime.limiter.requests.acquire(principal)
                 response = await handler(request, runtime, principal)
             except RefusalError as e:

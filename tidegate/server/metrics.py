@@ -390,7 +390,7 @@ async def metrics_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     try:
         token = bearer_from_header(request.headers.get("authorization"))
-        runtime.verifier.verify(token, SCOPE_ADMIN)
+        await runtime.verifier.verify(token, SCOPE_ADMIN)
     except RefusalError as e:
         status = 401 if e.code.value == "unauthorized" else 403
         return JSONResponse({"error": {"code": e.code.value, "message": e.message}}, status)

@@ -135,7 +135,7 @@ def _sse(obj: Mapping[str, Any] | str) -> bytes:
 async def chat_completions(request: Request) -> Response:
     runtime = request.app.state.runtime
     try:
-        principal = runtime.verifier.verify(
+        principal = await runtime.verifier.verify(
             bearer_from_header(request.headers.get("authorization")), SCOPE_SESSION
         )
     except UnauthorizedError as e:

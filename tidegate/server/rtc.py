@@ -199,7 +199,7 @@ async def offer_endpoint(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     settings: Settings = runtime.settings
     try:
-        principal = runtime.verifier.verify(
+        principal = await runtime.verifier.verify(
             bearer_from_header(request.headers.get("authorization")), SCOPE_SESSION
         )
         session = runtime.registry.get(request.path_params["session_id"])
