@@ -17,11 +17,12 @@ from tidegate.server import edge
 from tidegate.server.auth import Principal
 from tidegate.server.runtime import Runtime
 from tidegate.server.web import DEV_TOKEN_PATH
+from tidegate.server.webauth import AUTH_CONFIG_PATH
 
 from .conftest import LiveServer, make_settings, run_server
 
 #: routes outside the edge, on purpose (module docstring of tidegate.server.edge)
-PUBLIC = {"/healthz", "/readyz", "/openapi.json", DEV_TOKEN_PATH}
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", DEV_TOKEN_PATH, AUTH_CONFIG_PATH}
 
 
 def _edge_routes(live: LiveServer) -> list[tuple[str, str]]:
@@ -35,8 +36,8 @@ def _edge_routes(live: LiveServer) -> list[tuple[str, str]]:
 
 
 async def test_every_http_route_is_behind_the_edge(tmp_path: Path) -> None:
-    """Every route but health, readiness, the OpenAPI document and the development login
-    refuses a foreign Origin (403) and a missing token (401), and answers 429 with
+    """Every route but health, readiness, the OpenAPI document, the sign-in options and the
+    development login refuses a foreign Origin (403) and a missing token (401), and answers 429 with
     Retry-After once the subject's request budget is spent."""
     settings = make_settings(tmp_path, rate_requests_per_s=0.01, rate_burst_requests=1)
     async with run_server(settings) as live, httpx.AsyncClient(base_url=live.http) as http:

@@ -24,7 +24,7 @@ async def test_dev_login_mints_a_session_token_the_control_channel_accepts(
         assert r.headers["cache-control"] == "no-store"
         body = r.json()
         assert body["expires_in_s"] == 120.0
-        principal = live.runtime.verifier.verify(body["token"])
+        principal = await live.runtime.verifier.verify(body["token"])
         assert principal.scopes == frozenset({"session"}) and not principal.is_admin
         async with await live.client(token=body["token"]) as c:
             created = await c.create_session({"mode": "loopback"})

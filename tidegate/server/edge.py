@@ -18,9 +18,9 @@
 :func:`read_body` reads a request body with a bound: a ``Content-Length`` over it is refused
 before reading, a streamed body as soon as it passes it (413 ``too_large``).
 
-Only ``/healthz``, ``/readyz``, ``/openapi.json``, the development login (loopback only,
-:mod:`.web`) and the web client's files are outside it. A later redesign makes this one ASGI
-middleware in front of every route.
+Only ``/healthz``, ``/readyz``, ``/openapi.json``, ``/v1/auth/config``, the development login
+(loopback only, :mod:`.web`) and the web client's files are outside it. A later redesign makes
+this one ASGI middleware in front of every route.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def endpoint(
                 )
             try:
                 token = bearer_from_header(request.headers.get("authorization"))
-                principal = runtime.verifier.verify(token, scope)
+                principal = await runtime.verifier.verify(token, scope)
                 await runtime.limiter.requests.acquire(principal)
                 response = await handler(request, runtime, principal)
             except RefusalError as e:
