@@ -256,8 +256,9 @@ async def test_concurrent_completions_per_subject_are_capped(
             other = await http.post(url, json=short, headers=_auth(live, subject="dave"))
             assert other.status_code == 200
         # Both streams were closed: their generations stop and give their slots back.
-        batcher = live.runtime.engines.llm()
-        await _wait_for(lambda: batcher.stats()["running"] == 0)
+        slots = live.runtime.limiter.completions
+        await _wait_for(lambda: slots.stats()["held"] == 0)
+        assert live.runtime.engines.llm().stats()["running"] == 0
         again = await http.post(url, json=short, headers=auth)
         assert again.status_code == 200, again.text
 

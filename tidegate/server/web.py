@@ -30,7 +30,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from . import edge
 from .auth import SCOPE_SESSION, load_or_create_secret, mint_token
+from .errors import ForbiddenError, NotFoundError, RefusalError
 from .runtime import Runtime
 from .settings import Settings
 
@@ -102,6 +104,22 @@ def _host_refusal(scope: Scope, headers: Headers, settings: Settings) -> str | N
     )
 
 
+def _admit_dev_login(request: Request, settings: Settings) -> None:
+    """Refuse a request the development login must not answer (see the module docstring)."""
+    if settings.dev_login == "auto" and not _direct_local(request):
+        raise NotFoundError(
+            "the development login answers only local, unproxied requests "
+            "(TIDEGATE_DEV_LOGIN=on to open it further)"
+        )
+    refused = _host_refusal(request.scope, request.headers, settings)
+    if refused is not None:
+        raise ForbiddenError(refused)
+    runtime: Runtime = request.app.state.runtime
+    origin = request.headers.get("origin")
+    if not runtime.origin_allowed(origin, request.headers.get("host")):
+        raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
+
+
 def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
     """``POST /v1/dev/token``: a short-lived session token, or 404 when the login is off.
 
@@ -110,29 +128,12 @@ def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Resp
     key = load_or_create_secret(settings) if dev_login_enabled(settings) else None
 
     async def dev_token(request: Request) -> Response:
-        if key is None:
-            return JSONResponse(
-                {"error": {"code": "not_found", "message": "the development login is off"}}, 404
-            )
-        if settings.dev_login == "auto" and not _direct_local(request):
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "not_found",
-                        "message": "the development login answers only local, unproxied "
-                        "requests (TIDEGATE_DEV_LOGIN=on to open it further)",
-                    }
-                },
-                404,
-            )
-        refused = _host_refusal(request.scope, request.headers, settings)
-        if refused is not None:
-            return JSONResponse({"error": {"code": "forbidden", "message": refused}}, 403)
-        runtime: Runtime = request.app.state.runtime
-        origin = request.headers.get("origin")
-        if not runtime.origin_allowed(origin, request.headers.get("host")):
-            message = f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
-            return JSONResponse({"error": {"code": "forbidden", "message": message}}, 403)
+        try:
+            if key is None:
+                raise NotFoundError("the development login is off")
+            _admit_dev_login(request, settings)
+        except RefusalError as e:
+            return edge.error_response(e)  # the one error table of every HTTP route
         token = mint_token(
             key,
             subject=DEV_SUBJECT,
