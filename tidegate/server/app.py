@@ -1,4 +1,8 @@
-"""The starlette application: health, readiness, the control channel and the HTTP SDP offer."""
+"""The starlette application: health, readiness, the control channel and the HTTP routes.
+
+Every HTTP route but ``/healthz``, ``/readyz``, ``/openapi.json``, ``/v1/auth/config``, the
+development login and the web client's files goes through the HTTP edge (:mod:`.edge`): origin
+allow-list, token, the subject's request budget, one error table."""
 
 from __future__ import annotations
 
@@ -62,13 +66,13 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
-            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
-            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
+            Route(METRICS_PATH, metrics_endpoint, methods=["GET", "OPTIONS"]),
+            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST", "OPTIONS"]),
+            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST", "OPTIONS"]),
             *api_routes(),
             Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),
             Route(AUTH_CONFIG_PATH, auth_config, methods=["GET"]),
-            Mount("/", WebApp(web_dir(settings))),  # last: the browser client's files
+            Mount("/", WebApp(web_dir(settings), settings)),  # last: the browser client's files
         ],
         lifespan=lifespan,
     )

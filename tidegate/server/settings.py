@@ -108,7 +108,8 @@ class Settings:
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
         "browser client): auto (on only when host is a loopback address, for local requests "
-        "no proxy forwarded), on, or off (404).",
+        "no proxy forwarded), on, or off (404). While on, it and the page at / answer only a "
+        "loopback Host with the server's port (with on: also the hosts of allowed_origins).",
         default="auto",
     )
     dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)
@@ -462,6 +463,11 @@ class Settings:
         default=64,
     )
     api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
+    http_max_body_bytes: int = _doc(
+        "Largest HTTP request body (chat completions, SDP offers): a larger Content-Length is "
+        "refused (413) before the body is read, a streamed body as soon as it passes this.",
+        default=1_048_576,
+    )
 
     # -- rate limits (per token subject: tenant + sub) ------------------------------------------
     rate_sessions_per_s: float = _doc(
@@ -479,6 +485,11 @@ class Settings:
         "HTTP API requests per second one subject may make (0: no limit).", default=20.0
     )
     rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+    max_completions_per_subject: int = _doc(
+        "Chat completions one subject may have generating at once on one node; one more is "
+        "refused (429, rate_limited).",
+        default=4,
+    )
 
     # -- cluster coordination (docs/cluster.md) ------------------------------------------------
     redis_url: str | None = _doc(
