@@ -297,7 +297,7 @@ class AssistantMode(TranscribeMode):
             if s.caches is not None:  # a greedy reply given before comes back at once
                 gen = await s.caches.generate(self.llm, messages, self._params, session=s.id)
             else:
-                gen = self.llm.generate(messages, self._params, session=s.id)
+                gen = await self.llm.submit(messages, self._params, session=s.id)
             reply.gen = gen
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
