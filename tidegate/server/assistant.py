@@ -185,7 +185,13 @@ class AssistantMode(TranscribeMode):
         )
         self.vision: VisionLane | None = None
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            self.vision = VisionLane(
+                session,
+                engines.get("vision"),
+                s.assistant_vision_interval_s,
+                workers=engines.media,
+                max_pixels=s.frame_max_pixels,
+            )
             session.spawn(self.vision.run(), "vision")
 
     def _start_media(self, peer: MediaPeer) -> None:

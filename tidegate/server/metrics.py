@@ -221,6 +221,12 @@ class ServerCollector(Collector):
                 size.add_metric([name], _buckets(lc.batch_size, 1.0), lc.batch_size.sum)
                 prefill.add_metric([], _buckets(lc.prefill_ms, 0.001), lc.prefill_ms.sum / 1e3)
                 tokens.add_metric([], lc.tokens)
+            pool = engines.media  # image decoding and resampling (engines/workers.py)
+            depth.add_metric(["media"], pool.pending)
+            capacity.add_metric(["media"], pool.max_pending)
+            for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
+                requests.add_metric(["media", outcome], n)
+            requests.add_metric(["media", "refused"], pool.refused)
         yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
 
     def _sessions(self) -> Iterator[Metric]:

@@ -85,6 +85,8 @@ def media_config(settings: Settings) -> MediaConfig:
         audio_out_bitrate_bps=s.audio_out_bitrate_bps,
         audio_out_complexity=s.audio_out_complexity,
         audio_out_lead_ms=s.audio_out_lead_ms,
+        video_max_pixels=s.frame_max_pixels,
+        video_decoder_max_frames=s.video_decoder_max_frames,
     )
 
 

@@ -87,7 +87,13 @@ class Runtime:
         s = self.settings
         try:
             custom = load_custom_models(s.models_file) if s.models_file else {}
-            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+            service = EngineService(
+                engine_specs(s),
+                s.data_dir,
+                custom=custom,
+                media_worker_threads=s.media_worker_threads,
+                media_max_pending_items=s.media_max_pending_items,
+            )
         except Exception as e:
             self._engines_failed(e)
             return

@@ -134,6 +134,21 @@ class Settings:
     )
     upload_credit_messages: int = _doc("Upload messages a client may have in flight.", default=64)
     upload_credit_bytes: int = _doc("Upload bytes a client may have in flight.", default=2_097_152)
+    frame_max_pixels: int = _doc(
+        "Largest input.frame image (width x height, read from its header before decoding; "
+        "also the largest WebRTC video frame decoded, read from the VP8 keyframe or H.264 "
+        "SPS). Default: 3840x2160.",
+        default=8_294_400,
+    )
+    media_worker_threads: int = _doc(
+        "Threads that decode input.frame images and resample input.audio, off the event loop.",
+        default=2,
+    )
+    media_max_pending_items: int = _doc(
+        "Decodes and resamples in hand (running or waiting) at once; more are refused "
+        "(overloaded).",
+        default=32,
+    )
     metrics_interval_s: float = _doc(
         "Interval of per-session `metrics` events (0: off).", default=5.0
     )
@@ -193,12 +208,24 @@ class Settings:
     audio_lag_report_ms: float = _doc(
         "Inbound audio lag that triggers a flow.lag event.", default=500.0
     )
+    audio_max_ahead_s: float = _doc(
+        "How far WS-only input.audio may run ahead of real time (its media time against the "
+        "wall clock since the stream started); a chunk beyond it is refused (rate_limited, "
+        "with retry_after_ms), and a chunk's credit comes back no earlier than its audio's "
+        "time. 0: no pacing (bench's as-fast-as-possible ASR runs only).",
+        default=3.0,
+    )
     audio_silence_dbfs: float = _doc(
         "Level below which an inbound 20 ms chunk counts as silence (dropped first).",
         default=-50.0,
     )
     audio_out_buffer_s: float = _doc(
         "Outbound audio queued per session; beyond it the oldest is dropped.", default=10.0
+    )
+    video_decoder_max_frames: int = _doc(
+        "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
+        "dropped (counted).",
+        default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
@@ -660,6 +687,19 @@ class Settings:
             )
         if not 0 <= self.audio_out_lead_ms <= 100:
             raise ConfigError(f"audio_out_lead_ms must be 0..100, got {self.audio_out_lead_ms}")
+        if self.audio_max_ahead_s < 0:
+            raise ConfigError(f"audio_max_ahead_s cannot be negative, got {self.audio_max_ahead_s}")
+        if self.video_decoder_max_frames < 1:
+            raise ConfigError(
+                f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
+            )
+        if self.frame_max_pixels < 1:
+            raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")
+        if not 1 <= self.media_worker_threads <= self.media_max_pending_items:
+            raise ConfigError(
+                "media_worker_threads must be 1 or more and at most media_max_pending_items, got "
+                f"{self.media_worker_threads} and {self.media_max_pending_items}"
+            )
         for name in ("audio_buffer_s", "audio_out_buffer_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
