@@ -66,6 +66,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         jwt_secret=secrets.token_hex(32),
         log_level="warning",
         metrics_interval_s=0.0,
+        engines=(),  # tests that need engines ask for them (the default is every CPU engine)
     )
     return replace(base, **overrides)
 

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENGINE_WARMUP_RETRY_MS = 1_000.0
+DRAINING_RETRY_MS = 1_000.0  # a draining node: the client reconnects (another node answers)
 ROUTE_COOKIE = "tidegate_route"
 
 
@@ -312,6 +313,11 @@ class ControlChannel:
         else:
             engines = self.runtime.engines
             mode = (msg.config or {}).get("mode", self.runtime.settings.default_mode)
+            if self.runtime.draining:  # SIGTERM: this node's sessions finish, no new ones
+                raise OverloadedError(
+                    "this node is shutting down; connect again to reach another node",
+                    retry_after_ms=DRAINING_RETRY_MS,
+                )
             if mode in ENGINE_MODES and self.runtime.engines_warming:
                 raise OverloadedError(
                     "the engines are still warming up; try again shortly",

@@ -63,6 +63,8 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.by_type: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        # A spoken turn's last audio -> its reply's first audio frame handed to the connection.
+        self.voice_to_voice = Histogram(STAGE_BUCKETS_MS)
 
     def observe(self, msg: ServerMessage, sent_ms: float) -> None:
         timing = getattr(msg, "timing", None)
@@ -161,6 +163,14 @@ class ServerCollector(Collector):
             for stage, h in zip(STAGES, hists, strict=True):
                 stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
+        v2v = rt.stage_times.voice_to_voice
+        voice = HistogramMetricFamily(
+            "tidegate_voice_to_voice_seconds",
+            "Assistant: from a spoken turn's last audio to its reply's first audio frame "
+            "handed to the connection.",
+        )
+        voice.add_metric([], _buckets(v2v, 0.001), v2v.sum / 1000.0)
+        yield voice
 
     def _engines(self) -> Iterator[Metric]:
         engines = self.runtime.engines

@@ -14,6 +14,7 @@ from .admission import Admission
 from .auth import TokenVerifier
 from .cluster import Cluster
 from .cluster.metrics import ClusterCollector
+from .db.metrics import RecordWriterCollector
 from .db.writer import RecordWriter
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
@@ -38,15 +39,18 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
-        self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
+        self.stage_times = StageTimes()
+        self.registry = SessionRegistry(
+            settings, recorder=self.recorder, limiter=self.limiter, stage_times=self.stage_times
+        )
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
-        self.stage_times = StageTimes()
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))
+        self.metrics.registry.register(RecordWriterCollector(self.recorder))
         self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()

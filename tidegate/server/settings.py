@@ -27,6 +27,10 @@ from .errors import ConfigError
 
 ENV_PREFIX = "TIDEGATE_"
 ROUTE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
+# What a bare `tidegate serve` runs: every CPU engine (the embedded defaults, as `make run`).
+DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
+# Settings whose empty environment value means "none" rather than "unset" (the default).
+EMPTY_MEANS_NONE = frozenset({"engines"})
 
 
 def _default_data_dir() -> Path:
@@ -166,6 +170,12 @@ class Settings:
         "(docs/deploy.md). Empty: plain session ids (one node).",
         default="",
     )
+    drain_timeout_s: float = _doc(
+        "On SIGTERM: how long the node drains (new sessions refused with overloaded, /readyz "
+        "503) waiting for its sessions to end, before it closes the rest and flushes the "
+        "record journal (docs/deploy.md). 0: close at once.",
+        default=30.0,
+    )
 
     # -- media (WebRTC) -------------------------------------------------------------------------
     ice_servers: tuple[str, ...] = _doc(
@@ -247,8 +257,9 @@ class Settings:
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
         "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
-        "tts); /readyz turns ready once they are. Empty: none (`make run` asks for all).",
-        default=(),
+        "tts); /readyz turns ready once they are. Default: every CPU engine (`tidegate serve` "
+        "prepares missing models first). Empty (TIDEGATE_ENGINES=): none.",
+        default=DEFAULT_ENGINES,
     )
     vision_model: str = _doc(
         "Vision engine model: blazeface (fast) or mtcnn (finds smaller faces, ~30x slower).",
@@ -609,7 +620,7 @@ class Settings:
             values["config"] = path
         for name in names:
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or name in EMPTY_MEANS_NONE):
                 values[name] = _convert(ENV_PREFIX + name.upper(), raw, hints[name])
         for name, raw in overrides.items():
             if raw is None:
