@@ -49,6 +49,8 @@ class Runtime:
         self.metrics.registry.register(ClusterCollector(self.cluster))
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
+        #: control connections without a session, per subject (tenant, sub); see control.py
+        self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False
         self.draining = False
         self.startup_error: str | None = None
