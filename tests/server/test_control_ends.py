@@ -48,22 +48,24 @@ async def raw_connect(live: LiveServer, *, rcvbuf_bytes: int | None = None) -> A
     )
 
 
-async def the_session(live: LiveServer) -> Session:
+async def the_session(live: LiveServer, created_before: int) -> Session:
+    """The session created after ``created_before`` sessions (waits for it)."""
+    registry = live.runtime.registry
     async with asyncio.timeout(10):
-        while len(live.runtime.registry) == 0:
+        while registry.created <= created_before:
             await asyncio.sleep(0.01)
-    [session] = list(live.runtime.registry)
-    return session
+    return list(registry)[-1]
 
 
 async def stalled_client(live: LiveServer) -> tuple[Session, Any]:
     """A client that creates a session and then never reads again while it floods the server
     with text whose echo piles up: the server's sends back up until it gives up on it."""
+    before = live.runtime.registry.created
     ws = await raw_connect(live, rcvbuf_bytes=4096)
     ws.transport.set_write_buffer_limits(0)
     await ws.send(cbor2.dumps({"type": "session.create", "config": {"mode": "loopback"}}))
     ws.transport.pause_reading()
-    session = await the_session(live)
+    session = await the_session(live, before)
     for i in range(2_000):
         if live.runtime.counters["too_slow"]:
             break
@@ -85,19 +87,35 @@ async def gone(live: LiveServer, session: Session) -> None:
 
 
 async def end_clean(live: LiveServer) -> tuple[Session, Any]:
+    before = live.runtime.registry.created
     client = await live.client()
     await client.create_session({"mode": "loopback"})
     await client.close()  # a WebSocket close, no session.close
-    return await the_session(live), None
+    return await the_session(live, before), None
 
 
 async def end_reset(live: LiveServer) -> tuple[Session, Any]:
+    before = live.runtime.registry.created
     ws = await raw_connect(live)
     await ws.send(cbor2.dumps({"type": "session.create", "config": {"mode": "loopback"}}))
-    session = await the_session(live)
+    session = await the_session(live, before)
     sock = ws.transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ws.transport.abort()  # linger 0: a TCP reset, no close frame
+    return session, None
+
+
+async def end_reset_while_events_flow(live: LiveServer) -> tuple[Session, Any]:
+    before = live.runtime.registry.created
+    ws = await raw_connect(live)
+    await ws.send(cbor2.dumps({"type": "session.create", "config": {"mode": "loopback"}}))
+    session = await the_session(live, before)
+    for i in range(200):  # the echoes and pongs are on their way when the reset comes
+        await ws.send(cbor2.dumps({"type": "input.text", "text": FLOOD_TEXT, "id": f"{i}"}))
+        await ws.send(cbor2.dumps({"type": "ping", "t_client": 1.0, "id": f"p{i}"}))
+    sock = ws.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.transport.abort()
     return session, None
 
 
@@ -106,9 +124,10 @@ async def end_stalled(live: LiveServer) -> tuple[Session, Any]:
 
 
 async def end_protocol_violation(live: LiveServer) -> tuple[Session, Any]:
+    before = live.runtime.registry.created
     ws = await raw_connect(live)
     await ws.send(cbor2.dumps({"type": "session.create", "config": {"mode": "loopback"}}))
-    session = await the_session(live)
+    session = await the_session(live, before)
     for _ in range(live.settings.max_bad_messages):
         await ws.send(b"\x1c")
     with pytest.raises(websockets.ConnectionClosed) as caught:
@@ -188,7 +207,8 @@ async def test_shutdown_ends_connections_and_sessions(tmp_path: Path) -> None:
 async def test_ordinary_disconnects_are_not_errors(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Clean closes, resets and stalled clients are logged below WARNING, without a traceback."""
+    """Clean closes, resets (also while events flow) and stalled clients are logged below
+    WARNING, without a traceback; the end of each connection is logged once."""
     settings = make_settings(
         tmp_path,
         session_resume_s=RESUME_S,
@@ -199,14 +219,17 @@ async def test_ordinary_disconnects_are_not_errors(
     )
     caplog.set_level(logging.DEBUG)
     async with run_server(settings) as live:
-        for end in (end_clean, end_reset, end_stalled):
-            session, ws = await end(live)
-            await gone(live, session)
+        for end in (end_clean, end_reset, end_reset_while_events_flow, end_stalled):
+            _, ws = await end(live)
+            async with asyncio.timeout(GONE_WITHIN_S):
+                while live.runtime.channels:
+                    await asyncio.sleep(0.05)
             if ws is not None:
                 ws.transport.abort()
-    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    server = [r for r in caplog.records if r.name.startswith(("tidegate", "uvicorn", "asyncio"))]
+    loud = [r for r in server if r.levelno >= logging.WARNING]
     assert loud == [], [r.getMessage() for r in loud]
-    assert not [r for r in caplog.records if r.exc_info], "a traceback for an ordinary end"
-    ends = [r.getMessage() for r in caplog.records if r.name == "tidegate.server.control"]
+    assert not [r for r in server if r.exc_info], "a traceback for an ordinary end"
+    ends = [r.getMessage() for r in server if r.name == "tidegate.server.control"]
     assert any("closed by the client" in m for m in ends)
     assert any("closed with 4408" in m for m in ends)

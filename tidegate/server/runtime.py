@@ -15,6 +15,7 @@ from .auth import TokenVerifier
 from .cluster import Cluster
 from .cluster.metrics import ClusterCollector
 from .db.writer import RecordWriter
+from .gate import ConnectionGate
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
 from .sensorbus import SensorBus
@@ -38,6 +39,7 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
+        self.gate = ConnectionGate.from_settings(settings)  # every TCP connection (gate.py)
         self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.counters: Counter[str] = Counter()
