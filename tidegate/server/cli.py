@@ -24,6 +24,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "port": settings.port,
         "http": http,
         "ws": ws,
+        "backlog": settings.listen_backlog_connections,
         "ws_max_size": 2 * settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,

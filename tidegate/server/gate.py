@@ -4,8 +4,10 @@ Every connection the server accepts, HTTP or WebSocket, passes the gate before a
 is parsed:
 
 - At most ``max_connections`` are open at once, lowered to the process's open-file limit less
-  ``fd_reserve_files``, so that the server never runs out of file descriptors for the
-  database, the journal and the models, nor for ``/healthz``. At the cap, a new connection
+  ``fd_reserve_files`` and twice ``listen_backlog_connections`` (the event loop accepts up to
+  a backlog of connections in one go before any is counted here), so that the server never
+  runs out of file descriptors for the database, the journal and the models, nor for
+  ``/healthz``. At the cap, a new connection
   takes the place of the oldest one still in its handshake (idle or half-sent sockets make
   room for clients that speak); when none is, the new one is answered 503 and closed.
 - At most ``max_connections_per_address`` are open from one peer address
@@ -80,7 +82,7 @@ class ConnectionGate:
         open_files: int | None = None,
     ) -> None:
         self.max_connections = max_connections
-        if open_files is not None:
+        if open_files is not None:  # fd_reserve_files counts the accept batches too
             self.max_connections = max(1, min(max_connections, open_files - fd_reserve_files))
         self.max_connections_per_address = max_connections_per_address
         self.handshake_timeout_s = handshake_timeout_s
@@ -95,14 +97,21 @@ class ConnectionGate:
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionGate:
         s = settings
-        return cls(
+        gate = cls(
             max_connections=s.max_connections,
             max_connections_per_address=s.max_connections_per_address,
             handshake_timeout_s=s.handshake_timeout_s,
             proxy_addresses=s.proxy_addresses,
-            fd_reserve_files=s.fd_reserve_files,
+            fd_reserve_files=s.fd_reserve_files + 2 * s.listen_backlog_connections,
             open_files=open_file_limit(),
         )
+        if gate.max_connections < s.max_connections:
+            log.info(
+                "connection cap %d (max_connections %d, lowered to fit the open-file limit)",
+                gate.max_connections,
+                s.max_connections,
+            )
+        return gate
 
     def __len__(self) -> int:
         return len(self._open)

@@ -144,8 +144,14 @@ class Settings:
     )
     fd_reserve_files: int = _doc(
         "File descriptors kept free of connections for the database, the journal, models and "
-        "logs (see max_connections).",
+        "logs: max_connections is lowered to the open-file limit less this and twice "
+        "listen_backlog_connections (connections accepted but not yet counted).",
         default=64,
+    )
+    listen_backlog_connections: int = _doc(
+        "The listening socket's backlog, which is also how many connections are accepted in "
+        "one go.",
+        default=128,
     )
 
     # -- sessions -------------------------------------------------------------------------------
@@ -615,6 +621,11 @@ class Settings:
                     raise ConfigError(f"{f.name} must be at least 1, got {v}")
             if f.name.endswith("_s") and isinstance(v, float) and v < 0:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
+        if self.listen_backlog_connections < 1:
+            raise ConfigError(
+                "listen_backlog_connections must be at least 1, got "
+                f"{self.listen_backlog_connections}"
+            )
         if self.fd_reserve_files < 0:
             raise ConfigError(f"fd_reserve_files cannot be negative, got {self.fd_reserve_files}")
         if not 0 <= self.port <= 65535:
