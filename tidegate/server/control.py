@@ -343,8 +343,8 @@ class ControlChannel:
         try:
             self._start_timers()
             await self._read_loop()
-        except Disconnected as e:
-            peer_code = 1000 if e.code is None else e.code
+        except Disconnected as e:  # 1006: gone without a close frame (a reset)
+            peer_code = 1006 if e.code is None else e.code
         except asyncio.CancelledError:
             # Ours (a close from a timer, the watchdog, a takeover) or a shutdown: either way
             # this connection ends here, and the end below must run to completion.
