@@ -291,7 +291,7 @@ class ControlChannel:
             self._idle_timer = self._loop.call_at(now + s.sessionless_idle_s, self._idle)
         expires_at_s = self.principal.expires_at_s
         if expires_at_s > 0:  # wall-clock seconds; the verifier's leeway applies here too
-            delay_s = expires_at_s + self.runtime.verifier.leeway_s - time.time()
+            delay_s = expires_at_s + s.jwt_leeway_s - time.time()
             self._expiry_timer = self._loop.call_at(now + max(0.0, delay_s), self._expired)
 
     def _idle(self) -> None:
@@ -407,7 +407,7 @@ class ControlChannel:
     async def _read_loop(self) -> None:
         receive = self.ws.receive
         conn = self.conn
-        acquire = self.runtime.limiter.messages.acquire
+        budget = self.runtime.limiter.messages
         principal = self.principal
         while self._close_code is None:
             self._receiving = True
@@ -419,7 +419,10 @@ class ControlChannel:
                 self._last_in_s = self._loop.time()
             refusal: RateLimitedError | None = None
             try:  # every inbound message counts, valid or not, pings included
-                await acquire(principal)
+                if budget.shared is None:
+                    budget.check(principal)  # no coroutine on the hot path
+                else:
+                    await budget.acquire(principal)
             except RateLimitedError as e:
                 refusal = e
             now = now_ms()
