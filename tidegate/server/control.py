@@ -528,11 +528,18 @@ class ControlChannel:
             except BaseException:
                 await cluster.cancel(ticket)
                 raise
-            await cluster.register(session, ticket)
-            session.mode = start_mode(session, engines)
-            session.sensors = SensorLane(
-                session, self.runtime.sensor_bus, registry.get, self.runtime.cluster.held_elsewhere
-            )
+            try:
+                await cluster.register(session, ticket)
+                session.mode = start_mode(session, engines)
+                session.sensors = SensorLane(
+                    session,
+                    self.runtime.sensor_bus,
+                    registry.get,
+                    self.runtime.cluster.held_elsewhere,
+                )
+            except BaseException:  # never attached: gone at once, not after its window
+                await registry.remove(session, "closed", "the session failed to start")
+                raise
             interval = self.runtime.settings.metrics_interval_s
             if interval > 0:
                 session.spawn(session.run_metrics(interval), "metrics")
