@@ -79,6 +79,8 @@ async def test_healthz_answers_under_fd_exhaustion(tmp_path: Path) -> None:
     try:
         await asyncio.to_thread(node.wait_ready)
         socks += await open_idle(ATTACKER, node.port, ATTACK_SOCKETS)
+        from_attacker = len(socks)  # those that connected (a full backlog may drop a few)
+        assert from_attacker > 16
         assert await healthz(node.http) == 200
         for address in SPREAD_ADDRESSES:
             socks += await open_idle(address, node.port, 16)
@@ -86,7 +88,7 @@ async def test_healthz_answers_under_fd_exhaustion(tmp_path: Path) -> None:
         async with asyncio.timeout(DROPPED_WITHIN_S):
             answers = await asyncio.gather(*(ends(s) for s in socks))
         refused = [a for a in answers if a.startswith((b"HTTP/1.1 429", b"HTTP/1.1 503"))]
-        assert len(refused) >= ATTACK_SOCKETS - 16  # the one address over its cap
+        assert len(refused) >= from_attacker - 16  # the one address over its cap
         assert set(answers) <= {b"", *refused}  # the rest: dropped without a word
         assert node.proc.poll() is None
         assert await healthz(node.http) == 200
