@@ -149,8 +149,9 @@ class Settings:
         default=64,
     )
     listen_backlog_connections: int = _doc(
-        "The listening socket's backlog, which is also how many connections are accepted in "
-        "one go.",
+        "The listening socket's backlog, which is also how many connections the event loop "
+        "accepts in one go (so it counts against the file descriptors; see fd_reserve_files). "
+        "A burst of more connects than this waits for the kernel's SYN retry.",
         default=128,
     )
 
