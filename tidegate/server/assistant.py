@@ -185,7 +185,13 @@ class AssistantMode(TranscribeMode):
         )
         self.vision: VisionLane | None = None
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            self.vision = VisionLane(
+                session,
+                engines.get("vision"),
+                s.assistant_vision_interval_s,
+                workers=engines.media,
+                max_pixels=s.frame_max_pixels,
+            )
             session.spawn(self.vision.run(), "vision")
 
     def _start_media(self, peer: MediaPeer) -> None:
@@ -291,7 +297,7 @@ class AssistantMode(TranscribeMode):
             if s.caches is not None:  # a greedy reply given before comes back at once
                 gen = await s.caches.generate(self.llm, messages, self._params, session=s.id)
             else:
-                gen = self.llm.generate(messages, self._params, session=s.id)
+                gen = await self.llm.submit(messages, self._params, session=s.id)
             reply.gen = gen
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
