@@ -148,6 +148,9 @@ async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
     except Disconnected:
         _release_sessionless(runtime, principal)
         return
+    except BaseException:  # cancelled (a shutdown): the slot goes back all the same
+        _release_sessionless(runtime, principal)
+        raise
     channel = ControlChannel(ws, runtime, negotiated.encoding, principal)
     await channel.run()
 
