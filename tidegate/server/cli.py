@@ -23,11 +23,15 @@ log = logging.getLogger(__name__)
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """The uvicorn configuration tidegate runs with (also used by the tests)."""
+    """The uvicorn configuration tidegate runs with (also used by the tests): uvicorn's
+    httptools and websockets-sansio protocols, behind the app's connection gate (gate.py)."""
+    http, ws = app.state.runtime.gate.protocols()
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": "websockets-sansio",
+        "http": http,
+        "ws": ws,
+        "backlog": settings.listen_backlog_connections,
         "ws_max_size": 2 * settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,

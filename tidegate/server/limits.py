@@ -1,7 +1,8 @@
 """Per-token rate limits: token buckets keyed by the token's subject (tenant + ``sub``).
 
-Three buckets per subject: new sessions, control messages (uploads included) and HTTP API
-requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
+Three buckets per subject: new sessions, control messages (every inbound one: uploads, pings
+and invalid ones included; the control channel takes the token before it handles a message)
+and HTTP API requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
 ``retry_after_ms`` (the time until one token is back): on the wire an ``error`` with code
 ``rate_limited``, over HTTP a 429 with ``Retry-After``. Keying by subject rather than by the
 token string means a subject cannot reset its budget by fetching a fresh token.
@@ -18,17 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-from tidegate.protocol import ClientMessage
+from typing import Any, Protocol
 
 from .auth import Principal
 from .cluster.link import RedisDownError
 from .errors import RateLimitedError
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .session import Session
 
 PRUNE_AT_KEYS = 10_000
 
@@ -270,13 +266,6 @@ class Limiter:
         """Count every bucket across the cluster (see the module docstring)."""
         for buckets in (self.sessions, self.messages, self.requests):
             buckets.shared = shared
-
-    async def admit_message(
-        self, principal: Principal, msg: ClientMessage, session: Session | None
-    ) -> None:
-        """Count a control message against its subject's budget (RateLimitedError when spent;
-        the dispatcher gives a refused upload's credit back)."""
-        await self.messages.acquire(principal)
 
     def stats(self) -> dict[str, Any]:
         return {

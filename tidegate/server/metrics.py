@@ -153,6 +153,7 @@ class ServerCollector(Collector):
             ("tidegate_outbox_closes", "too_slow", "Connections closed as too slow (4408)."),
         ):
             yield CounterMetricFamily(name, doc, value=rt.counters[key])
+        yield from self._connections()
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
@@ -171,6 +172,42 @@ class ServerCollector(Collector):
         )
         voice.add_metric([], _buckets(v2v, 0.001), v2v.sum / 1000.0)
         yield voice
+
+    def _connections(self) -> Iterator[Metric]:
+        """The connection gate (gate.py) and the control channel's own closes (control.py)."""
+        rt = self.runtime
+        gate = rt.gate
+        yield GaugeMetricFamily(
+            "tidegate_connections_open", "TCP connections open (HTTP and WebSocket).", len(gate)
+        )
+        yield GaugeMetricFamily(
+            "tidegate_connections_max",
+            "The connection cap in force (max_connections, lowered to the open-file limit).",
+            gate.max_connections,
+        )
+        refused = CounterMetricFamily(
+            "tidegate_connections_refused",
+            "Connections refused: per_address (429), cap (503), subject (control connections "
+            "without a session over the subject's cap, 4429).",
+            labels=["reason"],
+        )
+        refused.add_metric(["per_address"], gate.counts["refused_address"])
+        refused.add_metric(["cap"], gate.counts["refused_cap"])
+        refused.add_metric(["subject"], rt.counters["connections_refused"])
+        yield refused
+        dropped = CounterMetricFamily(
+            "tidegate_connections_dropped",
+            "Connections dropped: handshake_timeout, evicted (at the cap, for a new one), "
+            "stalled (a peer that does not read, aborted at its close), idle (4409), "
+            "token_expired (4401).",
+            labels=["reason"],
+        )
+        dropped.add_metric(["handshake_timeout"], gate.counts["handshake_timeouts"])
+        dropped.add_metric(["evicted"], gate.counts["evicted"])
+        dropped.add_metric(["stalled"], gate.counts["aborted_stalled"])
+        dropped.add_metric(["idle"], rt.counters["idle_closes"])
+        dropped.add_metric(["token_expired"], rt.counters["token_expired_closes"])
+        yield dropped
 
     def _engines(self) -> Iterator[Metric]:
         engines = self.runtime.engines

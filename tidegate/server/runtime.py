@@ -16,6 +16,7 @@ from .cluster import Cluster
 from .cluster.metrics import ClusterCollector
 from .db.metrics import RecordWriterCollector
 from .db.writer import RecordWriter
+from .gate import ConnectionGate
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
 from .sensorbus import SensorBus
@@ -39,6 +40,7 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
+        self.gate = ConnectionGate.from_settings(settings)  # every TCP connection (gate.py)
         self.stage_times = StageTimes()
         self.registry = SessionRegistry(
             settings, recorder=self.recorder, limiter=self.limiter, stage_times=self.stage_times
@@ -54,6 +56,8 @@ class Runtime:
         self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
+        #: control connections without a session, per subject (tenant, sub); see control.py
+        self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False
         self.draining = False
         self.startup_error: str | None = None

@@ -267,6 +267,8 @@ class SessionRegistry:
             session_id, principal, config, s, recorder=self.recorder, stage_times=self.stage_times
         )
         session.caches = self.cluster.caches if self.cluster is not None else None
+        # Born detached: a session whose connection fails before attaching it still expires.
+        session.detached_at = self.clock()
         self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1

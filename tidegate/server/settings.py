@@ -127,7 +127,14 @@ class Settings:
     max_depth: int = _doc("Deepest nesting accepted in a message.", default=8)
     max_string_chars: int = _doc("Longest string accepted in a message.", default=65_536)
     max_bad_messages: int = _doc(
-        "Invalid messages in a row before the connection is closed (4400).", default=16
+        "Invalid messages in a row, or within bad_messages_window_s, before the connection "
+        "is closed (4400); as many rate_limited refusals within that window close it with 4429.",
+        default=16,
+    )
+    bad_messages_window_s: float = _doc(
+        "The window in which max_bad_messages invalid messages (or rate_limited refusals) "
+        "close a connection, whatever valid messages come between them.",
+        default=10.0,
     )
     outbox_max_messages: int = _doc(
         "Events queued for one client before it counts as too slow (4408).", default=512
@@ -155,6 +162,57 @@ class Settings:
     )
     metrics_interval_s: float = _doc(
         "Interval of per-session `metrics` events (0: off).", default=5.0
+    )
+    first_message_timeout_s: float = _doc(
+        "A control connection whose first message has not arrived this long after it was "
+        "accepted is closed (4409; 0: no limit).",
+        default=10.0,
+    )
+    sessionless_idle_s: float = _doc(
+        "A control connection without a session that sends nothing for this long is closed "
+        "(4409; 0: no limit). Connections with a session are never closed for idling.",
+        default=60.0,
+    )
+    max_sessionless_connections_per_subject: int = _doc(
+        "Control connections one subject (tenant + sub) may hold without a session; more are "
+        "refused (rate_limited, close 4429).",
+        default=16,
+    )
+
+    # -- connections (every TCP connection: HTTP and WebSocket) -------------------------------
+    handshake_timeout_s: float = _doc(
+        "A connection must send a complete HTTP request (a WebSocket upgrade included) within "
+        "this of connecting or of starting its next request, and a WebSocket must be accepted "
+        "within this of connecting; else it is dropped (0: no limit).",
+        default=10.0,
+    )
+    max_connections: int = _doc(
+        "Open connections at once. At the cap a new connection replaces the oldest one still "
+        "in its handshake, or is refused (503). The cap is lowered to the process's open-file "
+        "limit less fd_reserve_files.",
+        default=4096,
+    )
+    max_connections_per_address: int = _doc(
+        "Open connections from one client address; more are refused (429). proxy_addresses "
+        "are exempt.",
+        default=256,
+    )
+    proxy_addresses: tuple[str, ...] = _doc(
+        "Addresses of the reverse proxies in front of this node (comma-separated), exempt "
+        "from max_connections_per_address (NGINX limits per client with limit_conn).",
+        default=(),
+    )
+    fd_reserve_files: int = _doc(
+        "File descriptors kept free of connections for the database, the journal, models and "
+        "logs: max_connections is lowered to the open-file limit less this and twice "
+        "listen_backlog_connections (connections accepted but not yet counted).",
+        default=64,
+    )
+    listen_backlog_connections: int = _doc(
+        "The listening socket's backlog, which is also how many connections the event loop "
+        "accepts in one go (so it counts against the file descriptors; see fd_reserve_files). "
+        "A burst of more connects than this waits for the kernel's SYN retry.",
+        default=128,
     )
 
     # -- sessions -------------------------------------------------------------------------------
@@ -653,6 +711,13 @@ class Settings:
                     raise ConfigError(f"{f.name} must be at least 1, got {v}")
             if f.name.endswith("_s") and isinstance(v, float) and v < 0:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
+        if self.listen_backlog_connections < 1:
+            raise ConfigError(
+                "listen_backlog_connections must be at least 1, got "
+                f"{self.listen_backlog_connections}"
+            )
+        if self.fd_reserve_files < 0:
+            raise ConfigError(f"fd_reserve_files cannot be negative, got {self.fd_reserve_files}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.dev_login not in ("auto", "on", "off"):
