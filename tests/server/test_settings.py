@@ -18,6 +18,15 @@ def test_defaults_are_safe() -> None:
     assert s.allowed_origins == ()
 
 
+def test_every_cpu_engine_by_default_and_an_empty_list_serves_none() -> None:
+    """A bare configuration serves every CPU engine; TIDEGATE_ENGINES= (empty) serves none,
+    and a list serves what it names (an empty value elsewhere still means the default)."""
+    assert Settings.load(environ={}).engines == ("vad", "asr", "vision", "llm", "tts")
+    assert Settings.load(environ={"TIDEGATE_ENGINES": ""}).engines == ()
+    assert Settings.load(environ={"TIDEGATE_ENGINES": "vad, asr"}).engines == ("vad", "asr")
+    assert Settings.load(environ={"TIDEGATE_VISION_MODEL": ""}).vision_model == "blazeface"
+
+
 def test_environment_overrides(tmp_path: Path) -> None:
     """TIDEGATE_<NAME> sets each field with its type."""
     s = Settings.load(
@@ -52,6 +61,9 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TIDEGATE_SEND_TIMEOUT_S": "-1"}, "cannot be negative"),
         ({"TIDEGATE_CONFIG": "/nonexistent/tidegate.toml"}, "cannot read config file"),
         ({"TIDEGATE_AUDIO_OUT_LEAD_MS": "150"}, "audio_out_lead_ms must be 0..100"),
+        ({"TIDEGATE_JWKS_REFRESH_MIN_S": "0"}, "jwks_refresh_min_s must be positive"),
+        ({"TIDEGATE_JWKS_CACHE_MAX_S": "10"}, "jwks_cache_max_s .10. must be at least"),
+        ({"TIDEGATE_WEB_TOKEN_URL": "javascript:x"}, "web_token_url must be"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], words: str) -> None:

@@ -17,7 +17,14 @@ Server role::
 
 Bad input never raises out of :meth:`receive_data`: it becomes a :class:`BadInput` event and,
 in the server role, an ``error`` reply queued in :meth:`data_to_send`. After
-``max_bad_messages`` bad messages in a row the connection fails with close code 4400.
+``max_bad_messages`` bad messages in a row, or that many within ``bad_messages_window_ms``
+(valid messages in between, pings included, do not reset that count), the connection fails
+with close code 4400.
+
+A message the shell refused before it was handled (``receive_data(..., handle=False)``: over
+its rate budget) is parsed and comes out as an event like any other, but it is not answered
+(not even a ping), changes no state, and only its upload credit is consumed: the shell
+answers it with its refusal and gives the credit back.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from .errors import (
     RemoteProtocolError,
     UnexpectedMessageError,
 )
-from .flow import Credits
+from .flow import Credits, RecentCount
 from .messages import (
     UPLOAD_TYPES,
     ClientMessage,
@@ -58,6 +65,7 @@ from .messages import (
 from .schema import MAX_DEPTH, MAX_LIST_ITEMS, MAX_MESSAGE_BYTES, MAX_STRING_CHARS, Limits
 
 MAX_BAD_MESSAGES = 16
+BAD_MESSAGES_WINDOW_MS = 10_000.0
 
 
 class Role(enum.Enum):
@@ -107,6 +115,7 @@ class Connection:
         max_string_chars: int = MAX_STRING_CHARS,
         max_list_items: int = MAX_LIST_ITEMS,
         max_bad_messages: int = MAX_BAD_MESSAGES,
+        bad_messages_window_ms: float = BAD_MESSAGES_WINDOW_MS,
     ) -> None:
         self.role = role
         self.codec: Codec = get_codec(encoding)
@@ -125,6 +134,7 @@ class Connection:
         self.close_reason = ""
         self._seq = 0  # last seq sent (server) or received (client)
         self._bad_in_a_row = 0
+        self._bad_recent = RecentCount(max_bad_messages, bad_messages_window_ms)
         self._create_sent = False
         self._events: list[Event] = []
         self._outgoing: list[bytes | str] = []
@@ -132,8 +142,9 @@ class Connection:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes | str, now_ms: float) -> None:
-        """Feed one WebSocket message payload received from the peer."""
+    def receive_data(self, data: bytes | str, now_ms: float, *, handle: bool = True) -> None:
+        """Feed one WebSocket message payload received from the peer. ``handle=False``: the
+        shell refused it already (server role; see the module docstring)."""
         if self.state is State.CLOSED:
             return
         self.stats.received += 1
@@ -153,7 +164,10 @@ class Connection:
                 binary_decoder=self.codec.binary_decoder,
             )
             if self.role is Role.SERVER:
-                self._server_receive(msg, now_ms)  # type: ignore[arg-type]
+                if handle:
+                    self._server_receive(msg, now_ms)  # type: ignore[arg-type]
+                else:
+                    self._server_refused(msg)  # type: ignore[arg-type]
             else:
                 self._client_receive(msg)  # type: ignore[arg-type]
         except RemoteProtocolError as e:
@@ -195,6 +209,16 @@ class Connection:
             )
         self._events.append(msg)
 
+    def _server_refused(self, msg: ClientMessage) -> None:
+        if msg.TYPE in UPLOAD_TYPES and self.state is State.OPEN:
+            size = upload_size(msg)
+            if not self.credits.try_consume(size):
+                raise FlowViolationError(
+                    f"{msg.TYPE} of {size} bytes without enough credit; wait for flow.credit",
+                    ref=msg.id,
+                )
+        self._events.append(msg)
+
     def _client_receive(self, msg: ServerMessage) -> None:
         if msg.seq <= self._seq:
             raise RemoteProtocolError(
@@ -215,13 +239,18 @@ class Connection:
     def _bad_input(self, error: RemoteProtocolError, now_ms: float) -> None:
         self.stats.bad += 1
         self._bad_in_a_row += 1
-        fatal = self._bad_in_a_row >= self.max_bad_messages
+        in_a_row = self._bad_in_a_row >= self.max_bad_messages
+        recent = self._bad_recent.hit(now_ms)
+        fatal = in_a_row or recent
         if self.role is Role.SERVER:
             self.send(Error(code=error.code.value, message=error.message, ref=error.ref), now_ms)
         if fatal:
+            window_s = self._bad_recent.window_ms / 1000.0
             self.fail(
                 CloseCode.PROTOCOL_VIOLATION,
-                f"{self._bad_in_a_row} invalid messages in a row",
+                f"{self._bad_in_a_row} invalid messages in a row"
+                if in_a_row
+                else f"{self.max_bad_messages} invalid messages within {window_s:g} s",
             )
         self._events.append(BadInput(error, fatal))
 

@@ -124,6 +124,7 @@ class Reply:
     id: str
     ref: str | None
     received_ms: float  # when its input arrived (the turn's last audio, or the text)
+    from_speech: bool = False  # answers a spoken turn (its first audio is voice-to-voice)
     text: str = ""
     chunks: list[SpokenChunk] = field(default_factory=list)
     located: int = 0  # where the next chunk's text is looked for in ``text``
@@ -185,7 +186,13 @@ class AssistantMode(TranscribeMode):
         )
         self.vision: VisionLane | None = None
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            self.vision = VisionLane(
+                session,
+                engines.get("vision"),
+                s.assistant_vision_interval_s,
+                workers=engines.media,
+                max_pixels=s.frame_max_pixels,
+            )
             session.spawn(self.vision.run(), "vision")
 
     def _start_media(self, peer: MediaPeer) -> None:
@@ -271,13 +278,13 @@ class AssistantMode(TranscribeMode):
                 return
         self.counters["turns"] += 1
         self._user_says(text)
-        self._start_reply(None, self._turn_received)
+        self._start_reply(None, self._turn_received, spoken=True)
 
     # -- replies ----------------------------------------------------------------------------
-    def _start_reply(self, ref: str | None, received_ms: float) -> None:
+    def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
-        reply = Reply(new_response_id(), ref, received_ms)
+        reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
@@ -291,7 +298,7 @@ class AssistantMode(TranscribeMode):
             if s.caches is not None:  # a greedy reply given before comes back at once
                 gen = await s.caches.generate(self.llm, messages, self._params, session=s.id)
             else:
-                gen = self.llm.generate(messages, self._params, session=s.id)
+                gen = await self.llm.submit(messages, self._params, session=s.id)
             reply.gen = gen
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
@@ -364,6 +371,9 @@ class AssistantMode(TranscribeMode):
             if reply.finished:
                 return
             starts = max(now, reply.play_end)
+            stages = self.session.stage_times
+            if reply.frames_sent == 0 and reply.from_speech and stages is not None:
+                stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
             chunk.frame_starts.append(starts)
             reply.play_end = starts + FRAME_S
             track = self._track()

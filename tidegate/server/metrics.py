@@ -32,12 +32,13 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from tidegate.engines.metrics import Histogram
 
-from .auth import SCOPE_ADMIN, bearer_from_header
-from .errors import ConfigError, RefusalError
+from . import edge
+from .auth import SCOPE_ADMIN, Principal
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from tidegate.protocol import ServerMessage
@@ -62,6 +63,8 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.by_type: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        # A spoken turn's last audio -> its reply's first audio frame handed to the connection.
+        self.voice_to_voice = Histogram(STAGE_BUCKETS_MS)
 
     def observe(self, msg: ServerMessage, sent_ms: float) -> None:
         timing = getattr(msg, "timing", None)
@@ -156,7 +159,7 @@ class ServerCollector(Collector):
             ),
         ):
             yield CounterMetricFamily(name, doc, value=rt.counters[key])
-        yield from self._persistence()
+        yield from self._connections()
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
@@ -167,43 +170,50 @@ class ServerCollector(Collector):
             for stage, h in zip(STAGES, hists, strict=True):
                 stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
+        v2v = rt.stage_times.voice_to_voice
+        voice = HistogramMetricFamily(
+            "tidegate_voice_to_voice_seconds",
+            "Assistant: from a spoken turn's last audio to its reply's first audio frame "
+            "handed to the connection.",
+        )
+        voice.add_metric([], _buckets(v2v, 0.001), v2v.sum / 1000.0)
+        yield voice
 
-    def _persistence(self) -> Iterator[Metric]:
-        w = self.runtime.recorder
+    def _connections(self) -> Iterator[Metric]:
+        """The connection gate (gate.py) and the control channel's own closes (control.py)."""
+        rt = self.runtime
+        gate = rt.gate
         yield GaugeMetricFamily(
-            "tidegate_db_writer_up",
-            "1 while the record writer runs; 0 while it is down (it restarts by itself).",
-            value=int(w.running),
-        )
-        yield CounterMetricFamily(
-            "tidegate_db_writer_restarts",
-            "Times the record writer started again after a failure.",
-            value=w.restarts,
+            "tidegate_connections_open", "TCP connections open (HTTP and WebSocket).", len(gate)
         )
         yield GaugeMetricFamily(
-            "tidegate_db_available", "1 while the database takes commits.", value=int(w.available)
+            "tidegate_connections_max",
+            "The connection cap in force (max_connections, lowered to the open-file limit).",
+            gate.max_connections,
         )
-        yield CounterMetricFamily(
-            "tidegate_db_records_committed", "Records committed to the database.", value=w.committed
+        refused = CounterMetricFamily(
+            "tidegate_connections_refused",
+            "Connections refused: per_address (429), cap (503), subject (control connections "
+            "without a session over the subject's cap, 4429).",
+            labels=["reason"],
         )
-        quarantined = CounterMetricFamily(
-            "tidegate_db_records_quarantined",
-            "Records moved to the dead-letter file, by the stage that could not take them.",
-            labels=["stage"],
+        refused.add_metric(["per_address"], gate.counts["refused_address"])
+        refused.add_metric(["cap"], gate.counts["refused_cap"])
+        refused.add_metric(["subject"], rt.counters["connections_refused"])
+        yield refused
+        dropped = CounterMetricFamily(
+            "tidegate_connections_dropped",
+            "Connections dropped: handshake_timeout, evicted (at the cap, for a new one), "
+            "stalled (a peer that does not read, aborted at its close), idle (4409), "
+            "token_expired (4401).",
+            labels=["reason"],
         )
-        for stage, n in sorted(w.quarantined.items()):
-            quarantined.add_metric([stage], n)
-        yield quarantined
-        yield CounterMetricFamily(
-            "tidegate_db_records_refused",
-            "Records refused because the writer's queue was full.",
-            value=w.queue.stats.rejected,
-        )
-        yield GaugeMetricFamily(
-            "tidegate_db_journal_pending_records",
-            "Journaled records not committed yet.",
-            value=w.journal.pending,
-        )
+        dropped.add_metric(["handshake_timeout"], gate.counts["handshake_timeouts"])
+        dropped.add_metric(["evicted"], gate.counts["evicted"])
+        dropped.add_metric(["stalled"], gate.counts["aborted_stalled"])
+        dropped.add_metric(["idle"], rt.counters["idle_closes"])
+        dropped.add_metric(["token_expired"], rt.counters["token_expired_closes"])
+        yield dropped
 
     def _engines(self) -> Iterator[Metric]:
         engines = self.runtime.engines
@@ -264,6 +274,12 @@ class ServerCollector(Collector):
                 size.add_metric([name], _buckets(lc.batch_size, 1.0), lc.batch_size.sum)
                 prefill.add_metric([], _buckets(lc.prefill_ms, 0.001), lc.prefill_ms.sum / 1e3)
                 tokens.add_metric([], lc.tokens)
+            pool = engines.media  # image decoding and resampling (engines/workers.py)
+            depth.add_metric(["media"], pool.pending)
+            capacity.add_metric(["media"], pool.max_pending)
+            for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
+                requests.add_metric(["media", outcome], n)
+            requests.add_metric(["media", "refused"], pool.refused)
         yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
 
     def _sessions(self) -> Iterator[Metric]:
@@ -429,13 +445,7 @@ class ServerMetrics:
             self._server = None
 
 
-async def metrics_endpoint(request: Request) -> Response:
+@edge.endpoint("GET, OPTIONS", scope=SCOPE_ADMIN)
+async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
-    runtime: Runtime = request.app.state.runtime
-    try:
-        token = bearer_from_header(request.headers.get("authorization"))
-        runtime.verifier.verify(token, SCOPE_ADMIN)
-    except RefusalError as e:
-        status = 401 if e.code.value == "unauthorized" else 403
-        return JSONResponse({"error": {"code": e.code.value, "message": e.message}}, status)
     return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

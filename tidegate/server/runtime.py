@@ -14,7 +14,9 @@ from .admission import Admission
 from .auth import TokenVerifier
 from .cluster import Cluster
 from .cluster.metrics import ClusterCollector
+from .db.metrics import RecordWriterCollector
 from .db.writer import RecordWriter
+from .gate import ConnectionGate
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
 from .sensorbus import SensorBus
@@ -38,17 +40,24 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
-        self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
+        self.gate = ConnectionGate.from_settings(settings)  # every TCP connection (gate.py)
+        self.stage_times = StageTimes()
+        self.registry = SessionRegistry(
+            settings, recorder=self.recorder, limiter=self.limiter, stage_times=self.stage_times
+        )
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
-        self.stage_times = StageTimes()
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))
+        self.metrics.registry.register(RecordWriterCollector(self.recorder))
+        self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
+        #: control connections without a session, per subject (tenant, sub); see control.py
+        self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False
         self.draining = False
         self.startup_error: str | None = None
@@ -57,6 +66,7 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.verifier.start()  # trusted issuers' keys, fetched in the background
         await self.recorder.open()
         await self.cluster.start()
         self._tasks.append(loop.create_task(self.recorder.run(), name="db-writer"))
@@ -85,7 +95,13 @@ class Runtime:
         s = self.settings
         try:
             custom = load_custom_models(s.models_file) if s.models_file else {}
-            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+            service = EngineService(
+                engine_specs(s),
+                s.data_dir,
+                custom=custom,
+                media_worker_threads=s.media_worker_threads,
+                media_max_pending_items=s.media_max_pending_items,
+            )
         except Exception as e:
             self._engines_failed(e)
             return
@@ -116,6 +132,7 @@ class Runtime:
             await self.engines.close()
         await self.sensor_bus.close()  # the sessions closed their subscriptions already
         await self.metrics.close()
+        await self.verifier.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
