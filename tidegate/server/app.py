@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+
+from tidegate.engines.llm import ProviderPool
 
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
@@ -30,7 +33,11 @@ async def readyz(request: Request) -> JSONResponse:
     """Readiness: start-up finished (engines loaded and warm) and not draining."""
     runtime: Runtime = request.app.state.runtime
     if runtime.ready and not runtime.draining:
-        return JSONResponse({"status": "ready", "sessions": len(runtime.registry)})
+        body: dict[str, Any] = {"status": "ready", "sessions": len(runtime.registry)}
+        llm = runtime.engines.batchers.get("llm") if runtime.engines is not None else None
+        if isinstance(llm, ProviderPool):  # each provider's breaker and counts
+            body["llm_providers"] = llm.readiness()
+        return JSONResponse(body)
     if runtime.startup_error is not None:
         return JSONResponse({"status": "failed", "error": runtime.startup_error}, status_code=503)
     status = "draining" if runtime.draining else "starting"

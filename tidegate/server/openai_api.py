@@ -7,8 +7,15 @@ answers with server-sent events (``chat.completion.chunk`` objects, then ``[DONE
 that disconnects cancels its generation within one decode step. Supported fields: ``model``
 (informative: the served model answers), ``messages`` (string content or text parts),
 ``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``,
-``n`` (1 only), ``stream``, ``stream_options.include_usage``. Others are ignored, as OpenAI's
-own server ignores unknown ones.
+``n`` (1 only), ``stream``, ``stream_options.include_usage``, and on OpenAI-compatible providers
+(``llm_runtime=providers``) ``tools`` / ``tool_choice`` (tool calls stream back as
+``tool_calls`` deltas; ``tool`` messages carry the results). Others are ignored, as OpenAI's own
+server ignores unknown ones.
+
+On providers, ``model`` routes: a request goes to the providers serving that model (by model or
+provider name), in order, failing over between them; any other name goes to every provider in
+order. A streamed reply's headers wait for its first token, so that a request no provider can
+serve gets an HTTP error status (503 with Retry-After) rather than an error inside a 200 stream.
 
 A caller's conversation cache is keyed by tenant and subject: a follow-up request that
 repeats the earlier messages prefills only the new ones.
@@ -27,7 +34,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tidegate.engines.errors import EngineError, OverloadedError, RequestError
-from tidegate.engines.llm import Generation, LlmBatcher, SamplingParams
+from tidegate.engines.llm import Generation, LlmEngine, ProviderPool, SamplingParams
+from tidegate.engines.llm.providers import ProviderUnavailableError
+from tidegate.engines.llm.tools import (
+    ToolCallDelta,
+    ToolCallError,
+    validate_tool_choice,
+    validate_tools,
+)
+from tidegate.engines.runtime.openai import ProviderError
 
 from .auth import SCOPE_SESSION, bearer_from_header
 from .errors import ForbiddenError, UnauthorizedError
@@ -63,15 +78,18 @@ def _invalid(message: str) -> ApiError:
     return ApiError(400, message, "invalid_request_error")
 
 
-def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
+def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _invalid("messages must be a non-empty array")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise _invalid(f"messages[{i}] must be an object")
         role, content = m.get("role"), m.get("content")
+        if m.get("tool_calls") is not None or role == "tool":  # tool use: passed through
+            out.append(_tool_message(i, m))
+            continue
         if role == "developer":
             role = "system"
         if isinstance(content, list):  # content parts: only text is understood
@@ -85,6 +103,53 @@ def _messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
             raise _invalid(f"messages[{i}].content must be a string or text parts")
         out.append({"role": str(role), "content": content})
     return out
+
+
+def _tool_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message with ``tool_calls`` or a ``tool`` result, as given (checked for
+    the fields the providers need)."""
+    role, content = m.get("role"), m.get("content")
+    if role == "tool":
+        if not isinstance(m.get("tool_call_id"), str) or not isinstance(content, str):
+            raise _invalid(f"messages[{i}]: a tool message needs tool_call_id and string content")
+        return {"role": "tool", "tool_call_id": m["tool_call_id"], "content": content}
+    calls = m.get("tool_calls")
+    if role != "assistant" or not isinstance(calls, list):
+        raise _invalid(f"messages[{i}].tool_calls: only an assistant message has a list of them")
+    if content is not None and not isinstance(content, str):
+        raise _invalid(f"messages[{i}].content must be a string or null")
+    return {"role": "assistant", "content": content, "tool_calls": calls}
+
+
+def _tools(body: Mapping[str, Any], batcher: LlmEngine, settings: Any) -> tuple[Any, Any]:
+    """The request's ``tools`` (validated) and ``tool_choice``; (None, None) without tools."""
+    raw = body.get("tools")
+    if raw is None:
+        return None, None
+    if not batcher.supports_tools:
+        raise _invalid("tools: this server's LLM cannot call tools (llm_runtime=local)")
+    try:
+        tools = validate_tools(
+            raw,
+            max_items=settings.assistant_max_tools_items,
+            max_bytes=settings.assistant_max_tools_bytes,
+        )
+        return list(tools), validate_tool_choice(body.get("tool_choice"), tools)
+    except RequestError as e:
+        raise _invalid(str(e)) from None
+
+
+def _engine_error(e: EngineError) -> ApiError:
+    """The HTTP error of a generation that could not start or failed."""
+    if isinstance(e, ProviderUnavailableError):
+        return ApiError(503, str(e), "server_error", retry_after_s=e.retry_after_s)
+    if isinstance(e, OverloadedError):
+        return ApiError(429, str(e), "rate_limit_error", retry_after_s=e.retry_after_s)
+    if isinstance(e, RequestError):
+        return _invalid(str(e))
+    if isinstance(e, ProviderError | ToolCallError):
+        return ApiError(502, str(e), "server_error")
+    return ApiError(503, str(e), "server_error")
 
 
 def _number(body: Mapping[str, Any], name: str, default: float) -> float:
@@ -146,7 +211,7 @@ async def chat_completions(request: Request) -> Response:
         engines = runtime.engines
         if engines is None or "llm" not in engines.batchers:
             raise ApiError(503, "no LLM engine runs on this server (engines=llm)", "server_error")
-        batcher: LlmBatcher = engines.llm()
+        batcher: LlmEngine = engines.llm()
         limit = runtime.settings.max_message_bytes
         raw = await request.body()
         if len(raw) > limit:
@@ -159,15 +224,25 @@ async def chat_completions(request: Request) -> Response:
             raise _invalid("the body must be a JSON object")
         params = _params(body, runtime.settings.llm_default_max_tokens)
         messages = _messages(body)
+        tools, tool_choice = _tools(body, batcher, runtime.settings)
         session = f"openai:{principal.tenant}:{principal.subject}"
-        try:  # a greedy (temperature 0) request answered before comes from the cache
-            gen = await runtime.cluster.caches.generate(batcher, messages, params, session=session)
-        except OverloadedError as e:
-            raise ApiError(429, str(e), "rate_limit_error", retry_after_s=e.retry_after_s) from None
-        except RequestError as e:
-            raise _invalid(str(e)) from None
+        try:
+            if isinstance(batcher, ProviderPool):  # routed by model name, not cached
+                model_name = body.get("model")
+                gen = batcher.generate(
+                    messages,
+                    params,
+                    session=session,
+                    tools=tools,
+                    tool_choice=tool_choice,
+                    model=model_name if isinstance(model_name, str) else None,
+                )
+            else:  # a greedy (temperature 0) request answered before comes from the cache
+                gen = await runtime.cluster.caches.generate(
+                    batcher, messages, params, session=session
+                )
         except EngineError as e:
-            raise ApiError(503, str(e), "server_error") from None
+            raise _engine_error(e) from None
     except ApiError as e:
         return e.response()
     served = next((s.model for s in engines.specs if s.name == "llm"), "llm")
@@ -177,17 +252,32 @@ async def chat_completions(request: Request) -> Response:
     if body.get("stream"):
         options = body.get("stream_options") or {}
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        events = gen.events()
+        first: str | ToolCallDelta | None = None
+        if isinstance(batcher, ProviderPool):  # an HTTP status while one can still be sent
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                pass
+            except EngineError as e:
+                return _engine_error(e).response()
         return StreamingResponse(
-            _stream(gen, completion_id, created, model, usage),
+            _stream(gen, events, first, completion_id, created, model, usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
         text = await gen.text()
     except EngineError as e:
+        if isinstance(batcher, ProviderPool):
+            return _engine_error(e).response()
         return ApiError(500, f"generation failed: {e}", "server_error").response()
     finally:
         gen.cancel()  # no-op once finished; stops compute if this request was cancelled
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if gen.tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [c.as_message() for c in gen.tool_calls]
     return JSONResponse(
         {
             "id": completion_id,
@@ -197,7 +287,7 @@ async def chat_completions(request: Request) -> Response:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "finish_reason": gen.finish_reason,
                     "logprobs": None,
                 }
@@ -216,8 +306,24 @@ def _usage(gen: Generation) -> dict[str, Any]:
     }
 
 
+def _tool_delta(item: ToolCallDelta, seen: set[int]) -> dict[str, Any]:
+    """A tool-call piece as OpenAI streams it: id, type and name on the call's first piece."""
+    piece: dict[str, Any] = {"index": item.index, "function": {"arguments": item.arguments}}
+    if item.index not in seen:
+        seen.add(item.index)
+        piece.update(id=item.call_id, type="function")
+        piece["function"]["name"] = item.name
+    return {"tool_calls": [piece]}
+
+
 async def _stream(
-    gen: Generation, completion_id: str, created: int, model: str, include_usage: bool
+    gen: Generation,
+    events: AsyncIterator[str | ToolCallDelta],
+    first: str | ToolCallDelta | None,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {
@@ -228,11 +334,18 @@ async def _stream(
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
+    seen: set[int] = set()
+
+    def delta_of(item: str | ToolCallDelta) -> dict[str, Any]:
+        return {"content": item} if isinstance(item, str) else _tool_delta(item, seen)
+
     try:
         yield _sse(chunk({"role": "assistant", "content": ""}, None))
         try:
-            async for delta in gen:
-                yield _sse(chunk({"content": delta}, None))
+            if first is not None:
+                yield _sse(chunk(delta_of(first), None))
+            async for item in events:
+                yield _sse(chunk(delta_of(item), None))
         except EngineError as e:
             log.warning("chat completion %s failed: %s", completion_id, e)
             yield _sse({"error": {"message": "generation failed", "type": "server_error"}})
