@@ -336,7 +336,7 @@ class AssistantMode(TranscribeMode):
             reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
             while True:  # one LLM round, then another after each round of tool calls
                 reply.round_start = len(reply.text)
-                gen = await self._generate(messages)
+                gen = await self._generate(messages, first_round=reply.calls_made == 0)
                 reply.gen = gen
                 async for item in gen.events():
                     if isinstance(item, ToolCallDelta):
@@ -373,16 +373,20 @@ class AssistantMode(TranscribeMode):
             return
         self._finish(reply, "completed", reply.text)
 
-    async def _generate(self, messages: list[dict[str, Any]]) -> Generation:
+    async def _generate(self, messages: list[dict[str, Any]], *, first_round: bool) -> Generation:
+        """The next LLM round. A ``tool_choice`` that forces a call (``required``, a named
+        function) holds for the reply's first round only; later rounds, which have the calls'
+        outputs, choose for themselves (``auto``), or every round would call again."""
         s = self.session
         tools = s.config.get("tools")
         if tools:
+            choice = s.config.get("tool_choice")
             return self.llm.generate(
                 messages,
                 self._params,
                 session=s.id,
                 tools=tools,
-                tool_choice=s.config.get("tool_choice"),
+                tool_choice=choice if first_round or choice == "none" else "auto",
             )
         if s.caches is not None:  # a greedy reply given before comes back at once
             return await s.caches.generate(self.llm, messages, self._params, session=s.id)

@@ -264,6 +264,10 @@ class ServerCollector(Collector):
             "tidegate_llm_failover_seconds",
             "User-visible failover: from a provider's failure to the first token of the next.",
         )
+        switch = HistogramMetricFamily(
+            "tidegate_llm_failover_switch_seconds",
+            "The failover switch: from a provider's failure to the request sent to the next.",
+        )
         if isinstance(pool, ProviderPool):
             for p in pool.providers:
                 current = p.breaker.state.value
@@ -287,7 +291,9 @@ class ServerCollector(Collector):
                 ttft.add_metric([p.name], _buckets(c.ttft_ms, 0.001), c.ttft_ms.sum / 1e3)
             h = pool.failover_ms
             failover.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
-        yield from (state, in_flight, requests, failovers, ttft, failover)
+            h = pool.switch_ms
+            switch.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
+        yield from (state, in_flight, requests, failovers, ttft, failover, switch)
 
     def _sessions(self) -> Iterator[Metric]:
         rt = self.runtime
