@@ -137,6 +137,65 @@ def llama_server(cache: Path) -> Path:
     return binary
 
 
+# llama-cpp-python's own OpenAI-compatible server (llama_cpp.server): its chatml-function-calling
+# chat handler constrains a named tool call with a grammar from the start of the reply, which is
+# what makes a 135M model emit valid calls. Built once from the same sdist (CPU, no AMX: the
+# AMX kernels of a native build crash in this sandbox) into a venv of its own.
+LLAMA_PY_CMAKE_ARGS = " ".join(
+    (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+        "-DGGML_BMI2=ON",
+        "-DGGML_BLAS=OFF",
+        "-DGGML_OPENMP=OFF",
+        "-DLLAVA_BUILD=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+    )
+)
+
+
+def llama_cpp_python_venv(cache: Path) -> Path:
+    """The python of ``.cache/llama-cpp-python-venv`` with ``llama-cpp-python[server]`` from a
+    wheel built once (minutes) from the sdist; later calls reuse it."""
+    import hashlib
+    import os
+
+    tag = hashlib.sha1((LLAMA_SDIST + LLAMA_PY_CMAKE_ARGS).encode()).hexdigest()[:12]
+    venv = cache / "llama-cpp-python-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / f".installed-{tag}"
+    if stamp.is_file():
+        return python
+    name, version = LLAMA_SDIST.split("==")
+    wheels = cache / "wheels" / f"llama-cpp-python-{tag}"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob("*.whl")):
+        sdist = cache / "wheels" / f"{name.replace('-', '_')}-{version}.tar.gz"
+        if not sdist.is_file():
+            pip("download", "--quiet", "--no-deps", "--no-binary=:all:", "-d", str(sdist.parent),
+                LLAMA_SDIST)
+        env = {**os.environ, "CMAKE_ARGS": LLAMA_PY_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+        subprocess.run(
+            ["nice", "-n", "10", sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+             "-w", str(wheels), str(sdist)],
+            check=True,
+            env=env,
+        )
+    wheel = next(wheels.glob("*.whl"))
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[server]"], check=True
+    )
+    stamp.touch()
+    return python
+
+
 def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 

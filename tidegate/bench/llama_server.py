@@ -104,6 +104,9 @@ class LlamaServer:
             "--ctx-size",
             str(self.context_tokens * self.slots),
             "--no-warmup",
+            # no repacked weights: a native build's AMX kernels crash where the kernel does
+            # not grant AMX state (this sandbox); the plain AVX kernels serve SmolLM2 fine
+            "--no-repack",
             *self.extra,
         ]
         env = dict(os.environ)

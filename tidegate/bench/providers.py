@@ -36,7 +36,7 @@ from .llama_server import LlamaServer, find_binary
 from .target import started_server
 
 SHORT = [{"role": "user", "content": "What is the capital of France?"}]
-LONG = [{"role": "user", "content": "Count from one to fifty in words, one per line."}]
+LONG = [{"role": "user", "content": "Write a long story about a cat who travels the world."}]
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -26,8 +26,9 @@ from tidegate.engines.runtime.openai import FIRST_TOKEN_TIMEOUT, ProviderConfig,
 
 Servers = Callable[..., list[LlamaServer]]
 
-ASK = [{"role": "user", "content": "What is the capital of France?"}]
-LONG = [{"role": "user", "content": "Count from one to one hundred in words, one per line."}]
+SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
+ASK = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
+LONG = [{"role": "user", "content": "Write a long story about a cat who travels the world."}]
 WEATHER = {
     "type": "function",
     "function": {
@@ -102,6 +103,7 @@ async def test_primary_killed_mid_stream_continues_on_the_next(llama_servers: Se
                 a.kill()
         assert gen.provider == "b" and gen.failovers == 1
         assert gen.output == seen and seen.startswith(prefix) and len(seen) > len(prefix)
+        assert not seen[len(prefix) :].lstrip().startswith(prefix[:12])  # continued, not anew
         stats = pool.stats()["providers"]["a"]
         assert stats["failovers_from"] == 1 and stats["failovers_midstream"] == 1
     finally:
