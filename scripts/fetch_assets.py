@@ -177,21 +177,38 @@ def llama_cpp_python_venv(cache: Path) -> Path:
     if not list(wheels.glob("*.whl")):
         sdist = cache / "wheels" / f"{name.replace('-', '_')}-{version}.tar.gz"
         if not sdist.is_file():
-            pip("download", "--quiet", "--no-deps", "--no-binary=:all:", "-d", str(sdist.parent),
-                LLAMA_SDIST)
+            pip(
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary=:all:",
+                "-d",
+                str(sdist.parent),
+                LLAMA_SDIST,
+            )
         env = {**os.environ, "CMAKE_ARGS": LLAMA_PY_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
         subprocess.run(
-            ["nice", "-n", "10", sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-             "-w", str(wheels), str(sdist)],
+            [
+                "nice",
+                "-n",
+                "10",
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-w",
+                str(wheels),
+                str(sdist),
+            ],
             check=True,
             env=env,
         )
     wheel = next(wheels.glob("*.whl"))
     base = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", f"{wheel}[server]"], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[server]"], check=True)
     stamp.touch()
     return python
 
