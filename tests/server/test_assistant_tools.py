@@ -1,6 +1,6 @@
 """Tool calling in the assistant mode, end to end: a real server (VAD, ASR, TTS engines; the LLM on
-a real llama.cpp server as its provider) and a WS-only client that declares tools, gets the
-model's call as ``response.function_call.delta`` / ``.done``, answers with
+llama-cpp-python's server as its provider, tests/llama.py) and a WS-only client that declares
+tools, gets the model's call as ``response.function_call.delta`` / ``.done``, answers with
 ``function_call.output`` and hears the reply that follows as speech."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tests.llama import ToolServer
 from tidegate.bench.llama_server import LlamaServer
 from tidegate.bench.wer import wer
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -49,7 +50,8 @@ WEATHER = {
         },
     },
 }
-TOOLS = {"mode": "assistant", "tools": [WEATHER], "tool_choice": "required"}
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+TOOLS = {"mode": "assistant", "tools": [WEATHER], "tool_choice": NAMED}
 ASK = "What is the weather in Paris?"
 SUNNY = '{"city": "Paris", "sky": "sunny", "temperature_c": 21}'
 TOOL_TIMEOUT_S = 3.0
@@ -57,9 +59,10 @@ TOOL_TIMEOUT_S = 3.0
 
 @pytest.fixture(scope="module")
 def provider(
-    llama_server_binary: Path, tmp_path_factory: pytest.TempPathFactory
+    tool_server_python: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LlamaServer]:
-    server = LlamaServer(llama_server_binary, tmp_path_factory.mktemp("llama"), name="a")
+    """A provider that can call tools (llama-cpp-python's server, tests/llama.py)."""
+    server = ToolServer(tool_server_python, tmp_path_factory.mktemp("llama"), name="a")
     server.start()
     yield server
     server.stop()

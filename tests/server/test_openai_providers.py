@@ -58,25 +58,43 @@ async def gateway(
         yield live, a, b
 
 
+@pytest.fixture
+async def tool_gateway(tool_server: LlamaServer, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    """tidegate (engines=llm) on one provider that can call tools (tests/llama.py)."""
+    settings = make_settings(
+        tmp_path,
+        engines=("llm",),
+        llm_runtime="providers",
+        llm_providers=(f"tools={tool_server.url}",),
+        rate_requests_per_s=0.0,
+    )
+    async with run_server(settings) as live:
+        async with httpx.AsyncClient() as http, asyncio.timeout(60):
+            while (await http.get(f"{live.http}/readyz")).status_code != 200:
+                await asyncio.sleep(0.1)
+        yield live
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
 def _client(live: LiveServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=f"{live.http}/v1", api_key=live.token(), max_retries=0, timeout=60
     )
 
 
-async def test_openai_client_gets_a_tool_call(
-    gateway: tuple[LiveServer, LlamaServer, LlamaServer],
-) -> None:
+async def test_openai_client_gets_a_tool_call(tool_gateway: LiveServer) -> None:
     """tools and tool_choice pass through: the official client gets a tool call whose
     arguments are a JSON object, then answers it with a tool message and gets text."""
-    live, _, _ = gateway
+    live = tool_gateway
     ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     async with _client(live) as client:
         first = await client.chat.completions.create(
             model="smollm2",
             messages=ask,
             tools=[WEATHER],
-            tool_choice="required",
+            tool_choice=NAMED,
             max_tokens=64,
             temperature=0,
         )
@@ -100,18 +118,16 @@ async def test_openai_client_gets_a_tool_call(
     assert second.choices[0].message.content
 
 
-async def test_tool_call_streams_as_deltas(
-    gateway: tuple[LiveServer, LlamaServer, LlamaServer],
-) -> None:
+async def test_tool_call_streams_as_deltas(tool_gateway: LiveServer) -> None:
     """Streamed, a tool call comes as tool_calls deltas (id and name first, then argument
     pieces) and the stream ends with finish_reason tool_calls."""
-    live, _, _ = gateway
+    live = tool_gateway
     async with _client(live) as client:
         stream = await client.chat.completions.create(
             model="smollm2",
             messages=[{"role": "user", "content": "Weather in Oslo?"}],
             tools=[WEATHER],
-            tool_choice="required",
+            tool_choice=NAMED,
             max_tokens=64,
             stream=True,
         )

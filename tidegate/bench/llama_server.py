@@ -83,10 +83,11 @@ class LlamaServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120.0) -> None:
-        """Start it (on the same port as before) and wait until ``/health`` answers 200."""
-        self.starts += 1
-        args = [
+    health_path = "/health"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        return [
             str(self.binary),
             "--model",
             str(self.model),
@@ -109,6 +110,11 @@ class LlamaServer:
             "--no-repack",
             *self.extra,
         ]
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start it (on the same port as before) and wait until it answers 200."""
+        self.starts += 1
+        args = self.command()
         env = dict(os.environ)
         if self.api_key is not None:
             env["LLAMA_API_KEY"] = self.api_key  # read by --api-key's env twin; not in argv
@@ -130,7 +136,7 @@ class LlamaServer:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1.0) as r:
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1.0) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False

@@ -33,21 +33,15 @@ import httpx
 import orjson
 
 from .llama_server import LlamaServer, find_binary
+from .report import percentiles
 from .target import started_server
 
 SHORT = [{"role": "user", "content": "What is the capital of France?"}]
 LONG = [{"role": "user", "content": "Write a long story about a cat who travels the world."}]
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-
-def _summary(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": _pct(values, 0.5), "p99": _pct(values, 0.99)}
+def _summary(values: list[float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in percentiles(values).items()}
 
 
 async def _first_token_ms(

@@ -374,9 +374,9 @@ class AssistantMode(TranscribeMode):
         self._finish(reply, "completed", reply.text)
 
     async def _generate(self, messages: list[dict[str, Any]], *, first_round: bool) -> Generation:
-        """The next LLM round. A ``tool_choice`` that forces a call (``required``, a named
-        function) holds for the reply's first round only; later rounds, which have the calls'
-        outputs, choose for themselves (``auto``), or every round would call again."""
+        """The next LLM round. The session's ``tool_choice`` holds for the reply's first
+        round only; later rounds, which have the calls' outputs, send none (the provider's
+        default, ``auto``): a forced call would otherwise be forced again every round."""
         s = self.session
         tools = s.config.get("tools")
         if tools:
@@ -386,7 +386,7 @@ class AssistantMode(TranscribeMode):
                 self._params,
                 session=s.id,
                 tools=tools,
-                tool_choice=choice if first_round or choice == "none" else "auto",
+                tool_choice=choice if first_round or choice == "none" else None,
             )
         if s.caches is not None:  # a greedy reply given before comes back at once
             return await s.caches.generate(self.llm, messages, self._params, session=s.id)

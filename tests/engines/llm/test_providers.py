@@ -232,21 +232,23 @@ async def test_token_ids_are_refused(llama_servers: Servers) -> None:
         await pool.close()
 
 
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
 async def tool_reply(pool: ProviderPool, **kw: Any) -> tuple[ProviderGeneration, list[Any]]:
     gen = pool.generate(
         [{"role": "user", "content": "What is the weather in Paris?"}],
-        SamplingParams(max_tokens=kw.pop("max_tokens", 64)),
+        SamplingParams(max_tokens=kw.pop("max_tokens", 48)),
         tools=[WEATHER],
-        tool_choice="required",
+        tool_choice=NAMED,
     )
     return gen, [item async for item in gen.events()]
 
 
-async def test_a_tool_call_streams_and_ends_as_valid_json(llama_servers: Servers) -> None:
-    """Asked with tools (tool_choice required), the model's call streams as pieces and ends as
-    one call whose arguments are a JSON object; finish_reason is tool_calls."""
-    (a,) = llama_servers(1)
-    pool = await started(config(a))
+async def test_a_tool_call_streams_and_ends_as_valid_json(tool_server: LlamaServer) -> None:
+    """Asked with a tool (tool_choice naming it), the model's call streams as pieces and ends
+    as one call whose arguments are a JSON object; finish_reason is tool_calls."""
+    pool = await started(config(tool_server))
     try:
         gen, items = await tool_reply(pool)
         pieces = [i for i in items if isinstance(i, ToolCallDelta)]
@@ -259,15 +261,14 @@ async def test_a_tool_call_streams_and_ends_as_valid_json(llama_servers: Servers
         await pool.close()
 
 
-async def test_a_cut_off_tool_call_fails_with_a_clear_reason(llama_servers: Servers) -> None:
+async def test_a_cut_off_tool_call_fails_with_a_clear_reason(tool_server: LlamaServer) -> None:
     """A call whose arguments the model did not finish (max_tokens reached inside them) is not
     valid JSON: the reply fails saying so, and the provider is not blamed."""
-    (a,) = llama_servers(1)
-    pool = await started(config(a))
+    pool = await started(config(tool_server))
     try:
         with pytest.raises(ToolCallError, match="not valid JSON"):
-            await tool_reply(pool, max_tokens=6)
-        assert pool.stats()["providers"]["a"]["state"] == "closed"
+            await tool_reply(pool, max_tokens=3)
+        assert pool.stats()["providers"]["tools"]["state"] == "closed"
     finally:
         await pool.close()
 
