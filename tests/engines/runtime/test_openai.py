@@ -3,10 +3,11 @@ to produce on demand, and the settings of the providers.
 
 TEST DOUBLE: :class:`ScriptedProvider` is a raw HTTP/1.1 server on a loopback port that answers
 every request with bytes a test scripts — a 500 or a 429 status, garbage in the event stream,
-a connection reset at a chosen byte. llama.cpp's server (the real provider of
-tests/engines/llm/test_providers.py) never answers 500 or 429 to a chat completion that it can
-serve, never writes a malformed event, and cannot be killed at an exact byte of its reply;
-everything a real server can do is tested against the real one."""
+a connection reset at a chosen byte, two tool calls in one reply. llama.cpp's server (the
+real provider of tests/engines/llm/test_providers.py) never answers 500 or 429 to a chat
+completion that it can serve, never writes a malformed event, and cannot be killed at an exact
+byte of its reply; SmolLM2-135M, the only model the test servers have, cannot be made to emit
+two calls at once. Everything a real server can do is tested against the real one."""
 
 from __future__ import annotations
 
@@ -263,3 +264,41 @@ def test_bad_provider_settings_are_refused(env: dict[str, str], words: str) -> N
     """A bad provider setting is refused naming what is wrong."""
     with pytest.raises(ConfigError, match=words):
         Settings.load(env)
+
+
+def call_piece(index: int, **fn: str) -> dict[str, Any]:
+    piece: dict[str, Any] = {"index": index, "function": fn}
+    if "name" in fn:
+        piece.update(id=f"call_{index}", type="function")
+    return {"choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]}
+
+
+async def test_several_calls_in_one_reply_are_kept_apart() -> None:
+    """Two calls streamed interleaved (by index) end as two whole calls, in order. (A test
+    double: the real servers here run SmolLM2-135M, which cannot be made to emit two calls.)"""
+    body = sse(
+        call_piece(0, name="get_weather", arguments=""),
+        call_piece(1, name="get_time", arguments='{"zone":'),
+        call_piece(0, arguments='{"city": "Paris"}'),
+        call_piece(1, arguments=' "CET"}'),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        "[DONE]",
+    )
+    tools = [
+        {"type": "function", "function": {"name": "get_weather"}},
+        {"type": "function", "function": {"name": "get_time"}},
+    ]
+    async with ScriptedProvider(streaming(body)) as fake:
+        pool = ProviderPool(ProvidersSettings((cfg("fake", fake.url),)))
+        await pool.start()
+        try:
+            gen = pool.generate(ASK, SamplingParams(max_tokens=32), tools=tools)
+            items = [i async for i in gen.events()]
+        finally:
+            await pool.close()
+    assert len(items) == 4 and gen.finish_reason == "tool_calls"
+    assert [(c.call_id, c.name, c.arguments) for c in gen.tool_calls] == [
+        ("call_0", "get_weather", '{"city": "Paris"}'),
+        ("call_1", "get_time", '{"zone": "CET"}'),
+    ]
+    assert fake.requests[0]["tools"] == tools and "tool_choice" not in fake.requests[0]
