@@ -571,7 +571,7 @@ class AssistantMode(TranscribeMode):
                 status=status,
                 spoken_text=spoken,
                 ref=reply.ref,
-                tool_calls=tuple(reply.calls),
+                tool_calls=list(reply.calls),
             )
         )
         # what was heard of the last round (earlier rounds are in the history with their

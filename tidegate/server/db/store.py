@@ -115,7 +115,7 @@ def _child_row(rec: Any) -> tuple[sa.Table, dict[str, Any]]:
             "text": rec.text,
             "spoken_text": rec.spoken_text,
             "ref": rec.ref,
-            "tool_calls": orjson.dumps(list(rec.tool_calls)).decode() if rec.tool_calls else None,
+            "tool_calls": orjson.dumps(rec.tool_calls).decode() if rec.tool_calls else None,
             "created_at_ms": rec.at_ms,
         }
     if isinstance(rec, r.LatencySummary):
