@@ -29,6 +29,8 @@ from tidegate.protocol.messages import (
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
     ResponseTextDelta,
+    SessionUpdate,
+    SessionUpdated,
 )
 
 from .conftest import LiveServer, make_settings, run_server
@@ -219,3 +221,16 @@ async def test_response_done_reason_is_absent_when_completed(live: LiveServer) -
         await c.wait(lambda: c.done())
     (done,) = c.done()
     assert isinstance(done, ResponseDone) and done.status == "completed" and done.reason is None
+
+
+async def test_tools_can_be_declared_by_session_update(live: LiveServer) -> None:
+    """session.update adds tools to a running assistant session, normalised (the flat Realtime
+    form becomes the Chat Completions form)."""
+    flat = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+    async with await live.client() as client:
+        await client.create_session({"mode": "assistant"})
+        updated = await client.request(SessionUpdate(id="u1", config={"tools": [flat]}))
+    assert isinstance(updated, SessionUpdated)
+    assert updated.config["tools"] == [
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    ]
