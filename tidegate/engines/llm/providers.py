@@ -49,6 +49,7 @@ from .tools import ToolCall, ToolCallDelta, ToolCallError, finish_call
 log = logging.getLogger(__name__)
 
 FINISH_TOOL_CALLS = "tool_calls"
+MAX_CALL_ID_CHARS = 64  # the wire's id limit (protocol/messages.py MAX_ID_CHARS)
 TTFT_BUCKETS_MS = (*TIME_BUCKETS_MS, 2500.0, 5000.0, 10000.0)
 
 
@@ -474,8 +475,12 @@ class ProviderPool:
         fn: dict[str, Any] = raw if isinstance(raw, dict) else {}
         entry = calls.get(index)
         if entry is None:
-            call_id = piece.get("id") or f"call_{gen.id}_{index}"
-            entry = calls[index] = [str(call_id), str(fn.get("name") or ""), ""]
+            # the provider's id, unless it has none or one too long for the wire (ids only
+            # pair a call with its output, and the next round sends both: any id does)
+            call_id = str(piece.get("id") or "")
+            if not 0 < len(call_id) <= MAX_CALL_ID_CHARS:
+                call_id = f"call_{gen.id}_{index}"
+            entry = calls[index] = [call_id, str(fn.get("name") or ""), ""]
         elif fn.get("name") and not entry[1]:
             entry[1] = str(fn["name"])
         fragment = fn.get("arguments") or ""
