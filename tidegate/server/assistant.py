@@ -433,7 +433,7 @@ class AssistantMode(TranscribeMode):
         added: list[dict[str, Any]] = [
             {
                 "role": "assistant",
-                "content": said or None,
+                "content": said,  # "" rather than null: some servers (llama-cpp-python) refuse null
                 "tool_calls": [c.as_message() for c in calls],
             },
             *(

@@ -118,7 +118,8 @@ def _tool_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
         raise _invalid(f"messages[{i}].tool_calls: only an assistant message has a list of them")
     if content is not None and not isinstance(content, str):
         raise _invalid(f"messages[{i}].content must be a string or null")
-    return {"role": "assistant", "content": content, "tool_calls": calls}
+    # no content as "": OpenAI takes null or "", some servers (llama-cpp-python) only ""
+    return {"role": "assistant", "content": content or "", "tool_calls": calls}
 
 
 def _tools(body: Mapping[str, Any], batcher: LlmEngine, settings: Any) -> tuple[Any, Any]:
