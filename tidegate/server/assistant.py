@@ -421,7 +421,14 @@ class AssistantMode(TranscribeMode):
             async with asyncio.timeout(timeout_s):
                 outputs = [await reply.pending[c.call_id] for c in calls]
         except TimeoutError:
-            late = [c.call_id for c in calls if not reply.pending[c.call_id].done()]
+            waits = [
+                reply.pending[c.call_id] for c in calls
+            ]  # the timeout cancelled the one awaited
+            late = [
+                c.call_id
+                for c, w in zip(calls, waits, strict=True)
+                if w.cancelled() or not w.done()
+            ]
             raise ToolTimeoutError(
                 f"no function_call.output for {', '.join(late)} within {timeout_s:g} s "
                 "(assistant_tool_timeout_s)"
