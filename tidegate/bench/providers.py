@@ -48,6 +48,17 @@ async def _first_token_ms(
     http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> float:
     """Send a streamed completion; ms to its first content; read it to the end."""
+    for _ in range(2):  # once more after a stale keep-alive connection (no response at all)
+        try:
+            return await _first_token_once(http, url, body, headers)
+        except httpx.RemoteProtocolError:
+            continue
+    return await _first_token_once(http, url, body, headers)
+
+
+async def _first_token_once(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> float:
     t0 = time.perf_counter()
     first: float | None = None
     async with http.stream("POST", url, content=orjson.dumps(body), headers=headers) as resp:

@@ -125,6 +125,7 @@ class Provider:
             "failovers_from": st.failovers_from,
             "failovers_midstream": st.failovers_midstream,
             "ttft_ms": st.ttft_ms.as_dict(),
+            "stale_retries": self.client.stale_retries,
             "last_error": self.last_error,
         }
 

@@ -154,6 +154,7 @@ class OpenAiClient:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self._client: Any = None  # httpx.AsyncClient, created by start()
+        self.stale_retries = 0  # requests sent again after a stale keep-alive connection
 
     async def start(self) -> None:
         import httpx
@@ -200,9 +201,22 @@ class OpenAiClient:
         first = True
         try:
             async with asyncio.timeout_at(reply_deadline):
-                request = self._client.build_request("POST", CHAT_PATH, content=orjson.dumps(body))
+                content = orjson.dumps(body)
                 async with asyncio.timeout_at(min(deadline, reply_deadline)):
-                    response = await self._client.send(request, stream=True)
+                    try:
+                        response = await self._client.send(
+                            self._client.build_request("POST", CHAT_PATH, content=content),
+                            stream=True,
+                        )
+                    except httpx.RemoteProtocolError:
+                        # A pooled keep-alive connection the server had closed meanwhile
+                        # (servers close them on their own schedule, llama.cpp's after a few
+                        # requests): no response at all. Once more, on a new connection.
+                        self.stale_retries += 1
+                        response = await self._client.send(
+                            self._client.build_request("POST", CHAT_PATH, content=content),
+                            stream=True,
+                        )
                 try:
                     if response.status_code != 200:
                         raw = b""
