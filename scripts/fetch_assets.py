@@ -11,7 +11,10 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
   runtime's tests and bench (pytriton pins numpy<2, so it cannot share the project's venv);
 - ``.cache/llama-server/``: llama.cpp's OpenAI-compatible server (``llama-server``), built
   once per machine from the llama.cpp sources vendored in the ``llama-cpp-python`` sdist (CPU
-  only, static, no download during the build), for the LLM providers' tests and bench.
+  only, static, no download during the build), for the LLM providers' tests and bench;
+- ``.cache/llama-cpp-python-venv``: llama-cpp-python's own server (``llama_cpp.server``) from
+  a wheel built once from the same sdist, in a venv of its own (its pins stay out of the
+  project's), for the tool-calling tests (tests/llama.py says why).
 
 Usage: python scripts/fetch_assets.py [CACHE_DIR]
 """
@@ -256,6 +259,7 @@ def main(cache: Path) -> int:
     )
     pytriton_venv(cache)
     llama_server(cache)
+    llama_cpp_python_venv(cache)
     return 0
 
 
