@@ -276,3 +276,25 @@ async def test_a_cut_off_tool_call_fails_with_a_clear_reason(tool_server: LlamaS
 def test_first_token_timeout_kind_is_retryable() -> None:
     """A first-token timeout is a provider failure worth another provider."""
     assert ProviderError("a", FIRST_TOKEN_TIMEOUT, "slow").retryable
+
+
+async def test_a_full_provider_is_skipped_and_all_full_is_refused(llama_servers: Servers) -> None:
+    """With max_requests in flight a provider is skipped (the next one serves); with every
+    provider full a new request is refused at once (overloaded, with a retry hint)."""
+    a, b = llama_servers(2)
+    pool = await started(config(a, max_requests=1), config(b, max_requests=1))
+    try:
+        first = pool.generate(LONG, SamplingParams(max_tokens=200))
+        second = pool.generate(LONG, SamplingParams(max_tokens=200))
+        async for _ in second:  # both are running now
+            break
+        with pytest.raises(OverloadedError) as refused:
+            pool.generate(ASK, SamplingParams(max_tokens=4))
+        assert refused.value.retry_after_s >= 0.25
+        assert pool.queue_load().depth == 2 and pool.queue_load().max_items == 2
+        first.cancel()
+        second.cancel()
+        assert second.provider == "b"
+        assert pool.stats()["providers"]["a"]["skipped_full"] == 1
+    finally:
+        await pool.close()

@@ -302,3 +302,28 @@ async def test_several_calls_in_one_reply_are_kept_apart() -> None:
         ("call_1", "get_time", '{"zone": "CET"}'),
     ]
     assert fake.requests[0]["tools"] == tools and "tool_choice" not in fake.requests[0]
+
+
+async def test_a_break_during_a_tool_call_fails_the_reply(llama_servers: Servers) -> None:
+    """A connection reset while a tool call streams fails the reply saying so: half a call
+    cannot be continued elsewhere (the next provider, a real server, is not asked)."""
+    (real,) = llama_servers(1)
+    reply = streaming(sse(call_piece(0, name="get_weather", arguments='{"city": "Pa')))
+    async with ScriptedProvider(reply + b"data: {", reset=True) as fake:
+        pool = ProviderPool(
+            ProvidersSettings(
+                (cfg("fake", fake.url), ProviderConfig(name="real", base_url=real.url, model="m"))
+            )
+        )
+        await pool.start()
+        try:
+            gen = pool.generate(
+                ASK,
+                SamplingParams(max_tokens=16),
+                tools=[{"type": "function", "function": {"name": "get_weather"}}],
+            )
+            with pytest.raises(ProviderError, match="during a tool call"):
+                await gen.text()
+            assert pool.stats()["providers"]["real"]["requests"] == 0
+        finally:
+            await pool.close()
