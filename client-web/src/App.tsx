@@ -2,6 +2,18 @@ import { type FormEvent, type KeyboardEvent, useEffect, useReducer, useRef, useS
 
 import { Latency } from "./Latency";
 import { type Devices, TidegateSession } from "./session";
+import {
+  type AuthConfig,
+  beginSignIn,
+  completeSignIn,
+  DEV_CONFIG,
+  endpointSource,
+  loadAuthConfig,
+  type Provider,
+  type SignedIn,
+  signedInSource,
+  type TokenSource,
+} from "./signin";
 import { initialState, reduce, type Turn } from "./state";
 import { VideoStage } from "./VideoStage";
 
@@ -24,6 +36,8 @@ export function App() {
   const [inputs, setInputs] = useState<MediaDeviceInfo[]>([]);
   const [text, setText] = useState("");
   const player = useRef<HTMLAudioElement>(null);
+  const [auth, setAuth] = useState<AuthConfig | null>(null);
+  const [signedIn, setSignedIn] = useState<SignedIn | null>(null);
 
   const connected = state.link === "open";
   const active = state.link === "open" || state.link === "connecting" || state.link === "reconnecting";
@@ -43,9 +57,53 @@ export function App() {
 
   useEffect(() => () => session.current?.stop(), []);
 
+  // The sign-in options, and the end of a sign-in when the provider has just sent us back.
+  useEffect(() => {
+    let live = true;
+    const origin = window.location.origin;
+    void (async () => {
+      try {
+        const config = await loadAuthConfig(origin);
+        if (!live) return;
+        setAuth(config);
+        const done = await completeSignIn(new URL(window.location.href), config, window.sessionStorage);
+        if (!live || !done) return;
+        window.history.replaceState(null, "", done.returnTo); // the code leaves the address bar
+        setSignedIn(done.signedIn);
+      } catch (e) {
+        if (!live) return;
+        setAuth((a) => a ?? DEV_CONFIG); // the options could not be read: try the dev login
+        window.history.replaceState(null, "", window.location.pathname);
+        dispatch({ kind: "problem", text: e instanceof Error ? e.message : String(e) });
+      }
+    })();
+    return () => {
+      live = false;
+    };
+  }, []);
+
+  function tokenSource(): TokenSource | null {
+    if (signedIn) return signedInSource(signedIn);
+    if (auth?.token_url) return endpointSource(new URL(auth.token_url, window.location.href).toString(), "sign-in endpoint");
+    if (auth?.dev_login) return endpointSource(`${window.location.origin}/v1/dev/token`, "development login");
+    return null;
+  }
+
+  async function signIn(p: Provider) {
+    try {
+      window.location.assign(await beginSignIn(p, new URL(window.location.href), window.sessionStorage));
+    } catch (e) {
+      dispatch({ kind: "problem", text: e instanceof Error ? e.message : String(e) });
+    }
+  }
+
   function connect() {
     session.current?.stop();
+    const getToken = tokenSource();
+    if (!getToken) return;
     const s = new TidegateSession({
+      getToken,
+      mode: new URLSearchParams(window.location.search).get("mode") ?? undefined,
       handsFree,
       devices,
       dispatch,
@@ -106,12 +164,13 @@ export function App() {
           {state.media !== "none" && <span className="media"> · media {state.media}</span>}
           {state.resumedCount > 0 && <span className="media"> · resumed {state.resumedCount}×</span>}
         </p>
+        <SignIn auth={auth} signedIn={signedIn} active={active} onSignIn={(p) => void signIn(p)} />
         {active ? (
           <button type="button" onClick={disconnect}>
             Disconnect
           </button>
         ) : (
-          <button type="button" className="primary" onClick={connect}>
+          <button type="button" className="primary" onClick={connect} disabled={auth === null || tokenSource() === null}>
             Connect
           </button>
         )}
@@ -243,5 +302,26 @@ function TurnItem({ turn }: { turn: Turn }) {
       {turn.status === "cancelled" && <span className="tag">interrupted</span>}
       {turn.status === "failed" && <span className="tag bad">failed</span>}
     </li>
+  );
+}
+
+function SignIn(props: { auth: AuthConfig | null; signedIn: SignedIn | null; active: boolean; onSignIn: (p: Provider) => void }) {
+  const { auth, signedIn, active, onSignIn } = props;
+  if (signedIn) {
+    return (
+      <p className="who" data-testid="signed-in">
+        Signed in as {signedIn.who} ({signedIn.provider})
+      </p>
+    );
+  }
+  if (!auth || active) return null;
+  return (
+    <>
+      {auth.providers.map((p) => (
+        <button type="button" key={p.name} onClick={() => onSignIn(p)}>
+          Sign in with {p.display_name}
+        </button>
+      ))}
+    </>
   );
 }

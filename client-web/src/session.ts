@@ -1,6 +1,6 @@
-// One tidegate session from the browser: the control channel (CBOR over WebSocket), the
-// development login, clock pings, WebRTC with the microphone and camera, and reconnection
-// that resumes the session. Everything the page shows goes out through `dispatch` as the
+// One tidegate session from the browser: the control channel (CBOR over WebSocket), a token
+// from the sign-in the page chose (signin.ts), clock pings, WebRTC with the microphone and
+// camera, and reconnection that resumes the session. Everything the page shows goes out through `dispatch` as the
 // reducer's actions (state.ts); this class holds only connection objects.
 
 import {
@@ -14,6 +14,7 @@ import {
   type ServerMessage,
   SUBPROTOCOL,
 } from "./protocol";
+import { endpointSource, type TokenSource } from "./signin";
 import type { Action } from "./state";
 
 export const PING_INTERVAL_MS = 2000;
@@ -42,20 +43,11 @@ export interface SessionOptions {
   /** The camera preview and the reply's audio. */
   onLocalStream: (s: MediaStream | null) => void;
   onRemoteStream: (s: MediaStream | null) => void;
+  /** Where each (re)connection gets its token (signin.ts); the development login by default. */
+  getToken?: TokenSource;
 }
 
 const now = (): number => performance.timeOrigin + performance.now();
-
-export async function devToken(origin: string): Promise<string> {
-  const r = await fetch(`${origin}/v1/dev/token`, { method: "POST", cache: "no-store" });
-  if (r.status === 404) {
-    throw new Error("The server's development login is off; this page needs it to sign in.");
-  }
-  if (!r.ok) throw new Error(`Sign-in failed (HTTP ${r.status}).`);
-  const body = (await r.json()) as { token?: unknown };
-  if (typeof body.token !== "string") throw new Error("Sign-in answered without a token.");
-  return body.token;
-}
 
 export class TidegateSession {
   private ws: WebSocket | null = null;
@@ -153,7 +145,7 @@ export class TidegateSession {
   private async open(): Promise<void> {
     let token: string;
     try {
-      token = await devToken(this.origin);
+      token = await (this.opts.getToken ?? endpointSource(`${this.origin}/v1/dev/token`, "development login"))();
     } catch (e) {
       this.lost(e instanceof Error ? e.message : String(e));
       return;

@@ -25,6 +25,7 @@ class LiveServer:
     settings: Settings
     runtime: Runtime
     port: int
+    app: Any = None  # the ASGI application it serves
 
     @property
     def url(self) -> str:
@@ -97,7 +98,7 @@ class run_server:
                 self._task.result()
             await asyncio.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        return LiveServer(self.settings, app.state.runtime, port)
+        return LiveServer(self.settings, app.state.runtime, port, app)
 
     async def __aexit__(self, *exc: object) -> None:
         self._server.should_exit = True

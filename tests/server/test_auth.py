@@ -29,9 +29,9 @@ def verifier() -> TokenVerifier:
     return TokenVerifier(KEY, audience="tidegate")
 
 
-def test_valid_token() -> None:
+async def test_valid_token() -> None:
     """A good token yields its principal."""
-    p = verifier().verify(
+    p = await verifier().verify(
         mint_token(KEY, subject="bob", tenant="acme", scopes=["session", "admin"])
     )
     assert (p.subject, p.tenant, p.is_admin) == ("bob", "acme", True)
@@ -85,10 +85,10 @@ def test_valid_token() -> None:
         "alg",
     ],
 )
-def test_bad_tokens(token: str | None, error: type[Exception], words: str) -> None:
+async def test_bad_tokens(token: str | None, error: type[Exception], words: str) -> None:
     """Each defect is refused with a message that says which."""
     with pytest.raises(error) as caught:
-        verifier().verify(token)
+        await verifier().verify(token)
     assert words in str(caught.value)
 
 

@@ -52,6 +52,9 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TIDEGATE_SEND_TIMEOUT_S": "-1"}, "cannot be negative"),
         ({"TIDEGATE_CONFIG": "/nonexistent/tidegate.toml"}, "cannot read config file"),
         ({"TIDEGATE_AUDIO_OUT_LEAD_MS": "150"}, "audio_out_lead_ms must be 0..100"),
+        ({"TIDEGATE_JWKS_REFRESH_MIN_S": "0"}, "jwks_refresh_min_s must be positive"),
+        ({"TIDEGATE_JWKS_CACHE_MAX_S": "10"}, "jwks_cache_max_s .10. must be at least"),
+        ({"TIDEGATE_WEB_TOKEN_URL": "javascript:x"}, "web_token_url must be"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], words: str) -> None:

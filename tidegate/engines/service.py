@@ -19,6 +19,7 @@ from .llm.providers import ProviderPool, ProvidersSettings
 from .runtime import RuntimeOptions
 from .scheduler import BatchPolicy, Scheduler
 from .vad import SileroVad, VadSettings
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class EngineService:
         *,
         custom: Mapping[str, models.CustomModel] | None = None,
         wheel_dir: Path | None = None,
+        media_worker_threads: int = 2,
+        media_max_pending_items: int = 32,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -115,6 +118,10 @@ class EngineService:
         # LLMs batch step by step (see llm/batcher.py), not request by request; or run on
         # OpenAI-compatible providers (llm/providers.py).
         self.batchers: dict[str, LlmEngine] = {}
+        # Blocking media work of the sessions (image decoding, resampling): see workers.py.
+        self.media = WorkerPool(
+            "media", workers=media_worker_threads, max_pending=media_max_pending_items
+        )
         self.ready = False
 
     async def start(self) -> None:
@@ -179,8 +186,10 @@ class EngineService:
         for scheduler in reversed(list(self.schedulers.values())):
             await scheduler.close()
         self.schedulers.clear()
+        self.media.close()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: s.stats() for name, s in self.schedulers.items()}
         out.update({name: b.stats() for name, b in self.batchers.items()})
+        out["media"] = self.media.stats()
         return out

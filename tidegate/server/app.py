@@ -1,10 +1,13 @@
-"""The starlette application: health, readiness, the control channel and the HTTP SDP offer."""
+"""The starlette application: health, readiness, the control channel and the HTTP routes.
+
+Every HTTP route but ``/healthz``, ``/readyz``, ``/openapi.json``, ``/v1/auth/config``, the
+development login and the web client's files goes through the HTTP edge (:mod:`.edge`): origin
+allow-list, token, the subject's request budget, one error table."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +25,7 @@ from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
 from .web import DEV_TOKEN_PATH, WebApp, dev_token_endpoint, web_dir
+from .webauth import AUTH_CONFIG_PATH, auth_config
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -32,8 +36,11 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: start-up finished (engines loaded and warm) and not draining."""
     runtime: Runtime = request.app.state.runtime
-    if runtime.ready and not runtime.draining:
-        body: dict[str, Any] = {"status": "ready", "sessions": len(runtime.registry)}
+    issuers = runtime.verifier.status()
+    if runtime.ready and not runtime.draining and not runtime.verifier.starting:
+        body: dict[str, object] = {"status": "ready", "sessions": len(runtime.registry)}
+        if issuers:  # an unreachable issuer is reported, not fatal: its cached keys still work
+            body["issuers"] = issuers
         llm = runtime.engines.batchers.get("llm") if runtime.engines is not None else None
         if isinstance(llm, ProviderPool):  # each provider's breaker and counts
             body["llm_providers"] = llm.readiness()
@@ -41,7 +48,7 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime.startup_error is not None:
         return JSONResponse({"status": "failed", "error": runtime.startup_error}, status_code=503)
     status = "draining" if runtime.draining else "starting"
-    return JSONResponse({"status": status}, status_code=503)
+    return JSONResponse({"status": status, **({"issuers": issuers} if issuers else {})}, 503)
 
 
 CONTROL_PATH = "/v1/control"
@@ -64,12 +71,13 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
-            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
-            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
+            Route(METRICS_PATH, metrics_endpoint, methods=["GET", "OPTIONS"]),
+            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST", "OPTIONS"]),
+            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST", "OPTIONS"]),
             *api_routes(),
             Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),
-            Mount("/", WebApp(web_dir(settings))),  # last: the browser client's files
+            Route(AUTH_CONFIG_PATH, auth_config, methods=["GET"]),
+            Mount("/", WebApp(web_dir(settings), settings)),  # last: the browser client's files
         ],
         lifespan=lifespan,
     )

@@ -215,7 +215,13 @@ class AssistantMode(TranscribeMode):
         )
         self.vision: VisionLane | None = None
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            self.vision = VisionLane(
+                session,
+                engines.get("vision"),
+                s.assistant_vision_interval_s,
+                workers=engines.media,
+                max_pixels=s.frame_max_pixels,
+            )
             session.spawn(self.vision.run(), "vision")
 
     def _start_media(self, peer: MediaPeer) -> None:
@@ -390,7 +396,7 @@ class AssistantMode(TranscribeMode):
             )
         if s.caches is not None:  # a greedy reply given before comes back at once
             return await s.caches.generate(self.llm, messages, self._params, session=s.id)
-        return self.llm.generate(messages, self._params, session=s.id)
+        return await self.llm.submit(messages, self._params, session=s.id)
 
     async def _call_tools(self, reply: Reply, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
         """Send each call to the client (``response.function_call.done``), wait for every

@@ -101,7 +101,7 @@ async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
         origin = ws.headers.get("origin")
         if not runtime.origin_allowed(origin, ws.headers.get("host")):
             raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
-        principal = runtime.verifier.verify(token, SCOPE_SESSION)
+        principal = await runtime.verifier.verify(token, SCOPE_SESSION)
     except RefusalError as e:
         runtime.counters["auth_refused"] += 1
         await _refuse(ws, negotiated.subprotocol, negotiated.encoding, e)

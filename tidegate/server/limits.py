@@ -178,6 +178,68 @@ class TokenBuckets:
         }
 
 
+SLOT_RETRY_MS = 1_000.0  # the hint given with a refused slot: when one may have ended
+
+
+class Slot:
+    """One place taken in :class:`Slots`; ``release()`` gives it back (once; again is a no-op)."""
+
+    __slots__ = ("_key", "_slots")
+
+    def __init__(self, slots: Slots, key: tuple[str, str]) -> None:
+        self._slots: Slots | None = slots
+        self._key = key
+
+    def release(self) -> None:
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots._release(self._key)
+
+
+class Slots:
+    """At most ``limit`` things at once per subject, counted on this node: a concurrency limit
+    beside the buckets (chat completions generating at once). A refusal is a
+    :class:`RateLimitedError` naming ``setting``, with a retry hint of ``SLOT_RETRY_MS``."""
+
+    def __init__(self, what: str, *, limit: int, setting: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.setting = setting
+        self._held: dict[tuple[str, str], int] = {}
+        self.admitted = 0
+        self.refused = 0
+
+    def acquire(self, principal: Principal) -> Slot:
+        key = (principal.tenant, principal.subject)
+        held = self._held.get(key, 0)
+        if held >= self.limit:
+            self.refused += 1
+            raise RateLimitedError(
+                f"too many {self.what} at once: {held} running, the limit is {self.limit} "
+                f"per subject ({self.setting}); retry when one has ended",
+                retry_after_ms=SLOT_RETRY_MS,
+            )
+        self._held[key] = held + 1
+        self.admitted += 1
+        return Slot(self, key)
+
+    def _release(self, key: tuple[str, str]) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "held": sum(self._held.values()),
+            "subjects": len(self._held),
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
+
 class Limiter:
     """The rate limits of one node."""
 
@@ -198,6 +260,11 @@ class Limiter:
             burst=s.rate_burst_requests,
             clock=clock,
         )
+        self.completions = Slots(
+            "chat completions",
+            limit=s.max_completions_per_subject,
+            setting="max_completions_per_subject",
+        )
 
     def share(self, shared: SharedBuckets) -> None:
         """Count every bucket across the cluster (see the module docstring)."""
@@ -216,4 +283,5 @@ class Limiter:
             "sessions": self.sessions.stats(),
             "messages": self.messages.stats(),
             "requests": self.requests.stats(),
+            "completions": self.completions.stats(),
         }

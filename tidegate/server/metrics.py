@@ -32,13 +32,14 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
 
-from .auth import SCOPE_ADMIN, bearer_from_header
-from .errors import ConfigError, RefusalError
+from . import edge
+from .auth import SCOPE_ADMIN, Principal
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from tidegate.protocol import ServerMessage
@@ -225,6 +226,12 @@ class ServerCollector(Collector):
                 size.add_metric([name], _buckets(lc.batch_size, 1.0), lc.batch_size.sum)
                 prefill.add_metric([], _buckets(lc.prefill_ms, 0.001), lc.prefill_ms.sum / 1e3)
                 tokens.add_metric([], lc.tokens)
+            pool = engines.media  # image decoding and resampling (engines/workers.py)
+            depth.add_metric(["media"], pool.pending)
+            capacity.add_metric(["media"], pool.max_pending)
+            for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
+                requests.add_metric(["media", outcome], n)
+            requests.add_metric(["media", "refused"], pool.refused)
         yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
         yield from self._providers()
 
@@ -458,13 +465,7 @@ class ServerMetrics:
             self._server = None
 
 
-async def metrics_endpoint(request: Request) -> Response:
+@edge.endpoint("GET, OPTIONS", scope=SCOPE_ADMIN)
+async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
-    runtime: Runtime = request.app.state.runtime
-    try:
-        token = bearer_from_header(request.headers.get("authorization"))
-        runtime.verifier.verify(token, SCOPE_ADMIN)
-    except RefusalError as e:
-        status = 401 if e.code.value == "unauthorized" else 403
-        return JSONResponse({"error": {"code": e.code.value, "message": e.message}}, status)
     return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

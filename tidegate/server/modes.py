@@ -34,6 +34,7 @@ from .db.records import Response as ResponseRecord
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session
+from .vision import check_frame
 
 if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
@@ -47,9 +48,11 @@ def new_response_id() -> str:
 
 
 class LoopbackMode:
-    """Echoes what arrives: text as a response, audio as ``output.audio``; counts frames
-    (sensor readings go to the session's sensor lane, as in every mode). Every upload's credit
-    goes back as soon as it is handled.
+    """Echoes what arrives: text as a response, audio as ``output.audio`` (at once: no pacing,
+    no resampling); counts frames, whose headers are checked as in the assistant
+    (``invalid_field`` for one that is not the format it names, or too large; nothing decodes
+    them here). Sensor readings go to the session's sensor lane, as in every mode. Every
+    upload's credit goes back as soon as it is handled.
 
     Over WebRTC (``rtc.offer``): the client's audio comes back on our outbound track as it
     arrives, and the video frames are taken and counted (``metrics``: ``lanes.rtc``)."""
@@ -91,6 +94,7 @@ class LoopbackMode:
             s.return_credit(len(msg.pcm))
         elif kind is InputFrame:
             assert isinstance(msg, InputFrame)
+            check_frame(msg, s.settings.frame_max_pixels)  # the same checks as a looked-at frame
             self.frames += 1
             self.last_frame = {
                 "ts": msg.ts,

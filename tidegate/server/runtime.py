@@ -47,6 +47,7 @@ class Runtime:
         self.stage_times = StageTimes()
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))
+        self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
         self.ready = False
@@ -57,6 +58,7 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.verifier.start()  # trusted issuers' keys, fetched in the background
         await self.recorder.open()
         await self.cluster.start()
         self._tasks.append(loop.create_task(self.recorder.run(), name="db-writer"))
@@ -85,7 +87,13 @@ class Runtime:
         s = self.settings
         try:
             custom = load_custom_models(s.models_file) if s.models_file else {}
-            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+            service = EngineService(
+                engine_specs(s),
+                s.data_dir,
+                custom=custom,
+                media_worker_threads=s.media_worker_threads,
+                media_max_pending_items=s.media_max_pending_items,
+            )
         except Exception as e:
             self._engines_failed(e)
             return
@@ -116,6 +124,7 @@ class Runtime:
             await self.engines.close()
         await self.sensor_bus.close()  # the sessions closed their subscriptions already
         await self.metrics.close()
+        await self.verifier.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -65,10 +65,51 @@ class Settings:
         default=(),
     )
 
+    oidc_issuers_file: Path | None = _doc(
+        "TOML file of trusted OIDC issuers ([issuers.NAME]: issuer, discovery_url or jwks_url, "
+        "audience, algorithms, claim mapping; docs/security.md). Unset: only HS256 tokens "
+        "signed with the local key.",
+        default=None,
+    )
+    jwks_cache_min_s: float = _doc(
+        "Shortest time an issuer's key set is used before a scheduled refresh, whatever its "
+        "cache headers say.",
+        default=60.0,
+    )
+    jwks_cache_max_s: float = _doc(
+        "Longest time an issuer's key set is used before a scheduled refresh (also when it "
+        "sends no cache headers).",
+        default=3600.0,
+    )
+    jwks_refresh_min_s: float = _doc(
+        "A token naming a key id an issuer's cached set lacks triggers one fetch of its keys, "
+        "and then no other such fetch for this long (forged key ids cannot cause a refresh "
+        "storm; concurrent tokens share the fetch); a failed fetch is retried after it.",
+        default=30.0,
+    )
+    jwks_timeout_s: float = _doc(
+        "Longest fetch of an issuer's discovery document or key set.", default=5.0
+    )
+    jwks_max_bytes: int = _doc(
+        "Largest discovery document or key set accepted from an issuer.", default=1_048_576
+    )
+    auth_log_interval_s: float = _doc(
+        "Refused tokens are logged at most once per reason in this interval (the rest are "
+        "counted, and the count is logged with the next line).",
+        default=10.0,
+    )
+    web_token_url: str = _doc(
+        "An operator-provided token endpoint the browser client signs in with (POST, with the "
+        "page's cookies; answers {\"token\": ...}), e.g. an SSO proxy's. Empty: none "
+        "(docs/security.md).",
+        default="",
+    )
+
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
         "browser client): auto (on only when host is a loopback address, for local requests "
-        "no proxy forwarded), on, or off (404).",
+        "no proxy forwarded), on, or off (404). While on, it and the page at / answer only a "
+        "loopback Host with the server's port (with on: also the hosts of allowed_origins).",
         default="auto",
     )
     dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)
@@ -93,6 +134,21 @@ class Settings:
     )
     upload_credit_messages: int = _doc("Upload messages a client may have in flight.", default=64)
     upload_credit_bytes: int = _doc("Upload bytes a client may have in flight.", default=2_097_152)
+    frame_max_pixels: int = _doc(
+        "Largest input.frame image (width x height, read from its header before decoding; "
+        "also the largest WebRTC video frame decoded, read from the VP8 keyframe or H.264 "
+        "SPS). Default: 3840x2160.",
+        default=8_294_400,
+    )
+    media_worker_threads: int = _doc(
+        "Threads that decode input.frame images and resample input.audio, off the event loop.",
+        default=2,
+    )
+    media_max_pending_items: int = _doc(
+        "Decodes and resamples in hand (running or waiting) at once; more are refused "
+        "(overloaded).",
+        default=32,
+    )
     metrics_interval_s: float = _doc(
         "Interval of per-session `metrics` events (0: off).", default=5.0
     )
@@ -152,12 +208,24 @@ class Settings:
     audio_lag_report_ms: float = _doc(
         "Inbound audio lag that triggers a flow.lag event.", default=500.0
     )
+    audio_max_ahead_s: float = _doc(
+        "How far WS-only input.audio may run ahead of real time (its media time against the "
+        "wall clock since the stream started); a chunk beyond it is refused (rate_limited, "
+        "with retry_after_ms), and a chunk's credit comes back no earlier than its audio's "
+        "time. 0: no pacing (bench's as-fast-as-possible ASR runs only).",
+        default=3.0,
+    )
     audio_silence_dbfs: float = _doc(
         "Level below which an inbound 20 ms chunk counts as silence (dropped first).",
         default=-50.0,
     )
     audio_out_buffer_s: float = _doc(
         "Outbound audio queued per session; beyond it the oldest is dropped.", default=10.0
+    )
+    video_decoder_max_frames: int = _doc(
+        "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
+        "dropped (counted).",
+        default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
@@ -484,6 +552,11 @@ class Settings:
         default=64,
     )
     api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
+    http_max_body_bytes: int = _doc(
+        "Largest HTTP request body (chat completions, SDP offers): a larger Content-Length is "
+        "refused (413) before the body is read, a streamed body as soon as it passes this.",
+        default=1_048_576,
+    )
 
     # -- rate limits (per token subject: tenant + sub) ------------------------------------------
     rate_sessions_per_s: float = _doc(
@@ -501,6 +574,11 @@ class Settings:
         "HTTP API requests per second one subject may make (0: no limit).", default=20.0
     )
     rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+    max_completions_per_subject: int = _doc(
+        "Chat completions one subject may have generating at once on one node; one more is "
+        "refused (429, rate_limited).",
+        default=4,
+    )
 
     # -- cluster coordination (docs/cluster.md) ------------------------------------------------
     redis_url: str | None = _doc(
@@ -632,6 +710,18 @@ class Settings:
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
         self._validate_media()
         self._validate_engines()
+        for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):
+            if getattr(self, name) <= 0:  # zero would fetch an issuer's keys in a busy loop
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.jwks_cache_max_s < self.jwks_cache_min_s:
+            raise ConfigError(
+                f"jwks_cache_max_s ({self.jwks_cache_max_s:g}) must be at least "
+                f"jwks_cache_min_s ({self.jwks_cache_min_s:g})"
+            )
+        if self.web_token_url and not self.web_token_url.startswith(("https://", "http://", "/")):
+            raise ConfigError(
+                f"web_token_url must be an http(s) URL or a path, got {self.web_token_url!r}"
+            )
         if self.cluster_node_ttl_s <= self.cluster_heartbeat_s:
             raise ConfigError(
                 f"cluster_node_ttl_s ({self.cluster_node_ttl_s:g}) must exceed "
@@ -660,6 +750,19 @@ class Settings:
             )
         if not 0 <= self.audio_out_lead_ms <= 100:
             raise ConfigError(f"audio_out_lead_ms must be 0..100, got {self.audio_out_lead_ms}")
+        if self.audio_max_ahead_s < 0:
+            raise ConfigError(f"audio_max_ahead_s cannot be negative, got {self.audio_max_ahead_s}")
+        if self.video_decoder_max_frames < 1:
+            raise ConfigError(
+                f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
+            )
+        if self.frame_max_pixels < 1:
+            raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")
+        if not 1 <= self.media_worker_threads <= self.media_max_pending_items:
+            raise ConfigError(
+                "media_worker_threads must be 1 or more and at most media_max_pending_items, got "
+                f"{self.media_worker_threads} and {self.media_max_pending_items}"
+            )
         for name in ("audio_buffer_s", "audio_out_buffer_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -316,6 +316,17 @@ class ProviderPool:
         task.add_done_callback(self._tasks.discard)
         return gen
 
+    async def submit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        params: SamplingParams | None = None,
+        *,
+        session: str | None = None,
+    ) -> ProviderGeneration:
+        """:meth:`generate` (the local batcher's awaitable entry point; nothing to tokenise
+        here)."""
+        return self.generate(messages, params, session=session)
+
     def _retry_hint_s(self) -> float:
         return round(min(30.0, max(0.25, self._reply_s)), 3)
 
