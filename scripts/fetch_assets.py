@@ -8,7 +8,13 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
 - the default models prepared into ``.cache/data`` (the tests' data folder);
 - ``.cache/pytriton-venv``: a virtual environment of this interpreter with nvidia-pytriton
   (a real Triton Inference Server, CPU, python backend) and ONNX Runtime, for the triton
-  runtime's tests and bench (pytriton pins numpy<2, so it cannot share the project's venv).
+  runtime's tests and bench (pytriton pins numpy<2, so it cannot share the project's venv);
+- ``.cache/llama-server/``: llama.cpp's OpenAI-compatible server (``llama-server``), built
+  once per machine from the llama.cpp sources vendored in the ``llama-cpp-python`` sdist (CPU
+  only, static, no download during the build), for the LLM providers' tests and bench;
+- ``.cache/llama-cpp-python-venv``: llama-cpp-python's own server (``llama_cpp.server``) from
+  a wheel built once from the same sdist, in a venv of its own (its pins stay out of the
+  project's), for the tool-calling tests (tests/llama.py says why).
 
 Usage: python scripts/fetch_assets.py [CACHE_DIR]
 """
@@ -69,6 +75,147 @@ def pytriton_venv(cache: Path) -> None:
     stamp.touch()
 
 
+# llama.cpp's server for the LLM provider tests: the sources come from this PyPI sdist.
+LLAMA_SDIST = "llama-cpp-python==0.3.36"
+LLAMA_CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # the prebuilt web UI would be downloaded
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DGGML_BLAS=OFF",
+    "-DGGML_OPENMP=OFF",
+    "-DGGML_CUDA=OFF",
+    "-DGGML_VULKAN=OFF",
+)
+
+
+def llama_server(cache: Path) -> Path:
+    """``llama-server`` built from the ``llama-cpp-python`` sdist (kept in ``wheels/``), once:
+    several minutes on 2 cores, at low priority; later calls reuse the binary."""
+    import hashlib
+    import shutil
+    import tarfile
+    import tempfile
+
+    tag = hashlib.sha1(" ".join((LLAMA_SDIST, *LLAMA_CMAKE_FLAGS)).encode()).hexdigest()[:12]
+    out = cache / "llama-server" / tag
+    binary = out / "llama-server"
+    if binary.is_file():
+        return binary
+    name, version = LLAMA_SDIST.split("==")
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    sdist = wheels / f"{name.replace('-', '_')}-{version}.tar.gz"
+    if not sdist.is_file():
+        pip("download", "--quiet", "--no-deps", "--no-binary=:all:", "-d", str(wheels), LLAMA_SDIST)
+    with tempfile.TemporaryDirectory(prefix="llama-server-") as tmp:
+        top = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tf:
+            tf.extractall(
+                tmp, [m for m in tf.getmembers() if m.name.startswith(top)], filter="data"
+            )
+        src, build = Path(tmp) / top, Path(tmp) / "build"
+        nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        subprocess.run(
+            ["cmake", "-S", str(src), "-B", str(build), *gen, *LLAMA_CMAKE_FLAGS],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [*nice, "cmake", "--build", str(build), "--target", "llama-server", "-j", "2"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build / "bin" / "llama-server", out / "llama-server.tmp")
+        (out / "llama-server.tmp").rename(binary)
+    return binary
+
+
+# llama-cpp-python's own OpenAI-compatible server (llama_cpp.server): its chatml-function-calling
+# chat handler constrains a named tool call with a grammar from the start of the reply, which is
+# what makes a 135M model emit valid calls. Built once from the same sdist (CPU, no AMX: the
+# AMX kernels of a native build crash in this sandbox) into a venv of its own.
+LLAMA_PY_CMAKE_ARGS = " ".join(
+    (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+        "-DGGML_BMI2=ON",
+        "-DGGML_BLAS=OFF",
+        "-DGGML_OPENMP=OFF",
+        "-DLLAVA_BUILD=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+    )
+)
+
+
+def llama_cpp_python_venv(cache: Path) -> Path:
+    """The python of ``.cache/llama-cpp-python-venv`` with ``llama-cpp-python[server]`` from a
+    wheel built once (minutes) from the sdist; later calls reuse it."""
+    import hashlib
+    import os
+
+    tag = hashlib.sha1((LLAMA_SDIST + LLAMA_PY_CMAKE_ARGS).encode()).hexdigest()[:12]
+    venv = cache / "llama-cpp-python-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / f".installed-{tag}"
+    if stamp.is_file():
+        return python
+    name, version = LLAMA_SDIST.split("==")
+    wheels = cache / "wheels" / f"llama-cpp-python-{tag}"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if not list(wheels.glob("*.whl")):
+        sdist = cache / "wheels" / f"{name.replace('-', '_')}-{version}.tar.gz"
+        if not sdist.is_file():
+            pip(
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary=:all:",
+                "-d",
+                str(sdist.parent),
+                LLAMA_SDIST,
+            )
+        env = {**os.environ, "CMAKE_ARGS": LLAMA_PY_CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": "2"}
+        subprocess.run(
+            [
+                "nice",
+                "-n",
+                "10",
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "-w",
+                str(wheels),
+                str(sdist),
+            ],
+            check=True,
+            env=env,
+        )
+    wheel = next(wheels.glob("*.whl"))
+    base = Path(getattr(sys, "_base_executable", sys.executable))
+    subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[server]"], check=True)
+    stamp.touch()
+    return python
+
+
 def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
@@ -111,6 +258,8 @@ def main(cache: Path) -> int:
         check=True,
     )
     pytriton_venv(cache)
+    llama_server(cache)
+    llama_cpp_python_venv(cache)
     return 0
 
 
