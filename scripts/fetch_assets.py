@@ -16,12 +16,19 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
   a wheel built once from the same sdist, in a venv of its own (its pins stay out of the
   project's), for the tool-calling tests (tests/llama.py says why).
 
+The two compiled artifacts (the ``llama-server`` binary and the llama-cpp-python wheel; minutes
+of compiling each on 2 cores) are also kept in a machine-wide build store, keyed by the sdist and
+the build flags, so a fresh clone on the same machine (CI's) copies them instead of compiling
+again: ``$TIDEGATE_BUILD_CACHE``, default ``$XDG_CACHE_HOME/tidegate`` (``~/.cache/tidegate``).
+Podman keeps the container images machine-wide the same way (scripts/podman_images.py).
+
 Usage: python scripts/fetch_assets.py [CACHE_DIR]
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import zipfile
@@ -107,7 +114,12 @@ def llama_server(cache: Path) -> Path:
     tag = hashlib.sha1(" ".join((LLAMA_SDIST, *LLAMA_CMAKE_FLAGS)).encode()).hexdigest()[:12]
     out = cache / "llama-server" / tag
     binary = out / "llama-server"
+    stored = f"llama-server/{tag}/llama-server"
     if binary.is_file():
+        if not (build_store() / stored).is_file():
+            to_store(stored, binary)
+        return binary
+    if from_store(stored, binary):
         return binary
     name, version = LLAMA_SDIST.split("==")
     wheels = cache / "wheels"
@@ -137,6 +149,7 @@ def llama_server(cache: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build / "bin" / "llama-server", out / "llama-server.tmp")
         (out / "llama-server.tmp").rename(binary)
+    to_store(stored, binary)
     return binary
 
 
@@ -166,17 +179,22 @@ def llama_cpp_python_venv(cache: Path) -> Path:
     """The python of ``.cache/llama-cpp-python-venv`` with ``llama-cpp-python[server]`` from a
     wheel built once (minutes) from the sdist; later calls reuse it."""
     import hashlib
-    import os
 
     tag = hashlib.sha1((LLAMA_SDIST + LLAMA_PY_CMAKE_ARGS).encode()).hexdigest()[:12]
     venv = cache / "llama-cpp-python-venv"
     python = venv / "bin" / "python"
     stamp = venv / f".installed-{tag}"
+    wheels = cache / "wheels" / f"llama-cpp-python-{tag}"
+    stored = build_store() / wheels.name
     if stamp.is_file():
+        for wheel in wheels.glob("*.whl"):
+            if not (stored / wheel.name).is_file():
+                to_store(f"{wheels.name}/{wheel.name}", wheel)
         return python
     name, version = LLAMA_SDIST.split("==")
-    wheels = cache / "wheels" / f"llama-cpp-python-{tag}"
     wheels.mkdir(parents=True, exist_ok=True)
+    for kept in stored.glob("*.whl") if not list(wheels.glob("*.whl")) else ():
+        from_store(f"{wheels.name}/{kept.name}", wheels / kept.name)
     if not list(wheels.glob("*.whl")):
         sdist = cache / "wheels" / f"{name.replace('-', '_')}-{version}.tar.gz"
         if not sdist.is_file():
@@ -209,6 +227,8 @@ def llama_cpp_python_venv(cache: Path) -> Path:
             env=env,
         )
     wheel = next(wheels.glob("*.whl"))
+    if not (stored / wheel.name).is_file():
+        to_store(f"{wheels.name}/{wheel.name}", wheel)
     base = Path(getattr(sys, "_base_executable", sys.executable))
     subprocess.run([str(base), "-m", "venv", "--clear", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{wheel}[server]"], check=True)
@@ -218,6 +238,45 @@ def llama_cpp_python_venv(cache: Path) -> Path:
 
 def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def build_store() -> Path:
+    """The machine-wide store of compiled build artifacts (see the module docstring)."""
+
+    configured = os.environ.get("TIDEGATE_BUILD_CACHE")
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tidegate"
+
+
+def from_store(relative: str, dest: Path) -> bool:
+    """Copy the stored artifact ``relative`` to ``dest`` (atomically); False when not stored."""
+    import shutil
+
+    stored = build_store() / relative
+    if not stored.is_file():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copy2(stored, tmp)
+    tmp.rename(dest)
+    return True
+
+
+def to_store(relative: str, built: Path) -> None:
+    """Keep a copy of ``built`` as ``relative`` in the store (atomically; best effort: a
+    store that cannot be written only costs the next clone a rebuild)."""
+    import shutil
+
+    stored = build_store() / relative
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(stored.name + f".tmp{os.getpid()}")
+        shutil.copy2(built, tmp)
+        tmp.rename(stored)
+    except OSError as e:
+        print(f"fetch_assets: could not keep {built.name} in {stored.parent}: {e}", file=sys.stderr)
 
 
 def wheel_of(wheels: Path, spec: str) -> Path | None:
