@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 
+pytest_plugins = ["tests.llama"]  # the real LLM server of the provider tests
+
 _outcomes: Counter[str] = Counter()
 _bad_skips: list[str] = []
 

@@ -311,6 +311,16 @@ async def test_two_sessions_at_once_keep_their_own_replies(
     assert {x.response_id for x in b.of(OutputAudio)} == {db.response_id}
 
 
+async def test_tools_on_the_local_llm_are_unsupported(live: LiveServer) -> None:
+    """A session declaring tools on the local LLM is refused (unsupported), naming the way."""
+    tools = [{"type": "function", "name": "get_weather"}]
+    async with await live.client() as client:
+        with pytest.raises(RefusedError) as caught:
+            await client.create_session({"mode": "assistant", "tools": tools})
+    assert caught.value.server_code == "unsupported"
+    assert "llm_runtime=providers" in str(caught.value)
+
+
 async def test_assistant_without_the_engines_is_unsupported(tmp_path: Path) -> None:
     """A server without the engines refuses the assistant mode (unsupported)."""
     settings = make_settings(tmp_path, default_mode="loopback")

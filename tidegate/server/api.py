@@ -302,6 +302,7 @@ CHILD_SCHEMAS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "text": S,
             "spoken_text": SN,
             "ref": SN,
+            "tool_calls": SN,
             "created_at_ms": N,
         },
     ),

@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
+from tidegate.engines.llm import ProviderPool
+
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
@@ -43,6 +45,9 @@ async def readyz(request: Request) -> JSONResponse:
         body: dict[str, object] = {"status": "ready", "sessions": len(runtime.registry)}
         if issuers:  # an unreachable issuer is reported, not fatal: its cached keys still work
             body["issuers"] = issuers
+        llm = runtime.engines.batchers.get("llm") if runtime.engines is not None else None
+        if isinstance(llm, ProviderPool):  # each provider's breaker and counts
+            body["llm_providers"] = llm.readiness()
         return JSONResponse(body)
     if runtime.startup_error is not None:
         return JSONResponse({"status": "failed", "error": runtime.startup_error}, status_code=503)

@@ -512,7 +512,9 @@ class ControlChannel:
                 raise
             resumed = True
             if msg.config is not None:
-                config = resolve_config(msg.config, session.config["mode"])
+                config = resolve_config(
+                    msg.config, session.config["mode"], self.runtime.engines, **self._tool_limits()
+                )
                 if config != session.config:
                     raise InvalidConfigError(
                         "session.create: a resumed session keeps its config; use session.update"
@@ -531,7 +533,9 @@ class ControlChannel:
                     retry_after_ms=ENGINE_WARMUP_RETRY_MS,
                 )
             self.runtime.admission.check(mode, engines)  # an engine it needs is saturated?
-            config = resolve_config(msg.config, self.runtime.settings.default_mode, engines)
+            config = resolve_config(
+                msg.config, self.runtime.settings.default_mode, engines, **self._tool_limits()
+            )
             cluster = self.runtime.cluster
             ticket = await cluster.admit(self.principal)  # quotas and limits across the nodes
             try:
@@ -580,13 +584,22 @@ class ControlChannel:
             self._write_loop(session), name=f"{session.id}:writer"
         )
 
+    def _tool_limits(self) -> dict[str, int]:
+        s = self.runtime.settings
+        return {
+            "max_tools_items": s.assistant_max_tools_items,
+            "max_tools_bytes": s.assistant_max_tools_bytes,
+        }
+
     def _client_info(self) -> dict[str, Any]:
         return client_info(self.ws.scope, self.conn.codec.name)
 
     def _update(self, msg: SessionUpdate) -> None:
         assert self.session is not None
         current = self.session.config
-        merged = resolve_config({**current, **msg.config}, current["mode"])
+        merged = resolve_config(
+            {**current, **msg.config}, current["mode"], self.runtime.engines, **self._tool_limits()
+        )
         if merged["mode"] != current["mode"]:
             raise InvalidConfigError("session.update: the mode of a session cannot change")
         self.session.config = merged

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
 
 from . import edge
@@ -266,6 +267,10 @@ class ServerCollector(Collector):
                 load = llm.queue_load()
                 depth.add_metric([name], load.depth)
                 capacity.add_metric([name], load.max_items)
+                if isinstance(llm, ProviderPool):  # no local steps: its providers' metrics
+                    for outcome in ("completed", "failed", "refused", "cancelled"):
+                        requests.add_metric([name, outcome], getattr(llm, outcome))
+                    continue
                 lc = llm.counters
                 for outcome in ("completed", "failed", "refused", "deadline_missed", "cancelled"):
                     requests.add_metric([name, outcome], getattr(lc, outcome))
@@ -281,6 +286,74 @@ class ServerCollector(Collector):
                 requests.add_metric(["media", outcome], n)
             requests.add_metric(["media", "refused"], pool.refused)
         yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
+        yield from self._providers()
+
+    def _providers(self) -> Iterator[Metric]:
+        """The LLM providers (llm_runtime=providers): state, requests, failures, time to
+        first token, failovers. Nothing names a key or a URL."""
+        engines = self.runtime.engines
+        pool = engines.batchers.get("llm") if engines is not None else None
+        state = GaugeMetricFamily(
+            "tidegate_llm_provider_state",
+            "A provider's circuit breaker: 1 for its current state (closed, open, half_open).",
+            labels=["provider", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "tidegate_llm_provider_in_flight",
+            "Requests a provider serves now.",
+            labels=["provider"],
+        )
+        requests = CounterMetricFamily(
+            "tidegate_llm_provider_requests",
+            "Requests sent to a provider by outcome (completed, failed, refused: a 4xx other "
+            "than 429) and requests that skipped it (skipped_open, skipped_full).",
+            labels=["provider", "outcome"],
+        )
+        failovers = CounterMetricFamily(
+            "tidegate_llm_provider_failovers",
+            "Requests that moved on from a provider to the next, before the first token "
+            "(before_first_token) or during the reply (midstream).",
+            labels=["provider", "when"],
+        )
+        ttft = HistogramMetricFamily(
+            "tidegate_llm_provider_first_token_seconds",
+            "From sending a request to a provider to its first token.",
+            labels=["provider"],
+        )
+        failover = HistogramMetricFamily(
+            "tidegate_llm_failover_seconds",
+            "User-visible failover: from a provider's failure to the first token of the next.",
+        )
+        switch = HistogramMetricFamily(
+            "tidegate_llm_failover_switch_seconds",
+            "The failover switch: from a provider's failure to the request sent to the next.",
+        )
+        if isinstance(pool, ProviderPool):
+            for p in pool.providers:
+                current = p.breaker.state.value
+                for st in ("closed", "open", "half_open"):
+                    state.add_metric([p.name, st], 1.0 if st == current else 0.0)
+                in_flight.add_metric([p.name], p.in_flight)
+                c = p.stats
+                outcomes = {
+                    "completed": c.completed,
+                    "failed": c.failures - c.refusals,
+                    "refused": c.refusals,
+                    "skipped_open": c.skipped_open,
+                    "skipped_full": c.skipped_full,
+                }
+                for outcome, value in outcomes.items():
+                    requests.add_metric([p.name, outcome], value)
+                failovers.add_metric(
+                    [p.name, "before_first_token"], c.failovers_from - c.failovers_midstream
+                )
+                failovers.add_metric([p.name, "midstream"], c.failovers_midstream)
+                ttft.add_metric([p.name], _buckets(c.ttft_ms, 0.001), c.ttft_ms.sum / 1e3)
+            h = pool.failover_ms
+            failover.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
+            h = pool.switch_ms
+            switch.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
+        yield from (state, in_flight, requests, failovers, ttft, failover, switch)
 
     def _sessions(self) -> Iterator[Metric]:
         rt = self.runtime

@@ -17,6 +17,14 @@ decode step. Supported: ``model`` (informative: the served model answers), ``mes
 ``top_p``, ``stop``, ``seed``, ``n`` (1 only), ``stream``, ``stream_options.include_usage``.
 Other documented fields are validated and then ignored; unknown ones are ignored.
 
+On OpenAI-compatible providers (``llm_runtime=providers``, docs/llm-tts.md) ``tools`` /
+``tool_choice`` pass through (tool calls come back as ``tool_calls``, streamed as deltas;
+``tool`` messages and assistant ``tool_calls`` go to the provider as given), and ``model``
+routes: a request goes to the providers serving that model (by model or provider name), in
+order, failing over between them; any other name goes to every provider in order. A streamed
+reply's headers wait for its first token, so that a request no provider can serve gets an HTTP
+error (503 with Retry-After) rather than an error inside a 200 stream.
+
 A caller's conversation cache is keyed by tenant and subject: a follow-up request that
 repeats the earlier messages prefills only the new ones.
 """
@@ -36,11 +44,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tidegate.engines.errors import EngineError, RequestError
 from tidegate.engines.errors import OverloadedError as EngineOverloadedError
-from tidegate.engines.llm import Generation
+from tidegate.engines.llm import Generation, LlmEngine, ProviderPool
+from tidegate.engines.llm.providers import ProviderUnavailableError
+from tidegate.engines.llm.tools import ToolCallDelta, validate_tool_choice, validate_tools
 
 from . import edge
 from .auth import Principal
 from .chat_request import (
+    ChatRequest,
     ChatRequestError,
     local_messages,
     parse_chat_request,
@@ -77,6 +88,50 @@ def _sse(obj: Mapping[str, Any] | str) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
+def _provider_messages(req: ChatRequest) -> list[dict[str, Any]]:
+    """The chat as a provider takes it: the fields of OpenAI's messages that carry the
+    conversation, tool calls and results included (an assistant turn that only called tools
+    gets content "": OpenAI takes null or "", some servers only "")."""
+    out = []
+    for m in req.messages:
+        msg = {k: m[k] for k in ("role", "content", "name", "tool_calls", "tool_call_id") if k in m}
+        if msg.get("content") is None:
+            msg["content"] = ""
+        out.append(msg)
+    return out
+
+
+def _tools(req: ChatRequest, llm: LlmEngine, runtime: Runtime) -> tuple[Any, Any]:
+    """The request's ``tools`` (validated, size-limited) and ``tool_choice``; (None, None)
+    without tools."""
+    raw = req.body.get("tools")
+    if raw is None:
+        return None, None
+    if not llm.supports_tools:
+        raise ChatRequestError("tools", "this server's LLM cannot call tools (llm_runtime=local)")
+    s = runtime.settings
+    try:
+        tools = validate_tools(
+            raw, max_items=s.assistant_max_tools_items, max_bytes=s.assistant_max_tools_bytes
+        )
+    except RequestError as e:
+        raise ChatRequestError("tools", str(e).removeprefix("tools: ")) from None
+    try:
+        return list(tools), validate_tool_choice(req.body.get("tool_choice"), tools)
+    except RequestError as e:
+        raise ChatRequestError("tool_choice", str(e).removeprefix("tool_choice: ")) from None
+
+
+def _provider_refusal(e: EngineError) -> RefusalError:
+    """The refusal of a reply the providers could not give (every provider down: 503 with
+    the hint; a provider's refusal or a model's bad tool call: 500 with its message)."""
+    if isinstance(e, ProviderUnavailableError):
+        return OverloadedError(str(e), retry_after_ms=e.retry_after_s * 1000)
+    if isinstance(e, EngineOverloadedError):
+        return RateLimitedError(str(e), retry_after_ms=e.retry_after_s * 1000)
+    return edge.InternalError(f"the LLM provider failed: {e}")
+
+
 def _json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
@@ -98,12 +153,25 @@ async def chat_completions(request: Request, runtime: Runtime, principal: Princi
         raw = await edge.read_body(request, runtime.settings.http_max_body_bytes)
         req = parse_chat_request(_json(raw))
         params = sampling_params(req, runtime.settings.llm_default_max_tokens)
-        messages = local_messages(req)
+        llm = engines.llm()
+        tools, tool_choice = _tools(req, llm, runtime)
         session = f"openai:{principal.tenant}:{principal.subject}"
-        try:  # a greedy (temperature 0) request answered before comes from the cache
-            gen = await runtime.cluster.caches.generate(
-                engines.llm(), messages, params, session=session
-            )
+        try:
+            if isinstance(llm, ProviderPool):  # routed by model name, not cached
+                gen: Generation = llm.generate(
+                    _provider_messages(req),
+                    params,
+                    session=session,
+                    tools=tools,
+                    tool_choice=tool_choice,
+                    model=req.model,
+                )
+            else:  # a greedy (temperature 0) request answered before comes from the cache
+                gen = await runtime.cluster.caches.generate(
+                    llm, local_messages(req), params, session=session
+                )
+        except ProviderUnavailableError as e:
+            raise _provider_refusal(e) from None
         except EngineOverloadedError as e:
             raise RateLimitedError(str(e), retry_after_ms=e.retry_after_s * 1000) from None
         except RequestError as e:
@@ -119,8 +187,17 @@ async def chat_completions(request: Request, runtime: Runtime, principal: Princi
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if req.stream:
+        events = gen.events()
+        first: str | ToolCallDelta | None = None
+        if isinstance(llm, ProviderPool):  # an HTTP status while one can still be sent
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                pass
+            except EngineError as e:
+                raise _provider_refusal(e) from None
         return StreamingResponse(
-            _stream(gen, completion_id, created, model, req.include_usage),
+            _stream(gen, events, first, completion_id, created, model, req.include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -128,12 +205,18 @@ async def chat_completions(request: Request, runtime: Runtime, principal: Princi
         text = await _text_unless_gone(request, gen)
     except EngineError as e:
         log.warning("chat completion %s failed: %s", completion_id, e)
+        if isinstance(llm, ProviderPool):
+            return edge.error_response(_provider_refusal(e), openai_error)
         return edge.error_response(
             edge.InternalError("generation failed; the server log has the details"),
             openai_error,
         )
     if text is None:  # the client went away; nobody reads this
         return Response(status_code=499)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if gen.tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [c.as_message() for c in gen.tool_calls]
     return JSONResponse(
         {
             "id": completion_id,
@@ -143,7 +226,7 @@ async def chat_completions(request: Request, runtime: Runtime, principal: Princi
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "finish_reason": gen.finish_reason,
                     "logprobs": None,
                 }
@@ -184,8 +267,24 @@ def _usage(gen: Generation) -> dict[str, Any]:
     }
 
 
+def _tool_delta(item: ToolCallDelta, seen: set[int]) -> dict[str, Any]:
+    """A tool-call piece as OpenAI streams it: id, type and name on the call's first piece."""
+    piece: dict[str, Any] = {"index": item.index, "function": {"arguments": item.arguments}}
+    if item.index not in seen:
+        seen.add(item.index)
+        piece.update(id=item.call_id, type="function")
+        piece["function"]["name"] = item.name
+    return {"tool_calls": [piece]}
+
+
 async def _stream(
-    gen: Generation, completion_id: str, created: int, model: str, include_usage: bool
+    gen: Generation,
+    events: AsyncIterator[str | ToolCallDelta],
+    first: str | ToolCallDelta | None,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {
@@ -196,11 +295,18 @@ async def _stream(
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
+    seen: set[int] = set()
+
+    def delta_of(item: str | ToolCallDelta) -> dict[str, Any]:
+        return {"content": item} if isinstance(item, str) else _tool_delta(item, seen)
+
     try:
         yield _sse(chunk({"role": "assistant", "content": ""}, None))
         try:
-            async for delta in gen:
-                yield _sse(chunk({"content": delta}, None))
+            if first is not None:
+                yield _sse(chunk(delta_of(first), None))
+            async for item in events:
+                yield _sse(chunk(delta_of(item), None))
         except EngineError as e:
             log.warning("chat completion %s failed: %s", completion_id, e)
             yield _sse({"error": {"message": "generation failed", "type": "server_error"}})

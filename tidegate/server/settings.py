@@ -345,7 +345,12 @@ class Settings:
     vad_runtime: str = _doc("The VAD engine's runtime. Unset: engine_runtime.", default="")
     asr_runtime: str = _doc("The ASR engine's runtime. Unset: engine_runtime.", default="")
     vision_runtime: str = _doc("The vision engine's runtime. Unset: engine_runtime.", default="")
-    llm_runtime: str = _doc("The LLM engine's runtime. Unset: engine_runtime.", default="")
+    llm_runtime: str = _doc(
+        "The LLM engine's runtime: local (the embedded model, on engine_runtime) or providers "
+        "(OpenAI-compatible servers, llm_providers; docs/llm-tts.md). Unset: local. (onnx, "
+        "tensorrt and triton name the local model's runtime, as engine_runtime does.)",
+        default="",
+    )
     tts_runtime: str = _doc("The TTS engine's runtime. Unset: engine_runtime.", default="")
     triton_url: str = _doc(
         "gRPC endpoint (host:port) of the Triton server for engines on the triton runtime "
@@ -445,6 +450,47 @@ class Settings:
     llm_default_max_tokens: int = _doc(
         "Reply length when a request names none (the OpenAI endpoint).", default=256
     )
+    llm_providers: tuple[str, ...] = _doc(
+        "OpenAI-compatible LLM servers for llm_runtime=providers, in order of preference "
+        "(comma-separated NAME=BASE_URL, e.g. a=http://127.0.0.1:8081,b=http://10.0.0.9:8000): "
+        "a request fails over from one to the next (docs/llm-tts.md).",
+        default=(),
+    )
+    llm_provider_options: tuple[str, ...] = _doc(
+        "Per-provider options (comma-separated NAME.OPTION=VALUE): model (the model name sent; "
+        "default: NAME), api_key_env (the variable holding its API key) or api_key_file (a "
+        "file holding it) -- the key itself is never a setting --, max_requests, "
+        "connect_timeout_s, first_token_timeout_s, token_timeout_s, reply_timeout_s (defaults: "
+        "the llm_provider_* settings).",
+        default=(),
+    )
+    llm_provider_max_requests: int = _doc(
+        "Requests one provider has in flight at once; a full provider is skipped, and with "
+        "every provider full a request is refused (overloaded, with a retry hint).",
+        default=16,
+    )
+    llm_provider_connect_timeout_s: float = _doc(
+        "Longest TCP (and TLS) connect to a provider before the next one is tried.", default=1.0
+    )
+    llm_provider_first_token_timeout_s: float = _doc(
+        "Longest wait from sending a request to its first token before the next provider is tried.",
+        default=10.0,
+    )
+    llm_provider_token_timeout_s: float = _doc(
+        "Longest gap between two tokens of a reply before it continues on the next provider.",
+        default=10.0,
+    )
+    llm_provider_reply_timeout_s: float = _doc(
+        "Longest whole reply from one provider.", default=300.0
+    )
+    llm_provider_breaker_failures: int = _doc(
+        "Consecutive failures that open a provider's circuit breaker (it is skipped).",
+        default=3,
+    )
+    llm_provider_breaker_open_s: float = _doc(
+        "How long an open breaker skips its provider before one request probes it.",
+        default=5.0,
+    )
     tts_max_queue_items: int = _doc(
         "Text chunks queued for synthesis; more are refused (overloaded).", default=64
     )
@@ -492,6 +538,22 @@ class Settings:
     )
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
+    )
+    assistant_max_tools_items: int = _doc(
+        "Tools (functions) a session config may declare (needs llm_runtime=providers).",
+        default=32,
+    )
+    assistant_max_tools_bytes: int = _doc(
+        "Largest JSON of a session's declared tools.", default=32_768
+    )
+    assistant_tool_timeout_s: float = _doc(
+        "How long a reply waits for the client's function_call.output of a tool call; then "
+        "the reply ends failed.",
+        default=30.0,
+    )
+    assistant_max_tool_calls_items: int = _doc(
+        "Tool calls one reply may make (over all its rounds); one more fails the reply.",
+        default=8,
     )
     assistant_vision_interval_s: float = _doc(
         "How often the freshest video frame is run through the vision engine (when the "
@@ -743,9 +805,10 @@ class Settings:
             )
 
     def _validate_engines(self) -> None:
-        from .engines import engine_specs
+        from .engines import engine_specs, provider_settings
 
         try:
+            provider_settings(self)
             engine_specs(self)
         except ValueError as e:
             raise ConfigError(f"engine settings: {e}") from None

@@ -58,6 +58,7 @@ from ..runtime import RuntimeOptions
 from .model import KvCache, LlamaModel
 from .sampling import SamplingParams, sample
 from .text import ChatTokenizer, Detokenizer, StopMatcher
+from .tools import ToolCall, ToolCallDelta
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class Generation:
         self.cancelled = False  # read by the worker thread before every step
         self._text: list[str] = []  # everything delivered, for done callbacks
         self._done_callbacks: list[Callable[[Generation], None]] = []
+        # The tool calls of the reply, once done (the local model takes no tools: always
+        # empty here; OpenAI-compatible providers fill it, see providers.py).
+        self.tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def finished(
@@ -207,6 +211,10 @@ class Generation:
         """The whole reply (waits for the end)."""
         return "".join([delta async for delta in self])
 
+    def events(self) -> AsyncIterator[str | ToolCallDelta]:
+        """Text and tool-call pieces in the order they were generated (text only here)."""
+        return aiter(self)
+
 
 class _Seq:
     """A generation's row in the batch (worker thread only)."""
@@ -256,6 +264,7 @@ class LlmBatcher:
     """Generations from every session on one model, batched step by step."""
 
     name = "llm"
+    supports_tools = False  # no grammar constrains the local model to valid tool calls
 
     def __init__(
         self,
@@ -341,10 +350,16 @@ class LlmBatcher:
         *,
         prompt: Sequence[int] | None = None,
         session: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        model: str | None = None,
     ) -> Generation:
         """Start a generation for a chat (``messages``) or raw ``prompt`` token ids; iterate
         the returned :class:`Generation` for its text. Raises :class:`RequestError` for a bad
-        request and :class:`OverloadedError` when the queue is full. Call from an event loop."""
+        request and :class:`OverloadedError` when the queue is full. Call from an event loop.
+        (``model`` is informative: this model answers; ``tools`` are refused.)"""
+        if tools:
+            raise RequestError("llm: the local model cannot call tools (llm_runtime=providers)")
         if self._thread is None or self.tokenizer is None:
             raise EngineClosedError("llm: the engine is not running")
         params = params or SamplingParams()

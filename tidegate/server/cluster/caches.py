@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from tidegate.engines.llm import Generation, LlmBatcher, SamplingParams
+from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
 
 from .link import RedisDownError, RedisLink
 
@@ -209,7 +209,7 @@ class ResultCaches:
     # -- LLM ------------------------------------------------------------------------------------
     async def generate(
         self,
-        llm: LlmBatcher,
+        llm: LlmEngine,
         messages: Sequence[Mapping[str, Any]],
         params: SamplingParams,
         *,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -115,6 +116,7 @@ def _child_row(rec: Any) -> tuple[sa.Table, dict[str, Any]]:
             "text": rec.text,
             "spoken_text": rec.spoken_text,
             "ref": rec.ref,
+            "tool_calls": orjson.dumps(rec.tool_calls).decode() if rec.tool_calls else None,
             "created_at_ms": rec.at_ms,
         }
     if isinstance(rec, r.LatencySummary):
