@@ -9,6 +9,7 @@ from .connection import BadInput, Connection, Event, Role, State
 from .errors import (
     CloseCode,
     DecodeError,
+    EncodeError,
     ErrorCode,
     FlowViolationError,
     InvalidFieldError,
@@ -64,6 +65,7 @@ __all__ = [
     "InvalidFieldError",
     "LatestSlot",
     "Limits",
+    "EncodeError",
     "LocalProtocolError",
     "Message",
     "MessageTooLargeError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .schema import MISSING, Check, FieldMismatch, Number, Text
+from .schema import INT64_MAX, INT64_MIN, MISSING, NUL, Check, FieldMismatch, Number, Text
 
 
 def _fast_path(check: Check, var: str, ns: dict[str, Any], key: str) -> str | None:
@@ -21,17 +21,17 @@ def _fast_path(check: Check, var: str, ns: dict[str, Any], key: str) -> str | No
         hi = check.max_chars
         ns[f"{key}_hi"] = hi
         cond = f"type({var}) is str and {check.min_chars} <= len({var}) <= smax"
+        cond += f" and NUL not in {var}"
         return cond + (f" and len({var}) <= {key}_hi" if hi is not None else "")
     if isinstance(check, Text):
         ns[f"{key}_choices"] = check.choices
         return f"type({var}) is str and {var} in {key}_choices"
     if isinstance(check, Number):
         ns[f"{key}_lo"], ns[f"{key}_hi"] = check.low, check.high
-        kinds = (
-            f"type({var}) is int"
-            if check.integer
-            else f"(type({var}) is float or type({var}) is int)"
-        )
+        if check.integer:  # its range lies within int64
+            return f"type({var}) is int and {key}_lo <= {var} <= {key}_hi"
+        # an int outside int64 takes the slow path, which turns it into a float
+        kinds = f"(type({var}) is float or (type({var}) is int and I64_LO <= {var} <= I64_HI))"
         return f"{kinds} and {key}_lo <= {var} <= {key}_hi"
     return None
 
@@ -52,6 +52,9 @@ def compile_parser(
         "_new": object.__new__,
         "_set": object.__setattr__,
         "cls": cls,
+        "NUL": NUL,
+        "I64_LO": INT64_MIN,
+        "I64_HI": INT64_MAX,
     }
     lines = ["def parse(data, limits):", "    smax = limits.max_string_chars", "    get = data.get"]
     lines.append("    cur = ''")

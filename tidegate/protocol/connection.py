@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from .codec import Codec, get_codec
 from .errors import (
     CloseCode,
+    EncodeError,
     ErrorCode,
     FlowViolationError,
     LocalProtocolError,
@@ -98,6 +99,7 @@ class ConnectionStats:
     sent_bytes: int = 0
     bad: int = 0
     pings: int = 0
+    encode_errors: int = 0
 
 
 class Connection:
@@ -261,26 +263,30 @@ class Connection:
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, msg: Message, now_ms: float) -> None:
-        """Encode a message for the peer; payloads come out of :meth:`data_to_send`."""
+        """Encode a message for the peer; payloads come out of :meth:`data_to_send`.
+
+        A message the encoding cannot carry raises :class:`EncodeError` and changes nothing
+        (no seq is used, no state moves): the caller can report it and go on."""
         if self.state is State.CLOSED:
             raise LocalProtocolError(f"cannot send {msg.TYPE}: the connection is closed")
         if self.role is Role.SERVER:
             if not isinstance(msg, ServerMessage):
                 raise LocalProtocolError(f"a server cannot send the client message {msg.TYPE}")
             kind = type(msg)
+            if kind is SessionCreated and self.state is not State.AWAITING_SESSION:
+                raise LocalProtocolError("session.created sent twice on one connection")
+            wire = msg.to_wire(self._seq + 1, now_ms)
+            timing = wire.get("timing")
+            if timing is not None and "sent" not in timing:
+                timing["sent"] = now_ms
+            payload = self._encode(msg, wire)
+            self._seq += 1
             if kind is SessionCreated:
-                if self.state is not State.AWAITING_SESSION:
-                    raise LocalProtocolError("session.created sent twice on one connection")
                 self.state = State.OPEN
                 self.session_id = msg.session_id  # type: ignore[attr-defined]
             elif kind is FlowCredit:
                 self.credits.grant(msg.messages, msg.bytes)  # type: ignore[attr-defined]
-            self._seq += 1
-            wire = msg.to_wire(self._seq, now_ms)
-            timing = wire.get("timing")
-            if timing is not None and "sent" not in timing:
-                timing["sent"] = now_ms
-            if kind is SessionClosed:
+            elif kind is SessionClosed:
                 self.state = State.CLOSED
                 self.close_code = CloseCode.NORMAL
         else:
@@ -290,9 +296,11 @@ class Connection:
                 # Again after a refusal is fine; once a session is open it is not.
                 if self.state is not State.AWAITING_SESSION:
                     raise LocalProtocolError("a session is already open on this connection")
-                self._create_sent = True
             elif not self._create_sent and type(msg) is not Ping:
                 raise LocalProtocolError(f"send session.create before {msg.TYPE}")
+            payload = self._encode(msg, msg.to_wire())
+            if type(msg) is SessionCreate:
+                self._create_sent = True
             elif msg.TYPE in UPLOAD_TYPES:
                 size = upload_size(msg)
                 if not self.credits.try_consume(size):
@@ -303,11 +311,18 @@ class Connection:
                     )
             elif type(msg) is SessionClose:
                 self.state = State.CLOSING
-            wire = msg.to_wire()
-        payload = self.codec.encode(wire)
         self.stats.sent += 1
         self.stats.sent_bytes += len(payload)
         self._outgoing.append(payload)
+
+    def _encode(self, msg: Message, wire: dict[str, object]) -> bytes | str:
+        try:
+            return self.codec.encode(wire)
+        except Exception as e:  # each codec raises its own kinds (OverflowError, TypeError...)
+            self.stats.encode_errors += 1
+            raise EncodeError(
+                f"{msg.TYPE} cannot be encoded as {self.codec.name}: {type(e).__name__}: {e}"
+            ) from None
 
     def send_error(self, error: ProtocolError, now_ms: float) -> None:
         """Send an ``error`` for a refusal decided outside the protocol (auth, limits)."""

@@ -121,3 +121,8 @@ class LocalProtocolError(ProtocolError):
     """We tried to do something the protocol forbids (a bug on our side)."""
 
     code = ErrorCode.INTERNAL
+
+
+class EncodeError(LocalProtocolError):
+    """A message holds a value the connection's encoding cannot carry (a bug on our side:
+    the message was built from something the protocol should have refused)."""

@@ -21,7 +21,9 @@ from .compile import compile_encoder, compile_parser
 from .errors import InvalidFieldError, UnknownTypeError
 from .schema import (
     DEFAULT_LIMITS,
+    INT64_MAX,
     MISSING,
+    NUL,
     Binary,
     Check,
     FieldMismatch,
@@ -265,7 +267,7 @@ def parse_message(
         raise InvalidFieldError(e.describe(mtype), ref=ref) from None
 
 
-_SEQ_CHECK = Number(0, 2**63, integer=True)
+_SEQ_CHECK = Number(0, INT64_MAX, integer=True)
 _TIME_CHECK = Number(0, MAX_TIME_MS)
 _ENVELOPE_CLIENT_PLAN: tuple[tuple[str, Check | None, bool], ...] = (("id", _ID_CHECK, False),)
 _ENVELOPE_SERVER_PLAN: tuple[tuple[str, Check | None, bool], ...] = (
@@ -278,10 +280,12 @@ _ENVELOPE_SERVER_PLAN: tuple[tuple[str, Check | None, bool], ...] = (
 def _ref_of(data: dict[Any, Any], direction: Direction) -> str | None:
     """The message id (client) or ref (server), if it is a valid one; else None."""
     v = data.get("id" if direction is Direction.CLIENT else "ref")
-    if type(v) is str and 0 < len(v) <= MAX_ID_CHARS:
+    if type(v) is str and 0 < len(v) <= MAX_ID_CHARS and NUL not in v:
         return v
     if v is not None and direction is Direction.CLIENT:
-        raise InvalidFieldError(f"message.id: expected a string of 1 to {MAX_ID_CHARS} characters")
+        raise InvalidFieldError(
+            f"message.id: expected a string of 1 to {MAX_ID_CHARS} characters, without NUL"
+        )
     return None
 
 

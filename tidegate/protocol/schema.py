@@ -17,6 +17,15 @@ MAX_DEPTH = 8
 MAX_STRING_CHARS = 65_536
 MAX_LIST_ITEMS = 1_024
 MAX_MAP_ITEMS = 256
+#: Integers every later stage can hold (the journal's JSON, MessagePack, the databases): a
+#: client integer outside them is refused in an integer or free-form field, and turned into
+#: the nearest float64 in a number field (docs/protocol.md, "Numbers and text").
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+#: The one character refused in every string: PostgreSQL text and JSONB cannot hold it.
+NUL = "\x00"
+NO_NUL = "text without the character U+0000 (NUL)"
+INT64_RANGE = f"integers from {INT64_MIN} to {INT64_MAX}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +114,8 @@ class Text:
     def __call__(self, value: Any, limits: Limits) -> str:
         if type(value) is not str:
             raise FieldMismatch(self.expected, value)
+        if NUL in value:
+            raise FieldMismatch(NO_NUL, value)
         if self.choices is not None:
             if value not in self.choices:
                 raise FieldMismatch(self.expected, value)
@@ -143,11 +154,17 @@ class Binary:
 
 
 class Number:
-    """A finite number within a closed range; ``integer=True`` accepts integers only."""
+    """A finite number within a closed range; ``integer=True`` accepts integers only.
+
+    A number field holds a float64: an integer outside int64 (which CBOR and MessagePack can
+    carry) comes out as the nearest float, so that every later stage can hold it. An integer
+    field's range must lie within int64."""
 
     __slots__ = ("expected", "high", "integer", "low")
 
     def __init__(self, low: float, high: float, *, integer: bool = False) -> None:
+        if integer and not INT64_MIN <= low <= high <= INT64_MAX:
+            raise ValueError(f"an integer field's range must lie within int64, not {low}..{high}")
         self.low = low
         self.high = high
         self.integer = integer
@@ -165,6 +182,8 @@ class Number:
             raise FieldMismatch(self.expected, value)
         if value < self.low or value > self.high:
             raise FieldMismatch(self.expected, value)
+        if kind is int and not INT64_MIN <= value <= INT64_MAX:
+            return float(value)  # only a number field gets here: its range is within int64
         return value
 
 
@@ -240,8 +259,8 @@ def _check_json_like(value: Any, limits: Limits, depth: int) -> None:
         if len(value) > limits.max_map_items:
             raise FieldMismatch(f"a map of at most {limits.max_map_items} items", value)
         for k, v in value.items():
-            if type(k) is not str or len(k) > 128:
-                raise FieldMismatch("string keys of at most 128 characters", k)
+            if type(k) is not str or len(k) > 128 or NUL in k:
+                raise FieldMismatch("string keys of at most 128 characters, without NUL", k)
             try:
                 _check_json_like(v, limits, depth + 1)
             except FieldMismatch as e:
@@ -261,10 +280,15 @@ def _check_json_like(value: Any, limits: Limits, depth: int) -> None:
     elif kind is str:
         if len(value) > limits.max_string_chars:
             raise FieldMismatch(f"strings of at most {limits.max_string_chars} characters", value)
+        if NUL in value:
+            raise FieldMismatch(NO_NUL, value)
     elif kind is float:
         if not math.isfinite(value):
             raise FieldMismatch("finite numbers", value)
-    elif value is None or kind is bool or kind is int:
+    elif kind is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FieldMismatch(INT64_RANGE, value)
+    elif value is None or kind is bool:
         pass
     else:
         raise FieldMismatch("null, true/false, numbers, strings, lists or maps", value)

@@ -146,11 +146,16 @@ async def _delete(runtime: Runtime, session_id: str, tenant: str | None) -> Resp
         raise SessionLiveError(
             f"session {session_id!r} is still running; close it (session.close) first"
         )
-    if not runtime.recorder.record(rec.SessionDeleted(session_id=session_id, tenant=owner)):
+    timeout_s = runtime.settings.db_timeout_s
+    deletion = rec.SessionDeleted(session_id=session_id, tenant=owner)
+    if not await runtime.recorder.record_journaled(deletion, timeout_s):  # 202 means journaled
         raise DatabaseUnavailableError(
-            "the writer's queue is full; retry shortly", retry_after_ms=1000.0
+            "the deletion could not be journaled in time (the writer's queue is full or the "
+            "writer is not running); if it was queued it is applied later; retry shortly (a "
+            "deleted session answers 404)",
+            retry_after_ms=1000.0,
         )
-    if await runtime.recorder.flush(runtime.settings.db_timeout_s):
+    if await runtime.recorder.flush(timeout_s):
         return Response(status_code=204)
     return JSONResponse(
         {"status": "accepted", "detail": "journaled; applied when the database is back"}, 202

@@ -34,8 +34,12 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: start-up finished (engines loaded and warm) and not draining."""
+    """Readiness: start-up finished (engines loaded and warm), the record writer runs, and
+    not draining."""
     runtime: Runtime = request.app.state.runtime
+    if runtime.ready and not runtime.draining and not runtime.recorder.running:
+        error = "the record writer is not running; it restarts by itself (see the server log)"
+        return JSONResponse({"status": "degraded", "error": error}, status_code=503)
     issuers = runtime.verifier.status()
     if runtime.ready and not runtime.draining and not runtime.verifier.starting:
         body: dict[str, object] = {"status": "ready", "sessions": len(runtime.registry)}

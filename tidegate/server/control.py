@@ -41,10 +41,12 @@ from tidegate.protocol import (
     ClientMessage,
     CloseCode,
     Connection,
+    EncodeError,
     ErrorCode,
     NegotiationError,
     RecentCount,
     Role,
+    ServerMessage,
     State,
     negotiate,
 )
@@ -638,10 +640,26 @@ class ControlChannel:
             stages = self.runtime.stage_times
             for msg in session.outbox.take_all():
                 sent = now_ms()
-                conn.send(msg, sent)
+                try:
+                    conn.send(msg, sent)
+                except EncodeError as e:  # ours: the event goes, an `error` says so
+                    self._encode_failed(msg, e, sent)
+                    continue
                 stages.observe(msg, sent)
             session.last_seq = conn.last_seq
             await self._send_all()
+
+    def _encode_failed(self, msg: ServerMessage, e: EncodeError, now: float) -> None:
+        """An event the encoding cannot carry: logged, counted, and replaced by an ``error``
+        event, so that the stream goes on and the client knows one event is missing."""
+        self.runtime.counters["encode_errors"] += 1
+        session_id = self.session.id if self.session is not None else None
+        log.error("session %s: event dropped: %s", session_id, e.message)
+        text = (
+            f"a {msg.TYPE} event could not be encoded as {self.conn.codec.name} and was "
+            "dropped; the server log has the details"
+        )
+        self.conn.send(Error(code=ErrorCode.INTERNAL.value, message=text, ref=msg.ref), now)
 
     async def _flush(self) -> None:
         async with self._lock:

@@ -152,6 +152,12 @@ class ServerCollector(Collector):
             ("tidegate_auth_refusals", "auth_refused", "Connections refused at authentication."),
             ("tidegate_bad_messages", "bad_messages", "Client messages that did not parse."),
             ("tidegate_outbox_closes", "too_slow", "Connections closed as too slow (4408)."),
+            (
+                "tidegate_encode_errors",
+                "encode_errors",
+                "Outbound events the connection's encoding could not carry (each became an "
+                "error event).",
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=rt.counters[key])
         yield from self._connections()

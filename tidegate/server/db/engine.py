@@ -8,6 +8,7 @@ the same async engine (``tidegate db upgrade``, or at start-up with ``db_migrate
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tidegate.protocol.schema import INT64_MAX, INT64_MIN
 
 from ..errors import ConfigError
 from ..settings import Settings
@@ -50,10 +53,23 @@ def database_url(settings: Settings) -> URL:
     return url
 
 
+def _json_int(text: str) -> int | float:
+    """An integer read from a JSON column: outside int64 it was a float when written (the
+    protocol admits no such integer), printed without an exponent by PostgreSQL's jsonb."""
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else float(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """The JSON columns' deserializer: as ``json.loads``, with every number a value the
+    protocol's encodings carry (docs/protocol.md, "Numbers and text")."""
+    return json.loads(text, parse_int=_json_int)
+
+
 def create_engine(url: URL, *, timeout_s: float = 5.0, pool_size: int = 5) -> AsyncEngine:
     """An async engine; ``timeout_s`` bounds connecting and each statement."""
     backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_deserializer": json_loads}
     if backend == "postgresql":
         kwargs["connect_args"] = {"timeout": timeout_s, "command_timeout": timeout_s}
         kwargs["pool_size"] = pool_size
@@ -78,6 +94,7 @@ def create_sync_engine(url: URL, *, timeout_s: float = 5.0) -> sa.Engine:
         url.set(drivername="sqlite+pysqlite"),
         connect_args={"timeout": timeout_s},
         pool_pre_ping=True,
+        json_deserializer=json_loads,
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine

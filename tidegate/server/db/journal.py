@@ -10,8 +10,9 @@ Files in the journal folder:
 - ``journal.jsonl``: one JSON record per line, appended only;
 - ``journal.done``: ``{"offset": N}``, the byte offset up to which every record is committed,
   replaced atomically (write, then rename);
-- ``rejected.jsonl``: records the database refused for what they hold (not for being down),
-  kept for an operator, never retried;
+- ``rejected.jsonl``: the dead-letter file: records the database refused for what they hold
+  (not for being down), and records that could not be journaled at all, each with the error
+  and its session; kept for an operator, never retried;
 - ``journal.lock``: held (flock) while a writer owns the folder. Processes sharing a data
   folder take slots of their own (``journal.1``...) and adopt what dead ones left behind;
 - ``node.id``: the node id of the process that holds (or last held) the slot; a process that
@@ -48,8 +49,23 @@ MAX_SLOTS = 16
 ADOPT_CHUNK_ENTRIES = 10_000
 
 
+MAX_TEXT_CHARS = 65_536  # of an entry kept as text in the dead-letter file
+
+
 class JournalBusyError(ConfigError):
     """The journal folder is held (flock) by another live process."""
+
+
+class UnjournalableError(ValueError):
+    """A record holds a value the journal's JSON cannot (an integer outside 64 bits, say)."""
+
+
+def encode_entry(entry: dict[str, Any]) -> bytes:
+    """One journal line for ``entry``; raises UnjournalableError naming what JSON refused."""
+    try:
+        return orjson.dumps(entry) + b"\n"
+    except (TypeError, ValueError) as e:
+        raise UnjournalableError(f"cannot be journaled: {e}") from None
 
 
 def slot_folder(base: Path, slot: int) -> Path:
@@ -178,15 +194,20 @@ class Journal:
     # -- writing --------------------------------------------------------------------------------
 
     def append(self, entries: list[dict[str, Any]]) -> int:
-        """Append entries (one line each), flush and fsync; returns the new end offset."""
-        data = b"".join(orjson.dumps(e) + b"\n" for e in entries)
+        """Append entries (one line each), flush and fsync; returns the new end offset.
+        Raises UnjournalableError, appending nothing, if an entry cannot be encoded."""
+        return self.append_lines([encode_entry(e) for e in entries])
+
+    def append_lines(self, lines: list[bytes]) -> int:
+        """Append lines made by :func:`encode_entry`, flush and fsync; the new end offset."""
+        data = b"".join(lines)
         fh = self._fh
         fh.write(data)
         fh.flush()
         if self.fsync:
             os.fsync(fh.fileno())
         self.size_bytes += len(data)
-        self.pending += len(entries)
+        self.pending += len(lines)
         return self.size_bytes
 
     def mark_done(self, offset: int, count: int) -> None:
@@ -198,10 +219,20 @@ class Journal:
             self._compact()
 
     def quarantine(self, entry: dict[str, Any], error: str) -> None:
-        """Keep a record the database refused for its content; it is never retried."""
-        line = orjson.dumps({"error": error, "entry": entry}) + b"\n"
+        """Keep a record that cannot be journaled or stored (the dead-letter file); it is never
+        retried. An entry that JSON cannot hold is kept as its ``ascii()`` text instead."""
+        head = {"error": error, "session_id": entry.get("session_id"), "kind": entry.get("kind")}
+        as_text = ascii(entry)[:MAX_TEXT_CHARS]
+        try:
+            line = orjson.dumps({**head, "entry": entry})
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+            try:
+                line = orjson.dumps({**head, "entry_text": as_text})
+            except (TypeError, ValueError):
+                text = {k: ascii(v)[:MAX_TEXT_CHARS] for k, v in head.items()}
+                line = orjson.dumps({**text, "entry_text": as_text})
         with open(self.rejected_path, "ab") as fh:
-            fh.write(line)
+            fh.write(line + b"\n")
         self.rejected += 1
 
     # -- reading --------------------------------------------------------------------------------

@@ -41,14 +41,32 @@ class RecordWriterCollector(Collector):
             "tidegate_db_outages", "Times the database became unreachable.", value=st["outages"]
         )
         yield GaugeMetricFamily(
+            "tidegate_db_writer_up",
+            "1 while the record writer runs; 0 from a failure of its loop until it restarts.",
+            value=1 if st["running"] else 0,
+        )
+        yield CounterMetricFamily(
+            "tidegate_db_writer_restarts",
+            "Times the record writer started again after a failure.",
+            value=st["restarts"],
+        )
+        quarantined = CounterMetricFamily(
+            "tidegate_db_quarantined_records",
+            "Records moved to the dead-letter file, by the stage that could not take them.",
+            labels=["stage"],
+        )
+        for stage, n in sorted(st["quarantined"].items()):
+            quarantined.add_metric([stage], n)
+        yield quarantined
+        yield GaugeMetricFamily(
             "tidegate_db_queue_records",
             "Records waiting in memory for the writer.",
             value=queue["depth"],
         )
         yield CounterMetricFamily(
             "tidegate_db_queue_dropped",
-            "Records the full in-memory queue dropped.",
-            value=queue["dropped"],
+            "Records the full in-memory queue refused.",
+            value=queue["dropped"] + queue["rejected"],  # policy reject: refusals are rejected
         )
         yield GaugeMetricFamily(
             "tidegate_journal_bytes", "Size of the record journal on disk.", value=journal["bytes"]

@@ -20,7 +20,15 @@ SQLite locked), the writer marks it unavailable and keeps journaling new batches
 ``db_retry_s`` it replays the journal from the done mark, in order, in batches, and once that
 succeeds it is available again. A failure caused by a record itself (a constraint, bad data) is
 not retried: the batch is committed record by record and each refused record is moved to the
-journal's ``rejected.jsonl`` and counted.
+journal's ``rejected.jsonl`` (the dead-letter file) and counted.
+
+The writer never stops for one record: a record that cannot be journaled (a value the journal's
+JSON cannot hold) goes to the dead-letter file at step 2, logged with its session and counted
+(``quarantined["journal"]``), and the rest of its batch goes on. If the loop fails anyway (the
+journal's disk, a bug), what it held is dead-lettered, ``running`` turns false (``/readyz``
+answers 503) and the loop starts again after ``db_retry_s``, its journal reopened
+(``restarts``). :meth:`RecordWriter.record_journaled` waits until one record is in the journal:
+the records API answers 202 "journaled" only after it returned True.
 
 Each process has a node id (random, per start). It is stamped on every session it starts
 (``sessions.node_id``) and kept in its journal slot (``node.id``). At start-up, the node ids
@@ -52,7 +60,7 @@ from ..settings import Settings
 from . import engine as db_engine
 from . import records as r
 from . import store
-from .journal import Journal, adopt_orphans, open_slot
+from .journal import Journal, UnjournalableError, adopt_orphans, encode_entry, open_slot
 from .worker import DbThread
 
 log = logging.getLogger(__name__)
@@ -141,6 +149,12 @@ class RecordWriter:
         self.batches = 0
         self.failures = 0
         self.outages = 0
+        #: records dead-lettered, by the stage that could not take them
+        self.quarantined = {"journal": 0, "database": 0, "writer": 0}
+        self.restarts = 0
+        self._failed = False  # the loop failed and has not started again yet
+        #: record id -> future resolved once that record is journaled (record_journaled)
+        self._journal_waiters: dict[str, asyncio.Future[bool]] = {}
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._stopping = False
@@ -201,26 +215,95 @@ class RecordWriter:
             log.info("db writer: %d journaled records to replay", self.journal.pending)
 
     async def run(self) -> None:
-        """The writer loop; returns after :meth:`close` once everything is journaled."""
+        """The writer loop; returns after :meth:`close` once everything is journaled. It does
+        not end on a failure: it logs it, dead-letters what it held, and starts again."""
         if not self._opened:
             await self.open()
         try:
             while True:
-                if self.journal.pending and self._may_try():
-                    await self.db.call(self._t_replay)
-                if not self.queue:
-                    if self.journal.pending == 0:
-                        self._settled.set()
-                    if self._stopping:
-                        return
-                    await self._wait()
-                    continue
-                batch = [
-                    self.queue.pop() for _ in range(min(len(self.queue), self.batch_max_records))
-                ]
-                await self.db.call(self._t_write, batch)
+                try:
+                    await self._loop()
+                    return
+                except Exception:
+                    self._failed = True
+                    log.exception(
+                        "db writer: the writer loop failed; restarting in %.1f s", self.retry_s
+                    )
+                if self._stopping:
+                    return
+                await asyncio.sleep(self.retry_s)
+                self._failed = not await self._restart()
         finally:
             self._stopped.set()
+            for waiter in self._journal_waiters.values():
+                if not waiter.done():
+                    waiter.set_result(False)
+
+    async def _loop(self) -> None:
+        while True:
+            if self.journal.pending and self._may_try():
+                await self.db.call(self._t_replay)
+            if not self.queue:
+                if self.journal.pending == 0:
+                    self._settled.set()
+                if self._stopping:
+                    return
+                await self._wait()
+                continue
+            batch = [self.queue.pop() for _ in range(min(len(self.queue), self.batch_max_records))]
+            try:
+                journaled = await self.db.call(self._t_write, batch)
+            except BaseException:
+                self._journaled(batch, set())
+                raise
+            self._journaled(batch, journaled)
+
+    def _journaled(self, batch: Sequence[r.Record], journaled: set[str]) -> None:
+        """Tell whoever waits on a record of ``batch`` whether it is in the journal."""
+        if not self._journal_waiters:
+            return
+        for rec in batch:
+            waiter = self._journal_waiters.pop(rec.record_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(rec.record_id in journaled)
+
+    @property
+    def running(self) -> bool:
+        """The writer takes records: opened, its loop not ended and not failed (``/readyz``)."""
+        return self._opened and not self._failed and not self._stopped.is_set()
+
+    async def _restart(self) -> bool:
+        """Start again after a failure: a database thread that died is replaced, and the
+        journal is reopened (its file handle may be what failed). False if that failed too."""
+        self.restarts += 1
+        try:
+            if not self.db.running:
+                await self.db.stop()
+                self.db = DbThread(self.db.name, max_jobs=self.db.max_jobs)
+                self._db_engine = None  # it belonged to the old thread's loop
+                self.db.start()
+            await self.db.call(self._t_reopen)
+        except Exception:
+            log.exception("db writer: restarting failed; trying again")
+            return False
+        log.warning("db writer: restarted (%d restarts so far)", self.restarts)
+        return True
+
+    async def record_journaled(self, rec: r.Record, timeout_s: float) -> bool:
+        """Queue ``rec`` and wait until it is in the journal (fsynced when that is on): True
+        then; False if it was refused, dead-lettered, or not journaled within ``timeout_s``
+        (the writer is not running)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._journal_waiters[rec.record_id] = waiter
+        try:
+            if not self.record(rec):
+                return False
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            return False
+        finally:
+            self._journal_waiters.pop(rec.record_id, None)
 
     async def _wait(self) -> None:
         self._wake.clear()
@@ -290,15 +373,58 @@ class RecordWriter:
         if not self.schema_ready:
             await self._t_commit([], [])
 
-    async def _t_write(self, batch: list[r.Record]) -> None:
+    async def _t_write(self, batch: list[r.Record]) -> set[str]:
+        """Journal ``batch`` and commit it; the ids of the records that are in the journal.
+        A record the journal cannot hold is dead-lettered and the rest go on; if the append
+        itself fails, the whole batch is dead-lettered and the failure raised."""
         batch = [self._stamped(rec) for rec in batch]
-        entries = [r.to_entry(rec) for rec in batch]
+        kept: list[r.Record] = []
+        entries: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for rec in batch:
+            entry = r.to_entry(rec)
+            try:
+                lines.append(encode_entry(entry))
+            except UnjournalableError as e:
+                self._quarantine(entry, str(e), "journal")
+                continue
+            kept.append(rec)
+            entries.append(entry)
+        if not kept:
+            return set()
         older_pending = self.journal.pending > 0
-        end = self.journal.append(entries)
+        try:
+            end = self.journal.append_lines(lines)
+        except Exception as e:
+            for entry in entries:
+                self._quarantine(entry, f"the journal append failed: {e}", "writer")
+            raise
+        journaled = {rec.record_id for rec in kept}
         if older_pending or not self._may_try():
-            return  # in the journal; _t_replay commits it in order
-        if await self._t_commit(batch, entries):
-            self.journal.mark_done(end, len(batch))
+            return journaled  # in the journal; _t_replay commits it in order
+        if await self._t_commit(kept, entries):
+            self.journal.mark_done(end, len(kept))
+        return journaled
+
+    def _quarantine(self, entry: dict[str, Any], error: str, stage: str) -> None:
+        """Dead-letter one record (logged with its session, counted by stage); never raises."""
+        self.quarantined[stage] += 1
+        log.error(
+            "db writer: %s record %s of session %s quarantined (%s): %s",
+            entry.get("kind"),
+            entry.get("record_id"),
+            entry.get("session_id"),
+            stage,
+            error[:500],
+        )
+        try:
+            self.journal.quarantine(entry, error[:500])
+        except Exception:
+            log.exception("db writer: the dead-letter file could not be written")
+
+    async def _t_reopen(self) -> None:
+        self.journal.close()
+        self.journal.open()
 
     def _stamped(self, rec: r.Record) -> r.Record:
         """A session started here is this node's (unless the record already names one)."""
@@ -320,8 +446,8 @@ class RecordWriter:
                         raise r.RecordFormatError("a journal line that is not a JSON object")
                     batch.append(r.from_entry(entry))
                     kept.append(entry)
-                except r.RecordFormatError as e:
-                    self.journal.quarantine(entry or {}, str(e))
+                except Exception as e:  # RecordFormatError, or whatever else a line holds
+                    self._quarantine(entry or {}, f"cannot be replayed: {e}", "journal")
             if not await self._t_commit(batch, kept):
                 return
             self.replayed += len(batch)
@@ -353,8 +479,7 @@ class RecordWriter:
                 if is_unavailable(e):
                     self._unavailable(e)
                     return False  # the whole batch stays pending; what did commit is idempotent
-                log.error("db writer: record %s refused: %s", rec.record_id, e)
-                self.journal.quarantine(entry, str(e)[:500])
+                self._quarantine(entry, f"the database refused it: {e}", "database")
                 continue
             self._committed(1)
         return True
@@ -432,5 +557,8 @@ class RecordWriter:
             "batches": self.batches,
             "failures": self.failures,
             "outages": self.outages,
+            "running": self.running,
+            "restarts": self.restarts,
+            "quarantined": dict(self.quarantined),
             "lost_nodes": list(self.lost_nodes),
         }
