@@ -38,6 +38,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
+from tidegate.media._aiortc import tap_rtp
 from tidegate.protocol.client import Client
 from tidegate.protocol.messages import FlowLag, Metrics
 
@@ -227,8 +228,7 @@ async def run_echo(target: Target, packets: list[bytes], duration_s: float) -> d
     s = await open_session(target, packets, echo=True)
     try:
         tap = OnsetTap(s.track)
-        receiver = s.pc.getTransceivers()[0].receiver
-        receiver._handle_rtp_packet = tap  # type: ignore[method-assign]
+        tap_rtp(s.pc.getTransceivers()[0].receiver, tap)
         await asyncio.sleep(1.0)  # settle
         cpu0 = process_cpu_s(target.pid) if target.pid else None
         t0 = time.perf_counter()
