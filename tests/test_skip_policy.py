@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import scaled
+
 CONFTEST = Path(__file__).parent / "conftest.py"
 
 
@@ -18,7 +20,7 @@ def run_suite(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
         cwd=tmp_path,
     )
 

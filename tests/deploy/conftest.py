@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.deploy.render import render_nginx, render_turnserver
 from tests.netns import in_netns, network_namespace, stop
+from tests.support import scaled
 from tidegate.server.auth import mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +81,7 @@ def write_certificate(folder: Path, ip: str) -> Path:
 
 
 def _wait_for(what: str, check: Any, procs: list[subprocess.Popen[Any]], logs: list[Path]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + scaled(START_TIMEOUT_S)
     while not check():
         dead = [p.args for p in procs if p.poll() is not None]
         if dead or time.monotonic() > deadline:
@@ -118,7 +119,7 @@ class Stack:
             ),
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=scaled(90),
             cwd=ROOT,
             env=env,
         )
@@ -170,7 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 in_netns(netns, [*nginx, "-t", "-g", f"pid {folder}/nginx-t.pid;"]),
                 capture_output=True,
                 text=True,
-                timeout=30,
+                timeout=scaled(30),
             )
             assert checked.returncode == 0, checked.stderr
             stack.nginx_test = checked.stderr

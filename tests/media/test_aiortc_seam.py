@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import tidegate
+from tests.support import scaled
 from tidegate.media._aiortc import EXPECTED_VERSIONS, AiortcVersionError, check_versions
 
 PACKAGE = Path(tidegate.__file__).parent
@@ -229,7 +230,9 @@ def test_importing_media_with_another_aiortc_fails_with_the_versions() -> None:
         "m.version = lambda n: '1.17.1' if n == 'aiortc' else real(n)\n"
         "import tidegate.media\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(60)
+    )
     assert run.returncode != 0
     assert "AiortcVersionError" in run.stderr
     assert "aiortc 1.17.1 (expected 1.16.x)" in run.stderr

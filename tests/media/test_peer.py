@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
+from tests.support import scaled
 from tidegate.media import (
     BadSdpError,
     MediaConfig,
@@ -33,7 +34,7 @@ async def collect_audio(peer: MediaPeer, ms: float) -> list:
     assert peer.audio_in is not None
     chunks = []
     got = 0.0
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while got < ms:
             chunk = await peer.audio_in.read()
             assert chunk is not None
@@ -66,11 +67,11 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     pair = await pair_factory(audio=False, video=True)
     video = pair.server.video_in
     assert video is not None and pair.server.audio_in is None
-    plain = await video.take(timeout_s=10)
+    plain = await video.take(timeout_s=scaled(10))
     assert plain is not None and plain.image is None
     assert (plain.width, plain.height) == (640, 480)
-    rgb = await video.take("rgb24", timeout_s=10)
-    bgr = await video.take("bgr24", timeout_s=10)
+    rgb = await video.take("rgb24", timeout_s=scaled(10))
+    bgr = await video.take("bgr24", timeout_s=scaled(10))
     assert rgb.image.shape == (480, 640, 3) and rgb.image.dtype == np.uint8
     assert bgr.image.shape == (480, 640, 3)
     assert rgb.index < bgr.index
@@ -95,7 +96,7 @@ async def test_echo_comes_back_to_the_client(pair_factory) -> None:
 
     task = asyncio.get_running_loop().create_task(echo())
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while not pair.remote_tracks:
                 await asyncio.sleep(0.01)
             track = pair.remote_tracks[0]
@@ -184,7 +185,7 @@ def _owned_state() -> tuple[int, int]:
 async def _one_cycle(i: int, video: bool) -> None:
     pair = await connect_pair(video=video)
     pair.mic.write(tone(0.2))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while pair.server.state != "connected":
             await asyncio.sleep(0.005)
         chunk = await pair.server.audio_in.read()
@@ -201,7 +202,7 @@ async def test_teardown_frees_everything_after_100_cycles() -> None:
     tasks0, threads0 = _owned_state()
     for i in range(100):
         await _one_cycle(i, i % 10 == 0)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while _owned_state()[0] > tasks0 or _owned_state()[1] > threads0:
             await asyncio.sleep(0.05)
     gc.collect()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
+from tests.support import scaled
 from tidegate.media import AudioOutTrack, MediaConfig
 from tidegate.media._aiortc import SendShell
 from tidegate.media.audio_out import FRAME_TS
@@ -42,7 +43,7 @@ class Tap:
 
 
 async def wait_for(cond, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
+    async with asyncio.timeout(scaled(timeout_s)):
         while not cond():
             await asyncio.sleep(0.01)
 
@@ -73,7 +74,7 @@ async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
     assert all(len(p.payload) > 0 for p in pkts)
     # The client's decoder (aiortc's own) made audio of it: the tone comes through.
     track = pair.remote_tracks[0]
-    frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
+    frames = [await asyncio.wait_for(track.recv(), scaled(5)) for _ in range(10)]
     pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)
     assert np.abs(pcm).max() > 1000  # s16 samples: not silence
 
@@ -121,7 +122,7 @@ async def test_receive_fast_path_takes_our_audio(pair_factory) -> None:
     pair.mic.write(tone(1.0))
     assert pair.server.audio_in is not None
     got = 0.0
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while got < 900:
             chunk = await pair.server.audio_in.read()
             assert chunk is not None

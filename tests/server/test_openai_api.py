@@ -3,15 +3,14 @@ against a real server running the LLM engine."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+
+from tests.support import prepare_models, scaled, wait_ready
 
 from .conftest import LiveServer, make_settings, run_server
 
@@ -23,12 +22,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the LLM prepared (by make setup, or here on first use)."""
-    from tidegate.engines import models
-
-    if models.verify(DATA, "smollm2-135m", deep=False):
-        script = ROOT / "scripts" / "fetch_assets.py"
-        subprocess.run([sys.executable, str(script), str(ROOT / ".cache")], check=True)
-    return DATA
+    return prepare_models("smollm2-135m")
 
 
 @pytest.fixture
@@ -36,17 +30,13 @@ async def llm_server(tmp_path: Path, prepared: Path) -> AsyncIterator[LiveServer
     (tmp_path / "models").symlink_to(prepared / "models")
     settings = make_settings(tmp_path, engines=("llm",), llm_max_batch_items=4)
     async with run_server(settings) as live:
-        async with httpx.AsyncClient() as http:  # engines load after the server starts
-            for _ in range(600):
-                if (await http.get(f"{live.http}/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
+        await wait_ready(live.http, timeout_s=60)  # engines load after the server starts
         yield live
 
 
 def _client(live: LiveServer, token: str | None = None) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url=f"{live.http}/v1", api_key=token or live.token(), max_retries=0, timeout=60
+        base_url=f"{live.http}/v1", api_key=token or live.token(), max_retries=0, timeout=scaled(60)
     )
 
 
