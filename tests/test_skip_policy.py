@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def run_suite(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=scaled(120),
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(CONFTEST.parent.parent)},  # the conftest imports tests
     )
 
 
