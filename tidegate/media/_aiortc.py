@@ -210,14 +210,16 @@ class ReceiveShell(RTCRtpReceiver):
 
     tg_sink: RtpSink
     tg_fast_conn: Connection | None
+    # aiortc's own dicts (created once in its __init__, changed in place), looked up once
+    tg_codecs: dict[int, RTCRtpCodecParameters]
+    tg_streams: dict[int, StreamStatistics]
 
     async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
         """Start receiving: register with the transport and run RTCP; no decoder thread."""
         if _get(self, "RTCRtpReceiver", "started"):
             return
-        codecs = _get(self, "RTCRtpReceiver", "codecs")
         for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
+            self.tg_codecs[codec.payloadType] = codec  # type: ignore[index]  # as aiortc
         self.transport._register_rtp_receiver(self, parameters)
         self._install_fast_path()
         # aiortc's RTCP task (receiver reports); its stop() cancels it.
@@ -294,12 +296,12 @@ class ReceiveShell(RTCRtpReceiver):
     def _tg_on_rtp(self, packet: RtpPacket) -> None:
         if not self._enabled:
             return
-        codec = _get(self, "RTCRtpReceiver", "codecs").get(packet.payload_type)
+        codec = self.tg_codecs.get(packet.payload_type)
         if codec is None or codec.name.lower() != "opus":
             self.tg_sink.on_not_opus()
             return
         # RTCP receiver-report statistics (aiortc's, so that its RTCP task reports them).
-        streams: dict[int, StreamStatistics] = _get(self, "RTCRtpReceiver", "remote_streams")
+        streams = self.tg_streams
         stream = streams.get(packet.ssrc)
         if stream is None:
             stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
@@ -328,6 +330,8 @@ def adopt_receiver(receiver: RTCRtpReceiver, sink: RtpSink) -> ReceiveShell:
     assert isinstance(receiver, ReceiveShell)
     receiver.tg_sink = sink
     receiver.tg_fast_conn = None
+    receiver.tg_codecs = _get(receiver, "RTCRtpReceiver", "codecs")
+    receiver.tg_streams = _get(receiver, "RTCRtpReceiver", "remote_streams")
     return receiver
 
 
