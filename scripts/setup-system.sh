@@ -19,6 +19,16 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # redis-server: the cluster tests (tests/server/cluster/) use the Redis on 127.0.0.1:6379 when
 # one answers, else start their own on a free loopback port (never a system service).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# podman (with buildah and runc) and debootstrap: the image tests build docker/Dockerfile from
+# a local Debian base and run it (scripts/podman_images.py, tests/deploy/test_image.py).
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+[ -x /usr/sbin/runc ] || command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# promtool (Debian's prometheus package): the alert rules are checked and unit-tested with it.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# kubectl (Debian's kubernetes-client, or any newer one): renders deploy/kubernetes/ (kustomize).
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
@@ -31,7 +41,7 @@ fi
 echo "setup-system: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
-# Installing nginx or coturn must not start a server that holds ports 80 or 3478 on the host:
+# Installing nginx, coturn or prometheus must not start a server that holds ports 80 or 3478 on the host:
 # policy-rc.d says no (one we put there ourselves, and take away after).
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
@@ -41,7 +51,7 @@ fi
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Where a service manager started them anyway, stop them and keep them from starting at boot.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  for unit in nginx coturn; do
+  for unit in nginx coturn prometheus; do
     "${sudo[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi

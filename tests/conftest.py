@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import scaled
 
+pytest_plugins = ["tests.llama"]  # the real LLM server of the provider tests
+
 _outcomes: Counter[str] = Counter()
 _bad_skips: list[str] = []
 

@@ -45,6 +45,7 @@ export type ClientMessage =
   | { type: "input.text"; id?: string; text: string }
   | { type: "response.create"; id?: string; text?: string }
   | { type: "response.cancel"; id?: string; response_id?: string }
+  | { type: "function_call.output"; id?: string; call_id: string; output: string }
   | { type: "rtc.offer"; id?: string; sdp: string }
   | {
       type: "rtc.candidate";
@@ -94,6 +95,14 @@ export type ServerMessage = Envelope &
         status: "completed" | "cancelled" | "failed";
         text: string;
         timing?: Timing;
+        reason?: string;
+      }
+    | {
+        type: "response.function_call.delta" | "response.function_call.done";
+        response_id: string;
+        call_id: string;
+        name: string;
+        arguments: string;
       }
     | { type: "rtc.answer"; sdp: string }
     | { type: "rtc.candidate"; candidate: string; sdp_mid?: string; sdp_mline_index?: number }
@@ -134,7 +143,9 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
   "response.created": { response_id: "s" },
   "response.text.delta": { response_id: "s", delta: "s", timing: "m?" },
-  "response.done": { response_id: "s", status: "s", text: "s", timing: "m?" },
+  "response.done": { response_id: "s", status: "s", text: "s", timing: "m?", reason: "s?" },
+  "response.function_call.delta": { response_id: "s", call_id: "s", name: "s", arguments: "s" },
+  "response.function_call.done": { response_id: "s", call_id: "s", name: "s", arguments: "s" },
   "rtc.answer": { sdp: "s" },
   "rtc.candidate": { candidate: "s", sdp_mid: "s?", sdp_mline_index: "i?" },
   "flow.credit": { messages: "i", bytes: "i" },

@@ -370,9 +370,10 @@ function closeWords(code: number, reason: string): string {
     1000: "The session was closed (or taken over by another page).",
     1006: "The connection to the server dropped.",
     4400: "The server closed the connection: it could not understand this page.",
-    4401: "The server did not accept the sign-in.",
+    4401: "The sign-in expired or was not accepted.",
     4403: "This page is not allowed to connect.",
     4408: "The connection was too slow to keep up.",
+    4409: "The connection was idle too long.",
     4429: "Too many connections; waiting before trying again.",
     4503: "The server is busy.",
   };

@@ -75,6 +75,7 @@ def test_browser_signs_in_with_pkce_and_opens_a_session(tmp_path: Path) -> None:
         "TIDEGATE_JWT_SECRET": secrets.token_hex(32),
         "TIDEGATE_DATA_DIR": str(tmp_path / "data"),
         "TIDEGATE_LOG_LEVEL": "info",
+        "TIDEGATE_ENGINES": "",  # sign-in needs no engine (the default is every CPU engine)
         "TIDEGATE_DEV_LOGIN": "off",
         "TIDEGATE_OIDC_ISSUERS_FILE": str(issuers),
         "TIDEGATE_WEB_TOKEN_URL": f"http://127.0.0.1:{IDP_PORT}/session-token",

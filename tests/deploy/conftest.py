@@ -35,8 +35,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.deploy.containers import build_logged, podman_images
 from tests.deploy.render import render_nginx, render_turnserver
 from tests.netns import in_netns, network_namespace, stop
+from tests.server.db.conftest import postgres_server  # noqa: F401 (the image tests' database)
 from tests.support import scaled
 from tidegate.server.auth import mint_token
 
@@ -232,3 +234,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         finally:
             for proc in reversed(stack.procs):
                 stop(proc)
+
+
+@pytest.fixture(scope="session")
+def cpu_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """localhost/tidegate:cpu, built (or found in podman's cache) from docker/Dockerfile by
+    scripts/podman_images.py; the build's seconds per step are printed (pytest -s)."""
+    images = podman_images()
+    log = tmp_path_factory.mktemp("image") / "build.log"
+    times = build_logged(images.build_cpu, log)
+    print(f"image build seconds: {times}")
+    return str(images.CPU_TAG)

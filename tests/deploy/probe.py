@@ -224,7 +224,44 @@ async def ws_flood(args: dict[str, Any]) -> dict[str, Any]:
     return {"statuses": statuses}
 
 
+async def ready(args: dict[str, Any]) -> dict[str, Any]:
+    """Poll each URL's /readyz until every one answers 200 (or the time is up)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args["timeout_s"]
+    last: dict[str, Any] = {}
+    async with httpx.AsyncClient(verify=_tls(), timeout=5) as http:
+        while loop.time() < deadline:
+            for url in args["urls"]:
+                try:
+                    r = await http.get(url + "/readyz")
+                    last[url] = r.status_code
+                except httpx.TransportError as e:
+                    last[url] = type(e).__name__
+            if all(v == 200 for v in last.values()):
+                break
+            await asyncio.sleep(0.5)
+    return {"status": last}
+
+
+async def records(args: dict[str, Any]) -> dict[str, Any]:
+    """The rows of ``args["ids"]`` in the sessions table of ``args["db"]``, polled until all
+    are there (the record writer commits in batches)."""
+    from tests.server.db.helpers import query
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args["timeout_s"]
+    while True:
+        rows = await query(
+            args["db"], "SELECT id, node_id, status FROM sessions ORDER BY created_at_ms"
+        )
+        if {r["id"] for r in rows} >= set(args["ids"]) or loop.time() > deadline:
+            return {"sessions": rows}
+        await asyncio.sleep(0.5)
+
+
 SCENARIOS = {
+    "ready": ready,
+    "records": records,
     "sticky": sticky,
     "cookie": cookie,
     "turn": turn_allocations,

@@ -68,6 +68,25 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _dockerignored(path: str) -> str | None:
+    """The .dockerignore rule that keeps ``path`` out of the build context, or None. As the
+    builders read it: a pattern excludes what it matches and everything below; a later
+    ``!pattern`` takes back what it matches; the last rule that applies wins."""
+    path = path.rstrip("/")
+    parents = [path] + [str(p) for p in Path(path).parents if str(p) != "."]
+    verdict = None
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep, pattern = line.startswith("!"), line.lstrip("!")
+        if keep and fnmatch.fnmatch(path, pattern):
+            verdict = None
+        elif not keep and any(fnmatch.fnmatch(p, pattern) for p in parents):
+            verdict = line
+    return verdict
+
+
 def _fetch_assets() -> Any:
     spec = importlib.util.spec_from_file_location("fetch_assets", ROOT / "scripts/fetch_assets.py")
     assert spec is not None and spec.loader is not None
@@ -80,7 +99,7 @@ def test_compose_mounts_the_tested_files_and_every_mount_exists() -> None:
     """nginx and coturn mount nginx/nginx.conf and nginx/turnserver.conf (what the stack test
     runs); every other bind mount exists, except the operator's certificates (docker/tls)."""
     compose = _compose()
-    assert set(compose["services"]) == {*NODES, "nginx", "coturn", "postgres"}
+    assert set(compose["services"]) == {*NODES, "nginx", "coturn", "postgres", "redis"}
     mounts: dict[str, dict[Path, str]] = {}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
@@ -163,19 +182,14 @@ def test_dockerfile_copies_real_paths_and_installs_what_setup_does(dockerfile: P
     assert user and user[-1] not in ("root", "0")
     health = [args for word, args in steps if word == "HEALTHCHECK"]
     assert len(health) == 1 and "/readyz" in health[0]
-    ignored = [
-        line
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line and not line.startswith("#")
-    ]
     for word, args in steps:
         if word != "COPY" or "--from=" in args:
             continue
         *sources, _ = [a for a in args.split() if not a.startswith("--")]
         for source in sources:
             assert (ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: no such path"
-            hit = [p for p in ignored if fnmatch.fnmatch(source.rstrip("/"), p)]
-            assert not hit, f"{dockerfile.name}: COPY {source} is excluded by .dockerignore {hit}"
+            rule = _dockerignored(source)
+            assert rule is None, f"{dockerfile.name}: COPY {source} is excluded by {rule!r}"
     run = " ".join(args for word, args in steps if word == "RUN")
     assets = _fetch_assets()
     no_deps = set(re.findall(r"pip install --no-deps ((?:[\w-]+==[\w.]+ ?)+)", run)[-1].split())
@@ -200,3 +214,55 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     assert {".git", ".venv", ".cache", "client-web/node_modules", "docker/.env", "docker/tls"} <= (
         ignored
     )
+
+
+def test_dockerignore_rules_are_read_with_exceptions() -> None:
+    """A path under an excluded folder is excluded (tests/ once hid the wire vectors the web
+    stage needs); the exception for the wire vectors takes it back."""
+    assert _dockerignored("tests/deploy/test_docker.py") == "tests"
+    assert _dockerignored("client-web/node_modules/x") == "client-web/node_modules"
+    assert _dockerignored("tests/protocol/vectors/wire.json") is None
+    assert _dockerignored("tidegate/") is None
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_base_image_is_a_build_argument(dockerfile: Path) -> None:
+    """Each stage starts FROM a build argument (or an earlier stage) whose default is an
+    upstream image, so the same file builds offline from local bases."""
+    steps = _instructions(dockerfile)
+    args = dict(
+        a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a and a.split("=")[0].isupper()
+    )
+    stages: set[str] = set()
+    for word, rest in steps:
+        if word != "FROM":
+            continue
+        image, *alias = rest.split()
+        m = re.fullmatch(r"\$\{(\w+)\}", image)
+        assert m or image in stages, f"{dockerfile.name}: FROM {image} is not an argument"
+        if m:
+            assert "/" in args[m.group(1)] or ":" in args[m.group(1)], args[m.group(1)]
+        if alias:
+            stages.add(alias[-1])
+
+
+def test_offline_override_replaces_every_image_and_stays_on_loopback() -> None:
+    """docker/compose.offline.yaml gives every service of compose.yaml a local image that
+    scripts/podman_images.py builds, host networking (or a namespace), no published ports,
+    and only loopback addresses."""
+    spec = importlib.util.spec_from_file_location(
+        "podman_images", ROOT / "scripts/podman_images.py"
+    )
+    assert spec is not None and spec.loader is not None
+    images = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(images)
+    local = {images.CPU_TAG, *images.SERVICE_TAGS.values()}
+    text = (DOCKER / "compose.offline.yaml").read_text()
+    override = yaml.safe_load(re.sub(r"!(reset|override)\b", "", text))["services"]
+    assert set(override) == set(_compose()["services"])
+    for name, service in override.items():
+        assert service["image"] in local, name
+        assert service["network_mode"] == "${TIDEGATE_NETWORK_MODE:-host}", name
+        assert "ports" not in service or not service["ports"], name
+    for addr in re.findall(r"\b\d+\.\d+\.\d+\.\d+\b", text):
+        assert addr.startswith("127."), f"compose.offline.yaml names {addr}"

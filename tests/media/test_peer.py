@@ -7,6 +7,7 @@ import asyncio
 import gc
 import itertools
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,6 +82,68 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     assert st["frames"] == st["taken"] + st["dropped"] + (1 if video.slot else 0)
     with pytest.raises(ValueError, match="format"):
         await video.take("yuv9")
+
+
+async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory) -> None:
+    """A WebRTC stream whose keyframes are larger than video_max_pixels (the peer's encoder
+    chose the size) never reaches aiortc's decoder: its frames are counted as oversized and
+    none is decoded, converted or taken."""
+    pair = await pair_factory(MediaConfig(video_max_pixels=640 * 480 - 1), audio=False, video=True)
+    video = pair.server.video_in
+    assert video is not None
+    async with asyncio.timeout(20):
+        while pair.server.stats()["video_decoder"]["oversized"] < 10:
+            await asyncio.sleep(0.05)
+    guard = pair.server.stats()["video_decoder"]
+    assert guard["last_size"] == [640, 480] and guard["queued"] == 0
+    assert video.frames == 0
+    with pytest.raises(TimeoutError):
+        await video.take(timeout_s=0.3)
+
+
+async def test_forged_vp8_keyframes_are_never_decoded(pair_factory, monkeypatch) -> None:
+    """A peer whose VP8 keyframes claim 16000x16000 (65 bytes that make the decoder allocate
+    ~800 MB, over and over as it asks for new keyframes) costs the server no memory: the
+    frames are counted as oversized and never decoded."""
+    from aiortc.codecs import vpx
+
+    from ..memory import PeakRss
+
+    encode = vpx.Vp8Encoder.encode
+
+    def forged(self: Any, frame: Any, force_keyframe: bool = False) -> Any:
+        payloads, timestamp = encode(self, frame, force_keyframe)
+        descriptor, data = vpx.VpxPayloadDescriptor.parse(payloads[0])
+        if descriptor.partition_start and not data[0] & 1:  # a keyframe's first packet
+            side = (16_000).to_bytes(2, "little")
+            payloads[0] = bytes(descriptor) + data[:6] + side + side + data[10:]
+        return payloads, timestamp
+
+    monkeypatch.setattr(vpx.Vp8Encoder, "encode", forged)  # the attacker's client only
+    with PeakRss() as rss:
+        pair = await pair_factory(audio=False, video=True)
+        async with asyncio.timeout(20):
+            while pair.server.stats()["video_decoder"]["oversized"] < 30:
+                await asyncio.sleep(0.05)
+    assert pair.server.stats()["video_decoder"]["last_size"] == [16_000, 16_000]
+    assert pair.server.video_in.frames == 0
+    assert rss.growth < 200 * 2**20, f"RSS grew {rss.growth / 2**20:.0f} MiB"
+
+
+def test_decoded_frames_over_the_limit_are_dropped_by_the_inbox() -> None:
+    """The inbox drops a decoded frame over its pixel limit or with a side over 8192 (a
+    second line behind the decoder guard), counting it as oversized."""
+    import av
+
+    from tidegate.media import VideoInbox
+
+    inbox = VideoInbox(max_pixels=100)
+    inbox.put(av.VideoFrame(16, 16, "yuv420p"))
+    inbox.put(av.VideoFrame(8, 8, "yuv420p"))
+    wide = VideoInbox()
+    wide.put(av.VideoFrame(8194, 2, "yuv420p"))
+    assert inbox.stats()["oversized"] == 1 and inbox.stats()["frames"] == 2
+    assert inbox.slot and wide.stats()["oversized"] == 1 and not wide.slot
 
 
 async def test_echo_comes_back_to_the_client(pair_factory) -> None:

@@ -11,6 +11,7 @@ from tidegate.protocol.messages import (
     Error,
     FlowCredit,
     FlowLag,
+    FunctionCallOutput,
     IceServer,
     InputAudio,
     InputFrame,
@@ -25,6 +26,8 @@ from tidegate.protocol.messages import (
     ResponseCreate,
     ResponseCreated,
     ResponseDone,
+    ResponseFunctionCallDelta,
+    ResponseFunctionCallDone,
     ResponseTextDelta,
     RtcAnswer,
     RtcCandidate,
@@ -66,6 +69,7 @@ CLIENT_SAMPLES: list[Message] = [
     ResponseCreate(id="c7", text="Say hello"),
     ResponseCreate(),
     ResponseCancel(response_id="r_1"),
+    FunctionCallOutput(id="c14", call_id="call_7", output='{"temperature_c": 21}'),
     RtcOffer(id="c8", sdp=SDP),
     RtcCandidate(
         candidate="candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host",
@@ -125,6 +129,25 @@ SERVER_SAMPLES: list[Message] = [
     ResponseCreated(seq=13, t=T0, response_id="r_1"),
     ResponseTextDelta(seq=14, t=T0, response_id="r_1", delta="Paris", timing=TIMING),
     ResponseDone(seq=15, t=T0, response_id="r_1", status="cancelled", text="The capital"),
+    ResponseFunctionCallDelta(
+        seq=23, t=T0, response_id="r_2", call_id="call_7", name="get_weather", arguments='{"city": '
+    ),
+    ResponseFunctionCallDone(
+        seq=24,
+        t=T0,
+        response_id="r_2",
+        call_id="call_7",
+        name="get_weather",
+        arguments='{"city": "Paris"}',
+    ),
+    ResponseDone(
+        seq=25,
+        t=T0,
+        response_id="r_2",
+        status="failed",
+        text="",
+        reason="no function_call.output for call_7 within 30 s",
+    ),
     OutputAudio(
         seq=16,
         t=T0,

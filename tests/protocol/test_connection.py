@@ -31,7 +31,7 @@ from tidegate.protocol.messages import (
 AUDIO = InputAudio(pcm=b"\x00" * 640, format="s16le", sample_rate=16000, channels=1)
 
 
-def pair(encoding: str = "cbor", **kw: int) -> tuple[Connection, Connection]:
+def pair(encoding: str = "cbor", **kw: float) -> tuple[Connection, Connection]:
     return Connection(Role.CLIENT, encoding=encoding), Connection(
         Role.SERVER, encoding=encoding, **kw
     )
@@ -149,20 +149,51 @@ def test_uploads_need_credit() -> None:
 
 def test_too_many_bad_messages_fail_the_connection() -> None:
     """After max_bad_messages bad messages in a row the connection fails with 4400."""
-    client, server = pair(max_bad_messages=3)
+    client, server = pair(max_bad_messages=3, bad_messages_window_ms=1_000.0)
+    t = 0.0  # far apart: only the run of bad messages counts, not the window
     for _ in range(2):
-        server.receive_data(b"\xff", 0)
-    server.receive_data(client.codec.encode(Ping(t_client=0.0).to_wire()), 0)  # resets the run
+        t += 5_000.0
+        server.receive_data(b"\xff", t)
+    server.receive_data(client.codec.encode(Ping(t_client=0.0).to_wire()), t)  # resets the run
     for _ in range(2):
-        server.receive_data(b"\xff", 0)
+        t += 5_000.0
+        server.receive_data(b"\xff", t)
     assert server.state is State.AWAITING_SESSION
-    server.receive_data(b"\xff", 0)
+    server.receive_data(b"\xff", t + 5_000.0)
     events = server.events_received()
     assert isinstance(events[-1], BadInput) and events[-1].fatal
     assert server.state is State.CLOSED
     assert server.close_code == CloseCode.PROTOCOL_VIOLATION
     server.receive_data(b"\xff", 0)  # ignored once closed
     assert server.events_received() == []
+
+
+def test_bad_messages_between_valid_ones_still_fail_the_connection() -> None:
+    """max_bad_messages bad messages within the window fail the connection with 4400, even
+    with valid messages (pings) between them; spread wider than the window, they do not."""
+    client, server = pair(max_bad_messages=3, bad_messages_window_ms=1_000.0)
+    ping = client.codec.encode(Ping(t_client=0.0).to_wire())
+    for t in (0.0, 600.0, 1_200.0, 1_800.0):  # any three span more than the window
+        server.receive_data(b"\xff", t)
+        server.receive_data(ping, t)
+    assert server.state is State.AWAITING_SESSION
+    for t in (2_000.0, 2_100.0):
+        server.receive_data(ping, t)
+        server.receive_data(b"\xff", t)
+    events = server.events_received()
+    assert isinstance(events[-1], BadInput) and events[-1].fatal
+    assert server.close_code == CloseCode.PROTOCOL_VIOLATION
+    assert "within 1 s" in server.close_reason
+
+
+def test_refused_message_is_parsed_but_not_handled() -> None:
+    """A message the shell refused (handle=False) comes out as an event, unanswered: a
+    refused ping gets no pong."""
+    client, server = pair()
+    server.receive_data(client.codec.encode(Ping(t_client=1.0, id="p").to_wire()), 0)
+    server.receive_data(client.codec.encode(Ping(t_client=2.0, id="q").to_wire()), 0, handle=False)
+    assert [type(e) for e in server.events_received()] == [Ping]
+    assert len(server.data_to_send()) == 1  # the pong of the handled ping only
 
 
 def test_oversized_message_is_refused() -> None:

@@ -26,6 +26,7 @@ class LiveServer:
     settings: Settings
     runtime: Runtime
     port: int
+    app: Any = None  # the ASGI application it serves
 
     @property
     def url(self) -> str:
@@ -66,6 +67,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         jwt_secret=secrets.token_hex(32),
         log_level="warning",
         metrics_interval_s=0.0,
+        engines=(),  # tests that need engines ask for them (the default is every CPU engine)
     )
     return replace(base, **overrides)
 
@@ -98,7 +100,7 @@ class run_server:
                 self._task.result()
             await asyncio.sleep(0.01)
         port = self._server.servers[0].sockets[0].getsockname()[1]
-        return LiveServer(self.settings, app.state.runtime, port)
+        return LiveServer(self.settings, app.state.runtime, port, app)
 
     async def __aexit__(self, *exc: object) -> None:
         self._server.should_exit = True

@@ -39,6 +39,8 @@ from tidegate.protocol.messages import (
 )
 from tidegate.server.assistant import Reply, SpokenChunk
 
+from ..media.imagefiles import png_bomb, still, video
+from ..memory import PeakRss
 from .conftest import LiveServer, make_settings, run_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -301,6 +303,16 @@ async def test_two_sessions_at_once_keep_their_own_replies(
     assert {x.response_id for x in b.of(OutputAudio)} == {db.response_id}
 
 
+async def test_tools_on_the_local_llm_are_unsupported(live: LiveServer) -> None:
+    """A session declaring tools on the local LLM is refused (unsupported), naming the way."""
+    tools = [{"type": "function", "name": "get_weather"}]
+    async with await live.client() as client:
+        with pytest.raises(RefusedError) as caught:
+            await client.create_session({"mode": "assistant", "tools": tools})
+    assert caught.value.server_code == "unsupported"
+    assert "llm_runtime=providers" in str(caught.value)
+
+
 async def test_assistant_without_the_engines_is_unsupported(tmp_path: Path) -> None:
     """A server without the engines refuses the assistant mode (unsupported)."""
     settings = make_settings(tmp_path, default_mode="loopback")
@@ -489,6 +501,89 @@ async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> Non
     ]
     assert without[-2]["content"] == "The camera sees no face in view."
     assert stats["bad_frames"] == 1 and stats["results"] == 2
+
+
+async def _answer_to(c: Conversation, frame_id: str, ts: float) -> ServerMessage:
+    """The error that names ``frame_id``, or the vision.result of its ``ts``: whichever comes."""
+    from tidegate.protocol.messages import Error, VisionResult
+
+    def answer() -> ServerMessage | None:
+        for e, _ in c.events:
+            if isinstance(e, Error) and e.ref == frame_id:
+                return e
+            if isinstance(e, VisionResult) and e.frame_ts == ts:
+                return e
+        return None
+
+    await c.wait(lambda: answer() is not None, timeout_s=60)
+    found = answer()
+    assert found is not None
+    return found
+
+
+async def test_png_bomb_is_refused_before_decoding(live: LiveServer) -> None:
+    """A 249 KB PNG that would decode to 16000x16000 pixels (768 MB of RGB) is refused with
+    invalid_field naming the size and frame_max_pixels, before anything decodes it: the
+    server's resident memory does not grow by hundreds of MB; the next frame is looked at."""
+    from tidegate.protocol.messages import Error, InputFrame
+
+    bomb = png_bomb()
+    photo = (CACHE / "assets" / "astronaut.png").read_bytes()
+    async with converse(live) as c:
+        session = live.runtime.registry.get(c.session_id)
+        assert session is not None
+
+        def handled() -> int:  # frames the vision lane refused, failed or looked at
+            st = session.mode.stats()["vision"]  # type: ignore[union-attr]
+            return int(st["results"] + st["errors"] + st["bad_frames"])
+
+        with PeakRss() as rss:
+            for i in range(3):
+                before = handled()
+                await c.client.send(InputFrame(id=f"bomb{i}", image=bomb, encoding="png", ts=i))
+                await c.wait(lambda before=before: handled() > before, timeout_s=60)
+        errors = [e for e in c.of(Error) if e.ref is not None and e.ref.startswith("bomb")]
+        await c.client.send(InputFrame(id="photo", image=photo, encoding="png", ts=10.0))
+        assert not isinstance(await _answer_to(c, "photo", 10.0), Error)
+    assert rss.growth < 200 * 2**20, f"RSS grew {rss.growth / 2**20:.0f} MiB"
+    assert len(errors) == 3, "the bombs were decoded"
+    for e in errors:
+        assert e.code == "invalid_field"
+        assert "16000x16000" in e.message and "frame_max_pixels" in e.message
+
+
+async def test_frames_that_are_not_their_named_format_are_refused(live: LiveServer) -> None:
+    """A GIF, a BMP and a TIFF sent as png or jpeg, and real video files (MP4, Matroska) sent
+    as png or jpeg, are each refused with invalid_field saying what they look like; none is
+    looked at; a PNG whose body does not decode gets invalid_field too; a real JPEG then is
+    looked at, decoded on the media worker pool."""
+    from tidegate.protocol.messages import Error, InputFrame
+
+    wrong = [
+        ("gif", still("GIF"), "png", "GIF"),
+        ("bmp", still("BMP"), "png", "BMP"),
+        ("tiff", still("TIFF"), "jpeg", "TIFF"),
+        ("mp4", video("mp4", "mpeg4"), "png", "MP4"),
+        ("mkv", video("matroska", "mpeg4"), "jpeg", "Matroska"),
+    ]
+    png = still("PNG")
+    idat = png.index(b"IDAT")
+    broken = png[: idat + 4] + bytes(len(png) - idat - 4)  # a good header, a body of zeros
+    pool = live.runtime.engines.media  # type: ignore[union-attr]
+    async with converse(live) as c:
+        for i, (name, data, encoding, looks) in enumerate(wrong):
+            await c.client.send(InputFrame(id=name, image=data, encoding=encoding, ts=100.0 + i))
+            answer = await _answer_to(c, name, 100.0 + i)
+            assert isinstance(answer, Error), f"{name} sent as {encoding} was looked at"
+            assert answer.code == "invalid_field" and looks in answer.message, answer
+        await c.client.send(InputFrame(id="broken", image=broken, encoding="png", ts=150.0))
+        answer = await _answer_to(c, "broken", 150.0)
+        assert isinstance(answer, Error) and answer.code == "invalid_field"
+        assert "not a decodable png" in answer.message
+        decoded = pool.done
+        await c.client.send(InputFrame(id="ok", image=still("JPEG"), encoding="jpeg", ts=200.0))
+        assert not isinstance(await _answer_to(c, "ok", 200.0), Error)
+        assert pool.done > decoded  # decoded on the media worker pool
 
 
 async def test_webrtc_video_is_looked_at(live: LiveServer) -> None:

@@ -65,6 +65,7 @@ def test_chromium_sends_camera_and_microphone_and_hears_the_echo(netns: str) -> 
             "TIDEGATE_JWT_SECRET": secret,
             "TIDEGATE_DATA_DIR": tmp,
             "TIDEGATE_LOG_LEVEL": "warning",
+            "TIDEGATE_ENGINES": "",
             "TIDEGATE_METRICS_INTERVAL_S": "0.5",
             "TIDEGATE_ICE_HOSTS": NETNS_ADDR,
             "TIDEGATE_ICE_PORTS": "40000-40010",

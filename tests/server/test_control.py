@@ -145,6 +145,33 @@ async def test_frames_and_sensors_are_counted(server: LiveServer) -> None:
         assert session.stats()["sensors"]["readings"] == {"temp": 5}
 
 
+async def test_frames_are_checked_in_loopback_mode_too(server: LiveServer) -> None:
+    """Loopback mode decodes no frame, but checks each header as the assistant does: a GIF
+    sent as png, an MP4 sent as jpeg, a PNG bomb and a wrong raw size are refused with
+    invalid_field (not counted); a real PNG is counted."""
+    from ..media.imagefiles import png_bomb, still, video
+
+    bad = [
+        ("gif", InputFrame(id="gif", image=still("GIF"), encoding="png"), "GIF"),
+        ("mp4", InputFrame(id="mp4", image=video(), encoding="jpeg"), "MP4"),
+        ("bomb", InputFrame(id="bomb", image=png_bomb(), encoding="png"), "frame_max_pixels"),
+        ("raw", InputFrame(id="raw", image=bytes(11), encoding="rgb24", width=2, height=2), "12"),
+    ]
+    async with await server.client() as client:
+        created = await client.create_session({"mode": "loopback"})
+        for name, frame, word in bad:
+            await client.send(frame)
+            error = await client.wait_for(Error)
+            assert (error.code, error.ref) == ("invalid_field", name)
+            assert word in error.message
+        await client.send(InputFrame(image=still("PNG"), encoding="png", ts=1.0))
+        await client.send(InputText(text="sync", id="sync"))
+        await client.wait_for(ResponseDone)
+        session = server.runtime.registry.get(created.session_id)
+        assert session is not None and session.mode is not None
+        assert session.mode.stats()["frames"] == 1
+
+
 async def test_garbage_gets_errors_and_other_sessions_keep_working(server: LiveServer) -> None:
     """Garbage on one connection is answered with errors, then closed; another is unaffected."""
     async with await server.client() as good:

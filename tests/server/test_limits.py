@@ -12,7 +12,7 @@ from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import Error, FlowCredit, InputSensor, InputText, ResponseDone
 from tidegate.server.auth import Principal
 from tidegate.server.errors import RateLimitedError
-from tidegate.server.limits import TokenBuckets
+from tidegate.server.limits import Slots, TokenBuckets
 
 from .conftest import make_settings, run_server
 
@@ -84,6 +84,30 @@ async def test_messages_are_rate_limited_and_uploads_keep_their_credit(tmp_path:
         assert [e.ref for e in errors] == ["u2", "u3", "u4", "u5"]
         assert all(e.retry_after_ms and e.retry_after_ms > 0 for e in errors)
         assert client.credits[0] > 0  # the refused uploads' credit came back
+
+
+def test_slots_cap_what_one_subject_runs_at_once() -> None:
+    """A subject holds at most ``limit`` slots; a release (once, however often called) makes
+    room; another subject has its own."""
+    slots = Slots("things", limit=2, setting="max_things")
+    alice = Principal("alice", "acme", frozenset({"session"}), 0.0)
+    held = [slots.acquire(alice), slots.acquire(alice)]
+    with pytest.raises(RateLimitedError, match="max_things") as refused:
+        slots.acquire(alice)
+    assert refused.value.retry_after_ms and refused.value.retry_after_ms > 0
+    slots.acquire(Principal("bob", "acme", frozenset({"session"}), 0.0))
+    held[0].release()
+    held[0].release()  # again: no effect
+    held.append(slots.acquire(alice))
+    with pytest.raises(RateLimitedError):
+        slots.acquire(alice)
+    assert slots.stats() == {
+        "limit": 2,
+        "held": 3,
+        "subjects": 2,
+        "admitted": 4,
+        "refused": 2,
+    }
 
 
 async def test_api_requests_are_rate_limited_with_retry_after(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.oidc_issuer import TestIssuer, new_key
 from tests.support import scaled, wait_ready
+from tidegate.protocol import CloseCode
 from tidegate.protocol.client import Client, ConnectionClosedError
-from tidegate.protocol.messages import Error
+from tidegate.protocol.messages import Error, InputText, ResponseDone
 from tidegate.server.auth import (
     TokenForbiddenError,
     TokenUnauthorizedError,
@@ -98,6 +99,25 @@ async def test_an_issuer_token_opens_the_control_channel(tmp_path: Path, token_i
     assert (principal.subject, principal.tenant, principal.scopes) == ("bob", "acme", {"session"})
     # The expiry travels as the HS256 tokens' does (what close-at-expiry reads).
     assert principal.expires_at_s == jwt.decode(token, options={"verify_signature": False})["exp"]
+
+
+async def test_an_issuer_token_expiring_mid_connection_closes_it_and_the_session_resumes(
+    tmp_path: Path,
+) -> None:
+    """An issuer token's exp closes the control connection with 4401 while it is open; a fresh
+    token of the same issuer resumes the session."""
+    with TestIssuer() as idp:
+        async with oidc_server(tmp_path, idp, jwt_leeway_s=0.0) as live:
+            client = await Client.connect(live.url, idp.token(GOOD, ttl_s=2.0))
+            created = await client.create_session({"mode": "loopback"})
+            closed = await client.wait_closed(timeout_s=10.0)
+            assert closed.close_code == CloseCode.UNAUTHORIZED and "expired" in closed.reason
+            await client.close()
+            async with await Client.connect(live.url, idp.token(GOOD, ttl_s=300)) as again:
+                resumed = await again.create_session(session_id=created.session_id)
+                assert resumed.resumed is True
+                await again.send(InputText(text="back"))
+                assert (await again.wait_for(ResponseDone)).text == "back"
 
 
 async def test_every_http_route_takes_and_checks_issuer_tokens(tmp_path: Path) -> None:

@@ -3,11 +3,15 @@ against a real server running the LLM engine."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.support import prepare_models, scaled, wait_ready
@@ -25,12 +29,21 @@ def prepared() -> Path:
     return prepare_models("smollm2-135m")
 
 
-@pytest.fixture
-async def llm_server(tmp_path: Path, prepared: Path) -> AsyncIterator[LiveServer]:
+@contextlib.asynccontextmanager
+async def serve_llm(tmp_path: Path, prepared: Path, **overrides: Any) -> AsyncIterator[LiveServer]:
+    """A real server running the LLM engine (settings overridden by ``overrides``), ready."""
     (tmp_path / "models").symlink_to(prepared / "models")
-    settings = make_settings(tmp_path, engines=("llm",), llm_max_batch_items=4)
+    settings = make_settings(
+        tmp_path, **{"engines": ("llm",), "llm_max_batch_items": 4, **overrides}
+    )
     async with run_server(settings) as live:
         await wait_ready(live.http, timeout_s=60)  # engines load after the server starts
+        yield live
+
+
+@pytest.fixture
+async def llm_server(tmp_path: Path, prepared: Path) -> AsyncIterator[LiveServer]:
+    async with serve_llm(tmp_path, prepared) as live:
         yield live
 
 
@@ -110,3 +123,225 @@ async def test_openai_endpoint_without_llm_is_unavailable(tmp_path: Path) -> Non
     async with run_server(make_settings(tmp_path)) as live, _client(live) as client:
         with pytest.raises(openai.InternalServerError):
             await client.chat.completions.create(model="x", messages=FRANCE)  # type: ignore[arg-type]
+
+
+STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _auth(live: LiveServer, **claims: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {live.token(**claims)}"}
+
+
+async def _wait_for(condition: Any) -> None:
+    """Poll ``condition()`` until it holds (bounded by the test's timeout)."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def test_a_poisoned_request_does_not_cut_another_tenants_stream(
+    llm_server: LiveServer,
+) -> None:
+    """Requests with seed -1 and with out-of-range sampling values, sent by one tenant while
+    another tenant's reply streams, are served or refused (400 naming the field); the stream
+    completes."""
+    batcher = llm_server.runtime.engines.llm()
+    mallory = _client(llm_server, llm_server.token(tenant="umbrella", subject="mallory"))
+    async with _client(llm_server) as alice, mallory:
+        stream = await alice.chat.completions.create(
+            model="smollm2-135m",
+            messages=STORY,  # type: ignore[arg-type]
+            stream=True,
+            temperature=0,
+            max_tokens=160,
+        )
+        chunks = stream.__aiter__()
+        deltas = []
+        while not "".join(deltas):  # the reply is streaming
+            chunk = await chunks.__anext__()
+            deltas.append(chunk.choices[0].delta.content or "")
+        # seed -1 is in OpenAI's range (int64): served, and the stream keeps running.
+        seeded = await mallory.chat.completions.create(
+            model="smollm2-135m",
+            messages=FRANCE,  # type: ignore[arg-type]
+            seed=-1,
+            temperature=0.8,
+            max_tokens=4,
+        )
+        assert seeded.choices[0].finish_reason in ("stop", "length")
+        assert batcher.stats()["running"] == 1, "the healthy stream ended early"
+        bad: list[tuple[str, dict[str, Any]]] = [
+            ("seed", {"seed": 2**63}),
+            ("seed", {"seed": 1.5}),
+            ("temperature", {"temperature": -0.5}),
+            ("temperature", {"temperature": "hot"}),
+            ("top_p", {"top_p": 1.5}),
+            ("max_tokens", {"max_tokens": 0}),
+            ("max_completion_tokens", {"max_completion_tokens": -3}),
+            ("n", {"n": 0}),
+            ("presence_penalty", {"presence_penalty": 2.5}),
+            ("frequency_penalty", {"frequency_penalty": -9}),
+            ("logit_bias", {"logit_bias": {"42": 101}}),
+            ("top_logprobs", {"top_logprobs": 21}),
+            ("stop", {"stop": ["a", "b", "c", "d", "e"]}),
+            ("stream_options", {"stream_options": {"include_usage": "yes"}}),
+        ]
+        for field, extra in bad:
+            with pytest.raises(openai.BadRequestError, match=field):
+                await mallory.chat.completions.create(
+                    model="smollm2-135m",
+                    messages=FRANCE,  # type: ignore[arg-type]
+                    max_tokens=4,
+                    extra_body=extra,
+                )
+        finish = None
+        async for chunk in chunks:
+            if chunk.choices:
+                deltas.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+    assert finish in ("stop", "length") and len("".join(deltas)) > 20
+
+
+async def test_chat_completions_are_rate_limited_per_subject(
+    tmp_path: Path, prepared: Path
+) -> None:
+    """Past rate_burst_requests the endpoint answers 429 (rate_limit_error, Retry-After) from
+    the same per-subject budget as the records API; another subject is not affected."""
+    overrides = {"rate_requests_per_s": 0.5, "rate_burst_requests": 2}
+    async with serve_llm(tmp_path, prepared, **overrides) as live, httpx.AsyncClient() as http:
+        body = {"model": "smollm2-135m", "messages": FRANCE, "max_tokens": 1}
+        url, auth = live.http + CHAT_PATH, _auth(live)
+        codes = [(await http.post(url, json=body, headers=auth)).status_code for _ in range(2)]
+        assert codes == [200, 200]
+        records = await http.get(f"{live.http}/v1/sessions", headers=auth)
+        assert records.status_code == 429  # one budget for every route
+        refused = await http.post(url, json=body, headers=auth)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+        error = refused.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == "rate_limited"
+        other = await http.post(url, json=body, headers=_auth(live, subject="dave"))
+        assert other.status_code == 200
+
+
+async def test_concurrent_completions_per_subject_are_capped(
+    tmp_path: Path, prepared: Path
+) -> None:
+    """A subject with max_completions_per_subject generations running gets 429 for one more;
+    another subject does not; once one of them ends, the subject may start another."""
+    async with (
+        serve_llm(tmp_path, prepared, max_completions_per_subject=2) as live,
+        httpx.AsyncClient(timeout=scaled(60)) as http,
+    ):
+        url, auth = live.http + CHAT_PATH, _auth(live)
+        long = {"model": "m", "messages": STORY, "max_tokens": 400, "stream": True}
+        short = {"model": "m", "messages": FRANCE, "max_tokens": 1}
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(2):
+                r = await stack.enter_async_context(
+                    http.stream("POST", url, json=long, headers=auth)
+                )
+                assert r.status_code == 200
+            third = await http.post(url, json=short, headers=auth)
+            assert third.status_code == 429, third.text
+            assert "max_completions_per_subject" in third.json()["error"]["message"]
+            other = await http.post(url, json=short, headers=_auth(live, subject="dave"))
+            assert other.status_code == 200
+        # Both streams were closed: their generations stop and give their slots back.
+        slots = live.runtime.limiter.completions
+        await _wait_for(lambda: slots.stats()["held"] == 0)
+        assert live.runtime.engines.llm().stats()["running"] == 0
+        again = await http.post(url, json=short, headers=auth)
+        assert again.status_code == 200, again.text
+
+
+async def test_an_abandoned_request_stops_generating(llm_server: LiveServer) -> None:
+    """A non-streaming request whose client disconnects mid-generation is cancelled (it does
+    not run to its max_tokens)."""
+    batcher = llm_server.runtime.engines.llm()
+    cancelled, completed = batcher.counters.cancelled, batcher.counters.completed
+    body = {"model": "m", "messages": STORY, "max_tokens": 400, "temperature": 0.7, "seed": 1}
+    async with httpx.AsyncClient(timeout=scaled(60)) as http:
+        request = asyncio.ensure_future(
+            http.post(llm_server.http + CHAT_PATH, json=body, headers=_auth(llm_server))
+        )
+        tokens = batcher.counters.tokens
+        await _wait_for(lambda: batcher.counters.tokens >= tokens + 3)
+        request.cancel()  # the client goes away: httpx closes the connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    await _wait_for(lambda: batcher.stats()["running"] == 0)
+    assert batcher.counters.cancelled == cancelled + 1
+    assert batcher.counters.completed == completed
+
+
+async def test_a_long_prompt_is_tokenised_off_the_event_loop(
+    tmp_path: Path, prepared: Path
+) -> None:
+    """Templating and tokenising a long prompt does not stall the server's event loop: the
+    longest loop stall while it is served is well under what tokenising it on the loop
+    takes (a ratio measured here, not a time)."""
+    prompt = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 12000}]
+    overrides = {"llm_max_prompt_tokens": 8192, "llm_max_context_tokens": 16384}
+    async with serve_llm(tmp_path, prepared, **overrides) as live, httpx.AsyncClient() as http:
+        tokenizer = live.runtime.engines.llm().tokenizer
+        t0 = asyncio.get_running_loop().time()
+        tokenizer.encode_chat(prompt)  # what the loop would stall for
+        inline_s = asyncio.get_running_loop().time() - t0
+        stalls: list[float] = []
+
+        async def ticker() -> None:
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.002)
+                now = loop.time()
+                stalls.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        try:
+            r = await http.post(
+                live.http + CHAT_PATH,
+                json={"model": "m", "messages": prompt, "max_tokens": 1},
+                headers=_auth(live),
+                timeout=scaled(60),
+            )
+        finally:
+            tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tick
+    assert r.status_code == 400 and "tokens" in r.json()["error"]["message"], r.text
+    assert max(stalls) < inline_s / 3, (max(stalls), inline_s)
+
+
+async def test_an_oversized_body_is_refused_before_it_is_read(llm_server: LiveServer) -> None:
+    """A Content-Length over http_max_body_bytes is answered 413 without the body being sent;
+    a chunked body is answered 413 as soon as it passes the limit, before it ends."""
+    limit = llm_server.settings.http_max_body_bytes
+    head = (
+        f"POST {CHAT_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{llm_server.port}\r\n"
+        f"Authorization: Bearer {llm_server.token()}\r\nContent-Type: application/json\r\n"
+    )
+    for framing, body in (
+        (f"Content-Length: {limit + 1}\r\n\r\n", b""),
+        ("Transfer-Encoding: chunked\r\n\r\n", b"%x\r\n%s\r\n" % (limit + 1, b" " * (limit + 1))),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", llm_server.port)
+        try:
+            writer.write((head + framing).encode() + body)  # never the end of the body
+            await writer.drain()
+            async with asyncio.timeout(scaled(30)):
+                status = await reader.readline()
+                rest = await reader.readuntil(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in rest.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
+                answer = orjson.loads(await reader.readexactly(length))
+        finally:
+            writer.close()
+        assert status.split()[1] == b"413", (framing, status)
+        assert answer["error"]["code"] == "too_large" and str(limit) in answer["error"]["message"]

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -140,6 +141,28 @@ async def test_http_offer_route(server: LiveServer) -> None:
             while session.mode.rtc_audio_chunks < 10:
                 await asyncio.sleep(0.02)
         await pc.close()
+
+
+async def test_http_offer_is_rate_limited_and_origin_checked(tmp_path: Path) -> None:
+    """POST /v1/sessions/{id}/offer counts against the subject's request budget (429 with
+    Retry-After past rate_burst_requests) and refuses a browser origin not allowed (403)."""
+    settings = make_settings(tmp_path, rate_requests_per_s=0.5, rate_burst_requests=2)
+    async with run_server(settings) as server, await server.client() as client:
+        created = await client.create_session({"mode": "loopback"})
+        url = f"{server.http}/v1/sessions/{created.session_id}/offer"
+        auth = {"Authorization": "Bearer " + server.token()}
+        bad_sdp = {"type": "offer", "sdp": "v=0\r\n"}
+        async with httpx.AsyncClient() as http:
+            codes = [(await http.post(url, json=bad_sdp, headers=auth)).status_code for _ in "ab"]
+            assert codes == [400, 400]
+            r = await http.post(url, json=bad_sdp, headers=auth)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "2"
+            assert r.json()["code"] == "rate_limited" and r.json()["retry_after_ms"] > 0
+            other = {"Authorization": "Bearer " + server.token(subject="bob")}
+            r = await http.post(
+                url, json=bad_sdp, headers={**other, "Origin": "http://evil.example"}
+            )
+            assert r.status_code == 403 and r.json()["code"] == "forbidden"
 
 
 async def test_bad_sdp_and_early_candidate_are_refused(server: LiveServer) -> None:

@@ -284,3 +284,114 @@ async def test_refused_uploads_give_their_credit_back(asr_server: LiveServer) ->
                     assert "finite" in event.message
                     errors += 1
         assert client.credits[0] > 0
+
+
+async def test_audio_faster_than_real_time_is_refused_beyond_the_window(
+    asr_server: LiveServer,
+) -> None:
+    """input.audio sent at 4x real time is taken up to audio_max_ahead_s ahead of the wall
+    clock; chunks beyond it are refused (rate_limited, retry_after_ms, naming the setting)
+    and not queued; another session's pings are answered all along; the resampling ran on
+    the media worker pool."""
+    from tidegate.protocol.messages import Error
+
+    window_s = asr_server.settings.audio_max_ahead_s
+    chunk_s, speed, chunks = 1.0, 4.0, 16
+    second = (np.sin(np.arange(48_000) * 0.05) * 3000).astype("<i2")  # 1 s at 48 kHz
+    pool = asr_server.runtime.engines.media  # type: ignore[union-attr]
+    resampled = pool.done
+    async with await asr_server.client() as fast, await asr_server.client() as victim:
+        created = await fast.create_session({"mode": "transcribe"})
+        await victim.create_session({"mode": "loopback"})
+        session = asr_server.runtime.registry.get(created.session_id)
+        assert session is not None
+        pongs = 0
+
+        async def ping_all_along() -> None:
+            nonlocal pongs
+            while True:
+                await victim.ping(timeout_s=30)
+                pongs += 1
+                await asyncio.sleep(0.05)
+
+        async with asyncio.TaskGroup() as tg:
+            pinger = tg.create_task(ping_all_along())
+            t0 = time.monotonic()
+            for i in range(chunks):
+                await asyncio.sleep(max(0.0, t0 + i * chunk_s / speed - time.monotonic()))
+                await fast.send(
+                    InputAudio(
+                        pcm=second.tobytes(),
+                        format="s16le",
+                        sample_rate=48_000,
+                        channels=1,
+                        id=f"a{i}",
+                    )
+                )
+            await fast.ping(timeout_s=30)  # every chunk has been handled
+            elapsed = time.monotonic() - t0
+            refusals: list[Error] = []
+            while True:
+                try:
+                    event = await fast.recv(0.5)
+                except TimeoutError:
+                    break
+                if isinstance(event, Error):
+                    refusals.append(event)
+            before = pongs
+            async with asyncio.timeout(30):
+                while pongs < before + 3:
+                    await asyncio.sleep(0.05)
+            pinger.cancel()
+        pace = session.mode.stats()["pace"]  # type: ignore[union-attr]
+    assert refusals, "4x real time was taken whole"
+    assert all(e.code == "rate_limited" for e in refusals)
+    assert all("audio_max_ahead_s" in e.message for e in refusals)
+    assert all(e.retry_after_ms is not None and e.retry_after_ms > 0 for e in refusals)
+    accepted = chunks - len(refusals)
+    assert pace["refused"] == len(refusals) and pace["media_s"] == accepted * chunk_s
+    assert accepted * chunk_s <= elapsed + window_s + chunk_s
+    assert pongs > 0
+    assert pool.done - resampled >= accepted
+
+
+async def test_every_audio_chunk_the_protocol_accepts_is_refused_or_survives() -> None:
+    """Any input.audio the protocol accepts (either format, 8-192 kHz, 1-8 channels, any
+    bytes: NaN, infinities, huge floats) is refused with invalid_field, or becomes finite
+    16 kHz mono within full scale, of the length its duration gives, that the inbound audio
+    lane takes."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tidegate.media import AudioInbox
+    from tidegate.protocol.messages import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ
+    from tidegate.server.errors import InvalidConfigError
+    from tidegate.server.transcribe import audio_frames, to_mono_16k
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(["s16le", "f32le"]),
+        st.integers(8_000, MAX_SAMPLE_RATE_HZ),
+        st.integers(1, MAX_CHANNELS),
+        st.binary(min_size=1, max_size=4_096),
+    )
+    def check(fmt: str, rate: int, channels: int, pcm: bytes) -> None:
+        msg = InputAudio(pcm=pcm, format=fmt, sample_rate=rate, channels=channels)
+        try:
+            frames = audio_frames(msg)
+            out = to_mono_16k(msg)
+        except InvalidConfigError as e:
+            refusal = e.message
+        else:
+            refusal = None
+        if refusal is not None:
+            assert refusal.startswith("input.audio.pcm: ")
+            return
+        assert out.dtype == np.float32 and out.ndim == 1
+        assert len(out) == round(frames * RATE_HZ / rate)
+        assert np.isfinite(out).all() and np.abs(out).max(initial=0.0) <= 1.0
+        inbox = AudioInbox(max_s=3.0)
+        inbox.push(out, 0.0)
+        assert inbox.stats.chunks_in == 1
+
+    check()

@@ -59,6 +59,44 @@ async def test_dev_login_auto_refuses_proxied_requests(tmp_path: Path) -> None:
         assert (await http.post(f"{live.http}/v1/dev/token", headers=proxied)).status_code == 200
 
 
+async def test_dev_login_and_its_page_refuse_a_rebound_host(tmp_path: Path) -> None:
+    """A DNS-rebinding page (Host and a matching Origin naming another name, or another port)
+    gets neither a token nor the page (403); 127.0.0.1, localhost and [::1] with the
+    server's port get both."""
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<!doctype html><title>tidegate client</title>")
+    async with (
+        run_server(make_settings(tmp_path, web_dir=web)) as live,
+        httpx.AsyncClient() as http,
+    ):
+        for host in (f"rebind.example:{live.port}", f"127.0.0.1:{live.port + 1}", "localhost"):
+            rebound = {"Host": host, "Origin": f"http://{host}"}
+            r = await http.post(f"{live.http}/v1/dev/token", headers=rebound)
+            assert r.status_code == 403, (host, r.text)
+            assert r.json()["error"]["code"] == "forbidden" and host in r.json()["error"]["message"]
+            page = await http.get(f"{live.http}/", headers={"Host": host})
+            assert page.status_code == 403 and "tidegate client" not in page.text
+        for host in (f"127.0.0.1:{live.port}", f"localhost:{live.port}", f"[::1]:{live.port}"):
+            local = {"Host": host, "Origin": f"http://{host}"}
+            r = await http.post(f"{live.http}/v1/dev/token", headers=local)
+            assert r.status_code == 200 and r.json()["token"], (host, r.text)
+            page = await http.get(f"{live.http}/", headers={"Host": host})
+            assert page.status_code == 200 and "tidegate client" in page.text
+
+
+async def test_dev_login_on_serves_loopback_and_allowed_hosts_only(tmp_path: Path) -> None:
+    """``dev_login=on`` also answers the hosts of ``allowed_origins`` (a LAN demo names its
+    own), and still no other Host."""
+    kiosk = "http://kiosk.example:8080"
+    settings = make_settings(tmp_path, dev_login="on", allowed_origins=(kiosk,))
+    async with run_server(settings) as live, httpx.AsyncClient() as http:
+        listed = {"Host": "kiosk.example:8080", "Origin": kiosk}
+        assert (await http.post(f"{live.http}/v1/dev/token", headers=listed)).status_code == 200
+        rebound = {"Host": "rebind.example:8080", "Origin": kiosk}
+        assert (await http.post(f"{live.http}/v1/dev/token", headers=rebound)).status_code == 403
+
+
 def test_dev_login_auto_is_on_only_on_loopback() -> None:
     """``auto`` serves tokens on 127.0.0.1, ::1 and localhost, never on another address."""
     on = [Settings(host=h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2")]

@@ -88,6 +88,7 @@ async def started_server(
             "TIDEGATE_JWT_SECRET": key,
             "TIDEGATE_DATA_DIR": str(data_dir or tmp),
             "TIDEGATE_LOG_LEVEL": "warning",
+            "TIDEGATE_ENGINES": "",  # a scenario that needs engines names them
             **(env or {}),
         }
         proc = await asyncio.create_subprocess_exec(

@@ -14,10 +14,12 @@ from typing import Any
 from . import models
 from .engine import Engine, TensorEngine
 from .errors import EngineError, ModelError
-from .llm import LlmBatcher, LlmSettings
+from .llm import LlmBatcher, LlmEngine, LlmSettings
+from .llm.providers import ProviderPool, ProvidersSettings
 from .runtime import RuntimeOptions
 from .scheduler import BatchPolicy, Scheduler
 from .vad import SileroVad, VadSettings
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class EngineSpec:
     asr_ctx_margin_s: float = 5.0
     asr_ctx_step_s: float = 1.0
     llm: LlmSettings = field(default_factory=LlmSettings)
+    #: The LLM on OpenAI-compatible providers instead of a local model (``model`` is then
+    #: ``providers``).
+    providers: ProvidersSettings | None = None
 
 
 def build_engine(
@@ -99,6 +104,8 @@ class EngineService:
         *,
         custom: Mapping[str, models.CustomModel] | None = None,
         wheel_dir: Path | None = None,
+        media_worker_threads: int = 2,
+        media_max_pending_items: int = 32,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -108,15 +115,20 @@ class EngineService:
         self.custom = dict(custom or {})
         self.wheel_dir = wheel_dir
         self.schedulers: dict[str, Scheduler[Any, Any]] = {}
-        # LLMs batch step by step (see llm/batcher.py), not request by request.
-        self.batchers: dict[str, LlmBatcher] = {}
+        # LLMs batch step by step (see llm/batcher.py), not request by request; or run on
+        # OpenAI-compatible providers (llm/providers.py).
+        self.batchers: dict[str, LlmEngine] = {}
+        # Blocking media work of the sessions (image decoding, resampling): see workers.py.
+        self.media = WorkerPool(
+            "media", workers=media_worker_threads, max_pending=media_max_pending_items
+        )
         self.ready = False
 
     async def start(self) -> None:
         """Build, load and warm up every engine (in threads); on failure close what started."""
         try:
             for spec in self.specs:
-                if spec.model in LLM_MODELS:
+                if spec.model in LLM_MODELS or spec.providers is not None:
                     await self._start_llm(spec)
                     continue
                 engine = await asyncio.to_thread(
@@ -138,6 +150,12 @@ class EngineService:
         self.ready = True
 
     async def _start_llm(self, spec: EngineSpec) -> None:
+        if spec.providers is not None:
+            pool = ProviderPool(spec.providers)
+            self.batchers[spec.name] = pool
+            await pool.start()
+            log.info("engine %s: %s", spec.name, pool.provider)
+            return
         await asyncio.to_thread(
             models.prepare, self.data_dir, spec.model, wheel_dir=self.wheel_dir, download=False
         )
@@ -148,7 +166,7 @@ class EngineService:
         await batcher.start()
         log.info("engine %s: %s on %s", spec.name, spec.model, batcher.provider)
 
-    def llm(self, name: str = "llm") -> LlmBatcher:
+    def llm(self, name: str = "llm") -> LlmEngine:
         try:
             return self.batchers[name]
         except KeyError:
@@ -168,8 +186,10 @@ class EngineService:
         for scheduler in reversed(list(self.schedulers.values())):
             await scheduler.close()
         self.schedulers.clear()
+        self.media.close()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: s.stats() for name, s in self.schedulers.items()}
         out.update({name: b.stats() for name, b in self.batchers.items()})
+        out["media"] = self.media.stats()
         return out

@@ -1,8 +1,9 @@
 """The one seam to aiortc's and aioice's internals.
 
-tidegate's media path replaces three pieces of aiortc: the audio receive path (our jitter
-buffer and decoder, fed straight from aioice's datagram callback), the audio send path (pushed,
-pre-serialised packets through aiortc's SRTP), and ICE gathering (our addresses and port range).
+tidegate's media path replaces pieces of aiortc: the audio receive path (our jitter buffer and
+decoder, fed straight from aioice's datagram callback), the audio send path (pushed,
+pre-serialised packets through aiortc's SRTP), ICE gathering (our addresses and port range),
+and the video decoder's input queue (bounded, size-checked: video_guard.py).
 Each of those needs aiortc's or aioice's private attributes: name-mangled receiver and sender
 state, the DTLS transport's SRTP sessions and router, a transceiver's codecs and offer
 direction, aioice's candidate lists and receive queue. This module is the ONLY one that touches
@@ -24,6 +25,7 @@ import functools
 import importlib.metadata
 import ipaddress
 import logging
+import queue
 import struct
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, cast
@@ -182,6 +184,23 @@ def tap_rtp(receiver: RTCRtpReceiver, handler: RtpHandler) -> None:
     receiver._handle_rtp_packet = handler  # type: ignore[method-assign,assignment]
 
 
+# -- the video decoder's input (aiortc.rtcrtpreceiver: __decoder_queue, __started) ------------
+
+
+def receiver_started(receiver: RTCRtpReceiver) -> bool:
+    """Whether aiortc has started this receiver (its decoder thread and tasks run)."""
+    return bool(_get(receiver, "RTCRtpReceiver", "started"))
+
+
+def replace_decoder_queue(receiver: RTCRtpReceiver, decoder_queue: queue.Queue[Any]) -> None:
+    """Make ``decoder_queue`` the queue aiortc's receiver puts encoded frames on for its
+    decoder thread (aiortc's own is unbounded). Before the receiver starts: aiortc hands the
+    queue to the thread when it starts."""
+    if receiver_started(receiver):
+        raise RuntimeError("replace_decoder_queue: the receiver has already started")
+    _set(receiver, "RTCRtpReceiver", "decoder_queue", decoder_queue)
+
+
 # -- the audio receive path (aiortc.rtcrtpreceiver, aiortc.rtcdtlstransport, aioice.ice) ------
 
 
@@ -324,7 +343,7 @@ def adopt_receiver(receiver: RTCRtpReceiver, sink: RtpSink) -> ReceiveShell:
     """Turn aiortc's receiver of an audio transceiver into a :class:`ReceiveShell` feeding
     ``sink`` (aiortc creates its receivers itself, hence the class swap). Call between
     ``setRemoteDescription`` and ``setLocalDescription``, before aiortc starts the receiver."""
-    if _get(receiver, "RTCRtpReceiver", "started"):
+    if receiver_started(receiver):
         raise RuntimeError("adopt_receiver: the receiver has already started")
     receiver.__class__ = ReceiveShell
     assert isinstance(receiver, ReceiveShell)

@@ -4,7 +4,9 @@
 
 - audio from the client goes through :mod:`~tidegate.media.receiver` (our jitter buffer and
   Opus decoder) into :attr:`MediaPeer.audio_in`, 16 kHz mono float32;
-- video from the client goes into :attr:`MediaPeer.video_in`, the newest frame only;
+- video from the client goes into :attr:`MediaPeer.video_in`, the newest frame only; its
+  encoded frames pass :mod:`~tidegate.media.video_guard` first (no frame over
+  ``video_max_pixels`` reaches aiortc's decoder; its queue is bounded);
 - audio to the client comes from :attr:`MediaPeer.audio_out` (when the offer asks to receive);
 - ICE gathers as :class:`~tidegate.media.ice.IcePolicy` says; the answer carries every local
   candidate, and :meth:`MediaPeer.local_candidates` lists them again for trickling.
@@ -33,6 +35,7 @@ from .errors import BadSdpError, MediaStateError
 from .ice import IcePolicy, apply_ice_policy
 from .receiver import AudioReceiver, install_audio_receiver
 from .sender import install_audio_sender
+from .video_guard import GuardedDecoderQueue, install_video_guard
 from .video_in import VideoInbox
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class MediaConfig:
     audio_out_bitrate_bps: int = 32_000
     audio_out_complexity: int = 0
     audio_out_lead_ms: float = 20.0
+    video_max_pixels: int = 8_294_400  # larger frames are never decoded (video_guard.py)
+    video_decoder_max_frames: int = 32  # encoded frames waiting for aiortc's decoder thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class MediaPeer:
         self.video_in: VideoInbox | None = None
         self.audio_out: AudioOutTrack | None = None
         self._audio_receiver: AudioReceiver | None = None
+        self._video_guard: GuardedDecoderQueue | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._answered = False
         self.closed = False
@@ -162,7 +168,12 @@ class MediaPeer:
                     t.direction = direction
             elif t.kind == "video" and offer_direction(t) in ("recvonly", "sendrecv"):
                 if self.video_in is None and t.receiver.track is not None:
-                    self.video_in = VideoInbox()
+                    self._video_guard = install_video_guard(
+                        t.receiver,
+                        max_pixels=cfg.video_max_pixels,
+                        max_frames=cfg.video_decoder_max_frames,
+                    )
+                    self.video_in = VideoInbox(max_pixels=cfg.video_max_pixels)
                     self._spawn(self.video_in.pump(t.receiver.track), "video-pump")
                 t.direction = "recvonly"
         apply_ice_policy(self.pc, cfg.ice)
@@ -234,6 +245,8 @@ class MediaPeer:
             out["audio_in"] = self.audio_in.stats.as_dict()
         if self.video_in is not None:
             out["video_in"] = self.video_in.stats()
+        if self._video_guard is not None:
+            out["video_decoder"] = self._video_guard.stats()
         if self.audio_out is not None:
             out["audio_out"] = self.audio_out.stats()
         return out

@@ -6,6 +6,11 @@ task moves each decoded frame into a :class:`~tidegate.protocol.flow.LatestSlot`
 frame replaces one nobody took (counted as dropped). Frames stay in their decoded YUV form;
 :meth:`VideoInbox.take` converts to an RGB or BGR array only when a consumer asks, on a worker
 thread.
+
+The peer's codec decides what size a frame has (VP8 allows up to 16383 x 16383): a frame of
+more than ``max_pixels`` (``frame_max_pixels``), or with a side over ``MAX_IMAGE_SIDE_PX``
+(8192), is counted as ``oversized`` and never enters the slot, so no consumer converts or
+looks at it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tidegate.protocol import LatestSlot
+from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
 FORMATS = ("rgb24", "bgr24")
+DEFAULT_MAX_PIXELS = 3840 * 2160
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +57,14 @@ class _Decoded:
 class VideoInbox:
     """The newest decoded frame of one video track, and the counts."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, max_pixels: int = DEFAULT_MAX_PIXELS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.slot: LatestSlot[_Decoded] = LatestSlot("video_in")
+        self.max_pixels = max_pixels
         self.clock = clock
         self.frames = 0
+        self.oversized = 0
         self.width = 0
         self.height = 0
         self._first_pts: float | None = None
@@ -78,6 +89,10 @@ class VideoInbox:
         self.frames += 1
         self.width, self.height = frame.width, frame.height
         self._last_arrival = now
+        too_big = frame.width * frame.height > self.max_pixels
+        if too_big or max(frame.width, frame.height) > MAX_IMAGE_SIDE_PX:
+            self.oversized += 1  # never converted nor looked at
+            return
         self.slot.put(_Decoded(frame, (pts_s - self._first_pts) * 1000.0, now, self.frames))
         self._ready.set()
 
@@ -129,6 +144,7 @@ class VideoInbox:
             "frames": self.frames,
             "taken": st.popped,
             "dropped": st.dropped,
+            "oversized": self.oversized,
             "width": self.width,
             "height": self.height,
             "fps": round(fps, 2),

@@ -20,7 +20,7 @@ from .errors import (
     UnexpectedMessageError,
     UnknownTypeError,
 )
-from .flow import BoundedBuffer, BufferStats, Credits, LatestSlot, Overflow, Push
+from .flow import BoundedBuffer, BufferStats, Credits, LatestSlot, Overflow, Push, RecentCount
 from .messages import (
     CLIENT_MESSAGES,
     SERVER_MESSAGES,
@@ -72,6 +72,7 @@ __all__ = [
     "Overflow",
     "ProtocolError",
     "Push",
+    "RecentCount",
     "RemoteProtocolError",
     "Role",
     "ServerMessage",

@@ -18,7 +18,14 @@ Server role::
 
 Bad input never raises out of :meth:`receive_data`: it becomes a :class:`BadInput` event and,
 in the server role, an ``error`` reply queued in :meth:`data_to_send`. After
-``max_bad_messages`` bad messages in a row the connection fails with close code 4400.
+``max_bad_messages`` bad messages in a row, or that many within ``bad_messages_window_ms``
+(valid messages in between, pings included, do not reset that count), the connection fails
+with close code 4400.
+
+A message the shell refused before it was handled (``receive_data(..., handle=False)``: over
+its rate budget) is parsed and comes out as an event like any other, but it is not answered
+(not even a ping), changes no state (the transition table is not consulted), and only its
+upload credit is consumed: the shell answers it with its refusal and gives the credit back.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from .errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from .flow import Credits
+from .flow import Credits, RecentCount
 from .messages import (
     UPLOAD_TYPES,
     ClientMessage,
@@ -59,6 +66,7 @@ from .state import Phase, Refusal, Role, State, Trigger, next_phase
 __all__ = ["BadInput", "Connection", "ConnectionStats", "Event", "Role", "State"]
 
 MAX_BAD_MESSAGES = 16
+BAD_MESSAGES_WINDOW_MS = 10_000.0
 
 _TRIGGERS: dict[type[Message], Trigger] = {
     SessionCreate: Trigger.CREATE,
@@ -110,6 +118,7 @@ class Connection:
         max_string_chars: int = MAX_STRING_CHARS,
         max_list_items: int = MAX_LIST_ITEMS,
         max_bad_messages: int = MAX_BAD_MESSAGES,
+        bad_messages_window_ms: float = BAD_MESSAGES_WINDOW_MS,
     ) -> None:
         self.role = role
         self.codec: Codec = get_codec(encoding)
@@ -128,6 +137,7 @@ class Connection:
         self.close_reason = ""
         self._seq = 0  # last seq sent (server) or received (client)
         self._bad_in_a_row = 0
+        self._bad_recent = RecentCount(max_bad_messages, bad_messages_window_ms)
         self._events: list[Event] = []
         self._outgoing: list[bytes | str] = []
         self._peer_direction = Direction.CLIENT if role is Role.SERVER else Direction.SERVER
@@ -148,8 +158,9 @@ class Connection:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes | str, now_ms: float) -> None:
-        """Feed one WebSocket message payload received from the peer."""
+    def receive_data(self, data: bytes | str, now_ms: float, *, handle: bool = True) -> None:
+        """Feed one WebSocket message payload received from the peer. ``handle=False``: the
+        shell refused it already (server role; see the module docstring)."""
         if self.phase is Phase.CLOSED:
             return  # the table: whatever a closed connection receives is dropped unread
         self.stats.received += 1
@@ -169,7 +180,10 @@ class Connection:
                 binary_decoder=self.codec.binary_decoder,
             )
             if self.role is Role.SERVER:
-                self._server_receive(msg, now_ms)  # type: ignore[arg-type]
+                if handle:
+                    self._server_receive(msg, now_ms)  # type: ignore[arg-type]
+                else:
+                    self._server_refused(msg)  # type: ignore[arg-type]
             else:
                 self._client_receive(msg)  # type: ignore[arg-type]
         except RemoteProtocolError as e:
@@ -194,6 +208,16 @@ class Connection:
                     ref=msg.id,
                 )
         self._move(trigger, msg, received=True)
+        self._events.append(msg)
+
+    def _server_refused(self, msg: ClientMessage) -> None:
+        if msg.TYPE in UPLOAD_TYPES and self.phase is Phase.OPEN:
+            size = upload_size(msg)
+            if not self.credits.try_consume(size):
+                raise FlowViolationError(
+                    f"{msg.TYPE} of {size} bytes without enough credit; wait for flow.credit",
+                    ref=msg.id,
+                )
         self._events.append(msg)
 
     def _check_state(self, trigger: Trigger, msg: Message) -> None:
@@ -222,13 +246,18 @@ class Connection:
     def _bad_input(self, error: RemoteProtocolError, now_ms: float) -> None:
         self.stats.bad += 1
         self._bad_in_a_row += 1
-        fatal = self._bad_in_a_row >= self.max_bad_messages
+        in_a_row = self._bad_in_a_row >= self.max_bad_messages
+        recent = self._bad_recent.hit(now_ms)
+        fatal = in_a_row or recent
         if self.role is Role.SERVER:
             self.send(Error(code=error.code.value, message=error.message, ref=error.ref), now_ms)
         if fatal:
+            window_s = self._bad_recent.window_ms / 1000.0
             self.fail(
                 CloseCode.PROTOCOL_VIOLATION,
-                f"{self._bad_in_a_row} invalid messages in a row",
+                f"{self._bad_in_a_row} invalid messages in a row"
+                if in_a_row
+                else f"{self.max_bad_messages} invalid messages within {window_s:g} s",
             )
         self._events.append(BadInput(error, fatal))
 

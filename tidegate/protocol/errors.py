@@ -37,12 +37,13 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009  # the transport refused a frame larger than its hard limit
-    PROTOCOL_VIOLATION = 4400  # too many bad messages in a row, or no usable subprotocol
-    UNAUTHORIZED = 4401
+    PROTOCOL_VIOLATION = 4400  # too many bad messages, or no usable subprotocol
+    UNAUTHORIZED = 4401  # no valid token, or the token expired during the connection
     FORBIDDEN = 4403
     TOO_SLOW = 4408  # the client does not read its events fast enough
+    IDLE_TIMEOUT = 4409  # nothing arrived in time: no first message, or idle without a session
     TOO_LARGE = 4413
-    RATE_LIMITED = 4429
+    RATE_LIMITED = 4429  # too many connections of one subject, or refusals that go on
     INTERNAL = 4500
     OVERLOADED = 4503
 

@@ -290,3 +290,28 @@ class Credits:
             return True
         self.refused += 1
         return False
+
+
+class RecentCount:
+    """How many events happened within the last ``window_ms``, up to ``limit``: a sliding
+    window over the times of the last ``limit`` events (at most ``limit`` floats are kept).
+    Time is an argument, in ms. :meth:`hit` says whether the limit is reached."""
+
+    __slots__ = ("_times", "limit", "window_ms")
+
+    def __init__(self, limit: int, window_ms: float) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.window_ms = window_ms
+        self._times: deque[float] = deque(maxlen=limit)
+
+    def hit(self, now_ms: float) -> bool:
+        """Count one event at ``now_ms``; True once ``limit`` of them fall within the window."""
+        times = self._times
+        times.append(now_ms)
+        return len(times) == self.limit and now_ms - times[0] <= self.window_ms
+
+    def count(self, now_ms: float) -> int:
+        """Events within the window that ends at ``now_ms``."""
+        return sum(1 for t in self._times if now_ms - t <= self.window_ms)

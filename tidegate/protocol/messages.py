@@ -43,6 +43,8 @@ MAX_TIME_MS = 2.0**53  # any finite ms timestamp a float64 holds exactly
 MAX_SAMPLE_RATE_HZ = 192_000
 MAX_CHANNELS = 8
 MAX_IMAGE_SIDE_PX = 8_192
+MAX_TOOL_NAME_CHARS = 64
+MAX_TOOL_JSON_CHARS = 32_768  # a tool call's arguments, a tool's output
 
 T = TypeVar("T")
 
@@ -445,6 +447,17 @@ class ResponseCancel(ClientMessage):
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionCallOutput(ClientMessage):
+    """The result of a tool call the server asked for (``response.function_call.done``):
+    ``output`` is any text, JSON by convention; the reply then continues with it."""
+
+    TYPE: ClassVar[str] = "function_call.output"
+    call_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    output: str = spec(Text(MAX_TOOL_JSON_CHARS))
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RtcOffer(ClientMessage):
     TYPE: ClassVar[str] = "rtc.offer"
     sdp: str = spec(Text(MAX_SDP_CHARS, min_chars=1))
@@ -592,13 +605,41 @@ class ResponseTextDelta(ServerMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseDone(ServerMessage):
-    """The end of a response; when ``cancelled``, ``text`` is what was delivered before the cut."""
+    """The end of a response; when ``cancelled``, ``text`` is what was delivered before the cut;
+    when ``failed``, ``reason`` says why."""
 
     TYPE: ClassVar[str] = "response.done"
     response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
     status: str = spec(Text(choices=("completed", "cancelled", "failed")))
     text: str = spec(Text(4 * MAX_TEXT_CHARS))
     timing: Timing | None = spec(Nested(Timing), None)
+    reason: str | None = spec(Text(1024), None)
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseFunctionCallDelta(ServerMessage):
+    """A piece of a tool call as the model streams it: ``arguments`` is the new fragment of
+    the call's JSON text."""
+
+    TYPE: ClassVar[str] = "response.function_call.delta"
+    response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    call_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    name: str = spec(Text(MAX_TOOL_NAME_CHARS, min_chars=1))
+    arguments: str = spec(Text(MAX_TOOL_JSON_CHARS))
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseFunctionCallDone(ServerMessage):
+    """A whole tool call (``arguments``: JSON text of one object). The reply waits for the
+    client's ``function_call.output`` with the same ``call_id``."""
+
+    TYPE: ClassVar[str] = "response.function_call.done"
+    response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    call_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    name: str = spec(Text(MAX_TOOL_NAME_CHARS, min_chars=1))
+    arguments: str = spec(Text(MAX_TOOL_JSON_CHARS))
 
 
 @message

@@ -11,7 +11,6 @@ rate-limited per subject (``rate_requests_per_s``: 429 with ``Retry-After``), an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,27 +20,19 @@ from starlette.routing import Route
 
 from tidegate.protocol import ErrorCode
 
-from .auth import SCOPE_SESSION, Principal, bearer_from_header
-from .cluster import WrongNodeError
+from . import edge, params
+from .auth import Principal
 from .db import records as rec
 from .db import store
 from .db.writer import is_unavailable
+from .edge import Handler
 from .errors import ForbiddenError, InvalidConfigError, NotFoundError, RefusalError
 from .runtime import Runtime
 
+MAX_TENANT_CHARS = 128  # as the token's tenant claim
+
 DEFAULT_PAGE_ITEMS = 50
 CHILD_KINDS = ("transcript", "responses", "sensors", "latency", "events")
-STATUS_FOR_CODE = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.INVALID_FIELD: 400,
-    ErrorCode.UNEXPECTED_MESSAGE: 409,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.OVERLOADED: 503,
-    ErrorCode.INTERNAL: 500,
-}
-ALLOWED_HEADERS = "Authorization, Content-Type"
 
 
 class SessionLiveError(RefusalError):
@@ -52,70 +43,20 @@ class DatabaseUnavailableError(RefusalError):
     code = ErrorCode.OVERLOADED
 
 
-Handler = Callable[[Request, Runtime, Principal], Awaitable[Response]]
-
-
-def _error(e: RefusalError) -> JSONResponse:
-    body: dict[str, Any] = {"code": e.code.value, "message": e.message}
-    headers = {}
-    if e.retry_after_ms is not None:
-        body["retry_after_ms"] = e.retry_after_ms
-        headers["Retry-After"] = str(max(1, math.ceil(e.retry_after_ms / 1000)))
-    status = STATUS_FOR_CODE.get(e.code, 400)
-    if isinstance(e, WrongNodeError):  # another node holds the session: say which
-        status, body, more = e.http(body)
-        headers.update(more)
-    return JSONResponse({"error": body}, status, headers=headers)
+def _database_unavailable(e: Exception, runtime: Runtime) -> RefusalError | None:
+    """The database is away: 503 with a retry hint (any other exception is ours: 500)."""
+    if not is_unavailable(e):
+        return None
+    return DatabaseUnavailableError(
+        "the database is unavailable; retry shortly",
+        retry_after_ms=runtime.settings.db_retry_s * 1000,
+    )
 
 
 def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler with the origin check, CORS, authentication and the rate limit."""
-
-    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def serve(request: Request) -> Response:
-            runtime: Runtime = request.app.state.runtime
-            origin = request.headers.get("origin")
-            if not runtime.origin_allowed(origin, request.headers.get("host")):
-                runtime.counters["api_origin_refused"] += 1
-                return _error(
-                    ForbiddenError(
-                        f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
-                    )
-                )
-            cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin else {}
-            if request.method == "OPTIONS":
-                return Response(
-                    status_code=204,
-                    headers={
-                        **cors,
-                        "Access-Control-Allow-Methods": methods,
-                        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
-                        "Access-Control-Max-Age": "600",
-                    },
-                )
-            try:
-                token = bearer_from_header(request.headers.get("authorization"))
-                principal = await runtime.verifier.verify(token, SCOPE_SESSION)
-                await runtime.limiter.requests.acquire(principal)
-                response = await handler(request, runtime, principal)
-            except RefusalError as e:
-                response = _error(e)
-            except Exception as e:
-                if not is_unavailable(e):
-                    raise
-                response = _error(
-                    DatabaseUnavailableError(
-                        "the database is unavailable; retry shortly",
-                        retry_after_ms=runtime.settings.db_retry_s * 1000,
-                    )
-                )
-            response.headers.update(cors)
-            return response
-
-        serve.__doc__ = handler.__doc__
-        return serve
-
-    return wrap
+    """The records API's routes: the HTTP edge (origin, CORS, token, rate limit, errors) and
+    the database's unavailability as a 503."""
+    return edge.endpoint(methods, translate=_database_unavailable)
 
 
 # -- query parameters ---------------------------------------------------------------------------
@@ -123,7 +64,7 @@ def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[
 
 def _tenant_scope(request: Request, principal: Principal) -> str | None:
     """The tenant a request may see: its own, or (admin) any, or the one it filters on."""
-    asked = request.query_params.get("tenant")
+    asked = params.text(request, "tenant", max_chars=MAX_TENANT_CHARS)
     if principal.is_admin:
         return asked or None
     if asked is not None and asked != principal.tenant:
@@ -131,31 +72,14 @@ def _tenant_scope(request: Request, principal: Principal) -> str | None:
     return principal.tenant
 
 
-def _float(request: Request, name: str) -> float | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidConfigError(f"{name}: expected epoch milliseconds, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise InvalidConfigError(f"{name}: expected a finite number, got {raw!r}")
-    return value
-
-
 def _limit(request: Request, runtime: Runtime) -> int:
-    raw = request.query_params.get("limit")
     top = runtime.settings.api_page_max_items
-    if raw is None:
-        return min(DEFAULT_PAGE_ITEMS, top)
-    if not raw.isdigit() or not 1 <= int(raw) <= top:
-        raise InvalidConfigError(f"limit: expected an integer from 1 to {top}, got {raw!r}")
-    return int(raw)
+    limit = params.integer(request, "limit", low=1, high=top)
+    return min(DEFAULT_PAGE_ITEMS, top) if limit is None else limit
 
 
 def _cursor(request: Request) -> str | None:
-    cursor = request.query_params.get("cursor")
+    cursor = params.cursor(request)
     if cursor is not None:
         try:
             store.decode_cursor(cursor)
@@ -185,11 +109,11 @@ async def list_sessions(request: Request, runtime: Runtime, principal: Principal
         )
     f = store.SessionFilter(
         tenant=_tenant_scope(request, principal),
-        subject=request.query_params.get("subject"),
+        subject=params.text(request, "subject"),
         status=status,
-        mode=request.query_params.get("mode"),
-        since_ms=_float(request, "since_ms"),
-        until_ms=_float(request, "until_ms"),
+        mode=params.text(request, "mode"),
+        since_ms=params.epoch_ms(request, "since_ms"),
+        until_ms=params.epoch_ms(request, "until_ms"),
     )
     limit, cursor = _limit(request, runtime), _cursor(request)
     async with runtime.recorder.engine.connect() as conn:
@@ -199,7 +123,7 @@ async def list_sessions(request: Request, runtime: Runtime, principal: Principal
 @endpoint("GET, DELETE, OPTIONS")
 async def session_detail(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """One session (GET), or delete all its data (DELETE)."""
-    session_id = request.path_params["session_id"]
+    session_id = params.path_id(request, "session_id")
     tenant = None if principal.is_admin else principal.tenant
     if request.method == "DELETE":
         return await _delete(runtime, session_id, tenant)
@@ -236,7 +160,7 @@ async def _delete(runtime: Runtime, session_id: str, tenant: str | None) -> Resp
 def _children(kind: str) -> Callable[[Request], Awaitable[Response]]:
     @endpoint("GET, OPTIONS")
     async def handler(request: Request, runtime: Runtime, principal: Principal) -> Response:
-        session_id = request.path_params["session_id"]
+        session_id = params.path_id(request, "session_id")
         tenant = None if principal.is_admin else principal.tenant
         limit, cursor = _limit(request, runtime), _cursor(request)
         async with runtime.recorder.engine.connect() as conn:
@@ -323,10 +247,11 @@ ERR = {"$ref": "#/components/schemas/Error"}
 ERRORS = {
     str(code): _json_response(text, ERR)
     for code, text in (
-        (400, "a query parameter is invalid (code invalid_field)"),
+        (400, "a query or path parameter is invalid (code invalid_field)"),
         (401, "no token, or one that does not verify (code unauthorized)"),
         (403, "the token lacks a scope, or the origin is not allowed (code forbidden)"),
         (429, "too many requests for this subject; see Retry-After (code rate_limited)"),
+        (500, "our fault; the server log has the details (code internal)"),
         (503, "the database is unavailable; see Retry-After (code overloaded)"),
     )
 }
@@ -372,6 +297,7 @@ CHILD_SCHEMAS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "text": S,
             "spoken_text": SN,
             "ref": SN,
+            "tool_calls": SN,
             "created_at_ms": N,
         },
     ),

@@ -1,4 +1,8 @@
-"""The starlette application: health, readiness, the control channel and the HTTP SDP offer."""
+"""The starlette application: health, readiness, the control channel and the HTTP routes.
+
+Every HTTP route but ``/healthz``, ``/readyz``, ``/openapi.json``, ``/v1/auth/config``, the
+development login and the web client's files goes through the HTTP edge (:mod:`.edge`): origin
+allow-list, token, the subject's request budget, one error table."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+
+from tidegate.engines.llm import ProviderPool
 
 from .api import api_routes
 from .asgi_ws import AsgiWebSocket, WebSocketFront
@@ -35,6 +41,9 @@ async def readyz(request: Request) -> JSONResponse:
         body: dict[str, object] = {"status": "ready", "sessions": len(runtime.registry)}
         if issuers:  # an unreachable issuer is reported, not fatal: its cached keys still work
             body["issuers"] = issuers
+        llm = runtime.engines.batchers.get("llm") if runtime.engines is not None else None
+        if isinstance(llm, ProviderPool):  # each provider's breaker and counts
+            body["llm_providers"] = llm.readiness()
         return JSONResponse(body)
     if runtime.startup_error is not None:
         return JSONResponse({"status": "failed", "error": runtime.startup_error}, status_code=503)
@@ -62,13 +71,13 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
-            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
-            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
+            Route(METRICS_PATH, metrics_endpoint, methods=["GET", "OPTIONS"]),
+            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST", "OPTIONS"]),
+            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST", "OPTIONS"]),
             *api_routes(),
             Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),
             Route(AUTH_CONFIG_PATH, auth_config, methods=["GET"]),
-            Mount("/", WebApp(web_dir(settings))),  # last: the browser client's files
+            Mount("/", WebApp(web_dir(settings), settings)),  # last: the browser client's files
         ],
         lifespan=lifespan,
     )

@@ -18,7 +18,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class Disconnected(Exception):
-    """The client went away."""
+    """The client went away (``code``: its close code, when it sent one)."""
+
+    def __init__(self, code: int | None = None) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class AsgiWebSocket:
@@ -45,9 +49,14 @@ class AsgiWebSocket:
     ) -> None:
         message = await self._receive()
         if message["type"] != "websocket.connect":
-            raise Disconnected()
+            raise Disconnected(message.get("code"))
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-        await self._send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra})
+        try:
+            await self._send(
+                {"type": "websocket.accept", "subprotocol": subprotocol, "headers": extra}
+            )
+        except OSError:  # the server's ClientDisconnected
+            raise Disconnected() from None
         self.accepted = True
 
     async def receive(self) -> bytes | str:
@@ -58,13 +67,17 @@ class AsgiWebSocket:
             if data is None:
                 data = message.get("text")
             return data if data is not None else b""
-        raise Disconnected()
+        raise Disconnected(message.get("code"))
 
     async def send(self, payload: bytes | str) -> None:
-        if type(payload) is bytes:
-            await self._send({"type": "websocket.send", "bytes": payload})
-        else:
-            await self._send({"type": "websocket.send", "text": payload})
+        """Send one payload; raises Disconnected when the client is gone."""
+        try:
+            if type(payload) is bytes:
+                await self._send({"type": "websocket.send", "bytes": payload})
+            else:
+                await self._send({"type": "websocket.send", "text": payload})
+        except OSError:  # the server's ClientDisconnected: an ordinary end, not our fault
+            raise Disconnected() from None
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

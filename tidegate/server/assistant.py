@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.engines.errors import EngineError
-from tidegate.engines.llm import Generation, LlmBatcher, SamplingParams
+from tidegate.engines.errors import DeadlineError, EngineError, OverloadedError
+from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
+from tidegate.engines.llm.tools import ToolCall, ToolCallDelta, ToolCallError
 from tidegate.engines.runtime import Array
+from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.service import EngineService
 from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
 from tidegate.engines.tts import TtsStream
@@ -51,6 +53,7 @@ from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
+    FunctionCallOutput,
     InputFrame,
     InputText,
     OutputAudio,
@@ -58,6 +61,8 @@ from tidegate.protocol.messages import (
     ResponseCreate,
     ResponseCreated,
     ResponseDone,
+    ResponseFunctionCallDelta,
+    ResponseFunctionCallDone,
     ResponseTextDelta,
     Timing,
 )
@@ -124,6 +129,7 @@ class Reply:
     id: str
     ref: str | None
     received_ms: float  # when its input arrived (the turn's last audio, or the text)
+    from_speech: bool = False  # answers a spoken turn (its first audio is voice-to-voice)
     text: str = ""
     chunks: list[SpokenChunk] = field(default_factory=list)
     located: int = 0  # where the next chunk's text is looked for in ``text``
@@ -135,6 +141,10 @@ class Reply:
     speaker: asyncio.Task[Any] | None = None
     started_ms: float | None = None
     finished: bool = False
+    round_start: int = 0  # where the text of the latest LLM round starts in ``text``
+    calls_made: int = 0
+    pending: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # call_id -> output
+    calls: list[dict[str, str]] = field(default_factory=list)  # answered calls, for the record
 
     def locate(self, chunk: str) -> tuple[int, int]:
         """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
@@ -162,6 +172,20 @@ class Reply:
         return self.text[:end]
 
 
+class ToolTimeoutError(Exception):
+    """A reply's tool calls went unanswered (or were too many): the reply fails."""
+
+
+def _reason(e: Exception) -> str:
+    """Why a reply failed, for ``response.done``: the message of what the client, the model
+    or a provider did; a plain sentence for our own faults (details stay in the log)."""
+    if isinstance(
+        e, ToolTimeoutError | ToolCallError | ProviderError | OverloadedError | DeadlineError
+    ):
+        return str(e)[:1024]
+    return "the reply could not be generated (internal error; see the server log)"
+
+
 class AssistantMode(TranscribeMode):
     """See the module docstring."""
 
@@ -170,10 +194,10 @@ class AssistantMode(TranscribeMode):
     def __init__(self, session: Session, engines: EngineService) -> None:
         super().__init__(session, engines)
         s = session.settings
-        self.llm: LlmBatcher = engines.llm()
+        self.llm: LlmEngine = engines.llm()
         self.tts = engines.get("tts")
         self.voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
-        self.history: list[dict[str, str]] = []
+        self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self._turn: list[str] = []
         self._turn_received = 0.0
@@ -181,11 +205,24 @@ class AssistantMode(TranscribeMode):
         self._turn_timer: asyncio.Task[Any] | None = None
         self._params = SamplingParams(max_tokens=s.assistant_max_reply_tokens)
         self.counters.update(
-            turns=0, responses=0, completed=0, cancelled=0, failed=0, barge_ins=0, audio_frames=0
+            turns=0,
+            responses=0,
+            completed=0,
+            cancelled=0,
+            failed=0,
+            barge_ins=0,
+            audio_frames=0,
+            tool_calls=0,
         )
         self.vision: VisionLane | None = None
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(session, engines.get("vision"), s.assistant_vision_interval_s)
+            self.vision = VisionLane(
+                session,
+                engines.get("vision"),
+                s.assistant_vision_interval_s,
+                workers=engines.media,
+                max_pixels=s.frame_max_pixels,
+            )
             session.spawn(self.vision.run(), "vision")
 
     def _start_media(self, peer: MediaPeer) -> None:
@@ -221,6 +258,13 @@ class AssistantMode(TranscribeMode):
                 which = f"response {msg.response_id!r}" if msg.response_id else "response"
                 raise NotFoundError(f"no {which} in progress")
             self._cut(reply)
+        elif kind is FunctionCallOutput:
+            assert isinstance(msg, FunctionCallOutput)
+            reply = self.reply
+            waiting = reply.pending.get(msg.call_id) if reply is not None else None
+            if waiting is None or waiting.done():
+                raise NotFoundError(f"no tool call {msg.call_id!r} is waiting for its output")
+            waiting.set_result(msg.output)
         else:
             await super().handle_other(msg)
 
@@ -232,6 +276,9 @@ class AssistantMode(TranscribeMode):
         excess = len(self.history) - self.session.settings.assistant_max_history_messages
         if excess > 0:
             del self.history[:excess]
+            # a tool result or call cut off from its turn would be refused by the LLM
+            while self.history and self.history[0]["role"] == "tool":
+                del self.history[0]
 
     # -- turns (hooks of the audio lane) ----------------------------------------------------
     def on_speech_started(self) -> None:
@@ -271,13 +318,13 @@ class AssistantMode(TranscribeMode):
                 return
         self.counters["turns"] += 1
         self._user_says(text)
-        self._start_reply(None, self._turn_received)
+        self._start_reply(None, self._turn_received, spoken=True)
 
     # -- replies ----------------------------------------------------------------------------
-    def _start_reply(self, ref: str | None, received_ms: float) -> None:
+    def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
-        reply = Reply(new_response_id(), ref, received_ms)
+        reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
@@ -288,23 +335,37 @@ class AssistantMode(TranscribeMode):
         messages = self.messages()
         try:
             reply.started_ms = now_ms()
-            if s.caches is not None:  # a greedy reply given before comes back at once
-                gen = await s.caches.generate(self.llm, messages, self._params, session=s.id)
-            else:
-                gen = self.llm.generate(messages, self._params, session=s.id)
-            reply.gen = gen
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
                 max_pending_chunks=s.settings.assistant_max_pending_chunks,
             )
             reply.tts = tts
             reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
-            async for delta in gen:
-                reply.text += delta
-                s.emit(
-                    ResponseTextDelta(response_id=reply.id, delta=delta, timing=self._timing(reply))
-                )
-                tts.push(delta)
+            while True:  # one LLM round, then another after each round of tool calls
+                reply.round_start = len(reply.text)
+                gen = await self._generate(messages, first_round=reply.calls_made == 0)
+                reply.gen = gen
+                async for item in gen.events():
+                    if isinstance(item, ToolCallDelta):
+                        s.emit(
+                            ResponseFunctionCallDelta(
+                                response_id=reply.id,
+                                call_id=item.call_id,
+                                name=item.name,
+                                arguments=item.arguments,
+                            )
+                        )
+                        continue
+                    reply.text += item
+                    s.emit(
+                        ResponseTextDelta(
+                            response_id=reply.id, delta=item, timing=self._timing(reply)
+                        )
+                    )
+                    tts.push(item)
+                if not gen.tool_calls:
+                    break
+                messages += await self._call_tools(reply, gen.tool_calls)
             tts.end()
             await reply.speaker
         except asyncio.CancelledError:
@@ -312,14 +373,97 @@ class AssistantMode(TranscribeMode):
                 return
             self._stop(reply)
             raise
-        except EngineError as e:
+        except (EngineError, ToolTimeoutError) as e:
             log.warning("session %s: reply %s failed: %s", s.id, reply.id, e)
             self._stop(reply)
-            self._finish(reply, "failed", reply.spoken(time.monotonic()))
+            self._finish(reply, "failed", reply.spoken(time.monotonic()), _reason(e))
             return
         self._finish(reply, "completed", reply.text)
 
-    def messages(self) -> list[dict[str, str]]:
+    async def _generate(self, messages: list[dict[str, Any]], *, first_round: bool) -> Generation:
+        """The next LLM round. The session's ``tool_choice`` holds for the reply's first
+        round only; later rounds, which have the calls' outputs, send none (the provider's
+        default, ``auto``): a forced call would otherwise be forced again every round."""
+        s = self.session
+        tools = s.config.get("tools")
+        if tools:
+            choice = s.config.get("tool_choice")
+            return self.llm.generate(
+                messages,
+                self._params,
+                session=s.id,
+                tools=tools,
+                tool_choice=choice if first_round or choice == "none" else None,
+            )
+        if s.caches is not None:  # a greedy reply given before comes back at once
+            return await s.caches.generate(self.llm, messages, self._params, session=s.id)
+        return await self.llm.submit(messages, self._params, session=s.id)
+
+    async def _call_tools(self, reply: Reply, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+        """Send each call to the client (``response.function_call.done``), wait for every
+        ``function_call.output`` (at most ``assistant_tool_timeout_s``); the messages that
+        carry the calls and their outputs to the next round (also kept in the history)."""
+        s = self.session
+        limit = s.settings.assistant_max_tool_calls_items
+        reply.calls_made += len(calls)
+        if reply.calls_made > limit:
+            raise ToolTimeoutError(
+                f"the model made more than {limit} tool calls in one reply "
+                "(assistant_max_tool_calls_items)"
+            )
+        loop = asyncio.get_running_loop()
+        for call in calls:
+            reply.pending[call.call_id] = loop.create_future()
+            self.counters["tool_calls"] += 1
+            s.emit(
+                ResponseFunctionCallDone(
+                    response_id=reply.id,
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+            )
+        timeout_s = s.settings.assistant_tool_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                outputs = [await reply.pending[c.call_id] for c in calls]
+        except TimeoutError:
+            waits = [
+                reply.pending[c.call_id] for c in calls
+            ]  # the timeout cancelled the one awaited
+            late = [
+                c.call_id
+                for c, w in zip(calls, waits, strict=True)
+                if w.cancelled() or not w.done()
+            ]
+            raise ToolTimeoutError(
+                f"no function_call.output for {', '.join(late)} within {timeout_s:g} s "
+                "(assistant_tool_timeout_s)"
+            ) from None
+        finally:
+            for c in calls:
+                reply.pending.pop(c.call_id, None)
+        said = reply.text[reply.round_start :]
+        added: list[dict[str, Any]] = [
+            {
+                "role": "assistant",
+                "content": said,  # "" rather than null: some servers (llama-cpp-python) refuse null
+                "tool_calls": [c.as_message() for c in calls],
+            },
+            *(
+                {"role": "tool", "tool_call_id": c.call_id, "content": out}
+                for c, out in zip(calls, outputs, strict=True)
+            ),
+        ]
+        reply.calls.extend(
+            {"call_id": c.call_id, "name": c.name, "arguments": c.arguments, "output": out}
+            for c, out in zip(calls, outputs, strict=True)
+        )
+        self.history.extend(added)
+        reply.round_start = len(reply.text)
+        return added
+
+    def messages(self) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt, the history and, just before the last
         user message, what the camera sees (not kept in the history)."""
         s = self.session.settings
@@ -364,6 +508,9 @@ class AssistantMode(TranscribeMode):
             if reply.finished:
                 return
             starts = max(now, reply.play_end)
+            stages = self.session.stage_times
+            if reply.frames_sent == 0 and reply.from_speech and stages is not None:
+                stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
             chunk.frame_starts.append(starts)
             reply.play_end = starts + FRAME_S
             track = self._track()
@@ -414,12 +561,14 @@ class AssistantMode(TranscribeMode):
         if reply.task is not None:
             reply.task.cancel()
 
-    def _finish(self, reply: Reply, status: str, spoken: str) -> None:
+    def _finish(self, reply: Reply, status: str, spoken: str, reason: str | None = None) -> None:
         if reply.finished:
             return
         reply.finished = True
         if self.reply is reply:
             self.reply = None
+        for waiting in reply.pending.values():
+            waiting.cancel()
         self.counters[status] += 1
         text = reply.text if status == "completed" else spoken
         self.session.emit(
@@ -429,6 +578,7 @@ class AssistantMode(TranscribeMode):
                 text=text,
                 timing=self._timing(reply),
                 ref=reply.ref,
+                reason=reason,
             )
         )
         self.session.record(
@@ -438,10 +588,14 @@ class AssistantMode(TranscribeMode):
                 status=status,
                 spoken_text=spoken,
                 ref=reply.ref,
+                tool_calls=list(reply.calls),
             )
         )
-        if spoken:
-            self.history.append({"role": "assistant", "content": spoken})
+        # what was heard of the last round (earlier rounds are in the history with their
+        # tool calls already)
+        heard = spoken[reply.round_start :] if len(spoken) > reply.round_start else ""
+        if heard:
+            self.history.append({"role": "assistant", "content": heard})
             self._trim_history()
 
     # -- the rest ---------------------------------------------------------------------------

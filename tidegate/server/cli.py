@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import time
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from .app import create_app
 from .auth import SCOPE_SESSION, load_or_create_secret, mint_token
+from .engines import engine_specs
 from .errors import ConfigError
+from .runtime import Runtime
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """The uvicorn configuration tidegate runs with (also used by the tests)."""
+    """The uvicorn configuration tidegate runs with (also used by the tests): uvicorn's
+    httptools and websockets-sansio protocols, behind the app's connection gate (gate.py)."""
+    http, ws = app.state.runtime.gate.protocols()
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": "websockets-sansio",
+        "http": http,
+        "ws": ws,
+        "backlog": settings.listen_backlog_connections,
         "ws_max_size": 2 * settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,
@@ -32,6 +43,70 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain in front of its shutdown. The first SIGTERM (or SIGINT)
+    marks the runtime draining: /readyz answers 503 and new sessions are refused, while the
+    node keeps serving its sessions (resumes included). Once none is left, or after
+    ``drain_timeout_s``, uvicorn's own shutdown runs: connections closed, then the lifespan's
+    (sessions closed, record journal flushed). A second signal ends the drain at once; the
+    process exits 0 either way (uvicorn would re-raise the signal)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+        self.drain_deadline: float | None = None  # monotonic; set by the first signal
+        self._drain_logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: it only flips flags, on_tick (on the loop) acts on them.
+        if self.drain_deadline is None and sig in (signal.SIGTERM, signal.SIGINT):
+            self.drain_deadline = time.monotonic() + self.runtime.settings.drain_timeout_s
+            self.runtime.draining = True
+        elif self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and not self.should_exit:
+            left = len(self.runtime.registry)
+            if not self._drain_logged:
+                self._drain_logged = True
+                log.warning(
+                    "draining: new sessions refused; waiting up to %.0f s for %d session(s)",
+                    self.runtime.settings.drain_timeout_s,
+                    left,
+                )
+            if not left or time.monotonic() >= self.drain_deadline:
+                log.warning("drained: shutting down, %d session(s) left to close", left)
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def prepare_models(settings: Settings) -> None:
+    """Prepare the default models the configured engines need and do not have yet (a bare
+    ``tidegate serve``'s first start), downloading what is missing, one progress line per
+    step on stderr. ModelError (a missing package, a checksum) names what to do."""
+    from tidegate.engines import models
+
+    for spec in engine_specs(settings):
+        if spec.model not in models.DEFAULT_MODELS or not models.verify(
+            settings.data_dir, spec.model, deep=False
+        ):
+            continue
+        print(
+            f"tidegate: the {spec.name} engine's model {spec.model} is not prepared in "
+            f"{settings.data_dir}; preparing it (once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        models.prepare(
+            settings.data_dir,
+            spec.model,
+            progress=lambda line: print(f"tidegate: {line}", file=sys.stderr, flush=True),
+        )
 
 
 def add_commands(sub: Any) -> None:
@@ -56,6 +131,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from tidegate.engines.errors import ModelError
+
+    try:
+        prepare_models(settings)
+    except ModelError as e:
+        print(f"tidegate: cannot prepare the engines' models: {e}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     print(
         f"tidegate: listening on http://{settings.host}:{settings.port} "
@@ -64,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.Server(uvicorn_config(app, settings)).run()
+    DrainingServer(uvicorn_config(app, settings), app.state.runtime).run()
     return 0
 
 

@@ -57,3 +57,9 @@ class OverloadedError(RefusalError):
 
 class RateLimitedError(RefusalError):
     code = ErrorCode.RATE_LIMITED
+
+
+class ConnectionLimitError(RateLimitedError):
+    """Too many connections of one subject: refused, and the connection closed (4429)."""
+
+    close_code = CloseCode.RATE_LIMITED

@@ -1,7 +1,8 @@
 """Per-token rate limits: token buckets keyed by the token's subject (tenant + ``sub``).
 
-Three buckets per subject: new sessions, control messages (uploads included) and HTTP API
-requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
+Three buckets per subject: new sessions, control messages (every inbound one: uploads, pings
+and invalid ones included; the control channel takes the token before it handles a message)
+and HTTP API requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
 ``retry_after_ms`` (the time until one token is back): on the wire an ``error`` with code
 ``rate_limited``, over HTTP a 429 with ``Retry-After``. Keying by subject rather than by the
 token string means a subject cannot reset its budget by fetching a fresh token.
@@ -18,17 +19,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-from tidegate.protocol import ClientMessage
+from typing import Any, Protocol
 
 from .auth import Principal
 from .cluster.link import RedisDownError
 from .errors import RateLimitedError
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .session import Session
 
 PRUNE_AT_KEYS = 10_000
 
@@ -178,6 +174,68 @@ class TokenBuckets:
         }
 
 
+SLOT_RETRY_MS = 1_000.0  # the hint given with a refused slot: when one may have ended
+
+
+class Slot:
+    """One place taken in :class:`Slots`; ``release()`` gives it back (once; again is a no-op)."""
+
+    __slots__ = ("_key", "_slots")
+
+    def __init__(self, slots: Slots, key: tuple[str, str]) -> None:
+        self._slots: Slots | None = slots
+        self._key = key
+
+    def release(self) -> None:
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots._release(self._key)
+
+
+class Slots:
+    """At most ``limit`` things at once per subject, counted on this node: a concurrency limit
+    beside the buckets (chat completions generating at once). A refusal is a
+    :class:`RateLimitedError` naming ``setting``, with a retry hint of ``SLOT_RETRY_MS``."""
+
+    def __init__(self, what: str, *, limit: int, setting: str) -> None:
+        self.what = what
+        self.limit = limit
+        self.setting = setting
+        self._held: dict[tuple[str, str], int] = {}
+        self.admitted = 0
+        self.refused = 0
+
+    def acquire(self, principal: Principal) -> Slot:
+        key = (principal.tenant, principal.subject)
+        held = self._held.get(key, 0)
+        if held >= self.limit:
+            self.refused += 1
+            raise RateLimitedError(
+                f"too many {self.what} at once: {held} running, the limit is {self.limit} "
+                f"per subject ({self.setting}); retry when one has ended",
+                retry_after_ms=SLOT_RETRY_MS,
+            )
+        self._held[key] = held + 1
+        self.admitted += 1
+        return Slot(self, key)
+
+    def _release(self, key: tuple[str, str]) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "held": sum(self._held.values()),
+            "subjects": len(self._held),
+            "admitted": self.admitted,
+            "refused": self.refused,
+        }
+
+
 class Limiter:
     """The rate limits of one node."""
 
@@ -198,22 +256,21 @@ class Limiter:
             burst=s.rate_burst_requests,
             clock=clock,
         )
+        self.completions = Slots(
+            "chat completions",
+            limit=s.max_completions_per_subject,
+            setting="max_completions_per_subject",
+        )
 
     def share(self, shared: SharedBuckets) -> None:
         """Count every bucket across the cluster (see the module docstring)."""
         for buckets in (self.sessions, self.messages, self.requests):
             buckets.shared = shared
 
-    async def admit_message(
-        self, principal: Principal, msg: ClientMessage, session: Session | None
-    ) -> None:
-        """Count a control message against its subject's budget (RateLimitedError when spent;
-        the dispatcher gives a refused upload's credit back)."""
-        await self.messages.acquire(principal)
-
     def stats(self) -> dict[str, Any]:
         return {
             "sessions": self.sessions.stats(),
             "messages": self.messages.stats(),
             "requests": self.requests.stats(),
+            "completions": self.completions.stats(),
         }

@@ -32,12 +32,14 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
 
-from .auth import SCOPE_ADMIN, bearer_from_header
-from .errors import ConfigError, RefusalError
+from . import edge
+from .auth import SCOPE_ADMIN, Principal
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from tidegate.protocol import ServerMessage
@@ -62,6 +64,8 @@ class StageTimes:
 
     def __init__(self) -> None:
         self.by_type: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        # A spoken turn's last audio -> its reply's first audio frame handed to the connection.
+        self.voice_to_voice = Histogram(STAGE_BUCKETS_MS)
 
     def observe(self, msg: ServerMessage, sent_ms: float) -> None:
         timing = getattr(msg, "timing", None)
@@ -150,6 +154,7 @@ class ServerCollector(Collector):
             ("tidegate_outbox_closes", "too_slow", "Connections closed as too slow (4408)."),
         ):
             yield CounterMetricFamily(name, doc, value=rt.counters[key])
+        yield from self._connections()
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
@@ -160,6 +165,50 @@ class ServerCollector(Collector):
             for stage, h in zip(STAGES, hists, strict=True):
                 stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
+        v2v = rt.stage_times.voice_to_voice
+        voice = HistogramMetricFamily(
+            "tidegate_voice_to_voice_seconds",
+            "Assistant: from a spoken turn's last audio to its reply's first audio frame "
+            "handed to the connection.",
+        )
+        voice.add_metric([], _buckets(v2v, 0.001), v2v.sum / 1000.0)
+        yield voice
+
+    def _connections(self) -> Iterator[Metric]:
+        """The connection gate (gate.py) and the control channel's own closes (control.py)."""
+        rt = self.runtime
+        gate = rt.gate
+        yield GaugeMetricFamily(
+            "tidegate_connections_open", "TCP connections open (HTTP and WebSocket).", len(gate)
+        )
+        yield GaugeMetricFamily(
+            "tidegate_connections_max",
+            "The connection cap in force (max_connections, lowered to the open-file limit).",
+            gate.max_connections,
+        )
+        refused = CounterMetricFamily(
+            "tidegate_connections_refused",
+            "Connections refused: per_address (429), cap (503), subject (control connections "
+            "without a session over the subject's cap, 4429).",
+            labels=["reason"],
+        )
+        refused.add_metric(["per_address"], gate.counts["refused_address"])
+        refused.add_metric(["cap"], gate.counts["refused_cap"])
+        refused.add_metric(["subject"], rt.counters["connections_refused"])
+        yield refused
+        dropped = CounterMetricFamily(
+            "tidegate_connections_dropped",
+            "Connections dropped: handshake_timeout, evicted (at the cap, for a new one), "
+            "stalled (a peer that does not read, aborted at its close), idle (4409), "
+            "token_expired (4401).",
+            labels=["reason"],
+        )
+        dropped.add_metric(["handshake_timeout"], gate.counts["handshake_timeouts"])
+        dropped.add_metric(["evicted"], gate.counts["evicted"])
+        dropped.add_metric(["stalled"], gate.counts["aborted_stalled"])
+        dropped.add_metric(["idle"], rt.counters["idle_closes"])
+        dropped.add_metric(["token_expired"], rt.counters["token_expired_closes"])
+        yield dropped
 
     def _engines(self) -> Iterator[Metric]:
         engines = self.runtime.engines
@@ -212,6 +261,10 @@ class ServerCollector(Collector):
                 load = llm.queue_load()
                 depth.add_metric([name], load.depth)
                 capacity.add_metric([name], load.max_items)
+                if isinstance(llm, ProviderPool):  # no local steps: its providers' metrics
+                    for outcome in ("completed", "failed", "refused", "cancelled"):
+                        requests.add_metric([name, outcome], getattr(llm, outcome))
+                    continue
                 lc = llm.counters
                 for outcome in ("completed", "failed", "refused", "deadline_missed", "cancelled"):
                     requests.add_metric([name, outcome], getattr(lc, outcome))
@@ -220,7 +273,81 @@ class ServerCollector(Collector):
                 size.add_metric([name], _buckets(lc.batch_size, 1.0), lc.batch_size.sum)
                 prefill.add_metric([], _buckets(lc.prefill_ms, 0.001), lc.prefill_ms.sum / 1e3)
                 tokens.add_metric([], lc.tokens)
+            pool = engines.media  # image decoding and resampling (engines/workers.py)
+            depth.add_metric(["media"], pool.pending)
+            capacity.add_metric(["media"], pool.max_pending)
+            for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
+                requests.add_metric(["media", outcome], n)
+            requests.add_metric(["media", "refused"], pool.refused)
         yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
+        yield from self._providers()
+
+    def _providers(self) -> Iterator[Metric]:
+        """The LLM providers (llm_runtime=providers): state, requests, failures, time to
+        first token, failovers. Nothing names a key or a URL."""
+        engines = self.runtime.engines
+        pool = engines.batchers.get("llm") if engines is not None else None
+        state = GaugeMetricFamily(
+            "tidegate_llm_provider_state",
+            "A provider's circuit breaker: 1 for its current state (closed, open, half_open).",
+            labels=["provider", "state"],
+        )
+        in_flight = GaugeMetricFamily(
+            "tidegate_llm_provider_in_flight",
+            "Requests a provider serves now.",
+            labels=["provider"],
+        )
+        requests = CounterMetricFamily(
+            "tidegate_llm_provider_requests",
+            "Requests sent to a provider by outcome (completed, failed, refused: a 4xx other "
+            "than 429) and requests that skipped it (skipped_open, skipped_full).",
+            labels=["provider", "outcome"],
+        )
+        failovers = CounterMetricFamily(
+            "tidegate_llm_provider_failovers",
+            "Requests that moved on from a provider to the next, before the first token "
+            "(before_first_token) or during the reply (midstream).",
+            labels=["provider", "when"],
+        )
+        ttft = HistogramMetricFamily(
+            "tidegate_llm_provider_first_token_seconds",
+            "From sending a request to a provider to its first token.",
+            labels=["provider"],
+        )
+        failover = HistogramMetricFamily(
+            "tidegate_llm_failover_seconds",
+            "User-visible failover: from a provider's failure to the first token of the next.",
+        )
+        switch = HistogramMetricFamily(
+            "tidegate_llm_failover_switch_seconds",
+            "The failover switch: from a provider's failure to the request sent to the next.",
+        )
+        if isinstance(pool, ProviderPool):
+            for p in pool.providers:
+                current = p.breaker.state.value
+                for st in ("closed", "open", "half_open"):
+                    state.add_metric([p.name, st], 1.0 if st == current else 0.0)
+                in_flight.add_metric([p.name], p.in_flight)
+                c = p.stats
+                outcomes = {
+                    "completed": c.completed,
+                    "failed": c.failures - c.refusals,
+                    "refused": c.refusals,
+                    "skipped_open": c.skipped_open,
+                    "skipped_full": c.skipped_full,
+                }
+                for outcome, value in outcomes.items():
+                    requests.add_metric([p.name, outcome], value)
+                failovers.add_metric(
+                    [p.name, "before_first_token"], c.failovers_from - c.failovers_midstream
+                )
+                failovers.add_metric([p.name, "midstream"], c.failovers_midstream)
+                ttft.add_metric([p.name], _buckets(c.ttft_ms, 0.001), c.ttft_ms.sum / 1e3)
+            h = pool.failover_ms
+            failover.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
+            h = pool.switch_ms
+            switch.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
+        yield from (state, in_flight, requests, failovers, ttft, failover, switch)
 
     def _sessions(self) -> Iterator[Metric]:
         rt = self.runtime
@@ -385,13 +512,7 @@ class ServerMetrics:
             self._server = None
 
 
-async def metrics_endpoint(request: Request) -> Response:
+@edge.endpoint("GET, OPTIONS", scope=SCOPE_ADMIN)
+async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
-    runtime: Runtime = request.app.state.runtime
-    try:
-        token = bearer_from_header(request.headers.get("authorization"))
-        await runtime.verifier.verify(token, SCOPE_ADMIN)
-    except RefusalError as e:
-        status = 401 if e.code.value == "unauthorized" else 403
-        return JSONResponse({"error": {"code": e.code.value, "message": e.message}}, status)
     return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

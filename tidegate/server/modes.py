@@ -12,6 +12,8 @@ import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tidegate.engines.errors import RequestError
+from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
 from tidegate.media import MediaPeer
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
@@ -32,12 +34,13 @@ from .db.records import Response as ResponseRecord
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session
+from .vision import check_frame
 
 if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
 MODE_NAMES = ("assistant", "transcribe", "loopback")
-CONFIG_KEYS = frozenset({"mode"})
+CONFIG_KEYS = frozenset({"mode", "tools", "tool_choice"})
 
 
 def new_response_id() -> str:
@@ -45,9 +48,11 @@ def new_response_id() -> str:
 
 
 class LoopbackMode:
-    """Echoes what arrives: text as a response, audio as ``output.audio``; counts frames
-    (sensor readings go to the session's sensor lane, as in every mode). Every upload's credit
-    goes back as soon as it is handled.
+    """Echoes what arrives: text as a response, audio as ``output.audio`` (at once: no pacing,
+    no resampling); counts frames, whose headers are checked as in the assistant
+    (``invalid_field`` for one that is not the format it names, or too large; nothing decodes
+    them here). Sensor readings go to the session's sensor lane, as in every mode. Every
+    upload's credit goes back as soon as it is handled.
 
     Over WebRTC (``rtc.offer``): the client's audio comes back on our outbound track as it
     arrives, and the video frames are taken and counted (``metrics``: ``lanes.rtc``)."""
@@ -89,6 +94,7 @@ class LoopbackMode:
             s.return_credit(len(msg.pcm))
         elif kind is InputFrame:
             assert isinstance(msg, InputFrame)
+            check_frame(msg, s.settings.frame_max_pixels)  # the same checks as a looked-at frame
             self.frames += 1
             self.last_frame = {
                 "ts": msg.ts,
@@ -200,10 +206,16 @@ ENGINE_MODES: dict[str, tuple[str, ...]] = {
 
 
 def resolve_config(
-    config: dict[str, Any] | None, default_mode: str, engines: EngineService | None = None
+    config: dict[str, Any] | None,
+    default_mode: str,
+    engines: EngineService | None = None,
+    *,
+    max_tools_items: int = 32,
+    max_tools_bytes: int = 32_768,
 ) -> dict[str, Any]:
     """Validate a session config and fill in defaults; raises a RefusalError naming the problem.
-    ``engines`` are the running engines: an engine mode needs its engines among them."""
+    ``engines`` are the running engines: an engine mode needs its engines among them. ``tools``
+    (and ``tool_choice``) are for the assistant mode on an LLM that can call them."""
     config = dict(config or {})
     unknown = sorted(set(config) - CONFIG_KEYS)
     if unknown:
@@ -228,7 +240,34 @@ def resolve_config(
             f"mode {mode!r} needs {_MISSING_ENGINES.get(mode, 'engines')}, which this server "
             "does not offer yet; use mode 'loopback'"
         )
+    if "tools" in config or "tool_choice" in config:
+        _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
     return config
+
+
+def _resolve_tools(
+    config: dict[str, Any], engines: EngineService | None, max_items: int, max_bytes: int
+) -> None:
+    """Validate ``tools`` / ``tool_choice`` in place (normalised to the Chat Completions
+    form)."""
+    if config["mode"] != "assistant":
+        raise InvalidConfigError("session config.tools: only the assistant mode calls tools")
+    try:
+        tools = validate_tools(config.get("tools", []), max_items=max_items, max_bytes=max_bytes)
+        choice = validate_tool_choice(config.get("tool_choice"), tools)
+    except RequestError as e:
+        raise InvalidConfigError(f"session config.{e}") from None
+    config["tools"] = list(tools)
+    if choice is None:
+        config.pop("tool_choice", None)
+    else:
+        config["tool_choice"] = choice
+    llm = engines.batchers.get("llm") if engines is not None else None
+    if tools and llm is not None and not llm.supports_tools:
+        raise UnsupportedError(
+            "session config.tools: the local LLM cannot call tools (it has no grammar for "
+            "them); run the LLM on OpenAI-compatible providers (llm_runtime=providers)"
+        )
 
 
 def start_mode(session: Session, engines: EngineService | None = None) -> Mode:

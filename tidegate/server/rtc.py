@@ -18,10 +18,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from tidegate.media import (
     IceConfigError,
@@ -33,7 +33,6 @@ from tidegate.media import (
     MediaStateError,
     ice_server_records,
 )
-from tidegate.protocol import ErrorCode
 from tidegate.protocol.messages import (
     FlowLag,
     IceServer,
@@ -42,25 +41,24 @@ from tidegate.protocol.messages import (
     ServerRtcCandidate,
 )
 
-from .auth import SCOPE_SESSION, bearer_from_header
-from .cluster import WrongNodeError
-from .errors import NotFoundError, OverloadedError, RefusalError, UnsupportedError
+from . import edge, params
+from .auth import Principal
+from .errors import (
+    InvalidConfigError,
+    NotFoundError,
+    OverloadedError,
+    RefusalError,
+    UnsupportedError,
+)
 from .session import Session
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 NO_PORT_RETRY_MS = 1_000.0
-HTTP_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.UNSUPPORTED: 409,
-    ErrorCode.UNEXPECTED_MESSAGE: 409,
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.OVERLOADED: 503,
-}
 
 
 class MediaRefusalError(RefusalError):
@@ -87,6 +85,8 @@ def media_config(settings: Settings) -> MediaConfig:
         audio_out_bitrate_bps=s.audio_out_bitrate_bps,
         audio_out_complexity=s.audio_out_complexity,
         audio_out_lead_ms=s.audio_out_lead_ms,
+        video_max_pixels=s.frame_max_pixels,
+        video_decoder_max_frames=s.video_decoder_max_frames,
     )
 
 
@@ -190,63 +190,38 @@ class SessionMedia:
 # -- HTTP: POST /v1/sessions/{session_id}/offer ----------------------------------------------
 
 
-async def offer_endpoint(request: Request) -> JSONResponse:
+@edge.endpoint("POST, OPTIONS", shape=edge.flat)
+async def offer_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """Answer an SDP offer for one of the caller's sessions.
 
     Body: ``{"type": "offer", "sdp": "..."}`` (JSON). Reply: ``{"type": "answer", "sdp": ...}``.
-    Errors: ``{"code": ..., "message": ...}`` with 400/401/403/404/409/413/503.
+    Errors: ``{"code": ..., "message": ...}`` with 400/401/403/404/409/413/421/429/503.
     """
-    runtime = request.app.state.runtime
-    settings: Settings = runtime.settings
-    try:
-        principal = await runtime.verifier.verify(
-            bearer_from_header(request.headers.get("authorization")), SCOPE_SESSION
-        )
-        session = runtime.registry.get(request.path_params["session_id"])
-        # Another tenant's session looks exactly like a missing one: no existence oracle.
-        if session is None or session.closed or session.tenant != principal.tenant:
-            sid = request.path_params["session_id"]
-            await runtime.cluster.wrong_node(sid, principal.tenant, "offer")
-            raise NotFoundError("no such session (closed, expired or unknown)")
-        if session.principal.subject != principal.subject and not principal.is_admin:
-            raise NotFoundError("no such session (closed, expired or unknown)")
-        media = getattr(session.mode, "media", None)
-        if not isinstance(media, SessionMedia):
-            raise UnsupportedError(f"mode {session.config.get('mode')!r} takes no WebRTC media")
-        sdp = await _read_offer(request, settings.max_message_bytes)
-        _, answer = await media.accept_offer(sdp)
-    except RefusalError as e:
-        status = HTTP_STATUS.get(e.code, 400)
-        body: dict[str, Any] = {"code": e.code.value, "message": e.message}
-        if e.retry_after_ms is not None:
-            body["retry_after_ms"] = e.retry_after_ms
-        if isinstance(e, WrongNodeError):  # another node holds it: say which
-            status, body, headers = e.http(body)
-            return JSONResponse(body, status_code=status, headers=headers)
-        return JSONResponse(body, status_code=status)
+    sid = params.path_id(request, "session_id")
+    session = runtime.registry.get(sid)
+    # Another tenant's session looks exactly like a missing one: no existence oracle.
+    if session is None or session.closed or session.tenant != principal.tenant:
+        await runtime.cluster.wrong_node(sid, principal.tenant, "offer")
+        raise NotFoundError("no such session (closed, expired or unknown)")
+    if session.principal.subject != principal.subject and not principal.is_admin:
+        raise NotFoundError("no such session (closed, expired or unknown)")
+    media = getattr(session.mode, "media", None)
+    if not isinstance(media, SessionMedia):
+        raise UnsupportedError(f"mode {session.config.get('mode')!r} takes no WebRTC media")
+    sdp = _offer_sdp(await edge.read_body(request, runtime.settings.http_max_body_bytes))
+    _, answer = await media.accept_offer(sdp)
     return JSONResponse({"type": "answer", "sdp": answer})
 
 
-class _BadBody(RefusalError):
-    code = ErrorCode.INVALID_FIELD
-
-
-class _TooLarge(RefusalError):
-    code = ErrorCode.TOO_LARGE
-
-
-async def _read_offer(request: Request, max_bytes: int) -> str:
-    body = b""
-    async for part in request.stream():
-        body += part
-        if len(body) > max_bytes:
-            raise _TooLarge(f"body: larger than {max_bytes} bytes")
+def _offer_sdp(body: bytes) -> str:
     try:
         doc = json.loads(body)
     except ValueError:
-        raise _BadBody('body: expected JSON {"type": "offer", "sdp": "..."}') from None
+        raise InvalidConfigError('body: expected JSON {"type": "offer", "sdp": "..."}') from None
     if not isinstance(doc, dict) or not isinstance(doc.get("sdp"), str) or not doc["sdp"]:
-        raise _BadBody('body: expected JSON {"type": "offer", "sdp": "..."} with a non-empty sdp')
+        raise InvalidConfigError(
+            'body: expected JSON {"type": "offer", "sdp": "..."} with a non-empty sdp'
+        )
     if doc.get("type", "offer") != "offer":
-        raise _BadBody(f"body.type: expected 'offer', got {doc.get('type')!r}")
+        raise InvalidConfigError(f"body.type: expected 'offer', got {doc.get('type')!r}")
     return str(doc["sdp"])

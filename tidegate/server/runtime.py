@@ -14,7 +14,9 @@ from .admission import Admission
 from .auth import TokenVerifier
 from .cluster import Cluster
 from .cluster.metrics import ClusterCollector
+from .db.metrics import RecordWriterCollector
 from .db.writer import RecordWriter
+from .gate import ConnectionGate
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
 from .sensorbus import SensorBus
@@ -38,18 +40,24 @@ class Runtime:
         self.verifier = TokenVerifier.from_settings(settings)
         self.recorder = RecordWriter.from_settings(settings)
         self.limiter = Limiter(settings)
-        self.registry = SessionRegistry(settings, recorder=self.recorder, limiter=self.limiter)
+        self.gate = ConnectionGate.from_settings(settings)  # every TCP connection (gate.py)
+        self.stage_times = StageTimes()
+        self.registry = SessionRegistry(
+            settings, recorder=self.recorder, limiter=self.limiter, stage_times=self.stage_times
+        )
         self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
-        self.stage_times = StageTimes()
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))
+        self.metrics.registry.register(RecordWriterCollector(self.recorder))
         self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
         self.channels: set[ControlChannel] = set()
+        #: control connections without a session, per subject (tenant, sub); see control.py
+        self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False
         self.draining = False
         self.startup_error: str | None = None
@@ -87,7 +95,13 @@ class Runtime:
         s = self.settings
         try:
             custom = load_custom_models(s.models_file) if s.models_file else {}
-            service = EngineService(engine_specs(s), s.data_dir, custom=custom)
+            service = EngineService(
+                engine_specs(s),
+                s.data_dir,
+                custom=custom,
+                media_worker_threads=s.media_worker_threads,
+                media_max_pending_items=s.media_max_pending_items,
+            )
         except Exception as e:
             self._engines_failed(e)
             return

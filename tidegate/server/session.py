@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster
     from .cluster.caches import ResultCaches
     from .limits import Limiter
+    from .metrics import StageTimes
     from .sensors import SensorLane
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class Session:
         settings: Settings,
         *,
         recorder: Recorder | None = None,
+        stage_times: StageTimes | None = None,
     ) -> None:
         self.id = session_id
+        self.stage_times = stage_times  # the node's latency histograms (/metrics)
         self.principal = principal
         self.config = config
         self.settings = settings
@@ -216,9 +219,11 @@ class SessionRegistry:
         clock: Callable[[], float] = time.monotonic,
         recorder: Recorder | None = None,
         limiter: Limiter | None = None,
+        stage_times: StageTimes | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.stage_times = stage_times
         self.recorder = recorder
         self.limiter = limiter
         self.cluster: Cluster | None = None  # set by the Cluster: the directory learns removals
@@ -258,8 +263,12 @@ class SessionRegistry:
         # Behind NGINX the id names this node, so that resumes and offers route back here.
         route = f"{s.route_id}." if s.route_id else ""
         session_id = f"s_{route}{secrets.token_urlsafe(12)}"
-        session = Session(session_id, principal, config, s, recorder=self.recorder)
+        session = Session(
+            session_id, principal, config, s, recorder=self.recorder, stage_times=self.stage_times
+        )
         session.caches = self.cluster.caches if self.cluster is not None else None
+        # Born detached: a session whose connection fails before attaching it still expires.
+        session.detached_at = self.clock()
         self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1

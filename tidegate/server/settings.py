@@ -27,6 +27,10 @@ from .errors import ConfigError
 
 ENV_PREFIX = "TIDEGATE_"
 ROUTE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
+# What a bare `tidegate serve` runs: every CPU engine (the embedded defaults, as `make run`).
+DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
+# Settings whose empty environment value means "none" rather than "unset" (the default).
+EMPTY_MEANS_NONE = frozenset({"engines"})
 
 
 def _default_data_dir() -> Path:
@@ -108,7 +112,8 @@ class Settings:
     dev_login: str = _doc(
         "Development login (POST /v1/dev/token mints a short-lived session token for the "
         "browser client): auto (on only when host is a loopback address, for local requests "
-        "no proxy forwarded), on, or off (404).",
+        "no proxy forwarded), on, or off (404). While on, it and the page at / answer only a "
+        "loopback Host with the server's port (with on: also the hosts of allowed_origins).",
         default="auto",
     )
     dev_login_ttl_s: float = _doc("Lifetime of a development-login token.", default=600.0)
@@ -122,7 +127,14 @@ class Settings:
     max_depth: int = _doc("Deepest nesting accepted in a message.", default=8)
     max_string_chars: int = _doc("Longest string accepted in a message.", default=65_536)
     max_bad_messages: int = _doc(
-        "Invalid messages in a row before the connection is closed (4400).", default=16
+        "Invalid messages in a row, or within bad_messages_window_s, before the connection "
+        "is closed (4400); as many rate_limited refusals within that window close it with 4429.",
+        default=16,
+    )
+    bad_messages_window_s: float = _doc(
+        "The window in which max_bad_messages invalid messages (or rate_limited refusals) "
+        "close a connection, whatever valid messages come between them.",
+        default=10.0,
     )
     outbox_max_messages: int = _doc(
         "Events queued for one client before it counts as too slow (4408).", default=512
@@ -133,8 +145,74 @@ class Settings:
     )
     upload_credit_messages: int = _doc("Upload messages a client may have in flight.", default=64)
     upload_credit_bytes: int = _doc("Upload bytes a client may have in flight.", default=2_097_152)
+    frame_max_pixels: int = _doc(
+        "Largest input.frame image (width x height, read from its header before decoding; "
+        "also the largest WebRTC video frame decoded, read from the VP8 keyframe or H.264 "
+        "SPS). Default: 3840x2160.",
+        default=8_294_400,
+    )
+    media_worker_threads: int = _doc(
+        "Threads that decode input.frame images and resample input.audio, off the event loop.",
+        default=2,
+    )
+    media_max_pending_items: int = _doc(
+        "Decodes and resamples in hand (running or waiting) at once; more are refused "
+        "(overloaded).",
+        default=32,
+    )
     metrics_interval_s: float = _doc(
         "Interval of per-session `metrics` events (0: off).", default=5.0
+    )
+    first_message_timeout_s: float = _doc(
+        "A control connection whose first message has not arrived this long after it was "
+        "accepted is closed (4409; 0: no limit).",
+        default=10.0,
+    )
+    sessionless_idle_s: float = _doc(
+        "A control connection without a session that sends nothing for this long is closed "
+        "(4409; 0: no limit). Connections with a session are never closed for idling.",
+        default=60.0,
+    )
+    max_sessionless_connections_per_subject: int = _doc(
+        "Control connections one subject (tenant + sub) may hold without a session; more are "
+        "refused (rate_limited, close 4429).",
+        default=16,
+    )
+
+    # -- connections (every TCP connection: HTTP and WebSocket) -------------------------------
+    handshake_timeout_s: float = _doc(
+        "A connection must send a complete HTTP request (a WebSocket upgrade included) within "
+        "this of connecting or of starting its next request, and a WebSocket must be accepted "
+        "within this of connecting; else it is dropped (0: no limit).",
+        default=10.0,
+    )
+    max_connections: int = _doc(
+        "Open connections at once. At the cap a new connection replaces the oldest one still "
+        "in its handshake, or is refused (503). The cap is lowered to the process's open-file "
+        "limit less fd_reserve_files.",
+        default=4096,
+    )
+    max_connections_per_address: int = _doc(
+        "Open connections from one client address; more are refused (429). proxy_addresses "
+        "are exempt.",
+        default=256,
+    )
+    proxy_addresses: tuple[str, ...] = _doc(
+        "Addresses of the reverse proxies in front of this node (comma-separated), exempt "
+        "from max_connections_per_address (NGINX limits per client with limit_conn).",
+        default=(),
+    )
+    fd_reserve_files: int = _doc(
+        "File descriptors kept free of connections for the database, the journal, models and "
+        "logs: max_connections is lowered to the open-file limit less this and twice "
+        "listen_backlog_connections (connections accepted but not yet counted).",
+        default=64,
+    )
+    listen_backlog_connections: int = _doc(
+        "The listening socket's backlog, which is also how many connections the event loop "
+        "accepts in one go (so it counts against the file descriptors; see fd_reserve_files). "
+        "A burst of more connects than this waits for the kernel's SYN retry.",
+        default=128,
     )
 
     # -- sessions -------------------------------------------------------------------------------
@@ -149,6 +227,12 @@ class Settings:
         "it creates (s_<route_id>.<random>), so that a session's requests reach this node "
         "(docs/deploy.md). Empty: plain session ids (one node).",
         default="",
+    )
+    drain_timeout_s: float = _doc(
+        "On SIGTERM: how long the node drains (new sessions refused with overloaded, /readyz "
+        "503) waiting for its sessions to end, before it closes the rest and flushes the "
+        "record journal (docs/deploy.md). 0: close at once.",
+        default=30.0,
     )
 
     # -- media (WebRTC) -------------------------------------------------------------------------
@@ -192,12 +276,24 @@ class Settings:
     audio_lag_report_ms: float = _doc(
         "Inbound audio lag that triggers a flow.lag event.", default=500.0
     )
+    audio_max_ahead_s: float = _doc(
+        "How far WS-only input.audio may run ahead of real time (its media time against the "
+        "wall clock since the stream started); a chunk beyond it is refused (rate_limited, "
+        "with retry_after_ms), and a chunk's credit comes back no earlier than its audio's "
+        "time. 0: no pacing (bench's as-fast-as-possible ASR runs only).",
+        default=3.0,
+    )
     audio_silence_dbfs: float = _doc(
         "Level below which an inbound 20 ms chunk counts as silence (dropped first).",
         default=-50.0,
     )
     audio_out_buffer_s: float = _doc(
         "Outbound audio queued per session; beyond it the oldest is dropped.", default=10.0
+    )
+    video_decoder_max_frames: int = _doc(
+        "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
+        "dropped (counted).",
+        default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
@@ -219,8 +315,9 @@ class Settings:
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
         "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
-        "tts); /readyz turns ready once they are. Empty: none (`make run` asks for all).",
-        default=(),
+        "tts); /readyz turns ready once they are. Default: every CPU engine (`tidegate serve` "
+        "prepares missing models first). Empty (TIDEGATE_ENGINES=): none.",
+        default=DEFAULT_ENGINES,
     )
     vision_model: str = _doc(
         "Vision engine model: blazeface (fast) or mtcnn (finds smaller faces, ~30x slower).",
@@ -248,7 +345,12 @@ class Settings:
     vad_runtime: str = _doc("The VAD engine's runtime. Unset: engine_runtime.", default="")
     asr_runtime: str = _doc("The ASR engine's runtime. Unset: engine_runtime.", default="")
     vision_runtime: str = _doc("The vision engine's runtime. Unset: engine_runtime.", default="")
-    llm_runtime: str = _doc("The LLM engine's runtime. Unset: engine_runtime.", default="")
+    llm_runtime: str = _doc(
+        "The LLM engine's runtime: local (the embedded model, on engine_runtime) or providers "
+        "(OpenAI-compatible servers, llm_providers; docs/llm-tts.md). Unset: local. (onnx, "
+        "tensorrt and triton name the local model's runtime, as engine_runtime does.)",
+        default="",
+    )
     tts_runtime: str = _doc("The TTS engine's runtime. Unset: engine_runtime.", default="")
     triton_url: str = _doc(
         "gRPC endpoint (host:port) of the Triton server for engines on the triton runtime "
@@ -348,6 +450,47 @@ class Settings:
     llm_default_max_tokens: int = _doc(
         "Reply length when a request names none (the OpenAI endpoint).", default=256
     )
+    llm_providers: tuple[str, ...] = _doc(
+        "OpenAI-compatible LLM servers for llm_runtime=providers, in order of preference "
+        "(comma-separated NAME=BASE_URL, e.g. a=http://127.0.0.1:8081,b=http://10.0.0.9:8000): "
+        "a request fails over from one to the next (docs/llm-tts.md).",
+        default=(),
+    )
+    llm_provider_options: tuple[str, ...] = _doc(
+        "Per-provider options (comma-separated NAME.OPTION=VALUE): model (the model name sent; "
+        "default: NAME), api_key_env (the variable holding its API key) or api_key_file (a "
+        "file holding it) -- the key itself is never a setting --, max_requests, "
+        "connect_timeout_s, first_token_timeout_s, token_timeout_s, reply_timeout_s (defaults: "
+        "the llm_provider_* settings).",
+        default=(),
+    )
+    llm_provider_max_requests: int = _doc(
+        "Requests one provider has in flight at once; a full provider is skipped, and with "
+        "every provider full a request is refused (overloaded, with a retry hint).",
+        default=16,
+    )
+    llm_provider_connect_timeout_s: float = _doc(
+        "Longest TCP (and TLS) connect to a provider before the next one is tried.", default=1.0
+    )
+    llm_provider_first_token_timeout_s: float = _doc(
+        "Longest wait from sending a request to its first token before the next provider is tried.",
+        default=10.0,
+    )
+    llm_provider_token_timeout_s: float = _doc(
+        "Longest gap between two tokens of a reply before it continues on the next provider.",
+        default=10.0,
+    )
+    llm_provider_reply_timeout_s: float = _doc(
+        "Longest whole reply from one provider.", default=300.0
+    )
+    llm_provider_breaker_failures: int = _doc(
+        "Consecutive failures that open a provider's circuit breaker (it is skipped).",
+        default=3,
+    )
+    llm_provider_breaker_open_s: float = _doc(
+        "How long an open breaker skips its provider before one request probes it.",
+        default=5.0,
+    )
     tts_max_queue_items: int = _doc(
         "Text chunks queued for synthesis; more are refused (overloaded).", default=64
     )
@@ -395,6 +538,22 @@ class Settings:
     )
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
+    )
+    assistant_max_tools_items: int = _doc(
+        "Tools (functions) a session config may declare (needs llm_runtime=providers).",
+        default=32,
+    )
+    assistant_max_tools_bytes: int = _doc(
+        "Largest JSON of a session's declared tools.", default=32_768
+    )
+    assistant_tool_timeout_s: float = _doc(
+        "How long a reply waits for the client's function_call.output of a tool call; then "
+        "the reply ends failed.",
+        default=30.0,
+    )
+    assistant_max_tool_calls_items: int = _doc(
+        "Tool calls one reply may make (over all its rounds); one more fails the reply.",
+        default=8,
     )
     assistant_vision_interval_s: float = _doc(
         "How often the freshest video frame is run through the vision engine (when the "
@@ -462,6 +621,11 @@ class Settings:
         default=64,
     )
     api_page_max_items: int = _doc("Largest page the HTTP API returns.", default=200)
+    http_max_body_bytes: int = _doc(
+        "Largest HTTP request body (chat completions, SDP offers): a larger Content-Length is "
+        "refused (413) before the body is read, a streamed body as soon as it passes this.",
+        default=1_048_576,
+    )
 
     # -- rate limits (per token subject: tenant + sub) ------------------------------------------
     rate_sessions_per_s: float = _doc(
@@ -479,6 +643,11 @@ class Settings:
         "HTTP API requests per second one subject may make (0: no limit).", default=20.0
     )
     rate_burst_requests: int = _doc("HTTP API requests one subject may make at once.", default=40)
+    max_completions_per_subject: int = _doc(
+        "Chat completions one subject may have generating at once on one node; one more is "
+        "refused (429, rate_limited).",
+        default=4,
+    )
 
     # -- cluster coordination (docs/cluster.md) ------------------------------------------------
     redis_url: str | None = _doc(
@@ -571,7 +740,7 @@ class Settings:
             values["config"] = path
         for name in names:
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None and raw != "":
+            if raw is not None and (raw != "" or name in EMPTY_MEANS_NONE):
                 values[name] = _convert(ENV_PREFIX + name.upper(), raw, hints[name])
         for name, raw in overrides.items():
             if raw is None:
@@ -604,6 +773,13 @@ class Settings:
                     raise ConfigError(f"{f.name} must be at least 1, got {v}")
             if f.name.endswith("_s") and isinstance(v, float) and v < 0:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
+        if self.listen_backlog_connections < 1:
+            raise ConfigError(
+                "listen_backlog_connections must be at least 1, got "
+                f"{self.listen_backlog_connections}"
+            )
+        if self.fd_reserve_files < 0:
+            raise ConfigError(f"fd_reserve_files cannot be negative, got {self.fd_reserve_files}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.dev_login not in ("auto", "on", "off"):
@@ -629,9 +805,10 @@ class Settings:
             )
 
     def _validate_engines(self) -> None:
-        from .engines import engine_specs
+        from .engines import engine_specs, provider_settings
 
         try:
+            provider_settings(self)
             engine_specs(self)
         except ValueError as e:
             raise ConfigError(f"engine settings: {e}") from None
@@ -649,6 +826,19 @@ class Settings:
             )
         if not 0 <= self.audio_out_lead_ms <= 100:
             raise ConfigError(f"audio_out_lead_ms must be 0..100, got {self.audio_out_lead_ms}")
+        if self.audio_max_ahead_s < 0:
+            raise ConfigError(f"audio_max_ahead_s cannot be negative, got {self.audio_max_ahead_s}")
+        if self.video_decoder_max_frames < 1:
+            raise ConfigError(
+                f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
+            )
+        if self.frame_max_pixels < 1:
+            raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")
+        if not 1 <= self.media_worker_threads <= self.media_max_pending_items:
+            raise ConfigError(
+                "media_worker_threads must be 1 or more and at most media_max_pending_items, got "
+                f"{self.media_worker_threads} and {self.media_max_pending_items}"
+            )
         for name in ("audio_buffer_s", "audio_out_buffer_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -5,7 +5,15 @@ resampled to 16 kHz) or over WebRTC (already 16 kHz mono float32). Both go throu
 :class:`~tidegate.media.AudioInbox`: the inbound audio lane of DESIGN.md's flow table —
 bounded at ``audio_buffer_s``; the consumer catches up by taking everything queued at once;
 when full, silence goes first and speech only with a ``flow.lag`` event. An ``input.audio``
-chunk's upload credit returns once the lane has consumed (or dropped) its audio.
+chunk's upload credit returns once the lane has consumed (or dropped) its audio and its time
+has come on the wall clock, so a client that waits for credit streams at real time.
+
+``input.audio`` is live audio, paced against the wall clock (:mod:`tidegate.media.pace`): a
+chunk that would put the stream more than ``audio_max_ahead_s`` ahead of real time is refused
+with ``rate_limited`` and ``retry_after_ms`` (nothing is queued or resampled for it); the
+check costs no decoding. Mixing and resampling run on the engines' bounded media worker pool,
+never on the event loop (a chunk already 16 kHz mono is only cast, inline); a chunk that finds
+the pool full is refused with ``overloaded``.
 
 Two owned tasks per session: the *VAD loop* reads the lane, runs each 32 ms frame through
 the shared VAD scheduler (batched across sessions), emits ``vad.speech_started`` and
@@ -41,6 +49,7 @@ from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.media import AudioInbox, MediaPeer
+from tidegate.media.pace import RealTimePace
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -55,7 +64,7 @@ from tidegate.protocol.messages import (
 )
 
 from .db.records import TranscriptSegment
-from .errors import InvalidConfigError, UnsupportedError
+from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Session
 
@@ -64,34 +73,45 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
 PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
 
 
 def now_ms() -> float:
     return time.time() * 1000.0
 
 
-def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Decode an ``input.audio`` chunk to 16 kHz mono float32 (linear interpolation)."""
-    dtype = np.dtype("<i2") if msg.format == "s16le" else np.dtype("<f4")
-    frame = dtype.itemsize * msg.channels
+def audio_frames(msg: InputAudio) -> int:
+    """The frames (samples per channel) of an ``input.audio`` chunk; refused unless whole."""
+    frame = (2 if msg.format == "s16le" else 4) * msg.channels
     if len(msg.pcm) % frame:
         raise InvalidConfigError(
             f"input.audio.pcm: {len(msg.pcm)} bytes is not a whole number of "
             f"{msg.channels}-channel {msg.format} frames"
         )
+    return len(msg.pcm) // frame
+
+
+def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Decode an ``input.audio`` chunk to 16 kHz mono float32 (blocking: a worker thread).
+    f32le samples must be finite and are clipped to [-1, 1] (full scale)."""
+    audio_frames(msg)
+    dtype = np.dtype("<i2") if msg.format == "s16le" else np.dtype("<f4")
     x = np.frombuffer(msg.pcm, dtype=dtype).reshape(-1, msg.channels).astype(np.float32)
     if msg.format == "s16le":
         x /= 32768.0
+    else:
+        if not np.isfinite(x).all():
+            raise InvalidConfigError("input.audio.pcm: samples must be finite")
+        np.clip(x, -1.0, 1.0, out=x)
     mono = x.mean(axis=1) if msg.channels > 1 else x[:, 0]
-    if not np.isfinite(mono).all():
-        raise InvalidConfigError("input.audio.pcm: samples must be finite")
     if msg.sample_rate == SAMPLE_RATE_HZ:
         return np.ascontiguousarray(mono, dtype=np.float32)
     if msg.sample_rate > SAMPLE_RATE_HZ:  # low-pass below the new Nyquist first
         taps = np.arange(-RESAMPLE_TAPS, RESAMPLE_TAPS + 1)
         cut = 0.45 * SAMPLE_RATE_HZ / msg.sample_rate
         h = 2 * cut * np.sinc(2 * cut * taps) * np.hamming(len(taps))
-        mono = np.convolve(mono, (h / h.sum()).astype(np.float32), mode="same")
+        full = np.convolve(mono, (h / h.sum()).astype(np.float32))
+        mono = full[RESAMPLE_TAPS : RESAMPLE_TAPS + len(mono)]  # "same", even when shorter
     n_out = round(len(mono) * SAMPLE_RATE_HZ / msg.sample_rate)
     t_out = np.arange(n_out) * (msg.sample_rate / SAMPLE_RATE_HZ)
     out: np.ndarray[Any, np.dtype[np.float32]] = np.interp(
@@ -120,6 +140,7 @@ class TranscribeMode:
         s = session.settings
         self.vad: Scheduler[Any, VadResult] = engines.get("vad")
         self.asr: Scheduler[Any, AsrResult] = engines.get("asr")
+        self.workers = engines.media  # resampling, off the loop (bounded: engines/workers.py)
         tokenizer = getattr(self.asr.engine, "tokenizer", None)
         if tokenizer is None:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
@@ -134,7 +155,10 @@ class TranscribeMode:
         self.media = SessionMedia(session, self._start_media)
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()
-        self._credit: deque[tuple[float, int]] = deque()  # (lane ms when consumed, bytes)
+        # (lane ms when consumed, bytes, monotonic s when due): see _return_consumed
+        self._credit: deque[tuple[float, int, float]] = deque()
+        self._credit_timer: asyncio.TimerHandle | None = None
+        self.pace = RealTimePace(s.audio_max_ahead_s)
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
@@ -163,11 +187,7 @@ class TranscribeMode:
         kind = type(msg)
         if kind is InputAudio:
             assert isinstance(msg, InputAudio)
-            pcm = to_mono_16k(msg)  # refusals give the credit back in the dispatcher
-            self._last_audio_ms = now_ms()
-            self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
-            self._credit.append((self.inbox.stats.received_ms, len(msg.pcm)))
-            self._return_consumed()
+            await self._audio(msg)
         elif kind is RtcOffer:
             assert isinstance(msg, RtcOffer)
             await self.media.handle_offer(msg.sdp, msg.id)
@@ -176,6 +196,35 @@ class TranscribeMode:
             await self.media.handle_candidate(msg)
         else:
             await self.handle_other(msg)
+
+    async def _audio(self, msg: InputAudio) -> None:
+        """Pace, resample (off the loop), queue; refusals give the credit back (the
+        dispatcher does it)."""
+        duration_s = audio_frames(msg) / msg.sample_rate
+        now = time.monotonic()
+        over_s = self.pace.check(duration_s, now)
+        if over_s > 0:
+            raise RateLimitedError(
+                f"input.audio: {self.pace.ahead_s(now) + duration_s:.2f} s ahead of real time "
+                f"with this chunk; at most {self.pace.max_ahead_s:g} s (audio_max_ahead_s): "
+                "send audio at real time",
+                retry_after_ms=over_s * 1000.0,
+            )
+        try:
+            if msg.sample_rate == SAMPLE_RATE_HZ and msg.channels == 1:
+                pcm = to_mono_16k(msg)  # a cast and a check: less than a thread hop costs
+            else:
+                pcm = await self.workers.run(to_mono_16k, msg)
+        except EngineError as e:  # the pool is full (or closing): refused, credit back
+            raise OverloadedError(
+                f"input.audio: not taken, the server is busy ({e})",
+                retry_after_ms=AUDIO_RETRY_AFTER_MS,
+            ) from None
+        due = self.pace.commit(duration_s, now) if self.pace.max_ahead_s > 0 else 0.0
+        self._last_audio_ms = now_ms()
+        self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
+        self._credit.append((self.inbox.stats.received_ms, len(msg.pcm), due))
+        self._return_consumed()
 
     async def handle_other(self, msg: ClientMessage) -> None:
         """A message the audio lane does not take (a mode built on this lane overrides it)."""
@@ -192,10 +241,23 @@ class TranscribeMode:
         """A segment's final transcript was emitted (``received``: its audio's arrival, ms)."""
 
     def _return_consumed(self) -> None:
+        """Credit back for the chunks the lane has consumed (or dropped) and whose audio's
+        time has come (the pace: a client waiting for credit streams at real time)."""
         st = self.inbox.stats
         handled = st.received_ms - st.queued_ms + 1e-6
+        now = time.monotonic()
         while self._credit and self._credit[0][0] <= handled:
+            due = self._credit[0][2]
+            if due > now:
+                if self._credit_timer is None and not self.inbox.closed:
+                    loop = asyncio.get_running_loop()
+                    self._credit_timer = loop.call_later(due - now, self._credit_due)
+                return
             self.session.return_credit(self._credit.popleft()[1])
+
+    def _credit_due(self) -> None:
+        self._credit_timer = None
+        self._return_consumed()
 
     def _lag(self, lag_ms: float, dropped_ms: float) -> None:
         self.session.emit(FlowLag(lane="audio", lag_ms=lag_ms, dropped_ms=dropped_ms))
@@ -366,10 +428,14 @@ class TranscribeMode:
             **self.counters,
             "audio_in": self.inbox.stats.as_dict(),
             "pending_finals": len(self._finals),
+            "pace": self.pace.stats(),
             "media": self.media.stats(),
         }
 
     async def close(self) -> None:
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
         self.inbox.close()
         self.vad.close_session(self.session.id)
         await self.media.close()

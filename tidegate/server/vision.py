@@ -4,7 +4,8 @@ Frames come from WS-only ``input.frame`` (jpeg, png, rgb24, i420) or from the We
 track (:class:`~tidegate.media.VideoInbox`). Both wait in a latest-only slot (DESIGN.md,
 "inbound video": one frame; a newer one replaces an older one nobody took, counted as dropped;
 the replaced upload's credit goes back at once). Every ``interval_s`` the lane takes the freshest
-frame, if there is a new one, decodes it to RGB on a worker thread, runs it through the shared
+frame, if there is a new one, decodes it to RGB on the engines' bounded media worker pool,
+runs it through the shared
 vision scheduler (batched across sessions) and emits ``vision.result`` naming the frame's
 media time. The latest result is kept for whoever wants it as context (the assistant's LLM).
 
@@ -12,12 +13,17 @@ At the end of each user turn the assistant asks for a look at once (:meth:`Visio
 besides the set rate: the freshest frame is run if a new one is waiting, otherwise the result of
 the freshest frame (already looked at) is sent again, so that every turn has a ``vision.result``
 naming the frame it came from, and the LLM's context is the freshest sight.
+
+A WS-only frame's header is read when it arrives (:mod:`tidegate.media.images`): one that is not
+the format it names, or larger than ``frame_max_pixels``, is refused with ``invalid_field``
+before any decoder sees it. A frame whose body then fails to decode gets an ``error``
+(``invalid_field``, ``ref`` the message's id) when the lane comes to it; one that finds the
+worker pool full is dropped (counted as ``decode_refused``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -28,9 +34,11 @@ import numpy as np
 from tidegate.engines.errors import EngineError
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vision import FaceDetections
+from tidegate.engines.workers import WorkerPool
 from tidegate.media import VideoInbox
-from tidegate.protocol import LatestSlot
-from tidegate.protocol.messages import Detection, InputFrame, Timing, VisionResult
+from tidegate.media.images import ImageError, ImageHeader, decode_image, read_header
+from tidegate.protocol import ErrorCode, LatestSlot
+from tidegate.protocol.messages import Detection, Error, InputFrame, Timing, VisionResult
 
 from .errors import InvalidConfigError
 from .session import Session
@@ -40,35 +48,16 @@ log = logging.getLogger(__name__)
 RgbArray = np.ndarray[Any, np.dtype[np.uint8]]
 
 
-def decode_frame(msg: InputFrame) -> RgbArray:
-    """An ``input.frame`` as an RGB uint8 array (blocking: call it in a thread)."""
-    if msg.encoding in ("rgb24", "i420"):
-        if msg.width is None or msg.height is None:
-            raise InvalidConfigError(f"input.frame: {msg.encoding} needs width and height")
-        w, h = msg.width, msg.height
-        if msg.encoding == "rgb24":
-            if len(msg.image) != w * h * 3:
-                raise InvalidConfigError(f"input.frame.image: rgb24 {w}x{h} is {w * h * 3} bytes")
-            return np.frombuffer(msg.image, np.uint8).reshape(h, w, 3)
-        if w % 2 or h % 2 or len(msg.image) != w * h * 3 // 2:
-            raise InvalidConfigError(
-                f"input.frame.image: i420 needs even sides and {w * h * 3 // 2} bytes for {w}x{h}"
-            )
-        import av
-
-        yuv = np.frombuffer(msg.image, np.uint8).reshape(h * 3 // 2, w)
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        return np.asarray(frame.to_ndarray(format="rgb24"), np.uint8)
-    import av
-
+def check_frame(msg: InputFrame, max_pixels: int) -> ImageHeader:
+    """An ``input.frame``'s header, read without decoding it (cheap: on the event loop).
+    Raises InvalidConfigError (``invalid_field``) naming what is wrong: not the format the
+    message names, a format we do not decode, or more than ``max_pixels`` pixels."""
     try:
-        with av.open(io.BytesIO(msg.image), mode="r") as container:
-            frame = next(container.decode(video=0))
-            return np.asarray(frame.to_ndarray(format="rgb24"), np.uint8)
-    except (av.FFmpegError, StopIteration, ValueError):
-        raise InvalidConfigError(
-            f"input.frame.image: not a decodable {msg.encoding} image"
-        ) from None
+        return read_header(
+            msg.image, msg.encoding, max_pixels=max_pixels, width=msg.width, height=msg.height
+        )
+    except ImageError as e:
+        raise InvalidConfigError(e.message) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,23 +72,46 @@ class Sight:
 class VisionLane:
     """See the module docstring."""
 
-    def __init__(self, session: Session, scheduler: Scheduler[Any, Any], interval_s: float):
+    def __init__(
+        self,
+        session: Session,
+        scheduler: Scheduler[Any, Any],
+        interval_s: float,
+        *,
+        workers: WorkerPool,
+        max_pixels: int,
+    ):
         self.session = session
         self.scheduler = scheduler
         self.interval_s = interval_s
-        self.slot: LatestSlot[tuple[InputFrame, float]] = LatestSlot("vision_in")
+        self.workers = workers
+        self.max_pixels = max_pixels
+        self.slot: LatestSlot[tuple[InputFrame, ImageHeader, float]] = LatestSlot("vision_in")
         self.video: VideoInbox | None = None
         self.latest: Sight | None = None
         self.last_result: VisionResult | None = None
-        self.counters = {"results": 0, "errors": 0, "bad_frames": 0, "turn_looks": 0}
+        self.counters = {
+            "results": 0,
+            "errors": 0,
+            "bad_frames": 0,
+            "decode_refused": 0,
+            "turn_looks": 0,
+        }
 
     def push(self, msg: InputFrame, received_ms: float) -> None:
-        """A WS-only frame: the newest one waits; one it replaces gives its credit back."""
+        """A WS-only frame: its header is checked at once (a bad one is refused with
+        ``invalid_field``, before anything decodes it); the newest one waits; one it replaces
+        gives its credit back."""
+        try:
+            header = check_frame(msg, self.max_pixels)
+        except InvalidConfigError:
+            self.counters["bad_frames"] += 1
+            raise
         if self.slot:
-            old, _ = self.slot.take()
+            old, _, _ = self.slot.take()
             self.slot.stats.dropped += 1
             self.session.return_credit(len(old.image))
-        self.slot.put((msg, received_ms))
+        self.slot.put((msg, header, received_ms))
 
     async def run(self) -> None:
         while True:
@@ -131,9 +143,19 @@ class VisionLane:
                 return False
             image, ts = frame.image, frame.pts_ms
         elif self.slot:
-            msg, received = self.slot.take()
+            msg, header, received = self.slot.take()
             self.session.return_credit(len(msg.image))
-            image = await asyncio.to_thread(decode_frame, msg)
+            try:
+                image = await self.workers.run(decode_image, msg.image, header)
+            except ImageError as e:  # the header was fine, the rest is not: the client's
+                self.session.emit(
+                    Error(code=ErrorCode.INVALID_FIELD.value, message=e.message, ref=msg.id)
+                )
+                raise InvalidConfigError(e.message) from None
+            except EngineError as e:  # no worker free: this frame is dropped (counted)
+                self.counters["decode_refused"] += 1
+                log.info("session %s: frame not decoded: %s", self.session.id, e)
+                return False
             ts = msg.ts if msg.ts is not None else 0.0
         else:
             return False

@@ -8,6 +8,12 @@ it on only when the server listens on a loopback address, and then answers only 
 loopback that no proxy forwarded (no ``Forwarded``/``X-Forwarded-For``/``X-Real-IP``: NGINX in
 front of a loopback server must not hand tokens to the world); ``off`` answers 404 (as does
 ``auto`` elsewhere). Browsers keep the token in memory only.
+
+While the development login is on, it and the page that uses it answer only requests whose
+``Host`` is this server's loopback name with its port (``127.0.0.1:PORT``, ``localhost:PORT``,
+``[::1]:PORT``), plus, with ``on``, the hosts of ``allowed_origins``: a page of another name
+that a DNS-rebinding attack points at 127.0.0.1 sends its own name as ``Host`` (and as
+``Origin``, which therefore matches) and is refused (403).
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from . import edge
 from .auth import SCOPE_SESSION, load_or_create_secret, mint_token
+from .errors import ForbiddenError, NotFoundError, RefusalError
 from .runtime import Runtime
 from .settings import Settings
 
@@ -71,6 +81,45 @@ def _direct_local(request: Request) -> bool:
     return _is_loopback(peer) and not any(h in request.headers for h in FORWARDING_HEADERS)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+DEFAULT_HTTP_PORT = 80
+
+
+def _host_refusal(scope: Scope, headers: Headers, settings: Settings) -> str | None:
+    """Why the request's ``Host`` is not one the development login serves, or None."""
+    host = headers.get("host", "").lower()
+    server = scope.get("server")
+    port = server[1] if server and server[1] else settings.port
+    allowed = {f"{name}:{port}" for name in LOOPBACK_HOSTS}
+    if port == DEFAULT_HTTP_PORT:
+        allowed.update(LOOPBACK_HOSTS)
+    if settings.dev_login == "on":
+        allowed.update(urlsplit(o).netloc.lower() for o in settings.allowed_origins if o != "*")
+    if host in allowed:
+        return None
+    return (
+        f"Host {host!r} is not this server's loopback address: the development login and its "
+        f"page answer only 127.0.0.1, localhost or [::1] with port {port}"
+        + (" or a host of TIDEGATE_ALLOWED_ORIGINS" if settings.dev_login == "on" else "")
+    )
+
+
+def _admit_dev_login(request: Request, settings: Settings) -> None:
+    """Refuse a request the development login must not answer (see the module docstring)."""
+    if settings.dev_login == "auto" and not _direct_local(request):
+        raise NotFoundError(
+            "the development login answers only local, unproxied requests "
+            "(TIDEGATE_DEV_LOGIN=on to open it further)"
+        )
+    refused = _host_refusal(request.scope, request.headers, settings)
+    if refused is not None:
+        raise ForbiddenError(refused)
+    runtime: Runtime = request.app.state.runtime
+    origin = request.headers.get("origin")
+    if not runtime.origin_allowed(origin, request.headers.get("host")):
+        raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
+
+
 def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
     """``POST /v1/dev/token``: a short-lived session token, or 404 when the login is off.
 
@@ -79,26 +128,12 @@ def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Resp
     key = load_or_create_secret(settings) if dev_login_enabled(settings) else None
 
     async def dev_token(request: Request) -> Response:
-        if key is None:
-            return JSONResponse(
-                {"error": {"code": "not_found", "message": "the development login is off"}}, 404
-            )
-        if settings.dev_login == "auto" and not _direct_local(request):
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "not_found",
-                        "message": "the development login answers only local, unproxied "
-                        "requests (TIDEGATE_DEV_LOGIN=on to open it further)",
-                    }
-                },
-                404,
-            )
-        runtime: Runtime = request.app.state.runtime
-        origin = request.headers.get("origin")
-        if not runtime.origin_allowed(origin, request.headers.get("host")):
-            message = f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS"
-            return JSONResponse({"error": {"code": "forbidden", "message": message}}, 403)
+        try:
+            if key is None:
+                raise NotFoundError("the development login is off")
+            _admit_dev_login(request, settings)
+        except RefusalError as e:
+            return edge.error_response(e)  # the one error table of every HTTP route
         token = mint_token(
             key,
             subject=DEV_SUBJECT,
@@ -118,13 +153,22 @@ class WebApp:
     """The built client's files (``index.html`` for ``/``), or a page saying how to build them.
 
     The folder is looked at per request, so a build made while the server runs is served.
+    While the development login is on, only loopback ``Host`` values are served (see the
+    module docstring).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, settings: Settings) -> None:
         self.directory = directory
+        self.settings = settings
+        self.check_host = dev_login_enabled(settings)
         self.files = StaticFiles(directory=directory, html=True, check_dir=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.check_host:
+            refused = _host_refusal(scope, Headers(scope=scope), self.settings)
+            if refused is not None:
+                await PlainTextResponse(refused, status_code=403)(scope, receive, send)
+                return
         index = self.directory / "index.html"
         if scope["type"] == "http" and not await anyio.to_thread.run_sync(index.is_file):
             if scope["path"] == "/":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.errors import EngineClosedError, RequestError
+from tidegate.engines.errors import EngineClosedError, InferenceError, RequestError
 from tidegate.engines.llm import LlmBatcher, LlmSettings, SamplingParams
 from tidegate.engines.llm.convert import LlamaConfig
 from tidegate.engines.llm.model import KvCache
@@ -111,8 +111,40 @@ async def test_bad_requests_are_refused(llm: LlmBatcher) -> None:
         llm.generate([])
     with pytest.raises(RequestError):
         llm.generate(prompt=[10**9])
-    with pytest.raises(RequestError):
-        SamplingParams(top_p=0.0)
+    for bad in ({"top_p": 1.5}, {"top_p": -0.1}, {"seed": 2**63}, {"seed": -(2**63) - 1}):
+        with pytest.raises(RequestError):
+            SamplingParams(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_failing_request_fails_only_itself(llm: LlmBatcher) -> None:
+    """A request that raises inside the shared step (values no validator caught: a seed numpy
+    refuses, a NaN temperature, a prompt the graph cannot run) fails alone with
+    InferenceError; the generations beside it complete."""
+    healthy = llm.generate(
+        [{"role": "user", "content": "Write a long story about a dragon."}],
+        SamplingParams(max_tokens=60),
+    )
+    while healthy.completion_tokens < 2:  # it is in the batch, decoding
+        await asyncio.sleep(0.01)
+    failed = llm.counters.failed
+    for name, value in (("seed", "not a seed"), ("temperature", float("nan"))):
+        params = SamplingParams(temperature=0.7, max_tokens=8, seed=1)
+        object.__setattr__(params, name, value)  # as if the validation had a hole
+        with pytest.raises(InferenceError):
+            await llm.generate(FRANCE, params).text()
+    # A prompt the graph cannot run (a token id past the vocabulary), prefilled together with
+    # a good one: the batched prefill fails, each is run alone, only the bad one fails.
+    with llm._cond:  # neither is taken by the worker before both are queued
+        bad = llm.generate(FRANCE, SamplingParams(max_tokens=4))
+        bad.prompt.append(10**9)
+        good = llm.generate(FRANCE, SamplingParams(max_tokens=4))
+    with pytest.raises(InferenceError):
+        await bad.text()
+    assert await good.text() and good.finish_reason in ("stop", "length")
+    assert not healthy.done
+    assert await healthy.text() and healthy.finish_reason in ("stop", "length")
+    assert healthy.completion_tokens > 8
+    assert llm.counters.failed == failed + 3
 
 
 async def test_concurrent_greedy_equals_separate(llm_fp32: LlmBatcher) -> None:

@@ -4,6 +4,7 @@ cluster is, without the engines (``TIDEGATE_ENGINES=""`` keeps them cheap)."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -25,8 +26,17 @@ class Node:
     """One server process of the cluster (started at once; :meth:`stop` or :meth:`kill`)."""
 
     def __init__(
-        self, tmp_path: Path, node_id: str, key: str, redis_url: str, prefix: str, **settings: str
+        self,
+        tmp_path: Path,
+        node_id: str,
+        key: str,
+        redis_url: str = "",
+        prefix: str = "tidegate:",
+        *,
+        open_files: int | None = None,
+        **settings: str,
     ) -> None:
+        """``redis_url`` empty: a node on its own; ``open_files``: its RLIMIT_NOFILE."""
         self.node_id = node_id
         self.key = key
         self.port = free_port()
@@ -50,7 +60,14 @@ class Node:
             "TIDEGATE_CLUSTER_NODE_TTL_S": "1.5",
             **{"TIDEGATE_" + k.upper(): v for k, v in settings.items()},
         }
-        self.proc = subprocess.Popen([sys.executable, "-m", "tidegate", "serve"], env=env)
+        limit = None if open_files is None else (open_files, open_files)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tidegate", "serve"],
+            env=env,
+            preexec_fn=None
+            if limit is None
+            else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limit),
+        )
 
     def wait_ready(self) -> Node:
         wait_ready_blocking(

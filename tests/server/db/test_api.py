@@ -204,6 +204,41 @@ async def test_bad_parameters_are_400_naming_the_parameter(api: Any) -> None:
         assert err["code"] == "invalid_field" and err["message"].startswith(name)
 
 
+async def test_numbers_and_ids_are_ascii_only_and_never_a_500(api: Any) -> None:
+    """Non-ASCII digits (``limit=²``, Arabic-Indic, fullwidth), signs, spaces, underscores,
+    nan and inf in a number, and a path id outside its ASCII pattern, are 400 invalid_field
+    naming the value, as JSON (never a 500 or a traceback)."""
+    server, http = api
+    for query, name in [
+        ("limit=%C2%B2", "limit"),  # superscript 2: isdigit() is true, int() raises
+        ("limit=%D9%A1%D9%A0", "limit"),  # Arabic-Indic 10: int() reads 10
+        ("limit=%EF%BC%95", "limit"),  # fullwidth 5
+        ("limit=+5", "limit"),
+        ("limit=%205", "limit"),
+        ("limit=05", "limit"),
+        ("since_ms=%D9%A1%D9%A0", "since_ms"),
+        ("since_ms=1_000", "since_ms"),
+        ("since_ms=nan", "since_ms"),
+        ("until_ms=-inf", "until_ms"),
+        ("until_ms=1e400", "until_ms"),
+        ("until_ms=%201000", "until_ms"),
+        ("subject=%00", "subject"),
+    ]:
+        resp = await http.get(f"/v1/sessions?{query}", headers=_auth(server))
+        assert resp.status_code == 400, (query, resp.status_code, resp.text)
+        err = resp.json()["error"]
+        assert err["code"] == "invalid_field" and err["message"].startswith(name), query
+        assert "Traceback" not in resp.text
+    for path in ("/v1/sessions/%C2%B2", "/v1/sessions/s%20a1/transcript"):
+        resp = await http.get(path, headers=_auth(server))
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_field", path
+        assert resp.json()["error"]["message"].startswith("session_id"), path
+    page = await http.get(
+        "/v1/sessions?limit=2&since_ms=999.5&until_ms=1002", headers=_auth(server)
+    )
+    assert page.status_code == 200 and len(page.json()["items"]) == 2
+
+
 async def test_delete_removes_the_session_and_its_records(api: Any) -> None:
     """DELETE answers 204 and the session and its records are gone; others stay."""
     server, http = api

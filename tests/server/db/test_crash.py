@@ -66,6 +66,7 @@ async def child_server(data_dir: Path, database_url: str, key: str) -> AsyncIter
         "TIDEGATE_DB_TIMEOUT_S": "0.5",
         "TIDEGATE_DB_RETRY_S": "0.1",
         "TIDEGATE_LOG_LEVEL": "warning",
+        "TIDEGATE_ENGINES": "",
         "TIDEGATE_METRICS_INTERVAL_S": "0",
     }
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tidegate", "serve", env=env)

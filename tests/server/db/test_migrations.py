@@ -74,7 +74,7 @@ def test_db_upgrade_command(database_url: str, tmp_path: Path) -> None:
         timeout=scaled(60),
     )
     assert current.returncode == 0, current.stderr
-    assert "current: 0002" in current.stdout and "head: 0002" in current.stdout
+    assert "current: 0003" in current.stdout and "head: 0003" in current.stdout
 
 
 def test_db_command_names_an_unreachable_database(tmp_path: Path) -> None:

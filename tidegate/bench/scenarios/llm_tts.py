@@ -41,6 +41,20 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per case (best kept)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads")
     p.add_argument("--timeout-s", type=float, default=1200.0, help="give up after this long")
+    p.add_argument(
+        "--providers",
+        action="store_true",
+        help="instead: tidegate in front of two llama.cpp servers (llm_runtime=providers): "
+        "time to first token through tidegate vs direct, and failover with the primary killed "
+        "at random moments (tidegate/bench/providers.py)",
+    )
+    p.add_argument("--requests", type=int, default=40, help="--providers: requests per path")
+    p.add_argument("--kills", type=int, default=20, help="--providers: primaries killed")
+    p.add_argument("--kill-window-s", type=float, default=1.0, help="--providers: kill within this")
+    p.add_argument("--seed", type=int, default=1, help="--providers: kill moments' seed")
+    p.add_argument(
+        "--llama-server", help="--providers: the llama-server binary (default: .cache's)"
+    )
 
 
 @scenario(
@@ -50,6 +64,10 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
     needs_server=False,
 )
 async def run_llm(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    if args.providers:
+        from ..providers import run as run_providers
+
+        return await asyncio.wait_for(run_providers(args), args.timeout_s)
     flags = ["--model", args.model, "--streams", args.streams]
     flags += ["--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
     flags += ["--threads", str(args.threads)]

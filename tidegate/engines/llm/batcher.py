@@ -17,6 +17,12 @@ the scheduler's principles with a step loop of its own:
   step; a consumer that lags gets its deltas coalesced (bounded by ``max_tokens``);
 - ``Generation.cancel()`` sets a flag the worker reads before every step: compute for that
   generation stops within one step;
+- one request's failure is that request's outcome: setting a row up, its prefill and its
+  sampling, detokenising and stop matching fail only that row (a batched prefill that fails
+  is retried row by row to find which); only a failed shared decode call fails the batch;
+- ``submit`` renders the chat template and tokenises in a worker thread (the tokenizer
+  releases the GIL), so a long prompt never stalls the event loop; a prompt longer in
+  characters than ``max_prompt_tokens`` tokens can hold is refused before tokenising;
 - a session's conversation cache (the KV of every token it fed) is kept after each reply
   (LRU, ``session_cache_items``); the next turn's prompt reuses its longest common prefix and
   prefills only the rest.
@@ -52,6 +58,7 @@ from ..runtime import RuntimeOptions
 from .model import KvCache, LlamaModel
 from .sampling import SamplingParams, sample
 from .text import ChatTokenizer, Detokenizer, StopMatcher
+from .tools import ToolCall, ToolCallDelta
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +121,9 @@ class Generation:
         self.cancelled = False  # read by the worker thread before every step
         self._text: list[str] = []  # everything delivered, for done callbacks
         self._done_callbacks: list[Callable[[Generation], None]] = []
+        # The tool calls of the reply, once done (the local model takes no tools: always
+        # empty here; OpenAI-compatible providers fill it, see providers.py).
+        self.tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def finished(
@@ -201,6 +211,10 @@ class Generation:
         """The whole reply (waits for the end)."""
         return "".join([delta async for delta in self])
 
+    def events(self) -> AsyncIterator[str | ToolCallDelta]:
+        """Text and tool-call pieces in the order they were generated (text only here)."""
+        return aiter(self)
+
 
 class _Seq:
     """A generation's row in the batch (worker thread only)."""
@@ -213,10 +227,13 @@ class _Seq:
         self.next_token = -1  # sampled, not fed yet
         self.detok = Detokenizer(tokenizer)
         self.stops = StopMatcher(gen.params.stop)
-        self.rng = np.random.default_rng(gen.params.seed)
+        seed = gen.params.seed
+        # OpenAI's seeds are int64; numpy's are unsigned: a negative seed wraps to 2**64 + seed.
+        self.rng = np.random.default_rng(None if seed is None else seed % SEED_MODULUS)
 
 
 Delivery = tuple[Generation, str, str | None, EngineError | None]
+SEED_MODULUS = 2**64
 
 
 @dataclass(slots=True)
@@ -247,6 +264,7 @@ class LlmBatcher:
     """Generations from every session on one model, batched step by step."""
 
     name = "llm"
+    supports_tools = False  # no grammar constrains the local model to valid tool calls
 
     def __init__(
         self,
@@ -271,6 +289,8 @@ class LlmBatcher:
         self._sessions: OrderedDict[str, tuple[list[int], KvCache]] = OrderedDict()
         self._sessions_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._tokenizing = 0  # prompts being tokenised by submit(): they count as queued
+        self._max_token_chars = 1  # the longest text one token decodes to (set by load)
         # Worker-thread state: the running rows and their shared cache.
         self._rows: list[_Seq] = []
         self._cache: KvCache | None = None
@@ -288,6 +308,7 @@ class LlmBatcher:
                 self.folder / "tokenizer.json", cfg.chat_template, eos_id=cfg.eos_id
             )
             self._cache = KvCache.empty(cfg)
+            self._max_token_chars = self.tokenizer.max_token_chars()
             ids = self.tokenizer.encode_chat([{"role": "user", "content": "Hi"}])
             self._model.run(KvCache.empty(cfg, 1), [ids], [list(range(len(ids)))], pad_id=0)
 
@@ -329,10 +350,16 @@ class LlmBatcher:
         *,
         prompt: Sequence[int] | None = None,
         session: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        model: str | None = None,
     ) -> Generation:
         """Start a generation for a chat (``messages``) or raw ``prompt`` token ids; iterate
         the returned :class:`Generation` for its text. Raises :class:`RequestError` for a bad
-        request and :class:`OverloadedError` when the queue is full. Call from an event loop."""
+        request and :class:`OverloadedError` when the queue is full. Call from an event loop.
+        (``model`` is informative: this model answers; ``tools`` are refused.)"""
+        if tools:
+            raise RequestError("llm: the local model cannot call tools (llm_runtime=providers)")
         if self._thread is None or self.tokenizer is None:
             raise EngineClosedError("llm: the engine is not running")
         params = params or SamplingParams()
@@ -341,29 +368,67 @@ class LlmBatcher:
                 raise RequestError("llm: give messages or a prompt")
             ids = self.tokenizer.encode_chat(messages)
         else:
-            ids = [int(t) for t in prompt]
-            vocab = self.tokenizer.vocab_size
-            if not ids or any(not 0 <= t < vocab for t in ids):
-                raise RequestError(f"llm: prompt token ids must be in [0, {vocab})")
+            ids = list(prompt)
         if len(ids) > self.settings.max_prompt_tokens:
             raise RequestError(
                 f"llm: the prompt has {len(ids)} tokens; at most "
                 f"{self.settings.max_prompt_tokens} (max_prompt_tokens)"
             )
+        if prompt is not None:
+            ids = [int(t) for t in ids]
+            vocab = self.tokenizer.vocab_size
+            if not ids or any(not 0 <= t < vocab for t in ids):
+                raise RequestError(f"llm: prompt token ids must be in [0, {vocab})")
         gen = Generation(f"gen-{next(self._ids)}", ids, params, session, asyncio.get_running_loop())
         with self._cond:
             if self._closing:
                 raise EngineClosedError("llm: the engine is closed")
             if self._queue.push(gen) is not Push.ACCEPTED:
                 self.counters.refused += 1
-                raise OverloadedError(
-                    f"llm: {self.settings.max_queue_items} requests already waiting "
-                    "(max_queue_items); request refused",
-                    retry_after_s=self._retry_hint_s(),
-                )
+                raise self._full()
             self.counters.submitted += 1
             self._cond.notify()
         return gen
+
+    async def submit(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        params: SamplingParams | None = None,
+        *,
+        session: str | None = None,
+    ) -> Generation:
+        """:meth:`generate` for a chat, with the template rendered and the prompt tokenised in
+        a worker thread (the event loop goes on meanwhile). A prompt whose text is longer than
+        ``max_prompt_tokens`` tokens can hold is refused (:class:`RequestError`) without
+        tokenising it; prompts being tokenised count against ``max_queue_items``."""
+        tokenizer = self.tokenizer
+        if self._thread is None or tokenizer is None:
+            raise EngineClosedError("llm: the engine is not running")
+        chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        most = self.settings.max_prompt_tokens * self._max_token_chars
+        if chars > most:
+            raise RequestError(
+                f"llm: the prompt has {chars} characters, more than max_prompt_tokens "
+                f"({self.settings.max_prompt_tokens}) tokens can hold"
+            )
+        with self._cond:
+            if self._tokenizing + len(self._queue) >= self.settings.max_queue_items:
+                self.counters.refused += 1
+                raise self._full()
+            self._tokenizing += 1
+        try:
+            ids = await asyncio.to_thread(tokenizer.encode_chat, messages)
+        finally:
+            with self._cond:
+                self._tokenizing -= 1
+        return self.generate(params=params, prompt=ids, session=session)
+
+    def _full(self) -> OverloadedError:
+        return OverloadedError(
+            f"llm: {self.settings.max_queue_items} requests already waiting "
+            "(max_queue_items); request refused",
+            retry_after_s=self._retry_hint_s(),
+        )
 
     def close_session(self, session: str) -> None:
         """Forget a session's conversation cache."""
@@ -414,52 +479,99 @@ class LlmBatcher:
             self._prefill(live, out)
         self._drop_cancelled(out)
         if self._rows:
-            self._decode(out)
+            try:
+                self._decode(out)
+            except Exception as e:  # the shared call failed, not one request: its rows fail
+                log.exception("llm: decode step failed")
+                err = InferenceError(f"llm: generation failed: {type(e).__name__}")
+                out.extend((row.gen, "", None, err) for row in self._rows)
+                self.counters.failed += len(self._rows)
+                self._rows.clear()
+                assert self._model is not None
+                self._cache = KvCache.empty(self._model.config)
         self._send(out)
 
     def _prefill(self, gens: list[Generation], out: list[Delivery]) -> None:
-        assert self._model is not None and self.tokenizer is not None
-        cfg = self._model.config
-        seqs, pasts, news = [], [], []
+        """Set the joiners up and prefill them together; one that fails fails alone."""
+        rows: list[tuple[_Seq, KvCache]] = []
         for g in gens:
-            seq = _Seq(g, self.tokenizer)
-            past = KvCache.empty(cfg, 1)
-            if g.session is not None:
-                with self._sessions_lock:
-                    hit = self._sessions.get(g.session)
-                if hit is not None:
-                    cached_ids, cached = hit
-                    common = 0
-                    limit = min(len(cached_ids), len(g.prompt) - 1)
-                    while common < limit and cached_ids[common] == g.prompt[common]:
-                        common += 1
-                    if common:
-                        past = cached.truncated(common)
-                        seq.fed = list(g.prompt[:common])
-                        g.cached_tokens = common
-            seqs.append(seq)
-            pasts.append(past)
-            news.append(g.prompt[len(seq.fed) :])
+            try:
+                rows.append(self._join(g))
+            except Exception:
+                self._fail(g, out, "setting up")
+        if not rows:
+            return
+        try:
+            ran = self._run_prefill(rows)
+        except Exception:
+            if len(rows) == 1:
+                self._fail(rows[0][0].gen, out, "prefilling")
+                return
+            for row in rows:  # which one? each alone: only those that fail alone fail
+                try:
+                    alone = self._run_prefill([row])
+                except Exception:
+                    self._fail(row[0].gen, out, "prefilling")
+                    continue
+                self._admit([row[0]], *alone, out)
+            return
+        self._admit([seq for seq, _ in rows], *ran, out)
+
+    def _join(self, g: Generation) -> tuple[_Seq, KvCache]:
+        """A joiner's row and its cached past (its session's longest common prefix)."""
+        assert self._model is not None and self.tokenizer is not None
+        seq = _Seq(g, self.tokenizer)
+        past = KvCache.empty(self._model.config, 1)
+        if g.session is not None:
+            with self._sessions_lock:
+                hit = self._sessions.get(g.session)
+            if hit is not None:
+                cached_ids, cached = hit
+                common = 0
+                limit = min(len(cached_ids), len(g.prompt) - 1)
+                while common < limit and cached_ids[common] == g.prompt[common]:
+                    common += 1
+                if common:
+                    past = cached.truncated(common)
+                    seq.fed = list(g.prompt[:common])
+                    g.cached_tokens = common
+        return seq, past
+
+    def _run_prefill(self, rows: list[tuple[_Seq, KvCache]]) -> tuple[Any, KvCache]:
+        """One prefill call for ``rows`` (each its past and its new prompt tokens)."""
+        assert self._model is not None
+        seqs = [seq for seq, _ in rows]
+        news = [seq.gen.prompt[len(seq.fed) :] for seq in seqs]
         t0 = self._clock()
         logits, cache = self._model.run(
-            KvCache.stack(pasts),
+            KvCache.stack([past for _, past in rows]),
             news,
             [list(range(len(s.fed), len(s.fed) + len(n))) for s, n in zip(seqs, news, strict=True)],
-            pad_id=cfg.eos_id,
+            pad_id=self._model.config.eos_id,
         )
         self.counters.prefill_ms.observe((self._clock() - t0) * 1000)
         self.counters.prefill_tokens += sum(len(n) for n in news)
-        self.counters.cached_prompt_tokens += sum(g.cached_tokens for g in gens)
+        self.counters.cached_prompt_tokens += sum(s.gen.cached_tokens for s in seqs)
+        return logits, cache
+
+    def _admit(self, seqs: list[_Seq], logits: Any, cache: KvCache, out: list[Delivery]) -> None:
+        """Sample each prefilled row's first token; those not finished join the batch."""
         keep = []
-        for i, (seq, n) in enumerate(zip(seqs, news, strict=True)):
-            seq.fed.extend(n)
-            if not self._advance(seq, logits[i], out, cache, i):
+        for i, seq in enumerate(seqs):
+            seq.fed = list(seq.gen.prompt)
+            if not self._advance_or_fail(seq, logits[i], out, cache, i):
                 keep.append(i)
         if keep:
             joined = cache.select(keep)
             assert self._cache is not None
             self._cache = KvCache.stack([self._cache, joined]) if self._rows else joined
             self._rows.extend(seqs[i] for i in keep)
+
+    def _fail(self, g: Generation, out: list[Delivery], stage: str) -> None:
+        """End one generation with an InferenceError (our fault: the log has the details)."""
+        log.exception("llm: generation %s failed while %s", g.id, stage)
+        self.counters.failed += 1
+        out.append((g, "", None, InferenceError(f"llm: generation failed while {stage}")))
 
     def _decode(self, out: list[Delivery]) -> None:
         assert self._model is not None and self._cache is not None
@@ -478,10 +590,20 @@ class LlmBatcher:
         keep = []
         for i, seq in enumerate(rows):
             seq.fed.append(seq.next_token)
-            if not self._advance(seq, logits[i], out, cache, i):
+            if not self._advance_or_fail(seq, logits[i], out, cache, i):
                 keep.append(i)
         self._rows = [rows[i] for i in keep]
         self._cache = cache if len(keep) == len(rows) else cache.select(keep)
+
+    def _advance_or_fail(
+        self, seq: _Seq, logits: Any, out: list[Delivery], cache: KvCache, row: int
+    ) -> bool:
+        """:meth:`_advance`; a row whose own work raises fails alone (True: it left)."""
+        try:
+            return self._advance(seq, logits, out, cache, row)
+        except Exception:
+            self._fail(seq.gen, out, "sampling")
+            return True
 
     def _advance(
         self, seq: _Seq, logits: Any, out: list[Delivery], cache: KvCache, row: int

@@ -11,6 +11,7 @@ from ..runtime import Array
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 64
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is an int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +28,12 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 2.0:
             raise RequestError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.top_p <= 1.0:  # 0 keeps only the likeliest token
+            raise RequestError(f"top_p must be in [0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise RequestError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:
+            raise RequestError(f"seed must be a 64-bit signed integer, got {self.seed}")
         if len(self.stop) > MAX_STOP_SEQUENCES or any(
             not isinstance(s, str) or len(s) > MAX_STOP_CHARS for s in self.stop
         ):

@@ -47,7 +47,15 @@ class ChatTokenizer:
         return str(self._template.render(messages=clean, add_generation_prompt=True))
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        # encode_batch releases the GIL while it works (encode does not): called in a worker
+        # thread, a long prompt leaves the event loop running.
+        return list(self._tok.encode_batch([text], add_special_tokens=False)[0].ids)
+
+    def max_token_chars(self) -> int:
+        """The most characters one token decodes to: a text of N characters has at least
+        N / this many tokens."""
+        ids = range(self.vocab_size)
+        return max(1, *(len(self._tok.decode([i], skip_special_tokens=False)) for i in ids))
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         return self.encode(self.render(messages))

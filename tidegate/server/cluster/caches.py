@@ -31,7 +31,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from tidegate.engines.llm import Generation, LlmBatcher, SamplingParams
+from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
 
 from .link import RedisDownError, RedisLink
 
@@ -209,17 +209,17 @@ class ResultCaches:
     # -- LLM ------------------------------------------------------------------------------------
     async def generate(
         self,
-        llm: LlmBatcher,
+        llm: LlmEngine,
         messages: Sequence[Mapping[str, Any]],
         params: SamplingParams,
         *,
         session: str | None = None,
     ) -> Generation:
-        """``llm.generate(messages, params)``, or, for a greedy request seen before, a
+        """``llm.submit(messages, params)``, or, for a greedy request seen before, a
         generation that yields the reply it gave then at once."""
         if not self.enabled or not params.greedy:
             self.llm_uncacheable += 1
-            return llm.generate(messages, params, session=session)
+            return await llm.submit(messages, params, session=session)
         digest = _digest(
             "llm",
             self.llm_model,
@@ -239,7 +239,7 @@ class ResultCaches:
                 completion_tokens=entry["completion_tokens"],
                 session=session,
             )
-        gen = llm.generate(messages, params, session=session)
+        gen = await llm.submit(messages, params, session=session)
         gen.add_done_callback(lambda g: self._store(digest, g))
         return gen
 

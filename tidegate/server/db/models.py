@@ -107,6 +107,7 @@ class ResponseRow(SQLModel, table=True):
     text: str = _text()
     spoken_text: str | None = _text(nullable=True)
     ref: str | None = _text(nullable=True)
+    tool_calls: str | None = _text(nullable=True)  # JSON list of {call_id, name, arguments, output}
     created_at_ms: float
 
 

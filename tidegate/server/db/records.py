@@ -109,6 +109,8 @@ class Response:
     status: str  # completed, cancelled, interrupted, failed
     spoken_text: str | None = None
     ref: str | None = None
+    # the tool calls it made: {call_id, name, arguments, output} each, in order
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
     session_id: str = ""
     tenant: str = ""
     record_id: str = field(default_factory=new_record_id)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -114,6 +116,7 @@ def _child_row(rec: Any) -> tuple[sa.Table, dict[str, Any]]:
             "text": rec.text,
             "spoken_text": rec.spoken_text,
             "ref": rec.ref,
+            "tool_calls": orjson.dumps(rec.tool_calls).decode() if rec.tool_calls else None,
             "created_at_ms": rec.at_ms,
         }
     if isinstance(rec, r.LatencySummary):
@@ -220,12 +223,18 @@ def encode_cursor(at_ms: float, row_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+CURSOR_AT_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?")  # a float's repr, ASCII
+
+
 def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode()
         at, _, row_id = raw.partition("|")
+        if CURSOR_AT_RE.fullmatch(at) is None:
+            raise ValueError(at)
         return float(at), row_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeError, ValueError):
         raise CursorError(
             "cursor: not one this server handed out; use next_cursor as given"
         ) from None
