@@ -6,8 +6,9 @@ hold aiortc or aioice objects (one that imports aiortc, aioice or tidegate.media
 
 - ``x._name`` where ``x`` is anything but ``self``, ``cls`` or ``super()`` (reaching into
   another object's private attribute: in these modules that object may be aiortc's);
-- ``getattr/setattr/hasattr/delattr(x, "_name")`` with a private name (the same, spelled as a
-  string, as name-mangled ``_RTCRtpReceiver__x`` attributes are);
+- ``getattr/setattr/hasattr/delattr(x, name)`` where ``name`` spells a private name: a string
+  ``"_x"``, or one built from a leading ``"_..."`` (``"_RTCRtpReceiver__" + name``, an
+  f-string), as name-mangled attributes are reached;
 - in a class deriving from an aiortc/aioice class, ``self._name`` or a method ``_name`` where
   aiortc's or aioice's own classes in its MRO define or assign ``_name`` (our private
   attribute would be theirs);
@@ -64,6 +65,22 @@ def _relative_media_import(tree: ast.Module, path: Path) -> bool:
     inside_media = path.parent == PACKAGE / "media"
     return inside_media and any(
         isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(tree)
+    )
+
+
+def _builds_private_name(expr: ast.expr) -> bool:
+    """An attribute name given as an expression that spells a private name: ``"_x"``, or one
+    built from a string starting with ``_`` (``"_RTCRtpReceiver__" + name``, an f-string)."""
+    first = expr
+    while True:
+        if isinstance(first, ast.BinOp):
+            first = first.left
+        elif isinstance(first, ast.JoinedStr) and first.values:
+            first = first.values[0]
+        else:
+            break
+    return (
+        isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value[:1] == "_"
     )
 
 
@@ -134,11 +151,9 @@ def violations(source: str, path: Path) -> Iterator[str]:
             and isinstance(node.func, ast.Name)
             and node.func.id in ATTR_FUNCS
             and len(node.args) >= 2
-            and isinstance(node.args[1], ast.Constant)
-            and isinstance(node.args[1].value, str)
-            and _private(node.args[1].value)
+            and _builds_private_name(node.args[1])
         ):
-            yield f"{where}:{node.lineno}: {node.func.id}(..., {node.args[1].value!r})"
+            yield f"{where}:{node.lineno}: {node.func.id}(..., {ast.unparse(node.args[1])})"
         elif isinstance(node, ast.ClassDef):
             theirs: set[str] = set()
             for b in node.bases:
@@ -181,6 +196,10 @@ def test_only_the_seam_touches_aiortc_private_attributes() -> None:
         "import aioice\ndef f(conn):\n    conn._local_candidates.append(1)\n",
         "from aiortc.rtcrtpreceiver import RTCRtpReceiver\n"
         "def f(r):\n    return getattr(r, '_RTCRtpReceiver__started')\n",
+        "from aiortc.rtcrtpreceiver import RTCRtpReceiver\n"
+        "def f(r, name):\n    return getattr(r, '_RTCRtpReceiver__' + name)\n",
+        "from aiortc.rtcrtpsender import RTCRtpSender\n"
+        "def f(s, name, v):\n    setattr(s, f'_RTCRtpSender__{name}', v)\n",
         "from tidegate.media import MediaPeer\n"
         "def f(p: MediaPeer):\n    return p.pc._transceivers\n",
         "from aiortc.rtcrtpreceiver import RTCRtpReceiver\n"
