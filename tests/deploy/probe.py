@@ -229,7 +229,7 @@ async def ready(args: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args["timeout_s"]
     last: dict[str, Any] = {}
-    async with httpx.AsyncClient(verify=_tls(), timeout=5) as http:
+    async with httpx.AsyncClient(verify=_tls(), timeout=scaled(5)) as http:
         while loop.time() < deadline:
             for url in args["urls"]:
                 try:

@@ -91,7 +91,7 @@ async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory)
     pair = await pair_factory(MediaConfig(video_max_pixels=640 * 480 - 1), audio=False, video=True)
     video = pair.server.video_in
     assert video is not None
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(scaled(20)):
         while pair.server.stats()["video_decoder"]["oversized"] < 10:
             await asyncio.sleep(0.05)
     guard = pair.server.stats()["video_decoder"]
@@ -122,7 +122,7 @@ async def test_forged_vp8_keyframes_are_never_decoded(pair_factory, monkeypatch)
     monkeypatch.setattr(vpx.Vp8Encoder, "encode", forged)  # the attacker's client only
     with PeakRss() as rss:
         pair = await pair_factory(audio=False, video=True)
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(scaled(20)):
             while pair.server.stats()["video_decoder"]["oversized"] < 30:
                 await asyncio.sleep(0.05)
     assert pair.server.stats()["video_decoder"]["last_size"] == [16_000, 16_000]

@@ -339,7 +339,7 @@ async def test_audio_faster_than_real_time_is_refused_beyond_the_window(
                 if isinstance(event, Error):
                     refusals.append(event)
             before = pongs
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(scaled(30)):
                 while pongs < before + 3:
                     await asyncio.sleep(0.05)
             pinger.cancel()
