@@ -1,4 +1,5 @@
-"""Suite-wide policy: only `gpu` tests may be skipped; the counts are printed at the end."""
+"""Suite-wide policy: only `gpu` tests may be skipped; the counts are printed at the end; the
+per-test time limit scales with TIDEGATE_TEST_TIMEOUT_FACTOR (tests/support.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,23 @@ from collections import Counter
 
 import pytest
 
+from tests.support import scaled
+
 pytest_plugins = ["tests.llama"]  # the real LLM server of the provider tests
 
 _outcomes: Counter[str] = Counter()
 _bad_skips: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's limit for each test (``timeout`` in pyproject.toml, ``--timeout``, or
+    the test's own ``timeout`` mark), times TIDEGATE_TEST_TIMEOUT_FACTOR."""
+    default = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker is not None and marker.args else default
+        if seconds > 0:
+            item.add_marker(pytest.mark.timeout(scaled(seconds)), append=False)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import scaled
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -41,7 +43,7 @@ CHROMIUM_FLAGS = [
 
 
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=scaled(20))
 
 
 @contextlib.contextmanager
@@ -64,7 +66,7 @@ def network_namespace(addresses: Sequence[str] = ("10.250.0.1",)) -> Iterator[st
         _ip(*run, "link", "set", "v1", "up")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=scaled(20))
 
 
 def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
@@ -78,7 +80,7 @@ def stop(proc: subprocess.Popen[Any] | None, timeout_s: float = 15.0) -> None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout_s)
+        proc.wait(scaled(timeout_s))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -134,7 +136,7 @@ class ChromiumPage:
                 "expression": f"({function_js})({json.dumps(args)})",
                 "awaitPromise": True,
                 "returnByValue": True,
-                "timeout": int(timeout_s * 1000),
+                "timeout": int(scaled(timeout_s) * 1000),
             },
             sessionId=self.session_id,
         )

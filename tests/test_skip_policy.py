@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import scaled
 
 CONFTEST = Path(__file__).parent / "conftest.py"
 
@@ -18,8 +21,9 @@ def run_suite(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(CONFTEST.parent.parent)},  # the conftest imports tests
     )
 
 

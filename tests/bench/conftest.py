@@ -10,14 +10,13 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import wait_ready_blocking
 from tidegate.bench.harness import load_scenarios
 from tidegate.bench.target import Target, _mint, free_port
 
@@ -46,17 +45,7 @@ def live_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     proc = subprocess.Popen([sys.executable, "-m", "tidegate", "serve"], env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"tidegate serve exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "tidegate serve was not ready in time"
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_ready_blocking(url, timeout_s=READY_TIMEOUT_S, exited=proc.poll)
         yield Target(url, _mint(key, "bench", "bench"), proc.pid, key)
     finally:
         proc.send_signal(signal.SIGTERM)

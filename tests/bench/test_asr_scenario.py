@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 
@@ -29,7 +30,7 @@ def test_asr_scenario_report(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=scaled(110),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("asr-*.json")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 
@@ -30,7 +31,7 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("assistant-*.json")
@@ -48,7 +49,9 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
     assert level["server_cpu_s"] > 0
     assert level["token_interval_ms"]["n"] >= 1  # the reply came in more than one delta
     assert level["load"]["server_cpu_s_per_s"] > 0 and level["load"]["server_rss_mb"] > 0
-    assert isinstance(level["real_time_held"], bool)
+    # The verdict follows from the figures: every turn answered, no error, and the first reply
+    # audio's p90 within --max-latency-ms (3000 by default).
+    assert level["real_time_held"] is (level["eos_to_first_audio_ms"]["p90"] <= 3000.0)
     # the same question over WebRTC: Opus up, the reply heard on the client's inbound track
     [rtc] = report["results"]["rtc"]["levels"]
     assert rtc["errors"] == [] and rtc["completed"] == 1, rtc["heard_and_replied"]

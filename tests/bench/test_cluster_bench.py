@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 from ..server.cluster.redis_server import shared_or_own
@@ -46,7 +47,7 @@ def test_cluster_bench_sensor_report(tmp_path: Path, redis_url: str) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=scaled(110),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("cluster-*.json")
@@ -55,4 +56,5 @@ def test_cluster_bench_sensor_report(tmp_path: Path, redis_url: str) -> None:
     cross, same = sensor["cross_node_delivery_ms"], sensor["same_node_delivery_ms"]
     assert cross["n"] >= 1 and same["n"] >= 1
     assert cross["n"] + sensor["cross_node_coalesced"] <= 50
-    assert isinstance(sensor["target_met"], bool)
+    # The verdict follows from the figures: the cross-node delivery's p50 within 5 ms.
+    assert sensor["target_met"] is (cross["p50"] <= 5.0)

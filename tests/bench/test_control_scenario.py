@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 
@@ -31,7 +32,7 @@ def test_control_scenario_report(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("control-*.json")

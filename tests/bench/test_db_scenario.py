@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 
@@ -35,7 +36,7 @@ def test_db_scenario_report(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=scaled(110),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("db-*.json")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.report import load_report
 
 
@@ -32,7 +33,7 @@ def test_echo_scenario_report(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=scaled(110),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("echo-*.json")
@@ -40,13 +41,21 @@ def test_echo_scenario_report(tmp_path: Path) -> None:
     echo = results["echo"]
     assert echo["rtt_ms"]["n"] >= 2  # bursts found in the echo, one per second
     assert 0 < echo["rtt_ms"]["p50"] < 1000
-    assert echo["server_cpu_s_per_s"] >= 0
+    assert echo["server_cpu_s_per_s"] > 0  # the server's echo costs it CPU, measured
     assert echo["server_media"]["audio_rtp"]["packets"] > 100
     runs = results["receive_only"]
     assert [r["sessions"] for r in runs] == [1, 3]
     for r in runs:
         assert r["client_send_rate_min"] > 0.5
-        assert isinstance(r["real_time_held"], bool)
+        assert r["server_consume_rate_min"] > 0  # every session's audio reached the server
         assert r["connect_ms"]["n"] == r["sessions"]
         assert r["load"]["generator_cpu_s_per_s"] > 0 and r["load"]["server_rss_mb"] > 0
-    assert results["real_time_lost_at"] in (None, 1, 3)
+        # The verdict follows from the level's own figures (--max-lag-ms: 200 by default).
+        held = (
+            r["consumed_vs_sent_min"] >= 0.95
+            and r["peak_queued_ms_max"] < 200.0
+            and r["flow_lag_events"] == 0
+        )
+        assert r["real_time_held"] is held, r
+    lost = [r["sessions"] for r in runs if not r["real_time_held"]]
+    assert results["real_time_lost_at"] == (min(lost) if lost else None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.compare import compare
 from tidegate.bench.report import ReportError, load_report, validate_report
 
@@ -26,7 +27,7 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         [sys.executable, "-m", "tidegate", "bench", name, *CASES[name], "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=scaled(110),
     )
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob(f"{name}-*.json")

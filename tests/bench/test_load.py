@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.load import session_counts, wait_started
 
 
@@ -23,7 +24,7 @@ async def test_a_failing_session_fails_the_level_at_once() -> None:
 
     tasks = [asyncio.ensure_future(sending(started[0])), asyncio.ensure_future(refused(started[1]))]
     with pytest.raises(RuntimeError, match="overloaded"):
-        await wait_started(started, tasks, timeout_s=20)
+        await wait_started(started, tasks, timeout_s=scaled(20))
     assert tasks[0].cancelled()
 
 
@@ -37,7 +38,7 @@ async def test_started_sessions_keep_running_and_a_stuck_one_times_out() -> None
         return 7
 
     task = asyncio.ensure_future(session())
-    await wait_started([ev], [task], timeout_s=5)
+    await wait_started([ev], [task], timeout_s=scaled(5))
     assert await task == 7
     stuck = asyncio.ensure_future(asyncio.sleep(30))
     with pytest.raises(TimeoutError):

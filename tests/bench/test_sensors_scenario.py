@@ -33,9 +33,16 @@ async def test_sensors_scenario_report(live_target: Target, tmp_path: Path) -> N
         assert lv["readings_persisted"] == lv["readings_sent"] and lv["persist_wait_ms"] >= 0
         assert lv["delivery_ms"]["n"] == lv["readings_delivered"]
         assert 0 < lv["delivery_ms"]["p50"] <= lv["delivery_ms"]["p99"]
-        assert lv["real_time_held"] in (True, False)
+        # The verdict follows from the level's own figures (--max-latency-ms: 100 by default).
+        held = (
+            lv["coalesced"] == 0
+            and lv["delivered_fraction"] >= 0.99
+            and lv["delivery_ms"]["p90"] <= 100.0
+        )
+        assert lv["real_time_held"] is held, lv
         assert lv["load"]["server_cpu_s_per_s"] > 0
-    assert results["real_time_lost_at"] in (None, 1, 2)
+    lost = [lv["sessions"] for lv in levels if not lv["real_time_held"]]
+    assert results["real_time_lost_at"] == (min(lost) if lost else None)
     [cdf] = _pngs(tmp_path, "sensors-*-cdf.png")
     [vs] = _pngs(tmp_path, "sensors-*-sessions.png")
     assert cdf.stat().st_size > 1000 and vs.stat().st_size > 1000

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import jwt
 
+from tests.support import scaled
+
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tidegate", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         env={**os.environ, **env},
     )
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from tests.engines.vision.test_faces import ASTRONAUT_FACE
 from tests.netns import CHROMIUM, CHROMIUM_FLAGS, in_netns, network_namespace, stop
-from tidegate.engines import models
+from tests.support import prepare_models, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "client-web"
@@ -37,7 +37,7 @@ PORT = 8080  # a fresh namespace has nothing else listening
 # "Ever tried." from the recorded clip the ASR tests use (moonshine's beckett.wav, 16 kHz).
 SPEECH_S = (0.25, 1.3)
 LEAD_S, TOTAL_S = 1.5, 90.0  # silence before; the file loops after TOTAL_S
-BROWSER_DEADLINE_S = 95  # the script stops by itself (pytest's per-test limit is 120 s)
+BROWSER_DEADLINE_S = scaled(95)  # the script stops by itself (pytest's limit: scaled(120) s)
 
 
 def _speech_wav(path: Path) -> None:
@@ -76,12 +76,7 @@ def _face_y4m(path: Path) -> tuple[int, int]:
 
 
 def _prepared() -> Path:
-    data = CACHE / "data"
-    if any(models.verify(data, n, deep=False) for n in MODELS):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return data / "models"
+    return prepare_models(*MODELS) / "models"
 
 
 @pytest.mark.slow

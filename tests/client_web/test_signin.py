@@ -25,13 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.netns import CHROMIUM, CHROMIUM_FLAGS, in_netns, network_namespace, stop
+from tests.support import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "client-web"
 SHOTS = ROOT / "reports" / "client-web-e2e"
 NETNS_ADDR = "10.250.0.1"
 PORT, IDP_PORT = 8080, 9000  # a fresh namespace has nothing else listening
-BROWSER_DEADLINE_S = 60
+BROWSER_DEADLINE_S = scaled(60)
 ISSUERS = """
 [issuers.testidp]
 issuer = "http://127.0.0.1:{idp}"

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.support import scaled
+
 WEB = Path(__file__).resolve().parents[2] / "client-web"
 BIN = WEB / "node_modules" / ".bin"
 
@@ -15,7 +17,12 @@ BIN = WEB / "node_modules" / ".bin"
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     assert (BIN / "vitest").exists(), "client-web's npm packages are missing: run `make web`"
     return subprocess.run(
-        cmd, cwd=WEB, capture_output=True, text=True, timeout=100, env={**os.environ, "CI": "1"}
+        cmd,
+        cwd=WEB,
+        capture_output=True,
+        text=True,
+        timeout=scaled(100),
+        env={**os.environ, "CI": "1"},
     )
 
 

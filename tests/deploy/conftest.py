@@ -39,6 +39,7 @@ from tests.deploy.containers import build_logged, podman_images
 from tests.deploy.render import render_nginx, render_turnserver
 from tests.netns import in_netns, network_namespace, stop
 from tests.server.db.conftest import postgres_server  # noqa: F401 (the image tests' database)
+from tests.support import scaled
 from tidegate.server.auth import mint_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def write_certificate(folder: Path, ip: str) -> Path:
 
 
 def _wait_for(what: str, check: Any, procs: list[subprocess.Popen[Any]], logs: list[Path]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + scaled(START_TIMEOUT_S)
     while not check():
         dead = [p.args for p in procs if p.poll() is not None]
         if dead or time.monotonic() > deadline:
@@ -120,7 +121,7 @@ class Stack:
             ),
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=scaled(90),
             cwd=ROOT,
             env=env,
         )
@@ -172,7 +173,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 in_netns(netns, [*nginx, "-t", "-g", f"pid {folder}/nginx-t.pid;"]),
                 capture_output=True,
                 text=True,
-                timeout=30,
+                timeout=scaled(30),
             )
             assert checked.returncode == 0, checked.stderr
             stack.nginx_test = checked.stderr

@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from tests.support import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 # A first build on a fresh machine downloads every package and converts the models (about
 # 15 minutes on the 2-core VM); a cached one takes seconds. See docs/deploy.md.
@@ -102,14 +104,14 @@ def running(
     for key, value in env.items():
         argv += ["-e", f"{key}={value}"]
     started = subprocess.run(
-        [*argv, image], env=images.podman_env(), capture_output=True, text=True, timeout=120
+        [*argv, image], env=images.podman_env(), capture_output=True, text=True, timeout=scaled(120)
     )
     assert started.returncode == 0, started.stderr
     container = Container(name, dict(env))
     try:
         yield container
     finally:
-        container.podman("rm", "-f", "-t", "5", name, timeout=60)
+        container.podman("rm", "-f", "-t", "5", name, timeout=scaled(60))
 
 
 def wait_ready(container: Container, http: str, timeout_s: float = START_TIMEOUT_S) -> float:
@@ -118,7 +120,7 @@ def wait_ready(container: Container, http: str, timeout_s: float = START_TIMEOUT
     start = time.monotonic()
     while True:
         try:
-            if httpx.get(f"{http}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{http}/readyz", timeout=scaled(2)).status_code == 200:
                 return time.monotonic() - start
         except httpx.TransportError:
             pass

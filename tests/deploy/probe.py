@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
+from tests.support import scaled
 from tidegate.protocol.client import Client, RefusedError
 
 
@@ -35,7 +36,7 @@ def _alpn(host: str, port: int) -> str | None:
     ctx = _tls()
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     with (
-        socket.create_connection((host, port), timeout=10) as raw,
+        socket.create_connection((host, port), timeout=scaled(10)) as raw,
         ctx.wrap_socket(raw, server_hostname=host) as tls,
     ):
         return tls.selected_alpn_protocol()
@@ -65,7 +66,7 @@ async def sticky(args: dict[str, Any]) -> dict[str, Any]:
             pong = await c.ping()
             out["sessions"].append({"id": created.session_id, "ping_rtt_ms": pong.rtt_ms})
     sdp = await _offer_sdp()
-    async with httpx.AsyncClient(verify=_tls(), timeout=20) as http:
+    async with httpx.AsyncClient(verify=_tls(), timeout=scaled(20)) as http:
         ready = await http.get(base + "/readyz")
         out["readyz"] = [ready.status_code, ready.json()]
         for s in out["sessions"]:
@@ -144,7 +145,7 @@ async def flood(args: dict[str, Any]) -> dict[str, Any]:
     """Many requests at once from one address: NGINX's limits answer some of them 429."""
     limits = httpx.Limits(max_connections=args["connections"])
     statuses: dict[str, int] = {}
-    async with httpx.AsyncClient(verify=_tls(), timeout=20, limits=limits) as http:
+    async with httpx.AsyncClient(verify=_tls(), timeout=scaled(20), limits=limits) as http:
 
         async def one() -> None:
             r = await http.get(args["base"] + "/healthz")
@@ -228,7 +229,7 @@ async def ready(args: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args["timeout_s"]
     last: dict[str, Any] = {}
-    async with httpx.AsyncClient(verify=_tls(), timeout=5) as http:
+    async with httpx.AsyncClient(verify=_tls(), timeout=scaled(5)) as http:
         while loop.time() < deadline:
             for url in args["urls"]:
                 try:

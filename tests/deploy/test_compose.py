@@ -19,6 +19,7 @@ from tests.deploy.conftest import Stack, write_certificate
 from tests.deploy.containers import BUILD_TIMEOUT_S, START_TIMEOUT_S, build_logged, podman_images
 from tests.deploy.render import render_nginx
 from tests.netns import network_namespace
+from tests.support import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ["-f", str(ROOT / "docker" / "compose.yaml")]
@@ -86,17 +87,17 @@ def compose(
                 )
 
         try:
-            up = run("up", "-d", timeout=300)
+            up = run("up", "-d", timeout=scaled(300))
             assert up.returncode == 0, log.read_text()[-4000:]
             stack = Stack(netns, folder, env["TIDEGATE_JWT_SECRET"], "")
             urls = [f"https://{PUBLIC}", *(f"http://{a}:8080" for a in NODES.values())]
             ready = stack.probe("ready", urls=urls, timeout_s=START_TIMEOUT_S)
             if any(v != 200 for v in ready["status"].values()):
-                logs = run("logs", timeout=60)
+                logs = run("logs", timeout=scaled(60))
                 raise AssertionError(f"not ready: {ready} ({logs.returncode})\n{log.read_text()}")
             yield stack, f"postgresql://tidegate:{password}@{POSTGRES}:5432/tidegate"
         finally:
-            run("down", "-v", "-t", "10", timeout=300)
+            run("down", "-v", "-t", "10", timeout=scaled(300))
 
 
 def test_a_session_through_nginx_stays_on_its_node_and_lands_in_postgres(

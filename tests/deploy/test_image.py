@@ -34,6 +34,7 @@ from tests.server.db.helpers import eventually, query
 from tests.server.db.postgres import create_database, drop_database
 from tests.server.test_assistant import QUESTION, converse
 from tests.server.test_rtc import client_pc, tone, wait_rms
+from tests.support import scaled
 from tidegate.bench.target import free_port
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
@@ -149,7 +150,7 @@ async def test_webrtc_loopback_echo_through_the_container(node: Node) -> None:
                     )
             await client.send(RtcCandidate(candidate=""))
             mic.write(tone(4.0))
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(scaled(20)):
                 while not tracks:
                     await asyncio.sleep(0.02)
             assert await wait_rms(tracks[0]) > 0.05
@@ -243,6 +244,6 @@ def test_gpu_image_builds_on_a_cuda_base(tmp_path: Path) -> None:
         env=images.podman_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=scaled(300),
     )
     assert "CUDAExecutionProvider" in out.stdout, out.stdout + out.stderr

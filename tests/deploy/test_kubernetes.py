@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.deploy.containers import BUILD_TIMEOUT_S, START_TIMEOUT_S, podman_images
+from tests.support import scaled
 from tidegate.bench.target import free_port
 from tidegate.server.settings import ENV_PREFIX, Settings
 
@@ -35,7 +36,7 @@ ADAPTER = KUBE / "prometheus-adapter-values.yaml"
 def render(folder: Path) -> list[dict[str, Any]]:
     """``kubectl kustomize folder``: its documents."""
     out = subprocess.run(
-        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60
+        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=scaled(60)
     )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -267,14 +268,14 @@ def test_rendered_pod_runs_under_podman_kube_play(cpu_image: str, tmp_path: Path
         env=env,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=scaled(180),
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=scaled(2))
                 if r.status_code == 200:
                     break
             except httpx.TransportError:
@@ -291,10 +292,10 @@ def test_rendered_pod_runs_under_podman_kube_play(cpu_image: str, tmp_path: Path
             env=env,
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=scaled(30),
         )
         assert uid.stdout.strip() == "10001", uid.stdout + uid.stderr
     finally:
         subprocess.run(
-            ["podman", "kube", "down", str(play)], env=env, capture_output=True, timeout=120
+            ["podman", "kube", "down", str(play)], env=env, capture_output=True, timeout=scaled(120)
         )

@@ -6,7 +6,6 @@ dashboard (deploy/grafana/) names is in that live /metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.conftest import make_settings, run_server
 from tests.server.test_assistant import converse, prepared, question  # noqa: F401 (fixtures)
+from tests.support import scaled, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "tidegate-rules.yaml"
@@ -47,10 +47,9 @@ async def scrape(
     settings = make_settings(tmp, engines=("vad", "asr", "vision", "llm", "tts"))
     async with (
         run_server(settings) as live,
-        httpx.AsyncClient(base_url=live.http, timeout=10) as http,
+        httpx.AsyncClient(base_url=live.http, timeout=scaled(10)) as http,
     ):
-        while (await http.get("/readyz")).status_code != 200:
-            await asyncio.sleep(0.1)
+        await wait_ready(live.http)
         async with converse(live) as c:
             await c.speak(*question)
             await c.wait(lambda: c.done(), timeout_s=90)
@@ -149,14 +148,20 @@ def _promtool_test(tmp_path: Path, tests: list[dict[str, Any]]) -> subprocess.Co
     path = tmp_path / "rules-test.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return subprocess.run(
-        ["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120
+        ["promtool", "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
     )
 
 
 def test_rules_pass_promtool_check() -> None:
     """promtool check rules accepts the file, with one alert per condition the kit watches."""
     out = subprocess.run(
-        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+        ["promtool", "check", "rules", str(RULES)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert set(_rules()) == {

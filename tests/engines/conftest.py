@@ -4,8 +4,6 @@ onnx.helper."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.support import prepare_models
 from tidegate.engines import models
 from tidegate.engines.runtime import gpu_present
 
@@ -21,20 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
 ASSETS = CACHE / "assets"
 DATA = CACHE / "data"
+ASSET_FILES = ("beckett.wav", "astronaut.png", "coffee.png", "camera.png")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The data folder with every default model prepared (fetching what is missing)."""
-    needed = [ASSETS / n for n in ("beckett.wav", "astronaut.png", "coffee.png", "camera.png")]
-    ok = all(p.is_file() for p in needed) and all(
-        not models.verify(DATA, n, deep=False) for n in models.DEFAULT_MODELS
-    )
-    if not ok:
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return DATA
+    return prepare_models(*models.DEFAULT_MODELS, assets=ASSET_FILES)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import scaled
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".cache" / "pytriton-venv"
 SCRIPT = ROOT / "scripts" / "pytriton_serve.py"
@@ -71,7 +73,7 @@ class _ServerProcess:
                 cwd=self.workdir,
                 start_new_session=True,
             )
-        end = time.monotonic() + timeout_s
+        end = time.monotonic() + scaled(timeout_s)
         while time.monotonic() < end:
             text = log.read_text(errors="replace")
             if (ready in text.splitlines()) if exact_line else (ready in text):
@@ -90,10 +92,10 @@ class _ServerProcess:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=term_timeout_s)
+                proc.wait(timeout=scaled(term_timeout_s))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout=10)
+                proc.wait(timeout=scaled(10))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (backend stubs)
 

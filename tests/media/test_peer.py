@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
+from tests.support import scaled
 from tidegate.media import (
     BadSdpError,
     MediaConfig,
@@ -34,7 +35,7 @@ async def collect_audio(peer: MediaPeer, ms: float) -> list:
     assert peer.audio_in is not None
     chunks = []
     got = 0.0
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while got < ms:
             chunk = await peer.audio_in.read()
             assert chunk is not None
@@ -67,11 +68,11 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     pair = await pair_factory(audio=False, video=True)
     video = pair.server.video_in
     assert video is not None and pair.server.audio_in is None
-    plain = await video.take(timeout_s=10)
+    plain = await video.take(timeout_s=scaled(10))
     assert plain is not None and plain.image is None
     assert (plain.width, plain.height) == (640, 480)
-    rgb = await video.take("rgb24", timeout_s=10)
-    bgr = await video.take("bgr24", timeout_s=10)
+    rgb = await video.take("rgb24", timeout_s=scaled(10))
+    bgr = await video.take("bgr24", timeout_s=scaled(10))
     assert rgb.image.shape == (480, 640, 3) and rgb.image.dtype == np.uint8
     assert bgr.image.shape == (480, 640, 3)
     assert rgb.index < bgr.index
@@ -90,7 +91,7 @@ async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory)
     pair = await pair_factory(MediaConfig(video_max_pixels=640 * 480 - 1), audio=False, video=True)
     video = pair.server.video_in
     assert video is not None
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(scaled(20)):
         while pair.server.stats()["video_decoder"]["oversized"] < 10:
             await asyncio.sleep(0.05)
     guard = pair.server.stats()["video_decoder"]
@@ -121,7 +122,7 @@ async def test_forged_vp8_keyframes_are_never_decoded(pair_factory, monkeypatch)
     monkeypatch.setattr(vpx.Vp8Encoder, "encode", forged)  # the attacker's client only
     with PeakRss() as rss:
         pair = await pair_factory(audio=False, video=True)
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(scaled(20)):
             while pair.server.stats()["video_decoder"]["oversized"] < 30:
                 await asyncio.sleep(0.05)
     assert pair.server.stats()["video_decoder"]["last_size"] == [16_000, 16_000]
@@ -158,7 +159,7 @@ async def test_echo_comes_back_to_the_client(pair_factory) -> None:
 
     task = asyncio.get_running_loop().create_task(echo())
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while not pair.remote_tracks:
                 await asyncio.sleep(0.01)
             track = pair.remote_tracks[0]
@@ -247,7 +248,7 @@ def _owned_state() -> tuple[int, int]:
 async def _one_cycle(i: int, video: bool) -> None:
     pair = await connect_pair(video=video)
     pair.mic.write(tone(0.2))
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while pair.server.state != "connected":
             await asyncio.sleep(0.005)
         chunk = await pair.server.audio_in.read()
@@ -264,7 +265,7 @@ async def test_teardown_frees_everything_after_100_cycles() -> None:
     tasks0, threads0 = _owned_state()
     for i in range(100):
         await _one_cycle(i, i % 10 == 0)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while _owned_state()[0] > tasks0 or _owned_state()[1] > threads0:
             await asyncio.sleep(0.05)
     gc.collect()

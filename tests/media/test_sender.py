@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
+from tests.support import scaled
 from tidegate.media import AudioOutTrack, MediaConfig
+from tidegate.media._aiortc import SendShell
 from tidegate.media.audio_out import FRAME_TS
-from tidegate.media.sender import NTP_EPOCH_OFFSET_S, AudioSender, ntp_now
+from tidegate.media.sender import NTP_EPOCH_OFFSET_S, ntp_now
 
 from .conftest import tone
 
@@ -41,27 +43,27 @@ class Tap:
 
 
 async def wait_for(cond, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
+    async with asyncio.timeout(scaled(timeout_s)):
         while not cond():
             await asyncio.sleep(0.01)
 
 
 async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
-    """The server's audio leaves through AudioSender: aiortc's receiver on the client gets
+    """The server's audio leaves through the lean sender: aiortc's receiver on the client gets
     every packet, in order, with the header aiortc's own sender would write."""
     pair = await pair_factory()
     server_t = next(t for t in pair.server.pc.getTransceivers() if t.kind == "audio")
     sender = server_t.sender
-    assert isinstance(sender, AudioSender)
+    assert isinstance(sender, SendShell)
     client_t = pair.client.getTransceivers()[0]
     tap = Tap(client_t.receiver)
-    await wait_for(lambda: sender._lean)  # sending started: through the lean path
+    await wait_for(lambda: sender.tg_lean)  # sending started: through the lean path
     out = pair.server.audio_out
     assert out is not None
     out.write(tone(0.5, hz=700.0))  # 25 frames written at once: paced out over ~0.5 s
     await wait_for(lambda: len(tap.rtp) >= 25)
     pkts = tap.rtp[:25]
-    assert {p.ssrc for p in pkts} == {sender._ssrc}
+    assert {p.ssrc for p in pkts} == {sender.tg_ssrc}
     assert {p.payload_type for p in pkts} == {client_t._codecs[0].payloadType}
     seqs = [p.sequence_number for p in pkts]
     assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(seqs)] == [1] * 24
@@ -72,7 +74,7 @@ async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
     assert all(len(p.payload) > 0 for p in pkts)
     # The client's decoder (aiortc's own) made audio of it: the tone comes through.
     track = pair.remote_tracks[0]
-    frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(10)]
+    frames = [await asyncio.wait_for(track.recv(), scaled(5)) for _ in range(10)]
     pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)
     assert np.abs(pcm).max() > 1000  # s16 samples: not silence
 
@@ -83,13 +85,13 @@ async def test_sender_reports_match_the_stream(pair_factory) -> None:
     pair = await pair_factory()
     sender = next(t for t in pair.server.pc.getTransceivers() if t.kind == "audio").sender
     tap = Tap(pair.client.getTransceivers()[0].receiver)
-    await wait_for(lambda: sender._lean)
+    await wait_for(lambda: sender.tg_lean)
     out = pair.server.audio_out
     assert out is not None
     out.write(tone(3.0))
 
     def srs() -> list[RtcpSrPacket]:
-        return [p for p in tap.rtcp if isinstance(p, RtcpSrPacket) and p.ssrc == sender._ssrc]
+        return [p for p in tap.rtcp if isinstance(p, RtcpSrPacket) and p.ssrc == sender.tg_ssrc]
 
     await wait_for(lambda: any(sr.sender_info.packet_count >= 10 for sr in srs()))
     sr = next(sr for sr in srs() if sr.sender_info.packet_count >= 10)
@@ -120,7 +122,7 @@ async def test_receive_fast_path_takes_our_audio(pair_factory) -> None:
     pair.mic.write(tone(1.0))
     assert pair.server.audio_in is not None
     got = 0.0
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while got < 900:
             chunk = await pair.server.audio_in.read()
             assert chunk is not None
@@ -197,7 +199,8 @@ async def test_receive_fast_path_keeps_order_and_drops_bad_srtp(pair_factory) ->
     assert receiver is not None
     await wait_for(lambda: receiver.counters["fast_path"] > 0)
     await asyncio.sleep(0.3)  # the tone is over: nothing else arrives meanwhile
-    conn = receiver._fast_conn
+    conn = receiver.fast_connection
+    assert conn is not None
     client_t = pair.client.getTransceivers()[0]
     forged = (
         bytes([0x80, client_t._codecs[0].payloadType])

@@ -1,9 +1,10 @@
-"""Regenerate the catalogue section of docs/protocol.md from the message classes.
+"""Regenerate the generated sections of docs/protocol.md: the catalogue, from the message
+classes, and the session states, from the transition table (tidegate/protocol/state.py).
 
     .venv/bin/python -m tests.protocol.gen_docs
 
-The prose around the markers is written by hand; the catalogue between them is generated, so
-it cannot drift from the code (tests/protocol/test_docs.py checks it).
+The prose around the markers is written by hand; what is between them is generated, so it
+cannot drift from the code (tests/protocol/test_docs.py checks it).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Any
 from tidegate.protocol import get_codec
 from tidegate.protocol.errors import CloseCode, ErrorCode
 from tidegate.protocol.messages import CLIENT_MESSAGES, SERVER_MESSAGES, Message, Record
+from tidegate.protocol.state import Role, markdown, mermaid
 
 from .samples import CLIENT_SAMPLES, SERVER_SAMPLES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BEGIN, END = "<!-- BEGIN GENERATED: catalogue -->", "<!-- END GENERATED: catalogue -->"
+STATES_BEGIN = "<!-- BEGIN GENERATED: states -->"
+STATES_END = "<!-- END GENERATED: states -->"
 
 
 def diag(obj: Any, indent: int = 0) -> str:
@@ -117,10 +121,25 @@ def catalogue() -> str:
     return "\n".join(out) + "\n"
 
 
+def states() -> str:
+    """Per role: the phase changes as a Mermaid diagram, then the whole table."""
+    out = []
+    for role in (Role.SERVER, Role.CLIENT):
+        out.append(f"#### {role.value.capitalize()}\n")
+        out.append(f"```mermaid\n{mermaid(role)}\n```\n")
+        out.append(markdown(role) + "\n")
+    return "\n".join(out)
+
+
+def _replace(current: str, begin: str, end: str, body: str) -> str:
+    head, rest = current.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
 def render(current: str) -> str:
-    head, rest = current.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{catalogue()}{END}{tail}"
+    text = _replace(current, BEGIN, END, catalogue())
+    return _replace(text, STATES_BEGIN, STATES_END, states())
 
 
 if __name__ == "__main__":

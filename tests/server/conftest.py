@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from tests.support import scaled
 from tidegate.protocol.client import Client
 from tidegate.server.app import create_app
 from tidegate.server.auth import mint_token
@@ -104,4 +105,4 @@ class run_server:
     async def __aexit__(self, *exc: object) -> None:
         self._server.should_exit = True
         assert self._task is not None
-        await asyncio.wait_for(self._task, 10)
+        await asyncio.wait_for(self._task, scaled(10))

@@ -6,8 +6,6 @@ keep working, and new ones are admitted again once the queue drains."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tidegate.engines import models
+from tests.support import prepare_models, scaled, wait_ready
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import InputText, ResponseDone
 
@@ -32,12 +30,7 @@ MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe")
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the four engines' models prepared (by make setup, or here)."""
-    data = CACHE / "data"
-    if any(models.verify(data, n, deep=False) for n in MODELS):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return data
+    return prepare_models(*MODELS)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -57,16 +50,14 @@ async def live(
         rate_requests_per_s=0.0,
     )
     async with run_server(settings) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(120):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(server.http, timeout_s=120)
         yield server
 
 
 async def _complete(live: LiveServer, i: int) -> int:
     """One real chat completion (its own subject and prompt, sampled: nothing is shared)."""
     token = live.token(subject=f"flood{i}")
-    async with httpx.AsyncClient(base_url=live.http, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=live.http, timeout=scaled(120)) as http:
         r = await http.post(
             "/v1/chat/completions",
             headers={"Authorization": f"Bearer {token}"},
@@ -91,7 +82,7 @@ async def test_saturated_llm_refuses_new_assistant_sessions(live: LiveServer) ->
         await early.create_session({"mode": "assistant"})
         flood = [asyncio.ensure_future(_complete(live, i)) for i in range(3)]
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(scaled(30)):
                 while llm.queue_load().depth < 1:
                     await asyncio.sleep(0.005)
             async with await live.client(token=live.token(subject="late")) as late:
@@ -113,7 +104,7 @@ async def test_saturated_llm_refuses_new_assistant_sessions(live: LiveServer) ->
             statuses = await asyncio.gather(*flood)
         assert 200 in statuses
         await early.send(InputText(id="t1", text="Say hello."))
-        done = await early.wait_for(ResponseDone, timeout_s=60)
+        done = await early.wait_for(ResponseDone, timeout_s=scaled(60))
         assert done.status == "completed" and done.text
         await early.close_session()
     async with await live.client(token=live.token(subject="later")) as later:
@@ -128,7 +119,7 @@ async def test_metrics_show_engines_and_event_stages(live: LiveServer) -> None:
     async with await live.client(token=live.token(subject="m")) as client:
         await client.create_session({"mode": "assistant"})
         await client.send(InputText(id="t1", text="Say hello."))
-        await client.wait_for(ResponseDone, timeout_s=60)
+        await client.wait_for(ResponseDone, timeout_s=scaled(60))
         await client.close_session()
     admin = {"Authorization": f"Bearer {live.token(scopes=('session', 'admin'))}"}
     async with httpx.AsyncClient(base_url=live.http) as http:

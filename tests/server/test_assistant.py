@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
 
+from tests.support import prepare_models, scaled, wait_ready
 from tidegate.bench.wer import wer
 from tidegate.engines import models
 from tidegate.engines.asr.request import AsrRequest
@@ -62,12 +61,7 @@ SPEED = 2.0  # times real time
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the four engines' models prepared (by make setup, or here)."""
-    data = CACHE / "data"
-    if any(models.verify(data, n, deep=False) for n in MODELS):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return data
+    return prepare_models(*MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +106,7 @@ async def live(
         tmp, engines=("vad", "asr", "llm", "tts", "vision"), assistant_vision_interval_s=0.2
     )
     async with run_server(settings) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(120):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(server.http, timeout_s=120)
         yield server
 
 
@@ -137,7 +129,7 @@ class Conversation:
         return [d for d in self.of(ResponseDone) if status is None or d.status == status]
 
     async def wait(self, check: object, timeout_s: float = 60.0) -> None:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(scaled(timeout_s)):
             while not check():  # type: ignore[operator]
                 await asyncio.sleep(0.05)
 
@@ -373,7 +365,7 @@ class rtc_call:
             )
             assert isinstance(answer, RtcAnswer)
             await self.pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(scaled(10)):
                 while self.pc.connectionState != "connected" or not tracks:
                     await asyncio.sleep(0.02)
         except BaseException:
@@ -445,7 +437,7 @@ async def test_webrtc_speech_over_a_reply_stops_the_track(
     the next reply starts)."""
     async with converse(live) as c, rtc_call(c) as call:
         await c.client.send(InputText(id="t1", text=STORY))
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(scaled(60)):
             while len(call.audio()) < 1.5 * 48_000:
                 await asyncio.sleep(0.05)
         await call.speak(_at_16k(question))
@@ -667,8 +659,8 @@ async def test_ws_only_device_speaks_and_publishes_sensors(
                 await asyncio.sleep(0.05)
 
         await asyncio.gather(device.speak(speech, rate), sensors())
-        readings = [await dash.wait_for(SensorReading, timeout_s=10)]
-        async with asyncio.timeout(10):
+        readings = [await dash.wait_for(SensorReading, timeout_s=scaled(10))]
+        async with asyncio.timeout(scaled(10)):
             while readings[-1].ts < 19 * 50.0:
                 readings.append(await dash.wait_for(SensorReading))
         await device.wait(lambda: device.done("completed"))
@@ -718,7 +710,7 @@ async def test_garbage_on_one_session_leaves_the_other_intact(
                     except InvalidState:  # the server closed it at the bad-message limit
                         break
                     await asyncio.sleep(0.02)
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(scaled(10)):
                     while True:
                         event = await bad.recv()
                         if isinstance(event, Error):

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from tests.llama import ToolServer
+from tests.support import scaled, wait_ready
 from tidegate.bench.llama_server import LlamaServer
 from tidegate.bench.wer import wer
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -87,9 +88,7 @@ async def live(
         assistant_max_reply_tokens=48,
     )
     async with run_server(settings) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(120):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(server.http, timeout_s=120)
         yield server
 
 
@@ -144,7 +143,7 @@ async def test_a_tool_round_trip_is_heard_as_speech(
     heard = transcribe(whisper, audio)
     assert wer(done.text, heard) <= 0.5, (done.text, heard)
     admin = live.token()
-    async with httpx.AsyncClient(base_url=live.http) as http, asyncio.timeout(30):
+    async with httpx.AsyncClient(base_url=live.http) as http, asyncio.timeout(scaled(30)):
         while True:
             r = await http.get(
                 f"/v1/sessions/{c.session_id}/responses",

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import CHROMIUM, chromium, in_netns, network_namespace, stop
+from tests.support import scaled
 from tidegate.server.auth import mint_token
 
 PAGE_JS = (Path(__file__).parent / "browser" / "page.js").read_text()
@@ -39,7 +40,7 @@ def netns() -> Iterator[str]:
 
 def _wait_listening(proc: subprocess.Popen[str], timeout_s: float = 60.0) -> None:
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import scaled
 from tidegate.bench.target import free_port
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import InputText, ResponseDone
@@ -107,7 +108,7 @@ async def test_sigterm_drains_live_sessions_then_exits_clean(tmp_path: Path) -> 
         assert child.proc.returncode is None  # the open session holds the drain
         await client.close_session()
         await client.close()
-        assert await asyncio.wait_for(child.proc.wait(), 30) == 0
+        assert await asyncio.wait_for(child.proc.wait(), scaled(30)) == 0
     url = f"sqlite:///{tmp_path / 'records.db'}"
     rows = await query(url, "SELECT status FROM sessions WHERE id = :s", s=sid)
     assert [r["status"] for r in rows] == ["closed"]
@@ -123,7 +124,7 @@ async def test_drain_is_bounded_and_closes_what_is_left(tmp_path: Path) -> None:
         client = await child.client()
         sid = (await client.create_session({"mode": "loopback"})).session_id
         child.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(child.proc.wait(), 30) == 0
+        assert await asyncio.wait_for(child.proc.wait(), scaled(30)) == 0
         await client.close()
     assert "drained: shutting down, 1 session(s) left" in child.log.read_text()
     url = f"sqlite:///{tmp_path / 'records.db'}"
@@ -137,7 +138,7 @@ async def test_first_start_prepares_a_missing_model_with_progress(tmp_path: Path
     async with serve(tmp_path, TIDEGATE_ENGINES="vad") as child:
         await eventually(child.ready, 90, "the server is ready")
         child.proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(child.proc.wait(), 30) == 0
+        assert await asyncio.wait_for(child.proc.wait(), scaled(30)) == 0
     log = child.log.read_text()
     assert "the vad engine's model silero-vad is not prepared" in log, log
     assert "silero-vad: ready in" in log, log

@@ -8,6 +8,7 @@ import cbor2
 import pytest
 import websockets
 
+from tests.support import scaled
 from tidegate.protocol import CloseCode
 from tidegate.protocol.client import Client, ConnectionClosedError, RefusedError
 from tidegate.protocol.messages import (
@@ -108,13 +109,13 @@ async def test_upload_without_credit_is_refused(tmp_path) -> None:
             assert replies[1]["bytes"] == 4096
             frame = {"type": "input.frame", "image": b"\xff" * 5000, "encoding": "jpeg", "id": "f1"}
             await ws.send(cbor2.dumps(frame))
-            error = cbor2.loads(await asyncio.wait_for(ws.recv(), 5))
+            error = cbor2.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
             assert error["type"] == "error"
             assert error["code"] == "flow_violation"
             assert error["ref"] == "f1"
             assert "credit" in error["message"]
             await ws.send(cbor2.dumps({"type": "ping", "t_client": 1.0, "id": "p"}))
-            assert cbor2.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "pong"
+            assert cbor2.loads(await asyncio.wait_for(ws.recv(), scaled(5)))["type"] == "pong"
         finally:
             await ws.close()
 
@@ -199,7 +200,7 @@ async def test_garbage_gets_errors_and_other_sessions_keep_working(server: LiveS
             await bad.send(b"\x1c")
         with pytest.raises(websockets.ConnectionClosed) as caught:
             while True:
-                await asyncio.wait_for(bad.recv(), 5)
+                await asyncio.wait_for(bad.recv(), scaled(5))
         assert caught.value.rcvd is not None
         assert caught.value.rcvd.code == CloseCode.PROTOCOL_VIOLATION
         # The well-behaved session is untouched.
@@ -295,7 +296,7 @@ async def test_detached_session_expires(tmp_path) -> None:
         client = await live.client()
         created = await client.create_session({"mode": "loopback"})
         await client.close()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while live.runtime.registry.get(created.session_id) is not None:
                 await asyncio.sleep(0.1)
         async with await live.client() as again:
@@ -321,12 +322,12 @@ async def test_slow_reader_is_closed_with_too_slow(tmp_path) -> None:
         text = "x" * 60_000
         for i in range(400):
             await ws.send(cbor2.dumps({"type": "input.text", "text": text[:8000], "id": f"{i}"}))
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(scaled(20)):
             while live.runtime.counters["too_slow"] == 0:
                 await asyncio.sleep(0.05)
         ws.transport.resume_reading()
         with pytest.raises(websockets.ConnectionClosed) as caught:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(scaled(10)):
                 while True:
                     await ws.recv()
         assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.TOO_SLOW
@@ -367,7 +368,7 @@ async def test_subprotocol_without_a_known_encoding_is_refused(server: LiveServe
         additional_headers={"Authorization": f"Bearer {server.token()}"},
     )
     with pytest.raises(websockets.ConnectionClosed) as caught:
-        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(ws.recv(), scaled(5))
     assert caught.value.rcvd is not None
     assert caught.value.rcvd.code == CloseCode.PROTOCOL_VIOLATION
     assert "tidegate.v1.cbor" in caught.value.rcvd.reason

@@ -17,6 +17,7 @@ import cbor2
 import pytest
 import websockets
 
+from tests.support import scaled
 from tidegate.protocol import CloseCode
 from tidegate.server.session import Session
 
@@ -51,7 +52,7 @@ async def raw_connect(live: LiveServer, *, rcvbuf_bytes: int | None = None) -> A
 async def the_session(live: LiveServer, created_before: int) -> Session:
     """The session created after ``created_before`` sessions (waits for it)."""
     registry = live.runtime.registry
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while registry.created <= created_before:
             await asyncio.sleep(0.01)
     return list(registry)[-1]
@@ -131,7 +132,7 @@ async def end_protocol_violation(live: LiveServer) -> tuple[Session, Any]:
     for _ in range(live.settings.max_bad_messages):
         await ws.send(b"\x1c")
     with pytest.raises(websockets.ConnectionClosed) as caught:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while True:
                 await ws.recv()
     assert caught.value.rcvd is not None

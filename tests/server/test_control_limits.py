@@ -13,6 +13,7 @@ import cbor2
 import pytest
 import websockets
 
+from tests.support import scaled
 from tidegate.protocol import CloseCode
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import Error, InputText, Ping, ResponseDone
@@ -137,7 +138,7 @@ async def test_connections_without_a_session_are_capped_per_subject(tmp_path: Pa
         await third.ping()
         for c in [*held, other, third]:
             await c.close()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while live.runtime.sessionless:
                 await asyncio.sleep(0.02)
 

@@ -14,6 +14,8 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import scaled
+
 from .cluster.nodes import Node
 from .conftest import make_settings, run_server
 
@@ -144,7 +146,7 @@ async def test_connections_per_address_are_capped(tmp_path: Path) -> None:
         assert caught.value.response.status_code == 429
         assert live.runtime.gate.counts["refused_address"] == 1
         await held[0].close()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while len(live.runtime.gate) > 2:
                 await asyncio.sleep(0.02)
         again = await live.client()  # room again once one closed
@@ -167,7 +169,7 @@ async def test_at_the_cap_an_idle_connection_makes_room(tmp_path: Path) -> None:
         assert live.runtime.gate.counts["evicted"] >= 1
         for s in idle:
             s.close()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             while len(live.runtime.gate) > 0:
                 await asyncio.sleep(0.02)
         clients = [await live.client() for _ in range(3)]  # past their handshake

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.support import scaled
 from tidegate.protocol.messages import InputText, Metrics
 
 from .conftest import make_settings, run_server
@@ -14,7 +15,7 @@ async def test_metrics_event_reports_the_session(tmp_path) -> None:
         created = await client.create_session({"mode": "loopback"})
         await client.send(InputText(text="count me"))
         await client.ping()
-        event = await client.wait_for(Metrics, timeout_s=5)
+        event = await client.wait_for(Metrics, timeout_s=scaled(5))
         stats = event.stats
         assert stats["session_id"] == created.session_id
         assert stats["mode"] == "loopback"

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.oidc_issuer import TestIssuer, new_key
+from tests.support import scaled, wait_ready
 from tidegate.protocol import CloseCode
 from tidegate.protocol.client import Client, ConnectionClosedError
 from tidegate.protocol.messages import Error, InputText, ResponseDone
@@ -59,10 +60,8 @@ async def oidc_server(
     path = tmp_path / "issuers.toml"
     path.write_text(ISSUER_TOML.format(issuer=issuer.issuer))
     settings = make_settings(tmp_path, oidc_issuers_file=path, **overrides)
-    async with run_server(settings) as live, httpx.AsyncClient(base_url=live.http) as http:
-        async with asyncio.timeout(20):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.02)
+    async with run_server(settings) as live:
+        await wait_ready(live.http, timeout_s=20)
         yield live
 
 
@@ -168,7 +167,7 @@ async def test_key_rotation_mid_test(tmp_path: Path) -> None:
             assert (await verify(old)).subject == "alice"  # k1 still published
             idp.retire("k1")
             before = idp.jwks_fetches
-            async with asyncio.timeout(20):  # the scheduled refresh (max-age=1)
+            async with asyncio.timeout(scaled(20)):  # the scheduled refresh (max-age=1)
                 while idp.jwks_fetches == before:
                     await asyncio.sleep(0.05)
                 while "k1" in live.runtime.verifier.key_sets[0].kids:
@@ -256,7 +255,7 @@ async def test_issuer_stopped_then_back(tmp_path: Path) -> None:
             assert refusals(m, "keys_unavailable") >= 1
 
             idp.start()  # back, on the same port
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(scaled(20)):
                 while True:
                     try:
                         principal = await verify(fresh)
@@ -278,7 +277,7 @@ async def test_a_slow_issuer_blocks_nothing_else(tmp_path: Path) -> None:
             idp.hold()
             waiting = asyncio.create_task(verify(idp.token(GOOD)))
             try:
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(scaled(20)):
                     while idp.held == 0:
                         await asyncio.sleep(0.02)
                 async with httpx.AsyncClient(base_url=live.http) as http:

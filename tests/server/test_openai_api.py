@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,8 @@ import httpx
 import openai
 import orjson
 import pytest
+
+from tests.support import prepare_models, scaled, wait_ready
 
 from .conftest import LiveServer, make_settings, run_server
 
@@ -26,12 +26,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the LLM prepared (by make setup, or here on first use)."""
-    from tidegate.engines import models
-
-    if models.verify(DATA, "smollm2-135m", deep=False):
-        script = ROOT / "scripts" / "fetch_assets.py"
-        subprocess.run([sys.executable, str(script), str(ROOT / ".cache")], check=True)
-    return DATA
+    return prepare_models("smollm2-135m")
 
 
 @contextlib.asynccontextmanager
@@ -42,11 +37,7 @@ async def serve_llm(tmp_path: Path, prepared: Path, **overrides: Any) -> AsyncIt
         tmp_path, **{"engines": ("llm",), "llm_max_batch_items": 4, **overrides}
     )
     async with run_server(settings) as live:
-        async with httpx.AsyncClient() as http:  # engines load after the server starts
-            for _ in range(600):
-                if (await http.get(f"{live.http}/readyz")).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
+        await wait_ready(live.http, timeout_s=60)  # engines load after the server starts
         yield live
 
 
@@ -58,7 +49,7 @@ async def llm_server(tmp_path: Path, prepared: Path) -> AsyncIterator[LiveServer
 
 def _client(live: LiveServer, token: str | None = None) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url=f"{live.http}/v1", api_key=token or live.token(), max_retries=0, timeout=60
+        base_url=f"{live.http}/v1", api_key=token or live.token(), max_retries=0, timeout=scaled(60)
     )
 
 
@@ -239,7 +230,7 @@ async def test_concurrent_completions_per_subject_are_capped(
     another subject does not; once one of them ends, the subject may start another."""
     async with (
         serve_llm(tmp_path, prepared, max_completions_per_subject=2) as live,
-        httpx.AsyncClient(timeout=60) as http,
+        httpx.AsyncClient(timeout=scaled(60)) as http,
     ):
         url, auth = live.http + CHAT_PATH, _auth(live)
         long = {"model": "m", "messages": STORY, "max_tokens": 400, "stream": True}
@@ -269,7 +260,7 @@ async def test_an_abandoned_request_stops_generating(llm_server: LiveServer) -> 
     batcher = llm_server.runtime.engines.llm()
     cancelled, completed = batcher.counters.cancelled, batcher.counters.completed
     body = {"model": "m", "messages": STORY, "max_tokens": 400, "temperature": 0.7, "seed": 1}
-    async with httpx.AsyncClient(timeout=60) as http:
+    async with httpx.AsyncClient(timeout=scaled(60)) as http:
         request = asyncio.ensure_future(
             http.post(llm_server.http + CHAT_PATH, json=body, headers=_auth(llm_server))
         )
@@ -313,7 +304,7 @@ async def test_a_long_prompt_is_tokenised_off_the_event_loop(
                 live.http + CHAT_PATH,
                 json={"model": "m", "messages": prompt, "max_tokens": 1},
                 headers=_auth(live),
-                timeout=60,
+                timeout=scaled(60),
             )
         finally:
             tick.cancel()
@@ -339,7 +330,7 @@ async def test_an_oversized_body_is_refused_before_it_is_read(llm_server: LiveSe
         try:
             writer.write((head + framing).encode() + body)  # never the end of the body
             await writer.drain()
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(scaled(30)):
                 status = await reader.readline()
                 rest = await reader.readuntil(b"\r\n\r\n")
                 length = int(

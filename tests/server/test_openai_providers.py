@@ -5,7 +5,6 @@ the metrics or /readyz."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support import scaled, wait_ready
 from tidegate.bench.llama_server import LlamaServer
 
 from .conftest import LiveServer, make_settings, run_server
@@ -52,9 +52,7 @@ async def gateway(
         rate_requests_per_s=0.0,
     )
     async with run_server(settings) as live:
-        async with httpx.AsyncClient() as http, asyncio.timeout(60):
-            while (await http.get(f"{live.http}/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(live.http, timeout_s=60)
         yield live, a, b
 
 
@@ -69,9 +67,7 @@ async def tool_gateway(tool_server: LlamaServer, tmp_path: Path) -> AsyncIterato
         rate_requests_per_s=0.0,
     )
     async with run_server(settings) as live:
-        async with httpx.AsyncClient() as http, asyncio.timeout(60):
-            while (await http.get(f"{live.http}/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(live.http, timeout_s=60)
         yield live
 
 
@@ -80,7 +76,7 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 def _client(live: LiveServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url=f"{live.http}/v1", api_key=live.token(), max_retries=0, timeout=60
+        base_url=f"{live.http}/v1", api_key=live.token(), max_retries=0, timeout=scaled(60)
     )
 
 

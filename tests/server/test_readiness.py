@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tidegate.engines import models
+from tests.support import prepare_models, scaled, wait_ready
 from tidegate.protocol.client import RefusedError
 
 from .conftest import make_settings, run_server
@@ -22,12 +20,7 @@ DATA = ROOT / ".cache" / "data"
 @pytest.fixture(scope="module")
 def prepared_data() -> Path:
     """The data folder with the VAD model prepared (by `make setup`, or here)."""
-    if models.verify(DATA, "silero-vad", deep=False):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(ROOT / ".cache")],
-            check=True,
-        )
-    return DATA
+    return prepare_models("silero-vad")
 
 
 async def test_ready_once_engines_are_warm(tmp_path: Path, prepared_data: Path) -> None:
@@ -35,9 +28,7 @@ async def test_ready_once_engines_are_warm(tmp_path: Path, prepared_data: Path) 
     settings = make_settings(tmp_path, engines=("vad",), data_dir=prepared_data)
     async with run_server(settings) as live, httpx.AsyncClient(base_url=live.http) as http:
         assert (await http.get("/healthz")).status_code == 200
-        async with asyncio.timeout(60):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.05)
+        await wait_ready(live.http, timeout_s=60)
         assert live.runtime.engines is not None
         assert "vad" in live.runtime.engines.schedulers
 
@@ -48,7 +39,7 @@ async def test_engine_failure_is_reported_not_hidden(tmp_path: Path) -> None:
     broken.write_text("[models.mine]\npath = 'nowhere.onnx'\n")  # a model file that is not there
     settings = make_settings(tmp_path, engines=("vad",), models_file=broken)
     async with run_server(settings) as live, httpx.AsyncClient(base_url=live.http) as http:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(scaled(30)):
             while live.runtime.startup_error is None:
                 await asyncio.sleep(0.05)
         ready = await http.get("/readyz")

@@ -16,6 +16,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from tests.support import scaled
 from tidegate.media import AudioOutTrack, IcePolicy, apply_ice_policy
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import (
@@ -53,7 +54,7 @@ async def client_pc(with_video: bool = False) -> tuple[RTCPeerConnection, AudioO
 
 async def wait_rms(track, frames: int = 40) -> float:
     best = 0.0
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         for _ in range(frames):
             f = await track.recv()
             pcm = f.to_ndarray().astype(np.float32) / 32768
@@ -89,12 +90,12 @@ async def test_offer_over_control_channel_echoes_audio(tmp_path) -> None:
                 await client.send(RtcCandidate(candidate=line[2:], sdp_mid="0", sdp_mline_index=0))
         await client.send(RtcCandidate(candidate=""))
         mic.write(tone(4.0))
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while not tracks:
                 await asyncio.sleep(0.01)
         assert await wait_rms(tracks[0]) > 0.05
         metrics = None
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while True:
                 metrics = await client.wait_for(Metrics)
                 lanes = metrics.stats["lanes"]
@@ -136,7 +137,7 @@ async def test_http_offer_route(server: LiveServer) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         mic.write(tone(1.0))
         session = server.runtime.registry.get(created.session_id)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while session.mode.rtc_audio_chunks < 10:
                 await asyncio.sleep(0.02)
         await pc.close()

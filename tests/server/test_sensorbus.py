@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.support import scaled
 from tidegate.server.sensorbus import LocalSensorBus, SensorBus, SensorReading, SensorSubscription
 
 BUSES: dict[str, Callable[[], SensorBus]] = {"local": LocalSensorBus}
@@ -84,7 +85,7 @@ async def test_reader_waits_for_the_next_reading(bus: SensorBus) -> None:
     await asyncio.sleep(0.01)
     assert not task.done()
     bus.publish("acme", "s1", "temp", 5.0, (1.0, 2.0))
-    reading = await asyncio.wait_for(task, 5)
+    reading = await asyncio.wait_for(task, scaled(5))
     assert reading == SensorReading("s1", "temp", 5.0, (1.0, 2.0), 0)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
     InputSensor,
@@ -26,14 +27,14 @@ from .conftest import LiveServer, make_settings, run_server
 async def _refused(client: Client, msg: InputSensor | SensorSubscribe | SensorUnsubscribe) -> str:
     """Send ``msg`` (with an id) and return the code of the error it gets."""
     with pytest.raises(RefusedError) as caught:
-        await client.request(msg, timeout_s=10)
+        await client.request(msg, timeout_s=scaled(10))
     return caught.value.server_code
 
 
 async def _sync(client: Client) -> None:
     """Wait until everything sent before has been handled (loopback answers text at once)."""
     await client.send(InputText(id="sync", text="sync"))
-    await client.wait_for(ResponseDone, timeout_s=10)
+    await client.wait_for(ResponseDone, timeout_s=scaled(10))
 
 
 async def test_readings_are_validated_ordered_and_counted(server: LiveServer) -> None:
@@ -47,7 +48,7 @@ async def test_readings_are_validated_ordered_and_counted(server: LiveServer) ->
         assert await _refused(client, bad_name) == "invalid_field"
         late = InputSensor(id="b2", channel="temp", ts=10.0, values=(1.0,))
         with pytest.raises(RefusedError) as caught:
-            await client.request(late, timeout_s=10)
+            await client.request(late, timeout_s=scaled(10))
         assert caught.value.server_code == "invalid_field"
         assert "not after" in caught.value.error.message and "'temp'" in caught.value.error.message
         await client.send(InputSensor(channel="temp", ts=11.0, values=(21.0,)))
@@ -103,7 +104,7 @@ async def test_a_session_of_the_tenant_receives_another_sessions_readings(
         await _sync(dash)
         await kiosk.send(InputSensor(channel="hum", ts=1.0, values=(40.0,)))
         await kiosk.send(InputSensor(channel="temp", ts=2.0, values=(20.5, 3.0)))
-        reading = await dash.wait_for(SensorReading, timeout_s=10)
+        reading = await dash.wait_for(SensorReading, timeout_s=scaled(10))
         assert (reading.session_id, reading.channel, reading.ts, reading.values) == (
             pub_id,
             "temp",
@@ -159,7 +160,7 @@ async def test_a_subscriber_away_gets_the_latest_per_channel(server: LiveServer)
         await dash.close()
         session = server.runtime.registry.get(dash_id)
         assert session is not None
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while session.attachment is not None:
                 await asyncio.sleep(0.02)
         for i in range(20):
@@ -168,7 +169,7 @@ async def test_a_subscriber_away_gets_the_latest_per_channel(server: LiveServer)
         await _sync(kiosk)
         async with await server.client() as again:
             await again.create_session(session_id=dash_id)
-            got = [await again.wait_for(SensorReading, timeout_s=10) for _ in range(2)]
+            got = [await again.wait_for(SensorReading, timeout_s=scaled(10)) for _ in range(2)]
     by_channel = {r.channel: r for r in got}
     assert by_channel["temp"].ts == 19.0 and by_channel["temp"].dropped == 19
     assert by_channel["hum"].values == (50.0,) and by_channel["hum"].dropped == 0

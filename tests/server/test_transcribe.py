@@ -4,8 +4,6 @@ clients streaming recorded speech as ``input.audio`` (paced by the clock and by 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from tidegate.engines import models
+from tests.support import prepare_models, scaled, wait_ready
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -43,12 +41,7 @@ EVENTS = (VadSpeechStarted, VadSpeechStopped, AsrPartial, AsrFinal)
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the VAD and Whisper prepared (by make setup, or here)."""
-    data = CACHE / "data"
-    if any(models.verify(data, n, deep=False) for n in ("silero-vad", "whisper-tiny-en")):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return data
+    return prepare_models("silero-vad", "whisper-tiny-en")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -60,9 +53,7 @@ async def asr_server(
     (tmp / "models").symlink_to(prepared / "models")
     settings = make_settings(tmp, engines=("vad", "asr"))
     async with run_server(settings) as live:
-        async with httpx.AsyncClient(base_url=live.http) as http, asyncio.timeout(90):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(live.http, timeout_s=90)
         yield live
 
 
@@ -102,7 +93,7 @@ async def stream(
                 await client.send(
                     InputAudio(pcm=chunk, format="s16le", sample_rate=RATE_HZ, channels=1)
                 )
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(scaled(60)):
                 while not _settled(got, quiet_s):
                     await asyncio.sleep(0.1)
             await client.close_session()
@@ -239,7 +230,7 @@ async def test_webrtc_audio_is_transcribed(asr_server: LiveServer) -> None:
             answer = await client.request(RtcOffer(id="o1", sdp=pc.localDescription.sdp))
             assert isinstance(answer, RtcAnswer)
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(scaled(10)):
                 while pc.connectionState != "connected":
                     await asyncio.sleep(0.02)
 
@@ -255,7 +246,7 @@ async def test_webrtc_audio_is_transcribed(asr_server: LiveServer) -> None:
                     mic.write(audio[i : i + step])
                     while mic.queued_ms > 400:
                         await asyncio.sleep(0.02)
-                async with asyncio.timeout(60):
+                async with asyncio.timeout(scaled(60)):
                     while not _settled(got, 1.5) or not any(
                         isinstance(e, AsrFinal) for e, _ in got
                     ):
@@ -281,7 +272,7 @@ async def test_refused_uploads_give_their_credit_back(asr_server: LiveServer) ->
     async with await asr_server.client() as client:
         await client.create_session({"mode": "transcribe"})
         errors = 0
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(scaled(30)):
             for i in range(grant + 20):
                 await client.send(
                     InputAudio(pcm=bad, format="f32le", sample_rate=RATE_HZ, channels=1, id=f"a{i}")
@@ -348,7 +339,7 @@ async def test_audio_faster_than_real_time_is_refused_beyond_the_window(
                 if isinstance(event, Error):
                     refusals.append(event)
             before = pongs
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(scaled(30)):
                 while pongs < before + 3:
                     await asyncio.sleep(0.05)
             pinger.cancel()

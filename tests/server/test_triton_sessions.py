@@ -9,10 +9,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import pytest_asyncio
 
+from tests.support import wait_ready
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import AsrFinal
 
@@ -58,9 +58,7 @@ async def live(
         triton_retry_s=120.0,
     )
     async with run_server(settings) as server:
-        async with httpx.AsyncClient(base_url=server.http) as http, asyncio.timeout(90):
-            while (await http.get("/readyz")).status_code != 200:
-                await asyncio.sleep(0.1)
+        await wait_ready(server.http, timeout_s=90)
         yield server
 
 

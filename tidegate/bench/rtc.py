@@ -18,6 +18,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
+from tidegate.media._aiortc import tap_rtp
 from tidegate.protocol.client import Client
 from tidegate.protocol.messages import RtcAnswer, RtcOffer, ServerRtcCandidate
 
@@ -143,8 +144,7 @@ class AudioTap:
         self.packets = 0
 
     def install(self, pc: RTCPeerConnection, index: int = 0) -> None:
-        receiver = pc.getTransceivers()[index].receiver
-        receiver._handle_rtp_packet = self  # type: ignore[method-assign]
+        tap_rtp(pc.getTransceivers()[index].receiver, self)
 
     async def __call__(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         arrival = time.monotonic()

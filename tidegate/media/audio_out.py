@@ -7,7 +7,7 @@ frame with libopus ourselves (so aiortc's 48 kHz stereo resampler and encoder ne
 the packet leaves one of two ways:
 
 - *push* (what :class:`~tidegate.media.peer.MediaPeer` uses): our
-  :class:`~tidegate.media.sender.AudioSender` attaches a sink (:meth:`~AudioOutTrack.attach`),
+  :class:`~tidegate.media._aiortc.SendShell` attaches a sink (:meth:`~AudioOutTrack.attach`),
   and each packet goes to it from :meth:`~AudioOutTrack.write` itself when its window is open, else
   from one loop timer when it opens: no task and no hop per packet;
 - *pull*: aiortc's own sender awaits :meth:`AudioOutTrack.recv` (any other use of the track).

@@ -27,9 +27,10 @@ from typing import Any
 
 from aioice import Candidate
 from aioice.candidate import candidate_foundation, candidate_priority
-from aioice.ice import Connection, StunProtocol, get_host_addresses, server_reflexive_candidate
+from aioice.ice import Connection, StunProtocol, get_host_addresses
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
+from ._aiortc import ice_connections, replace_gathering
 from .errors import IceConfigError
 
 ALL_INTERFACES = "*"
@@ -47,12 +48,13 @@ class HostAddress:
 @dataclass(frozen=True, slots=True)
 class IcePolicy:
     """Where and how our ICE agent gathers. ``hosts`` empty: every interface but loopback
-    (aioice's own choice); ``ports`` None: ephemeral ports."""
+    (aioice's own choice); ``ports`` None: ephemeral ports; ``rng`` picks where in the range
+    a peer starts looking for a free port."""
 
     hosts: tuple[HostAddress, ...] = (HostAddress("127.0.0.1", "127.0.0.1"),)
     ports: tuple[int, int] | None = None
     servers: tuple[str, ...] = ()
-    _rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
     def from_settings(
@@ -132,58 +134,28 @@ def turn_credentials(secret: str, *, user: str, ttl_s: float, now_s: float) -> t
 # -- gathering --------------------------------------------------------------------------------
 
 
-def ice_connections(pc: RTCPeerConnection) -> list[Connection]:
-    """The aioice connections (one per ICE transport) of a peer connection."""
-    conns = []
-    for t in pc.getTransceivers():
-        conns.append(t.receiver.transport.transport.iceGatherer._connection)
-    if pc.sctp is not None:
-        conns.append(pc.sctp.transport.transport.iceGatherer._connection)
-    unique: dict[int, Connection] = {id(c): c for c in conns}
-    return list(unique.values())
-
-
 def apply_ice_policy(pc: RTCPeerConnection, policy: IcePolicy) -> None:
     """Make every ICE agent of ``pc`` gather as ``policy`` says. Call before
     ``setLocalDescription`` (which gathers), after the transceivers exist."""
     for conn in ice_connections(pc):
-        if not conn._local_candidates_start:
-            conn.gather_candidates = functools.partial(_gather, conn, policy)  # type: ignore[method-assign]
+        replace_gathering(conn, functools.partial(_bind_hosts, policy=policy))
 
 
-async def _gather(conn: Connection, policy: IcePolicy) -> None:
-    if conn._local_candidates_start:
-        return
-    conn._local_candidates_start = True
+async def _bind_hosts(conn: Connection, component: int, *, policy: IcePolicy) -> list[StunProtocol]:
+    """One bound protocol (a host candidate) per host address of ``policy``, for
+    ``component``; all or none."""
     hosts = policy.hosts or tuple(
         HostAddress(a, a) for a in get_host_addresses(use_ipv4=True, use_ipv6=True)
     )
-    for component in sorted(conn._components):
-        protocols: list[StunProtocol] = []
-        try:
-            for host in hosts:
-                protocols.append(await _bind(conn, component, host, policy))
-        except BaseException:
-            for p in protocols:
-                await p.close()
-            raise
-        conn._protocols += protocols
-        conn._local_candidates += [p.local_candidate for p in protocols]
-        # Server-reflexive candidates through our STUN server, if one is configured.
-        if conn.stun_server:
-            for p in protocols:
-                if ipaddress.ip_address(p.local_candidate.host).version == 4:
-                    try:
-                        async with asyncio.timeout(5):
-                            cand, _ = await server_reflexive_candidate(p, conn.stun_server)
-                        conn._local_candidates.append(cand)
-                    except (TimeoutError, ConnectionError, OSError):
-                        pass
-        # Relayed candidates through our TURN server, if one is configured: aioice's own
-        # code path, with no host addresses of its own.
-        if conn.turn_server:
-            conn._local_candidates += await conn.get_component_candidates(component, addresses=[])
-    conn._local_candidates_end = True
+    protocols: list[StunProtocol] = []
+    try:
+        for host in hosts:
+            protocols.append(await _bind(conn, component, host, policy))
+    except BaseException:
+        for p in protocols:
+            await p.close()
+        raise
+    return protocols
 
 
 async def _bind(
@@ -195,7 +167,7 @@ async def _bind(
     else:
         low, high = policy.ports
         span = high - low + 1
-        first = policy._rng.randrange(span)
+        first = policy.rng.randrange(span)
         ports = [low + (first + i) % span for i in range(span)]
     last_error: OSError | None = None
     for port in ports:

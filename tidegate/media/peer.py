@@ -28,6 +28,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
+from ._aiortc import mline_index, offer_direction, set_transceiver_codecs, transceiver_codecs
 from .audio_in import AudioInbox, LagCallback
 from .audio_out import AudioOutTrack
 from .errors import BadSdpError, MediaStateError
@@ -132,15 +133,15 @@ class MediaPeer:
             raise BadSdpError("sdp: the offer has no audio or video m= section")
         for t in self.pc.getTransceivers():
             if t.kind == "audio":
-                opus = [c for c in t._codecs if c.mimeType.lower() == "audio/opus"]
+                opus = [c for c in transceiver_codecs(t) if c.mimeType.lower() == "audio/opus"]
                 if not opus:
-                    names = ", ".join(c.mimeType for c in t._codecs) or "none"
+                    names = ", ".join(c.mimeType for c in transceiver_codecs(t)) or "none"
                     raise BadSdpError(
                         f"sdp: audio must offer Opus (audio/opus/48000/2); it offers {names}"
                     )
                 opus[0].parameters = {**opus[0].parameters, "useinbandfec": 1, "minptime": 10}
-                t._codecs = opus[:1]
-                direction = t._offerDirection  # ours, the offer's reversed
+                set_transceiver_codecs(t, opus[:1])
+                direction = offer_direction(t)  # ours, the offer's reversed
                 if direction in ("recvonly", "sendrecv") and self._audio_receiver is None:
                     self.audio_in = AudioInbox(
                         max_s=cfg.audio_buffer_s,
@@ -165,7 +166,7 @@ class MediaPeer:
                     t.sender.replaceTrack(self.audio_out)
                     install_audio_sender(t.sender)
                     t.direction = direction
-            elif t.kind == "video" and t._offerDirection in ("recvonly", "sendrecv"):
+            elif t.kind == "video" and offer_direction(t) in ("recvonly", "sendrecv"):
                 if self.video_in is None and t.receiver.track is not None:
                     self._video_guard = install_video_guard(
                         t.receiver,
@@ -194,7 +195,7 @@ class MediaPeer:
             seen.add(id(ice))
             for c in ice.iceGatherer.getLocalCandidates():
                 out.append(
-                    LocalCandidate("candidate:" + candidate_to_sdp(c), t.mid, t._get_mline_index())
+                    LocalCandidate("candidate:" + candidate_to_sdp(c), t.mid, mline_index(t))
                 )
         return out
 

@@ -2,69 +2,52 @@
 
 Stock aiortc (1.16) gives each audio receiver a 4-packet prefetch jitter buffer, which stalls
 for ~16 packets after a single loss, and a decoder thread fed through a queue for every packet,
-which then decodes to 48 kHz stereo. Here an audio receiver is an :class:`AudioReceiver`
-instead: each RTP packet is handed to :class:`~tidegate.media.jitter.JitterBuffer` on the event
-loop, whatever it releases is decoded at once by libopus straight to 16 kHz mono float32
-(:mod:`tidegate.media.opus`: ~13 µs a packet, less than a thread hop), and the chunks go to an
-:class:`~tidegate.media.audio_in.AudioInbox`. A gap waits ``target_ms`` at most (one loop timer,
-not a task), then is concealed with FEC or PLC.
+which then decodes to 48 kHz stereo. Here the RTP packets of an audio receiver go to an
+:class:`AudioReceiver` instead: each is handed to :class:`~tidegate.media.jitter.JitterBuffer`
+on the event loop, whatever it releases is decoded at once by libopus straight to 16 kHz mono
+float32 (:mod:`tidegate.media.opus`: ~13 µs a packet, less than a thread hop), and the chunks go
+to an :class:`~tidegate.media.audio_in.AudioInbox`. A gap waits ``target_ms`` at most (one loop
+timer, not a task), then is concealed with FEC or PLC.
 
-aiortc creates its receivers itself, so :func:`install_audio_receiver` turns the one of an audio
-transceiver into an AudioReceiver after ``setRemoteDescription`` and before the connection
-starts it (aiortc's receiver keeps its state in name-mangled attributes, hence the
-``_RTCRtpReceiver__`` names; aiortc is pinned to 1.16 for this). What stays aiortc's: the SRTP
-session and its keys, the RTP parser, the router's tables, and RTCP receiver reports (so the
-sender still sees loss and jitter). Our packets skip aiortc's receive task, though: the *fast
-path* takes them from aioice's datagram callback (see ``_install_fast_path``; it relies on
-aioice's ``Connection.data_received`` and ``_queue``, and is not installed without them).
+aiortc creates its receivers itself, so :func:`install_audio_receiver` has the seam
+(:func:`tidegate.media._aiortc.adopt_receiver`) turn the receiver of an audio transceiver into
+a shell that hands its packets here, after ``setRemoteDescription`` and before the connection
+starts it. What stays aiortc's: the SRTP session and its keys, the RTP parser, the router's
+tables, and RTCP receiver reports (so the sender still sees loss and jitter). Our packets skip
+aiortc's receive task, though: the seam's *fast path* takes them from aioice's datagram
+callback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import Any
 
-import pylibsrtp
-from aiortc.rtcrtpparameters import RTCRtpReceiveParameters
-from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
+from aioice.ice import Connection
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
+from ._aiortc import ReceiveShell, adopt_receiver
 from .audio_in import SAMPLE_RATE_HZ, AudioInbox
 from .errors import CodecError
 from .jitter import JitterBuffer, Release, ReleaseKind
 from .opus import OpusDecoder
 
-log = logging.getLogger(__name__)
-
 RTP_CLOCK_HZ = 48_000  # Opus' RTP clock, whatever the audio's real rate (RFC 7587)
 
 
-def _private(receiver: RTCRtpReceiver, name: str) -> Any:
-    """One of aiortc's name-mangled receiver attributes (aiortc is pinned for this)."""
-    return getattr(receiver, "_RTCRtpReceiver__" + name)
+class AudioReceiver:
+    """Our jitter buffer and decoder for the Opus packets of one aiortc audio receiver (the
+    seam's :class:`~tidegate.media._aiortc.ReceiveShell` hands them to :meth:`on_rtp`)."""
 
-
-def _set_private(receiver: RTCRtpReceiver, name: str, value: Any) -> None:
-    setattr(receiver, "_RTCRtpReceiver__" + name, value)
-
-
-class AudioReceiver(RTCRtpReceiver):
-    """An aiortc receiver whose packets go through our jitter buffer and decoder."""
-
-    # Set by install_audio_receiver (the instance was created by aiortc, not by us).
-    inbox: AudioInbox
-    jitter: JitterBuffer
-    _decoder: OpusDecoder
-    _timer: asyncio.TimerHandle | None
-    _loop: asyncio.AbstractEventLoop
-    _ssrc: int | None
-    _first_ts: int | None
-    counters: dict[str, int]
-
-    def _tidegate_setup(
-        self, inbox: AudioInbox, *, target_ms: float, max_gap_packets: int, fec: bool
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        inbox: AudioInbox,
+        *,
+        target_ms: float,
+        max_gap_packets: int,
+        fec: bool,
     ) -> None:
         self.inbox = inbox
         self.jitter = JitterBuffer(
@@ -74,11 +57,10 @@ class AudioReceiver(RTCRtpReceiver):
             fec=fec,
         )
         self._decoder = OpusDecoder(SAMPLE_RATE_HZ)
-        self._timer = None
+        self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._ssrc = None
-        self._first_ts = None
-        self._fast_conn: Any = None
+        self._ssrc: int | None = None
+        self._first_ts: int | None = None
         self.counters = dict.fromkeys(
             (
                 "packets",
@@ -91,98 +73,17 @@ class AudioReceiver(RTCRtpReceiver):
             ),
             0,
         )
+        self.shell: ReceiveShell = adopt_receiver(receiver, self)  # last: it may call us
 
-    async def receive(self, parameters: RTCRtpReceiveParameters) -> None:
-        """Start receiving: register with the transport and run RTCP; no decoder thread."""
-        if _private(self, "started"):
-            return
-        codecs = _private(self, "codecs")
-        for codec in parameters.codecs:
-            codecs[codec.payloadType] = codec
-        self.transport._register_rtp_receiver(self, parameters)
-        self._install_fast_path()
-        # aiortc's RTCP task (receiver reports); its stop() cancels it.
-        _set_private(self, "rtcp_task", asyncio.ensure_future(self._run_rtcp()))
-        _set_private(self, "started", True)
+    @property
+    def fast_connection(self) -> Connection | None:
+        """The aioice connection whose datagrams reach us directly (None: not installed)."""
+        return self.shell.tg_fast_conn
 
-    # -- the fast path: our SRTP packets straight from the socket's callback -----------------
+    def on_not_opus(self) -> None:
+        self.counters["not_opus"] += 1
 
-    def _install_fast_path(self) -> None:
-        """Take our own audio RTP straight from aioice's datagram callback: SRTP unprotect,
-        parse and our handler run right there, instead of aioice queueing the datagram for
-        aiortc's DTLS task to wake up, await through five coroutines, parse and await again.
-        Anything else (DTLS, RTCP, other receivers' RTP, packets before SRTP is keyed) takes
-        aiortc's path unchanged, and so does our packet while anything waits in that path's
-        queue, so that no packet overtakes another. aiortc's transport counters are kept."""
-        dtls = self.transport
-        conn = getattr(dtls.transport, "_connection", None)
-        queued = getattr(conn, "data_received", None)
-        backlog = getattr(conn, "_queue", None)  # what waits for aiortc's DTLS task
-        if conn is None or queued is None or backlog is None or self._fast_conn is not None:
-            return
-        router = dtls._rtp_router
-        ext_map = dtls._rtp_header_extensions_map
-
-        def data_received(data: bytes, component: int) -> None:
-            srtp = dtls._rx_srtp
-            if (
-                srtp is None
-                or len(data) < 12
-                or not 128 <= data[0] < 192
-                or 192 <= data[1] <= 208  # RTCP
-                or backlog.qsize()  # keep the order: nothing overtakes what waits there
-                or not self._ours(router, data)
-            ):
-                queued(data, component)
-                return
-            dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
-            dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
-            self.counters["fast_path"] += 1
-            try:
-                packet = RtpPacket.parse(srtp.unprotect(data), ext_map)
-            except (pylibsrtp.Error, ValueError):
-                self.counters["unprotect_errors"] += 1
-                return  # aiortc drops these too
-            self._on_rtp(packet)
-
-        conn.data_received = data_received
-        self._fast_conn = conn
-
-    def _ours(self, router: Any, data: bytes) -> bool:
-        """Whether aiortc's router would hand this RTP packet to us (its header's payload
-        type and SSRC are not encrypted)."""
-        ssrc = int.from_bytes(data[8:12], "big")
-        owner = router.ssrc_table.get(ssrc)
-        by_pt = router.payload_type_table.get(data[1] & 0x7F)
-        if owner is None:
-            if by_pt is not None and len(by_pt) == 1 and self in by_pt:
-                router.ssrc_table[ssrc] = self  # as route_rtp learns a new SSRC
-                return True
-            return False
-        return owner is self and by_pt is not None and self in by_pt
-
-    def _remove_fast_path(self) -> None:
-        conn, self._fast_conn = self._fast_conn, None
-        if conn is not None:
-            with contextlib.suppress(AttributeError):
-                del conn.data_received  # back to the class's method
-
-    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        self._on_rtp(packet)
-
-    def _on_rtp(self, packet: RtpPacket) -> None:
-        if not self._enabled:
-            return
-        codec = _private(self, "codecs").get(packet.payload_type)
-        if codec is None or codec.name.lower() != "opus":
-            self.counters["not_opus"] += 1
-            return
-        # RTCP receiver-report statistics (aiortc's, so that its RTCP task reports them).
-        streams: dict[int, StreamStatistics] = _private(self, "remote_streams")
-        stream = streams.get(packet.ssrc)
-        if stream is None:
-            stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
-        stream.add(packet)
+    def on_rtp(self, packet: RtpPacket) -> None:
         if packet.ssrc != self._ssrc:
             if self._ssrc is not None:  # the sender restarted: a new stream
                 self.counters["ssrc_changes"] += 1
@@ -252,15 +153,7 @@ class AudioReceiver(RTCRtpReceiver):
                     continue
             self.inbox.push(pcm, media_ms, concealed=r.kind is not ReleaseKind.PACKET)
 
-    def _handle_disconnect(self) -> None:
-        self._close_path()
-
-    async def stop(self) -> None:
-        self._close_path()
-        await super().stop()
-
-    def _close_path(self) -> None:
-        self._remove_fast_path()
+    def on_close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -282,13 +175,11 @@ def install_audio_receiver(
     max_gap_packets: int,
     fec: bool = True,
 ) -> AudioReceiver:
-    """Turn aiortc's receiver of an audio transceiver into an :class:`AudioReceiver`.
+    """Have aiortc's receiver of an audio transceiver hand its packets to a new
+    :class:`AudioReceiver` feeding ``inbox``.
 
     Call between ``setRemoteDescription`` and ``setLocalDescription`` (before aiortc starts the
     receiver)."""
-    if _private(receiver, "started"):
-        raise RuntimeError("install_audio_receiver: the receiver has already started")
-    receiver.__class__ = AudioReceiver
-    assert isinstance(receiver, AudioReceiver)
-    receiver._tidegate_setup(inbox, target_ms=target_ms, max_gap_packets=max_gap_packets, fec=fec)
-    return receiver
+    return AudioReceiver(
+        receiver, inbox, target_ms=target_ms, max_gap_packets=max_gap_packets, fec=fec
+    )

@@ -14,8 +14,9 @@ does not parse, blocks the stream: it and every frame after it are dropped (coun
 ``oversized``) until a keyframe or SPS of an allowed size comes. aiortc's decoder queue is
 unbounded; this one holds ``max_frames`` encoded frames, and drops (counted) beyond that.
 
-:class:`GuardedDecoderQueue` replaces aiortc's queue in its receiver (the name-mangled
-``__decoder_queue``, before the receiver starts: aiortc is pinned, see receiver.py).
+:class:`GuardedDecoderQueue` replaces aiortc's queue in its receiver (before the receiver
+starts), through the seam to aiortc's internals
+(:func:`tidegate.media._aiortc.replace_decoder_queue`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
-from .receiver import _private, _set_private
+from ._aiortc import receiver_started, replace_decoder_queue
 
 VP8_START_CODE = b"\x9d\x01\x2a"
 H264_SPS = 7
@@ -212,8 +213,8 @@ def install_video_guard(
     receiver: RTCRtpReceiver, *, max_pixels: int, max_frames: int = 32
 ) -> GuardedDecoderQueue:
     """Give aiortc's video receiver a :class:`GuardedDecoderQueue` (before it starts)."""
-    if _private(receiver, "started"):
+    if receiver_started(receiver):
         raise RuntimeError("install_video_guard: the receiver has already started")
     guard = GuardedDecoderQueue(max_pixels=max_pixels, max_frames=max_frames)
-    _set_private(receiver, "decoder_queue", guard)
+    replace_decoder_queue(receiver, guard)
     return guard

@@ -2,8 +2,9 @@
 
 One protocol message travels in one WebSocket message. The WebSocket framing itself belongs to
 the I/O shell (the server's ASGI handler, or :mod:`tidegate.protocol.client`); this class holds
-everything else: decoding, validation, the session state machine, envelope numbering, ping
-answers, upload credit and the limits on what it accepts. Time is always an argument.
+everything else: decoding, validation, the session state machine (driven by the transition table of
+:mod:`tidegate.protocol.state`), envelope numbering, ping answers, upload credit and the limits
+on what it accepts. Time is always an argument.
 
 Server role::
 
@@ -23,13 +24,12 @@ with close code 4400.
 
 A message the shell refused before it was handled (``receive_data(..., handle=False)``: over
 its rate budget) is parsed and comes out as an event like any other, but it is not answered
-(not even a ping), changes no state, and only its upload credit is consumed: the shell
-answers it with its refusal and gives the credit back.
+(not even a ping), changes no state (the transition table is not consulted), and only its
+upload credit is consumed: the shell answers it with its refusal and gives the credit back.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from .codec import Codec, get_codec
@@ -42,7 +42,6 @@ from .errors import (
     MessageTooLargeError,
     ProtocolError,
     RemoteProtocolError,
-    UnexpectedMessageError,
 )
 from .flow import Credits, RecentCount
 from .messages import (
@@ -63,21 +62,27 @@ from .messages import (
     upload_size,
 )
 from .schema import MAX_DEPTH, MAX_LIST_ITEMS, MAX_MESSAGE_BYTES, MAX_STRING_CHARS, Limits
+from .state import Phase, Refusal, Role, State, Trigger, next_phase
+
+__all__ = ["BadInput", "Connection", "ConnectionStats", "Event", "Role", "State"]
 
 MAX_BAD_MESSAGES = 16
 BAD_MESSAGES_WINDOW_MS = 10_000.0
 
+_TRIGGERS: dict[type[Message], Trigger] = {
+    SessionCreate: Trigger.CREATE,
+    SessionCreated: Trigger.CREATED,
+    SessionClose: Trigger.CLOSE,
+    SessionClosed: Trigger.CLOSED,
+    Ping: Trigger.PING,
+}
 
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
 
-
-class State(enum.Enum):
-    AWAITING_SESSION = "awaiting_session"  # connected; no session yet
-    OPEN = "open"  # a session is attached
-    CLOSING = "closing"  # session.close sent/received; waiting for session.closed
-    CLOSED = "closed"  # nothing more is sent or accepted
+def _trigger(msg: Message) -> Trigger:
+    kind = _TRIGGERS.get(type(msg))
+    if kind is not None:
+        return kind
+    return Trigger.CLIENT_MESSAGE if isinstance(msg, ClientMessage) else Trigger.SERVER_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +131,7 @@ class Connection:
             max_list_items=max_list_items,
         )
         self.max_bad_messages = max_bad_messages
-        self.state = State.AWAITING_SESSION
+        self.phase = Phase.IDLE
         self.session_id: str | None = None
         self.credits = Credits()
         self.stats = ConnectionStats()
@@ -135,18 +140,31 @@ class Connection:
         self._seq = 0  # last seq sent (server) or received (client)
         self._bad_in_a_row = 0
         self._bad_recent = RecentCount(max_bad_messages, bad_messages_window_ms)
-        self._create_sent = False
         self._events: list[Event] = []
         self._outgoing: list[bytes | str] = []
         self._peer_direction = Direction.CLIENT if role is Role.SERVER else Direction.SERVER
+
+    @property
+    def state(self) -> State:
+        """The session state (the phase, with ``idle`` and ``creating`` as awaiting_session)."""
+        return self.phase.state
+
+    def _move(self, trigger: Trigger, msg: Message, *, received: bool) -> None:
+        """Apply the transition table; a refusal raises its error (a received message's
+        names the message's ``id`` as ``ref``)."""
+        outcome = next_phase(self.role, self.phase, trigger)
+        if isinstance(outcome, Refusal):
+            ref = msg.id if received and isinstance(msg, ClientMessage) else None
+            raise outcome.exception(msg.TYPE, ref=ref)
+        self.phase = outcome
 
     # -- receiving ----------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | str, now_ms: float, *, handle: bool = True) -> None:
         """Feed one WebSocket message payload received from the peer. ``handle=False``: the
         shell refused it already (server role; see the module docstring)."""
-        if self.state is State.CLOSED:
-            return
+        if self.phase is Phase.CLOSED:
+            return  # the table: whatever a closed connection receives is dropped unread
         self.stats.received += 1
         self.stats.received_bytes += len(data)
         try:
@@ -176,41 +194,26 @@ class Connection:
         self._bad_in_a_row = 0
 
     def _server_receive(self, msg: ClientMessage, now_ms: float) -> None:
-        if type(msg) is Ping:
+        trigger = _trigger(msg)
+        if trigger is Trigger.PING:  # allowed wherever a message is read: answered here
             self.stats.pings += 1
-            self.send(Pong(t_client=msg.t_client, t_server=now_ms, ref=msg.id), now_ms)
+            self.send(Pong(t_client=msg.t_client, t_server=now_ms, ref=msg.id), now_ms)  # type: ignore[attr-defined]
             return
-        state = self.state
-        if state is State.AWAITING_SESSION:
-            if type(msg) is not SessionCreate:
-                raise UnexpectedMessageError(
-                    f"{msg.TYPE} before a session exists; send session.create first", ref=msg.id
-                )
-        elif state is State.OPEN:
-            if type(msg) is SessionCreate:
-                raise UnexpectedMessageError(
-                    "a session is already open on this connection; use session.update to change it",
+        if trigger is Trigger.CLIENT_MESSAGE and msg.TYPE in UPLOAD_TYPES:
+            self._check_state(trigger, msg)  # the state first: credit only counts when open
+            size = upload_size(msg)
+            if not self.credits.try_consume(size):
+                raise FlowViolationError(
+                    f"{msg.TYPE} of {size} bytes without enough credit "
+                    f"({self.credits.messages} messages, {self.credits.bytes} bytes left); "
+                    "wait for flow.credit",
                     ref=msg.id,
                 )
-            if msg.TYPE in UPLOAD_TYPES:
-                size = upload_size(msg)
-                if not self.credits.try_consume(size):
-                    raise FlowViolationError(
-                        f"{msg.TYPE} of {size} bytes without enough credit "
-                        f"({self.credits.messages} messages, {self.credits.bytes} bytes left); "
-                        "wait for flow.credit",
-                        ref=msg.id,
-                    )
-            elif type(msg) is SessionClose:
-                self.state = State.CLOSING
-        else:  # CLOSING
-            raise UnexpectedMessageError(
-                f"{msg.TYPE} after session.close; the session is closing", ref=msg.id
-            )
+        self._move(trigger, msg, received=True)
         self._events.append(msg)
 
     def _server_refused(self, msg: ClientMessage) -> None:
-        if msg.TYPE in UPLOAD_TYPES and self.state is State.OPEN:
+        if msg.TYPE in UPLOAD_TYPES and self.phase is Phase.OPEN:
             size = upload_size(msg)
             if not self.credits.try_consume(size):
                 raise FlowViolationError(
@@ -219,6 +222,13 @@ class Connection:
                 )
         self._events.append(msg)
 
+    def _check_state(self, trigger: Trigger, msg: Message) -> None:
+        """Raise the table's refusal, if any, without moving."""
+        outcome = next_phase(self.role, self.phase, trigger)
+        if isinstance(outcome, Refusal):
+            ref = msg.id if isinstance(msg, ClientMessage) and self.role is Role.SERVER else None
+            raise outcome.exception(msg.TYPE, ref=ref)
+
     def _client_receive(self, msg: ServerMessage) -> None:
         if msg.seq <= self._seq:
             raise RemoteProtocolError(
@@ -226,13 +236,12 @@ class Connection:
             )
         self._seq = msg.seq
         kind = type(msg)
+        self._move(_trigger(msg), msg, received=True)  # a client refuses no server message
         if kind is FlowCredit:
             self.credits.grant(msg.messages, msg.bytes)  # type: ignore[attr-defined]
-        elif kind is SessionCreated:
-            self.state = State.OPEN
+        elif kind is SessionCreated and self.phase is Phase.OPEN:
             self.session_id = msg.session_id  # type: ignore[attr-defined]
         elif kind is SessionClosed:
-            self.state = State.CLOSED
             self.close_code = CloseCode.NORMAL
         self._events.append(msg)
 
@@ -265,43 +274,34 @@ class Connection:
     def send(self, msg: Message, now_ms: float) -> None:
         """Encode a message for the peer; payloads come out of :meth:`data_to_send`.
 
-        A message the encoding cannot carry raises :class:`EncodeError` and changes nothing
-        (no seq is used, no state moves): the caller can report it and go on."""
-        if self.state is State.CLOSED:
-            raise LocalProtocolError(f"cannot send {msg.TYPE}: the connection is closed")
+        The transition table is checked first; a message the encoding cannot carry then raises
+        :class:`EncodeError` and changes nothing (no seq is used, no credit taken, no phase
+        moves): the caller can report it and go on."""
+        trigger = _trigger(msg)
         if self.role is Role.SERVER:
             if not isinstance(msg, ServerMessage):
                 raise LocalProtocolError(f"a server cannot send the client message {msg.TYPE}")
             kind = type(msg)
-            if kind is SessionCreated and self.state is not State.AWAITING_SESSION:
-                raise LocalProtocolError("session.created sent twice on one connection")
+            self._check_state(trigger, msg)
             wire = msg.to_wire(self._seq + 1, now_ms)
             timing = wire.get("timing")
             if timing is not None and "sent" not in timing:
                 timing["sent"] = now_ms
             payload = self._encode(msg, wire)
+            self._move(trigger, msg, received=False)
             self._seq += 1
             if kind is SessionCreated:
-                self.state = State.OPEN
                 self.session_id = msg.session_id  # type: ignore[attr-defined]
             elif kind is FlowCredit:
                 self.credits.grant(msg.messages, msg.bytes)  # type: ignore[attr-defined]
             elif kind is SessionClosed:
-                self.state = State.CLOSED
                 self.close_code = CloseCode.NORMAL
         else:
             if not isinstance(msg, ClientMessage):
                 raise LocalProtocolError(f"a client cannot send the server message {msg.TYPE}")
-            if type(msg) is SessionCreate:
-                # Again after a refusal is fine; once a session is open it is not.
-                if self.state is not State.AWAITING_SESSION:
-                    raise LocalProtocolError("a session is already open on this connection")
-            elif not self._create_sent and type(msg) is not Ping:
-                raise LocalProtocolError(f"send session.create before {msg.TYPE}")
+            self._check_state(trigger, msg)
             payload = self._encode(msg, msg.to_wire())
-            if type(msg) is SessionCreate:
-                self._create_sent = True
-            elif msg.TYPE in UPLOAD_TYPES:
+            if trigger is Trigger.CLIENT_MESSAGE and msg.TYPE in UPLOAD_TYPES:
                 size = upload_size(msg)
                 if not self.credits.try_consume(size):
                     raise LocalProtocolError(
@@ -309,8 +309,7 @@ class Connection:
                         f"({self.credits.messages} messages, {self.credits.bytes} bytes): "
                         "wait for flow.credit"
                     )
-            elif type(msg) is SessionClose:
-                self.state = State.CLOSING
+            self._move(trigger, msg, received=False)
         self.stats.sent += 1
         self.stats.sent_bytes += len(payload)
         self._outgoing.append(payload)
@@ -338,8 +337,10 @@ class Connection:
 
     def fail(self, code: CloseCode, reason: str) -> None:
         """Give up on the connection: the shell should close the WebSocket with ``code``."""
-        if self.state is not State.CLOSED:
-            self.state = State.CLOSED
+        if self.phase is not Phase.CLOSED:
+            outcome = next_phase(self.role, self.phase, Trigger.FAIL)
+            assert isinstance(outcome, Phase)  # the table refuses no failure
+            self.phase = outcome
             self.close_code = code
             self.close_reason = reason.encode()[:120].decode(errors="ignore")  # fits a close frame
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import scaled
 from tidegate.engines import models
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -122,7 +123,7 @@ async def test_stream_speaks_before_the_text_ends(voice: PiperVoice) -> None:
         assert frames, "no audio before the end of the text"
         assert all(f.shape == (FRAME_SAMPLES,) and f.dtype == np.int16 for f in frames)
         stream.interrupt()
-        await asyncio.wait_for(reader_task, 2)
+        await asyncio.wait_for(reader_task, scaled(2))
         assert stream.interrupted
         n = len(frames)
         await asyncio.sleep(0.1)

@@ -8,12 +8,12 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.support import wait_ready_blocking
 from tidegate.protocol.client import Client
 from tidegate.server.auth import mint_token
 
@@ -70,16 +70,10 @@ class Node:
         )
 
     def wait_ready(self) -> Node:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert self.proc.poll() is None, f"node {self.node_id} exited"
-            try:
-                if httpx.get(f"{self.http}/readyz", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"node {self.node_id} did not get ready"
-            time.sleep(0.05)
+        wait_ready_blocking(
+            self.http, timeout_s=START_TIMEOUT_S, exited=self.proc.poll, poll_s=0.05
+        )
+        return self
 
     @property
     def http(self) -> str:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+from tests.support import scaled
+
 SHARED_URL = "redis://127.0.0.1:6379/0"
 START_TIMEOUT_S = 20.0
 
@@ -31,7 +33,7 @@ def free_port() -> int:
 def answers(port: int) -> bool:
     """A PING on ``port`` gets PONG."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=scaled(1.0)) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
     except OSError:
@@ -79,7 +81,7 @@ class OwnRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + scaled(START_TIMEOUT_S)
         while not answers(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
@@ -105,7 +107,7 @@ async def eventually(
     check: Callable[[], Awaitable[bool]], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> None:
     """Wait until ``check()`` is true (generous timeouts: the machine may be loaded)."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")

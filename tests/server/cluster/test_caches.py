@@ -4,8 +4,6 @@ the caches carry on without it), bounded by bytes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from tidegate.engines import models
+from tests.support import prepare_models
 from tidegate.engines.llm import SamplingParams
 from tidegate.engines.service import EngineService
 from tidegate.server.cluster.caches import ByteLru, ResultCaches
@@ -45,12 +43,7 @@ class Nodes:
 @pytest.fixture(scope="module")
 def prepared() -> Path:
     """The data folder with the LLM and the voice prepared (by make setup, or here)."""
-    data = CACHE / "data"
-    if any(models.verify(data, n, deep=False) for n in MODELS):
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "fetch_assets.py"), str(CACHE)], check=True
-        )
-    return data
+    return prepare_models(*MODELS)
 
 
 @pytest.fixture(scope="module")

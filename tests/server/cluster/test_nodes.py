@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import scaled
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import InputSensor, SensorReading, SensorSubscribe
 
@@ -186,14 +187,14 @@ async def test_sensor_readings_cross_nodes_in_order_and_stay_in_their_tenant(
     for _ in range(100):  # the subscription reaches Redis within a poll of node B's listener
         await publish(2)
         with contextlib.suppress(TimeoutError):
-            first = await dash.wait_for(SensorReading, timeout_s=0.3)
+            first = await dash.wait_for(SensorReading, timeout_s=scaled(0.3))
             break
     assert first is not None and first.session_id == pub and first.channel == "temp"
     assert first.values == (first.ts, -first.ts)
     await publish(60)
     seen = [first.ts]
     while seen[-1] < ts:
-        reading = await dash.wait_for(SensorReading, timeout_s=10)
+        reading = await dash.wait_for(SensorReading, timeout_s=scaled(10))
         assert reading.channel == "temp" and reading.values == (reading.ts, -reading.ts)
         seen.append(reading.ts)
     assert seen == sorted(set(seen))  # in order, none twice

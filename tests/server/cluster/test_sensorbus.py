@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support import scaled
 from tidegate.server.cluster.link import RedisLink
 from tidegate.server.cluster.sensorbus import RedisSensorBus
 from tidegate.server.sensorbus import SensorSubscription
@@ -54,7 +55,7 @@ async def test_readings_cross_nodes_within_their_tenant(
     local = a.subscribe("x", "s1")
     last = await _until_heard(a, mine, "x")
     a.publish("x", "s1", "temp", last + 1, (1.5, 2.5))
-    reading = await asyncio.wait_for(mine.__anext__(), 5)
+    reading = await asyncio.wait_for(mine.__anext__(), scaled(5))
     assert (reading.session_id, reading.channel, reading.ts, reading.values) == (
         "s1",
         "temp",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import scaled
 from tidegate.protocol.messages import Metrics
 from tidegate.server.errors import ConfigError
 from tidegate.server.runtime import Runtime
@@ -45,7 +46,7 @@ async def test_metrics_events_carry_the_cache_counts(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, metrics_interval_s=0.05)
     async with run_server(settings) as server, await server.client() as c:
         await c.create_session({"mode": "loopback"})
-        event = await c.wait_for(Metrics, timeout_s=10)
+        event = await c.wait_for(Metrics, timeout_s=scaled(10))
     caches = event.stats["caches"]
     assert caches["enabled"] is True
     for name in ("tts", "llm"):

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from tests.support import scaled
 from tidegate.server.db import engine as db_engine
 from tidegate.server.db.writer import RecordWriter
 
@@ -79,7 +80,7 @@ async def eventually(
     check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 20.0, what: str = ""
 ) -> None:
     """Wait until ``check()`` is true (polling); fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -87,5 +88,5 @@ async def eventually(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout_s} s: {what}")
+            raise AssertionError(f"not true after {scaled(timeout_s)} s: {what}")
         await asyncio.sleep(0.05)

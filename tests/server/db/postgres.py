@@ -22,8 +22,10 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.support import scaled
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = scaled(60.0)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -115,7 +117,7 @@ def throwaway_cluster() -> Iterator[Cluster]:
             subprocess.run(
                 _as_postgres([pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                 capture_output=True,
-                timeout=30,
+                timeout=scaled(30),
             )
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -130,7 +132,7 @@ def server_reachable(url: str) -> bool:
 async def create_database(server_url: str) -> str:
     """A new, empty database on the server; returns its URL."""
     name = f"tidegate_test_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url, timeout=10)
+    conn = await asyncpg.connect(server_url, timeout=scaled(10))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -140,9 +142,9 @@ async def create_database(server_url: str) -> str:
 
 async def drop_database(server_url: str, db_url: str) -> None:
     name = db_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(server_url, timeout=10)
+    conn = await asyncpg.connect(server_url, timeout=scaled(10))
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while True:
             try:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import scaled
 from tidegate.server.api import CHILD_KINDS, OPENAPI
 from tidegate.server.db import records as r
 
@@ -45,7 +46,7 @@ async def api(database_url: str, tmp_path: Path):
     async with run_server(settings) as server:
         _seed(server)
         assert await server.runtime.recorder.flush(20)
-        async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=server.http, timeout=scaled(10)) as http:
             yield server, http
 
 

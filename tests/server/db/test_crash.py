@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import signal
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import SqliteLock, scaled, wait_ready
 from tidegate.protocol.client import Client
 from tidegate.protocol.messages import InputSensor, InputText, ResponseDone
 from tidegate.server.auth import mint_token
@@ -72,23 +72,13 @@ async def child_server(data_dir: Path, database_url: str, key: str) -> AsyncIter
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tidegate", "serve", env=env)
     child = Child(proc, port, key)
     try:
-
-        async def ready() -> bool:
-            assert proc.returncode is None, "the server exited"
-            try:
-                async with httpx.AsyncClient() as http:
-                    r = await http.get(f"http://127.0.0.1:{port}/readyz")
-                    return r.status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await eventually(ready, 60, "the server is ready")
+        await wait_ready(f"http://127.0.0.1:{port}", timeout_s=60, exited=lambda: proc.returncode)
         yield child
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), 15)
+                await asyncio.wait_for(proc.wait(), scaled(15))
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -179,20 +169,5 @@ async def test_kill_between_journal_and_commit_sqlite(tmp_path: Path) -> None:
     """SQLite locked, records journaled, server killed, lock released, restart: all there."""
     path = tmp_path / "records.db"
     url = f"sqlite:///{path}"
-    holder: list[sqlite3.Connection] = []
-
-    def lock() -> None:
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        holder.append(conn)
-
-    def unlock() -> None:
-        conn = holder.pop()
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    try:
-        await _crash_and_recover(tmp_path, url, url, lock, unlock)
-    finally:
-        for conn in holder:
-            conn.close()
+    with SqliteLock(path) as held:
+        await _crash_and_recover(tmp_path, url, url, held.lock, held.unlock)

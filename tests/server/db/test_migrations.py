@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
+from tests.support import scaled
 from tidegate.server.db import engine as db_engine
 
 from .helpers import TABLES, async_url, query
@@ -62,7 +63,7 @@ def test_db_upgrade_command(database_url: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert up.returncode == 0, up.stderr
     current = subprocess.run(
@@ -70,7 +71,7 @@ def test_db_upgrade_command(database_url: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert current.returncode == 0, current.stderr
     assert "current: 0003" in current.stdout and "head: 0003" in current.stdout
@@ -89,7 +90,7 @@ def test_db_command_names_an_unreachable_database(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert proc.returncode == 1
     assert "127.0.0.1:1/none" in proc.stderr and "Traceback" not in proc.stderr

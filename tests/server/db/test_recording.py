@@ -4,11 +4,11 @@ sensor batches, on SQLite and on PostgreSQL, and keeps streaming while the datab
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from tests.support import SqliteLock
 from tidegate.protocol.client import Client
 from tidegate.protocol.messages import InputSensor, InputText, ResponseDone
 
@@ -138,25 +138,10 @@ async def test_sqlite_locked_mid_stream_every_record_once(tmp_path: Path) -> Non
     """SQLite is locked by another writer mid-session: the same guarantee."""
     path = tmp_path / "r.db"
     url = f"sqlite:///{path}"
-    holder: list[sqlite3.Connection] = []
-
-    def lock() -> None:
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        holder.append(conn)
-
-    def unlock() -> None:
-        conn = holder.pop()
-        conn.execute("ROLLBACK")
-        conn.close()
-
     settings = make_settings(tmp_path, database_url=url, db_timeout_s=0.3, db_retry_s=0.1)
-    try:
+    with SqliteLock(path) as held:
         async with run_server(settings) as server:
-            sid, n = await _stream_through_outage(server, lock, unlock)
-    finally:
-        for conn in holder:
-            conn.close()
+            sid, n = await _stream_through_outage(server, held.lock, held.unlock)
     await _check_exactly_once(url, sid, n)
 
 

@@ -4,13 +4,12 @@ the bounded queue, the journal, outages, replay without duplicates."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 from pathlib import Path
 
 import orjson
 import pytest
 
+from tests.support import SqliteLock
 from tidegate.server.db import records as r
 from tidegate.server.db import store
 from tidegate.server.db.journal import Journal
@@ -259,24 +258,8 @@ async def test_postgres_port_cut_then_restored_loses_and_duplicates_nothing(
 async def test_sqlite_locked_then_released_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     """SQLite locked by another writer: records wait in the journal and land exactly once."""
     url = f"sqlite:///{tmp_path / 'records.db'}"
-    holder: list[sqlite3.Connection] = []
-
-    def lock() -> None:
-        conn = sqlite3.connect(tmp_path / "records.db", timeout=0, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        holder.append(conn)
-
-    def unlock() -> None:
-        conn = holder.pop()
-        conn.execute("ROLLBACK")
-        conn.close()
-
-    try:
-        await _outage_round(url, url, tmp_path, lock, unlock)
-    finally:
-        for conn in holder:
-            with contextlib.suppress(Exception):
-                conn.close()
+    with SqliteLock(tmp_path / "records.db") as held:
+        await _outage_round(url, url, tmp_path, held.lock, held.unlock)
 
 
 async def test_journal_compacts_once_everything_is_done(tmp_path: Path) -> None:
