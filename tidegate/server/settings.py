@@ -487,10 +487,10 @@ class Settings:
     )
     llm_provider_standby_every_tokens: int = _doc(
         "Keep a provider warm while it is a reply's next provider (its standby): with N > 0 "
-        "the reply's prompt is sent to it (max_tokens 1, the answer dropped) when the reply "
-        "starts and again with the text streamed so far every N tokens, so that a mid-stream "
-        "failover to it finds all but the last < N tokens in its prompt cache. Costs the "
-        "standby a prefill of each reply (billed on hosted APIs). 0: off.",
+        "the reply's prompt and the text streamed so far are sent to it (max_tokens 1, the "
+        "answer dropped) with the reply's first token and every N tokens after, so that a "
+        "mid-stream failover to it finds all but the last < N tokens in its prompt cache. "
+        "Costs the standby a prefill of each reply (billed on hosted APIs). 0: off.",
         default=0,
     )
     llm_provider_breaker_failures: int = _doc(

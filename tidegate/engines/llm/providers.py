@@ -22,8 +22,8 @@ Routing and failover (docs/llm-tts.md "Providers"):
   with the provider's message: no retry, no storm. 401/403/404 still count against the
   provider's breaker (it is misconfigured), 400/413/422 do not (the request was bad);
 - a provider with ``standby_every_tokens`` N > 0 is kept warm while it is a reply's next
-  provider (its standby): the reply's prompt is sent to it (``max_tokens`` 1, the answer
-  dropped) when the attempt starts, and again with the text streamed so far every N tokens,
+  provider (its standby): the reply's prompt and the text streamed so far are sent to it
+  (``max_tokens`` 1, the answer dropped) with the attempt's first token and every N tokens,
   so that its prompt cache holds what a mid-stream failover will send it but the last < N
   tokens. At most one such request per reply is in flight, none while the standby is open
   or has ``max_requests`` in flight; a failed one changes nothing (not its breaker);
@@ -458,8 +458,8 @@ class ProviderPool:
         """One provider's try at (the rest of) the reply, keeping ``standby`` warm (see the
         module docstring); raises ProviderError."""
         every = standby.config.standby_every_tokens if standby is not None else 0
-        warming = self._warm(standby, gen, req) if standby is not None and every else None
-        since_warm = 0
+        warming: asyncio.Task[None] | None = None
+        since_warm = every - 1  # the first warm goes with the first token (not before)
         st = provider.stats
         st.requests += 1
         provider.in_flight += 1
