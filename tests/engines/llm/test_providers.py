@@ -333,6 +333,7 @@ async def test_a_standby_is_kept_warm_with_the_reply_so_far(llama_servers: Serve
         stats = pool.stats()["providers"]["b"]
         assert stats["standby_warms"] >= 2 and stats["standby_warm_failures"] == 0
         assert stats["requests"] == 0 and gen.provider == "a"
+        assert pool.readiness()["b"]["standby_warms"] == stats["standby_warms"]
         assert await cached_tokens(b, failover_body(gen.output)) > gen.prompt_tokens
     finally:
         await pool.close()

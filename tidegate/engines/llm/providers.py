@@ -588,6 +588,7 @@ class ProviderPool:
                 "requests": st.requests,
                 "failures": st.failures,
                 "failovers_from": st.failovers_from,
+                "standby_warms": st.standby_warms,
                 "ttft_ms_mean": round(st.ttft_ms.sum / st.ttft_ms.count, 1)
                 if st.ttft_ms.count
                 else None,
