@@ -352,3 +352,21 @@ async def test_no_standby_is_warmed_by_default(llama_servers: Servers) -> None:
         assert await cached_tokens(b, failover_body(gen.output)) == 0
     finally:
         await pool.close()
+
+
+async def test_a_failed_warming_changes_nothing(llama_servers: Servers) -> None:
+    """A standby that is down fails its warming requests: the reply still streams from the
+    first provider, and the standby's breaker does not count them."""
+    a, b = llama_servers(2)
+    pool = await started(config(a), config(b, standby_every_tokens=2), breaker_failures=1)
+    try:
+        b.kill()
+        gen = pool.generate(LONG, SamplingParams(max_tokens=24))
+        assert await gen.text() and gen.provider == "a" and gen.failovers == 0
+        while pool.providers[1].warming:
+            await asyncio.sleep(0.01)
+        stats = pool.stats()["providers"]["b"]
+        assert stats["standby_warm_failures"] >= 1 and stats["standby_warms"] == 0
+        assert stats["state"] == "closed" and stats["consecutive_failures"] == 0
+    finally:
+        await pool.close()

@@ -424,7 +424,11 @@ class ProviderPool:
     ) -> asyncio.Task[None] | None:
         """Send ``standby`` the reply so far (prompt and text streamed), ``max_tokens`` 1, for
         its prompt cache; None when it has no room (a real request is never kept waiting)."""
-        if self._closing or standby.in_flight + standby.warming >= standby.config.max_requests:
+        if (
+            self._closing
+            or standby.breaker.state is BreakerState.OPEN
+            or standby.in_flight + standby.warming >= standby.config.max_requests
+        ):
             return None
         body = req.body(standby.config.model, gen.output, gen)
         body["max_tokens"] = 1
