@@ -423,7 +423,8 @@ class ProviderPool:
         self, standby: Provider, gen: ProviderGeneration, req: _Request
     ) -> asyncio.Task[None] | None:
         """Send ``standby`` the reply so far (prompt and text streamed), ``max_tokens`` 1, for
-        its prompt cache; None when it has no room (a real request is never kept waiting)."""
+        its prompt cache; None when it is open or has no room (its ``max_requests`` counting
+        the warming requests in flight)."""
         if (
             self._closing
             or standby.breaker.state is BreakerState.OPEN
@@ -449,6 +450,9 @@ class ProviderPool:
         except ProviderError as e:
             standby.stats.standby_warm_failures += 1
             log.debug("llm: warming standby %s failed: %s", standby.name, e)
+        except Exception:  # ours: logged; the reply and the standby go on
+            standby.stats.standby_warm_failures += 1
+            log.exception("llm: warming standby %s failed", standby.name)
         finally:
             standby.warming -= 1
 
