@@ -24,6 +24,21 @@ from tidegate.bench.llama_server import LlamaServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
+Servers = Callable[..., list[LlamaServer]]
+#: the tool the provider tests declare (OpenAI function schema)
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
 
 def _fetch_assets() -> Any:
     spec = importlib.util.spec_from_file_location(

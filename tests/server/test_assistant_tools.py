@@ -15,7 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.llama import ToolServer
+from tests.llama import WEATHER, ToolServer
 from tests.support import scaled, wait_ready
 from tidegate.bench.llama_server import LlamaServer
 from tidegate.bench.wer import wer
@@ -41,18 +41,6 @@ from .test_assistant import whisper as whisper  # a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 TOOLS = {"mode": "assistant", "tools": [WEATHER], "tool_choice": NAMED}
 ASK = "What is the weather in Paris?"

@@ -6,7 +6,7 @@ the metrics or /readyz."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +14,13 @@ import httpx
 import openai
 import pytest
 
+from tests.llama import WEATHER, Servers
 from tests.support import scaled, wait_ready
 from tidegate.bench.llama_server import LlamaServer
 
 from .conftest import LiveServer, make_settings, run_server
 
-Servers = Callable[..., list[LlamaServer]]
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 SECRET = "sk-test-3f9a1c77"
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.llama import WEATHER, Servers
 from tidegate.bench.llama_server import LlamaServer
 from tidegate.engines.errors import OverloadedError, RequestError
 from tidegate.engines.llm import SamplingParams
@@ -25,23 +25,9 @@ from tidegate.engines.llm.providers import (
 from tidegate.engines.llm.tools import ToolCallDelta, ToolCallError
 from tidegate.engines.runtime.openai import FIRST_TOKEN_TIMEOUT, ProviderConfig, ProviderError
 
-Servers = Callable[..., list[LlamaServer]]
-
 SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."}
 ASK = [SYSTEM, {"role": "user", "content": "What is the capital of France?"}]
 LONG = [{"role": "user", "content": "Write a long story about a cat who travels the world."}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def config(server: LlamaServer, **kw: Any) -> ProviderConfig:
