@@ -15,6 +15,11 @@ Two llama.cpp servers (:mod:`.llama_server`, SmolLM2-135M, one thread each) are 
   ``tidegate_llm_failover_switch_seconds`` (failure seen -> request sent to ``b``) and
   ``tidegate_llm_failover_seconds`` (failure seen -> first token from ``b``).
 
+Provider ``b`` runs with ``standby_every_tokens`` = ``--standby-every-tokens`` (default 16): while
+``a`` answers, ``b`` is sent the prompt and the text streamed so far every that many tokens, so
+a mid-stream failover finds them in its prompt cache (docs/llm-tts.md); 0 measures ``b`` left
+cold (it then has only what earlier trials left in its cache: the bench repeats one prompt).
+
 Only loopback traffic; every loop is bounded by its count.
 """
 
@@ -190,7 +195,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "TIDEGATE_ENGINES": "llm",
             "TIDEGATE_LLM_RUNTIME": "providers",
             "TIDEGATE_LLM_PROVIDERS": f"a={a.url},b={b.url}",
-            "TIDEGATE_LLM_PROVIDER_OPTIONS": "a.model=smollm2,b.model=smollm2",
+            "TIDEGATE_LLM_PROVIDER_OPTIONS": "a.model=smollm2,b.model=smollm2,"
+            f"b.standby_every_tokens={args.standby_every_tokens}",
             "TIDEGATE_RATE_REQUESTS_PER_S": "0",
             # a killed primary must not stay skipped: the next trial goes to it again
             "TIDEGATE_LLM_PROVIDER_BREAKER_FAILURES": str(args.kills + 10),
@@ -227,6 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "providers": "2 x llama-server (llama.cpp, SmolLM2-135M Q4_1, 1 thread each)",
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        "standby_every_tokens": args.standby_every_tokens,
         "overhead": overhead,
         "failover": {
             "kills": args.kills,

@@ -125,6 +125,7 @@ def provider_settings(s: Settings) -> ProvidersSettings | None:
             "first_token_timeout_s": s.llm_provider_first_token_timeout_s,
             "token_timeout_s": s.llm_provider_token_timeout_s,
             "reply_timeout_s": s.llm_provider_reply_timeout_s,
+            "standby_every_tokens": s.llm_provider_standby_every_tokens,
         }
         kw.update(options[name])
         configs.append(ProviderConfig(name=name, base_url=url, **kw))

@@ -31,6 +31,8 @@ ROUTE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
 DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
 # Settings whose empty environment value means "none" rather than "unset" (the default).
 EMPTY_MEANS_NONE = frozenset({"engines"})
+# counts that may be 0, which turns what they count off
+ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens"})
 
 
 def _default_data_dir() -> Path:
@@ -460,8 +462,8 @@ class Settings:
         "Per-provider options (comma-separated NAME.OPTION=VALUE): model (the model name sent; "
         "default: NAME), api_key_env (the variable holding its API key) or api_key_file (a "
         "file holding it) -- the key itself is never a setting --, max_requests, "
-        "connect_timeout_s, first_token_timeout_s, token_timeout_s, reply_timeout_s (defaults: "
-        "the llm_provider_* settings).",
+        "connect_timeout_s, first_token_timeout_s, token_timeout_s, reply_timeout_s, "
+        "standby_every_tokens (defaults: the llm_provider_* settings).",
         default=(),
     )
     llm_provider_max_requests: int = _doc(
@@ -482,6 +484,14 @@ class Settings:
     )
     llm_provider_reply_timeout_s: float = _doc(
         "Longest whole reply from one provider.", default=300.0
+    )
+    llm_provider_standby_every_tokens: int = _doc(
+        "Keep a provider warm while it is a reply's next provider (its standby): with N > 0 "
+        "the reply's prompt and the text streamed so far are sent to it (max_tokens 1, the "
+        "answer dropped) with the reply's first token and every N tokens after, so that a "
+        "mid-stream failover to it finds all but the last < N tokens in its prompt cache. "
+        "Costs the standby a prefill of each reply (billed on hosted APIs). 0: off.",
+        default=0,
     )
     llm_provider_breaker_failures: int = _doc(
         "Consecutive failures that open a provider's circuit breaker (it is skipped).",
@@ -769,8 +779,9 @@ class Settings:
                     "_tokens",
                 )
             ) or f.name.startswith("max_"):
-                if isinstance(v, int) and v < 1:
-                    raise ConfigError(f"{f.name} must be at least 1, got {v}")
+                least = 0 if f.name in ZERO_IS_OFF else 1
+                if isinstance(v, int) and v < least:
+                    raise ConfigError(f"{f.name} must be at least {least}, got {v}")
             if f.name.endswith("_s") and isinstance(v, float) and v < 0:
                 raise ConfigError(f"{f.name} cannot be negative, got {v}")
         if self.listen_backlog_connections < 1:

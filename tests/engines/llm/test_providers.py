@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.llama import WEATHER, Servers
@@ -282,5 +283,76 @@ async def test_a_full_provider_is_skipped_and_all_full_is_refused(llama_servers:
         second.cancel()
         assert second.provider == "b"
         assert pool.stats()["providers"]["a"]["skipped_full"] == 1
+    finally:
+        await pool.close()
+
+
+def failover_body(text: str) -> dict[str, Any]:
+    """What a mid-stream failover sends the next provider after ``text`` was streamed."""
+    return {
+        "model": "smollm2",
+        "messages": [*LONG, {"role": "assistant", "content": text}],
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+        "max_tokens": 1,
+    }
+
+
+async def cached_tokens(server: LlamaServer, body: dict[str, Any]) -> int:
+    """Prompt tokens llama-server took from its cache for ``body`` (its own ``timings``)."""
+    async with httpx.AsyncClient(trust_env=False, timeout=60) as http:
+        reply = (await http.post(server.url + "/v1/chat/completions", json=body)).json()
+    return int(reply["timings"]["cache_n"])
+
+
+async def test_a_standby_is_kept_warm_with_the_reply_so_far(llama_servers: Servers) -> None:
+    """With standby_every_tokens, the next provider is sent the prompt and then the text streamed
+    so far while the reply streams from the first (not counted as its requests): what a
+    mid-stream failover would send it is then in its prompt cache."""
+    a, b = llama_servers(2)
+    pool = await started(config(a), config(b, standby_every_tokens=4))
+    try:
+        gen = pool.generate(LONG, SamplingParams(temperature=0.0, max_tokens=120))
+        await gen.text()
+        while pool.providers[1].warming:  # each is one prefill and one token
+            await asyncio.sleep(0.01)
+        stats = pool.stats()["providers"]["b"]
+        assert stats["standby_warms"] >= 2 and stats["standby_warm_failures"] == 0
+        assert stats["requests"] == 0 and gen.provider == "a"
+        assert pool.readiness()["b"]["standby_warms"] == stats["standby_warms"]
+        assert await cached_tokens(b, failover_body(gen.output)) > gen.prompt_tokens
+    finally:
+        await pool.close()
+
+
+async def test_no_standby_is_warmed_by_default(llama_servers: Servers) -> None:
+    """Without standby_every_tokens the next provider hears nothing while the first answers:
+    a failover to it would find an empty cache."""
+    a, b = llama_servers(2)
+    pool = await started(config(a), config(b))
+    try:
+        gen = pool.generate(LONG, SamplingParams(temperature=0.0, max_tokens=24))
+        await gen.text()
+        stats = pool.stats()["providers"]["b"]
+        assert stats["standby_warms"] == 0 and stats["requests"] == 0
+        assert await cached_tokens(b, failover_body(gen.output)) == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_warming_changes_nothing(llama_servers: Servers) -> None:
+    """A standby that is down fails its warming requests: the reply still streams from the
+    first provider, and the standby's breaker does not count them."""
+    a, b = llama_servers(2)
+    pool = await started(config(a), config(b, standby_every_tokens=2), breaker_failures=1)
+    try:
+        b.kill()
+        gen = pool.generate(LONG, SamplingParams(max_tokens=24))
+        assert await gen.text() and gen.provider == "a" and gen.failovers == 0
+        while pool.providers[1].warming:
+            await asyncio.sleep(0.01)
+        stats = pool.stats()["providers"]["b"]
+        assert stats["standby_warm_failures"] >= 1 and stats["standby_warms"] == 0
+        assert stats["state"] == "closed" and stats["consecutive_failures"] == 0
     finally:
         await pool.close()

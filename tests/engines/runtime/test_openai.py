@@ -228,13 +228,14 @@ def test_provider_settings_parse_in_order_with_options() -> None:
         llm_runtime="providers",
         llm_providers="a=http://127.0.0.1:1/v1,b=http://127.0.0.1:2",
         llm_provider_options="a.model=smol,a.api_key_env=A_KEY,b.max_requests=3,"
-        "b.first_token_timeout_s=0.5",
+        "b.first_token_timeout_s=0.5,b.standby_every_tokens=16",
     )
     ps = provider_settings(s)
     assert ps is not None
     a, b = ps.providers
     assert (a.name, a.model, a.api_key_env, a.root) == ("a", "smol", "A_KEY", "http://127.0.0.1:1")
     assert (b.name, b.model, b.max_requests, b.first_token_timeout_s) == ("b", "b", 3, 0.5)
+    assert (a.standby_every_tokens, b.standby_every_tokens) == (0, 16)
 
 
 @pytest.mark.parametrize(
@@ -257,6 +258,22 @@ def test_provider_settings_parse_in_order_with_options() -> None:
         (
             {"TIDEGATE_LLM_RUNTIME": "providers", "TIDEGATE_LLM_PROVIDERS": "a=ftp://x"},
             "must start with http",
+        ),
+        (
+            {
+                "TIDEGATE_LLM_RUNTIME": "providers",
+                "TIDEGATE_LLM_PROVIDERS": "a=http://x",
+                "TIDEGATE_LLM_PROVIDER_STANDBY_EVERY_TOKENS": "-1",
+            },
+            "llm_provider_standby_every_tokens must be at least 0",
+        ),
+        (
+            {
+                "TIDEGATE_LLM_RUNTIME": "providers",
+                "TIDEGATE_LLM_PROVIDERS": "a=http://x",
+                "TIDEGATE_LLM_PROVIDER_OPTIONS": "a.standby_every_tokens=-2",
+            },
+            "standby_every_tokens must be 0 or more",
         ),
     ],
 )

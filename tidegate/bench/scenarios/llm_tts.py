@@ -53,6 +53,13 @@ def _llm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-window-s", type=float, default=1.0, help="--providers: kill within this")
     p.add_argument("--seed", type=int, default=1, help="--providers: kill moments' seed")
     p.add_argument(
+        "--standby-every-tokens",
+        type=int,
+        default=16,
+        help="--providers: provider b's standby_every_tokens (b kept warm while a answers; "
+        "0: not warmed)",
+    )
+    p.add_argument(
         "--llama-server", help="--providers: the llama-server binary (default: .cache's)"
     )
 

@@ -21,6 +21,12 @@ Routing and failover (docs/llm-tts.md "Providers"):
 - any other 4xx (a bad key, an unknown model, a refused request) fails the request at once
   with the provider's message: no retry, no storm. 401/403/404 still count against the
   provider's breaker (it is misconfigured), 400/413/422 do not (the request was bad);
+- a provider with ``standby_every_tokens`` N > 0 is kept warm while it is a reply's next
+  provider (its standby): the reply's prompt and the text streamed so far are sent to it
+  (``max_tokens`` 1, the answer dropped) with the attempt's first token and every N tokens,
+  so that its prompt cache holds what a mid-stream failover will send it but the last < N
+  tokens. At most one such request per reply is in flight, none while the standby is open
+  or has ``max_requests`` in flight; a failed one changes nothing (not its breaker);
 - each provider has a :class:`~.breaker.CircuitBreaker`: ``breaker_failures`` consecutive
   failures open it, ``breaker_open_s`` later one request probes it.
 
@@ -85,6 +91,8 @@ class ProviderStats:
     skipped_full: int = 0  # max_requests in flight
     failovers_from: int = 0  # requests that moved on to the next provider after failing here
     failovers_midstream: int = 0  # of which after the first token
+    standby_warms: int = 0  # warming requests it answered as a standby
+    standby_warm_failures: int = 0  # warming requests that failed (nothing else changes)
     ttft_ms: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS_MS))
 
 
@@ -101,6 +109,7 @@ class Provider:
             failures_to_open=settings.breaker_failures, open_s=settings.breaker_open_s, clock=clock
         )
         self.in_flight = 0
+        self.warming = 0  # standby warming requests in flight
         self.stats = ProviderStats()
         self.last_error = ""
 
@@ -124,6 +133,8 @@ class Provider:
             "skipped_full": st.skipped_full,
             "failovers_from": st.failovers_from,
             "failovers_midstream": st.failovers_midstream,
+            "standby_warms": st.standby_warms,
+            "standby_warm_failures": st.standby_warm_failures,
             "ttft_ms": st.ttft_ms.as_dict(),
             "stale_retries": self.client.stale_retries,
             "last_error": self.last_error,
@@ -335,7 +346,7 @@ class ProviderPool:
         errors: list[str] = []
         tried = 0
         try:
-            for provider in chain:
+            for i, provider in enumerate(chain):
                 if provider.in_flight >= provider.config.max_requests:
                     provider.stats.skipped_full += 1
                     continue
@@ -349,7 +360,7 @@ class ProviderPool:
                         self.switch_ms.observe((self._clock() - gen.failed_at) * 1000)
                 tried += 1
                 try:
-                    await self._attempt(provider, gen, req)
+                    await self._attempt(provider, gen, req, self._standby(chain[i + 1 :]))
                 except ProviderError as e:
                     provider.last_error = str(e)
                     errors.append(str(e))
@@ -399,8 +410,64 @@ class ProviderPool:
             if not gen.done:
                 gen._deliver("", None, EngineError(f"llm: reply failed: {type(e).__name__}"))
 
-    async def _attempt(self, provider: Provider, gen: ProviderGeneration, req: _Request) -> None:
-        """One provider's try at (the rest of) the reply; raises ProviderError."""
+    @staticmethod
+    def _standby(rest: Sequence[Provider]) -> Provider | None:
+        """The provider a failover would move to next, if it is to be kept warm."""
+        for p in rest:
+            if p.in_flight >= p.config.max_requests or p.breaker.state is BreakerState.OPEN:
+                continue
+            return p if p.config.standby_every_tokens > 0 else None
+        return None
+
+    def _warm(
+        self, standby: Provider, gen: ProviderGeneration, req: _Request
+    ) -> asyncio.Task[None] | None:
+        """Send ``standby`` the reply so far (prompt and text streamed), ``max_tokens`` 1, for
+        its prompt cache; None when it is open or has no room (its ``max_requests`` counting
+        the warming requests in flight)."""
+        if (
+            self._closing
+            or standby.breaker.state is BreakerState.OPEN
+            or standby.in_flight + standby.warming >= standby.config.max_requests
+        ):
+            return None
+        body = req.body(standby.config.model, gen.output, gen)
+        body["max_tokens"] = 1
+        task = asyncio.get_running_loop().create_task(
+            self._warm_one(standby, body), name=f"llm-warm-{gen.id}-{standby.name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _warm_one(standby: Provider, body: dict[str, Any]) -> None:
+        standby.warming += 1
+        try:
+            async for _ in standby.client.stream_chat(body):
+                pass
+            standby.stats.standby_warms += 1
+        except ProviderError as e:
+            standby.stats.standby_warm_failures += 1
+            log.debug("llm: warming standby %s failed: %s", standby.name, e)
+        except Exception:  # ours: logged; the reply and the standby go on
+            standby.stats.standby_warm_failures += 1
+            log.exception("llm: warming standby %s failed", standby.name)
+        finally:
+            standby.warming -= 1
+
+    async def _attempt(
+        self,
+        provider: Provider,
+        gen: ProviderGeneration,
+        req: _Request,
+        standby: Provider | None = None,
+    ) -> None:
+        """One provider's try at (the rest of) the reply, keeping ``standby`` warm (see the
+        module docstring); raises ProviderError."""
+        every = standby.config.standby_every_tokens if standby is not None else 0
+        warming: asyncio.Task[None] | None = None
+        since_warm = every - 1  # the first warm goes with the first token (not before)
         st = provider.stats
         st.requests += 1
         provider.in_flight += 1
@@ -435,6 +502,15 @@ class ProviderPool:
                     if isinstance(content, str) and content:
                         tokens += 1
                         gen._deliver(content, None, None)
+                        since_warm += 1
+                        if (
+                            standby is not None
+                            and every
+                            and since_warm >= every
+                            and (warming is None or warming.done())
+                        ):
+                            warming = self._warm(standby, gen, req)
+                            since_warm = 0
                     if isinstance(pieces, list):
                         for piece in pieces:
                             self._tool_piece(gen, calls, piece)
@@ -520,6 +596,7 @@ class ProviderPool:
                 "requests": st.requests,
                 "failures": st.failures,
                 "failovers_from": st.failovers_from,
+                "standby_warms": st.standby_warms,
                 "ttft_ms_mean": round(st.ttft_ms.sum / st.ttft_ms.count, 1)
                 if st.ttft_ms.count
                 else None,

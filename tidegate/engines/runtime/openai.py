@@ -56,6 +56,7 @@ class ProviderConfig:
     first_token_timeout_s: float = 10.0
     token_timeout_s: float = 10.0
     reply_timeout_s: float = 300.0
+    standby_every_tokens: int = 0  # > 0: kept warm while it is a reply's next provider
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -70,6 +71,8 @@ class ProviderConfig:
                 raise ValueError(f"provider {self.name!r}: {f} must be positive")
         if self.reply_timeout_s <= 0:
             raise ValueError(f"provider {self.name!r}: reply_timeout_s must be positive")
+        if self.standby_every_tokens < 0:
+            raise ValueError(f"provider {self.name!r}: standby_every_tokens must be 0 or more")
         if self.api_key_env and self.api_key_file:
             raise ValueError(f"provider {self.name!r}: give api_key_env or api_key_file, not both")
 
