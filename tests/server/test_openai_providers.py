@@ -193,6 +193,10 @@ async def test_the_api_key_never_shows(
         metrics = (await http.get("/metrics", headers={"Authorization": f"Bearer {admin}"})).text
         ready = (await http.get("/readyz")).text
     assert 'tidegate_llm_provider_state{provider="a",state="closed"} 1.0' in metrics
+    # no standby configured: no warming request was sent
+    assert (
+        'tidegate_llm_provider_standby_warms_total{outcome="answered",provider="b"} 0.0' in metrics
+    )
     assert '"llm_providers"' in ready
     listing = json.dumps(live.settings.describe())
     stats = json.dumps(live.runtime.engines.stats())

@@ -315,6 +315,12 @@ class ServerCollector(Collector):
             "(before_first_token) or during the reply (midstream).",
             labels=["provider", "when"],
         )
+        standby = CounterMetricFamily(
+            "tidegate_llm_provider_standby_warms",
+            "Warming requests a provider got as the next one in a reply's chain "
+            "(standby_every_tokens), by outcome (answered, failed: nothing else changes).",
+            labels=["provider", "outcome"],
+        )
         ttft = HistogramMetricFamily(
             "tidegate_llm_provider_first_token_seconds",
             "From sending a request to a provider to its first token.",
@@ -348,12 +354,14 @@ class ServerCollector(Collector):
                     [p.name, "before_first_token"], c.failovers_from - c.failovers_midstream
                 )
                 failovers.add_metric([p.name, "midstream"], c.failovers_midstream)
+                standby.add_metric([p.name, "answered"], c.standby_warms)
+                standby.add_metric([p.name, "failed"], c.standby_warm_failures)
                 ttft.add_metric([p.name], _buckets(c.ttft_ms, 0.001), c.ttft_ms.sum / 1e3)
             h = pool.failover_ms
             failover.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
             h = pool.switch_ms
             switch.add_metric([], _buckets(h, 0.001), h.sum / 1e3)
-        yield from (state, in_flight, requests, failovers, ttft, failover, switch)
+        yield from (state, in_flight, requests, failovers, standby, ttft, failover, switch)
 
     def _sessions(self) -> Iterator[Metric]:
         rt = self.runtime
