@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -68,6 +69,20 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up; then, once its sockets are bound and it accepts, the line that
+        scripts and tests wait for (printed before binding, a client could connect too early)."""
+        await super().startup(sockets)
+        if self.started:
+            s = self.runtime.settings
+            print(
+                f"tidegate: listening on http://{s.host}:{s.port} "
+                f"(control channel ws://{s.host}:{s.port}/v1/control); "
+                "mint a token with `tidegate token`",
+                file=sys.stderr,
+                flush=True,
+            )
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and not self.should_exit:
@@ -139,13 +154,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"tidegate: cannot prepare the engines' models: {e}", file=sys.stderr)
         return 2
     app = create_app(settings)
-    print(
-        f"tidegate: listening on http://{settings.host}:{settings.port} "
-        f"(control channel ws://{settings.host}:{settings.port}/v1/control); "
-        "mint a token with `tidegate token`",
-        file=sys.stderr,
-        flush=True,
-    )
     DrainingServer(uvicorn_config(app, settings), app.state.runtime).run()
     return 0
 
