@@ -30,13 +30,13 @@ from tests.deploy.containers import (
     wait_ready,
 )
 from tests.server.db.conftest import _run
-from tests.server.db.helpers import eventually, query
+from tests.server.db.helpers import check_draining, query
 from tests.server.db.postgres import create_database, drop_database
 from tests.server.test_assistant import QUESTION, converse
 from tests.server.test_rtc import client_pc, tone, wait_rms
 from tests.support import scaled
 from tidegate.bench.target import free_port
-from tidegate.protocol.client import Client, RefusedError
+from tidegate.protocol.client import Client
 from tidegate.protocol.messages import (
     InputText,
     OutputAudio,
@@ -192,19 +192,7 @@ async def test_sigterm_drains_then_exits_clean_with_the_records(node: Node) -> N
     kill = node.container.podman("kill", "--signal", "TERM", node.container.name)
     assert kill.returncode == 0, kill.stderr
 
-    async def draining() -> bool:
-        async with httpx.AsyncClient() as http:
-            r = await http.get(f"{node.http}/readyz")
-        return r.status_code == 503 and r.json()["status"] == "draining"
-
-    await eventually(draining, 10, "/readyz says draining")
-    other = await node.client()
-    with pytest.raises(RefusedError) as refused:
-        await other.create_session({"mode": "loopback"})
-    assert refused.value.server_code == "overloaded"
-    await other.close()
-    await client.send(InputText(id="during", text="during the drain"))
-    assert (await client.wait_for(ResponseDone)).text == "during the drain"
+    await check_draining(node.http, node.client, client)
     await client.close_session()
     await client.close()
     assert await asyncio.to_thread(node.container.wait, 30) == 0

@@ -10,10 +10,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.support import scaled
+from tidegate.protocol.client import Client, RefusedError
+from tidegate.protocol.messages import InputText, ResponseDone
 from tidegate.server.db import engine as db_engine
 from tidegate.server.db.writer import RecordWriter
 
@@ -90,3 +94,27 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {scaled(timeout_s)} s: {what}")
         await asyncio.sleep(0.05)
+
+
+async def check_draining(
+    http: str, connect: Callable[[], Awaitable[Client]], open_: Client
+) -> None:
+    """A node after SIGTERM (the serve and the container tests; beside ``eventually`` and
+    ``query``, which both use): /readyz turns 503 ``draining``, a new session is refused
+    ``overloaded``, and the session ``open_`` still gets its replies."""
+
+    async def draining() -> bool:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"{http}/readyz")
+        return r.status_code == 503 and r.json()["status"] == "draining"
+
+    await eventually(draining, 10, "/readyz says draining")
+    other = await connect()
+    try:
+        with pytest.raises(RefusedError) as refused:
+            await other.create_session({"mode": "loopback"})
+        assert refused.value.server_code == "overloaded"
+    finally:
+        await other.close()
+    await open_.send(InputText(id="during", text="during the drain"))
+    assert (await open_.wait_for(ResponseDone)).text == "during the drain"
