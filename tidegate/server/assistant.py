@@ -51,6 +51,7 @@ from tidegate.engines.tts import TtsStream
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
+from tidegate.pipelines.records import Response as ResponseRecord
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     FunctionCallOutput,
@@ -67,7 +68,6 @@ from tidegate.protocol.messages import (
     Timing,
 )
 
-from .db.records import Response as ResponseRecord
 from .errors import InvalidConfigError, NotFoundError
 from .modes import new_response_id
 from .session import Session

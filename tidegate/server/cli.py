@@ -105,6 +105,7 @@ def prepare_models(settings: Settings) -> None:
     ``tidegate serve``'s first start), downloading what is missing, one progress line per
     step on stderr. ModelError (a missing package, a checksum) names what to do."""
     from tidegate.engines import models
+    from tidegate.tools.prepare import prepare
 
     for spec in engine_specs(settings):
         if spec.model not in models.DEFAULT_MODELS or not models.verify(
@@ -117,7 +118,7 @@ def prepare_models(settings: Settings) -> None:
             file=sys.stderr,
             flush=True,
         )
-        models.prepare(
+        prepare(
             settings.data_dir,
             spec.model,
             progress=lambda line: print(f"tidegate: {line}", file=sys.stderr, flush=True),

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from tidegate.cluster import WrongNodeError
 from tidegate.protocol import ErrorCode
 
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
-from .cluster import WrongNodeError
 from .errors import ForbiddenError, RefusalError
 
 if TYPE_CHECKING:

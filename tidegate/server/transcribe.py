@@ -50,6 +50,7 @@ from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.media import AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
+from tidegate.pipelines.records import TranscriptSegment
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -63,7 +64,6 @@ from tidegate.protocol.messages import (
     VadSpeechStopped,
 )
 
-from .db.records import TranscriptSegment
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Session
