@@ -261,7 +261,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "tidegate.cluster",
         "tidegate.cluster.metrics",
         "tidegate.server.admission",
-        "tidegate.server.assistant",
         "tidegate.server.control",
         "tidegate.server.edge",
         "tidegate.server.metrics",
@@ -270,8 +269,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "tidegate.server.runtime",
         "tidegate.server.sensors",
         "tidegate.server.session",
-        "tidegate.server.transcribe",
-        "tidegate.server.vision",
     ],
     [
         "tidegate.engines.runtime",

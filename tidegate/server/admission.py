@@ -20,6 +20,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from tidegate.engines.runtime import RuntimeOptions, runtime_unavailable
+from tidegate.pipelines.registry import MODES
 
 from .errors import OverloadedError
 from .modes import ENGINE_MODES
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 ADMISSION_MIN_RETRY_MS = 250.0
 # Engines a mode uses when the server runs them, beyond those it needs (ENGINE_MODES).
-OPTIONAL_ENGINES: dict[str, tuple[str, ...]] = {"assistant": ("vision",)}
+OPTIONAL_ENGINES: dict[str, tuple[str, ...]] = {m.name: m.optional for m in MODES.values()}
 
 
 class Admission:
