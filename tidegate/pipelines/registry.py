@@ -14,7 +14,7 @@ from tidegate.engines.service import EngineService
 
 from .config import LaneConfig
 from .mode import Mode
-from .modes import assistant, loopback, transcribe
+from .modes import assistant, loopback, transcribe, vision
 from .port import SessionPort
 
 Build = Callable[[SessionPort, LaneConfig, EngineService | None], Mode]
@@ -57,5 +57,8 @@ MODES: dict[str, ModeSpec] = _rows(
         loopback.build,
         lanes=("loopback",),
         summary="echo, for connectivity checks, tests and the bench",
+    ),
+    ModeSpec(
+        "vision", vision.build, lanes=("vision",), needs=("vision",), summary="frames in, faces out"
     ),
 )
