@@ -39,6 +39,8 @@ class ReplyCaches(Protocol):
         session: str | None = None,
     ) -> Generation: ...
 
+    def stats(self) -> dict[str, Any]: ...
+
 
 class Observer(Protocol):
     """A latency histogram (ms)."""

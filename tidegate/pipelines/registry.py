@@ -14,7 +14,7 @@ from tidegate.engines.service import EngineService
 
 from .config import LaneConfig
 from .mode import Mode
-from .modes import assistant, loopback, transcribe, vision
+from .modes import assistant, lanes, loopback, transcribe, vision
 from .port import SessionPort
 
 Build = Callable[[SessionPort, LaneConfig, EngineService | None], Mode]
@@ -61,4 +61,7 @@ MODES: dict[str, ModeSpec] = _rows(
     ModeSpec(
         "vision", vision.build, lanes=("vision",), needs=("vision",), summary="frames in, faces out"
     ),
+    ModeSpec("lanes", lanes.build, lanes=(), summary="the lanes the config names (LANES)"),
 )
+#: the lanes a config may name directly (``{"lanes": [...]}``: the ``lanes`` mode)
+LANES = lanes.LANES

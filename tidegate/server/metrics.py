@@ -43,9 +43,9 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from tidegate.protocol import ServerMessage
+    from tidegate.sessions.session import Session
 
     from .runtime import Runtime
-    from .session import Session
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from starlette.responses import JSONResponse, Response
 from tidegate.media import IcePolicy, MediaConfig, ice_server_records
 from tidegate.pipelines.media import SessionMedia
 from tidegate.protocol.messages import IceServer
+from tidegate.sessions.session import Session
 
 from . import edge, params
 from .auth import Principal
-from .errors import InvalidConfigError, NotFoundError, UnsupportedError
-from .session import Session
+from .errors import InvalidConfigError, UnsupportedError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -79,13 +79,7 @@ async def offer_endpoint(request: Request, runtime: Runtime, principal: Principa
     Errors: ``{"code": ..., "message": ...}`` with 400/401/403/404/409/413/421/429/503.
     """
     sid = params.path_id(request, "session_id")
-    session = runtime.registry.get(sid)
-    # Another tenant's session looks exactly like a missing one: no existence oracle.
-    if session is None or session.closed or session.tenant != principal.tenant:
-        await runtime.cluster.wrong_node(sid, principal.tenant, "offer")
-        raise NotFoundError("no such session (closed, expired or unknown)")
-    if session.principal.subject != principal.subject and not principal.is_admin:
-        raise NotFoundError("no such session (closed, expired or unknown)")
+    session = await runtime.sessions.find(sid, principal, "offer")
     media = getattr(session.mode, "media", None)
     if not isinstance(media, SessionMedia):
         raise UnsupportedError(f"mode {session.config.get('mode')!r} takes no WebRTC media")

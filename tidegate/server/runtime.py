@@ -13,16 +13,18 @@ from urllib.parse import urlsplit
 
 from tidegate.cluster import Cluster
 from tidegate.cluster.metrics import ClusterCollector
+from tidegate.sessions.admission import Admission
+from tidegate.sessions.api import Sessions
+from tidegate.sessions.limits import Limiter
+from tidegate.sessions.sensorbus import SensorBus
+from tidegate.sessions.session import SessionRegistry
 from tidegate.store.metrics import RecordWriterCollector
 from tidegate.store.writer import RecordWriter
 
-from .admission import Admission
 from .auth import TokenVerifier
 from .gate import ConnectionGate
-from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
-from .sensorbus import SensorBus
-from .session import SessionRegistry
+from .modes import start_mode
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +61,19 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
+        #: the one way to open, resume and close a session (every transport calls it)
+        self.sessions = Sessions(
+            self,
+            self.registry,
+            self.cluster,
+            self.admission,
+            self.sensor_bus,
+            start_mode,
+            default_mode=settings.default_mode,
+            max_tools_items=settings.assistant_max_tools_items,
+            max_tools_bytes=settings.assistant_max_tools_bytes,
+            metrics_interval_s=settings.metrics_interval_s,
+        )
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))

@@ -20,16 +20,15 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from tidegate.engines.runtime import RuntimeOptions, runtime_unavailable
+from tidegate.pipelines.errors import OverloadedError
 from tidegate.pipelines.registry import MODES
 
-from .errors import OverloadedError
-from .modes import ENGINE_MODES
+from .config import ENGINE_MODES
 
 if TYPE_CHECKING:
     from tidegate.engines.metrics import QueueLoad
     from tidegate.engines.service import EngineService
-
-    from .settings import Settings
+    from tidegate.server.settings import Settings
 
 ADMISSION_MIN_RETRY_MS = 250.0
 # Engines a mode uses when the server runs them, beyond those it needs (ENGINE_MODES).

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tidegate.cluster.link import RedisDownError
+from tidegate.pipelines.errors import RateLimitedError
+from tidegate.server.settings import Settings
 
-from .auth import Principal
-from .errors import RateLimitedError
-from .settings import Settings
+from .errors import SharedStateDownError
+from .principal import Principal
 
 PRUNE_AT_KEYS = 10_000
 
@@ -122,7 +122,7 @@ class TokenBuckets:
                 burst=self.burst,
                 want=self.lease_tokens,
             )
-        except RedisDownError:
+        except SharedStateDownError:
             self.shared_fallbacks += 1
             return self.take(key)
         if wait_ms is not None:
