@@ -50,8 +50,9 @@ async def _results(client: Client, n: int, timeout_s: float = 20.0) -> list[Visi
 async def test_frames_over_ws_get_vision_results(live: LiveServer) -> None:
     """input.frame photos get vision.result naming each frame's time: a face in the astronaut,
     none in the coffee cup; the server loaded no ASR, LLM or TTS."""
-    assert set(live.runtime.engines.schedulers) == {"vision"}
-    assert not live.runtime.engines.batchers
+    engines = live.runtime.engines
+    assert engines is not None and set(engines.schedulers) == {"vision"}
+    assert not engines.batchers
     async with await live.client() as client:
         await client.create_session({"mode": "vision"})
         astronaut = (ASSETS / "astronaut.png").read_bytes()
@@ -108,3 +109,26 @@ async def test_webrtc_video_gets_vision_results(live: LiveServer) -> None:
     assert all([d.label for d in r.detections] == ["face"] for r in results)
     times = [r.frame_ts for r in results]
     assert times == sorted(times) and len(set(times)) == 3
+
+
+async def test_a_config_that_names_its_lanes(live: LiveServer) -> None:
+    """{"lanes": ["vision"]} composes a session of the vision lane alone (mode 'lanes') that
+    looks at frames; an unknown lane is invalid_field naming it; lanes whose engines the
+    server lacks (transcribe: VAD and ASR) are unsupported."""
+    async with await live.client() as client:
+        created = await client.create_session({"lanes": ["vision"]})
+        assert created.config == {"mode": "lanes", "lanes": ["vision"]}
+        astronaut = (ASSETS / "astronaut.png").read_bytes()
+        await client.send(InputFrame(image=astronaut, encoding="png", ts=7.0))
+        (result,) = await _results(client, 1)
+    assert result.frame_ts == 7.0 and [d.label for d in result.detections] == ["face"]
+    refusals = {
+        "invalid_field": {"lanes": ["vision", "sonar"]},
+        "unsupported": {"lanes": ["transcribe", "vision"]},
+    }
+    for code, config in refusals.items():
+        async with await live.client() as client:
+            with pytest.raises(RefusedError) as info:
+                await client.create_session(config)
+        assert info.value.server_code == code
+    assert "sonar" in str(info.value) or "VAD" in info.value.error.message
