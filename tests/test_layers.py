@@ -274,12 +274,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "tidegate.server.vision",
     ],
     [
-        "tidegate.engines.runtime",
-        "tidegate.engines.runtime.onnx",
-        "tidegate.engines.runtime.tensorrt",
-        "tidegate.engines.runtime.triton",
-    ],
-    [
         "tidegate.server.engines",
         "tidegate.server.settings",
     ],
