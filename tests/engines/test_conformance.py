@@ -103,6 +103,18 @@ def _audio(n: int) -> list[Any]:
     ]
 
 
+def _speechlike(n: int) -> list[Any]:
+    """Turn-detection requests: 0.5-3 s of voiced-like audio, a different length each."""
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        t = np.arange(8000 + 5000 * i) / 16000
+        voiced = sum(np.sin(2 * np.pi * k * (110 + 15 * i) * t) / k for k in range(1, 6))
+        out.append((0.2 * voiced * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32))
+        out[-1] += 0.01 * rng.standard_normal(len(t)).astype(np.float32)
+    return out
+
+
 def _frames(n: int) -> list[Any]:
     rng = np.random.default_rng(n)
     sizes = [(480, 640), (360, 640), (512, 512), (240, 320)]
@@ -116,6 +128,7 @@ CASES = {
     ),
     "vad": Case(_real("vad", "silero-vad"), _audio, lambda: np.zeros(100, np.float32)),
     "blazeface": Case(_real("vision", "blazeface"), _frames, lambda: np.zeros((4, 4), np.uint8)),
+    "turn": Case(_real("turn", "smart-turn-v3.2"), _speechlike, lambda: np.zeros(100, np.float32)),
     "mtcnn": Case(_real("vision", "mtcnn"), _frames, lambda: np.zeros((8, 8, 3), np.float64)),
     "tensor-onnx-cuda": Case(
         _affine(CUDA), lambda n: _arrays(n, (4,), "x"), lambda: {"x": "nope"}, 1e-4, gpu=True
