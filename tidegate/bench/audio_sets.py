@@ -31,7 +31,7 @@ SAMPLE_RATE_HZ = 16_000
 #: Samples below this (float, |x|) count as silence when espeak's own padding is trimmed.
 TRIM_LEVEL = 0.01
 
-Audio = np.ndarray[Any, np.dtype[np.float32]]
+Audio = np.ndarray[Any, Any]  # float32, 16 kHz mono
 #: A voice: text -> 16 kHz float32 speech. The default is espeak-ng; a caller may pass a
 #: neural TTS instead (the turn model judges prosody, which espeak's is too flat to carry).
 Voice = Callable[[str], Audio]
@@ -202,7 +202,8 @@ def room_response(seed: int, *, length_s: float = 0.03, decay_s: float = 0.006) 
     t = np.arange(n) / SAMPLE_RATE_HZ
     h = 0.3 * rng.standard_normal(n) * np.exp(-t / decay_s)
     h[0] = 1.0
-    return (h / np.sqrt(np.sum(h**2))).astype(np.float32)
+    out: Audio = (h / np.sqrt(np.sum(h**2))).astype(np.float32)
+    return out
 
 
 def echo_path(
@@ -255,7 +256,8 @@ def noise_burst(seed: int = 0, *, seconds: float = 0.25, level_db: float = -12.0
     t = np.arange(n) / SAMPLE_RATE_HZ
     envelope = (1 - np.exp(-t / 0.01)) * np.exp(-t / (seconds / 4))
     y = x * envelope
-    return (db_gain(level_db) * y / np.max(np.abs(y))).astype(np.float32)
+    out: Audio = (db_gain(level_db) * y / np.max(np.abs(y))).astype(np.float32)
+    return out
 
 
 def backchannel(text: str = "mm-hmm", voice: Voice | None = None) -> Audio:

@@ -85,7 +85,9 @@ def test_complete_sentences_score_above_unfinished_ones(
     fulls = [f"{h} {t}." for h, t in audio_sets.PAUSED_SENTENCES]
     fulls += list(audio_sets.COMPLETE_SENTENCES)
     cut = score(engine, [np.concatenate([lead, audio_sets.speech(h, voice), after]) for h in heads])
-    done = score(engine, [np.concatenate([lead, audio_sets.speech(t, voice), after]) for t in fulls])
+    done = score(
+        engine, [np.concatenate([lead, audio_sets.speech(t, voice), after]) for t in fulls]
+    )
     separated = np.mean([c < d for c in cut for d in done])
     report = f"unfinished {np.round(cut, 2)} complete {np.round(done, 2)}"
     assert separated >= 0.75, report

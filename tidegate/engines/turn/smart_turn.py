@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..asr.features import SAMPLE_RATE_HZ
 from ..engine import Engine, Ok, Outcome
 from ..errors import EngineError, InferenceError, RequestError
 from ..runtime import Array, ModelRunner, RuntimeOptions, open_model
 from ..signature import Signature, TensorSpec
-from .features import FEATURE_FRAMES, SAMPLE_RATE_HZ, WINDOW_S, turn_features
+from .features import FEATURE_FRAMES, WINDOW_S, turn_features
 
 N_MELS = 80
 
