@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     cluster,
     control,
     db,
+    ears,
     echo,
     engines,
     llm_tts,

@@ -200,18 +200,18 @@ class EchoCanceller:
                     f"({self.block} samples at {self.sample_rate_hz} Hz)"
                 )
             self._mic.write(x, captured_at_sample)
-            mic16 = _to_int16(x)
+            # The delay is re-estimated between calls (a call is a frame or two of 10 ms).
+            self._maybe_estimate(captured_at_sample)
+            start = captured_at_sample - self._delay + self._lead
+            ref, missing = self._far.read(start, len(x))
+            mic16, ref16 = _to_int16(x), _to_int16(ref)
             out = np.empty(len(x), np.int16)
-            for i in range(0, len(x), self.block):
-                at = captured_at_sample + i
-                self._maybe_estimate(at)
-                ref, missing = self._far.read(at - self._delay + self._lead, self.block)
-                if missing:
-                    self.counters["reference_missing_blocks"] += 1
-                out[i : i + self.block] = self._apm.process(
-                    mic16[i : i + self.block], _to_int16(ref)
-                )
-                self.counters["blocks"] += 1
+            b = self.block
+            for i in range(0, len(x), b):
+                out[i : i + b] = self._apm.process(mic16[i : i + b], ref16[i : i + b])
+            self.counters["blocks"] += len(x) // b
+            if missing:
+                self.counters["reference_missing_blocks"] += -(-missing // b)
             if np.asarray(frames).dtype == np.int16:
                 return out
             return out.astype(np.float32) / 32768.0
