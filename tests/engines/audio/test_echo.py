@@ -152,3 +152,22 @@ def test_overlapping_calls_are_refused() -> None:
         t.join()
     assert len(errors) == 1
     ec.process_near(np.zeros(FRAME, np.float32), 0)  # once free, it serves again
+
+
+def test_noise_suppression() -> None:
+    """With noise suppression on, steady noise loses at least 10 dB while speech keeps its
+    level; off, the noise passes."""
+    rng = np.random.default_rng(0)
+    speech = audio_sets.speech("The weather today is sunny and warm.")
+    mic = np.concatenate([audio_sets.silence(3.0), speech, audio_sets.silence(1.0)])
+    mic = (mic + 0.01 * rng.standard_normal(len(mic))).astype(np.float32)
+    noise, talk = slice(SR, 3 * SR), slice(3 * SR, 3 * SR + len(speech))
+    quiet = np.zeros(len(mic), np.float32)
+    for on, noise_floor_db in ((False, -1.0), (True, -10.0)):
+        out = cancel(mic, quiet, EchoCanceller(noise_suppression=on, noise_suppression_level=2))
+        noise_db = -erle_db(mic[noise], out[noise])
+        if on:
+            assert noise_db <= noise_floor_db
+        else:
+            assert noise_db >= noise_floor_db
+        assert -erle_db(mic[talk], out[talk]) > -3.0
