@@ -8,6 +8,9 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # espeak-ng: the TTS engine's phonemizer (libespeak-ng) and the ASR tests' synthetic speech.
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# sox: resamples that speech (and the Piper voice's) to 16 kHz for the turn and echo tests
+# (tidegate/bench/audio_sets.py).
+command -v sox >/dev/null 2>&1 || need+=(sox)
 # node and npm: the browser client (client-web/) is built and unit-tested with them.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -257,12 +257,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 # Import cycles the redesign (issue 18) is removing; the test fails on a new one and on a
 # listed one that is gone (remove it), so this list only shrinks.
 KNOWN_CYCLES: list[list[str]] = [
-    [
-        "tidegate.engines.runtime",
-        "tidegate.engines.runtime.onnx",
-        "tidegate.engines.runtime.tensorrt",
-        "tidegate.engines.runtime.triton",
-    ],
     # the edge and the runtime know each other (TYPE_CHECKING imports of Runtime and
     # ControlChannel, metrics and edge): helper B's edge work (issue 18 item 4)
     [

@@ -177,6 +177,21 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
             },
         ),
+        ModelSpec(
+            name="smart-turn-v3.2",
+            package="pipecat-ai",
+            version="1.14.0",
+            licence="BSD-2-Clause",
+            notice="Smart Turn v3.2 end-of-turn model, Copyright (c) 2024-2026 Daily "
+            "(BSD 2-Clause licence), from the pipecat-ai wheel (taken out, never installed).",
+            files=("smart-turn-v3.2-cpu.onnx",),
+            install_hint="its wheel is downloaded (never installed) by `tidegate models prepare`",
+            sources={
+                "smart-turn-v3.2-cpu.onnx": (
+                    "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+                )
+            },
+        ),
     )
 }
 

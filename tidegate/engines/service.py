@@ -100,6 +100,10 @@ def build_engine(
             ctx_margin_s=spec.asr_ctx_margin_s,
             ctx_step_s=spec.asr_ctx_step_s,
         )
+    if spec.model == "smart-turn-v3.2":
+        from .turn import SmartTurn
+
+        return SmartTurn(folder / "smart-turn-v3.2-cpu.onnx", runtime=spec.runtime)
     if spec.model == "blazeface":
         from .vision.blazeface import BlazeFace
 

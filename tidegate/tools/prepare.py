@@ -218,6 +218,20 @@ def _prepare_piper(spec: ModelSpec, ctx: PrepareContext) -> None:
         _copy_checked(folder / name, ctx.out_dir / name, spec.sources[name], ctx.progress)
 
 
+SMART_TURN_MEMBER = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def _prepare_smart_turn(spec: ModelSpec, ctx: PrepareContext) -> None:
+    """Take the Smart Turn ONNX file out of the pipecat-ai wheel (never installed: it would
+    pull the whole framework)."""
+    wheel = fetch_wheel(
+        ctx.wheel_dir, spec.package, spec.version, download=ctx.download, progress=ctx.progress
+    )
+    name = spec.files[0]
+    ctx.progress(f"  extract {name} from {wheel.name}")
+    extract_member(wheel, SMART_TURN_MEMBER, ctx.out_dir / name, spec.sources[name])
+
+
 #: how each default model is prepared, by name (a new default model: a row here and one in
 #: :data:`tidegate.engines.models.DEFAULT_MODELS`)
 PREPARERS: dict[str, Callable[[ModelSpec, PrepareContext], None]] = {
@@ -228,6 +242,7 @@ PREPARERS: dict[str, Callable[[ModelSpec, PrepareContext], None]] = {
     "smollm2-135m-fp32": _prepare_smollm2,
     "piper-joe": _prepare_piper,
     "whisper-tiny-en": _prepare_whisper,
+    "smart-turn-v3.2": _prepare_smart_turn,
 }
 
 

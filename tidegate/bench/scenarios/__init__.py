@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     cluster,
     control,
     db,
+    ears,
     echo,
     engines,
     llm_tts,
