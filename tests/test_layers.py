@@ -49,17 +49,6 @@ PENDING: dict[str, set[str]] = {
     "tidegate/cluster/caches.py": {
         "tidegate.server.settings",
     },
-    # sessions read their limits off the server's Settings (typed, TYPE_CHECKING or direct);
-    # next: typed configs built by the composition root, as the lanes have (pipelines/config)
-    "tidegate/sessions/admission.py": {
-        "tidegate.server.settings",
-    },
-    "tidegate/sessions/limits.py": {
-        "tidegate.server.settings",
-    },
-    "tidegate/sessions/session.py": {
-        "tidegate.server.settings",
-    },
     "tidegate/store/cli.py": {
         "tidegate.server.settings",
     },

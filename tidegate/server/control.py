@@ -513,7 +513,7 @@ class ControlChannel:
             session_id=session.id,
             config=session.config,
             limits=self.runtime.limits(),
-            ice_servers=ice_servers_for(session),
+            ice_servers=ice_servers_for(self.runtime.settings, session),
             resumed=resumed,
             ref=msg.id,
         )

@@ -1,5 +1,5 @@
 """The composition root's part of every mode: the lanes' configs, built from the settings
-(:func:`lane_config`), and :func:`start_mode`, the factory a session builds its mode with.
+(:func:`lane_config`), and :class:`ModeStarter`, the factory a session builds its mode with.
 
 The modes and their lanes are the rows of :mod:`tidegate.pipelines.registry`; the config check
 is :mod:`tidegate.sessions.config` (re-exported here).
@@ -35,7 +35,7 @@ __all__ = [
     "MODE_NAMES",
     "lane_config",
     "resolve_config",
-    "start_mode",
+    "ModeStarter",
 ]
 
 
@@ -78,7 +78,12 @@ def lane_config(settings: Settings) -> LaneConfig:
     )
 
 
-def start_mode(session: Session, engines: EngineService | None = None) -> Mode:
-    """Build the session's mode from its registry row (resolve_config checked its engines)."""
-    spec = MODES[session.config["mode"]]
-    return spec.build(session, lane_config(session.settings), engines)
+class ModeStarter:
+    """The factory a session builds its mode with: its registry row, the lanes' configs from
+    these settings (resolve_config checked the engines)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = lane_config(settings)
+
+    def __call__(self, session: Session, engines: EngineService | None) -> Mode:
+        return MODES[session.config["mode"]].build(session, self.config, engines)

@@ -50,10 +50,10 @@ def media_config(settings: Settings) -> MediaConfig:
     )
 
 
-def ice_servers_for(session: Session) -> tuple[IceServer, ...]:
+def ice_servers_for(settings: Settings, session: Session) -> tuple[IceServer, ...]:
     """The ICE servers a client is told in ``session.created``: ours, and TURN with
     credentials minted for this session (valid ``turn_ttl_s``)."""
-    s = session.settings
+    s = settings
     records = ice_server_records(
         media_config(s).ice,
         turn_urls=s.turn_urls,

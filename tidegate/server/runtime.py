@@ -24,7 +24,7 @@ from tidegate.store.writer import RecordWriter
 from .auth import TokenVerifier
 from .gate import ConnectionGate
 from .metrics import ServerMetrics, StageTimes
-from .modes import start_mode
+from .modes import ModeStarter
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Runtime:
             self.cluster,
             self.admission,
             self.sensor_bus,
-            start_mode,
+            ModeStarter(settings),
             default_mode=settings.default_mode,
             max_tools_items=settings.assistant_max_tools_items,
             max_tools_bytes=settings.assistant_max_tools_bytes,

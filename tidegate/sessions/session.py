@@ -39,10 +39,9 @@ from tidegate.protocol.messages import FlowCredit, Metrics
 
 from .outbox import Outbox
 from .principal import Principal
+from .sensors import SensorSettings
 
 if TYPE_CHECKING:
-    from tidegate.server.settings import Settings
-
     from .limits import Limiter
     from .sensors import SensorLane
 
@@ -53,6 +52,27 @@ SensorsFactory = Callable[["Session"], "SensorLane"]
 log = logging.getLogger(__name__)
 
 RESUME_RETRY_AFTER_MS = 1_000.0
+
+
+class SessionSettings(SensorSettings, Protocol):
+    """The settings the session runtime reads (the server's Settings has them)."""
+
+    @property
+    def outbox_max_messages(self) -> int: ...
+    @property
+    def outbox_max_bytes(self) -> int: ...
+    @property
+    def upload_credit_messages(self) -> int: ...
+    @property
+    def upload_credit_bytes(self) -> int: ...
+    @property
+    def session_resume_s(self) -> float: ...
+    @property
+    def max_sessions(self) -> int: ...
+    @property
+    def max_sessions_per_tenant(self) -> int: ...
+    @property
+    def route_id(self) -> str: ...
 
 
 class Attachment(Protocol):
@@ -106,7 +126,7 @@ class Session:
         session_id: str,
         principal: Principal,
         config: dict[str, Any],
-        settings: Settings,
+        settings: SessionSettings,
         *,
         detached_at: float | None = None,
         mode: ModeFactory | None = None,
@@ -266,7 +286,7 @@ class SessionRegistry:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SessionSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
         recorder: Recorder | None = None,
