@@ -11,6 +11,7 @@ import functools
 from typing import TYPE_CHECKING
 
 from tidegate.engines.asr.streaming import StreamingSettings
+from tidegate.media import IcePolicy, MediaConfig
 from tidegate.pipelines.config import (
     AudioConfig,
     LaneConfig,
@@ -23,7 +24,6 @@ from tidegate.pipelines.registry import MODES
 from tidegate.sessions.config import CONFIG_KEYS, ENGINE_MODES, MODE_NAMES, resolve_config
 from tidegate.sessions.session import Mode, Session
 
-from .rtc import media_config
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -34,9 +34,31 @@ __all__ = [
     "ENGINE_MODES",
     "MODE_NAMES",
     "lane_config",
+    "media_config",
     "resolve_config",
     "ModeStarter",
 ]
+
+
+@functools.lru_cache(maxsize=8)
+def media_config(settings: Settings) -> MediaConfig:
+    """The media part of the settings (validated by Settings.validate)."""
+    s = settings
+    return MediaConfig(
+        ice=IcePolicy.from_settings(s.ice_hosts, s.ice_ports, s.ice_servers),
+        jitter_target_ms=s.jitter_target_ms,
+        jitter_max_gap_packets=s.jitter_max_gap_packets,
+        audio_fec=s.audio_fec,
+        audio_buffer_s=s.audio_buffer_s,
+        audio_silence_dbfs=s.audio_silence_dbfs,
+        audio_lag_report_ms=s.audio_lag_report_ms,
+        audio_out_buffer_s=s.audio_out_buffer_s,
+        audio_out_bitrate_bps=s.audio_out_bitrate_bps,
+        audio_out_complexity=s.audio_out_complexity,
+        audio_out_lead_ms=s.audio_out_lead_ms,
+        video_max_pixels=s.frame_max_pixels,
+        video_decoder_max_frames=s.video_decoder_max_frames,
+    )
 
 
 @functools.lru_cache(maxsize=8)

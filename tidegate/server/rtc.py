@@ -7,7 +7,6 @@ control channel) is the media lane, :class:`tidegate.pipelines.media.SessionMedi
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tidegate.media import IcePolicy, MediaConfig, ice_server_records
+from tidegate.media import ice_server_records
 from tidegate.pipelines.media import SessionMedia
 from tidegate.protocol.messages import IceServer
 from tidegate.sessions.session import Session
@@ -23,31 +22,11 @@ from tidegate.sessions.session import Session
 from . import edge, params
 from .auth import Principal
 from .errors import InvalidConfigError, UnsupportedError
+from .modes import media_config
 from .settings import Settings
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-
-
-@functools.lru_cache(maxsize=8)
-def media_config(settings: Settings) -> MediaConfig:
-    """The media part of the settings (validated by Settings.validate)."""
-    s = settings
-    return MediaConfig(
-        ice=IcePolicy.from_settings(s.ice_hosts, s.ice_ports, s.ice_servers),
-        jitter_target_ms=s.jitter_target_ms,
-        jitter_max_gap_packets=s.jitter_max_gap_packets,
-        audio_fec=s.audio_fec,
-        audio_buffer_s=s.audio_buffer_s,
-        audio_silence_dbfs=s.audio_silence_dbfs,
-        audio_lag_report_ms=s.audio_lag_report_ms,
-        audio_out_buffer_s=s.audio_out_buffer_s,
-        audio_out_bitrate_bps=s.audio_out_bitrate_bps,
-        audio_out_complexity=s.audio_out_complexity,
-        audio_out_lead_ms=s.audio_out_lead_ms,
-        video_max_pixels=s.frame_max_pixels,
-        video_decoder_max_frames=s.video_decoder_max_frames,
-    )
 
 
 def ice_servers_for(settings: Settings, session: Session) -> tuple[IceServer, ...]:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from tidegate.cluster import Cluster
@@ -30,8 +30,6 @@ from .settings import Settings
 if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
-    from .control import ControlChannel
-
 log = logging.getLogger(__name__)
 WATCHDOG_INTERVAL_S = 1.0
 
@@ -42,6 +40,12 @@ def prepare_offline(data_dir: Path, name: str) -> None:
     from tidegate.tools.prepare import prepare_offline as prepare
 
     prepare(data_dir, name)
+
+
+class Channel(Protocol):
+    """A live control connection, as the send watchdog sees it (server/control.py)."""
+
+    def check_send_stuck(self, now_s: float) -> bool: ...
 
 
 class Runtime:
@@ -80,7 +84,7 @@ class Runtime:
         self.metrics.registry.register(RecordWriterCollector(self.recorder))
         self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
-        self.channels: set[ControlChannel] = set()
+        self.channels: set[Channel] = set()
         #: control connections without a session, per subject (tenant, sub); see control.py
         self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False
