@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tidegate.engines.registry import VISION
 from tidegate.server.errors import ConfigError
 from tidegate.server.settings import Settings
 
@@ -24,7 +25,7 @@ def test_every_cpu_engine_by_default_and_an_empty_list_serves_none() -> None:
     assert Settings.load(environ={}).engines == ("vad", "asr", "vision", "llm", "tts")
     assert Settings.load(environ={"TIDEGATE_ENGINES": ""}).engines == ()
     assert Settings.load(environ={"TIDEGATE_ENGINES": "vad, asr"}).engines == ("vad", "asr")
-    assert Settings.load(environ={"TIDEGATE_VISION_MODEL": ""}).vision_model == "blazeface"
+    assert Settings.load(environ={"TIDEGATE_VISION_MODEL": ""}).engine(VISION).model == "blazeface"
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
