@@ -396,7 +396,12 @@ def engine_specs(
     specs = []
     for name in names:
         row = kind(name)
-        specs.append(row.spec(configs.by_name[name], defaults))
+        try:
+            specs.append(row.spec(configs.by_name[name], defaults))
+        except ValueError as e:
+            if str(e).startswith(row.name):
+                raise
+            raise ValueError(f"{row.name}: {e}") from None  # vad: threshold must be in (0, 1)
     return specs
 
 

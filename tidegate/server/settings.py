@@ -1,8 +1,10 @@
 """Server configuration: defaults, then an optional TOML file, then ``TIDEGATE_*`` variables.
 
-Every limit is a setting with a unit in its name and a documented default (docs/config.md is
-generated from the field docs by ``tidegate config``). Secrets are never defaults: the JWT
-signing key is generated into the data folder on first run.
+Every limit is a setting with a unit in its name and a documented default (docs/configuration.md
+holds the table ``tidegate config --markdown`` prints from the field docs). An engine kind's
+settings are its config dataclass (tidegate/engines/config.py), nested: ``vad_threshold`` is
+``settings.engine(VAD).threshold``. Secrets are never defaults: the JWT signing key is
+generated into the data folder on first run.
 """
 
 from __future__ import annotations
