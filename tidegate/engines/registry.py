@@ -14,8 +14,7 @@ import it (service.py does)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
@@ -43,13 +42,11 @@ if TYPE_CHECKING:
     #: an engine of a default model
     ModelEngine = SileroVad | WhisperOnnx | BlazeFace | Mtcnn | PiperVoice
 
-log = logging.getLogger(__name__)
-
 C = TypeVar("C")
 H = TypeVar("H", bound="EngineHandle")
 
-#: how a kind batches: ``requests`` (a :class:`Scheduler` with a :class:`BatchPolicy`) or
-#: ``steps`` (the LLM's continuous batching, llm/batcher.py)
+#: how a kind batches (a row's ``batching``): ``requests`` (a :class:`Scheduler` with the
+#: config's :class:`BatchPolicy`) or ``steps`` (the LLM's continuous batching, llm/batcher.py)
 BATCHING = ("requests", "steps")
 
 
@@ -92,6 +89,8 @@ class EngineSpec:
     #: The LLM on OpenAI-compatible providers instead of a local model (``model`` is then
     #: ``providers``).
     providers: ProvidersSettings | None = None
+    #: the kind's config it was made from (its row's ``config_of`` gives it typed)
+    config: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +111,16 @@ class EngineKind(Generic[C, H]):
     models: tuple[str, ...]
     runtimes: tuple[str, ...]
     batching: str
-    #: the kind's config (and the shared engine settings) -> what to run; ValueError naming
-    #: the bad setting
-    spec: Callable[[C, EngineDefaults], EngineSpec]
-    #: the spec -> the handle, not started (blocking: runs in a thread)
+    #: the spec -> the handle, not started (blocking: runs in a thread); the kind's config is
+    #: ``config_of(spec)``
     build: Callable[[EngineSpec, BuildContext], H]
+    #: the kind's config (and the shared engine settings) -> what to run; ValueError naming
+    #: the bad setting. None: :meth:`plain_spec` (model, runtime, policy from the config).
+    spec: Callable[[C, EngineDefaults], EngineSpec] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING or not self.models:
+            raise ValueError(f"engine kind {self.name}: batching in {BATCHING}, and a model")
 
     @property
     def default_model(self) -> str:
@@ -131,6 +135,27 @@ class EngineKind(Generic[C, H]):
     def check_model(self, model: str) -> None:
         if model not in self.models:
             raise ValueError(f"{self.name}_model must be one of {self.models}, got {model!r}")
+
+    def make_spec(self, config: C, defaults: EngineDefaults) -> EngineSpec:
+        return (self.spec or self.plain_spec)(config, defaults)
+
+    def plain_spec(self, config: C, defaults: EngineDefaults) -> EngineSpec:
+        """The spec of a kind whose config has (optionally) ``model``, ``runtime`` and
+        ``policy(max_sessions)``, and whose engine reads the rest from ``config_of(spec)``."""
+        model = getattr(config, "model", self.default_model)
+        self.check_model(model)
+        policy = getattr(config, "policy", None)
+        return EngineSpec(
+            self.name,
+            model,
+            policy(defaults.max_sessions) if policy else BatchPolicy(),
+            defaults.runtime_options(self.name, getattr(config, "runtime", "")),
+            config=config,
+        )
+
+    def config_of(self, spec: EngineSpec) -> C:
+        """The kind's config ``spec`` was made from (the defaults for a hand-made spec)."""
+        return spec.config if isinstance(spec.config, self.config) else self.config()
 
 
 # -- the engines, by model (also for benches and tests that build one without a scheduler) ----
@@ -214,16 +239,20 @@ def build_engine(
 
 
 def handle_builder(
-    spec: EngineSpec, custom: Mapping[str, models.CustomModel]
+    spec: EngineSpec,
+    custom: Mapping[str, models.CustomModel],
+    kinds: Sequence[EngineKind[Any, Any]] | None = None,
 ) -> Callable[[EngineSpec, BuildContext], EngineHandle]:
-    """How the engine service builds ``spec``'s handle: its kind's row, else (a spec under a
-    name of its own) the row of its model, or a custom model behind a scheduler."""
-    row = KINDS_BY_NAME.get(spec.name)
+    """How the engine service builds ``spec``'s handle: its kind's row (of ``kinds``, default
+    :data:`KINDS`), else (a spec under a name of its own) a custom model behind a scheduler,
+    or the row of its model."""
+    kinds = KINDS if kinds is None else kinds
+    row = next((k for k in kinds if k.name == spec.name), None)
     if row is not None:
         return row.build
     if spec.model in custom:
         return lambda spec, ctx: Scheduler(custom_engine(spec, ctx.custom), spec.policy)
-    for row in KINDS:
+    for row in kinds:
         if spec.model in row.models:
             return row.build
     raise ModelError(
@@ -248,6 +277,7 @@ def _vad_spec(c: VadConfig, d: EngineDefaults) -> EngineSpec:
             min_silence_s=c.min_silence_s,
             speech_pad_s=c.speech_pad_s,
         ),
+        config=c,
     )
 
 
@@ -259,6 +289,7 @@ def _asr_spec(c: AsrConfig, d: EngineDefaults) -> EngineSpec:
         d.runtime_options("asr", c.runtime),
         asr_ctx_margin_s=c.ctx_margin_s,
         asr_ctx_step_s=c.ctx_step_s,
+        config=c,
     )
 
 
@@ -270,12 +301,7 @@ def _vision_spec(c: VisionConfig, d: EngineDefaults) -> EngineSpec:
         c.policy(d.max_sessions),
         d.runtime_options("vision", c.runtime),
         score_threshold=c.score_threshold,
-    )
-
-
-def _tts_spec(c: TtsConfig, d: EngineDefaults) -> EngineSpec:
-    return EngineSpec(
-        "tts", TTS.default_model, c.policy(d.max_sessions), d.runtime_options("tts", c.runtime)
+        config=c,
     )
 
 
@@ -284,7 +310,7 @@ def _llm_spec(c: LlmConfig, d: EngineDefaults) -> EngineSpec:
     runtime = d.runtime_options("llm", local)
     providers = provider_settings(c)
     if providers is not None:
-        return EngineSpec("llm", "providers", runtime=runtime, providers=providers)
+        return EngineSpec("llm", "providers", runtime=runtime, providers=providers, config=c)
     LLM.check_model(c.model)
     llm = LlmSettings(
         max_batch_items=c.max_batch_items,
@@ -294,7 +320,7 @@ def _llm_spec(c: LlmConfig, d: EngineDefaults) -> EngineSpec:
         max_context_tokens=c.max_context_tokens,
         session_cache_items=c.session_cache_items,
     )
-    return EngineSpec("llm", c.model, runtime=runtime, llm=llm)
+    return EngineSpec("llm", c.model, runtime=runtime, llm=llm, config=c)
 
 
 def _build_llm(spec: EngineSpec, ctx: BuildContext) -> LlmEngine:
@@ -320,10 +346,10 @@ def _build_tts(spec: EngineSpec, ctx: BuildContext) -> Scheduler[str, Array]:
 
 
 VAD: EngineKind[VadConfig, Scheduler[Array, VadResult]] = EngineKind(
-    "vad", VadConfig, ("silero-vad",), LOCAL_RUNTIMES, "requests", _vad_spec, _build_vad
+    "vad", VadConfig, ("silero-vad",), LOCAL_RUNTIMES, "requests", _build_vad, _vad_spec
 )
 ASR: EngineKind[AsrConfig, Scheduler[AsrRequest, AsrResult]] = EngineKind(
-    "asr", AsrConfig, ("whisper-tiny-en",), LOCAL_RUNTIMES, "requests", _asr_spec, _build_asr
+    "asr", AsrConfig, ("whisper-tiny-en",), LOCAL_RUNTIMES, "requests", _build_asr, _asr_spec
 )
 VISION: EngineKind[VisionConfig, Scheduler[Array, FaceDetections]] = EngineKind(
     "vision",
@@ -331,8 +357,8 @@ VISION: EngineKind[VisionConfig, Scheduler[Array, FaceDetections]] = EngineKind(
     ("blazeface", "mtcnn"),
     LOCAL_RUNTIMES,
     "requests",
-    _vision_spec,
     _build_vision,
+    _vision_spec,
 )
 LLM: EngineKind[LlmConfig, LlmEngine] = EngineKind(
     "llm",
@@ -340,11 +366,11 @@ LLM: EngineKind[LlmConfig, LlmEngine] = EngineKind(
     ("smollm2-135m", "smollm2-135m-fp32"),
     ("local", "providers", *LOCAL_RUNTIMES),
     "steps",
-    _llm_spec,
     _build_llm,
+    _llm_spec,
 )
 TTS: EngineKind[TtsConfig, Scheduler[str, Array]] = EngineKind(
-    "tts", TtsConfig, ("piper-joe",), LOCAL_RUNTIMES, "requests", _tts_spec, _build_tts
+    "tts", TtsConfig, ("piper-joe",), LOCAL_RUNTIMES, "requests", _build_tts
 )
 
 #: THE table. Its order is the order of the settings and of ``TIDEGATE_ENGINES``'s help.
@@ -397,7 +423,7 @@ def engine_specs(
     for name in names:
         row = kind(name)
         try:
-            specs.append(row.spec(configs.by_name[name], defaults))
+            specs.append(row.make_spec(configs.by_name[name], defaults))
         except ValueError as e:
             if str(e).startswith(row.name):
                 raise

@@ -15,6 +15,7 @@ from .errors import EngineError
 from .llm import LlmEngine
 from .registry import (
     ENGINE_KINDS,
+    KINDS,
     KINDS_BY_NAME,
     LLM,
     BatchedHandle,
@@ -50,6 +51,7 @@ class EngineService:
         wheel_dir: Path | None = None,
         media_worker_threads: int = 2,
         media_max_pending_items: int = 32,
+        kinds: Sequence[EngineKind[Any, Any]] = KINDS,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -58,6 +60,7 @@ class EngineService:
         self.data_dir = data_dir
         self.custom = dict(custom or {})
         self.wheel_dir = wheel_dir
+        self.kinds = tuple(kinds)  # the table (registry.py), or more rows for a new kind
         #: every started engine's handle, by spec name (typed access: :meth:`get`)
         self.handles: dict[str, EngineHandle] = {}
         #: the request-batching ones (a :class:`Scheduler` each), as metrics see them
@@ -76,7 +79,7 @@ class EngineService:
         ctx = BuildContext(self.data_dir, self.custom, self.wheel_dir)
         try:
             for spec in self.specs:
-                build = handle_builder(spec, self.custom)
+                build = handle_builder(spec, self.custom, self.kinds)
                 handle = await asyncio.to_thread(build, spec, ctx)
                 self.handles[spec.name] = handle
                 if build is LLM.build:
