@@ -1,6 +1,7 @@
-"""The engines one server process runs: built from configuration, prepared if needed (from
-installed packages and cached wheels only — no download at start-up), loaded and warmed up
-off the event loop, each behind its own :class:`Scheduler`."""
+"""The engines one server process runs: built from their specs by their kind's row of the
+table (registry.py), prepared if needed (from installed packages and cached wheels only — no
+download at start-up), loaded and warmed up off the event loop, each as the handle its row
+says (a :class:`Scheduler`, or the LLM's step batcher or providers); ``get(ASR)`` is typed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from .llm import LlmEngine
 from .registry import (
     ENGINE_KINDS,
     KINDS,
-    KINDS_BY_NAME,
     LLM,
     BatchedHandle,
     BuildContext,
@@ -33,14 +33,12 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 H = TypeVar("H", bound=EngineHandle)
 
-# Kept for their importers: the table (registry.py) is where kinds and their models live.
-LLM_MODELS = LLM.models
-VISION_MODELS = KINDS_BY_NAME["vision"].models
+# EngineSpec and build_engine live in registry.py, with the table; imported from here too.
 __all__ = ["ENGINE_KINDS", "EngineService", "EngineSpec", "build_engine"]
 
 
 class EngineService:
-    """Named schedulers, started together and closed together."""
+    """Named engine handles, started together and closed together."""
 
     def __init__(
         self,
