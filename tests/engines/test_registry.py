@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ from tidegate.engines.vad import FRAME_SAMPLES, SileroVad, VadResult, VadSetting
 
 
 @pytest.mark.parametrize("row", KINDS, ids=lambda r: r.name)
-def test_every_row_is_complete(row: EngineKind[object, object]) -> None:  # type: ignore[type-var]
+def test_every_row_is_complete(row: EngineKind[Any, Any]) -> None:
     """Each kind names real default models, a batching, and a frozen config whose every field
     has a default and a doc; its default config makes a spec of its default model whose
     config is that config again."""
@@ -43,14 +44,14 @@ def test_every_row_is_complete(row: EngineKind[object, object]) -> None:  # type
     assert set(row.models) <= set(models.DEFAULT_MODELS)
     config = row.config()
     assert dataclasses.is_dataclass(config)
-    assert row.config.__dataclass_params__.frozen  # type: ignore[attr-defined]
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+    assert row.config.__dataclass_params__.frozen
+    for f in dataclasses.fields(config):
         assert f.metadata.get("doc"), f"{row.name}_{f.name} has no doc"
     spec = row.make_spec(config, EngineDefaults(max_sessions=7))
     assert spec.name == row.name and spec.model in (row.default_model, "providers")
     assert row.config_of(spec) == config
     if row.batching == "requests":
-        assert spec.policy == config.policy(7)  # type: ignore[attr-defined]
+        assert spec.policy == config.policy(7)
 
 
 def test_specs_follow_each_config() -> None:

@@ -213,8 +213,8 @@ def test_every_documented_variable_lands_in_its_field(tmp_path: Path) -> None:
 
 
 def test_docs_name_only_settings() -> None:
-    """Every TIDEGATE_* name the README and docs mention is a setting (or one of the test and
-    build harness's own variables)."""
+    """Every TIDEGATE_* name the README and docs mention is a setting (or a variable of the
+    test and build harness, or the TIDEGATE_RATE_* family's prefix)."""
     harness = {"TIDEGATE_BUILD_CACHE", "TIDEGATE_NETWORK_MODE", "TIDEGATE_NGINX_CONF",
                "TIDEGATE_TEST_TIMEOUT_FACTOR", "TIDEGATE_TLS_DIR", "TIDEGATE_RATE"}  # fmt: skip
     known = set(documented()) | harness
