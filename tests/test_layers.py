@@ -273,10 +273,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "tidegate.server.transcribe",
         "tidegate.server.vision",
     ],
-    [
-        "tidegate.server.engines",
-        "tidegate.server.settings",
-    ],
 ]
 
 
