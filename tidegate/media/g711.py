@@ -36,7 +36,7 @@ def ulaw_encode(samples: Int16Array | bytes) -> Uint8Array:
     """16-bit linear PCM to mu-law bytes (one per sample)."""
     x = _pcm(samples)
     sign = np.where(x < 0, 0x80, 0x00)  # inverted below with the rest: negative -> 0
-    mag = np.minimum(np.abs(x), _MULAW_CLIP) + _MULAW_BIAS
+    mag = np.minimum(np.where(x < 0, -x - 1, x), _MULAW_CLIP) + _MULAW_BIAS  # G.191: ~x
     # The segment is the position of the highest set bit above bit 7 (0..7).
     seg = np.searchsorted(_SEG_END, mag, side="left")
     mantissa = (mag >> (seg + 3)) & 0x0F

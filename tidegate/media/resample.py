@@ -10,7 +10,9 @@ rest. Hence, after ``n`` input samples in any chunking:
   the same samples whatever the chunk sizes), and
 - after :meth:`flush`, exactly ``ceil(n * out_hz / in_hz)`` outputs in all.
 
-The delay is ``half_taps`` input samples (about 0.3 ms at 48 kHz). Downsampling low-passes at
+The filter spans ``half_taps`` zero crossings of its low-pass either side (in input samples,
+``half_taps * in/out`` when downsampling): the delay is that many input samples (0.3 ms at
+48 -> 24 kHz, 2 ms at 48 -> 8 kHz). Downsampling low-passes at
 the output's Nyquist frequency (a Kaiser-windowed sinc), upsampling at the input's. Costs
 O(outputs * 2 * half_taps); run it off the event loop for large chunks.
 """
@@ -39,6 +41,9 @@ class StreamResampler:
         self.out_hz = out_hz
         self.up = out_hz // g  # L
         self.down = in_hz // g  # M
+        # The filter spans half_taps zero crossings of the low-pass either side: in input
+        # samples, more when downsampling (its cutoff is lower).
+        half_taps = math.ceil(half_taps * max(1.0, self.down / self.up))
         self.half_taps = half_taps
         self._bank = _filter_bank(self.up, self.down, half_taps)  # (L, 2W)
         # The input seen so far that outputs may still need, starting at absolute index _base
