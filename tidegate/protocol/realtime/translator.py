@@ -593,7 +593,7 @@ class RealtimeTranslator:
                         self._pending_updates.pop()
                     break
             self._create_options.pop(msg.ref, None)
-        message = msg.message
+        message = msg.message or f"refused by the session ({msg.code})"
         if msg.retry_after_ms is not None:
             message += f" (retry after {msg.retry_after_ms:.0f} ms)"
         self._error(
