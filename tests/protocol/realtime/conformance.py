@@ -29,7 +29,7 @@ def _no_extras(model: Any, path: str) -> None:
 
 def check_server_event(text: str) -> dict[str, Any]:
     """Validate one JSON text frame; returns it decoded."""
-    data = orjson.loads(text)
+    data: dict[str, Any] = orjson.loads(text)
     event = SERVER_EVENTS.validate_python(data)
     _no_extras(event, data["type"])
     return data

@@ -5,6 +5,7 @@
 - :mod:`.items`: the conversation items the dialect reports on;
 - :mod:`.audio`: the audio formats, and the :class:`~.audio.AudioCodec` port (implemented in
   ``tidegate.media.realtime_audio``: protocol/ does no DSP);
+- :mod:`.handshake`: the WebSocket opening (token, subprotocol, ``?model=``);
 - :mod:`.commands`: requests that tidegate's own client messages cannot carry;
 - :mod:`.translator`: :class:`RealtimeTranslator`, the whole dialect, driven by a thin shell.
 
@@ -15,6 +16,7 @@ from .audio import AudioCodec, AudioEncoder, AudioFormat
 from .commands import ClearInputAudio, Command, CommitInputAudio, CreateResponse
 from .errors import RealtimeCode, RealtimeError
 from .events import CLIENT_EVENT_TYPES, PARSERS, UNSUPPORTED_EVENTS, parse_client_event
+from .handshake import Handshake, accept
 from .session import SessionConfig
 from .translator import RealtimeTranslator, SessionInput
 
@@ -29,10 +31,12 @@ __all__ = [
     "Command",
     "CommitInputAudio",
     "CreateResponse",
+    "Handshake",
     "RealtimeCode",
     "RealtimeError",
     "RealtimeTranslator",
     "SessionConfig",
     "SessionInput",
+    "accept",
     "parse_client_event",
 ]
