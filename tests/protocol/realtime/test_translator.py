@@ -27,6 +27,7 @@ from tidegate.protocol.messages import (
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
     ResponseTextDelta,
+    SessionClose,
     SessionClosed,
     SessionCreate,
     SessionCreated,
@@ -664,3 +665,35 @@ def test_g711_in_and_out() -> None:
         base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
     )
     assert len(audio) == 5 * 160
+
+
+def test_the_first_update_may_switch_to_a_transcription_session() -> None:
+    """GA clients ask for a transcription session with session.update: before anything else
+    happens, the untouched assistant session is replaced by a transcribe one; afterwards the
+    kind is fixed."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    update = {
+        "type": "session.update",
+        "event_id": "sw",
+        "session": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+        },
+    }
+    assert send(t, update) == []
+    close, create = t.to_session()
+    assert isinstance(close, SessionClose) and isinstance(create, SessionCreate)
+    assert create.config == {"mode": "transcribe"}
+    assert feed(t, SessionClosed(reason="replaced")) == [] and t.close_code is None
+    (updated,) = feed(
+        t, SessionCreated(session_id="s_2", config=create.config, limits={}, ice_servers=())
+    )
+    assert updated["type"] == "session.updated" and updated["session"]["type"] == "transcription"
+    assert t.config.type == "transcription" and t.session_id == "s_2"
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)})
+    (err,) = errors(
+        send(t, {"type": "session.update", "event_id": "late", "session": {"type": "realtime"}})
+    )
+    assert err["code"] == RealtimeCode.INVALID_STATE and err["event_id"] == "late"

@@ -8,7 +8,9 @@ same places:
   ``["realtime", "openai-insecure-api-key.<jwt>"]``. The server answers ``realtime`` and never
   echoes the key entry; ``openai-organization.*`` and ``openai-project.*`` entries are ignored.
 
-``?model=`` is accepted and echoed in the session (tidegate serves its configured engines
+``?intent=transcription`` (the beta API's way, still used) opens a transcription session;
+otherwise the first ``session.update`` may switch the kind (``session.type``). ``?model=`` is
+accepted and echoed in the session (tidegate serves its configured engines
 whatever it says). The beta protocol (``OpenAI-Beta: realtime=v1`` header, or the
 ``openai-beta.realtime-v1`` subprotocol) names other event shapes: it is refused, naming it,
 rather than answered with GA events the client would misread. ``?call_id=`` (attaching to a
@@ -38,6 +40,7 @@ class Handshake:
     token: str | None  # None: no credentials offered (the shell refuses with 4401)
     subprotocol: str | None  # to answer with ("realtime" when offered)
     model: str
+    session_type: str  # "realtime", or "transcription" for ?intent=transcription
 
 
 def accept(
@@ -74,7 +77,14 @@ def accept(
             f"Invalid 'model': expected 1 to {MAX_MODEL_CHARS} printable characters.",
             param="model",
         )
-    return Handshake(token=token, subprotocol=answer, model=model)
+    intent = query.get("intent") or "realtime"
+    if intent not in ("realtime", "transcription"):
+        raise RealtimeError(
+            RealtimeCode.INVALID_VALUE,
+            "Invalid 'intent': expected 'realtime' or 'transcription'.",
+            param="intent",
+        )
+    return Handshake(token=token, subprotocol=answer, model=model, session_type=intent)
 
 
 def _beta() -> RealtimeError:

@@ -163,6 +163,7 @@ class RealtimeTranslator:
         self._bad_in_a_row = 0
         self._started = False
         self._closing = False
+        self._switching = False  # a session.type change: the old session closes, a new opens
         # tidegate message id -> the client event_id that caused it (None: no id given).
         self._refs: OrderedDict[str, str | None] = OrderedDict()
         self._pending_updates: deque[tuple[str, SessionConfig]] = deque()
@@ -268,16 +269,36 @@ class RealtimeTranslator:
     def _pending_config(self) -> SessionConfig:
         return self._pending_updates[-1][1] if self._pending_updates else self.config
 
+    def _fresh(self) -> bool:
+        """Nothing has happened on the session yet (the kind may still change)."""
+        return (
+            self.session_id is not None
+            and not self._switching
+            and not self._pending_updates
+            and self._in_samples == 0
+            and len(self.conversation) == 0
+            and not self._replies
+        )
+
     def _on_session_update(self, e: ev.SessionUpdate, now_ms: float) -> None:
         base = self._pending_config()
         if e.patch["type"] != base.type:
-            raise RealtimeError(
-                RealtimeCode.INVALID_STATE,
-                f"session.type cannot change on a session (it is '{base.type}'); open another "
-                "connection for the other kind.",
-                param="session.type",
-                event_id=e.event_id,
-            )
+            if not self._fresh():
+                raise RealtimeError(
+                    RealtimeCode.INVALID_STATE,
+                    f"session.type can change only before anything else happens on the session "
+                    f"(it is '{base.type}'); open another connection for the other kind.",
+                    param="session.type",
+                    event_id=e.event_id,
+                )
+            # A new tidegate session of the other mode replaces the untouched one.
+            new = SessionConfig(type=e.patch["type"], model=base.model).apply(e.patch)
+            self._switching = True
+            self._pending_updates.append((self._msg_id(), new))
+            self._send(SessionClose(id=self._msg_id()), e.event_id)
+            create = SessionCreate(config=new.tidegate_config(), id=self._pending_updates[-1][0])
+            self._send(create, e.event_id)
+            return
         new = base.apply(e.patch)
         if new.input_format is not base.input_format and self._in_samples:
             self._in_ms_base = self._in_media_ms()
@@ -570,6 +591,10 @@ class RealtimeTranslator:
 
     def _on_created(self, msg: SessionCreated, now_ms: float) -> None:
         self.session_id = msg.session_id
+        if self._switching:
+            self._switching = False
+            self._on_updated(SessionUpdated(config=msg.config), now_ms)
+            return
         self._emit("session.created", session=self.config.to_wire())
 
     def _on_updated(self, msg: SessionUpdated, now_ms: float) -> None:
@@ -580,6 +605,8 @@ class RealtimeTranslator:
         self._emit("session.updated", session=config.to_wire())
 
     def _on_closed(self, msg: SessionClosed, now_ms: float) -> None:
+        if self._switching:
+            return  # the session replaced by a session.type change
         self.close_code = CloseCode.NORMAL
         self.close_reason = msg.reason[:120]
 
@@ -587,6 +614,13 @@ class RealtimeTranslator:
         event_id = None
         if msg.ref is not None:
             event_id = self._refs.get(msg.ref)
+            if self._switching and self._pending_updates and self._pending_updates[0][0] == msg.ref:
+                # The new session was refused: there is none now; the client must reconnect.
+                self._switching = False
+                self.close_code = (
+                    CloseCode.INTERNAL if msg.code == "internal" else CloseCode.PROTOCOL_VIOLATION
+                )
+                self.close_reason = "the session of the requested type could not be opened"
             for i, (mid, _) in enumerate(self._pending_updates):
                 if mid == msg.ref:  # refused: it and the updates built on it are dropped
                     while len(self._pending_updates) > i:
