@@ -81,6 +81,9 @@ MIN_COMMIT_MS = 100.0  # as OpenAI: a commit needs at least 100 ms of audio
 MAX_ITEMS = 512
 MAX_PENDING_REFS = 1024
 MAX_BAD_EVENTS = 16  # in a row, then close 4400
+MAX_PENDING_UPDATES = 16  # session.update waiting for tidegate; more are refused
+MAX_OPEN_SPEECH = 64  # speech items waiting for their first transcript (drop oldest)
+MAX_REPLIES = 16  # tidegate runs one reply at a time; this only bounds a runtime's bug
 TIDEGATE_OUTPUT_RATE_HZ = 48_000
 
 SessionInput = ClientMessage | Command
@@ -177,7 +180,8 @@ class RealtimeTranslator:
         # speech items
         self._speech_item: str | None = None
         self._segments: dict[str, str] = {}  # tidegate segment_id -> item id
-        self._unassigned: deque[str] = deque()  # speech items waiting for their segment id
+        # Speech items waiting for their segment id (noise with no words never gets one).
+        self._unassigned: deque[str] = deque(maxlen=MAX_OPEN_SPEECH)
         self._partial: dict[str, str] = {}  # item id -> transcript so far
         # replies
         self._replies: dict[str, _Reply] = {}
@@ -299,6 +303,13 @@ class RealtimeTranslator:
             create = SessionCreate(config=new.tidegate_config(), id=self._pending_updates[-1][0])
             self._send(create, e.event_id)
             return
+        if len(self._pending_updates) >= MAX_PENDING_UPDATES:
+            raise RealtimeError(
+                RealtimeCode.INVALID_STATE,
+                f"{len(self._pending_updates)} session.update events are still waiting for the "
+                "session; wait for session.updated.",
+                event_id=e.event_id,
+            )
         new = base.apply(e.patch)
         if new.input_format is not base.input_format and self._in_samples:
             self._in_ms_base = self._in_media_ms()
@@ -558,6 +569,8 @@ class RealtimeTranslator:
         text = "\n".join(i.text for i in texts) or None
         mid = self._msg_id()
         self._create_options[mid] = e.options
+        while len(self._create_options) > MAX_PENDING_REFS:
+            self._create_options.pop(next(iter(self._create_options)))
         if e.options:
             self._send(CreateResponse(id=mid, text=text, options=dict(e.options)), e.event_id)
         else:
@@ -685,6 +698,8 @@ class RealtimeTranslator:
         before = self._partial.get(item_id, "")
         delta = text[len(before) :] if text.startswith(before) else text
         self._partial[item_id] = text
+        while len(self._partial) > MAX_OPEN_SPEECH:
+            self._partial.pop(next(iter(self._partial)))
         if delta and self._transcribing():
             self._emit(
                 "conversation.item.input_audio_transcription.delta",
@@ -724,6 +739,8 @@ class RealtimeTranslator:
         options = self._create_options.pop(msg.ref, {}) if msg.ref else {}
         reply = _Reply(msg.response_id, options)
         self._replies[msg.response_id] = reply
+        while len(self._replies) > MAX_REPLIES:
+            self._replies.pop(next(iter(self._replies)))
         self._open(reply)
 
     def _open(self, reply: _Reply) -> _Response:
