@@ -697,3 +697,22 @@ def test_the_first_update_may_switch_to_a_transcription_session() -> None:
         send(t, {"type": "session.update", "event_id": "late", "session": {"type": "realtime"}})
     )
     assert err["code"] == RealtimeCode.INVALID_STATE and err["event_id"] == "late"
+
+
+def test_media_time_goes_on_across_a_format_change() -> None:
+    """ts of input.audio is continuous when the input format changes mid-stream."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}, now_ms=0.0)
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcma"}}}},
+        },
+    )
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes(80))}, now_ms=20.0)
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes(80))}, now_ms=30.0)
+    msgs = [m for m in t.to_session() if isinstance(m, InputAudio)]
+    assert [(m.ts, m.sample_rate) for m in msgs] == [(0.0, 24_000), (20.0, 8_000), (30.0, 8_000)]

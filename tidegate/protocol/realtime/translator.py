@@ -279,7 +279,7 @@ class RealtimeTranslator:
             self.session_id is not None
             and not self._switching
             and not self._pending_updates
-            and self._in_samples == 0
+            and self._in_media_ms() == 0.0
             and len(self.conversation) == 0
             and not self._replies
         )
@@ -311,10 +311,6 @@ class RealtimeTranslator:
                 event_id=e.event_id,
             )
         new = base.apply(e.patch)
-        if new.input_format is not base.input_format and self._in_samples:
-            self._in_ms_base = self._in_media_ms()
-            self._in_samples = 0
-        self._in_rate_hz = new.input_format.rate_hz
         if new.tidegate_config() == base.tidegate_config() and not self._pending_updates:
             self.config = new
             self._emit("session.updated", session=new.to_wire())
@@ -364,6 +360,10 @@ class RealtimeTranslator:
             )
         self._lead_until_ms = start + duration
         self._uncommitted_ms += duration
+        if fmt.rate_hz != self._in_rate_hz:  # the format changed: media time goes on from here
+            self._in_ms_base = self._in_media_ms()
+            self._in_samples = 0
+            self._in_rate_hz = fmt.rate_hz
         pcm = self.audio.decode(fmt, e.audio)
         ts = self._in_media_ms()
         self._in_samples += len(e.audio) // fmt.sample_bytes
