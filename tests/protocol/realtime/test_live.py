@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from tests.engines.asr_audio import BECKETT, read_wav, wer
+from tests.engines.asr_audio import BECKETT, read_wav
 from tests.server.conftest import LiveServer, make_settings, run_server
 from tests.support import prepare_models, scaled, wait_ready
+from tidegate.bench.wer import wer
 from tidegate.media.realtime_audio import RealtimeAudioCodec
 from tidegate.media.resample import StreamResampler
 from tidegate.protocol.client import Client
