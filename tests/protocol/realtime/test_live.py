@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
 import time
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,66 @@ async def test_text_turn_speaks_back_in_g711(live: LiveServer) -> None:
     spoken_48k = sum(len(m.pcm) // 2 for m in b.tidegate if isinstance(m, OutputAudio))
     assert spoken_48k > 0
     assert len(audio) == -(-spoken_48k // 6)  # 8 kHz mu-law: one byte per sample, exactly
+
+
+@pytest.fixture(scope="module")
+def question(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
+    """A question spoken by espeak-ng: int16 mono samples and their rate."""
+    wav = tmp_path_factory.mktemp("speech") / "q.wav"
+    subprocess.run(
+        ["espeak-ng", "-s", "150", "-w", str(wav), "What is the capital of France?"], check=True
+    )
+    with wave.open(str(wav)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16), w.getframerate()
+
+
+async def test_spoken_turn(live: LiveServer, question: tuple[np.ndarray, int]) -> None:
+    """A spoken question (espeak-ng, resampled to 24 kHz) under server VAD: the user item is
+    committed and transcribed, then a response speaks back with its transcript; the
+    assistant item follows the user's."""
+    pcm, rate = question
+    pcm = np.concatenate([np.zeros(rate // 2, np.int16), pcm, np.zeros(rate * 2, np.int16)])
+    r = StreamResampler(rate, 24_000)
+    pcm24k = np.concatenate([r.process(pcm), r.flush()]).astype("<i2").tobytes()
+    step = 24 * 2 * CHUNK_MS
+    async with await live.client() as client:
+        b = Bridge(client, RealtimeTranslator(audio=RealtimeAudioCodec()))
+        await b.open()
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(b.read())
+            await b.send(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                    },
+                }
+            )
+            for i in range(0, len(pcm24k), step):
+                await b.send(
+                    {"type": "input_audio_buffer.append", "audio": b64(pcm24k[i : i + step])},
+                    now_ms=i / 48.0,
+                )
+            await b.until(lambda: b.of("response.done"), 120)
+            reader.cancel()
+        await client.close_session()
+    assert not b.of("error"), b.of("error")
+    kinds = [e["type"] for e in b.events]
+    for earlier, later in [
+        ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"),
+        ("input_audio_buffer.speech_stopped", "input_audio_buffer.committed"),
+        ("input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed"),
+        ("conversation.item.input_audio_transcription.completed", "response.created"),
+        ("response.created", "response.output_audio.delta"),
+        ("response.output_audio.delta", "response.done"),
+    ]:
+        assert kinds.index(earlier) < kinds.index(later), (earlier, later)
+    (completed,) = b.of("conversation.item.input_audio_transcription.completed")
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    user = completed["item_id"]
+    added = [e for e in b.of("conversation.item.added") if e["item"]["role"] == "assistant"]
+    assert added[0]["previous_item_id"] == user
+    (done,) = b.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"]
