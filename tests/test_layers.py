@@ -77,7 +77,9 @@ def test_imports_point_down(layer: str, path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p for p in (ROOT / "protocol").glob("*.py")), ids=lambda p: p.name
+    "path",
+    sorted([*(ROOT / "protocol").glob("*.py"), *(ROOT / "protocol" / "realtime").glob("*.py")]),
+    ids=lambda p: str(p.relative_to(ROOT / "protocol")),
 )
 def test_protocol_core_is_sans_io(path: Path) -> None:
     """The protocol core imports no event loop, socket, thread or clock."""
