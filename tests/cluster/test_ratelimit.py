@@ -11,7 +11,7 @@ from tidegate.cluster.link import RedisLink
 from tidegate.cluster.ratelimit import RedisBuckets
 from tidegate.server.auth import Principal
 from tidegate.server.errors import RateLimitedError
-from tidegate.server.limits import TokenBuckets
+from tidegate.sessions.limits import TokenBuckets
 
 ALICE = Principal(subject="alice", tenant="acme", scopes=frozenset({"session"}), expires_at_s=1e12)
 

@@ -13,7 +13,7 @@ from tests.cluster.redis_server import OwnRedis, eventually
 from tests.support import scaled
 from tidegate.cluster.link import RedisLink
 from tidegate.cluster.sensorbus import RedisSensorBus
-from tidegate.server.sensorbus import SensorSubscription
+from tidegate.sessions.sensorbus import SensorSubscription
 
 
 @pytest.fixture

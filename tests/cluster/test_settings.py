@@ -11,8 +11,8 @@ from tests.support import scaled
 from tidegate.protocol.messages import Metrics
 from tidegate.server.errors import ConfigError
 from tidegate.server.runtime import Runtime
-from tidegate.server.sensorbus import LocalSensorBus
 from tidegate.server.settings import Settings
+from tidegate.sessions.sensorbus import LocalSensorBus
 
 
 def test_node_id_is_the_setting_then_the_route_id_then_the_writers(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from tidegate.server.auth import Principal
 from tidegate.server.errors import ConfigError
-from tidegate.server.session import SessionRegistry
 from tidegate.server.settings import Settings
+from tidegate.sessions.session import SessionRegistry
 
 ALICE = Principal("alice", "acme", frozenset({"session"}), time.time() + 600)
 

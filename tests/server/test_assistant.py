@@ -23,6 +23,7 @@ from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Ok
 from tidegate.engines.tts.piper import resample
+from tidegate.pipelines.reply import Reply, ReplyLane, SpokenChunk
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -37,7 +38,6 @@ from tidegate.protocol.messages import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
-from tidegate.server.assistant import Reply, SpokenChunk
 
 from ..media.imagefiles import png_bomb, still, video
 from ..memory import PeakRss
@@ -245,7 +245,7 @@ async def test_speech_over_a_reply_cuts_it(
         await c.wait(lambda: len(c.done()) == 2)
         session = live.runtime.registry.get(c.session_id)
         assert session is not None
-        history = list(session.mode.history)  # type: ignore[union-attr]
+        history = list(session.mode.lane(ReplyLane).history)  # type: ignore[union-attr]
     first, second = c.done()
     assert first.status == "cancelled" and first.ref == "t1"
     said = c.deltas(first.response_id)
@@ -401,7 +401,7 @@ class rtc_call:
 
 
 def _at_16k(question: tuple[np.ndarray, int], tail_s: float = 1.0) -> np.ndarray:
-    from tidegate.server.transcribe import to_mono_16k
+    from tidegate.pipelines.audio import to_mono_16k
 
     pcm, rate = question
     speech = to_mono_16k(
@@ -471,12 +471,12 @@ async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> Non
     question = {"role": "user", "content": "Who do you see?"}
 
     def prompt() -> list[dict[str, str]]:
-        mode = session.mode
-        mode.history.append(question)  # type: ignore[union-attr]
+        reply = session.mode.lane(ReplyLane)  # type: ignore[union-attr]
+        reply.history.append(question)
         try:
-            return list(mode.messages())  # type: ignore[union-attr]
+            return list(reply.messages())
         finally:
-            mode.history.pop()  # type: ignore[union-attr]
+            reply.history.pop()
 
     async with converse(live) as c:
         session = live.runtime.registry.get(c.session_id)

@@ -20,6 +20,7 @@ from tests.support import scaled, wait_ready
 from tidegate.bench.llama_server import LlamaServer
 from tidegate.bench.wer import wer
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
+from tidegate.pipelines.reply import ReplyLane
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import (
     FunctionCallOutput,
@@ -175,7 +176,7 @@ async def test_cancel_while_a_call_waits(live: LiveServer) -> None:
         await c.wait(lambda: c.done(), timeout_s=TOOL_TIMEOUT_S / 2)
         session = live.runtime.registry.get(c.session_id)
         assert session is not None
-        history = list(session.mode.history)  # type: ignore[union-attr]
+        history = list(session.mode.lane(ReplyLane).history)  # type: ignore[union-attr]
     (done,) = c.done()
     assert done.status == "cancelled"
     assert all("tool_calls" not in m and m["role"] != "tool" for m in history)

@@ -19,7 +19,7 @@ import websockets
 
 from tests.support import scaled
 from tidegate.protocol import CloseCode
-from tidegate.server.session import Session
+from tidegate.sessions.session import Session
 
 from .conftest import LiveServer, make_settings, run_server
 

@@ -18,6 +18,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from tests.support import scaled
 from tidegate.media import AudioOutTrack, IcePolicy, apply_ice_policy
+from tidegate.pipelines.modes.loopback import LoopbackLane
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import (
     Metrics,
@@ -138,7 +139,7 @@ async def test_http_offer_route(server: LiveServer) -> None:
         mic.write(tone(1.0))
         session = server.runtime.registry.get(created.session_id)
         async with asyncio.timeout(scaled(10)):
-            while session.mode.rtc_audio_chunks < 10:
+            while session.mode.lane(LoopbackLane).rtc_audio_chunks < 10:
                 await asyncio.sleep(0.02)
         await pc.close()
 

@@ -364,9 +364,9 @@ async def test_every_audio_chunk_the_protocol_accepts_is_refused_or_survives() -
     from hypothesis import strategies as st
 
     from tidegate.media import AudioInbox
+    from tidegate.pipelines.audio import audio_frames, to_mono_16k
     from tidegate.protocol.messages import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ
     from tidegate.server.errors import InvalidConfigError
-    from tidegate.server.transcribe import audio_frames, to_mono_16k
 
     @settings(max_examples=400, deadline=None)
     @given(

@@ -13,9 +13,9 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tidegate.server.auth import Principal
-from tidegate.server.errors import NotFoundError, OverloadedError, RateLimitedError
-from tidegate.server.sensorbus import LocalSensorBus
+from tidegate.sessions.errors import NotFoundError, OverloadedError, RateLimitedError
+from tidegate.sessions.principal import Principal
+from tidegate.sessions.sensorbus import LocalSensorBus
 
 from .caches import ResultCaches
 from .directory import (
@@ -32,9 +32,9 @@ from .ratelimit import RedisBuckets
 from .sensorbus import RedisSensorBus
 
 if TYPE_CHECKING:
-    from tidegate.server.limits import Limiter
-    from tidegate.server.session import Session, SessionRegistry
     from tidegate.server.settings import Settings
+    from tidegate.sessions.limits import Limiter
+    from tidegate.sessions.session import Session, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class Cluster:
             )
         )
         registry.cluster = self
+        registry.caches = self.caches
 
     @property
     def shared(self) -> bool:

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tidegate.server.errors import ServerError
+from tidegate.sessions.errors import SharedStateDownError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def key_part(text: str) -> str:
     return text.replace("%", "%25").replace(":", "%3A")
 
 
-class RedisDownError(ServerError):
+class RedisDownError(SharedStateDownError):
     """Redis is unreachable: use the local fallback."""
 
 

@@ -6,7 +6,7 @@ says how long until one is back, and sets the hash to expire once it would be fu
 (a full bucket is the same as none). The script is the whole operation, so two nodes taking
 from one bucket at once cannot both take its last token.
 
-A node may take several tokens at once (a lease, see :class:`~tidegate.server.limits.
+A node may take several tokens at once (a lease, see :class:`~tidegate.sessions.limits.
 TokenBuckets`), so that a busy bucket (control messages) costs one round trip per lease, not
 per message. Tokens are taken from the shared bucket before they are used, so the cluster never
 goes over the limit; a node may refuse a little early while another holds unused leased tokens.

@@ -1,5 +1,5 @@
 """The sensor bus over Redis pub/sub: a subscriber on one node receives the readings a session
-publishes on another (:class:`~tidegate.server.sensorbus.SensorBus`: the in-process bus keeps
+publishes on another (:class:`~tidegate.sessions.sensorbus.SensorBus`: the in-process bus keeps
 this node's subscriptions; this one carries readings between nodes).
 
 - **Channels.** A session's readings go to ``sensor:<tenant>:<session id>``. A subscription
@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from tidegate.protocol.flow import BoundedBuffer, Overflow
-from tidegate.server.sensorbus import LocalSensorBus, SensorReading, SensorSubscription
+from tidegate.sessions.sensorbus import LocalSensorBus, SensorReading, SensorSubscription
 
 from .link import RedisDownError, RedisLink
 

@@ -3,7 +3,7 @@
 These are pure data structures: no asyncio, no clock. Every buffer states its bound (items,
 and optionally bytes) and what happens when it is full (:class:`Overflow`), and counts what
 went through it (:class:`BufferStats`) so the counts can reach the metrics endpoint. Waiting
-for space or for items belongs to the layer that waits (see ``tidegate.server.outbox`` or the
+for space or for items belongs to the layer that waits (see ``tidegate.sessions.outbox`` or the
 engine scheduler), which builds on these.
 """
 

@@ -16,12 +16,13 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+
+from tidegate.sessions.principal import SCOPE_ADMIN, SCOPE_SESSION, Principal
 
 from .errors import ConfigError, ForbiddenError, UnauthorizedError
 from .issuers import ClaimMap, load_issuers
@@ -35,28 +36,14 @@ from .jwks import (
 )
 from .settings import Settings
 
+__all__ = ["SCOPE_ADMIN", "SCOPE_SESSION", "Principal"]
+
 log = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
-SCOPE_SESSION = "session"
-SCOPE_ADMIN = "admin"
 KNOWN_SCOPES = frozenset({SCOPE_SESSION, SCOPE_ADMIN})
 MIN_SECRET_BYTES = 32
 MAX_SUBJECT_CHARS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who a verified token speaks for."""
-
-    subject: str
-    tenant: str
-    scopes: frozenset[str]
-    expires_at_s: float
-
-    @property
-    def is_admin(self) -> bool:
-        return SCOPE_ADMIN in self.scopes
 
 
 def load_or_create_secret(settings: Settings) -> bytes:

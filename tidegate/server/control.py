@@ -62,23 +62,18 @@ from tidegate.protocol.messages import (
     SessionUpdated,
     upload_size,
 )
+from tidegate.sessions.session import Session
 
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .errors import (
     ConnectionLimitError,
     ForbiddenError,
-    InvalidConfigError,
-    NotFoundError,
-    OverloadedError,
     RateLimitedError,
     RefusalError,
     UnauthorizedError,
 )
-from .modes import ENGINE_MODES, resolve_config, start_mode
 from .rtc import ice_servers_for
-from .sensors import SENSOR_TYPES, SensorLane
-from .session import Session
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -86,8 +81,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINE_WARMUP_RETRY_MS = 1_000.0
-DRAINING_RETRY_MS = 1_000.0  # a draining node: the client reconnects (another node answers)
 ROUTE_COOKIE = "tidegate_route"
 SESSIONLESS_RETRY_MS = 1_000.0
 # Close codes that end a connection for something the client did (logged at info, no
@@ -461,14 +454,9 @@ class ControlChannel:
                 await self._end_session(msg)
             elif kind is SessionUpdate:
                 self._update(msg)  # type: ignore[arg-type]
-            elif msg.TYPE in SENSOR_TYPES:
-                assert self.session is not None and self.session.sensors is not None
-                await self.session.sensors.handle(msg)
             else:
-                session = self.session
-                assert session is not None
-                assert session.mode is not None
-                await session.mode.handle(msg)
+                assert self.session is not None  # the protocol's state machine checked it
+                await self.runtime.sessions.handle(self.session, msg)
         except RefusalError as e:
             self._refused(msg, e)
         except Disconnected:
@@ -502,62 +490,14 @@ class ControlChannel:
             self.session.return_credit(upload_size(msg))
 
     async def _create(self, msg: SessionCreate) -> None:
-        registry = self.runtime.registry
+        sessions = self.runtime.sessions
         if msg.session_id is not None:
-            try:
-                session = registry.resume(msg.session_id, self.principal, self._client_info())
-            except NotFoundError:  # another node's? then say which
-                tenant = self.principal.tenant
-                await self.runtime.cluster.wrong_node(msg.session_id, tenant, msg.TYPE)
-                raise
-            resumed = True
-            if msg.config is not None:
-                config = resolve_config(
-                    msg.config, session.config["mode"], self.runtime.engines, **self._tool_limits()
-                )
-                if config != session.config:
-                    raise InvalidConfigError(
-                        "session.create: a resumed session keeps its config; use session.update"
-                    )
-        else:
-            engines = self.runtime.engines
-            mode = (msg.config or {}).get("mode", self.runtime.settings.default_mode)
-            if self.runtime.draining:  # SIGTERM: this node's sessions finish, no new ones
-                raise OverloadedError(
-                    "this node is shutting down; connect again to reach another node",
-                    retry_after_ms=DRAINING_RETRY_MS,
-                )
-            if mode in ENGINE_MODES and self.runtime.engines_warming:
-                raise OverloadedError(
-                    "the engines are still warming up; try again shortly",
-                    retry_after_ms=ENGINE_WARMUP_RETRY_MS,
-                )
-            self.runtime.admission.check(mode, engines)  # an engine it needs is saturated?
-            config = resolve_config(
-                msg.config, self.runtime.settings.default_mode, engines, **self._tool_limits()
+            session = await sessions.resume(
+                msg.session_id, self.principal, client=self._client_info(), config=msg.config
             )
-            cluster = self.runtime.cluster
-            ticket = await cluster.admit(self.principal)  # quotas and limits across the nodes
-            try:
-                session = registry.create(self.principal, config, self._client_info())
-            except BaseException:
-                await cluster.cancel(ticket)
-                raise
-            try:
-                await cluster.register(session, ticket)
-                session.mode = start_mode(session, engines)
-                session.sensors = SensorLane(
-                    session,
-                    self.runtime.sensor_bus,
-                    registry.get,
-                    self.runtime.cluster.held_elsewhere,
-                )
-            except BaseException:  # never attached: gone at once, not after its window
-                await registry.remove(session, "closed", "the session failed to start")
-                raise
-            interval = self.runtime.settings.metrics_interval_s
-            if interval > 0:
-                session.spawn(session.run_metrics(interval), "metrics")
+            resumed = True
+        else:
+            session = await sessions.open(self.principal, msg.config, client=self._client_info())
             resumed = False
         self.session = session
         self.conn.continue_seq(session.last_seq)
@@ -573,7 +513,7 @@ class ControlChannel:
             session_id=session.id,
             config=session.config,
             limits=self.runtime.limits(),
-            ice_servers=ice_servers_for(session),
+            ice_servers=ice_servers_for(self.runtime.settings, session),
             resumed=resumed,
             ref=msg.id,
         )
@@ -584,25 +524,12 @@ class ControlChannel:
             self._write_loop(session), name=f"{session.id}:writer"
         )
 
-    def _tool_limits(self) -> dict[str, int]:
-        s = self.runtime.settings
-        return {
-            "max_tools_items": s.assistant_max_tools_items,
-            "max_tools_bytes": s.assistant_max_tools_bytes,
-        }
-
     def _client_info(self) -> dict[str, Any]:
         return client_info(self.ws.scope, self.conn.codec.name)
 
     def _update(self, msg: SessionUpdate) -> None:
         assert self.session is not None
-        current = self.session.config
-        merged = resolve_config(
-            {**current, **msg.config}, current["mode"], self.runtime.engines, **self._tool_limits()
-        )
-        if merged["mode"] != current["mode"]:
-            raise InvalidConfigError("session.update: the mode of a session cannot change")
-        self.session.config = merged
+        merged = self.runtime.sessions.update(self.session, msg.config)
         self.session.emit(SessionUpdated(config=merged, ref=msg.id))
 
     async def _end_session(self, msg: ClientMessage) -> None:
@@ -612,7 +539,7 @@ class ControlChannel:
         self.conn.send(SessionClosed(reason="closed by the client", ref=msg.id), now_ms())
         await self._flush()
         self.session = None
-        await self.runtime.registry.remove(session)
+        await self.runtime.sessions.close(session)
         self._fail(CloseCode.NORMAL, "session closed")
 
     # -- writing --------------------------------------------------------------------------------

@@ -1,8 +1,33 @@
-"""Exceptions of the server package. Each refusal maps to a wire error code."""
+"""Exceptions of the server package. The refusals (each mapped to a wire error code) are
+:mod:`tidegate.pipelines.errors`'s, re-exported here."""
 
 from __future__ import annotations
 
-from tidegate.protocol import CloseCode, ErrorCode
+from tidegate.pipelines.errors import (
+    ConnectionLimitError,
+    ForbiddenError,
+    InvalidConfigError,
+    NotFoundError,
+    OverloadedError,
+    RateLimitedError,
+    RefusalError,
+    UnauthorizedError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConnectionLimitError",
+    "ForbiddenError",
+    "InvalidConfigError",
+    "NotFoundError",
+    "OverloadedError",
+    "RateLimitedError",
+    "RefusalError",
+    "ServerError",
+    "UnauthorizedError",
+    "UnsupportedError",
+]
 
 
 class ServerError(Exception):
@@ -11,55 +36,3 @@ class ServerError(Exception):
 
 class ConfigError(ServerError):
     """A setting has a value we cannot use; the message names it."""
-
-
-class RefusalError(ServerError):
-    """A request refused for a reason the client caused or must know about.
-
-    ``code`` travels in the ``error`` message; ``close_code`` is set when the refusal ends the
-    connection; ``retry_after_ms`` hints when trying again may succeed.
-    """
-
-    code: ErrorCode = ErrorCode.FORBIDDEN
-    close_code: CloseCode | None = None
-
-    def __init__(self, message: str, *, retry_after_ms: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_ms = retry_after_ms
-
-
-class UnauthorizedError(RefusalError):
-    code = ErrorCode.UNAUTHORIZED
-    close_code = CloseCode.UNAUTHORIZED
-
-
-class ForbiddenError(RefusalError):
-    code = ErrorCode.FORBIDDEN
-    close_code = CloseCode.FORBIDDEN
-
-
-class NotFoundError(RefusalError):
-    code = ErrorCode.NOT_FOUND
-
-
-class UnsupportedError(RefusalError):
-    code = ErrorCode.UNSUPPORTED
-
-
-class InvalidConfigError(RefusalError):
-    code = ErrorCode.INVALID_FIELD
-
-
-class OverloadedError(RefusalError):
-    code = ErrorCode.OVERLOADED
-
-
-class RateLimitedError(RefusalError):
-    code = ErrorCode.RATE_LIMITED
-
-
-class ConnectionLimitError(RateLimitedError):
-    """Too many connections of one subject: refused, and the connection closed (4429)."""
-
-    close_code = CloseCode.RATE_LIMITED

@@ -8,27 +8,27 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from tidegate.cluster import Cluster
 from tidegate.cluster.metrics import ClusterCollector
+from tidegate.sessions.admission import Admission
+from tidegate.sessions.api import Sessions
+from tidegate.sessions.limits import Limiter
+from tidegate.sessions.sensorbus import SensorBus
+from tidegate.sessions.session import SessionRegistry
 from tidegate.store.metrics import RecordWriterCollector
 from tidegate.store.writer import RecordWriter
 
-from .admission import Admission
 from .auth import TokenVerifier
 from .gate import ConnectionGate
-from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
-from .sensorbus import SensorBus
-from .session import SessionRegistry
+from .modes import ModeStarter
 from .settings import Settings
 
 if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
-
-    from .control import ControlChannel
 
 log = logging.getLogger(__name__)
 WATCHDOG_INTERVAL_S = 1.0
@@ -40,6 +40,12 @@ def prepare_offline(data_dir: Path, name: str) -> None:
     from tidegate.tools.prepare import prepare_offline as prepare
 
     prepare(data_dir, name)
+
+
+class Channel(Protocol):
+    """A live control connection, as the send watchdog sees it (server/control.py)."""
+
+    def check_send_stuck(self, now_s: float) -> bool: ...
 
 
 class Runtime:
@@ -59,13 +65,26 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)
+        #: the one way to open, resume and close a session (every transport calls it)
+        self.sessions = Sessions(
+            self,
+            self.registry,
+            self.cluster,
+            self.admission,
+            self.sensor_bus,
+            ModeStarter(settings),
+            default_mode=settings.default_mode,
+            max_tools_items=settings.assistant_max_tools_items,
+            max_tools_bytes=settings.assistant_max_tools_bytes,
+            metrics_interval_s=settings.metrics_interval_s,
+        )
         self.refusals: Counter[str] = Counter()  # wire error codes sent, for /metrics
         self.metrics = ServerMetrics(self)
         self.metrics.registry.register(ClusterCollector(self.cluster))
         self.metrics.registry.register(RecordWriterCollector(self.recorder))
         self.metrics.registry.register(self.verifier.collector)
         self.registry.removed_hooks.append(self.metrics.collector.session_removed)
-        self.channels: set[ControlChannel] = set()
+        self.channels: set[Channel] = set()
         #: control connections without a session, per subject (tenant, sub); see control.py
         self.sessionless: Counter[tuple[str, str]] = Counter()
         self.ready = False

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.server.conftest import make_settings
 from tidegate.server.auth import Principal
-from tidegate.server.session import SessionRegistry
-
-from .conftest import make_settings
+from tidegate.sessions.session import SessionRegistry
 
 ALICE = Principal("alice", "acme", frozenset({"session"}), 0.0)
 

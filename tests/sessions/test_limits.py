@@ -8,13 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.server.conftest import make_settings, run_server
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import Error, FlowCredit, InputSensor, InputText, ResponseDone
 from tidegate.server.auth import Principal
 from tidegate.server.errors import RateLimitedError
-from tidegate.server.limits import Slots, TokenBuckets
-
-from .conftest import make_settings, run_server
+from tidegate.sessions.limits import Slots, TokenBuckets
 
 
 def test_bucket_refills_at_its_rate_and_says_when() -> None:

@@ -1,12 +1,8 @@
-"""The ``assistant`` session mode: the transcribe lane (VAD -> ASR), then LLM -> TTS replies.
+"""The reply lane: LLM -> TTS -> audio out, with barge-in.
 
-Audio comes in exactly as in :mod:`tidegate.server.transcribe` (this mode *is* that lane, with
-its hooks filled in). What this module adds (docs/assistant.md):
+A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a user message
+(:meth:`ReplyLane.answer`), or on ``response.create``. What the lane does (docs/assistant.md):
 
-- **Turns.** The user's turn ends when the VAD has reported the end of speech, the ASR final of
-  every segment is out, and ``assistant_end_of_turn_s`` have passed since the end of speech
-  with no new speech. The turn's finals, joined, become the user message. ``input.text`` and
-  ``response.create`` start a reply too.
 - **Replies.** A reply streams from the shared :class:`~tidegate.engines.llm.LlmBatcher` (the
   session's conversation KV cache is reused across turns) as ``response.text.delta``; its text
   goes into a :class:`~tidegate.engines.tts.TtsStream` as it arrives, and the speech goes onto
@@ -15,7 +11,7 @@ its hooks filled in). What this module adds (docs/assistant.md):
   Audio is paced by the clock at most ``assistant_audio_lead_s`` ahead of its playout, so that
   a cut flushes little and we know what the user has heard. ``response.done`` (completed) comes
   once the last audio has played out.
-- **Barge-in.** Speech reported by the VAD while a reply is generated or spoken cuts it at
+- **Barge-in.** Speech over a reply (turn-taking calls :meth:`ReplyLane.barge_in`) cuts it at
   once: the generation is cancelled (it stops within one decode step), pending text and audio
   are dropped (``TtsStream.interrupt``, ``AudioOutTrack.flush``), and ``response.done`` says
   ``cancelled`` with ``text`` = the reply as far as its audio had played (whole chunks, and
@@ -34,30 +30,27 @@ import bisect
 import contextlib
 import logging
 import re
+import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from tidegate.engines.errors import DeadlineError, EngineError, OverloadedError
 from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
 from tidegate.engines.llm.tools import ToolCall, ToolCallDelta, ToolCallError
-from tidegate.engines.registry import TTS, VISION
 from tidegate.engines.runtime import Array
 from tidegate.engines.runtime.openai import ProviderError
-from tidegate.engines.service import EngineService
+from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
 from tidegate.engines.tts import TtsStream
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
-from tidegate.pipelines.records import Response as ResponseRecord
-from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     FunctionCallOutput,
-    InputFrame,
-    InputText,
     OutputAudio,
     ResponseCancel,
     ResponseCreate,
@@ -69,17 +62,28 @@ from tidegate.protocol.messages import (
     Timing,
 )
 
+from .audio import SAMPLE_RATE_HZ, now_ms
+from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError
-from .modes import new_response_id
-from .session import Session
-from .transcribe import SAMPLE_RATE_HZ, TranscribeMode, now_ms
-from .vision import VisionLane
+from .media import SessionMedia
+from .port import Handler, SessionPort
+from .records import Response as ResponseRecord
 
 log = logging.getLogger(__name__)
 
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
+
+
+def new_response_id() -> str:
+    return "r_" + secrets.token_urlsafe(9)
+
+
+class Sight(Protocol):
+    """What the camera sees, for the LLM (the vision lane)."""
+
+    def context(self, max_age_s: float) -> str | None: ...
 
 
 def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -187,139 +191,99 @@ def _reason(e: Exception) -> str:
     return "the reply could not be generated (internal error; see the server log)"
 
 
-class AssistantMode(TranscribeMode):
+class ReplyLane:
     """See the module docstring."""
 
-    name = "assistant"
+    name = "reply"
 
-    def __init__(self, session: Session, engines: EngineService) -> None:
-        super().__init__(session, engines)
-        s = session.settings
-        self.llm: LlmEngine = engines.llm()
-        self.tts = engines.get(TTS)
-        self.voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
+    def __init__(
+        self,
+        session: SessionPort,
+        config: ReplyConfig,
+        llm: LlmEngine,
+        tts: Scheduler[Any, Any],
+        *,
+        voice: str,
+        media: SessionMedia,
+        sight: Sight | None = None,
+    ) -> None:
+        self.session = session
+        self.config = config
+        self.llm = llm
+        self.tts = tts
+        self.voice = voice
+        self.media = media
+        self.sight = sight
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
-        self._turn: list[str] = []
-        self._turn_received = 0.0
-        self._stopped_at = 0.0
-        self._turn_timer: asyncio.Task[Any] | None = None
-        self._params = SamplingParams(max_tokens=s.assistant_max_reply_tokens)
-        self.counters.update(
-            turns=0,
-            responses=0,
-            completed=0,
-            cancelled=0,
-            failed=0,
-            barge_ins=0,
-            audio_frames=0,
-            tool_calls=0,
-        )
-        self.vision: VisionLane | None = None
-        if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
-            self.vision = VisionLane(
-                session,
-                engines.get(VISION),
-                s.assistant_vision_interval_s,
-                workers=engines.media,
-                max_pixels=s.frame_max_pixels,
-            )
-            session.spawn(self.vision.run(), "vision")
+        self._params = SamplingParams(max_tokens=config.max_reply_tokens)
+        self.counters = {
+            "responses": 0,
+            "completed": 0,
+            "cancelled": 0,
+            "failed": 0,
+            "barge_ins": 0,
+            "audio_frames": 0,
+            "tool_calls": 0,
+        }
 
-    def _start_media(self, peer: MediaPeer) -> None:
-        super()._start_media(peer)
-        if self.vision is not None and peer.video_in is not None:
-            self.vision.video = peer.video_in
+    def handlers(self) -> Mapping[type[Any], Handler]:
+        return {
+            ResponseCreate: self._create,
+            ResponseCancel: self._cancel,
+            FunctionCallOutput: self._call_output,
+        }
+
+    def start_media(self, peer: MediaPeer) -> None:
+        """The outbound track is read from the media lane when a reply speaks."""
 
     # -- input ------------------------------------------------------------------------------
-    async def handle_other(self, msg: ClientMessage) -> None:
-        kind = type(msg)
-        if kind is InputText:
-            assert isinstance(msg, InputText)
-            if self.vision is not None:
-                await self.vision.at_turn_end()  # a typed turn ends here
-            self._user_says(msg.text)
-            self._start_reply(msg.id, now_ms())
-        elif kind is ResponseCreate:
-            assert isinstance(msg, ResponseCreate)
-            if msg.text is not None:
-                self._user_says(msg.text)
-            elif not self.history or self.history[-1]["role"] != "user":
-                raise InvalidConfigError(
-                    "response.create: there is no user message to answer; give 'text'"
-                )
-            self._start_reply(msg.id, now_ms())
-        elif kind is InputFrame and self.vision is not None:
-            assert isinstance(msg, InputFrame)
-            self.vision.push(msg, now_ms())
-        elif kind is ResponseCancel:
-            assert isinstance(msg, ResponseCancel)
-            reply = self.reply
-            if reply is None or (msg.response_id not in (None, reply.id)):
-                which = f"response {msg.response_id!r}" if msg.response_id else "response"
-                raise NotFoundError(f"no {which} in progress")
+    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
+        """The user said ``text`` (a turn, or ``input.text``): reply to it."""
+        self._user_says(text)
+        self._start_reply(ref, received_ms, spoken=spoken)
+
+    def barge_in(self) -> None:
+        """The user started speaking: cut the reply in progress, if any."""
+        reply = self.reply
+        if reply is not None:
+            self.counters["barge_ins"] += 1
             self._cut(reply)
-        elif kind is FunctionCallOutput:
-            assert isinstance(msg, FunctionCallOutput)
-            reply = self.reply
-            waiting = reply.pending.get(msg.call_id) if reply is not None else None
-            if waiting is None or waiting.done():
-                raise NotFoundError(f"no tool call {msg.call_id!r} is waiting for its output")
-            waiting.set_result(msg.output)
-        else:
-            await super().handle_other(msg)
+
+    async def _create(self, msg: ResponseCreate) -> None:
+        if msg.text is not None:
+            self._user_says(msg.text)
+        elif not self.history or self.history[-1]["role"] != "user":
+            raise InvalidConfigError(
+                "response.create: there is no user message to answer; give 'text'"
+            )
+        self._start_reply(msg.id, now_ms())
+
+    async def _cancel(self, msg: ResponseCancel) -> None:
+        reply = self.reply
+        if reply is None or (msg.response_id not in (None, reply.id)):
+            which = f"response {msg.response_id!r}" if msg.response_id else "response"
+            raise NotFoundError(f"no {which} in progress")
+        self._cut(reply)
+
+    async def _call_output(self, msg: FunctionCallOutput) -> None:
+        reply = self.reply
+        waiting = reply.pending.get(msg.call_id) if reply is not None else None
+        if waiting is None or waiting.done():
+            raise NotFoundError(f"no tool call {msg.call_id!r} is waiting for its output")
+        waiting.set_result(msg.output)
 
     def _user_says(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
         self._trim_history()
 
     def _trim_history(self) -> None:
-        excess = len(self.history) - self.session.settings.assistant_max_history_messages
+        excess = len(self.history) - self.config.max_history_messages
         if excess > 0:
             del self.history[:excess]
             # a tool result or call cut off from its turn would be refused by the LLM
             while self.history and self.history[0]["role"] == "tool":
                 del self.history[0]
-
-    # -- turns (hooks of the audio lane) ----------------------------------------------------
-    def on_speech_started(self) -> None:
-        if self._turn_timer is not None:
-            self._turn_timer.cancel()  # the turn goes on
-            self._turn_timer = None
-        reply = self.reply
-        if reply is not None:
-            self.counters["barge_ins"] += 1
-            self._cut(reply)
-
-    def on_speech_stopped(self) -> None:
-        self._stopped_at = time.monotonic()
-
-    def on_final(self, text: str, received: float) -> None:
-        self._turn.append(text)
-        self._turn_received = received
-        if self._segment is None and len(self._finals) <= 1:  # no speech or final pending
-            if self._turn_timer is not None:
-                self._turn_timer.cancel()
-            wait_s = self._stopped_at + self.session.settings.assistant_end_of_turn_s
-            self._turn_timer = self.session.spawn(
-                self._end_turn(max(0.0, wait_s - time.monotonic())), "turn-end"
-            )
-
-    async def _end_turn(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        self._turn_timer = None
-        if self._segment is not None or not self._turn:
-            return
-        text = " ".join(self._turn)
-        self._turn.clear()
-        if self.vision is not None:
-            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
-            if self._segment is not None:  # the user spoke again meanwhile: the turn goes on
-                self._turn.insert(0, text)
-                return
-        self.counters["turns"] += 1
-        self._user_says(text)
-        self._start_reply(None, self._turn_received, spoken=True)
 
     # -- replies ----------------------------------------------------------------------------
     def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
@@ -338,7 +302,7 @@ class AssistantMode(TranscribeMode):
             reply.started_ms = now_ms()
             tts = TtsStream(
                 lambda chunk: self._synthesize(reply, chunk),
-                max_pending_chunks=s.settings.assistant_max_pending_chunks,
+                max_pending_chunks=self.config.max_pending_chunks,
             )
             reply.tts = tts
             reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
@@ -405,7 +369,7 @@ class AssistantMode(TranscribeMode):
         ``function_call.output`` (at most ``assistant_tool_timeout_s``); the messages that
         carry the calls and their outputs to the next round (also kept in the history)."""
         s = self.session
-        limit = s.settings.assistant_max_tool_calls_items
+        limit = self.config.max_tool_calls_items
         reply.calls_made += len(calls)
         if reply.calls_made > limit:
             raise ToolTimeoutError(
@@ -424,7 +388,7 @@ class AssistantMode(TranscribeMode):
                     arguments=call.arguments,
                 )
             )
-        timeout_s = s.settings.assistant_tool_timeout_s
+        timeout_s = self.config.tool_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 outputs = [await reply.pending[c.call_id] for c in calls]
@@ -467,9 +431,9 @@ class AssistantMode(TranscribeMode):
     def messages(self) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt, the history and, just before the last
         user message, what the camera sees (not kept in the history)."""
-        s = self.session.settings
-        out = [{"role": "system", "content": s.assistant_system_prompt}, *self.history]
-        sight = self.vision.context(s.assistant_vision_max_age_s) if self.vision else None
+        c = self.config
+        out = [{"role": "system", "content": c.system_prompt}, *self.history]
+        sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})
         return out
@@ -494,7 +458,7 @@ class AssistantMode(TranscribeMode):
     async def _speak(self, reply: Reply, tts: TtsStream) -> None:
         """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout;
         return once the last one has played."""
-        lead_s = self.session.settings.assistant_audio_lead_s
+        lead_s = self.config.audio_lead_s
         index, left, j = -1, 0, 0
         async for frame in tts.frames():
             while left == 0:
@@ -601,12 +565,11 @@ class AssistantMode(TranscribeMode):
 
     # -- the rest ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        out = super().stats()
-        out["history_messages"] = len(self.history)
-        out["reply"] = None if self.reply is None else self.reply.id
-        if self.vision is not None:
-            out["vision"] = self.vision.stats()
-        return out
+        return {
+            **self.counters,
+            "history_messages": len(self.history),
+            "reply": None if self.reply is None else self.reply.id,
+        }
 
     async def close(self) -> None:
         reply = self.reply
@@ -617,4 +580,3 @@ class AssistantMode(TranscribeMode):
                 with contextlib.suppress(asyncio.CancelledError):
                     await reply.tts.close()
         self.llm.close_session(self.session.id)
-        await super().close()

@@ -1,4 +1,7 @@
-"""A session's vision lane: the freshest frame, looked at by the vision engine at a set rate.
+"""The vision lane: the freshest frame, looked at by the vision engine at a set rate.
+
+The ``vision`` mode is this lane alone (a camera or edge device); the ``assistant`` adds it when
+the server runs a vision engine, and its turn-taking asks it for a look at each turn's end.
 
 Frames come from WS-only ``input.frame`` (jpeg, png, rgb24, i420) or from the WebRTC video
 track (:class:`~tidegate.media.VideoInbox`). Both wait in a latest-only slot (DESIGN.md,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +39,14 @@ from tidegate.engines.errors import EngineError
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vision import FaceDetections
 from tidegate.engines.workers import WorkerPool
-from tidegate.media import VideoInbox
+from tidegate.media import MediaPeer, VideoInbox
 from tidegate.media.images import ImageError, ImageHeader, decode_image, read_header
 from tidegate.protocol import ErrorCode, LatestSlot
 from tidegate.protocol.messages import Detection, Error, InputFrame, Timing, VisionResult
 
+from .config import VisionConfig
 from .errors import InvalidConfigError
-from .session import Session
+from .port import Handler, SessionPort
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +77,20 @@ class Sight:
 class VisionLane:
     """See the module docstring."""
 
+    name = "vision"
+
     def __init__(
         self,
-        session: Session,
+        session: SessionPort,
+        config: VisionConfig,
         scheduler: Scheduler[Any, Any],
-        interval_s: float,
-        *,
         workers: WorkerPool,
-        max_pixels: int,
-    ):
+    ) -> None:
         self.session = session
         self.scheduler = scheduler
-        self.interval_s = interval_s
+        self.interval_s = config.interval_s
         self.workers = workers
-        self.max_pixels = max_pixels
+        self.max_pixels = config.max_pixels
         self.slot: LatestSlot[tuple[InputFrame, ImageHeader, float]] = LatestSlot("vision_in")
         self.video: VideoInbox | None = None
         self.latest: Sight | None = None
@@ -97,6 +102,18 @@ class VisionLane:
             "decode_refused": 0,
             "turn_looks": 0,
         }
+        if self.interval_s > 0:
+            session.spawn(self.run(), "vision")
+
+    def handlers(self) -> Mapping[type[Any], Handler]:
+        return {InputFrame: self._frame}
+
+    async def _frame(self, msg: InputFrame) -> None:
+        self.push(msg, time.time() * 1000.0)
+
+    def start_media(self, peer: MediaPeer) -> None:
+        if peer.video_in is not None:
+            self.video = peer.video_in
 
     def push(self, msg: InputFrame, received_ms: float) -> None:
         """A WS-only frame: its header is checked at once (a bad one is refused with
@@ -187,4 +204,7 @@ class VisionLane:
         return f"The camera sees {faces} in view."
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, "slot": self.slot.stats.as_dict()}
+        return {"vision": {**self.counters, "slot": self.slot.stats.as_dict()}}
+
+    async def close(self) -> None:
+        """Nothing of its own to close: its task is the session's, the video the media's."""

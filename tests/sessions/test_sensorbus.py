@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from tests.support import scaled
-from tidegate.server.sensorbus import LocalSensorBus, SensorBus, SensorReading, SensorSubscription
+from tidegate.sessions.sensorbus import LocalSensorBus, SensorBus, SensorReading, SensorSubscription
 
 BUSES: dict[str, Callable[[], SensorBus]] = {"local": LocalSensorBus}
 

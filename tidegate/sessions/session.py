@@ -3,8 +3,10 @@
 A session belongs to a tenant and outlives its connection for ``session_resume_s``, so that a
 client that lost its WebSocket can resume it (``session.create`` with ``session_id``) and get
 the events queued meanwhile. What a session does with its input is its mode's business
-(:mod:`tidegate.server.modes`); the session owns the mode, the outbox, the upload credit it
-hands back, and every task it starts.
+(:mod:`tidegate.pipelines.registry`); the session owns the mode, the outbox, the upload credit
+it hands back, and every task it starts. A session is complete when constructed: its mode and
+its sensor lane are built by the factories it is given, with the session as their port.
+Sessions are opened, resumed and closed through :class:`tidegate.sessions.api.Sessions`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tidegate.pipelines.errors import (
+    ForbiddenError,
+    NotFoundError,
+    OverloadedError,
+    RateLimitedError,
+)
+from tidegate.pipelines.port import ReplyCaches, StageTimesPort
 from tidegate.pipelines.records import (
     Record,
     Recorder,
@@ -28,22 +37,42 @@ from tidegate.pipelines.records import (
 from tidegate.protocol import ClientMessage, ServerMessage
 from tidegate.protocol.messages import FlowCredit, Metrics
 
-from .auth import Principal
-from .errors import ForbiddenError, NotFoundError, OverloadedError, RateLimitedError
 from .outbox import Outbox
-from .settings import Settings
+from .principal import Principal
+from .sensors import SensorSettings
 
 if TYPE_CHECKING:
-    from tidegate.cluster import Cluster
-    from tidegate.cluster.caches import ResultCaches
-
     from .limits import Limiter
-    from .metrics import StageTimes
     from .sensors import SensorLane
+
+#: builds a session's mode (or its sensor lane), given the session as the lanes' port
+ModeFactory = Callable[["Session"], "Mode"]
+SensorsFactory = Callable[["Session"], "SensorLane"]
 
 log = logging.getLogger(__name__)
 
 RESUME_RETRY_AFTER_MS = 1_000.0
+
+
+class SessionSettings(SensorSettings, Protocol):
+    """The settings the session runtime reads (the server's Settings has them)."""
+
+    @property
+    def outbox_max_messages(self) -> int: ...
+    @property
+    def outbox_max_bytes(self) -> int: ...
+    @property
+    def upload_credit_messages(self) -> int: ...
+    @property
+    def upload_credit_bytes(self) -> int: ...
+    @property
+    def session_resume_s(self) -> float: ...
+    @property
+    def max_sessions(self) -> int: ...
+    @property
+    def max_sessions_per_tenant(self) -> int: ...
+    @property
+    def route_id(self) -> str: ...
 
 
 class Attachment(Protocol):
@@ -54,6 +83,27 @@ class Attachment(Protocol):
     def superseded(self) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+
+class Directory(Protocol):
+    """Where the sessions of every node are: admission across nodes, registration, release,
+    and which node holds a session this one does not."""
+
+    async def admit(self, principal: Principal) -> Any:
+        """Reserve a place for a new session (a ticket, or None); refusals as RefusalError."""
+        ...
+
+    async def cancel(self, ticket: Any) -> None: ...
+
+    async def register(self, session: Session, ticket: Any) -> None: ...
+
+    async def release(self, session: Session) -> None: ...
+
+    async def wrong_node(self, session_id: str, tenant: str, what: str) -> None:
+        """Raise WrongNodeError (a not_found naming the node) when another node holds it."""
+        ...
+
+    async def held_elsewhere(self, session_id: str, tenant: str) -> bool: ...
 
 
 class Mode(Protocol):
@@ -76,10 +126,14 @@ class Session:
         session_id: str,
         principal: Principal,
         config: dict[str, Any],
-        settings: Settings,
+        settings: SessionSettings,
         *,
+        detached_at: float | None = None,
+        mode: ModeFactory | None = None,
+        sensors: SensorsFactory | None = None,
         recorder: Recorder | None = None,
-        stage_times: StageTimes | None = None,
+        caches: ReplyCaches | None = None,
+        stage_times: StageTimesPort | None = None,
     ) -> None:
         self.id = session_id
         self.stage_times = stage_times  # the node's latency histograms (/metrics)
@@ -89,19 +143,29 @@ class Session:
         self.outbox = Outbox(
             max_messages=settings.outbox_max_messages, max_bytes=settings.outbox_max_bytes
         )
-        self.mode: Mode | None = None
-        self.sensors: SensorLane | None = None  # input.sensor and subscriptions, every mode
         self.last_seq = 0
         self.attachment: Attachment | None = None
-        self.detached_at: float | None = None
+        self.detached_at = detached_at  # born detached: expires if never attached
         self.closed = False
         self.recorder = recorder
-        self.caches: ResultCaches | None = None  # the node's TTS and LLM result caches
+        self.caches = caches  # the node's TTS and LLM result caches
         self.resumes = 0
         self.dropped_while_detached = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._credit_messages = 0
         self._credit_bytes = 0
+        self.mode: Mode | None = None
+        self.sensors: SensorLane | None = None  # input.sensor and subscriptions, every mode
+        try:
+            self.sensors = sensors(self) if sensors is not None else None
+            self.mode = mode(self) if mode is not None else None
+        except BaseException:  # what its lanes started goes with it
+            self.closed = True
+            if self.sensors is not None:
+                self.sensors.close()
+            for task in self._tasks:
+                task.cancel()
+            raise
 
     @property
     def tenant(self) -> str:
@@ -222,19 +286,20 @@ class SessionRegistry:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SessionSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
         recorder: Recorder | None = None,
         limiter: Limiter | None = None,
-        stage_times: StageTimes | None = None,
+        stage_times: StageTimesPort | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.stage_times = stage_times
         self.recorder = recorder
         self.limiter = limiter
-        self.cluster: Cluster | None = None  # set by the Cluster: the directory learns removals
+        self.cluster: Directory | None = None  # set by the Cluster: the directory learns removals
+        self.caches: ReplyCaches | None = None  # set by the Cluster: the node's result caches
         self._sessions: dict[str, Session] = {}
         self._per_tenant: dict[str, int] = {}
         self.created = 0
@@ -250,8 +315,15 @@ class SessionRegistry:
         return iter(list(self._sessions.values()))
 
     def create(
-        self, principal: Principal, config: dict[str, Any], client: dict[str, Any] | None = None
+        self,
+        principal: Principal,
+        config: dict[str, Any],
+        client: dict[str, Any] | None = None,
+        *,
+        mode: ModeFactory | None = None,
+        sensors: SensorsFactory | None = None,
     ) -> Session:
+        """A new session, complete (its mode and sensor lane built), held by this node."""
         s = self.settings
         if len(self._sessions) >= s.max_sessions:
             self.refused += 1
@@ -271,12 +343,19 @@ class SessionRegistry:
         # Behind NGINX the id names this node, so that resumes and offers route back here.
         route = f"{s.route_id}." if s.route_id else ""
         session_id = f"s_{route}{secrets.token_urlsafe(12)}"
-        session = Session(
-            session_id, principal, config, s, recorder=self.recorder, stage_times=self.stage_times
-        )
-        session.caches = self.cluster.caches if self.cluster is not None else None
         # Born detached: a session whose connection fails before attaching it still expires.
-        session.detached_at = self.clock()
+        session = Session(
+            session_id,
+            principal,
+            config,
+            s,
+            detached_at=self.clock(),
+            mode=mode,
+            sensors=sensors,
+            recorder=self.recorder,
+            caches=self.caches,
+            stage_times=self.stage_times,
+        )
         self._sessions[session_id] = session
         self._per_tenant[principal.tenant] = held + 1
         self.created += 1

@@ -12,7 +12,7 @@ Readings (WS-only devices, DESIGN.md "WS-only uploads"):
 - rate-limited per session: a token bucket of ``sensor_rate_readings_per_s`` with a burst of
   ``sensor_rate_burst_readings`` (refused: ``rate_limited`` with ``retry_after_ms``);
 - accepted readings go to persistence in batches (``SensorBatcher``) and to the sensor bus
-  (:mod:`tidegate.server.sensorbus`) for subscribers; their upload credit goes back at once.
+  (:mod:`tidegate.sessions.sensorbus`) for subscribers; their upload credit goes back at once.
   A refused reading's credit goes back too (the dispatcher does it).
 
 Subscriptions (``sensor.subscribe``): to a session of the same tenant (any other session id,
@@ -30,24 +30,71 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
+from tidegate.pipelines.errors import InvalidConfigError, NotFoundError, RateLimitedError
 from tidegate.pipelines.records import SensorBatcher
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import InputSensor, SensorSubscribe, SensorUnsubscribe, upload_size
 from tidegate.protocol.messages import SensorReading as SensorReadingEvent
 
-from .errors import InvalidConfigError, NotFoundError, RateLimitedError
 from .limits import TokenBuckets
 from .sensorbus import SensorBus, SensorSubscription
 
 if TYPE_CHECKING:
-    from .session import Session
+    from tidegate.pipelines.records import Record
+    from tidegate.protocol import ServerMessage
+
+    from .outbox import Outbox
 
 SENSOR_TYPES = frozenset({InputSensor.TYPE, SensorSubscribe.TYPE, SensorUnsubscribe.TYPE})
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 BACKLOG_POLL_S = 0.02  # how often a held-back subscription looks at the outbox again
+
+
+class SensorSettings(Protocol):
+    """The settings the sensor lane reads (the server's Settings has them)."""
+
+    @property
+    def sensor_batch_max_readings(self) -> int: ...
+    @property
+    def sensor_batch_max_s(self) -> float: ...
+    @property
+    def sensor_rate_readings_per_s(self) -> float: ...
+    @property
+    def sensor_rate_burst_readings(self) -> int: ...
+    @property
+    def sensor_max_channels(self) -> int: ...
+    @property
+    def sensor_max_subscriptions(self) -> int: ...
+    @property
+    def sensor_subscriber_backlog_messages(self) -> int: ...
+
+
+class SensorSession(Protocol):
+    """The session, as its sensor lane (and a subscription's target) sees it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def settings(self) -> SensorSettings: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def attachment(self) -> object | None: ...
+
+    def emit(self, msg: ServerMessage) -> None: ...
+
+    def record(self, rec: Record) -> bool: ...
+
+    def return_credit(self, nbytes: int) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
 
 class SensorLane:
@@ -55,9 +102,9 @@ class SensorLane:
 
     def __init__(
         self,
-        session: Session,
+        session: SensorSession,
         bus: SensorBus,
-        lookup: Callable[[str], Session | None],
+        lookup: Callable[[str], SensorSession | None],
         elsewhere: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         s = session.settings

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import LiveServer, make_settings, run_server
 from tests.support import scaled
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
@@ -20,8 +21,6 @@ from tidegate.protocol.messages import (
     SensorSubscribe,
     SensorUnsubscribe,
 )
-
-from .conftest import LiveServer, make_settings, run_server
 
 
 async def _refused(client: Client, msg: InputSensor | SensorSubscribe | SensorUnsubscribe) -> str:

@@ -2,7 +2,7 @@
 
 Three buckets per subject: new sessions, control messages (every inbound one: uploads, pings
 and invalid ones included; the control channel takes the token before it handles a message)
-and HTTP API requests. A refusal is a :class:`~tidegate.server.errors.RateLimitedError` with
+and HTTP API requests. A refusal is a :class:`~tidegate.pipelines.errors.RateLimitedError` with
 ``retry_after_ms`` (the time until one token is back): on the wire an ``error`` with code
 ``rate_limited``, over HTTP a 429 with ``Retry-After``. Keying by subject rather than by the
 token string means a subject cannot reset its budget by fetching a fresh token.
@@ -21,11 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tidegate.cluster.link import RedisDownError
+from tidegate.pipelines.errors import RateLimitedError
 
-from .auth import Principal
-from .errors import RateLimitedError
-from .settings import Settings
+from .errors import SharedStateDownError
+from .principal import Principal
 
 PRUNE_AT_KEYS = 10_000
 
@@ -122,7 +121,7 @@ class TokenBuckets:
                 burst=self.burst,
                 want=self.lease_tokens,
             )
-        except RedisDownError:
+        except SharedStateDownError:
             self.shared_fallbacks += 1
             return self.take(key)
         if wait_ms is not None:
@@ -237,10 +236,31 @@ class Slots:
         }
 
 
+class LimitSettings(Protocol):
+    """The settings the node's rate limits read (the server's Settings has them)."""
+
+    @property
+    def rate_sessions_per_s(self) -> float: ...
+    @property
+    def rate_burst_sessions(self) -> int: ...
+    @property
+    def rate_messages_per_s(self) -> float: ...
+    @property
+    def rate_burst_messages(self) -> int: ...
+    @property
+    def rate_requests_per_s(self) -> float: ...
+    @property
+    def rate_burst_requests(self) -> int: ...
+    @property
+    def max_completions_per_subject(self) -> int: ...
+
+
 class Limiter:
     """The rate limits of one node."""
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: LimitSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         s = settings
         self.sessions = TokenBuckets(
             "new sessions",

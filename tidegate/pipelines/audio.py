@@ -1,4 +1,8 @@
-"""The ``transcribe`` session mode: inbound audio -> VAD -> streaming ASR -> events.
+"""The audio lane: inbound audio -> VAD -> streaming ASR -> events.
+
+The ``transcribe`` mode is this lane alone; the ``assistant`` composes it with turn-taking
+(:mod:`tidegate.pipelines.turns`), which it tells of speech and finals through its
+:class:`SpeechListener` port.
 
 Audio arrives as WS-only ``input.audio`` chunks (any rate, s16le or f32le, mixed to mono and
 resampled to 16 kHz) or over WebRTC (already 16 kHz mono float32). Both go through an
@@ -38,35 +42,33 @@ import secrets
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
-from tidegate.engines.registry import ASR, VAD
-from tidegate.engines.service import EngineService
+from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
+from tidegate.engines.workers import WorkerPool
 from tidegate.media import AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
-from tidegate.pipelines.records import TranscriptSegment
-from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     AsrFinal,
     AsrPartial,
     FlowLag,
     InputAudio,
-    RtcCandidate,
-    RtcOffer,
     Timing,
     VadSpeechStarted,
     VadSpeechStopped,
 )
 
+from .config import AudioConfig
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
-from .rtc import SessionMedia
-from .session import Session
+from .port import Handler, SessionPort
+from .records import TranscriptSegment
 
 log = logging.getLogger(__name__)
 
@@ -120,39 +122,55 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
     return out
 
 
-def streaming_settings(session: Session) -> StreamingSettings:
-    s = session.settings
-    return StreamingSettings(
-        partial_interval_s=s.asr_partial_interval_s,
-        max_segment_s=s.asr_max_segment_s,
-        hard_max_segment_s=s.asr_hard_max_segment_s,
-        partial_hold_s=s.asr_partial_hold_s,
-    )
+class SpeechListener(Protocol):
+    """Who hears of the lane's speech (turn-taking); called on the event loop."""
+
+    def on_speech_started(self) -> None:
+        """The VAD reported the start of speech."""
+        ...
+
+    def on_speech_stopped(self) -> None:
+        """The VAD reported the end of speech (its final follows)."""
+        ...
+
+    def on_final(self, text: str, received: float, finals_pending: int) -> None:
+        """A segment's final transcript was emitted (``received``: its audio's arrival, ms;
+        ``finals_pending``: finals of ended segments still to come after this one)."""
+        ...
 
 
-class TranscribeMode:
+class AudioLane:
     """See the module docstring."""
 
-    name = "transcribe"
+    name = "audio"
 
-    def __init__(self, session: Session, engines: EngineService) -> None:
+    def __init__(
+        self,
+        session: SessionPort,
+        config: AudioConfig,
+        vad: Scheduler[Any, VadResult],
+        asr: Scheduler[Any, AsrResult],
+        workers: WorkerPool,
+        *,
+        listener: SpeechListener | None = None,
+    ) -> None:
         self.session = session
-        s = session.settings
-        self.vad = engines.get(VAD)
-        self.asr = engines.get(ASR)
-        self.workers = engines.media  # resampling, off the loop (bounded: engines/workers.py)
+        s = config
+        self.vad = vad
+        self.asr = asr
+        self.workers = workers  # resampling, off the loop (bounded: engines/workers.py)
+        self.listener = listener
         tokenizer = getattr(self.asr.engine, "tokenizer", None)
         if tokenizer is None:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
-        self.settings = streaming_settings(session)
+        self.settings: StreamingSettings = config.streaming
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
             silence_dbfs=s.audio_silence_dbfs,
             lag_report_ms=s.audio_lag_report_ms,
             on_lag=self._lag,
         )
-        self.media = SessionMedia(session, self._start_media)
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()
         # (lane ms when consumed, bytes, monotonic s when due): see _return_consumed
@@ -183,19 +201,8 @@ class TranscribeMode:
         session.spawn(self._asr_loop(), "asr")
 
     # -- input ------------------------------------------------------------------------------
-    async def handle(self, msg: ClientMessage) -> None:
-        kind = type(msg)
-        if kind is InputAudio:
-            assert isinstance(msg, InputAudio)
-            await self._audio(msg)
-        elif kind is RtcOffer:
-            assert isinstance(msg, RtcOffer)
-            await self.media.handle_offer(msg.sdp, msg.id)
-        elif kind is RtcCandidate:
-            assert isinstance(msg, RtcCandidate)
-            await self.media.handle_candidate(msg)
-        else:
-            await self.handle_other(msg)
+    def handlers(self) -> Mapping[type[Any], Handler]:
+        return {InputAudio: self._audio}
 
     async def _audio(self, msg: InputAudio) -> None:
         """Pace, resample (off the loop), queue; refusals give the credit back (the
@@ -226,20 +233,6 @@ class TranscribeMode:
         self._credit.append((self.inbox.stats.received_ms, len(msg.pcm), due))
         self._return_consumed()
 
-    async def handle_other(self, msg: ClientMessage) -> None:
-        """A message the audio lane does not take (a mode built on this lane overrides it)."""
-        raise UnsupportedError(f"{msg.TYPE} is not handled in {self.name} mode")
-
-    # -- hooks for a mode built on this lane (the assistant); called on the event loop -----
-    def on_speech_started(self) -> None:
-        """The VAD reported the start of speech."""
-
-    def on_speech_stopped(self) -> None:
-        """The VAD reported the end of speech (its final follows)."""
-
-    def on_final(self, text: str, received: float) -> None:
-        """A segment's final transcript was emitted (``received``: its audio's arrival, ms)."""
-
     def _return_consumed(self) -> None:
         """Credit back for the chunks the lane has consumed (or dropped) and whose audio's
         time has come (the pace: a client waiting for credit streams at real time)."""
@@ -262,7 +255,7 @@ class TranscribeMode:
     def _lag(self, lag_ms: float, dropped_ms: float) -> None:
         self.session.emit(FlowLag(lane="audio", lag_ms=lag_ms, dropped_ms=dropped_ms))
 
-    def _start_media(self, peer: MediaPeer) -> None:
+    def start_media(self, peer: MediaPeer) -> None:
         if peer.audio_in is not None:
             self.session.spawn(self._vad_loop(peer.audio_in), "rtc-vad")
 
@@ -303,11 +296,13 @@ class TranscribeMode:
         for ev in r.events:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
-                self.on_speech_started()
+                if self.listener is not None:
+                    self.listener.on_speech_started()
                 self._open_segment(ev.sample, r.probability)
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
-                self.on_speech_stopped()
+                if self.listener is not None:
+                    self.listener.on_speech_stopped()
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
@@ -402,7 +397,7 @@ class TranscribeMode:
         self.counters["finals"] += 1
         event = self._event(AsrFinal, seg, text, timing)
         self.session.emit(event)
-        self.session.record(  # never waits: a bounded queue to the writer (db/writer.py)
+        self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
             TranscriptSegment(
                 segment_id=event.segment_id,
                 text=text,
@@ -410,7 +405,8 @@ class TranscribeMode:
                 audio_end_ms=event.audio_end_ms,
             )
         )
-        self.on_final(text, received)
+        if self.listener is not None:  # this final is still queued: the others are pending
+            self.listener.on_final(text, received, len(self._finals) - 1)
 
     @staticmethod
     def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:
@@ -429,7 +425,6 @@ class TranscribeMode:
             "audio_in": self.inbox.stats.as_dict(),
             "pending_finals": len(self._finals),
             "pace": self.pace.stats(),
-            "media": self.media.stats(),
         }
 
     async def close(self) -> None:
@@ -438,4 +433,3 @@ class TranscribeMode:
             self._credit_timer = None
         self.inbox.close()
         self.vad.close_session(self.session.id)
-        await self.media.close()

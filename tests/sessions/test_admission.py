@@ -13,12 +13,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from tests.server.conftest import LiveServer, make_settings, run_server
+from tests.server.test_metrics import documented, samples
 from tests.support import prepare_models, scaled, wait_ready
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import InputText, ResponseDone
-
-from .conftest import LiveServer, make_settings, run_server
-from .test_metrics import documented, samples
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

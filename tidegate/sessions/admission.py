@@ -17,28 +17,35 @@ A refusal is an ``error`` with code ``overloaded`` naming the engine and its que
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tidegate.engines.runtime import RuntimeOptions, runtime_unavailable
+from tidegate.pipelines.errors import OverloadedError
+from tidegate.pipelines.registry import MODES
 
-from .errors import OverloadedError
-from .modes import ENGINE_MODES
+from .config import ENGINE_MODES
 
 if TYPE_CHECKING:
     from tidegate.engines.metrics import QueueLoad
     from tidegate.engines.service import EngineService
-
-    from .settings import Settings
-
 ADMISSION_MIN_RETRY_MS = 250.0
 # Engines a mode uses when the server runs them, beyond those it needs (ENGINE_MODES).
-OPTIONAL_ENGINES: dict[str, tuple[str, ...]] = {"assistant": ("vision",)}
+OPTIONAL_ENGINES: dict[str, tuple[str, ...]] = {m.name: m.optional for m in MODES.values()}
+
+
+class AdmissionSettings(Protocol):
+    """The settings admission reads (the server's Settings has them)."""
+
+    @property
+    def admission_queue_fraction(self) -> float: ...
+    @property
+    def admission_wait_fraction(self) -> float: ...
 
 
 class Admission:
     """Checks ``session.create`` against the engines' queues (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: AdmissionSettings) -> None:
         self.queue_fraction = settings.admission_queue_fraction
         self.wait_fraction = settings.admission_wait_fraction
         self.refused: Counter[str] = Counter()  # by engine

@@ -1,0 +1,139 @@
+"""The audio lane (VAD -> streaming ASR) on real engines, without a server: a FakeSession is
+its session side."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from tests.support import scaled
+from tidegate.engines.registry import ASR, VAD
+from tidegate.engines.service import EngineService
+from tidegate.pipelines.audio import AudioLane
+from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
+from tidegate.pipelines.records import TranscriptSegment
+from tidegate.protocol.messages import AsrFinal, InputAudio, VadSpeechStarted, VadSpeechStopped
+from tidegate.server.modes import lane_config
+from tidegate.server.settings import Settings
+
+from .lanes import FakeSession, engine_settings, spoken, started_engines
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+QUESTION = "What is the capital of France?"
+CHUNK_S = 0.04
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tmp = tmp_path_factory.mktemp("audio-lane")
+    return engine_settings(tmp, ("silero-vad", "whisper-tiny-en"), engines=("vad", "asr"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(settings: Settings) -> AsyncIterator[EngineService]:
+    async for service in started_engines(settings):
+        yield service
+
+
+class Listener:
+    """The lane's SpeechListener: what turn-taking would hear."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, Any]] = []
+
+    def on_speech_started(self) -> None:
+        self.heard.append(("started", None))
+
+    def on_speech_stopped(self) -> None:
+        self.heard.append(("stopped", None))
+
+    def on_final(self, text: str, received: float, finals_pending: int) -> None:
+        self.heard.append(("final", (text, finals_pending)))
+
+
+def lane_for(
+    session: FakeSession, settings: Settings, engines: EngineService, **audio: Any
+) -> tuple[AudioLane, Listener]:
+    config = dataclasses.replace(lane_config(settings).audio, **audio)
+    listener = Listener()
+    lane = AudioLane(
+        session,
+        config,
+        engines.get(VAD),
+        engines.get(ASR),
+        engines.media,
+        listener=listener,
+    )
+    return lane, listener
+
+
+async def test_speech_becomes_a_final_and_the_listener_hears_it(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A spoken question sent as input.audio (22 kHz, resampled) gives speech start and stop,
+    a final with its words (recorded as a transcript segment), the same order to the
+    listener, and every byte's credit back."""
+    pcm, rate = spoken(QUESTION, tmp_path)
+    pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])  # a second of silence ends the turn
+    session = FakeSession()
+    lane, listener = lane_for(session, settings, engines, audio_max_ahead_s=0.0)
+    handle = lane.handlers()[InputAudio]
+    step = int(CHUNK_S * rate)
+    sent = 0
+    try:
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step].astype("<i2").tobytes()
+            await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+            sent += len(chunk)
+        async with asyncio.timeout(scaled(60)):
+            while not session.of(AsrFinal) or session.credit_bytes < sent:
+                await asyncio.sleep(0.05)
+    finally:
+        await lane.close()
+        await session.close()
+    kinds = [type(e) for e in session.events if type(e) in (VadSpeechStarted, VadSpeechStopped)]
+    assert kinds[:2] == [VadSpeechStarted, VadSpeechStopped]
+    (final,) = session.of(AsrFinal)
+    words = final.text.lower()
+    assert "capital" in words and "france" in words
+    assert [r.text for r in session.records if isinstance(r, TranscriptSegment)] == [final.text]
+    assert [k for k, _ in listener.heard] == ["started", "stopped", "final"]
+    assert listener.heard[-1][1] == (final.text, 0)
+    assert session.credit_bytes == sent
+
+
+async def test_audio_ahead_of_real_time_is_refused(
+    settings: Settings, engines: EngineService
+) -> None:
+    """With audio_max_ahead_s 0.5, a burst of 2 s of audio is refused (rate_limited with a
+    retry hint) once it is half a second ahead; a chunk of a broken frame is invalid."""
+    session = FakeSession()
+    lane, _ = lane_for(session, settings, engines, audio_max_ahead_s=0.5)
+    handle = lane.handlers()[InputAudio]
+    silence = np.zeros(1600, np.int16).tobytes()  # 0.1 s at 16 kHz
+
+    def chunk(pcm: bytes) -> InputAudio:
+        return InputAudio(pcm=pcm, format="s16le", sample_rate=16_000, channels=1)
+
+    try:
+        with pytest.raises(RateLimitedError) as info:
+            for _ in range(20):
+                await handle(
+                    InputAudio(pcm=silence, format="s16le", sample_rate=16_000, channels=1)
+                )
+        assert info.value.retry_after_ms is not None and info.value.retry_after_ms > 0
+        with pytest.raises(InvalidConfigError):
+            await handle(
+                InputAudio(pcm=b"\x00" * 3, format="s16le", sample_rate=16_000, channels=1)
+            )
+    finally:
+        await lane.close()
+        await session.close()

@@ -1,0 +1,129 @@
+"""The reply lane (LLM -> TTS -> audio out, barge-in) on the real local LLM and Piper, without
+a server: a FakeSession is its session side; with no WebRTC peer its speech goes out as
+output.audio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from tests.support import scaled
+from tidegate.engines.registry import TTS
+from tidegate.engines.service import EngineService
+from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
+from tidegate.pipelines.media import SessionMedia
+from tidegate.pipelines.records import Response as ResponseRecord
+from tidegate.pipelines.reply import ReplyLane
+from tidegate.protocol.messages import (
+    OutputAudio,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseCreated,
+    ResponseDone,
+    ResponseTextDelta,
+)
+from tidegate.server.modes import lane_config
+from tidegate.server.settings import Settings
+
+from .lanes import FakeSession, engine_settings, started_engines
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tmp = tmp_path_factory.mktemp("reply-lane")
+    return engine_settings(tmp, ("smollm2-135m", "piper-joe"), engines=("llm", "tts"))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(settings: Settings) -> AsyncIterator[EngineService]:
+    async for service in started_engines(settings):
+        yield service
+
+
+def lane_for(session: FakeSession, settings: Settings, engines: EngineService) -> ReplyLane:
+    config = lane_config(settings)
+    media = SessionMedia(session, config.media, lambda peer: None)
+    return ReplyLane(
+        session, config.reply, engines.llm(), engines.get(TTS), voice="piper-joe", media=media
+    )
+
+
+async def wait_for(check: object, timeout_s: float = 60.0) -> None:
+    async with asyncio.timeout(scaled(timeout_s)):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.05)
+
+
+async def test_an_answer_streams_text_and_speech(
+    settings: Settings, engines: EngineService
+) -> None:
+    """answer() gives response.created, text deltas that add up to the reply, output.audio
+    (48 kHz s16le) and response.done completed; the history and the record keep it."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("What is the capital of France?", "t1", 0.0, spoken=False)
+        await wait_for(lambda: session.of(ResponseDone))
+    finally:
+        await lane.close()
+        await session.close()
+    (created,) = session.of(ResponseCreated)
+    (done,) = session.of(ResponseDone)
+    assert created.ref == "t1" and done.status == "completed" and done.text
+    deltas = "".join(d.delta for d in session.of(ResponseTextDelta))
+    assert deltas == done.text
+    audio = session.of(OutputAudio)
+    assert audio and {(a.sample_rate, a.format, a.response_id) for a in audio} == {
+        (48_000, "s16le", done.response_id)
+    }
+    assert [m["role"] for m in lane.history] == ["user", "assistant"]
+    (record,) = [r for r in session.records if isinstance(r, ResponseRecord)]
+    assert record.status == "completed" and record.text == done.text
+
+
+async def test_barge_in_cuts_the_reply_at_what_was_heard(
+    settings: Settings, engines: EngineService
+) -> None:
+    """barge_in() while the reply speaks ends it at once: response.done cancelled, its text
+    the part already played (a prefix of what was generated), counted as a barge-in; no audio
+    of it follows."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 10)
+        lane.barge_in()
+        (done,) = session.of(ResponseDone)
+        frames = len(session.of(OutputAudio))
+        await asyncio.sleep(0.3)
+        assert len(session.of(OutputAudio)) == frames
+    finally:
+        await lane.close()
+        await session.close()
+    assert done.status == "cancelled"
+    generated = "".join(d.delta for d in session.of(ResponseTextDelta))
+    assert generated.startswith(done.text)
+    assert lane.stats()["barge_ins"] == 1 and lane.reply is None
+
+
+async def test_requests_the_lane_cannot_serve_are_refused(
+    settings: Settings, engines: EngineService
+) -> None:
+    """response.create with no user message to answer is invalid; response.cancel with no
+    reply in progress names what is not found."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    table = lane.handlers()
+    try:
+        with pytest.raises(InvalidConfigError, match="no user message"):
+            await table[ResponseCreate](ResponseCreate(id="c1"))
+        with pytest.raises(NotFoundError, match="no response in progress"):
+            await table[ResponseCancel](ResponseCancel(id="x1"))
+    finally:
+        await lane.close()
+        await session.close()

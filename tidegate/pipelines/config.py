@@ -1,0 +1,71 @@
+"""The lanes' typed configs. The composition root (``tidegate.server``) builds them from the
+settings (every field is a setting of the same name, documented there); a lane never
+reads the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidegate.engines.asr.streaming import StreamingSettings
+from tidegate.media import MediaConfig
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """The audio lane (VAD -> ASR): its inbound buffer, pace and ASR streaming policy."""
+
+    streaming: StreamingSettings
+    audio_buffer_s: float
+    audio_silence_dbfs: float
+    audio_lag_report_ms: float
+    audio_max_ahead_s: float
+    asr_max_pending_finals: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """Turn-taking: how long after the end of speech a turn ends."""
+
+    end_of_turn_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyConfig:
+    """The reply lane (LLM -> TTS -> audio out)."""
+
+    system_prompt: str
+    max_reply_tokens: int
+    max_history_messages: int
+    max_pending_chunks: int
+    max_tool_calls_items: int
+    tool_timeout_s: float
+    audio_lead_s: float
+    vision_max_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VisionConfig:
+    """The vision lane: its rate and the largest frame it takes."""
+
+    interval_s: float
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoopbackConfig:
+    """The loopback lane: how much echoed audio may queue."""
+
+    echo_max_latency_ms: float
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class LaneConfig:
+    """Every lane's config, as one value a mode is built with."""
+
+    media: MediaConfig
+    audio: AudioConfig
+    turns: TurnConfig
+    reply: ReplyConfig
+    vision: VisionConfig
+    loopback: LoopbackConfig

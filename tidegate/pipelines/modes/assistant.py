@@ -1,0 +1,49 @@
+"""``assistant``: audio (VAD -> ASR), turn-taking, reply (LLM -> TTS -> audio out, barge-in),
+and vision when the server runs a vision engine (docs/assistant.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tidegate.engines.registry import ASR, TTS, VAD, VISION
+from tidegate.engines.service import EngineService
+
+from ..audio import AudioLane
+from ..config import LaneConfig
+from ..media import SessionMedia
+from ..mode import Mode, running
+from ..port import Lane, SessionPort
+from ..reply import ReplyLane
+from ..turns import TurnTaking
+from ..vision import VisionLane
+
+
+def build(session: SessionPort, config: LaneConfig, engines: EngineService | None) -> Mode:
+    engines = running(engines)
+
+    def lanes(media: SessionMedia) -> Sequence[Lane]:
+        vision = None
+        if "vision" in engines.schedulers and config.vision.interval_s > 0:
+            vision = VisionLane(session, config.vision, engines.get(VISION), engines.media)
+        voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
+        reply = ReplyLane(
+            session,
+            config.reply,
+            engines.llm(),
+            engines.get(TTS),
+            voice=voice,
+            media=media,
+            sight=vision,
+        )
+        turns = TurnTaking(session, config.turns, reply, vision=vision)
+        audio = AudioLane(
+            session,
+            config.audio,
+            engines.get(VAD),
+            engines.get(ASR),
+            engines.media,
+            listener=turns,
+        )
+        return [audio, *([vision] if vision is not None else []), reply, turns]
+
+    return Mode("assistant", session, config.media, lanes)

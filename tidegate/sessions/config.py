@@ -1,0 +1,120 @@
+"""A session's config: the check ``session.create`` and ``session.update`` go through.
+
+``session.create`` names the mode in its config (``{"mode": "loopback"}``); a config without
+one gets ``default_mode``. The modes are the rows of :mod:`tidegate.pipelines.registry`
+(public names: ``assistant``, ``transcribe``, ``loopback``, ``vision``); a mode whose engines
+this server does not run is refused with ``unsupported``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tidegate.engines.errors import RequestError
+from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
+from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
+from tidegate.pipelines.registry import LANES, MODES
+
+if TYPE_CHECKING:
+    from tidegate.engines.service import EngineService
+
+MODE_NAMES = tuple(MODES)
+CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice"})
+LANES_MODE = "lanes"  # the mode of a config that names its lanes
+# Modes that run on engines: the engines each needs, by name (see server/engines.py).
+ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
+
+
+def _engines_named(needs: tuple[str, ...]) -> str:
+    """("vad", "asr") -> "the VAD and ASR engines" (for a refusal)."""
+    names = [n.upper() if len(n) <= 4 else n for n in needs]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    return f"the {listed} engine{'s' if len(names) > 1 else ''}"
+
+
+def resolve_config(
+    config: dict[str, Any] | None,
+    default_mode: str,
+    engines: EngineService | None = None,
+    *,
+    max_tools_items: int = 32,
+    max_tools_bytes: int = 32_768,
+) -> dict[str, Any]:
+    """Validate a session config and fill in defaults; raises a RefusalError naming the problem.
+    ``engines`` are the running engines: an engine mode needs its engines among them. ``tools``
+    (and ``tool_choice``) are for the assistant mode on an LLM that can call them."""
+    config = dict(config or {})
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if unknown:
+        raise InvalidConfigError(
+            f"session config: unknown key {unknown[0]!r}; expected only {sorted(CONFIG_KEYS)}"
+        )
+    if "lanes" in config:
+        config.setdefault("mode", LANES_MODE)
+    mode = config.setdefault("mode", default_mode)
+    if mode not in MODE_NAMES:
+        raise InvalidConfigError(
+            f"session config.mode: expected one of {list(MODE_NAMES)}, got {mode!r}"
+        )
+    needs = _lanes_needs(config) if mode == LANES_MODE or "lanes" in config else MODES[mode].needs
+    running = set(engines.schedulers) | set(engines.batchers) if engines is not None else set()
+    if not set(needs) <= running:
+        raise UnsupportedError(
+            f"mode {mode!r} needs {_engines_named(needs)}, which this server does not "
+            f"run (start it with engines {','.join(needs)}); use mode 'loopback'"
+        )
+    if "tools" in config or "tool_choice" in config:
+        _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
+    return config
+
+
+def _lanes_needs(config: dict[str, Any]) -> tuple[str, ...]:
+    """Check ``lanes`` (a config that names its lanes; the mode is then ``lanes``) and return
+    the engines its lanes need."""
+    if config["mode"] != LANES_MODE:
+        raise InvalidConfigError(
+            f"session config.lanes: names the lanes of mode {LANES_MODE!r}, not of mode "
+            f"{config['mode']!r}; give 'lanes' without 'mode'"
+        )
+    lanes = config.get("lanes")
+    known = sorted(LANES)
+    if not isinstance(lanes, list) or not lanes or not all(isinstance(x, str) for x in lanes):
+        raise InvalidConfigError(
+            f"session config.lanes: expected a non-empty list of lane names from {known}"
+        )
+    unknown = sorted({x for x in lanes if x not in LANES})
+    if unknown:
+        raise InvalidConfigError(
+            f"session config.lanes: unknown lane(s) {unknown}; expected names from {known}"
+        )
+    if len(set(lanes)) != len(lanes):
+        raise InvalidConfigError(f"session config.lanes: a lane is named twice in {lanes}")
+    needs: list[str] = []
+    for name in lanes:
+        needs += [n for n in LANES[name].needs if n not in needs]
+    return tuple(needs)
+
+
+def _resolve_tools(
+    config: dict[str, Any], engines: EngineService | None, max_items: int, max_bytes: int
+) -> None:
+    """Validate ``tools`` / ``tool_choice`` in place (normalised to the Chat Completions
+    form)."""
+    if config["mode"] != "assistant":
+        raise InvalidConfigError("session config.tools: only the assistant mode calls tools")
+    try:
+        tools = validate_tools(config.get("tools", []), max_items=max_items, max_bytes=max_bytes)
+        choice = validate_tool_choice(config.get("tool_choice"), tools)
+    except RequestError as e:
+        raise InvalidConfigError(f"session config.{e}") from None
+    config["tools"] = list(tools)
+    if choice is None:
+        config.pop("tool_choice", None)
+    else:
+        config["tool_choice"] = choice
+    llm = engines.batchers.get("llm") if engines is not None else None
+    if tools and llm is not None and not llm.supports_tools:
+        raise UnsupportedError(
+            "session config.tools: the local LLM cannot call tools (it has no grammar for "
+            "them); run the LLM on OpenAI-compatible providers (llm_runtime=providers)"
+        )
