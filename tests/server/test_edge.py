@@ -16,6 +16,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from tests.support import scaled
+from tidegate.protocol.client import Client
+from tidegate.protocol.messages import Error
 from tidegate.server import edge
 from tidegate.server.auth import SCOPE_ADMIN, SCOPE_SESSION, Principal
 from tidegate.server.runtime import Runtime
@@ -199,3 +202,21 @@ async def test_a_handler_served_without_the_edge_fails_closed(server: LiveServer
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         r = await http.get("/mine")
     assert r.status_code == 500 and "data of" not in r.text
+
+
+async def test_the_control_websocket_refuses_in_band_with_the_edges_checks(
+    server: LiveServer,
+) -> None:
+    """The control WebSocket refuses a foreign origin and a bad token in-band, with the same
+    codes and messages as the HTTP edge gives a route (one check, edge.admit)."""
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        for token, origin in ((server.token(), EVIL), ("not-a-jwt", None)):
+            headers = {"Authorization": f"Bearer {token}", **({"Origin": origin} if origin else {})}
+            over_http = (await http.get("/v1/sessions", headers=headers)).json()["error"]
+            ws = await Client.connect(server.url, token, origin=origin)
+            try:
+                in_band = await ws.recv(scaled(5))
+            finally:
+                await ws.close()
+            assert isinstance(in_band, Error), in_band
+            assert (in_band.code, in_band.message) == (over_http["code"], over_http["message"])
