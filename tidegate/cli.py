@@ -20,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
 
         add_bench(sub)
     elif command == "models":
-        from tidegate.engines.cli import add_commands as add_models
         from tidegate.server.errors import ConfigError
         from tidegate.server.settings import Settings
+        from tidegate.tools.cli import add_commands as add_models
 
         try:
             settings = Settings.load()
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         add_models(sub, data_dir=settings.data_dir, models_file=settings.models_file)
     else:
         from tidegate.server.cli import add_commands as add_server
-        from tidegate.server.db.cli import add_commands as add_db
+        from tidegate.store.cli import add_commands as add_db
 
         add_server(sub)
         add_db(sub)

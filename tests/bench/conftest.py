@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support import wait_ready_blocking
-from tidegate.bench.harness import load_scenarios
+from tidegate.bench.scenarios import load_scenarios
 from tidegate.bench.target import Target, _mint, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The cluster bench's sensor part runs end to end (two nodes it starts, a real Redis) and
 writes a valid report. Its greeting part needs the engines and is run by hand (docs/cluster.md
-gives the command and the figures); the caches it measures are tested in tests/server/cluster."""
+gives the command and the figures); the caches it measures are tested in tests/cluster."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.redis_server import shared_or_own
 from tests.support import scaled
 from tidegate.bench.report import load_report
-
-from ..server.cluster.redis_server import shared_or_own
 
 
 @pytest.fixture

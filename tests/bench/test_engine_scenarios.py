@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import scaled
+from tests.support import DATA, prepare_models, scaled
 from tidegate.bench.compare import compare
 from tidegate.bench.report import ReportError, load_report, validate_report
 
@@ -16,6 +16,7 @@ CASES = {
     "engines": ["--engines", "vad", "--streams", "1,2", "--repeats", "1"],
     "llm": ["--streams", "1", "--max-tokens", "6"],
     "tts": [],  # the engine bench has no shorter setting (~25 s on 2 CPUs)
+    "ears": ["--sessions", "4", "--repeats", "1", "--parts", "turn", "--data-dir", str(DATA)],
 }
 
 
@@ -23,6 +24,8 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
     """`tidegate bench NAME` with brief settings writes a report that passes the schema."""
+    if name == "ears":
+        prepare_models("smart-turn-v3.2")
     proc = subprocess.run(
         [sys.executable, "-m", "tidegate", "bench", name, *CASES[name], "--out", str(tmp_path)],
         capture_output=True,
@@ -36,12 +39,17 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
     results = report["results"]
     if name == "engines":
         assert results
+    elif name == "ears":
+        assert results["turn"]["sessions"] == 4 and results["turn"]["cpu_ratio"] > 0
     elif name == "llm":
         [case] = results["cases"]
         assert case["tokens"] > 0 and case["ttft_ms_p50"] > 0
     else:
         assert results["rtf_p50"] > 0
-    if name != "engines":  # flat *_p50/*_p95 figures are compared too, p95 as the tail
+    if name not in (
+        "engines",
+        "ears",
+    ):  # flat *_p50/*_p95 figures are compared too, p95 as the tail
         rows = compare(report, report)
         assert rows and not any(r.worse for r in rows)
         assert any(r.path.endswith("(p95)") for r in rows)

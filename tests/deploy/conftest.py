@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 from tests.deploy.containers import build_logged, podman_images
 from tests.deploy.render import render_nginx, render_turnserver
 from tests.netns import in_netns, network_namespace, stop
-from tests.server.db.conftest import postgres_server  # noqa: F401 (the image tests' database)
+from tests.store.conftest import postgres_server  # noqa: F401 (the image tests' database)
 from tests.support import scaled
 from tidegate.server.auth import mint_token
 

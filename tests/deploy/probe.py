@@ -246,7 +246,7 @@ async def ready(args: dict[str, Any]) -> dict[str, Any]:
 async def records(args: dict[str, Any]) -> dict[str, Any]:
     """The rows of ``args["ids"]`` in the sessions table of ``args["db"]``, polled until all
     are there (the record writer commits in batches)."""
-    from tests.server.db.helpers import query
+    from tests.store.helpers import query
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + args["timeout_s"]

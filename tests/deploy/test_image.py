@@ -29,11 +29,11 @@ from tests.deploy.containers import (
     running,
     wait_ready,
 )
-from tests.server.db.conftest import _run
-from tests.server.db.helpers import check_draining, query
-from tests.server.db.postgres import create_database, drop_database
 from tests.server.test_assistant import QUESTION, converse
 from tests.server.test_rtc import client_pc, tone, wait_rms
+from tests.store.conftest import _run
+from tests.store.helpers import check_draining, query
+from tests.store.postgres import create_database, drop_database
 from tests.support import scaled
 from tidegate.bench.target import free_port
 from tidegate.protocol.client import Client

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.asr.convert import read_ct2
 from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
 from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
 from tidegate.engines.engine import Failed, Ok
+from tidegate.tools.convert_whisper import read_ct2
 
 from .asr_audio import BECKETT, ESPEAK_SENTENCES, TWO_CITIES_20S, espeak, read_wav, wer
 

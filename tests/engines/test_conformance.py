@@ -33,6 +33,8 @@ class Case:
     gpu: bool = False
     #: Runs on the triton runtime: ``make(tmp, data, server)`` gets the test Triton server.
     triton: bool = False
+    #: The scheduler's deadline for a full batch (Smart Turn scores 8 s per request).
+    deadline_s: float = 1.0
 
 
 def _affine(runtime: RuntimeOptions) -> Callable[[Path, Path], Engine[Any, Any, Any]]:
@@ -103,6 +105,18 @@ def _audio(n: int) -> list[Any]:
     ]
 
 
+def _speechlike(n: int) -> list[Any]:
+    """Turn-detection requests: 0.5-3 s of voiced-like audio, a different length each."""
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        t = np.arange(8000 + 5000 * i) / 16000
+        voiced = sum(np.sin(2 * np.pi * k * (110 + 15 * i) * t) / k for k in range(1, 6))
+        out.append((0.2 * voiced * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32))
+        out[-1] += 0.01 * rng.standard_normal(len(t)).astype(np.float32)
+    return out
+
+
 def _frames(n: int) -> list[Any]:
     rng = np.random.default_rng(n)
     sizes = [(480, 640), (360, 640), (512, 512), (240, 320)]
@@ -116,6 +130,12 @@ CASES = {
     ),
     "vad": Case(_real("vad", "silero-vad"), _audio, lambda: np.zeros(100, np.float32)),
     "blazeface": Case(_real("vision", "blazeface"), _frames, lambda: np.zeros((4, 4), np.uint8)),
+    "turn": Case(
+        _real("turn", "smart-turn-v3.2"),
+        _speechlike,
+        lambda: np.zeros(100, np.float32),
+        deadline_s=30.0,
+    ),
     "mtcnn": Case(_real("vision", "mtcnn"), _frames, lambda: np.zeros((8, 8, 3), np.float64)),
     "tensor-onnx-cuda": Case(
         _affine(CUDA), lambda n: _arrays(n, (4,), "x"), lambda: {"x": "nope"}, 1e-4, gpu=True
@@ -252,7 +272,7 @@ async def test_scheduler_batches_across_sessions(case: Any) -> None:
     c, engine = case
     reqs = c.requests(8)
     expected = [engine.run_batch([r], [fresh(engine)])[0] for r in reqs]
-    sched = await _scheduler(engine, max_batch_items=8, batch_wait_s=0.05)
+    sched = await _scheduler(engine, max_batch_items=8, batch_wait_s=0.05, deadline_s=c.deadline_s)
     try:
         sessions = _sessions(sched, len(reqs))
         got = await asyncio.gather(

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.cli import add_commands
 from tidegate.engines.engine import TensorEngine
 from tidegate.engines.errors import MissingPackageError, ModelError
 from tidegate.engines.service import EngineSpec, build_engine
+from tidegate.tools.cli import add_commands
+from tidegate.tools.prepare import prepare
 
 from .conftest import affine_model
 
@@ -33,12 +34,12 @@ def test_prepare_is_once_and_verify_catches_corruption(data_dir: Path, tmp_path:
         models.model_dir(data_dir, "silero-vad"), models.model_dir(tmp_path, "silero-vad")
     )
     lines: list[str] = []
-    models.prepare(tmp_path, "silero-vad", progress=lines.append)
+    prepare(tmp_path, "silero-vad", progress=lines.append)
     assert lines == [f"silero-vad: already prepared in {models.model_dir(tmp_path, 'silero-vad')}"]
     onnx_file = models.model_dir(tmp_path, "silero-vad") / "silero_vad.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
     assert any("SHA-256" in p for p in models.verify(tmp_path, "silero-vad"))
-    models.prepare(tmp_path, "silero-vad", force=True)
+    prepare(tmp_path, "silero-vad", force=True)
     assert models.verify(tmp_path, "silero-vad") == []
 
 
@@ -46,7 +47,7 @@ def test_blazeface_conversion_from_the_wheel(data_dir: Path, tmp_path: Path) -> 
     """BlazeFace is extracted from the cached mediapipe wheel and converted with a dynamic
     batch axis, without downloading; the progress names each step."""
     lines: list[str] = []
-    models.prepare(
+    prepare(
         tmp_path,
         "blazeface",
         wheel_dir=data_dir.parent / "wheels",
@@ -65,7 +66,7 @@ def test_missing_wheel_names_the_package(tmp_path: Path) -> None:
     """Offline, without the wheel in the cache, preparation names the missing package and
     how to get it."""
     with pytest.raises(MissingPackageError) as info:
-        models.prepare(tmp_path, "blazeface", wheel_dir=tmp_path / "empty", download=False)
+        prepare(tmp_path, "blazeface", wheel_dir=tmp_path / "empty", download=False)
     assert info.value.package == "mediapipe"
     assert "pip download --no-deps mediapipe==0.10.21" in str(info.value)
     assert not models.model_dir(tmp_path, "blazeface").exists()
@@ -74,7 +75,7 @@ def test_missing_wheel_names_the_package(tmp_path: Path) -> None:
 def test_unknown_model_is_refused(tmp_path: Path) -> None:
     """An unknown model name is refused with the list of known ones."""
     with pytest.raises(ModelError, match="silero-vad"):
-        models.prepare(tmp_path, "whisper-huge")
+        prepare(tmp_path, "whisper-huge")
 
 
 def test_custom_model_is_configuration(tmp_path: Path) -> None:

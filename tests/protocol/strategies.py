@@ -2,7 +2,7 @@
 its numeric or string fields replaced by such a value, as a raw payload of that encoding.
 
 Shared by the protocol's boundary property (tests/protocol/test_numbers_text.py) and the
-live persistence property (tests/server/db/test_poison.py).
+live persistence property (tests/store/test_poison.py).
 """
 
 from __future__ import annotations

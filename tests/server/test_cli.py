@@ -16,12 +16,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.store.helpers import check_draining, eventually, query
 from tests.support import scaled
 from tidegate.bench.target import free_port
 from tidegate.protocol.client import Client
 from tidegate.server.auth import mint_token
-
-from .db.helpers import check_draining, eventually, query
 
 ROOT = Path(__file__).resolve().parents[2]
 

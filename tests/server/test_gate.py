@@ -14,9 +14,9 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.cluster.nodes import Node
 from tests.support import scaled
 
-from .cluster.nodes import Node
 from .conftest import make_settings, run_server
 
 # Connections that hold a socket and send nothing: they come from 127.0.0.x addresses other

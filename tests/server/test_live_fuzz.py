@@ -17,13 +17,13 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidState
 
+from tests.store.helpers import eventually, query
 from tidegate.protocol import CloseCode, ErrorCode
 from tidegate.protocol.client import Client, ConnectionClosedError, RefusedError
 from tidegate.protocol.messages import Error, InputSensor, InputText, ResponseDone
 
 from ..protocol.strategies import ENCODINGS, SAMPLE_OF, raw, spots, with_value
 from .conftest import LiveServer, make_settings, run_server
-from .db.helpers import eventually, query
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .compare import add_command as add_compare
-from .harness import Scenario, load_scenarios
+from .harness import Scenario
 from .progress import Progress, install
 from .report import write_report
+from .scenarios import load_scenarios
 from .target import Target, started_server
 
 

@@ -54,10 +54,3 @@ def scenario(
         return fn
 
     return register
-
-
-def load_scenarios() -> dict[str, Scenario]:
-    """Import every scenario module (each registers itself)."""
-    from . import scenarios  # noqa: F401
-
-    return SCENARIOS

@@ -18,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tidegate.pipelines import records as rec
 from tidegate.protocol import ErrorCode
+from tidegate.store import store
+from tidegate.store.writer import is_unavailable
 
 from . import edge, params
 from .auth import SCOPE_ADMIN, Principal
-from .db import records as rec
-from .db import store
-from .db.writer import is_unavailable
 from .errors import ForbiddenError, InvalidConfigError, NotFoundError, RefusalError
 from .runtime import Runtime
 

@@ -36,6 +36,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from tidegate.pipelines.records import client_info
 from tidegate.protocol import (
     BadInput,
     ClientMessage,
@@ -65,7 +66,6 @@ from tidegate.protocol.messages import (
 from . import edge
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
-from .db.records import client_info
 from .errors import (
     ConnectionLimitError,
     InvalidConfigError,

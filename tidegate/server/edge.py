@@ -46,10 +46,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidegate.cluster import WrongNodeError
 from tidegate.protocol import ErrorCode
 
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
-from .cluster import WrongNodeError
 from .errors import ForbiddenError, RefusalError
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ token string means a subject cannot reset its budget by fetching a fresh token.
 The buckets live in memory on each node; a full bucket is the same as none, so full buckets
 are pruned once the table holds ``PRUNE_AT_KEYS`` subjects. With ``redis_url`` set, the
 asynchronous path (:meth:`TokenBuckets.acquire`) counts in Redis instead, so a subject's
-limit holds across every node (:mod:`tidegate.server.cluster.ratelimit`); when Redis is away
+limit holds across every node (:mod:`tidegate.cluster.ratelimit`); when Redis is away
 it counts in these local buckets, as one node would.
 """
 
@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidegate.cluster.link import RedisDownError
+
 from .auth import Principal
-from .cluster.link import RedisDownError
 from .errors import RateLimitedError
 from .settings import Settings
 

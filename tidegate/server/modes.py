@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tidegate.engines.errors import RequestError
 from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
 from tidegate.media import MediaPeer
+from tidegate.pipelines.records import Response as ResponseRecord
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     InputAudio,
@@ -30,7 +31,6 @@ from tidegate.protocol.messages import (
     RtcOffer,
 )
 
-from .db.records import Response as ResponseRecord
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Mode, Session

@@ -7,15 +7,17 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from tidegate.cluster import Cluster
+from tidegate.cluster.metrics import ClusterCollector
+from tidegate.store.metrics import RecordWriterCollector
+from tidegate.store.writer import RecordWriter
+
 from .admission import Admission
 from .auth import TokenVerifier
-from .cluster import Cluster
-from .cluster.metrics import ClusterCollector
-from .db.metrics import RecordWriterCollector
-from .db.writer import RecordWriter
 from .gate import ConnectionGate
 from .limits import Limiter
 from .metrics import ServerMetrics, StageTimes
@@ -30,6 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WATCHDOG_INTERVAL_S = 1.0
+
+
+def prepare_offline(data_dir: Path, name: str) -> None:
+    """Prepare a default model an engine needs from what is installed (no download): the
+    converters are imported only when a model is missing."""
+    from tidegate.tools.prepare import prepare_offline as prepare
+
+    prepare(data_dir, name)
 
 
 class Runtime:
@@ -99,6 +109,7 @@ class Runtime:
                 engine_specs(s),
                 s.data_dir,
                 custom=custom,
+                prepare=prepare_offline,
                 media_worker_threads=s.media_worker_threads,
                 media_max_pending_items=s.media_max_pending_items,
             )

@@ -33,11 +33,11 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from tidegate.pipelines.records import SensorBatcher
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import InputSensor, SensorSubscribe, SensorUnsubscribe, upload_size
 from tidegate.protocol.messages import SensorReading as SensorReadingEvent
 
-from .db.records import SensorBatcher
 from .errors import InvalidConfigError, NotFoundError, RateLimitedError
 from .limits import TokenBuckets
 from .sensorbus import SensorBus, SensorSubscription

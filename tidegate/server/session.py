@@ -17,18 +17,26 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tidegate.pipelines.records import (
+    Record,
+    Recorder,
+    SessionEnded,
+    SessionResumed,
+    SessionStarted,
+    plain_json,
+)
 from tidegate.protocol import ClientMessage, ServerMessage
 from tidegate.protocol.messages import FlowCredit, Metrics
 
 from .auth import Principal
-from .db.records import Record, Recorder, SessionEnded, SessionResumed, SessionStarted, plain_json
 from .errors import ForbiddenError, NotFoundError, OverloadedError, RateLimitedError
 from .outbox import Outbox
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .cluster.caches import ResultCaches
+    from tidegate.cluster import Cluster
+    from tidegate.cluster.caches import ResultCaches
+
     from .limits import Limiter
     from .metrics import StageTimes
     from .sensors import SensorLane

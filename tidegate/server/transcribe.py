@@ -45,11 +45,12 @@ import numpy as np
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
-from tidegate.engines.scheduler import Scheduler
+from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.media import AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
+from tidegate.pipelines.records import TranscriptSegment
 from tidegate.protocol import ClientMessage
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -63,7 +64,6 @@ from tidegate.protocol.messages import (
     VadSpeechStopped,
 )
 
-from .db.records import TranscriptSegment
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
 from .rtc import SessionMedia
 from .session import Session
@@ -138,8 +138,8 @@ class TranscribeMode:
     def __init__(self, session: Session, engines: EngineService) -> None:
         self.session = session
         s = session.settings
-        self.vad: Scheduler[Any, VadResult] = engines.get("vad")
-        self.asr: Scheduler[Any, AsrResult] = engines.get("asr")
+        self.vad = engines.get(VAD)
+        self.asr = engines.get(ASR)
         self.workers = engines.media  # resampling, off the loop (bounded: engines/workers.py)
         tokenizer = getattr(self.asr.engine, "tokenizer", None)
         if tokenizer is None:

@@ -13,7 +13,7 @@ import pytest
 from tidegate.engines import models
 from tidegate.engines.errors import EngineClosedError, InferenceError, RequestError
 from tidegate.engines.llm import LlmBatcher, LlmSettings, SamplingParams
-from tidegate.engines.llm.convert import LlamaConfig
+from tidegate.engines.llm.config import LlamaConfig
 from tidegate.engines.llm.model import KvCache
 from tidegate.engines.llm.text import Detokenizer, StopMatcher
 

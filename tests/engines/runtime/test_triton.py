@@ -24,7 +24,7 @@ from tidegate.engines.runtime.triton import (
 )
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
 from tidegate.engines.service import EngineSpec, build_engine
-from tidegate.engines.triton_export import ExportOptions, export_repository, onnx_signature
+from tidegate.tools.triton_export import ExportOptions, export_repository, onnx_signature
 
 from ..asr_audio import read_wav
 from ..triton_server import free_port
@@ -294,7 +294,7 @@ def test_exported_repository(data_dir: Path, tmp_path: Path) -> None:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from tidegate.engines.triton_export import model_files
+    from tidegate.tools.triton_export import model_files
 
     # Every default model but the LLMs (reading their 0.25-0.65 GB graphs adds nothing here).
     files = model_files(data_dir, ["silero-vad", "blazeface", "mtcnn", "whisper-tiny-en"])
@@ -388,7 +388,7 @@ def test_exported_transcribe_model_in_tritonserver(
     rows)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tidegate.engines.triton_export import model_files
+    from tidegate.tools.triton_export import model_files
 
     from ..triton_server import BundledTritonServer
 

@@ -1,14 +1,22 @@
-"""Scenario modules register themselves on import; list each one here."""
+"""Scenario modules register themselves on import (:func:`tidegate.bench.harness.scenario`);
+list each one here."""
 
+from ..harness import SCENARIOS, Scenario
 from . import (  # noqa: F401
     asr,
     assistant,
     cluster,
     control,
     db,
+    ears,
     echo,
     engines,
     llm_tts,
     sensors,
     vision,
 )
+
+
+def load_scenarios() -> dict[str, Scenario]:
+    """Every scenario, by name (each module above registered itself on import)."""
+    return SCENARIOS

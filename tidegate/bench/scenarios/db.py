@@ -1,7 +1,7 @@
 """Scenario ``db``: the record writer's throughput on SQLite and PostgreSQL, and the media
 path's latency with and without a flood of writes (it must not move).
 
-Throughput runs ``python -m tidegate.server.db.bench`` (a measuring module of the server) in a
+Throughput runs ``python -m tidegate.bench.micro.store`` (a measuring module of the server) in a
 subprocess and takes its JSON: records per second through queue, journal and batched commits.
 
 Latency drives a live server (``tidegate serve`` in a child process, on each database) through
@@ -100,13 +100,13 @@ async def _measure_module(*argv: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tidegate.server.db.bench",
+        "tidegate.bench.micro.store",
         *argv,
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"tidegate.server.db.bench {argv[0]} exited with {proc.returncode}")
+        raise RuntimeError(f"tidegate.bench.micro.store {argv[0]} exited with {proc.returncode}")
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 

@@ -1,7 +1,7 @@
 """Scenario ``engines``: per engine, batch-1 calls versus the cross-session scheduler with N
 concurrent streams (N = 1, 8, 64): CPU per request, throughput, latency, and the ratios.
 
-The measuring code lives in the engine layer (``python -m tidegate.engines.bench``): bench/
+The measuring code lives in the engine layer (``python -m tidegate.bench.micro.engines``): bench/
 imports only the protocol, so this scenario runs it as a subprocess and keeps its JSON.
 """
 
@@ -28,7 +28,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--triton-url",
         help="also run the same requests locally and through this Triton server, side by "
-        "side (python -m tidegate.engines.triton_bench; docs/triton.md)",
+        "side (python -m tidegate.bench.micro.triton; docs/triton.md)",
     )
 
 
@@ -39,14 +39,14 @@ def _args(p: argparse.ArgumentParser) -> None:
     needs_server=False,
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
-    command = [sys.executable, "-m", "tidegate.engines.bench", "--json"]
+    command = [sys.executable, "-m", "tidegate.bench.micro.engines", "--json"]
     for flag in ("engines", "streams", "repeats", "threads", "providers"):
         command += [f"--{flag}", str(getattr(args, flag))]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     results = await _child(command, args.timeout_s)
     if args.triton_url:
-        command = [sys.executable, "-m", "tidegate.engines.triton_bench", "--json"]
+        command = [sys.executable, "-m", "tidegate.bench.micro.triton", "--json"]
         command += ["--triton-url", args.triton_url, "--threads", str(args.threads)]
         if args.data_dir:
             command += ["--data-dir", args.data_dir]

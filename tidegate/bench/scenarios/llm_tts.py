@@ -1,8 +1,8 @@
 """Scenarios ``llm`` and ``tts``: the LLM's time to first token, token interval and aggregate
 tokens/s at N concurrent generations; TTS real-time factor and time to first audio.
 
-The measuring code lives in the engine layer (``python -m tidegate.engines.llm.bench`` and
-``python -m tidegate.engines.tts.bench``): bench/ imports only the protocol, so these
+The measuring code lives in the engine layer (``python -m tidegate.bench.micro.llm`` and
+``python -m tidegate.bench.micro.tts``): bench/ imports only the protocol, so these
 scenarios run them as subprocesses and keep their JSON.
 """
 
@@ -80,7 +80,7 @@ async def run_llm(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     flags += ["--threads", str(args.threads)]
     if args.data_dir:
         flags += ["--data-dir", args.data_dir]
-    return await _run_module("tidegate.engines.llm.bench", flags, args.timeout_s)
+    return await _run_module("tidegate.bench.micro.llm", flags, args.timeout_s)
 
 
 def _tts_args(p: argparse.ArgumentParser) -> None:
@@ -100,4 +100,4 @@ async def run_tts(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     flags = ["--token-interval-ms", str(args.token_interval_ms), "--threads", str(args.threads)]
     if args.data_dir:
         flags += ["--data-dir", args.data_dir]
-    return await _run_module("tidegate.engines.tts.bench", flags, args.timeout_s)
+    return await _run_module("tidegate.bench.micro.tts", flags, args.timeout_s)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..signature import Signature, TensorSpec
+
 if __package__:
     from .features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel
 else:  # copied beside a Triton model.py, or loaded by path (pytriton_serve.py)
@@ -491,3 +493,15 @@ def _outputs(
             np.array([timings["encode"], timings["decode"]], dtype=np.float64), (b, 1)
         ),
     }
+
+
+def transcribe_signature() -> Signature:
+    """The python transcribe model's tensors (batch axis first), for Triton's python backend."""
+
+    def specs(items: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(n, t, ("batch", *(d if d >= 0 else f"{n}_{k}" for k, d in enumerate(dims))))
+            for n, t, dims in items
+        )
+
+    return Signature(specs(TRANSCRIBE_INPUTS), specs(TRANSCRIBE_OUTPUTS))

@@ -1,4 +1,5 @@
-"""Whisper on ONNX Runtime: the converted encoder and decoder (:mod:`.convert`), greedy
+"""Whisper on ONNX Runtime: the converted encoder and decoder (built by
+:mod:`tidegate.tools.convert_whisper`), greedy
 decoding with a KV cache, batched across sessions (:mod:`.greedy`: the shortened audio
 context, the decoding loop and its stopping rules).
 
@@ -35,6 +36,7 @@ from .greedy import (
     pack_requests,
     repeated_tail,
     transcribe,
+    transcribe_signature,
     unpack_results,
 )
 from .request import (
@@ -209,8 +211,6 @@ class LocalTranscribe:
 
     @property
     def signature(self) -> Signature:
-        from ..triton_export import transcribe_signature
-
         return transcribe_signature()
 
     @property

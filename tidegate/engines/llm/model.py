@@ -1,5 +1,5 @@
-"""The prepared decoder graph (see ``convert.py``) and the padded KV cache that lets sequences
-of different lengths share one step.
+"""The prepared decoder graph (built by :mod:`tidegate.tools.convert_llm`) and the padded KV
+cache that lets sequences of different lengths share one step.
 
 A :class:`KvCache` holds one row per sequence: per layer, keys and values
 [rows, kv_heads, slots, head_dim], and ``valid`` [rows, slots] saying which slots hold a real
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..runtime import Array, ModelRunner, RuntimeOptions, open_model
-from .convert import MASK_VALUE, LlamaConfig
+from .config import MASK_VALUE, LlamaConfig
 
 
 @dataclass(slots=True)

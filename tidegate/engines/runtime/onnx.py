@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import EngineClosedError, ModelError, RuntimeUnavailableError
 from ..signature import Signature, ort_dtype, spec_from_shape
-from . import Array, RuntimeOptions
+from .base import Array, RuntimeOptions
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EngineClosedError, InferenceError, ModelError, RuntimeUnavailableError
 from ..signature import Signature, spec_from_shape
-from . import Array, RuntimeOptions
+from .base import Array, RuntimeOptions
 
 
 def _check(result: Any) -> Any:

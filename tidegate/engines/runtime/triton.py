@@ -39,7 +39,7 @@ from ..errors import (
     RuntimeUnavailableError,
 )
 from ..signature import Signature, TensorSpec
-from . import Array, ModelRunner, RuntimeOptions
+from .base import Array, ModelRunner, RuntimeOptions
 
 log = logging.getLogger(__name__)
 

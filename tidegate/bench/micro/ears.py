@@ -1,0 +1,345 @@
+"""Microbenchmark of the ears: turn detection batched across sessions, and echo cancelling.
+
+``python -m tidegate.bench.micro.ears --json`` prints one JSON object (``tidegate bench
+ears`` runs it as a subprocess and keeps it as its report):
+
+- ``turn``: 16 sessions (``--sessions``) each ask Smart Turn about their last few seconds of
+  speech at once; the CPU time of serving them through the :class:`Scheduler` (one batch)
+  against 16 batch-1 calls, best of ``--repeats`` rounds each (target: ratio <= 0.3); and
+  the model's separation of complete from unfinished sentences (the fraction of
+  complete/unfinished pairs ordered right) for each voice available (espeak-ng always;
+  the Piper voice when ``piper-joe`` is prepared);
+- ``aec``: one :class:`EchoCanceller` per case of the echo set (reply echoed at -6, -12,
+  -20 dB with 40, 120, 250 ms delay, plus drift and double-talk cases): ERLE in dB after
+  3 s of adaptation, the delay found, and the CPU seconds per session-second (target
+  <= 0.02), 20 ms frames fed as a lane would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidegate.engines import models
+from tidegate.engines.audio import EchoCanceller
+from tidegate.engines.engine import Ok
+from tidegate.engines.scheduler import BatchPolicy, Scheduler
+from tidegate.engines.turn import SmartTurn
+from tidegate.tools.prepare import prepare_offline
+
+from .. import audio_sets
+
+SR = audio_sets.SAMPLE_RATE_HZ
+FRAME = 320  # 20 ms
+SETTLE_S = 3.0
+AFTER_SPEECH_S = 0.1  # the VAD's default min silence: when a pause is reported
+ECHO_DELAYS_S = (0.04, 0.12, 0.25)
+ECHO_LEVELS_DB = (-6.0, -12.0, -20.0)
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get("TIDEGATE_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
+
+
+def _pct(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values)
+    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)} | {"max": float(a.max())}
+
+
+# -- turn detection ---------------------------------------------------------------------------
+def _turn_requests(n: int) -> list[np.ndarray]:
+    """n sessions' recent audio: the paused and complete sets, cut where a pause is seen."""
+    clips = []
+    for c in audio_sets.paused_set(0) + audio_sets.complete_set():
+        stop = c.pause_s[0] if c.pause_s else c.end_s
+        clips.append(c.audio[: round((stop + AFTER_SPEECH_S) * SR)])
+    return [clips[i % len(clips)] for i in range(n)]
+
+
+def _batch1(engine: SmartTurn, reqs: list[np.ndarray]) -> tuple[float, list[float], list[float]]:
+    lat, probs = [], []
+    cpu0 = time.process_time()
+    for r in reqs:
+        t0 = time.perf_counter()
+        (o,) = engine.run_batch([r], [None])
+        lat.append((time.perf_counter() - t0) * 1000)
+        assert isinstance(o, Ok), o
+        probs.append(o.value.probability)
+    return time.process_time() - cpu0, lat, probs
+
+
+async def _scheduled(
+    sched: Scheduler[Any, Any], reqs: list[np.ndarray]
+) -> tuple[float, list[float], list[float], float]:
+    lat: list[float] = []
+
+    async def one(r: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        res = await sched.submit(r, deadline_s=60.0)
+        lat.append((time.perf_counter() - t0) * 1000)
+        return float(res.probability)
+
+    batches0 = sched.counters.batches
+    cpu0 = time.process_time()
+    probs = await asyncio.gather(*(one(r) for r in reqs))
+    cpu = time.process_time() - cpu0
+    return cpu, lat, list(probs), len(reqs) / max(1, sched.counters.batches - batches0)
+
+
+async def _turn_scheduler_rounds(
+    engine: SmartTurn, reqs: list[np.ndarray], repeats: int
+) -> list[tuple[float, list[float], list[float], float]]:
+    n = len(reqs)
+    sched: Scheduler[Any, Any] = Scheduler(
+        engine, BatchPolicy(max_batch_items=n, batch_wait_s=0.01, deadline_s=60.0)
+    )
+    await sched.start()
+    try:
+        return [await _scheduled(sched, reqs) for _ in range(repeats)]
+    finally:
+        await sched.close()
+
+
+def _separation(engine: SmartTurn, voice: audio_sets.Voice | None) -> dict[str, Any]:
+    after = audio_sets.silence(AFTER_SPEECH_S)
+    lead = audio_sets.silence(0.3)
+    heads = [h for h, _ in audio_sets.PAUSED_SENTENCES]
+    fulls = [f"{h} {t}." for h, t in audio_sets.PAUSED_SENTENCES]
+    fulls += list(audio_sets.COMPLETE_SENTENCES)
+
+    def score(texts: list[str]) -> list[float]:
+        clips = [np.concatenate([lead, audio_sets.speech(t, voice), after]) for t in texts]
+        out = engine.run_batch(clips, [None] * len(clips))
+        return [o.value.probability for o in out if isinstance(o, Ok)]
+
+    cut, done = score(heads), score(fulls)
+    return {
+        "unfinished": [round(p, 3) for p in cut],
+        "complete": [round(p, 3) for p in done],
+        "pairs_ordered": float(np.mean([c < d for c in cut for d in done])),
+        "median_unfinished": float(np.median(cut)),
+        "median_complete": float(np.median(done)),
+    }
+
+
+def _piper(data_dir: Path) -> tuple[audio_sets.Voice, Any] | None:
+    if models.verify(data_dir, "piper-joe", deep=False):
+        return None
+    from tidegate.engines.tts import PiperVoice
+
+    engine = PiperVoice(models.model_dir(data_dir, "piper-joe") / "en_US-joe-medium.onnx")
+    engine.scales = np.array([0.0, engine.scales[1], 0.0], np.float32)  # deterministic
+    engine.load()
+
+    def speak(text: str) -> np.ndarray:
+        (o,) = engine.run_batch([text], [None])
+        assert isinstance(o, Ok), o
+        return audio_sets.resample(o.value, 48_000)
+
+    return speak, engine
+
+
+def bench_turn(data_dir: Path, sessions: int, repeats: int) -> dict[str, Any]:
+    path = models.model_dir(data_dir, "smart-turn-v3.2") / "smart-turn-v3.2-cpu.onnx"
+    prepare_offline(data_dir, "smart-turn-v3.2")
+    engine = SmartTurn(path)
+    engine.load()
+    engine.warmup()
+    reqs = _turn_requests(sessions)
+    b1 = [_batch1(engine, reqs) for _ in range(repeats)]
+    sch = asyncio.run(_turn_scheduler_rounds(engine, reqs, repeats))
+    engine.load()  # the scheduler closed it
+    best_b = min(b1, key=lambda r: r[0])
+    best_s = min(sch, key=lambda r: r[0])
+    # the features alone (not batched: one per request, on the worker thread)
+    from tidegate.engines.turn import turn_features
+
+    cpu0 = time.process_time()
+    for r in reqs:
+        turn_features(r)
+    features_cpu = time.process_time() - cpu0
+    voices: dict[str, Any] = {"espeak": _separation(engine, None)}
+    piper = _piper(data_dir)
+    if piper is not None:
+        voices["piper"] = _separation(engine, piper[0])
+        piper[1].close()
+    engine.close()
+    return {
+        "model": "smart-turn-v3.2",
+        "sessions": sessions,
+        "batch1": {
+            "cpu_ms_per_request": best_b[0] / sessions * 1000,
+            "latency_ms": _pct(best_b[1]),
+        },
+        "scheduler": {
+            "cpu_ms_per_request": best_s[0] / sessions * 1000,
+            "latency_ms": _pct(best_s[1]),
+            "mean_batch": best_s[3],
+        },
+        "cpu_ratio": best_s[0] / best_b[0],
+        "features_cpu_ms_per_request": features_cpu / sessions * 1000,
+        "identical_probabilities": bool(np.allclose(best_b[2], best_s[2], atol=1e-6)),
+        "separation": voices,
+    }
+
+
+# -- echo cancellation ------------------------------------------------------------------------
+def _cancel(mic: np.ndarray, far: np.ndarray, ec: EchoCanceller) -> tuple[np.ndarray, float]:
+    out = np.zeros_like(mic)
+    cpu0 = time.process_time()
+    for i in range(0, len(mic) - FRAME + 1, FRAME):
+        ec.add_far(far[i : i + FRAME], i)
+        out[i : i + FRAME] = ec.process_near(mic[i : i + FRAME], i)
+    return out, time.process_time() - cpu0
+
+
+def _db(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(a**2) / max(float(np.sum(b**2)), 1e-20)))
+
+
+def bench_aec() -> dict[str, Any]:
+    reply = np.concatenate(
+        [audio_sets.speech(t) for t in audio_sets.REPLY_SENTENCES] + [audio_sets.silence(0.5)]
+    )
+    seconds = len(reply) / SR
+    settled = slice(round(SETTLE_S * SR), len(reply))
+    cases: list[dict[str, Any]] = []
+    cpu_per_s: list[float] = []
+    for delay in ECHO_DELAYS_S:
+        for level in ECHO_LEVELS_DB:
+            mic, echo, _ = audio_sets.mic_with_echo(
+                reply, delay_s=delay, level_db=level, noise_db=-90.0
+            )
+            ec = EchoCanceller()
+            out, cpu = _cancel(mic, reply, ec)
+            cpu_per_s.append(cpu / seconds)
+            cases.append(
+                {
+                    "delay_ms": delay * 1000,
+                    "level_db": level,
+                    "erle_db": round(_db(echo[settled], out[settled]), 1),
+                    "delay_found_ms": round(ec.delay_s * 1000, 1),
+                    "cpu_s_per_s": round(cpu / seconds, 5),
+                }
+            )
+    mic, echo, _ = audio_sets.mic_with_echo(
+        reply, delay_s=0.05, level_db=-10.0, drift_ppm=3000.0, noise_db=-90.0
+    )
+    ec = EchoCanceller()
+    out, cpu = _cancel(mic, reply, ec)
+    drift = {
+        "drift_ppm": 3000.0,
+        "erle_db": round(_db(echo[settled], out[settled]), 1),
+        "delay_found_ms": round(ec.delay_s * 1000, 1),
+        "delay_true_end_ms": round((0.05 + len(reply) * 3000e-6 / SR) * 1000, 1),
+    }
+    near = audio_sets.speech(audio_sets.USER_SENTENCES[1])
+    at = round(5.0 * SR)
+    double: list[dict[str, Any]] = []
+    for level in (-6.0, -12.0):
+        mic, echo, user = audio_sets.mic_with_echo(
+            reply, delay_s=0.15, level_db=level, near=near, near_at_s=5.0, seed=3
+        )
+        out, _ = _cancel(mic, reply, EchoCanceller())
+        span = slice(at, at + len(near))
+        double.append(
+            {
+                "level_db": level,
+                "user_kept_db": round(_db(out[span], user[span]), 1),
+                "echo_to_user_before_db": round(_db(echo[span], user[span]), 1),
+            }
+        )
+    erles = [c["erle_db"] for c in cases]
+    return {
+        "cases": cases,
+        "erle_db_min": min(erles),
+        "erle_db_median": float(np.median(erles)),
+        "cpu_s_per_session_s": _pct(cpu_per_s),
+        "drift": drift,
+        "double_talk": double,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    if "turn" in args.parts:
+        report["turn"] = bench_turn(args.data_dir, args.sessions, args.repeats)
+    if "aec" in args.parts:
+        report["aec"] = bench_aec()
+    turn, aec = report.get("turn"), report.get("aec")
+    report["targets"] = {
+        "turn_cpu_ratio_max": 0.3,
+        "turn_cpu_ratio": turn["cpu_ratio"] if turn else None,
+        "aec_erle_db_min": 20.0,
+        "aec_erle_db": aec["erle_db_min"] if aec else None,
+        "aec_cpu_s_per_session_s_max": 0.02,
+        "aec_cpu_s_per_session_s": aec["cpu_s_per_session_s"]["p50"] if aec else None,
+    }
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = []
+    t = report.get("turn")
+    if t:
+        lines.append(
+            f"turn: {t['sessions']} sessions  batch-1 {t['batch1']['cpu_ms_per_request']:.1f} "
+            f"CPU-ms/request  scheduler {t['scheduler']['cpu_ms_per_request']:.1f} "
+            f"(batch {t['scheduler']['mean_batch']:.1f})  ratio {t['cpu_ratio']:.2f}  "
+            f"features {t['features_cpu_ms_per_request']:.1f} ms"
+        )
+        for name, s in t["separation"].items():
+            lines.append(
+                f"  {name}: pairs ordered {s['pairs_ordered']:.2f}  median complete "
+                f"{s['median_complete']:.2f} unfinished {s['median_unfinished']:.2f}"
+            )
+    a = report.get("aec")
+    if a:
+        lines.append(
+            f"aec: ERLE min {a['erle_db_min']:.1f} dB median {a['erle_db_median']:.1f} dB  "
+            f"CPU {a['cpu_s_per_session_s']['p50']:.4f} s per session-second  drift ERLE "
+            f"{a['drift']['erle_db']:.1f} dB"
+        )
+        for c in a["cases"]:
+            lines.append(
+                f"  {c['delay_ms']:5.0f} ms {c['level_db']:5.0f} dB: ERLE {c['erle_db']:5.1f} dB "
+                f"delay found {c['delay_found_ms']:.0f} ms"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.ears", description=__doc__)
+    p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
+    p.add_argument("--parts", default="turn,aec", help="turn, aec")
+    p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per way; the best is kept")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    args = p.parse_args(argv)
+    args.parts = set(args.parts.split(","))
+    missing = audio_sets.have_tools()
+    if missing:
+        print(f"ears bench: needs {missing}", file=sys.stderr)
+        return 2
+    report = run(args)
+    print(summary(report), file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
