@@ -527,7 +527,7 @@ class ServerMetrics:
             self._server = None
 
 
-@edge.endpoint("GET, OPTIONS", scope=SCOPE_ADMIN)
+@edge.handler(scope=SCOPE_ADMIN)
 async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
     return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
