@@ -32,8 +32,8 @@ def _codes(data: Uint8Array | bytes) -> Uint8Array:
     return np.asarray(data, dtype=np.uint8)
 
 
-def ulaw_encode(samples: Int16Array | bytes) -> Uint8Array:
-    """16-bit linear PCM to mu-law bytes (one per sample)."""
+def _ulaw_compress(samples: Int16Array | bytes) -> Uint8Array:
+    """16-bit linear PCM to mu-law codes, computed (builds the encoding table)."""
     x = _pcm(samples)
     sign = np.where(x < 0, 0x80, 0x00)  # inverted below with the rest: negative -> 0
     mag = np.minimum(np.where(x < 0, -x - 1, x), _MULAW_CLIP) + _MULAW_BIAS  # G.191: ~x
@@ -70,8 +70,8 @@ def ulaw_decode(data: Uint8Array | bytes) -> Int16Array:
     return ULAW_TABLE[_codes(data)]
 
 
-def alaw_encode(samples: Int16Array | bytes) -> Uint8Array:
-    """16-bit linear PCM to A-law bytes (one per sample)."""
+def _alaw_compress(samples: Int16Array | bytes) -> Uint8Array:
+    """16-bit linear PCM to A-law codes, computed (builds the encoding table)."""
     x = _pcm(samples) >> 3  # 13 bits
     negative = x < 0
     mag = np.where(negative, -x - 1, x)  # one's complement, as in the reference
@@ -86,3 +86,20 @@ def alaw_encode(samples: Int16Array | bytes) -> Uint8Array:
 def alaw_decode(data: Uint8Array | bytes) -> Int16Array:
     """A-law bytes to 16-bit linear PCM."""
     return ALAW_TABLE[_codes(data)]
+
+
+_ALL_SAMPLES: Int16Array = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+_ULAW_CODES: Uint8Array = _ulaw_compress(_ALL_SAMPLES)  # 64 KiB: sample + 32768 -> code
+_ALAW_CODES: Uint8Array = _alaw_compress(_ALL_SAMPLES)
+
+
+def ulaw_encode(samples: Int16Array | bytes) -> Uint8Array:
+    """16-bit linear PCM to mu-law bytes (one per sample), by table."""
+    out: Uint8Array = _ULAW_CODES[_pcm(samples) + 32768]
+    return out
+
+
+def alaw_encode(samples: Int16Array | bytes) -> Uint8Array:
+    """16-bit linear PCM to A-law bytes (one per sample), by table."""
+    out: Uint8Array = _ALAW_CODES[_pcm(samples) + 32768]
+    return out

