@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 import pytest_asyncio
 import websockets
@@ -47,7 +48,9 @@ async def live(
 ) -> AsyncIterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("realtime-ws")
     (tmp / "models").symlink_to(prepared / "models")
-    settings = make_settings(tmp, engines=("vad", "asr", "llm", "tts"), allowed_origins=())
+    settings = make_settings(
+        tmp, engines=("vad", "asr", "llm", "tts"), allowed_origins=(), send_timeout_s=2.0
+    )
     async with run_server(settings) as server:
         await wait_ready(server.http, timeout_s=120)
         yield server
@@ -343,8 +346,6 @@ async def test_unsupported_event_is_refused_and_the_session_goes_on(live: LiveSe
 
 async def raw_refusal(live: LiveServer, **connect: Any) -> tuple[dict[str, Any], int | None]:
     """Connect without the SDK (to set any header or subprotocol): the error and close code."""
-    import orjson
-
     url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
     async with websockets.connect(url, **connect) as ws:
         event = orjson.loads(await ws.recv())
@@ -376,14 +377,53 @@ async def test_bad_origin_is_refused(live: LiveServer) -> None:
 async def test_browser_subprotocol_key_is_accepted(live: LiveServer) -> None:
     """The browsers' form: the JWT in the subprotocols, answered ``realtime`` (never the key),
     and session.created follows."""
-    import orjson
-
     url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
     protocols = ["realtime", f"openai-insecure-api-key.{live.token()}"]
     async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
         assert ws.subprotocol == "realtime"
         event = orjson.loads(await ws.recv())
     assert event["type"] == "session.created"
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_session_closed(
+    live: LiveServer,
+) -> None:
+    """A Realtime client that stops reading while its events pile up (each session.update
+    answered by a whole session object, its 15 kB instructions included) is cut as too slow
+    (4408: the send watchdog, send_timeout_s), and its session is closed with it at once,
+    not left to expire."""
+    import socket
+
+    before = live.runtime.counters["too_slow"]
+    expired = live.runtime.registry.expired
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+    url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"Bearer {live.token(subject='slow')}"}
+    ws = await websockets.connect(url, sock=sock, additional_headers=headers, max_queue=1)
+    ws.transport.set_write_buffer_limits(0)
+    ws.transport.pause_reading()
+    session = {"type": "realtime", "instructions": "x" * 15_000}  # echoed in each answer
+    update = orjson.dumps({"type": "session.update", "session": session}).decode()
+    for _ in range(900):
+        if live.runtime.counters["too_slow"] > before:
+            break
+        try:
+            async with asyncio.timeout(2.0):
+                await ws.send(update)
+        except (TimeoutError, websockets.ConnectionClosed, OSError):
+            break
+    async with asyncio.timeout(scaled(20)):
+        while live.runtime.counters["too_slow"] == before:
+            await asyncio.sleep(0.05)
+        while any(s.principal.subject == "slow" for s in live.runtime.registry):
+            await asyncio.sleep(0.05)
+        while live.runtime.channels:
+            await asyncio.sleep(0.05)
+    assert live.runtime.registry.expired == expired  # closed with its connection
+    ws.transport.abort()
 
 
 async def test_realtime_sessions_are_recorded_and_timed(live: LiveServer) -> None:
