@@ -1,4 +1,5 @@
-"""The starlette application: health, readiness, the control channel and the HTTP routes.
+"""The starlette application: health, readiness, the control channel, the Realtime
+WebSocket (``/v1/realtime``) and the HTTP routes.
 
 Every HTTP route is behind the edge middleware (:class:`.edge.Edge`: origin allow-list, token,
 the subject's request budget, one error table) but the public ones it names
@@ -23,6 +24,7 @@ from .control import control_endpoint
 from .edge import Edge
 from .metrics import METRICS_PATH, metrics_endpoint
 from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
+from .realtime import REALTIME_PATH, realtime_endpoint
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
@@ -93,4 +95,9 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
     async def control(ws: AsgiWebSocket) -> None:
         await control_endpoint(ws, runtime)
 
-    return WebSocketFront(app, CONTROL_PATH, control)
+    async def realtime(ws: AsgiWebSocket) -> None:
+        await realtime_endpoint(ws, runtime)
+
+    # The two WebSocket routes on the raw-ASGI path (asgi_ws.py); the Realtime dialect's is
+    # the same shell with the translator as its wire (realtime.py).
+    return WebSocketFront(WebSocketFront(app, REALTIME_PATH, realtime), CONTROL_PATH, control)

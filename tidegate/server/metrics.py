@@ -61,22 +61,26 @@ REQUEST_TIMEOUT_S = 5.0
 class StageTimes:
     """Per event type, histograms of the server stages its ``timing`` names: ``queue``
     (received -> engine start), ``engine`` (engine start -> end), ``send`` (engine end ->
-    sent) and ``total`` (received -> sent). Written from the event loop only."""
+    sent) and ``total`` (received -> sent), per ``dialect`` of the connection that sent it
+    (``tidegate``: the control channel; ``realtime``: ``/v1/realtime``). Written from the
+    event loop only."""
 
     def __init__(self) -> None:
-        self.by_type: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        #: (dialect, event type) -> the four stage histograms
+        self.by_type: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         # A spoken turn's last audio -> its reply's first audio frame handed to the connection.
         self.voice_to_voice = Histogram(STAGE_BUCKETS_MS)
 
-    def observe(self, msg: ServerMessage, sent_ms: float) -> None:
+    def observe(self, msg: ServerMessage, sent_ms: float, dialect: str = "tidegate") -> None:
         timing = getattr(msg, "timing", None)
         if timing is None:
             return
-        hists = self.by_type.get(msg.TYPE)
+        key = (dialect, msg.TYPE)
+        hists = self.by_type.get(key)
         if hists is None:
             b = STAGE_BUCKETS_MS
             hists = (Histogram(b), Histogram(b), Histogram(b), Histogram(b))
-            self.by_type[msg.TYPE] = hists
+            self.by_type[key] = hists
         queue, engine, send, total = hists
         received, start, end = timing.received, timing.engine_start, timing.engine_end
         if received is not None:
@@ -165,12 +169,13 @@ class ServerCollector(Collector):
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
-            "start), engine, send (engine end to sent), total (received to sent).",
-            labels=["type", "stage"],
+            "start), engine, send (engine end to sent), total (received to sent), by the "
+            "dialect of the connection (tidegate, realtime).",
+            labels=["type", "stage", "dialect"],
         )
-        for mtype, hists in sorted(rt.stage_times.by_type.items()):
+        for (dialect, mtype), hists in sorted(rt.stage_times.by_type.items()):
             for stage, h in zip(STAGES, hists, strict=True):
-                stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
+                stages.add_metric([mtype, stage, dialect], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
         v2v = rt.stage_times.voice_to_voice
         voice = HistogramMetricFamily(

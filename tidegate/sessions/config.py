@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
 MODE_NAMES = tuple(MODES)
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice"})
+CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions"})
+MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
 ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
@@ -65,7 +66,22 @@ def resolve_config(
         )
     if "tools" in config or "tool_choice" in config:
         _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
+    if "instructions" in config:
+        _check_instructions(config)
     return config
+
+
+def _check_instructions(config: dict[str, Any]) -> None:
+    """``instructions``: the assistant's system prompt for this session (a string of at most
+    ``MAX_INSTRUCTIONS_CHARS``; empty: the server's ``assistant_system_prompt``)."""
+    value = config["instructions"]
+    if config["mode"] != "assistant":
+        raise InvalidConfigError("session config.instructions: only the assistant mode has them")
+    if not isinstance(value, str) or len(value) > MAX_INSTRUCTIONS_CHARS:
+        raise InvalidConfigError(
+            f"session config.instructions: expected a string of at most "
+            f"{MAX_INSTRUCTIONS_CHARS} characters"
+        )
 
 
 def _lanes_needs(config: dict[str, Any]) -> tuple[str, ...]:
