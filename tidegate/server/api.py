@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -469,3 +470,9 @@ def _build_openapi() -> dict[str, Any]:
 
 
 OPENAPI = _build_openapi()
+
+
+@edge.handler(scope=SCOPE_ADMIN)
+async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
+    """``GET /metrics`` on the main port (:mod:`.metrics`): an ``admin``-scope token."""
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -18,11 +18,11 @@ from starlette.routing import Mount, Route
 
 from tidegate.engines.llm import ProviderPool
 
-from .api import api_routes
+from .api import api_routes, metrics_endpoint
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
 from .edge import Edge
-from .metrics import METRICS_PATH, metrics_endpoint
+from .metrics import METRICS_PATH
 from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .realtime import REALTIME_PATH, realtime_endpoint
 from .rtc import offer_endpoint

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -31,24 +31,39 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
 from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
 from tidegate.pipelines.registry import MODES
 
-from . import edge
-from .auth import SCOPE_ADMIN, Principal
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from tidegate.engines.service import EngineService
     from tidegate.protocol import ServerMessage
-    from tidegate.sessions.session import Session
+    from tidegate.sessions.admission import Admission
+    from tidegate.sessions.session import Session, SessionRegistry
 
-    from .runtime import Runtime
+    from .gate import ConnectionGate
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Observed(Protocol):
+    """What the metrics read of the server process at scrape time (the runtime satisfies it;
+    the runtime builds the metrics, so they name what they read instead of the runtime)."""
+
+    settings: Settings
+    gate: ConnectionGate
+    stage_times: StageTimes
+    registry: SessionRegistry
+    admission: Admission
+    engines: EngineService | None
+    #: counts by event (connections, refusals by reason), and wire error codes sent
+    counters: Counter[str]
+    refusals: Counter[str]
+
 
 METRICS_PATH = "/metrics"
 # Milliseconds: server stages of events, from a VAD frame (ms) to a whole reply (seconds).
@@ -125,7 +140,7 @@ def _session_counts(stats: dict[str, Any]) -> Counter[tuple[str, str]]:
 class ServerCollector(Collector):
     """Reads what the server's parts count, at scrape time (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
         self.closed_totals: Counter[tuple[str, str]] = Counter()
 
@@ -468,7 +483,7 @@ class ServerCollector(Collector):
 class ServerMetrics:
     """The registry (ours and the process collector) and the optional separate port."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ServerCollector(runtime)
@@ -530,9 +545,3 @@ class ServerMetrics:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-
-@edge.handler(scope=SCOPE_ADMIN)
-async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
-    """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
-    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

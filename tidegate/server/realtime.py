@@ -68,6 +68,7 @@ from tidegate.protocol.realtime import (
 from tidegate.protocol.realtime.events import MAX_EVENT_BYTES
 from tidegate.sessions.session import Session
 
+from . import edge
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal
 from .control import (
@@ -77,7 +78,7 @@ from .control import (
     _release_sessionless,
     now_ms,
 )
-from .errors import ConnectionLimitError, ForbiddenError, RateLimitedError, RefusalError
+from .errors import ConnectionLimitError, RateLimitedError, RefusalError
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -115,10 +116,7 @@ async def realtime_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
         await _refuse(ws, _offered(ws), e, CloseCode.PROTOCOL_VIOLATION)
         return
     try:
-        origin = ws.headers.get("origin")
-        if not runtime.origin_allowed(origin, ws.headers.get("host")):
-            raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
-        principal = await runtime.verifier.verify(hs.token, SCOPE_SESSION)
+        principal = await edge.admit(runtime, ws.headers, hs.token, SCOPE_SESSION)
         _hold_sessionless(runtime, principal)
     except RefusalError as e:
         key = "connections_refused" if isinstance(e, ConnectionLimitError) else "auth_refused"
