@@ -513,11 +513,11 @@ class Transcriber:
         answers: list[dict[str, Array] | ValueError] = []
         for k, req in enumerate(requests):
             try:
-                mine = _rows(k, req)
-                for *_, language in mine:
+                got = _rows(k, req)
+                for *_, language in got:
                     if not self.vocab.takes(language):
                         raise ValueError(f"language token {language} is not one of the model's")
-                rows += mine
+                rows += got
                 answers.append({})
             except (KeyError, ValueError, TypeError) as e:
                 answers.append(ValueError(f"transcribe: {e}"))

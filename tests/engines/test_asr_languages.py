@@ -1,0 +1,209 @@
+"""Whisper base multilingual: per-request language (a code or auto), detection from Whisper's
+language token, the language locked once per turn by the streaming policy, WER per language
+on espeak-ng speech (German, Spanish, French, English), and the English-only model's answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tidegate.bench.audio_sets import espeak, have_tools, trim_silence
+from tidegate.bench.wer import wer
+from tidegate.engines import models
+from tidegate.engines.asr.greedy import Transcriber, pack_requests, unpack_results
+from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx
+from tidegate.engines.engine import Failed, Ok
+
+pytestmark = pytest.mark.skipif(bool(have_tools()), reason=f"missing: {have_tools()}")
+
+#: language -> (espeak-ng voice, sentences spoken); each clip lasts 3-4 s at 150 wpm
+SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
+    "de": (
+        "de",
+        (
+            "Das Wetter ist heute sonnig und warm, wir gehen in den Park.",
+            "Bitte öffne das Fenster in der Küche, es ist sehr heiß hier.",
+            "Ich möchte morgen mit dem Zug nach Berlin fahren.",
+        ),
+    ),
+    "es": (
+        "es",
+        (
+            "El tiempo hoy es soleado y cálido, vamos a la playa.",
+            "Por favor abre la ventana de la cocina, hace mucho calor.",
+            "Mañana quiero viajar en tren a Madrid con mi familia.",
+        ),
+    ),
+    "fr": (
+        "fr-fr",
+        (
+            "Il fait beau et chaud aujourd'hui, nous allons au parc.",
+            "Ouvre la fenêtre de la cuisine, s'il te plaît, il fait très chaud.",
+            "Demain je voudrais prendre le train pour Paris avec ma famille.",
+        ),
+    ),
+    "en": (
+        "en-us",
+        (
+            "The weather today is sunny and warm, we are going to the park.",
+            "Please open the window in the kitchen, it is very hot in here.",
+        ),
+    ),
+}
+#: mean WER ceiling per language with the language given (espeak-ng's robotic voices are
+#: hard for Whisper base outside English; docs/asr.md has the measured figures)
+WER_CEILING = {"de": 0.8, "es": 0.85, "fr": 0.9, "en": 0.2}
+
+
+def said(text: str, voice: str) -> np.ndarray:
+    return trim_silence(espeak(text, voice=voice))
+
+
+@pytest.fixture(scope="module")
+def base(data_dir: Path) -> WhisperOnnx:
+    engine = WhisperOnnx(models.model_dir(data_dir, "whisper-base"))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def tiny(data_dir: Path) -> WhisperOnnx:
+    engine = WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"))
+    engine.load()
+    return engine
+
+
+def one(engine: WhisperOnnx, request: AsrRequest):
+    (out,) = engine.run_batch([request], [None])
+    return out
+
+
+def test_base_is_multilingual(base: WhisperOnnx) -> None:
+    """The base model's tokenizer knows its 99 language tokens and <|transcribe|>."""
+    assert base.tokenizer is not None and base.tokenizer.multilingual
+    assert len(base.tokenizer.languages) == 99
+    assert {"en", "de", "es", "fr"} <= set(base.tokenizer.languages)
+
+
+def test_wer_per_language_and_detection(base: WhisperOnnx) -> None:
+    """With its language given, each language transcribes under its WER ceiling; with auto,
+    the detected language and its probability come back (accuracy is reported, see docs)."""
+    figures: dict[str, float] = {}
+    detected = total = 0
+    for lang, (voice, sentences) in SPEECH.items():
+        errors = []
+        for text in sentences:
+            audio = said(text, voice)
+            assert len(audio) > 2 * 16_000  # turns longer than 2 s
+            forced = one(base, AsrRequest(audio, language=lang))
+            auto = one(base, AsrRequest(audio, language="auto"))
+            assert isinstance(forced, Ok) and isinstance(auto, Ok)
+            assert forced.value.language == lang
+            assert 0.0 < forced.value.language_probability <= 1.0
+            assert auto.value.language in base.tokenizer.languages  # type: ignore[union-attr]
+            errors.append(wer(text, forced.value.text))
+            detected += auto.value.language == lang
+            total += 1
+        figures[lang] = sum(errors) / len(errors)
+    print("mean WER per language:", figures, f"detection {detected}/{total}")
+    for lang, ceiling in WER_CEILING.items():
+        assert figures[lang] <= ceiling, (lang, figures)
+    assert detected / total >= 0.3, f"language detection {detected}/{total}"
+
+
+def test_english_detected_with_confidence(base: WhisperOnnx) -> None:
+    """English espeak speech is detected as English with a high probability."""
+    voice, sentences = SPEECH["en"]
+    for text in sentences:
+        r = one(base, AsrRequest(said(text, voice), language="auto"))
+        assert isinstance(r, Ok)
+        assert r.value.language == "en" and r.value.language_probability > 0.8
+
+
+def test_english_only_model(tiny: WhisperOnnx) -> None:
+    """tiny.en answers auto and en in English (probability 1) and refuses another language."""
+    audio = said(SPEECH["en"][1][0], "en-us")
+    for language in ("auto", "en", None):
+        r = one(tiny, AsrRequest(audio, language=language))
+        assert isinstance(r, Ok)
+        assert (r.value.language, r.value.language_probability) == ("en", 1.0)
+    refused = one(tiny, AsrRequest(audio, language="de"))
+    assert isinstance(refused, Failed) and "English-only" in str(refused.error)
+
+
+def test_unknown_language_is_refused(base: WhisperOnnx) -> None:
+    """A language code the model does not know is a request error naming what is accepted."""
+    out = base.run_batch(
+        [
+            AsrRequest(np.zeros(16_000, np.float32), language="xx"),
+            AsrRequest(np.zeros(16_000, np.float32)),
+        ],
+        [None, None],
+    )
+    assert isinstance(out[0], Failed) and "ISO 639-1" in str(out[0].error)
+    assert isinstance(out[1], Ok)
+
+
+def test_mixed_languages_in_one_batch(base: WhisperOnnx) -> None:
+    """Rows with auto and with given languages share a batch; each keeps its own answer."""
+    de = said(SPEECH["de"][1][2], "de")
+    en = said(SPEECH["en"][1][0], "en-us")
+    out = base.run_batch(
+        [AsrRequest(de, language="de"), AsrRequest(en, language="auto"), AsrRequest(de)],
+        [None] * 3,
+    )
+    alone = [one(base, AsrRequest(de, language="de")), one(base, AsrRequest(en, language="auto"))]
+    assert all(isinstance(o, Ok) for o in [*out, *alone])
+    assert out[0].value.text == alone[0].value.text  # type: ignore[union-attr]
+    assert out[1].value.text == alone[1].value.text  # type: ignore[union-attr]
+    assert out[1].value.language == "en"  # type: ignore[union-attr]
+
+
+def test_turn_language_locked_by_the_streaming_policy(base: WhisperOnnx) -> None:
+    """Under auto a segment detects its language once it has 2 s of speech, then asks every
+    later partial, its final and the rest of a split turn in that language."""
+    tok = base.tokenizer
+    assert tok is not None
+    s = StreamingSettings(language_detect_s=2.0)
+    audio = said(SPEECH["de"][1][2], "de")
+    seg = Segment("s", 0, tok.decode, language="auto")
+    seg.append(audio, [0.9] * (len(audio) // 512))
+    languages = []
+    for end in (16_000, 32_000, 40_000):
+        req = seg.request(end)
+        languages.append(req.language)
+        r = one(base, req)
+        assert isinstance(r, Ok)
+        seg.on_partial(r.value, end, s)
+    assert languages[0] == "auto" and languages[-1] == "de"
+    assert seg.language == "de" and seg.language_probability is not None
+    final = one(base, seg.request())
+    assert isinstance(final, Ok) and final.value.language == "de"
+    rest = seg.split(40_000, "s2")
+    assert rest.request().language == "de"
+    assert Segment("t", 0, tok.decode, language=seg.turn_language).language == "de"
+
+
+def test_triton_transcribe_model_carries_the_language(data_dir: Path) -> None:
+    """The transcribe model's tensors carry each row's language token and its probability."""
+    folder = models.model_dir(data_dir, "whisper-base")
+    model = Transcriber.open_ort(folder, ["CPUExecutionProvider"])
+    en = said(SPEECH["en"][1][0], "en-us")
+    de_token = 50261
+    (answer,) = model.infer([pack_requests([en, en], [[], []], _options(), [-1, de_token])])
+    assert not isinstance(answer, ValueError)
+    rows = unpack_results(answer)
+    assert rows[0][0].language == 50259 and rows[0][0].language_prob > 0.8  # <|en|>
+    assert rows[1][0].language == de_token
+    (bad,) = model.infer([pack_requests([en], [[]], _options(), [7])])
+    assert isinstance(bad, ValueError)
+
+
+def _options():
+    from tidegate.engines.asr.greedy import DecodeOptions
+
+    return DecodeOptions()
