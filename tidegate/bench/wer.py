@@ -9,7 +9,7 @@ import unicodedata
 def words(text: str) -> list[str]:
     """Lower-case words, punctuation dropped (apostrophes kept); letters of any script count
     (``für``, ``año``, ``été`` stay whole words), compared in Unicode NFC form."""
-    text = unicodedata.normalize("NFC", text.lower()).replace("’", "'")
+    text = unicodedata.normalize("NFC", text.lower()).replace("\u2019", "'")
     return re.sub(r"[^\w']|_", " ", text).split()
 
 

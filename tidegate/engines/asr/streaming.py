@@ -89,8 +89,8 @@ class Segment:
         language_probability: float | None = None,
     ) -> None:
         """``language``: the code to transcribe in, ``auto`` (or None: the engine's default,
-        locked like ``auto``) to detect it once per turn. ``language_probability`` (with a code) marks it as
-        detected earlier in the turn: it is reported again with this segment's results."""
+        locked like ``auto``) to detect it once per turn. ``language_probability`` (with a
+        code) marks it as detected earlier in the turn: reported again with this segment."""
         self.id = seg_id
         self.language = language  # what this segment asks for (a code once locked)
         self.language_probability = language_probability  # set once a detection locked it
