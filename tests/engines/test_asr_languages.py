@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidegate.bench.audio_sets import espeak, have_tools, trim_silence
+from tidegate.bench.audio_sets import espeak, have_tools, resample, trim_silence
 from tidegate.bench.wer import wer
 from tidegate.engines import models
 from tidegate.engines.asr.greedy import Transcriber, pack_requests, unpack_results
@@ -17,6 +17,7 @@ from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Failed, Ok
+from tidegate.engines.tts.voices import open_voice, voice_for
 
 pytestmark = pytest.mark.skipif(bool(have_tools()), reason=f"missing: {have_tools()}")
 
@@ -207,3 +208,26 @@ def _options():
     from tidegate.engines.asr.greedy import DecodeOptions
 
     return DecodeOptions()
+
+
+@pytest.mark.parametrize("lang", ["de", "es", "fr", "en"])
+def test_tts_round_trip(base: WhisperOnnx, data_dir: Path, lang: str) -> None:
+    """The registry's voice for each language (Piper for English, espeak-ng otherwise) speaks
+    a sentence through the TTS engine; Whisper base hears it back in that language."""
+    voice = voice_for(lang, prepared=frozenset({"piper-joe"}))
+    assert voice is not None
+    tts = open_voice(voice, data_dir)
+    tts.load()
+    try:
+        errors = []
+        for text in SPEECH[lang][1][:2]:
+            (spoken,) = tts.run_batch([text], [None])
+            assert isinstance(spoken, Ok)
+            audio = resample(spoken.value, 48_000)
+            r = one(base, AsrRequest(audio, language=lang))
+            assert isinstance(r, Ok) and r.value.language == lang
+            errors.append(wer(text, r.value.text))
+    finally:
+        tts.close()
+    print(lang, voice.kind, voice.name, "round-trip WER", errors)
+    assert sum(errors) / len(errors) <= WER_CEILING[lang] + 0.1, errors

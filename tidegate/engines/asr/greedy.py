@@ -43,8 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..signature import Signature, TensorSpec
-
 if __package__:
     from .features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel
 else:  # copied beside a Triton model.py, or loaded by path (pytriton_serve.py)
@@ -52,6 +50,7 @@ else:  # copied beside a Triton model.py, or loaded by path (pytriton_serve.py)
 
 if TYPE_CHECKING:
     from ..runtime import Array
+    from ..signature import Signature
 
 ENCODER_FRAMES_PER_S = 50
 MAX_AUDIO_CTX = 1500
@@ -601,6 +600,7 @@ def _outputs(
 
 def transcribe_signature() -> Signature:
     """The python transcribe model's tensors (batch axis first), for Triton's python backend."""
+    from ..signature import Signature, TensorSpec  # not at the top: loaded by path on Triton
 
     def specs(items: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[TensorSpec, ...]:
         return tuple(

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from ..engine import Engine
+from ..runtime import Array
 
 VoiceKind = Literal["piper", "espeak-ng"]
 
@@ -82,3 +86,18 @@ def voice_for(
 def languages() -> list[str]:
     """Every language some row names."""
     return sorted({v.language for v in VOICES})
+
+
+def open_voice(voice: Voice, data_dir: Path) -> Engine[str, Array, Array] | Engine[str, Array, str]:
+    """The TTS engine that speaks ``voice`` (not loaded): a :class:`.piper.PiperVoice` on the
+    prepared model, or an :class:`.espeak_voice.EspeakVoice`; both take text and answer int16
+    audio at 48 kHz."""
+    if voice.kind == "piper":
+        from ..models import DEFAULT_MODELS, model_path
+        from .piper import PiperVoice
+
+        onnx = next(f for f in DEFAULT_MODELS[voice.name].files if f.endswith(".onnx"))
+        return PiperVoice(model_path(data_dir, voice.name, onnx))
+    from .espeak_voice import EspeakVoice
+
+    return EspeakVoice(voice.name)
