@@ -231,3 +231,17 @@ def test_tts_round_trip(base: WhisperOnnx, data_dir: Path, lang: str) -> None:
         tts.close()
     print(lang, voice.kind, voice.name, "round-trip WER", errors)
     assert sum(errors) / len(errors) <= WER_CEILING[lang] + 0.1, errors
+
+
+def test_engine_service_builds_whisper_base(data_dir: Path) -> None:
+    """An ``asr`` engine spec naming whisper-base builds the multilingual engine."""
+    from tidegate.engines.service import EngineSpec, build_engine
+
+    engine = build_engine(EngineSpec("asr", "whisper-base"), data_dir)
+    assert isinstance(engine, WhisperOnnx)
+    engine.load()
+    try:
+        r = one(engine, AsrRequest(said(SPEECH["en"][1][1], "en-us")))
+        assert isinstance(r, Ok) and r.value.language == "en"
+    finally:
+        engine.close()

@@ -91,7 +91,7 @@ def build_engine(
         from .tts import PiperVoice
 
         return PiperVoice(folder / "en_US-joe-medium.onnx", runtime=spec.runtime)
-    if spec.model == "whisper-tiny-en":
+    if spec.model in ("whisper-tiny-en", "whisper-base"):
         from .asr.whisper_onnx import WhisperOnnx
 
         return WhisperOnnx(
