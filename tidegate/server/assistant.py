@@ -43,6 +43,7 @@ import numpy as np
 from tidegate.engines.errors import DeadlineError, EngineError, OverloadedError
 from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
 from tidegate.engines.llm.tools import ToolCall, ToolCallDelta, ToolCallError
+from tidegate.engines.registry import TTS, VISION
 from tidegate.engines.runtime import Array
 from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.service import EngineService
@@ -195,7 +196,7 @@ class AssistantMode(TranscribeMode):
         super().__init__(session, engines)
         s = session.settings
         self.llm: LlmEngine = engines.llm()
-        self.tts = engines.get("tts")
+        self.tts = engines.get(TTS)
         self.voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
@@ -218,7 +219,7 @@ class AssistantMode(TranscribeMode):
         if "vision" in engines.schedulers and s.assistant_vision_interval_s > 0:
             self.vision = VisionLane(
                 session,
-                engines.get("vision"),
+                engines.get(VISION),
                 s.assistant_vision_interval_s,
                 workers=engines.media,
                 max_pixels=s.frame_max_pixels,

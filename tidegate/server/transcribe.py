@@ -45,7 +45,7 @@ import numpy as np
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
-from tidegate.engines.scheduler import Scheduler
+from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.media import AudioInbox, MediaPeer
@@ -138,8 +138,8 @@ class TranscribeMode:
     def __init__(self, session: Session, engines: EngineService) -> None:
         self.session = session
         s = session.settings
-        self.vad: Scheduler[Any, VadResult] = engines.get("vad")
-        self.asr: Scheduler[Any, AsrResult] = engines.get("asr")
+        self.vad = engines.get(VAD)
+        self.asr = engines.get(ASR)
         self.workers = engines.media  # resampling, off the loop (bounded: engines/workers.py)
         tokenizer = getattr(self.asr.engine, "tokenizer", None)
         if tokenizer is None:
