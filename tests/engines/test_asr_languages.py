@@ -57,7 +57,9 @@ SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: mean WER ceiling per language with the language given (espeak-ng's robotic voices are
 #: hard for Whisper base outside English; docs/asr.md has the measured figures)
-WER_CEILING = {"de": 0.8, "es": 0.85, "fr": 0.9, "en": 0.2}
+WER_CEILING = {"de": 0.65, "es": 0.9, "fr": 0.7, "en": 0.2}
+#: the same through the registry's voice (espeak-ng's TTS engine; Piper's joe for English)
+ROUND_TRIP_CEILING = {"de": 0.85, "es": 0.7, "fr": 0.6, "en": 0.1}
 
 
 def said(text: str, voice: str) -> np.ndarray:
@@ -113,7 +115,7 @@ def test_wer_per_language_and_detection(base: WhisperOnnx) -> None:
     print("mean WER per language:", figures, f"detection {detected}/{total}")
     for lang, ceiling in WER_CEILING.items():
         assert figures[lang] <= ceiling, (lang, figures)
-    assert detected / total >= 0.3, f"language detection {detected}/{total}"
+    assert detected / total >= 0.5, f"language detection {detected}/{total}"
 
 
 def test_english_detected_with_confidence(base: WhisperOnnx) -> None:
@@ -230,7 +232,7 @@ def test_tts_round_trip(base: WhisperOnnx, data_dir: Path, lang: str) -> None:
     finally:
         tts.close()
     print(lang, voice.kind, voice.name, "round-trip WER", errors)
-    assert sum(errors) / len(errors) <= WER_CEILING[lang] + 0.1, errors
+    assert sum(errors) / len(errors) <= ROUND_TRIP_CEILING[lang], errors
 
 
 def test_engine_service_builds_whisper_base(data_dir: Path) -> None:

