@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         add_models(sub, data_dir=settings.data_dir, models_file=settings.models_file)
     else:
         from tidegate.server.cli import add_commands as add_server
-        from tidegate.store.cli import add_commands as add_db
+        from tidegate.server.db_cli import add_commands as add_db
 
         add_server(sub)
         add_db(sub)

@@ -18,7 +18,7 @@ from tests.support import prepare_models
 from tidegate.cluster.caches import ByteLru, ResultCaches
 from tidegate.cluster.link import RedisLink
 from tidegate.engines.llm import SamplingParams
-from tidegate.engines.registry import TTS
+from tidegate.engines.registry import LLM, TTS
 from tidegate.engines.service import EngineService
 from tidegate.server.engines import engine_specs
 
@@ -72,7 +72,9 @@ async def nodes(
     )
     for link in links:
         await link.start()
-    a, b = ResultCaches(settings, links[0]), ResultCaches(settings, links[1])
+    model = settings.engine(LLM).model
+    a = ResultCaches(settings, links[0], llm_model=model)
+    b = ResultCaches(settings, links[1], llm_model=model)
     try:
         yield Nodes(engines, module_redis, a, b, links)  # type: ignore[arg-type]
     finally:

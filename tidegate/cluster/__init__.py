@@ -18,6 +18,7 @@ from tidegate.sessions.principal import Principal
 from tidegate.sessions.sensorbus import LocalSensorBus
 
 from .caches import ResultCaches
+from .config import ClusterSettings
 from .directory import (
     ADMITTED,
     TENANT_FULL,
@@ -32,7 +33,6 @@ from .ratelimit import RedisBuckets
 from .sensorbus import RedisSensorBus
 
 if TYPE_CHECKING:
-    from tidegate.server.settings import Settings
     from tidegate.sessions.limits import Limiter
     from tidegate.sessions.session import Session, SessionRegistry
 
@@ -84,11 +84,12 @@ class Cluster:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ClusterSettings,
         registry: SessionRegistry,
         limiter: Limiter,
         *,
         node_id: str,
+        llm_model: str,
     ) -> None:
         s = settings
         self.settings = settings
@@ -119,7 +120,7 @@ class Cluster:
             limiter.share(RedisBuckets(self.link))
         else:
             self.directory = LocalDirectory(self.node_id)
-        self.caches = ResultCaches(s, self.link)
+        self.caches = ResultCaches(s, self.link, llm_model=llm_model)
         self.sensor_bus: LocalSensorBus | RedisSensorBus = (
             LocalSensorBus()
             if self.link is None

@@ -32,14 +32,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
-from tidegate.engines.registry import LLM
 
+from .config import CacheSettings
 from .link import RedisDownError, RedisLink
 
 if TYPE_CHECKING:
     from tidegate.engines.runtime import Array
     from tidegate.engines.scheduler import Scheduler
-    from tidegate.server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +169,11 @@ def _digest(*parts: Any) -> str:
 class ResultCaches:
     """The TTS and LLM caches of one node (see the module docstring)."""
 
-    def __init__(self, settings: Settings, link: RedisLink | None) -> None:
+    def __init__(self, settings: CacheSettings, link: RedisLink | None, *, llm_model: str) -> None:
         s = settings
         self.enabled = s.result_caches
-        self.llm_model = s.engine(LLM).model
+        #: the model the LLM cache keys replies by (another model's are not this one's)
+        self.llm_model = llm_model
         self.tts = TieredCache(
             "tts",
             link,

@@ -100,4 +100,4 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
 
     # The two WebSocket routes on the raw-ASGI path (asgi_ws.py); the Realtime dialect's is
     # the same shell with the translator as its wire (realtime.py).
-    return WebSocketFront(WebSocketFront(app, REALTIME_PATH, realtime), CONTROL_PATH, control)
+    return WebSocketFront(app, {CONTROL_PATH: control, REALTIME_PATH: realtime})

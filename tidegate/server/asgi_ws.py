@@ -8,7 +8,7 @@ starlette.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -89,22 +89,24 @@ class AsgiWebSocket:
             pass  # already gone
 
 
-class WebSocketFront:
-    """An ASGI app that serves one WebSocket path with ``handler`` and all else with ``app``."""
+WebSocketHandler = Callable[["AsgiWebSocket"], Awaitable[None]]
 
-    def __init__(
-        self, app: Any, path: str, handler: Callable[[AsgiWebSocket], Awaitable[None]]
-    ) -> None:
+
+class WebSocketFront:
+    """An ASGI app that serves its WebSocket paths with their handlers (one dict lookup) and
+    all else with ``app``."""
+
+    def __init__(self, app: Any, handlers: Mapping[str, WebSocketHandler]) -> None:
         self.app = app
-        self.path = path
-        self.handler = handler
+        self.handlers = dict(handlers)
 
     @property
     def state(self) -> Any:
         return self.app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope.get("path") == self.path:
-            await self.handler(AsgiWebSocket(scope, receive, send))
+        handler = self.handlers.get(scope.get("path", "")) if scope["type"] == "websocket" else None
+        if handler is not None:
+            await handler(AsgiWebSocket(scope, receive, send))
         else:
             await self.app(scope, receive, send)

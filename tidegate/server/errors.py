@@ -14,6 +14,7 @@ from tidegate.pipelines.errors import (
     UnauthorizedError,
     UnsupportedError,
 )
+from tidegate.sessions.errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -32,7 +33,3 @@ __all__ = [
 
 class ServerError(Exception):
     """Root of every exception raised by ``tidegate.server``."""
-
-
-class ConfigError(ServerError):
-    """A setting has a value we cannot use; the message names it."""

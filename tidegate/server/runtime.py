@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from tidegate.cluster import Cluster
 from tidegate.cluster.metrics import ClusterCollector
+from tidegate.engines.registry import LLM
 from tidegate.sessions.admission import Admission
 from tidegate.sessions.api import Sessions
 from tidegate.sessions.limits import Limiter
@@ -61,7 +62,13 @@ class Runtime:
         self.registry = SessionRegistry(
             settings, recorder=self.recorder, limiter=self.limiter, stage_times=self.stage_times
         )
-        self.cluster = Cluster(settings, self.registry, self.limiter, node_id=self.recorder.node_id)
+        self.cluster = Cluster(
+            settings,
+            self.registry,
+            self.limiter,
+            node_id=self.recorder.node_id,
+            llm_model=settings.engine(LLM).model,
+        )
         self.counters: Counter[str] = Counter()
         self.sensor_bus: SensorBus = self.cluster.sensor_bus  # over Redis when it is set
         self.admission = Admission(settings)

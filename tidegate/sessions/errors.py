@@ -17,6 +17,7 @@ from tidegate.pipelines.errors import (
 )
 
 __all__ = [
+    "ConfigError",
     "ConnectionLimitError",
     "ForbiddenError",
     "InvalidConfigError",
@@ -32,3 +33,9 @@ __all__ = [
 
 class SharedStateDownError(Exception):
     """Shared state (Redis) is unreachable: the caller falls back to its local behaviour."""
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot use; the message names it (raised where the setting is
+    read: the server's settings, the store, the cluster; ``tidegate.server.errors`` re-exports
+    it)."""

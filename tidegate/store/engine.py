@@ -20,8 +20,8 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tidegate.protocol.schema import INT64_MAX, INT64_MIN
-from tidegate.server.errors import ConfigError
-from tidegate.server.settings import Settings
+
+from .config import ConfigError, StoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
 
 
-def database_url(settings: Settings) -> URL:
+def database_url(settings: StoreSettings) -> URL:
     """The SQLAlchemy URL for the configured database (with its async driver)."""
     raw = settings.database_url or f"sqlite:///{settings.data_dir / SQLITE_FILE}"
     try:

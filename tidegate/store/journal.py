@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from tidegate.server.errors import ConfigError
+from .config import ConfigError
 
 log = logging.getLogger(__name__)
 

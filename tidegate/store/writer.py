@@ -56,10 +56,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidegate.pipelines import records as r
 from tidegate.protocol import BoundedBuffer, Overflow, Push
-from tidegate.server.settings import Settings
 
 from . import engine as db_engine
 from . import store
+from .config import StoreSettings
 from .journal import Journal, UnjournalableError, adopt_orphans, encode_entry, open_slot
 from .worker import DbThread
 
@@ -164,7 +164,7 @@ class RecordWriter:
         self._opened = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RecordWriter:
+    def from_settings(cls, settings: StoreSettings) -> RecordWriter:
         return cls(
             db_engine.database_url(settings),
             settings.data_dir / JOURNAL_DIR,

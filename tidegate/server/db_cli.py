@@ -1,10 +1,13 @@
-"""``tidegate db``: schema migrations (``upgrade``, ``downgrade``, ``current``)."""
+"""``tidegate db``: schema migrations (``upgrade``, ``downgrade``, ``current``) of the store
+(:mod:`tidegate.store.engine`), with the server's settings."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from typing import Any
+
+from tidegate.store import engine as db_engine
 
 
 def add_commands(sub: Any) -> None:
@@ -25,9 +28,7 @@ def _run(coro: Any) -> int:
 
 
 async def _with_engine(action: Any) -> int:
-    from tidegate.server.settings import Settings
-
-    from . import engine as db_engine
+    from .settings import Settings
 
     settings = Settings.load()
     url = db_engine.database_url(settings)
@@ -43,7 +44,6 @@ async def _with_engine(action: Any) -> int:
 
 
 async def _upgrade(revision: str) -> int:
-    from . import engine as db_engine
 
     async def act(engine: Any, url: Any) -> None:
         await db_engine.upgrade(engine, revision)
@@ -53,7 +53,6 @@ async def _upgrade(revision: str) -> int:
 
 
 async def _downgrade(revision: str) -> int:
-    from . import engine as db_engine
 
     async def act(engine: Any, url: Any) -> None:
         await db_engine.downgrade(engine, revision)
@@ -63,7 +62,6 @@ async def _downgrade(revision: str) -> int:
 
 
 async def _current() -> int:
-    from . import engine as db_engine
 
     async def act(engine: Any, url: Any) -> None:
         async with engine.connect() as conn:
