@@ -43,6 +43,7 @@ from tidegate.protocol.messages import (
     SessionUpdate,
     SessionUpdated,
     Timing,
+    TurnEnd,
     VadSpeechStarted,
     VadSpeechStopped,
     VisionResult,
@@ -174,6 +175,8 @@ SERVER_SAMPLES: list[Message] = [
         values=(0.1, -9.81, 0.02),
         dropped=3,
     ),
+    TurnEnd(seq=23, t=T0, reason="semantic", probability=0.93, audio_ms=3400.0),
+    TurnEnd(seq=24, t=T0, reason="silence"),
 ]
 
 

@@ -23,7 +23,7 @@ from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
-ENGINE_KINDS = ("vad", "vision", "asr", "llm", "tts")
+ENGINE_KINDS = ("vad", "vision", "asr", "llm", "tts", "turn")
 LLM_MODELS = ("smollm2-135m", "smollm2-135m-fp32")
 VISION_MODELS = ("blazeface", "mtcnn")
 
@@ -103,7 +103,11 @@ def build_engine(
     if spec.model == "smart-turn-v3.2":
         from .turn import SmartTurn
 
-        return SmartTurn(folder / "smart-turn-v3.2-cpu.onnx", runtime=spec.runtime)
+        return SmartTurn(
+            folder / "smart-turn-v3.2-cpu.onnx",
+            runtime=spec.runtime,
+            threshold=spec.score_threshold,
+        )
     if spec.model == "blazeface":
         from .vision.blazeface import BlazeFace
 

@@ -50,6 +50,7 @@ import numpy as np
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
+from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.engines.workers import WorkerPool
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
 PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+#: the user's recent audio kept for the listener at each pause (what turn detection scores)
+RECENT_S = 8.0
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
 
 
@@ -129,13 +132,16 @@ class SpeechListener(Protocol):
         """The VAD reported the start of speech."""
         ...
 
-    def on_speech_stopped(self) -> None:
-        """The VAD reported the end of speech (its final follows)."""
+    def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
+        """The VAD reported the end of speech (its final follows): ``recent`` is the last
+        ``RECENT_S`` (at most) of the session's audio, up to this pause, ``audio_ms`` the
+        pause's media time."""
         ...
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
         """A segment's final transcript was emitted (``received``: its audio's arrival, ms;
-        ``finals_pending``: finals of ended segments still to come after this one)."""
+        ``finals_pending``: finals of ended segments still to come after this one); ``text``
+        is empty for a segment the ASR heard no words in (nothing was emitted for it)."""
         ...
 
 
@@ -180,6 +186,8 @@ class AudioLane:
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
+        self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
+        self._recent_samples = 0
         self._segment: Segment | None = None
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
@@ -293,6 +301,11 @@ class AudioLane:
         self._pre_roll_samples += FRAME_SAMPLES
         while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
             self._pre_roll_samples -= len(self._pre_roll.popleft())
+        if self.listener is not None:
+            self._recent.append(frame)
+            self._recent_samples += FRAME_SAMPLES
+            while self._recent_samples - FRAME_SAMPLES >= RECENT_S * SAMPLE_RATE_HZ:
+                self._recent_samples -= len(self._recent.popleft())
         for ev in r.events:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
@@ -302,7 +315,8 @@ class AudioLane:
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    self.listener.on_speech_stopped()
+                    recent = np.concatenate(list(self._recent))[-int(RECENT_S * SAMPLE_RATE_HZ) :]
+                    self.listener.on_speech_stopped(recent, ev.ms)
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
@@ -393,6 +407,8 @@ class AudioLane:
         text = seg.final_text(result, self.settings)
         if not text:
             self.counters["empty_finals"] += 1
+            if self.listener is not None:
+                self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
         event = self._event(AsrFinal, seg, text, timing)

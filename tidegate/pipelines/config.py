@@ -22,11 +22,18 @@ class AudioConfig:
     asr_max_pending_finals: int
 
 
+TURN_POLICIES = ("semantic", "silence")
+
+
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
-    """Turn-taking: how long after the end of speech a turn ends."""
+    """Turn-taking: how a turn ends. ``policy`` is the default a session config's
+    ``turn.policy`` overrides; ``end_of_turn_s`` is the silence policy's wait after the end of
+    speech, ``max_wait_s`` the semantic policy's wait after a pause judged incomplete."""
 
     end_of_turn_s: float
+    policy: str = "semantic"
+    max_wait_s: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)

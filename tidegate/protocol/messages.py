@@ -553,6 +553,21 @@ class VadSpeechStopped(_VadEvent):
     TYPE: ClassVar[str] = "vad.speech_stopped"
 
 
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TurnEnd(ServerMessage):
+    """The user's turn ended and its reply starts: ``reason`` is how it was decided
+    (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
+    incomplete, and no speech followed within ``turn_max_wait_s``; ``silence``: the silence
+    policy, or its fallback), ``probability`` the turn model's score at the last pause (absent
+    under the silence policy), ``audio_ms`` the media time of that pause."""
+
+    TYPE: ClassVar[str] = "turn.end"
+    reason: str = spec(Text(choices=("semantic", "silence", "timeout")))
+    probability: float | None = spec(Number(0, 1), None)
+    audio_ms: float | None = spec(_MEDIA_MS, None)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class _AsrSegment(ServerMessage):
     """Recognised text of one speech segment, with the media times it covers."""

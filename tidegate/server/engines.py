@@ -212,6 +212,16 @@ def engine_specs(settings: Settings) -> list[EngineSpec]:
                     runtimes["tts"],
                 )
             )
+        elif name == "turn":
+            specs.append(
+                EngineSpec(
+                    "turn",
+                    "smart-turn-v3.2",
+                    _policy(s, "turn"),
+                    runtimes["turn"],
+                    score_threshold=s.turn_threshold,
+                )
+            )
         else:
             raise ValueError(f"engines: unknown engine {name!r} (known: {', '.join(ENGINE_KINDS)})")
     return specs

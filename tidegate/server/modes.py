@@ -80,7 +80,11 @@ def lane_config(settings: Settings) -> LaneConfig:
             audio_max_ahead_s=s.audio_max_ahead_s,
             asr_max_pending_finals=s.asr_max_pending_finals,
         ),
-        turns=TurnConfig(end_of_turn_s=s.assistant_end_of_turn_s),
+        turns=TurnConfig(
+            end_of_turn_s=s.assistant_end_of_turn_s,
+            policy=s.turn_policy,
+            max_wait_s=s.turn_max_wait_s,
+        ),
         reply=ReplyConfig(
             system_prompt=s.assistant_system_prompt,
             max_reply_tokens=s.assistant_max_reply_tokens,

@@ -317,8 +317,9 @@ class Settings:
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
         "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
-        "tts); /readyz turns ready once they are. Default: every CPU engine (`tidegate serve` "
-        "prepares missing models first). Empty (TIDEGATE_ENGINES=): none.",
+        "tts, turn); /readyz turns ready once they are. Default: the CPU engines but turn "
+        "(`tidegate serve` prepares missing models first; `make run` adds turn). Empty "
+        "(TIDEGATE_ENGINES=): none.",
         default=DEFAULT_ENGINES,
     )
     vision_model: str = _doc(
@@ -354,6 +355,9 @@ class Settings:
         default="",
     )
     tts_runtime: str = _doc("The TTS engine's runtime. Unset: engine_runtime.", default="")
+    turn_runtime: str = _doc(
+        "The turn-detection engine's runtime. Unset: engine_runtime.", default=""
+    )
     triton_url: str = _doc(
         "gRPC endpoint (host:port) of the Triton server for engines on the triton runtime "
         "(docs/triton.md).",
@@ -505,6 +509,24 @@ class Settings:
         "Text chunks queued for synthesis; more are refused (overloaded).", default=64
     )
     tts_deadline_s: float = _doc("A chunk's audio is due within this.", default=10.0)
+    turn_max_batch_items: int = _doc(
+        "Pauses scored in one turn-detection batch, at most (docs/ears.md).", default=16
+    )
+    turn_batch_wait_s: float = _doc(
+        "How long the oldest queued pause waits for its turn-detection batch to fill.",
+        default=0.005,
+    )
+    turn_max_queue_items: int = _doc(
+        "Pauses queued for turn detection at once; more are refused (overloaded: the turn then "
+        "ends by the silence policy).",
+        default=64,
+    )
+    turn_deadline_s: float = _doc(
+        "A pause's turn score is due within this (late: the silence policy decides).", default=1.0
+    )
+    turn_threshold: float = _doc(
+        "Turn-detection probability at or above which a turn counts as complete.", default=0.5
+    )
 
     admission_queue_fraction: float = _doc(
         "New sessions are refused (overloaded, with a retry hint) while an engine their mode "
@@ -530,6 +552,18 @@ class Settings:
         "Silence after the VAD's end of speech that ends the user's turn (the turn ends at "
         "the later of this and the ASR final).",
         default=0.2,
+    )
+    turn_policy: str = _doc(
+        "How an assistant session's turn ends, unless its config says (turn.policy): semantic "
+        "(the turn engine scores each pause: complete ends the turn at once, incomplete waits "
+        "up to turn_max_wait_s for more speech) or silence (assistant_end_of_turn_s after the "
+        "end of speech). semantic falls back to silence when the turn engine is not loaded.",
+        default="semantic",
+    )
+    turn_max_wait_s: float = _doc(
+        "Semantic policy: how long after a pause judged incomplete the turn waits for more "
+        "speech before it ends anyway (reason timeout).",
+        default=1.5,
     )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
@@ -795,6 +829,10 @@ class Settings:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.dev_login not in ("auto", "on", "off"):
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
+        if self.turn_policy not in ("semantic", "silence"):
+            raise ConfigError(f"turn_policy must be semantic or silence, got {self.turn_policy!r}")
+        if not 0.0 < self.turn_threshold < 1.0:
+            raise ConfigError(f"turn_threshold must be in (0, 1), got {self.turn_threshold}")
         self._validate_media()
         self._validate_engines()
         for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):

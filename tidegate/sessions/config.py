@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidegate.engines.errors import RequestError
 from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
+from tidegate.pipelines.config import TURN_POLICIES
 from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
 from tidegate.pipelines.registry import LANES, MODES
 
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
 MODE_NAMES = tuple(MODES)
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice"})
+CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "turn"})
+#: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
+TURN_KEYS: dict[str, tuple[str, ...]] = {"policy": TURN_POLICIES}
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
 ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
@@ -56,6 +59,8 @@ def resolve_config(
         raise InvalidConfigError(
             f"session config.mode: expected one of {list(MODE_NAMES)}, got {mode!r}"
         )
+    if "turn" in config:
+        _resolve_section(config, "turn", TURN_KEYS)
     needs = _lanes_needs(config) if mode == LANES_MODE or "lanes" in config else MODES[mode].needs
     running = set(engines.schedulers) | set(engines.batchers) if engines is not None else set()
     if not set(needs) <= running:
@@ -66,6 +71,26 @@ def resolve_config(
     if "tools" in config or "tool_choice" in config:
         _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
     return config
+
+
+def _resolve_section(config: dict[str, Any], name: str, keys: dict[str, tuple[str, ...]]) -> None:
+    """Check a section of the assistant's config (``turn``): a map of known keys, each one
+    of its choices."""
+    if config["mode"] != "assistant":
+        raise InvalidConfigError(f"session config.{name}: only the assistant mode takes it")
+    section = config[name]
+    if not isinstance(section, dict):
+        raise InvalidConfigError(f"session config.{name}: expected a map with {sorted(keys)}")
+    for key, value in section.items():
+        if key not in keys:
+            raise InvalidConfigError(
+                f"session config.{name}: unknown key {key!r}; expected only {sorted(keys)}"
+            )
+        if value not in keys[key]:
+            raise InvalidConfigError(
+                f"session config.{name}.{key}: expected one of {list(keys[key])}, got {value!r}"
+            )
+    config[name] = dict(section)
 
 
 def _lanes_needs(config: dict[str, Any]) -> tuple[str, ...]:

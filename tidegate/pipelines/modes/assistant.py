@@ -1,5 +1,6 @@
 """``assistant``: audio (VAD -> ASR), turn-taking, reply (LLM -> TTS -> audio out, barge-in),
-and vision when the server runs a vision engine (docs/assistant.md)."""
+vision when the server runs a vision engine, and semantic end of turn when it runs the turn
+engine (docs/assistant.md)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             media=media,
             sight=vision,
         )
-        turns = TurnTaking(session, config.turns, reply, vision=vision)
+        turn = engines.schedulers.get("turn")  # absent: the silence policy only
+        turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
         audio = AudioLane(
             session,
             config.audio,
