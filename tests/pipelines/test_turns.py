@@ -227,17 +227,26 @@ async def test_without_the_turn_engine_turns_end_by_silence(
     assert text.lower().startswith("what time")
 
 
-def test_the_session_config_names_a_known_policy() -> None:
-    """turn.policy is semantic or silence, on the assistant mode only; other keys are
-    refused (before the engines are looked at)."""
-    # a good section passes its check; this server (none given) runs no LLM for the mode
+async def test_the_session_config_names_a_known_policy() -> None:
+    """turn.policy is semantic or silence, on the assistant mode only; audio.echo_cancellation
+    is auto, on or off and audio.noise_suppression a boolean, on the assistant and transcribe
+    modes; other keys and values are refused (before the engines are looked at)."""
+    # good sections pass their check; this server (none given) runs no LLM for the mode
+    good = {
+        "mode": "assistant",
+        "turn": {"policy": "silence"},
+        "audio": {"echo_cancellation": "on", "noise_suppression": True},
+    }
     with pytest.raises(UnsupportedError, match="LLM"):
-        resolve_config({"mode": "assistant", "turn": {"policy": "silence"}}, "assistant")
+        resolve_config(good, "assistant")
     for bad in (
         {"mode": "assistant", "turn": {"policy": "psychic"}},
         {"mode": "assistant", "turn": {"wait": 1}},
         {"mode": "assistant", "turn": "semantic"},
         {"mode": "loopback", "turn": {"policy": "silence"}},
+        {"mode": "assistant", "audio": {"echo_cancellation": "maybe"}},
+        {"mode": "assistant", "audio": {"noise_suppression": 1}},
+        {"mode": "loopback", "audio": {"echo_cancellation": "on"}},
     ):
         with pytest.raises(InvalidConfigError):
             resolve_config(bad, "assistant")

@@ -67,6 +67,7 @@ from tidegate.protocol.messages import (
 )
 
 from .config import AudioConfig
+from .echo import EchoPath
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
 from .port import Handler, SessionPort
 from .records import TranscriptSegment
@@ -177,6 +178,20 @@ class AudioLane:
             lag_report_ms=s.audio_lag_report_ms,
             on_lag=self._lag,
         )
+        audio = session.config.get("audio", {})
+        self.echo_mode: str = audio.get("echo_cancellation", s.echo_cancellation)
+        #: the echo path (pipelines/echo.py), fed by the reply lane; None when off
+        self.echo: EchoPath | None = None
+        if self.echo_mode != "off":
+            self.echo = EchoPath(
+                workers,
+                noise_suppression=audio.get("noise_suppression", s.noise_suppression),
+                max_delay_s=s.echo_max_delay_s,
+                realign_min_s=s.echo_realign_min_s,
+                max_pending_frames=s.echo_max_pending_frames,
+            )
+        self._echo_on = self.echo is not None  # auto: until a WebRTC client says it cancels
+        self._ws_ts = False  # the client stamps its input.audio (ts): the echo path's clock
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()
         # (lane ms when consumed, bytes, monotonic s when due): see _return_consumed
@@ -236,6 +251,9 @@ class AudioLane:
                 retry_after_ms=AUDIO_RETRY_AFTER_MS,
             ) from None
         due = self.pace.commit(duration_s, now) if self.pace.max_ahead_s > 0 else 0.0
+        self._ws_ts = self._ws_ts or msg.ts is not None
+        if self.echo is not None and msg.playout_delay_ms is not None:
+            self.echo.playout_delay_s = msg.playout_delay_ms / 1000.0
         self._last_audio_ms = now_ms()
         self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
         self._credit.append((self.inbox.stats.received_ms, len(msg.pcm), due))
@@ -264,6 +282,8 @@ class AudioLane:
         self.session.emit(FlowLag(lane="audio", lag_ms=lag_ms, dropped_ms=dropped_ms))
 
     def start_media(self, peer: MediaPeer) -> None:
+        if self.echo_mode == "auto":  # on only for a client that says it cancels no echo
+            self._echo_on = self.echo is not None and peer.client_echo_cancellation is False
         if peer.audio_in is not None:
             self.session.spawn(self._vad_loop(peer.audio_in), "rtc-vad")
 
@@ -275,7 +295,11 @@ class AudioLane:
                 self._return_consumed()
             else:
                 self._last_audio_ms = now_ms()
-            audio = np.concatenate([rest, chunk.pcm]) if len(rest) else chunk.pcm
+            pcm = chunk.pcm
+            if self.echo is not None and self._echo_on:  # off the loop: the media workers
+                media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
+                pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
+            audio = np.concatenate([rest, pcm]) if len(rest) else pcm
             n = len(audio) // FRAME_SAMPLES
             rest = audio[n * FRAME_SAMPLES :]
             async with self._feed_lock:
@@ -441,6 +465,7 @@ class AudioLane:
             "audio_in": self.inbox.stats.as_dict(),
             "pending_finals": len(self._finals),
             "pace": self.pace.stats(),
+            "echo": None if self.echo is None or not self._echo_on else self.echo.stats(),
         }
 
     async def close(self) -> None:

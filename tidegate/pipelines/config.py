@@ -20,6 +20,13 @@ class AudioConfig:
     audio_lag_report_ms: float
     audio_max_ahead_s: float
     asr_max_pending_finals: int
+    #: echo cancellation (pipelines/echo.py): the default of a session's
+    #: ``audio.echo_cancellation`` (auto | on | off) and ``audio.noise_suppression``
+    echo_cancellation: str = "auto"
+    noise_suppression: bool = False
+    echo_max_delay_s: float = 0.5
+    echo_realign_min_s: float = 1.0
+    echo_max_pending_frames: int = 500
 
 
 TURN_POLICIES = ("semantic", "silence")

@@ -378,7 +378,9 @@ class InputText(ClientMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class InputAudio(ClientMessage):
-    """A chunk of PCM audio, interleaved; ``ts`` is the media time of its first sample (ms)."""
+    """A chunk of PCM audio, interleaved; ``ts`` is the media time of its first sample (ms);
+    ``playout_delay_ms``, optional, is how long after it receives ``output.audio`` the client
+    plays it (its output buffering), for the server's echo canceller (docs/assistant.md)."""
 
     TYPE: ClassVar[str] = "input.audio"
     pcm: bytes = spec(Binary(min_bytes=1))
@@ -386,6 +388,7 @@ class InputAudio(ClientMessage):
     sample_rate: int = spec(Number(8_000, MAX_SAMPLE_RATE_HZ, integer=True))
     channels: int = spec(Number(1, MAX_CHANNELS, integer=True))
     ts: float | None = spec(_MEDIA_MS, None)
+    playout_delay_ms: float | None = spec(Number(0, 10_000), None)
 
 
 @message
@@ -463,8 +466,13 @@ class FunctionCallOutput(ClientMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RtcOffer(ClientMessage):
+    """A WebRTC offer; ``echo_cancellation`` says whether the client cancels its own playback
+    echo (browsers do): ``false`` has the server cancel it (``audio.echo_cancellation``
+    ``auto``)."""
+
     TYPE: ClassVar[str] = "rtc.offer"
     sdp: str = spec(Text(MAX_SDP_CHARS, min_chars=1))
+    echo_cancellation: bool | None = spec(Flag(), None)
 
 
 @message

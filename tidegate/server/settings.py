@@ -553,6 +553,34 @@ class Settings:
         "the later of this and the ASR final).",
         default=0.2,
     )
+    audio_echo_cancellation: str = _doc(
+        "Server-side echo cancellation of a session's microphone audio, before VAD and ASR, "
+        "unless its config says (audio.echo_cancellation): auto (on for WS-only audio and for "
+        "WebRTC clients whose rtc.offer says echo_cancellation false), on, or off.",
+        default="auto",
+    )
+    audio_noise_suppression: bool = _doc(
+        "Noise suppression with the echo canceller, unless a session's config says "
+        "(audio.noise_suppression).",
+        default=False,
+    )
+    audio_echo_max_delay_s: float = _doc(
+        "Longest speaker -> microphone delay the echo canceller searches, beyond what the "
+        "play and capture times show.",
+        default=0.5,
+    )
+    audio_echo_realign_min_s: float = _doc(
+        "The echo canceller moves its reference only for an estimated delay change this large; "
+        "smaller ones AEC3 tracks by itself without restarting its adaptation. The default, "
+        "above audio_echo_max_delay_s, leaves it all to AEC3 (the envelope estimate misjudged "
+        "speech echo; docs/assistant.md).",
+        default=1.0,
+    )
+    audio_echo_max_pending_frames: int = _doc(
+        "Frames of the session's speech queued for the echo canceller between two microphone "
+        "reads; the oldest are dropped beyond (counted).",
+        default=500,
+    )
     turn_policy: str = _doc(
         "How an assistant session's turn ends, unless its config says (turn.policy): semantic "
         "(the turn engine scores each pause: complete ends the turn at once, incomplete waits "
@@ -829,6 +857,11 @@ class Settings:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.dev_login not in ("auto", "on", "off"):
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
+        if self.audio_echo_cancellation not in ("auto", "on", "off"):
+            raise ConfigError(
+                "audio_echo_cancellation must be auto, on or off, got "
+                f"{self.audio_echo_cancellation!r}"
+            )
         if self.turn_policy not in ("semantic", "silence"):
             raise ConfigError(f"turn_policy must be semantic or silence, got {self.turn_policy!r}")
         if not 0.0 < self.turn_threshold < 1.0:

@@ -45,6 +45,7 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             engines.media,
             listener=turns,
         )
+        reply.echo = audio.echo  # what the reply plays is the echo canceller's reference
         return [audio, *([vision] if vision is not None else []), reply, turns]
 
     return Mode("assistant", session, config.media, lanes)
