@@ -164,7 +164,9 @@ def test_every_module_has_a_layer() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(p for p in (ROOT / "protocol").glob("*.py")), ids=lambda p: p.name
+    "path",
+    sorted([*(ROOT / "protocol").glob("*.py"), *(ROOT / "protocol" / "realtime").glob("*.py")]),
+    ids=lambda p: str(p.relative_to(ROOT / "protocol")),
 )
 def test_protocol_core_is_sans_io(path: Path) -> None:
     """The protocol core imports no event loop, socket, thread or clock."""
@@ -252,11 +254,6 @@ KNOWN_CYCLES: list[list[str]] = [
         "tidegate.server.edge",
         "tidegate.server.metrics",
         "tidegate.server.runtime",
-    ],
-    # owner: helper C (engines registry and nested settings, issue 18 item 5)
-    [
-        "tidegate.server.engines",
-        "tidegate.server.settings",
     ],
 ]
 

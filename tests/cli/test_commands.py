@@ -41,6 +41,16 @@ def test_config_lists_every_setting(tmp_path: Path) -> None:
         assert name in proc.stdout
 
 
+def test_config_markdown_is_the_docs_table(tmp_path: Path) -> None:
+    """`tidegate config --markdown` prints the table docs/configuration.md holds."""
+    proc = run("config", "--markdown", env={"TIDEGATE_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert proc.stdout.startswith("| variable | default | what |")
+    assert proc.stdout.strip() in doc
+    assert "| `TIDEGATE_VAD_THRESHOLD` | `0.5` |" in proc.stdout
+
+
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     """A bad environment value stops the command with a message naming it (exit 2)."""
     proc = run("token", env={"TIDEGATE_DATA_DIR": str(tmp_path), "TIDEGATE_PORT": "x"})

@@ -18,6 +18,7 @@ from tests.support import prepare_models
 from tidegate.cluster.caches import ByteLru, ResultCaches
 from tidegate.cluster.link import RedisLink
 from tidegate.engines.llm import SamplingParams
+from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
 from tidegate.server.engines import engine_specs
 
@@ -85,7 +86,7 @@ async def nodes(
 async def test_tts_audio_is_cached_and_shared(nodes: Nodes) -> None:
     """The second synthesis of a sentence is the first one's audio from the process, and the
     other node gets it from Redis: the voice runs once for all three."""
-    tts = nodes.engines.get("tts")
+    tts = nodes.engines.get(TTS)
     before = tts.stats()["submitted"]
     first = await nodes.a.synthesize(tts, GREETING, voice="piper-joe")
     again = await nodes.a.synthesize(tts, GREETING, voice="piper-joe")
@@ -134,7 +135,7 @@ async def test_greedy_completion_is_cached_and_shared(nodes: Nodes) -> None:
 async def test_caches_carry_on_without_redis(nodes: Nodes) -> None:
     """With Redis stopped, a lookup counts the shared tier unavailable and the engine runs:
     no error reaches the caller; what is in process still hits."""
-    tts = nodes.engines.get("tts")
+    tts = nodes.engines.get(TTS)
     nodes.redis.stop()
     audio = await nodes.b.synthesize(tts, "Redis is away.", voice="piper-joe")
     assert audio.size > 0

@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import scaled
+from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 from tidegate.pipelines.audio import AudioLane
 from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
@@ -66,8 +67,8 @@ def lane_for(
     lane = AudioLane(
         session,
         config,
-        engines.get("vad"),
-        engines.get("asr"),
+        engines.get(VAD),
+        engines.get(ASR),
         engines.media,
         listener=listener,
     )

@@ -24,6 +24,7 @@ import pytest_asyncio
 
 from tests.support import scaled
 from tidegate.bench import audio_sets
+from tidegate.engines.registry import ASR, TTS, VAD
 from tidegate.engines.service import EngineService
 from tidegate.pipelines.audio import AudioLane
 from tidegate.pipelines.media import SessionMedia
@@ -101,7 +102,7 @@ class Case:
             self.session,
             config.reply,
             engines.llm(),
-            engines.get("tts"),
+            engines.get(TTS),
             voice="piper-joe",
             media=media,
         )
@@ -109,8 +110,8 @@ class Case:
         self.audio = AudioLane(
             self.session,
             config.audio,
-            engines.get("vad"),
-            engines.get("asr"),
+            engines.get(VAD),
+            engines.get(ASR),
             engines.media,
             listener=self.turns,
         )

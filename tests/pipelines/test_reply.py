@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import scaled
+from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.media import SessionMedia
@@ -48,7 +49,7 @@ def lane_for(session: FakeSession, settings: Settings, engines: EngineService) -
     config = lane_config(settings)
     media = SessionMedia(session, config.media, lambda peer: None)
     return ReplyLane(
-        session, config.reply, engines.llm(), engines.get("tts"), voice="piper-joe", media=media
+        session, config.reply, engines.llm(), engines.get(TTS), voice="piper-joe", media=media
     )
 
 

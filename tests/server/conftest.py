@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         metrics_interval_s=0.0,
         engines=(),  # tests that need engines ask for them (the default is every CPU engine)
     )
-    return replace(base, **overrides)
+    return base.replace(**overrides)  # public names: vad_runtime=... sets engine(VAD).runtime
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import wait_ready
+from tidegate.engines.registry import VAD
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import AsrFinal
 
@@ -72,12 +73,12 @@ async def test_transcribe_through_triton_then_triton_stops(
     finals = " ".join(e.text for e, _ in events if isinstance(e, AsrFinal)).lower()
     assert "tried" in finals, finals
     assert live.runtime.engines is not None
-    assert live.runtime.engines.get("vad").engine.provider == "triton"  # type: ignore[attr-defined]
+    assert live.runtime.engines.get(VAD).engine.provider == "triton"  # type: ignore[attr-defined]
 
     await asyncio.to_thread(vad_triton.stop)
     events = await stream(live, audio)  # runs to its end and closes its session cleanly
     assert not any(isinstance(e, AsrFinal) for e, _ in events)  # no speech heard
-    assert live.runtime.engines.get("vad").stats()["failed"] > 0
+    assert live.runtime.engines.get(VAD).stats()["failed"] > 0
     async with await live.client() as client:
         with pytest.raises(RefusedError) as refused:
             await client.create_session({"mode": "transcribe"})

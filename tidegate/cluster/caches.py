@@ -32,6 +32,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
+from tidegate.engines.registry import LLM
 
 from .link import RedisDownError, RedisLink
 
@@ -172,7 +173,7 @@ class ResultCaches:
     def __init__(self, settings: Settings, link: RedisLink | None) -> None:
         s = settings
         self.enabled = s.result_caches
-        self.llm_model = s.llm_model
+        self.llm_model = s.engine(LLM).model
         self.tts = TieredCache(
             "tts",
             link,

@@ -139,6 +139,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("config", help="print every setting with its default")
+    p.add_argument("--markdown", action="store_true", help="as the table of docs/configuration.md")
     p.set_defaults(func=cmd_config)
 
 
@@ -177,9 +178,22 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = Settings.load()
+    if args.markdown:
+        print(config_table(settings))
+        return 0
     for name, default, doc in settings.describe():
         print(f"{name}\n    default: {default}\n    {doc}")
     return 0
 
 
-__all__ = ["ConfigError", "add_commands", "uvicorn_config"]
+def config_table(settings: Settings) -> str:
+    """Every setting as a Markdown table (docs/configuration.md holds it, and a test keeps
+    it equal to this)."""
+    lines = ["| variable | default | what |", "| --- | --- | --- |"]
+    for name, default, doc in settings.describe():
+        cells = (f"`{name}`", f"`{default}`", doc)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["ConfigError", "add_commands", "config_table", "uvicorn_config"]

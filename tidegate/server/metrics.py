@@ -36,6 +36,7 @@ from starlette.responses import Response
 
 from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
+from tidegate.pipelines.registry import MODES
 
 from . import edge
 from .auth import SCOPE_ADMIN, Principal
@@ -384,7 +385,7 @@ class ServerCollector(Collector):
         sessions = GaugeMetricFamily(
             "tidegate_sessions", "Sessions this node holds, by mode.", labels=["mode"]
         )
-        for mode in sorted(set(by_mode) | {"assistant", "transcribe", "loopback"}):
+        for mode in sorted(set(by_mode) | set(MODES)):  # every mode of the registry, 0 too
             sessions.add_metric([mode], by_mode[mode])
         yield sessions
         stats = reg.stats()

@@ -1,8 +1,10 @@
 """Server configuration: defaults, then an optional TOML file, then ``TIDEGATE_*`` variables.
 
-Every limit is a setting with a unit in its name and a documented default (docs/config.md is
-generated from the field docs by ``tidegate config``). Secrets are never defaults: the JWT
-signing key is generated into the data folder on first run.
+Every limit is a setting with a unit in its name and a documented default (docs/configuration.md
+holds the table ``tidegate config --markdown`` prints from the field docs). An engine kind's
+settings are its config dataclass (tidegate/engines/config.py), nested: ``vad_threshold`` is
+``settings.engine(VAD).threshold``. Secrets are never defaults: the JWT signing key is
+generated into the data folder on first run.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import platformdirs
 
+from tidegate.engines.config import EngineDefaults
+from tidegate.engines.registry import ENGINE_KINDS, KINDS, EngineConfigs, EngineKind, engine_specs
 from tidegate.media.errors import IceConfigError
 from tidegate.media.ice import IcePolicy
 
@@ -33,6 +37,19 @@ DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
 EMPTY_MEANS_NONE = frozenset({"engines"})
 # counts that may be 0, which turns what they count off
 ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens"})
+
+
+C = TypeVar("C")
+
+
+class Flat(NamedTuple):
+    """One setting under its public (flat) name: ``kind`` is the engine kind whose config
+    holds it as ``attr`` (None: a field of Settings itself)."""
+
+    kind: EngineKind[Any, Any] | None
+    attr: str
+    hint: Any
+    field: dataclasses.Field[Any]
 
 
 def _default_data_dir() -> Path:
@@ -322,10 +339,10 @@ class Settings:
         "(TIDEGATE_ENGINES=): none.",
         default=DEFAULT_ENGINES,
     )
-    vision_model: str = _doc(
-        "Vision engine model: blazeface (fast) or mtcnn (finds smaller faces, ~30x slower).",
-        default="blazeface",
-    )
+    #: Each engine kind's config (registry.py's table): ``engine(ASR)`` is the ``asr_*``
+    #: settings as an AsrConfig. Flattened into ``<kind>_<field>`` names for the environment,
+    #: the file and ``describe``.
+    engine_configs: EngineConfigs = field(default_factory=EngineConfigs)
     models_file: Path | None = _doc(
         "TOML file of custom models ([models.NAME] path, inputs, outputs, sha256).", default=None
     )
@@ -344,19 +361,6 @@ class Settings:
     )
     engine_trt_cache_dir: Path | None = _doc(
         "TensorRT engine cache folder. Unset: data_dir/trt-cache.", default=None
-    )
-    vad_runtime: str = _doc("The VAD engine's runtime. Unset: engine_runtime.", default="")
-    asr_runtime: str = _doc("The ASR engine's runtime. Unset: engine_runtime.", default="")
-    vision_runtime: str = _doc("The vision engine's runtime. Unset: engine_runtime.", default="")
-    llm_runtime: str = _doc(
-        "The LLM engine's runtime: local (the embedded model, on engine_runtime) or providers "
-        "(OpenAI-compatible servers, llm_providers; docs/llm-tts.md). Unset: local. (onnx, "
-        "tensorrt and triton name the local model's runtime, as engine_runtime does.)",
-        default="",
-    )
-    tts_runtime: str = _doc("The TTS engine's runtime. Unset: engine_runtime.", default="")
-    turn_runtime: str = _doc(
-        "The turn-detection engine's runtime. Unset: engine_runtime.", default=""
     )
     triton_url: str = _doc(
         "gRPC endpoint (host:port) of the Triton server for engines on the triton runtime "
@@ -382,39 +386,8 @@ class Settings:
     engine_max_sessions: int = _doc(
         "Sessions a stateful engine (VAD) keeps state for at once.", default=1024
     )
-    vad_max_batch_items: int = _doc("Frames in one VAD batch, at most.", default=64)
-    vad_batch_wait_s: float = _doc(
-        "How long the oldest queued VAD frame waits for its batch to fill.", default=0.002
-    )
-    vad_max_queue_items: int = _doc(
-        "VAD frames queued at once; more are refused (overloaded).", default=1024
-    )
-    vad_deadline_s: float = _doc("A VAD frame's result is due within this.", default=0.5)
-    vad_threshold: float = _doc("Speech probability that starts speech.", default=0.5)
-    vad_min_speech_s: float = _doc("Shortest speech reported as a segment.", default=0.25)
-    vad_min_silence_s: float = _doc("Silence that ends a speech segment.", default=0.1)
-    vad_speech_pad_s: float = _doc("Padding added to both ends of a segment.", default=0.03)
-    vision_max_batch_items: int = _doc("Frames in one vision batch, at most.", default=8)
-    vision_batch_wait_s: float = _doc(
-        "How long the oldest queued frame waits for its vision batch to fill.", default=0.005
-    )
-    vision_max_queue_items: int = _doc(
-        "Frames queued for vision at once; more are refused (overloaded).", default=64
-    )
-    vision_deadline_s: float = _doc("A frame's detections are due within this.", default=1.0)
-    vision_score_threshold: float = _doc("Lowest face score reported.", default=0.5)
-    asr_max_batch_items: int = _doc("Segments decoded in one ASR batch, at most.", default=16)
-    asr_batch_wait_s: float = _doc(
-        "How long the oldest queued ASR request waits for its batch to fill.", default=0.01
-    )
-    asr_max_queue_items: int = _doc(
-        "ASR requests queued at once; more are refused (overloaded).", default=64
-    )
-    asr_deadline_s: float = _doc("An ASR decode's result is due within this.", default=10.0)
-    asr_ctx_margin_s: float = _doc(
-        "Audio context the encoder runs on beyond the audio itself (docs/asr.md).", default=5.0
-    )
-    asr_ctx_step_s: float = _doc("The encoder's audio context is rounded up to this.", default=1.0)
+
+    # -- the audio lane (the ASR engine's own settings are asr_* above, engine_configs) -----
     asr_partial_interval_s: float = _doc(
         "How often the growing speech segment is re-decoded for asr.partial.", default=1.0
     )
@@ -435,97 +408,8 @@ class Settings:
     )
 
     # -- LLM and TTS (docs/llm-tts.md) --------------------------------------------------------
-    llm_model: str = _doc(
-        "LLM of the llm engine: smollm2-135m (int8 weights, fastest) or smollm2-135m-fp32 "
-        "(float weights: a generation's tokens do not depend on what it is batched with).",
-        default="smollm2-135m",
-    )
-    llm_max_batch_items: int = _doc("Generations decoding together in one step.", default=16)
-    llm_max_queue_items: int = _doc(
-        "Generations waiting to join the batch; more are refused (overloaded).", default=64
-    )
-    llm_queue_deadline_s: float = _doc(
-        "A generation not started within this fails (timeout).", default=30.0
-    )
-    llm_max_prompt_tokens: int = _doc("Longest prompt, in tokens.", default=2048)
-    llm_max_context_tokens: int = _doc("Prompt plus reply, in tokens.", default=4096)
-    llm_session_cache_items: int = _doc(
-        "Conversations whose KV cache is kept for their next turn (least recent dropped).",
-        default=256,
-    )
     llm_default_max_tokens: int = _doc(
         "Reply length when a request names none (the OpenAI endpoint).", default=256
-    )
-    llm_providers: tuple[str, ...] = _doc(
-        "OpenAI-compatible LLM servers for llm_runtime=providers, in order of preference "
-        "(comma-separated NAME=BASE_URL, e.g. a=http://127.0.0.1:8081,b=http://10.0.0.9:8000): "
-        "a request fails over from one to the next (docs/llm-tts.md).",
-        default=(),
-    )
-    llm_provider_options: tuple[str, ...] = _doc(
-        "Per-provider options (comma-separated NAME.OPTION=VALUE): model (the model name sent; "
-        "default: NAME), api_key_env (the variable holding its API key) or api_key_file (a "
-        "file holding it) -- the key itself is never a setting --, max_requests, "
-        "connect_timeout_s, first_token_timeout_s, token_timeout_s, reply_timeout_s, "
-        "standby_every_tokens (defaults: the llm_provider_* settings).",
-        default=(),
-    )
-    llm_provider_max_requests: int = _doc(
-        "Requests one provider has in flight at once; a full provider is skipped, and with "
-        "every provider full a request is refused (overloaded, with a retry hint).",
-        default=16,
-    )
-    llm_provider_connect_timeout_s: float = _doc(
-        "Longest TCP (and TLS) connect to a provider before the next one is tried.", default=1.0
-    )
-    llm_provider_first_token_timeout_s: float = _doc(
-        "Longest wait from sending a request to its first token before the next provider is tried.",
-        default=10.0,
-    )
-    llm_provider_token_timeout_s: float = _doc(
-        "Longest gap between two tokens of a reply before it continues on the next provider.",
-        default=10.0,
-    )
-    llm_provider_reply_timeout_s: float = _doc(
-        "Longest whole reply from one provider.", default=300.0
-    )
-    llm_provider_standby_every_tokens: int = _doc(
-        "Keep a provider warm while it is a reply's next provider (its standby): with N > 0 "
-        "the reply's prompt and the text streamed so far are sent to it (max_tokens 1, the "
-        "answer dropped) with the reply's first token and every N tokens after, so that a "
-        "mid-stream failover to it finds all but the last < N tokens in its prompt cache. "
-        "Costs the standby a prefill of each reply (billed on hosted APIs). 0: off.",
-        default=0,
-    )
-    llm_provider_breaker_failures: int = _doc(
-        "Consecutive failures that open a provider's circuit breaker (it is skipped).",
-        default=3,
-    )
-    llm_provider_breaker_open_s: float = _doc(
-        "How long an open breaker skips its provider before one request probes it.",
-        default=5.0,
-    )
-    tts_max_queue_items: int = _doc(
-        "Text chunks queued for synthesis; more are refused (overloaded).", default=64
-    )
-    tts_deadline_s: float = _doc("A chunk's audio is due within this.", default=10.0)
-    turn_max_batch_items: int = _doc(
-        "Pauses scored in one turn-detection batch, at most (docs/ears.md).", default=16
-    )
-    turn_batch_wait_s: float = _doc(
-        "How long the oldest queued pause waits for its turn-detection batch to fill.",
-        default=0.005,
-    )
-    turn_max_queue_items: int = _doc(
-        "Pauses queued for turn detection at once; more are refused (overloaded: the turn then "
-        "ends by the silence policy).",
-        default=64,
-    )
-    turn_deadline_s: float = _doc(
-        "A pause's turn score is due within this (late: the silence policy decides).", default=1.0
-    )
-    turn_threshold: float = _doc(
-        "Turn-detection probability at or above which a turn counts as complete.", default=0.5
     )
 
     admission_queue_fraction: float = _doc(
@@ -790,13 +674,30 @@ class Settings:
         return self.data_dir / "jwt.key"
 
     @classmethod
+    def flat(cls) -> dict[str, Flat]:
+        """Every setting by its public name (``TIDEGATE_<NAME>``, the file's keys), in the
+        order ``tidegate config`` lists them: the engine kinds' configs flattened as
+        ``<kind>_<field>``."""
+        if _FLAT:
+            return _FLAT
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name != "engine_configs":
+                _FLAT[f.name] = Flat(None, f.name, hints[f.name], f)
+                continue
+            for row in KINDS:
+                kind_hints = typing.get_type_hints(row.config)
+                for g in dataclasses.fields(row.config):
+                    _FLAT[f"{row.name}_{g.name}"] = Flat(row, g.name, kind_hints[g.name], g)
+        return _FLAT
+
+    @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then the TOML file named by TIDEGATE_CONFIG, then the environment,
         then ``overrides`` (e.g. command-line flags). Raises ConfigError naming the culprit."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
+        flat = cls.flat()
         config_path = overrides.get("config") or env.get(ENV_PREFIX + "CONFIG")
         if config_path:
             path = Path(config_path)
@@ -805,31 +706,96 @@ class Settings:
                     data = tomllib.load(fh)
             except (OSError, tomllib.TOMLDecodeError) as e:
                 raise ConfigError(f"cannot read config file {path}: {e}") from None
-            for key, raw in data.items():
-                if key not in names:
+            for key, raw in _flatten_tables(data):
+                if key not in flat:
                     raise ConfigError(f"{path}: unknown setting {key!r}")
-                values[key] = _convert(key, raw, hints[key])
+                values[key] = _convert(key, raw, flat[key].hint)
             values["config"] = path
-        for name in names:
+        for name, item in flat.items():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and (raw != "" or name in EMPTY_MEANS_NONE):
-                values[name] = _convert(ENV_PREFIX + name.upper(), raw, hints[name])
+                values[name] = _convert(ENV_PREFIX + name.upper(), raw, item.hint)
         for name, raw in overrides.items():
             if raw is None:
                 continue
-            if name not in names:
+            if name not in flat:
                 raise ConfigError(f"unknown setting {name!r}")
-            values[name] = _convert(name, raw, hints[name])
-        settings = cls(**values)
+            values[name] = _convert(name, raw, flat[name].hint)
+        settings = cls.build(values)
         settings.validate()
         return settings
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any], base: Settings | None = None) -> Settings:
+        """Settings from values by public name (``vad_threshold``), over ``base`` or the
+        defaults; not validated. ConfigError for an unknown name."""
+        flat = cls.flat()
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            item = flat.get(name)
+            if item is None:
+                raise ConfigError(f"unknown setting {name!r}")
+            if item.kind is None:
+                top[name] = value
+            else:
+                nested.setdefault(item.kind.name, {})[item.attr] = value
+        old = base.engine_configs if base is not None else EngineConfigs()
+        if nested:
+            by_name = dict(old.by_name)
+            for kind, changes in nested.items():
+                by_name[kind] = dataclasses.replace(by_name[kind], **changes)  # type: ignore[type-var]
+            top["engine_configs"] = EngineConfigs.of(by_name)
+        if base is None:
+            return cls(**top)
+        return dataclasses.replace(base, **top)
+
+    def replace(self, **values: Any) -> Settings:
+        """These settings with ``values`` (by public name, as ``Settings.load`` takes them)
+        changed; not validated."""
+        return Settings.build(values, self)
+
+    def engine(self, kind: EngineKind[C, Any]) -> C:
+        """The config of an engine kind: ``settings.engine(ASR).deadline_s``."""
+        return self.engine_configs[kind]
+
+    def value(self, name: str) -> Any:
+        """A setting by its public name (``vad_threshold`` is ``engine(VAD).threshold``)."""
+        item = self.flat()[name]
+        owner = self if item.kind is None else self.engine_configs.by_name[item.kind.name]
+        return getattr(owner, item.attr)
+
+    def engine_defaults(self) -> EngineDefaults:
+        """What every engine shares (engine_* and triton_* settings); ValueError naming a bad
+        triton_urls entry."""
+        urls: dict[str, str] = {}
+        for item in self.triton_urls:
+            engine, sep, url = item.partition("=")
+            if not sep or engine not in ENGINE_KINDS or not url:
+                raise ValueError(
+                    f"triton_urls: {item!r} is not ENGINE=HOST:PORT with ENGINE one of "
+                    f"{', '.join(ENGINE_KINDS)}"
+                )
+            urls[engine] = url
+        return EngineDefaults(
+            runtime=self.engine_runtime,
+            providers=self.engine_providers,
+            threads=self.engine_threads,
+            trt_cache_dir=self.engine_trt_cache_dir or self.data_dir / "trt-cache",
+            triton_url=self.triton_url,
+            triton_urls=tuple(urls.items()),
+            triton_timeout_s=self.triton_timeout_s,
+            triton_policy=self.triton_policy,
+            triton_retry_s=self.triton_retry_s,
+            max_sessions=self.engine_max_sessions,
+        )
 
     def validate(self) -> None:
         if self.route_id and not ROUTE_ID_RE.fullmatch(self.route_id):
             raise ConfigError(f"route_id must be 1-16 of a-z and 0-9, got {self.route_id!r}")
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name.endswith(
+        for name in self.flat():
+            v = self.value(name)
+            if name.endswith(
                 (
                     "_bytes",
                     "_messages",
@@ -840,12 +806,12 @@ class Settings:
                     "_requests",
                     "_tokens",
                 )
-            ) or f.name.startswith("max_"):
-                least = 0 if f.name in ZERO_IS_OFF else 1
+            ) or name.startswith("max_"):
+                least = 0 if name in ZERO_IS_OFF else 1
                 if isinstance(v, int) and v < least:
-                    raise ConfigError(f"{f.name} must be at least {least}, got {v}")
-            if f.name.endswith("_s") and isinstance(v, float) and v < 0:
-                raise ConfigError(f"{f.name} cannot be negative, got {v}")
+                    raise ConfigError(f"{name} must be at least {least}, got {v}")
+            if name.endswith("_s") and isinstance(v, float) and v < 0:
+                raise ConfigError(f"{name} cannot be negative, got {v}")
         if self.listen_backlog_connections < 1:
             raise ConfigError(
                 "listen_backlog_connections must be at least 1, got "
@@ -864,8 +830,6 @@ class Settings:
             )
         if self.turn_policy not in ("semantic", "silence"):
             raise ConfigError(f"turn_policy must be semantic or silence, got {self.turn_policy!r}")
-        if not 0.0 < self.turn_threshold < 1.0:
-            raise ConfigError(f"turn_threshold must be in (0, 1), got {self.turn_threshold}")
         self._validate_media()
         self._validate_engines()
         for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):
@@ -887,11 +851,8 @@ class Settings:
             )
 
     def _validate_engines(self) -> None:
-        from .engines import engine_specs, provider_settings
-
         try:
-            provider_settings(self)
-            engine_specs(self)
+            engine_specs(self.engines, self.engine_configs, self.engine_defaults())
         except ValueError as e:
             raise ConfigError(f"engine settings: {e}") from None
 
@@ -930,10 +891,25 @@ class Settings:
     def describe(self) -> list[tuple[str, str, str]]:
         """(variable, default, doc) for every setting."""
         rows = []
-        for f in dataclasses.fields(self):
-            default = "(per user data dir)" if f.name == "data_dir" else repr(f.default)
-            rows.append((ENV_PREFIX + f.name.upper(), default, f.metadata.get("doc", "")))
+        for name, item in self.flat().items():
+            default = "(per user data dir)" if name == "data_dir" else repr(item.field.default)
+            rows.append((ENV_PREFIX + name.upper(), default, item.field.metadata.get("doc", "")))
         return rows
+
+
+_FLAT: dict[str, Flat] = {}
+
+
+def _flatten_tables(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A config file's keys by public name: ``vad_threshold = 0.6``, or a table per engine
+    kind (``[vad]`` ``threshold = 0.6``)."""
+    out: list[tuple[str, Any]] = []
+    for key, raw in data.items():
+        if key in ENGINE_KINDS and isinstance(raw, dict):
+            out.extend((f"{key}_{sub}", value) for sub, value in raw.items())
+        else:
+            out.append((key, raw))
+    return out
 
 
 def _convert(name: str, raw: Any, hint: Any) -> Any:

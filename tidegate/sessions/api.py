@@ -191,7 +191,10 @@ class Sessions:
 
     async def handle(self, session: Session, msg: ClientMessage) -> None:
         """A client message for the session: a sensor message to its sensor lane, anything
-        else to its mode (refusals raise RefusalError)."""
+        else to its mode. A refusal raises RefusalError (the transport answers it with an
+        ``error``); an upload that is refused or fails was consumed, not kept: the transport
+        gives its credit back (``session.return_credit(upload_size(msg))``), as the control
+        channel does."""
         if msg.TYPE in SENSOR_TYPES and session.sensors is not None:
             await session.sensors.handle(msg)
         elif session.mode is not None:

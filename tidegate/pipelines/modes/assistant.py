@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tidegate.engines.registry import ASR, TTS, TURN, VAD, VISION
 from tidegate.engines.service import EngineService
 
 from ..audio import AudioLane
@@ -24,24 +25,24 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
     def lanes(media: SessionMedia) -> Sequence[Lane]:
         vision = None
         if "vision" in engines.schedulers and config.vision.interval_s > 0:
-            vision = VisionLane(session, config.vision, engines.get("vision"), engines.media)
+            vision = VisionLane(session, config.vision, engines.get(VISION), engines.media)
         voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
         reply = ReplyLane(
             session,
             config.reply,
             engines.llm(),
-            engines.get("tts"),
+            engines.get(TTS),
             voice=voice,
             media=media,
             sight=vision,
         )
-        turn = engines.schedulers.get("turn")  # absent: the silence policy only
+        turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
         turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
         audio = AudioLane(
             session,
             config.audio,
-            engines.get("vad"),
-            engines.get("asr"),
+            engines.get(VAD),
+            engines.get(ASR),
             engines.media,
             listener=turns,
         )

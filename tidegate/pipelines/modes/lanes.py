@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tidegate.engines.registry import ASR, VAD, VISION
 from tidegate.engines.service import EngineService
 
 from ..audio import AudioLane
@@ -31,11 +32,11 @@ class LaneSpec:
 
 
 def _audio(session: SessionPort, config: LaneConfig, engines: EngineService) -> Lane:
-    return AudioLane(session, config.audio, engines.get("vad"), engines.get("asr"), engines.media)
+    return AudioLane(session, config.audio, engines.get(VAD), engines.get(ASR), engines.media)
 
 
 def _vision(session: SessionPort, config: LaneConfig, engines: EngineService) -> Lane:
-    return VisionLane(session, config.vision, engines.get("vision"), engines.media)
+    return VisionLane(session, config.vision, engines.get(VISION), engines.media)
 
 
 LANES: dict[str, LaneSpec] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 
 from ..audio import AudioLane
@@ -17,6 +18,6 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         session,
         config.media,
         lambda media: [
-            AudioLane(session, config.audio, engines.get("vad"), engines.get("asr"), engines.media)
+            AudioLane(session, config.audio, engines.get(VAD), engines.get(ASR), engines.media)
         ],
     )

@@ -4,6 +4,7 @@ alone: no ASR, LLM or TTS is needed or loaded."""
 
 from __future__ import annotations
 
+from tidegate.engines.registry import VISION
 from tidegate.engines.service import EngineService
 
 from ..config import LaneConfig
@@ -18,5 +19,5 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         "vision",
         session,
         config.media,
-        lambda media: [VisionLane(session, config.vision, engines.get("vision"), engines.media)],
+        lambda media: [VisionLane(session, config.vision, engines.get(VISION), engines.media)],
     )

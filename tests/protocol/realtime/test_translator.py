@@ -1,0 +1,718 @@
+"""The translator end to end: Realtime client events in, tidegate messages out; tidegate events
+in, Realtime server events out — every one of them checked against the official SDK's types."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tidegate.media.realtime_audio import RealtimeAudioCodec
+from tidegate.protocol.errors import CloseCode
+from tidegate.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    Error,
+    FlowCredit,
+    FunctionCallOutput,
+    InputAudio,
+    OutputAudio,
+    Pong,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseCreated,
+    ResponseDone,
+    ResponseFunctionCallDelta,
+    ResponseFunctionCallDone,
+    ResponseTextDelta,
+    SessionClose,
+    SessionClosed,
+    SessionCreate,
+    SessionCreated,
+    SessionUpdate,
+    SessionUpdated,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
+from tidegate.protocol.realtime import (
+    ClearInputAudio,
+    CommitInputAudio,
+    CreateResponse,
+    RealtimeCode,
+    RealtimeTranslator,
+)
+
+from .samples import (
+    EXAMPLES,
+    GA_CLIENT_EVENTS,
+    TONE_24K,
+    b64,
+    drain,
+    feed,
+    frame,
+    new_translator,
+    send,
+    types,
+)
+
+FRAME_48K = (np.sin(np.arange(960) / 9) * 8000).astype("<i2").tobytes()  # 20 ms
+
+
+def audio_out(rid: str, n: int = 1) -> list[OutputAudio]:
+    return [
+        OutputAudio(
+            pcm=FRAME_48K,
+            format="s16le",
+            sample_rate=48_000,
+            channels=1,
+            ts=20.0 * i,
+            response_id=rid,
+        )
+        for i in range(n)
+    ]
+
+
+def errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["error"] for e in events if e["type"] == "error"]
+
+
+def test_session_created_then_update_round_trip() -> None:
+    """start() asks tidegate for the assistant mode and nothing else; session.created shows
+    the GA session; an update tidegate must apply goes to it, and session.updated follows
+    its confirmation."""
+    t = RealtimeTranslator(audio=RealtimeAudioCodec(), model="gpt-realtime")
+    t.start(0.0)
+    (create,) = t.to_session()
+    assert isinstance(create, SessionCreate) and create.config == {"mode": "assistant"}
+    assert t.data_to_send() == []
+    created = feed(t, SessionCreated(session_id="s", config={}, limits={}, ice_servers=()))
+    assert types(created) == ["session.created"]
+    assert created[0]["session"]["model"] == "gpt-realtime"
+    assert created[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert send(t, EXAMPLES["session.update"]) == []  # waits for tidegate
+    (update,) = t.to_session()
+    assert isinstance(update, SessionUpdate)
+    assert update.config == {
+        "mode": "assistant",
+        "instructions": "Be brief.",
+        "voice": "alloy",
+        "turn_detection": {
+            "type": "server_vad",
+            "silence_duration_ms": 300,
+            "create_response": True,
+            "interrupt_response": True,
+        },
+    }
+    (updated,) = feed(t, SessionUpdated(config=update.config))
+    assert updated["type"] == "session.updated"
+    s = updated["session"]
+    assert s["instructions"] == "Be brief." and s["audio"]["output"]["format"] == {
+        "type": "audio/pcmu"
+    }
+
+
+def test_an_update_tidegate_refuses_comes_back_with_the_event_id() -> None:
+    """tidegate's error (ref = the message it refused) names the client's event_id; the
+    config stays as it was."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "session.update",
+            "event_id": "mine",
+            "session": {"type": "realtime", "instructions": "x"},
+        },
+    )
+    (update,) = t.to_session()
+    (err,) = feed(
+        t,
+        Error(
+            code="invalid_field",
+            message="session config: unknown key 'instructions'",
+            ref=update.id,
+        ),
+    )
+    assert err["error"]["event_id"] == "mine" and err["error"]["code"] == "invalid_field"
+    assert t.config.instructions == ""
+
+
+def test_format_only_update_is_answered_at_once() -> None:
+    """What the translator alone applies (formats, transcription) needs no round trip."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    out = send(
+        t,
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {
+                    "input": {"format": {"type": "audio/pcma"}, "transcription": {"model": "x"}}
+                },
+            },
+        },
+    )
+    assert types(out) == ["session.updated"] and t.to_session() == []
+
+
+def test_a_spoken_turn() -> None:
+    """append -> input.audio at 24 kHz with media time; VAD, ASR and a reply become the GA
+    sequence, with transcription deltas that add up to the final transcript."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            },
+        },
+    )
+    for i in range(3):
+        assert (
+            send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}, now_ms=20.0 * i)
+            == []
+        )
+    msgs = [m for m in t.to_session() if isinstance(m, InputAudio)]
+    assert len(msgs) == 3
+    assert [m.ts for m in msgs] == [0.0, 20.0, 40.0]
+    assert msgs[0].sample_rate == 24_000 and msgs[0].pcm == TONE_24K
+    events = feed(
+        t,
+        VadSpeechStarted(audio_ms=5.0),
+        AsrPartial(segment_id="g1", text="what is", audio_start_ms=5, audio_end_ms=40),
+        VadSpeechStopped(audio_ms=60.0),
+        AsrFinal(segment_id="g1", text="what is it", audio_start_ms=5, audio_end_ms=60),
+        ResponseCreated(response_id="r_1"),
+        ResponseTextDelta(response_id="r_1", delta="It is"),
+        *audio_out("r_1", 3),
+        ResponseTextDelta(response_id="r_1", delta=" fine."),
+        ResponseDone(response_id="r_1", status="completed", text="It is fine."),
+    )
+    assert types(events) == [
+        "input_audio_buffer.speech_started",
+        "conversation.item.input_audio_transcription.delta",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.done",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.delta",
+        "response.output_audio.delta",
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.delta",  # the resampler's tail
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    user = events[0]["item_id"]
+    assert {e.get("item_id") for e in events[1:4]} == {user}
+    deltas = "".join(e["delta"] for e in events if e["type"].endswith("transcription.delta"))
+    assert deltas == "what is it" == events[6]["transcript"]
+    audio = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
+    assert len(audio) == 3 * 960  # 60 ms at 24 kHz, exactly
+    done = events[-1]["response"]
+    assert done["status"] == "completed" and done["usage"] is not None
+    assert done["output"][0]["content"][0] == {"type": "output_audio", "transcript": "It is fine."}
+    assert events[10]["previous_item_id"] == user
+
+
+def test_a_text_turn_sends_the_text_with_response_create() -> None:
+    """User text items wait for response.create and travel in tidegate's response.create."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    out = send(t, EXAMPLES["conversation.item.create"])
+    assert types(out) == ["conversation.item.added", "conversation.item.done"]
+    assert t.to_session() == []
+    send(
+        t,
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "there"}],
+            },
+        },
+    )
+    assert send(t, {"type": "response.create", "event_id": "go"}) == []
+    (create,) = t.to_session()
+    assert isinstance(create, ResponseCreate) and create.text == "Hi\nthere"
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_9", ref=create.id),
+        ResponseTextDelta(response_id="r_9", delta="Hello"),
+        ResponseDone(response_id="r_9", status="completed", text="Hello"),
+    )
+    assert events[0]["type"] == "response.created"
+
+
+def test_per_response_options_become_a_command() -> None:
+    """response.create with instructions and text modality goes out as CreateResponse; the
+    response it makes streams text, not audio."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(t, EXAMPLES["response.create"])
+    (cmd,) = t.to_session()
+    assert isinstance(cmd, CreateResponse)
+    assert cmd.options == {"instructions": "Answer in French.", "output_modalities": ("text",)}
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_2", ref=cmd.id),
+        ResponseTextDelta(response_id="r_2", delta="Oui"),
+        *audio_out("r_2"),
+        ResponseDone(response_id="r_2", status="completed", text="Oui"),
+    )
+    assert "response.output_text.delta" in types(events)
+    assert "response.output_audio.delta" not in types(events)
+    assert events[0]["response"]["output_modalities"] == ["text"]
+    assert events[-1]["response"]["output"][0]["content"] == [
+        {"type": "output_text", "text": "Oui"}
+    ]
+
+
+def test_a_refused_command_is_an_error_for_the_event() -> None:
+    """A runtime that does not serve a command answers unsupported; the client hears it."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(t, EXAMPLES["response.create"])
+    (cmd,) = t.to_session()
+    (err,) = errors(
+        feed(
+            t,
+            Error(
+                code="unsupported", message="per-response instructions are not served", ref=cmd.id
+            ),
+        )
+    )
+    assert err["event_id"] == "c_resp" and err["code"] == "unsupported"
+
+
+def test_function_call_round_trip() -> None:
+    """A tool round ends the Realtime response with the call in its output; the output item
+    goes to tidegate; the client's response.create claims the continuation."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_3"),
+        ResponseTextDelta(response_id="r_3", delta="Let me look."),
+        ResponseFunctionCallDelta(
+            response_id="r_3", call_id="call_1", name="weather", arguments='{"city":'
+        ),
+        ResponseFunctionCallDelta(
+            response_id="r_3", call_id="call_1", name="weather", arguments='"Paris"}'
+        ),
+        ResponseFunctionCallDone(
+            response_id="r_3", call_id="call_1", name="weather", arguments='{"city":"Paris"}'
+        ),
+    )
+    assert types(events)[-1] == "response.done"
+    done = events[-1]["response"]
+    assert [o["type"] for o in done["output"]] == ["message", "function_call"]
+    assert (
+        done["output"][1]["arguments"] == '{"city":"Paris"}'
+        and done["output"][1]["call_id"] == "call_1"
+    )
+    args = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    assert "".join(args) == '{"city":"Paris"}'
+    out = send(
+        t,
+        {
+            "type": "conversation.item.create",
+            "event_id": "o",
+            "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"c": 21}'},
+        },
+    )
+    assert types(out) == ["conversation.item.added", "conversation.item.done"]
+    (fco,) = t.to_session()
+    assert isinstance(fco, FunctionCallOutput) and fco.call_id == "call_1"
+    out = send(t, {"type": "response.create", "event_id": "again"})
+    assert types(out) == ["response.created"] and t.to_session() == []
+    events = feed(
+        t,
+        ResponseTextDelta(response_id="r_3", delta="21 degrees."),
+        ResponseDone(response_id="r_3", status="completed", text="Let me look.21 degrees."),
+    )
+    assert events[-1]["response"]["id"] == out[0]["response"]["id"]
+    assert events[-1]["response"]["status"] == "completed"
+    # An output for a call nobody waits for is refused by name.
+    (err,) = errors(
+        send(
+            t,
+            {
+                "type": "conversation.item.create",
+                "event_id": "late",
+                "item": {"type": "function_call_output", "call_id": "call_1", "output": "x"},
+            },
+        )
+    )
+    assert err["code"] == RealtimeCode.ITEM_NOT_FOUND and err["event_id"] == "late"
+
+
+def test_continuation_before_the_client_asks() -> None:
+    """When tidegate goes on first, the continuation opens by itself and a later
+    response.create is absorbed into it (no second response, no error)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    feed(
+        t,
+        ResponseCreated(response_id="r_4"),
+        ResponseFunctionCallDone(response_id="r_4", call_id="c", name="f", arguments="{}"),
+    )
+    send(
+        t,
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": "c", "output": "1"},
+        },
+    )
+    t.to_session()
+    events = feed(t, ResponseTextDelta(response_id="r_4", delta="ok"))
+    assert types(events)[0] == "response.created"
+    assert send(t, {"type": "response.create"}) == []
+    assert t.to_session() == []
+    events = feed(t, ResponseDone(response_id="r_4", status="completed", text="ok"))
+    assert types(events)[-1] == "response.done"
+
+
+def test_barge_in_cuts_the_response_and_truncate_reports_it() -> None:
+    """Speech over a reply: speech_started, then response.done cancelled (turn_detected) with
+    the heard transcript; the client's truncate is checked against the audio sent."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_5"),
+        ResponseTextDelta(response_id="r_5", delta="One two three four"),
+        *audio_out("r_5", 10),
+    )
+    item_id = events[1]["item"]["id"]
+    events = feed(
+        t,
+        VadSpeechStarted(audio_ms=1000.0),
+        ResponseDone(response_id="r_5", status="cancelled", text="One two"),
+    )
+    assert types(events)[0] == "input_audio_buffer.speech_started"
+    done = events[-1]["response"]
+    assert done["status"] == "cancelled"
+    assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert done["output"][0]["status"] == "incomplete"
+    assert done["output"][0]["content"][0]["transcript"] == "One two"
+    (err,) = errors(
+        send(
+            t,
+            {
+                "type": "conversation.item.truncate",
+                "event_id": "tr",
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": 5000,
+            },
+        )
+    )
+    assert err["code"] == "invalid_value" and err["param"] == "audio_end_ms"
+    (ok,) = send(
+        t,
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": 150,
+        },
+    )
+    assert ok == {
+        **ok,
+        "type": "conversation.item.truncated",
+        "item_id": item_id,
+        "audio_end_ms": 150,
+    }
+
+
+def test_cancel() -> None:
+    """response.cancel cuts the active reply in tidegate (client_cancelled); without one it is
+    refused as not active."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    (err,) = errors(send(t, {"type": "response.cancel", "event_id": "x"}))
+    assert err["code"] == RealtimeCode.RESPONSE_NOT_ACTIVE and err["event_id"] == "x"
+    feed(t, ResponseCreated(response_id="r_6"), ResponseTextDelta(response_id="r_6", delta="Hi"))
+    assert send(t, {"type": "response.cancel"}) == []
+    (cancel,) = t.to_session()
+    assert isinstance(cancel, ResponseCancel) and cancel.response_id == "r_6"
+    events = feed(t, ResponseDone(response_id="r_6", status="cancelled", text="Hi"))
+    assert events[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+    feed(t, ResponseCreated(response_id="r_7"))
+    (err,) = errors(send(t, {"type": "response.create", "event_id": "two"}))
+    assert err["code"] == RealtimeCode.RESPONSE_ACTIVE
+
+
+def test_input_audio_is_paced_at_real_time() -> None:
+    """Appends may run input_audio_max_ahead_s ahead of real time; past that each is refused
+    (input_audio_buffer_full, with its event_id) and not forwarded; a pause banks nothing."""
+    t = new_translator(input_audio_max_ahead_s=0.1)
+    drain(t)
+    t.to_session()
+    one = {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}  # 20 ms
+    for _ in range(5):
+        assert send(t, one, now_ms=0.0) == []
+    (err,) = errors(send(t, {**one, "event_id": "fast"}, now_ms=0.0))
+    assert err["code"] == RealtimeCode.BUFFER_FULL and err["event_id"] == "fast"
+    assert len(t.to_session()) == 5
+    assert send(t, one, now_ms=20.0) == []  # 20 ms later there is room for 20 ms
+    # Real time for a minute never refuses; a long pause does not let a burst through.
+    for i in range(3000):
+        assert send(t, one, now_ms=40.0 + 20.0 * i) == []
+    now = 40.0 + 20.0 * 3000 + 10_000.0
+    results = [send(t, one, now_ms=now) for _ in range(10)]
+    assert sum(1 for r in results if r) == 10 - 5
+    assert t.stats["audio_refused"] == 6
+
+
+def test_manual_turns_commit_and_clear() -> None:
+    """turn_detection null: commit needs 100 ms; it becomes CommitInputAudio and a user item;
+    clear becomes ClearInputAudio and input_audio_buffer.cleared; the buffer is bounded."""
+    t = new_translator(input_audio_buffer_max_s=0.1)
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+        },
+    )
+    (upd,) = t.to_session()
+    assert isinstance(upd, SessionUpdate) and upd.config["turn_detection"] is None
+    feed(t, SessionUpdated(config=upd.config))
+    (err,) = errors(send(t, {"type": "input_audio_buffer.commit", "event_id": "early"}))
+    assert err["code"] == RealtimeCode.BUFFER_EMPTY
+    one = {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}
+    for i in range(5):
+        send(t, one, now_ms=20.0 * i)
+    (err,) = errors(send(t, one, now_ms=100.0))
+    assert err["code"] == RealtimeCode.BUFFER_FULL and "input_audio_buffer_max_s" in err["message"]
+    out = send(t, {"type": "input_audio_buffer.commit"}, now_ms=100.0)
+    assert types(out) == ["input_audio_buffer.committed", "conversation.item.added"]
+    assert isinstance(t.to_session()[-1], CommitInputAudio)
+    events = feed(t, AsrFinal(segment_id="g9", text="hello", audio_start_ms=0, audio_end_ms=100))
+    assert events[-1]["type"] == "conversation.item.done"
+    assert events[-1]["item"]["id"] == out[0]["item_id"]
+    assert events[-1]["item"]["content"][0]["transcript"] == "hello"
+    assert types(send(t, {"type": "input_audio_buffer.clear"})) == ["input_audio_buffer.cleared"]
+    assert isinstance(t.to_session()[-1], ClearInputAudio)
+
+
+def test_transcription_session() -> None:
+    """session.type transcription: tidegate's transcribe mode; deltas and completions; no
+    responses."""
+    t = new_translator(session_type="transcription")
+    created = drain(t)
+    assert created[0]["session"]["type"] == "transcription"
+    (create,) = t.to_session()
+    assert isinstance(create, SessionCreate) and create.config == {"mode": "transcribe"}
+    events = feed(
+        t,
+        VadSpeechStarted(audio_ms=0.0),
+        AsrPartial(segment_id="a", text="hel", audio_start_ms=0, audio_end_ms=200),
+        AsrPartial(segment_id="a", text="hello", audio_start_ms=0, audio_end_ms=400),
+        VadSpeechStopped(audio_ms=500.0),
+        AsrFinal(segment_id="a", text="hello world", audio_start_ms=0, audio_end_ms=500),
+    )
+    deltas = [e["delta"] for e in events if e["type"].endswith(".delta")]
+    assert deltas == ["hel", "lo", " world"]
+    completed = next(e for e in events if e["type"].endswith(".completed"))
+    assert completed["usage"] == {"type": "duration", "seconds": 0.5}
+    (err,) = errors(send(t, {"type": "response.create", "event_id": "r"}))
+    assert err["code"] == RealtimeCode.INVALID_STATE
+    (err,) = errors(
+        send(t, {"type": "session.update", "event_id": "u", "session": {"type": "realtime"}})
+    )
+    assert err["param"] == "session.type"
+
+
+def test_items_delete_retrieve() -> None:
+    """An unsent user text item can be deleted; retrieve returns an item; unknown ids are named."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    added = send(
+        t,
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "id": "u1",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "x"}],
+            },
+        },
+    )
+    assert added[0]["item"]["id"] == "u1"
+    (got,) = send(t, {"type": "conversation.item.retrieve", "item_id": "u1"})
+    assert got["type"] == "conversation.item.retrieved" and got["item"]["id"] == "u1"
+    (gone,) = send(t, {"type": "conversation.item.delete", "item_id": "u1"})
+    assert gone == {**gone, "type": "conversation.item.deleted", "item_id": "u1"}
+    (err,) = errors(send(t, {"type": "conversation.item.delete", "event_id": "d", "item_id": "u1"}))
+    assert err["code"] == RealtimeCode.ITEM_NOT_FOUND and err["event_id"] == "d"
+
+
+@pytest.mark.parametrize("etype", sorted(GA_CLIENT_EVENTS))
+def test_every_ga_client_event_is_translated_or_refused_by_name(etype: str) -> None:
+    """Each GA client event either produces tidegate input or server events, and an error
+    always names the offending event_id — never silence."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    t.receive_text(frame(EXAMPLES[etype]), 0.0)
+    events = drain(t)
+    to_tidegate = t.to_session()
+    assert events or to_tidegate, etype
+    for err in errors(events):
+        assert err["event_id"] == EXAMPLES[etype]["event_id"]
+
+
+def test_other_tidegate_messages_are_dropped_and_session_closed_closes() -> None:
+    """Messages with no Realtime counterpart produce nothing; session.closed closes normally."""
+    t = new_translator()
+    drain(t)
+    assert feed(t, Pong(t_client=1.0, t_server=2.0), FlowCredit(messages=1, bytes=1)) == []
+    feed(t, SessionClosed(reason="closed by the client"))
+    assert t.close_code == CloseCode.NORMAL
+
+
+def test_bad_events_in_a_row_close_the_connection() -> None:
+    """max_bad_events invalid events in a row: close 4400; each was answered first."""
+    t = new_translator(max_bad_events=3)
+    drain(t)
+    for _ in range(3):
+        t.receive_text("{", 0.0)
+    assert len(errors(drain(t))) == 3
+    assert t.close_code == CloseCode.PROTOCOL_VIOLATION
+
+
+def test_rate_limits_follow_response_done() -> None:
+    """rate_limits.updated carries the edge's figures after each response.done."""
+    t = new_translator()
+    drain(t)
+    t.update_rate_limits(
+        [{"name": "requests", "limit": 1000, "remaining": 990, "reset_seconds": 1.0}]
+    )
+    events = feed(
+        t,
+        ResponseCreated(response_id="r"),
+        ResponseDone(response_id="r", status="completed", text=""),
+    )
+    assert types(events)[-2:] == ["response.done", "rate_limits.updated"]
+
+
+def test_g711_in_and_out() -> None:
+    """With G.711 formats, appends expand to 8 kHz s16le and 20 ms of tidegate audio is 160
+    mu-law bytes."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {
+                    "input": {"format": {"type": "audio/pcmu"}},
+                    "output": {"format": {"type": "audio/pcmu"}},
+                },
+            },
+        },
+    )
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes([0xFF, 0x80] * 80))})
+    (msg,) = t.to_session()
+    assert isinstance(msg, InputAudio) and msg.sample_rate == 8_000 and len(msg.pcm) == 320
+    events = feed(
+        t,
+        ResponseCreated(response_id="r"),
+        *audio_out("r", 5),
+        ResponseDone(response_id="r", status="completed", text=""),
+    )
+    audio = b"".join(
+        base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta"
+    )
+    assert len(audio) == 5 * 160
+
+
+def test_the_first_update_may_switch_to_a_transcription_session() -> None:
+    """GA clients ask for a transcription session with session.update: before anything else
+    happens, the untouched assistant session is replaced by a transcribe one; afterwards the
+    kind is fixed."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    update = {
+        "type": "session.update",
+        "event_id": "sw",
+        "session": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+        },
+    }
+    assert send(t, update) == []
+    close, create = t.to_session()
+    assert isinstance(close, SessionClose) and isinstance(create, SessionCreate)
+    assert create.config == {"mode": "transcribe"}
+    assert feed(t, SessionClosed(reason="replaced")) == [] and t.close_code is None
+    (updated,) = feed(
+        t, SessionCreated(session_id="s_2", config=create.config, limits={}, ice_servers=())
+    )
+    assert updated["type"] == "session.updated" and updated["session"]["type"] == "transcription"
+    assert t.config.type == "transcription" and t.session_id == "s_2"
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)})
+    (err,) = errors(
+        send(t, {"type": "session.update", "event_id": "late", "session": {"type": "realtime"}})
+    )
+    assert err["code"] == RealtimeCode.INVALID_STATE and err["event_id"] == "late"
+
+
+def test_media_time_goes_on_across_a_format_change() -> None:
+    """ts of input.audio is continuous when the input format changes mid-stream."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}, now_ms=0.0)
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcma"}}}},
+        },
+    )
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes(80))}, now_ms=20.0)
+    send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes(80))}, now_ms=30.0)
+    msgs = [m for m in t.to_session() if isinstance(m, InputAudio)]
+    assert [(m.ts, m.sample_rate) for m in msgs] == [(0.0, 24_000), (20.0, 8_000), (30.0, 8_000)]
