@@ -114,6 +114,7 @@ class Case:
             engines.get(ASR),
             engines.media,
             listener=self.turns,
+            speaks=True,
         )
         self.reply.echo = self.audio.echo
 

@@ -32,6 +32,11 @@ its partial is queued or running, the partial is withdrawn (its request's ``canc
 the scheduler's worker skips it, or the decoder drops it at its next step) and the final is
 submitted at once; and no partial starts in the short quiet that may end the segment
 (``asr_partial_hold_s``).
+
+Echo cancellation (:mod:`tidegate.pipelines.echo`) runs on what the VAD loop reads, before
+the VAD: ``audio.echo_cancellation`` ``on``, or ``auto`` in a mode whose session speaks
+(``speaks``: the assistant; its reply lane feeds the reference) for WS-only audio and for a
+WebRTC client whose offer said it has no echo cancellation of its own.
 """
 
 from __future__ import annotations
@@ -160,6 +165,7 @@ class AudioLane:
         workers: WorkerPool,
         *,
         listener: SpeechListener | None = None,
+        speaks: bool = False,
     ) -> None:
         self.session = session
         s = config
@@ -182,7 +188,7 @@ class AudioLane:
         self.echo_mode: str = audio.get("echo_cancellation", s.echo_cancellation)
         #: the echo path (pipelines/echo.py), fed by the reply lane; None when off
         self.echo: EchoPath | None = None
-        if self.echo_mode != "off":
+        if self.echo_mode == "on" or (self.echo_mode == "auto" and speaks):
             self.echo = EchoPath(
                 workers,
                 noise_suppression=audio.get("noise_suppression", s.noise_suppression),

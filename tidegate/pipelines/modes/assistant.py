@@ -45,6 +45,7 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             engines.get(ASR),
             engines.media,
             listener=turns,
+            speaks=True,  # its replies are the echo canceller's reference (audio.echo_*)
         )
         reply.echo = audio.echo  # what the reply plays is the echo canceller's reference
         return [audio, *([vision] if vision is not None else []), reply, turns]
