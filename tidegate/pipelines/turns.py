@@ -92,6 +92,7 @@ class TurnTaking:
             "turn_ends_timeout": 0,
             "turn_ends_silence": 0,
             "turn_scores": 0,
+            "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
         }
         self._speaking = False  # between the VAD's start and end of speech
@@ -174,6 +175,7 @@ class TurnTaking:
         elif result.complete:
             self._decision = Decision("semantic", result.probability, time.monotonic(), ms)
         else:
+            self.counters["turn_scores_incomplete"] += 1
             self._decision = Decision(
                 "timeout", result.probability, stopped + self.config.max_wait_s, ms
             )
