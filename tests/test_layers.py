@@ -247,15 +247,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 # Import cycles the redesign (issue 18) is removing; the test fails on a new one and on a
 # listed one that is gone (remove it), so this list only shrinks.
-KNOWN_CYCLES: list[list[str]] = [
-    # the runtime builds ServerMetrics, whose endpoint (through edge) takes the Runtime
-    # (TYPE_CHECKING imports): for the edge work of issue 18 item 4 (helper B) or the lead
-    [
-        "tidegate.server.edge",
-        "tidegate.server.metrics",
-        "tidegate.server.runtime",
-    ],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_no_import_cycles() -> None:

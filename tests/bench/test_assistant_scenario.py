@@ -57,3 +57,33 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
     assert rtc["errors"] == [] and rtc["completed"] == 1, rtc["heard_and_replied"]
     assert rtc["connect_ms"]["n"] == 1
     assert 0 < rtc["eos_to_final_ms"]["p50"] < rtc["eos_to_first_audio_ms"]["p50"]
+
+
+def test_assistant_scenario_over_both_dialects(tmp_path: Path) -> None:
+    """``--dialect tidegate,realtime``: the same question over the control channel and over
+    /v1/realtime in one run, both completed and answered, with the figures the Realtime
+    events carry, and first audio compared at p50."""
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "tidegate", "bench", "assistant"),
+            *("--sessions", "1", "--turns", "1", "--transports", "ws"),
+            *("--dialect", "tidegate,realtime", "--out", str(tmp_path), "--no-plots"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
+    assert proc.returncode == 0, proc.stderr
+    [path] = tmp_path.glob("assistant-*.json")
+    results = load_report(path)["results"]
+    [level] = results["realtime"]["levels"]
+    assert level["dialect"] == "realtime" and level["errors"] == []
+    assert level["completed"] == 1 and level["answers_ok"] == 1, level["heard_and_replied"]
+    final = level["eos_to_final_ms"]["p50"]
+    assert 0 < final < level["eos_to_first_token_ms"]["p50"] < level["eos_to_first_audio_ms"]["p50"]
+    assert level["stages"]["asr_ms"]["n"] == 0  # a server-clock figure the dialect lacks
+    [compared] = results["dialects"]["realtime_minus_tidegate_p50_ms"].values()
+    assert compared["realtime_minus_tidegate_p50_ms"] == (
+        compared["realtime_p50_ms"] - compared["tidegate_p50_ms"]
+    )
+    assert "rtc" not in results

@@ -17,6 +17,7 @@ CASES = {
     "llm": ["--streams", "1", "--max-tokens", "6"],
     "tts": [],  # the engine bench has no shorter setting (~25 s on 2 CPUs)
     "ears": ["--sessions", "4", "--repeats", "1", "--parts", "turn", "--data-dir", str(DATA)],
+    "languages": ["--clips", "1", "--data-dir", str(DATA)],
 }
 
 
@@ -26,6 +27,8 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
     """`tidegate bench NAME` with brief settings writes a report that passes the schema."""
     if name == "ears":
         prepare_models("smart-turn-v3.2")
+    if name == "languages":
+        prepare_models("whisper-tiny-en", "whisper-base")
     proc = subprocess.run(
         [sys.executable, "-m", "tidegate", "bench", name, *CASES[name], "--out", str(tmp_path)],
         capture_output=True,
@@ -41,6 +44,9 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         assert results
     elif name == "ears":
         assert results["turn"]["sessions"] == 4 and results["turn"]["cpu_ratio"] > 0
+    elif name == "languages":
+        assert set(results["whisper-base"]) == {"en", "de", "es", "fr"}
+        assert results["cpu_ratio_vs_tiny_en"]["en"] > 0
     elif name == "llm":
         [case] = results["cases"]
         assert case["tokens"] > 0 and case["ttft_ms_p50"] > 0
@@ -49,6 +55,7 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
     if name not in (
         "engines",
         "ears",
+        "languages",
     ):  # flat *_p50/*_p95 figures are compared too, p95 as the tail
         rows = compare(report, report)
         assert rows and not any(r.worse for r in rows)

@@ -127,6 +127,8 @@ SPECIAL = {
     "TIDEGATE_PROXY_ADDRESSES": "10.0.0.1,10.0.0.2",
     "TIDEGATE_ENGINES": "vad,asr",
     "TIDEGATE_VISION_MODEL": "mtcnn",
+    "TIDEGATE_ASR_MODEL": "whisper-base",
+    "TIDEGATE_ASR_LANGUAGE": "de",
     "TIDEGATE_ENGINE_RUNTIME": "tensorrt",
     "TIDEGATE_ENGINE_PROVIDERS": "cuda,cpu",
     "TIDEGATE_VAD_RUNTIME": "triton",

@@ -130,7 +130,7 @@ async def test_metrics_show_engines_and_event_stages(live: LiveServer) -> None:
     assert got[("tidegate_engine_batch_size_count", llm)] > 0
     assert got[("tidegate_engine_run_seconds_count", (("engine", "tts"),))] > 0
     assert got[("tidegate_engine_wait_seconds_count", (("engine", "tts"),))] > 0
-    delta = (("stage", "total"), ("type", "response.text.delta"))
+    delta = (("dialect", "tidegate"), ("stage", "total"), ("type", "response.text.delta"))
     assert got[("tidegate_event_stage_seconds_count", delta)] > 0
     assert got[("tidegate_event_stage_seconds_sum", delta)] > 0
     assert got[("tidegate_sessions", (("mode", "assistant"),))] == 0

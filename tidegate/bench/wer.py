@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped (apostrophes kept)."""
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+    """Lower-case words, punctuation dropped (apostrophes kept); letters of any script count
+    (``für``, ``año``, ``été`` stay whole words), compared in Unicode NFC form."""
+    text = unicodedata.normalize("NFC", text.lower()).replace("\u2019", "'")
+    return re.sub(r"[^\w']|_", " ", text).split()
 
 
 def wer(reference: str, hypothesis: str) -> float:

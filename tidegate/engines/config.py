@@ -83,6 +83,16 @@ class AsrConfig:
     """Speech recognition (Whisper). The audio lane's own settings (partials, segment lengths)
     are the session's, not the engine's."""
 
+    model: str = setting(
+        "ASR model: whisper-tiny-en (English only; half base's CPU per stream) or whisper-base "
+        "(99 languages, docs/asr.md).",
+        "whisper-tiny-en",
+    )
+    language: str = setting(
+        "Language of a request that names none: a code (de) or auto (detected once per turn; "
+        "whisper-tiny-en takes en or auto).",
+        "auto",
+    )
     runtime: str = setting("The ASR engine's runtime. Unset: engine_runtime.", "")
     max_batch_items: int = setting("Segments decoded in one ASR batch, at most.", 16)
     batch_wait_s: float = setting(

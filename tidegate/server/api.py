@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -24,8 +25,7 @@ from tidegate.store import store
 from tidegate.store.writer import is_unavailable
 
 from . import edge, params
-from .auth import Principal
-from .edge import Handler
+from .auth import SCOPE_ADMIN, Principal
 from .errors import ForbiddenError, InvalidConfigError, NotFoundError, RefusalError
 from .runtime import Runtime
 
@@ -53,10 +53,10 @@ def _database_unavailable(e: Exception, runtime: Runtime) -> RefusalError | None
     )
 
 
-def endpoint(methods: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """The records API's routes: the HTTP edge (origin, CORS, token, rate limit, errors) and
-    the database's unavailability as a 503."""
-    return edge.endpoint(methods, translate=_database_unavailable)
+#: the records API's routes behind the edge: the database's unavailability is a 503
+endpoint = edge.handler(translate=_database_unavailable)
+#: the admin routes: the same, with the ``admin`` scope
+admin_endpoint = edge.handler(scope=SCOPE_ADMIN, translate=_database_unavailable)
 
 
 # -- query parameters ---------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def _not_found(session_id: str) -> NotFoundError:
 # -- handlers -----------------------------------------------------------------------------------
 
 
-@endpoint("GET, OPTIONS")
+@endpoint
 async def list_sessions(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """Sessions, newest first, filtered and paginated."""
     status = request.query_params.get("status")
@@ -120,7 +120,7 @@ async def list_sessions(request: Request, runtime: Runtime, principal: Principal
         return _page(await store.list_sessions(conn, f, limit=limit, cursor=cursor))
 
 
-@endpoint("GET, DELETE, OPTIONS")
+@endpoint
 async def session_detail(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """One session (GET), or delete all its data (DELETE)."""
     session_id = params.path_id(request, "session_id")
@@ -163,7 +163,7 @@ async def _delete(runtime: Runtime, session_id: str, tenant: str | None) -> Resp
 
 
 def _children(kind: str) -> Callable[[Request], Awaitable[Response]]:
-    @endpoint("GET, OPTIONS")
+    @endpoint
     async def handler(request: Request, runtime: Runtime, principal: Principal) -> Response:
         session_id = params.path_id(request, "session_id")
         tenant = None if principal.is_admin else principal.tenant
@@ -179,19 +179,15 @@ def _children(kind: str) -> Callable[[Request], Awaitable[Response]]:
     return handler
 
 
-@endpoint("GET, OPTIONS")
+@admin_endpoint
 async def db_status(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """The writer, its queue and journal, and the rate limiters (admin only)."""
-    if not principal.is_admin:
-        raise ForbiddenError("this endpoint needs the 'admin' scope")
     return JSONResponse({"writer": runtime.recorder.stats(), "limits": runtime.limiter.stats()})
 
 
-@endpoint("GET, OPTIONS")
+@admin_endpoint
 async def cluster_status(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """This node's cluster state and the live nodes with their load (admin only)."""
-    if not principal.is_admin:
-        raise ForbiddenError("this endpoint needs the 'admin' scope")
     return JSONResponse({"node": runtime.cluster.stats(), "nodes": await runtime.cluster.nodes()})
 
 
@@ -202,16 +198,14 @@ async def openapi(request: Request) -> Response:
 def api_routes() -> list[Route]:
     routes = [
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/v1/sessions", list_sessions, methods=["GET", "OPTIONS"]),
-        Route("/v1/sessions/{session_id}", session_detail, methods=["GET", "DELETE", "OPTIONS"]),
-        Route("/v1/admin/db", db_status, methods=["GET", "OPTIONS"]),
-        Route("/v1/cluster", cluster_status, methods=["GET", "OPTIONS"]),
+        Route("/v1/sessions", list_sessions, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", session_detail, methods=["GET", "DELETE"]),
+        Route("/v1/admin/db", db_status, methods=["GET"]),
+        Route("/v1/cluster", cluster_status, methods=["GET"]),
     ]
     for kind in CHILD_KINDS:
         routes.append(
-            Route(
-                f"/v1/sessions/{{session_id}}/{kind}", _children(kind), methods=["GET", "OPTIONS"]
-            )
+            Route(f"/v1/sessions/{{session_id}}/{kind}", _children(kind), methods=["GET"])
         )
     return routes
 
@@ -476,3 +470,9 @@ def _build_openapi() -> dict[str, Any]:
 
 
 OPENAPI = _build_openapi()
+
+
+@edge.handler(scope=SCOPE_ADMIN)
+async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
+    """``GET /metrics`` on the main port (:mod:`.metrics`): an ``admin``-scope token."""
+    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

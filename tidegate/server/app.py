@@ -1,8 +1,9 @@
-"""The starlette application: health, readiness, the control channel and the HTTP routes.
+"""The starlette application: health, readiness, the control channel, the Realtime
+WebSocket (``/v1/realtime``) and the HTTP routes.
 
-Every HTTP route but ``/healthz``, ``/readyz``, ``/openapi.json``, ``/v1/auth/config``, the
-development login and the web client's files goes through the HTTP edge (:mod:`.edge`): origin
-allow-list, token, the subject's request budget, one error table."""
+Every HTTP route is behind the edge middleware (:class:`.edge.Edge`: origin allow-list, token,
+the subject's request budget, one error table) but the public ones it names
+(:data:`.edge.PUBLIC`)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from tidegate.engines.llm import ProviderPool
 
-from .api import api_routes
+from .api import api_routes, metrics_endpoint
 from .asgi_ws import AsgiWebSocket, WebSocketFront
 from .control import control_endpoint
-from .metrics import METRICS_PATH, metrics_endpoint
+from .edge import Edge
+from .metrics import METRICS_PATH
 from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
+from .realtime import REALTIME_PATH, realtime_endpoint
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
@@ -75,14 +79,15 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route(METRICS_PATH, metrics_endpoint, methods=["GET", "OPTIONS"]),
-            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST", "OPTIONS"]),
-            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST", "OPTIONS"]),
+            Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
+            Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
+            Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),
             Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),
             Route(AUTH_CONFIG_PATH, auth_config, methods=["GET"]),
             Mount("/", WebApp(web_dir(settings), settings)),  # last: the browser client's files
         ],
+        middleware=[Middleware(Edge)],  # in front of every HTTP route (edge.PUBLIC excepted)
         lifespan=lifespan,
     )
     app.state.runtime = runtime
@@ -90,4 +95,9 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
     async def control(ws: AsgiWebSocket) -> None:
         await control_endpoint(ws, runtime)
 
-    return WebSocketFront(app, CONTROL_PATH, control)
+    async def realtime(ws: AsgiWebSocket) -> None:
+        await realtime_endpoint(ws, runtime)
+
+    # The two WebSocket routes on the raw-ASGI path (asgi_ws.py); the Realtime dialect's is
+    # the same shell with the translator as its wire (realtime.py).
+    return WebSocketFront(WebSocketFront(app, REALTIME_PATH, realtime), CONTROL_PATH, control)

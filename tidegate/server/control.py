@@ -64,11 +64,11 @@ from tidegate.protocol.messages import (
 )
 from tidegate.sessions.session import Session
 
+from . import edge
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal, bearer_from_header
 from .errors import (
     ConnectionLimitError,
-    ForbiddenError,
     RateLimitedError,
     RefusalError,
     UnauthorizedError,
@@ -129,10 +129,7 @@ async def control_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
         return
     token = bearer_from_header(ws.headers.get("authorization")) or negotiated.bearer_token
     try:
-        origin = ws.headers.get("origin")
-        if not runtime.origin_allowed(origin, ws.headers.get("host")):
-            raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
-        principal = await runtime.verifier.verify(token, SCOPE_SESSION)
+        principal = await edge.admit(runtime, ws.headers, token, SCOPE_SESSION)  # in-band refusal
         _hold_sessionless(runtime, principal)
     except RefusalError as e:
         key = "connections_refused" if isinstance(e, ConnectionLimitError) else "auth_refused"

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -31,24 +31,39 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 
 from tidegate.engines.llm import ProviderPool
 from tidegate.engines.metrics import Histogram
 from tidegate.pipelines.registry import MODES
 
-from . import edge
-from .auth import SCOPE_ADMIN, Principal
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from tidegate.engines.service import EngineService
     from tidegate.protocol import ServerMessage
-    from tidegate.sessions.session import Session
+    from tidegate.sessions.admission import Admission
+    from tidegate.sessions.session import Session, SessionRegistry
 
-    from .runtime import Runtime
+    from .gate import ConnectionGate
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Observed(Protocol):
+    """What the metrics read of the server process at scrape time (the runtime satisfies it;
+    the runtime builds the metrics, so they name what they read instead of the runtime)."""
+
+    settings: Settings
+    gate: ConnectionGate
+    stage_times: StageTimes
+    registry: SessionRegistry
+    admission: Admission
+    engines: EngineService | None
+    #: counts by event (connections, refusals by reason), and wire error codes sent
+    counters: Counter[str]
+    refusals: Counter[str]
+
 
 METRICS_PATH = "/metrics"
 # Milliseconds: server stages of events, from a VAD frame (ms) to a whole reply (seconds).
@@ -61,22 +76,26 @@ REQUEST_TIMEOUT_S = 5.0
 class StageTimes:
     """Per event type, histograms of the server stages its ``timing`` names: ``queue``
     (received -> engine start), ``engine`` (engine start -> end), ``send`` (engine end ->
-    sent) and ``total`` (received -> sent). Written from the event loop only."""
+    sent) and ``total`` (received -> sent), per ``dialect`` of the connection that sent it
+    (``tidegate``: the control channel; ``realtime``: ``/v1/realtime``). Written from the
+    event loop only."""
 
     def __init__(self) -> None:
-        self.by_type: dict[str, tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        #: (dialect, event type) -> the four stage histograms
+        self.by_type: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
         # A spoken turn's last audio -> its reply's first audio frame handed to the connection.
         self.voice_to_voice = Histogram(STAGE_BUCKETS_MS)
 
-    def observe(self, msg: ServerMessage, sent_ms: float) -> None:
+    def observe(self, msg: ServerMessage, sent_ms: float, dialect: str = "tidegate") -> None:
         timing = getattr(msg, "timing", None)
         if timing is None:
             return
-        hists = self.by_type.get(msg.TYPE)
+        key = (dialect, msg.TYPE)
+        hists = self.by_type.get(key)
         if hists is None:
             b = STAGE_BUCKETS_MS
             hists = (Histogram(b), Histogram(b), Histogram(b), Histogram(b))
-            self.by_type[msg.TYPE] = hists
+            self.by_type[key] = hists
         queue, engine, send, total = hists
         received, start, end = timing.received, timing.engine_start, timing.engine_end
         if received is not None:
@@ -121,7 +140,7 @@ def _session_counts(stats: dict[str, Any]) -> Counter[tuple[str, str]]:
 class ServerCollector(Collector):
     """Reads what the server's parts count, at scrape time (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
         self.closed_totals: Counter[tuple[str, str]] = Counter()
 
@@ -165,12 +184,13 @@ class ServerCollector(Collector):
         stages = HistogramMetricFamily(
             "tidegate_event_stage_seconds",
             "Server stages of outgoing events, from their timing: queue (received to engine "
-            "start), engine, send (engine end to sent), total (received to sent).",
-            labels=["type", "stage"],
+            "start), engine, send (engine end to sent), total (received to sent), by the "
+            "dialect of the connection (tidegate, realtime).",
+            labels=["type", "stage", "dialect"],
         )
-        for mtype, hists in sorted(rt.stage_times.by_type.items()):
+        for (dialect, mtype), hists in sorted(rt.stage_times.by_type.items()):
             for stage, h in zip(STAGES, hists, strict=True):
-                stages.add_metric([mtype, stage], _buckets(h, 0.001), h.sum / 1000.0)
+                stages.add_metric([mtype, stage, dialect], _buckets(h, 0.001), h.sum / 1000.0)
         yield stages
         v2v = rt.stage_times.voice_to_voice
         voice = HistogramMetricFamily(
@@ -463,7 +483,7 @@ class ServerCollector(Collector):
 class ServerMetrics:
     """The registry (ours and the process collector) and the optional separate port."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ServerCollector(runtime)
@@ -525,9 +545,3 @@ class ServerMetrics:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-
-@edge.endpoint("GET, OPTIONS", scope=SCOPE_ADMIN)
-async def metrics_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
-    """``GET /metrics`` on the main port: needs a token with the ``admin`` scope."""
-    return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -139,7 +139,7 @@ def _json(raw: bytes) -> Any:
         raise ChatRequestError("body", "not valid JSON") from None
 
 
-@edge.endpoint("POST, OPTIONS", shape=openai_error)
+@edge.handler(shape=openai_error)
 async def chat_completions(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """One chat completion (see the module docstring)."""
     engines = runtime.engines

@@ -50,7 +50,7 @@ def ice_servers_for(settings: Settings, session: Session) -> tuple[IceServer, ..
 # -- HTTP: POST /v1/sessions/{session_id}/offer ----------------------------------------------
 
 
-@edge.endpoint("POST, OPTIONS", shape=edge.flat)
+@edge.handler(shape=edge.flat)
 async def offer_endpoint(request: Request, runtime: Runtime, principal: Principal) -> Response:
     """Answer an SDP offer for one of the caller's sessions.
 

@@ -33,7 +33,6 @@ from starlette.types import Receive, Scope, Send
 from . import edge
 from .auth import SCOPE_SESSION, load_or_create_secret, mint_token
 from .errors import ForbiddenError, NotFoundError, RefusalError
-from .runtime import Runtime
 from .settings import Settings
 
 DEV_TOKEN_PATH = "/v1/dev/token"
@@ -114,10 +113,7 @@ def _admit_dev_login(request: Request, settings: Settings) -> None:
     refused = _host_refusal(request.scope, request.headers, settings)
     if refused is not None:
         raise ForbiddenError(refused)
-    runtime: Runtime = request.app.state.runtime
-    origin = request.headers.get("origin")
-    if not runtime.origin_allowed(origin, request.headers.get("host")):
-        raise ForbiddenError(f"origin {origin!r} is not allowed; see TIDEGATE_ALLOWED_ORIGINS")
+    edge.check_origin(request.app.state.runtime, request.headers)  # the edge's allow-list
 
 
 def dev_token_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
 MODE_NAMES = tuple(MODES)
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "turn", "audio"})
+
 #: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
 TURN_KEYS: dict[str, tuple[Any, ...]] = {"policy": TURN_POLICIES}
 #: ``audio``: the microphone's echo cancellation and noise suppression (docs/assistant.md).
@@ -29,6 +29,8 @@ AUDIO_KEYS: dict[str, tuple[Any, ...]] = {
     "echo_cancellation": ECHO_CANCELLATION,
     "noise_suppression": (True, False),
 }
+CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio"})
+MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
 ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
@@ -78,6 +80,8 @@ def resolve_config(
         )
     if "tools" in config or "tool_choice" in config:
         _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
+    if "instructions" in config:
+        _check_instructions(config)
     return config
 
 
@@ -101,6 +105,19 @@ def _resolve_section(
                 f"session config.{name}.{key}: expected one of {list(keys[key])}, got {value!r}"
             )
     config[name] = dict(section)
+
+
+def _check_instructions(config: dict[str, Any]) -> None:
+    """``instructions``: the assistant's system prompt for this session (a string of at most
+    ``MAX_INSTRUCTIONS_CHARS``; empty: the server's ``assistant_system_prompt``)."""
+    value = config["instructions"]
+    if config["mode"] != "assistant":
+        raise InvalidConfigError("session config.instructions: only the assistant mode has them")
+    if not isinstance(value, str) or len(value) > MAX_INSTRUCTIONS_CHARS:
+        raise InvalidConfigError(
+            f"session config.instructions: expected a string of at most "
+            f"{MAX_INSTRUCTIONS_CHARS} characters"
+        )
 
 
 def _lanes_needs(config: dict[str, Any]) -> tuple[str, ...]:

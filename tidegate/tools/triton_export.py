@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import tidegate.engines.asr as asr_package
 from tidegate.engines import models
 from tidegate.engines.asr.greedy import transcribe_signature
 from tidegate.engines.errors import ModelError
@@ -205,7 +206,8 @@ def export_transcribe(folder: Path, out: Path, options: ExportOptions) -> Export
     target = out / name
     (target / "1").mkdir(parents=True, exist_ok=True)
     (target / "config.pbtxt").write_text(transcribe_config_text(name, options))
-    source = Path(__file__).parent / "asr"  # model.py imports Triton's module: copied, not imported
+    # model.py imports Triton's module: copied from the engine package, not imported
+    source = Path(asr_package.__file__).parent
     for src, filename in (("triton_model.py", "model.py"), ("greedy.py", "greedy.py"),
                           ("features.py", "features.py")):  # fmt: skip
         shutil.copyfile(source / src, target / "1" / filename)

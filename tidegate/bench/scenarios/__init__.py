@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     ears,
     echo,
     engines,
+    languages,
     llm_tts,
     sensors,
     vision,

@@ -21,6 +21,15 @@ is the moment the client sent the question's last loud sample. Measured from the
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
 
+``--dialect realtime`` runs the same sessions over ``/v1/realtime`` (OpenAI's Realtime events,
+JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcription on),
+``--dialect tidegate,realtime`` both in one run: the figures come from the Realtime events
+that carry the same moments (``speech_stopped``, the transcription's first delta and its
+``completed``, ``response.created``, the first transcript delta, the first audible
+``response.output_audio.delta``, ``response.done``); the server-clock stages (``asr_ms``,
+``llm_first_token_ms``) are tidegate's own fields and absent there. The report's
+``dialects.realtime_minus_tidegate_p50_ms`` compares first audio at p50 (WS only).
+
 Replies must be completed and are checked for an expected word (``answers_ok``). The same
 questions come again and again, so a server the harness starts runs with its result caches
 off (``--result-caches`` keeps them on: a repeated reply then costs no LLM or TTS time). Per level:
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import itertools
 import secrets
@@ -46,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from tidegate.protocol.client import Client
@@ -95,6 +107,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
     p.add_argument("--ramp-max", type=int, default=16, help="the ramp's last level")
     p.add_argument("--transports", default="ws,rtc", help="ws (input.audio), rtc (Opus track)")
+    p.add_argument(
+        "--dialect",
+        default="tidegate",
+        help="tidegate (the control channel), realtime (/v1/realtime, WS only), or both",
+    )
     p.add_argument(
         "--result-caches",
         action="store_true",
@@ -255,6 +272,136 @@ async def run_session(
     return log
 
 
+REALTIME_RATE_HZ = 24_000
+REALTIME_MODEL = "tidegate-bench"
+
+
+def _pcm24k(x: np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
+    """A whole question, 16 kHz float, as 24 kHz s16le: band-limited (zero-padded spectrum),
+    so that the VAD and ASR hear what the tidegate dialect's clients send them."""
+    n_out = len(x) * REALTIME_RATE_HZ // RATE_HZ
+    if not len(x):
+        return b""
+    spectrum = np.fft.rfft(x)
+    padded = np.zeros(n_out // 2 + 1, np.complex128)
+    padded[: len(spectrum)] = spectrum
+    y = np.fft.irfft(padded, n_out) * (n_out / len(x))
+    return bytes((np.clip(y, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _note_realtime(turn: Turn, ev: dict[str, Any], t: float, threshold: float) -> None:
+    """The Realtime events that carry the moments the tidegate dialect measures, noted as
+    the tidegate events they come from (no server timing: the dialect has none)."""
+    kind = ev.get("type")
+    if kind == "input_audio_buffer.speech_stopped" and turn.stopped is None:
+        turn.stopped = t
+    elif kind == "conversation.item.input_audio_transcription.delta" and turn.partial is None:
+        turn.partial = t
+    elif kind == "conversation.item.input_audio_transcription.completed" and turn.created is None:
+        final = AsrFinal(
+            segment_id=ev["item_id"], text=ev["transcript"], audio_start_ms=0, audio_end_ms=0
+        )
+        turn.final = (final, t)
+    elif kind == "response.created" and turn.created is None:
+        turn.created = t
+    elif kind == "response.output_audio_transcript.delta" and turn.done is None:
+        turn.delta_times.append(t)
+        if turn.first_delta is None:
+            delta = ResponseTextDelta(response_id=ev["response_id"], delta=ev["delta"])
+            turn.first_delta = (delta, t)
+    elif kind == "response.output_audio.delta" and turn.first_audio is None:
+        x = np.frombuffer(base64.b64decode(ev["delta"]), "<i2").astype(np.float32) / 32768
+        if len(x) and float(np.sqrt(np.mean(x**2))) > threshold:
+            turn.first_audio = t
+    elif kind == "response.done" and turn.done is None:
+        r = ev["response"]
+        text = "".join(
+            part.get("transcript") or part.get("text") or ""
+            for item in r.get("output", ())
+            if item.get("type") == "message"
+            for part in item.get("content", ())
+        )
+        status = r["status"] if r["status"] in ("completed", "cancelled", "failed") else "failed"
+        turn.done = ResponseDone(response_id=r["id"], status=status, text=text)
+        turn.got_done.set()
+
+
+async def run_session_realtime(
+    target: Target,
+    questions: list[tuple[np.ndarray[Any, np.dtype[np.float32]], str]],
+    *,
+    chunk_ms: float,
+    delay_s: float,
+    threshold: float,
+) -> SessionLog:
+    """:func:`run_session` over ``/v1/realtime``: the same questions, the same real-time
+    pacing, as a Realtime client speaks them (JSON events, 24 kHz PCM, server VAD)."""
+    log = SessionLog()
+    step = int(chunk_ms * RATE_HZ / 1000)
+    subject = f"bench-assistant-rt-{secrets.token_hex(4)}"
+    url = target.http_url.replace("http", "ws", 1) + f"/v1/realtime?model={REALTIME_MODEL}"
+    headers = {"Authorization": f"Bearer {target.mint(subject=subject)}"}
+    t0 = time.perf_counter()
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        created = orjson.loads(await ws.recv())
+        if created.get("type") != "session.created":
+            raise RuntimeError(f"/v1/realtime: expected session.created, got {created}")
+        log.open_ms = (time.perf_counter() - t0) * 1000.0
+        update = {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            },
+        }
+        await ws.send(orjson.dumps(update).decode())
+
+        async def reader() -> None:
+            async for frame in ws:
+                t = time.monotonic()
+                ev = orjson.loads(frame)
+                if ev.get("type") == "error":
+                    err = ev.get("error") or {}
+                    log.errors.append(f"{err.get('code')}: {err.get('message')}")
+                if log.turns:
+                    _note_realtime(log.turns[-1], ev, t, threshold)
+
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(reader())
+            await asyncio.sleep(delay_s)
+            clock = time.monotonic()
+            sent = 0
+
+            async def send(pcm: bytes) -> float:
+                nonlocal sent
+                wait = clock + sent / REALTIME_RATE_HZ - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                audio = base64.b64encode(pcm).decode()
+                await ws.send(f'{{"type":"input_audio_buffer.append","audio":"{audio}"}}')
+                sent += len(pcm) // 2
+                return time.monotonic()
+
+            out_step = 2 * step * REALTIME_RATE_HZ // RATE_HZ  # bytes of one chunk at 24 kHz
+            silence = bytes(out_step)
+            for audio_in, expect in questions:
+                turn = Turn(expect)
+                log.turns.append(turn)
+                pcm = _pcm24k(audio_in)
+                for i in range(0, len(pcm), out_step):
+                    t = await send(pcm[i : i + out_step])
+                    if i == 0:
+                        turn.speech_start = t
+                turn.speech_end = t
+                deadline = time.monotonic() + REPLY_WAIT_S
+                while not turn.got_done.is_set() and time.monotonic() < deadline:
+                    await send(silence)
+                for _ in range(int(GAP_S * 1000 / chunk_ms)):
+                    await send(silence)
+            task.cancel()
+    return log
+
+
 @dataclass(frozen=True)
 class SpokenQuestion:
     """A question as 16 kHz samples (WS-only) and as Opus packets (WebRTC), with the packet
@@ -328,8 +475,9 @@ async def _level(
     args: argparse.Namespace,
     meter: LoadMeter | None = None,
     transport: str = "ws",
+    dialect: str = "tidegate",
 ) -> dict[str, Any]:
-    current().stage(f"assistant {transport}: {n} session(s)")
+    current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
     if meter is not None:
         await meter.start()
@@ -339,7 +487,7 @@ async def _level(
         *(
             run_session_rtc(target, questions, delay_s=i / n, threshold=threshold)
             if transport == "rtc"
-            else run_session(
+            else (run_session_realtime if dialect == "realtime" else run_session)(
                 target,
                 [(q.audio, q.expect) for q in questions],
                 chunk_ms=args.chunk_ms,
@@ -363,6 +511,7 @@ async def _level(
     completed = sum(t.done is not None and t.done.status == "completed" for t in turns)
     errors = [e for log in logs for e in log.errors]
     out: dict[str, Any] = {
+        "dialect": dialect,
         "sessions": n,
         "turns": len(turns),
         "wall_s": wall,
@@ -413,6 +562,9 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     if not transports or set(transports) - {"ws", "rtc"}:
         raise SystemExit(f"--transports: expected ws and/or rtc, got {args.transports!r}")
+    dialects = [d.strip() for d in args.dialect.split(",") if d.strip()]
+    if not dialects or set(dialects) - {"tidegate", "realtime"}:
+        raise SystemExit(f"--dialect: expected tidegate and/or realtime, got {args.dialect!r}")
     loopback_ice()
     results: dict[str, Any] = {
         "chunk_ms": args.chunk_ms,
@@ -423,21 +575,49 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     meter = LoadMeter(target)
     results["idle"] = await meter.baseline()
     counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
-    for transport in transports:
+    runs = [("ws", d) for d in dialects if "ws" in transports]
+    runs += [("rtc", "tidegate")] if "rtc" in transports and "tidegate" in dialects else []
+    for transport, dialect in runs:
         levels: list[dict[str, Any]] = []
         for n in counts:
-            level = await _level(target, n, questions, args, meter, transport)
+            level = await _level(target, n, questions, args, meter, transport, dialect)
             levels.append(level)
-            print(f"{transport}: {_summary(level)}", file=sys.stderr)
+            print(f"{transport} ({dialect}): {_summary(level)}", file=sys.stderr)
             if args.ramp and not level["real_time_held"]:
                 break
         lost = real_time_lost_at(levels)
-        if transport == "ws":  # the WS-only figures keep their place of earlier reports
+        if dialect == "realtime":
+            results["realtime"] = {"levels": levels, "real_time_lost_at": lost}
+        elif transport == "ws":  # the WS-only figures keep their place of earlier reports
             results["levels"], results["real_time_lost_at"] = levels, lost
         else:
             results["rtc"] = {"levels": levels, "real_time_lost_at": lost}
-    results["target"] = {"eos_to_first_audio_p50_ms_max": 1200.0}
+    if "levels" in results and "realtime" in results:
+        results["dialects"] = _compare_dialects(results["levels"], results["realtime"]["levels"])
+    results["target"] = {
+        "eos_to_first_audio_p50_ms_max": 1200.0,
+        "realtime_minus_tidegate_p50_ms_max": 10.0,
+    }
     return results
+
+
+def _compare_dialects(
+    tidegate: list[dict[str, Any]], realtime: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Per session count run over both dialects: first audio p50 over /v1/realtime less the
+    same over the control channel (ms; the target is within 10)."""
+    out: dict[str, Any] = {}
+    by_n = {level["sessions"]: level for level in tidegate}
+    for level in realtime:
+        other = by_n.get(level["sessions"])
+        a, b = level["eos_to_first_audio_ms"], (other or {}).get("eos_to_first_audio_ms", {})
+        if other is not None and a.get("n") and b.get("n"):
+            out[str(level["sessions"])] = {
+                "realtime_minus_tidegate_p50_ms": a["p50"] - b["p50"],
+                "realtime_p50_ms": a["p50"],
+                "tidegate_p50_ms": b["p50"],
+            }
+    return {"realtime_minus_tidegate_p50_ms": out}
 
 
 def _summary(r: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The same Whisper tiny.en weights through faster-whisper (CTranslate2): the second ASR
+"""The same Whisper weights (tiny.en, base) through faster-whisper (CTranslate2): the second ASR
 implementation, with the same requests and results as :class:`.whisper_onnx.WhisperOnnx`,
 run by the same conformance suite. It loads the package's folder directly (no hub call) and
 always pays for Whisper's full 30 s window; it decodes each request of a batch in turn."""
@@ -16,7 +16,7 @@ from ..errors import EngineError, MissingPackageError, RequestError
 from ..signature import Signature, TensorSpec
 from .features import SAMPLE_RATE_HZ
 from .request import AsrCancelledError, AsrRequest, AsrResult, check_audio, compression_ratio
-from .tokenizer import WhisperTokenizer
+from .tokenizer import AUTO, WhisperTokenizer
 
 
 class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
@@ -24,8 +24,16 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
 
     name = "asr"
 
-    def __init__(self, folder: Path, *, compute_type: str = "int8", threads: int = 1) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        compute_type: str = "int8",
+        threads: int = 1,
+        language: str = "auto",
+    ) -> None:
         super().__init__()
+        self.language = language
         self.folder = folder
         self.compute_type = compute_type
         self.threads = threads
@@ -64,7 +72,16 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
     def prepare(self, request: AsrRequest) -> AsrRequest:
         if not isinstance(request, AsrRequest):
             raise RequestError("asr: a request is an AsrRequest (audio and prefix)")
-        return AsrRequest(check_audio(request.audio, "asr"), tuple(request.prefix), request.cancel)
+        if self.tokenizer is None:
+            raise EngineError("asr: not loaded")
+        language = (request.language or self.language).strip().lower()
+        try:
+            self.tokenizer.language_token(language)
+        except ValueError as e:
+            raise RequestError(f"asr: {e}") from None
+        return AsrRequest(
+            check_audio(request.audio, "asr"), tuple(request.prefix), request.cancel, language
+        )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self._model is None or self.tokenizer is None:
@@ -75,9 +92,13 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
                 out.append(Failed(AsrCancelledError("asr: cancelled")))
                 continue
             prefix = self.tokenizer.decode(it.prefix) if it.prefix else None
-            segments, _ = self._model.transcribe(
+            asked = it.language or AUTO
+            multilingual = self.tokenizer.multilingual
+            segments, info = self._model.transcribe(
                 it.audio,
-                language="en",
+                language=None
+                if multilingual and asked == AUTO
+                else ("en" if not multilingual else asked),
                 beam_size=1,
                 temperature=0.0,
                 without_timestamps=True,
@@ -99,6 +120,10 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
                         compression_ratio=compression_ratio(text),
                         audio_ctx=1500,
                         generated=len(tokens),
+                        language=info.language if multilingual else "en",
+                        language_probability=(
+                            float(info.language_probability) if multilingual else 1.0
+                        ),
                     )
                 )
             )

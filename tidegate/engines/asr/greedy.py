@@ -15,6 +15,17 @@ finished rows leaving the batch. A hypothesis that starts repeating itself (a sp
 least ``loop_min_tokens`` twice in a row: tiny.en loops on short audio padded with silence)
 ends there, without the copy.
 
+Languages: each row carries a language token (:data:`LANG_AUTO` to detect it, :data:`LANG_NONE`
+on an English-only model, which has no language token). A multilingual row's prompt is
+``<|startoftranscript|> <|xx|> <|transcribe|> <|notimestamps|>``; the logits after
+``<|startoftranscript|>`` (the first decoder position, where Whisper also reads its no-speech
+probability) give the language distribution: a softmax over the language tokens only, as
+Whisper's ``detect_language``. When some row of the batch must detect its language, the first
+decoder call feeds ``<|startoftranscript|>`` alone, the language is the argmax there, and the
+rest of the prompt follows in one more call (KV cache kept): detection costs one decoder step
+of one token, nothing else. Every multilingual row reports the probability of the language it
+was decoded in (the detected one, or the one asked for).
+
 The Triton model's tensors (:data:`TRANSCRIBE_INPUTS`, :data:`TRANSCRIBE_OUTPUTS`; the first
 axis is the batch, padded rows with their lengths beside them): :class:`Transcriber` turns
 the requests of one server-side batch into one :func:`transcribe` call.
@@ -26,13 +37,11 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from ..signature import Signature, TensorSpec
 
 if __package__:
     from .features import HOP_SAMPLES, SAMPLE_RATE_HZ, log_mel
@@ -41,6 +50,7 @@ else:  # copied beside a Triton model.py, or loaded by path (pytriton_serve.py)
 
 if TYPE_CHECKING:
     from ..runtime import Array
+    from ..signature import Signature
 
 ENCODER_FRAMES_PER_S = 50
 MAX_AUDIO_CTX = 1500
@@ -57,6 +67,7 @@ TRANSCRIBE_INPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("prefix_len", "int64", (1,)),
     # ctx_margin_s, ctx_step_s, min_ctx_s, max_tokens_per_s, loop_min_tokens
     ("options", "float32", (5,)),
+    ("language", "int64", (1,)),  # language token, LANG_AUTO (-1) or LANG_NONE (0)
 )
 #: Its outputs: the hypothesis (prefix included, rows padded with -1) and its evidence.
 TRANSCRIBE_OUTPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
@@ -67,7 +78,12 @@ TRANSCRIBE_OUTPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("no_speech_prob", "float64", (1,)),
     ("audio_ctx", "int64", (1,)),  # encoder frames the batch ran on
     ("timings_ms", "float64", (2,)),  # encode, decode
+    ("language", "int64", (1,)),  # the language token decoded with (0: English-only model)
+    ("language_prob", "float64", (1,)),
 )
+
+LANG_AUTO = -1  # a row's language token: detect it
+LANG_NONE = 0  # an English-only model's rows: no language token in the prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +132,27 @@ class Vocabulary:
     no_speech: int
     suppress: Array  # never generated: configured suppressions, every special but EOT
     suppress_begin: Array  # not as the first generated token
+    language_ids: Array = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    transcribe: int = -1  # <|transcribe|> (multilingual models only)
+
+    @property
+    def multilingual(self) -> bool:
+        return len(self.language_ids) > 0
+
+    def takes(self, language: int) -> bool:
+        """Whether a row may ask for ``language`` (a token of this model, or auto/none)."""
+        if language in (LANG_AUTO, LANG_NONE):
+            return language == LANG_AUTO or not self.multilingual
+        return self.multilingual and bool(np.any(self.language_ids == language))
+
+    def prompt(self, language: int) -> list[int]:
+        """The forced start of a row decoded in ``language`` (a language token, or
+        :data:`LANG_NONE` on an English-only model)."""
+        if not self.multilingual:
+            return [self.sot, self.no_timestamps]
+        if language <= 0:
+            raise ValueError("a multilingual model's row needs a language token")
+        return [self.sot, language, self.transcribe, self.no_timestamps]
 
     @classmethod
     def from_folder(cls, folder: Path, vocab_size: int) -> Vocabulary:
@@ -132,6 +169,10 @@ class Vocabulary:
         banned = {int(i) for i in config.get("suppress_ids", []) if int(i) >= 0}
         banned |= set(range(eot + 1, vocab_size))
         begin = {int(i) for i in config.get("suppress_ids_begin", [eot])} | {eot}
+        multilingual = vocab_size >= 51_865  # Whisper's rule (tiny.en: 51,864)
+        langs = [int(i) for i in config.get("lang_ids", [])] if multilingual else []
+        if multilingual and (not langs or "<|transcribe|>" not in ids):
+            raise ValueError(f"{folder}: a multilingual model without lang_ids or <|transcribe|>")
         return cls(
             eot=eot,
             sot=ids["<|startoftranscript|>"],
@@ -139,6 +180,8 @@ class Vocabulary:
             no_speech=no_speech,
             suppress=np.array(sorted(banned), dtype=np.int64),
             suppress_begin=np.array(sorted(begin), dtype=np.int64),
+            language_ids=np.array(langs, dtype=np.int64),
+            transcribe=ids.get("<|transcribe|>", -1),
         )
 
 
@@ -151,6 +194,8 @@ class Decoded:
     logprob: float
     generated: int
     no_speech: float
+    language: int = LANG_NONE  # the language token it was decoded with
+    language_prob: float = 1.0
 
 
 def audio_context(
@@ -183,9 +228,12 @@ def transcribe(
     options: Sequence[DecodeOptions],
     vocab: Vocabulary,
     cancelled: Callable[[int], bool] | None = None,
+    languages: Sequence[int] | None = None,
 ) -> tuple[list[Decoded | None], int, dict[str, float]]:
     """Encode and greedily decode a batch: one hypothesis per row (None for a row whose
-    ``cancelled(row)`` became true), the audio context, and the timings."""
+    ``cancelled(row)`` became true), the audio context, and the timings. ``languages``: a
+    language token per row (:data:`LANG_AUTO` detects it; default: :data:`LANG_AUTO` on a
+    multilingual model, :data:`LANG_NONE` on an English-only one)."""
     t0 = time.perf_counter()
     mel, ctx = encoder_input(audios, options)
     out = encoder({"mel": mel})
@@ -206,6 +254,7 @@ def transcribe(
         [o.loop_min_tokens for o in options],
         vocab,
         cancelled,
+        languages,
     )
     t2 = time.perf_counter()
     return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
@@ -220,19 +269,34 @@ def greedy_decode(
     loop_min_tokens: Sequence[int],
     vocab: Vocabulary,
     cancelled: Callable[[int], bool] | None = None,
+    languages: Sequence[int] | None = None,
 ) -> list[Decoded | None]:
     """Step the decoder (KV cache) over every row together until each ends: EOT, its token
-    budget, or a repetition loop. Each row begins with its forced ``prefixes``."""
+    budget, or a repetition loop. Each row begins with its prompt (in its language, detected
+    first where it is :data:`LANG_AUTO`) and its forced ``prefixes``."""
     n = len(prefixes)
     L, _, H, dh, _ = cross_k.shape
-    prompt = [vocab.sot, vocab.no_timestamps]
+    default = LANG_AUTO if vocab.multilingual else LANG_NONE
+    lang = [default] * n if languages is None else [int(x) for x in languages]
+    if len(lang) != n:
+        raise ValueError(f"{len(lang)} languages for {n} rows")
+    for x in lang:
+        if not vocab.takes(x):
+            raise ValueError(f"language token {x} is not one of the model's")
+    if not vocab.multilingual:
+        lang = [LANG_NONE] * n
+    lang_prob = [1.0] * n
+    detect = any(x == LANG_AUTO for x in lang)
     tokens: list[list[int]] = [[] for _ in range(n)]
     logprob = [0.0] * n
     generated = [0] * n
     active = list(range(n))
     past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
-    feed = np.array([prompt] * n, dtype=np.int64)
+    if detect:  # <|startoftranscript|> alone first: the language is read after it
+        feed = np.full((n, 1), vocab.sot, dtype=np.int64)
+    else:
+        feed = np.array([vocab.prompt(x) for x in lang], dtype=np.int64)
     first = True
     no_speech = [0.0] * n
     gone = [False] * n
@@ -253,6 +317,16 @@ def greedy_decode(
             p0 = _log_softmax(logits[:, 0])
             for row, i in enumerate(active):
                 no_speech[i] = float(np.exp(p0[row, vocab.no_speech]))
+            if vocab.multilingual:
+                pl = np.exp(_log_softmax(logits[:, 0, vocab.language_ids]))
+                for row, i in enumerate(active):
+                    if lang[i] == LANG_AUTO:
+                        lang[i] = int(vocab.language_ids[int(np.argmax(pl[row]))])
+                    k = int(np.flatnonzero(vocab.language_ids == lang[i])[0])
+                    lang_prob[i] = float(pl[row, k])
+            if detect:  # the rest of the prompt, in the language now known
+                feed = np.array([vocab.prompt(lang[i])[1:] for i in active], dtype=np.int64)
+                continue
         last = logits[:, -1].astype(np.float64)
         last[:, vocab.suppress] = -np.inf
         keep: list[int] = []
@@ -306,7 +380,9 @@ def greedy_decode(
         else:
             feed = np.array(next_tokens, dtype=np.int64)[:, None]
     return [
-        None if gone[i] else Decoded(tokens[i], logprob[i], generated[i], no_speech[i])
+        None
+        if gone[i]
+        else Decoded(tokens[i], logprob[i], generated[i], no_speech[i], lang[i], lang_prob[i])
         for i in range(n)
     ]
 
@@ -341,9 +417,13 @@ def _log_softmax(x: Array) -> Array:
 
 
 def pack_requests(
-    audios: Sequence[Array], prefixes: Sequence[Sequence[int]], options: DecodeOptions
+    audios: Sequence[Array],
+    prefixes: Sequence[Sequence[int]],
+    options: DecodeOptions,
+    languages: Sequence[int] | None = None,
 ) -> dict[str, Array]:
-    """One transcribe request's tensors for a batch of rows."""
+    """One transcribe request's tensors for a batch of rows (``languages``: a language token
+    per row, as :func:`transcribe` takes them; default :data:`LANG_AUTO`)."""
     b = len(audios)
     samples = max(len(a) for a in audios)
     audio = np.zeros((b, samples), dtype=np.float32)
@@ -359,6 +439,10 @@ def pack_requests(
         "prefix": prefix,
         "prefix_len": np.array([[len(p)] for p in prefixes], dtype=np.int64),
         "options": np.tile(options.vector(), (b, 1)),
+        "language": np.array(
+            [[x] for x in (languages if languages is not None else [LANG_AUTO] * b)],
+            dtype=np.int64,
+        ),
     }
 
 
@@ -372,6 +456,8 @@ def unpack_results(out: Mapping[str, Array]) -> list[tuple[Decoded, int, dict[st
             float(np.asarray(out["logprob"]).reshape(-1)[r]),
             int(np.asarray(out["generated"]).reshape(-1)[r]),
             float(np.asarray(out["no_speech_prob"]).reshape(-1)[r]),
+            int(np.asarray(out["language"]).reshape(-1)[r]),
+            float(np.asarray(out["language_prob"]).reshape(-1)[r]),
         )
         t = np.asarray(out["timings_ms"]).reshape(-1, 2)[r]
         ctx = int(np.asarray(out["audio_ctx"]).reshape(-1)[r])
@@ -422,11 +508,15 @@ class Transcriber:
         )
 
     def infer(self, requests: Sequence[Mapping[str, Array]]) -> list[dict[str, Array] | ValueError]:
-        rows: list[tuple[int, Array, list[int], DecodeOptions]] = []
+        rows: list[tuple[int, Array, list[int], DecodeOptions, int]] = []
         answers: list[dict[str, Array] | ValueError] = []
         for k, req in enumerate(requests):
             try:
-                rows += _rows(k, req)
+                got = _rows(k, req)
+                for *_, language in got:
+                    if not self.vocab.takes(language):
+                        raise ValueError(f"language token {language} is not one of the model's")
+                rows += got
                 answers.append({})
             except (KeyError, ValueError, TypeError) as e:
                 answers.append(ValueError(f"transcribe: {e}"))
@@ -438,6 +528,7 @@ class Transcriber:
                 [r[2] for r in rows],
                 [r[3] for r in rows],
                 self.vocab,
+                languages=[r[4] for r in rows],
             )
             for k in range(len(requests)):
                 mine = [d for (owner, *_), d in zip(rows, decoded, strict=True) if owner == k]
@@ -447,15 +538,24 @@ class Transcriber:
         return answers
 
 
-def _rows(k: int, req: Mapping[str, Array]) -> list[tuple[int, Array, list[int], DecodeOptions]]:
+def _rows(
+    k: int, req: Mapping[str, Array]
+) -> list[tuple[int, Array, list[int], DecodeOptions, int]]:
     audio = np.asarray(req["audio"], dtype=np.float32)
     audio_len = np.asarray(req["audio_len"]).reshape(-1)
     prefix = np.asarray(req["prefix"]).astype(np.int64)
     prefix_len = np.asarray(req["prefix_len"]).reshape(-1)
     options = np.asarray(req["options"], dtype=np.float32).reshape(-1, 5)
     b = audio.shape[0] if audio.ndim == 2 else -1
-    if b < 1 or not all(len(x) == b for x in (audio_len, prefix, prefix_len, options)):
-        raise ValueError("audio [B, samples], audio_len, prefix, prefix_len, options: B rows each")
+    language = (
+        np.asarray(req["language"]).reshape(-1).astype(np.int64)
+        if "language" in req
+        else np.full(max(b, 0), LANG_AUTO, dtype=np.int64)
+    )
+    if b < 1 or not all(len(x) == b for x in (audio_len, prefix, prefix_len, options, language)):
+        raise ValueError(
+            "audio [B, samples], audio_len, prefix, prefix_len, options, language: B rows each"
+        )
     if audio.shape[1] > 30 * SAMPLE_RATE_HZ or not np.isfinite(audio).all():
         raise ValueError("audio: at most 30 s of finite 16 kHz samples")
     out = []
@@ -469,6 +569,7 @@ def _rows(k: int, req: Mapping[str, Array]) -> list[tuple[int, Array, list[int],
                 audio[r, :n],
                 [int(t) for t in prefix[r, :p]],
                 DecodeOptions.from_vector(options[r]),
+                int(language[r]),
             )
         )
     return out
@@ -488,6 +589,8 @@ def _outputs(
         "logprob": np.array([[d.logprob] for d in decoded], dtype=np.float64),
         "generated": np.array([[d.generated] for d in decoded], dtype=np.int64),
         "no_speech_prob": np.array([[d.no_speech] for d in decoded], dtype=np.float64),
+        "language": np.array([[d.language] for d in decoded], dtype=np.int64),
+        "language_prob": np.array([[d.language_prob] for d in decoded], dtype=np.float64),
         "audio_ctx": np.full((b, 1), ctx, dtype=np.int64),
         "timings_ms": np.tile(
             np.array([timings["encode"], timings["decode"]], dtype=np.float64), (b, 1)
@@ -497,6 +600,7 @@ def _outputs(
 
 def transcribe_signature() -> Signature:
     """The python transcribe model's tensors (batch axis first), for Triton's python backend."""
+    from ..signature import Signature, TensorSpec  # not at the top: loaded by path on Triton
 
     def specs(items: Sequence[tuple[str, str, tuple[int, ...]]]) -> tuple[TensorSpec, ...]:
         return tuple(

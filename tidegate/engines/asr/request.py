@@ -25,11 +25,15 @@ class AsrRequest:
     committed for this audio: the hypothesis is forced to begin with its tokens. ``cancel``,
     when given and set (from any thread), withdraws the request: an engine that sees it set
     stops working on it at its next step (before the encoder, or between decoder steps) and
-    answers :class:`AsrCancelledError`, so the work queued behind it starts sooner."""
+    answers :class:`AsrCancelledError`, so the work queued behind it starts sooner.
+    ``language`` is the language to transcribe in: an ISO 639-1 code the model knows
+    (``de``), ``auto`` to detect it from the audio (Whisper's language token), or None for
+    the engine's configured default. An English-only model takes ``en`` or ``auto`` only."""
 
     audio: Array
     prefix: tuple[int, ...] = ()
     cancel: threading.Event | None = field(default=None, compare=False)
+    language: str | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -45,7 +49,11 @@ class AsrCancelledError(EngineError):
 @dataclass(frozen=True, slots=True)
 class AsrResult:
     """The greedy hypothesis: ``tokens`` (prefix included), ``text`` and the evidence for
-    (or against) speech. ``avg_logprob`` is over the generated (not forced) tokens."""
+    (or against) speech. ``avg_logprob`` is over the generated (not forced) tokens.
+    ``language`` is the code it was transcribed in (detected or asked for; ``en`` for an
+    English-only model) and ``language_probability`` the model's probability of that language
+    given the audio (softmax over the language tokens after ``<|startoftranscript|>``; 1.0 for
+    an English-only model, which cannot tell)."""
 
     tokens: tuple[int, ...]
     text: str
@@ -55,6 +63,8 @@ class AsrResult:
     audio_ctx: int = 0  # encoder frames the audio ran on (20 ms each)
     generated: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    language: str = "en"
+    language_probability: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,15 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
   the quietest frame anyway past ``hard_max_segment_s``. The audio is partitioned (the first
   part ends exactly where the next begins), so no word is decoded twice; cutting at a pause
   and never before committed audio keeps words whole.
+- **Language** (a multilingual model): a segment asks for its ``language`` (a code, or
+  ``auto``). Under ``auto``, each decode detects the language (Whisper's language token, free:
+  it is read at the first decoder step) until one that saw at least ``language_detect_s`` of
+  audio and was judged speech; that language is then *locked* for the rest of the turn: every
+  later partial and the final are decoded in it (so a partial never flips language and the
+  final agrees with the partials). A turn shorter than that is detected on its final.
+  Hypotheses in different languages never agree (no commitment across a language change).
+  :meth:`Segment.split` hands the lock to the rest of the turn, and a lane that opens the next
+  segment of the same turn passes ``language=previous.turn_language``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ class StreamingSettings:
     hard_max_segment_s: float = 25.0
     pause_probability: float = 0.35
     partial_hold_s: float = 0.2
+    language_detect_s: float = 2.0
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
@@ -50,6 +60,8 @@ class StreamingSettings:
             raise ValueError("partial_interval_s must be positive")
         if self.partial_hold_s < 0:
             raise ValueError("partial_hold_s cannot be negative")
+        if not 0 <= self.language_detect_s <= 30.0:
+            raise ValueError("language_detect_s must be within 0..30 s")
         if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
             raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
 
@@ -68,9 +80,20 @@ class Segment:
     512-sample frame, and the committed tokens."""
 
     def __init__(
-        self, seg_id: str, start_sample: int, decode: Callable[[Sequence[int]], str]
+        self,
+        seg_id: str,
+        start_sample: int,
+        decode: Callable[[Sequence[int]], str],
+        *,
+        language: str | None = None,
+        language_probability: float | None = None,
     ) -> None:
+        """``language``: the code to transcribe in, ``auto`` (or None: the engine's default,
+        locked like ``auto``) to detect it once per turn. ``language_probability`` (with a
+        code) marks it as detected earlier in the turn: reported again with this segment."""
         self.id = seg_id
+        self.language = language  # what this segment asks for (a code once locked)
+        self.language_probability = language_probability  # set once a detection locked it
         self.start_sample = start_sample
         self._parts: list[Array] = []
         self._samples = 0
@@ -82,6 +105,7 @@ class Segment:
         self.decoded_until = 0
         self.closed = False
         self._decode = decode
+        self._previous_language = ""
 
     @property
     def samples(self) -> int:
@@ -126,8 +150,26 @@ class Segment:
             quiet += 1
         return 0 < quiet * VAD_FRAME_SAMPLES < s.partial_hold_s * SAMPLE_RATE_HZ
 
+    @property
+    def turn_language(self) -> str | None:
+        """The language to open the next segment of this turn with (the locked one, or what
+        was asked)."""
+        return self.language
+
+    @property
+    def language_locked(self) -> bool:
+        return self.language not in (None, "auto")
+
     def request(self, end: int | None = None, cancel: threading.Event | None = None) -> AsrRequest:
-        return AsrRequest(self.audio(end), self.committed, cancel)
+        return AsrRequest(self.audio(end), self.committed, cancel, self.language)
+
+    def on_language(self, result: AsrResult, decoded: int, s: StreamingSettings) -> None:
+        """Lock the detected language once a speech decode saw ``language_detect_s``."""
+        if self.language_locked or not result.language:
+            return
+        if decoded >= s.language_detect_s * SAMPLE_RATE_HZ and s.gate.is_speech(result):
+            self.language = result.language
+            self.language_probability = result.language_probability
 
     def _starts_word(self, token: int) -> bool:
         return self._decode([token]).startswith(" ")
@@ -136,12 +178,14 @@ class Segment:
         """Take a partial hypothesis of the first ``decoded`` samples; True when the
         committed prefix grew."""
         self.decoded_until = max(self.decoded_until, decoded)
+        self.on_language(result, decoded, s)
         if not s.gate.is_speech(result):
             self.previous = None
             return False
         hyp = result.tokens
         prev, self.previous = self.previous, hyp
-        if prev is None:
+        prev_language, self._previous_language = self._previous_language, result.language
+        if prev is None or prev_language != result.language:
             return False
         n = common_prefix(prev, hyp)
         # Cut back to a word boundary: the word ending at n is complete only if hyp goes on
@@ -175,7 +219,13 @@ class Segment:
         """Close this segment at ``cut`` and return the rest as a new open segment."""
         whole = self.audio()
         frame = cut // VAD_FRAME_SAMPLES
-        rest = Segment(new_id, self.start_sample + cut, self._decode)
+        rest = Segment(
+            new_id,
+            self.start_sample + cut,
+            self._decode,
+            language=self.language,
+            language_probability=self.language_probability,
+        )
         rest.append(
             whole[cut:], self.probs[frame + 1 :] if cut % VAD_FRAME_SAMPLES else self.probs[frame:]
         )
@@ -188,5 +238,8 @@ class Segment:
         """The final: the hypothesis when it is speech (it begins with the committed
         tokens), else what was committed (possibly nothing)."""
         if result is not None and s.gate.is_speech(result):
+            if not self.language_locked and result.language:  # a turn too short to lock
+                self.language = result.language
+                self.language_probability = result.language_probability
             return result.text
         return self.committed_text

@@ -46,7 +46,7 @@ from .request import (
     check_audio,
     compression_ratio,
 )
-from .tokenizer import WhisperTokenizer
+from .tokenizer import AUTO, WhisperTokenizer
 
 __all__ = ["MAX_TEXT_CTX", "WhisperOnnx", "audio_context", "repeated_tail"]
 
@@ -69,8 +69,10 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         max_tokens_per_s: float = 8.0,
         loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
+        language: str = "auto",
     ) -> None:
         super().__init__()
+        self.language = language  # a request's language when it names none
         self.decode_options = DecodeOptions(
             ctx_margin_s=ctx_margin_s,
             ctx_step_s=ctx_step_s,
@@ -108,6 +110,10 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
 
     def _load(self) -> None:
         self.tokenizer = WhisperTokenizer(self.folder / "tokenizer.json")
+        try:
+            self.tokenizer.language_token(self.language)
+        except ValueError as e:
+            raise EngineError(f"asr: the configured {e}") from None
         if self.runtime_options.runtime == "triton":
             from ..runtime.triton import open_triton
 
@@ -132,7 +138,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audio = check_audio(request.audio, "asr")
         if len(request.prefix) > MAX_PREFIX:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
-        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel)
+        language = resolve_language(self.tokenizer, request.language or self.language)
+        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel, language)
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self.tokenizer is None:
@@ -143,11 +150,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             return out
         audios = [items[i].audio for i in live]
         prefixes = [items[i].prefix for i in live]
+        languages = [self.tokenizer.language_token(items[i].language or AUTO) for i in live]
         rows: list[tuple[Decoded | None, int, dict[str, float]]]
         if self._transcribe is not None:
             # One call for the batch; a cancel that comes meanwhile drops the answer.
             t0 = time.perf_counter()
-            answer = self._transcribe.run(pack_requests(audios, prefixes, self.decode_options))
+            answer = self._transcribe.run(
+                pack_requests(audios, prefixes, self.decode_options, languages)
+            )
             call_ms = (time.perf_counter() - t0) * 1000
             got = unpack_results(answer)
             if len(got) != len(live):
@@ -167,6 +177,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 [self.decode_options] * len(live),
                 self.vocab,
                 cancelled=lambda row: items[live[row]].cancelled,
+                languages=languages,
             )
             rows = [(d, ctx, timings) for d in decoded]
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
@@ -183,6 +194,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                     audio_ctx=ctx,
                     generated=decoded_row.generated,
                     timings_ms={**timings, "batch": len(live)},
+                    language=self.tokenizer.language_of.get(decoded_row.language, "en"),
+                    language_probability=decoded_row.language_prob,
                 )
             )
         return out
@@ -192,6 +205,17 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             if m is not None:
                 m.close()
         self._encoder = self._decoder = self._transcribe = None
+
+
+def resolve_language(tokenizer: WhisperTokenizer | None, language: str) -> str:
+    """A request's language, checked against the model (lower-case code or ``auto``)."""
+    if tokenizer is None:
+        raise EngineError("asr: not loaded")
+    try:
+        tokenizer.language_token(language)
+    except ValueError as e:
+        raise RequestError(f"asr: {e}") from None
+    return language.strip().lower()
 
 
 class LocalTranscribe:

@@ -1,0 +1,445 @@
+"""``/v1/realtime`` end to end with the official ``openai`` SDK: a real server on loopback with
+the assistant's engines (Silero VAD, Whisper, the local LLM, Piper), real speech, and a client
+that is an unchanged Realtime client but for its base URL and key (tidegate's JWT)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import time
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import pytest_asyncio
+import websockets
+from openai import AsyncOpenAI
+from openai.types.realtime import RealtimeServerEvent
+
+from tests.engines.asr_audio import BECKETT, read_wav
+from tests.support import prepare_models, scaled, wait_ready
+from tidegate.bench.wer import wer
+from tidegate.media.resample import StreamResampler
+
+from .conftest import LiveServer, make_settings, run_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe")
+CHUNK_MS = 40
+LEAD_MS = 1_000.0  # how far ahead of real time the test streams (the server allows 2.5 s)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Path:
+    return prepare_models(*MODELS)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(
+    tmp_path_factory: pytest.TempPathFactory, prepared: Path
+) -> AsyncIterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("realtime-ws")
+    (tmp / "models").symlink_to(prepared / "models")
+    settings = make_settings(
+        tmp, engines=("vad", "asr", "llm", "tts"), allowed_origins=(), send_timeout_s=2.0
+    )
+    async with run_server(settings) as server:
+        await wait_ready(server.http, timeout_s=120)
+        yield server
+
+
+def openai_client(live: LiveServer, **kw: Any) -> AsyncOpenAI:
+    """What an existing Realtime client changes: the base URL and the key, nothing else."""
+    return AsyncOpenAI(base_url=f"{live.http}/v1", api_key=live.token(**kw))
+
+
+def pcm24k(pcm: np.ndarray, rate: int) -> bytes:
+    r = StreamResampler(rate, 24_000)
+    return np.concatenate([r.process(pcm), r.flush()]).astype("<i2").tobytes()
+
+
+def speech(text: str, tmp: Path) -> bytes:
+    """``text`` spoken by espeak-ng, as 24 kHz s16le, with silence around it."""
+    wav = tmp / "q.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
+    with wave.open(str(wav)) as w:
+        pcm, rate = np.frombuffer(w.readframes(w.getnframes()), np.int16), w.getframerate()
+    pcm = np.concatenate([np.zeros(rate // 2, np.int16), pcm, np.zeros(rate * 2, np.int16)])
+    return pcm24k(pcm, rate)
+
+
+@pytest.fixture(scope="module")
+def question(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return speech("What is the capital of France?", tmp_path_factory.mktemp("speech"))
+
+
+class Events:
+    """Everything the SDK's connection received, typed by the SDK and as plain dicts."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.typed: list[RealtimeServerEvent] = []
+        self.all: list[dict[str, Any]] = []
+
+    async def read(self) -> None:
+        async for event in self.connection:
+            self.typed.append(event)
+            self.all.append(event.model_dump(exclude_unset=True))
+
+    def of(self, etype: str) -> list[dict[str, Any]]:
+        return [e for e in self.all if e["type"] == etype]
+
+    async def until(self, done: Callable[[], Any], timeout_s: float = 120) -> None:
+        async with asyncio.timeout(scaled(timeout_s)):
+            while not done():
+                await asyncio.sleep(0.05)
+
+    def kinds(self) -> list[str]:
+        return [e["type"] for e in self.all]
+
+
+async def stream(connection: Any, pcm: bytes, stop: Callable[[], bool] | None = None) -> None:
+    """Append 24 kHz audio in 40 ms events, at most ``LEAD_MS`` ahead of real time."""
+    step = 24 * 2 * CHUNK_MS
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), step):
+        if stop is not None and stop():
+            return
+        media_ms = i / 48.0
+        ahead_s = (media_ms - LEAD_MS) / 1000.0 - (time.monotonic() - t0)
+        if ahead_s > 0:
+            await asyncio.sleep(ahead_s)
+        await connection.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[i : i + step]).decode()
+        )
+
+
+async def session(
+    live: LiveServer,
+    body: Callable[[Any, Events], Awaitable[None]],
+    **connect: Any,
+) -> Events:
+    """Connect with the SDK, read every event while ``body`` runs, then leave."""
+    client = openai_client(live)
+    async with client.realtime.connect(model="gpt-realtime", **connect) as connection:
+        events = Events(connection)
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(events.read())
+            await events.until(lambda: events.of("session.created"), 30)
+            await body(connection, events)
+            reader.cancel()
+    return events
+
+
+def no_errors(events: Events) -> None:
+    assert not events.of("error"), events.of("error")
+
+
+async def test_text_turn_with_the_sdk(live: LiveServer) -> None:
+    """A text item and response.create: a spoken reply (transcript deltas that add up, audio
+    deltas of 24 kHz PCM) and response.done completed; session.created names the model."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Say hello."}],
+            }
+        )
+        await connection.response.create()
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    (created,) = events.of("session.created")
+    assert created["session"]["model"] == "gpt-realtime"
+    (done,) = events.of("response.done")
+    assert done["response"]["status"] == "completed"
+    transcript = done["response"]["output"][0]["content"][0]["transcript"]
+    deltas = "".join(e["delta"] for e in events.of("response.output_audio_transcript.delta"))
+    assert transcript and transcript == deltas
+    audio = b"".join(base64.b64decode(e["delta"]) for e in events.of("response.output_audio.delta"))
+    assert len(audio) > 24_000  # more than half a second of 24 kHz s16le
+
+
+async def test_spoken_turn_with_the_sdk(live: LiveServer, question: bytes) -> None:
+    """Real speech under server VAD: speech_started/stopped, committed, the transcription
+    (deltas and completed), then a spoken response with its transcript, in that order."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={
+                "type": "realtime",
+                "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+            }
+        )
+        await stream(connection, question, stop=lambda: bool(events.of("response.done")))
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    kinds = events.kinds()
+    for earlier, later in [
+        ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped"),
+        ("input_audio_buffer.speech_stopped", "input_audio_buffer.committed"),
+        ("conversation.item.input_audio_transcription.delta", "response.created"),
+        ("input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed"),
+        ("response.created", "response.output_audio.delta"),
+        ("response.output_audio.delta", "response.done"),
+    ]:
+        assert kinds.index(earlier) < kinds.index(later), (earlier, later)
+    (completed,) = events.of("conversation.item.input_audio_transcription.completed")
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = events.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"]
+
+
+async def test_transcription_session_with_the_sdk(live: LiveServer) -> None:
+    """``intent=transcription`` (the SDK's extra_query): beckett.wav streamed at about real
+    time is transcribed (WER <= 0.2), each item's deltas adding up to its transcript, and no
+    response is made."""
+    audio = read_wav(ROOT / ".cache" / "assets" / "beckett.wav")
+    pcm = (np.clip(np.concatenate([audio, np.zeros(16_000, np.float32)]), -1, 1) * 32767).astype(
+        np.int16
+    )
+    clip = pcm24k(pcm, 16_000)
+
+    async def body(connection: Any, events: Events) -> None:
+        assert events.of("session.created")[0]["session"]["type"] == "transcription"
+        await stream(connection, clip)
+        await events.until(
+            lambda: (
+                events.of("input_audio_buffer.speech_stopped")
+                and len(events.of("conversation.item.input_audio_transcription.completed"))
+                >= len(events.of("input_audio_buffer.speech_stopped"))
+            ),
+            60,
+        )
+
+    events = await session(live, body, extra_query={"intent": "transcription"})
+    no_errors(events)
+    completed = events.of("conversation.item.input_audio_transcription.completed")
+    text = " ".join(e["transcript"] for e in completed)
+    assert wer(BECKETT, text) <= 0.2, text
+    for done in completed:
+        deltas = [
+            e["delta"]
+            for e in events.of("conversation.item.input_audio_transcription.delta")
+            if e["item_id"] == done["item_id"]
+        ]
+        assert "".join(deltas) == done["transcript"]
+    assert not events.of("response.created")
+
+
+async def ask(live: LiveServer, text: str, instructions: str | None = None) -> Events:
+    """One text turn, after a session.update of ``instructions`` when given."""
+
+    async def body(connection: Any, events: Events) -> None:
+        if instructions is not None:
+            await connection.session.update(
+                session={"type": "realtime", "instructions": instructions}
+            )
+            await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": text}],
+            }
+        )
+        await connection.response.create()
+        await events.until(lambda: events.of("response.done"))
+
+    return await session(live, body)
+
+
+def transcript(events: Events) -> str:
+    (done,) = events.of("response.done")
+    return str(done["response"]["output"][0]["content"][0]["transcript"])
+
+
+async def test_session_update_changes_instructions(live: LiveServer) -> None:
+    """session.update with instructions: session.updated echoes them, and the reply to the
+    same question differs from the one without them (the local LLM decodes greedily: the
+    same prompt gives the same reply, so only the instructions can change it)."""
+    question = "Who are you?"
+    plain = await ask(live, question)
+    pirate = "You are Captain Barnacle, a pirate. Always say your name and talk like a pirate."
+    changed = await ask(live, question, instructions=pirate)
+    no_errors(plain)
+    no_errors(changed)
+    (updated,) = changed.of("session.updated")
+    assert updated["session"]["instructions"] == pirate
+    assert transcript(plain) == transcript(await ask(live, question))  # greedy: repeatable
+    assert transcript(changed) != transcript(plain), transcript(plain)
+
+
+async def test_barge_in_and_truncate(live: LiveServer, question: bytes) -> None:
+    """Speech over a spoken reply: speech_started, the reply done ``cancelled``
+    (turn_detected) with its item incomplete, and a truncation within the audio sent is
+    answered conversation.item.truncated."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a long story about a cat."}],
+            }
+        )
+        await connection.response.create()
+        await events.until(lambda: events.of("response.output_audio.delta"))
+        await stream(connection, question, stop=lambda: bool(events.of("response.done")))
+        await events.until(lambda: events.of("response.done"))
+        (first,) = events.of("response.done")[:1]
+        item = first["response"]["output"][0]
+        audio = b"".join(
+            base64.b64decode(e["delta"])
+            for e in events.of("response.output_audio.delta")
+            if e["item_id"] == item["id"]
+        )
+        heard_ms = min(200, len(audio) // 48)
+        await connection.conversation.item.truncate(
+            item_id=item["id"], content_index=0, audio_end_ms=heard_ms
+        )
+        await events.until(lambda: events.of("conversation.item.truncated") or events.of("error"))
+
+    events = await session(live, body)
+    no_errors(events)
+    done = events.of("response.done")[0]
+    assert done["response"]["status"] == "cancelled", done["response"]["status"]
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert done["response"]["output"][0]["status"] == "incomplete"
+    kinds = events.kinds()
+    assert kinds.index("input_audio_buffer.speech_started") < kinds.index("response.done")
+    (truncated,) = events.of("conversation.item.truncated")
+    assert truncated["item_id"] == done["response"]["output"][0]["id"]
+
+
+async def test_unsupported_event_is_refused_and_the_session_goes_on(live: LiveServer) -> None:
+    """``output_audio_buffer.clear`` (WebRTC only) is refused with unsupported_event naming the
+    client's event_id; a manual commit (not served by the runtime yet) is refused too; the
+    connection stays usable."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.send({"type": "output_audio_buffer.clear", "event_id": "clear-1"})
+        await events.until(lambda: events.of("error"), 30)
+        await connection.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        await events.until(lambda: events.of("session.updated"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["code"] == "unsupported_event"
+    assert error["error"]["event_id"] == "clear-1"
+    assert events.of("session.updated")[0]["session"]["instructions"] == "Be brief."
+
+
+async def raw_refusal(live: LiveServer, **connect: Any) -> tuple[dict[str, Any], int | None]:
+    """Connect without the SDK (to set any header or subprotocol): the error and close code."""
+    url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
+    async with websockets.connect(url, **connect) as ws:
+        event = orjson.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        return event, ws.close_code
+
+
+async def test_bad_token_is_refused(live: LiveServer) -> None:
+    """A key that is not a valid tidegate JWT: an authentication error event, then 4401."""
+    event, code = await raw_refusal(live, additional_headers={"Authorization": "Bearer nope"})
+    assert event["type"] == "error"
+    assert event["error"]["type"] == "authentication_error"
+    assert code == 4401
+
+
+async def test_bad_origin_is_refused(live: LiveServer) -> None:
+    """A browser's foreign origin is refused (permission error, 4403) even with a good token
+    offered the browsers' way (subprotocols)."""
+    event, code = await raw_refusal(
+        live,
+        subprotocols=["realtime", f"openai-insecure-api-key.{live.token()}"],  # type: ignore[list-item]
+        origin="https://evil.example",  # type: ignore[arg-type]
+    )
+    assert event["error"]["type"] == "permission_error"
+    assert code == 4403
+
+
+async def test_browser_subprotocol_key_is_accepted(live: LiveServer) -> None:
+    """The browsers' form: the JWT in the subprotocols, answered ``realtime`` (never the key),
+    and session.created follows."""
+    url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
+    protocols = ["realtime", f"openai-insecure-api-key.{live.token()}"]
+    async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        event = orjson.loads(await ws.recv())
+    assert event["type"] == "session.created"
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_session_closed(
+    live: LiveServer,
+) -> None:
+    """A Realtime client that stops reading while its events pile up (each session.update
+    answered by a whole session object, its 15 kB instructions included) is cut as too slow
+    (4408: the send watchdog, send_timeout_s), and its session is closed with it at once,
+    not left to expire."""
+    import socket
+
+    before = live.runtime.counters["too_slow"]
+    expired = live.runtime.registry.expired
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+    url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"Bearer {live.token(subject='slow')}"}
+    ws = await websockets.connect(url, sock=sock, additional_headers=headers, max_queue=1)
+    ws.transport.set_write_buffer_limits(0)
+    ws.transport.pause_reading()
+    session = {"type": "realtime", "instructions": "x" * 15_000}  # echoed in each answer
+    update = orjson.dumps({"type": "session.update", "session": session}).decode()
+    for _ in range(900):
+        if live.runtime.counters["too_slow"] > before:
+            break
+        try:
+            async with asyncio.timeout(2.0):
+                await ws.send(update)
+        except (TimeoutError, websockets.ConnectionClosed, OSError):
+            break
+    async with asyncio.timeout(scaled(20)):
+        while live.runtime.counters["too_slow"] == before:
+            await asyncio.sleep(0.05)
+        while any(s.principal.subject == "slow" for s in live.runtime.registry):
+            await asyncio.sleep(0.05)
+        while live.runtime.channels:
+            await asyncio.sleep(0.05)
+    assert live.runtime.registry.expired == expired  # closed with its connection
+    ws.transport.abort()
+
+
+async def test_realtime_sessions_are_recorded_and_timed(live: LiveServer) -> None:
+    """After the turns above, /metrics has stage histograms of the realtime dialect and
+    no Realtime session left open (each ended with its connection)."""
+    admin = {"Authorization": f"Bearer {live.token(scopes=('session', 'admin'))}"}
+    async with httpx.AsyncClient(base_url=live.http) as http:
+        text = (await http.get("/metrics", headers=admin)).text
+    assert 'dialect="realtime"' in text
+    line = next(
+        x
+        for x in text.splitlines()
+        if x.startswith("tidegate_event_stage_seconds_count")
+        and 'dialect="realtime"' in x
+        and 'type="response.text.delta"' in x
+        and 'stage="total"' in x
+    )
+    assert float(line.rsplit(" ", 1)[1]) > 0
+    assert len(live.runtime.registry) == 0
