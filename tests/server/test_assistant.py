@@ -161,7 +161,11 @@ class converse:
 
     async def __aenter__(self) -> Conversation:
         self.client = await self.live.client()
-        created = await self.client.create_session({"mode": "assistant"})
+        # This client hears no echo of its replies (a headset): it says so. With the server's
+        # canceller on (auto, for WS-only), a question spoken over a reply comes out worse
+        # transcribed (docs/ears.md, double talk) and the small LLM no longer says Paris.
+        config = {"mode": "assistant", "audio": {"echo_cancellation": "off"}}
+        created = await self.client.create_session(config)
         self.conv = Conversation(self.client, created.session_id)
         self.reader = asyncio.get_running_loop().create_task(self.conv.read())
         return self.conv

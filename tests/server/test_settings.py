@@ -136,6 +136,9 @@ SPECIAL = {
     "TIDEGATE_VISION_RUNTIME": "onnx",
     "TIDEGATE_LLM_RUNTIME": "providers",
     "TIDEGATE_TTS_RUNTIME": "tensorrt",
+    "TIDEGATE_TURN_RUNTIME": "onnx",
+    "TIDEGATE_TURN_POLICY": "silence",
+    "TIDEGATE_AUDIO_ECHO_CANCELLATION": "on",
     "TIDEGATE_TRITON_URL": "gpu-pool:8001",
     "TIDEGATE_TRITON_URLS": "asr=gpu-a:8001,vision=gpu-b:8001",
     "TIDEGATE_TRITON_POLICY": "fallback",
@@ -234,7 +237,7 @@ def test_docs_name_only_settings() -> None:
         ({"TIDEGATE_VISION_MODEL": "yolo"}, "vision_model must be one of"),
         ({"TIDEGATE_TTS_RUNTIME": "tpu"}, "tts_runtime must be one of"),
         ({"TIDEGATE_LLM_PROVIDERS": "a=http://x"}, "llm_providers is set but llm_runtime"),
-        ({"TIDEGATE_ENGINES": "vad,turn"}, "unknown engine 'turn'"),
+        ({"TIDEGATE_ENGINES": "vad,aec"}, "unknown engine 'aec'"),
     ],
 )
 def test_bad_engine_values_are_named(environ: dict[str, str], words: str) -> None:

@@ -236,7 +236,35 @@ class TtsConfig:
         )
 
 
-def _policy(c: VadConfig | AsrConfig | VisionConfig, max_sessions: int) -> BatchPolicy:
+@dataclass(frozen=True, slots=True)
+class TurnDetectionConfig:
+    """Semantic end of turn (Smart Turn v3.2, docs/ears.md): scores a session's pauses,
+    batched across sessions. The turn-taking policy itself is the session's (turn_policy)."""
+
+    runtime: str = setting("The turn-detection engine's runtime. Unset: engine_runtime.", "")
+    max_batch_items: int = setting("Pauses scored in one turn-detection batch, at most.", 16)
+    batch_wait_s: float = setting(
+        "How long the oldest queued pause waits for its turn-detection batch to fill.", 0.005
+    )
+    max_queue_items: int = setting(
+        "Pauses queued for turn detection at once; more are refused (overloaded: that pause "
+        "then goes by the silence policy).",
+        64,
+    )
+    deadline_s: float = setting(
+        "A pause's score is due within this (late: the silence policy decides).", 1.0
+    )
+    threshold: float = setting(
+        "Turn-detection probability at or above which a turn counts as complete.", 0.5
+    )
+
+    def policy(self, max_sessions: int) -> BatchPolicy:
+        return _policy(self, max_sessions)
+
+
+def _policy(
+    c: VadConfig | AsrConfig | VisionConfig | TurnDetectionConfig, max_sessions: int
+) -> BatchPolicy:
     return BatchPolicy(
         max_batch_items=c.max_batch_items,
         batch_wait_s=c.batch_wait_s,

@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from . import models
-from .config import AsrConfig, EngineDefaults, LlmConfig, TtsConfig, VadConfig, VisionConfig
+from .config import (
+    AsrConfig,
+    EngineDefaults,
+    LlmConfig,
+    TtsConfig,
+    TurnDetectionConfig,
+    VadConfig,
+    VisionConfig,
+)
 from .engine import TensorEngine
 from .errors import ModelError
 from .llm import LlmBatcher, LlmEngine, LlmSettings
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from .asr.request import AsrRequest, AsrResult
     from .asr.whisper_onnx import WhisperOnnx
     from .tts import PiperVoice
-    from .turn import SmartTurn
+    from .turn import SmartTurn, TurnResult
     from .vision.blazeface import BlazeFace
     from .vision.faces import FaceDetections
     from .vision.mtcnn import Mtcnn
@@ -222,7 +230,10 @@ def tts_engine(spec: EngineSpec, ctx: BuildContext) -> PiperVoice:
 def turn_engine(spec: EngineSpec, ctx: BuildContext) -> SmartTurn:
     from .turn import SmartTurn
 
-    return SmartTurn(_model_dir(spec, ctx) / "smart-turn-v3.2-cpu.onnx", runtime=spec.runtime)
+    c = spec.config
+    threshold = c.threshold if isinstance(c, TurnDetectionConfig) else 0.5
+    path = _model_dir(spec, ctx) / "smart-turn-v3.2-cpu.onnx"
+    return SmartTurn(path, runtime=spec.runtime, threshold=threshold)
 
 
 _ENGINES: dict[str, Callable[[EngineSpec, BuildContext], ModelEngine]] = {
@@ -373,6 +384,10 @@ def _build_tts(spec: EngineSpec, ctx: BuildContext) -> Scheduler[str, Array]:
     return Scheduler(tts_engine(spec, ctx), spec.policy)
 
 
+def _build_turn(spec: EngineSpec, ctx: BuildContext) -> Scheduler[Array, TurnResult]:
+    return Scheduler(turn_engine(spec, ctx), spec.policy)
+
+
 VAD: EngineKind[VadConfig, Scheduler[Array, VadResult]] = EngineKind(
     "vad", VadConfig, ("silero-vad",), LOCAL_RUNTIMES, "requests", _build_vad, _vad_spec
 )
@@ -407,8 +422,13 @@ TTS: EngineKind[TtsConfig, Scheduler[str, Array]] = EngineKind(
     "tts", TtsConfig, ("piper-joe",), LOCAL_RUNTIMES, "requests", _build_tts
 )
 
+#: semantic end of turn (docs/ears.md; not among the server's default engines)
+TURN: EngineKind[TurnDetectionConfig, Scheduler[Array, TurnResult]] = EngineKind(
+    "turn", TurnDetectionConfig, ("smart-turn-v3.2",), LOCAL_RUNTIMES, "requests", _build_turn
+)
+
 #: THE table. Its order is the order of the settings and of ``TIDEGATE_ENGINES``'s help.
-KINDS: tuple[EngineKind[Any, Any], ...] = (VAD, VISION, ASR, LLM, TTS)
+KINDS: tuple[EngineKind[Any, Any], ...] = (VAD, VISION, ASR, LLM, TTS, TURN)
 KINDS_BY_NAME: Mapping[str, EngineKind[Any, Any]] = {k.name: k for k in KINDS}
 ENGINE_KINDS = tuple(KINDS_BY_NAME)
 

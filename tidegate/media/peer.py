@@ -92,6 +92,8 @@ class MediaPeer:
         self.on_state = on_state
         self.pc = RTCPeerConnection(configuration=config.ice.configuration())
         self.audio_in: AudioInbox | None = None
+        #: what the client's rtc.offer said of its own echo cancellation (None: nothing)
+        self.client_echo_cancellation: bool | None = None
         self.video_in: VideoInbox | None = None
         self.audio_out: AudioOutTrack | None = None
         self._audio_receiver: AudioReceiver | None = None

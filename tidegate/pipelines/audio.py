@@ -32,6 +32,11 @@ its partial is queued or running, the partial is withdrawn (its request's ``canc
 the scheduler's worker skips it, or the decoder drops it at its next step) and the final is
 submitted at once; and no partial starts in the short quiet that may end the segment
 (``asr_partial_hold_s``).
+
+Echo cancellation (:mod:`tidegate.pipelines.echo`) runs on what the VAD loop reads, before
+the VAD: ``audio.echo_cancellation`` ``on``, or ``auto`` in a mode whose session speaks
+(``speaks``: the assistant; its reply lane feeds the reference) for WS-only audio and for a
+WebRTC client whose offer said it has no echo cancellation of its own.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import numpy as np
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
+from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.engines.workers import WorkerPool
@@ -66,6 +72,7 @@ from tidegate.protocol.messages import (
 )
 
 from .config import AudioConfig
+from .echo import EchoPath
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
 from .port import Handler, SessionPort
 from .records import TranscriptSegment
@@ -75,6 +82,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
 PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+#: the user's recent audio kept for the listener at each pause (what turn detection scores)
+RECENT_S = 8.0
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
 
 
@@ -129,13 +138,16 @@ class SpeechListener(Protocol):
         """The VAD reported the start of speech."""
         ...
 
-    def on_speech_stopped(self) -> None:
-        """The VAD reported the end of speech (its final follows)."""
+    def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
+        """The VAD reported the end of speech (its final follows): ``recent`` is the last
+        ``RECENT_S`` (at most) of the session's audio, up to this pause, ``audio_ms`` the
+        pause's media time."""
         ...
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
         """A segment's final transcript was emitted (``received``: its audio's arrival, ms;
-        ``finals_pending``: finals of ended segments still to come after this one)."""
+        ``finals_pending``: finals of ended segments still to come after this one); ``text``
+        is empty for a segment the ASR heard no words in (nothing was emitted for it)."""
         ...
 
 
@@ -153,6 +165,7 @@ class AudioLane:
         workers: WorkerPool,
         *,
         listener: SpeechListener | None = None,
+        speaks: bool = False,
     ) -> None:
         self.session = session
         s = config
@@ -171,6 +184,20 @@ class AudioLane:
             lag_report_ms=s.audio_lag_report_ms,
             on_lag=self._lag,
         )
+        audio = session.config.get("audio", {})
+        self.echo_mode: str = audio.get("echo_cancellation", s.echo_cancellation)
+        #: the echo path (pipelines/echo.py), fed by the reply lane; None when off
+        self.echo: EchoPath | None = None
+        if self.echo_mode == "on" or (self.echo_mode == "auto" and speaks):
+            self.echo = EchoPath(
+                workers,
+                noise_suppression=audio.get("noise_suppression", s.noise_suppression),
+                max_delay_s=s.echo_max_delay_s,
+                realign_min_s=s.echo_realign_min_s,
+                max_pending_frames=s.echo_max_pending_frames,
+            )
+        self._echo_on = self.echo is not None  # auto: until a WebRTC client says it cancels
+        self._ws_ts = False  # the client stamps its input.audio (ts): the echo path's clock
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()
         # (lane ms when consumed, bytes, monotonic s when due): see _return_consumed
@@ -180,6 +207,8 @@ class AudioLane:
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
+        self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
+        self._recent_samples = 0
         self._segment: Segment | None = None
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
@@ -228,6 +257,9 @@ class AudioLane:
                 retry_after_ms=AUDIO_RETRY_AFTER_MS,
             ) from None
         due = self.pace.commit(duration_s, now) if self.pace.max_ahead_s > 0 else 0.0
+        self._ws_ts = self._ws_ts or msg.ts is not None
+        if self.echo is not None and msg.playout_delay_ms is not None:
+            self.echo.playout_delay_s = msg.playout_delay_ms / 1000.0
         self._last_audio_ms = now_ms()
         self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
         self._credit.append((self.inbox.stats.received_ms, len(msg.pcm), due))
@@ -256,6 +288,8 @@ class AudioLane:
         self.session.emit(FlowLag(lane="audio", lag_ms=lag_ms, dropped_ms=dropped_ms))
 
     def start_media(self, peer: MediaPeer) -> None:
+        if self.echo_mode == "auto":  # on only for a client that says it cancels no echo
+            self._echo_on = self.echo is not None and peer.client_echo_cancellation is False
         if peer.audio_in is not None:
             self.session.spawn(self._vad_loop(peer.audio_in), "rtc-vad")
 
@@ -267,7 +301,11 @@ class AudioLane:
                 self._return_consumed()
             else:
                 self._last_audio_ms = now_ms()
-            audio = np.concatenate([rest, chunk.pcm]) if len(rest) else chunk.pcm
+            pcm = chunk.pcm
+            if self.echo is not None and self._echo_on:  # off the loop: the media workers
+                media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
+                pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
+            audio = np.concatenate([rest, pcm]) if len(rest) else pcm
             n = len(audio) // FRAME_SAMPLES
             rest = audio[n * FRAME_SAMPLES :]
             async with self._feed_lock:
@@ -293,6 +331,11 @@ class AudioLane:
         self._pre_roll_samples += FRAME_SAMPLES
         while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
             self._pre_roll_samples -= len(self._pre_roll.popleft())
+        if self.listener is not None:
+            self._recent.append(frame)
+            self._recent_samples += FRAME_SAMPLES
+            while self._recent_samples - FRAME_SAMPLES >= RECENT_S * SAMPLE_RATE_HZ:
+                self._recent_samples -= len(self._recent.popleft())
         for ev in r.events:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
@@ -302,7 +345,8 @@ class AudioLane:
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    self.listener.on_speech_stopped()
+                    recent = np.concatenate(list(self._recent))[-int(RECENT_S * SAMPLE_RATE_HZ) :]
+                    self.listener.on_speech_stopped(recent, ev.ms)
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
@@ -393,6 +437,8 @@ class AudioLane:
         text = seg.final_text(result, self.settings)
         if not text:
             self.counters["empty_finals"] += 1
+            if self.listener is not None:
+                self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
         event = self._event(AsrFinal, seg, text, timing)
@@ -425,6 +471,7 @@ class AudioLane:
             "audio_in": self.inbox.stats.as_dict(),
             "pending_finals": len(self._finals),
             "pace": self.pace.stats(),
+            "echo": None if self.echo is None or not self._echo_on else self.echo.stats(),
         }
 
     async def close(self) -> None:

@@ -20,13 +20,27 @@ class AudioConfig:
     audio_lag_report_ms: float
     audio_max_ahead_s: float
     asr_max_pending_finals: int
+    #: echo cancellation (pipelines/echo.py): the default of a session's
+    #: ``audio.echo_cancellation`` (auto | on | off) and ``audio.noise_suppression``
+    echo_cancellation: str = "auto"
+    noise_suppression: bool = False
+    echo_max_delay_s: float = 0.5
+    echo_realign_min_s: float = 1.0
+    echo_max_pending_frames: int = 500
+
+
+TURN_POLICIES = ("semantic", "silence")
 
 
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
-    """Turn-taking: how long after the end of speech a turn ends."""
+    """Turn-taking: how a turn ends. ``policy`` is the default a session config's
+    ``turn.policy`` overrides; ``end_of_turn_s`` is the silence policy's wait after the end of
+    speech, ``max_wait_s`` the semantic policy's wait after a pause judged incomplete."""
 
     end_of_turn_s: float
+    policy: str = "semantic"
+    max_wait_s: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)

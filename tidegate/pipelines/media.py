@@ -64,6 +64,8 @@ class SessionMedia:
         self.on_media = on_media
         self.peer: MediaPeer | None = None
         self.offers = 0
+        #: the latest rtc.offer's echo_cancellation (None: it said nothing)
+        self.client_echo_cancellation: bool | None = None
         self._lock = asyncio.Lock()
 
     async def accept_offer(self, sdp: str) -> tuple[MediaPeer, str]:
@@ -95,6 +97,7 @@ class SessionMedia:
                 raise
             self.peer = peer
             self.offers += 1
+            peer.client_echo_cancellation = self.client_echo_cancellation
             self.on_media(peer)
             return peer, answer
 
@@ -112,6 +115,7 @@ class SessionMedia:
         s.emit(ServerRtcCandidate(candidate="", sdp_mid=None, sdp_mline_index=None))
 
     async def _offer(self, msg: RtcOffer) -> None:
+        self.client_echo_cancellation = msg.echo_cancellation
         await self.handle_offer(msg.sdp, msg.id)
 
     def handlers(self) -> Mapping[type[Any], Handler]:

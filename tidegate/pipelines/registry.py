@@ -42,8 +42,9 @@ MODES: dict[str, ModeSpec] = _rows(
         assistant.build,
         lanes=("audio", "vision", "reply", "turns"),
         needs=("vad", "asr", "llm", "tts"),
-        optional=("vision",),
-        summary="spoken replies: VAD, ASR, LLM and TTS, and vision when the server runs it",
+        optional=("vision", "turn"),
+        summary="spoken replies: VAD, ASR, LLM and TTS; vision and semantic end of turn when "
+        "the server runs them",
     ),
     ModeSpec(
         "transcribe",

@@ -80,6 +80,14 @@ def new_response_id() -> str:
     return "r_" + secrets.token_urlsafe(9)
 
 
+class EchoSink(Protocol):
+    """Who hears what the session plays (the audio lane's echo path, pipelines/echo.py)."""
+
+    def played(self, pcm: Array, rate_hz: int, at: float) -> None:
+        """A frame of speech whose playout starts at monotonic ``at``."""
+        ...
+
+
 class Sight(Protocol):
     """What the camera sees, for the LLM (the vision lane)."""
 
@@ -214,6 +222,8 @@ class ReplyLane:
         self.voice = voice
         self.media = media
         self.sight = sight
+        #: told of every frame played (the assistant mode sets it when echo is cancelled)
+        self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
@@ -481,6 +491,8 @@ class ReplyLane:
             if reply.frames_sent == 0 and reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
             chunk.frame_starts.append(starts)
+            if self.echo is not None:
+                self.echo.played(frame, OUTPUT_RATE_HZ, starts)
             reply.play_end = starts + FRAME_S
             track = self._track()
             if track is not None and chunk.track_pcm is not None:

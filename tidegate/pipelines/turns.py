@@ -1,10 +1,21 @@
 """Turn-taking: when the user's turn ends, and what a turn starts.
 
-The user's turn ends when the VAD has reported the end of speech, the ASR final of every
-segment is out, and ``assistant_end_of_turn_s`` have passed since the end of speech with no
-new speech. The turn's finals, joined, become the user message the reply lane answers.
-``input.text`` is a typed turn: it ends at once. Speech that starts while a reply is in
-progress is a barge-in: the reply lane cuts it.
+The user's turn ends once the VAD has reported the end of speech, the ASR final of every
+segment is out, the turn has words, no new speech has started, and the turn's policy says so
+(session config ``turn.policy``, default the setting ``turn_policy``):
+
+- ``silence``: ``end_of_turn_s`` (``assistant_end_of_turn_s``) after the end of speech;
+- ``semantic``: at each pause the VAD reports, the turn engine (Smart Turn v3.2, batched
+  across sessions on its scheduler) scores the last 8 s (at most) of the user's audio.
+  Complete (probability >= ``turn_threshold``): the turn ends now. Incomplete: it waits for
+  more speech, up to ``max_wait_s`` (``turn_max_wait_s``) after the pause, then ends. A
+  server without the turn engine, or a score that fails (overloaded, late), falls back to
+  the silence policy for that pause.
+
+Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
+probability, audio_ms} before the reply starts. The turn's finals, joined, become the user
+message the reply lane answers. ``input.text`` is a typed turn: it ends at once. Speech that
+starts while a reply is in progress is a barge-in: the reply lane cuts it.
 
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
@@ -13,16 +24,23 @@ and asks the vision lane (when the mode has one) for the freshest sight at each 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidegate.engines.errors import EngineError
+from tidegate.engines.runtime import Array
+from tidegate.engines.scheduler import Scheduler
 from tidegate.media import MediaPeer
-from tidegate.protocol.messages import InputText
+from tidegate.protocol.messages import InputText, TurnEnd
 
 from .audio import now_ms
 from .config import TurnConfig
 from .port import Handler, SessionPort
+
+log = logging.getLogger(__name__)
 
 
 class Replier(Protocol):
@@ -39,6 +57,16 @@ class Looker(Protocol):
     async def at_turn_end(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How the turn ends after a pause: ``reason`` for ``turn.end``, when (monotonic s)."""
+
+    reason: str
+    probability: float | None
+    at: float
+    audio_ms: float
+
+
 class TurnTaking:
     """See the module docstring."""
 
@@ -51,17 +79,37 @@ class TurnTaking:
         reply: Replier,
         *,
         vision: Looker | None = None,
+        turn: Scheduler[Array, Any] | None = None,
     ) -> None:
         self.session = session
         self.config = config
         self.reply = reply
         self.vision = vision
+        self.turn = turn  # the turn engine's scheduler; None: the silence policy only
         self.turns = 0
+        self.counters: dict[str, int] = {
+            "turn_ends_semantic": 0,
+            "turn_ends_timeout": 0,
+            "turn_ends_silence": 0,
+            "turn_scores": 0,
+            "turn_scores_incomplete": 0,
+            "turn_score_errors": 0,
+        }
         self._speaking = False  # between the VAD's start and end of speech
+        self._finals_due = False  # a segment ended whose final is not out yet
         self._turn: list[str] = []
         self._turn_received = 0.0
-        self._stopped_at = 0.0
+        self._pause = 0  # counts pauses: a score for an older one is stale
+        self._decision: Decision | None = None
         self._turn_timer: asyncio.Task[Any] | None = None
+        self._score_task: asyncio.Task[Any] | None = None
+
+    @property
+    def policy(self) -> str:
+        """This session's turn policy now (its config's ``turn.policy``, else the default);
+        ``silence`` when no turn engine runs."""
+        policy = self.session.config.get("turn", {}).get("policy", self.config.policy)
+        return "silence" if self.turn is None else str(policy)
 
     def handlers(self) -> Mapping[type[Any], Handler]:
         return {InputText: self._text}
@@ -77,27 +125,74 @@ class TurnTaking:
     # -- SpeechListener (the audio lane) ----------------------------------------------------
     def on_speech_started(self) -> None:
         self._speaking = True
+        self._pause += 1  # a score still coming is for a pause that is over
+        self._decision = None
         if self._turn_timer is not None:
             self._turn_timer.cancel()  # the turn goes on
             self._turn_timer = None
         self.reply.barge_in()
 
-    def on_speech_stopped(self) -> None:
+    def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False
-        self._stopped_at = time.monotonic()
+        self._finals_due = True
+        stopped = time.monotonic()
+        if self.policy == "semantic":
+            assert self.turn is not None
+            self._decision = None  # until the score
+            self._score_task = self.session.spawn(
+                self._score(self.turn, recent, self._pause, stopped, audio_ms), "turn-score"
+            )
+        else:
+            self._decision = self._silence(stopped, audio_ms)
+            self._arm()
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
-        self._turn.append(text)
-        self._turn_received = received
+        if text:
+            self._turn.append(text)
+            self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
-            if self._turn_timer is not None:
-                self._turn_timer.cancel()
-            wait_s = self._stopped_at + self.config.end_of_turn_s
-            self._turn_timer = self.session.spawn(
-                self._end_turn(max(0.0, wait_s - time.monotonic())), "turn-end"
-            )
+            self._finals_due = False
+            self._arm()
 
-    async def _end_turn(self, delay_s: float) -> None:
+    def _silence(self, stopped: float, audio_ms: float) -> Decision:
+        return Decision("silence", None, stopped + self.config.end_of_turn_s, audio_ms)
+
+    async def _score(
+        self, turn: Scheduler[Array, Any], recent: Array, pause: int, stopped: float, ms: float
+    ) -> None:
+        """Score the pause; decide how the turn ends unless speech started meanwhile."""
+        try:
+            result = await turn.submit(recent)
+        except EngineError as e:  # overloaded, late, failed: this pause goes by silence
+            self.counters["turn_score_errors"] += 1
+            log.warning("session %s: turn detection failed: %s", self.session.id, e)
+            result = None
+        if pause != self._pause:
+            return  # the user spoke again: a new pause will be scored
+        self.counters["turn_scores"] += 1 if result is not None else 0
+        if result is None:
+            self._decision = self._silence(stopped, ms)
+        elif result.complete:
+            self._decision = Decision("semantic", result.probability, time.monotonic(), ms)
+        else:
+            self.counters["turn_scores_incomplete"] += 1
+            self._decision = Decision(
+                "timeout", result.probability, stopped + self.config.max_wait_s, ms
+            )
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the timer that ends the turn, once everything it waits for is in."""
+        decision = self._decision
+        if self._speaking or self._finals_due or not self._turn or decision is None:
+            return
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+        self._turn_timer = self.session.spawn(
+            self._end_turn(max(0.0, decision.at - time.monotonic()), decision), "turn-end"
+        )
+
+    async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         await asyncio.sleep(delay_s)
         self._turn_timer = None
         if self._speaking or not self._turn:
@@ -110,12 +205,24 @@ class TurnTaking:
                 self._turn.insert(0, text)
                 return
         self.turns += 1
+        self._decision = None
+        self.counters[f"turn_ends_{decision.reason}"] += 1
+        p = decision.probability
+        self.session.emit(
+            TurnEnd(
+                reason=decision.reason,
+                probability=None if p is None else min(1.0, max(0.0, p)),
+                audio_ms=decision.audio_ms,
+            )
+        )
         self.reply.answer(text, None, self._turn_received, spoken=True)
 
     def stats(self) -> dict[str, Any]:
-        return {"turns": self.turns}
+        return {"turns": self.turns, **self.counters}
 
     async def close(self) -> None:
-        if self._turn_timer is not None:
-            self._turn_timer.cancel()
-            self._turn_timer = None
+        for task in (self._turn_timer, self._score_task):
+            if task is not None:
+                task.cancel()
+        self._turn_timer = None
+        self._score_task = None

@@ -378,7 +378,9 @@ class InputText(ClientMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class InputAudio(ClientMessage):
-    """A chunk of PCM audio, interleaved; ``ts`` is the media time of its first sample (ms)."""
+    """A chunk of PCM audio, interleaved; ``ts`` is the media time of its first sample (ms);
+    ``playout_delay_ms``, optional, is how long after it receives ``output.audio`` the client
+    plays it (its output buffering), for the server's echo canceller (docs/assistant.md)."""
 
     TYPE: ClassVar[str] = "input.audio"
     pcm: bytes = spec(Binary(min_bytes=1))
@@ -386,6 +388,7 @@ class InputAudio(ClientMessage):
     sample_rate: int = spec(Number(8_000, MAX_SAMPLE_RATE_HZ, integer=True))
     channels: int = spec(Number(1, MAX_CHANNELS, integer=True))
     ts: float | None = spec(_MEDIA_MS, None)
+    playout_delay_ms: float | None = spec(Number(0, 10_000), None)
 
 
 @message
@@ -463,8 +466,13 @@ class FunctionCallOutput(ClientMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RtcOffer(ClientMessage):
+    """A WebRTC offer; ``echo_cancellation`` says whether the client cancels its own playback
+    echo (browsers do): ``false`` has the server cancel it (``audio.echo_cancellation``
+    ``auto``)."""
+
     TYPE: ClassVar[str] = "rtc.offer"
     sdp: str = spec(Text(MAX_SDP_CHARS, min_chars=1))
+    echo_cancellation: bool | None = spec(Flag(), None)
 
 
 @message
@@ -551,6 +559,21 @@ class VadSpeechStopped(_VadEvent):
     """The user stopped speaking (after the VAD's minimum silence)."""
 
     TYPE: ClassVar[str] = "vad.speech_stopped"
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TurnEnd(ServerMessage):
+    """The user's turn ended and its reply starts: ``reason`` is how it was decided
+    (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
+    incomplete, and no speech followed within ``turn_max_wait_s``; ``silence``: the silence
+    policy, or its fallback), ``probability`` the turn model's score at the last pause (absent
+    under the silence policy), ``audio_ms`` the media time of that pause."""
+
+    TYPE: ClassVar[str] = "turn.end"
+    reason: str = spec(Text(choices=("semantic", "silence", "timeout")))
+    probability: float | None = spec(Number(0, 1), None)
+    audio_ms: float | None = spec(_MEDIA_MS, None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

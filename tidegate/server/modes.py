@@ -79,8 +79,17 @@ def lane_config(settings: Settings) -> LaneConfig:
             audio_lag_report_ms=s.audio_lag_report_ms,
             audio_max_ahead_s=s.audio_max_ahead_s,
             asr_max_pending_finals=s.asr_max_pending_finals,
+            echo_cancellation=s.audio_echo_cancellation,
+            noise_suppression=s.audio_noise_suppression,
+            echo_max_delay_s=s.audio_echo_max_delay_s,
+            echo_realign_min_s=s.audio_echo_realign_min_s,
+            echo_max_pending_frames=s.audio_echo_max_pending_frames,
         ),
-        turns=TurnConfig(end_of_turn_s=s.assistant_end_of_turn_s),
+        turns=TurnConfig(
+            end_of_turn_s=s.assistant_end_of_turn_s,
+            policy=s.turn_policy,
+            max_wait_s=s.turn_max_wait_s,
+        ),
         reply=ReplyConfig(
             system_prompt=s.assistant_system_prompt,
             max_reply_tokens=s.assistant_max_reply_tokens,

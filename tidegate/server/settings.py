@@ -334,8 +334,9 @@ class Settings:
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
         "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
-        "tts); /readyz turns ready once they are. Default: every CPU engine (`tidegate serve` "
-        "prepares missing models first). Empty (TIDEGATE_ENGINES=): none.",
+        "tts, turn); /readyz turns ready once they are. Default: the CPU engines but turn "
+        "(`tidegate serve` prepares missing models first; `make run` adds turn). Empty "
+        "(TIDEGATE_ENGINES=): none.",
         default=DEFAULT_ENGINES,
     )
     #: Each engine kind's config (registry.py's table): ``engine(ASR)`` is the ``asr_*``
@@ -435,6 +436,46 @@ class Settings:
         "Silence after the VAD's end of speech that ends the user's turn (the turn ends at "
         "the later of this and the ASR final).",
         default=0.2,
+    )
+    audio_echo_cancellation: str = _doc(
+        "Server-side echo cancellation of a session's microphone audio, before VAD and ASR, "
+        "unless its config says (audio.echo_cancellation): auto (on for WS-only audio and for "
+        "WebRTC clients whose rtc.offer says echo_cancellation false), on, or off.",
+        default="auto",
+    )
+    audio_noise_suppression: bool = _doc(
+        "Noise suppression with the echo canceller, unless a session's config says "
+        "(audio.noise_suppression).",
+        default=False,
+    )
+    audio_echo_max_delay_s: float = _doc(
+        "Longest speaker -> microphone delay the echo canceller searches, beyond what the "
+        "play and capture times show.",
+        default=0.5,
+    )
+    audio_echo_realign_min_s: float = _doc(
+        "The echo canceller moves its reference only for an estimated delay change this large; "
+        "smaller ones AEC3 tracks by itself without restarting its adaptation. The default, "
+        "above audio_echo_max_delay_s, leaves it all to AEC3 (the envelope estimate misjudged "
+        "speech echo; docs/assistant.md).",
+        default=1.0,
+    )
+    audio_echo_max_pending_frames: int = _doc(
+        "Frames of the session's speech queued for the echo canceller between two microphone "
+        "reads; the oldest are dropped beyond (counted).",
+        default=500,
+    )
+    turn_policy: str = _doc(
+        "How an assistant session's turn ends, unless its config says (turn.policy): semantic "
+        "(the turn engine scores each pause: complete ends the turn at once, incomplete waits "
+        "up to turn_max_wait_s for more speech) or silence (assistant_end_of_turn_s after the "
+        "end of speech). semantic falls back to silence when the turn engine is not loaded.",
+        default="semantic",
+    )
+    turn_max_wait_s: float = _doc(
+        "Semantic policy: how long after a pause judged incomplete the turn waits for more "
+        "speech before it ends anyway (reason timeout).",
+        default=1.5,
     )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
@@ -782,6 +823,13 @@ class Settings:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.dev_login not in ("auto", "on", "off"):
             raise ConfigError(f"dev_login must be auto, on or off, got {self.dev_login!r}")
+        if self.audio_echo_cancellation not in ("auto", "on", "off"):
+            raise ConfigError(
+                "audio_echo_cancellation must be auto, on or off, got "
+                f"{self.audio_echo_cancellation!r}"
+            )
+        if self.turn_policy not in ("semantic", "silence"):
+            raise ConfigError(f"turn_policy must be semantic or silence, got {self.turn_policy!r}")
         self._validate_media()
         self._validate_engines()
         for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from tidegate.engines.errors import RequestError
 from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
+from tidegate.pipelines.config import TURN_POLICIES
+from tidegate.pipelines.echo import ECHO_CANCELLATION
 from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
 from tidegate.pipelines.registry import LANES, MODES
 
@@ -19,7 +21,15 @@ if TYPE_CHECKING:
     from tidegate.engines.service import EngineService
 
 MODE_NAMES = tuple(MODES)
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions"})
+
+#: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
+TURN_KEYS: dict[str, tuple[Any, ...]] = {"policy": TURN_POLICIES}
+#: ``audio``: the microphone's echo cancellation and noise suppression (docs/assistant.md).
+AUDIO_KEYS: dict[str, tuple[Any, ...]] = {
+    "echo_cancellation": ECHO_CANCELLATION,
+    "noise_suppression": (True, False),
+}
+CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio"})
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
@@ -57,6 +67,10 @@ def resolve_config(
         raise InvalidConfigError(
             f"session config.mode: expected one of {list(MODE_NAMES)}, got {mode!r}"
         )
+    if "turn" in config:
+        _resolve_section(config, "turn", TURN_KEYS, ("assistant",))
+    if "audio" in config:
+        _resolve_section(config, "audio", AUDIO_KEYS, ("assistant", "transcribe"))
     needs = _lanes_needs(config) if mode == LANES_MODE or "lanes" in config else MODES[mode].needs
     running = set(engines.schedulers) | set(engines.batchers) if engines is not None else set()
     if not set(needs) <= running:
@@ -69,6 +83,28 @@ def resolve_config(
     if "instructions" in config:
         _check_instructions(config)
     return config
+
+
+def _resolve_section(
+    config: dict[str, Any], name: str, keys: dict[str, tuple[Any, ...]], modes: tuple[str, ...]
+) -> None:
+    """Check a section of the config (``turn``, ``audio``) of the ``modes`` that take it: a
+    map of known keys, each one of its choices (of the same type: ``1`` is not ``true``)."""
+    if config["mode"] not in modes:
+        raise InvalidConfigError(f"session config.{name}: only mode {' or '.join(modes)} takes it")
+    section = config[name]
+    if not isinstance(section, dict):
+        raise InvalidConfigError(f"session config.{name}: expected a map with {sorted(keys)}")
+    for key, value in section.items():
+        if key not in keys:
+            raise InvalidConfigError(
+                f"session config.{name}: unknown key {key!r}; expected only {sorted(keys)}"
+            )
+        if not any(type(value) is type(c) and value == c for c in keys[key]):
+            raise InvalidConfigError(
+                f"session config.{name}.{key}: expected one of {list(keys[key])}, got {value!r}"
+            )
+    config[name] = dict(section)
 
 
 def _check_instructions(config: dict[str, Any]) -> None:

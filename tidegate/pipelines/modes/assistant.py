@@ -1,11 +1,12 @@
 """``assistant``: audio (VAD -> ASR), turn-taking, reply (LLM -> TTS -> audio out, barge-in),
-and vision when the server runs a vision engine (docs/assistant.md)."""
+vision when the server runs a vision engine, and semantic end of turn when it runs the turn
+engine (docs/assistant.md)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tidegate.engines.registry import ASR, TTS, VAD, VISION
+from tidegate.engines.registry import ASR, TTS, TURN, VAD, VISION
 from tidegate.engines.service import EngineService
 
 from ..audio import AudioLane
@@ -35,7 +36,8 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             media=media,
             sight=vision,
         )
-        turns = TurnTaking(session, config.turns, reply, vision=vision)
+        turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
+        turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
         audio = AudioLane(
             session,
             config.audio,
@@ -43,7 +45,9 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             engines.get(ASR),
             engines.media,
             listener=turns,
+            speaks=True,  # its replies are the echo canceller's reference (audio.echo_*)
         )
+        reply.echo = audio.echo  # what the reply plays is the echo canceller's reference
         return [audio, *([vision] if vision is not None else []), reply, turns]
 
     return Mode("assistant", session, config.media, lanes)

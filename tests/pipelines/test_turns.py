@@ -1,0 +1,271 @@
+"""Turn-taking on real engines (Silero VAD, Whisper, Smart Turn v3.2) and real speech (the
+Piper voice: the turn model reads prosody, which espeak does not carry; docs/ears.md), without
+a server: a FakeSession is the session side, and the reply lane's port records the turns it is
+asked to answer.
+
+Sentences with a mid-sentence pause and complete sentences are streamed at real time through
+the audio lane into turn-taking, each under both policies at once (same audio, same run): the
+false cut-off rate (a paused sentence whose turn ends in its pause) and the end-of-turn
+latency (from the end of speech to ``turn.end``) of each policy are printed; the semantic
+policy must cut off at most half as often as the silence policy, which must show the fault
+(it cuts off paused sentences today)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from tests.engines.voices import piper_voice
+from tests.support import prepare_models, scaled
+from tidegate.bench import audio_sets
+from tidegate.engines.registry import ASR, TURN, VAD
+from tidegate.engines.service import EngineService
+from tidegate.pipelines.audio import AudioLane
+from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
+from tidegate.pipelines.turns import TurnTaking
+from tidegate.protocol import ServerMessage
+from tidegate.protocol.messages import InputAudio, TurnEnd
+from tidegate.server.modes import lane_config
+from tidegate.server.settings import Settings
+from tidegate.sessions.config import resolve_config
+
+from .lanes import FakeSession, engine_settings, started_engines
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(bool(audio_sets.have_tools()), reason="needs espeak-ng and sox"),
+]
+
+MODELS = ("silero-vad", "whisper-tiny-en", "smart-turn-v3.2", "piper-joe")
+CHUNK_S = 0.04
+RATE = audio_sets.SAMPLE_RATE_HZ
+#: how long after its audio a clip may take to end its turn (the semantic timeout and more)
+SETTLE_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    tmp = tmp_path_factory.mktemp("turns-lane")
+    # no partials: turn-taking waits for finals only, and they must not queue behind partials
+    return engine_settings(
+        tmp, MODELS, engines=("vad", "asr", "turn"), asr_partial_interval_s=3600.0
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engines(settings: Settings) -> AsyncIterator[EngineService]:
+    async for service in started_engines(settings):
+        yield service
+
+
+@pytest.fixture(scope="module")
+def voice() -> Iterator[Callable[[str], np.ndarray]]:
+    with piper_voice(prepare_models(*MODELS)) as speak:
+        yield speak
+
+
+SESSION_IDS = itertools.count()
+
+
+class StampedSession(FakeSession):
+    """A FakeSession that notes when (monotonic s) each event was emitted."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(f"s_turns{next(SESSION_IDS)}")
+        self.config = config
+        self.stamps: list[tuple[float, ServerMessage]] = []
+
+    def emit(self, msg: ServerMessage) -> None:
+        super().emit(msg)
+        self.stamps.append((time.monotonic(), msg))
+
+
+class Replies:
+    """The reply lane's port as turn-taking sees it: the turns it is asked to answer."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[float, str]] = []
+        self.barge_ins = 0
+
+    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
+        self.answers.append((time.monotonic(), text))
+
+    def barge_in(self) -> None:
+        self.barge_ins += 1
+
+
+class Run:
+    """One session streaming one clip: its audio lane feeding its turn-taking."""
+
+    def __init__(
+        self, settings: Settings, engines: EngineService, policy: str, *, turn: bool = True
+    ) -> None:
+        config = lane_config(settings)
+        self.session = StampedSession({"turn": {"policy": policy}})
+        self.replies = Replies()
+        scheduler = engines.get(TURN) if turn else None
+        self.turns = TurnTaking(self.session, config.turns, self.replies, turn=scheduler)
+        self.audio = AudioLane(
+            self.session,
+            config.audio,
+            engines.get(VAD),
+            engines.get(ASR),
+            engines.media,
+            listener=self.turns,
+        )
+
+    def ends(self) -> list[tuple[float, TurnEnd]]:
+        return [(t, m) for t, m in self.session.stamps if isinstance(m, TurnEnd)]
+
+    async def close(self) -> None:
+        await self.turns.close()
+        await self.audio.close()
+        await self.session.close()
+
+
+async def stream(runs: list[tuple[Run, np.ndarray]]) -> float:
+    """Send each run its audio at real time, all together; the start (monotonic s)."""
+    step = int(CHUNK_S * RATE)
+    handles = [(run.audio.handlers()[InputAudio], audio) for run, audio in runs]
+    longest = max(len(a) for _, a in handles)
+    t0 = time.monotonic()
+    for n, i in enumerate(range(0, longest, step)):
+        for handle, audio in handles:
+            if i < len(audio):
+                pcm = np.round(audio[i : i + step] * 32767).astype("<i2").tobytes()
+                await handle(InputAudio(pcm=pcm, format="s16le", sample_rate=RATE, channels=1))
+        await asyncio.sleep(max(0.0, t0 + (n + 1) * CHUNK_S - time.monotonic()))
+    return t0
+
+
+async def settle(runs: list[Run], done: Callable[[Run], bool]) -> None:
+    """Wait (at most SETTLE_S, scaled) until every run is done."""
+    deadline = time.monotonic() + scaled(SETTLE_S)
+    while not all(done(r) for r in runs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 3) if xs else None
+
+
+async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
+    settings: Settings, engines: EngineService, voice: Callable[[str], np.ndarray]
+) -> None:
+    """Six sentences with a 0.5-0.9 s pause where they are clearly unfinished and six complete
+    sentences, each streamed once per policy at the same time: the silence policy cuts off
+    some paused sentences (today's fault), the semantic policy no more, judging at least half
+    of them incomplete at a pause, and it splits no more complete sentences at an inner
+    pause; each turn end carries its policy's reason and, under the semantic policy, the
+    model's probability. End-of-turn latency (end of speech to the last turn.end) is
+    printed, not asserted."""
+    paused = audio_sets.paused_set(seed=1, voice=voice)
+    complete = audio_sets.complete_set(voice=voice)
+    policies = ("silence", "semantic")
+    cut: dict[str, int] = dict.fromkeys(policies, 0)
+    split: dict[str, int] = dict.fromkeys(policies, 0)
+    waited: dict[str, int] = dict.fromkeys(policies, 0)  # judged incomplete at the pause
+    scores: dict[str, list[float | None]] = {p: [] for p in policies}
+    latency: dict[str, list[float]] = {p: [] for p in policies}
+    reasons: dict[str, list[str]] = {p: [] for p in policies}
+    for kind, clip in [("paused", c) for c in paused] + [("complete", c) for c in complete]:
+        runs = {policy: Run(settings, engines, policy) for policy in policies}
+        try:
+            t0 = await stream([(run, clip.audio) for run in runs.values()])
+            await settle(list(runs.values()), lambda r: bool(r.ends()))
+        finally:
+            for run in runs.values():
+                await run.close()
+        for policy, run in runs.items():
+            ends = run.ends()
+            assert ends, f"{policy}: no turn end for {clip.text!r}"
+            assert len(run.replies.answers) == len(ends)
+            if kind == "paused":
+                assert clip.pause_s is not None
+                cut[policy] += ends[0][0] < t0 + clip.pause_s[1]
+                waited[policy] += run.turns.stats()["turn_scores_incomplete"] > 0
+                scores[policy].append(ends[0][1].probability)
+            else:  # a complete sentence may have a pause of its own (a comma): split
+                split[policy] += len(ends) > 1
+                at, end = ends[-1]
+                latency[policy].append(at - (t0 + clip.end_s))
+                reasons[policy].append(end.reason)
+                scores[policy].append(end.probability)
+                if policy == "semantic":
+                    assert end.reason in ("semantic", "timeout") and end.probability is not None
+                else:
+                    assert end.reason == "silence" and end.probability is None
+    report = {
+        policy: {
+            "false_cutoffs": f"{cut[policy]}/{len(paused)}",
+            "complete_split": f"{split[policy]}/{len(complete)}",
+            "paused_judged_incomplete": f"{waited[policy]}/{len(paused)}",
+            "end_of_turn_s_p50": percentile(latency[policy], 50),
+            "end_of_turn_s_p90": percentile(latency[policy], 90),
+            "reasons": reasons[policy],
+            "probabilities": [None if x is None else round(x, 2) for x in scores[policy]],
+        }
+        for policy in policies
+    }
+    print(json.dumps({"turns": report}))
+    assert cut["silence"] >= 1, report  # the fault is there to be caught
+    assert cut["semantic"] <= cut["silence"], report
+    assert split["semantic"] <= split["silence"], report
+    # Whether a pause becomes a cut-off also depends on how fast the ASR final comes (the
+    # turn waits for it), i.e. on the machine; what the model decides does not: it judges at
+    # least half the unfinished sentences incomplete at their pause (3 of 6 score <= 0.17
+    # with the Piper voice; 3 score 0.6-0.97: docs/assistant.md).
+    assert waited["semantic"] >= len(paused) / 2, report
+    assert waited["silence"] == 0, report
+
+
+async def test_without_the_turn_engine_turns_end_by_silence(
+    settings: Settings, engines: EngineService
+) -> None:
+    """Asked for the semantic policy on a server without the turn engine, a session falls
+    back to the silence policy: its turn ends with reason silence and no probability."""
+    run = Run(settings, engines, "semantic", turn=False)
+    try:
+        speech = audio_sets.complete_sentence("What time is it?").audio
+        await stream([(run, speech)])
+        await settle([run], lambda r: bool(r.ends()))
+    finally:
+        await run.close()
+    (end,) = [m for _, m in run.ends()]
+    assert run.turns.policy == "silence"
+    assert end.reason == "silence" and end.probability is None
+    ((_, text),) = run.replies.answers
+    assert text.lower().startswith("what time")
+
+
+async def test_the_session_config_names_a_known_policy() -> None:
+    """turn.policy is semantic or silence, on the assistant mode only; audio.echo_cancellation
+    is auto, on or off and audio.noise_suppression a boolean, on the assistant and transcribe
+    modes; other keys and values are refused (before the engines are looked at)."""
+    # good sections pass their check; this server (none given) runs no LLM for the mode
+    good = {
+        "mode": "assistant",
+        "turn": {"policy": "silence"},
+        "audio": {"echo_cancellation": "on", "noise_suppression": True},
+    }
+    with pytest.raises(UnsupportedError, match="LLM"):
+        resolve_config(good, "assistant")
+    for bad in (
+        {"mode": "assistant", "turn": {"policy": "psychic"}},
+        {"mode": "assistant", "turn": {"wait": 1}},
+        {"mode": "assistant", "turn": "semantic"},
+        {"mode": "loopback", "turn": {"policy": "silence"}},
+        {"mode": "assistant", "audio": {"echo_cancellation": "maybe"}},
+        {"mode": "assistant", "audio": {"noise_suppression": 1}},
+        {"mode": "loopback", "audio": {"echo_cancellation": "on"}},
+    ):
+        with pytest.raises(InvalidConfigError):
+            resolve_config(bad, "assistant")
