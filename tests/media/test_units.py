@@ -58,6 +58,20 @@ def test_inbox_drops_silence_first_then_speech_with_a_lag_report() -> None:
     assert box.lag_ms == 0
 
 
+def test_inbox_drops_a_silent_chunk_behind_speech() -> None:
+    """The silent chunk to drop may sit behind speech: it goes, the speech before it stays
+    (chunks are found by position: they hold arrays, which cannot be compared as a bool)."""
+    box = AudioInbox(max_s=0.06, lag_report_ms=1000)
+    loud = tone(0.02)
+    box.push(loud, 0.0)
+    box.push(np.zeros(320, np.float32), 20.0)
+    box.push(loud, 40.0)
+    box.push(loud, 60.0)  # full: the silent chunk in the middle goes
+    assert box.stats.dropped_silence_ms == 20 and box.stats.dropped_speech_ms == 0
+    chunk = box.read_nowait(max_ms=1000)
+    assert chunk is not None and len(chunk.pcm) == 3 * 320 and chunk.media_ms == 0.0
+
+
 async def test_inbox_read_waits_and_ends_on_close() -> None:
     """read() waits for audio, returns everything queued, then None once closed."""
     box = AudioInbox()

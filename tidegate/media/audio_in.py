@@ -146,9 +146,11 @@ class AudioInbox:
 
     def _evict(self) -> None:
         st = self.stats
-        victim = next((c for c in self._chunks if c.silent), None)
-        if victim is not None:
-            self._chunks.remove(victim)
+        # By position, never by value: chunks hold numpy arrays, which do not compare as a bool.
+        index = next((i for i, c in enumerate(self._chunks) if c.silent), None)
+        if index is not None:
+            victim = self._chunks[index]
+            del self._chunks[index]
             st.dropped_silence_ms += victim.duration_ms
         else:
             victim = self._chunks.popleft()
