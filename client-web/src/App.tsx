@@ -14,7 +14,7 @@ import {
   signedInSource,
   type TokenSource,
 } from "./signin";
-import { initialState, reduce, type Turn } from "./state";
+import { initialState, reduce, turnEndText, type Turn } from "./state";
 import { VideoStage } from "./VideoStage";
 
 const LINK_LABEL = {
@@ -249,6 +249,9 @@ export function App() {
             )}
             <span className="speaking" data-testid="speaking">
               {state.userSpeaking ? "You are speaking" : ""}
+            </span>
+            <span className="turn-end" data-testid="turn-end">
+              {state.turnEnd ? turnEndText(state.turnEnd) : ""}
             </span>
           </fieldset>
 

@@ -78,6 +78,7 @@ export type ServerMessage = Envelope &
     | { type: "pong"; t_client: number; t_server: number }
     | { type: "error"; code: string; message: string; retry_after_ms?: number }
     | { type: "vad.speech_started" | "vad.speech_stopped"; audio_ms: number; timing?: Timing }
+    | { type: "turn.end"; reason: "semantic" | "silence" | "timeout"; probability?: number; audio_ms?: number }
     | {
         type: "asr.partial" | "asr.final";
         segment_id: string;
@@ -138,6 +139,7 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   error: { code: "s", message: "s", retry_after_ms: "n?" },
   "vad.speech_started": { audio_ms: "n", timing: "m?" },
   "vad.speech_stopped": { audio_ms: "n", timing: "m?" },
+  "turn.end": { reason: "s", probability: "n?", audio_ms: "n?" },
   "asr.partial": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?" },
   "asr.final": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?" },
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
@@ -166,6 +168,7 @@ const FLOAT_FIELDS = new Set([
   "t_server",
   "ts",
   "audio_ms",
+  "playout_delay_ms",
   "audio_start_ms",
   "audio_end_ms",
   "frame_ts",

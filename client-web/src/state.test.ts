@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 
 import type { ServerMessage } from "./protocol";
-import { type Action, initialState, MAX_ERRORS, plainError, reduce, type State } from "./state";
+import { type Action, initialState, MAX_ERRORS, plainError, reduce, type State, turnEndText } from "./state";
 
 let seq = 0;
 const ev = (m: Record<string, unknown>, arrivedMs = 1000): Action => ({
@@ -17,6 +17,17 @@ const created = (resumed = false) =>
   ev({ type: "session.created", session_id: "s_1", config: { mode: "assistant" }, limits: {}, ice_servers: [], resumed });
 
 describe("reduce", () => {
+  it("shows how the turn ended until the user speaks again", () => {
+    const s = run([created(), ev({ type: "turn.end", reason: "semantic", probability: 0.93, audio_ms: 2100 })]);
+    expect(s.turnEnd).toEqual({ reason: "semantic", probability: 0.93 });
+    const silence = run([ev({ type: "turn.end", reason: "silence" })], s);
+    expect(silence.turnEnd).toEqual({ reason: "silence", probability: null });
+    const again = run([ev({ type: "vad.speech_started", audio_ms: 5000 })], silence);
+    expect(again.turnEnd).toBeNull();
+    expect(turnEndText({ reason: "semantic", probability: 0.93 })).toBe("Turn ended: you sounded finished (93% sure)");
+    expect(turnEndText({ reason: "silence", probability: null })).toBe("Turn ended: silence");
+  });
+
   it("replaces a segment's partials by its final, in place", () => {
     const s = run([
       created(),

@@ -40,6 +40,8 @@ export interface State {
   resumedCount: number;
   mode: string | null;
   userSpeaking: boolean;
+  /** How the server decided the user's last turn had ended (turn.end), while it is current. */
+  turnEnd: { reason: string; probability: number | null } | null;
   turns: Turn[];
   /** The reply being generated or spoken, if any. */
   activeResponse: string | null;
@@ -69,6 +71,7 @@ export const initialState: State = {
   resumedCount: 0,
   mode: null,
   userSpeaking: false,
+  turnEnd: null,
   turns: [],
   activeResponse: null,
   detections: null,
@@ -169,7 +172,9 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
     case "error":
       return notice(s, plainError(m.code, m.message));
     case "vad.speech_started":
-      return { ...s, userSpeaking: true };
+      return { ...s, userSpeaking: true, turnEnd: null };
+    case "turn.end":
+      return { ...s, turnEnd: { reason: m.reason, probability: m.probability ?? null } };
     case "vad.speech_stopped":
       return { ...s, userSpeaking: false };
     case "asr.partial":
@@ -278,4 +283,12 @@ export function reduce(s: State, a: Action): State {
     case "dismiss":
       return { ...s, errors: s.errors.filter((e) => e.id !== a.id) };
   }
+}
+
+/** How the server decided the user had finished (turn.end), in words. */
+export function turnEndText(t: { reason: string; probability: number | null }): string {
+  const score = t.probability === null ? "" : ` (${Math.round(t.probability * 100)}% sure)`;
+  if (t.reason === "semantic") return `Turn ended: you sounded finished${score}`;
+  if (t.reason === "timeout") return `Turn ended: waited for more${score}`;
+  return "Turn ended: silence";
 }
