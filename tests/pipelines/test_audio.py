@@ -139,3 +139,17 @@ async def test_audio_ahead_of_real_time_is_refused(
     finally:
         await lane.close()
         await session.close()
+
+
+async def test_resampled_audio_stays_within_full_scale() -> None:
+    """A full-scale square wave resampled to 16 kHz rings in the low-pass (Gibbs) but comes
+    out within full scale, as every later stage expects."""
+    from tidegate.pipelines.audio import to_mono_16k
+    from tidegate.protocol.messages import InputAudio
+
+    square = np.where(np.arange(4_800) // 60 % 2 == 0, 1.0, -1.0).astype("<f4")
+    msg = InputAudio(pcm=square.tobytes(), format="f32le", sample_rate=48_000, channels=1)
+    out = to_mono_16k(msg)
+    assert len(out) == 1_600
+    assert np.abs(out).max() <= 1.0
+    assert np.abs(out).max() > 0.9  # still the same wave, not silenced
