@@ -436,7 +436,7 @@ def test_side_by_side_bench(triton_server: Any, data_dir: Path, capsys: Any) -> 
     agreement per engine, VAD streams on both runtimes and the unary/stream round trips."""
     import json
 
-    from tidegate.engines import triton_bench
+    from tidegate.bench.micro import triton as triton_bench
 
     argv = ["--triton-url", triton_server.url, "--data-dir", str(data_dir), "--json"]
     argv += ["--engines", "vad", "--vad-frames", "20", "--streams", "2"]
