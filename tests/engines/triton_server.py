@@ -34,9 +34,19 @@ def ensure_venv() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port (nothing is started on it: for a server that is not there)."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are picked (a port
+    released at once can be handed out again by the next bind: it was, grpc and metrics
+    once got the same one)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 class _ServerProcess:
@@ -45,7 +55,7 @@ class _ServerProcess:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -97,8 +97,13 @@ def _same_asr(a: Any, b: Any) -> None:
         b.generated,
         b.audio_ctx,
     )
-    assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-6)
-    assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-6)
+    # The evidence within what no gate decision can feel: the Triton side runs in pytriton's
+    # venv, whose numpy 1.x (pytriton needs numpy<2) computes the log-mel FFT a float32 ulp
+    # apart from numpy 2 (2.4e-7 measured), and the int8 encoder turns that into ~2e-3 of
+    # average log-probability and ~8e-3 of no-speech probability with the same tokens;
+    # QualityGate's thresholds are 0.6 and -1.0 (-1.5).
+    assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=0.02)
+    assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=0.02)
 
 
 def test_whisper_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
