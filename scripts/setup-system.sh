@@ -28,6 +28,9 @@ command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 [ -x /usr/sbin/runc ] || command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# catatonit: `podman kube play` builds its pod's pause image around it (the Kubernetes manifest
+# test); a podman installed without its recommended packages lacks it.
+command -v catatonit >/dev/null 2>&1 || [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
 # promtool (Debian's prometheus package): the alert rules are checked and unit-tested with it.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # kubectl (Debian's kubernetes-client, or any newer one): renders deploy/kubernetes/ (kustomize).
