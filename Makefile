@@ -67,7 +67,7 @@ types: setup
 	$(BIN)/mypy tidegate
 
 pytest: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=40 $(PYTEST_ARGS)
 
 SCENARIO ?= control
 bench: setup
