@@ -1,0 +1,112 @@
+"""The interruption policy as pure logic (pipelines/interrupt.py): which ASR texts are words
+enough to cut a reply, and what each event of an interruption decides."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidegate.pipelines.interrupt import (
+    DEFAULT_BACKCHANNELS,
+    Heard,
+    Interruption,
+    Verdict,
+    WordRule,
+    words_of,
+)
+
+RULE = WordRule(DEFAULT_BACKCHANNELS)
+
+
+def test_words_are_read_without_case_punctuation_or_sound_annotations() -> None:
+    """Whisper's "Mm-hmm." is the words mm, hmm; "(coughs)", "[NOISE]", "*laughs*" and "♪"
+    are no words at all."""
+    assert words_of("Mm-hmm.") == ["mm", "hmm"]
+    assert words_of(" (coughs) [NOISE] *laughs* ♪ ") == []
+    assert words_of("Wait, don't!") == ["wait", "don't"]
+
+
+@pytest.mark.parametrize(
+    ("text", "heard"),
+    [
+        ("Mm-hmm.", Heard(0, 1)),
+        ("Mm hmm", Heard(0, 1)),
+        ("Uh-huh.", Heard(0, 1)),
+        ("Yeah, okay.", Heard(0, 2)),
+        ("I see.", Heard(0, 1)),
+        ("(coughing)", Heard(0, 0)),
+        ("Wait, stop.", Heard(2, 0)),
+        ("Mm-hmm, and then what?", Heard(3, 1)),
+    ],
+)
+def test_backchannel_phrases_count_once_and_other_words_each(text: str, heard: Heard) -> None:
+    """A backchannel phrase (longest match first) counts once; every other word counts."""
+    assert RULE.heard(text) == heard
+
+
+def test_what_interrupts_depends_on_min_words_and_the_backchannel_policy() -> None:
+    """ignore: backchannels are not words; interrupt: they count; min_words is a floor."""
+    assert not RULE.interrupts("Mm-hmm.", min_words=1, backchannels="ignore")
+    assert RULE.interrupts("Mm-hmm.", min_words=1, backchannels="interrupt")
+    assert RULE.interrupts("Stop.", min_words=1, backchannels="ignore")
+    assert not RULE.interrupts("Stop.", min_words=2, backchannels="ignore")
+    assert RULE.interrupts("Stop that.", min_words=2, backchannels="ignore")
+    assert not RULE.interrupts("", min_words=1, backchannels="interrupt")
+    custom = WordRule(["sounds good", ""])
+    assert not custom.interrupts("Sounds good!", min_words=1, backchannels="ignore")
+    assert custom.interrupts("Mm-hmm.", min_words=1, backchannels="ignore")
+
+
+def test_a_final_without_words_resumes_once_the_user_is_silent() -> None:
+    """A cough: its final has no words; the reply resumes at it (the user has stopped), and
+    the interruption is over."""
+    it = Interruption("r_1", paused_at=10.0)
+    assert it.on_speech_stopped() is Verdict.WAIT  # before the window: wait for the ASR
+    assert it.on_final("", words=False) is Verdict.RESUME
+    it.resumed()
+    assert it.closed and it.absorbed == []
+
+
+def test_words_cut_at_a_partial_or_a_final_even_after_a_resume() -> None:
+    """Words in a partial cut at once; a final with words cuts a reply that had resumed."""
+    it = Interruption("r_1", paused_at=0.0)
+    assert it.on_partial(words=False) is Verdict.WAIT
+    assert it.on_partial(words=True) is Verdict.CUT
+    late = Interruption("r_1", paused_at=0.0)
+    late.on_speech_stopped()
+    assert late.on_confirm_timeout(0.0) is Verdict.RESUME
+    late.resumed()
+    assert late.on_final("Stop there.", words=True) is Verdict.CUT
+
+
+def test_the_window_resumes_a_silent_user_and_waits_for_one_still_making_sound() -> None:
+    """At confirm_s: silent -> resume; still sounding -> wait, then resume at the end of the
+    sound or at a partial without words; a stale timer (an older pause) decides nothing."""
+    it = Interruption("r_1", paused_at=1.0)
+    assert it.on_confirm_timeout(0.5) is Verdict.WAIT  # not this pause's timer
+    assert it.on_confirm_timeout(1.0) is Verdict.WAIT  # the sound goes on
+    assert it.on_partial(words=False) is Verdict.RESUME
+    it.resumed()
+    other = Interruption("r_1", paused_at=1.0)
+    other.on_confirm_timeout(1.0)
+    assert other.on_speech_stopped() is Verdict.RESUME
+
+
+def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> None:
+    """Speech again after a resume pauses again (a new window); the interruption closes once
+    the final of each of its segments is in; a backchannel final is absorbed."""
+    it = Interruption("r_1", paused_at=0.0)
+    it.on_speech_stopped()
+    assert it.on_final("Mm-hmm.", words=False) is Verdict.RESUME
+    it.resumed()
+    assert it.absorbed == ["Mm-hmm."]
+    assert it.on_speech_started(5.0) is Verdict.PAUSE
+    assert it.paused and it.paused_at == 5.0 and not it.closed
+    assert it.on_speech_started(5.5) is Verdict.WAIT  # already paused
+    it.on_speech_stopped()
+    assert it.on_final("", words=False) is Verdict.RESUME
+    it.resumed()
+    assert not it.closed  # one final still due
+    assert it.on_final("Okay.", words=False) is Verdict.WAIT
+    assert it.closed
+    gone = Interruption("r_1", paused_at=0.0, paused=False)
+    assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended

@@ -1,0 +1,177 @@
+"""Interruptions: what the user's speech over a reply does to it, as pure logic (no asyncio,
+no clock: time is an argument). The reply lane (:mod:`tidegate.pipelines.reply`) applies the
+verdicts; docs/assistant.md, "Interruptions", explains the policy.
+
+When the VAD hears speech start while a reply is in progress, the reply's audio is *paused*
+at once (the user is not talked over) and an :class:`Interruption` is opened. The ASR then
+decides what the speech was:
+
+- **words**: a partial hypothesis or a final with at least ``min_words`` words that are not
+  backchannels (under ``backchannels: interrupt`` the backchannels count too): the reply is
+  **cut**, as a barge-in always was, with what the user heard up to the pause;
+- **no words, or only backchannels** ("mm-hmm", "yeah"; the list is a setting): the reply
+  **resumes** from where its playback stopped, once the sound is over: the segment's final
+  came with no such words, or ``confirm_s`` after the pause the user is no longer speaking, or
+  (past ``confirm_s``, while the sound goes on) a partial hypothesis has no such words.
+
+The interruption stays open until the final of every segment it spans is in: words that
+come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
+below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says so).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+BACKCHANNEL_POLICIES = ("ignore", "interrupt")
+#: what counts as a backchannel by default (setting ``interrupt_backchannel_phrases``)
+DEFAULT_BACKCHANNELS = (
+    "mm-hmm",
+    "mhm",
+    "mm",
+    "hmm",
+    "uh-huh",
+    "uh huh",
+    "yeah",
+    "yep",
+    "yes",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "alright",
+    "i see",
+    "got it",
+    "oh",
+    "ah",
+    "uh",
+    "um",
+    "hm",
+    "er",
+)
+MAX_MIN_WORDS = 20  # the largest interrupt.min_words a session may ask for
+MAX_CONFIRM_S = 5.0  # the longest interrupt.confirm_s a session may ask for
+
+# What Whisper writes for sounds that are not words: "(coughs)", "[NOISE]", "*laughs*", "♪".
+_NON_SPEECH_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]|\*[^*]*\*|♪")
+_WORD_RE = re.compile(r"[a-z0-9']+")
+
+
+def words_of(text: str) -> list[str]:
+    """The spoken words of an ASR text: lower case, sound annotations and punctuation gone,
+    hyphenated words split ("Mm-hmm." -> ["mm", "hmm"])."""
+    text = _NON_SPEECH_RE.sub(" ", text.lower()).replace("-", " ")
+    return [w.strip("'") for w in _WORD_RE.findall(text) if w.strip("'")]
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What an ASR text holds: ``words`` that are not backchannels, and ``backchannels``
+    (each phrase counts once: "mm-hmm" is one)."""
+
+    words: int
+    backchannels: int
+
+
+class WordRule:
+    """Counts words and backchannels in ASR text, and says whether they interrupt."""
+
+    def __init__(self, backchannels: Sequence[str]) -> None:
+        phrases = {tuple(words_of(p)) for p in backchannels}
+        phrases.discard(())
+        self.phrases = sorted(phrases, key=len, reverse=True)  # longest match first
+
+    def heard(self, text: str) -> Heard:
+        words = words_of(text)
+        i = n_words = n_back = 0
+        while i < len(words):
+            for phrase in self.phrases:
+                if tuple(words[i : i + len(phrase)]) == phrase:
+                    n_back += 1
+                    i += len(phrase)
+                    break
+            else:
+                n_words += 1
+                i += 1
+        return Heard(n_words, n_back)
+
+    def interrupts(self, text: str, *, min_words: int, backchannels: str) -> bool:
+        """Whether ``text`` is words enough to cut a reply: at least ``min_words`` words,
+        backchannels counted only under ``backchannels == "interrupt"``."""
+        h = self.heard(text)
+        n = h.words + (h.backchannels if backchannels == "interrupt" else 0)
+        return n >= max(1, min_words)
+
+
+class Verdict(enum.Enum):
+    """What the reply lane does after an event of the interruption."""
+
+    WAIT = "wait"  # nothing now
+    PAUSE = "pause"  # pause the reply's audio (speech started again after a resume)
+    RESUME = "resume"  # a false interruption: play on from where it paused
+    CUT = "cut"  # words: cut the reply (barge-in)
+
+
+@dataclass(slots=True)
+class Interruption:
+    """One stretch of the user's speech over a reply, from the VAD's start of speech until
+    the final of every segment it spans is in (see the module docstring). ``paused_at`` is
+    when the reply's audio was (last) paused; ``expired`` once ``confirm_s`` has passed
+    since then without a verdict."""
+
+    response_id: str
+    paused_at: float
+    paused: bool = True
+    speaking: bool = True
+    finals_due: int = 1
+    expired: bool = False
+    pauses: int = 1
+    absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
+
+    @property
+    def closed(self) -> bool:
+        """Every segment's final is in and the user is not speaking."""
+        return not self.speaking and self.finals_due <= 0
+
+    def on_speech_started(self, now: float, *, live: bool = True) -> Verdict:
+        """More speech before the interruption is over; ``live``: its reply still runs."""
+        self.speaking = True
+        self.finals_due += 1
+        if self.paused or not live:
+            return Verdict.WAIT
+        self.paused, self.paused_at, self.expired = True, now, False
+        self.pauses += 1
+        return Verdict.PAUSE
+
+    def on_speech_stopped(self) -> Verdict:
+        self.speaking = False
+        return Verdict.RESUME if self.paused and self.expired else Verdict.WAIT
+
+    def on_partial(self, words: bool) -> Verdict:
+        """A partial hypothesis: ``words`` when it has words enough to interrupt."""
+        if words:
+            return Verdict.CUT
+        return Verdict.RESUME if self.paused and self.expired else Verdict.WAIT
+
+    def on_final(self, text: str, words: bool) -> Verdict:
+        """A segment's final (``text`` may be empty: no words were heard)."""
+        self.finals_due -= 1
+        if words:
+            return Verdict.CUT
+        if text:
+            self.absorbed.append(text)
+        return Verdict.RESUME if self.paused and not self.speaking else Verdict.WAIT
+
+    def on_confirm_timeout(self, paused_at: float) -> Verdict:
+        """``confirm_s`` after the pause at ``paused_at`` (a later pause has its own)."""
+        if not self.paused or paused_at != self.paused_at:
+            return Verdict.WAIT
+        self.expired = True
+        return Verdict.RESUME if not self.speaking else Verdict.WAIT
+
+    def resumed(self) -> None:
+        self.paused = False
+        self.expired = False
