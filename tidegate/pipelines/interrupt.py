@@ -10,9 +10,10 @@ decides what the speech was:
   backchannels (under ``backchannels: interrupt`` the backchannels count too): the reply is
   **cut**, as a barge-in always was, with what the user heard up to the pause;
 - **no words, or only backchannels** ("mm-hmm", "yeah"; the list is a setting): the reply
-  **resumes** from where its playback stopped, once the sound is over: the segment's final
-  came with no such words, or ``confirm_s`` after the pause the user is no longer speaking, or
-  (past ``confirm_s``, while the sound goes on) a partial hypothesis has no such words.
+  **resumes** from where its playback stopped: when the segment's final comes with no such
+  words and the user is silent; or, when the ASR is slow, ``confirm_s`` after the pause (or
+  after the end of the sound, if later) with no verdict; or, for a sound still going on
+  ``confirm_s`` after the pause, at a partial hypothesis with no such words.
 
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
@@ -54,10 +55,14 @@ DEFAULT_BACKCHANNELS = (
 )
 MAX_MIN_WORDS = 20  # the largest interrupt.min_words a session may ask for
 MAX_CONFIRM_S = 5.0  # the longest interrupt.confirm_s a session may ask for
+TIMER_SLACK_S = 0.005  # a loop timer may fire this much early
 
 # What Whisper writes for sounds that are not words: "(coughs)", "[NOISE]", "*laughs*", "♪".
 _NON_SPEECH_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]|\*[^*]*\*|♪")
 _WORD_RE = re.compile(r"[a-z0-9']+")
+# Hums and fillers however they are spelt ("m", "mmm", "hmmm", "mhm", "uhh", "umm", "ahh",
+# "erm", "ohh"): each counts as a backchannel, like the phrases of the list.
+_HUM_RE = re.compile(r"[mh]*m[mh]*|u+h+|u+m+|a+h+|e+r+m*|o+h+")
 
 
 def words_of(text: str) -> list[str]:
@@ -94,7 +99,10 @@ class WordRule:
                     i += len(phrase)
                     break
             else:
-                n_words += 1
+                if _HUM_RE.fullmatch(words[i]):
+                    n_back += 1
+                else:
+                    n_words += 1
                 i += 1
         return Heard(n_words, n_back)
 
@@ -119,15 +127,16 @@ class Verdict(enum.Enum):
 class Interruption:
     """One stretch of the user's speech over a reply, from the VAD's start of speech until
     the final of every segment it spans is in (see the module docstring). ``paused_at`` is
-    when the reply's audio was (last) paused; ``expired`` once ``confirm_s`` has passed
-    since then without a verdict."""
+    when the reply's audio was (last) paused, ``stopped_at`` when the sound last stopped
+    (None while it goes on)."""
 
     response_id: str
     paused_at: float
+    confirm_s: float
     paused: bool = True
     speaking: bool = True
+    stopped_at: float | None = None
     finals_due: int = 1
-    expired: bool = False
     pauses: int = 1
     absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
 
@@ -136,25 +145,40 @@ class Interruption:
         """Every segment's final is in and the user is not speaking."""
         return not self.speaking and self.finals_due <= 0
 
+    @property
+    def deadline(self) -> float:
+        """When a paused reply resumes without the ASR's verdict: ``confirm_s`` after the
+        pause, or after the end of the sound when that came later (a user still speaking
+        is never talked over because the ASR is slow)."""
+        since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
+        return since + self.confirm_s
+
     def on_speech_started(self, now: float, *, live: bool = True) -> Verdict:
         """More speech before the interruption is over; ``live``: its reply still runs."""
         self.speaking = True
+        self.stopped_at = None
         self.finals_due += 1
         if self.paused or not live:
             return Verdict.WAIT
-        self.paused, self.paused_at, self.expired = True, now, False
+        self.paused, self.paused_at = True, now
         self.pauses += 1
         return Verdict.PAUSE
 
-    def on_speech_stopped(self) -> Verdict:
+    def on_speech_stopped(self, now: float) -> Verdict:
+        """The sound stopped: its final will say (the lane re-arms its timer for
+        :attr:`deadline`)."""
         self.speaking = False
-        return Verdict.RESUME if self.paused and self.expired else Verdict.WAIT
+        self.stopped_at = now
+        return Verdict.WAIT
 
-    def on_partial(self, words: bool) -> Verdict:
-        """A partial hypothesis: ``words`` when it has words enough to interrupt."""
+    def on_partial(self, words: bool, now: float) -> Verdict:
+        """A partial hypothesis: ``words`` when it has words enough to interrupt. A sound
+        still going on ``confirm_s`` after the pause with no words in it resumes the reply."""
         if words:
             return Verdict.CUT
-        return Verdict.RESUME if self.paused and self.expired else Verdict.WAIT
+        if self.paused and now >= self.paused_at + self.confirm_s:
+            return Verdict.RESUME
+        return Verdict.WAIT
 
     def on_final(self, text: str, words: bool) -> Verdict:
         """A segment's final (``text`` may be empty: no words were heard)."""
@@ -165,13 +189,11 @@ class Interruption:
             self.absorbed.append(text)
         return Verdict.RESUME if self.paused and not self.speaking else Verdict.WAIT
 
-    def on_confirm_timeout(self, paused_at: float) -> Verdict:
-        """``confirm_s`` after the pause at ``paused_at`` (a later pause has its own)."""
-        if not self.paused or paused_at != self.paused_at:
-            return Verdict.WAIT
-        self.expired = True
-        return Verdict.RESUME if not self.speaking else Verdict.WAIT
+    def on_confirm_timeout(self, now: float) -> Verdict:
+        """The lane's timer, armed for :attr:`deadline` (which may have moved since)."""
+        if self.paused and not self.speaking and now >= self.deadline - TIMER_SLACK_S:
+            return Verdict.RESUME
+        return Verdict.WAIT
 
     def resumed(self) -> None:
         self.paused = False
-        self.expired = False

@@ -338,14 +338,18 @@ class ReplyLane:
             self.barge_in()
             return
         self.counters["barge_ins"] += 1
-        it = self.interruption = Interruption(reply.id, now)
+        it = self.interruption = Interruption(reply.id, now, confirm_s)
         self._pause(reply, now)
         self._arm_confirm(it)
 
     def speech_stopped(self) -> None:
-        """The VAD heard the user stop speaking."""
-        if self.interruption is not None:
-            self._apply(self.interruption, self.interruption.on_speech_stopped())
+        """The VAD heard the user stop speaking: a paused reply waits for the final (at most
+        ``confirm_s`` from now)."""
+        it = self.interruption
+        if it is not None:
+            self._apply(it, it.on_speech_stopped(time.monotonic()))
+            if it is self.interruption and it.paused:
+                self._arm_confirm(it)
 
     def heard(self, text: str, *, final: bool) -> bool:
         """What the ASR heard of the user's speech (a partial hypothesis, or a segment's final;
@@ -359,24 +363,25 @@ class ReplyLane:
         words = bool(text) and self._words.interrupts(
             text, min_words=min_words, backchannels=backchannels
         )
-        self._apply(it, it.on_final(text, words) if final else it.on_partial(words))
+        now = time.monotonic()
+        self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
         if final and text and not words:
             self.counters["backchannels"] += 1
             return False
         return True
 
     def _arm_confirm(self, it: Interruption) -> None:
+        """(Re)arm the timer for the interruption's deadline."""
         if self._confirm_timer is not None:
             self._confirm_timer.cancel()
         loop = asyncio.get_running_loop()
-        self._confirm_timer = loop.call_later(
-            self._interrupt_config()[0], self._confirm_due, it, it.paused_at
-        )
+        delay_s = max(0.0, it.deadline - time.monotonic())
+        self._confirm_timer = loop.call_later(delay_s, self._confirm_due, it)
 
-    def _confirm_due(self, it: Interruption, paused_at: float) -> None:
+    def _confirm_due(self, it: Interruption) -> None:
         self._confirm_timer = None
         if it is self.interruption:
-            self._apply(it, it.on_confirm_timeout(paused_at))
+            self._apply(it, it.on_confirm_timeout(time.monotonic()))
 
     def _apply(self, it: Interruption, verdict: Verdict) -> None:
         """Carry out what the interruption decided; forget it once it is over."""
