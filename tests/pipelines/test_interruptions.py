@@ -73,10 +73,14 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         tmp,
         ("silero-vad", "whisper-tiny-en", "smollm2-135m", "piper-joe"),
         engines=("vad", "asr", "llm", "tts"),
-        assistant_max_reply_tokens=40,
+        assistant_max_reply_tokens=24,
         # the ASR's verdict is awaited however loaded the machine is: what is asserted does
         # not depend on its speed (the window is tested in test_interrupt.py, test_reply.py)
         interrupt_confirm_s=60.0,
+        # four sessions at once on a shared machine: late is slow, not failed
+        vad_deadline_s=10.0,
+        asr_deadline_s=60.0,
+        tts_deadline_s=60.0,
     )
 
 

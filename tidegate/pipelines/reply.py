@@ -324,6 +324,9 @@ class ReplyLane:
         now = time.monotonic()
         it = self.interruption
         reply = self.reply
+        if reply is not None and self._interrupt_config()[0] <= 0:
+            self.barge_in()
+            return
         if it is not None:  # more speech of the same interruption
             live = reply is not None and reply.id == it.response_id
             if it.on_speech_started(now, live=live) is Verdict.PAUSE and reply is not None:
@@ -333,12 +336,8 @@ class ReplyLane:
             return
         if reply is None:
             return
-        confirm_s = self._interrupt_config()[0]
-        if confirm_s <= 0:
-            self.barge_in()
-            return
         self.counters["barge_ins"] += 1
-        it = self.interruption = Interruption(reply.id, now, confirm_s)
+        it = self.interruption = Interruption(reply.id, now, self._interrupt_config()[0])
         self._pause(reply, now)
         self._arm_confirm(it)
 
