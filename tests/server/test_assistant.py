@@ -33,6 +33,8 @@ from tidegate.protocol.messages import (
     ResponseCancel,
     ResponseCreated,
     ResponseDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     ServerMessage,
     VadSpeechStarted,
@@ -460,6 +462,36 @@ async def test_webrtc_speech_over_a_reply_stops_the_track(
     assert t_next - t_cut > 0.5
     assert len(call.audio(t_cut + 0.3, t_next)) == 0  # flushed: nothing played after the cut
     assert not c.of(OutputAudio)
+
+
+async def test_webrtc_a_sound_over_a_reply_pauses_the_track_and_the_reply_resumes(
+    live: LiveServer,
+) -> None:
+    """Over WebRTC, a wordless sound ("ahh") over a reply pauses it at once: response.paused,
+    and the track goes quiet (its queue flushed); the ASR hears no words, so the reply
+    resumes (response.resumed) and its speech comes back on the track."""
+    from tidegate.bench import audio_sets
+
+    async with converse(live) as c, rtc_call(c) as call:
+        await c.client.send(InputText(id="t1", text=STORY))
+        async with asyncio.timeout(scaled(60)):
+            while len(call.audio()) < 1.5 * 48_000:
+                await asyncio.sleep(0.05)
+        sound = np.concatenate([audio_sets.speech("ahhhh"), np.zeros(16_000, np.float32)])
+        await call.speak(sound.astype(np.float32))
+        await c.wait(lambda: c.of(ResponseResumed) or c.done())
+        await asyncio.sleep(1.0)
+        await c.client.send(ResponseCancel(id="x1"))
+        await c.wait(lambda: c.done())
+    (paused,) = c.of(ResponsePaused)
+    (resumed,) = c.of(ResponseResumed)
+    assert resumed.reason in ("no_words", "backchannel") and resumed.played_ms == paused.played_ms
+    t_paused = next(t for e, t in c.events if e is paused)
+    t_resumed = next(t for e, t in c.events if e is resumed)
+    assert len(call.audio(t_paused + 0.3, t_resumed)) == 0  # quiet while paused
+    assert len(call.audio(t_resumed, t_resumed + 1.0)) > 0.5 * 48_000  # and on again
+    (done,) = c.done()
+    assert done.status == "cancelled" and not c.of(OutputAudio)
 
 
 async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> None:
