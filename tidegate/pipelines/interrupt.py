@@ -28,14 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 BACKCHANNEL_POLICIES = ("ignore", "interrupt")
-#: what counts as a backchannel by default (setting ``interrupt_backchannel_phrases``)
+#: what counts as a backchannel by default (setting ``interrupt_backchannel_phrases``), besides
+#: hums and fillers ("mm", "hmm", "mhm", "uh", "um", "ah", "oh", "er"), which always do
 DEFAULT_BACKCHANNELS = (
     "mm-hmm",
-    "mhm",
-    "mm",
-    "hmm",
     "uh-huh",
-    "uh huh",
     "yeah",
     "yep",
     "yes",
@@ -46,12 +43,6 @@ DEFAULT_BACKCHANNELS = (
     "alright",
     "i see",
     "got it",
-    "oh",
-    "ah",
-    "uh",
-    "um",
-    "hm",
-    "er",
 )
 MAX_MIN_WORDS = 20  # the largest interrupt.min_words a session may ask for
 MAX_CONFIRM_S = 5.0  # the longest interrupt.confirm_s a session may ask for

@@ -480,11 +480,11 @@ class Settings:
     )
     interrupt_confirm_s: float = _doc(
         "Speech over a reply pauses its audio at once; words (interrupt_min_words) then cut "
-        "it, and a sound the ASR hears no words in resumes it: at its final, or this long "
-        "after the pause once the user is silent (later, while the sound goes on, at the next "
-        "partial without words). 0: speech cuts a reply at once. A session's config may say "
+        "it, and a sound the ASR hears no words in resumes it: at its final; without a final, "
+        "this long after the pause or after the end of the sound, whichever is later; for a "
+        "sound still going on this long after the pause, at a partial without words. 0: speech cuts a reply at once. A session's config may say "
         "(interrupt.confirm_s).",
-        default=1.5,
+        default=2.0,
     )
     interrupt_min_words: int = _doc(
         "Words (not counting backchannels, unless interrupt_backchannels is interrupt) the "
@@ -500,7 +500,8 @@ class Settings:
     )
     interrupt_backchannel_phrases: tuple[str, ...] = _doc(
         "What counts as a backchannel (comma-separated; matched as whole words, case and "
-        "punctuation ignored, hyphens as spaces).",
+        "punctuation ignored, hyphens as spaces); hums and fillers (mm, hmm, mhm, uh, um, ah, "
+        "oh, er, however spelt) always count as one.",
         default=DEFAULT_BACKCHANNELS,
     )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
