@@ -86,7 +86,8 @@ def test_words_cut_at_a_partial_or_a_final_even_after_a_resume() -> None:
 def test_the_window_never_resumes_over_a_user_still_making_sound() -> None:
     """confirm_s after the pause: a silent user -> resume; one still sounding -> wait, then
     resume confirm_s after the sound ends (without a final), or at a partial without words
-    once the window has passed; a timer armed for an older deadline decides nothing."""
+    once the window has passed, or max_pause_s after the pause at the latest; a timer armed
+    for an older deadline decides nothing."""
     it = Interruption("r_1", paused_at=1.0, confirm_s=1.5)
     assert it.on_confirm_timeout(2.5) is Verdict.WAIT  # the sound goes on
     it.on_speech_stopped(3.0)
@@ -96,6 +97,10 @@ def test_the_window_never_resumes_over_a_user_still_making_sound() -> None:
     noise = Interruption("r_1", paused_at=1.0, confirm_s=1.5)
     assert noise.on_partial(False, 2.0) is Verdict.WAIT  # within the window
     assert noise.on_partial(False, 2.6) is Verdict.RESUME  # a long sound, no words
+    stuck = Interruption("r_1", paused_at=1.0, confirm_s=1.5, max_pause_s=10.0)
+    assert stuck.deadline == 11.0  # a sound without end (the stream stopped): the cap
+    assert stuck.on_confirm_timeout(10.9) is Verdict.WAIT
+    assert stuck.on_confirm_timeout(11.0) is Verdict.RESUME
 
 
 def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> None:
@@ -107,7 +112,7 @@ def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> No
     it.resumed()
     assert it.absorbed == ["Mm-hmm."]
     assert it.on_speech_started(5.0) is Verdict.PAUSE
-    assert it.paused and it.paused_at == 5.0 and it.deadline == 6.5 and not it.closed
+    assert it.paused and it.paused_at == 5.0 and it.deadline == 15.0 and not it.closed
     assert it.on_speech_started(5.5) is Verdict.WAIT  # already paused
     it.on_speech_stopped(6.0)
     assert it.on_final("", words=False) is Verdict.RESUME

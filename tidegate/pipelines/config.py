@@ -61,6 +61,7 @@ class ReplyConfig:
     #: the ASR's verdict (0: speech cuts it at once); the defaults of a session's
     #: ``interrupt.min_words`` and ``interrupt.backchannels``; what a backchannel is
     interrupt_confirm_s: float = 2.0
+    interrupt_max_pause_s: float = 10.0
     interrupt_min_words: int = 1
     interrupt_backchannels: str = "ignore"
     interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS

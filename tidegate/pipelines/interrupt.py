@@ -124,6 +124,7 @@ class Interruption:
     response_id: str
     paused_at: float
     confirm_s: float
+    max_pause_s: float = 10.0
     paused: bool = True
     speaking: bool = True
     stopped_at: float | None = None
@@ -140,9 +141,13 @@ class Interruption:
     def deadline(self) -> float:
         """When a paused reply resumes without the ASR's verdict: ``confirm_s`` after the
         pause, or after the end of the sound when that came later (a user still speaking
-        is never talked over because the ASR is slow)."""
+        is never talked over because the ASR is slow); while the sound goes on, at
+        ``max_pause_s`` after the pause (a stream that stopped mid-sound, a stuck ASR)."""
+        cap = self.paused_at + self.max_pause_s
+        if self.speaking:
+            return cap
         since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
-        return since + self.confirm_s
+        return min(since + self.confirm_s, cap)
 
     def on_speech_started(self, now: float, *, live: bool = True) -> Verdict:
         """More speech before the interruption is over; ``live``: its reply still runs."""
@@ -182,7 +187,7 @@ class Interruption:
 
     def on_confirm_timeout(self, now: float) -> Verdict:
         """The lane's timer, armed for :attr:`deadline` (which may have moved since)."""
-        if self.paused and not self.speaking and now >= self.deadline - TIMER_SLACK_S:
+        if self.paused and now >= self.deadline - TIMER_SLACK_S:
             return Verdict.RESUME
         return Verdict.WAIT
 

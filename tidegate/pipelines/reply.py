@@ -337,7 +337,9 @@ class ReplyLane:
         if reply is None:
             return
         self.counters["barge_ins"] += 1
-        it = self.interruption = Interruption(reply.id, now, self._interrupt_config()[0])
+        it = self.interruption = Interruption(
+            reply.id, now, self._interrupt_config()[0], self.config.interrupt_max_pause_s
+        )
         self._pause(reply, now)
         self._arm_confirm(it)
 
@@ -381,6 +383,8 @@ class ReplyLane:
         self._confirm_timer = None
         if it is self.interruption:
             self._apply(it, it.on_confirm_timeout(time.monotonic()))
+            if it is self.interruption and it.paused:  # the deadline moved: check again then
+                self._arm_confirm(it)
 
     def _apply(self, it: Interruption, verdict: Verdict) -> None:
         """Carry out what the interruption decided; forget it once it is over."""

@@ -482,9 +482,14 @@ class Settings:
         "Speech over a reply pauses its audio at once; words (interrupt_min_words) then cut "
         "it, and a sound the ASR hears no words in resumes it: at its final; without a final, "
         "this long after the pause or after the end of the sound, whichever is later; for a "
-        "sound still going on this long after the pause, at a partial without words. 0: speech cuts a reply at once. A session's config may say "
-        "(interrupt.confirm_s).",
+        "sound still going on this long after the pause, at a partial without words. 0: "
+        "speech cuts a reply at once. A session's config may say (interrupt.confirm_s).",
         default=2.0,
+    )
+    interrupt_max_pause_s: float = _doc(
+        "The longest a reply paused by a sound that goes on waits for the ASR's verdict "
+        "before it resumes (a stream that stopped mid-sound, a stuck ASR).",
+        default=10.0,
     )
     interrupt_min_words: int = _doc(
         "Words (not counting backchannels, unless interrupt_backchannels is interrupt) the "
