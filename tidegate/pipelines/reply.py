@@ -420,7 +420,7 @@ class ReplyLane:
         reply.paused_at = now
         track = self._track()
         if track is not None:
-            unsent = round(track.flush() / FRAME_MS) if reply.inflight else 0
+            unsent = round(track.flush() / FRAME_MS)  # what it had not sent is not played
             take = min(unsent, len(reply.inflight))
         else:
             take = sum(1 for f in reply.inflight if f.start > now)
