@@ -115,10 +115,17 @@ def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> No
     assert it.paused and it.paused_at == 5.0 and it.deadline == 15.0 and not it.closed
     assert it.on_speech_started(5.5) is Verdict.WAIT  # already paused
     it.on_speech_stopped(6.0)
-    assert it.on_final("", words=False) is Verdict.RESUME
+    assert it.on_final("", words=False) is Verdict.WAIT  # one final still due
+    assert not it.closed
+    assert it.on_final("Okay.", words=False) is Verdict.RESUME
     it.resumed()
-    assert not it.closed  # one final still due
-    assert it.on_final("Okay.", words=False) is Verdict.WAIT
-    assert it.closed
+    assert it.closed and it.absorbed == ["Mm-hmm.", "Okay."]
+    two = Interruption("r_1", paused_at=0.0, confirm_s=1.5)  # "Yes." (pause) "Right."
+    two.on_speech_stopped(0.4)
+    two.on_speech_started(0.6)
+    two.on_speech_stopped(0.9)
+    assert two.on_final("Yes.", words=False) is Verdict.WAIT  # the second final is due
+    assert two.on_final("Right.", words=False) is Verdict.RESUME
+    assert two.absorbed == ["Yes.", "Right."]
     gone = Interruption("r_1", paused_at=0.0, confirm_s=1.5, paused=False)
     assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended

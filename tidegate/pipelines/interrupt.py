@@ -10,7 +10,7 @@ decides what the speech was:
   backchannels (under ``backchannels: interrupt`` the backchannels count too): the reply is
   **cut**, as a barge-in always was, with what the user heard up to the pause;
 - **no words, or only backchannels** ("mm-hmm", "yeah"; the list is a setting): the reply
-  **resumes** from where its playback stopped: when the segment's final comes with no such
+  **resumes** from where its playback stopped: when the last final due comes with no such
   words and the user is silent; or, when the ASR is slow, ``confirm_s`` after the pause (or
   after the end of the sound, if later) with no verdict; or, for a sound still going on
   ``confirm_s`` after the pause, at a partial hypothesis with no such words.
@@ -183,7 +183,9 @@ class Interruption:
             return Verdict.CUT
         if text:
             self.absorbed.append(text)
-        return Verdict.RESUME if self.paused and not self.speaking else Verdict.WAIT
+        if self.paused and not self.speaking and self.finals_due <= 0:
+            return Verdict.RESUME  # the last verdict due is in: no words
+        return Verdict.WAIT
 
     def on_confirm_timeout(self, now: float) -> Verdict:
         """The lane's timer, armed for :attr:`deadline` (which may have moved since)."""
