@@ -393,6 +393,7 @@ class ReplyLane:
         if verdict is Verdict.CUT:
             self._end_interruption()
             if live is not None:
+                log.debug("session %s: reply %s cut by words", self.session.id, live.id)
                 self.counters["interruptions_cut"] += 1
                 self._cut(live)
             return
@@ -430,6 +431,13 @@ class ReplyLane:
             reply.frames_sent -= 1
             reply.backlog.appendleft(f)
         reply.play_end = reply.inflight[-1].start + FRAME_S if reply.inflight else now
+        log.debug(
+            "session %s: reply %s paused at %d ms (%d frames taken back)",
+            self.session.id,
+            reply.id,
+            reply.frames_sent * FRAME_MS,
+            take,
+        )
         self.session.emit(
             ResponsePaused(response_id=reply.id, played_ms=float(reply.frames_sent * FRAME_MS))
         )
@@ -453,6 +461,7 @@ class ReplyLane:
                 heard=heard[:1024],
             )
         )
+        log.debug("session %s: reply %s resumed (%s: %r)", self.session.id, reply.id, reason, heard)
         it.absorbed.clear()
         reply.playing.set()
 
