@@ -438,9 +438,10 @@ async def test_webrtc_question_is_answered_on_the_track(
 async def test_webrtc_speech_over_a_reply_stops_the_track(
     live: LiveServer, question: tuple[np.ndarray, int]
 ) -> None:
-    """Over WebRTC, speaking over a reply cuts it: response.done cancelled with a prefix of
-    the reply, and the track goes quiet at once (no audio from shortly after the cut until
-    the next reply starts)."""
+    """Over WebRTC, speaking over a reply cuts it: the track goes quiet at once, at the VAD's
+    start of speech (response.paused; no audio from shortly after it until the next reply
+    starts), and once the ASR has heard words response.done is cancelled with a prefix of
+    the reply."""
     async with converse(live) as c, rtc_call(c) as call:
         await c.client.send(InputText(id="t1", text=STORY))
         async with asyncio.timeout(scaled(60)):
@@ -453,14 +454,17 @@ async def test_webrtc_speech_over_a_reply_stops_the_track(
     assert first.status == "cancelled" and second.status == "completed"
     said = c.deltas(first.response_id)
     assert first.text and said.startswith(first.text) and len(first.text) < len(said)
+    (paused,) = [p for p in c.of(ResponsePaused) if p.response_id == first.response_id]
+    assert not c.of(ResponseResumed)
+    t_pause = next(t for e, t in c.events if e is paused)
     t_cut = next(t for e, t in c.events if e is first)
     t_next = next(
         t
         for e, t in c.events
         if isinstance(e, ResponseCreated) and e.response_id != first.response_id
     )
-    assert t_next - t_cut > 0.5
-    assert len(call.audio(t_cut + 0.3, t_next)) == 0  # flushed: nothing played after the cut
+    assert t_pause < t_cut <= t_next and t_next - t_pause > 0.5
+    assert len(call.audio(t_pause + 0.3, t_next)) == 0  # flushed: nothing played after it
     assert not c.of(OutputAudio)
 
 
