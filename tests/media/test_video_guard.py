@@ -9,8 +9,10 @@ import av
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from aiortc.rtp import RtpPacket
 from hypothesis import strategies as st
 
+from tidegate.media._aiortc import MarkerJitterBuffer
 from tidegate.media.video_guard import (
     BitstreamError,
     GuardedDecoderQueue,
@@ -111,3 +113,33 @@ def test_any_bytes_give_a_size_none_or_a_bitstream_error(codec: str, data: bytes
     except BitstreamError:
         return
     assert size is None or all(isinstance(n, int) and n >= 0 for n in size)
+
+
+def _rtp(seq: int, ts: int, payload: bytes, marker: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=marker)
+    packet._data = payload  # type: ignore[attr-defined]  # what aiortc's depayloader sets
+    return packet
+
+
+def test_a_marked_frame_completes_at_its_last_packet() -> None:
+    """The frame assembler gives a frame as soon as its marked last packet arrives (aiortc's
+    own waits for the next frame's first packet); an unmarked frame still completes at the
+    next timestamp; a gap holds the frame until it is filled; a late duplicate is dropped."""
+    buf = MarkerJitterBuffer()
+    assert buf.add(_rtp(100, 3000, b"a", 0)) == (False, None)
+    _, frame = buf.add(_rtp(101, 3000, b"b", 1))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"ab", 3000)
+    # unmarked: completed by the next frame's first packet (marked itself: at once after)
+    assert buf.add(_rtp(102, 6000, b"c", 0)) == (False, None)
+    _, frame = buf.add(_rtp(103, 9000, b"d", 1))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"c", 6000)
+    _, frame = buf.add(_rtp(104, 12000, b"e", 1))  # 9000 is complete too: one per packet
+    assert frame is not None and frame.timestamp == 9000
+    _, frame = buf.add(_rtp(105, 15000, b"f1", 0))  # 12000 was complete: it goes now
+    assert frame is not None and (frame.data, frame.timestamp) == (b"e", 12000)
+    # a gap: the marked last packet is not a frame until the missing one comes
+    assert buf.add(_rtp(107, 15000, b"f3", 1)) == (False, None)
+    _, frame = buf.add(_rtp(106, 15000, b"f2", 0))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"f1f2f3", 15000)
+    assert buf.add(_rtp(101, 3000, b"b", 1)) == (False, None)  # an old duplicate
+    assert (buf.tg_marker_frames, buf.tg_next_frames) == (4, 1)

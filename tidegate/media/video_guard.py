@@ -14,6 +14,10 @@ does not parse, blocks the stream: it and every frame after it are dropped (coun
 ``oversized``) until a keyframe or SPS of an allowed size comes. aiortc's decoder queue is
 unbounded; this one holds ``max_frames`` encoded frames, and drops (counted) beyond that.
 
+Frames reach the guard as soon as they are complete: :func:`install_video_guard` also gives the
+receiver a frame assembler that ends a frame at its RTP marker bit (aiortc's own waits for the
+next frame's first packet, one frame interval later).
+
 :class:`GuardedDecoderQueue` replaces aiortc's queue in its receiver (before the receiver
 starts), through the seam to aiortc's internals
 (:func:`tidegate.media._aiortc.replace_decoder_queue`).
@@ -28,7 +32,12 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
-from ._aiortc import receiver_started, replace_decoder_queue
+from ._aiortc import (
+    MarkerJitterBuffer,
+    complete_frames_at_marker,
+    receiver_started,
+    replace_decoder_queue,
+)
 
 VP8_START_CODE = b"\x9d\x01\x2a"
 H264_SPS = 7
@@ -167,8 +176,15 @@ def frame_size(codec: str, data: bytes) -> tuple[int, int] | None:
 class GuardedDecoderQueue(queue.Queue[Any]):
     """aiortc's decoder input queue, bounded, and refusing frames of a size over the limit."""
 
-    def __init__(self, *, max_pixels: int, max_frames: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        max_pixels: int,
+        max_frames: int = 32,
+        assembler: MarkerJitterBuffer | None = None,
+    ) -> None:
         super().__init__()
+        self.assembler = assembler
         self.max_pixels = max_pixels
         self.max_frames = max_frames
         self.oversized = 0
@@ -206,15 +222,21 @@ class GuardedDecoderQueue(queue.Queue[Any]):
             "queued": self.qsize(),
             "max_frames": self.max_frames,
             "last_size": list(self.last_size) if self.last_size else None,
+            "frames_at_marker": self.assembler.tg_marker_frames if self.assembler else 0,
+            "frames_at_next": self.assembler.tg_next_frames if self.assembler else 0,
         }
 
 
 def install_video_guard(
     receiver: RTCRtpReceiver, *, max_pixels: int, max_frames: int = 32
 ) -> GuardedDecoderQueue:
-    """Give aiortc's video receiver a :class:`GuardedDecoderQueue` (before it starts)."""
+    """Give aiortc's video receiver a :class:`GuardedDecoderQueue` (before it starts), fed by
+    a :class:`~tidegate.media._aiortc.MarkerJitterBuffer`: a frame goes to the guard as soon
+    as its marked last packet arrives, not one frame interval later when the next frame's
+    first packet does (aiortc's own rule, kept for a sender that marks nothing)."""
     if receiver_started(receiver):
         raise RuntimeError("install_video_guard: the receiver has already started")
-    guard = GuardedDecoderQueue(max_pixels=max_pixels, max_frames=max_frames)
+    assembler = complete_frames_at_marker(receiver)
+    guard = GuardedDecoderQueue(max_pixels=max_pixels, max_frames=max_frames, assembler=assembler)
     replace_decoder_queue(receiver, guard)
     return guard

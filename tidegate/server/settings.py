@@ -512,8 +512,9 @@ class Settings:
         default=8,
     )
     assistant_vision_interval_s: float = _doc(
-        "How often the freshest video frame is run through the vision engine (when the "
-        "server runs one).",
+        "The vision lane's rate cap: one look per this interval on average (a frame is looked "
+        "at when it arrives if a look is left, else the next frame once one is earned); 0: "
+        "looks only at a turn's end (when the server runs a vision engine).",
         default=1.0,
     )
     assistant_vision_max_age_s: float = _doc(
