@@ -90,17 +90,29 @@ def test_guard_blocks_an_oversized_stream_until_a_smaller_keyframe() -> None:
 
 def test_guard_refuses_what_does_not_parse_and_bounds_its_queue() -> None:
     """A keyframe without its start code or an SPS cut short blocks the stream; beyond
-    max_frames queued, frames are dropped (counted)."""
-    q = GuardedDecoderQueue(max_pixels=640 * 480, max_frames=2)
+    max_frames queued, the arriving frame and every one after it are dropped (counted) until
+    a keyframe, and a keyframe is asked for once; a keyframe replaces the frames still
+    waiting (latest wins: no growing delay behind a slow decoder)."""
+    asked: list[int] = []
+    q = GuardedDecoderQueue(
+        max_pixels=640 * 480, max_frames=2, on_need_keyframe=lambda: asked.append(1)
+    )
     q.put((Codec("VP8"), Frame(b"\x00\x00\x00nothing")))
     assert q.blocked and q.oversized == 1
-    sps_idr = encode("libx264", 64, 48, 1)[0]
+    sps_idr, *deltas = encode("libx264", 64, 48, 4, bframes="0")
     cut = sps_idr[: sps_idr.index(b"\x00\x00\x01\x67") + 6]
     q.put((Codec("H264"), Frame(cut)))
     assert q.blocked and q.oversized == 2
-    for _ in range(4):
-        q.put((Codec("H264"), Frame(sps_idr)))
-    assert q.qsize() == 2 and q.dropped == 2
+    h264 = Codec("H264")
+    for data in (sps_idr, *deltas):  # one keyframe, three frames that reference it
+        q.put((h264, Frame(data)))
+    assert q.qsize() == 2 and q.dropped == 2 and asked == [1] and q.awaiting_keyframe
+    q.put((h264, Frame(sps_idr)))  # the keyframe asked for: it replaces the two waiting
+    q.put((h264, Frame(deltas[0])))
+    assert q.qsize() == 2 and q.stats()["skipped"] == 2 and not q.awaiting_keyframe
+    q.put(None)  # the end-of-stream marker passes even a full queue, and a keyframe keeps it
+    q.put((h264, Frame(sps_idr)))
+    assert q.queue[0] is None and q.qsize() == 2 and q.stats()["keyframes_requested"] == 1
 
 
 @settings(max_examples=300, deadline=None)

@@ -254,6 +254,13 @@ class MarkerJitterBuffer(JitterBuffer):
         return frame
 
 
+def request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Have aiortc's video receiver ask the sender for a keyframe (an RTCP PLI) at its next
+    packet, as it does after a decoding error (its ``__decoder_error`` event, which it checks
+    and clears for every packet). Thread-safe."""
+    _get(receiver, "RTCRtpReceiver", "decoder_error").set()
+
+
 def complete_frames_at_marker(receiver: RTCRtpReceiver) -> MarkerJitterBuffer:
     """Give aiortc's video receiver a :class:`MarkerJitterBuffer` (before it starts; aiortc
     creates its buffer in the receiver's constructor and only ever reads the attribute)."""

@@ -12,7 +12,15 @@ on the event loop, before the frame is handed to the decoder thread:
 A keyframe or SPS over ``max_pixels`` (or with a side over ``MAX_IMAGE_SIDE_PX``), or one that
 does not parse, blocks the stream: it and every frame after it are dropped (counted as
 ``oversized``) until a keyframe or SPS of an allowed size comes. aiortc's decoder queue is
-unbounded; this one holds ``max_frames`` encoded frames, and drops (counted) beyond that.
+unbounded; this one is latest-wins at keyframes, so that a decoder that falls behind (many
+cameras on few cores) never builds a growing delay:
+
+- a keyframe that arrives while frames still wait for the decoder replaces them (counted as
+  ``skipped``): it references none of them, and their pictures would only have replaced each
+  other in the inbox's latest-only slot;
+- when ``max_frames`` wait, the arriving frame is dropped, and so is every frame after it until
+  a keyframe (a frame after a dropped one cannot be decoded right), counted as ``dropped``; the
+  sender is asked for a keyframe at once (RTCP PLI, through ``on_need_keyframe``).
 
 Frames reach the guard as soon as they are complete: :func:`install_video_guard` also gives the
 receiver a frame assembler that ends a frame at its RTP marker bit (aiortc's own waits for the
@@ -26,6 +34,7 @@ starts), through the seam to aiortc's internals
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -37,6 +46,7 @@ from ._aiortc import (
     complete_frames_at_marker,
     receiver_started,
     replace_decoder_queue,
+    request_keyframe,
 )
 
 VP8_START_CODE = b"\x9d\x01\x2a"
@@ -182,9 +192,14 @@ class GuardedDecoderQueue(queue.Queue[Any]):
         max_pixels: int,
         max_frames: int = 32,
         assembler: MarkerJitterBuffer | None = None,
+        on_need_keyframe: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.assembler = assembler
+        self.on_need_keyframe = on_need_keyframe
+        self.skipped = 0  # waiting frames a keyframe replaced
+        self.keyframes_requested = 0
+        self.awaiting_keyframe = False  # a frame was dropped: drop until a keyframe
         self.max_pixels = max_pixels
         self.max_frames = max_frames
         self.oversized = 0
@@ -210,15 +225,41 @@ class GuardedDecoderQueue(queue.Queue[Any]):
         if self.blocked:
             self.oversized += 1
             return
-        if self.qsize() >= self.max_frames:
+        keyframe = size is not None
+        if keyframe:
+            self.awaiting_keyframe = False
+            self._skip_waiting()
+        elif self.awaiting_keyframe:
             self.dropped += 1
             return
+        elif self.qsize() >= self.max_frames:
+            self.dropped += 1
+            self.awaiting_keyframe = True
+            self.keyframes_requested += 1
+            if self.on_need_keyframe is not None:
+                self.on_need_keyframe()
+            return
         super().put(item)
+
+    def _skip_waiting(self) -> None:
+        """Drop the frames still waiting for the decoder (a keyframe supersedes them); the
+        receiver's stop marker (None), if queued, stays."""
+        with self.mutex:
+            waiting = self.queue
+            kept = [item for item in waiting if item is None]
+            skipped = len(waiting) - len(kept)
+            if skipped:
+                waiting.clear()
+                waiting.extend(kept)
+                self.skipped += skipped
+                self.not_full.notify_all()
 
     def stats(self) -> dict[str, Any]:
         return {
             "oversized": self.oversized,
             "dropped": self.dropped,
+            "skipped": self.skipped,
+            "keyframes_requested": self.keyframes_requested,
             "queued": self.qsize(),
             "max_frames": self.max_frames,
             "last_size": list(self.last_size) if self.last_size else None,
@@ -237,6 +278,11 @@ def install_video_guard(
     if receiver_started(receiver):
         raise RuntimeError("install_video_guard: the receiver has already started")
     assembler = complete_frames_at_marker(receiver)
-    guard = GuardedDecoderQueue(max_pixels=max_pixels, max_frames=max_frames, assembler=assembler)
+    guard = GuardedDecoderQueue(
+        max_pixels=max_pixels,
+        max_frames=max_frames,
+        assembler=assembler,
+        on_need_keyframe=lambda: request_keyframe(receiver),
+    )
     replace_decoder_queue(receiver, guard)
     return guard

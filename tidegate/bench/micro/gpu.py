@@ -16,8 +16,8 @@ worker threads on the machine's cores):
   final. The encoder runs batched across the streams (the scheduler's batch,
   ``--asr-batch``). A level of N streams *holds real time* when nothing failed and the finals'
   latency (end of utterance -> final) has p90 <= ``--asr-max-final-ms``. N doubles from 1 (or
-  ``--asr-streams``) until a level loses real time; ``streams_per_gpu`` is the last level
-  held.
+  ``--asr-streams``) until a level loses real time; ``streams_held`` is the last level
+  held (streams per GPU, with a GPU provider).
 - ``llm`` (``--llm-model``, default smollm2-135m): N concurrent generations (``--llm-streams``,
   default 8,16,32,64) of ``--llm-max-tokens`` tokens through the LLM batcher: aggregate
   tokens/s, time to first token, token interval (``tidegate.bench.micro.llm``).
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from tidegate.engines.asr.request import AsrRequest
-from tidegate.engines.errors import EngineError
+from tidegate.engines.errors import EngineError, RuntimeUnavailableError
 from tidegate.engines.registry import EngineSpec, build_engine
 from tidegate.engines.runtime import RuntimeOptions
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
@@ -119,10 +119,17 @@ def read_speech(assets: Path) -> np.ndarray[Any, Any]:
         if not path.exists():
             continue
         with wave.open(str(path)) as w:
-            if w.getframerate() != SR or w.getnchannels() != 1 or w.getsampwidth() != 2:
-                raise ValueError(f"{path}: expected 16 kHz mono 16-bit PCM")
+            rate = w.getframerate()
+            if rate % SR or w.getnchannels() != 1 or w.getsampwidth() != 2:
+                raise ValueError(f"{path}: expected mono 16-bit PCM at a multiple of 16 kHz")
             pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-        parts.append(pcm.astype(np.float32) / 32768.0)
+        x = pcm.astype(np.float32) / 32768.0
+        step = rate // SR
+        if step > 1:  # a windowed-sinc low-pass below 7.2 kHz, then every step-th sample
+            taps = np.arange(-32, 33)
+            h = 0.9 / step * np.sinc(0.9 / step * taps) * np.hamming(len(taps))
+            x = np.convolve(x, (h / h.sum()).astype(np.float32), mode="same")[::step]
+        parts.append(x.astype(np.float32))
     if not parts:
         raise FileNotFoundError(f"none of {CLIPS} in {assets} (make setup puts them there)")
     return np.concatenate(parts)
@@ -132,7 +139,8 @@ def read_speech(assets: Path) -> np.ndarray[Any, Any]:
 class StreamLog:
     partial_ms: list[float] = field(default_factory=list)
     final_ms: list[float] = field(default_factory=list)
-    partials_skipped: int = 0
+    partials_skipped: int = 0  # due while the previous request still ran
+    partials_superseded: int = 0  # still running at the utterance's end: the final replaced it
     errors: list[str] = field(default_factory=list)
 
 
@@ -175,6 +183,7 @@ async def _asr_stream(
         due = start + args.asr_utterance_s
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         if inflight is not None and not inflight.done():
+            log.partials_superseded += 1
             inflight.cancel()  # the final supersedes it
             with contextlib.suppress(asyncio.CancelledError):
                 await inflight
@@ -210,6 +219,7 @@ async def _asr_level(
         "partial_ms": _pct(partials),
         "partials": len(partials),
         "partials_skipped": sum(log.partials_skipped for log in logs),
+        "partials_superseded": sum(log.partials_superseded for log in logs),
         "finals": len(finals),
         "errors": errors[:5],
         "error_count": len(errors),
@@ -263,7 +273,7 @@ async def measure_asr(args: argparse.Namespace) -> dict[str, Any]:
         "max_final_ms": args.asr_max_final_ms,
         "batch": args.asr_batch,
         "levels": levels,
-        "streams_per_gpu": max(held) if held else 0,
+        "streams_held": max(held) if held else 0,
     }
 
 
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     try:
         report = asyncio.run(run(args))
-    except ProviderMismatchError as e:
+    except (ProviderMismatchError, RuntimeUnavailableError) as e:
         print(f"gpu bench: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
