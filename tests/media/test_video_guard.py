@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import pytest
-from hypothesis import given, settings
 from aiortc.rtp import RtpPacket
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidegate.media._aiortc import MarkerJitterBuffer

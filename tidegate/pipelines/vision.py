@@ -14,10 +14,12 @@ model run after its frame arrived; while a look runs, newer frames replace each 
 freshest is looked at next (latest wins: the delay cannot grow).
 
 ``interval_s`` caps the rate: one look per ``interval_s`` on average, counted by a token
-bucket of ``LOOK_BURST`` looks (so a camera's jitter does not halve the rate). A frame that
-arrives when no look is left waits: the first frame to arrive once a look is earned is looked
-at at once (a fresh frame, not the one that waited); if none comes within one more
-``interval_s`` (the camera stopped), the one that waited is. ``interval_s`` 0: no looks but
+bucket of ``LOOK_BURST`` looks; a look may come up to ``LOOK_EARLY`` of an interval before it
+is earned, the debt carried (so a camera whose frames come one interval apart, give or take
+its jitter, gets every frame looked at). A frame that arrives when no look is left waits: the
+first frame to arrive once a look is earned is looked at at once (a fresh frame, not the one
+that waited); if none comes within one more ``interval_s`` (the camera stopped), the one that
+waited is. ``interval_s`` 0: no looks but
 at a turn's end. The latest result is kept for whoever wants it as context (the assistant's
 LLM).
 
@@ -62,6 +64,9 @@ log = logging.getLogger(__name__)
 
 RgbArray = np.ndarray[Any, np.dtype[np.uint8]]
 LOOK_BURST = 2.0  # looks the rate's token bucket holds (see the module docstring)
+#: how early (a fraction of an interval) a look may come, its debt carried: frames that come
+#: exactly one interval apart, give or take the camera's jitter, are all looked at
+LOOK_EARLY = 0.1
 
 
 def check_frame(msg: InputFrame, max_pixels: int) -> ImageHeader:
@@ -158,16 +163,17 @@ class VisionLane:
         interval = self.interval_s
         tokens, earned_at = LOOK_BURST, time.monotonic()
         bell = self._bell
+        ready = 1.0 - LOOK_EARLY  # tokens a look needs
         while True:
             await bell.wait()
             now = time.monotonic()
             tokens = min(LOOK_BURST, tokens + (now - earned_at) / interval)
             earned_at = now
-            if tokens < 1.0:
+            if tokens < ready:
                 # Rate-capped: this frame waits. Once a look is earned, the next frame to
                 # arrive is looked at at once; if none comes within one more interval, this
                 # one (the camera stopped).
-                await asyncio.sleep((1.0 - tokens) * interval)
+                await asyncio.sleep((ready - tokens) * interval)
                 bell.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval):
@@ -177,7 +183,7 @@ class VisionLane:
                 earned_at = now
             bell.clear()
             if await self._look_safely():
-                tokens = max(0.0, tokens - 1.0)
+                tokens = max(-LOOK_EARLY, tokens - 1.0)
 
     async def at_turn_end(self) -> None:
         """The user's turn ended: a result from the freshest frame now (see the module

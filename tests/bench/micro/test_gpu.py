@@ -38,7 +38,7 @@ def test_gpu_figures_must_come_from_the_gpu() -> None:
     """An engine that asked for CUDA and ran on the CPU stops the script (ProviderMismatchError
     naming both), so CPU figures are never reported as GPU ones; the CPU provider asks
     nothing."""
-    with pytest.raises(gpu.ProviderMismatchError, match="asked for the cuda .* gave 'cpu'"):
+    with pytest.raises(gpu.ProviderMismatchError, match=r"asked for the cuda .* gave 'cpu'"):
         gpu._check_provider("asr", "cuda", "cpu")
     gpu._check_provider("asr", "cuda", "cuda")
     gpu._check_provider("asr", "cpu", "cpu")

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.engine import Engine
 from tidegate.engines.errors import EngineError, RuntimeUnavailableError
 from tidegate.engines.registry import EngineSpec, build_engine
 from tidegate.engines.runtime import RuntimeOptions
@@ -292,7 +293,7 @@ async def measure_llm(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- vision ------------------------------------------------------------------------------------
 def measure_vision(args: argparse.Namespace) -> dict[str, Any]:
-    engine = build_engine(
+    engine: Engine[Any, Any, Any] = build_engine(
         EngineSpec("vision", "blazeface", BatchPolicy(), _runtime(args)),
         Path(args.data_dir),
         prepare=prepare_offline,
