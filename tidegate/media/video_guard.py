@@ -252,6 +252,7 @@ class GuardedDecoderQueue(queue.Queue[Any]):
                 waiting.clear()
                 waiting.extend(kept)
                 self.skipped += skipped
+                self.unfinished_tasks -= skipped  # as if the decoder had taken them
                 self.not_full.notify_all()
 
     def stats(self) -> dict[str, Any]:

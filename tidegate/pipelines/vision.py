@@ -19,9 +19,8 @@ is earned, the debt carried (so a camera whose frames come one interval apart, g
 its jitter, gets every frame looked at). A frame that arrives when no look is left waits: the
 first frame to arrive once a look is earned is looked at at once (a fresh frame, not the one
 that waited); if none comes within one more ``interval_s`` (the camera stopped), the one that
-waited is. ``interval_s`` 0: no looks but
-at a turn's end. The latest result is kept for whoever wants it as context (the assistant's
-LLM).
+waited is. ``interval_s`` 0: no looks but at a turn's end. The latest result is kept for
+whoever wants it as context (the assistant's LLM).
 
 At the end of each user turn the assistant asks for a look at once (:meth:`VisionLane.at_turn_end`),
 besides the set rate: the freshest frame is run if a new one is waiting, otherwise the result of
