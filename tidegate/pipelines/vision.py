@@ -13,8 +13,10 @@ naming the frame's media time. So when the engine is idle a result leaves one de
 model run after its frame arrived; while a look runs, newer frames replace each other and the
 freshest is looked at next (latest wins: the delay cannot grow).
 
-``interval_s`` caps the rate: one look per ``interval_s`` on average, counted by a token
-bucket of ``LOOK_BURST`` looks; a look may come up to ``LOOK_EARLY`` of an interval before it
+``interval_s`` caps the rate: one look per ``interval_s`` of the time between looks, on
+average, counted by a token bucket of ``LOOK_BURST`` looks that earns nothing while a look runs
+(so the lane backs off when the engine or the machine is busy: a look that takes long spaces
+the next one out, leaving the CPU to decoding and the other sessions); a look may come up to ``LOOK_EARLY`` of an interval before it
 is earned, the debt carried (so a camera whose frames come one interval apart, give or take
 its jitter, gets every frame looked at). A frame that arrives when no look is left waits: the
 first frame to arrive once a look is earned is looked at at once (a fresh frame, not the one
@@ -183,6 +185,7 @@ class VisionLane:
             bell.clear()
             if await self._look_safely():
                 tokens = max(-LOOK_EARLY, tokens - 1.0)
+                earned_at = time.monotonic()  # nothing is earned while a look runs
 
     async def at_turn_end(self) -> None:
         """The user's turn ended: a result from the freshest frame now (see the module
