@@ -90,9 +90,9 @@ def test_guard_blocks_an_oversized_stream_until_a_smaller_keyframe() -> None:
 
 def test_guard_refuses_what_does_not_parse_and_bounds_its_queue() -> None:
     """A keyframe without its start code or an SPS cut short blocks the stream; beyond
-    max_frames queued, the arriving frame and every one after it are dropped (counted) until
-    a keyframe, and a keyframe is asked for once; a keyframe replaces the frames still
-    waiting (latest wins: no growing delay behind a slow decoder)."""
+    max_frames queued, the arriving frame is dropped (counted) and a keyframe is asked for,
+    once until one comes; a keyframe replaces the frames still waiting (latest wins: no
+    growing delay behind a slow decoder)."""
     asked: list[int] = []
     q = GuardedDecoderQueue(
         max_pixels=640 * 480, max_frames=2, on_need_keyframe=lambda: asked.append(1)

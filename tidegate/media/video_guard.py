@@ -18,9 +18,9 @@ cameras on few cores) never builds a growing delay:
 - a keyframe that arrives while frames still wait for the decoder replaces them (counted as
   ``skipped``): it references none of them, and their pictures would only have replaced each
   other in the inbox's latest-only slot;
-- when ``max_frames`` wait, the arriving frame is dropped, and so is every frame after it until
-  a keyframe (a frame after a dropped one cannot be decoded right), counted as ``dropped``; the
-  sender is asked for a keyframe at once (RTCP PLI, through ``on_need_keyframe``).
+- when ``max_frames`` wait, the arriving frame is dropped (counted as ``dropped``) and the
+  sender is asked for a keyframe at once (RTCP PLI, through ``on_need_keyframe``; once until
+  one comes): the frames after a dropped one decode wrong until then.
 
 Frames reach the guard as soon as they are complete: :func:`install_video_guard` also gives the
 receiver a frame assembler that ends a frame at its RTP marker bit (aiortc's own waits for the
@@ -199,7 +199,7 @@ class GuardedDecoderQueue(queue.Queue[Any]):
         self.on_need_keyframe = on_need_keyframe
         self.skipped = 0  # waiting frames a keyframe replaced
         self.keyframes_requested = 0
-        self.awaiting_keyframe = False  # a frame was dropped: drop until a keyframe
+        self.awaiting_keyframe = False  # a frame was dropped and a keyframe asked for
         self.max_pixels = max_pixels
         self.max_frames = max_frames
         self.oversized = 0
@@ -225,19 +225,16 @@ class GuardedDecoderQueue(queue.Queue[Any]):
         if self.blocked:
             self.oversized += 1
             return
-        keyframe = size is not None
-        if keyframe:
+        if size is not None:  # a keyframe: what still waits is superseded
             self.awaiting_keyframe = False
             self._skip_waiting()
-        elif self.awaiting_keyframe:
-            self.dropped += 1
-            return
         elif self.qsize() >= self.max_frames:
             self.dropped += 1
-            self.awaiting_keyframe = True
-            self.keyframes_requested += 1
-            if self.on_need_keyframe is not None:
-                self.on_need_keyframe()
+            if not self.awaiting_keyframe:  # the frames after this one decode wrong: ask once
+                self.awaiting_keyframe = True
+                self.keyframes_requested += 1
+                if self.on_need_keyframe is not None:
+                    self.on_need_keyframe()
             return
         super().put(item)
 

@@ -311,8 +311,7 @@ class Settings:
     )
     video_decoder_max_frames: int = _doc(
         "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
-        "dropped until a keyframe, which is asked for (a keyframe always replaces the frames "
-        "waiting).",
+        "dropped and a keyframe is asked for (a keyframe always replaces the frames waiting).",
         default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
