@@ -16,13 +16,14 @@ freshest is looked at next (latest wins: the delay cannot grow).
 ``interval_s`` caps the rate: one look per ``interval_s`` of the time between looks, on
 average, counted by a token bucket of ``LOOK_BURST`` looks that earns nothing while a look runs
 (so the lane backs off when the engine or the machine is busy: a look that takes long spaces
-the next one out, leaving the CPU to decoding and the other sessions); a look may come up to ``LOOK_EARLY`` of an interval before it
-is earned, the debt carried (so a camera whose frames come one interval apart, give or take
-its jitter, gets every frame looked at). A frame that arrives when no look is left waits: the
-first frame to arrive once a look is earned is looked at at once (a fresh frame, not the one
-that waited); if none comes within one more ``interval_s`` (the camera stopped), the one that
-waited is. ``interval_s`` 0: no looks but at a turn's end. The latest result is kept for
-whoever wants it as context (the assistant's LLM).
+the next one out, leaving the CPU to decoding and the other sessions); a look may come up to
+``LOOK_EARLY`` of an interval before it is earned, the debt carried (so a camera whose frames
+come one interval apart, give or take its jitter, gets every frame looked at). A frame that
+arrives when no look is left waits: the first frame to arrive once a look is earned is looked
+at at once (a fresh frame, not the one that waited); if none comes within one more
+``interval_s`` (the camera stopped), the one that waited is. ``interval_s`` 0: no looks but
+at a turn's end. The latest result is kept for whoever wants it as context (the assistant's
+LLM).
 
 At the end of each user turn the assistant asks for a look at once (:meth:`VisionLane.at_turn_end`),
 besides the set rate: the freshest frame is run if a new one is waiting, otherwise the result of
