@@ -453,12 +453,17 @@ class ReplyLane:
         return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
-        """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
+        """TtsStream's synthesis: one chunk's audio, noted with where its text ends. A
+        reply's first chunk is urgent (the user waits on it; the engine runs it ahead of
+        other replies' later chunks, engines/scheduler.py)."""
         caches = self.session.caches
+        urgent = not reply.chunks
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice)
+            audio: Array = await caches.synthesize(
+                self.tts, chunk, voice=self.voice, urgent=urgent
+            )
         else:
-            audio = await self.tts.submit(chunk)
+            audio = await self.tts.submit(chunk, urgent=urgent)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)

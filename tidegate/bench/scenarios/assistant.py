@@ -20,6 +20,13 @@ is the moment the client sent the question's last loud sample. Measured from the
   ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
+- ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
+  (deltas of its histograms between the level's start and end): per engine the mean queue
+  wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
+  reply's first TTS chunk), the mean batch run (``run_ms``; the LLM: a decode step, and
+  ``prefill_ms``), and the counts; ``slow_turns`` lists every turn whose reply was not
+  completed or whose first audio came later than ``SLOW_FIRST_AUDIO_S`` (or never), with the
+  reply's status, reason and the per-stage times, so a rare stall can be told apart.
 
 ``--dialect realtime`` runs the same sessions over ``/v1/realtime`` (OpenAI's Realtime events,
 JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcription on),
@@ -75,7 +82,7 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts
+from ..load import LoadMeter, metrics_text, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
@@ -90,6 +97,13 @@ QUESTIONS = (  # and a word a right answer contains
 LOUD = 0.01  # a sample above this is speech (espeak output is clean)
 GAP_S = 1.5  # silence after each question before the reply is awaited
 REPLY_WAIT_S = 30.0
+SLOW_FIRST_AUDIO_S = 6.0  # a turn whose first reply audio is later than this is listed
+#: the server's engine histograms read per level (seconds, labelled by engine)
+ENGINE_HISTOGRAMS = {
+    "wait_ms": "tidegate_engine_wait_seconds",
+    "urgent_wait_ms": "tidegate_engine_urgent_wait_seconds",
+    "run_ms": "tidegate_engine_run_seconds",
+}
 STAGES = ("vad_wait_ms", "asr_ms", "turn_wait_ms", "llm_first_token_ms", "tts_first_audio_ms")
 MEASURES = (
     "eos_to_final_ms",
@@ -468,6 +482,72 @@ async def run_session_rtc(
     return log
 
 
+async def _engine_sums(target: Target) -> dict[str, tuple[float, float]] | None:
+    """``{"asr.run_ms": (sum_s, count), ...}`` from the server's /metrics, or None."""
+    text = await metrics_text(target)
+    if text is None:
+        return None
+    sums: dict[str, list[float]] = {}
+    names = {v: k for k, v in ENGINE_HISTOGRAMS.items()}
+    names["tidegate_llm_prefill_seconds"] = "prefill_ms"
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        base, _, labels = key.partition("{")
+        for suffix, i in (("_sum", 0), ("_count", 1)):
+            if not base.endswith(suffix) or base[: -len(suffix)] not in names:
+                continue
+            measure = names[base[: -len(suffix)]]
+            engine = "llm"
+            if 'engine="' in labels:
+                engine = labels.split('engine="', 1)[1].split('"', 1)[0]
+            sums.setdefault(f"{engine}.{measure}", [0.0, 0.0])[i] = float(value)
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def _engine_split(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> dict[str, dict[str, float]]:
+    """Per engine, over one level: mean ms and count of each histogram (queue vs compute)."""
+    out: dict[str, dict[str, float]] = {}
+    if before is None or after is None:
+        return out
+    for key, (s1, n1) in sorted(after.items()):
+        s0, n0 = before.get(key, (0.0, 0.0))
+        engine, measure = key.split(".", 1)
+        if n1 - n0 > 0:
+            row = out.setdefault(engine, {})
+            row[measure] = round((s1 - s0) * 1000 / (n1 - n0), 2)
+            row[measure.removesuffix("_ms") + "_n"] = n1 - n0
+    return out
+
+
+def _slow_turns(logs: list[SessionLog]) -> list[dict[str, Any]]:
+    """The turns a user would call stalled: no completed reply, or no audio within
+    ``SLOW_FIRST_AUDIO_S`` of the end of speech."""
+    out = []
+    for i, log in enumerate(logs):
+        for j, t in enumerate(log.turns):
+            m = t.measures()
+            first = m.get("eos_to_first_audio_ms")
+            completed = t.done is not None and t.done.status == "completed"
+            if completed and first is not None and first <= SLOW_FIRST_AUDIO_S * 1000:
+                continue
+            out.append(
+                {
+                    "session": i,
+                    "turn": j,
+                    "heard": t.final[0].text if t.final else None,
+                    "status": t.done.status if t.done else None,
+                    "reason": t.done.reason if t.done else None,
+                    "reply": t.done.text[:200] if t.done else None,
+                    **{k: round(v, 1) for k, v in m.items()},
+                }
+            )
+    return out
+
+
 async def _level(
     target: Target,
     n: int,
@@ -479,6 +559,7 @@ async def _level(
 ) -> dict[str, Any]:
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    sums0 = await _engine_sums(target)
     if meter is not None:
         await meter.start()
     t0 = time.monotonic()
@@ -499,6 +580,7 @@ async def _level(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    sums1 = await _engine_sums(target)
     load = await meter.stop(n) if meter is not None else None
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
@@ -518,6 +600,8 @@ async def _level(
         **{k: distribution(values[k]) for k in MEASURES},
         "token_interval_ms": distribution(intervals),
         "stages": {k: percentiles(values[k]) for k in STAGES},
+        "engines": _engine_split(sums0, sums1),
+        "slow_turns": _slow_turns(logs),
         "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
@@ -625,9 +709,13 @@ def _summary(r: dict[str, Any]) -> str:
         return f"{d['p50']:.0f}/{d['p90']:.0f}" if d.get("n") else "-"
 
     stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
+    engines = "; ".join(
+        f"{name} " + " ".join(f"{k} {v:g}" for k, v in row.items() if k.endswith("_ms"))
+        for name, row in r.get("engines", {}).items()
+    )
     return (
         f"sessions {r['sessions']}: eos->final {p(r['eos_to_final_ms'])} ms, first token "
         f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
         f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
-        f"{r['answers_ok']}"
+        f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}"
     )
