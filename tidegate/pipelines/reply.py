@@ -459,9 +459,7 @@ class ReplyLane:
         caches = self.session.caches
         urgent = not reply.chunks
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(
-                self.tts, chunk, voice=self.voice, urgent=urgent
-            )
+            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice, urgent=urgent)
         else:
             audio = await self.tts.submit(chunk, urgent=urgent)
         track = self._track()

@@ -314,7 +314,18 @@ class ServerCollector(Collector):
             for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
                 requests.add_metric(["media", outcome], n)
             requests.add_metric(["media", "refused"], pool.refused)
-        yield from (depth, capacity, requests, batches, wait, urgent_wait, run, size, prefill, tokens)
+        yield from (
+            depth,
+            capacity,
+            requests,
+            batches,
+            wait,
+            urgent_wait,
+            run,
+            size,
+            prefill,
+            tokens,
+        )
         yield from self._providers()
 
     def _providers(self) -> Iterator[Metric]:
