@@ -20,6 +20,9 @@ is the moment the client sent the question's last loud sample. Measured from the
   ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
+- ``thread_cpu_s``: the server's CPU seconds over the level by thread name (a server the
+  harness started): which engine's worker (``engine-asr``, ``engine-llm``, ``engine-tts``,
+  ``engine-vad``), the event loop (the process's main thread: media, protocol) or others;
 - ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
   (deltas of its histograms between the level's start and end): per engine the mean queue
   wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
@@ -86,7 +89,7 @@ from ..load import LoadMeter, metrics_text, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
-from ..target import Target, open_session, process_cpu_s
+from ..target import Target, open_session, process_cpu_s, thread_cpu_s
 from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
 
 QUESTIONS = (  # and a word a right answer contains
@@ -559,6 +562,7 @@ async def _level(
 ) -> dict[str, Any]:
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    threads0 = thread_cpu_s(target.pid) if target.pid else None
     sums0 = await _engine_sums(target)
     if meter is not None:
         await meter.start()
@@ -580,6 +584,7 @@ async def _level(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    threads1 = thread_cpu_s(target.pid) if target.pid else None
     sums1 = await _engine_sums(target)
     load = await meter.stop(n) if meter is not None else None
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
@@ -627,6 +632,11 @@ async def _level(
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = cpu1 - cpu0
+    if threads0 is not None and threads1 is not None:
+        spent = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+        out["thread_cpu_s"] = {
+            k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01
+        }
     return out
 
 
