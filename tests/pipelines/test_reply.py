@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -16,7 +17,7 @@ from tidegate.engines.service import EngineService
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import Response as ResponseRecord
-from tidegate.pipelines.reply import ReplyLane
+from tidegate.pipelines.reply import ReplyLane, trim_leading_silence
 from tidegate.protocol.messages import (
     OutputAudio,
     ResponseCancel,
@@ -173,6 +174,17 @@ async def test_a_speculative_reply_is_discarded_when_the_final_differs(
     assert stats["speculations"] == 2 and stats["speculation_discarded"] == 2
     assert stats["speculation_hits"] == 0 and stats["responses"] == 1
     assert held.gen is not None and held.gen.cancelled
+
+
+async def test_leading_silence_is_trimmed_to_a_short_lead() -> None:
+    """A first chunk keeps 10 ms before its first audible sample; quiet audio is kept whole."""
+    audio = np.zeros(48_000, np.int16)
+    audio[4800:9600] = 3000  # audible from 100 ms
+    audio[:4800] = 20  # -64 dBFS: silence
+    out = trim_leading_silence(audio)
+    assert len(out) == 48_000 - 4800 + 480 and out[480] == 3000 and out[479] == 20
+    quiet = np.full(960, 20, np.int16)
+    assert trim_leading_silence(quiet) is quiet
 
 
 async def test_requests_the_lane_cannot_serve_are_refused(

@@ -85,6 +85,10 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
+#: a reply's first chunk starts this little before its first sample above LEAD_SILENCE_DBFS:
+#: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
+LEAD_KEEP_MS = 10
+LEAD_SILENCE_DBFS = -50.0
 
 
 def new_response_id() -> str:
@@ -103,6 +107,17 @@ class Sight(Protocol):
     """What the camera sees, for the LLM (the vision lane)."""
 
     def context(self, max_age_s: float) -> str | None: ...
+
+
+def trim_leading_silence(audio: Array, rate_hz: int = OUTPUT_RATE_HZ) -> Array:
+    """int16 speech without its leading silence (all but ``LEAD_KEEP_MS`` before the first
+    sample above ``LEAD_SILENCE_DBFS``); all-quiet audio is returned as it is."""
+    level = 32768 * 10 ** (LEAD_SILENCE_DBFS / 20)
+    loud = np.abs(audio) > level
+    first = int(np.argmax(loud))
+    if not loud[first]:
+        return audio
+    return audio[max(0, first - rate_hz * LEAD_KEEP_MS // 1000) :]
 
 
 def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -559,6 +574,8 @@ class ReplyLane:
             audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice, urgent=urgent)
         else:
             audio = await self.tts.submit(chunk, urgent=urgent)
+        if urgent:  # the first sound of the reply: no silence to wait through before it
+            audio = trim_leading_silence(audio)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)
