@@ -48,6 +48,7 @@ from .errors import (
 )
 from .metrics import QueueLoad, SchedulerStats
 from .runtime import RuntimeOptions, runtime_unavailable
+from .workers import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ class Scheduler(Generic[ReqT, ResT]):
         return self.policy.max_batch_items
 
     def _worker(self) -> None:
+        name_os_thread(f"engine-{self.engine.name}")
         queue, cond, policy = self._queue, self._cond, self.policy
         while True:
             with cond:
