@@ -23,6 +23,8 @@ is the moment the client sent the question's last loud sample. Measured from the
 - ``thread_cpu_s``: the server's CPU seconds over the level by thread name (a server the
   harness started): which engine's worker (``engine-asr``, ``engine-llm``, ``engine-tts``,
   ``engine-vad``), the event loop (the process's main thread: media, protocol) or others;
+- ``speculation``: the reply lanes' speculative starts, adopted and discarded (docs/assistant.md
+  "Speculative start"), from each session's last ``metrics`` event;
 - ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
   (deltas of its histograms between the level's start and end): per engine the mean queue
   wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
@@ -76,6 +78,7 @@ from tidegate.protocol.messages import (
     AsrPartial,
     Error,
     InputAudio,
+    Metrics,
     OutputAudio,
     ResponseCreated,
     ResponseDone,
@@ -199,6 +202,7 @@ class SessionLog:
     errors: list[str] = field(default_factory=list)
     connect_ms: float | None = None
     open_ms: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the session's last metrics event
 
 
 def _audible(msg: OutputAudio, threshold: float) -> bool:
@@ -212,6 +216,8 @@ async def _reader(client: Client, log: SessionLog, threshold: float) -> None:
         turn = log.turns[-1] if log.turns else None
         if isinstance(ev, Error):
             log.errors.append(f"{ev.code}: {ev.message}")
+        elif isinstance(ev, Metrics):
+            log.stats = ev.stats
         if turn is None:
             continue
         _note(turn, ev, t, threshold)
@@ -526,6 +532,27 @@ def _engine_split(
     return out
 
 
+SPECULATION_COUNTERS = ("speculations", "speculation_hits", "speculation_discarded")
+
+
+def _speculation(logs: list[SessionLog]) -> dict[str, int]:
+    """The reply lanes' speculative starts, summed over the sessions' last ``metrics``
+    events (a turn after the last event is not in them)."""
+    out = dict.fromkeys(SPECULATION_COUNTERS, 0)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in out and isinstance(v, int):
+                    out[k] += v
+                else:
+                    walk(v)
+
+    for log in logs:
+        walk(log.stats)
+    return out
+
+
 def _slow_turns(logs: list[SessionLog]) -> list[dict[str, Any]]:
     """The turns a user would call stalled: no completed reply, or no audio within
     ``SLOW_FIRST_AUDIO_S`` of the end of speech."""
@@ -607,6 +634,7 @@ async def _level(
         "stages": {k: percentiles(values[k]) for k in STAGES},
         "engines": _engine_split(sums0, sums1),
         "slow_turns": _slow_turns(logs),
+        "speculation": _speculation(logs),
         "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
@@ -719,6 +747,7 @@ def _summary(r: dict[str, Any]) -> str:
         return f"{d['p50']:.0f}/{d['p90']:.0f}" if d.get("n") else "-"
 
     stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
+    sp = r.get("speculation") or dict.fromkeys(SPECULATION_COUNTERS, 0)
     engines = "; ".join(
         f"{name} " + " ".join(f"{k} {v:g}" for k, v in row.items() if k.endswith("_ms"))
         for name, row in r.get("engines", {}).items()
@@ -727,5 +756,6 @@ def _summary(r: dict[str, Any]) -> str:
         f"sessions {r['sessions']}: eos->final {p(r['eos_to_final_ms'])} ms, first token "
         f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
         f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
-        f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}"
+        f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}; "
+        f"speculative starts adopted {sp['speculation_hits']}/{sp['speculations']}"
     )
