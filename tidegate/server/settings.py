@@ -494,7 +494,7 @@ class Settings:
     )
     assistant_speculate_max_wait_s: float = _doc(
         "Speculative reply start: once a turn's text is known and its end is at most this "
-        "far away (the silence policy's wait, a semantic score pending), its reply starts "
+        "far away (the silence policy's wait, the semantic policy's timeout), its reply starts "
         "held and is adopted when the turn ends with the same text, else discarded "
         "(docs/assistant.md). 0: off.",
         default=0.5,
