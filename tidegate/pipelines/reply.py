@@ -12,7 +12,7 @@ A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a use
   a cut flushes little and we know what the user has heard. ``response.done`` (completed) comes
   once the last audio has played out.
 - **Speculative start.** When turn-taking knows the turn's text but waits a little longer
-  before it ends the turn (the silence policy's wait, a semantic score still coming), it calls
+  before it ends the turn (the silence policy's wait, the semantic policy's timeout), it calls
   :meth:`ReplyLane.speculate`: the reply starts at once, *held* — the LLM streams, the first
   chunk is synthesized, but nothing reaches the client, the history or the records. When the
   turn ends (:meth:`ReplyLane.answer`) with exactly the messages the held reply was started on
@@ -388,7 +388,7 @@ class ReplyLane:
         self._trim_history()
 
     def _trim_history(self) -> None:
-        self.history = self._trimmed(self.history)
+        self.history[:] = self._trimmed(self.history)
 
     def _trimmed(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         excess = len(history) - self.config.max_history_messages
