@@ -399,8 +399,10 @@ class AudioLane:
     ) -> tuple[AsrResult | None, Timing]:
         received = self._last_audio_ms
         start = now_ms()
-        try:
-            result: AsrResult | None = await self.asr.submit(seg.request(end, cancel))
+        try:  # a final (end None) is urgent: it goes ahead of other sessions' partials
+            result: AsrResult | None = await self.asr.submit(
+                seg.request(end, cancel), urgent=end is None
+            )
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
             result = None
