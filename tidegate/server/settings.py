@@ -311,7 +311,7 @@ class Settings:
     )
     video_decoder_max_frames: int = _doc(
         "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
-        "dropped (counted).",
+        "dropped and a keyframe is asked for (a keyframe always replaces the frames waiting).",
         default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
@@ -519,8 +519,9 @@ class Settings:
         default=8,
     )
     assistant_vision_interval_s: float = _doc(
-        "How often the freshest video frame is run through the vision engine (when the "
-        "server runs one).",
+        "The vision lane's rate cap: one look per this interval on average (a frame is looked "
+        "at when it arrives if a look is left, else the next frame once one is earned); 0: "
+        "looks only at a turn's end (when the server runs a vision engine).",
         default=1.0,
     )
     assistant_vision_max_age_s: float = _doc(
