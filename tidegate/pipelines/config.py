@@ -57,6 +57,8 @@ class ReplyConfig:
     tool_timeout_s: float
     audio_lead_s: float
     vision_max_age_s: float
+    #: a turn whose end is at most this far away is replied to speculatively (0: never)
+    speculate_max_wait_s: float
     #: interruptions (pipelines/interrupt.py): how long a reply paused by speech waits for
     #: the ASR's verdict (0: speech cuts it at once); the defaults of a session's
     #: ``interrupt.min_words`` and ``interrupt.backchannels``; what a backchannel is

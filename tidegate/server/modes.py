@@ -99,6 +99,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             tool_timeout_s=s.assistant_tool_timeout_s,
             audio_lead_s=s.assistant_audio_lead_s,
             vision_max_age_s=s.assistant_vision_max_age_s,
+            speculate_max_wait_s=s.assistant_speculate_max_wait_s,
             interrupt_confirm_s=s.interrupt_confirm_s,
             interrupt_max_pause_s=s.interrupt_max_pause_s,
             interrupt_min_words=s.interrupt_min_words,
