@@ -101,8 +101,14 @@ class Replies:
     def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         pass  # the turn's end is what these tests look at
 
-    def barge_in(self) -> None:
+    def speech_started(self) -> None:
         self.barge_ins += 1
+
+    def speech_stopped(self) -> None:
+        pass
+
+    def heard(self, text: str, *, final: bool) -> bool:
+        return True  # no reply runs here: everything heard is the user's turn
 
 
 class Run:

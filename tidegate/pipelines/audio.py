@@ -150,6 +150,12 @@ class SpeechListener(Protocol):
         pause's media time."""
         ...
 
+    def on_partial(self, text: str) -> None:
+        """A partial decode of the open segment: ``text`` is its whole hypothesis (not only
+        the committed part ``asr.partial`` carries), empty when the ASR did not take it for
+        speech."""
+        ...
+
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
         """A segment's final transcript was emitted (``received``: its audio's arrival, ms;
         ``finals_pending``: finals of ended segments still to come after this one); ``text``
@@ -456,6 +462,9 @@ class AudioLane:
         if seg.on_partial(result, decoded, self.settings):
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
+        if self.listener is not None and self._segment is seg:  # still the speech going on
+            speech = self.settings.gate.is_speech(result)
+            self.listener.on_partial(result.text.strip() if speech else "")
         cut = seg.cut_point(self.settings) if self._segment is seg else None
         if cut is not None:
             self.counters["cuts"] += 1
