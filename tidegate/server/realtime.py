@@ -28,9 +28,11 @@ anything): mode ``assistant``, or ``transcribe`` for ``?intent=transcription`` o
 ``session.update`` of ``type: "transcription"``, through :class:`~tidegate.sessions.api.Sessions`
 like every other transport. The reader feeds each text frame to the translator and hands what
 it asks of the session to the sessions layer, as the control channel does; the writer drains
-the session's outbox through the translator into JSON text frames. Requests tidegate's
-runtime does not serve yet (the translator's commands: a manual commit, a clear, a
-``response.create`` with per-response options) are answered ``unsupported``.
+the session's outbox through the translator into JSON text frames. The translator's
+commands (a manual commit, a clear, a ``response.create`` with per-response options) go to
+the session like its messages: the mode's lanes take them (the audio lane commits and
+clears, the reply lane takes the options); a commit is answered once the finals of the audio
+before it are out, so the reader waits that long (about one ASR final) before the next event.
 
 Per-event timing: each tidegate event handed to the translator is observed in the node's
 stage histograms with ``dialect="realtime"`` (docs/metrics.md).
@@ -56,10 +58,7 @@ from tidegate.protocol.messages import (
     SessionUpdate,
 )
 from tidegate.protocol.realtime import (
-    ClearInputAudio,
     Command,
-    CommitInputAudio,
-    CreateResponse,
     Handshake,
     RealtimeError,
     RealtimeTranslator,
@@ -88,12 +87,6 @@ log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
 DIALECT = "realtime"
 END_REASON = "the Realtime connection ended"
-# The client events behind each command, for the refusal's message.
-_COMMAND_EVENTS = {
-    CommitInputAudio: "input_audio_buffer.commit",
-    ClearInputAudio: "input_audio_buffer.clear",
-    CreateResponse: "response.create with per-response options",
-}
 
 
 def _query(scope: dict[str, Any] | Any) -> dict[str, str]:
@@ -268,14 +261,6 @@ class RealtimeChannel(ControlChannel):
         await self._flush()
 
     async def _dispatch_rt(self, item: ClientMessage | Command) -> None:
-        if isinstance(item, Command):
-            event = _COMMAND_EVENTS.get(type(item), type(item).__name__)
-            self.runtime.refusals[ErrorCode.UNSUPPORTED.value] += 1
-            message = f"{event} is not served by tidegate's session runtime yet"
-            self.t.receive_message(
-                Error(code=ErrorCode.UNSUPPORTED.value, message=message, ref=item.id), now_ms()
-            )
-            return
         try:
             kind = type(item)
             if kind is SessionCreate:

@@ -8,11 +8,12 @@ this server does not run is refused with ``unsupported``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidegate.engines.errors import RequestError
 from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
-from tidegate.pipelines.config import TURN_POLICIES
+from tidegate.pipelines.config import SESSION_TURN_POLICIES
 from tidegate.pipelines.echo import ECHO_CANCELLATION
 from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
 from tidegate.pipelines.registry import LANES, MODES
@@ -22,15 +23,57 @@ if TYPE_CHECKING:
 
 MODE_NAMES = tuple(MODES)
 
+
+@dataclass(frozen=True, slots=True)
+class Seconds:
+    """A section key whose value is a number of seconds within [0, ``max_s``]."""
+
+    max_s: float
+
+    def __repr__(self) -> str:
+        return f"a number of seconds from 0 to {self.max_s:g}"
+
+
+#: a section key: its choices (of the same type: ``1`` is not ``true``), or a range
+KeySpec = tuple[Any, ...] | Seconds
 #: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
-TURN_KEYS: dict[str, tuple[Any, ...]] = {"policy": TURN_POLICIES}
+#: ``policy`` manual: no turn ends by itself, the client commits (the Realtime dialect's
+#: ``input_audio_buffer.commit``); ``end_of_turn_s`` / ``max_wait_s`` override the settings
+#: ``assistant_end_of_turn_s`` / ``turn_max_wait_s`` for this session; ``respond`` false: a
+#: turn's end keeps the user's words for the next ``response.create`` instead of replying;
+#: ``interrupt`` false: speech over a reply does not cut it.
+TURN_KEYS: dict[str, KeySpec] = {
+    "policy": SESSION_TURN_POLICIES,
+    "end_of_turn_s": Seconds(10.0),
+    "max_wait_s": Seconds(30.0),
+    "respond": (True, False),
+    "interrupt": (True, False),
+}
 #: ``audio``: the microphone's echo cancellation and noise suppression (docs/assistant.md).
-AUDIO_KEYS: dict[str, tuple[Any, ...]] = {
+AUDIO_KEYS: dict[str, KeySpec] = {
     "echo_cancellation": ECHO_CANCELLATION,
     "noise_suppression": (True, False),
 }
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio"})
+CONFIG_KEYS = frozenset(
+    {
+        "mode",
+        "lanes",
+        "tools",
+        "tool_choice",
+        "instructions",
+        "turn",
+        "audio",
+        "output_modalities",
+        "voice",
+        "max_output_tokens",
+    }
+)
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
+#: ``output_modalities``: the reply speaks (``["audio"]``, its text streams too) or only
+#: writes (``["text"]``: no speech is synthesized)
+OUTPUT_MODALITIES = (["audio"], ["text"])
+MAX_OUTPUT_TOKENS = 4096  # a session's ``max_output_tokens`` (an integer, or "inf")
+DEFAULT_VOICE = "default"  # the voice of the server's TTS engine
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
 ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
@@ -82,14 +125,54 @@ def resolve_config(
         _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
     if "instructions" in config:
         _check_instructions(config)
+    _check_reply_keys(config, engines)
     return config
 
 
+def _check_reply_keys(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``output_modalities``, ``max_output_tokens`` and ``voice``: the assistant's replies."""
+    keys = [k for k in ("output_modalities", "max_output_tokens", "voice") if k in config]
+    if keys and config["mode"] != "assistant":
+        raise InvalidConfigError(f"session config.{keys[0]}: only the assistant mode replies")
+    if "output_modalities" in config:
+        value = config["output_modalities"]
+        if not isinstance(value, list) or value not in OUTPUT_MODALITIES:
+            raise InvalidConfigError(
+                f"session config.output_modalities: expected one of {list(OUTPUT_MODALITIES)}, "
+                f"got {value!r}"
+            )
+        config["output_modalities"] = list(value)
+    if "max_output_tokens" in config:
+        value = config["max_output_tokens"]
+        ok = value == "inf" or (
+            type(value) is int and 1 <= value <= MAX_OUTPUT_TOKENS  # not a bool
+        )
+        if not ok:
+            raise InvalidConfigError(
+                f"session config.max_output_tokens: expected an integer from 1 to "
+                f"{MAX_OUTPUT_TOKENS} or 'inf', got {value!r}"
+            )
+    if "voice" in config:
+        voices = server_voices(engines)
+        if config["voice"] not in voices:
+            raise UnsupportedError(
+                f"session config.voice: {config['voice']!r} is not a voice of this server; "
+                f"it speaks with {voices}"
+            )
+
+
+def server_voices(engines: EngineService | None) -> list[str]:
+    """The voices a session may name: ``default`` and the TTS model this server runs."""
+    models = [x.model for x in engines.specs if x.name == "tts"] if engines is not None else []
+    return [DEFAULT_VOICE, *models]
+
+
 def _resolve_section(
-    config: dict[str, Any], name: str, keys: dict[str, tuple[Any, ...]], modes: tuple[str, ...]
+    config: dict[str, Any], name: str, keys: dict[str, KeySpec], modes: tuple[str, ...]
 ) -> None:
     """Check a section of the config (``turn``, ``audio``) of the ``modes`` that take it: a
-    map of known keys, each one of its choices (of the same type: ``1`` is not ``true``)."""
+    map of known keys, each one of its choices (of the same type: ``1`` is not ``true``) or
+    within its range."""
     if config["mode"] not in modes:
         raise InvalidConfigError(f"session config.{name}: only mode {' or '.join(modes)} takes it")
     section = config[name]
@@ -100,9 +183,16 @@ def _resolve_section(
             raise InvalidConfigError(
                 f"session config.{name}: unknown key {key!r}; expected only {sorted(keys)}"
             )
-        if not any(type(value) is type(c) and value == c for c in keys[key]):
+        spec = keys[key]
+        if isinstance(spec, Seconds):
+            number = type(value) in (int, float) and 0 <= value <= spec.max_s
+            if not number:
+                raise InvalidConfigError(
+                    f"session config.{name}.{key}: expected {spec!r}, got {value!r}"
+                )
+        elif not any(type(value) is type(c) and value == c for c in spec):
             raise InvalidConfigError(
-                f"session config.{name}.{key}: expected one of {list(keys[key])}, got {value!r}"
+                f"session config.{name}.{key}: expected one of {list(spec)}, got {value!r}"
             )
     config[name] = dict(section)
 
