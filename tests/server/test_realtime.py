@@ -241,6 +241,74 @@ async def test_transcription_session_with_the_sdk(live: LiveServer) -> None:
     assert not events.of("response.created")
 
 
+async def test_manual_turn_commit_clear_and_per_response_options(
+    live: LiveServer, question: bytes
+) -> None:
+    """turn_detection null with text output: audio that is cleared makes no item; committed
+    speech becomes a user item with its transcript and no reply by itself; response.create
+    with its own instructions answers it in text only, with real token counts in usage."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "audio": {
+                    "input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}
+                },
+            }
+        )
+        await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
+        await stream(connection, question[: len(question) // 3])
+        await connection.input_audio_buffer.clear()
+        await events.until(lambda: events.of("input_audio_buffer.cleared"), 30)
+        await stream(connection, question)
+        await connection.input_audio_buffer.commit()
+        await events.until(lambda: events.of("conversation.item.done"), 60)
+        assert not events.of("response.created")  # a commit does not answer by itself
+        await connection.response.create(
+            response={"instructions": "You are a geography teacher. Answer in one sentence."}
+        )
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    (updated,) = events.of("session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert not events.of("input_audio_buffer.speech_started")  # no VAD events when manual
+    (committed,) = events.of("input_audio_buffer.committed")
+    (completed,) = events.of("conversation.item.input_audio_transcription.completed")
+    assert completed["item_id"] == committed["item_id"]
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = events.of("response.done")
+    response = done["response"]
+    assert response["status"] == "completed" and response["output_modalities"] == ["text"]
+    text = response["output"][0]["content"][0]["text"]
+    assert text and text == "".join(e["delta"] for e in events.of("response.output_text.delta"))
+    assert not events.of("response.output_audio.delta")
+    usage = response["usage"]
+    assert usage["input_tokens"] > 20 and usage["output_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+async def test_unknown_voice_is_refused_naming_it(live: LiveServer) -> None:
+    """session.update with a voice the server does not have: an error naming the voice and
+    the ones it has, with the event's id; the session goes on."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={"type": "realtime", "audio": {"output": {"voice": "alloy"}}},
+            event_id="v1",
+        )
+        await events.until(lambda: events.of("error"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["event_id"] == "v1"
+    assert "'alloy'" in error["error"]["message"] and "piper-joe" in error["error"]["message"]
+    assert not events.of("session.updated")
+
+
 async def ask(live: LiveServer, text: str, instructions: str | None = None) -> Events:
     """One text turn, after a session.update of ``instructions`` when given."""
 
