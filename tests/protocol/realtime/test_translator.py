@@ -688,7 +688,7 @@ def test_response_done_carries_tidegate_usage() -> None:
             usage=Usage(input_tokens=40, cached_tokens=30, output_tokens=3),
         ),
     )
-    usage = [e for e in events if e["type"] == "response.done"][0]["response"]["usage"]
+    usage = next(e for e in events if e["type"] == "response.done")["response"]["usage"]
     assert usage["input_tokens"] == 40 and usage["output_tokens"] == 3
     assert usage["total_tokens"] == 43
     assert usage["input_token_details"] == {
