@@ -27,7 +27,10 @@ JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcr
 that carry the same moments (``speech_stopped``, the transcription's first delta and its
 ``completed``, ``response.created``, the first transcript delta, the first audible
 ``response.output_audio.delta``, ``response.done``); the server-clock stages (``asr_ms``,
-``llm_first_token_ms``) are tidegate's own fields and absent there. The report's
+``llm_first_token_ms``) are tidegate's own fields and absent there. With both dialects the
+WS runs alternate question by question (each question over the tidegate dialect, then the same
+over the Realtime one, each in its own session of N), so that both sides see the same machine
+load; each dialect's figures are its turns of the whole run. The report's
 ``dialects.realtime_minus_tidegate_p50_ms`` compares first audio at p50 (WS only).
 
 Replies must be completed and are checked for an expected word (``answers_ok``). The same
@@ -478,9 +481,23 @@ async def _level(
     dialect: str = "tidegate",
 ) -> dict[str, Any]:
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
-    cpu0 = process_cpu_s(target.pid) if target.pid else None
     if meter is not None:
         await meter.start()
+    logs, wall, cpu = await _sessions(target, n, questions, args, transport, dialect)
+    load = await meter.stop(n) if meter is not None else None
+    return _figures(logs, n, args, transport, dialect, wall, cpu, load)
+
+
+async def _sessions(
+    target: Target,
+    n: int,
+    questions: list[SpokenQuestion],
+    args: argparse.Namespace,
+    transport: str,
+    dialect: str,
+) -> tuple[list[SessionLog], float, float | None]:
+    """N sessions speaking ``questions``: their logs, the wall time, the server's CPU s."""
+    cpu0 = process_cpu_s(target.pid) if target.pid else None
     t0 = time.monotonic()
     threshold = 10 ** (args.audible_dbfs / 20)
     logs = await asyncio.gather(
@@ -499,7 +516,21 @@ async def _level(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
-    load = await meter.stop(n) if meter is not None else None
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return list(logs), wall, cpu
+
+
+def _figures(
+    logs: list[SessionLog],
+    n: int,
+    args: argparse.Namespace,
+    transport: str,
+    dialect: str,
+    wall: float,
+    cpu: float | None,
+    load: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One level's report from its sessions' logs."""
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
     intervals: list[float] = []
@@ -526,7 +557,7 @@ async def _level(
         "turns_without_partial": sum(t.partial is None for t in turns),
         "heard_and_replied": [
             [t.final[0].text if t.final else None, t.done.text if t.done else None]
-            for t in turns[: len(logs[0].turns)]
+            for t in (t for log in logs[::n] for t in log.turns)  # the first session's
         ],
         "errors": errors[:10],
         # real time: every reply completed, nothing refused, and the first reply audio came
@@ -541,9 +572,32 @@ async def _level(
     out["session_open_ms"] = percentiles([x.open_ms for x in logs if x.open_ms is not None])
     if transport == "rtc":
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
-    if cpu0 is not None and cpu1 is not None:
-        out["server_cpu_s"] = cpu1 - cpu0
+    if cpu is not None:
+        out["server_cpu_s"] = cpu
     return out
+
+
+async def _alternated(
+    target: Target,
+    n: int,
+    questions: list[SpokenQuestion],
+    args: argparse.Namespace,
+    dialects: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Each question over every dialect in turn (N sessions each), WS only; per dialect its
+    level from all its turns (wall time and server CPU summed over its rounds)."""
+    logs: dict[str, list[SessionLog]] = {d: [] for d in dialects}
+    wall = dict.fromkeys(dialects, 0.0)
+    cpu: dict[str, float | None] = dict.fromkeys(dialects, 0.0)
+    for i, question in enumerate(questions):
+        for dialect in dialects:
+            current().stage(f"assistant ws ({dialect}): {n} session(s), question {i + 1}")
+            got, w, c = await _sessions(target, n, [question], args, "ws", dialect)
+            logs[dialect] += got
+            wall[dialect] += w
+            before = cpu[dialect]
+            cpu[dialect] = None if c is None or before is None else before + c
+    return {d: _figures(logs[d], n, args, "ws", d, wall[d], cpu[d], None) for d in dialects}
 
 
 @scenario(
@@ -575,7 +629,21 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     meter = LoadMeter(target)
     results["idle"] = await meter.baseline()
     counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
-    runs = [("ws", d) for d in dialects if "ws" in transports]
+    alternate = "ws" in transports and len(dialects) > 1
+    if alternate:  # both dialects, question by question, on the same load
+        per: dict[str, list[dict[str, Any]]] = {d: [] for d in dialects}
+        for n in counts:
+            for dialect, level in (await _alternated(target, n, questions, args, dialects)).items():
+                per[dialect].append(level)
+                print(f"ws ({dialect}): {_summary(level)}", file=sys.stderr)
+        results["alternated"] = True
+        results["levels"] = per["tidegate"]
+        results["real_time_lost_at"] = real_time_lost_at(per["tidegate"])
+        results["realtime"] = {
+            "levels": per["realtime"],
+            "real_time_lost_at": real_time_lost_at(per["realtime"]),
+        }
+    runs = [] if alternate else [("ws", d) for d in dialects if "ws" in transports]
     runs += [("rtc", "tidegate")] if "rtc" in transports and "tidegate" in dialects else []
     for transport, dialect in runs:
         levels: list[dict[str, Any]] = []
