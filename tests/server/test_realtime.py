@@ -292,6 +292,48 @@ async def test_manual_turn_commit_clear_and_per_response_options(
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
+async def test_server_vad_without_create_response(live: LiveServer, question: bytes) -> None:
+    """server_vad with create_response false and a silence_duration_ms: the spoken turn is
+    committed and transcribed but answers nothing until response.create, which answers it;
+    max_output_tokens bounds the reply (usage counts it)."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "max_output_tokens": 5,
+                "audio": {
+                    "input": {
+                        "transcription": {"model": "whisper-1"},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "create_response": False,
+                            "silence_duration_ms": 300,
+                        },
+                    }
+                },
+            }
+        )
+        await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
+        await stream(connection, question)
+        await events.until(
+            lambda: events.of("conversation.item.input_audio_transcription.completed"), 60
+        )
+        await asyncio.sleep(1.0)  # longer than the turn's wait: no response came by itself
+        assert not events.of("response.created")
+        await connection.response.create()
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    (completed,) = events.of("conversation.item.input_audio_transcription.completed")
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = events.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert 0 < done["response"]["usage"]["output_tokens"] <= 5
+
+
 async def test_unknown_voice_is_refused_naming_it(live: LiveServer) -> None:
     """session.update with a voice the server does not have: an error naming the voice and
     the ones it has, with the event's id; the session goes on."""
