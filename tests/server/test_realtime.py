@@ -715,6 +715,18 @@ async def test_webrtc_call_offers_are_checked(live: LiveServer) -> None:
             )
             assert r.status_code == 400 and r.json()["error"]["code"] == "bad_sdp", r.text
             assert "m=application" in r.json()["error"]["message"]
+            # the GA multipart form: the sdp part is read (the same refusal), a session part
+            # must be a JSON object, and a form without sdp is refused naming it
+            form = {
+                "sdp": (None, pc.localDescription.sdp),
+                "session": (None, '{"type": "realtime"}'),
+            }
+            r = await http.post(url, files=form, headers=auth)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_sdp", r.text
+            r = await http.post(url, files={**form, "session": (None, "[1]")}, headers=auth)
+            assert r.status_code == 400 and "'session' part" in r.json()["error"]["message"]
+            r = await http.post(url, files={"session": (None, "{}")}, headers=auth)
+            assert r.status_code == 400 and "'sdp' part" in r.json()["error"]["message"]
             r = await http.post(url, json={"sdp": "v=0"}, headers=auth)
             assert r.status_code == 400 and "Content-Type" in r.json()["error"]["message"]
             r = await http.post(url, content="v=0", headers={"Content-Type": "application/sdp"})
