@@ -334,6 +334,31 @@ async def test_server_vad_without_create_response(live: LiveServer, question: by
     assert 0 < done["response"]["usage"]["output_tokens"] <= 5
 
 
+async def test_transcription_language_is_the_asr_language(live: LiveServer) -> None:
+    """audio.input.transcription.language is the session's ASR language, checked against the
+    model: the English-only Whisper refuses 'de' naming why, and takes 'en'."""
+
+    def update(language: str, event_id: str) -> dict[str, Any]:
+        transcription = {"model": "whisper-1", "language": language}
+        return {
+            "session": {"type": "realtime", "audio": {"input": {"transcription": transcription}}},
+            "event_id": event_id,
+        }
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(**update("de", "de1"))
+        await events.until(lambda: events.of("error"), 30)
+        await connection.session.update(**update("en", "en1"))
+        await events.until(lambda: events.of("session.updated"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["event_id"] == "de1" and "English-only" in error["error"]["message"]
+    (updated,) = events.of("session.updated")
+    # session.updated follows the runtime's confirmation: the ASR language took
+    assert updated["session"]["audio"]["input"]["transcription"]["language"] == "en"
+
+
 async def test_unknown_voice_is_refused_naming_it(live: LiveServer) -> None:
     """session.update with a voice the server does not have: an error naming the voice and
     the ones it has, with the event's id; the session goes on."""

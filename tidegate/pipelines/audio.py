@@ -319,7 +319,9 @@ class AudioLane:
         seg = self._segment
         if seg is None:
             return None
-        self._segment = Segment("seg_" + secrets.token_urlsafe(6), self._samples, self._decode)
+        self._segment = Segment(
+            "seg_" + secrets.token_urlsafe(6), self._samples, self._decode, language=seg.language
+        )
         self.counters["segments"] += 1
         return seg
 
@@ -464,7 +466,11 @@ class AudioLane:
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
         start_sample = max(start_sample, first)
-        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode)
+        # the session's language (config ``language``; None: the engine's default)
+        language = self.session.config.get("language")
+        seg = Segment(
+            "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, language=language
+        )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
         seg.append(audio[skip:], [probability] * frames)

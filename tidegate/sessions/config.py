@@ -66,6 +66,7 @@ CONFIG_KEYS = frozenset(
         "output_modalities",
         "voice",
         "max_output_tokens",
+        "language",
     }
 )
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
@@ -126,7 +127,34 @@ def resolve_config(
     if "instructions" in config:
         _check_instructions(config)
     _check_reply_keys(config, engines)
+    if "language" in config and config["language"] is None:  # back to the engine's default
+        del config["language"]
+    if "language" in config:
+        _check_language(config, engines)
     return config
+
+
+def _check_language(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``language``: what the session's speech is recognised in (an ISO 639-1 code, or
+    ``auto``; null: the engine's default), checked against the ASR model this server runs (an
+    English-only model takes ``en`` and ``auto`` only); the assistant and transcribe modes
+    only. It applies from the next speech segment on."""
+    value = config["language"]
+    if config["mode"] not in ("assistant", "transcribe"):
+        raise InvalidConfigError("session config.language: only modes that recognise speech")
+    if not isinstance(value, str) or not 2 <= len(value) <= 8:
+        raise InvalidConfigError(
+            f"session config.language: expected an ISO 639-1 code or 'auto', got {value!r}"
+        )
+    asr = engines.schedulers.get("asr") if engines is not None else None
+    tokenizer = getattr(getattr(asr, "engine", None), "tokenizer", None)
+    if tokenizer is None:
+        raise UnsupportedError("session config.language: the ASR engine is not loaded")
+    try:
+        tokenizer.language_token(value)
+    except ValueError as e:
+        raise UnsupportedError(f"session config.{e}") from None
+    config["language"] = value.strip().lower()
 
 
 def _check_reply_keys(config: dict[str, Any], engines: EngineService | None) -> None:

@@ -622,6 +622,24 @@ def test_turn_detection_maps_to_tidegate_turn_config() -> None:
     assert upd.config == {"mode": "assistant", "turn": {}}
 
 
+def test_transcription_language_goes_to_tidegate() -> None:
+    """transcription.language is tidegate's config language; removing it sends null (the
+    engine's default again)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    tr = {"model": "whisper-1", "language": "de"}
+    session = {"type": "realtime", "audio": {"input": {"transcription": tr}}}
+    send(t, {"type": "session.update", "session": session})
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "language": "de"}
+    feed(t, SessionUpdated(config=upd.config))
+    session = {"type": "realtime", "audio": {"input": {"transcription": None}}}
+    send(t, {"type": "session.update", "session": session})
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "language": None}
+
+
 @pytest.mark.parametrize(
     ("session", "param"),
     [

@@ -8,8 +8,9 @@ default (so a client that changes nothing asks tidegate for nothing it might not
 mapping is the table in docs/realtime.md; the session runtime decides what it serves and
 refuses the rest (its ``error`` comes back to the client with the ``event_id`` that asked).
 Kept by the translator and never sent: ``model`` (echoed), the audio formats (converted at the
-edge), ``transcription`` (tidegate always recognises speech; this only gates the transcription
-events, and its model, language and prompt are shown but not applied).
+edge), ``transcription`` (tidegate always recognises speech; this gates the transcription
+events; its ``language`` is tidegate's config ``language``, its model and prompt are shown but
+not applied).
 """
 
 from __future__ import annotations
@@ -149,9 +150,11 @@ def _tidegate_values(c: SessionConfig) -> dict[str, Any]:
     audio: dict[str, Any] = {}
     if c.noise_reduction is not None:  # near_field / far_field: the canceller's suppressor
         audio["noise_suppression"] = True
+    language = c.transcription.language if c.transcription is not None else None
     if c.type == "transcription":
-        return {"audio": audio}
+        return {"audio": audio, "language": language}
     return {
+        "language": language,
         "instructions": c.instructions,
         "voice": c.voice,
         "output_modalities": list(c.output_modalities),
