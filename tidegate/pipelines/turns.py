@@ -59,6 +59,10 @@ class Replier(Protocol):
 
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None: ...
 
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
+        ...
+
     def barge_in(self) -> None: ...
 
     def hear(self, text: str) -> None:
@@ -237,9 +241,11 @@ class TurnTaking:
             return
         if self._turn_timer is not None:
             self._turn_timer.cancel()
-        self._turn_timer = self.session.spawn(
-            self._end_turn(max(0.0, decision.at - time.monotonic()), decision), "turn-end"
-        )
+        delay_s = max(0.0, decision.at - time.monotonic())
+        self._turn_timer = self.session.spawn(self._end_turn(delay_s, decision), "turn-end")
+        if delay_s > 0 and self._turn_config("respond", True):
+            # the text is known: its reply may start now, held (reply.py)
+            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=delay_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         await asyncio.sleep(delay_s)

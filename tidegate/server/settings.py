@@ -311,7 +311,7 @@ class Settings:
     )
     video_decoder_max_frames: int = _doc(
         "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
-        "dropped (counted).",
+        "dropped and a keyframe is asked for (a keyframe always replaces the frames waiting).",
         default=32,
     )
     data_channel_max_inbound_messages: int = _doc(
@@ -507,6 +507,13 @@ class Settings:
         "barge-in flushes at most this much.",
         default=0.2,
     )
+    assistant_speculate_max_wait_s: float = _doc(
+        "Speculative reply start: once a turn's text is known and its end is at most this "
+        "far away (the silence policy's wait, the semantic policy's timeout), its reply starts "
+        "held and is adopted when the turn ends with the same text, else discarded "
+        "(docs/assistant.md). 0: off.",
+        default=0.5,
+    )
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
     )
@@ -527,8 +534,9 @@ class Settings:
         default=8,
     )
     assistant_vision_interval_s: float = _doc(
-        "How often the freshest video frame is run through the vision engine (when the "
-        "server runs one).",
+        "The vision lane's rate cap: one look per this interval on average (a frame is looked "
+        "at when it arrives if a look is left, else the next frame once one is earned); 0: "
+        "looks only at a turn's end (when the server runs a vision engine).",
         default=1.0,
     )
     assistant_vision_max_age_s: float = _doc(

@@ -20,6 +20,18 @@ is the moment the client sent the question's last loud sample. Measured from the
   ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
+- ``thread_cpu_s``: the server's CPU seconds over the level by thread name (a server the
+  harness started): which engine's worker (``engine-asr``, ``engine-llm``, ``engine-tts``,
+  ``engine-vad``), the event loop (the process's main thread: media, protocol) or others;
+- ``speculation``: the reply lanes' speculative starts, adopted and discarded (docs/assistant.md
+  "Speculative start"), from each session's last ``metrics`` event;
+- ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
+  (deltas of its histograms between the level's start and end): per engine the mean queue
+  wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
+  reply's first TTS chunk), the mean batch run (``run_ms``; the LLM: a decode step, and
+  ``prefill_ms``), and the counts; ``slow_turns`` lists every turn whose reply was not
+  completed or whose first audio came later than ``SLOW_FIRST_AUDIO_S`` (or never), with the
+  reply's status, reason and the per-stage times, so a rare stall can be told apart.
 
 ``--dialect realtime`` runs the same sessions over ``/v1/realtime`` (OpenAI's Realtime events,
 JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcription on),
@@ -69,6 +81,7 @@ from tidegate.protocol.messages import (
     AsrPartial,
     Error,
     InputAudio,
+    Metrics,
     OutputAudio,
     ResponseCreated,
     ResponseDone,
@@ -78,11 +91,11 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts
+from ..load import LoadMeter, metrics_text, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
-from ..target import Target, open_session, process_cpu_s
+from ..target import Target, open_session, process_cpu_s, thread_cpu_s
 from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
 
 QUESTIONS = (  # and a word a right answer contains
@@ -93,6 +106,13 @@ QUESTIONS = (  # and a word a right answer contains
 LOUD = 0.01  # a sample above this is speech (espeak output is clean)
 GAP_S = 1.5  # silence after each question before the reply is awaited
 REPLY_WAIT_S = 30.0
+SLOW_FIRST_AUDIO_S = 6.0  # a turn whose first reply audio is later than this is listed
+#: the server's engine histograms read per level (seconds, labelled by engine)
+ENGINE_HISTOGRAMS = {
+    "wait_ms": "tidegate_engine_wait_seconds",
+    "urgent_wait_ms": "tidegate_engine_urgent_wait_seconds",
+    "run_ms": "tidegate_engine_run_seconds",
+}
 STAGES = ("vad_wait_ms", "asr_ms", "turn_wait_ms", "llm_first_token_ms", "tts_first_audio_ms")
 MEASURES = (
     "eos_to_final_ms",
@@ -185,6 +205,7 @@ class SessionLog:
     errors: list[str] = field(default_factory=list)
     connect_ms: float | None = None
     open_ms: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the session's last metrics event
 
 
 def _audible(msg: OutputAudio, threshold: float) -> bool:
@@ -198,6 +219,8 @@ async def _reader(client: Client, log: SessionLog, threshold: float) -> None:
         turn = log.turns[-1] if log.turns else None
         if isinstance(ev, Error):
             log.errors.append(f"{ev.code}: {ev.message}")
+        elif isinstance(ev, Metrics):
+            log.stats = ev.stats
         if turn is None:
             continue
         _note(turn, ev, t, threshold)
@@ -471,6 +494,93 @@ async def run_session_rtc(
     return log
 
 
+async def _engine_sums(target: Target) -> dict[str, tuple[float, float]] | None:
+    """``{"asr.run_ms": (sum_s, count), ...}`` from the server's /metrics, or None."""
+    text = await metrics_text(target)
+    if text is None:
+        return None
+    sums: dict[str, list[float]] = {}
+    names = {v: k for k, v in ENGINE_HISTOGRAMS.items()}
+    names["tidegate_llm_prefill_seconds"] = "prefill_ms"
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        base, _, labels = key.partition("{")
+        for suffix, i in (("_sum", 0), ("_count", 1)):
+            if not base.endswith(suffix) or base[: -len(suffix)] not in names:
+                continue
+            measure = names[base[: -len(suffix)]]
+            engine = "llm"
+            if 'engine="' in labels:
+                engine = labels.split('engine="', 1)[1].split('"', 1)[0]
+            sums.setdefault(f"{engine}.{measure}", [0.0, 0.0])[i] = float(value)
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def _engine_split(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> dict[str, dict[str, float]]:
+    """Per engine, over one level: mean ms and count of each histogram (queue vs compute)."""
+    out: dict[str, dict[str, float]] = {}
+    if before is None or after is None:
+        return out
+    for key, (s1, n1) in sorted(after.items()):
+        s0, n0 = before.get(key, (0.0, 0.0))
+        engine, measure = key.split(".", 1)
+        if n1 - n0 > 0:
+            row = out.setdefault(engine, {})
+            row[measure] = round((s1 - s0) * 1000 / (n1 - n0), 2)
+            row[measure.removesuffix("_ms") + "_n"] = n1 - n0
+    return out
+
+
+SPECULATION_COUNTERS = ("speculations", "speculation_hits", "speculation_discarded")
+
+
+def _speculation(logs: list[SessionLog]) -> dict[str, int]:
+    """The reply lanes' speculative starts, summed over the sessions' last ``metrics``
+    events (a turn after the last event is not in them)."""
+    out = dict.fromkeys(SPECULATION_COUNTERS, 0)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in out and isinstance(v, int):
+                    out[k] += v
+                else:
+                    walk(v)
+
+    for log in logs:
+        walk(log.stats)
+    return out
+
+
+def _slow_turns(logs: list[SessionLog]) -> list[dict[str, Any]]:
+    """The turns a user would call stalled: no completed reply, or no audio within
+    ``SLOW_FIRST_AUDIO_S`` of the end of speech."""
+    out = []
+    for i, log in enumerate(logs):
+        for j, t in enumerate(log.turns):
+            m = t.measures()
+            first = m.get("eos_to_first_audio_ms")
+            completed = t.done is not None and t.done.status == "completed"
+            if completed and first is not None and first <= SLOW_FIRST_AUDIO_S * 1000:
+                continue
+            out.append(
+                {
+                    "session": i,
+                    "turn": j,
+                    "heard": t.final[0].text if t.final else None,
+                    "status": t.done.status if t.done else None,
+                    "reason": t.done.reason if t.done else None,
+                    "reply": t.done.text[:200] if t.done else None,
+                    **{k: round(v, 1) for k, v in m.items()},
+                }
+            )
+    return out
+
+
 async def _level(
     target: Target,
     n: int,
@@ -483,9 +593,39 @@ async def _level(
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
     if meter is not None:
         await meter.start()
-    logs, wall, cpu = await _sessions(target, n, questions, args, transport, dialect)
+    run = await _sessions(target, n, questions, args, transport, dialect)
     load = await meter.stop(n) if meter is not None else None
-    return _figures(logs, n, args, transport, dialect, wall, cpu, load)
+    return _figures(run, n, args, transport, dialect, load)
+
+
+@dataclass
+class _Run:
+    """What N sessions' run gave: their logs, the wall time, and what the server spent meanwhile
+    (process CPU s, CPU s per thread, engine histogram sums and counts), as differences."""
+
+    logs: list[SessionLog]
+    wall: float
+    cpu: float | None
+    threads: dict[str, float] | None
+    engines: dict[str, tuple[float, float]] | None
+
+    def __add__(self, other: _Run) -> _Run:
+        def add(a: dict[str, Any] | None, b: dict[str, Any] | None, zero: Any) -> Any:
+            if a is None or b is None:
+                return None
+            return {k: _plus(a.get(k, zero), b.get(k, zero)) for k in {*a, *b}}
+
+        return _Run(
+            self.logs + other.logs,
+            self.wall + other.wall,
+            None if self.cpu is None or other.cpu is None else self.cpu + other.cpu,
+            add(self.threads, other.threads, 0.0),
+            add(self.engines, other.engines, (0.0, 0.0)),
+        )
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return (a[0] + b[0], a[1] + b[1]) if isinstance(a, tuple) else a + b
 
 
 async def _sessions(
@@ -495,9 +635,11 @@ async def _sessions(
     args: argparse.Namespace,
     transport: str,
     dialect: str,
-) -> tuple[list[SessionLog], float, float | None]:
-    """N sessions speaking ``questions``: their logs, the wall time, the server's CPU s."""
+) -> _Run:
+    """N sessions speaking ``questions``, and what the server spent meanwhile."""
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    threads0 = thread_cpu_s(target.pid) if target.pid else None
+    sums0 = await _engine_sums(target)
     t0 = time.monotonic()
     threshold = 10 ** (args.audible_dbfs / 20)
     logs = await asyncio.gather(
@@ -516,21 +658,31 @@ async def _sessions(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    threads1 = thread_cpu_s(target.pid) if target.pid else None
+    sums1 = await _engine_sums(target)
+    threads = None
+    if threads0 is not None and threads1 is not None:
+        threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    engines = None
+    if sums0 is not None and sums1 is not None:
+        engines = {
+            k: (v[0] - sums0.get(k, (0.0, 0.0))[0], v[1] - sums0.get(k, (0.0, 0.0))[1])
+            for k, v in sums1.items()
+        }
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return list(logs), wall, cpu
+    return _Run(list(logs), wall, cpu, threads, engines)
 
 
 def _figures(
-    logs: list[SessionLog],
+    run: _Run,
     n: int,
     args: argparse.Namespace,
     transport: str,
     dialect: str,
-    wall: float,
-    cpu: float | None,
     load: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """One level's report from its sessions' logs."""
+    """One level's report from its sessions' run."""
+    logs, wall = run.logs, run.wall
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
     intervals: list[float] = []
@@ -549,6 +701,9 @@ def _figures(
         **{k: distribution(values[k]) for k in MEASURES},
         "token_interval_ms": distribution(intervals),
         "stages": {k: percentiles(values[k]) for k in STAGES},
+        "engines": _engine_split({}, run.engines),
+        "slow_turns": _slow_turns(logs),
+        "speculation": _speculation(logs),
         "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
@@ -572,8 +727,14 @@ def _figures(
     out["session_open_ms"] = percentiles([x.open_ms for x in logs if x.open_ms is not None])
     if transport == "rtc":
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
-    if cpu is not None:
-        out["server_cpu_s"] = cpu
+    if run.cpu is not None:
+        out["server_cpu_s"] = run.cpu
+    if run.threads is not None:
+        out["thread_cpu_s"] = {
+            k: round(v, 2)
+            for k, v in sorted(run.threads.items(), key=lambda kv: -kv[1])
+            if v >= 0.01
+        }
     return out
 
 
@@ -585,19 +746,15 @@ async def _alternated(
     dialects: list[str],
 ) -> dict[str, dict[str, Any]]:
     """Each question over every dialect in turn (N sessions each), WS only; per dialect its
-    level from all its turns (wall time and server CPU summed over its rounds)."""
-    logs: dict[str, list[SessionLog]] = {d: [] for d in dialects}
-    wall = dict.fromkeys(dialects, 0.0)
-    cpu: dict[str, float | None] = dict.fromkeys(dialects, 0.0)
+    level from all its turns (wall time and the server's spending summed over its rounds)."""
+    runs: dict[str, _Run | None] = dict.fromkeys(dialects)
     for i, question in enumerate(questions):
         for dialect in dialects:
             current().stage(f"assistant ws ({dialect}): {n} session(s), question {i + 1}")
-            got, w, c = await _sessions(target, n, [question], args, "ws", dialect)
-            logs[dialect] += got
-            wall[dialect] += w
-            before = cpu[dialect]
-            cpu[dialect] = None if c is None or before is None else before + c
-    return {d: _figures(logs[d], n, args, "ws", d, wall[d], cpu[d], None) for d in dialects}
+            got = await _sessions(target, n, [question], args, "ws", dialect)
+            before = runs[dialect]
+            runs[dialect] = got if before is None else before + got
+    return {d: _figures(r, n, args, "ws", d, None) for d, r in runs.items() if r is not None}
 
 
 @scenario(
@@ -693,9 +850,15 @@ def _summary(r: dict[str, Any]) -> str:
         return f"{d['p50']:.0f}/{d['p90']:.0f}" if d.get("n") else "-"
 
     stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
+    sp = r.get("speculation") or dict.fromkeys(SPECULATION_COUNTERS, 0)
+    engines = "; ".join(
+        f"{name} " + " ".join(f"{k} {v:g}" for k, v in row.items() if k.endswith("_ms"))
+        for name, row in r.get("engines", {}).items()
+    )
     return (
         f"sessions {r['sessions']}: eos->final {p(r['eos_to_final_ms'])} ms, first token "
         f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
         f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
-        f"{r['answers_ok']}"
+        f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}; "
+        f"speculative starts adopted {sp['speculation_hits']}/{sp['speculations']}"
     )
