@@ -12,7 +12,18 @@ segment is out, the turn has words, no new speech has started, and the turn's po
   server without the turn engine, or a score that fails (overloaded, late), falls back to
   the silence policy for that pause.
 
-Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
+- ``manual``: no turn ends by itself; the client commits (the audio lane's
+  ``input_audio_buffer.commit`` command, :mod:`tidegate.pipelines.audio`). Speech does not
+  interrupt a reply under this policy (there is no turn detection to say it is a turn).
+
+A session's ``turn`` config may also set ``end_of_turn_s`` and ``max_wait_s`` (overriding
+the settings for it), ``respond: false`` (a turn's end keeps the user's words in the history
+for the next ``response.create`` instead of replying) and ``interrupt: false`` (speech over a
+reply does not cut it). A commit, whatever the policy, ends the turn at once with reason
+``commit`` and never starts a reply: its words wait for ``response.create`` (as the Realtime
+API does); a clear drops the words heard since the last turn.
+
+Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence | commit,
 probability, audio_ms} before the reply starts. The turn's finals, joined, become the user
 message the reply lane answers. ``input.text`` is a typed turn: it ends at once. Speech that
 starts while a reply is in progress is a possible interruption: the reply lane pauses the
@@ -61,6 +72,10 @@ class Replier(Protocol):
 
     def heard(self, text: str, *, final: bool) -> bool: ...
 
+    def hear(self, text: str) -> None:
+        """The user said ``text``; the reply waits for ``response.create``."""
+        ...
+
 
 class Looker(Protocol):
     """The vision lane, as turn-taking sees it."""
@@ -102,6 +117,7 @@ class TurnTaking:
             "turn_ends_semantic": 0,
             "turn_ends_timeout": 0,
             "turn_ends_silence": 0,
+            "turn_ends_commit": 0,
             "turn_scores": 0,
             "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
@@ -115,12 +131,15 @@ class TurnTaking:
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
 
+    def _turn_config(self, key: str, default: Any) -> Any:
+        return self.session.config.get("turn", {}).get(key, default)
+
     @property
     def policy(self) -> str:
         """This session's turn policy now (its config's ``turn.policy``, else the default);
-        ``silence`` when no turn engine runs."""
-        policy = self.session.config.get("turn", {}).get("policy", self.config.policy)
-        return "silence" if self.turn is None else str(policy)
+        ``semantic`` is ``silence`` when no turn engine runs."""
+        policy = str(self._turn_config("policy", self.config.policy))
+        return "silence" if policy == "semantic" and self.turn is None else policy
 
     def handlers(self) -> Mapping[type[Any], Handler]:
         return {InputText: self._text}
@@ -141,14 +160,18 @@ class TurnTaking:
         if self._turn_timer is not None:
             self._turn_timer.cancel()  # the turn goes on
             self._turn_timer = None
-        self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
+        if self.policy != "manual" and self._turn_config("interrupt", True):
+            self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False
         self.reply.speech_stopped()
         self._finals_due = True
         stopped = time.monotonic()
-        if self.policy == "semantic":
+        policy = self.policy
+        if policy == "manual":
+            self._decision = None  # the client commits
+        elif policy == "semantic":
             assert self.turn is not None
             self._decision = None  # until the score
             self._score_task = self.session.spawn(
@@ -171,8 +194,35 @@ class TurnTaking:
             self._finals_due = False
             self._arm()
 
+    def on_commit(self, ref: str | None, audio_ms: float) -> None:
+        """The client committed its audio: the turn ends now; its words wait for
+        ``response.create``."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
+        self._pause += 1  # a score still coming is for a turn that is over
+        self._decision = None
+        self._finals_due = False  # the audio lane has put every final out
+        text = " ".join(self._turn)
+        self._turn.clear()
+        self.turns += 1
+        self.counters["turn_ends_commit"] += 1
+        self.session.emit(TurnEnd(reason="commit", audio_ms=audio_ms, ref=ref))
+        if text:
+            self.reply.hear(text)
+
+    def on_clear(self) -> None:
+        """The client cleared its audio: the words heard since the last turn are dropped."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
+        self._pause += 1
+        self._decision = None
+        self._turn.clear()
+
     def _silence(self, stopped: float, audio_ms: float) -> Decision:
-        return Decision("silence", None, stopped + self.config.end_of_turn_s, audio_ms)
+        wait_s = self._turn_config("end_of_turn_s", self.config.end_of_turn_s)
+        return Decision("silence", None, stopped + wait_s, audio_ms)
 
     async def _score(
         self, turn: Scheduler[Array, Any], recent: Array, pause: int, stopped: float, ms: float
@@ -193,9 +243,8 @@ class TurnTaking:
             self._decision = Decision("semantic", result.probability, time.monotonic(), ms)
         else:
             self.counters["turn_scores_incomplete"] += 1
-            self._decision = Decision(
-                "timeout", result.probability, stopped + self.config.max_wait_s, ms
-            )
+            wait_s = self._turn_config("max_wait_s", self.config.max_wait_s)
+            self._decision = Decision("timeout", result.probability, stopped + wait_s, ms)
         self._arm()
 
     def _arm(self) -> None:
@@ -207,7 +256,8 @@ class TurnTaking:
             self._turn_timer.cancel()
         delay_s = max(0.0, decision.at - time.monotonic())
         self._turn_timer = self.session.spawn(self._end_turn(delay_s, decision), "turn-end")
-        if delay_s > 0:  # the text is known: its reply may start now, held (reply.py)
+        if delay_s > 0 and self._turn_config("respond", True):
+            # the text is known: its reply may start now, held (reply.py)
             self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=delay_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
@@ -233,7 +283,10 @@ class TurnTaking:
                 audio_ms=decision.audio_ms,
             )
         )
-        self.reply.answer(text, None, self._turn_received, spoken=True)
+        if self._turn_config("respond", True):
+            self.reply.answer(text, None, self._turn_received, spoken=True)
+        else:
+            self.reply.hear(text)
 
     def stats(self) -> dict[str, Any]:
         return {"turns": self.turns, **self.counters}
