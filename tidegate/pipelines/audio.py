@@ -81,7 +81,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
-PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+#: audio kept before the newest frame, for a segment's pre-roll: the VAD confirms speech
+#: min_speech_s (0.25 s) after it began, and a segment starts pre_roll_s before that
+PRE_ROLL_S = 1.0
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
@@ -180,6 +182,7 @@ class AudioLane:
         if tokenizer is None:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
+        self._encode = tokenizer.encode
         self.settings: StreamingSettings = config.streaming
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
@@ -213,6 +216,8 @@ class AudioLane:
         self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._recent_samples = 0
         self._segment: Segment | None = None
+        self._segment_end = 0  # session sample where the last segment ended
+        self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
         self._max_finals = s.asr_max_pending_finals
@@ -353,15 +358,25 @@ class AudioLane:
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
+                self._segment_end = seg.end_sample
                 await self._close_segment(seg, received)
-        if self._segment is not None and self._segment.due(self.settings):
+        if self._segment is not None and self._partial_due(self._segment):
             self._wake.set()
 
+    def _partial_due(self, seg: Segment) -> bool:
+        """A partial of ``seg`` is due (the adaptive rate: the ASR engine's queue depth)."""
+        return seg.due(self.settings, self.asr.queue_load().depth)
+
     def _open_segment(self, start_sample: int, probability: float) -> None:
+        """A segment from ``pre_roll_s`` before the VAD's start of speech (never before
+        the previous segment's end: no word twice), with the session's previous text as its
+        context."""
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
-        start_sample = max(start_sample, first)
-        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode)
+        pre_roll = round(self.settings.pre_roll_s * SAMPLE_RATE_HZ)
+        start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
+        prompt = tuple(self._context) if self.settings.prompt_tokens else ()
+        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode, prompt=prompt)
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
         seg.append(audio[skip:], [probability] * frames)
@@ -383,7 +398,7 @@ class AudioLane:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._finals or (self._segment is not None and self._segment.due(self.settings)):
+            while self._finals or (self._segment is not None and self._partial_due(self._segment)):
                 if self._finals:
                     seg, received = self._finals[0]
                     await self._final(seg, received)
@@ -444,6 +459,8 @@ class AudioLane:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
+        if self.settings.prompt_tokens:
+            self._context.extend(self._encode(" " + text))
         event = self._event(AsrFinal, seg, text, timing)
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)

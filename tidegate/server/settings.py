@@ -399,6 +399,26 @@ class Settings:
     asr_max_segment_s: float = _doc(
         "Speech longer than this is cut at the next pause into separate segments.", default=15.0
     )
+    asr_pre_roll_s: float = _doc(
+        "Audio a speech segment keeps from before the VAD's start of speech (never before the "
+        "previous segment's end): the first word's onset, which the VAD confirms late.",
+        default=0.2,
+    )
+    asr_prompt_tokens: int = _doc(
+        "Tokens of the session's previous finals given to every decode of a segment as "
+        "Whisper's previous-text context (0: none; at most 64 are used).",
+        default=64,
+    )
+    asr_partial_backoff_items: int = _doc(
+        "Adaptive partial rate: the partial interval grows by asr_partial_interval_s for every "
+        "this many requests queued for the ASR engine.",
+        default=4,
+    )
+    asr_partial_max_queue_items: int = _doc(
+        "No partial starts while this many requests are queued for the ASR engine (finals "
+        "only; they are never skipped).",
+        default=16,
+    )
     asr_hard_max_segment_s: float = _doc(
         "Speech is cut here even without a pause (Whisper's window is 30 s).", default=25.0
     )
