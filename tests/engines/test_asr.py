@@ -197,3 +197,38 @@ def test_repetition_loops_are_cut() -> None:
     assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4, keep=6) == 0
     assert repeated_tail([7, 7, 7, 7], 4) == 0  # "no, no, no": short repeats are speech
     assert repeated_tail([1, 2, 3, 4, 5, 6], 4) == 0
+
+
+def test_partial_rate_adapts_to_the_queue() -> None:
+    """The partial interval stretches by one interval per partial_backoff_items queued ASR
+    requests, and no partial is due from partial_max_queue_items queued (finals only)."""
+    s = StreamingSettings(partial_interval_s=1.0, partial_backoff_items=4, partial_max_queue_items=8)
+    assert s.partial_interval_at(0) == 1.0
+    assert s.partial_interval_at(4) == 2.0
+    assert s.partial_interval_at(7) == 2.75
+    assert s.partial_interval_at(8) is None
+    seg = Segment("s", 0, lambda tokens: "")
+    frame = np.zeros(512, dtype=np.float32)
+    for _ in range(40):  # 1.28 s of speech
+        seg.append(frame, [0.9])
+    assert seg.due(s, 0) and not seg.due(s, 4) and not seg.due(s, 8)
+    for _ in range(30):  # 2.24 s
+        seg.append(frame, [0.9])
+    assert seg.due(s, 4) and not seg.due(s, 8)
+
+
+def test_a_context_prompt_stays_out_of_the_hypothesis(onnx_asr: WhisperOnnx, beckett) -> None:
+    """A request's prompt (previous text) conditions the decode but is not in its tokens or
+    text; a prompted row and an unprompted one batched together each get what they get
+    alone (the rows' forced tokens are stepped per row)."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    prompt = tuple(tok.encode(" It was the best of times, it was the worst of times."))
+    prompted = AsrRequest(beckett[:48_000], prompt=prompt)
+    plain = AsrRequest(beckett[16_000:48_000])
+    (p_alone,) = run(onnx_asr, prompted)
+    (q_alone,) = run(onnx_asr, plain)
+    p, q = run(onnx_asr, prompted, plain)
+    assert p.tokens == p_alone.tokens and q.tokens == q_alone.tokens
+    assert "times" not in p.text.lower() and wer("Ever tried. Ever failed.", p.text) <= 0.25
+    assert all(t < tok.special.eot for t in p.tokens)  # no <|startofprev|>, no prompt

@@ -81,9 +81,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
-#: audio kept before the newest frame, for a segment's pre-roll: the VAD confirms speech
+#: audio kept beyond the pre-roll before the newest frame: the VAD confirms speech
 #: min_speech_s (0.25 s) after it began, and a segment starts pre_roll_s before that
-PRE_ROLL_S = 1.0
+PRE_ROLL_SLACK_S = 1.0
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
@@ -213,6 +213,7 @@ class AudioLane:
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
+        self._pre_roll_max = (config.streaming.pre_roll_s + PRE_ROLL_SLACK_S) * SAMPLE_RATE_HZ
         self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._recent_samples = 0
         self._segment: Segment | None = None
@@ -337,7 +338,7 @@ class AudioLane:
             seg.append(frame, [r.probability])
         self._pre_roll.append(frame)
         self._pre_roll_samples += FRAME_SAMPLES
-        while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
+        while self._pre_roll_samples - FRAME_SAMPLES >= self._pre_roll_max:
             self._pre_roll_samples -= len(self._pre_roll.popleft())
         if self.listener is not None:
             self._recent.append(frame)
@@ -375,8 +376,9 @@ class AudioLane:
         first = self._samples - len(audio)
         pre_roll = round(self.settings.pre_roll_s * SAMPLE_RATE_HZ)
         start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
-        prompt = tuple(self._context) if self.settings.prompt_tokens else ()
-        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode, prompt=prompt)
+        seg = Segment(
+            "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, prompt=self.context
+        )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
         seg.append(audio[skip:], [probability] * frames)
@@ -485,6 +487,11 @@ class AudioLane:
         )
 
     # -- the rest ---------------------------------------------------------------------------
+    @property
+    def context(self) -> tuple[int, ...]:
+        """The tokens the next segment gets as its prompt (the previous finals' newest)."""
+        return tuple(self._context) if self.settings.prompt_tokens else ()
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,
