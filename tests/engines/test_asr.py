@@ -202,7 +202,9 @@ def test_repetition_loops_are_cut() -> None:
 def test_partial_rate_adapts_to_the_queue() -> None:
     """The partial interval stretches by one interval per partial_backoff_items queued ASR
     requests, and no partial is due from partial_max_queue_items queued (finals only)."""
-    s = StreamingSettings(partial_interval_s=1.0, partial_backoff_items=4, partial_max_queue_items=8)
+    s = StreamingSettings(
+        partial_interval_s=1.0, partial_backoff_items=4, partial_max_queue_items=8
+    )
     assert s.partial_interval_at(0) == 1.0
     assert s.partial_interval_at(4) == 2.0
     assert s.partial_interval_at(7) == 2.75

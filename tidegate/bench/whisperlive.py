@@ -52,6 +52,7 @@ PEER_PACKAGES = (
     "fastapi",
     "uvicorn",
     "numpy<2.5",
+    "requests",  # faster-whisper imports it (huggingface_hub 1.x no longer pulls it)
 )
 STAMP = ".installed-v1"
 READY_TIMEOUT_S = 120.0
