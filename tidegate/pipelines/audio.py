@@ -375,6 +375,8 @@ class AudioLane:
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
         pre_roll = round(self.settings.pre_roll_s * SAMPLE_RATE_HZ)
+        if start_sample - self._segment_end > self.settings.prompt_max_gap_s * SAMPLE_RATE_HZ:
+            self._context.clear()  # a new stretch of talk: no previous-text context
         start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
         seg = Segment(
             "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, prompt=self.context

@@ -75,6 +75,7 @@ def lane_config(settings: Settings) -> LaneConfig:
                 partial_hold_s=s.asr_partial_hold_s,
                 pre_roll_s=s.asr_pre_roll_s,
                 prompt_tokens=s.asr_prompt_tokens,
+                prompt_max_gap_s=s.asr_prompt_max_gap_s,
                 partial_backoff_items=s.asr_partial_backoff_items,
                 partial_max_queue_items=s.asr_partial_max_queue_items,
             ),

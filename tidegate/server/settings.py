@@ -36,7 +36,7 @@ DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
 # Settings whose empty environment value means "none" rather than "unset" (the default).
 EMPTY_MEANS_NONE = frozenset({"engines"})
 # counts that may be 0, which turns what they count off
-ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens"})
+ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens", "asr_prompt_tokens"})
 
 
 C = TypeVar("C")
@@ -408,6 +408,11 @@ class Settings:
         "Tokens of the session's previous finals given to every decode of a segment as "
         "Whisper's previous-text context (0: none; at most 64 are used).",
         default=64,
+    )
+    asr_prompt_max_gap_s: float = _doc(
+        "The previous-text context is kept only across pauses up to this long (s); after a "
+        "longer one a segment starts without it.",
+        default=1.0,
     )
     asr_partial_backoff_items: int = _doc(
         "Adaptive partial rate: the partial interval grows by asr_partial_interval_s for every "

@@ -494,6 +494,9 @@ async def _level(
     if load is not None:
         out["load"] = load
     out.update(_mean_wer(figures))
+    if logs:  # what the first stream heard, per utterance (to read the errors)
+        first = [(f.audio_start_ms, f.text) for f, _ in logs[0].finals]
+        out["heard"] = attribute(first, plan.utterances)
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = cpu1 - cpu0
         out["cpu_s_per_audio_s"] = (cpu1 - cpu0) / (audio_s * n)
@@ -563,6 +566,9 @@ async def _peer_level(
         "cpu_s_per_audio_s": (cpu1 - cpu0) / (audio_s * n),
     }
     out.update(_mean_wer(figures))
+    if logs:
+        first = [(start * 1000, text) for start, (_, _, text) in logs[0].completed().items()]
+        out["heard"] = attribute(first, plan.utterances)
     return out
 
 

@@ -16,7 +16,9 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
   finals are never skipped.
 - **Context**: a segment carries ``prompt``, the tokens of the session's previous finals
   (the newest ``prompt_tokens``), as Whisper's previous-text context, so that a short phrase
-  the VAD cut out is decoded knowing what came before.
+  the VAD cut out is decoded knowing what came before. Only while the talk goes on: after a
+  pause longer than ``prompt_max_gap_s`` the context starts empty again (tiny.en, prompted
+  with an unrelated sentence, can continue the prompt instead of hearing the audio).
 - **Gate**: a hypothesis counts only when :class:`~.request.QualityGate` calls it speech (no
   text from silence or noise, even when the VAD let it through).
 - **Cuts**: a segment longer than ``max_segment_s`` is cut at the quietest VAD frame (below
@@ -63,6 +65,7 @@ class StreamingSettings:
     language_detect_s: float = 2.0
     pre_roll_s: float = 0.2
     prompt_tokens: int = 64
+    prompt_max_gap_s: float = 1.0
     partial_backoff_items: int = 4
     partial_max_queue_items: int = 16
     gate: QualityGate = field(default_factory=QualityGate)
@@ -72,8 +75,8 @@ class StreamingSettings:
             raise ValueError("partial_interval_s must be positive")
         if not 0 <= self.pre_roll_s <= 2.0:
             raise ValueError("pre_roll_s must be within 0..2 s")
-        if self.prompt_tokens < 0:
-            raise ValueError("prompt_tokens cannot be negative")
+        if self.prompt_tokens < 0 or self.prompt_max_gap_s < 0:
+            raise ValueError("prompt_tokens and prompt_max_gap_s cannot be negative")
         if self.partial_backoff_items < 1 or self.partial_max_queue_items < 1:
             raise ValueError("partial_backoff_items and partial_max_queue_items must be >= 1")
 
