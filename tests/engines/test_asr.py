@@ -13,7 +13,7 @@ import pytest
 from tidegate.engines import models
 from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
-from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, QualityGate
+from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
 from tidegate.engines.engine import Failed, Ok
@@ -202,7 +202,6 @@ def test_repetition_loops_are_cut() -> None:
     assert repeated_tail([1400, 11, 645, 11, 645, 11, 645, 13], 3) == 0  # "No, no, no, no."
 
 
-
 def test_partial_rate_adapts_to_the_queue() -> None:
     """The partial interval stretches by one interval per partial_backoff_items queued ASR
     requests, and no partial is due from partial_max_queue_items queued (finals only)."""
@@ -238,3 +237,21 @@ def test_a_context_prompt_stays_out_of_the_hypothesis(onnx_asr: WhisperOnnx, bec
     assert p.tokens == p_alone.tokens and q.tokens == q_alone.tokens
     assert "times" not in p.text.lower() and wer("Ever tried. Ever failed.", p.text) <= 0.25
     assert all(t < tok.special.eot for t in p.tokens)  # no <|startofprev|>, no prompt
+
+
+def test_a_hypothesis_echoing_the_prompt_is_recognised(onnx_asr: WhisperOnnx) -> None:
+    """A hypothesis that only repeats the prompt's last words (beyond the committed prefix)
+    echoes it; new words, or no prompt, do not."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    prompt = tok.encode(" No matter. Try again.")
+    seg = Segment("s", 0, tok.decode, prompt=prompt)
+
+    def said(text: str) -> AsrResult:
+        return AsrResult(tuple(tok.encode(text)), text, -0.2, 0.0, 1.0, generated=3)
+
+    assert seg.echoes_prompt(said(" Try again"))
+    assert seg.echoes_prompt(said(" try again."))
+    assert not seg.echoes_prompt(said(" Fail again."))
+    assert not seg.echoes_prompt(said(" Try again. Fail better."))
+    assert not Segment("t", 0, tok.decode).echoes_prompt(said(" Try again."))

@@ -234,6 +234,7 @@ class AudioLane:
             "asr_errors": 0,
             "vad_errors": 0,
             "cuts": 0,
+            "prompt_echoes": 0,
         }
         session.spawn(self._vad_loop(self.inbox), "vad")
         session.spawn(self._asr_loop(), "asr")
@@ -437,6 +438,10 @@ class AudioLane:
             result, timing = await self._run(seg, decoded, cancel)
         finally:
             self._partial_cancel = None
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # this segment goes on without the context
+            result = None
         if result is None:
             seg.decoded_until = decoded
             return
@@ -453,6 +458,10 @@ class AudioLane:
 
     async def _final(self, seg: Segment, received: float) -> None:
         result, timing = await self._run(seg, None)
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # decoded again without the context
+            result, timing = await self._run(seg, None)
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )

@@ -18,7 +18,10 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
   (the newest ``prompt_tokens``), as Whisper's previous-text context, so that a short phrase
   the VAD cut out is decoded knowing what came before. Only while the talk goes on: after a
   pause longer than ``prompt_max_gap_s`` the context starts empty again (tiny.en, prompted
-  with an unrelated sentence, can continue the prompt instead of hearing the audio).
+  with an unrelated sentence, can continue the prompt instead of hearing the audio). A
+  hypothesis that only repeats the prompt's last words (:meth:`Segment.echoes_prompt`: the
+  previous phrase again, for a breath or a noise) is not taken: the segment drops its prompt
+  and is decoded again without it.
 - **Gate**: a hypothesis counts only when :class:`~.request.QualityGate` calls it speech (no
   text from silence or noise, even when the VAD let it through).
 - **Cuts**: a segment longer than ``max_segment_s`` is cut at the quietest VAD frame (below
@@ -39,6 +42,7 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +98,10 @@ class StreamingSettings:
             raise ValueError("language_detect_s must be within 0..30 s")
         if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
             raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w']+", " ", text.lower()).split()
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -208,6 +216,16 @@ class Segment:
         if decoded >= s.language_detect_s * SAMPLE_RATE_HZ and s.gate.is_speech(result):
             self.language = result.language
             self.language_probability = result.language_probability
+
+    def echoes_prompt(self, result: AsrResult) -> bool:
+        """Whether the hypothesis, beyond what is committed, only repeats the end of the
+        prompt (tiny.en, given a context, may answer a breath or a noise with the previous
+        phrase again): such a hypothesis is decoded again without the prompt."""
+        if not self.prompt:
+            return False
+        said = _words(self._decode(result.tokens[len(self.committed) :]))
+        before = _words(self._decode(self.prompt))
+        return bool(said) and len(said) <= len(before) and before[-len(said) :] == said
 
     def _starts_word(self, token: int) -> bool:
         return self._decode([token]).startswith(" ")
