@@ -351,7 +351,8 @@ def greedy_decode(
                     pl = np.exp(_log_softmax(logits[row, k, vocab.language_ids]))
                     if lang[i] == LANG_AUTO:
                         lang[i] = int(vocab.language_ids[int(np.argmax(pl))])
-                        need[i] = [*need[i][:1], *vocab.prompt(lang[i])[1:], *prefixes[i]]
+                    if detect:  # the rest of every row's prompt, in its language now known
+                        need[i] = [*vocab.prompt(lang[i]), *prefixes[i]]
                         start[i] = len(need[i]) - len(prefixes[i])
                     j = int(np.flatnonzero(vocab.language_ids == lang[i])[0])
                     lang_prob[i] = float(pl[j])
