@@ -176,6 +176,8 @@ async def test_segments_start_with_pre_roll_and_carry_the_previous_text(
         for i in range(0, len(pcm), step):
             chunk = pcm[i : i + step].astype("<i2").tobytes()
             await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+            while lane.inbox.stats.queued_ms > 1000:  # as credit would pace it: no overflow
+                await asyncio.sleep(0.01)
         async with asyncio.timeout(scaled(60)):
             while len(session.of(AsrFinal)) < 2:
                 await asyncio.sleep(0.05)

@@ -97,7 +97,7 @@ class DecodeOptions:
     ctx_step_s: float = 1.0
     min_ctx_s: float = 10.0
     max_tokens_per_s: float = 8.0
-    loop_min_tokens: int = 3
+    loop_min_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.ctx_margin_s < 0 or self.ctx_step_s <= 0 or self.max_tokens_per_s <= 0:

@@ -68,7 +68,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         ctx_margin_s: float = 5.0,
         ctx_step_s: float = 1.0,
         max_tokens_per_s: float = 8.0,
-        loop_min_tokens: int = 3,
+        loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
         language: str = "auto",
     ) -> None:
