@@ -168,7 +168,7 @@ async def test_segments_start_with_pre_roll_and_carry_the_previous_text(
     pcm = np.concatenate([silence, first, pause, second, silence])
     session = FakeSession()
     base = lane_config(settings).audio.streaming
-    streaming = dataclasses.replace(base, pre_roll_s=1.0)
+    streaming = dataclasses.replace(base, pre_roll_s=1.0, prompt_tokens=64)
     lane, _ = lane_for(session, settings, engines, audio_max_ahead_s=0.0, streaming=streaming)
     handle = lane.handlers()[InputAudio]
     step = int(CHUNK_S * rate)

@@ -406,8 +406,10 @@ class Settings:
     )
     asr_prompt_tokens: int = _doc(
         "Tokens of the session's previous finals given to every decode of a segment as "
-        "Whisper's previous-text context (0: none; at most 64 are used).",
-        default=64,
+        "Whisper's previous-text context (0: none, the default; at most 64 are used). Off by "
+        "default: with tiny.en it fixed first words of the recorded clips but made a trailing "
+        "fragment decode as the previous phrase again (docs/asr.md).",
+        default=0,
     )
     asr_prompt_max_gap_s: float = _doc(
         "The previous-text context is kept only across pauses up to this long (s); after a "

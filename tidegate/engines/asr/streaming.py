@@ -68,7 +68,7 @@ class StreamingSettings:
     partial_hold_s: float = 0.2
     language_detect_s: float = 2.0
     pre_roll_s: float = 0.2
-    prompt_tokens: int = 64
+    prompt_tokens: int = 0
     prompt_max_gap_s: float = 1.0
     partial_backoff_items: int = 4
     partial_max_queue_items: int = 16
