@@ -270,6 +270,48 @@ def transcribe(
     return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
 
 
+def transcribe_by_context(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    prefixes: Sequence[Sequence[int]],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+    cancelled: Callable[[int], bool] | None = None,
+    languages: Sequence[int] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+) -> list[tuple[Decoded | None, int, dict[str, float]]]:
+    """:func:`transcribe` with the rows grouped by their own audio context: each group is
+    encoded and decoded on its own, so a short row never pays the encoder for the longest
+    row of the batch. Per row: its hypothesis (None: cancelled), its audio context, the
+    timings of its group (``groups``: how many there were)."""
+    groups: dict[int, list[int]] = {}
+    for row, (a, o) in enumerate(zip(audios, options, strict=True)):
+        ctx = audio_context(len(a), o.ctx_margin_s, o.ctx_step_s, o.min_ctx_s)
+        groups.setdefault(ctx, []).append(row)
+    out: dict[int, tuple[Decoded | None, int, dict[str, float]]] = {}
+    for group in groups.values():
+
+        def gone(k: int, group: list[int] = group) -> bool:
+            return cancelled is not None and cancelled(group[k])
+
+        decoded, ctx, timings = transcribe(
+            encoder,
+            decoder,
+            [audios[r] for r in group],
+            [prefixes[r] for r in group],
+            [options[r] for r in group],
+            vocab,
+            gone,
+            None if languages is None else [languages[r] for r in group],
+            None if prompts is None else [prompts[r] for r in group],
+        )
+        timings = {**timings, "groups": len(groups)}
+        for r, d in zip(group, decoded, strict=True):
+            out[r] = (d, ctx, timings)
+    return [out[r] for r in range(len(audios))]
+
+
 def greedy_decode(
     decoder: Run,
     cross_k: Array,
@@ -553,7 +595,7 @@ class Transcriber:
             except (KeyError, ValueError, TypeError) as e:
                 answers.append(ValueError(f"transcribe: {e}"))
         if rows:
-            decoded, ctx, timings = transcribe(
+            done = transcribe_by_context(
                 self.encoder,
                 self.decoder,
                 [r[1] for r in rows],
@@ -563,10 +605,10 @@ class Transcriber:
                 languages=[r[4] for r in rows],
             )
             for k in range(len(requests)):
-                mine = [d for (owner, *_), d in zip(rows, decoded, strict=True) if owner == k]
                 if isinstance(answers[k], ValueError):
                     continue
-                answers[k] = _outputs([d for d in mine if d is not None], ctx, timings)
+                mine = [g for (owner, *_), g in zip(rows, done, strict=True) if owner == k]
+                answers[k] = _outputs(mine)
         return answers
 
 
@@ -607,9 +649,9 @@ def _rows(
     return out
 
 
-def _outputs(
-    decoded: Sequence[Decoded], ctx: int, timings: Mapping[str, float]
-) -> dict[str, Array]:
+def _outputs(rows: Sequence[tuple[Decoded | None, int, Mapping[str, float]]]) -> dict[str, Array]:
+    """One request's output tensors from its rows: (hypothesis, audio context, timings)."""
+    decoded = [d for d, _, _ in rows if d is not None]
     b = len(decoded)
     width = max(1, max((len(d.tokens) for d in decoded), default=0))
     tokens = np.full((b, width), -1, dtype=np.int64)
@@ -623,10 +665,10 @@ def _outputs(
         "no_speech_prob": np.array([[d.no_speech] for d in decoded], dtype=np.float64),
         "language": np.array([[d.language] for d in decoded], dtype=np.int64),
         "language_prob": np.array([[d.language_prob] for d in decoded], dtype=np.float64),
-        "audio_ctx": np.full((b, 1), ctx, dtype=np.int64),
-        "timings_ms": np.tile(
-            np.array([timings["encode"], timings["decode"]], dtype=np.float64), (b, 1)
-        ),
+        "audio_ctx": np.array([[ctx] for d, ctx, _ in rows if d is not None], dtype=np.int64),
+        "timings_ms": np.array(
+            [[t["encode"], t["decode"]] for d, _, t in rows if d is not None], dtype=np.float64
+        ).reshape(b, 2),
     }
 
 

@@ -36,7 +36,7 @@ from .greedy import (
     audio_context,
     pack_requests,
     repeated_tail,
-    transcribe,
+    transcribe_by_context,
     transcribe_signature,
     unpack_results,
 )
@@ -178,29 +178,17 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 raise EngineError("asr: not loaded")
             # Rows grouped by their own audio context: a short final never pays for the
             # encoder context of a long partial it was batched with (docs/asr.md).
-            groups: dict[int, list[int]] = {}
-            for row, a in enumerate(audios):
-                o = self.decode_options
-                groups.setdefault(
-                    audio_context(len(a), o.ctx_margin_s, o.ctx_step_s, o.min_ctx_s), []
-                ).append(row)
-            by_row: dict[int, tuple[Decoded | None, int, dict[str, float]]] = {}
-            for group in groups.values():
-                decoded, ctx, timings = transcribe(
-                    self._encoder.run,
-                    self._decoder.run,
-                    [audios[r] for r in group],
-                    [prefixes[r] for r in group],
-                    [self.decode_options] * len(group),
-                    self.vocab,
-                    cancelled=_row_cancelled(items, [live[r] for r in group]),
-                    languages=[languages[r] for r in group],
-                    prompts=[items[live[r]].prompt for r in group],
-                )
-                timings = {**timings, "groups": len(groups)}
-                for r, d in zip(group, decoded, strict=True):
-                    by_row[r] = (d, ctx, timings)
-            rows = [by_row[r] for r in range(len(live))]
+            rows = transcribe_by_context(
+                self._encoder.run,
+                self._decoder.run,
+                audios,
+                prefixes,
+                [self.decode_options] * len(live),
+                self.vocab,
+                cancelled=_row_cancelled(items, live),
+                languages=languages,
+                prompts=[items[i].prompt for i in live],
+            )
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
             if decoded_row is None:
                 continue  # cancelled while decoding
