@@ -96,7 +96,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
-PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+#: audio kept beyond the pre-roll before the newest frame: the VAD confirms speech
+#: min_speech_s (0.25 s) after it began, and a segment starts pre_roll_s before that
+PRE_ROLL_SLACK_S = 1.0
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
@@ -212,6 +214,7 @@ class AudioLane:
         if tokenizer is None:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
+        self._encode = tokenizer.encode
         self.settings: StreamingSettings = config.streaming
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
@@ -242,9 +245,12 @@ class AudioLane:
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
+        self._pre_roll_max = (config.streaming.pre_roll_s + PRE_ROLL_SLACK_S) * SAMPLE_RATE_HZ
         self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._recent_samples = 0
         self._segment: Segment | None = None
+        self._segment_end = 0  # session sample where the last segment ended
+        self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
         self._max_finals = s.asr_max_pending_finals
@@ -266,6 +272,7 @@ class AudioLane:
             "cuts": 0,
             "commits": 0,
             "clears": 0,
+            "prompt_echoes": 0,
         }
         session.spawn(self._vad_loop(self.inbox), "vad")
         session.spawn(self._asr_loop(), "asr")
@@ -446,7 +453,7 @@ class AudioLane:
             seg.append(frame, [r.probability])
         self._pre_roll.append(frame)
         self._pre_roll_samples += FRAME_SAMPLES
-        while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
+        while self._pre_roll_samples - FRAME_SAMPLES >= self._pre_roll_max:
             self._pre_roll_samples -= len(self._pre_roll.popleft())
         if self.listener is not None:
             self._recent.append(frame)
@@ -467,18 +474,33 @@ class AudioLane:
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
+                self._segment_end = seg.end_sample
                 await self._close_segment(seg, received)
-        if self._segment is not None and self._segment.due(self.settings):
+        if self._segment is not None and self._partial_due(self._segment):
             self._wake.set()
 
+    def _partial_due(self, seg: Segment) -> bool:
+        """A partial of ``seg`` is due (the adaptive rate: the ASR engine's queue depth)."""
+        return seg.due(self.settings, self.asr.queue_load().depth)
+
     def _open_segment(self, start_sample: int, probability: float) -> None:
+        """A segment from ``pre_roll_s`` before the VAD's start of speech (never before
+        the previous segment's end: no word twice), with the session's previous text as its
+        context."""
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
-        start_sample = max(start_sample, first)
+        pre_roll = round(self.settings.pre_roll_s * SAMPLE_RATE_HZ)
+        if start_sample - self._segment_end > self.settings.prompt_max_gap_s * SAMPLE_RATE_HZ:
+            self._context.clear()  # a new stretch of talk: no previous-text context
+        start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
         # the session's language (config ``language``; None: the engine's default)
         language = self.session.config.get("language")
         seg = Segment(
-            "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, language=language
+            "seg_" + secrets.token_urlsafe(6),
+            start_sample,
+            self._decode,
+            prompt=self.context,
+            language=language,
         )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
@@ -501,7 +523,7 @@ class AudioLane:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._finals or (self._segment is not None and self._segment.due(self.settings)):
+            while self._finals or (self._segment is not None and self._partial_due(self._segment)):
                 if self._finals:
                     seg, received = self._finals[0]
                     await self._final(seg, received)
@@ -565,6 +587,10 @@ class AudioLane:
             result, timing = await self._run(seg, decoded, cancel)
         finally:
             self._partial_cancel = None
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # this segment goes on without the context
+            result = None
         if result is None:
             seg.decoded_until = decoded
             return
@@ -589,6 +615,10 @@ class AudioLane:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         result, timing = await self._run(seg, None)
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # decoded again without the context
+            result, timing = await self._run(seg, None)
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )
@@ -599,6 +629,8 @@ class AudioLane:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
+        if self.settings.prompt_tokens:
+            self._context.extend(self._encode(" " + text))
         event = self._event(AsrFinal, seg, text, timing)
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
@@ -623,6 +655,11 @@ class AudioLane:
         )
 
     # -- the rest ---------------------------------------------------------------------------
+    @property
+    def context(self) -> tuple[int, ...]:
+        """The tokens the next segment gets as its prompt (the previous finals' newest)."""
+        return tuple(self._context) if self.settings.prompt_tokens else ()
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,

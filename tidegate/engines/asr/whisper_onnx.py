@@ -13,7 +13,7 @@ runs locally while Triton is down.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from ..signature import Signature, TensorSpec
 from .features import SAMPLE_RATE_HZ
 from .greedy import (
     MAX_PREFIX,
+    MAX_PROMPT,
     MAX_TEXT_CTX,
     Decoded,
     DecodeOptions,
@@ -35,7 +36,7 @@ from .greedy import (
     audio_context,
     pack_requests,
     repeated_tail,
-    transcribe,
+    transcribe_by_context,
     transcribe_signature,
     unpack_results,
 )
@@ -139,7 +140,13 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         if len(request.prefix) > MAX_PREFIX:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
         language = resolve_language(self.tokenizer, request.language or self.language)
-        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel, language)
+        return AsrRequest(
+            audio,
+            tuple(int(t) for t in request.prefix),
+            request.cancel,
+            language,
+            tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
+        )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self.tokenizer is None:
@@ -169,17 +176,19 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         else:
             if self._encoder is None or self._decoder is None or self.vocab is None:
                 raise EngineError("asr: not loaded")
-            decoded, ctx, timings = transcribe(
+            # Rows grouped by their own audio context: a short final never pays for the
+            # encoder context of a long partial it was batched with (docs/asr.md).
+            rows = transcribe_by_context(
                 self._encoder.run,
                 self._decoder.run,
                 audios,
                 prefixes,
                 [self.decode_options] * len(live),
                 self.vocab,
-                cancelled=lambda row: items[live[row]].cancelled,
+                cancelled=_row_cancelled(items, live),
                 languages=languages,
+                prompts=[items[i].prompt for i in live],
             )
-            rows = [(d, ctx, timings) for d in decoded]
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
             if decoded_row is None:
                 continue  # cancelled while decoding
@@ -205,6 +214,11 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             if m is not None:
                 m.close()
         self._encoder = self._decoder = self._transcribe = None
+
+
+def _row_cancelled(items: Sequence[AsrRequest], index: Sequence[int]) -> Callable[[int], bool]:
+    """``cancelled(row)`` for the rows ``index`` of ``items``."""
+    return lambda row: items[index[row]].cancelled
 
 
 def resolve_language(tokenizer: WhisperTokenizer | None, language: str) -> str:
