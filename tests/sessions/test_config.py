@@ -1,4 +1,5 @@
-"""The session config check: ``instructions`` (the assistant's system prompt per session)."""
+"""The session config check: ``instructions`` (the assistant's system prompt per session),
+``language`` and ``voices``."""
 
 from __future__ import annotations
 
@@ -29,3 +30,56 @@ def test_bad_instructions_are_refused(value: Any, words: str) -> None:
         resolve_config({"mode": "assistant", "instructions": value}, "assistant", engines)  # type: ignore[arg-type]
     ok = resolve_config({"mode": "assistant", "instructions": "Be brief."}, "assistant", engines)  # type: ignore[arg-type]
     assert ok["instructions"] == "Be brief."
+
+
+def _asr_engines(languages: tuple[str, ...] = ()) -> Any:
+    """The running-engines view resolve_config reads: Whisper base's real tokenizer (its 99
+    languages) and the deployment's ``asr_languages``; the assistant's other engines."""
+    from tests.support import prepare_models
+    from tidegate.engines import models
+    from tidegate.engines.asr.tokenizer import WhisperTokenizer
+    from tidegate.engines.tts.bank import VoiceBank
+
+    folder = models.model_dir(prepare_models("whisper-base"), "whisper-base")
+    engine = SimpleNamespace(
+        tokenizer=WhisperTokenizer(folder / "tokenizer.json"), languages=languages
+    )
+    return SimpleNamespace(
+        schedulers={"vad": None, "asr": SimpleNamespace(engine=engine), "tts": None},
+        batchers={"llm": None},
+        voices=VoiceBank(None, None, espeak=True),
+    )
+
+
+def test_language_is_a_code_the_asr_serves_or_auto() -> None:
+    """``language``: auto or a code of the model (lower-cased), within ``asr_languages`` when
+    set; other values, and modes that hear no speech, are refused naming what is accepted."""
+    engines = _asr_engines()
+    ok = resolve_config({"mode": "transcribe", "language": "DE"}, "assistant", engines)
+    assert ok["language"] == "de"
+    assert resolve_config({"language": "auto"}, "assistant", engines)["language"] == "auto"
+    for bad, words in [("xx", "not a language this server"), (7, "expected a language code")]:
+        with pytest.raises(InvalidConfigError, match=words):
+            resolve_config({"mode": "transcribe", "language": bad}, "assistant", engines)
+    with pytest.raises(InvalidConfigError, match="recognises speech"):
+        resolve_config({"mode": "loopback", "language": "de"}, "assistant", engines)
+    served = _asr_engines(("en", "de"))
+    with pytest.raises(InvalidConfigError, match="auto, de, en"):
+        resolve_config({"mode": "transcribe", "language": "fr"}, "assistant", served)
+
+
+def test_voices_name_a_voice_of_the_language_or_none() -> None:
+    """``voices`` maps a language to one of its voices here, or ``none`` (text only)."""
+    engines = _asr_engines()
+    ok = resolve_config({"voices": {"DE": "de", "fr": "none"}}, "assistant", engines)
+    assert ok["voices"] == {"de": "de", "fr": "none"}
+    for bad, words in [
+        ({"de": "fr-fr"}, r"no voice 'fr-fr' for this language here; expected one of \['de'"),
+        ({"german": "de"}, "not a language code"),
+        ({"de": 3}, "expected a voice name"),
+        (["de"], "expected a map"),
+    ]:
+        with pytest.raises(InvalidConfigError, match=words):
+            resolve_config({"voices": bad}, "assistant", engines)
+    with pytest.raises(InvalidConfigError, match="only the assistant mode speaks"):
+        resolve_config({"mode": "transcribe", "voices": {"de": "de"}}, "assistant", engines)

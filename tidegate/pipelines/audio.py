@@ -74,6 +74,7 @@ from tidegate.protocol.messages import (
 from .config import AudioConfig
 from .echo import EchoPath
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
+from .language import TurnLanguage
 from .port import Handler, SessionPort
 from .records import TranscriptSegment
 
@@ -169,6 +170,7 @@ class AudioLane:
         *,
         listener: SpeechListener | None = None,
         speaks: bool = False,
+        language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
         s = config
@@ -181,6 +183,11 @@ class AudioLane:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
         self.settings: StreamingSettings = config.streaming
+        #: the turn's language (pipelines/language.py), shared with the reply lane when the
+        #: mode replies; with no turn-taking each segment is a turn
+        self.language = language or TurnLanguage(
+            lambda: session.config.get("language"), per_segment=listener is None
+        )
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
             silence_dbfs=s.audio_silence_dbfs,
@@ -361,7 +368,14 @@ class AudioLane:
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
         start_sample = max(start_sample, first)
-        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode)
+        heard = self.language.for_segment()  # the turn's language, once known
+        seg = Segment(
+            "seg_" + secrets.token_urlsafe(6),
+            start_sample,
+            self._decode,
+            language=heard.code if heard is not None else self.language.asked,
+            language_probability=heard.probability if heard is not None else None,
+        )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
         seg.append(audio[skip:], [probability] * frames)
@@ -421,7 +435,10 @@ class AudioLane:
         if result is None:
             seg.decoded_until = decoded
             return
-        if seg.on_partial(result, decoded, self.settings):
+        committed = seg.on_partial(result, decoded, self.settings)
+        if seg.language_locked:  # the next segment of this turn asks the same
+            self.language.heard(seg.language, seg.language_probability)
+        if committed:
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
         cut = seg.cut_point(self.settings) if self._segment is seg else None
@@ -438,13 +455,18 @@ class AudioLane:
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )
         text = seg.final_text(result, self.settings)
+        language, probability = self._language_of(seg, result)
+        self.language.heard(language, probability)
+        self.language.segment_done()
         if not text:
             self.counters["empty_finals"] += 1
             if self.listener is not None:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
-        event = self._event(AsrFinal, seg, text, timing)
+        event = self._event(
+            AsrFinal, seg, text, timing, language=language, language_probability=probability
+        )
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
             TranscriptSegment(
@@ -458,8 +480,23 @@ class AudioLane:
             self.listener.on_final(text, received, len(self._finals) - 1)
 
     @staticmethod
-    def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:
+    def _language_of(seg: Segment, result: AsrResult | None) -> tuple[str | None, float | None]:
+        """The language a segment was recognised in and its probability: the turn's
+        detection (locked), else the result's for the language asked or found."""
+        code = seg.language if seg.language_locked else None
+        if code is None and result is not None:
+            code = result.language
+        probability = seg.language_probability
+        if probability is None and result is not None and result.language == code:
+            probability = result.language_probability
+        if probability is not None:
+            probability = min(1.0, max(0.0, float(probability)))
+        return code, probability
+
+    @staticmethod
+    def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:
         return cls(
+            **extra,
             segment_id=seg.id,
             text=text,
             audio_start_ms=seg.start_sample * 1000 / SAMPLE_RATE_HZ,

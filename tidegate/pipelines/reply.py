@@ -46,6 +46,7 @@ from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
 from tidegate.engines.tts import TtsStream
+from tidegate.engines.tts.bank import VoiceBank
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
@@ -65,6 +66,7 @@ from tidegate.protocol.messages import (
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError
+from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
@@ -158,6 +160,10 @@ class Reply:
     calls_made: int = 0
     pending: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # call_id -> output
     calls: list[dict[str, str]] = field(default_factory=list)  # answered calls, for the record
+    language: str | None = None  # the language it answers in (the user's turn's)
+    voice: str | None = None  # the voice that speaks it
+    speech: Scheduler[Any, Any] | None = None  # that voice's TTS engine
+    text_only: str | None = None  # why it is not spoken (no voice for its language)
 
     def locate(self, chunk: str) -> tuple[int, int]:
         """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
@@ -174,7 +180,10 @@ class Reply:
         return start, pos
 
     def spoken(self, at: float) -> str:
-        """The reply as far as its speech had played at ``at`` (whole words)."""
+        """The reply as far as its speech had played at ``at`` (whole words); a reply in
+        text only, as far as its text went."""
+        if self.text_only is not None:
+            return self.text
         end = 0
         for c in self.chunks:
             heard = c.heard_end(self.text, at)
@@ -214,6 +223,8 @@ class ReplyLane:
         voice: str,
         media: SessionMedia,
         sight: Sight | None = None,
+        voices: VoiceBank | None = None,
+        language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
         self.config = config
@@ -222,6 +233,10 @@ class ReplyLane:
         self.voice = voice
         self.media = media
         self.sight = sight
+        #: the voices by language (engines/tts/bank.py; None: ``tts`` speaks every reply)
+        self.voices = voices
+        #: the user's turn's language (pipelines/language.py; None: not known)
+        self.language = language
         #: told of every frame played (the assistant mode sets it when echo is cancelled)
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
@@ -300,6 +315,8 @@ class ReplyLane:
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
+        if self.language is not None:
+            reply.language = self.language.for_reply(spoken=spoken)
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
@@ -307,15 +324,17 @@ class ReplyLane:
     async def _respond(self, reply: Reply) -> None:
         s = self.session
         s.emit(ResponseCreated(response_id=reply.id, ref=reply.ref))
-        messages = self.messages()
+        messages = self.messages(reply.language)
         try:
             reply.started_ms = now_ms()
-            tts = TtsStream(
-                lambda chunk: self._synthesize(reply, chunk),
-                max_pending_chunks=self.config.max_pending_chunks,
-            )
-            reply.tts = tts
-            reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
+            tts: TtsStream | None = None
+            if await self._pick_voice(reply):
+                tts = TtsStream(
+                    lambda chunk: self._synthesize(reply, chunk),
+                    max_pending_chunks=self.config.max_pending_chunks,
+                )
+                reply.tts = tts
+                reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
             while True:  # one LLM round, then another after each round of tool calls
                 reply.round_start = len(reply.text)
                 gen = await self._generate(messages, first_round=reply.calls_made == 0)
@@ -337,12 +356,14 @@ class ReplyLane:
                             response_id=reply.id, delta=item, timing=self._timing(reply)
                         )
                     )
-                    tts.push(item)
+                    if tts is not None:
+                        tts.push(item)
                 if not gen.tool_calls:
                     break
                 messages += await self._call_tools(reply, gen.tool_calls)
-            tts.end()
-            await reply.speaker
+            if tts is not None and reply.speaker is not None:
+                tts.end()
+                await reply.speaker
         except asyncio.CancelledError:
             if reply.finished:  # cut: response.done has gone out already
                 return
@@ -438,10 +459,24 @@ class ReplyLane:
         reply.round_start = len(reply.text)
         return added
 
-    def messages(self) -> list[dict[str, Any]]:
+    async def _pick_voice(self, reply: Reply) -> bool:
+        """Choose the reply's voice for its language (the session's ``voices``, else the
+        registry's); False when there is none: the reply is text only, and says why."""
+        if self.voices is None:
+            reply.voice, reply.speech = self.voice, self.tts
+            return True
+        voice = self.voices.pick(reply.language, self.session.config.get("voices"))
+        if voice is None:
+            reply.text_only = f"no voice for language {reply.language!r}: the reply is text only"
+            return False
+        reply.voice, reply.speech = voice.name, await self.voices.scheduler(voice)
+        return True
+
+    def messages(self, language: str | None = None) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt (or the session's instructions), the
-        history and, just before the last
-        user message, what the camera sees (not kept in the history)."""
+        history and, just before the last user message, what the camera sees and the
+        language to answer in when it is not English (the prompt's); neither is kept in the
+        history."""
         c = self.config
         # The session's ``instructions`` (session.create / session.update) replace the
         # configured system prompt, from the next reply on.
@@ -450,15 +485,19 @@ class ReplyLane:
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})
+        if language is not None and language != "en" and out[-1]["role"] == "user":
+            out.insert(len(out) - 1, {"role": "system", "content": reply_hint(language)})
         return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
         """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
         caches = self.session.caches
+        speech = reply.speech or self.tts
+        voice = reply.voice or self.voice
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice)
+            audio: Array = await caches.synthesize(speech, chunk, voice=voice)
         else:
-            audio = await self.tts.submit(chunk)
+            audio = await speech.submit(chunk)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)
@@ -560,6 +599,9 @@ class ReplyLane:
                 timing=self._timing(reply),
                 ref=reply.ref,
                 reason=reason,
+                language=reply.language,
+                voice=reply.voice if reply.text_only is None else None,
+                text_only=reply.text_only,
             )
         )
         self.session.record(

@@ -134,6 +134,16 @@ class Vocabulary:
     suppress_begin: Array  # not as the first generated token
     language_ids: Array = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     transcribe: int = -1  # <|transcribe|> (multilingual models only)
+    #: the languages detection chooses among (the deployment's ``asr_languages``); None: all
+    detect_ids: Array | None = None
+
+    def detect_among(self, language: int) -> Array:
+        """The language tokens whose softmax gives ``language``'s probability: the detection
+        set when it holds it, else every language."""
+        ids = self.detect_ids
+        if ids is None or (language != LANG_AUTO and not np.any(ids == language)):
+            return self.language_ids
+        return ids
 
     @property
     def multilingual(self) -> bool:
@@ -318,12 +328,13 @@ def greedy_decode(
             for row, i in enumerate(active):
                 no_speech[i] = float(np.exp(p0[row, vocab.no_speech]))
             if vocab.multilingual:
-                pl = np.exp(_log_softmax(logits[:, 0, vocab.language_ids]))
                 for row, i in enumerate(active):
+                    ids = vocab.detect_among(lang[i])
+                    pl = np.exp(_log_softmax(logits[row, 0, ids]))
                     if lang[i] == LANG_AUTO:
-                        lang[i] = int(vocab.language_ids[int(np.argmax(pl[row]))])
-                    k = int(np.flatnonzero(vocab.language_ids == lang[i])[0])
-                    lang_prob[i] = float(pl[row, k])
+                        lang[i] = int(ids[int(np.argmax(pl))])
+                    k = int(np.flatnonzero(ids == lang[i])[0])
+                    lang_prob[i] = float(pl[k])
             if detect:  # the rest of the prompt, in the language now known
                 feed = np.array([vocab.prompt(lang[i])[1:] for i in active], dtype=np.int64)
                 continue

@@ -19,7 +19,9 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 - **Language** (a multilingual model): a segment asks for its ``language`` (a code, or
   ``auto``). Under ``auto``, each decode detects the language (Whisper's language token, free:
   it is read at the first decoder step) until one that saw at least ``language_detect_s`` of
-  audio and was judged speech; that language is then *locked* for the rest of the turn: every
+  audio, was judged speech and gave its language a probability of at least
+  ``language_lock_probability`` (or, whatever the probability, saw ``language_detect_max_s``);
+  that language is then *locked* for the rest of the turn: every
   later partial and the final are decoded in it (so a partial never flips language and the
   final agrees with the partials). A turn shorter than that is detected on its final.
   Hypotheses in different languages never agree (no commitment across a language change).
@@ -53,6 +55,8 @@ class StreamingSettings:
     pause_probability: float = 0.35
     partial_hold_s: float = 0.2
     language_detect_s: float = 2.0
+    language_lock_probability: float = 0.0
+    language_detect_max_s: float = 6.0
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
@@ -60,8 +64,10 @@ class StreamingSettings:
             raise ValueError("partial_interval_s must be positive")
         if self.partial_hold_s < 0:
             raise ValueError("partial_hold_s cannot be negative")
-        if not 0 <= self.language_detect_s <= 30.0:
-            raise ValueError("language_detect_s must be within 0..30 s")
+        if not 0 <= self.language_detect_s <= self.language_detect_max_s <= 30.0:
+            raise ValueError("need 0 <= language_detect_s <= language_detect_max_s <= 30 s")
+        if not 0 <= self.language_lock_probability <= 1:
+            raise ValueError("language_lock_probability must be within 0..1")
         if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
             raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
 
@@ -167,7 +173,12 @@ class Segment:
         """Lock the detected language once a speech decode saw ``language_detect_s``."""
         if self.language_locked or not result.language:
             return
-        if decoded >= s.language_detect_s * SAMPLE_RATE_HZ and s.gate.is_speech(result):
+        sure = result.language_probability >= s.language_lock_probability
+        if (
+            decoded >= s.language_detect_s * SAMPLE_RATE_HZ
+            and (sure or decoded >= s.language_detect_max_s * SAMPLE_RATE_HZ)
+            and s.gate.is_speech(result)
+        ):
             self.language = result.language
             self.language_probability = result.language_probability
 

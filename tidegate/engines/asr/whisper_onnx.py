@@ -70,9 +70,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
         language: str = "auto",
+        languages: Sequence[str] = (),
     ) -> None:
+        """``languages``: the languages this deployment serves (``asr_languages``): detection
+        chooses among them and a request for another is refused; empty: every language of
+        the model."""
         super().__init__()
         self.language = language  # a request's language when it names none
+        self.languages = tuple(x.strip().lower() for x in languages if x.strip())
         self.decode_options = DecodeOptions(
             ctx_margin_s=ctx_margin_s,
             ctx_step_s=ctx_step_s,
@@ -112,8 +117,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         self.tokenizer = WhisperTokenizer(self.folder / "tokenizer.json")
         try:
             self.tokenizer.language_token(self.language)
+            detect = [self.tokenizer.language_token(x) for x in self.languages]
         except ValueError as e:
             raise EngineError(f"asr: the configured {e}") from None
+        if self.language not in (AUTO, *self.languages) and self.languages:
+            raise EngineError(
+                f"asr: the configured language {self.language!r} is not among asr_languages "
+                f"{list(self.languages)}"
+            )
         if self.runtime_options.runtime == "triton":
             from ..runtime.triton import open_triton
 
@@ -128,6 +139,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         vocab = self._decoder.signature.output("logits").shape[-1]
         assert isinstance(vocab, int)
         self.vocab = Vocabulary.from_folder(self.folder, vocab)
+        if self.vocab.multilingual and detect:
+            self.vocab = replace(self.vocab, detect_ids=np.array(detect, dtype=np.int64))
 
     def example_request(self) -> AsrRequest:
         return AsrRequest(np.zeros(SAMPLE_RATE_HZ, dtype=np.float32))
@@ -139,6 +152,11 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         if len(request.prefix) > MAX_PREFIX:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
         language = resolve_language(self.tokenizer, request.language or self.language)
+        if self.languages and language not in (AUTO, *self.languages):
+            raise RequestError(
+                f"asr: language {language!r} is not served here (asr_languages: "
+                f"{', '.join(self.languages)}; or auto)"
+            )
         return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel, language)
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:

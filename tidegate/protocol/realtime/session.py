@@ -9,7 +9,8 @@ mapping is the table in docs/realtime.md; the session runtime decides what it se
 refuses the rest (its ``error`` comes back to the client with the ``event_id`` that asked).
 Kept by the translator and never sent: ``model`` (echoed), the audio formats (converted at the
 edge), ``transcription`` (tidegate always recognises speech; this only gates the transcription
-events, and its model, language and prompt are shown but not applied).
+events, and its model and prompt are shown but not applied) except its ``language``, which
+becomes tidegate's session ``language``.
 """
 
 from __future__ import annotations
@@ -116,4 +117,6 @@ def _tidegate_values(c: SessionConfig) -> dict[str, Any]:
         "tool_choice": tool_choice_for_tidegate(c.tool_choice),
         "turn_detection": None if c.turn_detection is None else c.turn_detection.to_wire(),
         "noise_reduction": c.noise_reduction,
+        # the language the user speaks (tidegate's session ``language``; absent: detected)
+        "language": None if c.transcription is None else c.transcription.language,
     }
