@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,18 +33,23 @@ def test_bad_instructions_are_refused(value: Any, words: str) -> None:
     assert ok["instructions"] == "Be brief."
 
 
-def _asr_engines(languages: tuple[str, ...] = ()) -> Any:
-    """The running-engines view resolve_config reads: Whisper base's real tokenizer (its 99
-    languages) and the deployment's ``asr_languages``; the assistant's other engines."""
+@functools.cache
+def _tokenizer() -> Any:
+    """Whisper base's real tokenizer (its 99 languages)."""
     from tests.support import prepare_models
     from tidegate.engines import models
     from tidegate.engines.asr.tokenizer import WhisperTokenizer
-    from tidegate.engines.tts.bank import VoiceBank
 
     folder = models.model_dir(prepare_models("whisper-base"), "whisper-base")
-    engine = SimpleNamespace(
-        tokenizer=WhisperTokenizer(folder / "tokenizer.json"), languages=languages
-    )
+    return WhisperTokenizer(folder / "tokenizer.json")
+
+
+def _asr_engines(languages: tuple[str, ...] = ()) -> Any:
+    """The running-engines view resolve_config reads: Whisper base's tokenizer and the
+    deployment's ``asr_languages``; the assistant's other engines."""
+    from tidegate.engines.tts.bank import VoiceBank
+
+    engine = SimpleNamespace(tokenizer=_tokenizer(), languages=languages)
     return SimpleNamespace(
         schedulers={"vad": None, "asr": SimpleNamespace(engine=engine), "tts": None},
         batchers={"llm": None},

@@ -415,7 +415,7 @@ class Settings:
     asr_language_lock_probability: float = _doc(
         "A detection locks the turn's language only with at least this probability; a less "
         "sure one waits for more speech (up to asr_language_detect_max_s, or the final).",
-        default=0.5,
+        default=0.7,
     )
     asr_language_detect_max_s: float = _doc(
         "Past this much speech the turn's language is locked however sure the detection.",

@@ -55,7 +55,7 @@ class StreamingSettings:
     pause_probability: float = 0.35
     partial_hold_s: float = 0.2
     language_detect_s: float = 2.0
-    language_lock_probability: float = 0.0
+    language_lock_probability: float = 0.7
     language_detect_max_s: float = 6.0
     gate: QualityGate = field(default_factory=QualityGate)
 
