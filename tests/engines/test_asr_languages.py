@@ -355,3 +355,18 @@ def test_a_turn_locks_a_sure_language_only() -> None:
     assert late.language == "fr"
     with pytest.raises(ValueError, match="language_lock_probability"):
         StreamingSettings(language_lock_probability=1.5)
+
+
+def test_the_language_is_detected_on_the_turn_so_far(base: WhisperOnnx) -> None:
+    """``language_audio``: a short segment's language is read from the turn's audio (its
+    earlier segments and it), so a second of speech is not judged alone; the text is the
+    segment's own."""
+    whole = said(SPEECH["de"][1][2], "de")  # "Ich möchte morgen ...": German at 0.99
+    short = whole[16_000:32_000]
+    alone = one(base, AsrRequest(short, language="auto"))
+    turn = one(base, AsrRequest(short, language="auto", language_audio=whole))
+    given = one(base, AsrRequest(short, language="de"))
+    assert isinstance(alone, Ok) and isinstance(turn, Ok) and isinstance(given, Ok)
+    assert turn.value.language == "de" and turn.value.language_probability > 0.9
+    assert turn.value.text == given.value.text
+    print("one second alone:", alone.value.language, alone.value.language_probability)

@@ -4,6 +4,8 @@ last spoken language, and the LLM's hint names the language."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from tidegate.pipelines.language import Heard, TurnLanguage, language_name, reply_hint
 
 
@@ -16,6 +18,7 @@ def test_segments_of_a_turn_share_its_language() -> None:
     tl.heard("de", 0.81)
     assert tl.for_segment() == Heard("de", 0.81)
     tl.heard("de", 0.99)  # a later segment of the same turn keeps the first probability
+    tl.heard("fr", 0.4, sure=False)  # an unsure guess does not move a locked turn
     assert tl.for_segment() == Heard("de", 0.81)
     tl.segment_done()  # the assistant's turns end with the reply, not with a final
     assert tl.for_segment() == Heard("de", 0.81)
@@ -58,3 +61,27 @@ def test_the_hint_names_the_language() -> None:
     """The LLM is told the language by name; an unlisted code by its code."""
     assert reply_hint("de") == "The user speaks German. Reply in German."
     assert language_name("xx") == "the language with ISO 639-1 code 'xx'"
+
+
+def test_an_unsure_turn_detects_on_its_audio_so_far() -> None:
+    """Until a detection is sure, the turn's segments are kept (the newest 30 s) and the next
+    decode detects on them and its own audio; an unsure guess answers the reply when nothing
+    surer came; a sure detection locks the turn and drops the audio."""
+    tl = TurnLanguage(lambda: "auto")
+    first = np.full(16_000, 0.1, np.float32)
+    assert tl.context(first) is None  # nothing earlier in the turn
+    tl.heard("en", 0.55, sure=False)
+    tl.add_audio(first)
+    assert tl.for_segment() is None
+    second = np.full(8_000, 0.2, np.float32)
+    context = tl.context(second)
+    assert context is not None and len(context) == 24_000 and context[-1] == np.float32(0.2)
+    for _ in range(40):  # a long unsure turn keeps its newest 30 s
+        tl.add_audio(first)
+    context = tl.context(second)
+    assert context is not None and len(context) == 30 * 16_000
+    tl.heard("de", 0.9)
+    assert tl.for_segment() == Heard("de", 0.9) and tl.context(second) is None
+    assert tl.end_turn() == Heard("de", 0.9)
+    tl.heard("fr", 0.4, sure=False)
+    assert tl.for_reply(spoken=True) == "fr"  # the guess, when the turn never got sure

@@ -98,8 +98,8 @@ async def close(talk: Talk) -> None:
 
 
 async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
-    """Spoken German under ``auto``: asr.final says de (with its probability), the reply is
-    asked in German and spoken by the registry's German voice (espeak-ng de)."""
+    """Spoken German under ``auto``: asr.final says de (with its probability) once sure, the
+    reply is asked in German and spoken by the registry's German voice (espeak-ng de)."""
     talk = await session(live, language="auto")
     events = talk.events
     try:
@@ -116,8 +116,26 @@ async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
     finally:
         await close(talk)
     finals = [e for e in events if isinstance(e, AsrFinal)]
-    assert finals and all(f.language == "de" for f in finals), finals
-    assert finals[0].language_probability is not None and finals[0].language_probability > 0.5
+    print(
+        [
+            (
+                type(e).__name__,
+                getattr(e, "text", None),
+                getattr(e, "audio_ms", None),
+                getattr(e, "language", None),
+            )
+            for e in events
+            if type(e).__name__.startswith(("Asr", "Vad", "Turn"))
+        ]
+    )
+    # espeak-ng pauses 130 ms after "Ich möchte": the VAD cuts the turn in two, and a second
+    # of speech alone is no sure sign of German: that final reports its guess, unsure; the
+    # next detects on the turn so far and the turn is German from there on
+    assert finals and finals[-1].language == "de", finals
+    for f in finals:
+        assert f.language_probability is not None
+        assert f.language == "de" or f.language_probability < 0.7, f
+    assert finals[-1].language_probability > 0.7
     assert done.status == "completed" and done.text, done
     assert (done.language, done.voice, done.text_only) == ("de", "de", None)
     spoken = [e for e in events if isinstance(e, OutputAudio)]

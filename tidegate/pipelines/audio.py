@@ -48,11 +48,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from tidegate.engines.asr.request import AsrCancelledError, AsrResult
+from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.errors import EngineError
 from tidegate.engines.runtime import Array
@@ -414,7 +415,7 @@ class AudioLane:
         received = self._last_audio_ms
         start = now_ms()
         try:
-            result: AsrResult | None = await self.asr.submit(seg.request(end, cancel))
+            result: AsrResult | None = await self.asr.submit(self._request(seg, end, cancel))
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
             result = None
@@ -423,6 +424,16 @@ class AudioLane:
             log.warning("session %s: ASR failed: %s", self.session.id, e)
             result = None
         return result, Timing(received=received, engine_start=start, engine_end=now_ms())
+
+    def _request(self, seg: Segment, end: int | None, cancel: threading.Event | None) -> AsrRequest:
+        """The segment's request, in the turn's language once it is sure of it; until then
+        detected on the turn's audio so far (pipelines/language.py)."""
+        heard = self.language.turn
+        if not seg.language_locked and heard is not None:  # another segment of the turn locked
+            seg.language, seg.language_probability = heard.code, heard.probability
+        request = seg.request(end, cancel)
+        context = None if seg.language_locked else self.language.context(request.audio)
+        return request if context is None else replace(request, language_audio=context)
 
     async def _partial(self, seg: Segment) -> None:
         decoded = seg.samples
@@ -454,9 +465,13 @@ class AudioLane:
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )
+        locked = seg.language_locked  # given, or detected with confidence by a partial
         text = seg.final_text(result, self.settings)
         language, probability = self._language_of(seg, result)
-        self.language.heard(language, probability)
+        sure = locked or (probability or 0.0) >= self.settings.language_lock_probability
+        self.language.heard(language, probability, sure=sure)
+        if not sure:
+            self.language.add_audio(seg.audio())
         self.language.segment_done()
         if not text:
             self.counters["empty_finals"] += 1

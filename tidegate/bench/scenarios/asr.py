@@ -95,6 +95,16 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-ms", type=float, default=20.0, help="input.audio chunk length")
     p.add_argument("--sentences", type=int, default=2, help="espeak sentences (0: none)")
     p.add_argument("--no-rtf", action="store_true", help="skip the as-fast-as-credit run")
+    p.add_argument(
+        "--language",
+        default="",
+        help="per language instead (de,es,fr,en): WER, detection and CPU per stream for each "
+        "model size, in-process on espeak-ng speech (the 'languages' scenario; no server)",
+    )
+    p.add_argument("--clips", type=int, default=3, help="with --language: sentences per language")
+    p.add_argument(
+        "--asr-languages", default="", help="with --language: restrict detection (asr_languages)"
+    )
 
 
 # -- audio ------------------------------------------------------------------------------------
@@ -374,8 +384,17 @@ async def _rtf(
         "TIDEGATE_AUDIO_MAX_AHEAD_S": "0",
         **_default_data_dir(),
     },
+    local_when=lambda args: bool(args.language),
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    if args.language:  # per language and model size: the languages microbenchmark
+        from .engines import _child
+
+        command = [sys.executable, "-m", "tidegate.bench.micro.languages", "--json"]
+        command += ["--language", args.language, "--clips", str(args.clips)]
+        if args.asr_languages:
+            command += ["--asr-languages", args.asr_languages]
+        return await _child(command, 1800.0)
     clip = read_wav(Path(args.clip), args.clip_s)
     silence = np.zeros(int(TAIL_SILENCE_S * RATE_HZ), dtype=np.float32)
     parts = [clip, silence]

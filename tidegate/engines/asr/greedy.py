@@ -620,3 +620,34 @@ def transcribe_signature() -> Signature:
         )
 
     return Signature(specs(TRANSCRIBE_INPUTS), specs(TRANSCRIBE_OUTPUTS))
+
+
+def detect_languages(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+) -> list[tuple[int, float]]:
+    """Each audio's language token and its probability, read after ``<|startoftranscript|>``
+    as :func:`greedy_decode` reads it (among ``vocab.detect_ids`` when set): one encoder pass
+    and one one-token decoder step for the batch. For detection on other audio than a row's
+    own (the turn so far: :attr:`.request.AsrRequest.language_audio`)."""
+    if not vocab.multilingual:
+        raise ValueError("an English-only model has no language to detect")
+    mel, _ = encoder_input(audios, options)
+    out = encoder({"mel": mel})
+    cross_k, cross_v = out["cross_k"], out["cross_v"]
+    L, n, H, dh, _ = cross_k.shape
+    logits = decoder(
+        {
+            "tokens": np.full((n, 1), vocab.sot, dtype=np.int64),
+            "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "cross_k": cross_k,
+            "cross_v": cross_v,
+        }
+    )["logits"]
+    ids = vocab.detect_among(LANG_AUTO)
+    pl = np.exp(_log_softmax(logits[:, 0, ids]))
+    return [(int(ids[int(np.argmax(p))]), float(np.max(p))) for p in pl]

@@ -33,6 +33,7 @@ from .greedy import (
     Transcriber,
     Vocabulary,
     audio_context,
+    detect_languages,
     pack_requests,
     repeated_tail,
     transcribe,
@@ -157,7 +158,15 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 f"asr: language {language!r} is not served here (asr_languages: "
                 f"{', '.join(self.languages)}; or auto)"
             )
-        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel, language)
+        context = request.language_audio
+        multilingual = self.tokenizer is not None and self.tokenizer.multilingual
+        if context is not None and language == AUTO and multilingual:
+            context = check_audio(context, "asr: language_audio")
+        else:
+            context = None
+        return AsrRequest(
+            audio, tuple(int(t) for t in request.prefix), request.cancel, language, context
+        )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self.tokenizer is None:
@@ -169,6 +178,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audios = [items[i].audio for i in live]
         prefixes = [items[i].prefix for i in live]
         languages = [self.tokenizer.language_token(items[i].language or AUTO) for i in live]
+        found = self._detect_on_context([items[i] for i in live], languages)
+        detected = {live[k]: p for k, p in found.items()}  # by index of items
         rows: list[tuple[Decoded | None, int, dict[str, float]]]
         if self._transcribe is not None:
             # One call for the batch; a cancel that comes meanwhile drops the answer.
@@ -213,9 +224,31 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                     generated=decoded_row.generated,
                     timings_ms={**timings, "batch": len(live)},
                     language=self.tokenizer.language_of.get(decoded_row.language, "en"),
-                    language_probability=decoded_row.language_prob,
+                    language_probability=detected.get(i, decoded_row.language_prob),
                 )
             )
+        return out
+
+    def _detect_on_context(
+        self, items: Sequence[AsrRequest], languages: list[int]
+    ) -> dict[int, float]:
+        """Rows asking ``auto`` with ``language_audio``: their language, detected on that audio
+        (one encoder pass and one decoder step for them), replaces ``auto`` in ``languages``;
+        the probabilities by row index of ``items``' batch."""
+        rows = [k for k, it in enumerate(items) if it.language_audio is not None]
+        if not rows or self._encoder is None or self._decoder is None or self.vocab is None:
+            return {}
+        found = detect_languages(
+            self._encoder.run,
+            self._decoder.run,
+            [items[k].language_audio for k in rows],  # type: ignore[misc]
+            [self.decode_options] * len(rows),
+            self.vocab,
+        )
+        out: dict[int, float] = {}
+        for k, (token, probability) in zip(rows, found, strict=True):
+            languages[k] = token
+            out[k] = probability
         return out
 
     def _close(self) -> None:
