@@ -170,7 +170,8 @@ class Segment:
         return AsrRequest(self.audio(end), self.committed, cancel, self.language)
 
     def on_language(self, result: AsrResult, decoded: int, s: StreamingSettings) -> None:
-        """Lock the detected language once a speech decode saw ``language_detect_s``."""
+        """Lock the detected language once a speech decode saw ``language_detect_s`` and is
+        sure of it (``language_lock_probability``), or saw ``language_detect_max_s``."""
         if self.language_locked or not result.language:
             return
         sure = result.language_probability >= s.language_lock_probability
