@@ -48,13 +48,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult
+from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.turn_language import TurnLanguage
 from tidegate.engines.errors import EngineError
 from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
@@ -75,7 +75,6 @@ from tidegate.protocol.messages import (
 from .config import AudioConfig
 from .echo import EchoPath
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
-from .language import TurnLanguage
 from .port import Handler, SessionPort
 from .records import TranscriptSegment
 
@@ -415,7 +414,9 @@ class AudioLane:
         received = self._last_audio_ms
         start = now_ms()
         try:
-            result: AsrResult | None = await self.asr.submit(self._request(seg, end, cancel))
+            result: AsrResult | None = await self.asr.submit(
+                self.language.request(seg, end, cancel)
+            )
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
             result = None
@@ -424,16 +425,6 @@ class AudioLane:
             log.warning("session %s: ASR failed: %s", self.session.id, e)
             result = None
         return result, Timing(received=received, engine_start=start, engine_end=now_ms())
-
-    def _request(self, seg: Segment, end: int | None, cancel: threading.Event | None) -> AsrRequest:
-        """The segment's request, in the turn's language once it is sure of it; until then
-        detected on the turn's audio so far (pipelines/language.py)."""
-        heard = self.language.turn
-        if not seg.language_locked and heard is not None:  # another segment of the turn locked
-            seg.language, seg.language_probability = heard.code, heard.probability
-        request = seg.request(end, cancel)
-        context = None if seg.language_locked else self.language.context(request.audio)
-        return request if context is None else replace(request, language_audio=context)
 
     async def _partial(self, seg: Segment) -> None:
         decoded = seg.samples
@@ -447,8 +438,7 @@ class AudioLane:
             seg.decoded_until = decoded
             return
         committed = seg.on_partial(result, decoded, self.settings)
-        if seg.language_locked:  # the next segment of this turn asks the same
-            self.language.heard(seg.language, seg.language_probability)
+        self.language.partial_done(seg)  # a language it locked is the turn's
         if committed:
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
@@ -467,12 +457,9 @@ class AudioLane:
         )
         locked = seg.language_locked  # given, or detected with confidence by a partial
         text = seg.final_text(result, self.settings)
-        language, probability = self._language_of(seg, result)
-        sure = locked or (probability or 0.0) >= self.settings.language_lock_probability
-        self.language.heard(language, probability, sure=sure)
-        if not sure:
-            self.language.add_audio(seg.audio())
-        self.language.segment_done()
+        language, probability = self.language.final_done(
+            seg, result, lock_probability=self.settings.language_lock_probability, locked=locked
+        )
         if not text:
             self.counters["empty_finals"] += 1
             if self.listener is not None:
@@ -493,20 +480,6 @@ class AudioLane:
         )
         if self.listener is not None:  # this final is still queued: the others are pending
             self.listener.on_final(text, received, len(self._finals) - 1)
-
-    @staticmethod
-    def _language_of(seg: Segment, result: AsrResult | None) -> tuple[str | None, float | None]:
-        """The language a segment was recognised in and its probability: the turn's
-        detection (locked), else the result's for the language asked or found."""
-        code = seg.language if seg.language_locked else None
-        if code is None and result is not None:
-            code = result.language
-        probability = seg.language_probability
-        if probability is None and result is not None and result.language == code:
-            probability = result.language_probability
-        if probability is not None:
-            probability = min(1.0, max(0.0, float(probability)))
-        return code, probability
 
     @staticmethod
     def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:

@@ -27,6 +27,7 @@ import numpy as np
 from tidegate.engines import models
 from tidegate.engines.asr.request import AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.turn_language import TurnLanguage
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Ok
 from tidegate.tools.prepare import prepare_offline
@@ -140,6 +141,115 @@ def stream(
     return final, seg, time.process_time() - t0
 
 
+#: the VAD's cut, approximated: a pause of at least this long, below PAUSE_RMS, ends a segment
+PAUSE_S = 0.1
+PAUSE_RMS = 0.003  # -50 dBFS
+PAUSE_FRAME = 160  # 10 ms
+
+
+def cut_at_pauses(audio: np.ndarray[Any, Any]) -> list[np.ndarray[Any, Any]]:
+    """``audio`` cut where it pauses (as the VAD cuts a turn into segments)."""
+    n = len(audio) // PAUSE_FRAME
+    rms = np.sqrt((audio[: n * PAUSE_FRAME].reshape(n, PAUSE_FRAME) ** 2).mean(axis=1))
+    quiet = np.append(rms < PAUSE_RMS, False)
+    pieces, start, run_start = [], 0, None
+    for i, q in enumerate(quiet):
+        if q and run_start is None:
+            run_start = i
+        elif not q and run_start is not None:
+            if run_start > 0 and i - run_start >= PAUSE_S * 1000 / 10:
+                pieces.append(audio[start : run_start * PAUSE_FRAME])
+                start = i * PAUSE_FRAME
+            run_start = None
+    pieces.append(audio[start:])
+    return [p for p in pieces if len(p) >= SR // 10]
+
+
+def stream_turn(
+    engine: WhisperOnnx, audio: np.ndarray[Any, Any], s: StreamingSettings
+) -> tuple[str | None, list[str | None], int]:
+    """One turn under ``auto``, cut at its pauses, segment after segment through the audio
+    lane's language steps (:class:`~tidegate.engines.asr.turn_language.TurnLanguage`): the
+    turn's language (what the reply answers in), each final's, and the segments."""
+    assert engine.tokenizer is not None
+    turn = TurnLanguage(lambda: "auto")
+    finals: list[str | None] = []
+    pieces = cut_at_pauses(audio)
+    for k, piece in enumerate(pieces):
+        heard = turn.for_segment()
+        seg = Segment(
+            f"t{k}",
+            0,
+            engine.tokenizer.decode,
+            language=heard.code if heard is not None else "auto",
+            language_probability=heard.probability if heard is not None else None,
+        )
+        seg.append(piece, [0.9] * (len(piece) // 512))
+        step = int(s.partial_interval_s * SR)
+        for end in range(step, len(piece), step):
+            seg.on_partial(_decode(engine, turn.request(seg, end)), end, s)
+            turn.partial_done(seg)
+        locked = seg.language_locked
+        final = _decode(engine, turn.request(seg))
+        seg.final_text(final, s)
+        code, _ = turn.final_done(
+            seg, final, lock_probability=s.language_lock_probability, locked=locked
+        )
+        finals.append(code)
+    heard = turn.end_turn()
+    return (heard.code if heard is not None else None), finals, len(pieces)
+
+
+def run_turns(
+    data_dir: Path,
+    clips: int,
+    *,
+    languages: tuple[str, ...],
+    served: tuple[str, ...] = (),
+    settings: StreamingSettings | None = None,
+) -> dict[str, Any]:
+    """Detection on whole turns cut at their pauses (Whisper base, ``auto``): per language,
+    the turns whose language (the reply's) is right, and the finals reporting the right
+    language."""
+    s = settings or StreamingSettings()
+    prepare_offline(data_dir, "whisper-base")
+    engine = WhisperOnnx(models.model_dir(data_dir, "whisper-base"), languages=served)
+    engine.load()
+    rows: dict[str, Any] = {}
+    right = total = 0
+    try:
+        for lang in languages:
+            voice, sentences = SENTENCES[lang]
+            ok = finals_ok = finals = cut = turns = 0
+            for text in sentences[:clips]:
+                audio = audio_sets.trim_silence(audio_sets.espeak(text, voice=voice))
+                if len(audio) <= 2 * SR:
+                    continue
+                got, codes, pieces = stream_turn(engine, audio, s)
+                turns += 1
+                ok += got == lang
+                cut += pieces > 1
+                finals += len(codes)
+                finals_ok += sum(c == lang for c in codes)
+            rows[lang] = {
+                "turns": turns,
+                "turn_language_right": ok,
+                "turns_cut": cut,
+                "finals": finals,
+                "finals_right": finals_ok,
+            }
+            right += ok
+            total += turns
+    finally:
+        engine.close()
+    return {
+        "turns": rows,
+        "turn_accuracy": right / total if total else None,
+        "asr_languages": list(served),
+        "language_lock_probability": s.language_lock_probability,
+    }
+
+
 def run(
     data_dir: Path,
     clips: int = 3,
@@ -232,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--lock-probability", type=float, default=None)
     p.add_argument("--detect-s", type=float, default=None)
+    p.add_argument(
+        "--turns",
+        action="store_true",
+        help="whole turns cut at their pauses (as the VAD cuts them), Whisper base, auto: "
+        "how often the turn's language is right",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     missing = audio_sets.have_tools()
@@ -253,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         else args.lock_probability,
         language_detect_s=default.language_detect_s if args.detect_s is None else args.detect_s,
     )
-    report = run(
+    runner = run_turns if args.turns else run
+    report = runner(
         args.data_dir or _default_data_dir(),
         max(1, min(MAX_CLIPS, args.clips)),
         languages=wanted,

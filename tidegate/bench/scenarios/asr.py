@@ -103,6 +103,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--clips", type=int, default=3, help="with --language: sentences per language")
     p.add_argument(
+        "--turns",
+        action="store_true",
+        help="with --language: whole turns cut at their pauses, how often their language is right",
+    )
+    p.add_argument(
         "--asr-languages", default="", help="with --language: restrict detection (asr_languages)"
     )
 
@@ -394,6 +399,8 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         command += ["--language", args.language, "--clips", str(args.clips)]
         if args.asr_languages:
             command += ["--asr-languages", args.asr_languages]
+        if args.turns:
+            command.append("--turns")
         return await _child(command, 1800.0)
     clip = read_wav(Path(args.clip), args.clip_s)
     silence = np.zeros(int(TAIL_SILENCE_S * RATE_HZ), dtype=np.float32)
