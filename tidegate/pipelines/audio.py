@@ -183,7 +183,7 @@ class AudioLane:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
         self.settings: StreamingSettings = config.streaming
-        #: the turn's language (pipelines/language.py), shared with the reply lane when the
+        #: the turn's language (engines/asr/turn_language.py), shared with the reply lane when the
         #: mode replies; with no turn-taking each segment is a turn
         self.language = language or TurnLanguage(
             lambda: session.config.get("language"), per_segment=listener is None

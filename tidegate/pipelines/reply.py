@@ -235,7 +235,7 @@ class ReplyLane:
         self.sight = sight
         #: the voices by language (engines/tts/bank.py; None: ``tts`` speaks every reply)
         self.voices = voices
-        #: the user's turn's language (pipelines/language.py; None: not known)
+        #: the user's turn's language (engines/asr/turn_language.py; None: not known)
         self.language = language
         #: told of every frame played (the assistant mode sets it when echo is cancelled)
         self.echo: EchoSink | None = None
