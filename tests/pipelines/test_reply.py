@@ -5,8 +5,10 @@ output.audio."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -16,13 +18,15 @@ from tidegate.engines.service import EngineService
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import Response as ResponseRecord
-from tidegate.pipelines.reply import ReplyLane
+from tidegate.pipelines.reply import ReplyLane, trim_leading_silence
 from tidegate.protocol.messages import (
     OutputAudio,
     ResponseCancel,
     ResponseCreate,
     ResponseCreated,
     ResponseDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
 )
 from tidegate.server.modes import lane_config
@@ -111,6 +115,81 @@ async def test_barge_in_cuts_the_reply_at_what_was_heard(
     assert lane.stats()["barge_ins"] == 1 and lane.reply is None
 
 
+async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
+    settings: Settings, engines: EngineService
+) -> None:
+    """speculate() starts the reply held (nothing emitted); answer() with the same text
+    adopts it: one response, one LLM generation, its text and speech as usual."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    llm = engines.llm()
+    submitted = llm.counters.submitted
+    try:
+        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2)
+        await wait_for(lambda: lane.speculative is not None and lane.speculative.text)
+        assert session.events == []  # held: the client sees nothing yet
+        lane.answer("What is the capital of France?", None, 7.0, spoken=True)
+        await wait_for(lambda: session.of(ResponseDone))
+    finally:
+        await lane.close()
+        await session.close()
+    (created,) = session.of(ResponseCreated)
+    (done,) = session.of(ResponseDone)
+    assert done.status == "completed" and created.response_id == done.response_id
+    assert "".join(d.delta for d in session.of(ResponseTextDelta)) == done.text
+    assert session.of(OutputAudio) and done.timing is not None and done.timing.received == 7.0
+    assert llm.counters.submitted == submitted + 1
+    stats = lane.stats()
+    assert stats["speculations"] == 1 and stats["speculation_hits"] == 1
+    assert stats["responses"] == 1 and stats["speculation_discarded"] == 0
+    assert [m["role"] for m in lane.history] == ["user", "assistant"]
+
+
+async def test_a_speculative_reply_is_discarded_when_the_final_differs(
+    settings: Settings, engines: EngineService
+) -> None:
+    """A held reply for text the turn did not end with is dropped without a trace: the
+    client, the history and the records see only the reply to what was said."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.speculate("What is the capital of Spain?", 0.0, wait_s=0.2)
+        held = lane.speculative
+        assert held is not None
+        await wait_for(lambda: held.text)  # it generated text that must never be seen
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: session.of(ResponseDone))
+        lane.speculate("How many days are in a week?", 0.0, wait_s=0.2)
+        lane.barge_in()  # the user spoke again: that guess goes too
+    finally:
+        await lane.close()
+        await session.close()
+    (done,) = session.of(ResponseDone)
+    assert done.status == "completed" and done.response_id != held.id
+    assert {e.response_id for e in session.events if hasattr(e, "response_id")} == {
+        done.response_id
+    }
+    assert lane.history[0]["content"] == "What is the capital of France?"
+    assert [r.response_id for r in session.records if isinstance(r, ResponseRecord)] == [
+        done.response_id
+    ]
+    stats = lane.stats()
+    assert stats["speculations"] == 2 and stats["speculation_discarded"] == 2
+    assert stats["speculation_hits"] == 0 and stats["responses"] == 1
+    assert held.gen is not None and held.gen.cancelled
+
+
+async def test_leading_silence_is_trimmed_to_a_short_lead() -> None:
+    """A first chunk keeps 10 ms before its first audible sample; quiet audio is kept whole."""
+    audio = np.zeros(48_000, np.int16)
+    audio[4800:9600] = 3000  # audible from 100 ms
+    audio[:4800] = 20  # -64 dBFS: silence
+    out = trim_leading_silence(audio)
+    assert len(out) == 48_000 - 4800 + 480 and out[480] == 3000 and out[479] == 20
+    quiet = np.full(960, 20, np.int16)
+    assert trim_leading_silence(quiet) is quiet
+
+
 async def test_requests_the_lane_cannot_serve_are_refused(
     settings: Settings, engines: EngineService
 ) -> None:
@@ -127,3 +206,110 @@ async def test_requests_the_lane_cannot_serve_are_refused(
     finally:
         await lane.close()
         await session.close()
+
+
+class Player(FakeSession):
+    """A WS-only client playing the reply: frames by ts; at response.paused it drops those
+    from played_ms on (the server sends them again if the reply resumes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: dict[float, bytes] = {}
+
+    def emit(self, msg: object) -> None:
+        super().emit(msg)  # type: ignore[arg-type]
+        if isinstance(msg, OutputAudio) and msg.ts is not None:
+            self.frames[msg.ts] = msg.pcm
+        elif isinstance(msg, ResponsePaused):
+            for ts in [ts for ts in self.frames if ts >= msg.played_ms]:
+                del self.frames[ts]
+
+
+async def test_speech_pauses_a_reply_and_a_final_without_words_resumes_it(
+    settings: Settings, engines: EngineService
+) -> None:
+    """speech_started() pauses the reply at once: response.paused says how much had played,
+    the frames sent ahead of that are taken back and nothing more goes out; a final with no
+    words resumes it (response.resumed, no_words) from there, the taken-back frames sent
+    again with the same ts; it completes, and a client that drops what it had not played
+    at the pause plays every frame exactly once."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 20)
+        lane.speech_started()
+        sent = len(session.of(OutputAudio))
+        (paused,) = session.of(ResponsePaused)
+        await asyncio.sleep(0.3)
+        assert len(session.of(OutputAudio)) == sent  # nothing while paused
+        lane.speech_stopped()
+        assert lane.heard("", final=True)
+        (resumed,) = session.of(ResponseResumed)
+        await wait_for(lambda: session.of(ResponseDone))
+    finally:
+        await lane.close()
+        await session.close()
+    assert paused.played_ms < sent * 20  # frames sent ahead were taken back
+    assert resumed.played_ms == paused.played_ms and resumed.reason == "no_words"
+    assert resumed.paused_ms >= 250 and resumed.heard == ""
+    after = session.of(OutputAudio)[sent]
+    assert after.ts == paused.played_ms  # played on from where it paused
+    (done,) = session.of(ResponseDone)
+    generated = "".join(d.delta for d in session.of(ResponseTextDelta))
+    assert done.status == "completed" and done.text == generated
+    assert sorted(session.frames) == [20.0 * i for i in range(len(session.frames))]
+    assert len(session.frames) == len({a.ts for a in session.of(OutputAudio)})
+    (record,) = [r for r in session.records if isinstance(r, ResponseRecord)]
+    assert record.spoken_text == generated
+    stats = lane.stats()
+    assert stats["interruptions_resumed"] == 1 and stats["resent_frames"] >= 1
+
+
+async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(
+    settings: Settings, engines: EngineService
+) -> None:
+    """Words heard while the reply is paused cut it: response.done cancelled whose text is
+    what had played at the pause (the wait for the ASR adds nothing), into the history."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 60)
+        lane.speech_started()
+        assert lane.reply is not None
+        at_pause = lane.reply.spoken(time.monotonic())
+        await asyncio.sleep(0.5)
+        assert lane.heard("Wait, stop.", final=False)
+        (done,) = session.of(ResponseDone)
+    finally:
+        await lane.close()
+        await session.close()
+    assert done.status == "cancelled" and done.text == at_pause and at_pause
+    assert lane.history[-1] == {"role": "assistant", "content": at_pause}
+    assert lane.stats()["interruptions_cut"] == 1
+
+
+async def test_the_confirm_window_resumes_a_silent_user_and_zero_cuts_at_once(
+    settings: Settings, engines: EngineService
+) -> None:
+    """With interrupt.confirm_s 0.3, a sound whose final never comes resumes the reply 0.3 s
+    after it stopped; with 0, speech cuts the reply at once (no response.paused)."""
+    session = Player()
+    session.config = {"interrupt": {"confirm_s": 0.3}}
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 20)
+        lane.speech_started()
+        lane.speech_stopped()
+        await wait_for(lambda: session.of(ResponseResumed), 5.0)
+        (resumed,) = session.of(ResponseResumed)
+        session.config = {"interrupt": {"confirm_s": 0.0}}
+        lane.speech_started()
+        (done,) = session.of(ResponseDone)
+    finally:
+        await lane.close()
+        await session.close()
+    assert resumed.reason == "no_words" and resumed.paused_ms >= 250
+    assert done.status == "cancelled" and len(session.of(ResponsePaused)) == 1

@@ -98,8 +98,17 @@ class Replies:
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
         self.answers.append((time.monotonic(), text))
 
-    def barge_in(self) -> None:
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        pass  # the turn's end is what these tests look at
+
+    def speech_started(self) -> None:
         self.barge_ins += 1
+
+    def speech_stopped(self) -> None:
+        pass
+
+    def heard(self, text: str, *, final: bool) -> bool:
+        return True  # no reply runs here: everything heard is the user's turn
 
 
 class Run:

@@ -11,12 +11,32 @@ A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a use
   Audio is paced by the clock at most ``assistant_audio_lead_s`` ahead of its playout, so that
   a cut flushes little and we know what the user has heard. ``response.done`` (completed) comes
   once the last audio has played out.
-- **Barge-in.** Speech over a reply (turn-taking calls :meth:`ReplyLane.barge_in`) cuts it at
-  once: the generation is cancelled (it stops within one decode step), pending text and audio
-  are dropped (``TtsStream.interrupt``, ``AudioOutTrack.flush``), and ``response.done`` says
-  ``cancelled`` with ``text`` = the reply as far as its audio had played (whole chunks, and
-  of the chunk playing at the cut, the words whose share of its characters fits in the share
-  of its frames played). That spoken part, not the whole reply, goes into the history.
+- **Speculative start.** When turn-taking knows the turn's text but waits a little longer
+  before it ends the turn (the silence policy's wait, the semantic policy's timeout), it calls
+  :meth:`ReplyLane.speculate`: the reply starts at once, *held* — the LLM streams, the first
+  chunk is synthesized, but nothing reaches the client, the history or the records. When the
+  turn ends (:meth:`ReplyLane.answer`) with exactly the messages the held reply was started on
+  (same text, same history, same sight), the held reply is adopted: what it buffered goes out
+  and its audio plays from there. Otherwise (the final differs, more speech, a typed input,
+  ``response.create``, speech) it is discarded without a trace but the counters
+  (``speculations``, ``speculation_hits``, ``speculation_discarded``). Only a turn whose end
+  is at most ``assistant_speculate_max_wait_s`` away is speculated on (0: never), so that a
+  discarded guess wastes little; a session with tools is never speculated on.
+- **Interruptions.** Speech over a reply (turn-taking calls :meth:`ReplyLane.speech_started`)
+  pauses its audio at once: the frames not yet played are taken back (the WebRTC track's
+  queue is flushed; a WS-only client is told by ``response.paused`` to drop them) and the
+  reply waits while the ASR decides (:mod:`tidegate.pipelines.interrupt`, fed by
+  :meth:`ReplyLane.speech_stopped` and :meth:`ReplyLane.heard`): words cut it (a barge-in),
+  no words or only a backchannel resume it from where it paused (``response.resumed``; the
+  frames taken back are sent again, with the same ``ts``). ``interrupt_confirm_s`` 0 cuts at
+  once, as :meth:`ReplyLane.barge_in` always does.
+- **Barge-in.** A cut stops the reply at once: the generation is cancelled (it stops within
+  one decode step), pending text and audio are dropped (``TtsStream.interrupt``,
+  ``AudioOutTrack.flush``), and ``response.done`` says ``cancelled`` with ``text`` = the reply
+  as far as its audio had played (whole chunks, and of the chunk playing at the cut, the
+  words whose share of its characters fits in the share of its frames played; frames taken
+  back at a pause were not played). That spoken part, not the whole reply, goes into the
+  history.
 
 Bounds: the history keeps ``assistant_max_history_messages``; text chunks waiting for
 synthesis are bounded (``assistant_max_pending_chunks``, coalesce); synthesized audio waits in
@@ -32,6 +52,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,6 +80,8 @@ from tidegate.protocol.messages import (
     ResponseDone,
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     Timing,
 )
@@ -66,6 +89,7 @@ from tidegate.protocol.messages import (
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError
+from .interrupt import Interruption, Verdict, WordRule
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
@@ -76,6 +100,12 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
+#: frames sent this long ago are kept where a pause looks for those a track had not sent
+INFLIGHT_KEEP_S = 0.2
+#: a reply's first chunk starts this little before its first sample above LEAD_SILENCE_DBFS:
+#: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
+LEAD_KEEP_MS = 10
+LEAD_SILENCE_DBFS = -50.0
 
 
 def new_response_id() -> str:
@@ -94,6 +124,17 @@ class Sight(Protocol):
     """What the camera sees, for the LLM (the vision lane)."""
 
     def context(self, max_age_s: float) -> str | None: ...
+
+
+def trim_leading_silence(audio: Array, rate_hz: int = OUTPUT_RATE_HZ) -> Array:
+    """int16 speech without its leading silence (all but ``LEAD_KEEP_MS`` before the first
+    sample above ``LEAD_SILENCE_DBFS``); all-quiet audio is returned as it is."""
+    level = 32768 * 10 ** (LEAD_SILENCE_DBFS / 20)
+    loud = np.abs(audio) > level
+    first = int(np.argmax(loud))
+    if not loud[first]:
+        return audio
+    return audio[max(0, first - rate_hz * LEAD_KEEP_MS // 1000) :]
 
 
 def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -138,6 +179,23 @@ class SpokenChunk:
 
 
 @dataclass(slots=True)
+class OutFrame:
+    """One 20 ms frame of a reply's speech: its chunk, its index in the chunk, its 48 kHz
+    samples, and when its playout starts (monotonic; 0 until sent)."""
+
+    chunk: SpokenChunk
+    j: int
+    pcm: Array
+    start: float = 0.0
+
+
+def _playing() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+@dataclass(slots=True)
 class Reply:
     """One response in progress."""
 
@@ -156,10 +214,20 @@ class Reply:
     speaker: asyncio.Task[Any] | None = None
     started_ms: float | None = None
     finished: bool = False
+    #: a speculative reply not adopted yet: it emits nothing, its speaker waits for release
+    held: bool = False
+    messages: list[dict[str, Any]] = field(default_factory=list)  # what the LLM was given
+    held_events: list[Any] = field(default_factory=list)  # what it would have emitted
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     round_start: int = 0  # where the text of the latest LLM round starts in ``text``
     calls_made: int = 0
     pending: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # call_id -> output
     calls: list[dict[str, str]] = field(default_factory=list)  # answered calls, for the record
+    voiced: bool = False  # its first frame was sent (voice-to-voice observed)
+    playing: asyncio.Event = field(default_factory=_playing)  # cleared while paused
+    backlog: deque[OutFrame] = field(default_factory=deque)  # to send (taken back ones first)
+    inflight: deque[OutFrame] = field(default_factory=deque)  # sent, maybe not played yet
+    paused_at: float = 0.0
     language: str | None = None  # the language it answers in (the user's turn's)
     voice: str | None = None  # the voice that speaks it
     speech: Scheduler[Any, Any] | None = None  # that voice's TTS engine
@@ -241,15 +309,27 @@ class ReplyLane:
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
+        self.speculative: Reply | None = None  # held, until the turn ends (module doc)
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
+        self._words = WordRule(config.interrupt_backchannel_phrases)
+        #: the user's speech over the reply being judged (None: none)
+        self.interruption: Interruption | None = None
+        self._confirm_timer: asyncio.TimerHandle | None = None
         self.counters = {
             "responses": 0,
             "completed": 0,
             "cancelled": 0,
             "failed": 0,
-            "barge_ins": 0,
+            "barge_ins": 0,  # speech started over a reply (it paused, or was cut at once)
+            "interruptions_cut": 0,  # ... and was words: the reply was cut
+            "interruptions_resumed": 0,  # ... and was not: the reply resumed
+            "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
             "audio_frames": 0,
+            "resent_frames": 0,  # frames taken back at a pause and sent again
             "tool_calls": 0,
+            "speculations": 0,
+            "speculation_hits": 0,
+            "speculation_discarded": 0,
         }
 
     def handlers(self) -> Mapping[type[Any], Handler]:
@@ -264,16 +344,247 @@ class ReplyLane:
 
     # -- input ------------------------------------------------------------------------------
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
-        """The user said ``text`` (a turn, or ``input.text``): reply to it."""
+        """The user said ``text`` (a turn, or ``input.text``): reply to it (adopting the
+        held reply when it was started on exactly these messages)."""
         self._user_says(text)
-        self._start_reply(ref, received_ms, spoken=spoken)
+        language = self.language.for_reply(spoken=spoken) if self.language is not None else None
+        held, self.speculative = self.speculative, None
+        if held is not None:
+            same = held.language == language
+            if same and not held.finished and held.messages == self.messages(language=language):
+                self._adopt(held, ref, received_ms)
+                return
+            self._discard(held)
+        self._start_reply(ref, received_ms, spoken=spoken, language=language)
+
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        """Turn-taking expects the turn to end with ``text`` in ``wait_s``: start its reply
+        now, held (module doc). A guess already running for the same text goes on."""
+        language = self._turn_language()
+        held = self.speculative
+        if held is not None and held.messages == self._messages_with(text, language):
+            return
+        self._discard_speculation()
+        limit = self.config.speculate_max_wait_s
+        if limit <= 0 or wait_s > limit or self.session.config.get("tools"):
+            return
+        reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
+        reply.language = language
+        reply.messages = self._messages_with(text, language)
+        self.speculative = reply
+        self.counters["speculations"] += 1
+        reply.task = self.session.spawn(self._respond(reply), "reply-speculative")
+
+    def _adopt(self, reply: Reply, ref: str | None, received_ms: float) -> None:
+        """The turn ended as guessed: the held reply becomes the reply; what it buffered goes
+        out now (its text deltas as one) and its speech may play."""
+        if self.reply is not None:
+            self._cut(self.reply)
+        self._end_interruption()
+        reply.ref, reply.received_ms, reply.held = ref, received_ms, False
+        self.reply = reply
+        self.counters["responses"] += 1
+        self.counters["speculation_hits"] += 1
+        text = "".join(e.delta for e in reply.held_events if isinstance(e, ResponseTextDelta))
+        for event in reply.held_events:
+            if isinstance(event, ResponseCreated):
+                self.session.emit(ResponseCreated(response_id=reply.id, ref=ref))
+        if text:
+            self.session.emit(
+                ResponseTextDelta(response_id=reply.id, delta=text, timing=self._timing(reply))
+            )
+        reply.held_events.clear()
+        reply.release.set()
+
+    def _discard(self, reply: Reply) -> None:
+        """Drop a held reply: stop its work; nothing of it was ever seen."""
+        self.counters["speculation_discarded"] += 1
+        reply.finished = True
+        self._stop(reply)
+        if reply.task is not None:
+            reply.task.cancel()
+
+    def _discard_speculation(self) -> None:
+        held, self.speculative = self.speculative, None
+        if held is not None:
+            self._discard(held)
+
+    def _emit(self, reply: Reply, msg: Any) -> None:
+        """Emit for ``reply``; a held reply keeps it until it is adopted."""
+        if reply.held:
+            reply.held_events.append(msg)
+        else:
+            self.session.emit(msg)
 
     def barge_in(self) -> None:
-        """The user started speaking: cut the reply in progress, if any."""
+        """Cut the reply in progress at once, if any (a barge-in without waiting for words),
+        and drop a held one (the turn goes on)."""
+        self._discard_speculation()
         reply = self.reply
         if reply is not None:
             self.counters["barge_ins"] += 1
+            self.counters["interruptions_cut"] += 1
             self._cut(reply)
+
+    # -- interruptions (pipelines/interrupt.py) ---------------------------------------------
+    def _interrupt_config(self) -> tuple[float, int, str]:
+        """This session's (confirm_s, min_words, backchannels): its config's ``interrupt``
+        section, else the settings."""
+        c = self.config
+        mine = self.session.config.get("interrupt", {})
+        return (
+            float(mine.get("confirm_s", c.interrupt_confirm_s)),
+            int(mine.get("min_words", c.interrupt_min_words)),
+            str(mine.get("backchannels", c.interrupt_backchannels)),
+        )
+
+    def speech_started(self) -> None:
+        """The VAD heard the user start speaking (turn-taking): pause the reply in progress
+        and judge the speech (or, with ``confirm_s`` 0, cut the reply at once)."""
+        self._discard_speculation()  # a held reply: the turn goes on
+        now = time.monotonic()
+        it = self.interruption
+        reply = self.reply
+        if reply is not None and self._interrupt_config()[0] <= 0:
+            self.barge_in()
+            return
+        if it is not None:  # more speech of the same interruption
+            live = reply is not None and reply.id == it.response_id
+            if it.on_speech_started(now, live=live) is Verdict.PAUSE and reply is not None:
+                self.counters["barge_ins"] += 1
+                self._pause(reply, now)
+                self._arm_confirm(it)
+            return
+        if reply is None:
+            return
+        self.counters["barge_ins"] += 1
+        it = self.interruption = Interruption(
+            reply.id, now, self._interrupt_config()[0], self.config.interrupt_max_pause_s
+        )
+        self._pause(reply, now)
+        self._arm_confirm(it)
+
+    def speech_stopped(self) -> None:
+        """The VAD heard the user stop speaking: a paused reply waits for the final (at most
+        ``confirm_s`` from now)."""
+        it = self.interruption
+        if it is not None:
+            self._apply(it, it.on_speech_stopped(time.monotonic()))
+            if it is self.interruption and it.paused:
+                self._arm_confirm(it)
+
+    def heard(self, text: str, *, final: bool) -> bool:
+        """What the ASR heard of the user's speech (a partial hypothesis, or a segment's final;
+        finals are told in order, empty ones too): words enough cut a reply it interrupted.
+        False when the text was absorbed by an interruption that was not one (a backchannel,
+        fewer words than ``min_words``): it is not the user's turn."""
+        it = self.interruption
+        if it is None:
+            return True
+        _, min_words, backchannels = self._interrupt_config()
+        words = bool(text) and self._words.interrupts(
+            text, min_words=min_words, backchannels=backchannels
+        )
+        now = time.monotonic()
+        self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
+        if final and text and not words:
+            self.counters["backchannels"] += 1
+            return False
+        return True
+
+    def _arm_confirm(self, it: Interruption) -> None:
+        """(Re)arm the timer for the interruption's deadline."""
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay_s = max(0.0, it.deadline - time.monotonic())
+        self._confirm_timer = loop.call_later(delay_s, self._confirm_due, it)
+
+    def _confirm_due(self, it: Interruption) -> None:
+        self._confirm_timer = None
+        if it is self.interruption:
+            self._apply(it, it.on_confirm_timeout(time.monotonic()))
+            if it is self.interruption and it.paused:  # the deadline moved: check again then
+                self._arm_confirm(it)
+
+    def _apply(self, it: Interruption, verdict: Verdict) -> None:
+        """Carry out what the interruption decided; forget it once it is over."""
+        reply = self.reply
+        live = reply if reply is not None and reply.id == it.response_id else None
+        if verdict is Verdict.CUT:
+            self._end_interruption()
+            if live is not None:
+                log.debug("session %s: reply %s cut by words", self.session.id, live.id)
+                self.counters["interruptions_cut"] += 1
+                self._cut(live)
+            return
+        if verdict is Verdict.RESUME:
+            it.resumed()
+            if self._confirm_timer is not None:
+                self._confirm_timer.cancel()
+                self._confirm_timer = None
+            if live is not None:
+                self._resume(live, it)
+        if it.closed:
+            self._end_interruption()
+
+    def _end_interruption(self) -> None:
+        self.interruption = None
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+            self._confirm_timer = None
+
+    def _pause(self, reply: Reply, now: float) -> None:
+        """Hold the reply's audio now: frames not yet played go back to the front of its
+        backlog (exactly those the WebRTC track had not sent; for ``output.audio``, those
+        whose playout had not started), so the spoken part stops here."""
+        reply.playing.clear()
+        reply.paused_at = now
+        track = self._track()
+        if track is not None:
+            unsent = round(track.flush() / FRAME_MS)  # what it had not sent is not played
+            take = min(unsent, len(reply.inflight))
+        else:
+            take = sum(1 for f in reply.inflight if f.start > now)
+        for _ in range(take):
+            f = reply.inflight.pop()
+            f.chunk.frame_starts.pop()
+            reply.frames_sent -= 1
+            reply.backlog.appendleft(f)
+        reply.play_end = reply.inflight[-1].start + FRAME_S if reply.inflight else now
+        log.debug(
+            "session %s: reply %s paused at %d ms (%d frames taken back)",
+            self.session.id,
+            reply.id,
+            reply.frames_sent * FRAME_MS,
+            take,
+        )
+        self.session.emit(
+            ResponsePaused(response_id=reply.id, played_ms=float(reply.frames_sent * FRAME_MS))
+        )
+
+    def _resume(self, reply: Reply, it: Interruption) -> None:
+        """Play on from where the reply paused (the frames taken back first)."""
+        self.counters["interruptions_resumed"] += 1
+        heard = " ".join(it.absorbed)
+        if not heard:
+            reason = "no_words"
+        elif self._words.heard(heard).words == 0:
+            reason = "backchannel"
+        else:
+            reason = "few_words"
+        self.session.emit(
+            ResponseResumed(
+                response_id=reply.id,
+                played_ms=float(reply.frames_sent * FRAME_MS),
+                paused_ms=max(0.0, (time.monotonic() - reply.paused_at) * 1000.0),
+                reason=reason,
+                heard=heard[:1024],
+            )
+        )
+        log.debug("session %s: reply %s resumed (%s: %r)", self.session.id, reply.id, reason, heard)
+        it.absorbed.clear()
+        reply.playing.set()
 
     async def _create(self, msg: ResponseCreate) -> None:
         if msg.text is not None:
@@ -282,7 +593,8 @@ class ReplyLane:
             raise InvalidConfigError(
                 "response.create: there is no user message to answer; give 'text'"
             )
-        self._start_reply(msg.id, now_ms())
+        language = self.language.for_reply(spoken=False) if self.language is not None else None
+        self._start_reply(msg.id, now_ms(), language=language)
 
     async def _cancel(self, msg: ResponseCancel) -> None:
         reply = self.reply
@@ -303,28 +615,50 @@ class ReplyLane:
         self._trim_history()
 
     def _trim_history(self) -> None:
-        excess = len(self.history) - self.config.max_history_messages
+        self.history[:] = self._trimmed(self.history)
+
+    def _trimmed(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        excess = len(history) - self.config.max_history_messages
         if excess > 0:
-            del self.history[:excess]
+            history = history[excess:]
             # a tool result or call cut off from its turn would be refused by the LLM
-            while self.history and self.history[0]["role"] == "tool":
-                del self.history[0]
+            while history and history[0]["role"] == "tool":
+                history = history[1:]
+        return history
+
+    def _messages_with(self, text: str, language: str | None = None) -> list[dict[str, Any]]:
+        """What the LLM would be given if the user said ``text`` now (in ``language``)."""
+        history = self._trimmed([*self.history, {"role": "user", "content": text}])
+        return self.messages(history, language=language)
+
+    def _turn_language(self) -> str | None:
+        """The language of the turn in progress as far as it is known (a held reply's)."""
+        heard = self.language.current() if self.language is not None else None
+        return heard.code if heard is not None else None
 
     # -- replies ----------------------------------------------------------------------------
-    def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
+    def _start_reply(
+        self,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool = False,
+        language: str | None = None,
+    ) -> None:
+        self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
+        self._end_interruption()
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
-        if self.language is not None:
-            reply.language = self.language.for_reply(spoken=spoken)
+        reply.language = language
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
 
     async def _respond(self, reply: Reply) -> None:
         s = self.session
-        s.emit(ResponseCreated(response_id=reply.id, ref=reply.ref))
-        messages = self.messages(reply.language)
+        self._emit(reply, ResponseCreated(response_id=reply.id, ref=reply.ref))
+        messages = list(reply.messages) if reply.held else self.messages(language=reply.language)
         try:
             reply.started_ms = now_ms()
             tts: TtsStream | None = None
@@ -341,20 +675,22 @@ class ReplyLane:
                 reply.gen = gen
                 async for item in gen.events():
                     if isinstance(item, ToolCallDelta):
-                        s.emit(
+                        self._emit(
+                            reply,
                             ResponseFunctionCallDelta(
                                 response_id=reply.id,
                                 call_id=item.call_id,
                                 name=item.name,
                                 arguments=item.arguments,
-                            )
+                            ),
                         )
                         continue
                     reply.text += item
-                    s.emit(
+                    self._emit(
+                        reply,
                         ResponseTextDelta(
                             response_id=reply.id, delta=item, timing=self._timing(reply)
-                        )
+                        ),
                     )
                     if tts is not None:
                         tts.push(item)
@@ -472,16 +808,19 @@ class ReplyLane:
         reply.voice, reply.speech = voice.name, await self.voices.scheduler(voice)
         return True
 
-    def messages(self, language: str | None = None) -> list[dict[str, Any]]:
+    def messages(
+        self, history: list[dict[str, Any]] | None = None, *, language: str | None = None
+    ) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt (or the session's instructions), the
-        history and, just before the last user message, what the camera sees and the
-        language to answer in when it is not English (the prompt's); neither is kept in the
-        history."""
+        history (``history``, else the lane's) and, just before the last user message, what
+        the camera sees and the language to answer in when it is not English (the prompt's);
+        neither is kept in the history."""
         c = self.config
         # The session's ``instructions`` (session.create / session.update) replace the
         # configured system prompt, from the next reply on.
         prompt = self.session.config.get("instructions") or c.system_prompt
-        out = [{"role": "system", "content": prompt}, *self.history]
+        history = self.history if history is None else history
+        out = [{"role": "system", "content": prompt}, *history]
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})
@@ -490,14 +829,19 @@ class ReplyLane:
         return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
-        """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
+        """TtsStream's synthesis: one chunk's audio, noted with where its text ends. A
+        reply's first chunk is urgent (the user waits on it; the engine runs it ahead of
+        other replies' later chunks, engines/scheduler.py)."""
         caches = self.session.caches
         speech = reply.speech or self.tts
         voice = reply.voice or self.voice
+        urgent = not reply.chunks
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(speech, chunk, voice=voice)
+            audio: Array = await caches.synthesize(speech, chunk, voice=voice, urgent=urgent)
         else:
-            audio = await speech.submit(chunk)
+            audio = await speech.submit(chunk, urgent=urgent)
+        if urgent:  # the first sound of the reply: no silence to wait through before it
+            audio = trim_leading_silence(audio)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)
@@ -509,52 +853,83 @@ class ReplyLane:
         return peer.audio_out if peer is not None else None
 
     async def _speak(self, reply: Reply, tts: TtsStream) -> None:
-        """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout;
-        return once the last one has played."""
-        lead_s = self.config.audio_lead_s
+        """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout
+        and held while the reply is paused; return once the last one has played."""
         index, left, j = -1, 0, 0
         async for frame in tts.frames():
+            if reply.held:  # a speculative reply speaks once adopted (module doc)
+                await reply.release.wait()
             while left == 0:
                 index += 1
                 left, j = reply.chunks[index].frames, 0
-            chunk = reply.chunks[index]
+            reply.backlog.append(OutFrame(reply.chunks[index], j, frame))
+            left -= 1
+            j += 1
+            await self._send_backlog(reply)
+            if reply.finished:
+                return
+        while True:
+            await self._send_backlog(reply)
+            if reply.finished:
+                return
+            await asyncio.sleep(max(0.0, reply.play_end - time.monotonic()))
+            if not reply.backlog:  # nothing was taken back by a pause meanwhile
+                return
+
+    async def _send_backlog(self, reply: Reply) -> None:
+        lead_s = self.config.audio_lead_s
+        while reply.backlog and not reply.finished:
+            if not reply.playing.is_set():
+                await reply.playing.wait()
+                continue
             now = time.monotonic()
             ahead = max(now, reply.play_end) - now
             if ahead > lead_s:
                 await asyncio.sleep(ahead - lead_s)
-                now = time.monotonic()
-            if reply.finished:
-                return
-            starts = max(now, reply.play_end)
-            stages = self.session.stage_times
-            if reply.frames_sent == 0 and reply.from_speech and stages is not None:
+                continue  # paused or cut meanwhile?
+            self._send(reply, reply.backlog.popleft(), now)
+
+    def _send(self, reply: Reply, out: OutFrame, now: float) -> None:
+        """One frame out (the WebRTC track, else ``output.audio``), its playout time noted."""
+        starts = max(now, reply.play_end)
+        stages = self.session.stage_times
+        if not reply.voiced:
+            reply.voiced = True
+            if reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
-            chunk.frame_starts.append(starts)
-            if self.echo is not None:
-                self.echo.played(frame, OUTPUT_RATE_HZ, starts)
-            reply.play_end = starts + FRAME_S
-            track = self._track()
-            if track is not None and chunk.track_pcm is not None:
-                part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
-                if len(part) < OUT_FRAME_SAMPLES:
-                    part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
-                track.write(part)
-            else:
-                self.session.emit(
-                    OutputAudio(
-                        pcm=frame.astype("<i2").tobytes(),
-                        format="s16le",
-                        sample_rate=OUTPUT_RATE_HZ,
-                        channels=1,
-                        ts=reply.frames_sent * FRAME_MS,
-                        response_id=reply.id,
-                    )
+        chunk = out.chunk
+        if out.start:
+            self.counters["resent_frames"] += 1
+        out.start = starts
+        chunk.frame_starts.append(starts)
+        if self.echo is not None:
+            self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
+        reply.play_end = starts + FRAME_S
+        track = self._track()
+        if track is not None and chunk.track_pcm is not None:
+            j = out.j
+            part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
+            if len(part) < OUT_FRAME_SAMPLES:
+                part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+            track.write(part)
+        else:
+            self.session.emit(
+                OutputAudio(
+                    pcm=out.pcm.astype("<i2").tobytes(),
+                    format="s16le",
+                    sample_rate=OUTPUT_RATE_HZ,
+                    channels=1,
+                    ts=reply.frames_sent * FRAME_MS,
+                    response_id=reply.id,
                 )
-            reply.frames_sent += 1
-            self.counters["audio_frames"] += 1
-            left -= 1
-            j += 1
-        await asyncio.sleep(max(0.0, reply.play_end - time.monotonic()))
+            )
+        reply.frames_sent += 1
+        self.counters["audio_frames"] += 1
+        # what a pause may take back: frames whose playout has not started (and a little
+        # more, for a track whose clock runs behind ours)
+        while reply.inflight and reply.inflight[0].start < now - INFLIGHT_KEEP_S:
+            reply.inflight.popleft()
+        reply.inflight.append(out)
 
     def _timing(self, reply: Reply) -> Timing:
         return Timing(
@@ -574,7 +949,10 @@ class ReplyLane:
             reply.speaker.cancel()
 
     def _cut(self, reply: Reply) -> None:
-        """Barge-in or cancel: stop, then say what the user heard."""
+        """Barge-in or cancel: stop, then say what the user heard (up to the pause, if it
+        was paused: the frames after it were taken back)."""
+        if self.interruption is not None and self.interruption.response_id == reply.id:
+            self._end_interruption()
         at = time.monotonic()
         self._stop(reply)
         self._finish(reply, "cancelled", reply.spoken(at))
@@ -585,6 +963,8 @@ class ReplyLane:
         if reply.finished:
             return
         reply.finished = True
+        if reply.held:  # a guess that failed: as if never made (the turn starts afresh)
+            return
         if self.reply is reply:
             self.reply = None
         for waiting in reply.pending.values():
@@ -630,6 +1010,8 @@ class ReplyLane:
         }
 
     async def close(self) -> None:
+        self._end_interruption()
+        self._discard_speculation()
         reply = self.reply
         if reply is not None:
             reply.finished = True

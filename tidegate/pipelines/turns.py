@@ -15,7 +15,10 @@ segment is out, the turn has words, no new speech has started, and the turn's po
 Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
 probability, audio_ms} before the reply starts. The turn's finals, joined, become the user
 message the reply lane answers. ``input.text`` is a typed turn: it ends at once. Speech that
-starts while a reply is in progress is a barge-in: the reply lane cuts it.
+starts while a reply is in progress is a possible interruption: the reply lane pauses the
+reply and judges it from what the ASR hears (:mod:`tidegate.pipelines.interrupt`); a final it
+absorbs (a backchannel over the reply, or fewer words than ``interrupt.min_words``) is not
+part of the user's turn.
 
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
@@ -48,7 +51,15 @@ class Replier(Protocol):
 
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None: ...
 
-    def barge_in(self) -> None: ...
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
+        ...
+
+    def speech_started(self) -> None: ...
+
+    def speech_stopped(self) -> None: ...
+
+    def heard(self, text: str, *, final: bool) -> bool: ...
 
 
 class Looker(Protocol):
@@ -130,10 +141,11 @@ class TurnTaking:
         if self._turn_timer is not None:
             self._turn_timer.cancel()  # the turn goes on
             self._turn_timer = None
-        self.reply.barge_in()
+        self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False
+        self.reply.speech_stopped()
         self._finals_due = True
         stopped = time.monotonic()
         if self.policy == "semantic":
@@ -146,7 +158,12 @@ class TurnTaking:
             self._decision = self._silence(stopped, audio_ms)
             self._arm()
 
+    def on_partial(self, text: str) -> None:
+        self.reply.heard(text, final=False)
+
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
+        if not self.reply.heard(text, final=True):
+            text = ""  # absorbed by an interruption that was not one: not the user's turn
         if text:
             self._turn.append(text)
             self._turn_received = received
@@ -188,9 +205,10 @@ class TurnTaking:
             return
         if self._turn_timer is not None:
             self._turn_timer.cancel()
-        self._turn_timer = self.session.spawn(
-            self._end_turn(max(0.0, decision.at - time.monotonic()), decision), "turn-end"
-        )
+        delay_s = max(0.0, decision.at - time.monotonic())
+        self._turn_timer = self.session.spawn(self._end_turn(delay_s, decision), "turn-end")
+        if delay_s > 0:  # the text is known: its reply may start now, held (reply.py)
+            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=delay_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         await asyncio.sleep(delay_s)

@@ -64,6 +64,10 @@ class TurnLanguage:
     def turn(self) -> Heard | None:
         return self._turn
 
+    def current(self) -> Heard | None:
+        """The turn's language as far as known now: locked, else its latest guess."""
+        return self._turn or self._guess
+
     def for_segment(self) -> Heard | None:
         """What a new segment of the turn asks for: the turn's language once known (with its
         probability), else None (the session's ``asked``)."""
