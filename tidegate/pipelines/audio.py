@@ -64,6 +64,7 @@ import numpy as np
 
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.turn_language import TurnLanguage
 from tidegate.engines.errors import DeadlineError, EngineError
 from tidegate.engines.errors import OverloadedError as EngineOverloadedError
 from tidegate.engines.runtime import Array
@@ -203,6 +204,7 @@ class AudioLane:
         *,
         listener: SpeechListener | None = None,
         speaks: bool = False,
+        language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
         s = config
@@ -216,6 +218,11 @@ class AudioLane:
         self._decode = tokenizer.decode
         self._encode = tokenizer.encode
         self.settings: StreamingSettings = config.streaming
+        #: the turn's language (engines/asr/turn_language.py), shared with the reply lane when the
+        #: mode replies; with no turn-taking each segment is a turn
+        self.language = language or TurnLanguage(
+            lambda: session.config.get("language"), per_segment=listener is None
+        )
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
             silence_dbfs=s.audio_silence_dbfs,
@@ -493,14 +500,14 @@ class AudioLane:
         if start_sample - self._segment_end > self.settings.prompt_max_gap_s * SAMPLE_RATE_HZ:
             self._context.clear()  # a new stretch of talk: no previous-text context
         start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
-        # the session's language (config ``language``; None: the engine's default)
-        language = self.session.config.get("language")
+        heard = self.language.for_segment()  # the turn's language, once known
         seg = Segment(
             "seg_" + secrets.token_urlsafe(6),
             start_sample,
             self._decode,
             prompt=self.context,
-            language=language,
+            language=heard.code if heard is not None else self.language.asked,
+            language_probability=heard.probability if heard is not None else None,
         )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
@@ -541,7 +548,7 @@ class AudioLane:
         start = now_ms()
         try:  # a final (end None) is urgent: it goes ahead of other sessions' partials
             result: AsrResult | None = await self.asr.submit(
-                seg.request(end, cancel), urgent=end is None
+                self.language.request(seg, end, cancel), urgent=end is None
             )
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
@@ -594,7 +601,9 @@ class AudioLane:
         if result is None:
             seg.decoded_until = decoded
             return
-        if seg.on_partial(result, decoded, self.settings):
+        committed = seg.on_partial(result, decoded, self.settings)
+        self.language.partial_done(seg)  # a language it locked is the turn's
+        if committed:
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
         if self.listener is not None and self._segment is seg:  # still the speech going on
@@ -622,7 +631,11 @@ class AudioLane:
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )
+        locked = seg.language_locked  # given, or detected with confidence by a partial
         text = seg.final_text(result, self.settings)
+        language, probability = self.language.final_done(
+            seg, result, lock_probability=self.settings.language_lock_probability, locked=locked
+        )
         if not text:
             self.counters["empty_finals"] += 1
             if self.listener is not None:
@@ -631,7 +644,9 @@ class AudioLane:
         self.counters["finals"] += 1
         if self.settings.prompt_tokens:
             self._context.extend(self._encode(" " + text))
-        event = self._event(AsrFinal, seg, text, timing)
+        event = self._event(
+            AsrFinal, seg, text, timing, language=language, language_probability=probability
+        )
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
             TranscriptSegment(
@@ -645,8 +660,9 @@ class AudioLane:
             self.listener.on_final(text, received, len(self._finals) - 1)
 
     @staticmethod
-    def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:
+    def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:
         return cls(
+            **extra,
             segment_id=seg.id,
             text=text,
             audio_start_ms=seg.start_sample * 1000 / SAMPLE_RATE_HZ,

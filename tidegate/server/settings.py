@@ -449,6 +449,21 @@ class Settings:
         "Ended segments waiting for their final decode; beyond it the audio lane fills.",
         default=4,
     )
+    asr_language_detect_s: float = _doc(
+        "Under language auto, a turn's language is locked by the first decode of at least this "
+        "much speech that is sure of it (docs/languages.md); a shorter turn is detected on its "
+        "final.",
+        default=2.0,
+    )
+    asr_language_lock_probability: float = _doc(
+        "A detection locks the turn's language only with at least this probability; a less "
+        "sure one waits for more speech (up to asr_language_detect_max_s, or the final).",
+        default=0.7,
+    )
+    asr_language_detect_max_s: float = _doc(
+        "Past this much speech the turn's language is locked however sure the detection.",
+        default=6.0,
+    )
 
     # -- LLM and TTS (docs/llm-tts.md) --------------------------------------------------------
     llm_default_max_tokens: int = _doc(

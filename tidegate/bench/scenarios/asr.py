@@ -119,13 +119,32 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ramp", action="store_true", help="1, 2, 4, ... until real time is lost")
     p.add_argument("--ramp-max", type=int, default=64, help="the ramp's last level")
     p.add_argument("--chunk-ms", type=float, default=100.0, help="input.audio chunk length")
-    p.add_argument("--sentences", type=int, default=6, help="espeak sentences (0: none)")
+    p.add_argument(
+        "--sentences",
+        type=int,
+        default=6,
+        help="espeak sentences (0: none; with --language: per language)",
+    )
     p.add_argument("--gap-s", type=float, default=1.5, help="silence after each utterance")
     p.add_argument("--no-rtf", action="store_true", help="skip the as-fast-as-credit run")
     p.add_argument(
         "--peer", choices=("none", "whisperlive"), default="none", help="run a peer alongside"
     )
     p.add_argument("--rounds", type=int, default=1, help="tidegate/peer pairs per stream count")
+    p.add_argument(
+        "--language",
+        default="",
+        help="per language instead (de,es,fr,en): WER, detection and CPU per stream for each "
+        "model size, in-process on espeak-ng speech (the 'languages' scenario; no server)",
+    )
+    p.add_argument(
+        "--turns",
+        action="store_true",
+        help="with --language: whole turns cut at their pauses, how often their language is right",
+    )
+    p.add_argument(
+        "--asr-languages", default="", help="with --language: restrict detection (asr_languages)"
+    )
 
 
 # -- audio ------------------------------------------------------------------------------------
@@ -594,8 +613,19 @@ async def _rtf(
         "TIDEGATE_AUDIO_MAX_AHEAD_S": "0",
         **_default_data_dir(),
     },
+    local_when=lambda args: bool(args.language),
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    if args.language:  # per language and model size: the languages microbenchmark
+        from .engines import _child
+
+        command = [sys.executable, "-m", "tidegate.bench.micro.languages", "--json"]
+        command += ["--language", args.language, "--clips", str(args.sentences)]
+        if args.asr_languages:
+            command += ["--asr-languages", args.asr_languages]
+        if args.turns:
+            command.append("--turns")
+        return await _child(command, 1800.0)
     plan = build_plan(args)
     results: dict[str, Any] = {
         "clips": args.clips,

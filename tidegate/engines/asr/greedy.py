@@ -138,6 +138,16 @@ class Vocabulary:
     language_ids: Array = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     transcribe: int = -1  # <|transcribe|> (multilingual models only)
     sot_prev: int = -1  # <|startofprev|>: a context prompt (previous text) follows it
+    #: the languages detection chooses among (the deployment's ``asr_languages``); None: all
+    detect_ids: Array | None = None
+
+    def detect_among(self, language: int) -> Array:
+        """The language tokens whose softmax gives ``language``'s probability: the detection
+        set when it holds it, else every language."""
+        ids = self.detect_ids
+        if ids is None or (language != LANG_AUTO and not np.any(ids == language)):
+            return self.language_ids
+        return ids
 
     @property
     def multilingual(self) -> bool:
@@ -390,13 +400,14 @@ def greedy_decode(
                 p0 = _log_softmax(logits[row, k])
                 no_speech[i] = float(np.exp(p0[vocab.no_speech]))
                 if vocab.multilingual:
-                    pl = np.exp(_log_softmax(logits[row, k, vocab.language_ids]))
+                    ids = vocab.detect_among(lang[i])
+                    pl = np.exp(_log_softmax(logits[row, k, ids]))
                     if lang[i] == LANG_AUTO:
-                        lang[i] = int(vocab.language_ids[int(np.argmax(pl))])
+                        lang[i] = int(ids[int(np.argmax(pl))])
                     if detect:  # the rest of every row's prompt, in its language now known
                         need[i] = [*vocab.prompt(lang[i]), *prefixes[i]]
                         start[i] = len(need[i]) - len(prefixes[i])
-                    j = int(np.flatnonzero(vocab.language_ids == lang[i])[0])
+                    j = int(np.flatnonzero(ids == lang[i])[0])
                     lang_prob[i] = float(pl[j])
         last = logits[:, -1].astype(np.float64)
         last[:, vocab.suppress] = -np.inf
@@ -683,3 +694,34 @@ def transcribe_signature() -> Signature:
         )
 
     return Signature(specs(TRANSCRIBE_INPUTS), specs(TRANSCRIBE_OUTPUTS))
+
+
+def detect_languages(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+) -> list[tuple[int, float]]:
+    """Each audio's language token and its probability, read after ``<|startoftranscript|>``
+    as :func:`greedy_decode` reads it (among ``vocab.detect_ids`` when set): one encoder pass
+    and one one-token decoder step for the batch. For detection on other audio than a row's
+    own (the turn so far: :attr:`.request.AsrRequest.language_audio`)."""
+    if not vocab.multilingual:
+        raise ValueError("an English-only model has no language to detect")
+    mel, _ = encoder_input(audios, options)
+    out = encoder({"mel": mel})
+    cross_k, cross_v = out["cross_k"], out["cross_v"]
+    L, n, H, dh, _ = cross_k.shape
+    logits = decoder(
+        {
+            "tokens": np.full((n, 1), vocab.sot, dtype=np.int64),
+            "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "cross_k": cross_k,
+            "cross_v": cross_v,
+        }
+    )["logits"]
+    ids = vocab.detect_among(LANG_AUTO)
+    pl = np.exp(_log_softmax(logits[:, 0, ids]))
+    return [(int(ids[int(np.argmax(p))]), float(np.max(p))) for p in pl]

@@ -32,7 +32,9 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 - **Language** (a multilingual model): a segment asks for its ``language`` (a code, or
   ``auto``). Under ``auto``, each decode detects the language (Whisper's language token, free:
   it is read at the first decoder step) until one that saw at least ``language_detect_s`` of
-  audio and was judged speech; that language is then *locked* for the rest of the turn: every
+  audio, was judged speech and gave its language a probability of at least
+  ``language_lock_probability`` (or, whatever the probability, saw ``language_detect_max_s``);
+  that language is then *locked* for the rest of the turn: every
   later partial and the final are decoded in it (so a partial never flips language and the
   final agrees with the partials). A turn shorter than that is detected on its final.
   Hypotheses in different languages never agree (no commitment across a language change).
@@ -72,6 +74,8 @@ class StreamingSettings:
     prompt_max_gap_s: float = 1.0
     partial_backoff_items: int = 4
     partial_max_queue_items: int = 16
+    language_lock_probability: float = 0.7
+    language_detect_max_s: float = 6.0
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
@@ -83,6 +87,14 @@ class StreamingSettings:
             raise ValueError("prompt_tokens and prompt_max_gap_s cannot be negative")
         if self.partial_backoff_items < 1 or self.partial_max_queue_items < 1:
             raise ValueError("partial_backoff_items and partial_max_queue_items must be >= 1")
+        if self.partial_hold_s < 0:
+            raise ValueError("partial_hold_s cannot be negative")
+        if not 0 <= self.language_detect_s <= self.language_detect_max_s <= 30.0:
+            raise ValueError("need 0 <= language_detect_s <= language_detect_max_s <= 30 s")
+        if not 0 <= self.language_lock_probability <= 1:
+            raise ValueError("language_lock_probability must be within 0..1")
+        if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
+            raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
 
     def partial_interval_at(self, queued: int) -> float | None:
         """The partial interval (s of new audio) while ``queued`` ASR requests wait (the
@@ -92,12 +104,6 @@ class StreamingSettings:
         if queued >= self.partial_max_queue_items:
             return None
         return self.partial_interval_s * (1 + queued / self.partial_backoff_items)
-        if self.partial_hold_s < 0:
-            raise ValueError("partial_hold_s cannot be negative")
-        if not 0 <= self.language_detect_s <= 30.0:
-            raise ValueError("language_detect_s must be within 0..30 s")
-        if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
-            raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
 
 
 def _words(text: str) -> list[str]:
@@ -210,10 +216,16 @@ class Segment:
         return AsrRequest(self.audio(end), self.committed, cancel, self.language, self.prompt)
 
     def on_language(self, result: AsrResult, decoded: int, s: StreamingSettings) -> None:
-        """Lock the detected language once a speech decode saw ``language_detect_s``."""
+        """Lock the detected language once a speech decode saw ``language_detect_s`` and is
+        sure of it (``language_lock_probability``), or saw ``language_detect_max_s``."""
         if self.language_locked or not result.language:
             return
-        if decoded >= s.language_detect_s * SAMPLE_RATE_HZ and s.gate.is_speech(result):
+        sure = result.language_probability >= s.language_lock_probability
+        if (
+            decoded >= s.language_detect_s * SAMPLE_RATE_HZ
+            and (sure or decoded >= s.language_detect_max_s * SAMPLE_RATE_HZ)
+            and s.gate.is_speech(result)
+        ):
             self.language = result.language
             self.language_probability = result.language_probability
 

@@ -34,6 +34,7 @@ from .greedy import (
     Transcriber,
     Vocabulary,
     audio_context,
+    detect_languages,
     pack_requests,
     repeated_tail,
     transcribe_by_context,
@@ -71,9 +72,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
         language: str = "auto",
+        languages: Sequence[str] = (),
     ) -> None:
+        """``languages``: the languages this deployment serves (``asr_languages``): detection
+        chooses among them and a request for another is refused; empty: every language of
+        the model."""
         super().__init__()
         self.language = language  # a request's language when it names none
+        self.languages = tuple(x.strip().lower() for x in languages if x.strip())
         self.decode_options = DecodeOptions(
             ctx_margin_s=ctx_margin_s,
             ctx_step_s=ctx_step_s,
@@ -113,8 +119,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         self.tokenizer = WhisperTokenizer(self.folder / "tokenizer.json")
         try:
             self.tokenizer.language_token(self.language)
+            detect = [self.tokenizer.language_token(x) for x in self.languages]
         except ValueError as e:
             raise EngineError(f"asr: the configured {e}") from None
+        if self.language not in (AUTO, *self.languages) and self.languages:
+            raise EngineError(
+                f"asr: the configured language {self.language!r} is not among asr_languages "
+                f"{list(self.languages)}"
+            )
         if self.runtime_options.runtime == "triton":
             from ..runtime.triton import open_triton
 
@@ -129,6 +141,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         vocab = self._decoder.signature.output("logits").shape[-1]
         assert isinstance(vocab, int)
         self.vocab = Vocabulary.from_folder(self.folder, vocab)
+        if self.vocab.multilingual and detect:
+            self.vocab = replace(self.vocab, detect_ids=np.array(detect, dtype=np.int64))
 
     def example_request(self) -> AsrRequest:
         return AsrRequest(np.zeros(SAMPLE_RATE_HZ, dtype=np.float32))
@@ -140,12 +154,24 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         if len(request.prefix) > MAX_PREFIX:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
         language = resolve_language(self.tokenizer, request.language or self.language)
+        if self.languages and language not in (AUTO, *self.languages):
+            raise RequestError(
+                f"asr: language {language!r} is not served here (asr_languages: "
+                f"{', '.join(self.languages)}; or auto)"
+            )
+        context = request.language_audio
+        multilingual = self.tokenizer is not None and self.tokenizer.multilingual
+        if context is not None and language == AUTO and multilingual:
+            context = check_audio(context, "asr: language_audio")
+        else:
+            context = None
         return AsrRequest(
             audio,
             tuple(int(t) for t in request.prefix),
             request.cancel,
             language,
             tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
+            context,
         )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
@@ -158,6 +184,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audios = [items[i].audio for i in live]
         prefixes = [items[i].prefix for i in live]
         languages = [self.tokenizer.language_token(items[i].language or AUTO) for i in live]
+        found = self._detect_on_context([items[i] for i in live], languages)
+        detected = {live[k]: p for k, p in found.items()}  # by index of items
         rows: list[tuple[Decoded | None, int, dict[str, float]]]
         if self._transcribe is not None:
             # One call for the batch; a cancel that comes meanwhile drops the answer.
@@ -204,9 +232,31 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                     generated=decoded_row.generated,
                     timings_ms={**timings, "batch": len(live)},
                     language=self.tokenizer.language_of.get(decoded_row.language, "en"),
-                    language_probability=decoded_row.language_prob,
+                    language_probability=detected.get(i, decoded_row.language_prob),
                 )
             )
+        return out
+
+    def _detect_on_context(
+        self, items: Sequence[AsrRequest], languages: list[int]
+    ) -> dict[int, float]:
+        """Rows asking ``auto`` with ``language_audio``: their language, detected on that audio
+        (one encoder pass and one decoder step for them), replaces ``auto`` in ``languages``;
+        the probabilities by row index of ``items``' batch."""
+        rows = [k for k, it in enumerate(items) if it.language_audio is not None]
+        if not rows or self._encoder is None or self._decoder is None or self.vocab is None:
+            return {}
+        found = detect_languages(
+            self._encoder.run,
+            self._decoder.run,
+            [items[k].language_audio for k in rows],  # type: ignore[misc]
+            [self.decode_options] * len(rows),
+            self.vocab,
+        )
+        out: dict[int, float] = {}
+        for k, (token, probability) in zip(rows, found, strict=True):
+            languages[k] = token
+            out[k] = probability
         return out
 
     def _close(self) -> None:
