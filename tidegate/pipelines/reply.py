@@ -222,7 +222,8 @@ class ReplyLane:
         self.voice = voice
         self.media = media
         self.sight = sight
-        #: told of every frame played (the assistant mode sets it when echo is cancelled)
+        #: told of every frame played, ahead of time, with when it is due (the assistant mode
+        #: sets it when echo is cancelled; pipelines/echo.py)
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
@@ -491,16 +492,18 @@ class ReplyLane:
             if reply.frames_sent == 0 and reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
             chunk.frame_starts.append(starts)
-            if self.echo is not None:
-                self.echo.played(frame, OUTPUT_RATE_HZ, starts)
             reply.play_end = starts + FRAME_S
             track = self._track()
             if track is not None and chunk.track_pcm is not None:
                 part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
                 if len(part) < OUT_FRAME_SAMPLES:
                     part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+                if self.echo is not None:  # exactly what the track sends, when it is due
+                    self.echo.played(part, SAMPLE_RATE_HZ, starts)
                 track.write(part)
             else:
+                if self.echo is not None:  # WS-only: the frame plays when it is due
+                    self.echo.played(frame, OUTPUT_RATE_HZ, starts)
                 self.session.emit(
                     OutputAudio(
                         pcm=frame.astype("<i2").tobytes(),
