@@ -26,8 +26,8 @@ async def test_turns_scenario_report(live_target: Target, tmp_path: Path) -> Non
         "turns",
         tmp_path,
         *("--voice", "espeak", "--paused", "0", "--complete", "1"),
-        *("--transports", "ws,rtc", "--delays-ms", "120", "--levels-db", "-12"),
-        *("--replies", "1", "--replies-per-session", "1", "--erle", "off"),
+        *("--transports", "ws,rtc", "--delays-ms", "120", "--levels-db=-12"),
+        *("--replies", "1", "--replies-per-session", "1", "--erle", "off", "--warm", "off"),
     )
     results = report["results"]
     paused = results["paused"]

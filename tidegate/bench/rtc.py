@@ -214,7 +214,7 @@ class AudioTap:
             for f in self.dec.decode(av.Packet(packet.payload))
         ]
         if parts:
-            pcm = np.concatenate(parts)
+            pcm: FloatArray = np.concatenate(parts).astype(np.float32, copy=False)
             self.on_frame(pcm, arrival)
             if self.on_timed_frame is not None:
                 self.on_timed_frame(pcm, arrival, packet.timestamp)

@@ -89,7 +89,7 @@ RATE = audio_sets.SAMPLE_RATE_HZ
 CHUNK = 320  # 20 ms at 16 kHz
 CHUNK_S = CHUNK / RATE
 LOUD = 0.01
-SETTLE_S = 5.0  # after a clip's audio: the semantic timeout (1.5 s) and a slow final
+SETTLE_S = 10.0  # at most, after a clip's audio: the semantic timeout and a slow final
 REPLY_WAIT_S = 40.0
 GAP_S = 0.6  # quiet between replies
 PROMPTS = (
@@ -127,6 +127,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--talk-after-s", type=float, default=1.5, help="double talk: question at")
     p.add_argument("--no-control", action="store_true", help="skip the canceller-off replies")
     p.add_argument("--no-double-talk", action="store_true", help="skip the questions over replies")
+    p.add_argument("--warm", default="on", help="on: the replies cached first; off")
     p.add_argument("--erle", default="on", help="on: ERLE from `bench ears`'s echo set; off")
     p.add_argument("--data-dir", help="the server's data folder (the Piper voice for clips)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="the clip maker's limit")
@@ -202,7 +203,7 @@ async def _clips(args: argparse.Namespace) -> tuple[str, list[Clip]]:
                 c["kind"],
                 c["text"],
                 c["end_s"],
-                tuple(c["pause_s"]) if c["pause_s"] else None,  # type: ignore[arg-type]
+                tuple(c["pause_s"]) if c["pause_s"] else None,
             )
             for c in index["clips"]
         ]
@@ -221,8 +222,8 @@ async def _policy_session(
 ) -> list[tuple[float, TurnEnd]]:
     """Stream ``clip`` (then quiet) into a session under ``policy``; the turn ends it got,
     with their arrival times. Replies are cancelled as they start."""
-    config = {"mode": "assistant", "turn": {"policy": policy}}
-    config["audio"] = {"echo_cancellation": "off"}  # type: ignore[assignment]
+    config: dict[str, Any] = {"mode": "assistant", "turn": {"policy": policy}}
+    config["audio"] = {"echo_cancellation": "off"}
     client = await _open(target, "bench-turns", config)
     ends: list[tuple[float, TurnEnd]] = []
     async with client, asyncio.TaskGroup() as tg:
@@ -504,7 +505,9 @@ async def _kiosk_session(
             kiosk.t0 = time.monotonic()
             mic = tg.create_task(microphone())
         t_start = time.monotonic()
-        asks = [(p, None) for p in prompts]
+        asks: list[tuple[str, tuple[str, np.ndarray[Any, Any]] | None]] = [
+            (p, None) for p in prompts
+        ]
         if question is not None:
             asks.append((prompts[0], question))
         for prompt, q in asks:
@@ -649,8 +652,9 @@ async def run_echo(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     if not transports or set(transports) - {"ws", "rtc"}:
         raise SystemExit(f"--transports: expected ws and/or rtc, got {args.transports!r}")
     questions = [(q, audio_sets.speech(q)) for q in QUESTIONS]
-    current().stage("turns echo: replies into the result caches")
-    await _warm(target, args)
+    if args.warm == "on":
+        current().stage("turns echo: replies into the result caches")
+        await _warm(target, args)
     cases = [(d / 1000, lvl) for d in _floats(args.delays_ms) for lvl in _floats(args.levels_db)]
     out: dict[str, Any] = {"noise_dbfs": args.noise_dbfs, "transports": {}}
     gate = asyncio.Semaphore(max(1, args.concurrency))
