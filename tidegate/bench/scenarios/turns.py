@@ -585,15 +585,17 @@ def _case_figures(sessions: list[EchoSession], control: EchoSession | None) -> d
         out["aec_cpu_s_per_session_s"] = round(cpu / seconds, 5)
         out["echo_reduction_db"] = round(10 * math.log10(e_in / max(e_out, 1e-12)), 1)
     if talk:
-        cuts = [
+        after = [  # reply audio on the speaker after the question's first sample
             (r.last_sample - r.onset) / RATE * 1000
             for r in talk
             if r.status == "cancelled" and r.last_sample is not None and r.onset is not None
         ]
+        cuts = [ms for ms in after if ms >= 0]
         wers = [wer(r.question or "", " ".join(r.heard)) for r in talk if r.onset is not None]
         out["double_talk"] = {
             "questions": len(talk),
-            "cut": sum(r.status == "cancelled" for r in talk),
+            "cut": len(cuts),
+            "cut_before_question": len(after) - len(cuts),  # by its echo: a false barge-in
             "cut_latency_ms": distribution(cuts),
             "wer": distribution(wers),
             "heard": [[r.question, " ".join(r.heard)] for r in talk][:6],
