@@ -12,9 +12,9 @@ Two sets (``--parts paused,echo``):
   turn ends in its pause: a ``turn.end`` whose ``audio_ms`` falls before the pause ends),
   complete sentences split in two, and end-of-turn latency p50/p90 (the client's moment of
   the last loud sample, sent once captured, to the arrival of the turn's ``turn.end``); the
-  turn engine's CPU per semantic session (its batches' run time from ``/metrics``, one
-  intra-op thread). Replies are cancelled as soon as they start (their cost is not measured
-  here).
+  turn engine's run time per semantic session (its batches' wall time from ``/metrics``,
+  one intra-op thread: its CPU when the machine is not shared). Replies are cancelled as
+  soon as they start (their cost is not measured here).
 - **echo**: a kiosk whose speaker the microphone hears. The client plays every reply it gets
   (``output.audio`` frames over WS, the inbound track over WebRTC) onto a speaker timeline as
   it arrives, and streams back in real time its microphone: that playback through a room
@@ -325,8 +325,8 @@ async def run_paused(target: Target, args: argparse.Namespace) -> dict[str, Any]
         "clips": rows,
     }
     if turn_s0 is not None and turn_s1 is not None:
-        out["turn_engine_cpu_s_per_session"] = (turn_s1 - turn_s0) / max(1, len(clips))
-        out["turn_engine_cpu_s"] = turn_s1 - turn_s0
+        out["turn_engine_run_s_per_session"] = (turn_s1 - turn_s0) / max(1, len(clips))
+        out["turn_engine_run_s"] = turn_s1 - turn_s0
     sem, sil = cut["semantic"], cut["silence"]
     out["targets"] = {
         "false_cutoffs_semantic_at_most_half_of_silence": sem <= sil / 2 if sil else None,
