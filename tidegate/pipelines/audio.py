@@ -435,7 +435,7 @@ class AudioLane:
         pcm = chunk.pcm
         if self.echo is not None and self._echo_on:  # off the loop: the media workers
             media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
-            pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
+            pcm = await self.echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
         audio = np.concatenate([rest, pcm]) if len(rest) else pcm
         n = len(audio) // FRAME_SAMPLES
         async with self._feed_lock:

@@ -353,7 +353,8 @@ class ReplyLane:
         self.voices = voices
         #: the user's turn's language (engines/asr/turn_language.py; None: not known)
         self.language = language
-        #: told of every frame played (the assistant mode sets it when echo is cancelled)
+        #: told of every frame played, ahead of time, with when it is due (the assistant mode
+        #: sets it when echo is cancelled; pipelines/echo.py)
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
@@ -1040,8 +1041,6 @@ class ReplyLane:
             self.counters["resent_frames"] += 1
         out.start = starts
         chunk.frame_starts.append(starts)
-        if self.echo is not None:
-            self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
         reply.play_end = starts + FRAME_S
         track = self._track()
         if track is not None and chunk.track_pcm is not None:
@@ -1049,8 +1048,12 @@ class ReplyLane:
             part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
             if len(part) < OUT_FRAME_SAMPLES:
                 part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+            if self.echo is not None:  # exactly what the track sends, when it is due
+                self.echo.played(part, SAMPLE_RATE_HZ, starts)
             track.write(part)
         else:
+            if self.echo is not None:  # WS-only: the frame plays when it is due
+                self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
             self.session.emit(
                 OutputAudio(
                     pcm=out.pcm.astype("<i2").tobytes(),
