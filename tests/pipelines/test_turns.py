@@ -153,6 +153,13 @@ async def settle(runs: list[Run], done: Callable[[Run], bool]) -> None:
         await asyncio.sleep(0.05)
 
 
+def answered(run: Run) -> bool:
+    """The run's last turn ended and was answered (turn.end comes first, the reply when the
+    turn's finals are out)."""
+    ends, answers = run.ends(), run.replies.answers
+    return bool(ends) and bool(answers) and answers[-1][0] >= ends[-1][0]
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
@@ -175,19 +182,24 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
     waited: dict[str, int] = dict.fromkeys(policies, 0)  # judged incomplete at the pause
     scores: dict[str, list[float | None]] = {p: [] for p in policies}
     latency: dict[str, list[float]] = {p: [] for p in policies}
+    reply_latency: dict[str, list[float]] = {p: [] for p in policies}
     reasons: dict[str, list[str]] = {p: [] for p in policies}
     for kind, clip in [("paused", c) for c in paused] + [("complete", c) for c in complete]:
         runs = {policy: Run(settings, engines, policy) for policy in policies}
         try:
             t0 = await stream([(run, clip.audio) for run in runs.values()])
-            await settle(list(runs.values()), lambda r: bool(r.ends()))
+            await settle(list(runs.values()), answered)
         finally:
             for run in runs.values():
                 await run.close()
         for policy, run in runs.items():
             ends = run.ends()
             assert ends, f"{policy}: no turn end for {clip.text!r}"
-            assert len(run.replies.answers) == len(ends)
+            # one reply per turn, after its turn.end (a turn.end whose turn went on before
+            # its finals were out has no reply of its own: the next one answers both)
+            answers = run.replies.answers
+            assert 1 <= len(answers) <= len(ends), (policy, clip.text, answers, ends)
+            assert answers[-1][0] >= ends[-1][0]
             if kind == "paused":
                 assert clip.pause_s is not None
                 cut[policy] += ends[0][0] < t0 + clip.pause_s[1]
@@ -197,6 +209,7 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
                 split[policy] += len(ends) > 1
                 at, end = ends[-1]
                 latency[policy].append(at - (t0 + clip.end_s))
+                reply_latency[policy].append(answers[-1][0] - (t0 + clip.end_s))
                 reasons[policy].append(end.reason)
                 scores[policy].append(end.probability)
                 if policy == "semantic":
@@ -210,6 +223,7 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
             "paused_judged_incomplete": f"{waited[policy]}/{len(paused)}",
             "end_of_turn_s_p50": percentile(latency[policy], 50),
             "end_of_turn_s_p90": percentile(latency[policy], 90),
+            "reply_start_s_p50": percentile(reply_latency[policy], 50),
             "reasons": reasons[policy],
             "probabilities": [None if x is None else round(x, 2) for x in scores[policy]],
         }
@@ -236,7 +250,7 @@ async def test_without_the_turn_engine_turns_end_by_silence(
     try:
         speech = audio_sets.complete_sentence("What time is it?").audio
         await stream([(run, speech)])
-        await settle([run], lambda r: bool(r.ends()))
+        await settle([run], answered)
     finally:
         await run.close()
     (end,) = [m for _, m in run.ends()]

@@ -1,8 +1,8 @@
 """Turn-taking: when the user's turn ends, and what a turn starts.
 
-The user's turn ends once the VAD has reported the end of speech, the ASR final of every
-segment is out, the turn has words, no new speech has started, and the turn's policy says so
-(session config ``turn.policy``, default the setting ``turn_policy``):
+The user's turn ends once the VAD has reported the end of speech, no new speech has started,
+and the turn's policy says so (session config ``turn.policy``, default the setting
+``turn_policy``):
 
 - ``silence``: ``end_of_turn_s`` (``assistant_end_of_turn_s``) after the end of speech;
 - ``semantic``: at each pause the VAD reports, the turn engine (Smart Turn v3.2, batched
@@ -13,9 +13,12 @@ segment is out, the turn has words, no new speech has started, and the turn's po
   the silence policy for that pause.
 
 Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
-probability, audio_ms} before the reply starts. The turn's finals, joined, become the user
-message the reply lane answers. ``input.text`` is a typed turn: it ends at once. Speech that
-starts while a reply is in progress is a barge-in: the reply lane cuts it.
+probability, audio_ms} at the decision: it does not wait for the ASR final of the turn's last
+segment. The reply does: once the finals of every segment of the turn are out, they are joined
+into the user message the reply lane answers. Speech that starts before they are all out
+continues the turn (its text joins, and a later ``turn.end`` ends it again); a turn whose
+finals hold no words (a cough) is answered by nothing. ``input.text`` is a typed turn: it ends
+at once. Speech that starts while a reply is in progress is a barge-in: the reply lane cuts it.
 
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
@@ -94,6 +97,8 @@ class TurnTaking:
             "turn_scores": 0,
             "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
+            "turn_ends_continued": 0,  # speech came after turn.end, before the turn's finals
+            "turn_ends_without_words": 0,  # the finals of an ended turn held no words
         }
         self._speaking = False  # between the VAD's start and end of speech
         self._finals_due = False  # a segment ended whose final is not out yet
@@ -101,6 +106,7 @@ class TurnTaking:
         self._turn_received = 0.0
         self._pause = 0  # counts pauses: a score for an older one is stale
         self._decision: Decision | None = None
+        self._ended = False  # turn.end was sent: the reply waits for the turn's finals
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
 
@@ -130,6 +136,9 @@ class TurnTaking:
         if self._turn_timer is not None:
             self._turn_timer.cancel()  # the turn goes on
             self._turn_timer = None
+        if self._ended:  # ended before its finals were out: it goes on (another turn.end)
+            self._ended = False
+            self.counters["turn_ends_continued"] += 1
         self.reply.barge_in()
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
@@ -152,7 +161,8 @@ class TurnTaking:
             self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
             self._finals_due = False
-            self._arm()
+            if self._ended:
+                self._answer()
 
     def _silence(self, stopped: float, audio_ms: float) -> Decision:
         return Decision("silence", None, stopped + self.config.end_of_turn_s, audio_ms)
@@ -182,10 +192,12 @@ class TurnTaking:
         self._arm()
 
     def _arm(self) -> None:
-        """(Re)start the timer that ends the turn, once everything it waits for is in."""
+        """(Re)start the timer that ends the turn at its decision."""
         decision = self._decision
-        if self._speaking or self._finals_due or not self._turn or decision is None:
+        if self._speaking or decision is None:
             return
+        if not self._finals_due and not self._turn:
+            return  # every final of the turn is out and holds no words: nothing to end
         if self._turn_timer is not None:
             self._turn_timer.cancel()
         self._turn_timer = self.session.spawn(
@@ -193,18 +205,11 @@ class TurnTaking:
         )
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
+        """Send ``turn.end`` at the decision; the reply follows once the finals are out."""
         await asyncio.sleep(delay_s)
         self._turn_timer = None
-        if self._speaking or not self._turn:
+        if self._speaking or (not self._finals_due and not self._turn):
             return
-        text = " ".join(self._turn)
-        self._turn.clear()
-        if self.vision is not None:
-            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
-            if self._speaking:  # the user spoke again meanwhile: the turn goes on
-                self._turn.insert(0, text)
-                return
-        self.turns += 1
         self._decision = None
         self.counters[f"turn_ends_{decision.reason}"] += 1
         p = decision.probability
@@ -215,6 +220,24 @@ class TurnTaking:
                 audio_ms=decision.audio_ms,
             )
         )
+        if self.vision is not None:
+            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
+            if self._speaking:  # the user spoke again meanwhile: the turn goes on
+                self.counters["turn_ends_continued"] += 1
+                return
+        self._ended = True
+        if not self._finals_due:
+            self._answer()
+
+    def _answer(self) -> None:
+        """The ended turn's finals are all out: its words become the reply's question."""
+        self._ended = False
+        if not self._turn:
+            self.counters["turn_ends_without_words"] += 1
+            return
+        text = " ".join(self._turn)
+        self._turn.clear()
+        self.turns += 1
         self.reply.answer(text, None, self._turn_received, spoken=True)
 
     def stats(self) -> dict[str, Any]:
