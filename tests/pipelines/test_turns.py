@@ -54,9 +54,15 @@ SETTLE_S = 6.0
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     tmp = tmp_path_factory.mktemp("turns-lane")
-    # no partials: turn-taking waits for finals only, and they must not queue behind partials
+    # no partials: turn-taking waits for finals only, and they must not queue behind partials;
+    # a long score deadline: a loaded machine must not turn the semantic policy under test
+    # into its silence fallback
     return engine_settings(
-        tmp, MODELS, engines=("vad", "asr", "turn"), asr_partial_interval_s=3600.0
+        tmp,
+        MODELS,
+        engines=("vad", "asr", "turn"),
+        asr_partial_interval_s=3600.0,
+        turn_deadline_s=scaled(5.0),
     )
 
 

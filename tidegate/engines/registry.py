@@ -235,7 +235,7 @@ def turn_engine(spec: EngineSpec, ctx: BuildContext) -> SmartTurn:
     from .turn import SmartTurn
 
     c = spec.config
-    threshold = c.threshold if isinstance(c, TurnDetectionConfig) else 0.5
+    threshold = (c if isinstance(c, TurnDetectionConfig) else TurnDetectionConfig()).threshold
     path = _model_dir(spec, ctx) / "smart-turn-v3.2-cpu.onnx"
     return SmartTurn(path, runtime=spec.runtime, threshold=threshold)
 
