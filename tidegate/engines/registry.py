@@ -1,7 +1,7 @@
-"""The table of engine kinds: one row per kind (vad, asr, vision, llm, tts), each naming its
-models (the first is the default), the runtimes it runs on, how it batches, its config
-dataclass (config.py), how a config becomes an :class:`EngineSpec`, and how the spec becomes
-the typed handle sessions hold.
+"""The table of engine kinds: one row per kind (vad, asr, vision, llm, tts, turn), each naming
+its models (the first is the default), the runtimes it runs on, how it batches, its config
+dataclass (config.py), how a config becomes an :class:`EngineSpec`, how the spec becomes the
+typed handle sessions hold, and for an optional kind what sessions do without it.
 
 A row is also the typed key of its handle and its config: ``service.get(ASR)`` is a
 ``Scheduler[AsrRequest, AsrResult]`` and ``settings.engine(ASR)`` an :class:`AsrConfig`. The
