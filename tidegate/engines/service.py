@@ -109,7 +109,7 @@ class EngineService:
                         e,
                         without,
                     )
-                    self.missing[spec.name] = str(e)
+                    self.missing[spec.name] = f"model {spec.model}: {e}"
                     continue
                 self.handles[spec.name] = handle
                 if build is LLM.build:

@@ -48,11 +48,16 @@ def reference_features(audio: Array) -> Array:
 
 
 @lru_cache(maxsize=1)
-def _window_power() -> Array:
-    """|FFT|^2 of the periodic Hann window: the spectrum of a constant frame of value 1."""
+def _window() -> Array:
+    """The periodic Hann window Whisper's STFT uses (float32)."""
     n = np.arange(N_FFT)
-    w = (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32).astype(np.float64)
-    spec = np.fft.rfft(w)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _window_power() -> Array:
+    """|FFT|^2 of the window: the spectrum of a constant frame of value 1."""
+    spec = np.fft.rfft(_window().astype(np.float64))
     return spec.real**2 + spec.imag**2
 
 
@@ -79,9 +84,7 @@ def turn_features(audio: Array) -> Array:
     frames = np.lib.stride_tricks.as_strided(
         seg, shape=(n_frames, N_FFT), strides=(seg.strides[0] * HOP_SAMPLES, seg.strides[0])
     )
-    n = np.arange(N_FFT)
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)
-    spec = np.fft.rfft((frames * window).astype(np.float64), axis=1)
+    spec = np.fft.rfft((frames * _window()).astype(np.float64), axis=1)
     power = spec.real**2 + spec.imag**2
     filters = mel_filters()
     mel = filters @ power.T.astype(np.float32)
