@@ -1,7 +1,8 @@
 """Scenario ``assistant``: voice to voice over the public protocol (WS-only ``input.audio``,
-``{"mode": "assistant"}``) against a server running the ``vad``, ``asr``, ``llm``, ``tts``
-and ``turn`` engines (the semantic turn policy), with N concurrent sessions (``--sessions``,
-default 1, 4).
+``{"mode": "assistant"}``) against a server running the ``vad``, ``asr``, ``llm`` and ``tts``
+engines, with N concurrent sessions (``--sessions``, default 1, 4). ``--turn`` adds the
+``turn`` engine (the semantic turn policy; off by default: espeak's flat prosody leaves Smart
+Turn near chance, so most of its questions would end by the policy's timeout).
 
 Every session speaks ``--turns`` questions (espeak-ng, one after the other), streamed like a
 microphone: in real time, in ``--chunk-ms`` chunks of 16 kHz s16le, with silence between the
@@ -125,6 +126,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-latency-ms", type=float, default=3000.0, help="real-time bound (first audio p90)"
+    )
+    p.add_argument(
+        "--turn",
+        action="store_true",
+        help="the started server also runs the turn engine (the semantic turn policy)",
     )
 
 
@@ -560,8 +566,11 @@ async def _level(
     "assistant",
     "voice to voice: end of speech to final, first token and first reply audio, N sessions",
     add_args=_args,
-    server_env={"TIDEGATE_ENGINES": "vad,asr,llm,tts,turn", **_default_data_dir()},
-    env_from_args=lambda args: {"TIDEGATE_RESULT_CACHES": "on" if args.result_caches else "off"},
+    server_env={"TIDEGATE_ENGINES": "vad,asr,llm,tts", **_default_data_dir()},
+    env_from_args=lambda args: {
+        "TIDEGATE_RESULT_CACHES": "on" if args.result_caches else "off",
+        **({"TIDEGATE_ENGINES": "vad,asr,llm,tts,turn"} if args.turn else {}),
+    },
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if shutil.which("espeak-ng") is None:
