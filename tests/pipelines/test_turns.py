@@ -175,8 +175,8 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
 ) -> None:
     """Six sentences with a 0.5-0.9 s pause where they are clearly unfinished and six complete
     sentences, each streamed once per policy at the same time: the silence policy cuts off
-    some paused sentences (today's fault), the semantic policy no more, judging at least half
-    of them incomplete at a pause, and it splits no more complete sentences at an inner
+    paused sentences (today's fault), the semantic policy at most half as many, judging at
+    least half of them incomplete at a pause, and it splits no more complete sentences at an inner
     pause; each turn end carries its policy's reason and, under the semantic policy, the
     model's probability. End-of-turn latency (end of speech to the last turn.end) is
     printed, not asserted."""
@@ -237,12 +237,13 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
     }
     print(json.dumps({"turns": report}))
     assert cut["silence"] >= 1, report  # the fault is there to be caught
-    assert cut["semantic"] <= cut["silence"], report
+    # the issue's target: at most half the silence policy's cut-offs. What is scored is the
+    # audio up to the VAD's pause (counted in samples, not in time), so the model's decisions
+    # do not depend on the machine's speed; a slow score only makes a cut-off rarer.
+    assert 2 * cut["semantic"] <= cut["silence"], report
     assert split["semantic"] <= split["silence"], report
-    # Whether a pause becomes a cut-off also depends on how fast the ASR final comes (the
-    # turn waits for it), i.e. on the machine; what the model decides does not: it judges at
-    # least half the unfinished sentences incomplete at their pause (3 of 6 score <= 0.17
-    # with the Piper voice; 3 score 0.6-0.97: docs/assistant.md).
+    # The model judges at least half the unfinished sentences incomplete at their pause (4-5
+    # of 6 score below turn_threshold 0.8 with the Piper voice: docs/ears.md).
     assert waited["semantic"] >= len(paused) / 2, report
     assert waited["silence"] == 0, report
 
