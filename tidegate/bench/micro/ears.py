@@ -5,7 +5,10 @@ ears`` runs it as a subprocess and keeps it as its report):
 
 - ``turn``: 16 sessions (``--sessions``) each ask Smart Turn about their last few seconds of
   speech at once; the CPU time of serving them through the :class:`Scheduler` (one batch)
-  against 16 batch-1 calls, best of ``--repeats`` rounds each (target: ratio <= 0.3); and
+  against 16 batch-1 calls, best of ``--repeats`` rounds each (target: ratio <= 0.3), and
+  against 16 batch-1 calls that compute the features over the whole padded window (the
+  reference preprocessing); the features' and the model's CPU per request (the model at
+  batch 1, 4 and 16: on a CPU a batch costs the sum of its items, docs/ears.md); and
   the model's separation of complete from unfinished sentences (the fraction of
   complete/unfinished pairs ordered right) for each voice available (espeak-ng always;
   the Piper voice when ``piper-joe`` is prepared);
