@@ -49,7 +49,7 @@ class Listener:
     def __init__(self) -> None:
         self.heard: list[tuple[str, Any]] = []
 
-    def on_speech_started(self) -> None:
+    def on_speech_started(self, audio_ms: float) -> None:
         self.heard.append(("started", None))
 
     def on_speech_stopped(self, recent: Any, audio_ms: float) -> None:

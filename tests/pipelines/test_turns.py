@@ -290,3 +290,28 @@ async def test_the_session_config_names_a_known_policy() -> None:
     ):
         with pytest.raises(InvalidConfigError):
             resolve_config(bad, "assistant")
+
+
+async def test_a_turn_is_scored_on_its_own_audio(
+    settings: Settings, engines: EngineService, voice: Callable[[str], np.ndarray]
+) -> None:
+    """The second turn of a session is scored on its own audio (from just before its first
+    speech to the pause), not on the conversation's last 8 s: as Smart Turn was trained, one
+    turn, zero-padded in front."""
+    first = audio_sets.complete_sentence(
+        "What is the weather like in London tomorrow?", voice=voice
+    )
+    second = audio_sets.complete_sentence("Please set an alarm for seven.", voice=voice)
+    run = Run(settings, engines, "semantic")
+    try:
+        await stream([(run, first.audio)])
+        await settle([run], answered)
+        assert len(run.replies.answers) == 1, run.session.stamps
+        await stream([(run, second.audio)])
+        await settle([run], lambda r: len(r.replies.answers) == 2)
+    finally:
+        await run.close()
+    assert len(run.replies.answers) == 2 and run.turns.last_scored_s is not None
+    spoken = second.end_s - 0.3  # the second sentence's speech (after its 0.3 s lead)
+    # its speech, the pre-speech and the pause's tail: not the first turn's 4 s before it
+    assert spoken < run.turns.last_scored_s < spoken + 1.2, (run.turns.last_scored_s, spoken)

@@ -137,8 +137,8 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
 class SpeechListener(Protocol):
     """Who hears of the lane's speech (turn-taking); called on the event loop."""
 
-    def on_speech_started(self) -> None:
-        """The VAD reported the start of speech."""
+    def on_speech_started(self, audio_ms: float) -> None:
+        """The VAD reported the start of speech (``audio_ms``: its media time)."""
         ...
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
@@ -343,7 +343,7 @@ class AudioLane:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    self.listener.on_speech_started()
+                    self.listener.on_speech_started(ev.ms)
                 self._open_segment(ev.sample, r.probability)
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))

@@ -6,7 +6,10 @@ and the turn's policy says so (session config ``turn.policy``, default the setti
 
 - ``silence``: ``end_of_turn_s`` (``assistant_end_of_turn_s``) after the end of speech;
 - ``semantic``: at each pause the VAD reports, the turn engine (Smart Turn v3.2, batched
-  across sessions on its scheduler) scores the last 8 s (at most) of the user's audio.
+  across sessions on its scheduler) scores the user's turn so far: its audio from
+  ``TURN_PRE_SPEECH_S`` before its first speech to the pause, earlier pauses of the same
+  turn included, the last 8 s at most (as the model was trained: one turn, zero-padded in
+  front, not the conversation before it).
   Complete (probability >= ``turn_threshold``): the turn ends now. Incomplete: it waits for
   more speech, up to ``max_wait_s`` (``turn_max_wait_s``) after the pause, then ends. A
   server without the turn engine, or a score that fails (overloaded, late), falls back to
@@ -39,11 +42,16 @@ from tidegate.engines.scheduler import Scheduler
 from tidegate.media import MediaPeer
 from tidegate.protocol.messages import InputText, TurnEnd
 
-from .audio import now_ms
+from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import TurnConfig
 from .port import Handler, SessionPort
 
 log = logging.getLogger(__name__)
+
+#: audio scored before the turn's first speech (as Smart Turn's own pipeline keeps)
+TURN_PRE_SPEECH_S = 0.5
+#: what the audio at a pause holds after the VAD's end of speech (its min silence, a frame)
+PAUSE_TAIL_S = 0.3
 
 
 class Replier(Protocol):
@@ -107,6 +115,9 @@ class TurnTaking:
         self._pause = 0  # counts pauses: a score for an older one is stale
         self._decision: Decision | None = None
         self._ended = False  # turn.end was sent: the reply waits for the turn's finals
+        self._turn_start_ms: float | None = None  # the turn's first speech (media time)
+        #: seconds of audio the last score covered (at most 8)
+        self.last_scored_s: float | None = None
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
 
@@ -129,7 +140,9 @@ class TurnTaking:
         self.reply.answer(msg.text, msg.id, now_ms(), spoken=False)
 
     # -- SpeechListener (the audio lane) ----------------------------------------------------
-    def on_speech_started(self) -> None:
+    def on_speech_started(self, audio_ms: float) -> None:
+        if self._turn_start_ms is None:
+            self._turn_start_ms = audio_ms  # a new turn
         self._speaking = True
         self._pause += 1  # a score still coming is for a pause that is over
         self._decision = None
@@ -148,8 +161,9 @@ class TurnTaking:
         if self.policy == "semantic":
             assert self.turn is not None
             self._decision = None  # until the score
+            audio = self._turn_audio(recent, audio_ms)
             self._score_task = self.session.spawn(
-                self._score(self.turn, recent, self._pause, stopped, audio_ms), "turn-score"
+                self._score(self.turn, audio, self._pause, stopped, audio_ms), "turn-score"
             )
         else:
             self._decision = self._silence(stopped, audio_ms)
@@ -163,6 +177,16 @@ class TurnTaking:
             self._finals_due = False
             if self._ended:
                 self._answer()
+            elif not self._turn:
+                self._turn_start_ms = None  # what was heard had no words: no turn
+
+    def _turn_audio(self, recent: Array, audio_ms: float) -> Array:
+        """The end of ``recent`` that is this turn's (see the module docstring)."""
+        if self._turn_start_ms is None:
+            return recent
+        keep_s = (audio_ms - self._turn_start_ms) / 1000 + TURN_PRE_SPEECH_S + PAUSE_TAIL_S
+        keep = int(keep_s * SAMPLE_RATE_HZ)
+        return recent[-keep:] if 0 < keep < len(recent) else recent
 
     def _silence(self, stopped: float, audio_ms: float) -> Decision:
         return Decision("silence", None, stopped + self.config.end_of_turn_s, audio_ms)
@@ -180,6 +204,8 @@ class TurnTaking:
         if pause != self._pause:
             return  # the user spoke again: a new pause will be scored
         self.counters["turn_scores"] += 1 if result is not None else 0
+        if result is not None:
+            self.last_scored_s = result.scored_s
         if result is None:
             self._decision = self._silence(stopped, ms)
         elif result.complete:
@@ -232,6 +258,7 @@ class TurnTaking:
     def _answer(self) -> None:
         """The ended turn's finals are all out: its words become the reply's question."""
         self._ended = False
+        self._turn_start_ms = None  # the next speech starts a new turn
         if not self._turn:
             self.counters["turn_ends_without_words"] += 1
             return
