@@ -49,6 +49,15 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
     assert level["server_cpu_s"] > 0
     assert level["token_interval_ms"]["n"] >= 1  # the reply came in more than one delta
     assert level["load"]["server_cpu_s_per_s"] > 0 and level["load"]["server_rss_mb"] > 0
+    # queueing vs compute per engine (the server's /metrics) and CPU per server thread: the
+    # final and the reply's first chunk went as urgent requests
+    engines = level["engines"]
+    assert {"vad", "asr", "llm", "tts"} <= set(engines), engines
+    assert engines["asr"]["urgent_wait_n"] >= 1 and engines["tts"]["urgent_wait_n"] >= 1
+    assert engines["tts"]["run_ms"] > 0 and engines["llm"]["prefill_ms"] > 0
+    assert level["thread_cpu_s"].get("engine-llm", 0) > 0, level["thread_cpu_s"]
+    for t in level["slow_turns"]:  # listed: not completed, or first audio late or never
+        assert t["status"] != "completed" or t.get("eos_to_first_audio_ms", 1e9) > 6000, t
     # The verdict follows from the figures: every turn answered, no error, and the first reply
     # audio's p90 within --max-latency-ms (3000 by default).
     assert level["real_time_held"] is (level["eos_to_first_audio_ms"]["p90"] <= 3000.0)

@@ -172,6 +172,76 @@ async def test_results_go_back_to_each_callers_loop(affine: TensorEngine) -> Non
         await sched.close()
 
 
+class _GatedAffine(TensorEngine):
+    """The real affine model; each batch's requests (their first value) are noted, and a
+    batch of a request whose first value is negative waits for ``gate``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, name="affine")
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[list[int]] = []
+
+    def infer(self, items, states):  # type: ignore[no-untyped-def]
+        firsts = [int(item["x"][0]) for item in items]
+        self.batches.append(firsts)
+        if min(firsts) < 0:
+            self.started.set()
+            self.gate.wait(10)
+        return super().infer(items, states)
+
+
+async def test_urgent_requests_go_first_in_a_batch_of_their_own(tmp_path: Path) -> None:
+    """While a batch runs, urgent requests queued after normal ones run next, batched only
+    with each other; the normal ones keep their order and run after; each gets its own
+    result and the urgent ones are counted."""
+    engine = _GatedAffine(affine_model(tmp_path / "a.onnx"))
+    sched = Scheduler(engine, BatchPolicy(max_batch_items=4, batch_wait_s=0.0))
+    await sched.start()
+    try:
+        engine.batches.clear()  # the warm-up's
+
+        def x(i: int) -> dict[str, np.ndarray]:
+            return {"x": np.array([i, 0, 0, 0], np.float32)}
+
+        blocker = asyncio.create_task(sched.submit(x(-1)))
+        await asyncio.to_thread(engine.started.wait, 10)
+        normal = [asyncio.create_task(sched.submit(x(i))) for i in (1, 2, 3)]
+        urgent = [asyncio.create_task(sched.submit(x(i), urgent=True)) for i in (11, 12)]
+        await asyncio.sleep(0.05)  # all five are queued behind the blocked batch
+        engine.gate.set()
+        results = await asyncio.gather(blocker, *normal, *urgent)
+        assert engine.batches == [[-1], [11, 12], [1, 2, 3]]
+        assert [float(r["s"][0]) for r in results] == [-1.0, 1.0, 2.0, 3.0, 11.0, 12.0]
+        stats = sched.stats()
+        assert stats["urgent"] == 2 and stats["urgent_queue_wait_ms"]["count"] == 2
+        assert stats["queue"]["depth"] == 0 and stats["completed"] == 6
+    finally:
+        engine.gate.set()
+        await sched.close()
+
+
+async def test_an_urgent_request_does_not_wait_for_a_batch_to_fill(tmp_path: Path) -> None:
+    """A batch_wait_s long enough to fill a batch is not waited out for an urgent request:
+    it runs alone at once while a normal one waits for company."""
+    engine = _GatedAffine(affine_model(tmp_path / "a.onnx"))
+    sched = Scheduler(engine, BatchPolicy(max_batch_items=4, batch_wait_s=30.0))
+    await sched.start()
+    try:
+        engine.batches.clear()
+        got = await asyncio.wait_for(
+            sched.submit({"x": np.array([5, 0, 0, 0], np.float32)}, urgent=True), 10
+        )
+        assert float(got["s"][0]) == 5.0 and engine.batches == [[5]]
+        late = asyncio.create_task(sched.submit({"x": np.ones(4, np.float32)}))
+        await asyncio.sleep(0.1)
+        assert not late.done()  # normal work still waits to fill its batch
+        late.cancel()
+    finally:
+        engine.gate.set()
+        await sched.close()
+
+
 def test_policy_limits_are_checked() -> None:
     """Nonsense limits are refused when the policy is made."""
     with pytest.raises(ValueError, match="max_batch_items"):

@@ -19,7 +19,13 @@ from tidegate.engines.service import EngineService
 from tidegate.pipelines.audio import AudioLane
 from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
 from tidegate.pipelines.records import TranscriptSegment
-from tidegate.protocol.messages import AsrFinal, InputAudio, VadSpeechStarted, VadSpeechStopped
+from tidegate.protocol.messages import (
+    AsrFinal,
+    Error,
+    InputAudio,
+    VadSpeechStarted,
+    VadSpeechStopped,
+)
 from tidegate.server.modes import lane_config
 from tidegate.server.settings import Settings
 
@@ -153,3 +159,35 @@ async def test_resampled_audio_stays_within_full_scale() -> None:
     assert len(out) == 1_600
     assert np.abs(out).max() <= 1.0
     assert np.abs(out).max() > 0.9  # still the same wave, not silenced
+
+
+async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:
+    """An ASR engine that misses every deadline (asr_deadline_s 1 ms): the speech gets no
+    final, the client gets a `timeout` error naming the stretch of speech that was not
+    transcribed, and the listener still hears the (empty) final, so turn-taking moves on
+    instead of waiting for a turn that never ends."""
+    settings = engine_settings(tmp_path, ("silero-vad", "whisper-tiny-en"), engines=("vad", "asr"))
+    settings = settings.replace(asr_deadline_s=0.001)
+    pcm, rate = spoken(QUESTION, tmp_path)
+    pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])
+    async for engines in started_engines(settings):
+        session = FakeSession()
+        lane, listener = lane_for(session, settings, engines, audio_max_ahead_s=0.0)
+        handle = lane.handlers()[InputAudio]
+        step = int(CHUNK_S * rate)
+        try:
+            for i in range(0, len(pcm), step):
+                chunk = pcm[i : i + step].astype("<i2").tobytes()
+                await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+            async with asyncio.timeout(scaled(60)):
+                while not any(k == "final" for k, _ in listener.heard):
+                    await asyncio.sleep(0.05)
+        finally:
+            await lane.close()
+            await session.close()
+        assert not session.of(AsrFinal)
+        errors = session.of(Error)
+        assert [e.code for e in errors] == ["timeout"]
+        assert "was not transcribed" in errors[0].message
+        assert "deadline" in errors[0].message
+        assert listener.heard[-1] == ("final", ("", 0))

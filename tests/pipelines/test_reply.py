@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -16,7 +17,7 @@ from tidegate.engines.service import EngineService
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import Response as ResponseRecord
-from tidegate.pipelines.reply import ReplyLane
+from tidegate.pipelines.reply import ReplyLane, trim_leading_silence
 from tidegate.protocol.messages import (
     OutputAudio,
     ResponseCancel,
@@ -109,6 +110,81 @@ async def test_barge_in_cuts_the_reply_at_what_was_heard(
     generated = "".join(d.delta for d in session.of(ResponseTextDelta))
     assert generated.startswith(done.text)
     assert lane.stats()["barge_ins"] == 1 and lane.reply is None
+
+
+async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
+    settings: Settings, engines: EngineService
+) -> None:
+    """speculate() starts the reply held (nothing emitted); answer() with the same text
+    adopts it: one response, one LLM generation, its text and speech as usual."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    llm = engines.llm()
+    submitted = llm.counters.submitted
+    try:
+        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2)
+        await wait_for(lambda: lane.speculative is not None and lane.speculative.text)
+        assert session.events == []  # held: the client sees nothing yet
+        lane.answer("What is the capital of France?", None, 7.0, spoken=True)
+        await wait_for(lambda: session.of(ResponseDone))
+    finally:
+        await lane.close()
+        await session.close()
+    (created,) = session.of(ResponseCreated)
+    (done,) = session.of(ResponseDone)
+    assert done.status == "completed" and created.response_id == done.response_id
+    assert "".join(d.delta for d in session.of(ResponseTextDelta)) == done.text
+    assert session.of(OutputAudio) and done.timing is not None and done.timing.received == 7.0
+    assert llm.counters.submitted == submitted + 1
+    stats = lane.stats()
+    assert stats["speculations"] == 1 and stats["speculation_hits"] == 1
+    assert stats["responses"] == 1 and stats["speculation_discarded"] == 0
+    assert [m["role"] for m in lane.history] == ["user", "assistant"]
+
+
+async def test_a_speculative_reply_is_discarded_when_the_final_differs(
+    settings: Settings, engines: EngineService
+) -> None:
+    """A held reply for text the turn did not end with is dropped without a trace: the
+    client, the history and the records see only the reply to what was said."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.speculate("What is the capital of Spain?", 0.0, wait_s=0.2)
+        held = lane.speculative
+        assert held is not None
+        await wait_for(lambda: held.text)  # it generated text that must never be seen
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: session.of(ResponseDone))
+        lane.speculate("How many days are in a week?", 0.0, wait_s=0.2)
+        lane.barge_in()  # the user spoke again: that guess goes too
+    finally:
+        await lane.close()
+        await session.close()
+    (done,) = session.of(ResponseDone)
+    assert done.status == "completed" and done.response_id != held.id
+    assert {e.response_id for e in session.events if hasattr(e, "response_id")} == {
+        done.response_id
+    }
+    assert lane.history[0]["content"] == "What is the capital of France?"
+    assert [r.response_id for r in session.records if isinstance(r, ResponseRecord)] == [
+        done.response_id
+    ]
+    stats = lane.stats()
+    assert stats["speculations"] == 2 and stats["speculation_discarded"] == 2
+    assert stats["speculation_hits"] == 0 and stats["responses"] == 1
+    assert held.gen is not None and held.gen.cancelled
+
+
+async def test_leading_silence_is_trimmed_to_a_short_lead() -> None:
+    """A first chunk keeps 10 ms before its first audible sample; quiet audio is kept whole."""
+    audio = np.zeros(48_000, np.int16)
+    audio[4800:9600] = 3000  # audible from 100 ms
+    audio[:4800] = 20  # -64 dBFS: silence
+    out = trim_leading_silence(audio)
+    assert len(out) == 48_000 - 4800 + 480 and out[480] == 3000 and out[479] == 20
+    quiet = np.full(960, 20, np.int16)
+    assert trim_leading_silence(quiet) is quiet
 
 
 async def test_requests_the_lane_cannot_serve_are_refused(

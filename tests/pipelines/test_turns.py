@@ -104,6 +104,9 @@ class Replies:
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
         self.answers.append((time.monotonic(), text))
 
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        pass  # the turn's end is what these tests look at
+
     def barge_in(self) -> None:
         self.barge_ins += 1
 

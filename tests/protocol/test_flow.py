@@ -66,6 +66,21 @@ def test_clear_counts_flushed() -> None:
     assert b.clear() == 3 and len(b) == 0 and b.stats.flushed == 3 and b.stats.depth == 0
 
 
+def test_take_serves_a_class_first_and_keeps_the_rest_in_order() -> None:
+    """take() removes the wanted items oldest first (up to a count); the others keep their
+    order, and depth, bytes and popped stay counted."""
+    b: BoundedBuffer[bytes] = BoundedBuffer(
+        "b", max_items=8, policy=Overflow.REJECT, max_bytes=100, size_of=len
+    )
+    for item in (b"a1", b"B22", b"a3", b"B44", b"B55"):
+        b.push(item)
+    assert b.take(lambda x: x.startswith(b"B"), 2) == [b"B22", b"B44"]
+    assert list(b) == [b"a1", b"a3", b"B55"]
+    assert b.stats.depth == 3 and b.nbytes == 7 and b.stats.popped == 2
+    assert b.take(lambda x: False, 5) == [] and b.take(lambda x: True, 0) == []
+    assert b.pop() == b"a1" and len(b) == 2
+
+
 def test_invalid_configurations() -> None:
     """Nonsense bounds are refused at construction."""
     with pytest.raises(ValueError, match="max_items"):

@@ -72,6 +72,15 @@ class ServerResources:
         return cpu, rss
 
 
+async def metrics_text(target: Target) -> str | None:
+    """The server's /metrics exposition (an admin token), or None when it cannot be read."""
+    url = target.metrics_url or target.http_url + "/metrics"
+    try:
+        return await asyncio.to_thread(_get_text, url, target.admin())
+    except (OSError, ValueError):
+        return None
+
+
 def _get_text(url: str, token: str | None) -> str:
     req = urllib.request.Request(url)
     if token:

@@ -139,6 +139,23 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """User+system CPU seconds of a process's threads so far, summed by thread name
+    (``engine-asr``, ``engine-llm``, ...; Linux /proc). Threads that ended are not counted."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                head, tail = fh.read().rsplit(")", 1)
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = head.split("(", 1)[1]
+        fields = tail.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def process_rss_bytes(pid: int) -> int:
     """Resident memory of a process (Linux /proc)."""
     with open(f"/proc/{pid}/statm") as fh:

@@ -193,16 +193,19 @@ class ResultCaches:
         self._pending: set[asyncio.Task[None]] = set()
 
     # -- TTS ------------------------------------------------------------------------------------
-    async def synthesize(self, tts: Scheduler[Any, Any], text: str, *, voice: str) -> Array:
-        """``tts.submit(text)``, or the audio it gave before (int16, the voice's rate)."""
+    async def synthesize(
+        self, tts: Scheduler[Any, Any], text: str, *, voice: str, urgent: bool = False
+    ) -> Array:
+        """``tts.submit(text, urgent=urgent)``, or the audio it gave before (int16, the
+        voice's rate)."""
         if not self.enabled:
-            result: Array = await tts.submit(text)
+            result: Array = await tts.submit(text, urgent=urgent)
             return result
         digest = _digest("tts", voice, text)
         cached = await self.tts.get(digest)
         if cached is not None:
             return np.frombuffer(cached, dtype=np.int16)
-        audio: Array = await tts.submit(text)
+        audio: Array = await tts.submit(text, urgent=urgent)
         await self.tts.put(digest, np.ascontiguousarray(audio, dtype=np.int16).tobytes())
         return audio
 

@@ -78,14 +78,17 @@ class SchedulerStats:
     refused: int = 0  # queue full: refused at once
     deadline_missed: int = 0
     cancelled: int = 0
+    urgent: int = 0  # requests submitted urgent (a user waits on them: scheduler.py)
     batches: int = 0
     batch_size: Histogram = field(init=False)
     queue_wait_ms: Histogram = field(init=False)
+    urgent_queue_wait_ms: Histogram = field(init=False)  # of the urgent requests alone
     run_ms: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
         self.batch_size = Histogram(batch_buckets(self.max_batch))
         self.queue_wait_ms = Histogram(TIME_BUCKETS_MS)
+        self.urgent_queue_wait_ms = Histogram(TIME_BUCKETS_MS)
         self.run_ms = Histogram(TIME_BUCKETS_MS)
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,8 +99,10 @@ class SchedulerStats:
             "refused": self.refused,
             "deadline_missed": self.deadline_missed,
             "cancelled": self.cancelled,
+            "urgent": self.urgent,
             "batches": self.batches,
             "batch_size": self.batch_size.as_dict(),
             "queue_wait_ms": self.queue_wait_ms.as_dict(),
+            "urgent_queue_wait_ms": self.urgent_queue_wait_ms.as_dict(),
             "run_ms": self.run_ms.as_dict(),
         }

@@ -13,6 +13,14 @@ per-session lock), and the state the engine gives back is kept for the session's
 request. Deadlines: a request whose result is not ready by its deadline fails with
 :class:`DeadlineError`; if it was still queued it never runs. Cancelling the awaiting task
 withdraws a queued request.
+
+Latency classes: a request submitted ``urgent=True`` (the work a user is waiting on now: an
+ASR final, the first audio of a reply) goes ahead of the normal ones. While urgent requests
+are queued, the next batch holds only urgent ones (oldest first, up to ``max_batch_items``)
+and does not wait to fill; normal requests keep their order and run after. On a CPU a batch
+costs about the sum of its items, so an urgent request batched with normal ones would wait
+for their compute too. (Normal work can starve only while urgent work keeps the engine busy
+without a gap, and its deadline still bounds the wait.)
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from .errors import (
 )
 from .metrics import QueueLoad, SchedulerStats
 from .runtime import RuntimeOptions, runtime_unavailable
+from .workers import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,16 @@ class _Session:
 
 
 class _Pending:
-    __slots__ = ("abandoned", "deadline", "enqueued", "future", "loop", "request", "session")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "enqueued",
+        "future",
+        "loop",
+        "request",
+        "session",
+        "urgent",
+    )
 
     def __init__(
         self,
@@ -87,6 +105,7 @@ class _Pending:
         loop: asyncio.AbstractEventLoop,
         enqueued: float,
         deadline: float,
+        urgent: bool = False,
     ) -> None:
         self.request = request
         self.session = session
@@ -95,6 +114,11 @@ class _Pending:
         self.enqueued = enqueued
         self.deadline = deadline
         self.abandoned = False  # cancelled or expired by the caller: do not run
+        self.urgent = urgent
+
+
+def _is_urgent(pending: _Pending) -> bool:
+    return pending.urgent
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Outcome[Any]], Outcome[Any]]]) -> None:
@@ -171,6 +195,7 @@ class Scheduler(Generic[ReqT, ResT]):
         )
         self._cond = threading.Condition()
         self._wake_at = _NEVER  # queue length at which a submitter wakes the worker
+        self._urgent_queued = 0  # urgent requests in the queue (under _cond)
         self._closing = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -253,30 +278,38 @@ class Scheduler(Generic[ReqT, ResT]):
 
     # -- submitting ---------------------------------------------------------------------------
     async def submit(
-        self, request: ReqT, *, session: str | None = None, deadline_s: float | None = None
+        self,
+        request: ReqT,
+        *,
+        session: str | None = None,
+        deadline_s: float | None = None,
+        urgent: bool = False,
     ) -> ResT:
         """Run ``request`` in the next batch and return its result; raises the request's own
-        :class:`EngineError` (bad input, model failure, deadline, refusal) otherwise."""
+        :class:`EngineError` (bad input, model failure, deadline, refusal) otherwise.
+        ``urgent``: a user waits on it now; it goes ahead of normal requests (module doc)."""
         if self._closing:
             raise EngineClosedError(f"{self.engine.name}: the engine is closed")
         if not self.engine.stateful:
-            return await self._submit(request, None, deadline_s)
+            return await self._submit(request, None, deadline_s, urgent)
         if session is None:
             raise SessionError(f"{self.engine.name} is stateful: a request needs a session")
         sess = self._sessions.get(session)
         if sess is None:
             raise SessionError(f"{self.engine.name}: unknown session {session!r} (open it first)")
         async with sess.lock:
-            return await self._submit(request, sess, deadline_s)
+            return await self._submit(request, sess, deadline_s, urgent)
 
-    async def _submit(self, request: ReqT, sess: _Session | None, deadline_s: float | None) -> ResT:
+    async def _submit(
+        self, request: ReqT, sess: _Session | None, deadline_s: float | None, urgent: bool
+    ) -> ResT:
         if self._thread is None:
             raise EngineError(f"{self.engine.name}: the scheduler is not started")
         loop = asyncio.get_running_loop()
         wait_s = self.policy.deadline_s if deadline_s is None else deadline_s
         now = self._clock()
         fut: asyncio.Future[Outcome[ResT]] = loop.create_future()
-        pending = _Pending(request, sess, fut, loop, now, now + wait_s)
+        pending = _Pending(request, sess, fut, loop, now, now + wait_s, urgent)
         with self._cond:
             if self._closing:
                 raise EngineClosedError(f"{self.engine.name}: the engine is closed")
@@ -288,7 +321,10 @@ class Scheduler(Generic[ReqT, ResT]):
                     retry_after_s=self._retry_hint_s(),
                 )
             self.counters.submitted += 1
-            if len(self._queue) >= self._wake_at:
+            if urgent:
+                self.counters.urgent += 1
+                self._urgent_queued += 1
+            if len(self._queue) >= self._wake_at or (urgent and self._wake_at < _NEVER):
                 self._cond.notify()
         watch = self._watches.get(loop)
         if watch is None:
@@ -326,6 +362,7 @@ class Scheduler(Generic[ReqT, ResT]):
         return self.policy.max_batch_items
 
     def _worker(self) -> None:
+        name_os_thread(f"engine-{self.engine.name}")
         queue, cond, policy = self._queue, self._cond, self.policy
         while True:
             with cond:
@@ -337,7 +374,7 @@ class Scheduler(Generic[ReqT, ResT]):
                     return
                 fill_until = queue.peek().enqueued + policy.batch_wait_s
                 target = self._target()
-                while len(queue) < target and not self._closing:
+                while len(queue) < target and not self._closing and not self._urgent_queued:
                     remaining = fill_until - self._clock()
                     if remaining <= 0:
                         break
@@ -347,8 +384,12 @@ class Scheduler(Generic[ReqT, ResT]):
                 self._wake_at = _NEVER
                 if self._closing:
                     return  # close() fails what is still queued
-                n = min(len(queue), policy.max_batch_items)
-                batch = [queue.pop() for _ in range(n)]
+                if self._urgent_queued:  # urgent work first, in a batch of its own
+                    batch = queue.take(_is_urgent, policy.max_batch_items)
+                    self._urgent_queued -= len(batch)
+                else:
+                    n = min(len(queue), policy.max_batch_items)
+                    batch = [queue.pop() for _ in range(n)]
             try:
                 self._run(batch)
             except Exception:  # the worker must outlive any bug in one batch
@@ -371,6 +412,8 @@ class Scheduler(Generic[ReqT, ResT]):
                 expired.append((p, Failed(DeadlineError(f"{self.engine.name}: deadline passed"))))
                 continue
             self.counters.queue_wait_ms.observe((now - p.enqueued) * 1000)
+            if p.urgent:
+                self.counters.urgent_queue_wait_ms.observe((now - p.enqueued) * 1000)
             live.append(p)
         if expired:
             self._deliver(expired)
@@ -408,6 +451,7 @@ class Scheduler(Generic[ReqT, ResT]):
     def _fail_queued(self) -> None:
         with self._cond:
             queued = [self._queue.pop() for _ in range(len(self._queue))]
+            self._urgent_queued = 0
         self._deliver(
             [
                 (p, Failed(EngineClosedError(f"{self.engine.name}: the engine closed")))

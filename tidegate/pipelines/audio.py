@@ -54,16 +54,19 @@ import numpy as np
 
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
-from tidegate.engines.errors import EngineError
+from tidegate.engines.errors import DeadlineError, EngineError
+from tidegate.engines.errors import OverloadedError as EngineOverloadedError
 from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.engines.workers import WorkerPool
 from tidegate.media import AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
+from tidegate.protocol.errors import ErrorCode
 from tidegate.protocol.messages import (
     AsrFinal,
     AsrPartial,
+    Error,
     FlowLag,
     InputAudio,
     Timing,
@@ -399,8 +402,10 @@ class AudioLane:
     ) -> tuple[AsrResult | None, Timing]:
         received = self._last_audio_ms
         start = now_ms()
-        try:
-            result: AsrResult | None = await self.asr.submit(seg.request(end, cancel))
+        try:  # a final (end None) is urgent: it goes ahead of other sessions' partials
+            result: AsrResult | None = await self.asr.submit(
+                seg.request(end, cancel), urgent=end is None
+            )
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
             result = None
@@ -408,7 +413,34 @@ class AudioLane:
             self.counters["asr_errors"] += 1
             log.warning("session %s: ASR failed: %s", self.session.id, e)
             result = None
+            if end is None:  # a final: the words may be lost, and the user must know
+                self._lost_final(seg, e)
         return result, Timing(received=received, engine_start=start, engine_end=now_ms())
+
+    def _lost_final(self, seg: Segment, e: EngineError) -> None:
+        """A segment's final failed: the turn keeps what was committed (possibly nothing), and
+        the client is told which stretch of its speech went untranscribed and why, instead
+        of a turn that silently never ends in a reply."""
+        code = (
+            ErrorCode.OVERLOADED
+            if isinstance(e, EngineOverloadedError)
+            else ErrorCode.TIMEOUT
+            if isinstance(e, DeadlineError)
+            else ErrorCode.INTERNAL
+        )
+        why = {
+            ErrorCode.OVERLOADED: "the speech recognizer is overloaded",
+            ErrorCode.TIMEOUT: "the speech recognizer missed its deadline",
+        }.get(code, "the speech recognizer failed")
+        start = seg.start_sample * 1000 / SAMPLE_RATE_HZ
+        end = seg.end_sample * 1000 / SAMPLE_RATE_HZ
+        kept = "; the words recognized so far are kept" if seg.committed_text else ""
+        self.session.emit(
+            Error(
+                code=code.value,
+                message=f"speech at {start:.0f}-{end:.0f} ms was not transcribed: {why}{kept}",
+            )
+        )
 
     async def _partial(self, seg: Segment) -> None:
         decoded = seg.samples

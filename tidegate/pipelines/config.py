@@ -55,6 +55,8 @@ class ReplyConfig:
     tool_timeout_s: float
     audio_lead_s: float
     vision_max_age_s: float
+    #: a turn whose end is at most this far away is replied to speculatively (0: never)
+    speculate_max_wait_s: float
 
 
 @dataclass(frozen=True, slots=True)

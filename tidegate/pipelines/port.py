@@ -28,7 +28,9 @@ class ReplyCaches(Protocol):
     """The node's result caches (``tidegate.cluster.caches.ResultCaches``): a greedy reply or
     a chunk of speech given before comes back at once."""
 
-    async def synthesize(self, tts: Scheduler[Any, Any], text: str, *, voice: str) -> Array: ...
+    async def synthesize(
+        self, tts: Scheduler[Any, Any], text: str, *, voice: str, urgent: bool = False
+    ) -> Array: ...
 
     async def generate(
         self,

@@ -11,6 +11,17 @@ A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a use
   Audio is paced by the clock at most ``assistant_audio_lead_s`` ahead of its playout, so that
   a cut flushes little and we know what the user has heard. ``response.done`` (completed) comes
   once the last audio has played out.
+- **Speculative start.** When turn-taking knows the turn's text but waits a little longer
+  before it ends the turn (the silence policy's wait, the semantic policy's timeout), it calls
+  :meth:`ReplyLane.speculate`: the reply starts at once, *held* — the LLM streams, the first
+  chunk is synthesized, but nothing reaches the client, the history or the records. When the
+  turn ends (:meth:`ReplyLane.answer`) with exactly the messages the held reply was started on
+  (same text, same history, same sight), the held reply is adopted: what it buffered goes out
+  and its audio plays from there. Otherwise (the final differs, more speech, a typed input,
+  ``response.create``, barge-in) it is discarded without a trace but the counters
+  (``speculations``, ``speculation_hits``, ``speculation_discarded``). Only a turn whose end
+  is at most ``assistant_speculate_max_wait_s`` away is speculated on (0: never), so that a
+  discarded guess wastes little; a session with tools is never speculated on.
 - **Barge-in.** Speech over a reply (turn-taking calls :meth:`ReplyLane.barge_in`) cuts it at
   once: the generation is cancelled (it stops within one decode step), pending text and audio
   are dropped (``TtsStream.interrupt``, ``AudioOutTrack.flush``), and ``response.done`` says
@@ -74,6 +85,10 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
+#: a reply's first chunk starts this little before its first sample above LEAD_SILENCE_DBFS:
+#: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
+LEAD_KEEP_MS = 10
+LEAD_SILENCE_DBFS = -50.0
 
 
 def new_response_id() -> str:
@@ -92,6 +107,17 @@ class Sight(Protocol):
     """What the camera sees, for the LLM (the vision lane)."""
 
     def context(self, max_age_s: float) -> str | None: ...
+
+
+def trim_leading_silence(audio: Array, rate_hz: int = OUTPUT_RATE_HZ) -> Array:
+    """int16 speech without its leading silence (all but ``LEAD_KEEP_MS`` before the first
+    sample above ``LEAD_SILENCE_DBFS``); all-quiet audio is returned as it is."""
+    level = 32768 * 10 ** (LEAD_SILENCE_DBFS / 20)
+    loud = np.abs(audio) > level
+    first = int(np.argmax(loud))
+    if not loud[first]:
+        return audio
+    return audio[max(0, first - rate_hz * LEAD_KEEP_MS // 1000) :]
 
 
 def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -154,6 +180,11 @@ class Reply:
     speaker: asyncio.Task[Any] | None = None
     started_ms: float | None = None
     finished: bool = False
+    #: a speculative reply not adopted yet: it emits nothing, its speaker waits for release
+    held: bool = False
+    messages: list[dict[str, Any]] = field(default_factory=list)  # what the LLM was given
+    held_events: list[Any] = field(default_factory=list)  # what it would have emitted
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     round_start: int = 0  # where the text of the latest LLM round starts in ``text``
     calls_made: int = 0
     pending: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # call_id -> output
@@ -226,6 +257,7 @@ class ReplyLane:
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
+        self.speculative: Reply | None = None  # held, until the turn ends (module doc)
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
         self.counters = {
             "responses": 0,
@@ -235,6 +267,9 @@ class ReplyLane:
             "barge_ins": 0,
             "audio_frames": 0,
             "tool_calls": 0,
+            "speculations": 0,
+            "speculation_hits": 0,
+            "speculation_discarded": 0,
         }
 
     def handlers(self) -> Mapping[type[Any], Handler]:
@@ -249,12 +284,77 @@ class ReplyLane:
 
     # -- input ------------------------------------------------------------------------------
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
-        """The user said ``text`` (a turn, or ``input.text``): reply to it."""
+        """The user said ``text`` (a turn, or ``input.text``): reply to it (adopting the
+        held reply when it was started on exactly these messages)."""
         self._user_says(text)
+        held, self.speculative = self.speculative, None
+        if held is not None:
+            if not held.finished and held.messages == self.messages():
+                self._adopt(held, ref, received_ms)
+                return
+            self._discard(held)
         self._start_reply(ref, received_ms, spoken=spoken)
 
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        """Turn-taking expects the turn to end with ``text`` in ``wait_s``: start its reply
+        now, held (module doc). A guess already running for the same text goes on."""
+        held = self.speculative
+        if held is not None and held.messages == self._messages_with(text):
+            return
+        self._discard_speculation()
+        limit = self.config.speculate_max_wait_s
+        if limit <= 0 or wait_s > limit or self.session.config.get("tools"):
+            return
+        reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
+        reply.messages = self._messages_with(text)
+        self.speculative = reply
+        self.counters["speculations"] += 1
+        reply.task = self.session.spawn(self._respond(reply), "reply-speculative")
+
+    def _adopt(self, reply: Reply, ref: str | None, received_ms: float) -> None:
+        """The turn ended as guessed: the held reply becomes the reply; what it buffered goes
+        out now (its text deltas as one) and its speech may play."""
+        if self.reply is not None:
+            self._cut(self.reply)
+        reply.ref, reply.received_ms, reply.held = ref, received_ms, False
+        self.reply = reply
+        self.counters["responses"] += 1
+        self.counters["speculation_hits"] += 1
+        text = "".join(e.delta for e in reply.held_events if isinstance(e, ResponseTextDelta))
+        for event in reply.held_events:
+            if isinstance(event, ResponseCreated):
+                self.session.emit(ResponseCreated(response_id=reply.id, ref=ref))
+        if text:
+            self.session.emit(
+                ResponseTextDelta(response_id=reply.id, delta=text, timing=self._timing(reply))
+            )
+        reply.held_events.clear()
+        reply.release.set()
+
+    def _discard(self, reply: Reply) -> None:
+        """Drop a held reply: stop its work; nothing of it was ever seen."""
+        self.counters["speculation_discarded"] += 1
+        reply.finished = True
+        self._stop(reply)
+        if reply.task is not None:
+            reply.task.cancel()
+
+    def _discard_speculation(self) -> None:
+        held, self.speculative = self.speculative, None
+        if held is not None:
+            self._discard(held)
+
+    def _emit(self, reply: Reply, msg: Any) -> None:
+        """Emit for ``reply``; a held reply keeps it until it is adopted."""
+        if reply.held:
+            reply.held_events.append(msg)
+        else:
+            self.session.emit(msg)
+
     def barge_in(self) -> None:
-        """The user started speaking: cut the reply in progress, if any."""
+        """The user started speaking: cut the reply in progress, if any (and drop a held
+        one: the turn goes on)."""
+        self._discard_speculation()
         reply = self.reply
         if reply is not None:
             self.counters["barge_ins"] += 1
@@ -288,15 +388,24 @@ class ReplyLane:
         self._trim_history()
 
     def _trim_history(self) -> None:
-        excess = len(self.history) - self.config.max_history_messages
+        self.history[:] = self._trimmed(self.history)
+
+    def _trimmed(self, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        excess = len(history) - self.config.max_history_messages
         if excess > 0:
-            del self.history[:excess]
+            history = history[excess:]
             # a tool result or call cut off from its turn would be refused by the LLM
-            while self.history and self.history[0]["role"] == "tool":
-                del self.history[0]
+            while history and history[0]["role"] == "tool":
+                history = history[1:]
+        return history
+
+    def _messages_with(self, text: str) -> list[dict[str, Any]]:
+        """What the LLM would be given if the user said ``text`` now."""
+        return self.messages(self._trimmed([*self.history, {"role": "user", "content": text}]))
 
     # -- replies ----------------------------------------------------------------------------
     def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
+        self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
@@ -306,8 +415,8 @@ class ReplyLane:
 
     async def _respond(self, reply: Reply) -> None:
         s = self.session
-        s.emit(ResponseCreated(response_id=reply.id, ref=reply.ref))
-        messages = self.messages()
+        self._emit(reply, ResponseCreated(response_id=reply.id, ref=reply.ref))
+        messages = list(reply.messages) if reply.held else self.messages()
         try:
             reply.started_ms = now_ms()
             tts = TtsStream(
@@ -322,20 +431,22 @@ class ReplyLane:
                 reply.gen = gen
                 async for item in gen.events():
                     if isinstance(item, ToolCallDelta):
-                        s.emit(
+                        self._emit(
+                            reply,
                             ResponseFunctionCallDelta(
                                 response_id=reply.id,
                                 call_id=item.call_id,
                                 name=item.name,
                                 arguments=item.arguments,
-                            )
+                            ),
                         )
                         continue
                     reply.text += item
-                    s.emit(
+                    self._emit(
+                        reply,
                         ResponseTextDelta(
                             response_id=reply.id, delta=item, timing=self._timing(reply)
-                        )
+                        ),
                     )
                     tts.push(item)
                 if not gen.tool_calls:
@@ -438,27 +549,33 @@ class ReplyLane:
         reply.round_start = len(reply.text)
         return added
 
-    def messages(self) -> list[dict[str, Any]]:
+    def messages(self, history: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt (or the session's instructions), the
-        history and, just before the last
+        history (``history``, else the lane's) and, just before the last
         user message, what the camera sees (not kept in the history)."""
         c = self.config
         # The session's ``instructions`` (session.create / session.update) replace the
         # configured system prompt, from the next reply on.
         prompt = self.session.config.get("instructions") or c.system_prompt
-        out = [{"role": "system", "content": prompt}, *self.history]
+        history = self.history if history is None else history
+        out = [{"role": "system", "content": prompt}, *history]
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})
         return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
-        """TtsStream's synthesis: one chunk's audio, noted with where its text ends."""
+        """TtsStream's synthesis: one chunk's audio, noted with where its text ends. A
+        reply's first chunk is urgent (the user waits on it; the engine runs it ahead of
+        other replies' later chunks, engines/scheduler.py)."""
         caches = self.session.caches
+        urgent = not reply.chunks
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice)
+            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice, urgent=urgent)
         else:
-            audio = await self.tts.submit(chunk)
+            audio = await self.tts.submit(chunk, urgent=urgent)
+        if urgent:  # the first sound of the reply: no silence to wait through before it
+            audio = trim_leading_silence(audio)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)
@@ -475,6 +592,8 @@ class ReplyLane:
         lead_s = self.config.audio_lead_s
         index, left, j = -1, 0, 0
         async for frame in tts.frames():
+            if reply.held:  # a speculative reply speaks once adopted (module doc)
+                await reply.release.wait()
             while left == 0:
                 index += 1
                 left, j = reply.chunks[index].frames, 0
@@ -546,6 +665,8 @@ class ReplyLane:
         if reply.finished:
             return
         reply.finished = True
+        if reply.held:  # a guess that failed: as if never made (the turn starts afresh)
+            return
         if self.reply is reply:
             self.reply = None
         for waiting in reply.pending.values():
@@ -588,6 +709,7 @@ class ReplyLane:
         }
 
     async def close(self) -> None:
+        self._discard_speculation()
         reply = self.reply
         if reply is not None:
             reply.finished = True

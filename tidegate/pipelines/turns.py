@@ -59,6 +59,10 @@ class Replier(Protocol):
 
     def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None: ...
 
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+        """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
+        ...
+
     def barge_in(self) -> None: ...
 
 
@@ -179,6 +183,8 @@ class TurnTaking:
                 self._answer()
             elif not self._turn:
                 self._turn_start_ms = None  # what was heard had no words: no turn
+            else:
+                self._speculate()  # the turn's end is pending: its text is known now
 
     def _turn_audio(self, recent: Array, audio_ms: float) -> Array:
         """The end of ``recent`` that is this turn's (see the module docstring)."""
@@ -226,9 +232,21 @@ class TurnTaking:
             return  # every final of the turn is out and holds no words: nothing to end
         if self._turn_timer is not None:
             self._turn_timer.cancel()
-        self._turn_timer = self.session.spawn(
-            self._end_turn(max(0.0, decision.at - time.monotonic()), decision), "turn-end"
-        )
+        delay_s = max(0.0, decision.at - time.monotonic())
+        self._turn_timer = self.session.spawn(self._end_turn(delay_s, decision), "turn-end")
+        self._speculate()
+
+    def _speculate(self) -> None:
+        """The turn's text is known (its finals are out) and its end is still pending: its
+        reply may start now, held (reply.py)."""
+        decision = self._decision
+        if decision is None or self._turn_timer is None or self._speaking:
+            return
+        if self._finals_due or not self._turn:
+            return  # the text is not known yet (on_final speculates when it is)
+        wait_s = decision.at - time.monotonic()
+        if wait_s > 0:
+            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=wait_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         """Send ``turn.end`` at the decision; the reply follows once the finals are out."""

@@ -199,6 +199,30 @@ class BoundedBuffer(Generic[T]):
     def peek(self) -> T:
         return self._items[0]
 
+    def take(self, wanted: Callable[[T], bool], max_items: int) -> list[T]:
+        """Take up to ``max_items`` of the items ``wanted`` says yes to, oldest first; the
+        others keep their places (a priority class served ahead of the rest)."""
+        taken: list[T] = []
+        if max_items < 1:
+            return taken
+        keep_items: deque[T] = deque()
+        keep_sizes: deque[int] = deque()
+        freed = 0
+        for item, size in zip(self._items, self._sizes, strict=True):
+            if len(taken) < max_items and wanted(item):
+                taken.append(item)
+                freed += size
+            else:
+                keep_items.append(item)
+                keep_sizes.append(size)
+        if taken:
+            self._items, self._sizes = keep_items, keep_sizes
+            st = self.stats
+            st.depth_bytes -= freed
+            st.popped += len(taken)
+            st.depth = len(self._items)
+        return taken
+
     def clear(self) -> int:
         """Discard everything queued (a flush, e.g. on barge-in); returns how many items."""
         n = len(self._items)

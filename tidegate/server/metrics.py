@@ -260,6 +260,12 @@ class ServerCollector(Collector):
             "Time a request waited in an engine's queue before its batch ran.",
             labels=["engine"],
         )
+        urgent_wait = HistogramMetricFamily(
+            "tidegate_engine_urgent_wait_seconds",
+            "Time an urgent request (an ASR final, a reply's first audio) waited in an engine's "
+            "queue before its batch ran.",
+            labels=["engine"],
+        )
         run = HistogramMetricFamily(
             "tidegate_engine_run_seconds",
             "Time an engine took to run one batch (the LLM: one decode step).",
@@ -282,6 +288,8 @@ class ServerCollector(Collector):
                     requests.add_metric([name, outcome], getattr(c, outcome))
                 batches.add_metric([name], c.batches)
                 wait.add_metric([name], _buckets(c.queue_wait_ms, 0.001), c.queue_wait_ms.sum / 1e3)
+                uw = c.urgent_queue_wait_ms
+                urgent_wait.add_metric([name], _buckets(uw, 0.001), uw.sum / 1e3)
                 run.add_metric([name], _buckets(c.run_ms, 0.001), c.run_ms.sum / 1e3)
                 size.add_metric([name], _buckets(c.batch_size, 1.0), c.batch_size.sum)
             for name, llm in sorted(engines.batchers.items()):
@@ -306,7 +314,18 @@ class ServerCollector(Collector):
             for outcome, n in (("completed", pool.done), ("failed", pool.failed)):
                 requests.add_metric(["media", outcome], n)
             requests.add_metric(["media", "refused"], pool.refused)
-        yield from (depth, capacity, requests, batches, wait, run, size, prefill, tokens)
+        yield from (
+            depth,
+            capacity,
+            requests,
+            batches,
+            wait,
+            urgent_wait,
+            run,
+            size,
+            prefill,
+            tokens,
+        )
         yield from self._providers()
 
     def _providers(self) -> Iterator[Metric]:

@@ -99,6 +99,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             tool_timeout_s=s.assistant_tool_timeout_s,
             audio_lead_s=s.assistant_audio_lead_s,
             vision_max_age_s=s.assistant_vision_max_age_s,
+            speculate_max_wait_s=s.assistant_speculate_max_wait_s,
         ),
         vision=VisionConfig(
             interval_s=s.assistant_vision_interval_s, max_pixels=s.frame_max_pixels

@@ -493,6 +493,13 @@ class Settings:
         "barge-in flushes at most this much.",
         default=0.2,
     )
+    assistant_speculate_max_wait_s: float = _doc(
+        "Speculative reply start: once a turn's text is known and its end is at most this "
+        "far away (the silence policy's wait, the semantic policy's timeout), its reply starts "
+        "held and is adopted when the turn ends with the same text, else discarded "
+        "(docs/assistant.md). 0: off.",
+        default=0.5,
+    )
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
     )

@@ -24,6 +24,18 @@ is the moment the client sent the question's last loud sample. Measured from the
   ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
   delta's engine_start -> engine_end, server clock), ``tts_first_audio_ms`` (first delta ->
   first audible audio, client clock).
+- ``thread_cpu_s``: the server's CPU seconds over the level by thread name (a server the
+  harness started): which engine's worker (``engine-asr``, ``engine-llm``, ``engine-tts``,
+  ``engine-vad``), the event loop (the process's main thread: media, protocol) or others;
+- ``speculation``: the reply lanes' speculative starts, adopted and discarded (docs/assistant.md
+  "Speculative start"), from each session's last ``metrics`` event;
+- ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
+  (deltas of its histograms between the level's start and end): per engine the mean queue
+  wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
+  reply's first TTS chunk), the mean batch run (``run_ms``; the LLM: a decode step, and
+  ``prefill_ms``), and the counts; ``slow_turns`` lists every turn whose reply was not
+  completed or whose first audio came later than ``SLOW_FIRST_AUDIO_S`` (or never), with the
+  reply's status, reason and the per-stage times, so a rare stall can be told apart.
 
 ``--dialect realtime`` runs the same sessions over ``/v1/realtime`` (OpenAI's Realtime events,
 JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcription on),
@@ -70,6 +82,7 @@ from tidegate.protocol.messages import (
     AsrPartial,
     Error,
     InputAudio,
+    Metrics,
     OutputAudio,
     ResponseCreated,
     ResponseDone,
@@ -80,11 +93,11 @@ from tidegate.protocol.messages import (
 )
 
 from ..harness import scenario
-from ..load import LoadMeter, real_time_lost_at, session_counts
+from ..load import LoadMeter, metrics_text, real_time_lost_at, session_counts
 from ..progress import current
 from ..report import distribution, percentiles
 from ..rtc import AudioTap, OpusQueueTrack, connect, encode_opus, loopback_ice, upsample_to_48k
-from ..target import Target, open_session, process_cpu_s
+from ..target import Target, open_session, process_cpu_s, thread_cpu_s
 from .asr import RATE_HZ, _default_data_dir, _pcm, read_wav
 
 QUESTIONS = (  # and a word a right answer contains
@@ -95,6 +108,13 @@ QUESTIONS = (  # and a word a right answer contains
 LOUD = 0.01  # a sample above this is speech (espeak output is clean)
 GAP_S = 1.5  # silence after each question before the reply is awaited
 REPLY_WAIT_S = 30.0
+SLOW_FIRST_AUDIO_S = 6.0  # a turn whose first reply audio is later than this is listed
+#: the server's engine histograms read per level (seconds, labelled by engine)
+ENGINE_HISTOGRAMS = {
+    "wait_ms": "tidegate_engine_wait_seconds",
+    "urgent_wait_ms": "tidegate_engine_urgent_wait_seconds",
+    "run_ms": "tidegate_engine_run_seconds",
+}
 STAGES = ("vad_wait_ms", "asr_ms", "turn_wait_ms", "llm_first_token_ms", "tts_first_audio_ms")
 MEASURES = (
     "eos_to_final_ms",
@@ -196,6 +216,7 @@ class SessionLog:
     errors: list[str] = field(default_factory=list)
     connect_ms: float | None = None
     open_ms: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the session's last metrics event
 
 
 def _audible(msg: OutputAudio, threshold: float) -> bool:
@@ -209,6 +230,8 @@ async def _reader(client: Client, log: SessionLog, threshold: float) -> None:
         turn = log.turns[-1] if log.turns else None
         if isinstance(ev, Error):
             log.errors.append(f"{ev.code}: {ev.message}")
+        elif isinstance(ev, Metrics):
+            log.stats = ev.stats
         if turn is None:
             continue
         _note(turn, ev, t, threshold)
@@ -484,6 +507,93 @@ async def run_session_rtc(
     return log
 
 
+async def _engine_sums(target: Target) -> dict[str, tuple[float, float]] | None:
+    """``{"asr.run_ms": (sum_s, count), ...}`` from the server's /metrics, or None."""
+    text = await metrics_text(target)
+    if text is None:
+        return None
+    sums: dict[str, list[float]] = {}
+    names = {v: k for k, v in ENGINE_HISTOGRAMS.items()}
+    names["tidegate_llm_prefill_seconds"] = "prefill_ms"
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, _, value = line.rpartition(" ")
+        base, _, labels = key.partition("{")
+        for suffix, i in (("_sum", 0), ("_count", 1)):
+            if not base.endswith(suffix) or base[: -len(suffix)] not in names:
+                continue
+            measure = names[base[: -len(suffix)]]
+            engine = "llm"
+            if 'engine="' in labels:
+                engine = labels.split('engine="', 1)[1].split('"', 1)[0]
+            sums.setdefault(f"{engine}.{measure}", [0.0, 0.0])[i] = float(value)
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def _engine_split(
+    before: dict[str, tuple[float, float]] | None, after: dict[str, tuple[float, float]] | None
+) -> dict[str, dict[str, float]]:
+    """Per engine, over one level: mean ms and count of each histogram (queue vs compute)."""
+    out: dict[str, dict[str, float]] = {}
+    if before is None or after is None:
+        return out
+    for key, (s1, n1) in sorted(after.items()):
+        s0, n0 = before.get(key, (0.0, 0.0))
+        engine, measure = key.split(".", 1)
+        if n1 - n0 > 0:
+            row = out.setdefault(engine, {})
+            row[measure] = round((s1 - s0) * 1000 / (n1 - n0), 2)
+            row[measure.removesuffix("_ms") + "_n"] = n1 - n0
+    return out
+
+
+SPECULATION_COUNTERS = ("speculations", "speculation_hits", "speculation_discarded")
+
+
+def _speculation(logs: list[SessionLog]) -> dict[str, int]:
+    """The reply lanes' speculative starts, summed over the sessions' last ``metrics``
+    events (a turn after the last event is not in them)."""
+    out = dict.fromkeys(SPECULATION_COUNTERS, 0)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in out and isinstance(v, int):
+                    out[k] += v
+                else:
+                    walk(v)
+
+    for log in logs:
+        walk(log.stats)
+    return out
+
+
+def _slow_turns(logs: list[SessionLog]) -> list[dict[str, Any]]:
+    """The turns a user would call stalled: no completed reply, or no audio within
+    ``SLOW_FIRST_AUDIO_S`` of the end of speech."""
+    out = []
+    for i, log in enumerate(logs):
+        for j, t in enumerate(log.turns):
+            m = t.measures()
+            first = m.get("eos_to_first_audio_ms")
+            completed = t.done is not None and t.done.status == "completed"
+            if completed and first is not None and first <= SLOW_FIRST_AUDIO_S * 1000:
+                continue
+            out.append(
+                {
+                    "session": i,
+                    "turn": j,
+                    "heard": t.final[0].text if t.final else None,
+                    "status": t.done.status if t.done else None,
+                    "reason": t.done.reason if t.done else None,
+                    "reply": t.done.text[:200] if t.done else None,
+                    **{k: round(v, 1) for k, v in m.items()},
+                }
+            )
+    return out
+
+
 async def _level(
     target: Target,
     n: int,
@@ -495,6 +605,8 @@ async def _level(
 ) -> dict[str, Any]:
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
     cpu0 = process_cpu_s(target.pid) if target.pid else None
+    threads0 = thread_cpu_s(target.pid) if target.pid else None
+    sums0 = await _engine_sums(target)
     if meter is not None:
         await meter.start()
     t0 = time.monotonic()
@@ -515,6 +627,8 @@ async def _level(
     )
     wall = time.monotonic() - t0
     cpu1 = process_cpu_s(target.pid) if target.pid else None
+    threads1 = thread_cpu_s(target.pid) if target.pid else None
+    sums1 = await _engine_sums(target)
     load = await meter.stop(n) if meter is not None else None
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
@@ -534,6 +648,9 @@ async def _level(
         **{k: distribution(values[k]) for k in MEASURES},
         "token_interval_ms": distribution(intervals),
         "stages": {k: percentiles(values[k]) for k in STAGES},
+        "engines": _engine_split(sums0, sums1),
+        "slow_turns": _slow_turns(logs),
+        "speculation": _speculation(logs),
         "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
@@ -559,6 +676,11 @@ async def _level(
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
     if cpu0 is not None and cpu1 is not None:
         out["server_cpu_s"] = cpu1 - cpu0
+    if threads0 is not None and threads1 is not None:
+        spent = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+        out["thread_cpu_s"] = {
+            k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01
+        }
     return out
 
 
@@ -644,9 +766,15 @@ def _summary(r: dict[str, Any]) -> str:
         return f"{d['p50']:.0f}/{d['p90']:.0f}" if d.get("n") else "-"
 
     stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
+    sp = r.get("speculation") or dict.fromkeys(SPECULATION_COUNTERS, 0)
+    engines = "; ".join(
+        f"{name} " + " ".join(f"{k} {v:g}" for k, v in row.items() if k.endswith("_ms"))
+        for name, row in r.get("engines", {}).items()
+    )
     return (
         f"sessions {r['sessions']}: eos->final {p(r['eos_to_final_ms'])} ms, first token "
         f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
         f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
-        f"{r['answers_ok']}"
+        f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}; "
+        f"speculative starts adopted {sp['speculation_hits']}/{sp['speculations']}"
     )

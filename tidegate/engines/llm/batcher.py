@@ -55,6 +55,7 @@ from ..errors import (
 )
 from ..metrics import TIME_BUCKETS_MS, Histogram, QueueLoad, batch_buckets
 from ..runtime import RuntimeOptions
+from ..workers import name_os_thread
 from .model import KvCache, LlamaModel
 from .sampling import SamplingParams, sample
 from .text import ChatTokenizer, Detokenizer, StopMatcher
@@ -442,6 +443,7 @@ class LlmBatcher:
 
     # -- the worker thread --------------------------------------------------------------------
     def _worker(self) -> None:
+        name_os_thread("engine-llm")
         while True:
             with self._cond:
                 while not self._rows and not self._queue and not self._closing:
