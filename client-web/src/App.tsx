@@ -14,7 +14,7 @@ import {
   signedInSource,
   type TokenSource,
 } from "./signin";
-import { initialState, reduce, turnEndText, type Turn } from "./state";
+import { initialState, reduce, resumedText, turnEndText, type Turn } from "./state";
 import { VideoStage } from "./VideoStage";
 
 const LINK_LABEL = {
@@ -301,6 +301,12 @@ function TurnItem({ turn }: { turn: Turn }) {
         </span>
       ) : (
         <span className="text">{turn.text || (turn.live ? "…" : "")}</span>
+      )}
+      {turn.paused && <span className="tag" data-testid="reply-paused">paused</span>}
+      {turn.resumed && (
+        <span className="tag" data-testid="reply-resumed" title={resumedText(turn.resumed)}>
+          resumed{turn.resumed.count > 1 ? ` ×${turn.resumed.count}` : ""}
+        </span>
       )}
       {turn.status === "cancelled" && <span className="tag">interrupted</span>}
       {turn.status === "failed" && <span className="tag bad">failed</span>}

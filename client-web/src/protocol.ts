@@ -90,6 +90,15 @@ export type ServerMessage = Envelope &
     | { type: "vision.result"; frame_ts: number; detections: Detection[]; timing?: Timing }
     | { type: "response.created"; response_id: string }
     | { type: "response.text.delta"; response_id: string; delta: string; timing?: Timing }
+    | { type: "response.paused"; response_id: string; played_ms: number }
+    | {
+        type: "response.resumed";
+        response_id: string;
+        played_ms: number;
+        paused_ms: number;
+        reason: "no_words" | "backchannel" | "few_words";
+        heard?: string;
+      }
     | {
         type: "response.done";
         response_id: string;
@@ -145,6 +154,8 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
   "response.created": { response_id: "s" },
   "response.text.delta": { response_id: "s", delta: "s", timing: "m?" },
+  "response.paused": { response_id: "s", played_ms: "n" },
+  "response.resumed": { response_id: "s", played_ms: "n", paused_ms: "n", reason: "s", heard: "s?" },
   "response.done": { response_id: "s", status: "s", text: "s", timing: "m?", reason: "s?" },
   "response.function_call.delta": { response_id: "s", call_id: "s", name: "s", arguments: "s" },
   "response.function_call.done": { response_id: "s", call_id: "s", name: "s", arguments: "s" },
@@ -169,6 +180,8 @@ const FLOAT_FIELDS = new Set([
   "ts",
   "audio_ms",
   "playout_delay_ms",
+  "played_ms",
+  "paused_ms",
   "audio_start_ms",
   "audio_end_ms",
   "frame_ts",

@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 
 import type { ServerMessage } from "./protocol";
-import { type Action, initialState, MAX_ERRORS, plainError, reduce, type State, turnEndText } from "./state";
+import { type Action, initialState, MAX_ERRORS, plainError, reduce, resumedText, type State, turnEndText } from "./state";
 
 let seq = 0;
 const ev = (m: Record<string, unknown>, arrivedMs = 1000): Action => ({
@@ -26,6 +26,36 @@ describe("reduce", () => {
     expect(again.turnEnd).toBeNull();
     expect(turnEndText({ reason: "semantic", probability: 0.93 })).toBe("Turn ended: you sounded finished (93% sure)");
     expect(turnEndText({ reason: "silence", probability: null })).toBe("Turn ended: silence");
+  });
+
+  it("shows a reply paused by a sound, resumed when it was not an interruption", () => {
+    const s = run([
+      created(),
+      ev({ type: "response.created", response_id: "r_1" }),
+      ev({ type: "response.text.delta", response_id: "r_1", delta: "Paris is the capital" }),
+      ev({ type: "response.paused", response_id: "r_1", played_ms: 1840 }),
+    ]);
+    expect(s.turns.at(-1)).toMatchObject({ key: "r_1", paused: true, live: true });
+    expect(s.announcement).toBe("Reply paused: listening…");
+    const back = run(
+      [ev({ type: "response.resumed", response_id: "r_1", played_ms: 1840, paused_ms: 900, reason: "backchannel", heard: "Yeah" })],
+      s,
+    );
+    expect(back.turns.at(-1)).toMatchObject({ paused: false, resumed: { count: 1, reason: "backchannel", heard: "Yeah" } });
+    expect(back.announcement).toBe("Reply resumed: “Yeah” was taken as a backchannel.");
+    const twice = run(
+      [
+        ev({ type: "response.paused", response_id: "r_1", played_ms: 2400 }),
+        ev({ type: "response.resumed", response_id: "r_1", played_ms: 2400, paused_ms: 700, reason: "no_words" }),
+        ev({ type: "response.done", response_id: "r_1", status: "completed", text: "Paris is the capital." }),
+      ],
+      back,
+    );
+    expect(twice.turns.at(-1)).toMatchObject({ status: "completed", resumed: { count: 2, reason: "no_words", heard: "" } });
+    expect(twice.turns.at(-1)?.paused).toBeUndefined();
+    expect(resumedText({ reason: "few_words", heard: "Stop" })).toBe("Reply resumed: “Stop” was too short to interrupt.");
+    // a pause for a reply that is over is ignored
+    expect(run([ev({ type: "response.paused", response_id: "r_1", played_ms: 0 })], twice)).toEqual(twice);
   });
 
   it("replaces a segment's partials by its final, in place", () => {

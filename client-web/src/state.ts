@@ -16,6 +16,10 @@ export interface Turn {
   status?: "completed" | "cancelled" | "failed";
   /** A cut reply: the part the user heard before the cut (a prefix of `text`). */
   heard?: string;
+  /** A reply paused because the user made a sound over it, while the server judges it. */
+  paused?: boolean;
+  /** A reply that resumed after such sounds (false interruptions): how often, and why last. */
+  resumed?: { count: number; reason: string; heard: string };
 }
 
 export interface Stage {
@@ -211,6 +215,16 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
         : s.stages;
       return { ...s, turns: upsertTurn(s.turns, turn), stages };
     }
+    case "response.paused":
+    case "response.resumed": {
+      const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);
+      if (!prev || !prev.live) return s; // after its done (never expected): ignored
+      if (m.type === "response.paused")
+        return { ...s, turns: upsertTurn(s.turns, { ...prev, paused: true }), announcement: "Reply paused: listening…" };
+      const resumed = { count: (prev.resumed?.count ?? 0) + 1, reason: m.reason, heard: m.heard ?? "" };
+      const turn = { ...prev, paused: false, resumed };
+      return { ...s, turns: upsertTurn(s.turns, turn), announcement: resumedText(resumed) };
+    }
     case "response.done": {
       const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);
       // cancelled: `text` is what was heard before the cut; keep what was shown, and say
@@ -218,6 +232,7 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
       const cut = m.status === "cancelled";
       const text = cut ? (prev?.text ?? m.text) : m.text || (prev?.text ?? "");
       const turn: Turn = { key: m.response_id, who: "assistant", text, live: false, status: m.status };
+      if (prev?.resumed) turn.resumed = prev.resumed;
       if (cut && text.startsWith(m.text)) turn.heard = m.text;
       const words = { completed: "Reply finished.", cancelled: "Reply interrupted.", failed: "The reply failed." };
       return {
@@ -283,6 +298,14 @@ export function reduce(s: State, a: Action): State {
     case "dismiss":
       return { ...s, errors: s.errors.filter((e) => e.id !== a.id) };
   }
+}
+
+/** Why a paused reply went on (response.resumed), in words. */
+export function resumedText(r: { reason: string; heard: string }): string {
+  const heard = r.heard.trim();
+  if (r.reason === "backchannel") return `Reply resumed: “${heard}” was taken as a backchannel.`;
+  if (r.reason === "few_words") return `Reply resumed: “${heard}” was too short to interrupt.`;
+  return "Reply resumed: no words were heard.";
 }
 
 /** How the server decided the user had finished (turn.end), in words. */

@@ -74,7 +74,7 @@ def test_specs_follow_each_config() -> None:
     with pytest.raises(ValueError, match="unknown engine 'aec'"):
         kind("aec")
     (turn,) = engine_specs(["turn"], configs, defaults)  # the turn row: its threshold rides
-    assert turn.model == "smart-turn-v3.2" and TURN.config_of(turn).threshold == 0.8
+    assert turn.model == "smart-turn-v3.2" and TURN.config_of(turn).threshold == 0.9
     bad = EngineConfigs.of({**configs.by_name, "vision": replace(configs[VISION], model="yolo")})
     with pytest.raises(ValueError, match="vision_model must be one of"):
         engine_specs([], bad, defaults)

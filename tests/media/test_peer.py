@@ -64,7 +64,8 @@ async def test_audio_reaches_consumer_as_16k_mono_float32(pair_factory) -> None:
 
 
 async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factory) -> None:
-    """Decoded video lands in the latest-only slot; RGB/BGR arrays only when asked."""
+    """Decoded video lands in the latest-only slot; RGB/BGR arrays only when asked. Each
+    frame went to the decoder at its marked last packet, none waited for the next frame."""
     pair = await pair_factory(audio=False, video=True)
     video = pair.server.video_in
     assert video is not None and pair.server.audio_in is None
@@ -82,6 +83,8 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     assert st["frames"] == st["taken"] + st["dropped"] + (1 if video.slot else 0)
     with pytest.raises(ValueError, match="format"):
         await video.take("yuv9")
+    decoder = pair.server.stats()["video_decoder"]
+    assert decoder["frames_at_marker"] >= st["frames"] and decoder["frames_at_next"] == 0
 
 
 async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory) -> None:

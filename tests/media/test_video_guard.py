@@ -8,9 +8,11 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tidegate.media._aiortc import MarkerJitterBuffer
 from tidegate.media.video_guard import (
     BitstreamError,
     GuardedDecoderQueue,
@@ -88,17 +90,29 @@ def test_guard_blocks_an_oversized_stream_until_a_smaller_keyframe() -> None:
 
 def test_guard_refuses_what_does_not_parse_and_bounds_its_queue() -> None:
     """A keyframe without its start code or an SPS cut short blocks the stream; beyond
-    max_frames queued, frames are dropped (counted)."""
-    q = GuardedDecoderQueue(max_pixels=640 * 480, max_frames=2)
+    max_frames queued, the arriving frame is dropped (counted) and a keyframe is asked for,
+    once until one comes; a keyframe replaces the frames still waiting (latest wins: no
+    growing delay behind a slow decoder)."""
+    asked: list[int] = []
+    q = GuardedDecoderQueue(
+        max_pixels=640 * 480, max_frames=2, on_need_keyframe=lambda: asked.append(1)
+    )
     q.put((Codec("VP8"), Frame(b"\x00\x00\x00nothing")))
     assert q.blocked and q.oversized == 1
-    sps_idr = encode("libx264", 64, 48, 1)[0]
+    sps_idr, *deltas = encode("libx264", 64, 48, 4, bframes="0")
     cut = sps_idr[: sps_idr.index(b"\x00\x00\x01\x67") + 6]
     q.put((Codec("H264"), Frame(cut)))
     assert q.blocked and q.oversized == 2
-    for _ in range(4):
-        q.put((Codec("H264"), Frame(sps_idr)))
-    assert q.qsize() == 2 and q.dropped == 2
+    h264 = Codec("H264")
+    for data in (sps_idr, *deltas):  # one keyframe, three frames that reference it
+        q.put((h264, Frame(data)))
+    assert q.qsize() == 2 and q.dropped == 2 and asked == [1] and q.awaiting_keyframe
+    q.put((h264, Frame(sps_idr)))  # the keyframe asked for: it replaces the two waiting
+    q.put((h264, Frame(deltas[0])))
+    assert q.qsize() == 2 and q.stats()["skipped"] == 2 and not q.awaiting_keyframe
+    q.put(None)  # the end-of-stream marker passes even a full queue, and a keyframe keeps it
+    q.put((h264, Frame(sps_idr)))
+    assert q.queue[0] is None and q.qsize() == 2 and q.stats()["keyframes_requested"] == 1
 
 
 @settings(max_examples=300, deadline=None)
@@ -111,3 +125,33 @@ def test_any_bytes_give_a_size_none_or_a_bitstream_error(codec: str, data: bytes
     except BitstreamError:
         return
     assert size is None or all(isinstance(n, int) and n >= 0 for n in size)
+
+
+def _rtp(seq: int, ts: int, payload: bytes, marker: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=marker)
+    packet._data = payload  # type: ignore[attr-defined]  # what aiortc's depayloader sets
+    return packet
+
+
+def test_a_marked_frame_completes_at_its_last_packet() -> None:
+    """The frame assembler gives a frame as soon as its marked last packet arrives (aiortc's
+    own waits for the next frame's first packet); an unmarked frame still completes at the
+    next timestamp; a gap holds the frame until it is filled; a late duplicate is dropped."""
+    buf = MarkerJitterBuffer()
+    assert buf.add(_rtp(100, 3000, b"a", 0)) == (False, None)
+    _, frame = buf.add(_rtp(101, 3000, b"b", 1))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"ab", 3000)
+    # unmarked: completed by the next frame's first packet (marked itself: at once after)
+    assert buf.add(_rtp(102, 6000, b"c", 0)) == (False, None)
+    _, frame = buf.add(_rtp(103, 9000, b"d", 1))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"c", 6000)
+    _, frame = buf.add(_rtp(104, 12000, b"e", 1))  # 9000 is complete too: one per packet
+    assert frame is not None and frame.timestamp == 9000
+    _, frame = buf.add(_rtp(105, 15000, b"f1", 0))  # 12000 was complete: it goes now
+    assert frame is not None and (frame.data, frame.timestamp) == (b"e", 12000)
+    # a gap: the marked last packet is not a frame until the missing one comes
+    assert buf.add(_rtp(107, 15000, b"f3", 1)) == (False, None)
+    _, frame = buf.add(_rtp(106, 15000, b"f2", 0))
+    assert frame is not None and (frame.data, frame.timestamp) == (b"f1f2f3", 15000)
+    assert buf.add(_rtp(101, 3000, b"b", 1)) == (False, None)  # an old duplicate
+    assert (buf.tg_marker_frames, buf.tg_next_frames) == (4, 1)

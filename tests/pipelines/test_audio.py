@@ -54,12 +54,16 @@ class Listener:
 
     def __init__(self) -> None:
         self.heard: list[tuple[str, Any]] = []
+        self.partials: list[str] = []  # whole hypotheses of the open segment
 
     def on_speech_started(self, audio_ms: float) -> None:
         self.heard.append(("started", None))
 
     def on_speech_stopped(self, recent: Any, audio_ms: float) -> None:
         self.heard.append(("stopped", (len(recent), audio_ms)))
+
+    def on_partial(self, text: str) -> None:
+        self.partials.append(text)
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
         self.heard.append(("final", (text, finals_pending)))

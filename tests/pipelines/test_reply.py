@@ -5,6 +5,7 @@ output.audio."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -24,6 +25,8 @@ from tidegate.protocol.messages import (
     ResponseCreate,
     ResponseCreated,
     ResponseDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
 )
 from tidegate.server.modes import lane_config
@@ -203,3 +206,110 @@ async def test_requests_the_lane_cannot_serve_are_refused(
     finally:
         await lane.close()
         await session.close()
+
+
+class Player(FakeSession):
+    """A WS-only client playing the reply: frames by ts; at response.paused it drops those
+    from played_ms on (the server sends them again if the reply resumes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: dict[float, bytes] = {}
+
+    def emit(self, msg: object) -> None:
+        super().emit(msg)  # type: ignore[arg-type]
+        if isinstance(msg, OutputAudio) and msg.ts is not None:
+            self.frames[msg.ts] = msg.pcm
+        elif isinstance(msg, ResponsePaused):
+            for ts in [ts for ts in self.frames if ts >= msg.played_ms]:
+                del self.frames[ts]
+
+
+async def test_speech_pauses_a_reply_and_a_final_without_words_resumes_it(
+    settings: Settings, engines: EngineService
+) -> None:
+    """speech_started() pauses the reply at once: response.paused says how much had played,
+    the frames sent ahead of that are taken back and nothing more goes out; a final with no
+    words resumes it (response.resumed, no_words) from there, the taken-back frames sent
+    again with the same ts; it completes, and a client that drops what it had not played
+    at the pause plays every frame exactly once."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 20)
+        lane.speech_started()
+        sent = len(session.of(OutputAudio))
+        (paused,) = session.of(ResponsePaused)
+        await asyncio.sleep(0.3)
+        assert len(session.of(OutputAudio)) == sent  # nothing while paused
+        lane.speech_stopped()
+        assert lane.heard("", final=True)
+        (resumed,) = session.of(ResponseResumed)
+        await wait_for(lambda: session.of(ResponseDone))
+    finally:
+        await lane.close()
+        await session.close()
+    assert paused.played_ms < sent * 20  # frames sent ahead were taken back
+    assert resumed.played_ms == paused.played_ms and resumed.reason == "no_words"
+    assert resumed.paused_ms >= 250 and resumed.heard == ""
+    after = session.of(OutputAudio)[sent]
+    assert after.ts == paused.played_ms  # played on from where it paused
+    (done,) = session.of(ResponseDone)
+    generated = "".join(d.delta for d in session.of(ResponseTextDelta))
+    assert done.status == "completed" and done.text == generated
+    assert sorted(session.frames) == [20.0 * i for i in range(len(session.frames))]
+    assert len(session.frames) == len({a.ts for a in session.of(OutputAudio)})
+    (record,) = [r for r in session.records if isinstance(r, ResponseRecord)]
+    assert record.spoken_text == generated
+    stats = lane.stats()
+    assert stats["interruptions_resumed"] == 1 and stats["resent_frames"] >= 1
+
+
+async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(
+    settings: Settings, engines: EngineService
+) -> None:
+    """Words heard while the reply is paused cut it: response.done cancelled whose text is
+    what had played at the pause (the wait for the ASR adds nothing), into the history."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 60)
+        lane.speech_started()
+        assert lane.reply is not None
+        at_pause = lane.reply.spoken(time.monotonic())
+        await asyncio.sleep(0.5)
+        assert lane.heard("Wait, stop.", final=False)
+        (done,) = session.of(ResponseDone)
+    finally:
+        await lane.close()
+        await session.close()
+    assert done.status == "cancelled" and done.text == at_pause and at_pause
+    assert lane.history[-1] == {"role": "assistant", "content": at_pause}
+    assert lane.stats()["interruptions_cut"] == 1
+
+
+async def test_the_confirm_window_resumes_a_silent_user_and_zero_cuts_at_once(
+    settings: Settings, engines: EngineService
+) -> None:
+    """With interrupt.confirm_s 0.3, a sound whose final never comes resumes the reply 0.3 s
+    after it stopped; with 0, speech cuts the reply at once (no response.paused)."""
+    session = Player()
+    session.config = {"interrupt": {"confirm_s": 0.3}}
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 20)
+        lane.speech_started()
+        lane.speech_stopped()
+        await wait_for(lambda: session.of(ResponseResumed), 5.0)
+        (resumed,) = session.of(ResponseResumed)
+        session.config = {"interrupt": {"confirm_s": 0.0}}
+        lane.speech_started()
+        (done,) = session.of(ResponseDone)
+    finally:
+        await lane.close()
+        await session.close()
+    assert resumed.reason == "no_words" and resumed.paused_ms >= 250
+    assert done.status == "cancelled" and len(session.of(ResponsePaused)) == 1

@@ -28,6 +28,8 @@ from tidegate.protocol.messages import (
     ResponseDone,
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     RtcAnswer,
     RtcCandidate,
@@ -186,6 +188,16 @@ SERVER_SAMPLES: list[Message] = [
     ),
     TurnEnd(seq=23, t=T0, reason="semantic", probability=0.93, audio_ms=3400.0),
     TurnEnd(seq=24, t=T0, reason="silence"),
+    ResponsePaused(seq=26, t=T0, response_id="r_1", played_ms=1840.0),
+    ResponseResumed(
+        seq=27,
+        t=T0,
+        response_id="r_1",
+        played_ms=1840.0,
+        paused_ms=910.0,
+        reason="backchannel",
+        heard="Mm-hmm.",
+    ),
 ]
 
 

@@ -33,6 +33,8 @@ from tidegate.protocol.messages import (
     ResponseCancel,
     ResponseCreated,
     ResponseDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     ServerMessage,
     VadSpeechStarted,
@@ -436,9 +438,10 @@ async def test_webrtc_question_is_answered_on_the_track(
 async def test_webrtc_speech_over_a_reply_stops_the_track(
     live: LiveServer, question: tuple[np.ndarray, int]
 ) -> None:
-    """Over WebRTC, speaking over a reply cuts it: response.done cancelled with a prefix of
-    the reply, and the track goes quiet at once (no audio from shortly after the cut until
-    the next reply starts)."""
+    """Over WebRTC, speaking over a reply cuts it: the track goes quiet at once, at the VAD's
+    start of speech (response.paused; no audio from shortly after it until the next reply
+    starts), and once the ASR has heard words response.done is cancelled with a prefix of
+    the reply."""
     async with converse(live) as c, rtc_call(c) as call:
         await c.client.send(InputText(id="t1", text=STORY))
         async with asyncio.timeout(scaled(60)):
@@ -451,15 +454,48 @@ async def test_webrtc_speech_over_a_reply_stops_the_track(
     assert first.status == "cancelled" and second.status == "completed"
     said = c.deltas(first.response_id)
     assert first.text and said.startswith(first.text) and len(first.text) < len(said)
+    (paused,) = [p for p in c.of(ResponsePaused) if p.response_id == first.response_id]
+    assert not c.of(ResponseResumed)
+    t_pause = next(t for e, t in c.events if e is paused)
     t_cut = next(t for e, t in c.events if e is first)
     t_next = next(
         t
         for e, t in c.events
         if isinstance(e, ResponseCreated) and e.response_id != first.response_id
     )
-    assert t_next - t_cut > 0.5
-    assert len(call.audio(t_cut + 0.3, t_next)) == 0  # flushed: nothing played after the cut
+    assert t_pause < t_cut <= t_next and t_next - t_pause > 0.5
+    assert len(call.audio(t_pause + 0.3, t_next)) == 0  # flushed: nothing played after it
     assert not c.of(OutputAudio)
+
+
+async def test_webrtc_a_sound_over_a_reply_pauses_the_track_and_the_reply_resumes(
+    live: LiveServer,
+) -> None:
+    """Over WebRTC, a wordless sound ("ahh") over a reply pauses it at once: response.paused,
+    and the track goes quiet (its queue flushed); the ASR hears no words, so the reply
+    resumes (response.resumed) and its speech comes back on the track."""
+    from tidegate.bench import audio_sets
+
+    async with converse(live) as c, rtc_call(c) as call:
+        await c.client.send(InputText(id="t1", text=STORY))
+        async with asyncio.timeout(scaled(60)):
+            while len(call.audio()) < 1.5 * 48_000:
+                await asyncio.sleep(0.05)
+        sound = np.concatenate([audio_sets.speech("ahhhh"), np.zeros(16_000, np.float32)])
+        await call.speak(sound.astype(np.float32))
+        await c.wait(lambda: c.of(ResponseResumed) or c.done())
+        await asyncio.sleep(1.0)
+        await c.client.send(ResponseCancel(id="x1"))
+        await c.wait(lambda: c.done())
+    (paused,) = c.of(ResponsePaused)
+    (resumed,) = c.of(ResponseResumed)
+    assert resumed.reason in ("no_words", "backchannel") and resumed.played_ms == paused.played_ms
+    t_paused = next(t for e, t in c.events if e is paused)
+    t_resumed = next(t for e, t in c.events if e is resumed)
+    assert len(call.audio(t_paused + 0.3, t_resumed)) == 0  # quiet while paused
+    assert len(call.audio(t_resumed, t_resumed + 1.0)) > 0.5 * 48_000  # and on again
+    (done,) = c.done()
+    assert done.status == "cancelled" and not c.of(OutputAudio)
 
 
 async def test_frames_are_looked_at_and_told_to_the_llm(live: LiveServer) -> None:

@@ -138,6 +138,8 @@ SPECIAL = {
     "TIDEGATE_TTS_RUNTIME": "tensorrt",
     "TIDEGATE_TURN_RUNTIME": "onnx",
     "TIDEGATE_TURN_POLICY": "silence",
+    "TIDEGATE_INTERRUPT_BACKCHANNELS": "interrupt",
+    "TIDEGATE_INTERRUPT_BACKCHANNEL_PHRASES": "mm-hmm,sounds good",
     "TIDEGATE_AUDIO_ECHO_CANCELLATION": "on",
     "TIDEGATE_TRITON_URL": "gpu-pool:8001",
     "TIDEGATE_TRITON_URLS": "asr=gpu-a:8001,vision=gpu-b:8001",

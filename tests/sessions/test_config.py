@@ -1,4 +1,5 @@
-"""The session config check: ``instructions`` (the assistant's system prompt per session)."""
+"""The session config check: ``instructions`` (the assistant's system prompt per session) and
+``interrupt`` (what speech over a reply does)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,43 @@ def test_bad_instructions_are_refused(value: Any, words: str) -> None:
         resolve_config({"mode": "assistant", "instructions": value}, "assistant", engines)  # type: ignore[arg-type]
     ok = resolve_config({"mode": "assistant", "instructions": "Be brief."}, "assistant", engines)  # type: ignore[arg-type]
     assert ok["instructions"] == "Be brief."
+
+
+def _assistant_engines() -> Any:
+    return SimpleNamespace(
+        schedulers={"vad": None, "asr": None}, batchers={"llm": None, "tts": None}
+    )
+
+
+def test_interrupt_is_checked_and_kept() -> None:
+    """``interrupt`` (assistant only): backchannels ignore|interrupt, min_words an integer
+    1..20, confirm_s a number 0..5; kept as given."""
+    config = {"backchannels": "interrupt", "min_words": 2, "confirm_s": 0.5}
+    ok = resolve_config(
+        {"mode": "assistant", "interrupt": config}, "assistant", _assistant_engines()
+    )
+    assert ok["interrupt"] == config
+    zero = resolve_config(
+        {"mode": "assistant", "interrupt": {"confirm_s": 0}}, "assistant", _assistant_engines()
+    )
+    assert zero["interrupt"] == {"confirm_s": 0}
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"mode": "assistant", "interrupt": {"backchannels": "sometimes"}}, "backchannels"),
+        ({"mode": "assistant", "interrupt": {"min_words": 0}}, "an integer from 1 to 20"),
+        ({"mode": "assistant", "interrupt": {"min_words": 2.5}}, "min_words"),
+        ({"mode": "assistant", "interrupt": {"min_words": True}}, "min_words"),
+        ({"mode": "assistant", "interrupt": {"confirm_s": 9}}, "a number from 0 to 5"),
+        ({"mode": "assistant", "interrupt": {"confirm_s": "1"}}, "confirm_s"),
+        ({"mode": "assistant", "interrupt": {"patience": 1}}, "unknown key 'patience'"),
+        ({"mode": "assistant", "interrupt": "ignore"}, "expected a map"),
+        ({"mode": "transcribe", "interrupt": {"min_words": 2}}, "only mode assistant"),
+    ],
+)
+def test_bad_interrupt_config_is_refused(config: dict[str, Any], words: str) -> None:
+    """A bad ``interrupt`` section is refused naming the key and what was expected."""
+    with pytest.raises(InvalidConfigError, match=words):
+        resolve_config(config, "assistant", _assistant_engines())

@@ -3,7 +3,8 @@
 tidegate's media path replaces pieces of aiortc: the audio receive path (our jitter buffer and
 decoder, fed straight from aioice's datagram callback), the audio send path (pushed,
 pre-serialised packets through aiortc's SRTP), ICE gathering (our addresses and port range),
-and the video decoder's input queue (bounded, size-checked: video_guard.py).
+the video decoder's input queue (bounded, size-checked: video_guard.py) and the video frame
+assembly (a frame completes at its marked last packet, not at the next frame's first).
 Each of those needs aiortc's or aioice's private attributes: name-mangled receiver and sender
 state, the DTLS transport's SRTP sessions and router, a transceiver's codecs and offer
 direction, aioice's candidate lists and receive queue. This module is the ONLY one that touches
@@ -33,6 +34,7 @@ from typing import Any, Protocol, cast
 import pylibsrtp
 from aioice.ice import Connection, StunProtocol, server_reflexive_candidate
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpReceiveParameters,
@@ -199,6 +201,74 @@ def replace_decoder_queue(receiver: RTCRtpReceiver, decoder_queue: queue.Queue[A
     if receiver_started(receiver):
         raise RuntimeError("replace_decoder_queue: the receiver has already started")
     _set(receiver, "RTCRtpReceiver", "decoder_queue", decoder_queue)
+
+
+# -- video frame assembly (aiortc.jitterbuffer: _origin, _packets, _remove_frame;
+#    aiortc.rtcrtpreceiver: __jitter_buffer) ---------------------------------------------------
+
+VIDEO_JITTER_CAPACITY = 512  # packets, as aiortc's own video receiver
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, completing a frame at its last packet.
+
+    aiortc's buffer emits a frame only when the first packet of the *next* frame (another RTP
+    timestamp) arrives, so every frame waits one frame interval (100 ms at 10 fps) before it
+    reaches the decoder. A sender marks the last packet of each frame (the RTP marker bit:
+    RFC 7741 for VP8, RFC 6184 for H.264; aiortc and browsers set it), so here a contiguous run
+    of packets of one timestamp that ends with a marked packet is a frame at once. A sender
+    that marks nothing still gets aiortc's rule (the next timestamp completes the frame);
+    gaps, reordering, capacity and PLI requests are aiortc's, unchanged."""
+
+    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self.tg_marker_frames = 0  # frames completed by their marked last packet
+        self.tg_next_frames = 0  # frames completed by the next frame's first packet
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        origin = self._origin
+        if origin is None:
+            return None
+        cap = self._capacity
+        slots = self._packets
+        run: list[RtpPacket] = []
+        timestamp: int | None = None
+        for count in range(cap):
+            packet = slots[(origin + count) % cap]
+            if packet is None:
+                return None  # a gap (or nothing more yet): no complete frame
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:  # an unmarked frame, ended by the next one
+                self.tg_next_frames += 1
+                return self._tg_take(run, timestamp, count)
+            run.append(packet)
+            if packet.marker:
+                self.tg_marker_frames += 1
+                return self._tg_take(run, timestamp, count + 1)
+        return None
+
+    def _tg_take(self, run: list[RtpPacket], timestamp: int, count: int) -> JitterFrame:
+        frame = JitterFrame(data=b"".join(p._data for p in run), timestamp=timestamp)  # type: ignore[attr-defined]
+        self.remove(count)
+        return frame
+
+
+def request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Have aiortc's video receiver ask the sender for a keyframe (an RTCP PLI) at its next
+    packet, as it does after a decoding error (its ``__decoder_error`` event, which it checks
+    and clears for every packet). Thread-safe."""
+    _get(receiver, "RTCRtpReceiver", "decoder_error").set()
+
+
+def complete_frames_at_marker(receiver: RTCRtpReceiver) -> MarkerJitterBuffer:
+    """Give aiortc's video receiver a :class:`MarkerJitterBuffer` (before it starts; aiortc
+    creates its buffer in the receiver's constructor and only ever reads the attribute)."""
+    if receiver_started(receiver):
+        raise RuntimeError("complete_frames_at_marker: the receiver has already started")
+    buffer = MarkerJitterBuffer()
+    _set(receiver, "RTCRtpReceiver", "jitter_buffer", buffer)
+    return buffer
 
 
 # -- the audio receive path (aiortc.rtcrtpreceiver, aiortc.rtcdtlstransport, aioice.ice) ------

@@ -12,7 +12,19 @@ on the event loop, before the frame is handed to the decoder thread:
 A keyframe or SPS over ``max_pixels`` (or with a side over ``MAX_IMAGE_SIDE_PX``), or one that
 does not parse, blocks the stream: it and every frame after it are dropped (counted as
 ``oversized``) until a keyframe or SPS of an allowed size comes. aiortc's decoder queue is
-unbounded; this one holds ``max_frames`` encoded frames, and drops (counted) beyond that.
+unbounded; this one is latest-wins at keyframes, so that a decoder that falls behind (many
+cameras on few cores) never builds a growing delay:
+
+- a keyframe that arrives while frames still wait for the decoder replaces them (counted as
+  ``skipped``): it references none of them, and their pictures would only have replaced each
+  other in the inbox's latest-only slot;
+- when ``max_frames`` wait, the arriving frame is dropped (counted as ``dropped``) and the
+  sender is asked for a keyframe at once (RTCP PLI, through ``on_need_keyframe``; once until
+  one comes): the frames after a dropped one decode wrong until then.
+
+Frames reach the guard as soon as they are complete: :func:`install_video_guard` also gives the
+receiver a frame assembler that ends a frame at its RTP marker bit (aiortc's own waits for the
+next frame's first packet, one frame interval later).
 
 :class:`GuardedDecoderQueue` replaces aiortc's queue in its receiver (before the receiver
 starts), through the seam to aiortc's internals
@@ -22,13 +34,20 @@ starts), through the seam to aiortc's internals
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from tidegate.protocol.messages import MAX_IMAGE_SIDE_PX
 
-from ._aiortc import receiver_started, replace_decoder_queue
+from ._aiortc import (
+    MarkerJitterBuffer,
+    complete_frames_at_marker,
+    receiver_started,
+    replace_decoder_queue,
+    request_keyframe,
+)
 
 VP8_START_CODE = b"\x9d\x01\x2a"
 H264_SPS = 7
@@ -167,8 +186,20 @@ def frame_size(codec: str, data: bytes) -> tuple[int, int] | None:
 class GuardedDecoderQueue(queue.Queue[Any]):
     """aiortc's decoder input queue, bounded, and refusing frames of a size over the limit."""
 
-    def __init__(self, *, max_pixels: int, max_frames: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        max_pixels: int,
+        max_frames: int = 32,
+        assembler: MarkerJitterBuffer | None = None,
+        on_need_keyframe: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__()
+        self.assembler = assembler
+        self.on_need_keyframe = on_need_keyframe
+        self.skipped = 0  # waiting frames a keyframe replaced
+        self.keyframes_requested = 0
+        self.awaiting_keyframe = False  # a frame was dropped and a keyframe asked for
         self.max_pixels = max_pixels
         self.max_frames = max_frames
         self.oversized = 0
@@ -194,27 +225,62 @@ class GuardedDecoderQueue(queue.Queue[Any]):
         if self.blocked:
             self.oversized += 1
             return
-        if self.qsize() >= self.max_frames:
+        if size is not None:  # a keyframe: what still waits is superseded
+            self.awaiting_keyframe = False
+            self._skip_waiting()
+        elif self.qsize() >= self.max_frames:
             self.dropped += 1
+            if not self.awaiting_keyframe:  # the frames after this one decode wrong: ask once
+                self.awaiting_keyframe = True
+                self.keyframes_requested += 1
+                if self.on_need_keyframe is not None:
+                    self.on_need_keyframe()
             return
         super().put(item)
+
+    def _skip_waiting(self) -> None:
+        """Drop the frames still waiting for the decoder (a keyframe supersedes them); the
+        receiver's stop marker (None), if queued, stays."""
+        with self.mutex:
+            waiting = self.queue
+            kept = [item for item in waiting if item is None]
+            skipped = len(waiting) - len(kept)
+            if skipped:
+                waiting.clear()
+                waiting.extend(kept)
+                self.skipped += skipped
+                self.unfinished_tasks -= skipped  # as if the decoder had taken them
+                self.not_full.notify_all()
 
     def stats(self) -> dict[str, Any]:
         return {
             "oversized": self.oversized,
             "dropped": self.dropped,
+            "skipped": self.skipped,
+            "keyframes_requested": self.keyframes_requested,
             "queued": self.qsize(),
             "max_frames": self.max_frames,
             "last_size": list(self.last_size) if self.last_size else None,
+            "frames_at_marker": self.assembler.tg_marker_frames if self.assembler else 0,
+            "frames_at_next": self.assembler.tg_next_frames if self.assembler else 0,
         }
 
 
 def install_video_guard(
     receiver: RTCRtpReceiver, *, max_pixels: int, max_frames: int = 32
 ) -> GuardedDecoderQueue:
-    """Give aiortc's video receiver a :class:`GuardedDecoderQueue` (before it starts)."""
+    """Give aiortc's video receiver a :class:`GuardedDecoderQueue` (before it starts), fed by
+    a :class:`~tidegate.media._aiortc.MarkerJitterBuffer`: a frame goes to the guard as soon
+    as its marked last packet arrives, not one frame interval later when the next frame's
+    first packet does (aiortc's own rule, kept for a sender that marks nothing)."""
     if receiver_started(receiver):
         raise RuntimeError("install_video_guard: the receiver has already started")
-    guard = GuardedDecoderQueue(max_pixels=max_pixels, max_frames=max_frames)
+    assembler = complete_frames_at_marker(receiver)
+    guard = GuardedDecoderQueue(
+        max_pixels=max_pixels,
+        max_frames=max_frames,
+        assembler=assembler,
+        on_need_keyframe=lambda: request_keyframe(receiver),
+    )
     replace_decoder_queue(receiver, guard)
     return guard

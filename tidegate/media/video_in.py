@@ -71,6 +71,7 @@ class VideoInbox:
         self._first_arrival: float | None = None
         self._last_arrival: float | None = None
         self._ready = asyncio.Event()
+        self._arrived = asyncio.Event()  # set at every frame: wakes next_frame()
         self._closed = False
 
     @property
@@ -89,6 +90,7 @@ class VideoInbox:
         self.frames += 1
         self.width, self.height = frame.width, frame.height
         self._last_arrival = now
+        self._arrived.set()
         too_big = frame.width * frame.height > self.max_pixels
         if too_big or max(frame.width, frame.height) > MAX_IMAGE_SIDE_PX:
             self.oversized += 1  # never converted nor looked at
@@ -119,6 +121,17 @@ class VideoInbox:
             d.frame.width, d.frame.height, d.pts_ms, d.arrival_s, d.index, image, format
         )
 
+    async def next_frame(self, after: int) -> int:
+        """Wait until the track has delivered more than ``after`` frames (oversized ones
+        included); the count then, or -1 once the track has ended. For one waiter: a
+        consumer that wants to act on a frame as it arrives (the vision lane)."""
+        while self.frames <= after:
+            if self._closed:
+                return -1
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self.frames
+
     async def pump(self, track: MediaStreamTrack) -> None:
         """Move the track's decoded frames into the slot until it ends (the owner's task)."""
         try:
@@ -133,6 +146,7 @@ class VideoInbox:
     def close(self) -> None:
         self._closed = True
         self._ready.set()
+        self._arrived.set()
 
     def stats(self) -> dict[str, Any]:
         fps = 0.0

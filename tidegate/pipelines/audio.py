@@ -87,6 +87,9 @@ RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges 
 PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
+#: ... ending this long after the VAD's end of speech (which already holds speech_pad_s): the
+#: silence a turn model hears after the last word (Smart Turn's scores drift up with more)
+PAUSE_TAIL_S = 0.05
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
 
 
@@ -146,8 +149,14 @@ class SpeechListener(Protocol):
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         """The VAD reported the end of speech (its final follows): ``recent`` is the last
-        ``RECENT_S`` (at most) of the session's audio, up to this pause, ``audio_ms`` the
-        pause's media time."""
+        ``RECENT_S`` (at most) of the session's audio, up to ``PAUSE_TAIL_S`` after the end of
+        speech, ``audio_ms`` that end's media time."""
+        ...
+
+    def on_partial(self, text: str) -> None:
+        """A partial decode of the open segment: ``text`` is its whole hypothesis (not only
+        the committed part ``asr.partial`` carries), empty when the ASR did not take it for
+        speech."""
         ...
 
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
@@ -351,7 +360,13 @@ class AudioLane:
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    recent = np.concatenate(list(self._recent))[-int(RECENT_S * SAMPLE_RATE_HZ) :]
+                    # up to PAUSE_TAIL_S after the VAD's end of speech, not to this frame
+                    # (which comes min_silence_s and the model's decay later)
+                    recent = np.concatenate(list(self._recent))
+                    after = self._samples - ev.sample - int(PAUSE_TAIL_S * SAMPLE_RATE_HZ)
+                    if 0 < after < len(recent):
+                        recent = recent[:-after]
+                    recent = recent[-int(RECENT_S * SAMPLE_RATE_HZ) :]
                     self.listener.on_speech_stopped(recent, ev.ms)
                 seg = self._segment
                 self._segment = None
@@ -456,6 +471,9 @@ class AudioLane:
         if seg.on_partial(result, decoded, self.settings):
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
+        if self.listener is not None and self._segment is seg:  # still the speech going on
+            speech = self.settings.gate.is_speech(result)
+            self.listener.on_partial(result.text.strip() if speech else "")
         cut = seg.cut_point(self.settings) if self._segment is seg else None
         if cut is not None:
             self.counters["cuts"] += 1

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from tidegate.engines.asr.streaming import StreamingSettings
 from tidegate.media import MediaConfig
 
+from .interrupt import DEFAULT_BACKCHANNELS
+
 
 @dataclass(frozen=True, slots=True)
 class AudioConfig:
@@ -57,6 +59,14 @@ class ReplyConfig:
     vision_max_age_s: float
     #: a turn whose end is at most this far away is replied to speculatively (0: never)
     speculate_max_wait_s: float
+    #: interruptions (pipelines/interrupt.py): how long a reply paused by speech waits for
+    #: the ASR's verdict (0: speech cuts it at once); the defaults of a session's
+    #: ``interrupt.min_words`` and ``interrupt.backchannels``; what a backchannel is
+    interrupt_confirm_s: float = 2.0
+    interrupt_max_pause_s: float = 10.0
+    interrupt_min_words: int = 1
+    interrupt_backchannels: str = "ignore"
+    interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,25 @@ A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a use
   turn ends (:meth:`ReplyLane.answer`) with exactly the messages the held reply was started on
   (same text, same history, same sight), the held reply is adopted: what it buffered goes out
   and its audio plays from there. Otherwise (the final differs, more speech, a typed input,
-  ``response.create``, barge-in) it is discarded without a trace but the counters
+  ``response.create``, speech) it is discarded without a trace but the counters
   (``speculations``, ``speculation_hits``, ``speculation_discarded``). Only a turn whose end
   is at most ``assistant_speculate_max_wait_s`` away is speculated on (0: never), so that a
   discarded guess wastes little; a session with tools is never speculated on.
-- **Barge-in.** Speech over a reply (turn-taking calls :meth:`ReplyLane.barge_in`) cuts it at
-  once: the generation is cancelled (it stops within one decode step), pending text and audio
-  are dropped (``TtsStream.interrupt``, ``AudioOutTrack.flush``), and ``response.done`` says
-  ``cancelled`` with ``text`` = the reply as far as its audio had played (whole chunks, and
-  of the chunk playing at the cut, the words whose share of its characters fits in the share
-  of its frames played). That spoken part, not the whole reply, goes into the history.
+- **Interruptions.** Speech over a reply (turn-taking calls :meth:`ReplyLane.speech_started`)
+  pauses its audio at once: the frames not yet played are taken back (the WebRTC track's
+  queue is flushed; a WS-only client is told by ``response.paused`` to drop them) and the
+  reply waits while the ASR decides (:mod:`tidegate.pipelines.interrupt`, fed by
+  :meth:`ReplyLane.speech_stopped` and :meth:`ReplyLane.heard`): words cut it (a barge-in),
+  no words or only a backchannel resume it from where it paused (``response.resumed``; the
+  frames taken back are sent again, with the same ``ts``). ``interrupt_confirm_s`` 0 cuts at
+  once, as :meth:`ReplyLane.barge_in` always does.
+- **Barge-in.** A cut stops the reply at once: the generation is cancelled (it stops within
+  one decode step), pending text and audio are dropped (``TtsStream.interrupt``,
+  ``AudioOutTrack.flush``), and ``response.done`` says ``cancelled`` with ``text`` = the reply
+  as far as its audio had played (whole chunks, and of the chunk playing at the cut, the
+  words whose share of its characters fits in the share of its frames played; frames taken
+  back at a pause were not played). That spoken part, not the whole reply, goes into the
+  history.
 
 Bounds: the history keeps ``assistant_max_history_messages``; text chunks waiting for
 synthesis are bounded (``assistant_max_pending_chunks``, coalesce); synthesized audio waits in
@@ -43,6 +52,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,6 +79,8 @@ from tidegate.protocol.messages import (
     ResponseDone,
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     Timing,
 )
@@ -76,6 +88,7 @@ from tidegate.protocol.messages import (
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError
+from .interrupt import Interruption, Verdict, WordRule
 from .media import SessionMedia
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
@@ -85,6 +98,8 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
+#: frames sent this long ago are kept where a pause looks for those a track had not sent
+INFLIGHT_KEEP_S = 0.2
 #: a reply's first chunk starts this little before its first sample above LEAD_SILENCE_DBFS:
 #: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
 LEAD_KEEP_MS = 10
@@ -162,6 +177,23 @@ class SpokenChunk:
 
 
 @dataclass(slots=True)
+class OutFrame:
+    """One 20 ms frame of a reply's speech: its chunk, its index in the chunk, its 48 kHz
+    samples, and when its playout starts (monotonic; 0 until sent)."""
+
+    chunk: SpokenChunk
+    j: int
+    pcm: Array
+    start: float = 0.0
+
+
+def _playing() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
+@dataclass(slots=True)
 class Reply:
     """One response in progress."""
 
@@ -189,6 +221,11 @@ class Reply:
     calls_made: int = 0
     pending: dict[str, asyncio.Future[str]] = field(default_factory=dict)  # call_id -> output
     calls: list[dict[str, str]] = field(default_factory=list)  # answered calls, for the record
+    voiced: bool = False  # its first frame was sent (voice-to-voice observed)
+    playing: asyncio.Event = field(default_factory=_playing)  # cleared while paused
+    backlog: deque[OutFrame] = field(default_factory=deque)  # to send (taken back ones first)
+    inflight: deque[OutFrame] = field(default_factory=deque)  # sent, maybe not played yet
+    paused_at: float = 0.0
 
     def locate(self, chunk: str) -> tuple[int, int]:
         """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
@@ -259,13 +296,21 @@ class ReplyLane:
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
+        self._words = WordRule(config.interrupt_backchannel_phrases)
+        #: the user's speech over the reply being judged (None: none)
+        self.interruption: Interruption | None = None
+        self._confirm_timer: asyncio.TimerHandle | None = None
         self.counters = {
             "responses": 0,
             "completed": 0,
             "cancelled": 0,
             "failed": 0,
-            "barge_ins": 0,
+            "barge_ins": 0,  # speech started over a reply (it paused, or was cut at once)
+            "interruptions_cut": 0,  # ... and was words: the reply was cut
+            "interruptions_resumed": 0,  # ... and was not: the reply resumed
+            "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
             "audio_frames": 0,
+            "resent_frames": 0,  # frames taken back at a pause and sent again
             "tool_calls": 0,
             "speculations": 0,
             "speculation_hits": 0,
@@ -316,6 +361,7 @@ class ReplyLane:
         out now (its text deltas as one) and its speech may play."""
         if self.reply is not None:
             self._cut(self.reply)
+        self._end_interruption()
         reply.ref, reply.received_ms, reply.held = ref, received_ms, False
         self.reply = reply
         self.counters["responses"] += 1
@@ -352,13 +398,179 @@ class ReplyLane:
             self.session.emit(msg)
 
     def barge_in(self) -> None:
-        """The user started speaking: cut the reply in progress, if any (and drop a held
-        one: the turn goes on)."""
+        """Cut the reply in progress at once, if any (a barge-in without waiting for words),
+        and drop a held one (the turn goes on)."""
         self._discard_speculation()
         reply = self.reply
         if reply is not None:
             self.counters["barge_ins"] += 1
+            self.counters["interruptions_cut"] += 1
             self._cut(reply)
+
+    # -- interruptions (pipelines/interrupt.py) ---------------------------------------------
+    def _interrupt_config(self) -> tuple[float, int, str]:
+        """This session's (confirm_s, min_words, backchannels): its config's ``interrupt``
+        section, else the settings."""
+        c = self.config
+        mine = self.session.config.get("interrupt", {})
+        return (
+            float(mine.get("confirm_s", c.interrupt_confirm_s)),
+            int(mine.get("min_words", c.interrupt_min_words)),
+            str(mine.get("backchannels", c.interrupt_backchannels)),
+        )
+
+    def speech_started(self) -> None:
+        """The VAD heard the user start speaking (turn-taking): pause the reply in progress
+        and judge the speech (or, with ``confirm_s`` 0, cut the reply at once)."""
+        self._discard_speculation()  # a held reply: the turn goes on
+        now = time.monotonic()
+        it = self.interruption
+        reply = self.reply
+        if reply is not None and self._interrupt_config()[0] <= 0:
+            self.barge_in()
+            return
+        if it is not None:  # more speech of the same interruption
+            live = reply is not None and reply.id == it.response_id
+            if it.on_speech_started(now, live=live) is Verdict.PAUSE and reply is not None:
+                self.counters["barge_ins"] += 1
+                self._pause(reply, now)
+                self._arm_confirm(it)
+            return
+        if reply is None:
+            return
+        self.counters["barge_ins"] += 1
+        it = self.interruption = Interruption(
+            reply.id, now, self._interrupt_config()[0], self.config.interrupt_max_pause_s
+        )
+        self._pause(reply, now)
+        self._arm_confirm(it)
+
+    def speech_stopped(self) -> None:
+        """The VAD heard the user stop speaking: a paused reply waits for the final (at most
+        ``confirm_s`` from now)."""
+        it = self.interruption
+        if it is not None:
+            self._apply(it, it.on_speech_stopped(time.monotonic()))
+            if it is self.interruption and it.paused:
+                self._arm_confirm(it)
+
+    def judging(self) -> bool:
+        """Speech over a reply is being judged (turn-taking then waits for its words before
+        it ends the turn: a backchannel ends none)."""
+        return self.interruption is not None
+
+    def heard(self, text: str, *, final: bool) -> bool:
+        """What the ASR heard of the user's speech (a partial hypothesis, or a segment's final;
+        finals are told in order, empty ones too): words enough cut a reply it interrupted.
+        False when the text was absorbed by an interruption that was not one (a backchannel,
+        fewer words than ``min_words``): it is not the user's turn."""
+        it = self.interruption
+        if it is None:
+            return True
+        _, min_words, backchannels = self._interrupt_config()
+        words = bool(text) and self._words.interrupts(
+            text, min_words=min_words, backchannels=backchannels
+        )
+        now = time.monotonic()
+        self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
+        if final and text and not words:
+            self.counters["backchannels"] += 1
+            return False
+        return True
+
+    def _arm_confirm(self, it: Interruption) -> None:
+        """(Re)arm the timer for the interruption's deadline."""
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay_s = max(0.0, it.deadline - time.monotonic())
+        self._confirm_timer = loop.call_later(delay_s, self._confirm_due, it)
+
+    def _confirm_due(self, it: Interruption) -> None:
+        self._confirm_timer = None
+        if it is self.interruption:
+            self._apply(it, it.on_confirm_timeout(time.monotonic()))
+            if it is self.interruption and it.paused:  # the deadline moved: check again then
+                self._arm_confirm(it)
+
+    def _apply(self, it: Interruption, verdict: Verdict) -> None:
+        """Carry out what the interruption decided; forget it once it is over."""
+        reply = self.reply
+        live = reply if reply is not None and reply.id == it.response_id else None
+        if verdict is Verdict.CUT:
+            self._end_interruption()
+            if live is not None:
+                log.debug("session %s: reply %s cut by words", self.session.id, live.id)
+                self.counters["interruptions_cut"] += 1
+                self._cut(live)
+            return
+        if verdict is Verdict.RESUME:
+            it.resumed()
+            if self._confirm_timer is not None:
+                self._confirm_timer.cancel()
+                self._confirm_timer = None
+            if live is not None:
+                self._resume(live, it)
+        if it.closed:
+            self._end_interruption()
+
+    def _end_interruption(self) -> None:
+        self.interruption = None
+        if self._confirm_timer is not None:
+            self._confirm_timer.cancel()
+            self._confirm_timer = None
+
+    def _pause(self, reply: Reply, now: float) -> None:
+        """Hold the reply's audio now: frames not yet played go back to the front of its
+        backlog (exactly those the WebRTC track had not sent; for ``output.audio``, those
+        whose playout had not started), so the spoken part stops here."""
+        reply.playing.clear()
+        reply.paused_at = now
+        track = self._track()
+        if track is not None:
+            unsent = round(track.flush() / FRAME_MS)  # what it had not sent is not played
+            take = min(unsent, len(reply.inflight))
+        else:
+            take = sum(1 for f in reply.inflight if f.start > now)
+        for _ in range(take):
+            f = reply.inflight.pop()
+            f.chunk.frame_starts.pop()
+            reply.frames_sent -= 1
+            reply.backlog.appendleft(f)
+        reply.play_end = reply.inflight[-1].start + FRAME_S if reply.inflight else now
+        log.debug(
+            "session %s: reply %s paused at %d ms (%d frames taken back)",
+            self.session.id,
+            reply.id,
+            reply.frames_sent * FRAME_MS,
+            take,
+        )
+        self.session.emit(
+            ResponsePaused(response_id=reply.id, played_ms=float(reply.frames_sent * FRAME_MS))
+        )
+
+    def _resume(self, reply: Reply, it: Interruption) -> None:
+        """Play on from where the reply paused (the frames taken back first)."""
+        self.counters["interruptions_resumed"] += 1
+        heard = " ".join(it.absorbed)
+        if not heard:
+            reason = "no_words"
+        elif self._words.heard(heard).words == 0:
+            reason = "backchannel"
+        else:
+            reason = "few_words"
+        self.session.emit(
+            ResponseResumed(
+                response_id=reply.id,
+                played_ms=float(reply.frames_sent * FRAME_MS),
+                paused_ms=max(0.0, (time.monotonic() - reply.paused_at) * 1000.0),
+                reason=reason,
+                heard=heard[:1024],
+            )
+        )
+        log.debug("session %s: reply %s resumed (%s: %r)", self.session.id, reply.id, reason, heard)
+        it.absorbed.clear()
+        reply.playing.set()
 
     async def _create(self, msg: ResponseCreate) -> None:
         if msg.text is not None:
@@ -408,6 +620,7 @@ class ReplyLane:
         self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
+        self._end_interruption()
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
         self.reply = reply
         self.counters["responses"] += 1
@@ -587,9 +800,8 @@ class ReplyLane:
         return peer.audio_out if peer is not None else None
 
     async def _speak(self, reply: Reply, tts: TtsStream) -> None:
-        """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout;
-        return once the last one has played."""
-        lead_s = self.config.audio_lead_s
+        """Send the reply's frames, paced at most ``assistant_audio_lead_s`` ahead of playout
+        and held while the reply is paused; return once the last one has played."""
         index, left, j = -1, 0, 0
         async for frame in tts.frames():
             if reply.held:  # a speculative reply speaks once adopted (module doc)
@@ -597,44 +809,74 @@ class ReplyLane:
             while left == 0:
                 index += 1
                 left, j = reply.chunks[index].frames, 0
-            chunk = reply.chunks[index]
+            reply.backlog.append(OutFrame(reply.chunks[index], j, frame))
+            left -= 1
+            j += 1
+            await self._send_backlog(reply)
+            if reply.finished:
+                return
+        while True:
+            await self._send_backlog(reply)
+            if reply.finished:
+                return
+            await asyncio.sleep(max(0.0, reply.play_end - time.monotonic()))
+            if not reply.backlog:  # nothing was taken back by a pause meanwhile
+                return
+
+    async def _send_backlog(self, reply: Reply) -> None:
+        lead_s = self.config.audio_lead_s
+        while reply.backlog and not reply.finished:
+            if not reply.playing.is_set():
+                await reply.playing.wait()
+                continue
             now = time.monotonic()
             ahead = max(now, reply.play_end) - now
             if ahead > lead_s:
                 await asyncio.sleep(ahead - lead_s)
-                now = time.monotonic()
-            if reply.finished:
-                return
-            starts = max(now, reply.play_end)
-            stages = self.session.stage_times
-            if reply.frames_sent == 0 and reply.from_speech and stages is not None:
+                continue  # paused or cut meanwhile?
+            self._send(reply, reply.backlog.popleft(), now)
+
+    def _send(self, reply: Reply, out: OutFrame, now: float) -> None:
+        """One frame out (the WebRTC track, else ``output.audio``), its playout time noted."""
+        starts = max(now, reply.play_end)
+        stages = self.session.stage_times
+        if not reply.voiced:
+            reply.voiced = True
+            if reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
-            chunk.frame_starts.append(starts)
-            if self.echo is not None:
-                self.echo.played(frame, OUTPUT_RATE_HZ, starts)
-            reply.play_end = starts + FRAME_S
-            track = self._track()
-            if track is not None and chunk.track_pcm is not None:
-                part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
-                if len(part) < OUT_FRAME_SAMPLES:
-                    part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
-                track.write(part)
-            else:
-                self.session.emit(
-                    OutputAudio(
-                        pcm=frame.astype("<i2").tobytes(),
-                        format="s16le",
-                        sample_rate=OUTPUT_RATE_HZ,
-                        channels=1,
-                        ts=reply.frames_sent * FRAME_MS,
-                        response_id=reply.id,
-                    )
+        chunk = out.chunk
+        if out.start:
+            self.counters["resent_frames"] += 1
+        out.start = starts
+        chunk.frame_starts.append(starts)
+        if self.echo is not None:
+            self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
+        reply.play_end = starts + FRAME_S
+        track = self._track()
+        if track is not None and chunk.track_pcm is not None:
+            j = out.j
+            part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
+            if len(part) < OUT_FRAME_SAMPLES:
+                part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+            track.write(part)
+        else:
+            self.session.emit(
+                OutputAudio(
+                    pcm=out.pcm.astype("<i2").tobytes(),
+                    format="s16le",
+                    sample_rate=OUTPUT_RATE_HZ,
+                    channels=1,
+                    ts=reply.frames_sent * FRAME_MS,
+                    response_id=reply.id,
                 )
-            reply.frames_sent += 1
-            self.counters["audio_frames"] += 1
-            left -= 1
-            j += 1
-        await asyncio.sleep(max(0.0, reply.play_end - time.monotonic()))
+            )
+        reply.frames_sent += 1
+        self.counters["audio_frames"] += 1
+        # what a pause may take back: frames whose playout has not started (and a little
+        # more, for a track whose clock runs behind ours)
+        while reply.inflight and reply.inflight[0].start < now - INFLIGHT_KEEP_S:
+            reply.inflight.popleft()
+        reply.inflight.append(out)
 
     def _timing(self, reply: Reply) -> Timing:
         return Timing(
@@ -654,7 +896,10 @@ class ReplyLane:
             reply.speaker.cancel()
 
     def _cut(self, reply: Reply) -> None:
-        """Barge-in or cancel: stop, then say what the user heard."""
+        """Barge-in or cancel: stop, then say what the user heard (up to the pause, if it
+        was paused: the frames after it were taken back)."""
+        if self.interruption is not None and self.interruption.response_id == reply.id:
+            self._end_interruption()
         at = time.monotonic()
         self._stop(reply)
         self._finish(reply, "cancelled", reply.spoken(at))
@@ -709,6 +954,7 @@ class ReplyLane:
         }
 
     async def close(self) -> None:
+        self._end_interruption()
         self._discard_speculation()
         reply = self.reply
         if reply is not None:

@@ -17,11 +17,15 @@ and the turn's policy says so (session config ``turn.policy``, default the setti
 
 Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
 probability, audio_ms} at the decision: it does not wait for the ASR final of the turn's last
-segment. The reply does: once the finals of every segment of the turn are out, they are joined
-into the user message the reply lane answers. Speech that starts before they are all out
-continues the turn (its text joins, and a later ``turn.end`` ends it again); a turn whose
-finals hold no words (a cough) is answered by nothing. ``input.text`` is a typed turn: it ends
-at once. Speech that starts while a reply is in progress is a barge-in: the reply lane cuts it.
+segment (except over a reply, below). The reply does: once the finals of every segment of the
+turn are out, they are joined into the user message the reply lane answers. Speech that starts
+before they are all out continues the turn (its text joins, and a later ``turn.end`` ends it
+again); a turn whose finals hold no words (a cough) is answered by nothing. ``input.text`` is
+a typed turn: it ends at once. Speech that starts while a reply is in progress is a possible
+interruption: the reply lane pauses the reply and judges it from what the ASR hears
+(:mod:`tidegate.pipelines.interrupt`); a final it absorbs (a backchannel over the reply, or
+fewer words than ``interrupt.min_words``) is not part of the user's turn, so while it judges,
+``turn.end`` waits for the turn's finals (a backchannel ends no turn).
 
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
@@ -50,8 +54,8 @@ log = logging.getLogger(__name__)
 
 #: audio scored before the turn's first speech (as Smart Turn's own pipeline keeps)
 TURN_PRE_SPEECH_S = 0.5
-#: what the audio at a pause holds after the VAD's end of speech (its min silence, a frame)
-PAUSE_TAIL_S = 0.3
+#: what the audio at a pause holds after the VAD's end of speech (audio.PAUSE_TAIL_S), and more
+PAUSE_TAIL_S = 0.1
 
 
 class Replier(Protocol):
@@ -63,7 +67,15 @@ class Replier(Protocol):
         """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
         ...
 
-    def barge_in(self) -> None: ...
+    def speech_started(self) -> None: ...
+
+    def speech_stopped(self) -> None: ...
+
+    def heard(self, text: str, *, final: bool) -> bool: ...
+
+    def judging(self) -> bool:
+        """Speech over a reply is being judged (it may be a backchannel, not a turn)."""
+        ...
 
 
 class Looker(Protocol):
@@ -119,6 +131,7 @@ class TurnTaking:
         self._pause = 0  # counts pauses: a score for an older one is stale
         self._decision: Decision | None = None
         self._ended = False  # turn.end was sent: the reply waits for the turn's finals
+        self._held: Decision | None = None  # decided while an interruption is judged
         self._turn_start_ms: float | None = None  # the turn's first speech (media time)
         #: seconds of audio the last score covered (at most 8)
         self.last_scored_s: float | None = None
@@ -156,10 +169,12 @@ class TurnTaking:
         if self._ended:  # ended before its finals were out: it goes on (another turn.end)
             self._ended = False
             self.counters["turn_ends_continued"] += 1
-        self.reply.barge_in()
+        self._held = None
+        self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False
+        self.reply.speech_stopped()
         self._finals_due = True
         stopped = time.monotonic()
         if self.policy == "semantic":
@@ -173,16 +188,24 @@ class TurnTaking:
             self._decision = self._silence(stopped, audio_ms)
             self._arm()
 
+    def on_partial(self, text: str) -> None:
+        self.reply.heard(text, final=False)
+
     def on_final(self, text: str, received: float, finals_pending: int) -> None:
+        if not self.reply.heard(text, final=True):
+            text = ""  # absorbed by an interruption that was not one: not the user's turn
         if text:
             self._turn.append(text)
             self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
             self._finals_due = False
+            held, self._held = self._held, None
             if self._ended:
                 self._answer()
             elif not self._turn:
                 self._turn_start_ms = None  # what was heard had no words: no turn
+            elif held is not None:  # decided over a reply: its words are in, the turn ends
+                self._turn_timer = self.session.spawn(self._end_turn(0.0, held), "turn-end")
             else:
                 self._speculate()  # the turn's end is pending: its text is known now
 
@@ -253,6 +276,9 @@ class TurnTaking:
         await asyncio.sleep(delay_s)
         self._turn_timer = None
         if self._speaking or (not self._finals_due and not self._turn):
+            return
+        if self._finals_due and self.reply.judging():
+            self._held = decision  # speech over a reply: turn.end waits for its words
             return
         self._decision = None
         self.counters[f"turn_ends_{decision.reason}"] += 1

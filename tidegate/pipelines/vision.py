@@ -6,11 +6,24 @@ the server runs a vision engine, and its turn-taking asks it for a look at each 
 Frames come from WS-only ``input.frame`` (jpeg, png, rgb24, i420) or from the WebRTC video
 track (:class:`~tidegate.media.VideoInbox`). Both wait in a latest-only slot (DESIGN.md,
 "inbound video": one frame; a newer one replaces an older one nobody took, counted as dropped;
-the replaced upload's credit goes back at once). Every ``interval_s`` the lane takes the freshest
-frame, if there is a new one, decodes it to RGB on the engines' bounded media worker pool,
-runs it through the shared
-vision scheduler (batched across sessions) and emits ``vision.result`` naming the frame's
-media time. The latest result is kept for whoever wants it as context (the assistant's LLM).
+the replaced upload's credit goes back at once). The lane looks at a frame when it arrives: it
+takes the freshest frame, decodes it to RGB on the engines' bounded media worker pool, runs it
+through the shared vision scheduler (batched across sessions) and emits ``vision.result``
+naming the frame's media time. So when the engine is idle a result leaves one decode and one
+model run after its frame arrived; while a look runs, newer frames replace each other and the
+freshest is looked at next (latest wins: the delay cannot grow).
+
+``interval_s`` caps the rate: one look per ``interval_s`` of the time between looks, on
+average, counted by a token bucket of ``LOOK_BURST`` looks that earns nothing while a look runs
+(so the lane backs off when the engine or the machine is busy: a look that takes long spaces
+the next one out, leaving the CPU to decoding and the other sessions); a look may come up to
+``LOOK_EARLY`` of an interval before it is earned, the debt carried (so a camera whose frames
+come one interval apart, give or take its jitter, gets every frame looked at). A frame that
+arrives when no look is left waits: the first frame to arrive once a look is earned is looked
+at at once (a fresh frame, not the one that waited); if none comes within one more
+``interval_s`` (the camera stopped), the one that waited is. ``interval_s`` 0: no looks but
+at a turn's end. The latest result is kept for whoever wants it as context (the assistant's
+LLM).
 
 At the end of each user turn the assistant asks for a look at once (:meth:`VisionLane.at_turn_end`),
 besides the set rate: the freshest frame is run if a new one is waiting, otherwise the result of
@@ -27,6 +40,7 @@ worker pool full is dropped (counted as ``decode_refused``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -51,6 +65,10 @@ from .port import Handler, SessionPort
 log = logging.getLogger(__name__)
 
 RgbArray = np.ndarray[Any, np.dtype[np.uint8]]
+LOOK_BURST = 2.0  # looks the rate's token bucket holds (see the module docstring)
+#: how early (a fraction of an interval) a look may come, its debt carried: frames that come
+#: exactly one interval apart, give or take the camera's jitter, are all looked at
+LOOK_EARLY = 0.1
 
 
 def check_frame(msg: InputFrame, max_pixels: int) -> ImageHeader:
@@ -93,6 +111,7 @@ class VisionLane:
         self.max_pixels = config.max_pixels
         self.slot: LatestSlot[tuple[InputFrame, ImageHeader, float]] = LatestSlot("vision_in")
         self.video: VideoInbox | None = None
+        self._bell = asyncio.Event()  # a new frame arrived (input.frame or the video track)
         self.latest: Sight | None = None
         self.last_result: VisionResult | None = None
         self.counters = {
@@ -112,8 +131,17 @@ class VisionLane:
         self.push(msg, time.time() * 1000.0)
 
     def start_media(self, peer: MediaPeer) -> None:
-        if peer.video_in is not None:
-            self.video = peer.video_in
+        video = peer.video_in
+        if video is not None and video is not self.video:
+            self.video = video
+            if self.interval_s > 0:
+                self.session.spawn(self._follow(video), "vision-video")
+
+    async def _follow(self, video: VideoInbox) -> None:
+        """Ring the lane's bell at each frame of the video track, until the track ends."""
+        seen = 0
+        while (seen := await video.next_frame(seen)) >= 0:
+            self._bell.set()
 
     def push(self, msg: InputFrame, received_ms: float) -> None:
         """A WS-only frame: its header is checked at once (a bad one is refused with
@@ -129,11 +157,36 @@ class VisionLane:
             self.slot.stats.dropped += 1
             self.session.return_credit(len(old.image))
         self.slot.put((msg, header, received_ms))
+        self._bell.set()
 
     async def run(self) -> None:
+        """Look at frames as they arrive, at most one look per ``interval_s`` on average (see
+        the module docstring)."""
+        interval = self.interval_s
+        tokens, earned_at = LOOK_BURST, time.monotonic()
+        bell = self._bell
+        ready = 1.0 - LOOK_EARLY  # tokens a look needs
         while True:
-            await asyncio.sleep(self.interval_s)
-            await self._look_safely()
+            await bell.wait()
+            now = time.monotonic()
+            tokens = min(LOOK_BURST, tokens + (now - earned_at) / interval)
+            earned_at = now
+            if tokens < ready:
+                # Rate-capped: this frame waits. Once a look is earned, the next frame to
+                # arrive is looked at at once; if none comes within one more interval, this
+                # one (the camera stopped).
+                await asyncio.sleep((ready - tokens) * interval)
+                bell.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await bell.wait()
+                now = time.monotonic()
+                tokens = min(LOOK_BURST, tokens + (now - earned_at) / interval)
+                earned_at = now
+            bell.clear()
+            if await self._look_safely():
+                tokens = max(-LOOK_EARLY, tokens - 1.0)
+                earned_at = time.monotonic()  # nothing is earned while a look runs
 
     async def at_turn_end(self) -> None:
         """The user's turn ended: a result from the freshest frame now (see the module

@@ -646,6 +646,39 @@ class ResponseDone(ServerMessage):
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResponsePaused(ServerMessage):
+    """The user started speaking over the reply: its audio stopped at once, while the server
+    decides (from the ASR) whether that was an interruption. ``played_ms`` is how much of the
+    reply's audio had played: a WS-only client stops playing and drops the ``output.audio``
+    frames of the reply from that ``ts`` on, which the server sends again if it resumes. Then
+    either ``response.done`` ``cancelled`` (words: the user interrupted) or
+    ``response.resumed``."""
+
+    TYPE: ClassVar[str] = "response.paused"
+    response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    played_ms: float = spec(_MEDIA_MS)
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseResumed(ServerMessage):
+    """A paused reply plays on from ``played_ms`` (where it paused): what the user made was
+    not an interruption. ``reason``: ``no_words`` (no speech the ASR could read, or none yet
+    ``interrupt_confirm_s`` after the pause), ``backchannel`` (only backchannels such as
+    "mm-hmm", under ``interrupt.backchannels: ignore``), ``few_words`` (fewer words than
+    ``interrupt.min_words``); ``heard`` what the ASR heard (empty for no words);
+    ``paused_ms`` how long it was paused."""
+
+    TYPE: ClassVar[str] = "response.resumed"
+    response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    played_ms: float = spec(_MEDIA_MS)
+    paused_ms: float = spec(_MEDIA_MS)
+    reason: str = spec(Text(choices=("no_words", "backchannel", "few_words")))
+    heard: str = spec(Text(MAX_TEXT_CHARS), "")
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseFunctionCallDelta(ServerMessage):
     """A piece of a tool call as the model streams it: ``arguments`` is the new fragment of
     the call's JSON text."""

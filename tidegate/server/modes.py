@@ -100,6 +100,11 @@ def lane_config(settings: Settings) -> LaneConfig:
             audio_lead_s=s.assistant_audio_lead_s,
             vision_max_age_s=s.assistant_vision_max_age_s,
             speculate_max_wait_s=s.assistant_speculate_max_wait_s,
+            interrupt_confirm_s=s.interrupt_confirm_s,
+            interrupt_max_pause_s=s.interrupt_max_pause_s,
+            interrupt_min_words=s.interrupt_min_words,
+            interrupt_backchannels=s.interrupt_backchannels,
+            interrupt_backchannel_phrases=s.interrupt_backchannel_phrases,
         ),
         vision=VisionConfig(
             interval_s=s.assistant_vision_interval_s, max_pixels=s.frame_max_pixels

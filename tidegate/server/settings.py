@@ -26,6 +26,7 @@ from tidegate.engines.config import EngineDefaults
 from tidegate.engines.registry import ENGINE_KINDS, KINDS, EngineConfigs, EngineKind, engine_specs
 from tidegate.media.errors import IceConfigError
 from tidegate.media.ice import IcePolicy
+from tidegate.pipelines.interrupt import BACKCHANNEL_POLICIES, DEFAULT_BACKCHANNELS, MAX_MIN_WORDS
 
 from .errors import ConfigError
 
@@ -311,7 +312,7 @@ class Settings:
     )
     video_decoder_max_frames: int = _doc(
         "Encoded WebRTC video frames waiting for the decoder thread per track; more are "
-        "dropped (counted).",
+        "dropped and a keyframe is asked for (a keyframe always replaces the frames waiting).",
         default=32,
     )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
@@ -478,6 +479,37 @@ class Settings:
         "speech before it ends anyway (reason timeout).",
         default=1.5,
     )
+    interrupt_confirm_s: float = _doc(
+        "Speech over a reply pauses its audio at once; words (interrupt_min_words) then cut "
+        "it, and a sound the ASR hears no words in resumes it: at its final; without a final, "
+        "this long after the pause or after the end of the sound, whichever is later; for a "
+        "sound still going on this long after the pause, at a partial without words. 0: "
+        "speech cuts a reply at once. A session's config may say (interrupt.confirm_s).",
+        default=2.0,
+    )
+    interrupt_max_pause_s: float = _doc(
+        "The longest a reply paused by a sound that goes on waits for the ASR's verdict "
+        "before it resumes (a stream that stopped mid-sound, a stuck ASR).",
+        default=10.0,
+    )
+    interrupt_min_words: int = _doc(
+        "Words (not counting backchannels, unless interrupt_backchannels is interrupt) the "
+        "user must say over a reply to cut it, unless a session's config says "
+        "(interrupt.min_words).",
+        default=1,
+    )
+    interrupt_backchannels: str = _doc(
+        "What backchannels over a reply do, unless a session's config says "
+        "(interrupt.backchannels): ignore (they are not words, the reply goes on, and they "
+        "are not the user's turn) or interrupt (they count as words).",
+        default="ignore",
+    )
+    interrupt_backchannel_phrases: tuple[str, ...] = _doc(
+        "What counts as a backchannel (comma-separated; matched as whole words, case and "
+        "punctuation ignored, hyphens as spaces); hums and fillers (mm, hmm, mhm, uh, um, ah, "
+        "oh, er, however spelt) always count as one.",
+        default=DEFAULT_BACKCHANNELS,
+    )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
         "The system message every assistant conversation starts with.",
@@ -520,8 +552,9 @@ class Settings:
         default=8,
     )
     assistant_vision_interval_s: float = _doc(
-        "How often the freshest video frame is run through the vision engine (when the "
-        "server runs one).",
+        "The vision lane's rate cap: one look per this interval on average (a frame is looked "
+        "at when it arrives if a look is left, else the next frame once one is earned); 0: "
+        "looks only at a turn's end (when the server runs a vision engine).",
         default=1.0,
     )
     assistant_vision_max_age_s: float = _doc(
@@ -838,6 +871,15 @@ class Settings:
             )
         if self.turn_policy not in ("semantic", "silence"):
             raise ConfigError(f"turn_policy must be semantic or silence, got {self.turn_policy!r}")
+        if self.interrupt_backchannels not in BACKCHANNEL_POLICIES:
+            raise ConfigError(
+                "interrupt_backchannels must be ignore or interrupt, got "
+                f"{self.interrupt_backchannels!r}"
+            )
+        if not 1 <= self.interrupt_min_words <= MAX_MIN_WORDS:
+            raise ConfigError(
+                f"interrupt_min_words must be 1..{MAX_MIN_WORDS}, got {self.interrupt_min_words}"
+            )
         self._validate_media()
         self._validate_engines()
         for name in ("jwks_cache_min_s", "jwks_refresh_min_s", "jwks_timeout_s"):

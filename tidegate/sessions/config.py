@@ -8,6 +8,7 @@ this server does not run is refused with ``unsupported``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tidegate.engines.errors import RequestError
@@ -15,6 +16,7 @@ from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
 from tidegate.pipelines.config import TURN_POLICIES
 from tidegate.pipelines.echo import ECHO_CANCELLATION
 from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
+from tidegate.pipelines.interrupt import BACKCHANNEL_POLICIES, MAX_CONFIRM_S, MAX_MIN_WORDS
 from tidegate.pipelines.registry import LANES, MODES
 
 if TYPE_CHECKING:
@@ -22,14 +24,45 @@ if TYPE_CHECKING:
 
 MODE_NAMES = tuple(MODES)
 
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    """A config value that is a number from ``low`` to ``high`` (``integer``: an int)."""
+
+    low: float
+    high: float
+    integer: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        return self.low <= value <= self.high
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        return f"{kind} from {self.low:g} to {self.high:g}"
+
+
+Choices = tuple[Any, ...] | Between
+
 #: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
-TURN_KEYS: dict[str, tuple[Any, ...]] = {"policy": TURN_POLICIES}
+TURN_KEYS: dict[str, Choices] = {"policy": TURN_POLICIES}
 #: ``audio``: the microphone's echo cancellation and noise suppression (docs/assistant.md).
-AUDIO_KEYS: dict[str, tuple[Any, ...]] = {
+AUDIO_KEYS: dict[str, Choices] = {
     "echo_cancellation": ECHO_CANCELLATION,
     "noise_suppression": (True, False),
 }
-CONFIG_KEYS = frozenset({"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio"})
+#: ``interrupt``: what speech over a reply does (docs/assistant.md); the assistant mode only.
+INTERRUPT_KEYS: dict[str, Choices] = {
+    "backchannels": BACKCHANNEL_POLICIES,
+    "min_words": Between(1, MAX_MIN_WORDS, integer=True),
+    "confirm_s": Between(0.0, MAX_CONFIRM_S),
+}
+CONFIG_KEYS = frozenset(
+    {"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio", "interrupt"}
+)
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
@@ -71,6 +104,8 @@ def resolve_config(
         _resolve_section(config, "turn", TURN_KEYS, ("assistant",))
     if "audio" in config:
         _resolve_section(config, "audio", AUDIO_KEYS, ("assistant", "transcribe"))
+    if "interrupt" in config:
+        _resolve_section(config, "interrupt", INTERRUPT_KEYS, ("assistant",))
     needs = _lanes_needs(config) if mode == LANES_MODE or "lanes" in config else MODES[mode].needs
     running = set(engines.schedulers) | set(engines.batchers) if engines is not None else set()
     if not set(needs) <= running:
@@ -86,10 +121,11 @@ def resolve_config(
 
 
 def _resolve_section(
-    config: dict[str, Any], name: str, keys: dict[str, tuple[Any, ...]], modes: tuple[str, ...]
+    config: dict[str, Any], name: str, keys: dict[str, Choices], modes: tuple[str, ...]
 ) -> None:
-    """Check a section of the config (``turn``, ``audio``) of the ``modes`` that take it: a
-    map of known keys, each one of its choices (of the same type: ``1`` is not ``true``)."""
+    """Check a section of the config (``turn``, ``audio``, ``interrupt``) of the ``modes``
+    that take it: a map of known keys, each one of its choices (of the same type: ``1`` is
+    not ``true``) or in its range."""
     if config["mode"] not in modes:
         raise InvalidConfigError(f"session config.{name}: only mode {' or '.join(modes)} takes it")
     section = config[name]
@@ -100,9 +136,15 @@ def _resolve_section(
             raise InvalidConfigError(
                 f"session config.{name}: unknown key {key!r}; expected only {sorted(keys)}"
             )
-        if not any(type(value) is type(c) and value == c for c in keys[key]):
+        allowed = keys[key]
+        if isinstance(allowed, Between):
+            if value not in allowed:
+                raise InvalidConfigError(
+                    f"session config.{name}.{key}: expected {allowed}, got {value!r}"
+                )
+        elif not any(type(value) is type(c) and value == c for c in allowed):
             raise InvalidConfigError(
-                f"session config.{name}.{key}: expected one of {list(keys[key])}, got {value!r}"
+                f"session config.{name}.{key}: expected one of {list(allowed)}, got {value!r}"
             )
     config[name] = dict(section)
 

@@ -49,7 +49,11 @@ async def live(
     """One server with the assistant's four engines for the module."""
     tmp = tmp_path_factory.mktemp("realtime")
     (tmp / "models").symlink_to(prepared / "models")
-    async with run_server(make_settings(tmp, engines=("vad", "asr", "llm", "tts"))) as server:
+    # Speech cuts a reply at once (interrupt_confirm_s 0): the barge-in test is about the
+    # Realtime mapping of a cut, not about how the ASR reads the question (the interruption
+    # policy: tests/pipelines/test_interruptions.py).
+    settings = make_settings(tmp, engines=("vad", "asr", "llm", "tts"), interrupt_confirm_s=0.0)
+    async with run_server(settings) as server:
         await wait_ready(server.http, timeout_s=120)
         yield server
 

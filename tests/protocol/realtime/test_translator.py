@@ -26,6 +26,8 @@ from tidegate.protocol.messages import (
     ResponseDone,
     ResponseFunctionCallDelta,
     ResponseFunctionCallDone,
+    ResponsePaused,
+    ResponseResumed,
     ResponseTextDelta,
     SessionClose,
     SessionClosed,
@@ -453,6 +455,42 @@ def test_barge_in_cuts_the_response_and_truncate_reports_it() -> None:
         "item_id": item_id,
         "audio_end_ms": 150,
     }
+
+
+def test_a_resumed_reply_is_seamless_to_a_realtime_client() -> None:
+    """A false interruption: response.paused and response.resumed give no Realtime event,
+    the frames tidegate sends again after the pause are not forwarded twice (the audio is
+    exactly that of the reply without the pause), and the reply completes as usual."""
+
+    def audio_of(events: list[dict[str, Any]]) -> bytes:
+        deltas = [e["delta"] for e in events if e["type"] == "response.output_audio.delta"]
+        return b"".join(base64.b64decode(d) for d in deltas)
+
+    frames = audio_out("r_9", 12)
+    start = (ResponseCreated(response_id="r_9"), ResponseTextDelta(response_id="r_9", delta="Hi"))
+    end = ResponseDone(response_id="r_9", status="completed", text="Hi")
+    plain = new_translator()
+    drain(plain)
+    plain.to_session()
+    expected = audio_of(feed(plain, *start, *frames, end))
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    events = feed(t, *start, *frames[:10])
+    during = feed(
+        t,
+        VadSpeechStarted(audio_ms=1000.0),
+        ResponsePaused(response_id="r_9", played_ms=120.0),
+        VadSpeechStopped(audio_ms=1400.0),
+        ResponseResumed(
+            response_id="r_9", played_ms=120.0, paused_ms=900.0, reason="no_words", heard=""
+        ),
+    )
+    assert not [e for e in during if e["type"].startswith("response.")], types(during)
+    after = feed(t, *frames[6:], end)  # frames 6..9 again, then 10 and 11
+    assert audio_of(events + during + after) == expected and expected
+    assert after[-1]["type"] == "response.done"
+    assert after[-1]["response"]["status"] == "completed"
 
 
 def test_cancel() -> None:

@@ -67,15 +67,21 @@ async def _one_case(batcher: LlmBatcher, n: int, max_tokens: int) -> dict[str, A
 
 
 async def measure(
-    folder: Path, streams: list[int], max_tokens: int, repeats: int, threads: int
+    folder: Path,
+    streams: list[int],
+    max_tokens: int,
+    repeats: int,
+    threads: int,
+    providers: tuple[str, ...] = ("cpu",),
 ) -> dict[str, Any]:
     batcher = LlmBatcher(
         folder,
-        runtime=RuntimeOptions(providers=("cpu",), intra_op_threads=threads),
-        settings=LlmSettings(max_batch_items=max(streams)),
+        runtime=RuntimeOptions(providers=providers, intra_op_threads=threads),
+        settings=LlmSettings(max_batch_items=max(streams), max_queue_items=max(64, max(streams))),
     )
     await batcher.start()
     try:
+        provider = batcher.provider
         cases = []
         for n in streams:
             runs = [await _one_case(batcher, n, max_tokens) for _ in range(repeats)]
@@ -87,6 +93,7 @@ async def measure(
         c["throughput_vs_1"] = round(c["tokens_per_s"] / base, 2) if base else None
     return {
         "model": folder.name,
+        "provider": provider,
         "max_tokens": max_tokens,
         "threads": threads,
         "repeats_best_of": repeats,

@@ -18,8 +18,9 @@ Per result, in client time (clocks mapped through the ping exchange, ``sync_cloc
 
 - ``frame_to_detection_ms``: from the frame leaving the client to its ``vision.result``
   arriving (samples kept, for the CDF);
-- ``stages``: ``to_engine_ms`` (frame sent -> engine start: transport, decode for WS, and
-  the wait for the lane's next look, up to ``assistant_vision_interval_s``), ``engine_ms``
+- ``stages``: ``to_engine_ms`` (frame sent -> engine start: transport, decode, and any wait
+  for the engine; the lane looks at a frame when it arrives, at most one look per
+  ``assistant_vision_interval_s`` on average: frames it skips have no result), ``engine_ms``
   (engine start -> end, server clock only), ``result_to_client_ms`` (engine end -> arrival);
   over WS also ``uplink_ms`` (sent -> received by the server).
 

@@ -1,5 +1,6 @@
 """``vision``: a camera or edge device streams frames (WebRTC video or ``input.frame``) and gets
-``vision.result`` at the vision lane's rate (``assistant_vision_interval_s``). The vision lane
+``vision.result`` as frames arrive, at most one per ``assistant_vision_interval_s`` on average
+(pipelines/vision.py). The vision lane
 alone: no ASR, LLM or TTS is needed or loaded."""
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ class _Response:
     encoder: AudioEncoder | None = None
     calls: dict[str, ItemRecord] = dataclasses.field(default_factory=dict)
     done: bool = False
+    last_ts: float = -1.0  # the newest output.audio ts forwarded (frames sent again: dropped)
 
 
 @dataclasses.dataclass(slots=True)
@@ -596,8 +597,8 @@ class RealtimeTranslator:
 
     def receive_message(self, msg: ServerMessage, now_ms: float) -> None:
         """One tidegate server message of the session; types with no Realtime counterpart
-        (pong, flow.credit, flow.lag, metrics, vision.result, sensor.reading, rtc.*) are
-        dropped (docs/realtime.md says which)."""
+        (pong, flow.credit, flow.lag, metrics, vision.result, sensor.reading, rtc.*,
+        response.paused, response.resumed) are dropped (docs/realtime.md says which)."""
         handler = _SERVER_HANDLERS.get(type(msg))
         if handler is not None:
             handler(self, msg, now_ms)
@@ -852,6 +853,12 @@ class RealtimeTranslator:
             return  # a text-only response: tidegate's speech is not sent (docs/realtime.md)
         if msg.format != "s16le" or msg.sample_rate != TIDEGATE_OUTPUT_RATE_HZ:
             return  # tidegate's output.audio is s16le at 48 kHz; anything else is not ours
+        if msg.ts is not None:
+            # A reply paused by speech (response.paused) and resumed sends again the frames
+            # its client had not played; this client had them already (it plays on).
+            if msg.ts <= r.last_ts:
+                return
+            r.last_ts = msg.ts
         item = self._message(r)
         assert r.encoder is not None
         pcm = msg.pcm if msg.channels == 1 else _first_channel(msg.pcm, msg.channels)

@@ -1,0 +1,131 @@
+"""The interruption policy as pure logic (pipelines/interrupt.py): which ASR texts are words
+enough to cut a reply, and what each event of an interruption decides."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidegate.pipelines.interrupt import (
+    DEFAULT_BACKCHANNELS,
+    Heard,
+    Interruption,
+    Verdict,
+    WordRule,
+    words_of,
+)
+
+RULE = WordRule(DEFAULT_BACKCHANNELS)
+
+
+def test_words_are_read_without_case_punctuation_or_sound_annotations() -> None:
+    """Whisper's "Mm-hmm." is the words mm, hmm; "(coughs)", "[NOISE]", "*laughs*" and "♪"
+    are no words at all."""
+    assert words_of("Mm-hmm.") == ["mm", "hmm"]
+    assert words_of(" (coughs) [NOISE] *laughs* ♪ ") == []
+    assert words_of("Wait, don't!") == ["wait", "don't"]
+
+
+@pytest.mark.parametrize(
+    ("text", "heard"),
+    [
+        ("Mm-hmm.", Heard(0, 1)),
+        ("Mm hmm", Heard(0, 1)),
+        ("Uh-huh.", Heard(0, 1)),
+        ("Yeah, okay.", Heard(0, 2)),
+        ("I see.", Heard(0, 1)),
+        ("(coughing)", Heard(0, 0)),
+        ("Wait, stop.", Heard(2, 0)),
+        ("Mm-hmm, and then what?", Heard(3, 1)),
+        ("Mm-m-", Heard(0, 2)),
+        ("mmm mmm", Heard(0, 2)),
+        ("Hmmm. Uhh, ahh.", Heard(0, 3)),
+        ("Him?", Heard(1, 0)),
+    ],
+)
+def test_backchannel_phrases_count_once_and_other_words_each(text: str, heard: Heard) -> None:
+    """A backchannel phrase (longest match first) counts once; every other word counts."""
+    assert RULE.heard(text) == heard
+
+
+def test_what_interrupts_depends_on_min_words_and_the_backchannel_policy() -> None:
+    """ignore: backchannels are not words; interrupt: they count; min_words is a floor."""
+    assert not RULE.interrupts("Mm-hmm.", min_words=1, backchannels="ignore")
+    assert RULE.interrupts("Mm-hmm.", min_words=1, backchannels="interrupt")
+    assert RULE.interrupts("Stop.", min_words=1, backchannels="ignore")
+    assert not RULE.interrupts("Stop.", min_words=2, backchannels="ignore")
+    assert RULE.interrupts("Stop that.", min_words=2, backchannels="ignore")
+    assert not RULE.interrupts("", min_words=1, backchannels="interrupt")
+    custom = WordRule(["sounds good", ""])
+    assert not custom.interrupts("Sounds good!", min_words=1, backchannels="ignore")
+    assert custom.interrupts("Yeah.", min_words=1, backchannels="ignore")  # not in its list
+    assert not custom.interrupts("Mm-hmm.", min_words=1, backchannels="ignore")  # a hum
+
+
+def test_a_final_without_words_resumes_once_the_user_is_silent() -> None:
+    """A cough: its final has no words; the reply resumes at it (the user has stopped), and
+    the interruption is over."""
+    it = Interruption("r_1", paused_at=10.0, confirm_s=1.5)
+    assert it.on_speech_stopped(10.3) is Verdict.WAIT  # wait for the ASR
+    assert it.on_final("", words=False) is Verdict.RESUME
+    it.resumed()
+    assert it.closed and it.absorbed == []
+
+
+def test_words_cut_at_a_partial_or_a_final_even_after_a_resume() -> None:
+    """Words in a partial cut at once; a final with words cuts a reply that had resumed."""
+    it = Interruption("r_1", paused_at=0.0, confirm_s=1.5)
+    assert it.on_partial(False, 0.5) is Verdict.WAIT
+    assert it.on_partial(True, 0.6) is Verdict.CUT
+    late = Interruption("r_1", paused_at=0.0, confirm_s=1.5)
+    late.on_speech_stopped(0.4)
+    assert late.on_confirm_timeout(1.9) is Verdict.RESUME  # 1.5 s after the sound: no verdict
+    late.resumed()
+    assert late.on_final("Stop there.", words=True) is Verdict.CUT
+
+
+def test_the_window_never_resumes_over_a_user_still_making_sound() -> None:
+    """confirm_s after the pause: a silent user -> resume; one still sounding -> wait, then
+    resume confirm_s after the sound ends (without a final), or at a partial without words
+    once the window has passed, or max_pause_s after the pause at the latest; a timer armed
+    for an older deadline decides nothing."""
+    it = Interruption("r_1", paused_at=1.0, confirm_s=1.5)
+    assert it.on_confirm_timeout(2.5) is Verdict.WAIT  # the sound goes on
+    it.on_speech_stopped(3.0)
+    assert it.deadline == 4.5
+    assert it.on_confirm_timeout(3.5) is Verdict.WAIT  # a stale timer
+    assert it.on_confirm_timeout(4.5) is Verdict.RESUME
+    noise = Interruption("r_1", paused_at=1.0, confirm_s=1.5)
+    assert noise.on_partial(False, 2.0) is Verdict.WAIT  # within the window
+    assert noise.on_partial(False, 2.6) is Verdict.RESUME  # a long sound, no words
+    stuck = Interruption("r_1", paused_at=1.0, confirm_s=1.5, max_pause_s=10.0)
+    assert stuck.deadline == 11.0  # a sound without end (the stream stopped): the cap
+    assert stuck.on_confirm_timeout(10.9) is Verdict.WAIT
+    assert stuck.on_confirm_timeout(11.0) is Verdict.RESUME
+
+
+def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> None:
+    """Speech again after a resume pauses again (a new window); the interruption closes once
+    the final of each of its segments is in; a backchannel final is absorbed."""
+    it = Interruption("r_1", paused_at=0.0, confirm_s=1.5)
+    it.on_speech_stopped(0.5)
+    assert it.on_final("Mm-hmm.", words=False) is Verdict.RESUME
+    it.resumed()
+    assert it.absorbed == ["Mm-hmm."]
+    assert it.on_speech_started(5.0) is Verdict.PAUSE
+    assert it.paused and it.paused_at == 5.0 and it.deadline == 15.0 and not it.closed
+    assert it.on_speech_started(5.5) is Verdict.WAIT  # already paused
+    it.on_speech_stopped(6.0)
+    assert it.on_final("", words=False) is Verdict.WAIT  # one final still due
+    assert not it.closed
+    assert it.on_final("Okay.", words=False) is Verdict.RESUME
+    it.resumed()
+    assert it.closed and it.absorbed == ["Mm-hmm.", "Okay."]
+    two = Interruption("r_1", paused_at=0.0, confirm_s=1.5)  # "Yes." (pause) "Right."
+    two.on_speech_stopped(0.4)
+    two.on_speech_started(0.6)
+    two.on_speech_stopped(0.9)
+    assert two.on_final("Yes.", words=False) is Verdict.WAIT  # the second final is due
+    assert two.on_final("Right.", words=False) is Verdict.RESUME
+    assert two.absorbed == ["Yes.", "Right."]
+    gone = Interruption("r_1", paused_at=0.0, confirm_s=1.5, paused=False)
+    assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended

@@ -1,0 +1,197 @@
+"""Interruptions: what the user's speech over a reply does to it, as pure logic (no asyncio,
+no clock: time is an argument). The reply lane (:mod:`tidegate.pipelines.reply`) applies the
+verdicts; docs/assistant.md, "Interruptions", explains the policy.
+
+When the VAD hears speech start while a reply is in progress, the reply's audio is *paused*
+at once (the user is not talked over) and an :class:`Interruption` is opened. The ASR then
+decides what the speech was:
+
+- **words**: a partial hypothesis or a final with at least ``min_words`` words that are not
+  backchannels (under ``backchannels: interrupt`` the backchannels count too): the reply is
+  **cut**, as a barge-in always was, with what the user heard up to the pause;
+- **no words, or only backchannels** ("mm-hmm", "yeah"; the list is a setting): the reply
+  **resumes** from where its playback stopped: when the last final due comes with no such
+  words and the user is silent; or, when the ASR is slow, ``confirm_s`` after the pause (or
+  after the end of the sound, if later) with no verdict; or, for a sound still going on
+  ``confirm_s`` after the pause, at a partial hypothesis with no such words.
+
+The interruption stays open until the final of every segment it spans is in: words that
+come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
+below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says so).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+BACKCHANNEL_POLICIES = ("ignore", "interrupt")
+#: what counts as a backchannel by default (setting ``interrupt_backchannel_phrases``), besides
+#: hums and fillers ("mm", "hmm", "mhm", "uh", "um", "ah", "oh", "er"), which always do
+DEFAULT_BACKCHANNELS = (
+    "mm-hmm",
+    "uh-huh",
+    "yeah",
+    "yep",
+    "yes",
+    "okay",
+    "ok",
+    "right",
+    "sure",
+    "alright",
+    "i see",
+    "got it",
+)
+MAX_MIN_WORDS = 20  # the largest interrupt.min_words a session may ask for
+MAX_CONFIRM_S = 5.0  # the longest interrupt.confirm_s a session may ask for
+TIMER_SLACK_S = 0.005  # a loop timer may fire this much early
+
+# What Whisper writes for sounds that are not words: "(coughs)", "[NOISE]", "*laughs*", "♪".
+_NON_SPEECH_RE = re.compile(r"\([^)]*\)|\[[^\]]*\]|\*[^*]*\*|♪")
+_WORD_RE = re.compile(r"[a-z0-9']+")
+# Hums and fillers however they are spelt ("m", "mmm", "hmmm", "mhm", "uhh", "umm", "ahh",
+# "erm", "ohh"): each counts as a backchannel, like the phrases of the list.
+_HUM_RE = re.compile(r"[mh]*m[mh]*|u+h+|u+m+|a+h+|e+r+m*|o+h+")
+
+
+def words_of(text: str) -> list[str]:
+    """The spoken words of an ASR text: lower case, sound annotations and punctuation gone,
+    hyphenated words split ("Mm-hmm." -> ["mm", "hmm"])."""
+    text = _NON_SPEECH_RE.sub(" ", text.lower()).replace("-", " ")
+    return [w.strip("'") for w in _WORD_RE.findall(text) if w.strip("'")]
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What an ASR text holds: ``words`` that are not backchannels, and ``backchannels``
+    (each phrase counts once: "mm-hmm" is one)."""
+
+    words: int
+    backchannels: int
+
+
+class WordRule:
+    """Counts words and backchannels in ASR text, and says whether they interrupt."""
+
+    def __init__(self, backchannels: Sequence[str]) -> None:
+        phrases = {tuple(words_of(p)) for p in backchannels}
+        phrases.discard(())
+        self.phrases = sorted(phrases, key=len, reverse=True)  # longest match first
+
+    def heard(self, text: str) -> Heard:
+        words = words_of(text)
+        i = n_words = n_back = 0
+        while i < len(words):
+            for phrase in self.phrases:
+                if tuple(words[i : i + len(phrase)]) == phrase:
+                    n_back += 1
+                    i += len(phrase)
+                    break
+            else:
+                if _HUM_RE.fullmatch(words[i]):
+                    n_back += 1
+                else:
+                    n_words += 1
+                i += 1
+        return Heard(n_words, n_back)
+
+    def interrupts(self, text: str, *, min_words: int, backchannels: str) -> bool:
+        """Whether ``text`` is words enough to cut a reply: at least ``min_words`` words,
+        backchannels counted only under ``backchannels == "interrupt"``."""
+        h = self.heard(text)
+        n = h.words + (h.backchannels if backchannels == "interrupt" else 0)
+        return n >= max(1, min_words)
+
+
+class Verdict(enum.Enum):
+    """What the reply lane does after an event of the interruption."""
+
+    WAIT = "wait"  # nothing now
+    PAUSE = "pause"  # pause the reply's audio (speech started again after a resume)
+    RESUME = "resume"  # a false interruption: play on from where it paused
+    CUT = "cut"  # words: cut the reply (barge-in)
+
+
+@dataclass(slots=True)
+class Interruption:
+    """One stretch of the user's speech over a reply, from the VAD's start of speech until
+    the final of every segment it spans is in (see the module docstring). ``paused_at`` is
+    when the reply's audio was (last) paused, ``stopped_at`` when the sound last stopped
+    (None while it goes on)."""
+
+    response_id: str
+    paused_at: float
+    confirm_s: float
+    max_pause_s: float = 10.0
+    paused: bool = True
+    speaking: bool = True
+    stopped_at: float | None = None
+    finals_due: int = 1
+    pauses: int = 1
+    absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
+
+    @property
+    def closed(self) -> bool:
+        """Every segment's final is in and the user is not speaking."""
+        return not self.speaking and self.finals_due <= 0
+
+    @property
+    def deadline(self) -> float:
+        """When a paused reply resumes without the ASR's verdict: ``confirm_s`` after the
+        pause, or after the end of the sound when that came later (a user still speaking
+        is never talked over because the ASR is slow); while the sound goes on, at
+        ``max_pause_s`` after the pause (a stream that stopped mid-sound, a stuck ASR)."""
+        cap = self.paused_at + self.max_pause_s
+        if self.speaking:
+            return cap
+        since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
+        return min(since + self.confirm_s, cap)
+
+    def on_speech_started(self, now: float, *, live: bool = True) -> Verdict:
+        """More speech before the interruption is over; ``live``: its reply still runs."""
+        self.speaking = True
+        self.stopped_at = None
+        self.finals_due += 1
+        if self.paused or not live:
+            return Verdict.WAIT
+        self.paused, self.paused_at = True, now
+        self.pauses += 1
+        return Verdict.PAUSE
+
+    def on_speech_stopped(self, now: float) -> Verdict:
+        """The sound stopped: its final will say (the lane re-arms its timer for
+        :attr:`deadline`)."""
+        self.speaking = False
+        self.stopped_at = now
+        return Verdict.WAIT
+
+    def on_partial(self, words: bool, now: float) -> Verdict:
+        """A partial hypothesis: ``words`` when it has words enough to interrupt. A sound
+        still going on ``confirm_s`` after the pause with no words in it resumes the reply."""
+        if words:
+            return Verdict.CUT
+        if self.paused and now >= self.paused_at + self.confirm_s:
+            return Verdict.RESUME
+        return Verdict.WAIT
+
+    def on_final(self, text: str, words: bool) -> Verdict:
+        """A segment's final (``text`` may be empty: no words were heard)."""
+        self.finals_due -= 1
+        if words:
+            return Verdict.CUT
+        if text:
+            self.absorbed.append(text)
+        if self.paused and not self.speaking and self.finals_due <= 0:
+            return Verdict.RESUME  # the last verdict due is in: no words
+        return Verdict.WAIT
+
+    def on_confirm_timeout(self, now: float) -> Verdict:
+        """The lane's timer, armed for :attr:`deadline` (which may have moved since)."""
+        if self.paused and now >= self.deadline - TIMER_SLACK_S:
+            return Verdict.RESUME
+        return Verdict.WAIT
+
+    def resumed(self) -> None:
+        self.paused = False
