@@ -78,7 +78,12 @@ export type ServerMessage = Envelope &
     | { type: "pong"; t_client: number; t_server: number }
     | { type: "error"; code: string; message: string; retry_after_ms?: number }
     | { type: "vad.speech_started" | "vad.speech_stopped"; audio_ms: number; timing?: Timing }
-    | { type: "turn.end"; reason: "semantic" | "silence" | "timeout"; probability?: number; audio_ms?: number }
+    | {
+        type: "turn.end";
+        reason: "semantic" | "silence" | "timeout" | "commit";
+        probability?: number;
+        audio_ms?: number;
+      }
     | {
         type: "asr.partial" | "asr.final";
         segment_id: string;
@@ -106,6 +111,7 @@ export type ServerMessage = Envelope &
         text: string;
         timing?: Timing;
         reason?: string;
+        usage?: { input_tokens: number; cached_tokens?: number; output_tokens: number };
       }
     | {
         type: "response.function_call.delta" | "response.function_call.done";

@@ -313,5 +313,6 @@ export function turnEndText(t: { reason: string; probability: number | null }): 
   const score = t.probability === null ? "" : ` (${Math.round(t.probability * 100)}% sure)`;
   if (t.reason === "semantic") return `Turn ended: you sounded finished${score}`;
   if (t.reason === "timeout") return `Turn ended: waited for more${score}`;
+  if (t.reason === "commit") return "Turn ended: committed";
   return "Turn ended: silence";
 }

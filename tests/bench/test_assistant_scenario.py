@@ -85,6 +85,7 @@ def test_assistant_scenario_over_both_dialects(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     [path] = tmp_path.glob("assistant-*.json")
     results = load_report(path)["results"]
+    assert results["alternated"] is True  # question by question, on the same load
     [level] = results["realtime"]["levels"]
     assert level["dialect"] == "realtime" and level["errors"] == []
     assert level["completed"] == 1 and level["answers_ok"] == 1, level["heard_and_replied"]

@@ -119,6 +119,9 @@ class Replies:
     def judging(self) -> bool:
         return False  # no reply runs here: no interruption to judge
 
+    def hear(self, text: str) -> None:
+        self.answers.append((time.monotonic(), text))  # respond false: heard, not answered
+
 
 class Run:
     """One session streaming one clip: its audio lane feeding its turn-taking."""
@@ -280,9 +283,10 @@ async def test_without_the_turn_engine_turns_end_by_silence(
 
 
 async def test_the_session_config_names_a_known_policy() -> None:
-    """turn.policy is semantic or silence, on the assistant mode only; audio.echo_cancellation
-    is auto, on or off and audio.noise_suppression a boolean, on the assistant and transcribe
-    modes; other keys and values are refused (before the engines are looked at)."""
+    """turn.policy is semantic, silence or manual, on the assistant mode only;
+    audio.echo_cancellation is auto, on or off and audio.noise_suppression a boolean, on the
+    assistant and transcribe modes; other keys and values are refused (before the engines are
+    looked at)."""
     # good sections pass their check; this server (none given) runs no LLM for the mode
     good = {
         "mode": "assistant",

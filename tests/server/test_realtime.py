@@ -23,6 +23,7 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 
 from tests.engines.asr_audio import BECKETT, read_wav
+from tests.protocol.realtime.conformance import check_server_event
 from tests.support import prepare_models, scaled, wait_ready
 from tidegate.bench.wer import wer
 from tidegate.media.resample import StreamResampler
@@ -250,6 +251,141 @@ async def test_transcription_session_with_the_sdk(live: LiveServer) -> None:
     assert not events.of("response.created")
 
 
+async def test_manual_turn_commit_clear_and_per_response_options(
+    live: LiveServer, question: bytes
+) -> None:
+    """turn_detection null with text output: audio that is cleared makes no item; committed
+    speech becomes a user item with its transcript and no reply by itself; response.create
+    with its own instructions answers it in text only, with real token counts in usage."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "audio": {
+                    "input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}
+                },
+            }
+        )
+        await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
+        await stream(connection, question[: len(question) // 3])
+        await connection.input_audio_buffer.clear()
+        await events.until(lambda: events.of("input_audio_buffer.cleared"), 30)
+        await stream(connection, question)
+        await connection.input_audio_buffer.commit()
+        await events.until(lambda: events.of("conversation.item.done"), 60)
+        assert not events.of("response.created")  # a commit does not answer by itself
+        await connection.response.create(
+            response={"instructions": "You are a geography teacher. Answer in one sentence."}
+        )
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    (updated,) = events.of("session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert not events.of("input_audio_buffer.speech_started")  # no VAD events when manual
+    (committed,) = events.of("input_audio_buffer.committed")
+    (completed,) = events.of("conversation.item.input_audio_transcription.completed")
+    assert completed["item_id"] == committed["item_id"]
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = events.of("response.done")
+    response = done["response"]
+    assert response["status"] == "completed" and response["output_modalities"] == ["text"]
+    text = response["output"][0]["content"][0]["text"]
+    assert text and text == "".join(e["delta"] for e in events.of("response.output_text.delta"))
+    assert not events.of("response.output_audio.delta")
+    usage = response["usage"]
+    assert usage["input_tokens"] > 20 and usage["output_tokens"] > 0
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
+async def test_server_vad_without_create_response(live: LiveServer, question: bytes) -> None:
+    """server_vad with create_response false and a silence_duration_ms: the spoken turn is
+    committed and transcribed but answers nothing until response.create, which answers it;
+    max_output_tokens bounds the reply (usage counts it)."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "max_output_tokens": 5,
+                "audio": {
+                    "input": {
+                        "transcription": {"model": "whisper-1"},
+                        "turn_detection": {
+                            "type": "server_vad",
+                            "create_response": False,
+                            "silence_duration_ms": 300,
+                        },
+                    }
+                },
+            }
+        )
+        await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
+        await stream(connection, question)
+        await events.until(
+            lambda: events.of("conversation.item.input_audio_transcription.completed"), 60
+        )
+        await asyncio.sleep(1.0)  # longer than the turn's wait: no response came by itself
+        assert not events.of("response.created")
+        await connection.response.create()
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    no_errors(events)
+    (completed,) = events.of("conversation.item.input_audio_transcription.completed")
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = events.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert 0 < done["response"]["usage"]["output_tokens"] <= 5
+
+
+async def test_transcription_language_is_the_asr_language(live: LiveServer) -> None:
+    """audio.input.transcription.language is the session's ASR language, checked against the
+    model: the English-only Whisper refuses 'de' naming why, and takes 'en'."""
+
+    def update(language: str, event_id: str) -> dict[str, Any]:
+        transcription = {"model": "whisper-1", "language": language}
+        return {
+            "session": {"type": "realtime", "audio": {"input": {"transcription": transcription}}},
+            "event_id": event_id,
+        }
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(**update("de", "de1"))
+        await events.until(lambda: events.of("error"), 30)
+        await connection.session.update(**update("en", "en1"))
+        await events.until(lambda: events.of("session.updated"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["event_id"] == "de1" and "English-only" in error["error"]["message"]
+    (updated,) = events.of("session.updated")
+    # session.updated follows the runtime's confirmation: the ASR language took
+    assert updated["session"]["audio"]["input"]["transcription"]["language"] == "en"
+
+
+async def test_unknown_voice_is_refused_naming_it(live: LiveServer) -> None:
+    """session.update with a voice the server does not have: an error naming the voice and
+    the ones it has, with the event's id; the session goes on."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.session.update(
+            session={"type": "realtime", "audio": {"output": {"voice": "alloy"}}},
+            event_id="v1",
+        )
+        await events.until(lambda: events.of("error"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["event_id"] == "v1"
+    assert "'alloy'" in error["error"]["message"] and "piper-joe" in error["error"]["message"]
+    assert not events.of("session.updated")
+
+
 async def ask(live: LiveServer, text: str, instructions: str | None = None) -> Events:
     """One text turn, after a session.update of ``instructions`` when given."""
 
@@ -452,3 +588,183 @@ async def test_realtime_sessions_are_recorded_and_timed(live: LiveServer) -> Non
     )
     assert float(line.rsplit(" ", 1)[1]) > 0
     assert len(live.runtime.registry) == 0
+
+
+class RealtimeCall:
+    """A Realtime WebRTC client as the GA API has it: a real aiortc peer (loopback only) with
+    a microphone track and the ``oai-events`` data channel, offered by ``POST
+    /v1/realtime/calls``; the events it receives are checked against the SDK's types."""
+
+    def __init__(self, live: LiveServer) -> None:
+        from aiortc import RTCPeerConnection
+
+        from tidegate.media import AudioOutTrack, IcePolicy, apply_ice_policy
+
+        ice = IcePolicy()  # loopback host candidates only, no STUN (NETWORK.md)
+        self.live = live
+        self.pc = RTCPeerConnection(ice.configuration())
+        self.mic = AudioOutTrack()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("oai-events")
+        self.events: list[dict[str, Any]] = []
+        self.heard: list[np.ndarray] = []
+        self.channel.on("message", self._message)
+        self.pc.on("track", self._track)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._ice = (apply_ice_policy, ice)
+
+    def _message(self, text: str) -> None:
+        self.events.append(check_server_event(text))  # the SDK's types, no extra field
+
+    def _track(self, track: Any) -> None:
+        async def listen() -> None:
+            while True:
+                frame = await track.recv()
+                x = frame.to_ndarray().reshape(-1).astype(np.float32)
+                if len(frame.layout.channels) == 2:
+                    x = x.reshape(-1, 2).mean(axis=1)
+                self.heard.append(x)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(listen()))
+
+    def of(self, etype: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == etype]
+
+    async def until(self, done: Callable[[], Any], timeout_s: float = 120) -> None:
+        try:
+            async with asyncio.timeout(scaled(timeout_s)):
+                while not done():
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            kinds = [e["type"] for e in self.events]
+            raise AssertionError(
+                f"timed out ({self.pc.connectionState}); events: {kinds}"
+            ) from None
+
+    async def offer(self, **headers: str) -> httpx.Response:
+        apply, ice = self._ice
+        apply(self.pc, ice)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient() as http:
+            return await http.post(
+                f"{self.live.http}/v1/realtime/calls?model=gpt-realtime",
+                content=self.pc.localDescription.sdp,
+                headers={
+                    "Authorization": f"Bearer {self.live.token()}",
+                    "Content-Type": "application/sdp",
+                    **headers,
+                },
+            )
+
+    def send(self, event: dict[str, Any]) -> None:
+        self.channel.send(orjson.dumps(event).decode())
+
+    async def speak(self, pcm24k: bytes) -> None:
+        """Play 24 kHz s16le into the microphone track, in real time."""
+        r = StreamResampler(24_000, 16_000)  # int16 in, int16 out
+        x = np.frombuffer(pcm24k, "<i2")
+        speech = np.concatenate([r.process(x), r.flush()]).astype(np.float32) / 32768
+        step = int(0.2 * 16_000)
+        for i in range(0, len(speech), step):
+            self.mic.write(speech[i : i + step])
+            while self.mic.queued_ms > 400:
+                await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+
+
+async def test_webrtc_call_with_the_oai_events_channel(live: LiveServer, question: bytes) -> None:
+    """POST /v1/realtime/calls with an SDP offer (audio + the oai-events data channel) is
+    answered with SDP (201, Location); session.created arrives on the channel, a
+    session.update over it is confirmed, a spoken question on the microphone track is
+    transcribed and answered: the reply's events on the channel, its speech on the track
+    (not as output_audio deltas). Closing the peer ends the call and its session."""
+    call = RealtimeCall(live)
+    sessions_before = len(live.runtime.registry)
+    try:
+        answer = await call.offer()
+        assert answer.status_code == 201, answer.text
+        assert answer.headers["content-type"].startswith("application/sdp")
+        assert answer.headers["location"].startswith("/v1/realtime/calls/s_")
+        from aiortc import RTCSessionDescription
+
+        await call.pc.setRemoteDescription(RTCSessionDescription(answer.text, "answer"))
+        await call.until(lambda: call.of("session.created"), 30)
+        call.send(
+            {
+                "type": "session.update",
+                "event_id": "u1",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+                },
+            }
+        )
+        await call.until(lambda: call.of("session.updated") or call.of("error"), 30)
+        await call.speak(question)
+        await call.until(lambda: call.of("response.done"))
+        await asyncio.sleep(0.3)
+    finally:
+        await call.close()
+    assert not call.of("error"), call.of("error")
+    (completed,) = call.of("conversation.item.input_audio_transcription.completed")
+    assert "capital" in completed["transcript"].lower(), completed["transcript"]
+    (done,) = call.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"]
+    assert done["response"]["usage"]["output_tokens"] > 0
+    assert not call.of("response.output_audio.delta")  # the speech is on the track
+    heard = np.concatenate(call.heard) if call.heard else np.zeros(0, np.float32)
+    loud = np.abs(heard) > 1000  # s16 samples at 48 kHz: the reply's speech, not silence
+    assert loud.sum() > 48_000 * 0.3, loud.sum()
+    async with asyncio.timeout(scaled(10)):  # the call's end closes its session
+        while len(live.runtime.registry) > sessions_before:
+            await asyncio.sleep(0.05)
+
+
+async def test_webrtc_call_offers_are_checked(live: LiveServer) -> None:
+    """An offer without the data channel is refused (bad_sdp) and opens no session for long;
+    a body that is not SDP is refused naming the Content-Type; no token: 401."""
+    sessions_before = len(live.runtime.registry)
+    from aiortc import RTCPeerConnection
+
+    from tidegate.media import AudioOutTrack, IcePolicy, apply_ice_policy
+
+    pc = RTCPeerConnection(IcePolicy().configuration())
+    try:
+        pc.addTrack(AudioOutTrack())
+        apply_ice_policy(pc, IcePolicy())
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient() as http:
+            url = f"{live.http}/v1/realtime/calls"
+            auth = {"Authorization": f"Bearer {live.token()}"}
+            r = await http.post(
+                url,
+                content=pc.localDescription.sdp,
+                headers={**auth, "Content-Type": "application/sdp"},
+            )
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_sdp", r.text
+            assert "m=application" in r.json()["error"]["message"]
+            # the GA multipart form: the sdp part is read (the same refusal), a session part
+            # must be a JSON object, and a form without sdp is refused naming it
+            form = {
+                "sdp": (None, pc.localDescription.sdp),
+                "session": (None, '{"type": "realtime"}'),
+            }
+            r = await http.post(url, files=form, headers=auth)
+            assert r.status_code == 400 and r.json()["error"]["code"] == "bad_sdp", r.text
+            r = await http.post(url, files={**form, "session": (None, "[1]")}, headers=auth)
+            assert r.status_code == 400 and "'session' part" in r.json()["error"]["message"]
+            r = await http.post(url, files={"session": (None, "{}")}, headers=auth)
+            assert r.status_code == 400 and "'sdp' part" in r.json()["error"]["message"]
+            r = await http.post(url, json={"sdp": "v=0"}, headers=auth)
+            assert r.status_code == 400 and "Content-Type" in r.json()["error"]["message"]
+            r = await http.post(url, content="v=0", headers={"Content-Type": "application/sdp"})
+            assert r.status_code == 401
+    finally:
+        await pc.close()
+    assert len(live.runtime.registry) == sessions_before

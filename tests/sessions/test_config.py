@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.pipelines.errors import InvalidConfigError
+from tidegate.pipelines.errors import InvalidConfigError, RefusalError
 from tidegate.sessions.config import MAX_INSTRUCTIONS_CHARS, resolve_config
 
 
@@ -33,9 +33,12 @@ def test_bad_instructions_are_refused(value: Any, words: str) -> None:
 
 
 def _assistant_engines() -> Any:
-    return SimpleNamespace(
-        schedulers={"vad": None, "asr": None}, batchers={"llm": None, "tts": None}
+    engines = SimpleNamespace(
+        schedulers={"vad": None, "asr": None},
+        batchers={"llm": None, "tts": None},
+        specs=(SimpleNamespace(name="tts", model="piper-joe"),),
     )
+    return engines
 
 
 def test_interrupt_is_checked_and_kept() -> None:
@@ -70,3 +73,37 @@ def test_bad_interrupt_config_is_refused(config: dict[str, Any], words: str) -> 
     """A bad ``interrupt`` section is refused naming the key and what was expected."""
     with pytest.raises(InvalidConfigError, match=words):
         resolve_config(config, "assistant", _assistant_engines())
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"turn": {"policy": "psychic"}}, "turn.policy: expected one of"),
+        ({"turn": {"end_of_turn_s": 11}}, "turn.end_of_turn_s: expected a number from 0 to 10"),
+        ({"turn": {"max_wait_s": True}}, "turn.max_wait_s: expected a number from 0 to 30"),
+        ({"turn": {"respond": 0}}, "turn.respond: expected one of"),
+        ({"output_modalities": ["audio", "text"]}, "output_modalities: expected one of"),
+        ({"max_output_tokens": 0}, "max_output_tokens: expected an integer"),
+        ({"max_output_tokens": True}, "max_output_tokens: expected an integer"),
+        ({"voice": "alloy"}, "'alloy' is not a voice of this server; it speaks with"),
+    ],
+)
+def test_reply_and_turn_keys_are_checked(config: dict[str, Any], words: str) -> None:
+    """The keys the Realtime dialect maps to (turn policy manual and its waits, output
+    modalities, max output tokens, voice) are checked, each refusal naming the key."""
+    with pytest.raises(RefusalError, match=words):
+        resolve_config({"mode": "assistant", **config}, "assistant", _assistant_engines())
+
+
+def test_reply_and_turn_keys_within_bounds_are_kept() -> None:
+    """Valid values are kept as given; the server's TTS model is a voice, as is default."""
+    config = {
+        "mode": "assistant",
+        "turn": {"policy": "manual", "end_of_turn_s": 0.3, "max_wait_s": 4, "interrupt": False},
+        "output_modalities": ["text"],
+        "max_output_tokens": 64,
+        "voice": "piper-joe",
+    }
+    assert resolve_config(dict(config), "assistant", _assistant_engines()) == config
+    with pytest.raises(RefusalError, match="only the assistant mode replies"):
+        resolve_config({"mode": "loopback", "voice": "default"}, "assistant")

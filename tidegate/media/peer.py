@@ -9,7 +9,11 @@
   ``video_max_pixels`` reaches aiortc's decoder; its queue is bounded);
 - audio to the client comes from :attr:`MediaPeer.audio_out` (when the offer asks to receive);
 - ICE gathers as :class:`~tidegate.media.ice.IcePolicy` says; the answer carries every local
-  candidate, and :meth:`MediaPeer.local_candidates` lists them again for trickling.
+  candidate, and :meth:`MediaPeer.local_candidates` lists them again for trickling;
+- data channels the client opens are taken when their label is one the peer was built to
+  accept (``data_channels``: the Realtime dialect's ``oai-events``), each as an
+  :class:`~tidegate.media.datachannel.EventChannel` (bounded both ways;
+  :meth:`MediaPeer.event_channel` waits for one); any other is closed at once (counted).
 
 The peer owns its tasks (the video pump) and cancels them in :meth:`MediaPeer.close`.
 """
@@ -31,6 +35,7 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from ._aiortc import mline_index, offer_direction, set_transceiver_codecs, transceiver_codecs
 from .audio_in import AudioInbox, LagCallback
 from .audio_out import AudioOutTrack
+from .datachannel import DataChannelClosedError, EventChannel
 from .errors import BadSdpError, MediaStateError
 from .ice import IcePolicy, apply_ice_policy
 from .receiver import AudioReceiver, install_audio_receiver
@@ -68,6 +73,8 @@ class MediaConfig:
     audio_out_lead_ms: float = 20.0
     video_max_pixels: int = 8_294_400  # larger frames are never decoded (video_guard.py)
     video_decoder_max_frames: int = 32  # encoded frames waiting for aiortc's decoder thread
+    data_channel_max_inbound_messages: int = 256  # events from the client not yet read
+    data_channel_max_buffered_bytes: int = 1 << 20  # events buffered for the client (SCTP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +93,10 @@ class MediaPeer:
         *,
         on_lag: LagCallback | None = None,
         on_state: Callable[[str], None] | None = None,
+        data_channels: tuple[str, ...] = (),
     ) -> None:
         self.config = config
+        self.data_channels = data_channels
         self.on_lag = on_lag
         self.on_state = on_state
         self.pc = RTCPeerConnection(configuration=config.ice.configuration())
@@ -103,13 +112,46 @@ class MediaPeer:
         self.closed = False
         self.candidates_added = 0
         self.state = "new"
+        self.event_channels: dict[str, EventChannel] = {}
+        self.data_channels_refused = 0
+        self._channel_event = asyncio.Event()  # a channel opened, or the connection ended
         self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("datachannel", self._data_channel)
         _live_peers.add(self)
 
     def _state_changed(self) -> None:
         self.state = self.pc.connectionState
+        if self.state in ("failed", "closed"):
+            self._channel_event.set()
+            for channel in self.event_channels.values():
+                channel.close()
         if self.on_state is not None:
             self.on_state(self.state)
+
+    def _data_channel(self, channel: Any) -> None:
+        """The client opened a data channel: taken if its label is one we accept (once)."""
+        label = channel.label
+        if label not in self.data_channels or label in self.event_channels or self.closed:
+            self.data_channels_refused += 1
+            channel.close()
+            return
+        cfg = self.config
+        self.event_channels[label] = EventChannel(
+            channel,
+            max_inbound_messages=cfg.data_channel_max_inbound_messages,
+            max_buffered_bytes=cfg.data_channel_max_buffered_bytes,
+        )
+        self._channel_event.set()
+
+    async def event_channel(self, label: str) -> EventChannel:
+        """The client's data channel ``label`` once it is open; DataChannelClosedError if
+        the connection fails or closes first (the caller bounds the wait)."""
+        while label not in self.event_channels:
+            if self.closed or self.state in ("failed", "closed"):
+                raise DataChannelClosedError(f"the connection ended before {label!r} opened")
+            self._channel_event.clear()
+            await self._channel_event.wait()
+        return self.event_channels[label]
 
     # -- signalling -------------------------------------------------------------------------
 
@@ -133,6 +175,11 @@ class MediaPeer:
         kinds = [t.kind for t in self.pc.getTransceivers()]
         if "audio" not in kinds and "video" not in kinds:
             raise BadSdpError("sdp: the offer has no audio or video m= section")
+        if self.data_channels and self.pc.sctp is None:
+            raise BadSdpError(
+                f"sdp: the offer has no data channel (m=application) section; expected one "
+                f"for {', '.join(repr(x) for x in self.data_channels)}"
+            )
         for t in self.pc.getTransceivers():
             if t.kind == "audio":
                 opus = [c for c in transceiver_codecs(t) if c.mimeType.lower() == "audio/opus"]
@@ -251,6 +298,9 @@ class MediaPeer:
             out["video_decoder"] = self._video_guard.stats()
         if self.audio_out is not None:
             out["audio_out"] = self.audio_out.stats()
+        if self.event_channels or self.data_channels_refused:
+            out["data_channels"] = {k: c.stats() for k, c in self.event_channels.items()}
+            out["data_channels_refused"] = self.data_channels_refused
         return out
 
     async def close(self) -> None:
@@ -259,6 +309,9 @@ class MediaPeer:
         self.closed = True
         for task in list(self._tasks):
             task.cancel()
+        for channel in self.event_channels.values():
+            channel.close()
+        self._channel_event.set()
         await self.pc.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

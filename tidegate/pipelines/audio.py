@@ -37,6 +37,16 @@ Echo cancellation (:mod:`tidegate.pipelines.echo`) runs on what the VAD loop rea
 the VAD: ``audio.echo_cancellation`` ``on``, or ``auto`` in a mode whose session speaks
 (``speaks``: the assistant; its reply lane feeds the reference) for WS-only audio and for a
 WebRTC client whose offer said it has no echo cancellation of its own.
+
+Manual turns (the Realtime dialect's ``input_audio_buffer.commit`` / ``.clear``, the commands
+of :mod:`tidegate.protocol.realtime.commands`): a *commit* waits until the audio received so
+far has been through the VAD (at most ``audio_buffer_s`` plus ``SETTLE_MARGIN_S``), closes the
+open segment there (speech that goes on opens the next one), waits for every final still due,
+and then tells the listener (turn-taking ends the turn: ``turn.end`` reason ``commit``) or,
+in a mode without one (``transcribe``), sends ``turn.end`` itself. The commit is answered
+once its finals are out, so it holds the session's next message for that long (about one ASR
+final). A *clear* does the same settling, then drops the open segment and the finals still
+due: no transcript and no turn come of the audio before it.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.engines.workers import WorkerPool
-from tidegate.media import AudioInbox, MediaPeer
+from tidegate.media import AudioChunk, AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
 from tidegate.protocol.errors import ErrorCode
 from tidegate.protocol.messages import (
@@ -70,9 +80,11 @@ from tidegate.protocol.messages import (
     FlowLag,
     InputAudio,
     Timing,
+    TurnEnd,
     VadSpeechStarted,
     VadSpeechStopped,
 )
+from tidegate.protocol.realtime.commands import ClearInputAudio, CommitInputAudio
 
 from .config import AudioConfig
 from .echo import EchoPath
@@ -91,6 +103,9 @@ RECENT_S = 8.0
 #: silence a turn model hears after the last word (Smart Turn's scores drift up with more)
 PAUSE_TAIL_S = 0.05
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
+#: a commit or clear waits at most the inbound buffer's length plus this for the VAD to take
+#: the audio received before it (then it is refused with ``timeout``)
+SETTLE_MARGIN_S = 2.0
 
 
 def now_ms() -> float:
@@ -165,6 +180,14 @@ class SpeechListener(Protocol):
         is empty for a segment the ASR heard no words in (nothing was emitted for it)."""
         ...
 
+    def on_commit(self, ref: str | None, audio_ms: float) -> None:
+        """The client committed its audio (every final of it is out): end the turn there."""
+        ...
+
+    def on_clear(self) -> None:
+        """The client cleared its audio: the words heard since the last turn are dropped."""
+        ...
+
 
 class AudioLane:
     """See the module docstring."""
@@ -231,6 +254,10 @@ class AudioLane:
         self._wake = asyncio.Event()
         self._partial_cancel: tuple[Segment, threading.Event] | None = None  # in flight
         self._last_audio_ms = 0.0  # server time the newest audio arrived
+        # commits and clears: the VAD loop's progress on the inbox, and dropped segments
+        self._vad_busy = False
+        self._vad_idle = asyncio.Event()
+        self._discarded: set[str] = set()  # segment ids whose finals a clear dropped
         self.counters: dict[str, int] = {
             "segments": 0,
             "partials": 0,
@@ -240,13 +267,75 @@ class AudioLane:
             "asr_errors": 0,
             "vad_errors": 0,
             "cuts": 0,
+            "commits": 0,
+            "clears": 0,
         }
         session.spawn(self._vad_loop(self.inbox), "vad")
         session.spawn(self._asr_loop(), "asr")
 
     # -- input ------------------------------------------------------------------------------
     def handlers(self) -> Mapping[type[Any], Handler]:
-        return {InputAudio: self._audio}
+        return {
+            InputAudio: self._audio,
+            CommitInputAudio: self._commit,
+            ClearInputAudio: self._clear,
+        }
+
+    async def _commit(self, msg: CommitInputAudio) -> None:
+        """The audio received so far ends a turn (see the module docstring)."""
+        await self._settle("input_audio_buffer.commit")
+        seg = self._cut_open()
+        if seg is not None:
+            await self._close_segment(seg, self._last_audio_ms)
+        async with self._finals_space:  # every final of the committed audio is out
+            await self._finals_space.wait_for(lambda: not self._finals)
+        self.counters["commits"] += 1
+        audio_ms = self._samples * 1000 / SAMPLE_RATE_HZ
+        if self.listener is not None:
+            self.listener.on_commit(msg.id, audio_ms)
+        else:
+            self.session.emit(TurnEnd(reason="commit", audio_ms=audio_ms, ref=msg.id))
+
+    async def _clear(self, msg: ClearInputAudio) -> None:
+        """The audio received so far makes no transcript and no turn."""
+        await self._settle("input_audio_buffer.clear")
+        seg = self._cut_open()
+        if seg is not None:  # dropped: never queued for its final
+            seg.closed = True
+            inflight = self._partial_cancel
+            if inflight is not None and inflight[0] is seg:
+                inflight[1].set()
+        # the finals still due are skipped (at most asr_max_pending_finals ids, each
+        # forgotten when its turn in the ASR loop comes)
+        self._discarded.update(s.id for s, _ in self._finals)
+        self.counters["clears"] += 1
+        if self.listener is not None:
+            self.listener.on_clear()
+
+    async def _settle(self, what: str) -> None:
+        """Wait until the VAD has taken the audio received so far."""
+        limit_s = self.inbox.max_ms / 1000 + SETTLE_MARGIN_S
+        try:
+            async with asyncio.timeout(limit_s):
+                while self.inbox.stats.queued_ms > 0 or self._vad_busy:
+                    self._vad_idle.clear()
+                    await self._vad_idle.wait()
+        except TimeoutError:
+            raise OverloadedError(
+                f"{what}: the audio before it was not taken within {limit_s:g} s",
+                retry_after_ms=AUDIO_RETRY_AFTER_MS,
+            ) from None
+
+    def _cut_open(self) -> Segment | None:
+        """Close the open segment here; speech that goes on continues in a new one."""
+        seg = self._segment
+        if seg is None:
+            return None
+        self._segment = Segment(
+            "seg_" + secrets.token_urlsafe(6), self._samples, self._decode, language=seg.language
+        )
+        self.counters["segments"] += 1
+        return seg
 
     async def _audio(self, msg: InputAudio) -> None:
         """Pace, resample (off the loop), queue; refusals give the credit back (the
@@ -311,21 +400,37 @@ class AudioLane:
     # -- the VAD loop -----------------------------------------------------------------------
     async def _vad_loop(self, inbox: AudioInbox) -> None:
         rest = np.zeros(0, dtype=np.float32)
+        mine = inbox is self.inbox  # the WS inbox: commits and clears wait for it
         while (chunk := await inbox.read(max_ms=inbox.max_ms)) is not None:
-            if inbox is self.inbox:
-                self._return_consumed()
-            else:
-                self._last_audio_ms = now_ms()
-            pcm = chunk.pcm
-            if self.echo is not None and self._echo_on:  # off the loop: the media workers
-                media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
-                pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
-            audio = np.concatenate([rest, pcm]) if len(rest) else pcm
-            n = len(audio) // FRAME_SAMPLES
-            rest = audio[n * FRAME_SAMPLES :]
-            async with self._feed_lock:
-                for i in range(n):
-                    await self._frame(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+            if not mine:
+                rest = await self._vad_chunk(inbox, chunk, rest)
+                continue
+            self._vad_busy = True
+            try:
+                rest = await self._vad_chunk(inbox, chunk, rest)
+            finally:
+                self._vad_busy = False
+                self._vad_idle.set()
+
+    async def _vad_chunk(
+        self, inbox: AudioInbox, chunk: AudioChunk, rest: np.ndarray[Any, np.dtype[np.float32]]
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """One chunk through the VAD, after ``rest`` (the part-frame the chunk before left);
+        returns the part-frame this one leaves."""
+        if inbox is self.inbox:
+            self._return_consumed()
+        else:
+            self._last_audio_ms = now_ms()
+        pcm = chunk.pcm
+        if self.echo is not None and self._echo_on:  # off the loop: the media workers
+            media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
+            pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
+        audio = np.concatenate([rest, pcm]) if len(rest) else pcm
+        n = len(audio) // FRAME_SAMPLES
+        async with self._feed_lock:
+            for i in range(n):
+                await self._frame(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+        return audio[n * FRAME_SAMPLES :]
 
     async def _frame(self, frame: np.ndarray[Any, np.dtype[np.float32]]) -> None:
         received = self._last_audio_ms
@@ -379,7 +484,11 @@ class AudioLane:
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
         start_sample = max(start_sample, first)
-        seg = Segment("seg_" + secrets.token_urlsafe(6), start_sample, self._decode)
+        # the session's language (config ``language``; None: the engine's default)
+        language = self.session.config.get("language")
+        seg = Segment(
+            "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, language=language
+        )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
         seg.append(audio[skip:], [probability] * frames)
@@ -483,6 +592,11 @@ class AudioLane:
             await self._close_segment(seg, self._last_audio_ms)
 
     async def _final(self, seg: Segment, received: float) -> None:
+        if seg.id in self._discarded:  # a clear dropped it: no words came of it
+            self._discarded.discard(seg.id)
+            if self.listener is not None:
+                self.listener.on_final("", received, len(self._finals) - 1)
+            return
         result, timing = await self._run(seg, None)
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end

@@ -32,6 +32,9 @@ class AudioConfig:
 
 
 TURN_POLICIES = ("semantic", "silence")
+#: a session's ``turn.policy`` may also be ``manual``: no turn ends by itself; the client
+#: commits the audio it sent (the Realtime dialect's ``turn_detection: null``)
+SESSION_TURN_POLICIES = (*TURN_POLICIES, "manual")
 
 
 @dataclass(frozen=True, slots=True)

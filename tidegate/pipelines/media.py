@@ -68,13 +68,16 @@ class SessionMedia:
         self.client_echo_cancellation: bool | None = None
         self._lock = asyncio.Lock()
 
-    async def accept_offer(self, sdp: str) -> tuple[MediaPeer, str]:
-        """Create a peer for ``sdp`` (closing any previous one) and return it and the answer."""
+    async def accept_offer(
+        self, sdp: str, *, data_channels: tuple[str, ...] = ()
+    ) -> tuple[MediaPeer, str]:
+        """Create a peer for ``sdp`` (closing any previous one) and return it and the answer;
+        ``data_channels``: the labels of the client's data channels the peer takes."""
         async with self._lock:
             if self.peer is not None:
                 old, self.peer = self.peer, None
                 await old.close()
-            peer = MediaPeer(self.config, on_lag=self._lag)
+            peer = MediaPeer(self.config, on_lag=self._lag, data_channels=data_channels)
             try:
                 answer = await peer.accept_offer(sdp)
             except IceConfigError as e:  # no free UDP port: try again later

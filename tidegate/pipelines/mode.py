@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from tidegate.engines.service import EngineService
 from tidegate.media import MediaConfig, MediaPeer
 from tidegate.protocol import ClientMessage
+from tidegate.protocol.realtime.commands import Command
 
 from .errors import UnsupportedError
 from .media import SessionMedia
@@ -66,7 +67,7 @@ class Mode:
     def takes(self, kind: type[Any]) -> bool:
         return kind in self._table
 
-    async def handle(self, msg: ClientMessage) -> None:
+    async def handle(self, msg: ClientMessage | Command) -> None:
         handler = self._table.get(type(msg))
         if handler is None:
             raise UnsupportedError(f"{msg.TYPE} is not handled in {self.name} mode")

@@ -38,6 +38,13 @@ A reply starts when turn-taking (:mod:`tidegate.pipelines.turns`) hands it a use
   back at a pause were not played). That spoken part, not the whole reply, goes into the
   history.
 
+Per session (its config) and per response (the Realtime dialect's ``response.create`` with
+options, the :class:`~tidegate.protocol.realtime.commands.CreateResponse` command):
+``instructions`` replace the system prompt, ``output_modalities`` ``["text"]`` writes without
+speaking (no speech is synthesized), ``max_output_tokens`` lowers the reply's token budget
+(``assistant_max_reply_tokens`` is the most), ``voice`` names the server's voice. Every
+``response.done`` carries ``usage``: the tokens of its LLM rounds (prompt, cached, generated).
+
 Bounds: the history keeps ``assistant_max_history_messages``; text chunks waiting for
 synthesis are bounded (``assistant_max_pending_chunks``, coalesce); synthesized audio waits in
 the TtsStream's queue (2 chunks, block); sent-but-unplayed audio is bounded by the lead.
@@ -83,11 +90,13 @@ from tidegate.protocol.messages import (
     ResponseResumed,
     ResponseTextDelta,
     Timing,
+    Usage,
 )
+from tidegate.protocol.realtime.commands import CreateResponse
 
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
-from .errors import InvalidConfigError, NotFoundError
+from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import Interruption, Verdict, WordRule
 from .media import SessionMedia
 from .port import Handler, SessionPort
@@ -104,6 +113,20 @@ INFLIGHT_KEEP_S = 0.2
 #: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
 LEAD_KEEP_MS = 10
 LEAD_SILENCE_DBFS = -50.0
+MAX_INSTRUCTIONS_CHARS = 16_384  # as a session's (sessions/config.py)
+DEFAULT_VOICE = "default"  # the server's TTS voice, whatever its model
+#: ``response.create`` options the reply lane serves; the dialect keeps the rest (formats,
+#: metadata) to itself
+RESPONSE_OPTIONS = frozenset({"instructions", "output_modalities", "max_output_tokens", "voice"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOptions:
+    """What one reply does, from the session's config and the response's own options."""
+
+    instructions: str | None = None  # None: the session's, else the configured prompt
+    speaks: bool = True  # output_modalities ["audio"]; ["text"]: no speech
+    max_tokens: int | None = None  # None: the session's, else assistant_max_reply_tokens
 
 
 def new_response_id() -> str:
@@ -226,6 +249,30 @@ class Reply:
     backlog: deque[OutFrame] = field(default_factory=deque)  # to send (taken back ones first)
     inflight: deque[OutFrame] = field(default_factory=deque)  # sent, maybe not played yet
     paused_at: float = 0.0
+    options: ReplyOptions = field(default_factory=ReplyOptions)
+    # tokens of the LLM rounds that ended, and of the one running (``gen``)
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+
+    def usage(self) -> Usage | None:
+        """The tokens the reply's LLM rounds took so far (None: no round ran)."""
+        gen = self.gen
+        if gen is None and not self.input_tokens:
+            return None
+        return Usage(
+            input_tokens=self.input_tokens + (gen.prompt_tokens if gen else 0),
+            cached_tokens=self.cached_tokens + (gen.cached_tokens if gen else 0),
+            output_tokens=self.output_tokens + (gen.completion_tokens if gen else 0),
+        )
+
+    def round_done(self) -> None:
+        """The running LLM round ended: its tokens join the reply's."""
+        gen, self.gen = self.gen, None
+        if gen is not None:
+            self.input_tokens += gen.prompt_tokens
+            self.cached_tokens += gen.cached_tokens
+            self.output_tokens += gen.completion_tokens
 
     def locate(self, chunk: str) -> tuple[int, int]:
         """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
@@ -320,6 +367,7 @@ class ReplyLane:
     def handlers(self) -> Mapping[type[Any], Handler]:
         return {
             ResponseCreate: self._create,
+            CreateResponse: self._create_with_options,
             ResponseCancel: self._cancel,
             FunctionCallOutput: self._call_output,
         }
@@ -350,7 +398,11 @@ class ReplyLane:
         limit = self.config.speculate_max_wait_s
         if limit <= 0 or wait_s > limit or self.session.config.get("tools"):
             return
+        options = self._session_options()
+        if not options.speaks:  # a text reply cannot be held back by its speech: not guessed
+            return
         reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
+        reply.options = options
         reply.messages = self._messages_with(text)
         self.speculative = reply
         self.counters["speculations"] += 1
@@ -572,14 +624,79 @@ class ReplyLane:
         it.absorbed.clear()
         reply.playing.set()
 
+    def hear(self, text: str) -> None:
+        """The user said ``text`` (a committed turn): it waits for ``response.create``."""
+        self._discard_speculation()  # no reply comes of this turn by itself
+        self._user_says(text)
+
     async def _create(self, msg: ResponseCreate) -> None:
-        if msg.text is not None:
-            self._user_says(msg.text)
+        self._answer_create(msg.text, msg.id, self._session_options())
+
+    async def _create_with_options(self, msg: CreateResponse) -> None:
+        self._answer_create(msg.text, msg.id, self._response_options(msg.options))
+
+    def _answer_create(self, text: str | None, ref: str | None, options: ReplyOptions) -> None:
+        if text is not None:
+            self._user_says(text)
         elif not self.history or self.history[-1]["role"] != "user":
             raise InvalidConfigError(
                 "response.create: there is no user message to answer; give 'text'"
             )
-        self._start_reply(msg.id, now_ms())
+        self._start_reply(ref, now_ms(), options=options)
+
+    def _session_options(self) -> ReplyOptions:
+        """The reply options the session's config gives (sessions/config.py checked them)."""
+        c = self.session.config
+        tokens = c.get("max_output_tokens", "inf")
+        return ReplyOptions(
+            instructions=c.get("instructions") or None,
+            speaks=c.get("output_modalities", ["audio"]) == ["audio"],
+            max_tokens=None if tokens == "inf" else int(tokens),
+        )
+
+    def _response_options(self, options: dict[str, Any]) -> ReplyOptions:
+        """The session's reply options with one response's own (checked here: they come
+        with the request, not through the config check)."""
+        unknown = sorted(set(options) - RESPONSE_OPTIONS)
+        if unknown:
+            raise UnsupportedError(
+                f"response.create: per-response {unknown[0]!r} is not served (set it for the "
+                f"session instead); per response: {sorted(RESPONSE_OPTIONS)}"
+            )
+        base = self._session_options()
+        instructions = options.get("instructions", base.instructions)
+        if instructions is not None and (
+            not isinstance(instructions, str) or len(instructions) > MAX_INSTRUCTIONS_CHARS
+        ):
+            raise InvalidConfigError(
+                f"response.create instructions: expected a string of at most "
+                f"{MAX_INSTRUCTIONS_CHARS} characters"
+            )
+        speaks = base.speaks
+        if "output_modalities" in options:
+            modalities = list(options["output_modalities"])
+            if modalities not in (["audio"], ["text"]):
+                raise InvalidConfigError(
+                    f"response.create output_modalities: expected ['audio'] or ['text'], got "
+                    f"{modalities!r}"
+                )
+            speaks = modalities == ["audio"]
+        max_tokens = base.max_tokens
+        if "max_output_tokens" in options:
+            value = options["max_output_tokens"]
+            if value != "inf" and (type(value) is not int or value < 1):
+                raise InvalidConfigError(
+                    f"response.create max_output_tokens: expected a positive integer or 'inf', "
+                    f"got {value!r}"
+                )
+            max_tokens = None if value == "inf" else value
+        voice = options.get("voice", DEFAULT_VOICE)
+        if voice not in (DEFAULT_VOICE, self.voice):
+            raise UnsupportedError(
+                f"response.create voice: {voice!r} is not a voice of this server; it speaks "
+                f"with {[DEFAULT_VOICE, self.voice]}"
+            )
+        return ReplyOptions(instructions or None, speaks, max_tokens)
 
     async def _cancel(self, msg: ResponseCancel) -> None:
         reply = self.reply
@@ -616,12 +733,20 @@ class ReplyLane:
         return self.messages(self._trimmed([*self.history, {"role": "user", "content": text}]))
 
     # -- replies ----------------------------------------------------------------------------
-    def _start_reply(self, ref: str | None, received_ms: float, *, spoken: bool = False) -> None:
+    def _start_reply(
+        self,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool = False,
+        options: ReplyOptions | None = None,
+    ) -> None:
         self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
         self._end_interruption()
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
+        reply.options = options if options is not None else self._session_options()
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
@@ -629,18 +754,26 @@ class ReplyLane:
     async def _respond(self, reply: Reply) -> None:
         s = self.session
         self._emit(reply, ResponseCreated(response_id=reply.id, ref=reply.ref))
-        messages = list(reply.messages) if reply.held else self.messages()
+        messages = (
+            list(reply.messages)
+            if reply.held
+            else self.messages(instructions=reply.options.instructions)
+        )
         try:
             reply.started_ms = now_ms()
-            tts = TtsStream(
-                lambda chunk: self._synthesize(reply, chunk),
-                max_pending_chunks=self.config.max_pending_chunks,
-            )
-            reply.tts = tts
-            reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
+            tts: TtsStream | None = None
+            if reply.options.speaks:  # a text-only reply synthesizes nothing
+                tts = TtsStream(
+                    lambda chunk: self._synthesize(reply, chunk),
+                    max_pending_chunks=self.config.max_pending_chunks,
+                )
+                reply.tts = tts
+                reply.speaker = s.spawn(self._speak(reply, tts), "reply-audio")
             while True:  # one LLM round, then another after each round of tool calls
                 reply.round_start = len(reply.text)
-                gen = await self._generate(messages, first_round=reply.calls_made == 0)
+                gen = await self._generate(
+                    messages, first_round=reply.calls_made == 0, max_tokens=reply.options.max_tokens
+                )
                 reply.gen = gen
                 async for item in gen.events():
                     if isinstance(item, ToolCallDelta):
@@ -661,12 +794,15 @@ class ReplyLane:
                             response_id=reply.id, delta=item, timing=self._timing(reply)
                         ),
                     )
-                    tts.push(item)
+                    if tts is not None:
+                        tts.push(item)
+                reply.round_done()
                 if not gen.tool_calls:
                     break
                 messages += await self._call_tools(reply, gen.tool_calls)
-            tts.end()
-            await reply.speaker
+            if tts is not None and reply.speaker is not None:
+                tts.end()
+                await reply.speaker
         except asyncio.CancelledError:
             if reply.finished:  # cut: response.done has gone out already
                 return
@@ -679,24 +815,30 @@ class ReplyLane:
             return
         self._finish(reply, "completed", reply.text)
 
-    async def _generate(self, messages: list[dict[str, Any]], *, first_round: bool) -> Generation:
+    async def _generate(
+        self, messages: list[dict[str, Any]], *, first_round: bool, max_tokens: int | None = None
+    ) -> Generation:
         """The next LLM round. The session's ``tool_choice`` holds for the reply's first
         round only; later rounds, which have the calls' outputs, send none (the provider's
-        default, ``auto``): a forced call would otherwise be forced again every round."""
+        default, ``auto``): a forced call would otherwise be forced again every round.
+        ``max_tokens`` lowers the reply's budget (never above ``assistant_max_reply_tokens``)."""
         s = self.session
+        params = self._params
+        if max_tokens is not None and max_tokens < params.max_tokens:
+            params = SamplingParams(max_tokens=max_tokens)
         tools = s.config.get("tools")
         if tools:
             choice = s.config.get("tool_choice")
             return self.llm.generate(
                 messages,
-                self._params,
+                params,
                 session=s.id,
                 tools=tools,
                 tool_choice=choice if first_round or choice == "none" else None,
             )
         if s.caches is not None:  # a greedy reply given before comes back at once
-            return await s.caches.generate(self.llm, messages, self._params, session=s.id)
-        return await self.llm.submit(messages, self._params, session=s.id)
+            return await s.caches.generate(self.llm, messages, params, session=s.id)
+        return await self.llm.submit(messages, params, session=s.id)
 
     async def _call_tools(self, reply: Reply, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
         """Send each call to the client (``response.function_call.done``), wait for every
@@ -762,14 +904,16 @@ class ReplyLane:
         reply.round_start = len(reply.text)
         return added
 
-    def messages(self, history: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """What the LLM is given: the system prompt (or the session's instructions), the
-        history (``history``, else the lane's) and, just before the last
+    def messages(
+        self, history: list[dict[str, Any]] | None = None, *, instructions: str | None = None
+    ) -> list[dict[str, Any]]:
+        """What the LLM is given: the system prompt (or the reply's, else the session's
+        instructions), the history (``history``, else the lane's) and, just before the last
         user message, what the camera sees (not kept in the history)."""
         c = self.config
         # The session's ``instructions`` (session.create / session.update) replace the
-        # configured system prompt, from the next reply on.
-        prompt = self.session.config.get("instructions") or c.system_prompt
+        # configured system prompt, from the next reply on; a response's own replace both.
+        prompt = instructions or self.session.config.get("instructions") or c.system_prompt
         history = self.history if history is None else history
         out = [{"role": "system", "content": prompt}, *history]
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
@@ -926,6 +1070,7 @@ class ReplyLane:
                 timing=self._timing(reply),
                 ref=reply.ref,
                 reason=reason,
+                usage=reply.usage(),
             )
         )
         self.session.record(

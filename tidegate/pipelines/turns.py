@@ -14,8 +14,18 @@ and the turn's policy says so (session config ``turn.policy``, default the setti
   more speech, up to ``max_wait_s`` (``turn_max_wait_s``) after the pause, then ends. A
   server without the turn engine, or a score that fails (overloaded, late), falls back to
   the silence policy for that pause.
+- ``manual``: no turn ends by itself; the client commits (the audio lane's
+  ``input_audio_buffer.commit`` command, :mod:`tidegate.pipelines.audio`). Speech does not
+  interrupt a reply under this policy (there is no turn detection to say it is a turn).
 
-Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence,
+A session's ``turn`` config may also set ``end_of_turn_s`` and ``max_wait_s`` (overriding
+the settings for it), ``respond: false`` (a turn's end keeps the user's words in the history
+for the next ``response.create`` instead of replying) and ``interrupt: false`` (speech over a
+reply does not cut it). A commit, whatever the policy, ends the turn at once with reason
+``commit`` and never starts a reply: its words wait for ``response.create`` (as the Realtime
+API does); a clear drops the words heard since the last turn.
+
+Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence | commit,
 probability, audio_ms} at the decision: it does not wait for the ASR final of the turn's last
 segment (except over a reply, below). The reply does: once the finals of every segment of the
 turn are out, they are joined into the user message the reply lane answers. Speech that starts
@@ -77,6 +87,10 @@ class Replier(Protocol):
         """Speech over a reply is being judged (it may be a backchannel, not a turn)."""
         ...
 
+    def hear(self, text: str) -> None:
+        """The user said ``text``; the reply waits for ``response.create``."""
+        ...
+
 
 class Looker(Protocol):
     """The vision lane, as turn-taking sees it."""
@@ -118,6 +132,7 @@ class TurnTaking:
             "turn_ends_semantic": 0,
             "turn_ends_timeout": 0,
             "turn_ends_silence": 0,
+            "turn_ends_commit": 0,
             "turn_scores": 0,
             "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
@@ -138,12 +153,15 @@ class TurnTaking:
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
 
+    def _turn_config(self, key: str, default: Any) -> Any:
+        return self.session.config.get("turn", {}).get(key, default)
+
     @property
     def policy(self) -> str:
         """This session's turn policy now (its config's ``turn.policy``, else the default);
-        ``silence`` when no turn engine runs."""
-        policy = self.session.config.get("turn", {}).get("policy", self.config.policy)
-        return "silence" if self.turn is None else str(policy)
+        ``semantic`` is ``silence`` when no turn engine runs."""
+        policy = str(self._turn_config("policy", self.config.policy))
+        return "silence" if policy == "semantic" and self.turn is None else policy
 
     def handlers(self) -> Mapping[type[Any], Handler]:
         return {InputText: self._text}
@@ -170,14 +188,18 @@ class TurnTaking:
             self._ended = False
             self.counters["turn_ends_continued"] += 1
         self._held = None
-        self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
+        if self.policy != "manual" and self._turn_config("interrupt", True):
+            self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False
         self.reply.speech_stopped()
         self._finals_due = True
         stopped = time.monotonic()
-        if self.policy == "semantic":
+        policy = self.policy
+        if policy == "manual":
+            self._decision = None  # the client commits
+        elif policy == "semantic":
             assert self.turn is not None
             self._decision = None  # until the score
             audio = self._turn_audio(recent, audio_ms)
@@ -217,8 +239,37 @@ class TurnTaking:
         keep = int(keep_s * SAMPLE_RATE_HZ)
         return recent[-keep:] if 0 < keep < len(recent) else recent
 
+    def on_commit(self, ref: str | None, audio_ms: float) -> None:
+        """The client committed its audio: the turn ends now; its words wait for
+        ``response.create``."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
+        self._pause += 1  # a score still coming is for a turn that is over
+        self._decision = None
+        self._finals_due = False  # the audio lane has put every final out
+        self._ended, self._held, self._turn_start_ms = False, None, None
+        text = " ".join(self._turn)
+        self._turn.clear()
+        self.turns += 1
+        self.counters["turn_ends_commit"] += 1
+        self.session.emit(TurnEnd(reason="commit", audio_ms=audio_ms, ref=ref))
+        if text:
+            self.reply.hear(text)
+
+    def on_clear(self) -> None:
+        """The client cleared its audio: the words heard since the last turn are dropped."""
+        if self._turn_timer is not None:
+            self._turn_timer.cancel()
+            self._turn_timer = None
+        self._pause += 1
+        self._decision = None
+        self._turn.clear()
+        self._ended, self._held, self._turn_start_ms = False, None, None
+
     def _silence(self, stopped: float, audio_ms: float) -> Decision:
-        return Decision("silence", None, stopped + self.config.end_of_turn_s, audio_ms)
+        wait_s = self._turn_config("end_of_turn_s", self.config.end_of_turn_s)
+        return Decision("silence", None, stopped + wait_s, audio_ms)
 
     async def _score(
         self, turn: Scheduler[Array, Any], recent: Array, pause: int, stopped: float, ms: float
@@ -241,9 +292,8 @@ class TurnTaking:
             self._decision = Decision("semantic", result.probability, time.monotonic(), ms)
         else:
             self.counters["turn_scores_incomplete"] += 1
-            self._decision = Decision(
-                "timeout", result.probability, stopped + self.config.max_wait_s, ms
-            )
+            wait_s = self._turn_config("max_wait_s", self.config.max_wait_s)
+            self._decision = Decision("timeout", result.probability, stopped + wait_s, ms)
         self._arm()
 
     def _arm(self) -> None:
@@ -268,7 +318,7 @@ class TurnTaking:
         if self._finals_due or not self._turn:
             return  # the text is not known yet (on_final speculates when it is)
         wait_s = decision.at - time.monotonic()
-        if wait_s > 0:
+        if wait_s > 0 and self._turn_config("respond", True):
             self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=wait_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
@@ -309,7 +359,10 @@ class TurnTaking:
         text = " ".join(self._turn)
         self._turn.clear()
         self.turns += 1
-        self.reply.answer(text, None, self._turn_received, spoken=True)
+        if self._turn_config("respond", True):
+            self.reply.answer(text, None, self._turn_received, spoken=True)
+        else:
+            self.reply.hear(text)
 
     def stats(self) -> dict[str, Any]:
         return {"turns": self.turns, **self.counters}

@@ -311,6 +311,18 @@ class Timing(Record):
 
 @record
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Usage(Record):
+    """Tokens a response took, summed over its LLM rounds: ``input_tokens`` the prompts
+    (the system message, the history, tool results), ``cached_tokens`` those of them whose
+    KV state was reused, ``output_tokens`` the tokens generated (text and tool calls)."""
+
+    input_tokens: int = spec(Number(0, 2**31, integer=True))
+    cached_tokens: int = spec(Number(0, 2**31, integer=True), 0)
+    output_tokens: int = spec(Number(0, 2**31, integer=True))
+
+
+@record
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Detection(Record):
     """One detected object: ``box`` is [x, y, w, h] in the frame's pixels."""
 
@@ -568,11 +580,14 @@ class TurnEnd(ServerMessage):
     finals are out, and speech before then continues the turn): ``reason`` is how it was
     decided (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
     incomplete, and no speech followed within ``turn_max_wait_s``; ``silence``: the silence
-    policy, or its fallback), ``probability`` the turn model's score at the last pause (absent
-    under the silence policy), ``audio_ms`` the media time of that pause."""
+    policy, or its fallback; ``commit``: the client committed its audio, the Realtime
+    dialect's ``input_audio_buffer.commit``), ``probability`` the turn model's score at the
+    last pause (absent under the silence policy), ``audio_ms`` the media time of that pause
+    (with ``commit``: of the end of the audio committed). With ``commit``, every final of the
+    committed audio is out before it (``ref``: the commit's id)."""
 
     TYPE: ClassVar[str] = "turn.end"
-    reason: str = spec(Text(choices=("semantic", "silence", "timeout")))
+    reason: str = spec(Text(choices=("semantic", "silence", "timeout", "commit")))
     probability: float | None = spec(Number(0, 1), None)
     audio_ms: float | None = spec(_MEDIA_MS, None)
 
@@ -634,7 +649,8 @@ class ResponseTextDelta(ServerMessage):
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseDone(ServerMessage):
     """The end of a response; when ``cancelled``, ``text`` is what was delivered before the cut;
-    when ``failed``, ``reason`` says why."""
+    when ``failed``, ``reason`` says why; ``usage`` the tokens its LLM rounds took (absent
+    when no round ran)."""
 
     TYPE: ClassVar[str] = "response.done"
     response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
@@ -642,6 +658,7 @@ class ResponseDone(ServerMessage):
     text: str = spec(Text(4 * MAX_TEXT_CHARS))
     timing: Timing | None = spec(Nested(Timing), None)
     reason: str | None = spec(Text(1024), None)
+    usage: Usage | None = spec(Nested(Usage), None)
 
 
 @message

@@ -25,6 +25,7 @@ from .edge import Edge
 from .metrics import METRICS_PATH
 from .openai_api import CHAT_COMPLETIONS_PATH, chat_completions
 from .realtime import REALTIME_PATH, realtime_endpoint
+from .realtime_calls import CALLS_PATH, calls_endpoint
 from .rtc import offer_endpoint
 from .runtime import Runtime
 from .settings import Settings
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> WebSocketFront:
             Route("/readyz", readyz),
             Route(METRICS_PATH, metrics_endpoint, methods=["GET"]),
             Route("/v1/sessions/{session_id}/offer", offer_endpoint, methods=["POST"]),
+            Route(CALLS_PATH, calls_endpoint, methods=["POST"]),
             Route(CHAT_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
             *api_routes(),
             Route(DEV_TOKEN_PATH, dev_token_endpoint(settings), methods=["POST"]),

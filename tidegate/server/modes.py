@@ -58,6 +58,8 @@ def media_config(settings: Settings) -> MediaConfig:
         audio_out_lead_ms=s.audio_out_lead_ms,
         video_max_pixels=s.frame_max_pixels,
         video_decoder_max_frames=s.video_decoder_max_frames,
+        data_channel_max_inbound_messages=s.data_channel_max_inbound_messages,
+        data_channel_max_buffered_bytes=s.data_channel_max_buffered_bytes,
     )
 
 

@@ -28,9 +28,11 @@ anything): mode ``assistant``, or ``transcribe`` for ``?intent=transcription`` o
 ``session.update`` of ``type: "transcription"``, through :class:`~tidegate.sessions.api.Sessions`
 like every other transport. The reader feeds each text frame to the translator and hands what
 it asks of the session to the sessions layer, as the control channel does; the writer drains
-the session's outbox through the translator into JSON text frames. Requests tidegate's
-runtime does not serve yet (the translator's commands: a manual commit, a clear, a
-``response.create`` with per-response options) are answered ``unsupported``.
+the session's outbox through the translator into JSON text frames. The translator's
+commands (a manual commit, a clear, a ``response.create`` with per-response options) go to
+the session like its messages: the mode's lanes take them (the audio lane commits and
+clears, the reply lane takes the options); a commit is answered once the finals of the audio
+before it are out, so the reader waits that long (about one ASR final) before the next event.
 
 Per-event timing: each tidegate event handed to the translator is observed in the node's
 stage histograms with ``dialect="realtime"`` (docs/metrics.md).
@@ -56,10 +58,7 @@ from tidegate.protocol.messages import (
     SessionUpdate,
 )
 from tidegate.protocol.realtime import (
-    ClearInputAudio,
     Command,
-    CommitInputAudio,
-    CreateResponse,
     Handshake,
     RealtimeError,
     RealtimeTranslator,
@@ -78,7 +77,7 @@ from .control import (
     _release_sessionless,
     now_ms,
 )
-from .errors import ConnectionLimitError, RateLimitedError, RefusalError
+from .errors import ConnectionLimitError, RateLimitedError, RefusalError, UnsupportedError
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -88,12 +87,6 @@ log = logging.getLogger(__name__)
 REALTIME_PATH = "/v1/realtime"
 DIALECT = "realtime"
 END_REASON = "the Realtime connection ended"
-# The client events behind each command, for the refusal's message.
-_COMMAND_EVENTS = {
-    CommitInputAudio: "input_audio_buffer.commit",
-    ClearInputAudio: "input_audio_buffer.clear",
-    CreateResponse: "response.create with per-response options",
-}
 
 
 def _query(scope: dict[str, Any] | Any) -> dict[str, str]:
@@ -158,20 +151,43 @@ async def _refuse(
     await ws.close(code, _close_reason(e.message))
 
 
+def realtime_translator(runtime: Runtime, hs: Handshake) -> RealtimeTranslator:
+    """A connection's translator, with the node's bounds."""
+    return RealtimeTranslator(
+        audio=RealtimeAudioCodec(),
+        model=hs.model,
+        session_type=hs.session_type,
+        max_event_bytes=max_event_bytes(runtime),
+        max_bad_events=runtime.settings.max_bad_messages,
+    )
+
+
 class RealtimeChannel(ControlChannel):
-    """One accepted Realtime connection: the control channel's shell, the translator's wire."""
+    """One accepted Realtime connection: the control channel's shell, the translator's wire.
+
+    A WebRTC call (:mod:`.realtime_calls`) is served by the same class over its data channel:
+    its session was opened before the answer (``opened``: the session and the id of the
+    translator's ``session.create``, with ``translator`` the one that asked), so the channel
+    starts attached, and its session cannot change its type; ``first_events`` are client
+    events handled first (the offer's ``session`` part)."""
 
     def __init__(
-        self, ws: AsgiWebSocket, runtime: Runtime, principal: Principal, hs: Handshake
+        self,
+        ws: AsgiWebSocket,
+        runtime: Runtime,
+        principal: Principal,
+        hs: Handshake,
+        *,
+        translator: RealtimeTranslator | None = None,
+        opened: tuple[Session, str | None] | None = None,
+        first_events: list[str] | None = None,
     ) -> None:
         super().__init__(ws, runtime, "json", principal)
-        self.t = RealtimeTranslator(
-            audio=RealtimeAudioCodec(),
-            model=hs.model,
-            session_type=hs.session_type,
-            max_event_bytes=max_event_bytes(runtime),
-            max_bad_events=runtime.settings.max_bad_messages,
-        )
+        self.t = translator if translator is not None else realtime_translator(runtime, hs)
+        self._opened = opened
+        self._first_events = list(first_events or ())
+        if opened is not None:
+            self._sessionless = False  # it never held a slot: its session came with the call
         self._received = 0
         self._received_bytes = 0
         self._sent = 0
@@ -218,7 +234,13 @@ class RealtimeChannel(ControlChannel):
 
     async def _read_loop(self) -> None:
         t = self.t
-        t.start(now_ms())  # the session opens now: clients wait for session.created
+        if self._opened is not None:  # a call: its session is open already
+            session, create_id = self._opened
+            await self._dispatch_rt(SessionCreate(config=session.config, id=create_id))
+            for text in self._first_events:
+                t.receive_text(text, now_ms())
+        else:
+            t.start(now_ms())  # the session opens now: clients wait for session.created
         await self._serve_translator()
         receive = self.ws.receive
         budget = self.runtime.limiter.messages
@@ -268,19 +290,18 @@ class RealtimeChannel(ControlChannel):
         await self._flush()
 
     async def _dispatch_rt(self, item: ClientMessage | Command) -> None:
-        if isinstance(item, Command):
-            event = _COMMAND_EVENTS.get(type(item), type(item).__name__)
-            self.runtime.refusals[ErrorCode.UNSUPPORTED.value] += 1
-            message = f"{event} is not served by tidegate's session runtime yet"
-            self.t.receive_message(
-                Error(code=ErrorCode.UNSUPPORTED.value, message=message, ref=item.id), now_ms()
-            )
-            return
         try:
             kind = type(item)
             if kind is SessionCreate:
+                if self.session is not None:  # a call's session keeps its type
+                    raise UnsupportedError(
+                        "a call's session cannot change its type; start the call with "
+                        "?intent=transcription for a transcription session"
+                    )
                 await self._open(item)  # type: ignore[arg-type]
             elif kind is SessionClose:  # a session.type change: this one goes, another opens
+                if self._opened is not None:
+                    raise UnsupportedError("a call's session cannot change its type")
                 await self._close_for_switch()
             elif self.session is None:
                 raise _NoSession()
@@ -315,13 +336,18 @@ class RealtimeChannel(ControlChannel):
             self.t.receive_message(error, now_ms())
 
     async def _open(self, msg: SessionCreate) -> None:
-        client = client_info(self.ws.scope, DIALECT)
-        try:
-            session = await self.runtime.sessions.open(self.principal, msg.config, client=client)
-        except RefusalError as e:
-            if self.session is None:  # nothing to serve without one: refuse, then close
-                self._fail(e.close_code or _CLOSE_WITHOUT_SESSION, e.message)
-            raise
+        if self._opened is not None:  # a call's: opened before its answer
+            session = self._opened[0]
+        else:
+            client = client_info(self.ws.scope, DIALECT)
+            try:
+                session = await self.runtime.sessions.open(
+                    self.principal, msg.config, client=client
+                )
+            except RefusalError as e:
+                if self.session is None:  # nothing to serve without one: refuse, then close
+                    self._fail(e.close_code or _CLOSE_WITHOUT_SESSION, e.message)
+                raise
         self.session = session
         session.attach(self)
         if self._sessionless:  # no longer a connection without a session
@@ -406,4 +432,4 @@ def _error(e: RefusalError, ref: str | None = None) -> Error:
     return Error(code=e.code.value, message=e.message, ref=ref, retry_after_ms=e.retry_after_ms)
 
 
-__all__ = ["REALTIME_PATH", "RealtimeChannel", "realtime_endpoint"]
+__all__ = ["REALTIME_PATH", "RealtimeChannel", "realtime_endpoint", "realtime_translator"]

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -98,6 +99,8 @@ class Runtime:
         self.draining = False
         self.startup_error: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        #: Realtime WebRTC calls being served (realtime_calls.py): each ends its session
+        self.calls: set[asyncio.Task[Any]] = set()
         self.engines: EngineService | None = None
 
     async def start(self) -> None:
@@ -159,9 +162,21 @@ class Runtime:
         self.startup_error = f"engines failed to start: {error}"
         log.error("%s", self.startup_error)
 
+    def spawn_call(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a Realtime call's task (owned here: cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.calls.add(task)
+        task.add_done_callback(self.calls.discard)
+        return task
+
     async def stop(self) -> None:
         self.ready = False
         self.draining = True
+        calls = list(self.calls)
+        for task in calls:
+            task.cancel()
+        if calls:
+            await asyncio.gather(*calls, return_exceptions=True)
         await self.registry.close_all()
         await self.cluster.close()
         await self.recorder.close()  # journals what is queued, tries a last commit

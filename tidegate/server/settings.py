@@ -315,6 +315,21 @@ class Settings:
         "dropped and a keyframe is asked for (a keyframe always replaces the frames waiting).",
         default=32,
     )
+    data_channel_max_inbound_messages: int = _doc(
+        "Events from a WebRTC client's data channel (the Realtime dialect's oai-events) "
+        "waiting to be read; more are dropped (counted).",
+        default=256,
+    )
+    data_channel_max_buffered_bytes: int = _doc(
+        "Events buffered for a WebRTC client's data channel; past it the sender waits, and a "
+        "client that does not read is closed after send_timeout_s.",
+        default=1 << 20,
+    )
+    realtime_call_connect_s: float = _doc(
+        "POST /v1/realtime/calls: how long after the answer the client has to connect and "
+        "open its oai-events data channel; after it the call and its session end.",
+        default=30.0,
+    )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
         "Opus encoder complexity of outbound audio (0-10; CPU per frame grows with it: "
@@ -924,6 +939,13 @@ class Settings:
         if self.video_decoder_max_frames < 1:
             raise ConfigError(
                 f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
+            )
+        for name in ("data_channel_max_inbound_messages", "data_channel_max_buffered_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.realtime_call_connect_s <= 0:
+            raise ConfigError(
+                f"realtime_call_connect_s must be positive, got {self.realtime_call_connect_s}"
             )
         if self.frame_max_pixels < 1:
             raise ConfigError(f"frame_max_pixels must be positive, got {self.frame_max_pixels}")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError, OverloadedError
 from tidegate.protocol import ClientMessage
+from tidegate.protocol.realtime.commands import Command
 
 from .admission import Admission
 from .config import ENGINE_MODES, resolve_config
@@ -189,14 +190,15 @@ class Sessions:
         session.config = merged
         return merged
 
-    async def handle(self, session: Session, msg: ClientMessage) -> None:
+    async def handle(self, session: Session, msg: ClientMessage | Command) -> None:
         """A client message for the session: a sensor message to its sensor lane, anything
         else to its mode. A refusal raises RefusalError (the transport answers it with an
         ``error``); an upload that is refused or fails was consumed, not kept: the transport
         gives its credit back (``session.return_credit(upload_size(msg))``), as the control
-        channel does."""
-        if msg.TYPE in SENSOR_TYPES and session.sensors is not None:
-            await session.sensors.handle(msg)
+        channel does. A dialect's :class:`Command` goes to the mode like a message."""
+        sensors = session.sensors
+        if not isinstance(msg, Command) and msg.TYPE in SENSOR_TYPES and sensors is not None:
+            await sensors.handle(msg)
         elif session.mode is not None:
             await session.mode.handle(msg)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidegate.engines.errors import RequestError
 from tidegate.engines.llm.tools import validate_tool_choice, validate_tools
-from tidegate.pipelines.config import TURN_POLICIES
+from tidegate.pipelines.config import SESSION_TURN_POLICIES
 from tidegate.pipelines.echo import ECHO_CANCELLATION
 from tidegate.pipelines.errors import InvalidConfigError, UnsupportedError
 from tidegate.pipelines.interrupt import BACKCHANNEL_POLICIES, MAX_CONFIRM_S, MAX_MIN_WORDS
@@ -48,7 +48,18 @@ class Between:
 Choices = tuple[Any, ...] | Between
 
 #: ``turn``: how the user's turn ends (docs/assistant.md); the assistant mode only.
-TURN_KEYS: dict[str, Choices] = {"policy": TURN_POLICIES}
+#: ``policy`` manual: no turn ends by itself, the client commits (the Realtime dialect's
+#: ``input_audio_buffer.commit``); ``end_of_turn_s`` / ``max_wait_s`` override the settings
+#: ``assistant_end_of_turn_s`` / ``turn_max_wait_s`` for this session; ``respond`` false: a
+#: turn's end keeps the user's words for the next ``response.create`` instead of replying;
+#: ``interrupt`` false: speech over a reply does not cut it.
+TURN_KEYS: dict[str, Choices] = {
+    "policy": SESSION_TURN_POLICIES,
+    "end_of_turn_s": Between(0.0, 10.0),
+    "max_wait_s": Between(0.0, 30.0),
+    "respond": (True, False),
+    "interrupt": (True, False),
+}
 #: ``audio``: the microphone's echo cancellation and noise suppression (docs/assistant.md).
 AUDIO_KEYS: dict[str, Choices] = {
     "echo_cancellation": ECHO_CANCELLATION,
@@ -61,9 +72,27 @@ INTERRUPT_KEYS: dict[str, Choices] = {
     "confirm_s": Between(0.0, MAX_CONFIRM_S),
 }
 CONFIG_KEYS = frozenset(
-    {"mode", "lanes", "tools", "tool_choice", "instructions", "turn", "audio", "interrupt"}
+    {
+        "mode",
+        "lanes",
+        "tools",
+        "tool_choice",
+        "instructions",
+        "turn",
+        "audio",
+        "interrupt",
+        "output_modalities",
+        "voice",
+        "max_output_tokens",
+        "language",
+    }
 )
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
+#: ``output_modalities``: the reply speaks (``["audio"]``, its text streams too) or only
+#: writes (``["text"]``: no speech is synthesized)
+OUTPUT_MODALITIES = (["audio"], ["text"])
+MAX_OUTPUT_TOKENS = 4096  # a session's ``max_output_tokens`` (an integer, or "inf")
+DEFAULT_VOICE = "default"  # the voice of the server's TTS engine
 LANES_MODE = "lanes"  # the mode of a config that names its lanes
 # Modes that run on engines: the engines each needs, by name (see server/engines.py).
 ENGINE_MODES: dict[str, tuple[str, ...]] = {m.name: m.needs for m in MODES.values() if m.needs}
@@ -117,7 +146,73 @@ def resolve_config(
         _resolve_tools(config, engines, max_tools_items, max_tools_bytes)
     if "instructions" in config:
         _check_instructions(config)
+    _check_reply_keys(config, engines)
+    if "language" in config and config["language"] is None:  # back to the engine's default
+        del config["language"]
+    if "language" in config:
+        _check_language(config, engines)
     return config
+
+
+def _check_language(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``language``: what the session's speech is recognised in (an ISO 639-1 code, or
+    ``auto``; null: the engine's default), checked against the ASR model this server runs (an
+    English-only model takes ``en`` and ``auto`` only); the assistant and transcribe modes
+    only. It applies from the next speech segment on."""
+    value = config["language"]
+    if config["mode"] not in ("assistant", "transcribe"):
+        raise InvalidConfigError("session config.language: only modes that recognise speech")
+    if not isinstance(value, str) or not 2 <= len(value) <= 8:
+        raise InvalidConfigError(
+            f"session config.language: expected an ISO 639-1 code or 'auto', got {value!r}"
+        )
+    asr = engines.schedulers.get("asr") if engines is not None else None
+    tokenizer = getattr(getattr(asr, "engine", None), "tokenizer", None)
+    if tokenizer is None:
+        raise UnsupportedError("session config.language: the ASR engine is not loaded")
+    try:
+        tokenizer.language_token(value)
+    except ValueError as e:
+        raise UnsupportedError(f"session config.{e}") from None
+    config["language"] = value.strip().lower()
+
+
+def _check_reply_keys(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``output_modalities``, ``max_output_tokens`` and ``voice``: the assistant's replies."""
+    keys = [k for k in ("output_modalities", "max_output_tokens", "voice") if k in config]
+    if keys and config["mode"] != "assistant":
+        raise InvalidConfigError(f"session config.{keys[0]}: only the assistant mode replies")
+    if "output_modalities" in config:
+        value = config["output_modalities"]
+        if not isinstance(value, list) or value not in OUTPUT_MODALITIES:
+            raise InvalidConfigError(
+                f"session config.output_modalities: expected one of {list(OUTPUT_MODALITIES)}, "
+                f"got {value!r}"
+            )
+        config["output_modalities"] = list(value)
+    if "max_output_tokens" in config:
+        value = config["max_output_tokens"]
+        ok = value == "inf" or (
+            type(value) is int and 1 <= value <= MAX_OUTPUT_TOKENS  # not a bool
+        )
+        if not ok:
+            raise InvalidConfigError(
+                f"session config.max_output_tokens: expected an integer from 1 to "
+                f"{MAX_OUTPUT_TOKENS} or 'inf', got {value!r}"
+            )
+    if "voice" in config:
+        voices = server_voices(engines)
+        if config["voice"] not in voices:
+            raise UnsupportedError(
+                f"session config.voice: {config['voice']!r} is not a voice of this server; "
+                f"it speaks with {voices}"
+            )
+
+
+def server_voices(engines: EngineService | None) -> list[str]:
+    """The voices a session may name: ``default`` and the TTS model this server runs."""
+    models = [x.model for x in engines.specs if x.name == "tts"] if engines is not None else []
+    return [DEFAULT_VOICE, *models]
 
 
 def _resolve_section(

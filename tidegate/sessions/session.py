@@ -36,6 +36,7 @@ from tidegate.pipelines.records import (
 )
 from tidegate.protocol import ClientMessage, ServerMessage
 from tidegate.protocol.messages import FlowCredit, Metrics
+from tidegate.protocol.realtime.commands import Command
 
 from .outbox import Outbox
 from .principal import Principal
@@ -111,7 +112,7 @@ class Mode(Protocol):
 
     name: str
 
-    async def handle(self, msg: ClientMessage) -> None: ...
+    async def handle(self, msg: ClientMessage | Command) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
 

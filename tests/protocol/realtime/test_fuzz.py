@@ -24,6 +24,8 @@ from tidegate.protocol.messages import (
     ResponseTextDelta,
     ServerMessage,
     SessionUpdated,
+    TurnEnd,
+    Usage,
     VadSpeechStarted,
     VadSpeechStopped,
     parse_message,
@@ -146,10 +148,23 @@ response_messages: st.SearchStrategy[ServerMessage] = st.one_of(
         status=st.sampled_from(["completed", "cancelled", "failed"]),
         text=texts,
         reason=st.none() | texts,
+        usage=st.none()
+        | st.builds(
+            Usage,
+            input_tokens=st.integers(0, 5000),
+            cached_tokens=st.integers(0, 5000),
+            output_tokens=st.integers(0, 500),
+        ),
     ),
 )
 server_messages: st.SearchStrategy[ServerMessage] = response_messages | st.one_of(
     st.builds(VadSpeechStarted, audio_ms=ms),
+    st.builds(
+        TurnEnd,
+        reason=st.sampled_from(["commit", "silence"]),
+        audio_ms=st.none() | ms,
+        ref=st.none() | st.sampled_from(["rt1", "rt2", "rt3", "rt4"]),
+    ),
     st.builds(VadSpeechStopped, audio_ms=ms),
     st.builds(
         AsrPartial,

@@ -35,6 +35,8 @@ from tidegate.protocol.messages import (
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
+    TurnEnd,
+    Usage,
     VadSpeechStarted,
     VadSpeechStopped,
 )
@@ -100,12 +102,7 @@ def test_session_created_then_update_round_trip() -> None:
         "mode": "assistant",
         "instructions": "Be brief.",
         "voice": "alloy",
-        "turn_detection": {
-            "type": "server_vad",
-            "silence_duration_ms": 300,
-            "create_response": True,
-            "interrupt_response": True,
-        },
+        "turn": {"policy": "silence", "end_of_turn_s": 0.3},
     }
     (updated,) = feed(t, SessionUpdated(config=update.config))
     assert updated["type"] == "session.updated"
@@ -279,7 +276,7 @@ def test_per_response_options_become_a_command() -> None:
     send(t, EXAMPLES["response.create"])
     (cmd,) = t.to_session()
     assert isinstance(cmd, CreateResponse)
-    assert cmd.options == {"instructions": "Answer in French.", "output_modalities": ("text",)}
+    assert cmd.options == {"instructions": "Answer in French.", "output_modalities": ["text"]}
     events = feed(
         t,
         ResponseCreated(response_id="r_2", ref=cmd.id),
@@ -548,7 +545,7 @@ def test_manual_turns_commit_and_clear() -> None:
         },
     )
     (upd,) = t.to_session()
-    assert isinstance(upd, SessionUpdate) and upd.config["turn_detection"] is None
+    assert isinstance(upd, SessionUpdate) and upd.config["turn"] == {"policy": "manual"}
     feed(t, SessionUpdated(config=upd.config))
     (err,) = errors(send(t, {"type": "input_audio_buffer.commit", "event_id": "early"}))
     assert err["code"] == RealtimeCode.BUFFER_EMPTY
@@ -557,15 +554,205 @@ def test_manual_turns_commit_and_clear() -> None:
         send(t, one, now_ms=20.0 * i)
     (err,) = errors(send(t, one, now_ms=100.0))
     assert err["code"] == RealtimeCode.BUFFER_FULL and "input_audio_buffer_max_s" in err["message"]
+    # speech heard before the commit: no transcript event until tidegate's turn.end (commit)
+    held = feed(
+        t,
+        VadSpeechStarted(audio_ms=0.0),
+        AsrPartial(segment_id="g9", text="hel", audio_start_ms=0, audio_end_ms=60),
+        AsrFinal(segment_id="g9", text="hello", audio_start_ms=0, audio_end_ms=100),
+    )
+    assert held == []
     out = send(t, {"type": "input_audio_buffer.commit"}, now_ms=100.0)
     assert types(out) == ["input_audio_buffer.committed", "conversation.item.added"]
-    assert isinstance(t.to_session()[-1], CommitInputAudio)
-    events = feed(t, AsrFinal(segment_id="g9", text="hello", audio_start_ms=0, audio_end_ms=100))
+    commit = t.to_session()[-1]
+    assert isinstance(commit, CommitInputAudio)
+    events = feed(
+        t,
+        AsrFinal(segment_id="g10", text="there", audio_start_ms=100, audio_end_ms=200),
+        TurnEnd(reason="commit", audio_ms=200.0, ref=commit.id),
+    )
     assert events[-1]["type"] == "conversation.item.done"
     assert events[-1]["item"]["id"] == out[0]["item_id"]
-    assert events[-1]["item"]["content"][0]["transcript"] == "hello"
+    assert events[-1]["item"]["content"][0]["transcript"] == "hello there"
     assert types(send(t, {"type": "input_audio_buffer.clear"})) == ["input_audio_buffer.cleared"]
     assert isinstance(t.to_session()[-1], ClearInputAudio)
+    # words heard before a clear are dropped from the next commit's transcript
+    feed(t, AsrFinal(segment_id="g11", text="drop", audio_start_ms=200, audio_end_ms=300))
+    send(t, {"type": "input_audio_buffer.clear"})
+    for i in range(5):
+        send(t, one, now_ms=1000.0 + 20.0 * i)
+    send(t, {"type": "input_audio_buffer.commit"}, now_ms=1100.0)
+    commit = t.to_session()[-1]
+    assert isinstance(commit, CommitInputAudio)
+    events = feed(
+        t,
+        AsrFinal(segment_id="g12", text="keep", audio_start_ms=300, audio_end_ms=400),
+        TurnEnd(reason="commit", audio_ms=400.0, ref=commit.id),
+    )
+    assert events[-1]["item"]["content"][0]["transcript"] == "keep"
+
+
+def test_a_failed_commit_ends_its_item_incomplete() -> None:
+    """A commit the runtime refuses (its audio not taken in time) is an error for the event,
+    and its item ends incomplete rather than waiting for ever."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+        },
+    )
+    (upd,) = t.to_session()
+    feed(t, SessionUpdated(config=upd.config))
+    for i in range(5):
+        send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}, now_ms=20.0 * i)
+    send(t, {"type": "input_audio_buffer.commit", "event_id": "cm"}, now_ms=100.0)
+    commit = t.to_session()[-1]
+    events = feed(t, Error(code="overloaded", message="not taken in time", ref=commit.id))
+    assert types(events) == ["conversation.item.done", "error"]
+    assert events[0]["item"]["status"] == "incomplete"
+    assert events[1]["error"]["event_id"] == "cm"
+
+
+def test_turn_detection_maps_to_tidegate_turn_config() -> None:
+    """semantic_vad is the semantic policy with eagerness as a maximum wait; create_response
+    and interrupt_response false are respond / interrupt false; back to the default
+    server_vad sends the default turn config (tidegate merges updates)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    turn = {"type": "semantic_vad", "eagerness": "low", "interrupt_response": False}
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": turn}}},
+        },
+    )
+    (upd,) = t.to_session()
+    assert upd.config["turn"] == {"policy": "semantic", "max_wait_s": 8.0, "interrupt": False}
+    feed(t, SessionUpdated(config=upd.config))
+    turn = {"type": "server_vad", "create_response": False}
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": turn}}},
+        },
+    )
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "turn": {"respond": False}}
+    feed(t, SessionUpdated(config=upd.config))
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {"type": "server_vad"}}},
+            },
+        },
+    )
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "turn": {}}
+
+
+def test_transcription_language_goes_to_tidegate() -> None:
+    """transcription.language is tidegate's config language; removing it sends null (the
+    engine's default again)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    tr = {"model": "whisper-1", "language": "de"}
+    session = {"type": "realtime", "audio": {"input": {"transcription": tr}}}
+    send(t, {"type": "session.update", "session": session})
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "language": "de"}
+    feed(t, SessionUpdated(config=upd.config))
+    session = {"type": "realtime", "audio": {"input": {"transcription": None}}}
+    send(t, {"type": "session.update", "session": session})
+    (upd,) = t.to_session()
+    assert upd.config == {"mode": "assistant", "language": None}
+
+
+@pytest.mark.parametrize(
+    ("session", "param"),
+    [
+        (
+            {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.8}}}},
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            {
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": 500}}
+                }
+            },
+            "session.audio.input.turn_detection.prefix_padding_ms",
+        ),
+        (
+            {
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}
+                }
+            },
+            "session.audio.input.turn_detection.idle_timeout_ms",
+        ),
+        ({"audio": {"output": {"speed": 1.2}}}, "session.audio.output.speed"),
+    ],
+)
+def test_session_keys_tidegate_cannot_honour_are_refused_by_name(
+    session: dict[str, Any], param: str
+) -> None:
+    """A session.update asking what tidegate cannot do is refused naming the key; the API's
+    default values of those keys are accepted."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    (err,) = errors(send(t, {"type": "session.update", "session": {"type": "realtime", **session}}))
+    assert err["code"] == RealtimeCode.UNSUPPORTED_PARAMETER and err["param"] == param
+    assert t.to_session() == []
+    default = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300}
+    send(
+        t,
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": default}}},
+        },
+    )
+    assert errors(t.data_to_send()) == []
+
+
+def test_response_done_carries_tidegate_usage() -> None:
+    """response.done's usage is tidegate's token count (text tokens; audio tokens 0)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(t, {"type": "response.create"})
+    (create,) = t.to_session()
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_u", ref=create.id),
+        ResponseTextDelta(response_id="r_u", delta="Hi"),
+        ResponseDone(
+            response_id="r_u",
+            status="completed",
+            text="Hi",
+            usage=Usage(input_tokens=40, cached_tokens=30, output_tokens=3),
+        ),
+    )
+    usage = next(e for e in events if e["type"] == "response.done")["response"]["usage"]
+    assert usage["input_tokens"] == 40 and usage["output_tokens"] == 3
+    assert usage["total_tokens"] == 43
+    assert usage["input_token_details"] == {
+        "text_tokens": 40,
+        "audio_tokens": 0,
+        "cached_tokens": 30,
+    }
+    assert usage["output_token_details"] == {"text_tokens": 3, "audio_tokens": 0}
 
 
 def test_transcription_session() -> None:

@@ -43,7 +43,10 @@ JSON; the questions as 24 kHz ``input_audio_buffer.append``, server VAD, transcr
 that carry the same moments (``speech_stopped``, the transcription's first delta and its
 ``completed``, ``response.created``, the first transcript delta, the first audible
 ``response.output_audio.delta``, ``response.done``); the server-clock stages (``asr_ms``,
-``llm_first_token_ms``) are tidegate's own fields and absent there. The report's
+``llm_first_token_ms``) are tidegate's own fields and absent there. With both dialects the
+WS runs alternate question by question (each question over the tidegate dialect, then the same
+over the Realtime one, each in its own session of N), so that both sides see the same machine
+load; each dialect's figures are its turns of the whole run. The report's
 ``dialects.realtime_minus_tidegate_p50_ms`` compares first audio at p50 (WS only).
 
 Replies must be completed and are checked for an expected word (``answers_ok``). The same
@@ -604,11 +607,55 @@ async def _level(
     dialect: str = "tidegate",
 ) -> dict[str, Any]:
     current().stage(f"assistant {transport} ({dialect}): {n} session(s)")
+    if meter is not None:
+        await meter.start()
+    run = await _sessions(target, n, questions, args, transport, dialect)
+    load = await meter.stop(n) if meter is not None else None
+    return _figures(run, n, args, transport, dialect, load)
+
+
+@dataclass
+class _Run:
+    """What N sessions' run gave: their logs, the wall time, and what the server spent meanwhile
+    (process CPU s, CPU s per thread, engine histogram sums and counts), as differences."""
+
+    logs: list[SessionLog]
+    wall: float
+    cpu: float | None
+    threads: dict[str, float] | None
+    engines: dict[str, tuple[float, float]] | None
+
+    def __add__(self, other: _Run) -> _Run:
+        def add(a: dict[str, Any] | None, b: dict[str, Any] | None, zero: Any) -> Any:
+            if a is None or b is None:
+                return None
+            return {k: _plus(a.get(k, zero), b.get(k, zero)) for k in {*a, *b}}
+
+        return _Run(
+            self.logs + other.logs,
+            self.wall + other.wall,
+            None if self.cpu is None or other.cpu is None else self.cpu + other.cpu,
+            add(self.threads, other.threads, 0.0),
+            add(self.engines, other.engines, (0.0, 0.0)),
+        )
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return (a[0] + b[0], a[1] + b[1]) if isinstance(a, tuple) else a + b
+
+
+async def _sessions(
+    target: Target,
+    n: int,
+    questions: list[SpokenQuestion],
+    args: argparse.Namespace,
+    transport: str,
+    dialect: str,
+) -> _Run:
+    """N sessions speaking ``questions``, and what the server spent meanwhile."""
     cpu0 = process_cpu_s(target.pid) if target.pid else None
     threads0 = thread_cpu_s(target.pid) if target.pid else None
     sums0 = await _engine_sums(target)
-    if meter is not None:
-        await meter.start()
     t0 = time.monotonic()
     threshold = 10 ** (args.audible_dbfs / 20)
     logs = await asyncio.gather(
@@ -629,7 +676,29 @@ async def _level(
     cpu1 = process_cpu_s(target.pid) if target.pid else None
     threads1 = thread_cpu_s(target.pid) if target.pid else None
     sums1 = await _engine_sums(target)
-    load = await meter.stop(n) if meter is not None else None
+    threads = None
+    if threads0 is not None and threads1 is not None:
+        threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    engines = None
+    if sums0 is not None and sums1 is not None:
+        engines = {
+            k: (v[0] - sums0.get(k, (0.0, 0.0))[0], v[1] - sums0.get(k, (0.0, 0.0))[1])
+            for k, v in sums1.items()
+        }
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return _Run(list(logs), wall, cpu, threads, engines)
+
+
+def _figures(
+    run: _Run,
+    n: int,
+    args: argparse.Namespace,
+    transport: str,
+    dialect: str,
+    load: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One level's report from its sessions' run."""
+    logs, wall = run.logs, run.wall
     values: dict[str, list[float]] = {k: [] for k in (*MEASURES, *STAGES)}
     turns = [t for log in logs for t in log.turns]
     intervals: list[float] = []
@@ -648,7 +717,7 @@ async def _level(
         **{k: distribution(values[k]) for k in MEASURES},
         "token_interval_ms": distribution(intervals),
         "stages": {k: percentiles(values[k]) for k in STAGES},
-        "engines": _engine_split(sums0, sums1),
+        "engines": _engine_split({}, run.engines),
         "slow_turns": _slow_turns(logs),
         "speculation": _speculation(logs),
         "completed": completed,
@@ -659,7 +728,7 @@ async def _level(
         "turns_without_partial": sum(t.partial is None for t in turns),
         "heard_and_replied": [
             [t.final[0].text if t.final else None, t.done.text if t.done else None]
-            for t in turns[: len(logs[0].turns)]
+            for t in (t for log in logs[::n] for t in log.turns)  # the first session's
         ],
         "errors": errors[:10],
         # real time: every reply completed, nothing refused, and the first reply audio came
@@ -674,14 +743,34 @@ async def _level(
     out["session_open_ms"] = percentiles([x.open_ms for x in logs if x.open_ms is not None])
     if transport == "rtc":
         out["connect_ms"] = percentiles([x.connect_ms for x in logs if x.connect_ms is not None])
-    if cpu0 is not None and cpu1 is not None:
-        out["server_cpu_s"] = cpu1 - cpu0
-    if threads0 is not None and threads1 is not None:
-        spent = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+    if run.cpu is not None:
+        out["server_cpu_s"] = run.cpu
+    if run.threads is not None:
         out["thread_cpu_s"] = {
-            k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01
+            k: round(v, 2)
+            for k, v in sorted(run.threads.items(), key=lambda kv: -kv[1])
+            if v >= 0.01
         }
     return out
+
+
+async def _alternated(
+    target: Target,
+    n: int,
+    questions: list[SpokenQuestion],
+    args: argparse.Namespace,
+    dialects: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Each question over every dialect in turn (N sessions each), WS only; per dialect its
+    level from all its turns (wall time and the server's spending summed over its rounds)."""
+    runs: dict[str, _Run | None] = dict.fromkeys(dialects)
+    for i, question in enumerate(questions):
+        for dialect in dialects:
+            current().stage(f"assistant ws ({dialect}): {n} session(s), question {i + 1}")
+            got = await _sessions(target, n, [question], args, "ws", dialect)
+            before = runs[dialect]
+            runs[dialect] = got if before is None else before + got
+    return {d: _figures(r, n, args, "ws", d, None) for d, r in runs.items() if r is not None}
 
 
 @scenario(
@@ -716,7 +805,21 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     meter = LoadMeter(target)
     results["idle"] = await meter.baseline()
     counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
-    runs = [("ws", d) for d in dialects if "ws" in transports]
+    alternate = "ws" in transports and len(dialects) > 1
+    if alternate:  # both dialects, question by question, on the same load
+        per: dict[str, list[dict[str, Any]]] = {d: [] for d in dialects}
+        for n in counts:
+            for dialect, level in (await _alternated(target, n, questions, args, dialects)).items():
+                per[dialect].append(level)
+                print(f"ws ({dialect}): {_summary(level)}", file=sys.stderr)
+        results["alternated"] = True
+        results["levels"] = per["tidegate"]
+        results["real_time_lost_at"] = real_time_lost_at(per["tidegate"])
+        results["realtime"] = {
+            "levels": per["realtime"],
+            "real_time_lost_at": real_time_lost_at(per["realtime"]),
+        }
+    runs = [] if alternate else [("ws", d) for d in dialects if "ws" in transports]
     runs += [("rtc", "tidegate")] if "rtc" in transports and "tidegate" in dialects else []
     for transport, dialect in runs:
         levels: list[dict[str, Any]] = []

@@ -362,6 +362,10 @@ def _format(c: _Ctx, value: Any, path: str) -> AudioFormat:
     return fmt
 
 
+DEFAULT_VAD_THRESHOLD = 0.5  # server_vad's defaults (the API's): accepted, as they change nothing
+DEFAULT_PREFIX_PADDING_MS = 300
+
+
 def _turn_detection(c: _Ctx, value: Any, path: str) -> TurnDetection | None:
     if value is None:
         return None
@@ -397,6 +401,25 @@ def _turn_detection(c: _Ctx, value: Any, path: str) -> TurnDetection | None:
             f"Unknown parameter: '{path}.eagerness' (semantic_vad only).",
             f"{path}.eagerness",
         )
+    td = _read_turn_detection(c, d, kind, path)
+    # What tidegate's turn-taking cannot honour is refused by name (docs/realtime.md):
+    # its VAD's threshold and pre-roll are the server's, and it has no idle timeout.
+    if td.threshold is not None and td.threshold != DEFAULT_VAD_THRESHOLD:
+        raise c.unsupported(
+            path + ".threshold",
+            f"the VAD's threshold is the server's; only {DEFAULT_VAD_THRESHOLD} is accepted",
+        )
+    if td.prefix_padding_ms is not None and td.prefix_padding_ms != DEFAULT_PREFIX_PADDING_MS:
+        raise c.unsupported(
+            path + ".prefix_padding_ms",
+            f"the VAD's pre-roll is the server's; only {DEFAULT_PREFIX_PADDING_MS} is accepted",
+        )
+    if td.idle_timeout_ms is not None:
+        raise c.unsupported(path + ".idle_timeout_ms", "there is no idle timeout")
+    return td
+
+
+def _read_turn_detection(c: _Ctx, d: dict[str, Any], kind: str, path: str) -> TurnDetection:
     return TurnDetection(
         type=kind,
         threshold=c.number(d["threshold"], path + ".threshold", 0.0, 1.0)
@@ -599,6 +622,8 @@ def _session(c: _Ctx, value: Any, path: str) -> dict[str, Any]:
                 patch["voice"] = _voice(c, out["voice"], p + ".voice")
             if out.get("speed") is not None:
                 patch["speed"] = c.number(out["speed"], p + ".speed", 0.25, 1.5)
+                if patch["speed"] != 1.0:
+                    raise c.unsupported(p + ".speed", "the voice speaks at its own rate (1.0)")
     return patch
 
 

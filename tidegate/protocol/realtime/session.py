@@ -8,8 +8,9 @@ default (so a client that changes nothing asks tidegate for nothing it might not
 mapping is the table in docs/realtime.md; the session runtime decides what it serves and
 refuses the rest (its ``error`` comes back to the client with the ``event_id`` that asked).
 Kept by the translator and never sent: ``model`` (echoed), the audio formats (converted at the
-edge), ``transcription`` (tidegate always recognises speech; this only gates the transcription
-events, and its model, language and prompt are shown but not applied).
+edge), ``transcription`` (tidegate always recognises speech; this gates the transcription
+events; its ``language`` is tidegate's config ``language``, its model and prompt are shown but
+not applied).
 """
 
 from __future__ import annotations
@@ -89,10 +90,20 @@ class SessionConfig:
 
     def tidegate_config(self) -> dict[str, Any]:
         """tidegate's session config for this Realtime config (see the module docstring)."""
-        base = SessionConfig(type=self.type)
+        base = _tidegate_values(SessionConfig(type=self.type))
         out: dict[str, Any] = {"mode": self.mode}
         for name, value in _tidegate_values(self).items():
-            if value != _tidegate_values(base)[name]:
+            if value != base[name]:
+                out[name] = value
+        return out
+
+    def tidegate_update(self, previous: SessionConfig) -> dict[str, Any]:
+        """tidegate's ``session.update`` config from ``previous`` to this one: the keys whose
+        value changed, a key set back to its default included (tidegate merges updates)."""
+        before = _tidegate_values(previous)
+        out: dict[str, Any] = {"mode": self.mode}
+        for name, value in _tidegate_values(self).items():
+            if value != before[name]:
                 out[name] = value
         return out
 
@@ -104,16 +115,52 @@ def tool_choice_for_tidegate(choice: str | dict[str, Any]) -> str | dict[str, An
     return choice
 
 
+#: ``semantic_vad`` eagerness -> tidegate's ``turn.max_wait_s`` (how long a pause the turn
+#: model judged incomplete waits for more speech): the API's documented maxima for low,
+#: medium and high; ``auto`` keeps the server's ``turn_max_wait_s``
+EAGERNESS_MAX_WAIT_S = {"low": 8.0, "medium": 4.0, "high": 2.0}
+
+
+def turn_for_tidegate(td: TurnDetection | None) -> dict[str, Any]:
+    """``audio.input.turn_detection`` -> tidegate's ``turn`` config (docs/realtime.md):
+    ``null`` is the manual policy; ``server_vad`` keeps the server's policy unless it sets
+    ``silence_duration_ms`` (then the silence policy, waiting that long after tidegate's VAD
+    reports the end of speech); ``semantic_vad`` is the semantic policy (Smart Turn), its
+    eagerness a maximum wait; ``create_response`` / ``interrupt_response`` false are
+    ``respond`` / ``interrupt`` false."""
+    if td is None:
+        return {"policy": "manual"}
+    turn: dict[str, Any] = {}
+    if td.type == "semantic_vad":
+        turn["policy"] = "semantic"
+        if td.eagerness in EAGERNESS_MAX_WAIT_S:
+            turn["max_wait_s"] = EAGERNESS_MAX_WAIT_S[td.eagerness]
+    elif td.silence_duration_ms is not None:
+        turn["policy"] = "silence"
+        turn["end_of_turn_s"] = td.silence_duration_ms / 1000.0
+    if not td.create_response:
+        turn["respond"] = False
+    if not td.interrupt_response:
+        turn["interrupt"] = False
+    return turn
+
+
 def _tidegate_values(c: SessionConfig) -> dict[str, Any]:
     """The tidegate config keys, by name, with their values (docs/realtime.md, "Mapping")."""
+    audio: dict[str, Any] = {}
+    if c.noise_reduction is not None:  # near_field / far_field: the canceller's suppressor
+        audio["noise_suppression"] = True
+    language = c.transcription.language if c.transcription is not None else None
+    if c.type == "transcription":
+        return {"audio": audio, "language": language}
     return {
+        "language": language,
         "instructions": c.instructions,
         "voice": c.voice,
-        "speed": c.speed,
         "output_modalities": list(c.output_modalities),
         "max_output_tokens": c.max_output_tokens,
         "tools": [dict(t) for t in c.tools],
         "tool_choice": tool_choice_for_tidegate(c.tool_choice),
-        "turn_detection": None if c.turn_detection is None else c.turn_detection.to_wire(),
-        "noise_reduction": c.noise_reduction,
+        "turn": turn_for_tidegate(c.turn_detection),
+        "audio": audio,
     }

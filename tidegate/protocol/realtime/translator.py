@@ -65,6 +65,8 @@ from ..messages import (
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
+    TurnEnd,
+    Usage,
     VadSpeechStarted,
     VadSpeechStopped,
 )
@@ -73,7 +75,7 @@ from .audio import INPUT_PCM_FORMAT, AudioCodec, AudioEncoder, AudioFormat
 from .commands import ClearInputAudio, Command, CommitInputAudio, CreateResponse
 from .errors import RealtimeCode, RealtimeError
 from .items import Conversation, ItemRecord
-from .session import DEFAULT_MODEL, SessionConfig
+from .session import DEFAULT_MODEL, SessionConfig, tool_choice_for_tidegate
 
 INPUT_AUDIO_MAX_AHEAD_S = 2.5  # below tidegate's audio_max_ahead_s (3 s), which then never refuses
 INPUT_AUDIO_BUFFER_MAX_S = 60.0  # manual turns: uncommitted audio
@@ -116,6 +118,7 @@ class _Response:
     calls: dict[str, ItemRecord] = dataclasses.field(default_factory=dict)
     done: bool = False
     last_ts: float = -1.0  # the newest output.audio ts forwarded (frames sent again: dropped)
+    usage: Usage | None = None  # tidegate's, on the response that ends the reply
 
 
 @dataclasses.dataclass(slots=True)
@@ -184,6 +187,11 @@ class RealtimeTranslator:
         # Speech items waiting for their segment id (noise with no words never gets one).
         self._unassigned: deque[str] = deque(maxlen=MAX_OPEN_SPEECH)
         self._partial: dict[str, str] = {}  # item id -> transcript so far
+        # manual turns: committed items waiting for tidegate's turn.end (commit id -> item
+        # id), and the finals heard since the last commit or clear
+        self._commits: OrderedDict[str, str] = OrderedDict()
+        self._buffer_text: list[str] = []
+        self._buffer_s = 0.0
         # replies
         self._replies: dict[str, _Reply] = {}
         self._calls: dict[str, str] = {}  # call_id -> tidegate response id, awaiting output
@@ -318,7 +326,7 @@ class RealtimeTranslator:
             return
         mid = self._msg_id()
         self._pending_updates.append((mid, new))
-        self._send(SessionUpdate(config=new.tidegate_config(), id=mid), e.event_id)
+        self._send(SessionUpdate(config=new.tidegate_update(base), id=mid), e.event_id)
 
     def _in_media_ms(self) -> float:
         return self._in_ms_base + self._in_samples * 1000.0 / self._in_rate_hz
@@ -388,14 +396,20 @@ class RealtimeTranslator:
                 event_id=e.event_id,
             )
         self._uncommitted_ms = 0.0
-        self._send(CommitInputAudio(id=self._msg_id()), e.event_id)
+        mid = self._msg_id()
+        self._send(CommitInputAudio(id=mid), e.event_id)
         if self.config.turn_detection is None:
+            # the item's transcript comes with tidegate's turn.end (reason commit)
             item_id = self._new_id("item")
-            self._unassigned.append(item_id)
+            self._commits[mid] = item_id
+            while len(self._commits) > MAX_OPEN_SPEECH:
+                self._commits.popitem(last=False)
             self._committed(item_id)
 
     def _on_clear(self, e: ev.AudioClear, now_ms: float) -> None:
         self._uncommitted_ms = 0.0
+        self._buffer_text.clear()
+        self._buffer_s = 0.0
         self._send(ClearInputAudio(id=self._msg_id()), e.event_id)
         self._emit("input_audio_buffer.cleared")
 
@@ -572,8 +586,9 @@ class RealtimeTranslator:
         self._create_options[mid] = e.options
         while len(self._create_options) > MAX_PENDING_REFS:
             self._create_options.pop(next(iter(self._create_options)))
-        if e.options:
-            self._send(CreateResponse(id=mid, text=text, options=dict(e.options)), e.event_id)
+        runtime = _runtime_options(e.options)
+        if runtime:
+            self._send(CreateResponse(id=mid, text=text, options=runtime), e.event_id)
         else:
             self._send(ResponseCreate(text=text, id=mid), e.event_id)
 
@@ -641,6 +656,9 @@ class RealtimeTranslator:
                         self._pending_updates.pop()
                     break
             self._create_options.pop(msg.ref, None)
+            item_id = self._commits.pop(msg.ref, None)
+            if item_id is not None:  # the commit failed: its item ends without transcript
+                self._complete_commit(item_id, failed=True)
         message = msg.message or f"refused by the session ({msg.code})"
         if msg.retry_after_ms is not None:
             message += f" (retry after {msg.retry_after_ms:.0f} ms)"
@@ -710,9 +728,16 @@ class RealtimeTranslator:
             )
 
     def _on_partial(self, msg: AsrPartial, now_ms: float) -> None:
+        if self.config.turn_detection is None:
+            return  # manual turns: the transcript comes after the commit
         self._transcript_delta(self._segment_item(msg.segment_id), msg.text)
 
     def _on_final(self, msg: AsrFinal, now_ms: float) -> None:
+        if self.config.turn_detection is None:  # manual turns: held for the commit
+            if sum(len(t) + 1 for t in self._buffer_text) + len(msg.text) <= ev.MAX_TEXT_CHARS:
+                self._buffer_text.append(msg.text)
+                self._buffer_s += max(0.0, (msg.audio_end_ms - msg.audio_start_ms) / 1000.0)
+            return
         item_id = self._segment_item(msg.segment_id)
         self._transcript_delta(item_id, msg.text)
         self._partial.pop(item_id, None)
@@ -732,6 +757,42 @@ class RealtimeTranslator:
         item.text = msg.text
         item.transcript_known = True
         item.status = "completed"
+        self._emit("conversation.item.done", item=item.to_wire())
+
+    def _on_turn_end(self, msg: TurnEnd, now_ms: float) -> None:
+        """A commit's words are all out (manual turns): its item gets its transcript."""
+        if msg.reason != "commit" or msg.ref is None:
+            return
+        item_id = self._commits.pop(msg.ref, None)
+        if item_id is not None:
+            self._complete_commit(item_id)
+
+    def _complete_commit(self, item_id: str, *, failed: bool = False) -> None:
+        text = "" if failed else " ".join(self._buffer_text)
+        seconds = self._buffer_s
+        self._buffer_text.clear()
+        self._buffer_s = 0.0
+        if self._transcribing() and not failed:
+            if text:
+                self._emit(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=item_id,
+                    content_index=0,
+                    delta=text,
+                )
+            self._emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage={"type": "duration", "seconds": seconds},
+            )
+        item = self.conversation.get(item_id)
+        if item is None:
+            return
+        item.text = text
+        item.transcript_known = not failed
+        item.status = "incomplete" if failed else "completed"
         self._emit("conversation.item.done", item=item.to_wire())
 
     # -- replies -------------------------------------------------------------------------------
@@ -777,14 +838,7 @@ class RealtimeTranslator:
             "usage": None,
         }
         if status != "in_progress":
-            # tidegate does not count tokens per reply yet: the figures are zeros (docs).
-            out["usage"] = {
-                "total_tokens": 0,
-                "input_tokens": 0,
-                "output_tokens": 0,
-                "input_token_details": {"text_tokens": 0, "audio_tokens": 0, "cached_tokens": 0},
-                "output_token_details": {"text_tokens": 0, "audio_tokens": 0},
-            }
+            out["usage"] = _usage_wire(r.usage)
         return out
 
     def _current(self, tid: str) -> _Response | None:
@@ -1019,7 +1073,40 @@ class RealtimeTranslator:
             }
         else:
             details = {"type": "completed"}
+        r.usage = msg.usage
         self._close_response(reply, r, status, details)
+
+
+#: response.create options the session runtime serves (tidegate config names); the rest
+#: (output format, metadata) the translator applies itself
+_RUNTIME_OPTIONS = ("instructions", "output_modalities", "max_output_tokens", "voice", "tools")
+
+
+def _runtime_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A response's options for the runtime, in tidegate's config vocabulary."""
+    out: dict[str, Any] = {}
+    for name in _RUNTIME_OPTIONS:
+        if name in options:
+            value = options[name]
+            out[name] = list(value) if isinstance(value, tuple) else value
+    if "tool_choice" in options:
+        out["tool_choice"] = tool_choice_for_tidegate(options["tool_choice"])
+    return out
+
+
+def _usage_wire(usage: Usage | None) -> dict[str, Any]:
+    """``response.done``'s usage: tidegate's text tokens; audio tokens are not counted (0:
+    tidegate's speech is not made of tokens; docs/realtime.md)."""
+    i = usage.input_tokens if usage is not None else 0
+    o = usage.output_tokens if usage is not None else 0
+    cached = usage.cached_tokens if usage is not None else 0
+    return {
+        "total_tokens": i + o,
+        "input_tokens": i,
+        "output_tokens": o,
+        "input_token_details": {"text_tokens": i, "audio_tokens": 0, "cached_tokens": cached},
+        "output_token_details": {"text_tokens": o, "audio_tokens": 0},
+    }
 
 
 def _heard_part(total_heard: str, text_before: int) -> str:
@@ -1050,6 +1137,7 @@ _SERVER_HANDLERS: dict[type[ServerMessage], Any] = {
     SessionCreated: RealtimeTranslator._on_created,
     SessionUpdated: RealtimeTranslator._on_updated,
     SessionClosed: RealtimeTranslator._on_closed,
+    TurnEnd: RealtimeTranslator._on_turn_end,
     Error: RealtimeTranslator._on_error,
     VadSpeechStarted: RealtimeTranslator._on_speech_started,
     VadSpeechStopped: RealtimeTranslator._on_speech_stopped,
