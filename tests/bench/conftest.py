@@ -26,7 +26,8 @@ READY_TIMEOUT_S = 90.0
 
 @pytest.fixture(scope="session")
 def live_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """A server with the vad, asr, llm, tts and vision engines; vision looks 5 times a second."""
+    """A server with the vad, asr, llm, tts, vision and turn engines; vision looks 5 times a
+    second, sessions report their metrics twice a second."""
     key = secrets.token_hex(32)
     port = free_port()
     db = tmp_path_factory.mktemp("bench-db") / "tidegate.db"
@@ -38,7 +39,8 @@ def live_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         "TIDEGATE_DATA_DIR": str(ROOT / ".cache" / "data"),
         "TIDEGATE_DATABASE_URL": f"sqlite:///{db}",
         "TIDEGATE_LOG_LEVEL": "warning",
-        "TIDEGATE_ENGINES": "vad,asr,llm,tts,vision",
+        "TIDEGATE_ENGINES": "vad,asr,llm,tts,vision,turn",
+        "TIDEGATE_METRICS_INTERVAL_S": "0.5",  # the turns scenario reads the echo stats
         "TIDEGATE_ASSISTANT_VISION_INTERVAL_S": "0.2",
         "TIDEGATE_ICE_HOSTS": "127.0.0.1",
     }

@@ -13,7 +13,7 @@ import pytest
 from tidegate.engines import models
 from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
-from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, QualityGate
+from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
 from tidegate.engines.engine import Failed, Ok
@@ -82,14 +82,16 @@ def test_audio_context_follows_the_audio() -> None:
 
 
 def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path) -> None:
-    """beckett.wav and the first 20 s of two_cities.wav, decoded in one batch, WER <= 0.1."""
+    """beckett.wav and the first 20 s of two_cities.wav, decoded in one batch, WER <= 0.1;
+    each on its own audio context (a short row does not pay for a long one)."""
     cities = read_wav(assets / "two_cities.wav", 20.0)
     a, b = run(onnx_asr, AsrRequest(beckett), AsrRequest(cities))
     assert wer(BECKETT, a.text) <= 0.1, a.text
     assert wer(TWO_CITIES_20S, b.text) <= 0.1, b.text
-    assert a.audio_ctx == b.audio_ctx == audio_context(len(cities), 5.0, 1.0, 10.0)
+    assert a.audio_ctx == audio_context(len(beckett), 5.0, 1.0, 10.0)
+    assert b.audio_ctx == audio_context(len(cities), 5.0, 1.0, 10.0) > a.audio_ctx
     (alone,) = run(onnx_asr, AsrRequest(beckett))
-    assert alone.text == a.text  # padding to the batch's context does not change it
+    assert alone.text == a.text and alone.tokens == a.tokens  # the batch does not change it
 
 
 def test_forced_prefix_is_kept(onnx_asr: WhisperOnnx, beckett) -> None:
@@ -195,3 +197,62 @@ def test_repetition_loops_are_cut() -> None:
     assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4, keep=6) == 0
     assert repeated_tail([7, 7, 7, 7], 4) == 0  # "no, no, no": short repeats are speech
     assert repeated_tail([1, 2, 3, 4, 5, 6], 4) == 0
+    # 3 would cut Beckett's own words ("again. Fail" twice in "Fail again. Fail better."):
+    # the default stays 4
+    beckett = [9993, 757, 13, 18448, 757, 13, 18448]  # "Try again. Fail again. Fail"
+    assert repeated_tail(beckett, 3) == 3 and repeated_tail(beckett, 4) == 0
+
+
+def test_partial_rate_adapts_to_the_queue() -> None:
+    """The partial interval stretches by one interval per partial_backoff_items queued ASR
+    requests, and no partial is due from partial_max_queue_items queued (finals only)."""
+    s = StreamingSettings(
+        partial_interval_s=1.0, partial_backoff_items=4, partial_max_queue_items=8
+    )
+    assert s.partial_interval_at(0) == 1.0
+    assert s.partial_interval_at(4) == 2.0
+    assert s.partial_interval_at(7) == 2.75
+    assert s.partial_interval_at(8) is None
+    seg = Segment("s", 0, lambda tokens: "")
+    frame = np.zeros(512, dtype=np.float32)
+    for _ in range(40):  # 1.28 s of speech
+        seg.append(frame, [0.9])
+    assert seg.due(s, 0) and not seg.due(s, 4) and not seg.due(s, 8)
+    for _ in range(30):  # 2.24 s
+        seg.append(frame, [0.9])
+    assert seg.due(s, 4) and not seg.due(s, 8)
+
+
+def test_a_context_prompt_stays_out_of_the_hypothesis(onnx_asr: WhisperOnnx, beckett) -> None:
+    """A request's prompt (previous text) conditions the decode but is not in its tokens or
+    text; a prompted row and an unprompted one batched together each get what they get
+    alone (the rows' forced tokens are stepped per row)."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    prompt = tuple(tok.encode(" It was the best of times, it was the worst of times."))
+    prompted = AsrRequest(beckett[:48_000], prompt=prompt)
+    plain = AsrRequest(beckett[16_000:48_000])
+    (p_alone,) = run(onnx_asr, prompted)
+    (q_alone,) = run(onnx_asr, plain)
+    p, q = run(onnx_asr, prompted, plain)
+    assert p.tokens == p_alone.tokens and q.tokens == q_alone.tokens
+    assert "times" not in p.text.lower() and wer("Ever tried. Ever failed.", p.text) <= 0.25
+    assert all(t < tok.special.eot for t in p.tokens)  # no <|startofprev|>, no prompt
+
+
+def test_a_hypothesis_echoing_the_prompt_is_recognised(onnx_asr: WhisperOnnx) -> None:
+    """A hypothesis that only repeats the prompt's last words (beyond the committed prefix)
+    echoes it; new words, or no prompt, do not."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    prompt = tok.encode(" No matter. Try again.")
+    seg = Segment("s", 0, tok.decode, prompt=prompt)
+
+    def said(text: str) -> AsrResult:
+        return AsrResult(tuple(tok.encode(text)), text, -0.2, 0.0, 1.0, generated=3)
+
+    assert seg.echoes_prompt(said(" Try again"))
+    assert seg.echoes_prompt(said(" try again."))
+    assert not seg.echoes_prompt(said(" Fail again."))
+    assert not seg.echoes_prompt(said(" Try again. Fail better."))
+    assert not Segment("t", 0, tok.decode).echoes_prompt(said(" Try again."))

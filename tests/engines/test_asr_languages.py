@@ -13,10 +13,11 @@ from tidegate.bench.audio_sets import espeak, have_tools, resample, trim_silence
 from tidegate.bench.wer import wer
 from tidegate.engines import models
 from tidegate.engines.asr.greedy import Transcriber, pack_requests, unpack_results
-from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.asr.request import AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Failed, Ok
+from tidegate.engines.errors import EngineError
 from tidegate.engines.tts.voices import open_voice, voice_for
 
 pytestmark = pytest.mark.skipif(bool(have_tools()), reason=f"missing: {have_tools()}")
@@ -298,3 +299,74 @@ def test_faster_whisper_takes_the_language(ct2_base: Path) -> None:
         assert wer(SPEECH["de"][1][2], out[1].value.text) <= 0.5
     finally:
         engine.close()
+
+
+def test_detection_among_the_deployments_languages(data_dir: Path, base: WhisperOnnx) -> None:
+    """``asr_languages`` restricts detection to the deployment's languages (the probability
+    is over those only) and refuses a request for another; a given language is kept."""
+    served_here = ("es", "fr")  # a deployment for Spanish and French speakers
+    engine = WhisperOnnx(models.model_dir(data_dir, "whisper-base"), languages=served_here)
+    engine.load()
+    try:
+        audio = said(SPEECH["es"][1][1], "es")  # base alone hears Thai in it (docs/languages.md)
+        free = one(base, AsrRequest(audio, language="auto"))
+        served = one(engine, AsrRequest(audio, language="auto"))
+        assert isinstance(free, Ok) and isinstance(served, Ok)
+        assert free.value.language not in served_here
+        assert served.value.language == "es"
+        es = one(base, AsrRequest(audio, language="es"))
+        assert isinstance(es, Ok)
+        assert served.value.language_probability > es.value.language_probability
+        refused = one(engine, AsrRequest(audio, language="de"))
+        assert isinstance(refused, Failed) and "asr_languages: es, fr" in str(refused.error)
+    finally:
+        engine.close()
+    with pytest.raises(EngineError, match="English-only"):
+        WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"), languages=("de",)).load()
+
+
+def _result(language: str, probability: float) -> AsrResult:
+    return AsrResult(
+        tokens=(1, 2),
+        text="hallo welt",
+        avg_logprob=-0.3,
+        no_speech_prob=0.01,
+        compression_ratio=1.0,
+        generated=2,
+        language=language,
+        language_probability=probability,
+    )
+
+
+def test_a_turn_locks_a_sure_language_only() -> None:
+    """A detection under ``language_lock_probability`` does not lock the turn: later decodes
+    (more speech) detect again, and past ``language_detect_max_s`` the language locks anyway."""
+    s = StreamingSettings(language_lock_probability=0.5, language_detect_max_s=4.0)
+    seg = Segment("s", 0, lambda tokens: " x", language="auto")
+    seg.on_language(_result("en", 0.9), 16_000, s)  # 1 s: too short to lock
+    seg.on_language(_result("en", 0.4), 32_000, s)  # 2 s but unsure
+    assert not seg.language_locked
+    seg.on_language(_result("de", 0.7), 48_000, s)
+    assert (seg.language, seg.language_probability) == ("de", 0.7)
+    late = Segment("t", 0, lambda tokens: " x", language="auto")
+    late.on_language(_result("fr", 0.3), 48_000, s)
+    assert not late.language_locked
+    late.on_language(_result("fr", 0.3), 64_000, s)
+    assert late.language == "fr"
+    with pytest.raises(ValueError, match="language_lock_probability"):
+        StreamingSettings(language_lock_probability=1.5)
+
+
+def test_the_language_is_detected_on_the_turn_so_far(base: WhisperOnnx) -> None:
+    """``language_audio``: a short segment's language is read from the turn's audio (its
+    earlier segments and it), so a second of speech is not judged alone; the text is the
+    segment's own."""
+    whole = said(SPEECH["de"][1][2], "de")  # "Ich möchte morgen ...": German at 0.99
+    short = whole[16_000:32_000]
+    alone = one(base, AsrRequest(short, language="auto"))
+    turn = one(base, AsrRequest(short, language="auto", language_audio=whole))
+    given = one(base, AsrRequest(short, language="de"))
+    assert isinstance(alone, Ok) and isinstance(turn, Ok) and isinstance(given, Ok)
+    assert turn.value.language == "de" and turn.value.language_probability > 0.9
+    assert turn.value.text == given.value.text
+    print("one second alone:", alone.value.language, alone.value.language_probability)

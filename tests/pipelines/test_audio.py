@@ -195,3 +195,42 @@ async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:
         assert "was not transcribed" in errors[0].message
         assert "deadline" in errors[0].message
         assert listener.heard[-1] == ("final", ("", 0))
+
+
+async def test_segments_start_with_pre_roll_and_carry_the_previous_text(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A segment starts pre_roll_s before the VAD's start of speech, but never before the
+    previous segment's end (a short pause: no audio twice); the next segment's context is
+    the previous finals' tokens."""
+    first, rate = spoken("Try again.", tmp_path)
+    second, _ = spoken("Fail better.", tmp_path)
+    silence = np.zeros(int(1.5 * rate), np.int16)
+    pause = np.zeros(int(0.4 * rate), np.int16)
+    pcm = np.concatenate([silence, first, pause, second, silence])
+    session = FakeSession()
+    base = lane_config(settings).audio.streaming
+    streaming = dataclasses.replace(base, pre_roll_s=1.0, prompt_tokens=64)
+    lane, _ = lane_for(session, settings, engines, audio_max_ahead_s=0.0, streaming=streaming)
+    handle = lane.handlers()[InputAudio]
+    step = int(CHUNK_S * rate)
+    try:
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step].astype("<i2").tobytes()
+            await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+            while lane.inbox.stats.queued_ms > 1000:  # as credit would pace it: no overflow
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(scaled(60)):
+            while len(session.of(AsrFinal)) < 2:
+                await asyncio.sleep(0.05)
+        context = lane.context
+    finally:
+        await lane.close()
+        await session.close()
+    started = session.of(VadSpeechStarted)
+    a, b = session.of(AsrFinal)
+    assert a.audio_start_ms == pytest.approx(started[0].audio_ms - 1000.0)
+    assert b.audio_start_ms == pytest.approx(a.audio_end_ms)  # clamped: the pause < 1 s
+    assert b.audio_start_ms > started[1].audio_ms - 1000.0
+    tok = engines.get(ASR).engine.tokenizer
+    assert context == tuple(tok.encode(" " + a.text) + tok.encode(" " + b.text))

@@ -129,6 +129,7 @@ SPECIAL = {
     "TIDEGATE_VISION_MODEL": "mtcnn",
     "TIDEGATE_ASR_MODEL": "whisper-base",
     "TIDEGATE_ASR_LANGUAGE": "de",
+    "TIDEGATE_ASR_LANGUAGES": "de,en",
     "TIDEGATE_ENGINE_RUNTIME": "tensorrt",
     "TIDEGATE_ENGINE_PROVIDERS": "cuda,cpu",
     "TIDEGATE_VAD_RUNTIME": "triton",

@@ -1,14 +1,15 @@
-"""The session config check: ``instructions`` (the assistant's system prompt per session) and
-``interrupt`` (what speech over a reply does)."""
+"""The session config check: ``instructions`` (the assistant's system prompt per session),
+``interrupt`` (what speech over a reply does), ``language`` and ``voices``."""
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tidegate.pipelines.errors import InvalidConfigError, RefusalError
+from tidegate.pipelines.errors import InvalidConfigError, RefusalError, UnsupportedError
 from tidegate.sessions.config import MAX_INSTRUCTIONS_CHARS, resolve_config
 
 
@@ -107,3 +108,62 @@ def test_reply_and_turn_keys_within_bounds_are_kept() -> None:
     assert resolve_config(dict(config), "assistant", _assistant_engines()) == config
     with pytest.raises(RefusalError, match="only the assistant mode replies"):
         resolve_config({"mode": "loopback", "voice": "default"}, "assistant")
+
+
+@functools.cache
+def _tokenizer() -> Any:
+    """Whisper base's real tokenizer (its 99 languages)."""
+    from tests.support import prepare_models
+    from tidegate.engines import models
+    from tidegate.engines.asr.tokenizer import WhisperTokenizer
+
+    folder = models.model_dir(prepare_models("whisper-base"), "whisper-base")
+    return WhisperTokenizer(folder / "tokenizer.json")
+
+
+def _asr_engines(languages: tuple[str, ...] = ()) -> Any:
+    """The running-engines view resolve_config reads: Whisper base's tokenizer and the
+    deployment's ``asr_languages``; the assistant's other engines."""
+    from tidegate.engines.tts.bank import VoiceBank
+
+    engine = SimpleNamespace(tokenizer=_tokenizer(), languages=languages)
+    return SimpleNamespace(
+        schedulers={"vad": None, "asr": SimpleNamespace(engine=engine), "tts": None},
+        batchers={"llm": None},
+        voices=VoiceBank(None, None, espeak=True),
+    )
+
+
+def test_language_is_a_code_the_asr_serves_or_auto() -> None:
+    """``language``: auto or a code of the model (lower-cased), within ``asr_languages`` when
+    set; other values, and modes that hear no speech, are refused naming what is accepted."""
+    engines = _asr_engines()
+    ok = resolve_config({"mode": "transcribe", "language": "DE"}, "assistant", engines)
+    assert ok["language"] == "de"
+    assert resolve_config({"language": "auto"}, "assistant", engines)["language"] == "auto"
+    with pytest.raises(UnsupportedError, match="not a language this server"):
+        resolve_config({"mode": "transcribe", "language": "xx"}, "assistant", engines)
+    with pytest.raises(InvalidConfigError, match="expected a language code"):
+        resolve_config({"mode": "transcribe", "language": 7}, "assistant", engines)
+    with pytest.raises(InvalidConfigError, match="recognises speech"):
+        resolve_config({"mode": "loopback", "language": "de"}, "assistant", engines)
+    served = _asr_engines(("en", "de"))
+    with pytest.raises(UnsupportedError, match="auto, de, en"):
+        resolve_config({"mode": "transcribe", "language": "fr"}, "assistant", served)
+
+
+def test_voices_name_a_voice_of_the_language_or_none() -> None:
+    """``voices`` maps a language to one of its voices here, or ``none`` (text only)."""
+    engines = _asr_engines()
+    ok = resolve_config({"voices": {"DE": "de", "fr": "none"}}, "assistant", engines)
+    assert ok["voices"] == {"de": "de", "fr": "none"}
+    for bad, words in [
+        ({"de": "fr-fr"}, r"no voice 'fr-fr' for this language here; expected one of \['de'"),
+        ({"german": "de"}, "not a language code"),
+        ({"de": 3}, "expected a voice name"),
+        (["de"], "expected a map"),
+    ]:
+        with pytest.raises(InvalidConfigError, match=words):
+            resolve_config({"voices": bad}, "assistant", engines)
+    with pytest.raises(InvalidConfigError, match="only the assistant mode speaks"):
+        resolve_config({"mode": "transcribe", "voices": {"de": "de"}}, "assistant", engines)

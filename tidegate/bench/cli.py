@@ -70,7 +70,7 @@ def finish(name: str, results: dict[str, Any], out: Path, *, plots: bool = True)
 
 
 async def _run(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
-    if not sc.needs_server:
+    if not sc.wants_server(args):
         return await sc.run(args, Target("", ""))
     if args.url:
         if not args.token:

@@ -24,6 +24,11 @@ class Scenario:
     needs_server: bool = True  # False: the scenario starts what it measures itself
     server_env: dict[str, str] | None = None  # settings for a server the harness starts
     env_from_args: EnvFn | None = None  # more settings, from the scenario's arguments
+    #: for these arguments the scenario measures in-process and needs no server
+    local_when: Callable[[argparse.Namespace], bool] | None = None
+
+    def wants_server(self, args: argparse.Namespace) -> bool:
+        return self.needs_server and not (self.local_when is not None and self.local_when(args))
 
     def env(self, args: argparse.Namespace) -> dict[str, str]:
         """The settings of a server the harness starts for this run."""
@@ -42,6 +47,7 @@ def scenario(
     needs_server: bool = True,
     server_env: dict[str, str] | None = None,
     env_from_args: EnvFn | None = None,
+    local_when: Callable[[argparse.Namespace], bool] | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Register a scenario under ``name``."""
 
@@ -49,7 +55,7 @@ def scenario(
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} registered twice")
         SCENARIOS[name] = Scenario(
-            name, help, fn, add_args, needs_server, server_env, env_from_args
+            name, help, fn, add_args, needs_server, server_env, env_from_args, local_when
         )
         return fn
 

@@ -39,13 +39,19 @@ def loopback_ice() -> None:
     aioice.ice.get_host_addresses = _loopback_only
 
 
-async def connect(client: Client, pc: RTCPeerConnection) -> float:
+async def connect(
+    client: Client, pc: RTCPeerConnection, *, echo_cancellation: bool | None = None
+) -> float:
     """Offer over the control channel, apply the answer, read the server's trickled candidates
     to their end, wait for ICE and DTLS; returns the connect time (offer sent -> connected, ms).
-    Call it before anything else reads the client's events."""
+    ``echo_cancellation``: what the offer says of the client's own (``False``: a kiosk that
+    has none). Call it before anything else reads the client's events."""
     await pc.setLocalDescription(await pc.createOffer())
     t0 = time.perf_counter()
-    answer = await client.request(RtcOffer(id=client.next_id(), sdp=pc.localDescription.sdp))
+    offer = RtcOffer(
+        id=client.next_id(), sdp=pc.localDescription.sdp, echo_cancellation=echo_cancellation
+    )
+    answer = await client.request(offer)
     if not isinstance(answer, RtcAnswer):
         raise RuntimeError(f"expected rtc.answer, got {answer.TYPE}")
     await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
@@ -131,13 +137,65 @@ class OpusQueueTrack(MediaStreamTrack):
         return packet
 
 
+class LiveOpusTrack(MediaStreamTrack):
+    """A live microphone: every 20 ms by the clock it asks ``source(sample)`` for the next
+    20 ms of 16 kHz float32 audio (``sample``: the first one's index on the track's clock,
+    which starts at :attr:`t0`, ``time.monotonic``), upsamples and encodes it (Opus, voip)."""
+
+    kind = "audio"
+
+    def __init__(self, source: Callable[[int], FloatArray], *, bit_rate: int = 32_000) -> None:
+        super().__init__()
+        self.source = source
+        self.enc = av.CodecContext.create("libopus", "w")
+        self.enc.sample_rate = OPUS_RATE_HZ
+        self.enc.layout = "mono"
+        self.enc.format = "s16"
+        self.enc.bit_rate = bit_rate
+        self.enc.options = {"application": "voip"}
+        self.enc.time_base = TIME_BASE
+        self.n = 0
+        self.t0: float | None = None
+        self.pending: deque[bytes] = deque()  # the encoder's output, one packet per frame
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        due = self.t0 + (self.n + 1) * FRAME_S  # a frame leaves once it has been captured
+        if due > now:
+            await asyncio.sleep(due - now)
+        x16 = self.source(self.n * FRAME_SAMPLES // 3)
+        x48 = upsample_to_48k(x16, OPUS_RATE_HZ // 3)[:FRAME_SAMPLES]
+        x48 = np.pad(x48, (0, FRAME_SAMPLES - len(x48)))
+        pcm = (np.clip(x48, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = OPUS_RATE_HZ
+        frame.pts = self.n * FRAME_SAMPLES
+        self.pending.extend(bytes(p) for p in self.enc.encode(frame))
+        payload = self.pending.popleft() if self.pending else b"\xf8\xff\xfe"  # Opus silence
+        packet = av.Packet(payload)
+        packet.pts = self.n * FRAME_SAMPLES
+        packet.time_base = TIME_BASE
+        self.n += 1
+        return packet
+
+
 class AudioTap:
     """Decodes the packets of a receiver as they arrive and calls ``on_frame(pcm, arrival)``
     (float32 at 48 kHz, ``time.monotonic`` of the packet's arrival). Install with
     :meth:`install` on the transceiver's receiver (aiortc's own decoding is bypassed)."""
 
-    def __init__(self, on_frame: Callable[[FloatArray, float], None]) -> None:
+    def __init__(
+        self,
+        on_frame: Callable[[FloatArray, float], None],
+        on_timed_frame: Callable[[FloatArray, float, int], None] | None = None,
+    ) -> None:
         self.on_frame = on_frame
+        #: also told each frame's RTP timestamp (48 kHz units), for a client that plays by it
+        self.on_timed_frame = on_timed_frame
         self.dec = av.CodecContext.create("libopus", "r")
         self.dec.sample_rate = OPUS_RATE_HZ
         self.dec.layout = "mono"
@@ -156,4 +214,7 @@ class AudioTap:
             for f in self.dec.decode(av.Packet(packet.payload))
         ]
         if parts:
-            self.on_frame(np.concatenate(parts), arrival)
+            pcm: FloatArray = np.concatenate(parts).astype(np.float32, copy=False)
+            self.on_frame(pcm, arrival)
+            if self.on_timed_frame is not None:
+                self.on_timed_frame(pcm, arrival, packet.timestamp)

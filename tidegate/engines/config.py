@@ -93,6 +93,12 @@ class AsrConfig:
         "whisper-tiny-en takes en or auto).",
         "auto",
     )
+    languages: str = setting(
+        "Languages this deployment serves, comma-separated codes (en,de,es,fr): auto "
+        "detection chooses among them only (docs/languages.md) and a session may ask only "
+        "for one of them. Empty: every language of the model.",
+        "",
+    )
     runtime: str = setting("The ASR engine's runtime. Unset: engine_runtime.", "")
     max_batch_items: int = setting("Segments decoded in one ASR batch, at most.", 16)
     batch_wait_s: float = setting(

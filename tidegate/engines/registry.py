@@ -209,6 +209,7 @@ def asr_engine(spec: EngineSpec, ctx: BuildContext) -> WhisperOnnx:
         ctx_margin_s=spec.asr_ctx_margin_s,
         ctx_step_s=spec.asr_ctx_step_s,
         language=config.language,
+        languages=tuple(x for x in config.languages.split(",") if x.strip()),
     )
 
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import models
 from .errors import EngineError, ModelError
@@ -28,7 +28,11 @@ from .registry import (
     ensure_prepared,
     handle_builder,
 )
+from .scheduler import Scheduler
 from .workers import WorkerPool
+
+if TYPE_CHECKING:
+    from .tts.bank import VoiceBank
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,9 @@ class EngineService:
         )
         #: optional engines left out because their model is missing: name -> why
         self.missing: dict[str, str] = {}
+        #: the voices by language (tts/bank.py): the TTS engine and espeak-ng voices started
+        #: on first use; None until a ``tts`` engine runs
+        self.voices: VoiceBank | None = None
         self.ready = False
 
     def _without(self, spec: EngineSpec) -> str | None:
@@ -123,6 +130,16 @@ class EngineService:
                     spec.model,
                     getattr(getattr(handle, "engine", handle), "provider", "?"),
                 )
+            tts = next((x for x in self.specs if x.name == "tts"), None)
+            if tts is not None:
+                from .tts.bank import VoiceBank
+
+                handle = self.handles[tts.name]
+                self.voices = VoiceBank(
+                    handle if isinstance(handle, Scheduler) else None,
+                    tts.model,
+                    policy=tts.policy,
+                )
         except BaseException:
             await self.close()
             raise
@@ -143,6 +160,9 @@ class EngineService:
 
     async def close(self) -> None:
         self.ready = False
+        if self.voices is not None:
+            await self.voices.close()
+            self.voices = None
         for handle in reversed(list(self.handles.values())):
             await handle.close()
         self.handles.clear()

@@ -41,6 +41,9 @@ class AudioChunk:
     arrival_s: float  # when it arrived (the inbox's clock)
     concealed: bool = False  # produced by loss concealment, not decoded from a packet
     silent: bool = False
+    #: a read of several pieces: the samples of the first one (the one that arrived at
+    #: ``arrival_s``); None: the chunk is one piece
+    first_samples: int | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -206,6 +209,7 @@ class AudioInbox:
             first.arrival_s,
             any(c.concealed for c in taken),
             all(c.silent for c in taken),
+            len(first.pcm),
         )
 
     async def read(self, max_ms: float = 1_000.0) -> AudioChunk | None:

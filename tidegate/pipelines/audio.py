@@ -64,6 +64,7 @@ import numpy as np
 
 from tidegate.engines.asr.request import AsrCancelledError, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
+from tidegate.engines.asr.turn_language import TurnLanguage
 from tidegate.engines.errors import DeadlineError, EngineError
 from tidegate.engines.errors import OverloadedError as EngineOverloadedError
 from tidegate.engines.runtime import Array
@@ -96,7 +97,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
-PRE_ROLL_S = 0.5  # audio kept before speech starts (the VAD dates its start back)
+#: audio kept beyond the pre-roll before the newest frame: the VAD confirms speech
+#: min_speech_s (0.25 s) after it began, and a segment starts pre_roll_s before that
+PRE_ROLL_SLACK_S = 1.0
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
 #: ... ending this long after the VAD's end of speech (which already holds speech_pad_s): the
@@ -204,6 +207,7 @@ class AudioLane:
         *,
         listener: SpeechListener | None = None,
         speaks: bool = False,
+        language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
         s = config
@@ -215,7 +219,13 @@ class AudioLane:
         if tokenizer is None:
             raise UnsupportedError("the ASR engine has no tokenizer loaded")
         self._decode = tokenizer.decode
+        self._encode = tokenizer.encode
         self.settings: StreamingSettings = config.streaming
+        #: the turn's language (engines/asr/turn_language.py), shared with the reply lane when the
+        #: mode replies; with no turn-taking each segment is a turn
+        self.language = language or TurnLanguage(
+            lambda: session.config.get("language"), per_segment=listener is None
+        )
         self.inbox = AudioInbox(
             max_s=s.audio_buffer_s,
             silence_dbfs=s.audio_silence_dbfs,
@@ -245,9 +255,12 @@ class AudioLane:
         self._samples = 0  # samples run through the VAD
         self._pre_roll: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._pre_roll_samples = 0
+        self._pre_roll_max = (config.streaming.pre_roll_s + PRE_ROLL_SLACK_S) * SAMPLE_RATE_HZ
         self._recent: deque[np.ndarray[Any, np.dtype[np.float32]]] = deque()
         self._recent_samples = 0
         self._segment: Segment | None = None
+        self._segment_end = 0  # session sample where the last segment ended
+        self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
         self._max_finals = s.asr_max_pending_finals
@@ -269,6 +282,7 @@ class AudioLane:
             "cuts": 0,
             "commits": 0,
             "clears": 0,
+            "prompt_echoes": 0,
         }
         session.spawn(self._vad_loop(self.inbox), "vad")
         session.spawn(self._asr_loop(), "asr")
@@ -424,7 +438,7 @@ class AudioLane:
         pcm = chunk.pcm
         if self.echo is not None and self._echo_on:  # off the loop: the media workers
             media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
-            pcm = await self.echo.clean(pcm, chunk.arrival_s, media)
+            pcm = await self.echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
         audio = np.concatenate([rest, pcm]) if len(rest) else pcm
         n = len(audio) // FRAME_SAMPLES
         async with self._feed_lock:
@@ -449,7 +463,7 @@ class AudioLane:
             seg.append(frame, [r.probability])
         self._pre_roll.append(frame)
         self._pre_roll_samples += FRAME_SAMPLES
-        while self._pre_roll_samples - FRAME_SAMPLES >= PRE_ROLL_S * SAMPLE_RATE_HZ:
+        while self._pre_roll_samples - FRAME_SAMPLES >= self._pre_roll_max:
             self._pre_roll_samples -= len(self._pre_roll.popleft())
         if self.listener is not None:
             self._recent.append(frame)
@@ -476,18 +490,33 @@ class AudioLane:
                 seg = self._segment
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
+                self._segment_end = seg.end_sample
                 await self._close_segment(seg, received)
-        if self._segment is not None and self._segment.due(self.settings):
+        if self._segment is not None and self._partial_due(self._segment):
             self._wake.set()
 
+    def _partial_due(self, seg: Segment) -> bool:
+        """A partial of ``seg`` is due (the adaptive rate: the ASR engine's queue depth)."""
+        return seg.due(self.settings, self.asr.queue_load().depth)
+
     def _open_segment(self, start_sample: int, probability: float) -> None:
+        """A segment from ``pre_roll_s`` before the VAD's start of speech (never before
+        the previous segment's end: no word twice), with the session's previous text as its
+        context."""
         audio = np.concatenate(list(self._pre_roll))
         first = self._samples - len(audio)
-        start_sample = max(start_sample, first)
-        # the session's language (config ``language``; None: the engine's default)
-        language = self.session.config.get("language")
+        pre_roll = round(self.settings.pre_roll_s * SAMPLE_RATE_HZ)
+        if start_sample - self._segment_end > self.settings.prompt_max_gap_s * SAMPLE_RATE_HZ:
+            self._context.clear()  # a new stretch of talk: no previous-text context
+        start_sample = max(start_sample - pre_roll, first, self._segment_end, 0)
+        heard = self.language.for_segment()  # the turn's language, once known
         seg = Segment(
-            "seg_" + secrets.token_urlsafe(6), start_sample, self._decode, language=language
+            "seg_" + secrets.token_urlsafe(6),
+            start_sample,
+            self._decode,
+            prompt=self.context,
+            language=heard.code if heard is not None else self.language.asked,
+            language_probability=heard.probability if heard is not None else None,
         )
         skip = start_sample - first
         frames = (len(audio) - skip + FRAME_SAMPLES - 1) // FRAME_SAMPLES
@@ -510,7 +539,7 @@ class AudioLane:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._finals or (self._segment is not None and self._segment.due(self.settings)):
+            while self._finals or (self._segment is not None and self._partial_due(self._segment)):
                 if self._finals:
                     seg, received = self._finals[0]
                     await self._final(seg, received)
@@ -528,7 +557,7 @@ class AudioLane:
         start = now_ms()
         try:  # a final (end None) is urgent: it goes ahead of other sessions' partials
             result: AsrResult | None = await self.asr.submit(
-                seg.request(end, cancel), urgent=end is None
+                self.language.request(seg, end, cancel), urgent=end is None
             )
         except AsrCancelledError:
             self.counters["partials_cancelled"] += 1
@@ -574,10 +603,16 @@ class AudioLane:
             result, timing = await self._run(seg, decoded, cancel)
         finally:
             self._partial_cancel = None
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # this segment goes on without the context
+            result = None
         if result is None:
             seg.decoded_until = decoded
             return
-        if seg.on_partial(result, decoded, self.settings):
+        committed = seg.on_partial(result, decoded, self.settings)
+        self.language.partial_done(seg)  # a language it locked is the turn's
+        if committed:
             self.counters["partials"] += 1
             self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
         if self.listener is not None and self._segment is seg:  # still the speech going on
@@ -598,17 +633,29 @@ class AudioLane:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         result, timing = await self._run(seg, None)
+        if result is not None and seg.echoes_prompt(result):
+            self.counters["prompt_echoes"] += 1
+            seg.prompt = ()  # decoded again without the context
+            result, timing = await self._run(seg, None)
         timing = Timing(
             received=received, engine_start=timing.engine_start, engine_end=timing.engine_end
         )
+        locked = seg.language_locked  # given, or detected with confidence by a partial
         text = seg.final_text(result, self.settings)
+        language, probability = self.language.final_done(
+            seg, result, lock_probability=self.settings.language_lock_probability, locked=locked
+        )
         if not text:
             self.counters["empty_finals"] += 1
             if self.listener is not None:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
         self.counters["finals"] += 1
-        event = self._event(AsrFinal, seg, text, timing)
+        if self.settings.prompt_tokens:
+            self._context.extend(self._encode(" " + text))
+        event = self._event(
+            AsrFinal, seg, text, timing, language=language, language_probability=probability
+        )
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
             TranscriptSegment(
@@ -622,8 +669,9 @@ class AudioLane:
             self.listener.on_final(text, received, len(self._finals) - 1)
 
     @staticmethod
-    def _event(cls: Any, seg: Segment, text: str, timing: Timing) -> Any:
+    def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:
         return cls(
+            **extra,
             segment_id=seg.id,
             text=text,
             audio_start_ms=seg.start_sample * 1000 / SAMPLE_RATE_HZ,
@@ -632,6 +680,11 @@ class AudioLane:
         )
 
     # -- the rest ---------------------------------------------------------------------------
+    @property
+    def context(self) -> tuple[int, ...]:
+        """The tokens the next segment gets as its prompt (the previous finals' newest)."""
+        return tuple(self._context) if self.settings.prompt_tokens else ()
+
     def stats(self) -> dict[str, Any]:
         return {
             **self.counters,

@@ -1,27 +1,43 @@
 """The audio lane's echo path: the session's own speech removed from its microphone audio,
 before VAD and ASR (WebRTC AEC3, :class:`tidegate.engines.audio.EchoCanceller`).
 
-The server knows what it played and when. The reply lane tells this path of every frame of
-speech it sends (:meth:`EchoPath.played`: the frame and the monotonic time its playout starts,
-which its pacing fixes: on the WebRTC track, when the frame is sent; WS-only, when the
-``output.audio`` frame is due, its ``ts`` on the reply's clock); a WS-only client may add the
-delay between receiving and playing (``input.audio.playout_delay_ms``), which moves the
-reference later. The reference goes through a low-pass to 16 kHz (:class:`Decimator`).
+The server knows what it played and when (:meth:`EchoPath.played`: a frame and the monotonic
+time its playout starts). The reply lane tells it of every frame of speech as it hands it on,
+up to ``assistant_audio_lead_s`` before it is due, with the time it is due (its pacing fixes
+it): over WebRTC the very 16 kHz samples it writes to the outbound track (which sends each in
+its 20 ms slot, i.e. when due); WS-only the ``output.audio`` frame (``ts`` on the reply's
+clock), and the client may add the delay between receiving and playing
+(``input.audio.playout_delay_ms``), which moves the reference later. The reference goes
+through a low-pass to 16 kHz (:class:`Decimator`; 16 kHz frames pass as they are).
+
+Why not the track's sends: the canceller takes, with each microphone block, the reference of
+the same moment (plus its lead), so the reference must be in before the microphone audio is
+cleaned; a prompt lane cleans audio a few tens of ms after it was captured, while the track
+sends each frame only when due. Fed from the sends, most blocks found their reference not yet
+there (fed as silence, lost to AEC3): over WebRTC every reply was cut by its own echo
+(`tidegate bench turns`, 40 ms / -6 dB: 2 of 2 cut, echo reduced 8 dB); fed as written, ahead of
+time, none was (19 dB, the noise floor at -60 dBFS bounding it).
 
 The microphone audio is stamped with its capture time on the same clock:
 
 - with a media clock (WebRTC's RTP time; ``input.audio.ts`` when the client sends it): its
-  media time, anchored so that the first read's first sample was captured ``MEDIA_LEAD_S``
-  before that read arrived, less its own length;
-- without one: the running count of samples the lane has read, anchored at the first
-  chunk's arrival less ``CAPTURE_LEAD_S``, and re-anchored when the stream stays behind its
-  arrival by more than ``REANCHOR_S`` for ``REANCHOR_AFTER_S`` (the client paused; a burst
-  after a network stall catches up before). The lane's own lag does not move it.
+  media time, anchored so that the first piece of audio the lane read (the first packet or
+  ``input.audio`` chunk, not a backlog read with it) was captured just before it arrived
+  (its arrival less its own length);
+- without one: the running count of samples the lane has read, anchored the same way, and
+  re-anchored when the stream stays behind its arrival by more than ``REANCHOR_S`` for
+  ``REANCHOR_AFTER_S`` (the client paused; a burst after a network stall catches up
+  before). The lane's own lag does not move it.
 
-Stamps err early, never late: a reference ahead of its echo AEC3 finds by its own delay
-tracking at once, one after it cannot be cancelled. What the stamps do not show (network,
-device buffers, the air) AEC3 tracks; the canceller's envelope estimate only realigns for a
-change of ``realign_min_s`` or more (docs/ears.md; by default never: it misjudged speech echo).
+Stamps err late, never early. The canceller feeds, with each microphone block, the reference
+played at the block's stamp (plus its ``reference_lead_s``): a stamp later than the true
+capture feeds a reference that leads its echo, which AEC3's own delay tracking finds (300 ms
+late: no loss of ERLE, measured); a stamp earlier than the capture by more than the speaker ->
+microphone delay plus that lead feeds a reference that comes after its echo, and nothing is
+cancelled (ERLE 53 -> 2 dB at 40 ms of delay stamped 100 ms early). What the stamps do not show
+(network, jitter buffer, device buffers, the air) only makes them later. The canceller's
+envelope estimate only realigns for a change of ``realign_min_s`` or more (docs/ears.md; by
+default never: it misjudged speech echo).
 
 Threading: the canceller is thread-confined and CPU work, so every call to it runs on the
 engine service's bounded media worker pool (:class:`tidegate.engines.workers.WorkerPool`), one
@@ -49,12 +65,6 @@ SAMPLE_RATE_HZ = 16_000
 BLOCK_SAMPLES = 160  # the canceller's 10 ms block
 REANCHOR_S = 0.2  # the microphone stream this far behind its arrival ...
 REANCHOR_AFTER_S = 1.0  # ... for this long (a burst after a stall catches up before): re-anchored
-#: how much earlier than its arrival a chunk's capture is taken to start: the longest chunk
-#: expected. Erring early keeps the reference ahead of its echo (which AEC3 tracks); late
-#: would put it after (which AEC3 cannot cancel).
-CAPTURE_LEAD_S = 0.1
-#: with a media clock, the first read's own length is known: this much more is allowed for
-MEDIA_LEAD_S = 0.02
 ECHO_CANCELLATION = ("auto", "on", "off")
 
 
@@ -134,6 +144,12 @@ class EchoPath:
             "uncleaned_blocks": 0,
             "reanchors": 0,
         }
+        #: thread CPU seconds spent in the canceller (on the workers), and the energy of the
+        #: microphone audio before and after it (sums of squares, full scale 1.0): with no
+        #: user speech, their ratio is the echo return loss enhancement (the bench's ERLE)
+        self.cpu_s = 0.0
+        self.energy_in = 0.0
+        self.energy_out = 0.0
 
     def sample_at(self, t: float) -> int:
         return round((t - self.origin) * SAMPLE_RATE_HZ)
@@ -153,29 +169,36 @@ class EchoPath:
         pcm: np.ndarray[Any, np.dtype[np.float32]],
         arrival_s: float,
         media_ms: float | None = None,
+        first_samples: int | None = None,
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """Microphone audio (16 kHz float32) whose first part arrived at ``arrival_s``, with
-        the session's echo removed; whole 10 ms blocks come out (the rest waits for the next
-        call), so the output may be up to 10 ms shorter or longer than the input."""
+        """Microphone audio (16 kHz float32) whose first part (``first_samples`` long; None:
+        all of it) arrived at ``arrival_s``, with the session's echo removed; whole 10 ms
+        blocks come out (the rest waits for the next call), so the output may be up to 10 ms
+        shorter or longer than the input."""
         async with self._lock:
-            return await self._clean(pcm, arrival_s, media_ms)
+            return await self._clean(pcm, arrival_s, media_ms, first_samples)
 
     async def _clean(
         self,
         pcm: np.ndarray[Any, np.dtype[np.float32]],
         arrival_s: float,
         media_ms: float | None,
+        first_samples: int | None = None,
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
         x = np.concatenate([self._rest, pcm]) if len(self._rest) else pcm
         n = len(x) // BLOCK_SAMPLES * BLOCK_SAMPLES
         self._rest = x[n:]
         if n == 0:
             return x[:0]
-        arrived = self.sample_at(arrival_s - CAPTURE_LEAD_S)  # where this audio starts, or before
+        # The latest this audio can have started: its first piece's arrival less that piece's
+        # own length (not the read's: a read that also holds a backlog, because the loop
+        # started late, would date the stream early, and a reference fed after its echo
+        # cannot be cancelled; it was so over WebRTC, whose inbox fills once the peer connects).
+        head = len(pcm) if first_samples is None else first_samples
+        arrived = self.sample_at(arrival_s) - head
         if media_ms is not None:  # the client's media clock: gaps, drops and lag do not matter
-            if self._media_anchor is None:  # its first sample: before the read arrived
-                first = self.sample_at(arrival_s - MEDIA_LEAD_S) - len(pcm)
-                self._media_anchor = first - round(media_ms * SAMPLE_RATE_HZ / 1000)
+            if self._media_anchor is None:
+                self._media_anchor = arrived - round(media_ms * SAMPLE_RATE_HZ / 1000)
             self._near_next = self._media_anchor + round(media_ms * SAMPLE_RATE_HZ / 1000)
             self._near_next -= len(x) - len(pcm)
             arrived = self._near_next
@@ -213,9 +236,21 @@ class EchoPath:
 
     def _run(self, far: list[tuple[Array, int, float]], near: Array, at: int) -> Array:
         """On a worker thread: feed the reference played since the last call, then clean."""
+        cpu0 = time.thread_time()
         for pcm, rate_hz, played in far:
             self.canceller.add_far(self._decimate(pcm, rate_hz), self.sample_at(played))
-        return self.canceller.process_near(near, at)
+        out = self.canceller.process_near(near, at)
+        self.cpu_s += time.thread_time() - cpu0
+        x, y = np.asarray(near, np.float64), np.asarray(out, np.float64)
+        self.energy_in += float(x @ x)
+        self.energy_out += float(y @ y)
+        return out
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, **{f"aec_{k}": v for k, v in self.canceller.stats().items()}}
+        return {
+            **self.counters,
+            "cpu_s": round(self.cpu_s, 4),
+            "energy_in": self.energy_in,
+            "energy_out": self.energy_out,
+            **{f"aec_{k}": v for k, v in self.canceller.stats().items()},
+        }

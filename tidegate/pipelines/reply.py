@@ -74,6 +74,7 @@ from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
 from tidegate.engines.tts import TtsStream
+from tidegate.engines.tts.bank import VoiceBank
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
@@ -98,6 +99,7 @@ from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import Interruption, Verdict, WordRule
+from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
@@ -274,6 +276,11 @@ class Reply:
             self.cached_tokens += gen.cached_tokens
             self.output_tokens += gen.completion_tokens
 
+    language: str | None = None  # the language it answers in (the user's turn's)
+    voice: str | None = None  # the voice that speaks it
+    speech: Scheduler[Any, Any] | None = None  # that voice's TTS engine
+    text_only: str | None = None  # why it is not spoken (no voice for its language)
+
     def locate(self, chunk: str) -> tuple[int, int]:
         """Where ``chunk`` lies in ``text`` (the chunker strips and may merge chunks, so its
         words are found one after the other)."""
@@ -289,7 +296,10 @@ class Reply:
         return start, pos
 
     def spoken(self, at: float) -> str:
-        """The reply as far as its speech had played at ``at`` (whole words)."""
+        """The reply as far as its speech had played at ``at`` (whole words); a reply in
+        text only, as far as its text went."""
+        if self.text_only is not None:
+            return self.text
         end = 0
         for c in self.chunks:
             heard = c.heard_end(self.text, at)
@@ -329,6 +339,8 @@ class ReplyLane:
         voice: str,
         media: SessionMedia,
         sight: Sight | None = None,
+        voices: VoiceBank | None = None,
+        language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
         self.config = config
@@ -337,7 +349,12 @@ class ReplyLane:
         self.voice = voice
         self.media = media
         self.sight = sight
-        #: told of every frame played (the assistant mode sets it when echo is cancelled)
+        #: the voices by language (engines/tts/bank.py; None: ``tts`` speaks every reply)
+        self.voices = voices
+        #: the user's turn's language (engines/asr/turn_language.py; None: not known)
+        self.language = language
+        #: told of every frame played, ahead of time, with when it is due (the assistant mode
+        #: sets it when echo is cancelled; pipelines/echo.py)
         self.echo: EchoSink | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
@@ -380,19 +397,22 @@ class ReplyLane:
         """The user said ``text`` (a turn, or ``input.text``): reply to it (adopting the
         held reply when it was started on exactly these messages)."""
         self._user_says(text)
+        language = self.language.for_reply(spoken=spoken) if self.language is not None else None
         held, self.speculative = self.speculative, None
         if held is not None:
-            if not held.finished and held.messages == self.messages():
+            same = held.language == language
+            if same and not held.finished and held.messages == self.messages(language=language):
                 self._adopt(held, ref, received_ms)
                 return
             self._discard(held)
-        self._start_reply(ref, received_ms, spoken=spoken)
+        self._start_reply(ref, received_ms, spoken=spoken, language=language)
 
     def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         """Turn-taking expects the turn to end with ``text`` in ``wait_s``: start its reply
         now, held (module doc). A guess already running for the same text goes on."""
+        language = self._turn_language()
         held = self.speculative
-        if held is not None and held.messages == self._messages_with(text):
+        if held is not None and held.messages == self._messages_with(text, language):
             return
         self._discard_speculation()
         limit = self.config.speculate_max_wait_s
@@ -403,7 +423,8 @@ class ReplyLane:
             return
         reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
         reply.options = options
-        reply.messages = self._messages_with(text)
+        reply.language = language
+        reply.messages = self._messages_with(text, language)
         self.speculative = reply
         self.counters["speculations"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply-speculative")
@@ -642,7 +663,8 @@ class ReplyLane:
             raise InvalidConfigError(
                 "response.create: there is no user message to answer; give 'text'"
             )
-        self._start_reply(ref, now_ms(), options=options)
+        language = self.language.for_reply(spoken=False) if self.language is not None else None
+        self._start_reply(ref, now_ms(), options=options, language=language)
 
     def _session_options(self) -> ReplyOptions:
         """The reply options the session's config gives (sessions/config.py checked them)."""
@@ -728,9 +750,15 @@ class ReplyLane:
                 history = history[1:]
         return history
 
-    def _messages_with(self, text: str) -> list[dict[str, Any]]:
-        """What the LLM would be given if the user said ``text`` now."""
-        return self.messages(self._trimmed([*self.history, {"role": "user", "content": text}]))
+    def _messages_with(self, text: str, language: str | None = None) -> list[dict[str, Any]]:
+        """What the LLM would be given if the user said ``text`` now (in ``language``)."""
+        history = self._trimmed([*self.history, {"role": "user", "content": text}])
+        return self.messages(history, language=language)
+
+    def _turn_language(self) -> str | None:
+        """The language of the turn in progress as far as it is known (a held reply's)."""
+        heard = self.language.current() if self.language is not None else None
+        return heard.code if heard is not None else None
 
     # -- replies ----------------------------------------------------------------------------
     def _start_reply(
@@ -740,6 +768,7 @@ class ReplyLane:
         *,
         spoken: bool = False,
         options: ReplyOptions | None = None,
+        language: str | None = None,
     ) -> None:
         self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
@@ -747,6 +776,7 @@ class ReplyLane:
         self._end_interruption()
         reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
         reply.options = options if options is not None else self._session_options()
+        reply.language = language
         self.reply = reply
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
@@ -757,12 +787,13 @@ class ReplyLane:
         messages = (
             list(reply.messages)
             if reply.held
-            else self.messages(instructions=reply.options.instructions)
+            else self.messages(instructions=reply.options.instructions, language=reply.language)
         )
         try:
             reply.started_ms = now_ms()
             tts: TtsStream | None = None
-            if reply.options.speaks:  # a text-only reply synthesizes nothing
+            # a text-only reply synthesizes nothing; a language without a voice is text only
+            if reply.options.speaks and await self._pick_voice(reply):
                 tts = TtsStream(
                     lambda chunk: self._synthesize(reply, chunk),
                     max_pending_chunks=self.config.max_pending_chunks,
@@ -904,12 +935,30 @@ class ReplyLane:
         reply.round_start = len(reply.text)
         return added
 
+    async def _pick_voice(self, reply: Reply) -> bool:
+        """Choose the reply's voice for its language (the session's ``voices``, else the
+        registry's); False when there is none: the reply is text only, and says why."""
+        if self.voices is None:
+            reply.voice, reply.speech = self.voice, self.tts
+            return True
+        voice = self.voices.pick(reply.language, self.session.config.get("voices"))
+        if voice is None:
+            reply.text_only = f"no voice for language {reply.language!r}: the reply is text only"
+            return False
+        reply.voice, reply.speech = voice.name, await self.voices.scheduler(voice)
+        return True
+
     def messages(
-        self, history: list[dict[str, Any]] | None = None, *, instructions: str | None = None
+        self,
+        history: list[dict[str, Any]] | None = None,
+        *,
+        instructions: str | None = None,
+        language: str | None = None,
     ) -> list[dict[str, Any]]:
         """What the LLM is given: the system prompt (or the reply's, else the session's
         instructions), the history (``history``, else the lane's) and, just before the last
-        user message, what the camera sees (not kept in the history)."""
+        user message, what the camera sees and the language to answer in when it is not
+        English (the prompt's); neither is kept in the history."""
         c = self.config
         # The session's ``instructions`` (session.create / session.update) replace the
         # configured system prompt, from the next reply on; a response's own replace both.
@@ -919,6 +968,8 @@ class ReplyLane:
         sight = self.sight.context(c.vision_max_age_s) if self.sight is not None else None
         if sight is not None and out[-1]["role"] == "user":
             out.insert(len(out) - 1, {"role": "system", "content": sight})
+        if language is not None and language != "en" and out[-1]["role"] == "user":
+            out.insert(len(out) - 1, {"role": "system", "content": reply_hint(language)})
         return out
 
     async def _synthesize(self, reply: Reply, chunk: str) -> Array:
@@ -926,11 +977,13 @@ class ReplyLane:
         reply's first chunk is urgent (the user waits on it; the engine runs it ahead of
         other replies' later chunks, engines/scheduler.py)."""
         caches = self.session.caches
+        speech = reply.speech or self.tts
+        voice = reply.voice or self.voice
         urgent = not reply.chunks
         if caches is not None:  # text spoken before: its audio at once
-            audio: Array = await caches.synthesize(self.tts, chunk, voice=self.voice, urgent=urgent)
+            audio: Array = await caches.synthesize(speech, chunk, voice=voice, urgent=urgent)
         else:
-            audio = await self.tts.submit(chunk, urgent=urgent)
+            audio = await speech.submit(chunk, urgent=urgent)
         if urgent:  # the first sound of the reply: no silence to wait through before it
             audio = trim_leading_silence(audio)
         track = self._track()
@@ -993,8 +1046,6 @@ class ReplyLane:
             self.counters["resent_frames"] += 1
         out.start = starts
         chunk.frame_starts.append(starts)
-        if self.echo is not None:
-            self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
         reply.play_end = starts + FRAME_S
         track = self._track()
         if track is not None and chunk.track_pcm is not None:
@@ -1002,8 +1053,12 @@ class ReplyLane:
             part = chunk.track_pcm[j * OUT_FRAME_SAMPLES : (j + 1) * OUT_FRAME_SAMPLES]
             if len(part) < OUT_FRAME_SAMPLES:
                 part = np.pad(part, (0, OUT_FRAME_SAMPLES - len(part)))
+            if self.echo is not None:  # exactly what the track sends, when it is due
+                self.echo.played(part, SAMPLE_RATE_HZ, starts)
             track.write(part)
         else:
+            if self.echo is not None:  # WS-only: the frame plays when it is due
+                self.echo.played(out.pcm, OUTPUT_RATE_HZ, starts)
             self.session.emit(
                 OutputAudio(
                     pcm=out.pcm.astype("<i2").tobytes(),
@@ -1071,6 +1126,9 @@ class ReplyLane:
                 ref=reply.ref,
                 reason=reason,
                 usage=reply.usage(),
+                language=reply.language,
+                voice=reply.voice if reply.text_only is None else None,
+                text_only=reply.text_only,
             )
         )
         self.session.record(

@@ -37,6 +37,7 @@ from .schema import (
 
 MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 8_192
+MAX_LANGUAGE_CHARS = 16  # a language code (ISO 639-1, or a BCP 47 tag)
 MAX_SDP_CHARS = 65_536
 MAX_SENSOR_VALUES = 256
 MAX_SENSOR_CHANNELS = 64
@@ -615,9 +616,14 @@ class AsrPartial(_AsrSegment):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AsrFinal(_AsrSegment):
-    """The segment's text once its speech has ended."""
+    """The segment's text once its speech has ended. ``language`` is the language it was
+    recognised in (ISO 639-1: the session's ``language``, or detected once per turn under
+    ``auto``; the same for every segment of a turn) and ``language_probability`` the model's
+    probability of that language given the turn's audio (1 for an English-only model)."""
 
     TYPE: ClassVar[str] = "asr.final"
+    language: str | None = spec(Text(MAX_LANGUAGE_CHARS, min_chars=1), None)
+    language_probability: float | None = spec(Number(0, 1), None)
 
 
 @message
@@ -650,7 +656,9 @@ class ResponseTextDelta(ServerMessage):
 class ResponseDone(ServerMessage):
     """The end of a response; when ``cancelled``, ``text`` is what was delivered before the cut;
     when ``failed``, ``reason`` says why; ``usage`` the tokens its LLM rounds took (absent
-    when no round ran)."""
+    when no round ran). ``language`` is the language the reply was asked in
+    (the user's turn, detected or the session's), ``voice`` the voice that spoke it, and
+    ``text_only`` says why a reply was not spoken (no voice for its language)."""
 
     TYPE: ClassVar[str] = "response.done"
     response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
@@ -659,6 +667,9 @@ class ResponseDone(ServerMessage):
     timing: Timing | None = spec(Nested(Timing), None)
     reason: str | None = spec(Text(1024), None)
     usage: Usage | None = spec(Nested(Usage), None)
+    language: str | None = spec(Text(MAX_LANGUAGE_CHARS, min_chars=1), None)
+    voice: str | None = spec(Text(MAX_ID_CHARS, min_chars=1), None)
+    text_only: str | None = spec(Text(1024), None)
 
 
 @message

@@ -37,7 +37,7 @@ DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts", "turn")
 # Settings whose empty environment value means "none" rather than "unset" (the default).
 EMPTY_MEANS_NONE = frozenset({"engines"})
 # counts that may be 0, which turns what they count off
-ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens"})
+ZERO_IS_OFF = frozenset({"llm_provider_standby_every_tokens", "asr_prompt_tokens"})
 
 
 C = TypeVar("C")
@@ -416,12 +416,54 @@ class Settings:
     asr_max_segment_s: float = _doc(
         "Speech longer than this is cut at the next pause into separate segments.", default=15.0
     )
+    asr_pre_roll_s: float = _doc(
+        "Audio a speech segment keeps from before the VAD's start of speech (never before the "
+        "previous segment's end): the first word's onset, which the VAD confirms late.",
+        default=0.2,
+    )
+    asr_prompt_tokens: int = _doc(
+        "Tokens of the session's previous finals given to every decode of a segment as "
+        "Whisper's previous-text context (0: none, the default; at most 64 are used). Off by "
+        "default: with tiny.en it fixed first words of the recorded clips but made a trailing "
+        "fragment decode as the previous phrase again (docs/asr.md).",
+        default=0,
+    )
+    asr_prompt_max_gap_s: float = _doc(
+        "The previous-text context is kept only across pauses up to this long (s); after a "
+        "longer one a segment starts without it.",
+        default=1.0,
+    )
+    asr_partial_backoff_items: int = _doc(
+        "Adaptive partial rate: the partial interval grows by asr_partial_interval_s for every "
+        "this many requests queued for the ASR engine.",
+        default=4,
+    )
+    asr_partial_max_queue_items: int = _doc(
+        "No partial starts while this many requests are queued for the ASR engine (finals "
+        "only; they are never skipped).",
+        default=16,
+    )
     asr_hard_max_segment_s: float = _doc(
         "Speech is cut here even without a pause (Whisper's window is 30 s).", default=25.0
     )
     asr_max_pending_finals: int = _doc(
         "Ended segments waiting for their final decode; beyond it the audio lane fills.",
         default=4,
+    )
+    asr_language_detect_s: float = _doc(
+        "Under language auto, a turn's language is locked by the first decode of at least this "
+        "much speech that is sure of it (docs/languages.md); a shorter turn is detected on its "
+        "final.",
+        default=2.0,
+    )
+    asr_language_lock_probability: float = _doc(
+        "A detection locks the turn's language only with at least this probability; a less "
+        "sure one waits for more speech (up to asr_language_detect_max_s, or the final).",
+        default=0.7,
+    )
+    asr_language_detect_max_s: float = _doc(
+        "Past this much speech the turn's language is locked however sure the detection.",
+        default=6.0,
     )
 
     # -- LLM and TTS (docs/llm-tts.md) --------------------------------------------------------

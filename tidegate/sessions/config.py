@@ -85,8 +85,13 @@ CONFIG_KEYS = frozenset(
         "voice",
         "max_output_tokens",
         "language",
+        "voices",
     }
 )
+#: ``language``: the modes that recognise speech (docs/languages.md)
+LANGUAGE_MODES = ("assistant", "transcribe", "lanes")
+#: at most this many rows in ``voices`` (one per language)
+MAX_VOICES_ITEMS = 64
 MAX_INSTRUCTIONS_CHARS = 16_384  # the assistant's system prompt given by the client
 #: ``output_modalities``: the reply speaks (``["audio"]``, its text streams too) or only
 #: writes (``["text"]``: no speech is synthesized)
@@ -151,30 +156,80 @@ def resolve_config(
         del config["language"]
     if "language" in config:
         _check_language(config, engines)
+    if "voices" in config:
+        _check_voices(config, engines)
     return config
 
 
-def _check_language(config: dict[str, Any], engines: EngineService | None) -> None:
-    """``language``: what the session's speech is recognised in (an ISO 639-1 code, or
-    ``auto``; null: the engine's default), checked against the ASR model this server runs (an
-    English-only model takes ``en`` and ``auto`` only); the assistant and transcribe modes
-    only. It applies from the next speech segment on."""
-    value = config["language"]
-    if config["mode"] not in ("assistant", "transcribe"):
-        raise InvalidConfigError("session config.language: only modes that recognise speech")
-    if not isinstance(value, str) or not 2 <= len(value) <= 8:
-        raise InvalidConfigError(
-            f"session config.language: expected an ISO 639-1 code or 'auto', got {value!r}"
-        )
+def _asr_languages(engines: EngineService | None) -> tuple[str, ...] | None:
+    """The language codes the running ASR engine takes (its ``languages`` setting, else all
+    its model knows; ``en`` for an English-only model); None when unknown (not loaded)."""
     asr = engines.schedulers.get("asr") if engines is not None else None
-    tokenizer = getattr(getattr(asr, "engine", None), "tokenizer", None)
+    engine = getattr(asr, "engine", None)
+    served = getattr(engine, "languages", None)
+    if served:
+        return tuple(served)
+    tokenizer = getattr(engine, "tokenizer", None)
     if tokenizer is None:
-        raise UnsupportedError("session config.language: the ASR engine is not loaded")
-    try:
-        tokenizer.language_token(value)
-    except ValueError as e:
-        raise UnsupportedError(f"session config.{e}") from None
-    config["language"] = value.strip().lower()
+        return None
+    return tuple(tokenizer.languages) if tokenizer.multilingual else ("en",)
+
+
+def _check_language(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``language``: the language the user speaks, a code the ASR takes, or ``auto`` (detected
+    once per turn; docs/languages.md)."""
+    value = config["language"]
+    if config["mode"] not in LANGUAGE_MODES:
+        raise InvalidConfigError(
+            f"session config.language: only mode {', '.join(LANGUAGE_MODES)} recognises speech"
+        )
+    served = _asr_languages(engines)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidConfigError(
+            "session config.language: expected a language code (ISO 639-1, e.g. 'de') or 'auto'"
+        )
+    code = value.strip().lower()
+    if code != "auto" and served is not None and code not in served:
+        shown = ", ".join(sorted(served)[:20]) + (", ..." if len(served) > 20 else "")
+        raise UnsupportedError(
+            f"session config.language: {value!r} is not a language this server recognises "
+            f"(auto, {shown}; the ASR model and asr_languages decide)"
+        )
+    config["language"] = code
+
+
+def _check_voices(config: dict[str, Any], engines: EngineService | None) -> None:
+    """``voices``: the voice for each language (a map ``{"de": "de"}``; ``none``: reply in text
+    only), among those this server speaks (docs/languages.md)."""
+    from tidegate.engines.tts.bank import NO_VOICE
+
+    value = config["voices"]
+    if config["mode"] != "assistant":
+        raise InvalidConfigError("session config.voices: only the assistant mode speaks")
+    if not isinstance(value, dict) or len(value) > MAX_VOICES_ITEMS:
+        raise InvalidConfigError(
+            "session config.voices: expected a map of language code -> voice name "
+            f"(at most {MAX_VOICES_ITEMS})"
+        )
+    bank = getattr(engines, "voices", None)
+    out: dict[str, str] = {}
+    for code, name in value.items():
+        if not isinstance(code, str) or not (2 <= len(code) <= 3) or not code.isalpha():
+            raise InvalidConfigError(
+                f"session config.voices: key {code!r} is not a language code (ISO 639-1)"
+            )
+        if not isinstance(name, str) or not name:
+            raise InvalidConfigError(
+                f"session config.voices.{code}: expected a voice name or {NO_VOICE!r}"
+            )
+        known = bank.names(code.lower()) if bank is not None else None
+        if name != NO_VOICE and known is not None and name not in known:
+            raise InvalidConfigError(
+                f"session config.voices.{code}: no voice {name!r} for this language here; "
+                f"expected one of {[*known, NO_VOICE]}"
+            )
+        out[code.lower()] = name
+    config["voices"] = out
 
 
 def _check_reply_keys(config: dict[str, Any], engines: EngineService | None) -> None:

@@ -941,3 +941,16 @@ def test_media_time_goes_on_across_a_format_change() -> None:
     send(t, {"type": "input_audio_buffer.append", "audio": b64(bytes(80))}, now_ms=30.0)
     msgs = [m for m in t.to_session() if isinstance(m, InputAudio)]
     assert [(m.ts, m.sample_rate) for m in msgs] == [(0.0, 24_000), (20.0, 8_000), (30.0, 8_000)]
+
+
+def test_the_transcription_language_becomes_the_sessions_language() -> None:
+    """``audio.input.transcription.language`` is tidegate's session ``language`` (the other
+    transcription settings stay the translator's)."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    session = {"type": "realtime", "audio": {"input": {"transcription": {"language": "de"}}}}
+    assert send(t, {"type": "session.update", "session": session}) == []
+    (update,) = t.to_session()
+    assert isinstance(update, SessionUpdate)
+    assert update.config == {"mode": "assistant", "language": "de"}

@@ -307,6 +307,34 @@ def bench_aec() -> dict[str, Any]:
     }
 
 
+# -- the turns scenario's clips ----------------------------------------------------------------
+def write_clips(data_dir: Path, out: Path, *, seed: int, voice: str) -> dict[str, Any]:
+    """The paused and complete sets (``audio_sets``) as 16 kHz float32 ``.npy`` files in
+    ``out``, for ``tidegate bench turns`` (whose scenario module imports no engine): spoken by
+    the Piper voice when ``voice`` is ``piper``, or ``auto`` and ``piper-joe`` is prepared
+    (Smart Turn reads prosody, which espeak's flat voice does not carry), else by espeak-ng.
+    Returns the index: voice, and per clip its file, kind, text, end and pause."""
+    piper = _piper(data_dir) if voice in ("auto", "piper") else None
+    if voice == "piper" and piper is None:
+        raise SystemExit("--voice piper: piper-joe is not prepared (tidegate models prepare)")
+    speak = piper[0] if piper is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    clips: list[dict[str, Any]] = []
+    try:
+        sets = [("paused", c) for c in audio_sets.paused_set(seed, voice=speak)]
+        sets += [("complete", c) for c in audio_sets.complete_set(voice=speak)]
+        for i, (kind, c) in enumerate(sets):
+            name = f"{kind}-{i:02d}.npy"
+            np.save(out / name, c.audio.astype(np.float32))
+            clips.append(
+                {"file": name, "kind": kind, "text": c.text, "end_s": c.end_s, "pause_s": c.pause_s}
+            )
+    finally:
+        if piper is not None:
+            piper[1].close()
+    return {"voice": "piper" if piper is not None else "espeak", "seed": seed, "clips": clips}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"cpu_count": os.cpu_count()}
     if "turn" in args.parts:
@@ -365,12 +393,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")
     p.add_argument("--repeats", type=int, default=3, help="rounds per way; the best is kept")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument(
+        "--clips", type=Path, help="write the paused and complete sets here instead (bench turns)"
+    )
+    p.add_argument("--voice", default="auto", help="--clips: piper, espeak or auto")
+    p.add_argument("--seed", type=int, default=1, help="--clips: the paused set's pauses")
     args = p.parse_args(argv)
     args.parts = set(args.parts.split(","))
     missing = audio_sets.have_tools()
     if missing:
         print(f"ears bench: needs {missing}", file=sys.stderr)
         return 2
+    if args.clips is not None:
+        index = write_clips(args.data_dir, args.clips, seed=args.seed, voice=args.voice)
+        print(json.dumps(index))
+        return 0
     report = run(args)
     print(summary(report), file=sys.stderr)
     if args.json:

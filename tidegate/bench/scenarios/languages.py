@@ -16,7 +16,9 @@ from .engines import _child
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder with prepared models (TIDEGATE_DATA_DIR)")
-    p.add_argument("--clips", type=int, default=3, help="sentences per language (1-3)")
+    p.add_argument("--clips", type=int, default=3, help="sentences per language (1-11)")
+    p.add_argument("--language", default="en,de,es,fr", help="languages (comma-separated)")
+    p.add_argument("--asr-languages", default="", help="restrict detection (asr_languages)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
 
 
@@ -28,7 +30,9 @@ def _args(p: argparse.ArgumentParser) -> None:
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     command = [sys.executable, "-m", "tidegate.bench.micro.languages", "--json"]
-    command += ["--clips", str(args.clips)]
+    command += ["--clips", str(args.clips), "--language", args.language]
+    if args.asr_languages:
+        command += ["--asr-languages", args.asr_languages]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return await _child(command, args.timeout_s)

@@ -15,6 +15,7 @@ from ..engine import Engine, Failed, Ok, Outcome
 from ..errors import EngineError, MissingPackageError, RequestError
 from ..signature import Signature, TensorSpec
 from .features import SAMPLE_RATE_HZ
+from .greedy import MAX_PROMPT
 from .request import AsrCancelledError, AsrRequest, AsrResult, check_audio, compression_ratio
 from .tokenizer import AUTO, WhisperTokenizer
 
@@ -80,7 +81,11 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
         except ValueError as e:
             raise RequestError(f"asr: {e}") from None
         return AsrRequest(
-            check_audio(request.audio, "asr"), tuple(request.prefix), request.cancel, language
+            check_audio(request.audio, "asr"),
+            tuple(request.prefix),
+            request.cancel,
+            language,
+            tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
         )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
@@ -105,6 +110,7 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
                 condition_on_previous_text=False,
                 vad_filter=False,
                 prefix=prefix,
+                initial_prompt=list(it.prompt) if it.prompt else None,
             )
             segs = list(segments)
             tokens = tuple(t for s in segs for t in s.tokens if t < self.tokenizer.special.eot)

@@ -56,6 +56,9 @@ ENCODER_FRAMES_PER_S = 50
 MAX_AUDIO_CTX = 1500
 MAX_TEXT_CTX = 448
 MAX_PREFIX = MAX_TEXT_CTX // 2
+#: previous-text tokens kept as a context prompt (Whisper keeps up to 223; a short one keeps
+#: a batch's rows close in length: see greedy_decode)
+MAX_PROMPT = 64
 
 Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
 
@@ -134,6 +137,17 @@ class Vocabulary:
     suppress_begin: Array  # not as the first generated token
     language_ids: Array = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     transcribe: int = -1  # <|transcribe|> (multilingual models only)
+    sot_prev: int = -1  # <|startofprev|>: a context prompt (previous text) follows it
+    #: the languages detection chooses among (the deployment's ``asr_languages``); None: all
+    detect_ids: Array | None = None
+
+    def detect_among(self, language: int) -> Array:
+        """The language tokens whose softmax gives ``language``'s probability: the detection
+        set when it holds it, else every language."""
+        ids = self.detect_ids
+        if ids is None or (language != LANG_AUTO and not np.any(ids == language)):
+            return self.language_ids
+        return ids
 
     @property
     def multilingual(self) -> bool:
@@ -182,6 +196,7 @@ class Vocabulary:
             suppress_begin=np.array(sorted(begin), dtype=np.int64),
             language_ids=np.array(langs, dtype=np.int64),
             transcribe=ids.get("<|transcribe|>", -1),
+            sot_prev=ids.get("<|startofprev|>", -1),
         )
 
 
@@ -229,21 +244,25 @@ def transcribe(
     vocab: Vocabulary,
     cancelled: Callable[[int], bool] | None = None,
     languages: Sequence[int] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> tuple[list[Decoded | None], int, dict[str, float]]:
     """Encode and greedily decode a batch: one hypothesis per row (None for a row whose
     ``cancelled(row)`` became true), the audio context, and the timings. ``languages``: a
     language token per row (:data:`LANG_AUTO` detects it; default: :data:`LANG_AUTO` on a
-    multilingual model, :data:`LANG_NONE` on an English-only one)."""
+    multilingual model, :data:`LANG_NONE` on an English-only one). ``prompts``: per row, the
+    tokens of the text that came before (Whisper's previous-text context; at most
+    :data:`MAX_PROMPT` are kept, the newest)."""
+    prompts = [list(p)[-MAX_PROMPT:] if p else [] for p in (prompts or [()] * len(audios))]
     t0 = time.perf_counter()
     mel, ctx = encoder_input(audios, options)
     out = encoder({"mel": mel})
     t1 = time.perf_counter()
     budgets = [
         min(
-            MAX_TEXT_CTX - 2 - len(p) - 1,
+            MAX_TEXT_CTX - 4 - len(p) - (len(c) + 1 if c else 0) - 1,
             int(len(a) / SAMPLE_RATE_HZ * o.max_tokens_per_s) + 8,
         )
-        for a, p, o in zip(audios, prefixes, options, strict=True)
+        for a, p, c, o in zip(audios, prefixes, prompts, options, strict=True)
     ]
     decoded = greedy_decode(
         decoder,
@@ -255,9 +274,52 @@ def transcribe(
         vocab,
         cancelled,
         languages,
+        prompts,
     )
     t2 = time.perf_counter()
     return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
+
+
+def transcribe_by_context(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    prefixes: Sequence[Sequence[int]],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+    cancelled: Callable[[int], bool] | None = None,
+    languages: Sequence[int] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+) -> list[tuple[Decoded | None, int, dict[str, float]]]:
+    """:func:`transcribe` with the rows grouped by their own audio context: each group is
+    encoded and decoded on its own, so a short row never pays the encoder for the longest
+    row of the batch. Per row: its hypothesis (None: cancelled), its audio context, the
+    timings of its group (``groups``: how many there were)."""
+    groups: dict[int, list[int]] = {}
+    for row, (a, o) in enumerate(zip(audios, options, strict=True)):
+        ctx = audio_context(len(a), o.ctx_margin_s, o.ctx_step_s, o.min_ctx_s)
+        groups.setdefault(ctx, []).append(row)
+    out: dict[int, tuple[Decoded | None, int, dict[str, float]]] = {}
+    for group in groups.values():
+
+        def gone(k: int, group: list[int] = group) -> bool:
+            return cancelled is not None and cancelled(group[k])
+
+        decoded, ctx, timings = transcribe(
+            encoder,
+            decoder,
+            [audios[r] for r in group],
+            [prefixes[r] for r in group],
+            [options[r] for r in group],
+            vocab,
+            gone,
+            None if languages is None else [languages[r] for r in group],
+            None if prompts is None else [prompts[r] for r in group],
+        )
+        timings = {**timings, "groups": len(groups)}
+        for r, d in zip(group, decoded, strict=True):
+            out[r] = (d, ctx, timings)
+    return [out[r] for r in range(len(audios))]
 
 
 def greedy_decode(
@@ -270,10 +332,16 @@ def greedy_decode(
     vocab: Vocabulary,
     cancelled: Callable[[int], bool] | None = None,
     languages: Sequence[int] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
 ) -> list[Decoded | None]:
     """Step the decoder (KV cache) over every row together until each ends: EOT, its token
-    budget, or a repetition loop. Each row begins with its prompt (in its language, detected
-    first where it is :data:`LANG_AUTO`) and its forced ``prefixes``."""
+    budget, or a repetition loop. Each row begins with its context ``prompts`` (previous text,
+    after ``<|startofprev|>``; none in a batch that detects a language), its task prompt (in
+    its language, detected first where it is :data:`LANG_AUTO`) and its forced ``prefixes``.
+
+    Every row is at the same position at every step; a row's forced tokens (context, task
+    prompt, prefix) are fed one per step while other rows generate, and in one call while
+    every row still has some (so a batch of one feeds them all at once)."""
     n = len(prefixes)
     L, _, H, dh, _ = cross_k.shape
     default = LANG_AUTO if vocab.multilingual else LANG_NONE
@@ -287,20 +355,32 @@ def greedy_decode(
         lang = [LANG_NONE] * n
     lang_prob = [1.0] * n
     detect = any(x == LANG_AUTO for x in lang)
-    tokens: list[list[int]] = [[] for _ in range(n)]
+    # Each row's forced tokens: context, task prompt, prefix; the hypothesis starts after
+    # the task prompt (``start``), its <|startoftranscript|> is at ``sot_at``.
+    lead: list[list[int]] = [[] for _ in range(n)]
+    if prompts is not None and not detect and vocab.sot_prev >= 0:
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} rows")
+        lead = [[vocab.sot_prev, *(int(t) for t in p)] if len(p) else [] for p in prompts]
+    need: list[list[int]] = [
+        [*lead[i], *([vocab.sot] if detect else vocab.prompt(lang[i])), *prefixes[i]]
+        for i in range(n)
+    ]
+    sot_at = [len(lead[i]) for i in range(n)]
+    start = [len(need[i]) - len(prefixes[i]) for i in range(n)]  # after the task prompt
+    seq: list[list[int]] = [[] for _ in range(n)]  # every token fed, per row
     logprob = [0.0] * n
     generated = [0] * n
+    no_speech = [0.0] * n
+    gone = [False] * n
     active = list(range(n))
     past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
-    if detect:  # <|startoftranscript|> alone first: the language is read after it
-        feed = np.full((n, 1), vocab.sot, dtype=np.int64)
-    else:
-        feed = np.array([vocab.prompt(x) for x in lang], dtype=np.int64)
-    first = True
-    no_speech = [0.0] * n
-    gone = [False] * n
+    # <|startoftranscript|> alone first where a language is detected (read after it)
+    chunk = 1 if detect else min(len(need[i]) for i in range(n))
+    feed = np.array([need[i][:chunk] for i in range(n)], dtype=np.int64)
     while active:
+        pos0 = len(seq[active[0]])  # every active row is at the same position
         out = decoder(
             {
                 "tokens": feed,
@@ -312,21 +392,23 @@ def greedy_decode(
         )
         logits = out["logits"]
         past_k, past_v = out["present_k"], out["present_v"]
-        if first:
-            first = False
-            p0 = _log_softmax(logits[:, 0])
-            for row, i in enumerate(active):
-                no_speech[i] = float(np.exp(p0[row, vocab.no_speech]))
-            if vocab.multilingual:
-                pl = np.exp(_log_softmax(logits[:, 0, vocab.language_ids]))
-                for row, i in enumerate(active):
+        width = feed.shape[1]
+        for row, i in enumerate(active):
+            seq[i].extend(int(t) for t in feed[row])
+            k = sot_at[i] - pos0
+            if 0 <= k < width:  # <|startoftranscript|> was fed in this call
+                p0 = _log_softmax(logits[row, k])
+                no_speech[i] = float(np.exp(p0[vocab.no_speech]))
+                if vocab.multilingual:
+                    ids = vocab.detect_among(lang[i])
+                    pl = np.exp(_log_softmax(logits[row, k, ids]))
                     if lang[i] == LANG_AUTO:
-                        lang[i] = int(vocab.language_ids[int(np.argmax(pl[row]))])
-                    k = int(np.flatnonzero(vocab.language_ids == lang[i])[0])
-                    lang_prob[i] = float(pl[row, k])
-            if detect:  # the rest of the prompt, in the language now known
-                feed = np.array([vocab.prompt(lang[i])[1:] for i in active], dtype=np.int64)
-                continue
+                        lang[i] = int(ids[int(np.argmax(pl))])
+                    if detect:  # the rest of every row's prompt, in its language now known
+                        need[i] = [*vocab.prompt(lang[i]), *prefixes[i]]
+                        start[i] = len(need[i]) - len(prefixes[i])
+                    j = int(np.flatnonzero(ids == lang[i])[0])
+                    lang_prob[i] = float(pl[j])
         last = logits[:, -1].astype(np.float64)
         last[:, vocab.suppress] = -np.inf
         keep: list[int] = []
@@ -335,12 +417,12 @@ def greedy_decode(
             if cancelled is not None and cancelled(i):
                 gone[i] = True
                 continue
-            pos = len(tokens[i])
-            if pos < len(prefixes[i]):
-                tok = int(prefixes[i][pos])
+            at = len(seq[i])
+            if at < len(need[i]):
+                tok = need[i][at]
             else:
                 lg = last[row]
-                if generated[i] == 0 and pos == 0:
+                if generated[i] == 0 and at == start[i]:
                     lg = lg.copy()
                     lg[vocab.suppress_begin] = -np.inf
                 if generated[i] >= budgets[i]:
@@ -353,10 +435,11 @@ def greedy_decode(
                         generated[i] += 1
             if tok == vocab.eot:
                 continue
-            tokens[i].append(tok)
-            k = repeated_tail(tokens[i], loop_min_tokens[i], len(prefixes[i]))
+            hyp = [*seq[i][start[i] :], tok]
+            k = repeated_tail(hyp, loop_min_tokens[i], len(prefixes[i]))
             if k:  # a loop: drop the copy and end the hypothesis
-                del tokens[i][-k:]
+                seq[i].append(tok)
+                del seq[i][-k:]
                 continue
             keep.append(row)
             next_tokens.append(tok)
@@ -367,22 +450,24 @@ def greedy_decode(
             cross_k, cross_v = cross_k[:, idx], cross_v[:, idx]
         if not active:
             break
-        # Prefix tokens still forced on every active row go in one call.
-        forced = min(len(prefixes[i]) - len(tokens[i]) for i in active)
-        if forced > 1:
-            chunk = [
-                [next_tokens[k], *prefixes[i][len(tokens[i]) : len(tokens[i]) + forced - 1]]
-                for k, i in enumerate(active)
-            ]
-            for k, i in enumerate(active):
-                tokens[i].extend(int(t) for t in chunk[k][1:])
-            feed = np.array(chunk, dtype=np.int64)
+        # Forced tokens still due on every active row (beyond the next one) go in one call.
+        forced = min(len(need[i]) - len(seq[i]) - 1 for i in active)
+        if forced > 0:
+            feed = np.array(
+                [
+                    [next_tokens[k], *need[i][len(seq[i]) + 1 : len(seq[i]) + 1 + forced]]
+                    for k, i in enumerate(active)
+                ],
+                dtype=np.int64,
+            )
         else:
             feed = np.array(next_tokens, dtype=np.int64)[:, None]
     return [
         None
         if gone[i]
-        else Decoded(tokens[i], logprob[i], generated[i], no_speech[i], lang[i], lang_prob[i])
+        else Decoded(
+            seq[i][start[i] :], logprob[i], generated[i], no_speech[i], lang[i], lang_prob[i]
+        )
         for i in range(n)
     ]
 
@@ -521,7 +606,7 @@ class Transcriber:
             except (KeyError, ValueError, TypeError) as e:
                 answers.append(ValueError(f"transcribe: {e}"))
         if rows:
-            decoded, ctx, timings = transcribe(
+            done = transcribe_by_context(
                 self.encoder,
                 self.decoder,
                 [r[1] for r in rows],
@@ -531,10 +616,10 @@ class Transcriber:
                 languages=[r[4] for r in rows],
             )
             for k in range(len(requests)):
-                mine = [d for (owner, *_), d in zip(rows, decoded, strict=True) if owner == k]
                 if isinstance(answers[k], ValueError):
                     continue
-                answers[k] = _outputs([d for d in mine if d is not None], ctx, timings)
+                mine = [g for (owner, *_), g in zip(rows, done, strict=True) if owner == k]
+                answers[k] = _outputs(mine)
         return answers
 
 
@@ -575,9 +660,9 @@ def _rows(
     return out
 
 
-def _outputs(
-    decoded: Sequence[Decoded], ctx: int, timings: Mapping[str, float]
-) -> dict[str, Array]:
+def _outputs(rows: Sequence[tuple[Decoded | None, int, Mapping[str, float]]]) -> dict[str, Array]:
+    """One request's output tensors from its rows: (hypothesis, audio context, timings)."""
+    decoded = [d for d, _, _ in rows if d is not None]
     b = len(decoded)
     width = max(1, max((len(d.tokens) for d in decoded), default=0))
     tokens = np.full((b, width), -1, dtype=np.int64)
@@ -591,10 +676,10 @@ def _outputs(
         "no_speech_prob": np.array([[d.no_speech] for d in decoded], dtype=np.float64),
         "language": np.array([[d.language] for d in decoded], dtype=np.int64),
         "language_prob": np.array([[d.language_prob] for d in decoded], dtype=np.float64),
-        "audio_ctx": np.full((b, 1), ctx, dtype=np.int64),
-        "timings_ms": np.tile(
-            np.array([timings["encode"], timings["decode"]], dtype=np.float64), (b, 1)
-        ),
+        "audio_ctx": np.array([[ctx] for d, ctx, _ in rows if d is not None], dtype=np.int64),
+        "timings_ms": np.array(
+            [[t["encode"], t["decode"]] for d, _, t in rows if d is not None], dtype=np.float64
+        ).reshape(b, 2),
     }
 
 
@@ -609,3 +694,34 @@ def transcribe_signature() -> Signature:
         )
 
     return Signature(specs(TRANSCRIBE_INPUTS), specs(TRANSCRIBE_OUTPUTS))
+
+
+def detect_languages(
+    encoder: Run,
+    decoder: Run,
+    audios: Sequence[Array],
+    options: Sequence[DecodeOptions],
+    vocab: Vocabulary,
+) -> list[tuple[int, float]]:
+    """Each audio's language token and its probability, read after ``<|startoftranscript|>``
+    as :func:`greedy_decode` reads it (among ``vocab.detect_ids`` when set): one encoder pass
+    and one one-token decoder step for the batch. For detection on other audio than a row's
+    own (the turn so far: :attr:`.request.AsrRequest.language_audio`)."""
+    if not vocab.multilingual:
+        raise ValueError("an English-only model has no language to detect")
+    mel, _ = encoder_input(audios, options)
+    out = encoder({"mel": mel})
+    cross_k, cross_v = out["cross_k"], out["cross_v"]
+    L, n, H, dh, _ = cross_k.shape
+    logits = decoder(
+        {
+            "tokens": np.full((n, 1), vocab.sot, dtype=np.int64),
+            "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+            "cross_k": cross_k,
+            "cross_v": cross_v,
+        }
+    )["logits"]
+    ids = vocab.detect_among(LANG_AUTO)
+    pl = np.exp(_log_softmax(logits[:, 0, ids]))
+    return [(int(ids[int(np.argmax(p))]), float(np.max(p))) for p in pl]

@@ -28,12 +28,20 @@ class AsrRequest:
     answers :class:`AsrCancelledError`, so the work queued behind it starts sooner.
     ``language`` is the language to transcribe in: an ISO 639-1 code the model knows
     (``de``), ``auto`` to detect it from the audio (Whisper's language token), or None for
-    the engine's configured default. An English-only model takes ``en`` or ``auto`` only."""
+    the engine's configured default. An English-only model takes ``en`` or ``auto`` only.
+    ``prompt`` is the tokens of the text heard before this audio (the session's previous
+    finals): Whisper's previous-text context, which keeps a short phrase cut out by the VAD
+    from being decoded with no context (docs/asr.md); it is not part of the hypothesis.
+    ``language_audio``: see the field."""
 
     audio: Array
     prefix: tuple[int, ...] = ()
     cancel: threading.Event | None = field(default=None, compare=False)
     language: str | None = None
+    prompt: tuple[int, ...] = ()
+    #: under ``auto``: the audio the language is detected on, when not ``audio`` itself (the
+    #: turn so far, of which ``audio`` is the end; at most 30 s). The local runtimes only.
+    language_audio: Array | None = field(default=None, compare=False)
 
     @property
     def cancelled(self) -> bool:

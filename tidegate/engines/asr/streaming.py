@@ -9,6 +9,19 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 - **Finals first**: a partial is not started while the newest audio is quiet (VAD
   probability below ``pause_probability``) for less than ``partial_hold_s``: the segment may
   be about to end, and its final should not queue behind a partial that nobody will read.
+- **Adaptive partial rate**: partials are what a loaded engine gives up first. With ``q``
+  requests queued for the ASR engine, a partial is due after ``partial_interval_s * (1 +
+  q / partial_backoff_items)`` of new audio, and none starts while ``q >=
+  partial_max_queue_items`` (finals only): the cost of partials falls as the load rises,
+  finals are never skipped.
+- **Context**: a segment carries ``prompt``, the tokens of the session's previous finals
+  (the newest ``prompt_tokens``), as Whisper's previous-text context, so that a short phrase
+  the VAD cut out is decoded knowing what came before. Only while the talk goes on: after a
+  pause longer than ``prompt_max_gap_s`` the context starts empty again (tiny.en, prompted
+  with an unrelated sentence, can continue the prompt instead of hearing the audio). A
+  hypothesis that only repeats the prompt's last words (:meth:`Segment.echoes_prompt`: the
+  previous phrase again, for a breath or a noise) is not taken: the segment drops its prompt
+  and is decoded again without it.
 - **Gate**: a hypothesis counts only when :class:`~.request.QualityGate` calls it speech (no
   text from silence or noise, even when the VAD let it through).
 - **Cuts**: a segment longer than ``max_segment_s`` is cut at the quietest VAD frame (below
@@ -19,7 +32,9 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 - **Language** (a multilingual model): a segment asks for its ``language`` (a code, or
   ``auto``). Under ``auto``, each decode detects the language (Whisper's language token, free:
   it is read at the first decoder step) until one that saw at least ``language_detect_s`` of
-  audio and was judged speech; that language is then *locked* for the rest of the turn: every
+  audio, was judged speech and gave its language a probability of at least
+  ``language_lock_probability`` (or, whatever the probability, saw ``language_detect_max_s``);
+  that language is then *locked* for the rest of the turn: every
   later partial and the final are decoded in it (so a partial never flips language and the
   final agrees with the partials). A turn shorter than that is detected on its final.
   Hypotheses in different languages never agree (no commitment across a language change).
@@ -29,6 +44,7 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,17 +69,45 @@ class StreamingSettings:
     pause_probability: float = 0.35
     partial_hold_s: float = 0.2
     language_detect_s: float = 2.0
+    pre_roll_s: float = 0.2
+    prompt_tokens: int = 0
+    prompt_max_gap_s: float = 1.0
+    partial_backoff_items: int = 4
+    partial_max_queue_items: int = 16
+    language_lock_probability: float = 0.7
+    language_detect_max_s: float = 6.0
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
         if self.partial_interval_s <= 0:
             raise ValueError("partial_interval_s must be positive")
+        if not 0 <= self.pre_roll_s <= 2.0:
+            raise ValueError("pre_roll_s must be within 0..2 s")
+        if self.prompt_tokens < 0 or self.prompt_max_gap_s < 0:
+            raise ValueError("prompt_tokens and prompt_max_gap_s cannot be negative")
+        if self.partial_backoff_items < 1 or self.partial_max_queue_items < 1:
+            raise ValueError("partial_backoff_items and partial_max_queue_items must be >= 1")
         if self.partial_hold_s < 0:
             raise ValueError("partial_hold_s cannot be negative")
-        if not 0 <= self.language_detect_s <= 30.0:
-            raise ValueError("language_detect_s must be within 0..30 s")
+        if not 0 <= self.language_detect_s <= self.language_detect_max_s <= 30.0:
+            raise ValueError("need 0 <= language_detect_s <= language_detect_max_s <= 30 s")
+        if not 0 <= self.language_lock_probability <= 1:
+            raise ValueError("language_lock_probability must be within 0..1")
         if not 0 < self.max_segment_s <= self.hard_max_segment_s <= 30.0:
             raise ValueError("need 0 < max_segment_s <= hard_max_segment_s <= 30")
+
+    def partial_interval_at(self, queued: int) -> float | None:
+        """The partial interval (s of new audio) while ``queued`` ASR requests wait (the
+        adaptive partial rate): ``partial_interval_s`` on an idle engine, stretched by one
+        interval per ``partial_backoff_items`` queued; None (no partial, finals only) from
+        ``partial_max_queue_items`` queued."""
+        if queued >= self.partial_max_queue_items:
+            return None
+        return self.partial_interval_s * (1 + queued / self.partial_backoff_items)
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w']+", " ", text.lower()).split()
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -87,10 +131,14 @@ class Segment:
         *,
         language: str | None = None,
         language_probability: float | None = None,
+        prompt: Sequence[int] = (),
     ) -> None:
         """``language``: the code to transcribe in, ``auto`` (or None: the engine's default,
         locked like ``auto``) to detect it once per turn. ``language_probability`` (with a
-        code) marks it as detected earlier in the turn: reported again with this segment."""
+        code) marks it as detected earlier in the turn: reported again with this segment.
+        ``prompt``: the tokens of the text heard before this segment (every decode of it
+        carries them as Whisper's previous-text context)."""
+        self.prompt = tuple(int(t) for t in prompt)
         self.id = seg_id
         self.language = language  # what this segment asks for (a code once locked)
         self.language_probability = language_probability  # set once a detection locked it
@@ -133,11 +181,15 @@ class Segment:
         self._parts = [whole[:samples]]
         self._samples = min(self._samples, samples)
 
-    def due(self, s: StreamingSettings) -> bool:
+    def due(self, s: StreamingSettings, queued: int = 0) -> bool:
+        """Whether a partial is due, with ``queued`` requests waiting for the ASR engine
+        (:meth:`StreamingSettings.partial_interval_at`)."""
+        interval = s.partial_interval_at(queued)
         return (
-            not self.closed
+            interval is not None
+            and not self.closed
             and self._samples >= s.min_partial_audio_s * SAMPLE_RATE_HZ
-            and self._samples - self.decoded_until >= s.partial_interval_s * SAMPLE_RATE_HZ
+            and self._samples - self.decoded_until >= interval * SAMPLE_RATE_HZ
             and not self._pausing(s)
         )
 
@@ -161,15 +213,31 @@ class Segment:
         return self.language not in (None, "auto")
 
     def request(self, end: int | None = None, cancel: threading.Event | None = None) -> AsrRequest:
-        return AsrRequest(self.audio(end), self.committed, cancel, self.language)
+        return AsrRequest(self.audio(end), self.committed, cancel, self.language, self.prompt)
 
     def on_language(self, result: AsrResult, decoded: int, s: StreamingSettings) -> None:
-        """Lock the detected language once a speech decode saw ``language_detect_s``."""
+        """Lock the detected language once a speech decode saw ``language_detect_s`` and is
+        sure of it (``language_lock_probability``), or saw ``language_detect_max_s``."""
         if self.language_locked or not result.language:
             return
-        if decoded >= s.language_detect_s * SAMPLE_RATE_HZ and s.gate.is_speech(result):
+        sure = result.language_probability >= s.language_lock_probability
+        if (
+            decoded >= s.language_detect_s * SAMPLE_RATE_HZ
+            and (sure or decoded >= s.language_detect_max_s * SAMPLE_RATE_HZ)
+            and s.gate.is_speech(result)
+        ):
             self.language = result.language
             self.language_probability = result.language_probability
+
+    def echoes_prompt(self, result: AsrResult) -> bool:
+        """Whether the hypothesis, beyond what is committed, only repeats the end of the
+        prompt (tiny.en, given a context, may answer a breath or a noise with the previous
+        phrase again): such a hypothesis is decoded again without the prompt."""
+        if not self.prompt:
+            return False
+        said = _words(self._decode(result.tokens[len(self.committed) :]))
+        before = _words(self._decode(self.prompt))
+        return bool(said) and len(said) <= len(before) and before[-len(said) :] == said
 
     def _starts_word(self, token: int) -> bool:
         return self._decode([token]).startswith(" ")
@@ -225,6 +293,7 @@ class Segment:
             self._decode,
             language=self.language,
             language_probability=self.language_probability,
+            prompt=(*self.prompt, *self.committed),
         )
         rest.append(
             whole[cut:], self.probs[frame + 1 :] if cut % VAD_FRAME_SAMPLES else self.probs[frame:]

@@ -13,7 +13,7 @@ runs locally while Triton is down.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,15 +27,17 @@ from ..signature import Signature, TensorSpec
 from .features import SAMPLE_RATE_HZ
 from .greedy import (
     MAX_PREFIX,
+    MAX_PROMPT,
     MAX_TEXT_CTX,
     Decoded,
     DecodeOptions,
     Transcriber,
     Vocabulary,
     audio_context,
+    detect_languages,
     pack_requests,
     repeated_tail,
-    transcribe,
+    transcribe_by_context,
     transcribe_signature,
     unpack_results,
 )
@@ -70,9 +72,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
         language: str = "auto",
+        languages: Sequence[str] = (),
     ) -> None:
+        """``languages``: the languages this deployment serves (``asr_languages``): detection
+        chooses among them and a request for another is refused; empty: every language of
+        the model."""
         super().__init__()
         self.language = language  # a request's language when it names none
+        self.languages = tuple(x.strip().lower() for x in languages if x.strip())
         self.decode_options = DecodeOptions(
             ctx_margin_s=ctx_margin_s,
             ctx_step_s=ctx_step_s,
@@ -112,8 +119,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         self.tokenizer = WhisperTokenizer(self.folder / "tokenizer.json")
         try:
             self.tokenizer.language_token(self.language)
+            detect = [self.tokenizer.language_token(x) for x in self.languages]
         except ValueError as e:
             raise EngineError(f"asr: the configured {e}") from None
+        if self.language not in (AUTO, *self.languages) and self.languages:
+            raise EngineError(
+                f"asr: the configured language {self.language!r} is not among asr_languages "
+                f"{list(self.languages)}"
+            )
         if self.runtime_options.runtime == "triton":
             from ..runtime.triton import open_triton
 
@@ -128,6 +141,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         vocab = self._decoder.signature.output("logits").shape[-1]
         assert isinstance(vocab, int)
         self.vocab = Vocabulary.from_folder(self.folder, vocab)
+        if self.vocab.multilingual and detect:
+            self.vocab = replace(self.vocab, detect_ids=np.array(detect, dtype=np.int64))
 
     def example_request(self) -> AsrRequest:
         return AsrRequest(np.zeros(SAMPLE_RATE_HZ, dtype=np.float32))
@@ -139,7 +154,25 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         if len(request.prefix) > MAX_PREFIX:
             raise RequestError(f"asr: prefix of {len(request.prefix)} tokens; at most 224")
         language = resolve_language(self.tokenizer, request.language or self.language)
-        return AsrRequest(audio, tuple(int(t) for t in request.prefix), request.cancel, language)
+        if self.languages and language not in (AUTO, *self.languages):
+            raise RequestError(
+                f"asr: language {language!r} is not served here (asr_languages: "
+                f"{', '.join(self.languages)}; or auto)"
+            )
+        context = request.language_audio
+        multilingual = self.tokenizer is not None and self.tokenizer.multilingual
+        if context is not None and language == AUTO and multilingual:
+            context = check_audio(context, "asr: language_audio")
+        else:
+            context = None
+        return AsrRequest(
+            audio,
+            tuple(int(t) for t in request.prefix),
+            request.cancel,
+            language,
+            tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
+            context,
+        )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
         if self.tokenizer is None:
@@ -151,6 +184,8 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audios = [items[i].audio for i in live]
         prefixes = [items[i].prefix for i in live]
         languages = [self.tokenizer.language_token(items[i].language or AUTO) for i in live]
+        found = self._detect_on_context([items[i] for i in live], languages)
+        detected = {live[k]: p for k, p in found.items()}  # by index of items
         rows: list[tuple[Decoded | None, int, dict[str, float]]]
         if self._transcribe is not None:
             # One call for the batch; a cancel that comes meanwhile drops the answer.
@@ -169,17 +204,19 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         else:
             if self._encoder is None or self._decoder is None or self.vocab is None:
                 raise EngineError("asr: not loaded")
-            decoded, ctx, timings = transcribe(
+            # Rows grouped by their own audio context: a short final never pays for the
+            # encoder context of a long partial it was batched with (docs/asr.md).
+            rows = transcribe_by_context(
                 self._encoder.run,
                 self._decoder.run,
                 audios,
                 prefixes,
                 [self.decode_options] * len(live),
                 self.vocab,
-                cancelled=lambda row: items[live[row]].cancelled,
+                cancelled=_row_cancelled(items, live),
                 languages=languages,
+                prompts=[items[i].prompt for i in live],
             )
-            rows = [(d, ctx, timings) for d in decoded]
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
             if decoded_row is None:
                 continue  # cancelled while decoding
@@ -195,9 +232,31 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                     generated=decoded_row.generated,
                     timings_ms={**timings, "batch": len(live)},
                     language=self.tokenizer.language_of.get(decoded_row.language, "en"),
-                    language_probability=decoded_row.language_prob,
+                    language_probability=detected.get(i, decoded_row.language_prob),
                 )
             )
+        return out
+
+    def _detect_on_context(
+        self, items: Sequence[AsrRequest], languages: list[int]
+    ) -> dict[int, float]:
+        """Rows asking ``auto`` with ``language_audio``: their language, detected on that audio
+        (one encoder pass and one decoder step for them), replaces ``auto`` in ``languages``;
+        the probabilities by row index of ``items``' batch."""
+        rows = [k for k, it in enumerate(items) if it.language_audio is not None]
+        if not rows or self._encoder is None or self._decoder is None or self.vocab is None:
+            return {}
+        found = detect_languages(
+            self._encoder.run,
+            self._decoder.run,
+            [items[k].language_audio for k in rows],  # type: ignore[misc]
+            [self.decode_options] * len(rows),
+            self.vocab,
+        )
+        out: dict[int, float] = {}
+        for k, (token, probability) in zip(rows, found, strict=True):
+            languages[k] = token
+            out[k] = probability
         return out
 
     def _close(self) -> None:
@@ -205,6 +264,11 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             if m is not None:
                 m.close()
         self._encoder = self._decoder = self._transcribe = None
+
+
+def _row_cancelled(items: Sequence[AsrRequest], index: Sequence[int]) -> Callable[[int], bool]:
+    """``cancelled(row)`` for the rows ``index`` of ``items``."""
+    return lambda row: items[index[row]].cancelled
 
 
 def resolve_language(tokenizer: WhisperTokenizer | None, language: str) -> str:

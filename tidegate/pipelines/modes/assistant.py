@@ -11,6 +11,7 @@ from tidegate.engines.service import EngineService
 
 from ..audio import AudioLane
 from ..config import LaneConfig
+from ..language import TurnLanguage
 from ..media import SessionMedia
 from ..mode import Mode, running
 from ..port import Lane, SessionPort
@@ -27,6 +28,8 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         if "vision" in engines.schedulers and config.vision.interval_s > 0:
             vision = VisionLane(session, config.vision, engines.get(VISION), engines.media)
         voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
+        # the user's turn's language: the audio lane finds it, the reply lane answers in it
+        language = TurnLanguage(lambda: session.config.get("language"))
         reply = ReplyLane(
             session,
             config.reply,
@@ -35,6 +38,8 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             voice=voice,
             media=media,
             sight=vision,
+            voices=engines.voices,
+            language=language,
         )
         turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
         turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
@@ -46,6 +51,7 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             engines.media,
             listener=turns,
             speaks=True,  # its replies are the echo canceller's reference (audio.echo_*)
+            language=language,
         )
         reply.echo = audio.echo  # what the reply plays is the echo canceller's reference
         return [audio, *([vision] if vision is not None else []), reply, turns]
