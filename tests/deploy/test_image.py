@@ -49,7 +49,7 @@ from tidegate.protocol.messages import (
 from tidegate.server.auth import mint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT_S)]
-CPU_ENGINES = ("vad", "asr", "vision", "llm", "tts")
+CPU_ENGINES = ("vad", "asr", "vision", "llm", "tts", "turn")
 
 
 @dataclass
@@ -102,12 +102,12 @@ def node(cpu_image: str, postgres_server: str) -> Iterator[Node]:
 
 
 def test_ready_with_every_cpu_engine_as_a_non_root_user(node: Node) -> None:
-    """/readyz is ready with the five CPU engines loaded (their queues are in /metrics), the
+    """/readyz is ready with the six CPU engines loaded (their queues are in /metrics), the
     server runs as uid 10001 under tini, and the image's HEALTHCHECK passes."""
     assert httpx.get(f"{node.http}/readyz").json()["status"] == "ready"
     admin = {"Authorization": f"Bearer {node.token(scopes=('admin',))}"}
     metrics = httpx.get(f"{node.http}/metrics", headers=admin).text
-    for engine in ("vad", "asr", "vision", "tts"):
+    for engine in ("vad", "asr", "vision", "tts", "turn"):
         assert f'tidegate_engine_queue_capacity{{engine="{engine}"}}' in metrics, engine
     assert "tidegate_llm_tokens" in metrics
     ps = node.container.podman("top", node.container.name, "user", "pid", "args")

@@ -74,7 +74,7 @@ def test_specs_follow_each_config() -> None:
     with pytest.raises(ValueError, match="unknown engine 'aec'"):
         kind("aec")
     (turn,) = engine_specs(["turn"], configs, defaults)  # the turn row: its threshold rides
-    assert turn.model == "smart-turn-v3.2" and TURN.config_of(turn).threshold == 0.5
+    assert turn.model == "smart-turn-v3.2" and TURN.config_of(turn).threshold == 0.9
     bad = EngineConfigs.of({**configs.by_name, "vision": replace(configs[VISION], model="yolo")})
     with pytest.raises(ValueError, match="vision_model must be one of"):
         engine_specs([], bad, defaults)
@@ -133,3 +133,34 @@ async def test_a_new_kind_is_one_row_and_one_config(data_dir: Path) -> None:
         assert isinstance(gate.engine, SileroVad) and gate.engine.settings.threshold == 0.8
     finally:
         await service.close()
+
+
+async def test_an_optional_engine_without_its_model_is_left_out(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The turn engine is optional: when its model is not prepared (and cannot be), the
+    service starts without it, logs one warning naming the model and the fallback, and
+    reports it missing; a required engine whose model is missing still fails the start."""
+    empty = tmp_path / "no-models"
+    (empty / "models").mkdir(parents=True)
+    # the VAD's prepared folder, but not the turn model's
+    (empty / "models" / "silero-vad").symlink_to(models.model_dir(data_dir, "silero-vad"))
+    defaults = EngineDefaults()
+    vad, turn = engine_specs(["vad", "turn"], EngineConfigs(), defaults)
+    service = EngineService([vad, turn], empty)
+    with caplog.at_level("WARNING", logger="tidegate.engines.service"):
+        await service.start()
+    try:
+        assert service.ready and set(service.handles) == {"vad"}
+        assert "smart-turn-v3.2" in service.missing["turn"]
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert "engine turn: not started" in line and "silence policy" in line, line
+        with pytest.raises(EngineError, match="'turn' is not running"):
+            service.get(TURN)
+    finally:
+        await service.close()
+    (vad,) = engine_specs(["vad"], EngineConfigs(), defaults)
+    bare = EngineService([vad], tmp_path / "nothing")
+    with pytest.raises(EngineError, match="silero-vad"):
+        await bare.start()
+    assert TURN.without is not None and VAD.without is None

@@ -56,7 +56,7 @@ class Listener:
         self.heard: list[tuple[str, Any]] = []
         self.partials: list[str] = []  # whole hypotheses of the open segment
 
-    def on_speech_started(self) -> None:
+    def on_speech_started(self, audio_ms: float) -> None:
         self.heard.append(("started", None))
 
     def on_speech_stopped(self, recent: Any, audio_ms: float) -> None:

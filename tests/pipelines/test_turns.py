@@ -54,9 +54,15 @@ SETTLE_S = 6.0
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     tmp = tmp_path_factory.mktemp("turns-lane")
-    # no partials: turn-taking waits for finals only, and they must not queue behind partials
+    # no partials: turn-taking waits for finals only, and they must not queue behind partials;
+    # a long score deadline: a loaded machine must not turn the semantic policy under test
+    # into its silence fallback
     return engine_settings(
-        tmp, MODELS, engines=("vad", "asr", "turn"), asr_partial_interval_s=3600.0
+        tmp,
+        MODELS,
+        engines=("vad", "asr", "turn"),
+        asr_partial_interval_s=3600.0,
+        turn_deadline_s=scaled(5.0),
     )
 
 
@@ -110,6 +116,12 @@ class Replies:
     def heard(self, text: str, *, final: bool) -> bool:
         return True  # no reply runs here: everything heard is the user's turn
 
+    def judging(self) -> bool:
+        return False  # no reply runs here: no interruption to judge
+
+    def hear(self, text: str) -> None:
+        self.answers.append((time.monotonic(), text))  # respond false: heard, not answered
+
 
 class Run:
     """One session streaming one clip: its audio lane feeding its turn-taking."""
@@ -162,6 +174,13 @@ async def settle(runs: list[Run], done: Callable[[Run], bool]) -> None:
         await asyncio.sleep(0.05)
 
 
+def answered(run: Run) -> bool:
+    """The run's last turn ended and was answered (turn.end comes first, the reply when the
+    turn's finals are out)."""
+    ends, answers = run.ends(), run.replies.answers
+    return bool(ends) and bool(answers) and answers[-1][0] >= ends[-1][0]
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
@@ -171,8 +190,8 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
 ) -> None:
     """Six sentences with a 0.5-0.9 s pause where they are clearly unfinished and six complete
     sentences, each streamed once per policy at the same time: the silence policy cuts off
-    some paused sentences (today's fault), the semantic policy no more, judging at least half
-    of them incomplete at a pause, and it splits no more complete sentences at an inner
+    paused sentences (today's fault), the semantic policy at most half as many, judging at
+    least half of them incomplete at a pause, and it splits no more complete sentences at an inner
     pause; each turn end carries its policy's reason and, under the semantic policy, the
     model's probability. End-of-turn latency (end of speech to the last turn.end) is
     printed, not asserted."""
@@ -184,19 +203,24 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
     waited: dict[str, int] = dict.fromkeys(policies, 0)  # judged incomplete at the pause
     scores: dict[str, list[float | None]] = {p: [] for p in policies}
     latency: dict[str, list[float]] = {p: [] for p in policies}
+    reply_latency: dict[str, list[float]] = {p: [] for p in policies}
     reasons: dict[str, list[str]] = {p: [] for p in policies}
     for kind, clip in [("paused", c) for c in paused] + [("complete", c) for c in complete]:
         runs = {policy: Run(settings, engines, policy) for policy in policies}
         try:
             t0 = await stream([(run, clip.audio) for run in runs.values()])
-            await settle(list(runs.values()), lambda r: bool(r.ends()))
+            await settle(list(runs.values()), answered)
         finally:
             for run in runs.values():
                 await run.close()
         for policy, run in runs.items():
             ends = run.ends()
             assert ends, f"{policy}: no turn end for {clip.text!r}"
-            assert len(run.replies.answers) == len(ends)
+            # one reply per turn, after its turn.end (a turn.end whose turn went on before
+            # its finals were out has no reply of its own: the next one answers both)
+            answers = run.replies.answers
+            assert 1 <= len(answers) <= len(ends), (policy, clip.text, answers, ends)
+            assert answers[-1][0] >= ends[-1][0]
             if kind == "paused":
                 assert clip.pause_s is not None
                 cut[policy] += ends[0][0] < t0 + clip.pause_s[1]
@@ -206,6 +230,7 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
                 split[policy] += len(ends) > 1
                 at, end = ends[-1]
                 latency[policy].append(at - (t0 + clip.end_s))
+                reply_latency[policy].append(answers[-1][0] - (t0 + clip.end_s))
                 reasons[policy].append(end.reason)
                 scores[policy].append(end.probability)
                 if policy == "semantic":
@@ -219,6 +244,7 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
             "paused_judged_incomplete": f"{waited[policy]}/{len(paused)}",
             "end_of_turn_s_p50": percentile(latency[policy], 50),
             "end_of_turn_s_p90": percentile(latency[policy], 90),
+            "reply_start_s_p50": percentile(reply_latency[policy], 50),
             "reasons": reasons[policy],
             "probabilities": [None if x is None else round(x, 2) for x in scores[policy]],
         }
@@ -226,12 +252,13 @@ async def test_semantic_policy_cuts_off_paused_sentences_less_than_silence(
     }
     print(json.dumps({"turns": report}))
     assert cut["silence"] >= 1, report  # the fault is there to be caught
-    assert cut["semantic"] <= cut["silence"], report
+    # the issue's target: at most half the silence policy's cut-offs. What is scored is the
+    # audio up to the VAD's pause (counted in samples, not in time), so the model's decisions
+    # do not depend on the machine's speed; a slow score only makes a cut-off rarer.
+    assert 2 * cut["semantic"] <= cut["silence"], report
     assert split["semantic"] <= split["silence"], report
-    # Whether a pause becomes a cut-off also depends on how fast the ASR final comes (the
-    # turn waits for it), i.e. on the machine; what the model decides does not: it judges at
-    # least half the unfinished sentences incomplete at their pause (3 of 6 score <= 0.17
-    # with the Piper voice; 3 score 0.6-0.97: docs/assistant.md).
+    # The model judges at least half the unfinished sentences incomplete at their pause (4-5
+    # of 6 score below turn_threshold 0.9 with the Piper voice: docs/ears.md).
     assert waited["semantic"] >= len(paused) / 2, report
     assert waited["silence"] == 0, report
 
@@ -245,7 +272,7 @@ async def test_without_the_turn_engine_turns_end_by_silence(
     try:
         speech = audio_sets.complete_sentence("What time is it?").audio
         await stream([(run, speech)])
-        await settle([run], lambda r: bool(r.ends()))
+        await settle([run], answered)
     finally:
         await run.close()
     (end,) = [m for _, m in run.ends()]
@@ -279,3 +306,28 @@ async def test_the_session_config_names_a_known_policy() -> None:
     ):
         with pytest.raises(InvalidConfigError):
             resolve_config(bad, "assistant")
+
+
+async def test_a_turn_is_scored_on_its_own_audio(
+    settings: Settings, engines: EngineService, voice: Callable[[str], np.ndarray]
+) -> None:
+    """The second turn of a session is scored on its own audio (from just before its first
+    speech to the pause), not on the conversation's last 8 s: as Smart Turn was trained, one
+    turn, zero-padded in front."""
+    first = audio_sets.complete_sentence(
+        "What is the weather like in London tomorrow?", voice=voice
+    )
+    second = audio_sets.complete_sentence("Please set an alarm for seven.", voice=voice)
+    run = Run(settings, engines, "semantic")
+    try:
+        await stream([(run, first.audio)])
+        await settle([run], answered)
+        assert len(run.replies.answers) == 1, run.session.stamps
+        await stream([(run, second.audio)])
+        await settle([run], lambda r: len(r.replies.answers) == 2)
+    finally:
+        await run.close()
+    assert len(run.replies.answers) == 2 and run.turns.last_scored_s is not None
+    spoken = second.end_s - 0.3  # the second sentence's speech (after its 0.3 s lead)
+    # its speech, the pre-speech and the pause's tail: not the first turn's 4 s before it
+    assert spoken < run.turns.last_scored_s < spoken + 1.2, (run.turns.last_scored_s, spoken)

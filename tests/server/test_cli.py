@@ -128,3 +128,21 @@ async def test_first_start_prepares_a_missing_model_with_progress(tmp_path: Path
     assert "the vad engine's model silero-vad is not prepared" in log, log
     assert "silero-vad: ready in" in log, log
     assert (tmp_path / "data" / "models" / "silero-vad" / "silero_vad.onnx").is_file()
+
+
+async def test_first_start_without_the_turn_model_serves_without_it(tmp_path: Path) -> None:
+    """The turn engine is optional: when its model cannot be prepared (no cached pipecat-ai
+    wheel, no package index: PIP_NO_INDEX), the server says so on one warning line naming
+    the fallback, and starts without it: ready, /readyz naming the engine left out."""
+    async with serve(tmp_path, TIDEGATE_ENGINES="turn", PIP_NO_INDEX="1") as child:
+        await eventually(child.ready, 90, "the server is ready")
+        async with httpx.AsyncClient() as http:
+            ready = (await http.get(f"{child.http}/readyz")).json()
+        assert "smart-turn-v3.2" in ready["engines_missing"]["turn"], ready
+        child.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(child.proc.wait(), scaled(30)) == 0
+    log = child.log.read_text()
+    assert "the turn engine's model smart-turn-v3.2 cannot be prepared" in log, log
+    assert "engine turn: not started, its model smart-turn-v3.2 is missing" in log, log
+    assert "turns end by the silence policy" in log, log
+    assert not (tmp_path / "data" / "models" / "smart-turn-v3.2").exists()

@@ -26,7 +26,7 @@ def test_defaults_are_safe() -> None:
 def test_every_cpu_engine_by_default_and_an_empty_list_serves_none() -> None:
     """A bare configuration serves every CPU engine; TIDEGATE_ENGINES= (empty) serves none,
     and a list serves what it names (an empty value elsewhere still means the default)."""
-    assert Settings.load(environ={}).engines == ("vad", "asr", "vision", "llm", "tts")
+    assert Settings.load(environ={}).engines == ("vad", "asr", "vision", "llm", "tts", "turn")
     assert Settings.load(environ={"TIDEGATE_ENGINES": ""}).engines == ()
     assert Settings.load(environ={"TIDEGATE_ENGINES": "vad, asr"}).engines == ("vad", "asr")
     assert Settings.load(environ={"TIDEGATE_VISION_MODEL": ""}).engine(VISION).model == "blazeface"

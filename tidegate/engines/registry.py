@@ -1,7 +1,7 @@
-"""The table of engine kinds: one row per kind (vad, asr, vision, llm, tts), each naming its
-models (the first is the default), the runtimes it runs on, how it batches, its config
-dataclass (config.py), how a config becomes an :class:`EngineSpec`, and how the spec becomes
-the typed handle sessions hold.
+"""The table of engine kinds: one row per kind (vad, asr, vision, llm, tts, turn), each naming
+its models (the first is the default), the runtimes it runs on, how it batches, its config
+dataclass (config.py), how a config becomes an :class:`EngineSpec`, how the spec becomes the
+typed handle sessions hold, and for an optional kind what sessions do without it.
 
 A row is also the typed key of its handle and its config: ``service.get(ASR)`` is a
 ``Scheduler[AsrRequest, AsrResult]`` and ``settings.engine(ASR)`` an :class:`AsrConfig`. The
@@ -127,6 +127,10 @@ class EngineKind(Generic[C, H]):
     #: the kind's config (and the shared engine settings) -> what to run; ValueError naming
     #: the bad setting. None: :meth:`plain_spec` (model, runtime, policy from the config).
     spec: Callable[[C, EngineDefaults], EngineSpec] | None = None
+    #: None: the engine is required (a server that cannot have its model does not start).
+    #: Else what sessions do without it: a server whose model for it is missing starts
+    #: without the engine, and logs this at start-up.
+    without: str | None = None
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING or not self.models:
@@ -232,7 +236,7 @@ def turn_engine(spec: EngineSpec, ctx: BuildContext) -> SmartTurn:
     from .turn import SmartTurn
 
     c = spec.config
-    threshold = c.threshold if isinstance(c, TurnDetectionConfig) else 0.5
+    threshold = (c if isinstance(c, TurnDetectionConfig) else TurnDetectionConfig()).threshold
     path = _model_dir(spec, ctx) / "smart-turn-v3.2-cpu.onnx"
     return SmartTurn(path, runtime=spec.runtime, threshold=threshold)
 
@@ -423,9 +427,15 @@ TTS: EngineKind[TtsConfig, Scheduler[str, Array]] = EngineKind(
     "tts", TtsConfig, ("piper-joe",), LOCAL_RUNTIMES, "requests", _build_tts
 )
 
-#: semantic end of turn (docs/ears.md; not among the server's default engines)
+#: semantic end of turn (docs/ears.md); optional: without its model, turns end by silence
 TURN: EngineKind[TurnDetectionConfig, Scheduler[Array, TurnResult]] = EngineKind(
-    "turn", TurnDetectionConfig, ("smart-turn-v3.2",), LOCAL_RUNTIMES, "requests", _build_turn
+    "turn",
+    TurnDetectionConfig,
+    ("smart-turn-v3.2",),
+    LOCAL_RUNTIMES,
+    "requests",
+    _build_turn,
+    without="turns end by the silence policy (assistant_end_of_turn_s)",
 )
 
 #: THE table. Its order is the order of the settings and of ``TIDEGATE_ENGINES``'s help.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import models
-from .errors import EngineError
+from .errors import EngineError, ModelError
 from .llm import LlmEngine
 from .registry import (
     ENGINE_KINDS,
@@ -83,10 +83,19 @@ class EngineService:
         self.media = WorkerPool(
             "media", workers=media_worker_threads, max_pending=media_max_pending_items
         )
+        #: optional engines left out because their model is missing: name -> why
+        self.missing: dict[str, str] = {}
         #: the voices by language (tts/bank.py): the TTS engine and espeak-ng voices started
         #: on first use; None until a ``tts`` engine runs
         self.voices: VoiceBank | None = None
         self.ready = False
+
+    def _without(self, spec: EngineSpec) -> str | None:
+        """What sessions do without ``spec``'s engine (None: it is required)."""
+        if spec.model in self.custom:
+            return None
+        kind = next((k for k in self.kinds if k.name == spec.name), None)
+        return None if kind is None else kind.without
 
     async def start(self) -> None:
         """Build, load and warm up every engine (in threads); on failure close what started."""
@@ -94,7 +103,21 @@ class EngineService:
         try:
             for spec in self.specs:
                 build = handle_builder(spec, self.custom, self.kinds)
-                handle = await asyncio.to_thread(build, spec, ctx)
+                try:
+                    handle = await asyncio.to_thread(build, spec, ctx)
+                except ModelError as e:
+                    without = self._without(spec)
+                    if without is None:
+                        raise
+                    log.warning(
+                        "engine %s: not started, its model %s is missing (%s); %s",
+                        spec.name,
+                        spec.model,
+                        e,
+                        without,
+                    )
+                    self.missing[spec.name] = f"model {spec.model}: {e}"
+                    continue
                 self.handles[spec.name] = handle
                 if build is LLM.build:
                     self.batchers[spec.name] = cast(LlmEngine, handle)

@@ -102,6 +102,9 @@ RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges 
 PRE_ROLL_SLACK_S = 1.0
 #: the user's recent audio kept for the listener at each pause (what turn detection scores)
 RECENT_S = 8.0
+#: ... ending this long after the VAD's end of speech (which already holds speech_pad_s): the
+#: silence a turn model hears after the last word (Smart Turn's scores drift up with more)
+PAUSE_TAIL_S = 0.05
 AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers are full
 #: a commit or clear waits at most the inbound buffer's length plus this for the VAD to take
 #: the audio received before it (then it is refused with ``timeout``)
@@ -158,14 +161,14 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
 class SpeechListener(Protocol):
     """Who hears of the lane's speech (turn-taking); called on the event loop."""
 
-    def on_speech_started(self) -> None:
-        """The VAD reported the start of speech."""
+    def on_speech_started(self, audio_ms: float) -> None:
+        """The VAD reported the start of speech (``audio_ms``: its media time)."""
         ...
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         """The VAD reported the end of speech (its final follows): ``recent`` is the last
-        ``RECENT_S`` (at most) of the session's audio, up to this pause, ``audio_ms`` the
-        pause's media time."""
+        ``RECENT_S`` (at most) of the session's audio, up to ``PAUSE_TAIL_S`` after the end of
+        speech, ``audio_ms`` that end's media time."""
         ...
 
     def on_partial(self, text: str) -> None:
@@ -471,12 +474,18 @@ class AudioLane:
             if ev.kind == "start" and self._segment is None:
                 self.session.emit(VadSpeechStarted(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    self.listener.on_speech_started()
+                    self.listener.on_speech_started(ev.ms)
                 self._open_segment(ev.sample, r.probability)
             elif ev.kind == "end" and self._segment is not None:
                 self.session.emit(VadSpeechStopped(audio_ms=ev.ms, timing=timing))
                 if self.listener is not None:
-                    recent = np.concatenate(list(self._recent))[-int(RECENT_S * SAMPLE_RATE_HZ) :]
+                    # up to PAUSE_TAIL_S after the VAD's end of speech, not to this frame
+                    # (which comes min_silence_s and the model's decay later)
+                    recent = np.concatenate(list(self._recent))
+                    after = self._samples - ev.sample - int(PAUSE_TAIL_S * SAMPLE_RATE_HZ)
+                    if 0 < after < len(recent):
+                        recent = recent[:-after]
+                    recent = recent[-int(RECENT_S * SAMPLE_RATE_HZ) :]
                     self.listener.on_speech_stopped(recent, ev.ms)
                 seg = self._segment
                 self._segment = None

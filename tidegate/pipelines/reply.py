@@ -527,6 +527,11 @@ class ReplyLane:
             if it is self.interruption and it.paused:
                 self._arm_confirm(it)
 
+    def judging(self) -> bool:
+        """Speech over a reply is being judged (turn-taking then waits for its words before
+        it ends the turn: a backchannel ends none)."""
+        return self.interruption is not None
+
     def heard(self, text: str, *, final: bool) -> bool:
         """What the ASR heard of the user's speech (a partial hypothesis, or a segment's final;
         finals are told in order, empty ones too): words enough cut a reply it interrupted.

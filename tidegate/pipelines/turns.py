@@ -1,17 +1,19 @@
 """Turn-taking: when the user's turn ends, and what a turn starts.
 
-The user's turn ends once the VAD has reported the end of speech, the ASR final of every
-segment is out, the turn has words, no new speech has started, and the turn's policy says so
-(session config ``turn.policy``, default the setting ``turn_policy``):
+The user's turn ends once the VAD has reported the end of speech, no new speech has started,
+and the turn's policy says so (session config ``turn.policy``, default the setting
+``turn_policy``):
 
 - ``silence``: ``end_of_turn_s`` (``assistant_end_of_turn_s``) after the end of speech;
 - ``semantic``: at each pause the VAD reports, the turn engine (Smart Turn v3.2, batched
-  across sessions on its scheduler) scores the last 8 s (at most) of the user's audio.
+  across sessions on its scheduler) scores the user's turn so far: its audio from
+  ``TURN_PRE_SPEECH_S`` before its first speech to the pause, earlier pauses of the same
+  turn included, the last 8 s at most (as the model was trained: one turn, zero-padded in
+  front, not the conversation before it).
   Complete (probability >= ``turn_threshold``): the turn ends now. Incomplete: it waits for
   more speech, up to ``max_wait_s`` (``turn_max_wait_s``) after the pause, then ends. A
   server without the turn engine, or a score that fails (overloaded, late), falls back to
   the silence policy for that pause.
-
 - ``manual``: no turn ends by itself; the client commits (the audio lane's
   ``input_audio_buffer.commit`` command, :mod:`tidegate.pipelines.audio`). Speech does not
   interrupt a reply under this policy (there is no turn detection to say it is a turn).
@@ -24,12 +26,16 @@ reply does not cut it). A commit, whatever the policy, ends the turn at once wit
 API does); a clear drops the words heard since the last turn.
 
 Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence | commit,
-probability, audio_ms} before the reply starts. The turn's finals, joined, become the user
-message the reply lane answers. ``input.text`` is a typed turn: it ends at once. Speech that
-starts while a reply is in progress is a possible interruption: the reply lane pauses the
-reply and judges it from what the ASR hears (:mod:`tidegate.pipelines.interrupt`); a final it
-absorbs (a backchannel over the reply, or fewer words than ``interrupt.min_words``) is not
-part of the user's turn.
+probability, audio_ms} at the decision: it does not wait for the ASR final of the turn's last
+segment (except over a reply, below). The reply does: once the finals of every segment of the
+turn are out, they are joined into the user message the reply lane answers. Speech that starts
+before they are all out continues the turn (its text joins, and a later ``turn.end`` ends it
+again); a turn whose finals hold no words (a cough) is answered by nothing. ``input.text`` is
+a typed turn: it ends at once. Speech that starts while a reply is in progress is a possible
+interruption: the reply lane pauses the reply and judges it from what the ASR hears
+(:mod:`tidegate.pipelines.interrupt`); a final it absorbs (a backchannel over the reply, or
+fewer words than ``interrupt.min_words``) is not part of the user's turn, so while it judges,
+``turn.end`` waits for the turn's finals (a backchannel ends no turn).
 
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
@@ -50,11 +56,16 @@ from tidegate.engines.scheduler import Scheduler
 from tidegate.media import MediaPeer
 from tidegate.protocol.messages import InputText, TurnEnd
 
-from .audio import now_ms
+from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import TurnConfig
 from .port import Handler, SessionPort
 
 log = logging.getLogger(__name__)
+
+#: audio scored before the turn's first speech (as Smart Turn's own pipeline keeps)
+TURN_PRE_SPEECH_S = 0.5
+#: what the audio at a pause holds after the VAD's end of speech (audio.PAUSE_TAIL_S), and more
+PAUSE_TAIL_S = 0.1
 
 
 class Replier(Protocol):
@@ -71,6 +82,10 @@ class Replier(Protocol):
     def speech_stopped(self) -> None: ...
 
     def heard(self, text: str, *, final: bool) -> bool: ...
+
+    def judging(self) -> bool:
+        """Speech over a reply is being judged (it may be a backchannel, not a turn)."""
+        ...
 
     def hear(self, text: str) -> None:
         """The user said ``text``; the reply waits for ``response.create``."""
@@ -121,6 +136,8 @@ class TurnTaking:
             "turn_scores": 0,
             "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
+            "turn_ends_continued": 0,  # speech came after turn.end, before the turn's finals
+            "turn_ends_without_words": 0,  # the finals of an ended turn held no words
         }
         self._speaking = False  # between the VAD's start and end of speech
         self._finals_due = False  # a segment ended whose final is not out yet
@@ -128,6 +145,11 @@ class TurnTaking:
         self._turn_received = 0.0
         self._pause = 0  # counts pauses: a score for an older one is stale
         self._decision: Decision | None = None
+        self._ended = False  # turn.end was sent: the reply waits for the turn's finals
+        self._held: Decision | None = None  # decided while an interruption is judged
+        self._turn_start_ms: float | None = None  # the turn's first speech (media time)
+        #: seconds of audio the last score covered (at most 8)
+        self.last_scored_s: float | None = None
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
 
@@ -153,13 +175,19 @@ class TurnTaking:
         self.reply.answer(msg.text, msg.id, now_ms(), spoken=False)
 
     # -- SpeechListener (the audio lane) ----------------------------------------------------
-    def on_speech_started(self) -> None:
+    def on_speech_started(self, audio_ms: float) -> None:
+        if self._turn_start_ms is None:
+            self._turn_start_ms = audio_ms  # a new turn
         self._speaking = True
         self._pause += 1  # a score still coming is for a pause that is over
         self._decision = None
         if self._turn_timer is not None:
             self._turn_timer.cancel()  # the turn goes on
             self._turn_timer = None
+        if self._ended:  # ended before its finals were out: it goes on (another turn.end)
+            self._ended = False
+            self.counters["turn_ends_continued"] += 1
+        self._held = None
         if self.policy != "manual" and self._turn_config("interrupt", True):
             self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
 
@@ -174,8 +202,9 @@ class TurnTaking:
         elif policy == "semantic":
             assert self.turn is not None
             self._decision = None  # until the score
+            audio = self._turn_audio(recent, audio_ms)
             self._score_task = self.session.spawn(
-                self._score(self.turn, recent, self._pause, stopped, audio_ms), "turn-score"
+                self._score(self.turn, audio, self._pause, stopped, audio_ms), "turn-score"
             )
         else:
             self._decision = self._silence(stopped, audio_ms)
@@ -192,7 +221,23 @@ class TurnTaking:
             self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
             self._finals_due = False
-            self._arm()
+            held, self._held = self._held, None
+            if self._ended:
+                self._answer()
+            elif not self._turn:
+                self._turn_start_ms = None  # what was heard had no words: no turn
+            elif held is not None:  # decided over a reply: its words are in, the turn ends
+                self._turn_timer = self.session.spawn(self._end_turn(0.0, held), "turn-end")
+            else:
+                self._speculate()  # the turn's end is pending: its text is known now
+
+    def _turn_audio(self, recent: Array, audio_ms: float) -> Array:
+        """The end of ``recent`` that is this turn's (see the module docstring)."""
+        if self._turn_start_ms is None:
+            return recent
+        keep_s = (audio_ms - self._turn_start_ms) / 1000 + TURN_PRE_SPEECH_S + PAUSE_TAIL_S
+        keep = int(keep_s * SAMPLE_RATE_HZ)
+        return recent[-keep:] if 0 < keep < len(recent) else recent
 
     def on_commit(self, ref: str | None, audio_ms: float) -> None:
         """The client committed its audio: the turn ends now; its words wait for
@@ -203,6 +248,7 @@ class TurnTaking:
         self._pause += 1  # a score still coming is for a turn that is over
         self._decision = None
         self._finals_due = False  # the audio lane has put every final out
+        self._ended, self._held, self._turn_start_ms = False, None, None
         text = " ".join(self._turn)
         self._turn.clear()
         self.turns += 1
@@ -219,6 +265,7 @@ class TurnTaking:
         self._pause += 1
         self._decision = None
         self._turn.clear()
+        self._ended, self._held, self._turn_start_ms = False, None, None
 
     def _silence(self, stopped: float, audio_ms: float) -> Decision:
         wait_s = self._turn_config("end_of_turn_s", self.config.end_of_turn_s)
@@ -237,6 +284,8 @@ class TurnTaking:
         if pause != self._pause:
             return  # the user spoke again: a new pause will be scored
         self.counters["turn_scores"] += 1 if result is not None else 0
+        if result is not None:
+            self.last_scored_s = result.scored_s
         if result is None:
             self._decision = self._silence(stopped, ms)
         elif result.complete:
@@ -248,31 +297,39 @@ class TurnTaking:
         self._arm()
 
     def _arm(self) -> None:
-        """(Re)start the timer that ends the turn, once everything it waits for is in."""
+        """(Re)start the timer that ends the turn at its decision."""
         decision = self._decision
-        if self._speaking or self._finals_due or not self._turn or decision is None:
+        if self._speaking or decision is None:
             return
+        if not self._finals_due and not self._turn:
+            return  # every final of the turn is out and holds no words: nothing to end
         if self._turn_timer is not None:
             self._turn_timer.cancel()
         delay_s = max(0.0, decision.at - time.monotonic())
         self._turn_timer = self.session.spawn(self._end_turn(delay_s, decision), "turn-end")
-        if delay_s > 0 and self._turn_config("respond", True):
-            # the text is known: its reply may start now, held (reply.py)
-            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=delay_s)
+        self._speculate()
+
+    def _speculate(self) -> None:
+        """The turn's text is known (its finals are out) and its end is still pending: its
+        reply may start now, held (reply.py)."""
+        decision = self._decision
+        if decision is None or self._turn_timer is None or self._speaking:
+            return
+        if self._finals_due or not self._turn:
+            return  # the text is not known yet (on_final speculates when it is)
+        wait_s = decision.at - time.monotonic()
+        if wait_s > 0 and self._turn_config("respond", True):
+            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=wait_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
+        """Send ``turn.end`` at the decision; the reply follows once the finals are out."""
         await asyncio.sleep(delay_s)
         self._turn_timer = None
-        if self._speaking or not self._turn:
+        if self._speaking or (not self._finals_due and not self._turn):
             return
-        text = " ".join(self._turn)
-        self._turn.clear()
-        if self.vision is not None:
-            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
-            if self._speaking:  # the user spoke again meanwhile: the turn goes on
-                self._turn.insert(0, text)
-                return
-        self.turns += 1
+        if self._finals_due and self.reply.judging():
+            self._held = decision  # speech over a reply: turn.end waits for its words
+            return
         self._decision = None
         self.counters[f"turn_ends_{decision.reason}"] += 1
         p = decision.probability
@@ -283,6 +340,25 @@ class TurnTaking:
                 audio_ms=decision.audio_ms,
             )
         )
+        if self.vision is not None:
+            await self.vision.at_turn_end()  # the freshest sight, for the client and the LLM
+            if self._speaking:  # the user spoke again meanwhile: the turn goes on
+                self.counters["turn_ends_continued"] += 1
+                return
+        self._ended = True
+        if not self._finals_due:
+            self._answer()
+
+    def _answer(self) -> None:
+        """The ended turn's finals are all out: its words become the reply's question."""
+        self._ended = False
+        self._turn_start_ms = None  # the next speech starts a new turn
+        if not self._turn:
+            self.counters["turn_ends_without_words"] += 1
+            return
+        text = " ".join(self._turn)
+        self._turn.clear()
+        self.turns += 1
         if self._turn_config("respond", True):
             self.reply.answer(text, None, self._turn_received, spoken=True)
         else:

@@ -577,8 +577,9 @@ class VadSpeechStopped(_VadEvent):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TurnEnd(ServerMessage):
-    """The user's turn ended and its reply starts: ``reason`` is how it was decided
-    (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
+    """The user's turn ended (sent at the decision; its reply starts once the turn's ASR
+    finals are out, and speech before then continues the turn): ``reason`` is how it was
+    decided (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
     incomplete, and no speech followed within ``turn_max_wait_s``; ``silence``: the silence
     policy, or its fallback; ``commit``: the client committed its audio, the Realtime
     dialect's ``input_audio_buffer.commit``), ``probability`` the turn model's score at the

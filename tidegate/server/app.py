@@ -50,6 +50,9 @@ async def readyz(request: Request) -> JSONResponse:
         body: dict[str, object] = {"status": "ready", "sessions": len(runtime.registry)}
         if issuers:  # an unreachable issuer is reported, not fatal: its cached keys still work
             body["issuers"] = issuers
+        if runtime.engines is not None and runtime.engines.missing:
+            # an optional engine whose model is missing: served without it, not fatal
+            body["engines_missing"] = dict(runtime.engines.missing)
         llm = runtime.engines.batchers.get("llm") if runtime.engines is not None else None
         if isinstance(llm, ProviderPool):  # each provider's breaker and counts
             body["llm_providers"] = llm.readiness()

@@ -103,8 +103,11 @@ class DrainingServer(uvicorn.Server):
 def prepare_models(settings: Settings) -> None:
     """Prepare the default models the configured engines need and do not have yet (a bare
     ``tidegate serve``'s first start), downloading what is missing, one progress line per
-    step on stderr. ModelError (a missing package, a checksum) names what to do."""
+    step on stderr. ModelError (a missing package, a checksum) names what to do; for an
+    optional engine (the turn detector) it is a warning, and the server starts without it."""
     from tidegate.engines import models
+    from tidegate.engines.errors import ModelError
+    from tidegate.engines.registry import KINDS_BY_NAME
     from tidegate.tools.prepare import prepare
 
     for spec in engine_specs(settings):
@@ -118,11 +121,22 @@ def prepare_models(settings: Settings) -> None:
             file=sys.stderr,
             flush=True,
         )
-        prepare(
-            settings.data_dir,
-            spec.model,
-            progress=lambda line: print(f"tidegate: {line}", file=sys.stderr, flush=True),
-        )
+        kind = KINDS_BY_NAME.get(spec.name)
+        try:
+            prepare(
+                settings.data_dir,
+                spec.model,
+                progress=lambda line: print(f"tidegate: {line}", file=sys.stderr, flush=True),
+            )
+        except ModelError as e:
+            if kind is None or kind.without is None:
+                raise
+            print(
+                f"tidegate: warning: the {spec.name} engine's model {spec.model} cannot be "
+                f"prepared ({e}); the server starts without it: {kind.without}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def add_commands(sub: Any) -> None:

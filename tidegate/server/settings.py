@@ -33,7 +33,7 @@ from .errors import ConfigError
 ENV_PREFIX = "TIDEGATE_"
 ROUTE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
 # What a bare `tidegate serve` runs: every CPU engine (the embedded defaults, as `make run`).
-DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts")
+DEFAULT_ENGINES = ("vad", "asr", "vision", "llm", "tts", "turn")
 # Settings whose empty environment value means "none" rather than "unset" (the default).
 EMPTY_MEANS_NONE = frozenset({"engines"})
 # counts that may be 0, which turns what they count off
@@ -350,9 +350,10 @@ class Settings:
     # -- engines (docs/engines.md) -------------------------------------------------------------
     engines: tuple[str, ...] = _doc(
         "Engines loaded and warmed up at start-up (comma-separated: vad, asr, vision, llm, "
-        "tts, turn); /readyz turns ready once they are. Default: the CPU engines but turn "
-        "(`tidegate serve` prepares missing models first; `make run` adds turn). Empty "
-        "(TIDEGATE_ENGINES=): none.",
+        "tts, turn); /readyz turns ready once they are. Default: every CPU engine "
+        "(`tidegate serve` prepares missing models first). turn is optional: a server that "
+        "cannot have its model starts without it, says so in its log, and its turns end by "
+        "the silence policy. Empty (TIDEGATE_ENGINES=): none.",
         default=DEFAULT_ENGINES,
     )
     #: Each engine kind's config (registry.py's table): ``engine(ASR)`` is the ``asr_*``

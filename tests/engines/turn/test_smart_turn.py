@@ -17,6 +17,7 @@ from tidegate.engines import models
 from tidegate.engines.engine import Failed, Ok
 from tidegate.engines.errors import RequestError
 from tidegate.engines.turn import SmartTurn, TurnResult, turn_features
+from tidegate.engines.turn.features import reference_features
 from tidegate.engines.turn.smart_turn import MIN_AUDIO_SAMPLES
 from tidegate.engines.vad import VadSettings
 from tidegate.tools.prepare import find_wheel
@@ -72,6 +73,19 @@ def test_features_match_the_reference_preprocessing() -> None:
         padded = np.pad(window, (128_000 - len(window), 0))
         expected = reference.compute_whisper_log_mel_features(padded)
         assert np.abs(turn_features(audio) - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "samples", [201, 399, 400, 512, 16_000, 32_123, 127_599, 127_600, 127_601, 128_000, 200_000]
+)
+def test_features_computed_over_the_audio_only_equal_the_whole_window(samples: int) -> None:
+    """The padding's frames are computed once, the FFT runs over the audio's frames only: the
+    features equal those of the whole padded window, at every length around the edges
+    (padding shorter than a frame, audio shorter than the end's reflection, a DC offset)."""
+    rng = np.random.default_rng(samples)
+    for level, offset in ((0.1, 0.0), (0.001, 0.05)):
+        audio = (rng.standard_normal(samples) * level + offset).astype(np.float32)
+        assert np.abs(turn_features(audio) - reference_features(audio)).max() < 1e-5
 
 
 def test_complete_sentences_score_above_unfinished_ones(

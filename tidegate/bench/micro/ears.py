@@ -5,7 +5,10 @@ ears`` runs it as a subprocess and keeps it as its report):
 
 - ``turn``: 16 sessions (``--sessions``) each ask Smart Turn about their last few seconds of
   speech at once; the CPU time of serving them through the :class:`Scheduler` (one batch)
-  against 16 batch-1 calls, best of ``--repeats`` rounds each (target: ratio <= 0.3); and
+  against 16 batch-1 calls, best of ``--repeats`` rounds each (target: ratio <= 0.3), and
+  against 16 batch-1 calls that compute the features over the whole padded window (the
+  reference preprocessing); the features' and the model's CPU per request (the model at
+  batch 1, 4 and 16: on a CPU a batch costs the sum of its items, docs/ears.md); and
   the model's separation of complete from unfinished sentences (the fraction of
   complete/unfinished pairs ordered right) for each voice available (espeak-ng always;
   the Piper voice when ``piper-joe`` is prepared);
@@ -152,6 +155,25 @@ def _piper(data_dir: Path) -> tuple[audio_sets.Voice, Any] | None:
     return speak, engine
 
 
+def _model_per_item(path: Path, reqs: list[np.ndarray]) -> dict[str, float]:
+    """CPU ms per request of the model call alone (features ready), by batch size."""
+    from tidegate.engines.runtime import RuntimeOptions, open_model
+    from tidegate.engines.turn import turn_features
+
+    feats = np.stack([turn_features(r) for r in reqs])
+    model = open_model(path, RuntimeOptions())
+    out: dict[str, float] = {}
+    for size in (1, 4, len(reqs)):
+        model.run({"input_features": feats[:size]})  # warm this shape
+        cpu0 = time.process_time()
+        for i in range(0, len(reqs) - size + 1, size):
+            model.run({"input_features": feats[i : i + size]})
+        done = (len(reqs) // size) * size
+        out[str(size)] = round((time.process_time() - cpu0) / done * 1000, 2)
+    model.close()
+    return out
+
+
 def bench_turn(data_dir: Path, sessions: int, repeats: int) -> dict[str, Any]:
     path = models.model_dir(data_dir, "smart-turn-v3.2") / "smart-turn-v3.2-cpu.onnx"
     prepare_offline(data_dir, "smart-turn-v3.2")
@@ -164,13 +186,22 @@ def bench_turn(data_dir: Path, sessions: int, repeats: int) -> dict[str, Any]:
     engine.load()  # the scheduler closed it
     best_b = min(b1, key=lambda r: r[0])
     best_s = min(sch, key=lambda r: r[0])
-    # the features alone (not batched: one per request, on the worker thread)
-    from tidegate.engines.turn import turn_features
+    # the features alone (one per request, on the worker thread): as computed, and over the
+    # whole padded 8 s window (the reference preprocessing, as pipecat does it)
+    from tidegate.engines.turn.features import reference_features, turn_features
 
     cpu0 = time.process_time()
     for r in reqs:
         turn_features(r)
     features_cpu = time.process_time() - cpu0
+    cpu0 = time.process_time()
+    for r in reqs:
+        reference_features(r)
+    reference_features_cpu = time.process_time() - cpu0
+    # the model alone, per request, at batch 1, 4 and 16 (why batching gives little on a CPU)
+    model_ms = _model_per_item(path, reqs)
+    # 16 batch-1 calls as the reference preprocesses them: the whole window's features each
+    reference_b1 = best_b[0] - features_cpu + reference_features_cpu
     voices: dict[str, Any] = {"espeak": _separation(engine, None)}
     piper = _piper(data_dir)
     if piper is not None:
@@ -190,7 +221,10 @@ def bench_turn(data_dir: Path, sessions: int, repeats: int) -> dict[str, Any]:
             "mean_batch": best_s[3],
         },
         "cpu_ratio": best_s[0] / best_b[0],
+        "cpu_ratio_vs_reference_batch1": best_s[0] / reference_b1,
         "features_cpu_ms_per_request": features_cpu / sessions * 1000,
+        "reference_features_cpu_ms_per_request": reference_features_cpu / sessions * 1000,
+        "model_cpu_ms_per_request_by_batch": model_ms,
         "identical_probabilities": bool(np.allclose(best_b[2], best_s[2], atol=1e-6)),
         "separation": voices,
     }
@@ -327,7 +361,10 @@ def summary(report: dict[str, Any]) -> str:
             f"turn: {t['sessions']} sessions  batch-1 {t['batch1']['cpu_ms_per_request']:.1f} "
             f"CPU-ms/request  scheduler {t['scheduler']['cpu_ms_per_request']:.1f} "
             f"(batch {t['scheduler']['mean_batch']:.1f})  ratio {t['cpu_ratio']:.2f}  "
-            f"features {t['features_cpu_ms_per_request']:.1f} ms"
+            f"features {t['features_cpu_ms_per_request']:.1f} ms (whole window "
+            f"{t['reference_features_cpu_ms_per_request']:.1f})  ratio vs reference batch-1 "
+            f"{t['cpu_ratio_vs_reference_batch1']:.2f}  model ms/request by batch "
+            f"{t['model_cpu_ms_per_request_by_batch']}"
         )
         for name, s in t["separation"].items():
             lines.append(

@@ -1,6 +1,8 @@
 """Scenario ``assistant``: voice to voice over the public protocol (WS-only ``input.audio``,
-``{"mode": "assistant"}``) against a server running the ``vad``, ``asr``, ``llm`` and
-``tts`` engines, with N concurrent sessions (``--sessions``, default 1, 4).
+``{"mode": "assistant"}``) against a server running the ``vad``, ``asr``, ``llm`` and ``tts``
+engines, with N concurrent sessions (``--sessions``, default 1, 4). ``--turn`` adds the
+``turn`` engine (the semantic turn policy; off by default: espeak's flat prosody leaves Smart
+Turn near chance, so most of its questions would end by the policy's timeout).
 
 Every session speaks ``--turns`` questions (espeak-ng, one after the other), streamed like a
 microphone: in real time, in ``--chunk-ms`` chunks of 16 kHz s16le, with silence between the
@@ -8,6 +10,8 @@ questions and while the reply plays, until its ``response.done``. The end of the
 is the moment the client sent the question's last loud sample. Measured from there, per turn:
 
 - ``eos_to_final_ms``: the arrival of the turn's ``asr.final``;
+- ``eos_to_turn_end_ms``: the arrival of its ``turn.end`` (the decision: under the semantic
+  policy it does not wait for the final, the reply does);
 - ``eos_to_first_token_ms``: the first ``response.text.delta``; ``token_interval_ms``: the
   time between one delta's arrival and the next's, within a reply (the server coalesces
   deltas that pile up for a client, so an interval may span several tokens);
@@ -87,6 +91,7 @@ from tidegate.protocol.messages import (
     ResponseDone,
     ResponseTextDelta,
     ServerMessage,
+    TurnEnd,
     VadSpeechStopped,
 )
 
@@ -116,6 +121,7 @@ ENGINE_HISTOGRAMS = {
 STAGES = ("vad_wait_ms", "asr_ms", "turn_wait_ms", "llm_first_token_ms", "tts_first_audio_ms")
 MEASURES = (
     "eos_to_final_ms",
+    "eos_to_turn_end_ms",
     "eos_to_first_token_ms",
     "eos_to_first_audio_ms",
     "speech_start_to_first_partial_ms",
@@ -144,6 +150,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-latency-ms", type=float, default=3000.0, help="real-time bound (first audio p90)"
     )
+    p.add_argument(
+        "--turn",
+        action="store_true",
+        help="the started server also runs the turn engine (the semantic turn policy)",
+    )
 
 
 def speak(text: str, tmp: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -165,6 +176,7 @@ class Turn:
     stopped: float | None = None
     partial: float | None = None
     final: tuple[AsrFinal, float] | None = None
+    turn_end: tuple[TurnEnd, float] | None = None
     created: float | None = None
     first_delta: tuple[ResponseTextDelta, float] | None = None
     delta_times: list[float] = field(default_factory=list)
@@ -182,6 +194,8 @@ class Turn:
                 out["asr_ms"] = t.engine_end - t.engine_start
             if self.created is not None:
                 out["turn_wait_ms"] = (self.created - self.final[1]) * 1000
+        if self.turn_end is not None:
+            out["eos_to_turn_end_ms"] = (self.turn_end[1] - eos) * 1000
         if self.stopped is not None:
             out["vad_wait_ms"] = (self.stopped - eos) * 1000
         if self.partial is not None:
@@ -233,6 +247,8 @@ def _note(turn: Turn, ev: ServerMessage, t: float, threshold: float) -> None:
         turn.partial = t
     elif isinstance(ev, AsrFinal) and turn.created is None:
         turn.final = (ev, t)  # the last final before the reply starts
+    elif isinstance(ev, TurnEnd) and turn.created is None:
+        turn.turn_end = (ev, t)  # the last turn.end before the reply starts
     elif isinstance(ev, ResponseCreated) and turn.created is None:
         turn.created = t
     elif isinstance(ev, ResponseTextDelta) and turn.done is None:
@@ -762,7 +778,10 @@ async def _alternated(
     "voice to voice: end of speech to final, first token and first reply audio, N sessions",
     add_args=_args,
     server_env={"TIDEGATE_ENGINES": "vad,asr,llm,tts", **_default_data_dir()},
-    env_from_args=lambda args: {"TIDEGATE_RESULT_CACHES": "on" if args.result_caches else "off"},
+    env_from_args=lambda args: {
+        "TIDEGATE_RESULT_CACHES": "on" if args.result_caches else "off",
+        **({"TIDEGATE_ENGINES": "vad,asr,llm,tts,turn"} if args.turn else {}),
+    },
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     if shutil.which("espeak-ng") is None:
