@@ -23,6 +23,19 @@ from .events import Transcription, TurnDetection
 
 DEFAULT_MODEL = "tidegate"
 DEFAULT_VOICE = "default"
+#: OpenAI's own voice names: a client written for the hosted API sends one of them (the SDK's
+#: examples do), so each is taken as tidegate's ``default`` voice (the server's TTS model)
+#: rather than refused; session.updated shows the name the client gave.
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+
+
+def tidegate_voice(name: str) -> str:
+    """The tidegate voice for a Realtime voice name: OpenAI's names are the default voice."""
+    return DEFAULT_VOICE if name in OPENAI_VOICES else name
+
+
 DEFAULT_TURN_DETECTION = TurnDetection(type="server_vad")
 MODES = {"realtime": "assistant", "transcription": "transcribe"}
 
@@ -156,7 +169,7 @@ def _tidegate_values(c: SessionConfig) -> dict[str, Any]:
     return {
         "language": language,
         "instructions": c.instructions,
-        "voice": c.voice,
+        "voice": tidegate_voice(c.voice),
         "output_modalities": list(c.output_modalities),
         "max_output_tokens": c.max_output_tokens,
         "tools": [dict(t) for t in c.tools],

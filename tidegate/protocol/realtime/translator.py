@@ -75,7 +75,7 @@ from .audio import INPUT_PCM_FORMAT, AudioCodec, AudioEncoder, AudioFormat
 from .commands import ClearInputAudio, Command, CommitInputAudio, CreateResponse
 from .errors import RealtimeCode, RealtimeError
 from .items import Conversation, ItemRecord
-from .session import DEFAULT_MODEL, SessionConfig, tool_choice_for_tidegate
+from .session import DEFAULT_MODEL, SessionConfig, tidegate_voice, tool_choice_for_tidegate
 
 INPUT_AUDIO_MAX_AHEAD_S = 2.5  # below tidegate's audio_max_ahead_s (3 s), which then never refuses
 INPUT_AUDIO_BUFFER_MAX_S = 60.0  # manual turns: uncommitted audio
@@ -1089,6 +1089,8 @@ def _runtime_options(options: dict[str, Any]) -> dict[str, Any]:
         if name in options:
             value = options[name]
             out[name] = list(value) if isinstance(value, tuple) else value
+    if "voice" in out:
+        out["voice"] = tidegate_voice(out["voice"])
     if "tool_choice" in options:
         out["tool_choice"] = tool_choice_for_tidegate(options["tool_choice"])
     return out
