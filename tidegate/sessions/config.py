@@ -191,9 +191,16 @@ def _check_language(config: dict[str, Any], engines: EngineService | None) -> No
     code = value.strip().lower()
     if code != "auto" and served is not None and code not in served:
         shown = ", ".join(sorted(served)[:20]) + (", ..." if len(served) > 20 else "")
+        asr = engines.schedulers.get("asr") if engines is not None else None
+        tokenizer = getattr(getattr(asr, "engine", None), "tokenizer", None)
+        why = (
+            "the ASR model here is English-only"
+            if tokenizer is not None and not tokenizer.multilingual
+            else "the ASR model and asr_languages decide"
+        )
         raise UnsupportedError(
             f"session config.language: {value!r} is not a language this server recognises "
-            f"(auto, {shown}; the ASR model and asr_languages decide)"
+            f"(auto, {shown}; {why})"
         )
     config["language"] = code
 
