@@ -15,9 +15,15 @@ import numpy as np
 from tests.server.conftest import make_settings
 from tests.support import prepare_models
 from tidegate.engines.service import EngineService
+from tidegate.pipelines.audio import AudioLane
+from tidegate.pipelines.mode import Mode
+from tidegate.pipelines.modes import assistant
 from tidegate.pipelines.records import Record
+from tidegate.pipelines.reply import ReplyLane
+from tidegate.pipelines.turns import TurnTaking
 from tidegate.protocol import ServerMessage
 from tidegate.server.engines import engine_specs
+from tidegate.server.modes import lane_config
 from tidegate.server.runtime import prepare_offline
 from tidegate.server.settings import Settings
 
@@ -85,3 +91,12 @@ def spoken(text: str, folder: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path)) as w:
         rate = w.getframerate()
         return np.frombuffer(w.readframes(w.getnframes()), np.int16), rate
+
+
+def assistant_lanes(
+    session: Any, settings: Settings, engines: EngineService
+) -> tuple[Mode, ReplyLane, TurnTaking, AudioLane]:
+    """The assistant mode over ``session``, composed by the mode itself
+    (pipelines/modes/assistant.py), and its reply, turn-taking and audio lanes."""
+    mode = assistant.build(session, lane_config(settings), engines)
+    return mode, mode.lane(ReplyLane), mode.lane(TurnTaking), mode.lane(AudioLane)

@@ -24,18 +24,12 @@ import pytest_asyncio
 
 from tests.support import scaled
 from tidegate.bench import audio_sets
-from tidegate.engines.registry import ASR, TTS, VAD
 from tidegate.engines.service import EngineService
-from tidegate.pipelines.audio import AudioLane
-from tidegate.pipelines.media import SessionMedia
-from tidegate.pipelines.reply import ReplyLane
-from tidegate.pipelines.turns import TurnTaking
 from tidegate.protocol import ServerMessage
 from tidegate.protocol.messages import InputAudio, OutputAudio, ResponseDone
-from tidegate.server.modes import lane_config
 from tidegate.server.settings import Settings
 
-from .lanes import FakeSession, engine_settings, started_engines
+from .lanes import FakeSession, assistant_lanes, engine_settings, started_engines
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -92,31 +86,13 @@ class Kiosk(FakeSession):
 
 
 class Case:
-    """One session: the lanes as the assistant mode composes them (no turn engine)."""
+    """One session: the assistant mode's lanes (no turn engine runs: the silence policy)."""
 
     def __init__(self, settings: Settings, engines: EngineService, echo: str) -> None:
-        config = lane_config(settings)
         self.session = Kiosk(echo)
-        media = SessionMedia(self.session, config.media, lambda peer: None)
-        self.reply = ReplyLane(
-            self.session,
-            config.reply,
-            engines.llm(),
-            engines.get(TTS),
-            voice="piper-joe",
-            media=media,
+        self.mode, self.reply, self.turns, self.audio = assistant_lanes(
+            self.session, settings, engines
         )
-        self.turns = TurnTaking(self.session, config.turns, self.reply)
-        self.audio = AudioLane(
-            self.session,
-            config.audio,
-            engines.get(VAD),
-            engines.get(ASR),
-            engines.media,
-            listener=self.turns,
-            speaks=True,
-        )
-        self.reply.echo = self.audio.echo
 
     def mic(self, start: int, n: int, delay_s: float, level_db: float, h: np.ndarray) -> bytes:
         """The microphone's samples [start, start + n): the speaker's playback through the
@@ -133,9 +109,7 @@ class Case:
         return np.round(x * 32767).astype("<i2").tobytes()
 
     async def close(self) -> None:
-        await self.turns.close()
-        await self.reply.close()
-        await self.audio.close()
+        await self.mode.close()
         await self.session.close()
 
 

@@ -27,14 +27,10 @@ import pytest_asyncio
 
 from tests.support import scaled
 from tidegate.bench import audio_sets
-from tidegate.engines.registry import ASR, TTS, VAD
 from tidegate.engines.service import EngineService
-from tidegate.pipelines.audio import AudioLane
 from tidegate.pipelines.interrupt import words_of
-from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import Response as ResponseRecord
 from tidegate.pipelines.reply import ReplyLane
-from tidegate.pipelines.turns import TurnTaking
 from tidegate.protocol import ServerMessage
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -46,10 +42,9 @@ from tidegate.protocol.messages import (
     ResponseResumed,
     ResponseTextDelta,
 )
-from tidegate.server.modes import lane_config
 from tidegate.server.settings import Settings
 
-from .lanes import FakeSession, engine_settings, started_engines
+from .lanes import FakeSession, assistant_lanes, engine_settings, started_engines
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -128,28 +123,11 @@ class Case:
     config: dict[str, Any]
 
     def start(self, settings: Settings, engines: EngineService) -> None:
-        config = lane_config(settings)
         self.session = Client({"audio": {"echo_cancellation": "off"}, **self.config})
-        media = SessionMedia(self.session, config.media, lambda peer: None)
-        self.reply = ReplyLane(
-            self.session,
-            config.reply,
-            engines.llm(),
-            engines.get(TTS),
-            voice="piper-joe",
-            media=media,
+        self.mode, self.reply, self.turns, self.audio = assistant_lanes(
+            self.session, settings, engines
         )
         self.session.lane = self.reply
-        self.turns = TurnTaking(self.session, config.turns, self.reply)
-        self.audio = AudioLane(
-            self.session,
-            config.audio,
-            engines.get(VAD),
-            engines.get(ASR),
-            engines.media,
-            listener=self.turns,
-            speaks=True,
-        )
         self.sound_at: int | None = None  # the mic sample where the sound starts
 
     def first_reply(self) -> str | None:
@@ -178,9 +156,7 @@ class Case:
         return done[0].status != "cancelled" or len(self.session.of(ResponseCreated)) > 1
 
     async def close(self) -> None:
-        await self.turns.close()
-        await self.reply.close()
-        await self.audio.close()
+        await self.mode.close()
         await self.session.close()
 
     def report(self) -> dict[str, Any]:

@@ -277,14 +277,17 @@ async def run_paused(target: Target, args: argparse.Namespace) -> dict[str, Any]
         current().stage(f"turns paused: clip {i + 1}/{len(clips)}")
         t0_box = [0.0]
         ready, go = asyncio.Barrier(len(policies) + 1), asyncio.Event()
-        tasks = [
-            asyncio.create_task(_policy_session(target, p, clip, t0_box, ready, go))
-            for p in policies
-        ]
-        await ready.wait()
-        t0_box[0] = time.monotonic()
-        go.set()
-        got = dict(zip(policies, await asyncio.gather(*tasks), strict=True))
+        # one session per policy, owned by the group: a session that fails cancels the others
+        # (and the wait for them all to be ready) instead of leaving them running
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(_policy_session(target, p, clip, t0_box, ready, go))
+                for p in policies
+            ]
+            await ready.wait()
+            t0_box[0] = time.monotonic()
+            go.set()
+        got = {p: t.result() for p, t in zip(policies, tasks, strict=True)}
         row: dict[str, Any] = {"kind": clip.kind, "text": clip.text}
         # the end of speech: when the chunk holding the last loud sample left (once captured)
         eos = t0_box[0] + math.ceil(clip.end_s / CHUNK_S) * CHUNK_S
