@@ -71,7 +71,7 @@ def test_assistant_scenario_report(tmp_path: Path) -> None:
 def test_assistant_scenario_over_both_dialects(tmp_path: Path) -> None:
     """``--dialect tidegate,realtime``: the same question over the control channel and over
     /v1/realtime in one run, both completed and answered, with the figures the Realtime
-    events carry, and first audio compared at p50."""
+    events carry, and first audio compared at p50 and turn by turn."""
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "tidegate", "bench", "assistant"),
@@ -96,4 +96,10 @@ def test_assistant_scenario_over_both_dialects(tmp_path: Path) -> None:
     assert compared["realtime_minus_tidegate_p50_ms"] == (
         compared["realtime_p50_ms"] - compared["tidegate_p50_ms"]
     )
+    # both sent the same 24 kHz samples; one turn each: the paired difference is that one
+    assert results["input_rate_hz"] == {"tidegate": 24_000, "realtime": 24_000}
+    assert level["paired_minus_tidegate_ms"]["samples"] == [
+        round(compared["realtime_minus_tidegate_p50_ms"], 2)
+    ]
+    assert compared["paired_p50_ms"] == level["paired_minus_tidegate_ms"]["p50"]
     assert "rtc" not in results

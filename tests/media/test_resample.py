@@ -56,3 +56,42 @@ def test_downsampling_removes_what_the_new_rate_cannot_hold() -> None:
     r = StreamResampler(48_000, 8_000)
     y = np.concatenate([r.process(x), r.flush()]).astype(np.float64)
     assert np.sqrt(np.mean(y[64:-64] ** 2)) < 10_000 / np.sqrt(2) / 31.6
+
+
+def test_a_ratio_too_fine_for_a_bank_computes_the_same_filter_on_the_fly() -> None:
+    """191,999 -> 16,000 Hz would need a 16,000-phase bank: its taps are computed per output
+    instead (no bank kept), and agree with a bank-built stream of the same ratio to 1e-9."""
+    import tidegate.media.resample as rs
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(191_999 // 10).astype(np.float32) * 0.3
+    odd = StreamResampler(191_999, 16_000, dtype=np.float32)
+    assert odd._bank is None
+    fly = np.concatenate([odd.process(x[i : i + 3_840]) for i in range(0, len(x), 3_840)])
+    limit = rs.MAX_BANK_TAPS
+    try:
+        rs.MAX_BANK_TAPS = 1 << 40
+        banked = StreamResampler(191_999, 16_000, dtype=np.float32)
+        assert banked._bank is not None
+        bank = banked.process(x)
+    finally:
+        rs.MAX_BANK_TAPS = limit
+        rs._filter_bank.cache_clear()
+    assert len(fly) == len(bank) == odd.ready_samples(len(x))
+    assert np.abs(fly - bank).max() < 1e-6
+
+
+def test_a_float_stream_keeps_full_scale_and_the_tone() -> None:
+    """float32 in [-1, 1] -> float32: a 440 Hz tone at 24 -> 16 kHz within 1e-3, and a
+    full-scale square wave (the low-pass rings past it) clipped to full scale."""
+    t = np.arange(24_000) / 24_000
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    r = StreamResampler(24_000, 16_000, dtype=np.float32)
+    y = np.concatenate([r.process(tone[i : i + 480]) for i in range(0, 24_000, 480)] + [r.flush()])
+    assert y.dtype == np.float32 and len(y) == 16_000
+    ref = 0.5 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
+    assert np.abs(y[64:-64] - ref[64:-64]).max() < 1e-3
+    square = np.where(np.arange(4_800) // 60 % 2 == 0, 1.0, -1.0).astype(np.float32)
+    s = StreamResampler(48_000, 16_000, dtype=np.float32)
+    out = np.concatenate([s.process(square), s.flush()])
+    assert np.abs(out).max() <= 1.0 and np.abs(out).max() > 0.9

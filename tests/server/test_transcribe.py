@@ -388,7 +388,7 @@ async def test_every_audio_chunk_the_protocol_accepts_is_refused_or_survives() -
             assert refusal.startswith("input.audio.pcm: ")
             return
         assert out.dtype == np.float32 and out.ndim == 1
-        assert len(out) == round(frames * RATE_HZ / rate)
+        assert len(out) == -(-frames * RATE_HZ // rate)  # a whole stream: ceil
         assert np.isfinite(out).all() and np.abs(out).max(initial=0.0) <= 1.0
         inbox = AudioInbox(max_s=3.0)
         inbox.push(out, 0.0)

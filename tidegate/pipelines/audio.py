@@ -73,6 +73,7 @@ from tidegate.engines.vad import FRAME_SAMPLES, VadResult
 from tidegate.engines.workers import WorkerPool
 from tidegate.media import AudioChunk, AudioInbox, MediaPeer
 from tidegate.media.pace import RealTimePace
+from tidegate.media.resample import StreamResampler
 from tidegate.protocol.errors import ErrorCode
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -96,7 +97,6 @@ from .records import TranscriptSegment
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
-RESAMPLE_TAPS = 48  # half-length of the anti-aliasing filter (per chunk: edges approximate)
 #: audio kept beyond the pre-roll before the newest frame: the VAD confirms speech
 #: min_speech_s (0.25 s) after it began, and a segment starts pre_roll_s before that
 PRE_ROLL_SLACK_S = 1.0
@@ -126,9 +126,9 @@ def audio_frames(msg: InputAudio) -> int:
     return len(msg.pcm) // frame
 
 
-def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Decode an ``input.audio`` chunk to 16 kHz mono float32 (blocking: a worker thread).
-    f32le samples must be finite and are clipped to [-1, 1] (full scale)."""
+def to_mono(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """An ``input.audio`` chunk's samples as mono float32 at its own rate. f32le samples must
+    be finite and are clipped to [-1, 1] (full scale)."""
     audio_frames(msg)
     dtype = np.dtype("<i2") if msg.format == "s16le" else np.dtype("<f4")
     x = np.frombuffer(msg.pcm, dtype=dtype).reshape(-1, msg.channels).astype(np.float32)
@@ -139,23 +139,60 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
             raise InvalidConfigError("input.audio.pcm: samples must be finite")
         np.clip(x, -1.0, 1.0, out=x)
     mono = x.mean(axis=1) if msg.channels > 1 else x[:, 0]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+class InputResampler:
+    """A session's ``input.audio`` as one 16 kHz mono stream (blocking: a worker thread; one
+    chunk at a time, as the control channel hands them over).
+
+    Chunks at another rate go through one :class:`~tidegate.media.resample.StreamResampler`
+    for as long as the rate stays, so a chunk's edges are filtered with its neighbours'
+    samples (resampling each chunk alone put a seam every chunk, and a VAD hears seams: a
+    question sent at 24 kHz ended one 32 ms frame later than the same question at 16 kHz).
+    Each output needs ``half_taps`` input samples after it, so the last ~1 ms of a stream comes
+    out with the next chunk; a change of rate (or 16 kHz again) flushes the old stream in front
+    of the new chunk. :meth:`decode` returns the samples and the media time of the first
+    (``ts`` moved back by what the stream still held, so echo alignment stays exact)."""
+
+    def __init__(self) -> None:
+        self._stream: StreamResampler | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No stream open (16 kHz so far): a 16 kHz mono chunk is only a cast."""
+        return self._stream is None
+
+    def decode(self, msg: InputAudio) -> tuple[np.ndarray[Any, np.dtype[np.float32]], float | None]:
+        mono = to_mono(msg)
+        stream = self._stream
+        held = np.zeros(0, np.float32)  # an old stream's tail (the rate changed)
+        if stream is not None and stream.in_hz != msg.sample_rate:
+            held = stream.flush()
+            self._stream = stream = None
+        lead_s = len(held) / SAMPLE_RATE_HZ  # the output's first sample before the chunk's
+        if msg.sample_rate == SAMPLE_RATE_HZ:
+            out = mono
+        else:
+            if stream is None:
+                self._stream = stream = StreamResampler(
+                    msg.sample_rate, SAMPLE_RATE_HZ, dtype=np.float32
+                )
+            # outputs still owed for earlier chunks come first
+            lead_s += stream.samples_in / msg.sample_rate - stream.samples_out / SAMPLE_RATE_HZ
+            out = stream.process(mono)
+        if len(held):
+            out = np.concatenate([held, out])
+        return out, None if msg.ts is None else msg.ts - lead_s * 1000.0
+
+
+def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """One ``input.audio`` chunk alone as 16 kHz mono float32 (a whole stream: flushed), of
+    ``ceil(frames * 16000 / rate)`` samples."""
     if msg.sample_rate == SAMPLE_RATE_HZ:
-        return np.ascontiguousarray(mono, dtype=np.float32)
-    if msg.sample_rate > SAMPLE_RATE_HZ:  # low-pass below the new Nyquist first
-        taps = np.arange(-RESAMPLE_TAPS, RESAMPLE_TAPS + 1)
-        cut = 0.45 * SAMPLE_RATE_HZ / msg.sample_rate
-        h = 2 * cut * np.sinc(2 * cut * taps) * np.hamming(len(taps))
-        full = np.convolve(mono, (h / h.sum()).astype(np.float32))
-        mono = full[RESAMPLE_TAPS : RESAMPLE_TAPS + len(mono)]  # "same", even when shorter
-    n_out = round(len(mono) * SAMPLE_RATE_HZ / msg.sample_rate)
-    t_out = np.arange(n_out) * (msg.sample_rate / SAMPLE_RATE_HZ)
-    out: np.ndarray[Any, np.dtype[np.float32]] = np.interp(
-        t_out, np.arange(len(mono)), mono
-    ).astype(np.float32)
-    # The low-pass rings past full scale on a full-scale edge (1.0016 seen): full scale is the
-    # contract of every later stage, so the output is clipped as the input was.
-    np.clip(out, -1.0, 1.0, out=out)
-    return out
+        return to_mono(msg)
+    stream = StreamResampler(msg.sample_rate, SAMPLE_RATE_HZ, dtype=np.float32)
+    return np.concatenate([stream.process(to_mono(msg)), stream.flush()])
 
 
 class SpeechListener(Protocol):
@@ -214,6 +251,7 @@ class AudioLane:
         self.vad = vad
         self.asr = asr
         self.workers = workers  # resampling, off the loop (bounded: engines/workers.py)
+        self._resampler = InputResampler()  # input.audio as one 16 kHz stream
         self.listener = listener
         tokenizer = getattr(self.asr.engine, "tokenizer", None)
         if tokenizer is None:
@@ -365,10 +403,10 @@ class AudioLane:
                 retry_after_ms=over_s * 1000.0,
             )
         try:
-            if msg.sample_rate == SAMPLE_RATE_HZ and msg.channels == 1:
-                pcm = to_mono_16k(msg)  # a cast and a check: less than a thread hop costs
+            if msg.sample_rate == SAMPLE_RATE_HZ and msg.channels == 1 and self._resampler.idle:
+                pcm, ts = self._resampler.decode(msg)  # a cast and a check: < a thread hop
             else:
-                pcm = await self.workers.run(to_mono_16k, msg)
+                pcm, ts = await self.workers.run(self._resampler.decode, msg)
         except EngineError as e:  # the pool is full (or closing): refused, credit back
             raise OverloadedError(
                 f"input.audio: not taken, the server is busy ({e})",
@@ -379,7 +417,7 @@ class AudioLane:
         if self.echo is not None and msg.playout_delay_ms is not None:
             self.echo.playout_delay_s = msg.playout_delay_ms / 1000.0
         self._last_audio_ms = now_ms()
-        self.inbox.push(pcm, msg.ts if msg.ts is not None else 0.0)
+        self.inbox.push(pcm, ts if ts is not None else 0.0)
         self._credit.append((self.inbox.stats.received_ms, len(msg.pcm), due))
         self._return_consumed()
 

@@ -46,8 +46,13 @@ that carry the same moments (``speech_stopped``, the transcription's first delta
 ``llm_first_token_ms``) are tidegate's own fields and absent there. With both dialects the
 WS runs alternate question by question (each question over the tidegate dialect, then the same
 over the Realtime one, each in its own session of N), so that both sides see the same machine
-load; each dialect's figures are its turns of the whole run. The report's
-``dialects.realtime_minus_tidegate_p50_ms`` compares first audio at p50 (WS only).
+load; each dialect's figures are its turns of the whole run. Both then send the same samples,
+24 kHz s16le (``--tidegate-rate-hz``; 16 kHz otherwise), so the dialect is the only difference:
+at 16 kHz the VAD hears the same speech a little differently and may end it a 32 ms frame
+apart on some questions. The report's ``dialects.realtime_minus_tidegate_p50_ms`` compares
+first audio at p50 (WS only), per session count: the difference of the two p50s, and
+``paired_p50_ms``, the p50 of the same turn's difference (``realtime.levels[].
+paired_minus_tidegate_ms`` has them all).
 
 Replies must be completed and are checked for an expected word (``answers_ok``). The same
 questions come again and again, so a server the harness starts runs with its result caches
@@ -140,6 +145,13 @@ def _args(p: argparse.ArgumentParser) -> None:
         "--dialect",
         default="tidegate",
         help="tidegate (the control channel), realtime (/v1/realtime, WS only), or both",
+    )
+    p.add_argument(
+        "--tidegate-rate-hz",
+        type=int,
+        default=None,
+        help="the tidegate dialect's input.audio rate (default 16000; 24000 when both dialects "
+        "run, so that both send the same samples and only the dialect differs)",
     )
     p.add_argument(
         "--result-caches",
@@ -270,12 +282,14 @@ async def run_session(
     chunk_ms: float,
     delay_s: float,
     threshold: float,
+    rate_hz: int = RATE_HZ,
 ) -> SessionLog:
     """Speak each question like a microphone (real time, silence between) and wait for its
-    reply to be done before the next one."""
+    reply to be done before the next one; as s16le at ``rate_hz`` (the Realtime dialect's
+    24 kHz when the two dialects are compared: the same samples on both sides)."""
     log = SessionLog()
-    step = int(chunk_ms * RATE_HZ / 1000)
-    silence = np.zeros(step, np.float32)
+    step = 2 * int(chunk_ms * rate_hz / 1000)  # bytes
+    silence = bytes(step)
     subject = f"bench-assistant-{secrets.token_hex(4)}"
     client, log.open_ms = await open_session(target, subject, {"mode": "assistant"})
     async with client, asyncio.TaskGroup() as tg:
@@ -284,22 +298,21 @@ async def run_session(
         clock = time.monotonic()
         sent = 0  # samples
 
-        async def send(x: np.ndarray[Any, np.dtype[np.float32]]) -> float:
+        async def send(pcm: bytes) -> float:
             nonlocal sent
-            wait = clock + sent / RATE_HZ - time.monotonic()
+            wait = clock + sent / rate_hz - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await client.send(
-                InputAudio(pcm=_pcm(x), format="s16le", sample_rate=RATE_HZ, channels=1)
-            )
-            sent += len(x)
+            await client.send(InputAudio(pcm=pcm, format="s16le", sample_rate=rate_hz, channels=1))
+            sent += len(pcm) // 2
             return time.monotonic()
 
         for audio, expect in questions:
             turn = Turn(expect)
             log.turns.append(turn)
-            for i in range(0, len(audio), step):
-                t = await send(audio[i : i + step])
+            pcm = _pcm_at(audio, rate_hz)
+            for i in range(0, len(pcm), step):
+                t = await send(pcm[i : i + step])
                 if i == 0:
                     turn.speech_start = t
             turn.speech_end = t
@@ -318,10 +331,12 @@ REALTIME_RATE_HZ = 24_000
 REALTIME_MODEL = "tidegate-bench"
 
 
-def _pcm24k(x: np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
-    """A whole question, 16 kHz float, as 24 kHz s16le: band-limited (zero-padded spectrum),
-    so that the VAD and ASR hear what the tidegate dialect's clients send them."""
-    n_out = len(x) * REALTIME_RATE_HZ // RATE_HZ
+def _pcm_at(x: np.ndarray[Any, np.dtype[np.float32]], rate_hz: int) -> bytes:
+    """A whole question, 16 kHz float, as s16le at ``rate_hz`` (16 or 24 kHz): band-limited
+    (zero-padded spectrum), so that the VAD and ASR hear the same speech at either rate."""
+    if rate_hz == RATE_HZ:
+        return _pcm(x)
+    n_out = len(x) * rate_hz // RATE_HZ
     if not len(x):
         return b""
     spectrum = np.fft.rfft(x)
@@ -429,7 +444,7 @@ async def run_session_realtime(
             for audio_in, expect in questions:
                 turn = Turn(expect)
                 log.turns.append(turn)
-                pcm = _pcm24k(audio_in)
+                pcm = _pcm_at(audio_in, REALTIME_RATE_HZ)
                 for i in range(0, len(pcm), out_step):
                     t = await send(pcm[i : i + out_step])
                     if i == 0:
@@ -668,6 +683,7 @@ async def _sessions(
                 chunk_ms=args.chunk_ms,
                 delay_s=i / n,
                 threshold=threshold,
+                **({} if dialect == "realtime" else {"rate_hz": args.tidegate_rate_hz}),
             )
             for i in range(n)
         )
@@ -770,7 +786,24 @@ async def _alternated(
             got = await _sessions(target, n, [question], args, "ws", dialect)
             before = runs[dialect]
             runs[dialect] = got if before is None else before + got
-    return {d: _figures(r, n, args, "ws", d, None) for d, r in runs.items() if r is not None}
+    levels = {d: _figures(r, n, args, "ws", d, None) for d, r in runs.items() if r is not None}
+    tide, real = runs.get("tidegate"), runs.get("realtime")
+    if tide is not None and real is not None and "realtime" in levels:
+        levels["realtime"]["paired_minus_tidegate_ms"] = _paired(tide, real)
+    return levels
+
+
+def _paired(tidegate: _Run, realtime: _Run) -> dict[str, Any]:
+    """First audio of the same question by the same session slot over /v1/realtime less over
+    the control channel, turn by turn (the runs alternate question by question): their
+    distribution, which cancels what a question itself costs."""
+    diffs = []
+    for a, b in zip(tidegate.logs, realtime.logs, strict=True):
+        for ta, tb in zip(a.turns, b.turns, strict=True):
+            ma, mb = ta.measures(), tb.measures()
+            if "eos_to_first_audio_ms" in ma and "eos_to_first_audio_ms" in mb:
+                diffs.append(mb["eos_to_first_audio_ms"] - ma["eos_to_first_audio_ms"])
+    return distribution(diffs)
 
 
 @scenario(
@@ -806,6 +839,11 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     results["idle"] = await meter.baseline()
     counts = session_counts(args.sessions, ramp=args.ramp, ramp_max=args.ramp_max)
     alternate = "ws" in transports and len(dialects) > 1
+    if args.tidegate_rate_hz is None:
+        args.tidegate_rate_hz = REALTIME_RATE_HZ if alternate else RATE_HZ
+    elif args.tidegate_rate_hz not in (RATE_HZ, REALTIME_RATE_HZ):
+        raise SystemExit(f"--tidegate-rate-hz: 16000 or 24000, got {args.tidegate_rate_hz}")
+    results["input_rate_hz"] = {"tidegate": args.tidegate_rate_hz, "realtime": REALTIME_RATE_HZ}
     if alternate:  # both dialects, question by question, on the same load
         per: dict[str, list[dict[str, Any]]] = {d: [] for d in dialects}
         for n in counts:
@@ -860,6 +898,8 @@ def _compare_dialects(
                 "realtime_minus_tidegate_p50_ms": a["p50"] - b["p50"],
                 "realtime_p50_ms": a["p50"],
                 "tidegate_p50_ms": b["p50"],
+                # alternated runs: the same turn's difference (see _paired)
+                "paired_p50_ms": (level.get("paired_minus_tidegate_ms") or {}).get("p50"),
             }
     return {"realtime_minus_tidegate_p50_ms": out}
 
