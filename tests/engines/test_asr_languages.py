@@ -1,6 +1,7 @@
 """Whisper base multilingual: per-request language (a code or auto), detection from Whisper's
 language token, the language locked once per turn by the streaming policy, WER per language
-on espeak-ng speech (German, Spanish, French, English), and the English-only model's answer."""
+on espeak-ng speech (MBROLA voices for German, Spanish and French), and the English-only
+model's answer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidegate.bench.audio_sets import espeak, have_tools, resample, trim_silence
+from tidegate.bench.audio_sets import LANGUAGE_VOICES, espeak, have_tools, resample, trim_silence
 from tidegate.bench.wer import wer
 from tidegate.engines import models
 from tidegate.engines.asr.greedy import Transcriber, pack_requests, unpack_results
@@ -22,10 +23,11 @@ from tidegate.engines.tts.voices import open_voice, voice_for
 
 pytestmark = pytest.mark.skipif(bool(have_tools()), reason=f"missing: {have_tools()}")
 
-#: language -> (espeak-ng voice, sentences spoken); each clip lasts 3-4 s at 150 wpm
+#: language -> (voice, sentences spoken): espeak-ng, with an MBROLA voice outside English
+#: (scripts/setup-mbrola.sh); each clip lasts 2-4 s at 150 wpm
 SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
     "de": (
-        "de",
+        LANGUAGE_VOICES["de"],
         (
             "Das Wetter ist heute sonnig und warm, wir gehen in den Park.",
             "Bitte öffne das Fenster in der Küche, es ist sehr heiß hier.",
@@ -33,7 +35,7 @@ SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "es": (
-        "es",
+        LANGUAGE_VOICES["es"],
         (
             "El tiempo hoy es soleado y cálido, vamos a la playa.",
             "Por favor abre la ventana de la cocina, hace mucho calor.",
@@ -41,7 +43,7 @@ SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "fr": (
-        "fr-fr",
+        LANGUAGE_VOICES["fr"],
         (
             "Il fait beau et chaud aujourd'hui, nous allons au parc.",
             "Ouvre la fenêtre de la cuisine, s'il te plaît, il fait très chaud.",
@@ -49,16 +51,18 @@ SPEECH: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "en": (
-        "en-us",
+        LANGUAGE_VOICES["en"],
         (
             "The weather today is sunny and warm, we are going to the park.",
             "Please open the window in the kitchen, it is very hot in here.",
         ),
     ),
 }
-#: mean WER ceiling per language with the language given (espeak-ng's robotic voices are
-#: hard for Whisper base outside English; docs/asr.md has the measured figures)
-WER_CEILING = {"de": 0.65, "es": 0.9, "fr": 0.7, "en": 0.2}
+#: mean WER ceiling per language with the language given (measured: de 0.04-0.10, fr 0.15-0.21,
+#: en 0.03-0.07; Spanish 0.6-0.8 with every MBROLA Spanish voice: docs/languages.md)
+WER_CEILING = {"de": 0.3, "es": 0.9, "fr": 0.4, "en": 0.2}
+#: languages whose every clip must be detected (Spanish is reported: its speech is too poor)
+DETECTED = ("de", "fr", "en")
 #: the same through the registry's voice (espeak-ng's TTS engine; Piper's joe for English)
 ROUND_TRIP_CEILING = {"de": 0.85, "es": 0.7, "fr": 0.6, "en": 0.1}
 
@@ -95,9 +99,11 @@ def test_base_is_multilingual(base: WhisperOnnx) -> None:
 
 def test_wer_per_language_and_detection(base: WhisperOnnx) -> None:
     """With its language given, each language transcribes under its WER ceiling; with auto,
-    the detected language and its probability come back (accuracy is reported, see docs)."""
+    the detected language and its probability come back, right for every German, French and
+    English clip (Spanish is reported, see docs/languages.md)."""
     figures: dict[str, float] = {}
     detected = total = 0
+    wrong: list[tuple[str, str]] = []
     for lang, (voice, sentences) in SPEECH.items():
         errors = []
         for text in sentences:
@@ -112,11 +118,13 @@ def test_wer_per_language_and_detection(base: WhisperOnnx) -> None:
             errors.append(wer(text, forced.value.text))
             detected += auto.value.language == lang
             total += 1
+            if lang in DETECTED and auto.value.language != lang:
+                wrong.append((lang, auto.value.language))
         figures[lang] = sum(errors) / len(errors)
     print("mean WER per language:", figures, f"detection {detected}/{total}")
     for lang, ceiling in WER_CEILING.items():
         assert figures[lang] <= ceiling, (lang, figures)
-    assert detected / total >= 0.5, f"language detection {detected}/{total}"
+    assert not wrong, f"detected as another language: {wrong}"
 
 
 def test_english_detected_with_confidence(base: WhisperOnnx) -> None:
@@ -130,7 +138,7 @@ def test_english_detected_with_confidence(base: WhisperOnnx) -> None:
 
 def test_english_only_model(tiny: WhisperOnnx) -> None:
     """tiny.en answers auto and en in English (probability 1) and refuses another language."""
-    audio = said(SPEECH["en"][1][0], "en-us")
+    audio = said(SPEECH["en"][1][0], LANGUAGE_VOICES["en"])
     for language in ("auto", "en", None):
         r = one(tiny, AsrRequest(audio, language=language))
         assert isinstance(r, Ok)
@@ -154,8 +162,8 @@ def test_unknown_language_is_refused(base: WhisperOnnx) -> None:
 
 def test_mixed_languages_in_one_batch(base: WhisperOnnx) -> None:
     """Rows with auto and with given languages share a batch; each keeps its own answer."""
-    de = said(SPEECH["de"][1][2], "de")
-    en = said(SPEECH["en"][1][0], "en-us")
+    de = said(SPEECH["de"][1][2], LANGUAGE_VOICES["de"])
+    en = said(SPEECH["en"][1][0], LANGUAGE_VOICES["en"])
     out = base.run_batch(
         [AsrRequest(de, language="de"), AsrRequest(en, language="auto"), AsrRequest(de)],
         [None] * 3,
@@ -173,7 +181,7 @@ def test_turn_language_locked_by_the_streaming_policy(base: WhisperOnnx) -> None
     tok = base.tokenizer
     assert tok is not None
     s = StreamingSettings(language_detect_s=2.0)
-    audio = said(SPEECH["de"][1][2], "de")
+    audio = said(SPEECH["de"][1][2], LANGUAGE_VOICES["de"])
     seg = Segment("s", 0, tok.decode, language="auto")
     seg.append(audio, [0.9] * (len(audio) // 512))
     languages = []
@@ -196,7 +204,7 @@ def test_triton_transcribe_model_carries_the_language(data_dir: Path) -> None:
     """The transcribe model's tensors carry each row's language token and its probability."""
     folder = models.model_dir(data_dir, "whisper-base")
     model = Transcriber.open_ort(folder, ["CPUExecutionProvider"])
-    en = said(SPEECH["en"][1][0], "en-us")
+    en = said(SPEECH["en"][1][0], LANGUAGE_VOICES["en"])
     de_token = 50261
     (answer,) = model.infer([pack_requests([en, en], [[], []], _options(), [-1, de_token])])
     assert not isinstance(answer, ValueError)
@@ -244,7 +252,7 @@ def test_engine_service_builds_whisper_base(data_dir: Path) -> None:
     assert isinstance(engine, WhisperOnnx)
     engine.load()
     try:
-        r = one(engine, AsrRequest(said(SPEECH["en"][1][1], "en-us")))
+        r = one(engine, AsrRequest(said(SPEECH["en"][1][1], LANGUAGE_VOICES["en"])))
         assert isinstance(r, Ok) and r.value.language == "en"
     finally:
         engine.close()
@@ -288,8 +296,8 @@ def test_faster_whisper_takes_the_language(ct2_base: Path) -> None:
     engine = FasterWhisperAsr(ct2_base)
     engine.load()
     try:
-        en = said(SPEECH["en"][1][0], "en-us")
-        de = said(SPEECH["de"][1][2], "de")
+        en = said(SPEECH["en"][1][0], LANGUAGE_VOICES["en"])
+        de = said(SPEECH["de"][1][2], LANGUAGE_VOICES["de"])
         out = engine.run_batch(
             [AsrRequest(en, language="auto"), AsrRequest(de, language="de")], [None, None]
         )
@@ -308,7 +316,8 @@ def test_detection_among_the_deployments_languages(data_dir: Path, base: Whisper
     engine = WhisperOnnx(models.model_dir(data_dir, "whisper-base"), languages=served_here)
     engine.load()
     try:
-        audio = said(SPEECH["es"][1][1], "es")  # base alone hears Thai in it (docs/languages.md)
+        # espeak-ng's own Spanish voice (not the MBROLA one): base alone hears Thai in it
+        audio = said(SPEECH["es"][1][1], "es")
         free = one(base, AsrRequest(audio, language="auto"))
         served = one(engine, AsrRequest(audio, language="auto"))
         assert isinstance(free, Ok) and isinstance(served, Ok)
@@ -361,7 +370,8 @@ def test_the_language_is_detected_on_the_turn_so_far(base: WhisperOnnx) -> None:
     """``language_audio``: a short segment's language is read from the turn's audio (its
     earlier segments and it), so a second of speech is not judged alone; the text is the
     segment's own."""
-    whole = said(SPEECH["de"][1][2], "de")  # "Ich möchte morgen ...": German at 0.99
+    # "Ich möchte morgen ...": German at 0.99
+    whole = said(SPEECH["de"][1][2], LANGUAGE_VOICES["de"])
     short = whole[16_000:32_000]
     alone = one(base, AsrRequest(short, language="auto"))
     turn = one(base, AsrRequest(short, language="auto", language_audio=whole))

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import prepare_models, scaled, wait_ready
-from tidegate.bench.audio_sets import espeak, have_tools
+from tidegate.bench.audio_sets import LANGUAGE_VOICES, espeak, have_tools
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -103,7 +103,7 @@ async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
     talk = await session(live, language="auto")
     events = talk.events
     try:
-        pcm = (espeak(GERMAN, voice="de") * 32767).astype("<i2")
+        pcm = (espeak(GERMAN, voice=LANGUAGE_VOICES["de"]) * 32767).astype("<i2")
         pcm = np.concatenate([pcm, np.zeros(16_000, "<i2")])
         step = int(CHUNK_S * 16_000)
         for i in range(0, len(pcm), step):
@@ -128,9 +128,9 @@ async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
             if type(e).__name__.startswith(("Asr", "Vad", "Turn"))
         ]
     )
-    # espeak-ng pauses 130 ms after "Ich möchte": the VAD cuts the turn in two, and a second
-    # of speech alone is no sure sign of German: that final reports its guess, unsure; the
-    # next detects on the turn so far and the turn is German from there on
+    # where the VAD cuts the turn at a short pause, a second of speech alone is no sure sign
+    # of German: that final reports its guess, unsure; the next detects on the turn so far
+    # and the turn is German from there on
     assert finals and finals[-1].language == "de", finals
     for f in finals:
         assert f.language_probability is not None

@@ -2,7 +2,8 @@
 
 ``python -m tidegate.bench.micro.languages --json`` prints one JSON object: for each model
 (``whisper-tiny-en``, ``whisper-base``) and each language it serves (tiny.en: English; base:
-English, German, Spanish, French), espeak-ng sentences (3-4 s each) decoded with the streaming
+English, German, Spanish, French), sentences spoken by espeak-ng (with an MBROLA voice outside
+English: ``audio_sets.LANGUAGE_VOICES``; 2-4 s each) decoded with the streaming
 policy a session uses (:class:`~tidegate.engines.asr.streaming.Segment`: a partial every
 ``partial_interval_s`` of audio, then the final; under ``auto`` the language is detected and
 locked once 2 s were decoded): the mean WER of the finals against the text spoken, the
@@ -36,11 +37,12 @@ from .. import audio_sets
 from ..wer import wer
 
 SR = audio_sets.SAMPLE_RATE_HZ
-#: language -> espeak-ng voice and the sentences spoken (3-5 s each at 150 wpm): the first
+#: language -> voice (audio_sets.LANGUAGE_VOICES: MBROLA outside English) and the sentences
+#: spoken (3-5 s each at 150 wpm): the first
 #: three are the tests' (tests/engines/test_asr_languages.py), the rest a held-out set
 SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "en": (
-        "en-us",
+        audio_sets.LANGUAGE_VOICES["en"],
         (
             "The weather today is sunny and warm, we are going to the park.",
             "Please open the window in the kitchen, it is very hot in here.",
@@ -56,7 +58,7 @@ SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "de": (
-        "de",
+        audio_sets.LANGUAGE_VOICES["de"],
         (
             "Das Wetter ist heute sonnig und warm, wir gehen in den Park.",
             "Bitte öffne das Fenster in der Küche, es ist sehr heiß hier.",
@@ -72,7 +74,7 @@ SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "es": (
-        "es",
+        audio_sets.LANGUAGE_VOICES["es"],
         (
             "El tiempo hoy es soleado y cálido, vamos a la playa.",
             "Por favor abre la ventana de la cocina, hace mucho calor.",
@@ -88,7 +90,7 @@ SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "fr": (
-        "fr-fr",
+        audio_sets.LANGUAGE_VOICES["fr"],
         (
             "Il fait beau et chaud aujourd'hui, nous allons au parc.",
             "Ouvre la fenêtre de la cuisine, s'il te plaît, il fait très chaud.",
