@@ -11,6 +11,7 @@ from tidegate.pipelines.interrupt import (
     Interruption,
     Verdict,
     WordRule,
+    echoed,
     words_of,
 )
 
@@ -129,3 +130,24 @@ def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> No
     assert two.absorbed == ["Yes.", "Right."]
     gone = Interruption("r_1", paused_at=0.0, confirm_s=1.5, paused=False)
     assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended
+
+
+@pytest.mark.parametrize(
+    ("heard", "played", "own"),
+    [
+        ("is Paris", "The capital of France is Paris, a city on the Seine.", True),
+        ("capital of France is", "The capital of France is Paris.", True),
+        # three of four in order: a word misheard in the echo is still the reply's
+        ("the capital off France", "The capital of France is Paris.", True),
+        ("the capital off fence", "The capital of France is Paris.", False),
+        ("wait, what about Friday?", "The capital of France is Paris.", False),
+        ("Paris is", "The capital of France is Paris.", False),  # not in the order played
+        ("stop", "The capital of France is Paris.", False),
+        ("", "The capital of France is Paris.", False),
+        ("Paris", "", False),
+    ],
+)
+def test_words_the_reply_just_played_are_its_own(heard: str, played: str, own: bool) -> None:
+    """Heard words are the reply's own voice coming back when at least three in four of them
+    are among the words it played, in order."""
+    assert echoed(words_of(heard), words_of(played)) is own

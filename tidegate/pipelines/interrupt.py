@@ -15,6 +15,12 @@ decides what the speech was:
   after the end of the sound, if later) with no verdict; or, for a sound still going on
   ``confirm_s`` after the pause, at a partial hypothesis with no such words.
 
+- **its own words**: words the reply itself played just before the pause (in order, at least
+  three in four of them: :func:`echoed`) are its own voice coming back from a speaker into a
+  microphone that a canceller left some of, not the user: they do not cut it either
+  (``response.resumed`` reason ``echo``). The server knows what it played; no other party to
+  the conversation does.
+
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
 below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says so).
@@ -23,6 +29,7 @@ below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +68,28 @@ def words_of(text: str) -> list[str]:
     hyphenated words split ("Mm-hmm." -> ["mm", "hmm"])."""
     text = _NON_SPEECH_RE.sub(" ", text.lower()).replace("-", " ")
     return [w.strip("'") for w in _WORD_RE.findall(text) if w.strip("'")]
+
+
+#: heard words that must be found, in order, among the words a reply played just before its
+#: pause for them to be its own voice coming back
+ECHO_MATCH = 0.75
+
+
+def echoed(heard: Sequence[str], played: Sequence[str]) -> bool:
+    """Whether the words ``heard`` over a reply are its own: at least ``ECHO_MATCH`` of them
+    (all of one or two, three of four) appear in order among the words it ``played`` just
+    before (their longest common subsequence). No words heard: not an echo (nothing to cut)."""
+    if not heard or not played:
+        return False
+    # LCS by rows: at most a few dozen words each way
+    row = [0] * (len(played) + 1)
+    for h in heard:
+        prev_diag = 0
+        for j, p in enumerate(played, 1):
+            keep = row[j]
+            row[j] = prev_diag + 1 if h == p else max(row[j], row[j - 1])
+            prev_diag = keep
+    return row[-1] >= math.ceil(ECHO_MATCH * len(heard))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +160,7 @@ class Interruption:
     finals_due: int = 1
     pauses: int = 1
     absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
+    echo: bool = False  # some of what it absorbed was the reply's own words (echoed)
 
     @property
     def closed(self) -> bool:

@@ -567,6 +567,13 @@ class Settings:
         "oh, er, however spelt) always count as one.",
         default=DEFAULT_BACKCHANNELS,
     )
+    interrupt_echo_window_s: float = _doc(
+        "Words heard over a reply that the reply itself played within this many seconds "
+        "before its pause (in order, at least three in four of them) are its own voice coming "
+        "back from a speaker, not the user's: they do not cut it (response.resumed reason "
+        "echo). 0: off.",
+        default=3.0,
+    )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
         "The system message every assistant conversation starts with.",
