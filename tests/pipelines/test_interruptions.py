@@ -274,9 +274,12 @@ async def test_noise_and_backchannels_resume_a_reply_and_words_cut_it(
             assert resumed.played_ms == paused.played_ms, report
     # "ahh" is no words, or a filler ("Ah.") at most
     assert {r for r, _, _ in report["cough"]["resumed"]} <= {"no_words", "backchannel"}, report
-    assert [(r, words_of(h)) for r, h, _ in report["backchannel ignored"]["resumed"]] == [
-        ("backchannel", ["yes", "right"])
-    ], report
+    # one resume for "yes, right", or one each where the VAD splits it at the comma (it did
+    # in one CI run: the comma's pause sits near the VAD's threshold, and sessions share its
+    # batches)
+    ignored = report["backchannel ignored"]["resumed"]
+    assert {r for r, _, _ in ignored} == {"backchannel"}, report
+    assert [w for _, h, _ in ignored for w in words_of(h)] == ["yes", "right"], report
     # the reply's own words, heard as words, did not cut it: they were its own (reason echo)
     own = report["own words"]["resumed"]
     assert any(r == "echo" and words_of(h) for r, h, _ in own), report
