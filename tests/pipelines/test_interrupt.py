@@ -7,6 +7,7 @@ import pytest
 
 from tidegate.pipelines.interrupt import (
     DEFAULT_BACKCHANNELS,
+    ECHO_MATCH_PARTIAL,
     Heard,
     Interruption,
     Verdict,
@@ -151,3 +152,12 @@ def test_words_the_reply_just_played_are_its_own(heard: str, played: str, own: b
     """Heard words are the reply's own voice coming back when at least three in four of them
     are among the words it played, in order."""
     assert echoed(words_of(heard), words_of(played)) is own
+
+
+def test_a_partial_half_of_the_replys_words_waits_for_the_final() -> None:
+    """A partial whose words are half the reply's ("the long" for "a long") may be its echo
+    misheard: it does not cut (the final decides); a question sharing no such run does."""
+    played = words_of("Paris has a long and storied history.")
+    assert echoed(words_of("the long"), played, at_least=ECHO_MATCH_PARTIAL)
+    assert not echoed(words_of("the long"), played)
+    assert not echoed(words_of("wait, what about Friday"), played, at_least=ECHO_MATCH_PARTIAL)

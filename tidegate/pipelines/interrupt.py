@@ -18,8 +18,9 @@ decides what the speech was:
 - **its own words**: words the reply itself played just before the pause (in order, at least
   three in four of them: :func:`echoed`) are its own voice coming back from a speaker into a
   microphone that a canceller left some of, not the user: they do not cut it either
-  (``response.resumed`` reason ``echo``). The server knows what it played; no other party to
-  the conversation does.
+  (``response.resumed`` reason ``echo``); a partial hypothesis half of whose words are the
+  reply's waits for the final (an echo's "a long" heard as "the long" must not cut). The
+  server knows what it played; no other party to the conversation does.
 
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
@@ -71,14 +72,17 @@ def words_of(text: str) -> list[str]:
 
 
 #: heard words that must be found, in order, among the words a reply played just before its
-#: pause for them to be its own voice coming back
+#: pause for a final to be its own voice coming back; for a partial hypothesis (which may
+#: still mishear a word of two) half of them hold the cut until the final says
 ECHO_MATCH = 0.75
+ECHO_MATCH_PARTIAL = 0.5
 
 
-def echoed(heard: Sequence[str], played: Sequence[str]) -> bool:
-    """Whether the words ``heard`` over a reply are its own: at least ``ECHO_MATCH`` of them
-    (all of one or two, three of four) appear in order among the words it ``played`` just
-    before (their longest common subsequence). No words heard: not an echo (nothing to cut)."""
+def echoed(heard: Sequence[str], played: Sequence[str], *, at_least: float = ECHO_MATCH) -> bool:
+    """Whether the words ``heard`` over a reply are its own: at least ``at_least`` of them
+    (with ``ECHO_MATCH``: all of one or two, three of four) appear in order among the words
+    it ``played`` just before (their longest common subsequence). No words heard: not an echo
+    (nothing to cut)."""
     if not heard or not played:
         return False
     # LCS by rows: at most a few dozen words each way
@@ -89,7 +93,7 @@ def echoed(heard: Sequence[str], played: Sequence[str]) -> bool:
             keep = row[j]
             row[j] = prev_diag + 1 if h == p else max(row[j], row[j - 1])
             prev_diag = keep
-    return row[-1] >= math.ceil(ECHO_MATCH * len(heard))
+    return row[-1] >= math.ceil(at_least * len(heard))
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,15 @@ from tidegate.protocol.realtime.commands import CreateResponse
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
-from .interrupt import Interruption, Verdict, WordRule, echoed, words_of
+from .interrupt import (
+    ECHO_MATCH,
+    ECHO_MATCH_PARTIAL,
+    Interruption,
+    Verdict,
+    WordRule,
+    echoed,
+    words_of,
+)
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
@@ -546,7 +554,7 @@ class ReplyLane:
             text, min_words=min_words, backchannels=backchannels
         )
         now = time.monotonic()
-        echo = words and self._own_words(it, text, now)
+        echo = words and self._own_words(it, text, now, final=final)
         if echo:
             words, it.echo = False, True
         self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
@@ -555,10 +563,10 @@ class ReplyLane:
             return False
         return True
 
-    def _own_words(self, it: Interruption, text: str, now: float) -> bool:
-        """Whether ``text``, heard over the reply ``it`` paused, is that reply's own voice
-        coming back: its words among those the reply played in the last
-        ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`)."""
+    def _own_words(self, it: Interruption, text: str, now: float, *, final: bool) -> bool:
+        """Whether ``text``, heard over the reply ``it`` paused, is (a final) or may be (a
+        partial) that reply's own voice coming back: its words among those the reply played
+        in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`)."""
         window = self.config.interrupt_echo_window_s
         reply = self.reply
         if window <= 0 or reply is None or reply.id != it.response_id:
@@ -566,7 +574,8 @@ class ReplyLane:
         played = reply.spoken(now)
         before = reply.spoken(it.paused_at - window)
         recent = played[len(before) :] if played.startswith(before) else played
-        return echoed(words_of(text), words_of(recent))
+        share = ECHO_MATCH if final else ECHO_MATCH_PARTIAL
+        return echoed(words_of(text), words_of(recent), at_least=share)
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""
