@@ -15,12 +15,12 @@ decides what the speech was:
   after the end of the sound, if later) with no verdict; or, for a sound still going on
   ``confirm_s`` after the pause, at a partial hypothesis with no such words.
 
-- **its own words**: words the reply itself played just before the pause (in order, at least
-  three in four of them: :func:`echoed`) are its own voice coming back from a speaker into a
-  microphone that a canceller left some of, not the user: they do not cut it either
-  (``response.resumed`` reason ``echo``); a partial hypothesis half of whose words are the
-  reply's waits for the final (an echo's "a long" heard as "the long" must not cut). The
-  server knows what it played; no other party to the conversation does.
+- **its own words**: a text near a stretch of what the reply itself played just before the
+  pause (:func:`echoed`: edits per letter) is its own voice coming back from a speaker into
+  a microphone that a canceller left some of, not the user: it does not cut it either
+  (``response.resumed`` reason ``echo``); a partial hypothesis about that near waits for the
+  final. The server knows what it played; no other party to the conversation does. A user
+  who repeats the reply's last words does not cut it with them.
 
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
@@ -71,29 +71,42 @@ def words_of(text: str) -> list[str]:
     return [w.strip("'") for w in _WORD_RE.findall(text) if w.strip("'")]
 
 
-#: heard words that must be found, in order, among the words a reply played just before its
-#: pause for a final to be its own voice coming back; for a partial hypothesis (which may
-#: still mishear a word of two) half of them hold the cut until the final says
-ECHO_MATCH = 0.75
-ECHO_MATCH_PARTIAL = 0.5
+#: how far the text heard over a reply may be from the nearest stretch of what the reply played
+#: just before its pause, in edits per letter, to be its own voice coming back (a final); a
+#: partial hypothesis this near holds the cut until the final says. Letters, not words: Whisper
+#: re-cuts an echo's words ("along in story" for "a long and storied": 0.25), while what users
+#: say over a reply is >= 0.5 from it unless they repeat it (measured on the tests' replies)
+ECHO_DISTANCE = 0.35
+ECHO_DISTANCE_PARTIAL = 0.5
+#: fewer letters than this are never judged an echo ("no", "stop": too short to tell)
+ECHO_MIN_LETTERS = 6
+ECHO_MAX_LETTERS = 240  # the longest heard text compared (the cost is its length x the window's)
+_LETTERS_RE = re.compile(r"[^a-z0-9]+")
 
 
-def echoed(heard: Sequence[str], played: Sequence[str], *, at_least: float = ECHO_MATCH) -> bool:
-    """Whether the words ``heard`` over a reply are its own: at least ``at_least`` of them
-    (with ``ECHO_MATCH``: all of one or two, three of four) appear in order among the words
-    it ``played`` just before (their longest common subsequence). No words heard: not an echo
-    (nothing to cut)."""
-    if not heard or not played:
+def echo_distance(heard: str, played: str) -> float:
+    """Edits per letter between ``heard`` and the stretch of ``played`` nearest to it (case,
+    spaces and punctuation ignored): the approximate-substring edit distance (Sellers)."""
+    a = _LETTERS_RE.sub("", heard.lower())[:ECHO_MAX_LETTERS]
+    b = _LETTERS_RE.sub("", played.lower())
+    if not a:
+        return math.inf
+    prev = [0] * (len(b) + 1)  # a match may start anywhere in played
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j - 1] + (x != y), prev[j] + 1, cur[j - 1] + 1)
+        prev = cur
+    return min(prev) / len(a)  # ... and end anywhere
+
+
+def echoed(heard: str, played: str, *, at_most: float = ECHO_DISTANCE) -> bool:
+    """Whether ``heard`` over a reply is its own voice: at least ``ECHO_MIN_LETTERS`` letters,
+    within ``at_most`` edits per letter of a stretch of what the reply ``played``."""
+    letters = len(_LETTERS_RE.sub("", heard.lower()))
+    if letters < ECHO_MIN_LETTERS or not played:
         return False
-    # LCS by rows: at most a few dozen words each way
-    row = [0] * (len(played) + 1)
-    for h in heard:
-        prev_diag = 0
-        for j, p in enumerate(played, 1):
-            keep = row[j]
-            row[j] = prev_diag + 1 if h == p else max(row[j], row[j - 1])
-            prev_diag = keep
-    return row[-1] >= math.ceil(at_least * len(heard))
+    return echo_distance(heard, played) <= at_most
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +177,8 @@ class Interruption:
     finals_due: int = 1
     pauses: int = 1
     absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
-    echo: bool = False  # some of what it absorbed was the reply's own words (echoed)
+    echo: bool = False  # some of what it heard was the reply's own words (echoed)
+    echo_heard: str = ""  # the last partial judged the reply's own (told when no final is)
 
     @property
     def closed(self) -> bool:

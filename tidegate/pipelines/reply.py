@@ -99,13 +99,12 @@ from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import (
-    ECHO_MATCH,
-    ECHO_MATCH_PARTIAL,
+    ECHO_DISTANCE,
+    ECHO_DISTANCE_PARTIAL,
     Interruption,
     Verdict,
     WordRule,
     echoed,
-    words_of,
 )
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
@@ -557,6 +556,8 @@ class ReplyLane:
         echo = words and self._own_words(it, text, now, final=final)
         if echo:
             words, it.echo = False, True
+            if not final:
+                it.echo_heard = text
         self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
         if final and text and not words:
             self.counters["echo_words" if echo else "backchannels"] += 1
@@ -574,8 +575,8 @@ class ReplyLane:
         played = reply.spoken(now)
         before = reply.spoken(it.paused_at - window)
         recent = played[len(before) :] if played.startswith(before) else played
-        share = ECHO_MATCH if final else ECHO_MATCH_PARTIAL
-        return echoed(words_of(text), words_of(recent), at_least=share)
+        at_most = ECHO_DISTANCE if final else ECHO_DISTANCE_PARTIAL
+        return echoed(text, recent, at_most=at_most)
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""
@@ -651,7 +652,7 @@ class ReplyLane:
     def _resume(self, reply: Reply, it: Interruption) -> None:
         """Play on from where the reply paused (the frames taken back first)."""
         self.counters["interruptions_resumed"] += 1
-        heard = " ".join(it.absorbed)
+        heard = " ".join(it.absorbed) or (it.echo_heard if it.echo else "")
         if it.echo:
             reason = "echo"
         elif not heard:

@@ -568,9 +568,9 @@ class Settings:
         default=DEFAULT_BACKCHANNELS,
     )
     interrupt_echo_window_s: float = _doc(
-        "Words heard over a reply that the reply itself played within this many seconds "
-        "before its pause (in order, at least three in four of them) are its own voice coming "
-        "back from a speaker, not the user's: they do not cut it (response.resumed reason "
+        "A text heard over a reply that is near what the reply itself played within this "
+        "many seconds before its pause (at most 0.35 edits per letter) is its own voice coming "
+        "back from a speaker, not the user's: it does not cut it (response.resumed reason "
         "echo). 0: off.",
         default=3.0,
     )
