@@ -101,7 +101,7 @@ export type ServerMessage = Envelope &
         response_id: string;
         played_ms: number;
         paused_ms: number;
-        reason: "no_words" | "backchannel" | "few_words";
+        reason: "no_words" | "backchannel" | "few_words" | "echo";
         heard?: string;
       }
     | {

@@ -54,6 +54,7 @@ describe("reduce", () => {
     expect(twice.turns.at(-1)).toMatchObject({ status: "completed", resumed: { count: 2, reason: "no_words", heard: "" } });
     expect(twice.turns.at(-1)?.paused).toBeUndefined();
     expect(resumedText({ reason: "few_words", heard: "Stop" })).toBe("Reply resumed: “Stop” was too short to interrupt.");
+    expect(resumedText({ reason: "echo", heard: "is Paris" })).toBe("Reply resumed: “is Paris” was its own voice coming back.");
     // a pause for a reply that is over is ignored
     expect(run([ev({ type: "response.paused", response_id: "r_1", played_ms: 0 })], twice)).toEqual(twice);
   });

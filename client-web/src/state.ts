@@ -305,6 +305,7 @@ export function resumedText(r: { reason: string; heard: string }): string {
   const heard = r.heard.trim();
   if (r.reason === "backchannel") return `Reply resumed: “${heard}” was taken as a backchannel.`;
   if (r.reason === "few_words") return `Reply resumed: “${heard}” was too short to interrupt.`;
+  if (r.reason === "echo") return `Reply resumed: “${heard}” was its own voice coming back.`;
   return "Reply resumed: no words were heard.";
 }
 

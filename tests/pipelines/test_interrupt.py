@@ -7,10 +7,13 @@ import pytest
 
 from tidegate.pipelines.interrupt import (
     DEFAULT_BACKCHANNELS,
+    ECHO_DISTANCE_PARTIAL,
     Heard,
     Interruption,
     Verdict,
     WordRule,
+    echo_distance,
+    echoed,
     words_of,
 )
 
@@ -129,3 +132,42 @@ def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> No
     assert two.absorbed == ["Yes.", "Right."]
     gone = Interruption("r_1", paused_at=0.0, confirm_s=1.5, paused=False)
     assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended
+
+
+PLAYED = "Paris has a long and storied history, marked by"
+
+
+@pytest.mark.parametrize(
+    ("heard", "own"),
+    [
+        # echoes as Whisper heard them in the tests (words re-cut, misheard)
+        ("is a long and storied.", True),
+        ("along in story.", True),
+        ("has a long instance.", True),
+        ("has a long answer.", True),
+        # what a user says over it
+        ("Wait, what about Friday?", False),
+        ("What is the capital of France?", False),
+        ("Stop, I changed my mind.", False),
+        ("Tell me more about the history.", False),
+        ("No, that's wrong.", False),
+        ("stop", False),  # too short to tell: never an echo
+        ("no", False),
+        ("", False),
+    ],
+)
+def test_what_the_reply_just_played_is_its_own(heard: str, own: bool) -> None:
+    """A text within ECHO_DISTANCE edits per letter of a stretch of what the reply played is
+    its own voice coming back; what users say over it is not, nor is anything under
+    ECHO_MIN_LETTERS letters."""
+    assert echoed(heard, PLAYED) is own
+    assert not echoed(heard, "")
+
+
+def test_a_partial_near_the_replys_words_waits_for_the_final() -> None:
+    """A partial about that near ("the long" for "a long") may be its echo misheard: it does
+    not cut (the final decides); a question far from it does."""
+    assert echoed("the long", PLAYED, at_most=ECHO_DISTANCE_PARTIAL)
+    assert not echoed("the long", PLAYED)
+    assert not echoed("wait, what about Friday", PLAYED, at_most=ECHO_DISTANCE_PARTIAL)
+    assert echo_distance("is a long and storied", PLAYED) < 0.1

@@ -3,9 +3,10 @@ and Piper, composed as the assistant mode composes them; a FakeSession is the se
 whose microphone streams a -60 dBFS noise floor at real time, and one sound over the reply
 once its audio has played for a while: a cough (a noise burst, which Silero does not take for
 speech, then a voiced "ahh", which it does and Whisper hears no words in), an espeak "yes,
-right" (backchannels ignored, then counted as words), and an espeak question. All four sessions run
-at once. The sound starts on a fixed grid of the microphone's samples, over a noise floor
-that repeats on that grid, so the VAD and the ASR get the same audio every run.
+right" (backchannels ignored, then counted as words), an espeak question, and the reply's own
+last second of speech coming back (a kiosk with no canceller: words, but its own). All five
+sessions run at once. The sound starts on a fixed grid of the microphone's samples, over a
+noise floor that repeats on that grid, so the VAD and the ASR get the same audio every run.
 
 The client plays ``output.audio`` as a WS-only client should: frames by ``ts``, and at
 ``response.paused`` it drops those of the reply from ``played_ms`` on (the server sends them
@@ -179,6 +180,23 @@ class Case:
         }
 
 
+class EchoCase(Case):
+    """A kiosk with no canceller at all: the sound is the reply's own last second of speech,
+    as the client played it, back into the microphone at -6 dB (words the ASR reads)."""
+
+    def mic(self, start: int, n: int) -> bytes:
+        rid = self.first_reply()
+        if self.sound_at is None and rid and self.session.played_s(rid) >= SOUND_AFTER_S:
+            frames = self.session.frames[rid]
+            last = [frames[ts] for ts in sorted(frames)[-int(ECHO_S / CHUNK_S) :]]
+            played = np.frombuffer(b"".join(last), "<i2")
+            self.sound = audio_sets.resample(played, 48_000) * audio_sets.db_gain(-6.0)
+        return super().mic(start, n)
+
+
+ECHO_S = 1.0  # of the reply's speech that comes back in EchoCase
+
+
 async def run(settings: Settings, engines: EngineService, cases: list[Case]) -> None:
     """Stream each case's microphone at real time until it is over (then 1 s more: no turn
     of a sound that was absorbed may start)."""
@@ -234,12 +252,13 @@ async def test_noise_and_backchannels_resume_a_reply_and_words_cut_it(
         Case("backchannel ignored", yes, {"interrupt": {"backchannels": "ignore"}}),
         Case("backchannel counted", yes, {"interrupt": {"backchannels": "interrupt"}}),
         Case("question", audio_sets.speech(QUESTION), {}),
+        EchoCase("own words", np.zeros(0, np.float32), {}),
     ]
     await run(settings, engines, cases)
     report = {c.name: c.report() for c in cases}
     print(json.dumps({"interruptions": report}))
     by = {c.name: c for c in cases}
-    for name in ("cough", "backchannel ignored"):
+    for name in ("cough", "backchannel ignored", "own words"):
         case, r = by[name], report[name]
         s = case.session
         rid = case.first_reply()
@@ -256,11 +275,14 @@ async def test_noise_and_backchannels_resume_a_reply_and_words_cut_it(
     # "ahh" is no words, or a filler ("Ah.") at most
     assert {r for r, _, _ in report["cough"]["resumed"]} <= {"no_words", "backchannel"}, report
     # one resume for "yes, right", or one each where the VAD splits it at the comma (it did
-    # in one CI run: the comma's pause sits near the VAD's threshold, and four sessions share
-    # its batches)
+    # in one CI run: the comma's pause sits near the VAD's threshold, and sessions share its
+    # batches)
     ignored = report["backchannel ignored"]["resumed"]
     assert {r for r, _, _ in ignored} == {"backchannel"}, report
     assert [w for _, h, _ in ignored for w in words_of(h)] == ["yes", "right"], report
+    # the reply's own words, heard as words, did not cut it: they were its own (reason echo)
+    own = report["own words"]["resumed"]
+    assert any(r == "echo" and words_of(h) for r, h, _ in own), report
     for name in ("backchannel counted", "question"):
         case, r = by[name], report[name]
         s = case.session

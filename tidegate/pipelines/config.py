@@ -70,6 +70,8 @@ class ReplyConfig:
     interrupt_min_words: int = 1
     interrupt_backchannels: str = "ignore"
     interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS
+    #: words heard over a reply that it played this long before its pause are its own (0: off)
+    interrupt_echo_window_s: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)

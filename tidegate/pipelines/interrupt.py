@@ -15,6 +15,13 @@ decides what the speech was:
   after the end of the sound, if later) with no verdict; or, for a sound still going on
   ``confirm_s`` after the pause, at a partial hypothesis with no such words.
 
+- **its own words**: a text near a stretch of what the reply itself played just before the
+  pause (:func:`echoed`: edits per letter) is its own voice coming back from a speaker into
+  a microphone that a canceller left some of, not the user: it does not cut it either
+  (``response.resumed`` reason ``echo``); a partial hypothesis about that near waits for the
+  final. The server knows what it played; no other party to the conversation does. A user
+  who repeats the reply's last words does not cut it with them.
+
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
 below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says so).
@@ -23,6 +30,7 @@ below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +69,44 @@ def words_of(text: str) -> list[str]:
     hyphenated words split ("Mm-hmm." -> ["mm", "hmm"])."""
     text = _NON_SPEECH_RE.sub(" ", text.lower()).replace("-", " ")
     return [w.strip("'") for w in _WORD_RE.findall(text) if w.strip("'")]
+
+
+#: how far the text heard over a reply may be from the nearest stretch of what the reply played
+#: just before its pause, in edits per letter, to be its own voice coming back (a final); a
+#: partial hypothesis this near holds the cut until the final says. Letters, not words: Whisper
+#: re-cuts an echo's words ("along in story" for "a long and storied": 0.25), while what users
+#: say over a reply is >= 0.5 from it unless they repeat it (measured on the tests' replies)
+ECHO_DISTANCE = 0.35
+ECHO_DISTANCE_PARTIAL = 0.5
+#: fewer letters than this are never judged an echo ("no", "stop": too short to tell)
+ECHO_MIN_LETTERS = 6
+ECHO_MAX_LETTERS = 240  # the longest heard text compared (the cost is its length x the window's)
+_LETTERS_RE = re.compile(r"[^a-z0-9]+")
+
+
+def echo_distance(heard: str, played: str) -> float:
+    """Edits per letter between ``heard`` and the stretch of ``played`` nearest to it (case,
+    spaces and punctuation ignored): the approximate-substring edit distance (Sellers)."""
+    a = _LETTERS_RE.sub("", heard.lower())[:ECHO_MAX_LETTERS]
+    b = _LETTERS_RE.sub("", played.lower())
+    if not a:
+        return math.inf
+    prev = [0] * (len(b) + 1)  # a match may start anywhere in played
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j - 1] + (x != y), prev[j] + 1, cur[j - 1] + 1)
+        prev = cur
+    return min(prev) / len(a)  # ... and end anywhere
+
+
+def echoed(heard: str, played: str, *, at_most: float = ECHO_DISTANCE) -> bool:
+    """Whether ``heard`` over a reply is its own voice: at least ``ECHO_MIN_LETTERS`` letters,
+    within ``at_most`` edits per letter of a stretch of what the reply ``played``."""
+    letters = len(_LETTERS_RE.sub("", heard.lower()))
+    if letters < ECHO_MIN_LETTERS or not played:
+        return False
+    return echo_distance(heard, played) <= at_most
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +177,8 @@ class Interruption:
     finals_due: int = 1
     pauses: int = 1
     absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
+    echo: bool = False  # some of what it heard was the reply's own words (echoed)
+    echo_heard: str = ""  # the last partial judged the reply's own (told when no final is)
 
     @property
     def closed(self) -> bool:

@@ -98,7 +98,14 @@ from tidegate.protocol.realtime.commands import CreateResponse
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
-from .interrupt import Interruption, Verdict, WordRule
+from .interrupt import (
+    ECHO_DISTANCE,
+    ECHO_DISTANCE_PARTIAL,
+    Interruption,
+    Verdict,
+    WordRule,
+    echoed,
+)
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
@@ -373,6 +380,7 @@ class ReplyLane:
             "interruptions_cut": 0,  # ... and was words: the reply was cut
             "interruptions_resumed": 0,  # ... and was not: the reply resumed
             "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
+            "echo_words": 0,  # finals absorbed as the reply's own words coming back
             "audio_frames": 0,
             "resent_frames": 0,  # frames taken back at a pause and sent again
             "tool_calls": 0,
@@ -545,11 +553,30 @@ class ReplyLane:
             text, min_words=min_words, backchannels=backchannels
         )
         now = time.monotonic()
+        echo = words and self._own_words(it, text, now, final=final)
+        if echo:
+            words, it.echo = False, True
+            if not final:
+                it.echo_heard = text
         self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
         if final and text and not words:
-            self.counters["backchannels"] += 1
+            self.counters["echo_words" if echo else "backchannels"] += 1
             return False
         return True
+
+    def _own_words(self, it: Interruption, text: str, now: float, *, final: bool) -> bool:
+        """Whether ``text``, heard over the reply ``it`` paused, is (a final) or may be (a
+        partial) that reply's own voice coming back: its words among those the reply played
+        in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`)."""
+        window = self.config.interrupt_echo_window_s
+        reply = self.reply
+        if window <= 0 or reply is None or reply.id != it.response_id:
+            return False
+        played = reply.spoken(now)
+        before = reply.spoken(it.paused_at - window)
+        recent = played[len(before) :] if played.startswith(before) else played
+        at_most = ECHO_DISTANCE if final else ECHO_DISTANCE_PARTIAL
+        return echoed(text, recent, at_most=at_most)
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""
@@ -625,8 +652,10 @@ class ReplyLane:
     def _resume(self, reply: Reply, it: Interruption) -> None:
         """Play on from where the reply paused (the frames taken back first)."""
         self.counters["interruptions_resumed"] += 1
-        heard = " ".join(it.absorbed)
-        if not heard:
+        heard = " ".join(it.absorbed) or (it.echo_heard if it.echo else "")
+        if it.echo:
+            reason = "echo"
+        elif not heard:
             reason = "no_words"
         elif self._words.heard(heard).words == 0:
             reason = "backchannel"

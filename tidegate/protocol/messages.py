@@ -694,14 +694,15 @@ class ResponseResumed(ServerMessage):
     not an interruption. ``reason``: ``no_words`` (no speech the ASR could read, or none yet
     ``interrupt_confirm_s`` after the pause), ``backchannel`` (only backchannels such as
     "mm-hmm", under ``interrupt.backchannels: ignore``), ``few_words`` (fewer words than
-    ``interrupt.min_words``); ``heard`` what the ASR heard (empty for no words);
-    ``paused_ms`` how long it was paused."""
+    ``interrupt.min_words``), ``echo`` (the words were the reply's own, just played, coming
+    back into the microphone: ``interrupt_echo_window_s``); ``heard`` what the ASR heard
+    (empty for no words); ``paused_ms`` how long it was paused."""
 
     TYPE: ClassVar[str] = "response.resumed"
     response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
     played_ms: float = spec(_MEDIA_MS)
     paused_ms: float = spec(_MEDIA_MS)
-    reason: str = spec(Text(choices=("no_words", "backchannel", "few_words")))
+    reason: str = spec(Text(choices=("no_words", "backchannel", "few_words", "echo")))
     heard: str = spec(Text(MAX_TEXT_CHARS), "")
 
 
