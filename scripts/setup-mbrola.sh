@@ -16,14 +16,8 @@ for v in "${VOICES[@]}"; do
   [ -e "/usr/share/mbrola/$v/$v" ] || need+=("mbrola-$v")
 done
 [ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -eq 0 ]; then
-  sudo=()
-elif sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  echo "setup-mbrola: missing ${need[*]} (Debian contrib/non-free); install them as root" >&2
-  exit 0
-fi
+. "$(dirname "$0")/as-root.sh"
+as_root "setup-mbrola: missing ${need[*]} (Debian contrib/non-free); install them as root"
 echo "setup-mbrola: installing ${need[*]}" >&2
 root="$(cd "$(dirname "$0")/.." && pwd)"
 debs="$root/.cache/debs"

@@ -7,15 +7,8 @@ set -euo pipefail
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && id postgres >/dev/null 2>&1; then
   exit 0
 fi
-if [ "$(id -u)" -eq 0 ]; then
-  sudo=()
-elif sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  echo "setup-postgres: no PostgreSQL server binaries; install them as root" \
-    "(apt-get install -y postgresql)" >&2
-  exit 0
-fi
+. "$(dirname "$0")/as-root.sh"
+as_root "setup-postgres: no PostgreSQL server binaries; install them as root (apt-get install -y postgresql)"
 echo "setup-postgres: installing Debian's postgresql" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq

@@ -36,14 +36,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # kubectl (Debian's kubernetes-client, or any newer one): renders deploy/kubernetes/ (kustomize).
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 [ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -eq 0 ]; then
-  sudo=()
-elif sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  echo "setup-system: missing ${need[*]}; install them as root (apt-get install -y ${need[*]})" >&2
-  exit 0
-fi
+. "$(dirname "$0")/as-root.sh"
+as_root "setup-system: missing ${need[*]}; install them as root (apt-get install -y ${need[*]})"
 echo "setup-system: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq

@@ -566,7 +566,7 @@ class ReplyLane:
 
     def _own_words(self, it: Interruption, text: str, now: float, *, final: bool) -> bool:
         """Whether ``text``, heard over the reply ``it`` paused, is (a final) or may be (a
-        partial) that reply's own voice coming back: its words among those the reply played
+        partial) that reply's own voice coming back: near a stretch of what the reply played
         in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`)."""
         window = self.config.interrupt_echo_window_s
         reply = self.reply
