@@ -145,6 +145,8 @@ PLAYED = "Paris has a long and storied history, marked by"
         ("along in story.", True),
         ("has a long instance.", True),
         ("has a long answer.", True),
+        # ... and the cut word at its end finished as Whisper liked (CI: a reply cut by it)
+        ("as a long influence,", True),
         # what a user says over it
         ("Wait, what about Friday?", False),
         ("What is the capital of France?", False),

@@ -167,6 +167,7 @@ class Case:
         resumed = s.of(ResponseResumed)
         return {
             "status": done.status,
+            "text": done.text,
             "paused": len(s.of(ResponsePaused)),
             "resumed": [(r.reason, r.heard, round(r.paused_ms)) for r in resumed],
             "finals": [f.text for f in s.of(AsrFinal)],

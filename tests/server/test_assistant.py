@@ -345,6 +345,10 @@ async def test_spoken_text_follows_the_playout() -> None:
     assert reply.spoken(100.39) == "Hello there, friend."
     assert reply.spoken(t + 0.05) == "Hello there, friend. How"
     assert reply.spoken(t + 5.0) == "Hello there, friend. How are"  # 6 of 10 frames played
+    # begun: the word in progress too (an echo carries it; the ASR finishes it)
+    assert reply.spoken(99.0, begun=True) == ""
+    assert reply.spoken(100.0, begun=True) == "Hello"
+    assert reply.spoken(t + 5.0, begun=True) == "Hello there, friend. How are you"
 
 
 class rtc_call:

@@ -103,10 +103,21 @@ def echo_distance(heard: str, played: str) -> float:
 def echoed(heard: str, played: str, *, at_most: float = ECHO_DISTANCE) -> bool:
     """Whether ``heard`` over a reply is its own voice: at least ``ECHO_MIN_LETTERS`` letters,
     within ``at_most`` edits per letter of a stretch of what the reply ``played``."""
-    letters = len(_LETTERS_RE.sub("", heard.lower()))
-    if letters < ECHO_MIN_LETTERS or not played:
+    if _letters(heard) < ECHO_MIN_LETTERS or not played:
         return False
-    return echo_distance(heard, played) <= at_most
+    if echo_distance(heard, played) <= at_most:
+        return True
+    # An echo ends mid-word (where the reply paused, or its sound ended) and the ASR finishes
+    # the cut word as it likes ("has a long and sto-" heard "as a long influence"): the words
+    # before the last one are judged on their own too, when there are letters enough
+    head = heard.split()[:-1]
+    return _letters(" ".join(head)) >= ECHO_MIN_LETTERS and (
+        echo_distance(" ".join(head), played) <= at_most
+    )
+
+
+def _letters(text: str) -> int:
+    return len(_LETTERS_RE.sub("", text.lower()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,10 +192,10 @@ class SpokenChunk:
     track_pcm: np.ndarray[Any, np.dtype[np.float32]] | None
     frame_starts: list[float] = field(default_factory=list)
 
-    def heard_end(self, text: str, at: float) -> int:
+    def heard_end(self, text: str, at: float, *, begun: bool = False) -> int:
         """Where in ``text`` the speech of this chunk had got to at ``at``: the words whose
         share of the chunk's characters fits in the share of its frames played (speech runs
-        about evenly over the characters)."""
+        about evenly over the characters); with ``begun``, the word in progress too."""
         played = bisect.bisect_right(self.frame_starts, at)
         if played >= self.frames:
             return self.end
@@ -203,6 +203,8 @@ class SpokenChunk:
         end = self.start
         for m in WORD_RE.finditer(text, self.start, self.end):
             if m.end() > budget:
+                if begun and played and m.start() < budget:
+                    end = m.end()
                 break
             end = m.end()
         return end
@@ -302,14 +304,14 @@ class Reply:
         self.located = pos
         return start, pos
 
-    def spoken(self, at: float) -> str:
-        """The reply as far as its speech had played at ``at`` (whole words); a reply in
-        text only, as far as its text went."""
+    def spoken(self, at: float, *, begun: bool = False) -> str:
+        """The reply as far as its speech had played at ``at`` (whole words; with ``begun``,
+        the word then in progress too); a reply in text only, as far as its text went."""
         if self.text_only is not None:
             return self.text
         end = 0
         for c in self.chunks:
-            heard = c.heard_end(self.text, at)
+            heard = c.heard_end(self.text, at, begun=begun)
             if heard > c.start:
                 end = heard
             if heard < c.end:
@@ -572,7 +574,9 @@ class ReplyLane:
         reply = self.reply
         if window <= 0 or reply is None or reply.id != it.response_id:
             return False
-        played = reply.spoken(now)
+        # the word in progress at the pause came back too: the ASR completes it ("influ..." is
+        # heard "influence"), and without it a one-second echo is a word off at 0.35
+        played = reply.spoken(now, begun=True)
         before = reply.spoken(it.paused_at - window)
         recent = played[len(before) :] if played.startswith(before) else played
         at_most = ECHO_DISTANCE if final else ECHO_DISTANCE_PARTIAL
