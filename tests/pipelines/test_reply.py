@@ -16,9 +16,16 @@ from tests.support import scaled
 from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
+from tidegate.pipelines.interrupt import Interruption
 from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import Response as ResponseRecord
-from tidegate.pipelines.reply import ReplyLane, trim_leading_silence
+from tidegate.pipelines.reply import (
+    OutFrame,
+    Reply,
+    ReplyLane,
+    SpokenChunk,
+    trim_leading_silence,
+)
 from tidegate.protocol.messages import (
     OutputAudio,
     ResponseCancel,
@@ -188,6 +195,35 @@ async def test_leading_silence_is_trimmed_to_a_short_lead() -> None:
     assert len(out) == 48_000 - 4800 + 480 and out[480] == 3000 and out[479] == 20
     quiet = np.full(960, 20, np.int16)
     assert trim_leading_silence(quiet) is quiet
+
+
+async def test_speech_that_runs_dry_mid_reply_is_counted_as_a_gap(
+    settings: Settings, engines: EngineService
+) -> None:
+    """A frame sent after the audio before it has played out is a gap the user hears
+    (``audio_gaps``, ``audio_gap_ms``); frames sent ahead of their playout, the first frame,
+    and the silence of a pause are not."""
+    session = FakeSession()
+    lane = lane_for(session, settings, engines)
+    try:
+        reply = Reply("r_gap", None, 0.0, text="Hello there, friend.")
+        chunk = SpokenChunk(0, 20, 40, None)
+        pcm = np.zeros(960, np.int16)
+        t = time.monotonic() - 10.0
+        for j, now in enumerate([t, t + 0.005, t + 0.01, t + 0.06]):  # ahead, then in time
+            lane._send(reply, OutFrame(chunk, j, pcm), now)
+        assert lane.counters["audio_gaps"] == 0
+        lane._send(reply, OutFrame(chunk, 4, pcm), t + 0.58)  # 500 ms after it played out
+        assert lane.counters["audio_gaps"] == 1
+        assert lane.counters["audio_gap_ms"] == 500
+        # paused at t + 0.6, resumed ~9.4 s later: playing on from then is no gap
+        lane._pause(reply, t + 0.6)
+        lane._resume(reply, Interruption(reply.id, paused_at=t + 0.6, confirm_s=1.5))
+        lane._send(reply, OutFrame(chunk, 5, pcm), time.monotonic())
+        assert lane.counters["audio_gaps"] == 1, lane.counters
+    finally:
+        await lane.close()
+        await session.close()
 
 
 async def test_requests_the_lane_cannot_serve_are_refused(

@@ -72,6 +72,8 @@ class ReplyConfig:
     interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS
     #: words heard over a reply that it played this long before its pause are its own (0: off)
     interrupt_echo_window_s: float = 3.0
+    #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
+    first_chunk_words: int = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,7 @@ from tidegate.engines.runtime import Array
 from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.tts import FRAME_SAMPLES as TTS_FRAME_SAMPLES
-from tidegate.engines.tts import TtsStream
+from tidegate.engines.tts import ChunkPolicy, TtsStream
 from tidegate.engines.tts.bank import VoiceBank
 from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
@@ -385,6 +385,10 @@ class ReplyLane:
             "echo_words": 0,  # finals absorbed as the reply's own words coming back
             "audio_frames": 0,
             "resent_frames": 0,  # frames taken back at a pause and sent again
+            # a reply's speech ran dry mid-reply (its next audio was not ready when the audio
+            # sent so far had played out: a silence the user hears; not a pause or a resume)
+            "audio_gaps": 0,
+            "audio_gap_ms": 0,
             "tool_calls": 0,
             "speculations": 0,
             "speculation_hits": 0,
@@ -676,6 +680,7 @@ class ReplyLane:
         )
         log.debug("session %s: reply %s resumed (%s: %r)", self.session.id, reply.id, reason, heard)
         it.absorbed.clear()
+        reply.play_end = max(reply.play_end, time.monotonic())  # the pause is no gap
         reply.playing.set()
 
     def hear(self, text: str) -> None:
@@ -829,6 +834,7 @@ class ReplyLane:
             if reply.options.speaks and await self._pick_voice(reply):
                 tts = TtsStream(
                     lambda chunk: self._synthesize(reply, chunk),
+                    policy=ChunkPolicy(first_chunk_words=self.config.first_chunk_words),
                     max_pending_chunks=self.config.max_pending_chunks,
                 )
                 reply.tts = tts
@@ -1070,11 +1076,14 @@ class ReplyLane:
         """One frame out (the WebRTC track, else ``output.audio``), its playout time noted."""
         starts = max(now, reply.play_end)
         stages = self.session.stage_times
+        chunk = out.chunk
         if not reply.voiced:
             reply.voiced = True
             if reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
-        chunk = out.chunk
+        elif now - reply.play_end > FRAME_S:  # the speech ran dry (a frame's slack: timers)
+            self.counters["audio_gaps"] += 1
+            self.counters["audio_gap_ms"] += round((now - reply.play_end) * 1000)
         if out.start:
             self.counters["resent_frames"] += 1
         out.start = starts

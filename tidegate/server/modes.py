@@ -116,6 +116,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             interrupt_backchannels=s.interrupt_backchannels,
             interrupt_backchannel_phrases=s.interrupt_backchannel_phrases,
             interrupt_echo_window_s=s.interrupt_echo_window_s,
+            first_chunk_words=s.assistant_first_chunk_words,
         ),
         vision=VisionConfig(
             interval_s=s.assistant_vision_interval_s, max_pixels=s.frame_max_pixels

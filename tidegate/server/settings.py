@@ -599,6 +599,12 @@ class Settings:
     assistant_max_pending_chunks: int = _doc(
         "Reply text chunks waiting for synthesis (more coalesce into the newest).", default=16
     )
+    assistant_first_chunk_words: int = _doc(
+        "A reply's first TTS chunk ends after this many words (or at its first clause or "
+        "sentence end, if sooner), so that its speech starts before the sentence is written "
+        "(0: whole sentences from the first; docs/assistant.md).",
+        default=4,
+    )
     assistant_max_tools_items: int = _doc(
         "Tools (functions) a session config may declare (needs llm_runtime=providers).",
         default=32,
@@ -916,6 +922,8 @@ class Settings:
                 if isinstance(v, int) and v < least:
                     raise ConfigError(f"{name} must be at least {least}, got {v}")
             if name.endswith("_s") and isinstance(v, float) and v < 0:
+                raise ConfigError(f"{name} cannot be negative, got {v}")
+            if name.endswith("_words") and isinstance(v, int) and v < 0:
                 raise ConfigError(f"{name} cannot be negative, got {v}")
         if self.listen_backlog_connections < 1:
             raise ConfigError(

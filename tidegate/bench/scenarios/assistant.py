@@ -29,6 +29,9 @@ is the moment the client sent the question's last loud sample. Measured from the
   ``engine-vad``), the event loop (the process's main thread: media, protocol) or others;
 - ``speculation``: the reply lanes' speculative starts, adopted and discarded (docs/assistant.md
   "Speculative start"), from each session's last ``metrics`` event;
+- ``audio_gaps``: how often a reply's speech ran dry mid-reply (its next chunk was not ready
+  when the audio sent so far had played out) and for how long in all, from the same events:
+  the price of a short first chunk (``assistant_first_chunk_words``);
 - ``engines``: queueing vs compute per engine over the level, from the server's ``/metrics``
   (deltas of its histograms between the level's start and end): per engine the mean queue
   wait of a request (``wait_ms``), of an urgent one alone (``urgent_wait_ms``: ASR finals, a
@@ -567,12 +570,13 @@ def _engine_split(
 
 
 SPECULATION_COUNTERS = ("speculations", "speculation_hits", "speculation_discarded")
+GAP_COUNTERS = ("audio_gaps", "audio_gap_ms")
 
 
-def _speculation(logs: list[SessionLog]) -> dict[str, int]:
-    """The reply lanes' speculative starts, summed over the sessions' last ``metrics``
+def _reply_counters(logs: list[SessionLog], names: tuple[str, ...]) -> dict[str, int]:
+    """The reply lanes' counters ``names``, summed over the sessions' last ``metrics``
     events (a turn after the last event is not in them)."""
-    out = dict.fromkeys(SPECULATION_COUNTERS, 0)
+    out = dict.fromkeys(names, 0)
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
@@ -735,7 +739,10 @@ def _figures(
         "stages": {k: percentiles(values[k]) for k in STAGES},
         "engines": _engine_split({}, run.engines),
         "slow_turns": _slow_turns(logs),
-        "speculation": _speculation(logs),
+        "speculation": _reply_counters(logs, SPECULATION_COUNTERS),
+        # replies whose speech ran dry mid-reply (next chunk not ready): what a shorter first
+        # chunk (assistant_first_chunk_words) may cost
+        "audio_gaps": _reply_counters(logs, GAP_COUNTERS),
         "completed": completed,
         "answers_ok": sum(
             t.done is not None and t.expect in t.done.text.lower().replace("seven", "7")
@@ -910,6 +917,7 @@ def _summary(r: dict[str, Any]) -> str:
 
     stages = ", ".join(f"{k} {p(v)}" for k, v in r["stages"].items())
     sp = r.get("speculation") or dict.fromkeys(SPECULATION_COUNTERS, 0)
+    gaps = r.get("audio_gaps") or dict.fromkeys(GAP_COUNTERS, 0)
     engines = "; ".join(
         f"{name} " + " ".join(f"{k} {v:g}" for k, v in row.items() if k.endswith("_ms"))
         for name, row in r.get("engines", {}).items()
@@ -919,5 +927,6 @@ def _summary(r: dict[str, Any]) -> str:
         f"{p(r['eos_to_first_token_ms'])} ms, first audio {p(r['eos_to_first_audio_ms'])} ms "
         f"(p50/p90); {stages}; completed {r['completed']}/{r['turns']}, answers ok "
         f"{r['answers_ok']}; engines (mean ms): {engines}; slow turns {len(r['slow_turns'])}; "
-        f"speculative starts adopted {sp['speculation_hits']}/{sp['speculations']}"
+        f"speculative starts adopted {sp['speculation_hits']}/{sp['speculations']}; "
+        f"audio gaps {gaps['audio_gaps']} ({gaps['audio_gap_ms']} ms)"
     )
