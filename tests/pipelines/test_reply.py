@@ -24,7 +24,9 @@ from tidegate.pipelines.reply import (
     Reply,
     ReplyLane,
     SpokenChunk,
+    mid_sentence,
     trim_leading_silence,
+    trim_trailing_silence,
 )
 from tidegate.protocol.messages import (
     OutputAudio,
@@ -195,6 +197,21 @@ async def test_leading_silence_is_trimmed_to_a_short_lead() -> None:
     assert len(out) == 48_000 - 4800 + 480 and out[480] == 3000 and out[479] == 20
     quiet = np.full(960, 20, np.int16)
     assert trim_leading_silence(quiet) is quiet
+
+
+async def test_a_chunk_cut_mid_phrase_keeps_a_short_seam() -> None:
+    """A chunk that ends in a word keeps 30 ms of its trailing silence (and the next starts
+    like a first chunk); one that ends at a mark keeps its pause."""
+    audio = np.zeros(48_000, np.int16)
+    audio[4800:38_400] = 3000  # audible until 800 ms
+    audio[38_400:] = 20  # then 200 ms of silence
+    out = trim_trailing_silence(audio)
+    assert len(out) == 38_400 + 1440 and out[38_399] == 3000 and out[-1] == 20
+    quiet = np.full(960, 20, np.int16)
+    assert trim_trailing_silence(quiet) is quiet
+    assert mid_sentence("The city") and mid_sentence("of Paris has a long ")
+    assert not mid_sentence("The city of Paris,") and not mid_sentence("Hello.")
+    assert not mid_sentence("") and not mid_sentence('He said "hi."')
 
 
 async def test_speech_that_runs_dry_mid_reply_is_counted_as_a_gap(

@@ -122,6 +122,11 @@ INFLIGHT_KEEP_S = 0.2
 #: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
 LEAD_KEEP_MS = 10
 LEAD_SILENCE_DBFS = -50.0
+#: a chunk cut mid-sentence (the first chunk's words; one at max_chunk_chars) keeps this much of
+#: its trailing silence, and the chunk after it starts like a first one: Piper ends every chunk
+#: with 130-250 ms of silence and starts it with ~50, a pause in the middle of a phrase ("The
+#: city ... of Paris") where a sentence or clause end keeps its own
+SEAM_KEEP_MS = 30
 MAX_INSTRUCTIONS_CHARS = 16_384  # as a session's (sessions/config.py)
 DEFAULT_VOICE = "default"  # the server's TTS voice, whatever its model
 #: ``response.create`` options the reply lane serves; the dialect keeps the rest (formats,
@@ -165,6 +170,22 @@ def trim_leading_silence(audio: Array, rate_hz: int = OUTPUT_RATE_HZ) -> Array:
     if not loud[first]:
         return audio
     return audio[max(0, first - rate_hz * LEAD_KEEP_MS // 1000) :]
+
+
+def trim_trailing_silence(audio: Array, rate_hz: int = OUTPUT_RATE_HZ) -> Array:
+    """int16 speech without its trailing silence (all but ``SEAM_KEEP_MS`` after the last
+    sample above ``LEAD_SILENCE_DBFS``); all-quiet audio is returned as it is."""
+    level = 32768 * 10 ** (LEAD_SILENCE_DBFS / 20)
+    loud = np.abs(audio[::-1]) > level
+    last = int(np.argmax(loud))
+    if not loud[last]:
+        return audio
+    return audio[: len(audio) - last + rate_hz * SEAM_KEEP_MS // 1000]
+
+
+def mid_sentence(text: str) -> bool:
+    """Whether speech of ``text`` stops mid-phrase: it ends in a word, not a mark."""
+    return text.rstrip()[-1:].isalnum()
 
 
 def to_track_rate(audio: Array) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -1023,8 +1044,12 @@ class ReplyLane:
             audio: Array = await caches.synthesize(speech, chunk, voice=voice, urgent=urgent)
         else:
             audio = await speech.submit(chunk, urgent=urgent)
-        if urgent:  # the first sound of the reply: no silence to wait through before it
+        # the first sound of the reply: no silence to wait through before it; and no pause
+        # where a chunk was cut mid-phrase (SEAM_KEEP_MS)
+        if urgent or mid_sentence(reply.text[: reply.chunks[-1].end]):
             audio = trim_leading_silence(audio)
+        if mid_sentence(chunk):
+            audio = trim_trailing_silence(audio)
         track = self._track()
         pcm = await asyncio.to_thread(to_track_rate, audio) if track is not None else None
         frames = -(-int(audio.size) // TTS_FRAME_SAMPLES)

@@ -104,6 +104,26 @@ def test_chunker_cuts_the_first_chunk_early() -> None:
     assert whole.push("Hi there, you. Next") == ["Hi there, you."]
 
 
+def test_chunks_after_a_short_first_one_grow_until_sentences() -> None:
+    """After a first chunk of 2 words the next may be cut after 4, then 8 words (or a mark),
+    then at sentence ends only: the audio ahead grows faster than the text it waits for."""
+    c = TextChunker(ChunkPolicy(first_chunk_words=2, early_max_words=8))
+    text = (
+        "The city of Paris has a long and storied history and many famous places to see "
+        "for a visitor who comes in the spring or in the autumn of the year. It is big, "
+        "and it is old. Come."
+    )
+    got = [x for word in text.split() for x in c.push(word + " ")] + c.flush()
+    assert got == [
+        "The city",
+        "of Paris has a",
+        "long and storied history and many famous places",
+        "to see for a visitor who comes in the spring or in the autumn of the year.",
+        "It is big, and it is old.",
+        "Come.",
+    ]
+
+
 async def test_stream_speaks_before_the_text_ends(voice: PiperVoice) -> None:
     """Audio frames (20 ms at 48 kHz) start while text is still arriving, and barge-in
     stops the stream at once."""

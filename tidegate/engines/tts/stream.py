@@ -3,8 +3,12 @@ frames (int16, 48 kHz mono) come out as soon as the first chunk is synthesized.
 
 Chunking (:class:`TextChunker`): text is cut at sentence ends; the first chunk of a reply is
 cut early, after ``first_chunk_words`` words or at its first clause mark, so that the first
-audio does not wait for (and is not as long to synthesize as) a whole sentence; a chunk never
-exceeds ``max_chunk_chars`` (cut at a space).
+audio does not wait for (and is not as long to synthesize as) a whole sentence. The chunks
+after it may be cut early too, after twice as many words as the one before (2, 4, 8 words from
+2) until that passes ``early_max_words``, then at sentences only: a short first chunk
+plays out before a whole sentence after it can be written and synthesized (at 4 sessions on
+2 CPUs, a 2-word first chunk followed by its sentence left ~1 s of silence in one reply of
+four; docs/assistant.md). A chunk never exceeds ``max_chunk_chars`` (cut at a space).
 
 Buffers: chunks waiting for synthesis are bounded (``max_pending_chunks``, policy
 ``coalesce``: a new chunk merges into the newest waiting one); synthesized audio waiting to be
@@ -40,11 +44,14 @@ class ChunkPolicy:
     """Where text is cut into synthesis chunks."""
 
     first_chunk_words: int = 4  # 0: the first chunk is a whole sentence too
+    early_max_words: int = 8  # later chunks are cut early while their word limit is <= this
     max_chunk_chars: int = 240
 
     def __post_init__(self) -> None:
-        if self.first_chunk_words < 0 or self.max_chunk_chars < 16:
-            raise ValueError("first_chunk_words >= 0 and max_chunk_chars >= 16")
+        if self.first_chunk_words < 0 or self.early_max_words < 0 or self.max_chunk_chars < 16:
+            raise ValueError(
+                "first_chunk_words >= 0, early_max_words >= 0 and max_chunk_chars >= 16"
+            )
 
 
 class TextChunker:
@@ -53,7 +60,7 @@ class TextChunker:
     def __init__(self, policy: ChunkPolicy | None = None) -> None:
         self.policy = policy or ChunkPolicy()
         self._buf = ""
-        self._first = True
+        self._limit = self.policy.first_chunk_words  # words after which to cut (0: sentences)
 
     def push(self, text: str) -> list[str]:
         self._buf += text
@@ -65,17 +72,19 @@ class TextChunker:
             chunk, self._buf = self._buf[:cut].strip(), self._buf[cut:]
             if chunk:
                 out.append(chunk)
-                self._first = False
+                self._limit *= 2
+                if self._limit > self.policy.early_max_words:
+                    self._limit = 0
 
     def _cut(self) -> int | None:
         buf, p = self._buf, self.policy
         m = SENTENCE_END_RE.search(buf)
-        if self._first and p.first_chunk_words:
+        if self._limit:
             c = CLAUSE_END_RE.search(buf)
             words = list(re.finditer(r"\S+(?=\s)", buf))
             ends = [x.end() for x in (m, c) if x is not None]
-            if len(words) >= p.first_chunk_words:
-                ends.append(words[p.first_chunk_words - 1].end())
+            if len(words) >= self._limit:
+                ends.append(words[self._limit - 1].end())
             if ends:
                 return min(ends)
         if m is not None:
