@@ -17,9 +17,9 @@ pytestmark = pytest.mark.skipif(bool(audio_sets.have_tools()), reason="needs esp
 
 async def test_turns_scenario_report(live_target: Target, tmp_path: Path) -> None:
     """One complete sentence per policy, and per transport one reply echoed back at 120 ms /
-    -12 dB: with the server's canceller off the echo cuts the reply (the fault the set
-    catches), with it on (auto: WS-only, and a WebRTC offer that says the client has none)
-    the reply is heard out; a question spoken over the next reply cuts it and is
+    -12 dB: with the server's canceller off the echo is heard as speech over the reply (the
+    fault the set catches), with it on (auto: WS-only, and a WebRTC offer that says the
+    client has none) the reply is heard out; a question spoken over the next reply cuts it and is
     transcribed; the canceller's CPU and echo reduction come from the session's metrics."""
     report = await run_scenario(
         live_target,
@@ -43,7 +43,10 @@ async def test_turns_scenario_report(live_target: Target, tmp_path: Path) -> Non
     for transport in ("ws", "rtc"):
         [case] = results["echo"]["transports"][transport]["cases"]
         assert case["errors"] == [], case
-        assert case["control_off"] == {"replies": 1, "barge_ins": 1}, case
+        # the echo is heard as speech (the reply pauses); whether the guard against the
+        # reply's own words then resumes it or it is cut depends on what the ASR made of it
+        control = case["control_off"]
+        assert control["replies"] == 1 and control["barge_ins"] == 1, case
         assert case["replies"] == 1 and case["false_barge_ins"] == 0, case
         assert case["completed"] == 1, case
         talk = case["double_talk"]

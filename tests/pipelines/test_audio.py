@@ -272,3 +272,67 @@ async def test_input_audio_is_resampled_as_one_stream_with_exact_media_times() -
     assert len(stream) == len(whole) == 16_000
     assert np.abs(stream - whole).max() < 1e-6
     assert r.idle
+
+
+async def _transcribe(
+    settings: Settings, engines: EngineService, pcm: np.ndarray, rate: int, **streaming: Any
+) -> tuple[list[str], dict[str, int]]:
+    """``pcm`` through a lane (as fast as it takes it) until its finals are out: their texts
+    and the lane's counters."""
+    config = lane_config(settings).audio
+    session = FakeSession()
+    lane, _ = lane_for(
+        session,
+        settings,
+        engines,
+        audio_max_ahead_s=0.0,
+        streaming=dataclasses.replace(config.streaming, **streaming),
+    )
+    handle = lane.handlers()[InputAudio]
+    step = int(CHUNK_S * rate)
+    try:
+        for i in range(0, len(pcm), step):
+            chunk = pcm[i : i + step].astype("<i2").tobytes()
+            await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+        async with asyncio.timeout(scaled(60)):
+            while not session.of(VadSpeechStopped) or (
+                lane.counters["finals"] + lane.counters["empty_finals"]
+                < len(session.of(VadSpeechStopped))
+            ):
+                await asyncio.sleep(0.05)
+        return [f.text for f in session.of(AsrFinal)], dict(lane.counters)
+    finally:
+        await lane.close()
+        await session.close()
+
+
+async def test_the_final_starts_when_the_quiet_begins_and_is_the_same(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A question then silence: its final was decoded as an early final (started at the
+    VAD's first quiet frame) and is word for word the final decoded at the VAD's end. With
+    a pause inside it, the finals are the same with early finals or without, and a pause that
+    went quiet without ending the segment withdrew the early final it started."""
+    pcm, rate = spoken(QUESTION, tmp_path)
+    pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])
+    early, counters = await _transcribe(settings, engines, pcm, rate)
+    late, off = await _transcribe(settings, engines, pcm, rate, early_final=False)
+    assert early == late and len(early) == 1, (early, late)
+    assert counters["early_finals"] == 1, counters  # (a quiet between words drops one)
+    assert off["early_finals"] == 0 and off["early_finals_dropped"] == 0, off
+    head, _ = spoken("What is the capital", tmp_path)
+    tail, _ = spoken("of France?", tmp_path)
+    loud = np.flatnonzero(np.abs(head) > 300)  # espeak's own trailing and leading quiet out
+    head, tail = head[: loud[-1]], tail[np.flatnonzero(np.abs(tail) > 300)[0] :]
+    dropped = []
+    # pauses about as long as the VAD's quiet needs to end a segment: some end it, some go
+    # quiet and resume (Silero's probability lags the audio by about a frame)
+    for gap_s in (0.12, 0.14, 0.16):
+        gap = np.zeros(int(gap_s * rate), np.int16)
+        paused = np.concatenate([head, gap, tail, np.zeros(rate, np.int16)])
+        texts, counters = await _transcribe(settings, engines, paused, rate)
+        late, _ = await _transcribe(settings, engines, paused, rate, early_final=False)
+        assert texts == late, (gap_s, texts, late)
+        assert counters["early_finals"] >= 1, counters
+        dropped.append((counters["early_finals_dropped"], counters["segments"]))
+    assert any(d >= 1 and n == 1 for d, n in dropped), dropped  # withdrawn, speech went on

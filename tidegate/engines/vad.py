@@ -112,6 +112,13 @@ class VadTracker:
             events.append(VadEvent("start", max(0, self.speech_start - pad)))
         return events
 
+    def end_if_silent(self) -> int | None:
+        """In confirmed speech gone quiet: the sample the end event will name if the quiet
+        lasts (None otherwise)."""
+        if not self.confirmed or self.temp_end is None:
+            return None
+        return self.temp_end + round(self.settings.speech_pad_s * SAMPLE_RATE_HZ)
+
 
 @dataclass(slots=True)
 class VadState:
@@ -133,6 +140,9 @@ class VadResult:
     speech: bool
     events: tuple[VadEvent, ...] = field(default=())
     frame_end_sample: int = 0
+    #: in speech that has gone quiet: the sample its end event will name if the quiet lasts
+    #: ``min_silence_s`` (None otherwise), so that work for the end can start before it comes
+    end_if_silent: int | None = None
 
 
 class SileroVad(Engine[Array, VadResult, Array]):
@@ -222,7 +232,10 @@ class SileroVad(Engine[Array, VadResult, Array]):
             )
             events = tracker.update(p, start, end)
             new_state = VadState(state_n[i], contexts[i], tracker, end)
-            results.append(Ok(VadResult(p, tracker.confirmed, tuple(events), end), new_state))
+            ending = tracker.end_if_silent()
+            results.append(
+                Ok(VadResult(p, tracker.confirmed, tuple(events), end, ending), new_state)
+            )
         return results
 
     def _without_bad_frames(

@@ -27,6 +27,15 @@ final of every closed segment first (in order), else a partial of the open segme
 is due. Finals wait in a bounded queue (``asr_max_pending_finals``): when full, the VAD loop
 waits, the lane fills, and its policy applies.
 
+A final starts before the VAD's end of speech: the VAD ends speech once it has been quiet for
+``vad_min_silence_s`` (and names the end where the quiet began), so when a frame goes quiet
+the lane submits the segment's final as far as that end, as an *early final* (urgent, like a
+final). If the quiet lasts and the segment closes there, with the same request (audio,
+committed prefix, language, prompt), the early result is the final: the ASR ran during the
+VAD's wait (~0.1 s sooner after every turn). If speech resumes first, the early final is
+withdrawn (its ``cancel`` event) and counted (``early_finals_dropped``); at most one per
+segment is in flight. ``asr_early_final`` turns it off.
+
 A final never waits behind a stale partial of its own session: when a segment closes while
 its partial is queued or running, the partial is withdrawn (its request's ``cancel`` event:
 the scheduler's worker skips it, or the decoder drops it at its next step) and the final is
@@ -58,11 +67,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from tidegate.engines.asr.request import AsrCancelledError, AsrResult
+from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.turn_language import TurnLanguage
 from tidegate.engines.errors import DeadlineError, EngineError
@@ -195,6 +205,31 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.concatenate([stream.process(to_mono(msg)), stream.flush()])
 
 
+@dataclass(slots=True)
+class EarlyFinal:
+    """A segment's final submitted while the VAD waits out its quiet (module doc): the
+    segment's first ``end`` samples, the request and the task that decodes it."""
+
+    seg: Segment
+    end: int
+    request: AsrRequest
+    cancel: threading.Event
+    task: asyncio.Task[tuple[AsrResult | None, Timing, EngineError | None]]
+
+    def same_request(self, final: AsrRequest) -> bool:
+        """Whether ``final``, the closed segment's request, asks what this one asked."""
+        a, b = self.request, final
+        same = (
+            len(a.audio) == len(b.audio)
+            and a.prefix == b.prefix
+            and a.language == b.language
+            and a.prompt == b.prompt
+        )
+        if a.language_audio is None or b.language_audio is None:
+            return same and a.language_audio is b.language_audio
+        return same and np.array_equal(a.language_audio, b.language_audio)
+
+
 class SpeechListener(Protocol):
     """Who hears of the lane's speech (turn-taking); called on the event loop."""
 
@@ -304,6 +339,9 @@ class AudioLane:
         self._max_finals = s.asr_max_pending_finals
         self._wake = asyncio.Event()
         self._partial_cancel: tuple[Segment, threading.Event] | None = None  # in flight
+        #: the open segment's early final, and those of closed segments whose finals are due
+        self._early: EarlyFinal | None = None
+        self._early_closed: dict[str, EarlyFinal] = {}
         self._last_audio_ms = 0.0  # server time the newest audio arrived
         # commits and clears: the VAD loop's progress on the inbox, and dropped segments
         self._vad_busy = False
@@ -321,6 +359,8 @@ class AudioLane:
             "commits": 0,
             "clears": 0,
             "prompt_echoes": 0,
+            "early_finals": 0,  # finals whose decode started in the VAD's wait (module doc)
+            "early_finals_dropped": 0,  # ... withdrawn: speech went on, or the end differed
         }
         session.spawn(self._vad_loop(self.inbox), "vad")
         session.spawn(self._asr_loop(), "asr")
@@ -529,9 +569,34 @@ class AudioLane:
                 self._segment = None
                 seg.truncate(max(0, ev.sample - seg.start_sample))
                 self._segment_end = seg.end_sample
+                early, self._early = self._early, None
+                if early is not None:  # its final decides whether it is the one
+                    self._early_closed[seg.id] = early
                 await self._close_segment(seg, received)
+        self._early_final(r.end_if_silent)
         if self._segment is not None and self._partial_due(self._segment):
             self._wake.set()
+
+    def _early_final(self, ending: int | None) -> None:
+        """Start the open segment's final where the VAD would end it (``ending``: its quiet
+        has begun), or withdraw one whose quiet ended (module doc)."""
+        seg, early = self._segment, self._early
+        if early is not None and (early.seg is not seg or ending != seg.start_sample + early.end):
+            self._drop_early(early)
+            self._early = early = None
+        if not self.settings.early_final or seg is None or ending is None or early is not None:
+            return
+        end = ending - seg.start_sample
+        if not 0 < end <= seg.samples:
+            return
+        cancel = threading.Event()
+        request = self.language.request(seg, end, cancel)
+        task = self.session.spawn(self._submit(request), "asr-early-final")
+        self._early = EarlyFinal(seg, end, request, cancel, task)
+
+    def _drop_early(self, early: EarlyFinal) -> None:
+        early.cancel.set()
+        self.counters["early_finals_dropped"] += 1
 
     def _partial_due(self, seg: Segment) -> bool:
         """A partial of ``seg`` is due (the adaptive rate: the ASR engine's queue depth)."""
@@ -591,22 +656,34 @@ class AudioLane:
     async def _run(
         self, seg: Segment, end: int | None, cancel: threading.Event | None = None
     ) -> tuple[AsrResult | None, Timing]:
+        result, timing, error = await self._submit(
+            self.language.request(seg, end, cancel), final=end is None
+        )
+        if isinstance(error, AsrCancelledError):
+            self.counters["partials_cancelled"] += 1
+        elif error is not None and end is None:  # a final: the words may be lost; say so
+            self._lost_final(seg, error)
+        return result, timing
+
+    async def _submit(
+        self, request: AsrRequest, *, final: bool = True
+    ) -> tuple[AsrResult | None, Timing, EngineError | None]:
+        """One ASR request (a final is urgent: it goes ahead of other sessions' partials):
+        its result, or None and why (withdrawn: :class:`AsrCancelledError`; a failure is
+        counted and logged)."""
         received = self._last_audio_ms
         start = now_ms()
-        try:  # a final (end None) is urgent: it goes ahead of other sessions' partials
-            result: AsrResult | None = await self.asr.submit(
-                self.language.request(seg, end, cancel), urgent=end is None
-            )
-        except AsrCancelledError:
-            self.counters["partials_cancelled"] += 1
-            result = None
+        result: AsrResult | None = None
+        error: EngineError | None = None
+        try:
+            result = await self.asr.submit(request, urgent=final)
+        except AsrCancelledError as e:
+            error = e
         except EngineError as e:
             self.counters["asr_errors"] += 1
             log.warning("session %s: ASR failed: %s", self.session.id, e)
-            result = None
-            if end is None:  # a final: the words may be lost, and the user must know
-                self._lost_final(seg, e)
-        return result, Timing(received=received, engine_start=start, engine_end=now_ms())
+            error = e
+        return result, Timing(received=received, engine_start=start, engine_end=now_ms()), error
 
     def _lost_final(self, seg: Segment, e: EngineError) -> None:
         """A segment's final failed: the turn keeps what was committed (possibly nothing), and
@@ -665,12 +742,15 @@ class AudioLane:
             await self._close_segment(seg, self._last_audio_ms)
 
     async def _final(self, seg: Segment, received: float) -> None:
+        early = self._early_closed.pop(seg.id, None)
         if seg.id in self._discarded:  # a clear dropped it: no words came of it
             self._discarded.discard(seg.id)
+            if early is not None:
+                self._drop_early(early)
             if self.listener is not None:
                 self.listener.on_final("", received, len(self._finals) - 1)
             return
-        result, timing = await self._run(seg, None)
+        result, timing = await self._early_result(seg, early)
         if result is not None and seg.echoes_prompt(result):
             self.counters["prompt_echoes"] += 1
             seg.prompt = ()  # decoded again without the context
@@ -705,6 +785,21 @@ class AudioLane:
         )
         if self.listener is not None:  # this final is still queued: the others are pending
             self.listener.on_final(text, received, len(self._finals) - 1)
+
+    async def _early_result(
+        self, seg: Segment, early: EarlyFinal | None
+    ) -> tuple[AsrResult | None, Timing]:
+        """``seg``'s final: its early final's, when that asked for exactly what the final
+        asks (module doc), else decoded now."""
+        if early is not None:
+            if early.end == seg.samples and early.same_request(self.language.request(seg)):
+                result, timing, error = await early.task
+                if error is None:
+                    self.counters["early_finals"] += 1
+                    return result, timing
+            else:
+                self._drop_early(early)
+        return await self._run(seg, None)
 
     @staticmethod
     def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:

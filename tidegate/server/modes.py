@@ -83,6 +83,7 @@ def lane_config(settings: Settings) -> LaneConfig:
                 language_detect_s=s.asr_language_detect_s,
                 language_lock_probability=s.asr_language_lock_probability,
                 language_detect_max_s=s.asr_language_detect_max_s,
+                early_final=s.asr_early_final,
             ),
             audio_buffer_s=s.audio_buffer_s,
             audio_silence_dbfs=s.audio_silence_dbfs,

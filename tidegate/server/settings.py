@@ -465,6 +465,11 @@ class Settings:
         "Past this much speech the turn's language is locked however sure the detection.",
         default=6.0,
     )
+    asr_early_final: bool = _doc(
+        "A segment's final is decoded from the moment the VAD hears its quiet begin, not when "
+        "the quiet has lasted vad_min_silence_s; withdrawn if speech resumes (docs/asr.md).",
+        default=True,
+    )
 
     # -- LLM and TTS (docs/llm-tts.md) --------------------------------------------------------
     llm_default_max_tokens: int = _doc(

@@ -24,7 +24,9 @@ Two sets (``--parts paused,echo``):
   replies (``input.text`` prompts, ``--replies-per-session`` per session, the server's echo
   cancellation ``auto``) counting false barge-ins (a reply cancelled while the user said
   nothing) and echo heard as speech (``vad.speech_started`` during a reply); a control reply
-  with the canceller ``off`` (today's behaviour: the echo cuts it); and after each session's
+  with the canceller ``off`` (the fault the set catches: its echo is heard as the user's
+  speech, ``barge_ins``, which pauses the reply; ``cut``: how often that cut it, where the
+  reply lane's guard against the reply's own words did not resume it); and after each session's
   replies one more, over which the user asks a question (espeak-ng, another voice than the
   reply's) ``--talk-after-s`` into it: the cut latency (on the kiosk's media clock, from the
   question's first sample to the end of the reply's audio on the speaker) and the
@@ -606,7 +608,8 @@ def _case_figures(sessions: list[EchoSession], control: EchoSession | None) -> d
     if control is not None:
         out["control_off"] = {
             "replies": len(control.replies),
-            "barge_ins": sum(r.status == "cancelled" for r in control.replies),
+            "barge_ins": sum(r.speech_during > 0 for r in control.replies),
+            "cut": sum(r.status == "cancelled" for r in control.replies),
         }
     return out
 

@@ -76,6 +76,9 @@ class StreamingSettings:
     partial_max_queue_items: int = 16
     language_lock_probability: float = 0.7
     language_detect_max_s: float = 6.0
+    #: a segment's final starts when the VAD's quiet begins, not when it ends it
+    #: (pipelines/audio.py "early final")
+    early_final: bool = True
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
