@@ -73,7 +73,7 @@ class ReplyConfig:
     #: words heard over a reply that it played this long before its pause are its own (0: off)
     interrupt_echo_window_s: float = 3.0
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
-    first_chunk_words: int = 4
+    first_chunk_words: int = 3
 
 
 @dataclass(frozen=True, slots=True)

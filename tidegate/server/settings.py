@@ -608,7 +608,7 @@ class Settings:
         "A reply's first TTS chunk ends after this many words (or at its first clause or "
         "sentence end, if sooner), so that its speech starts before the sentence is written "
         "(0: whole sentences from the first; docs/assistant.md).",
-        default=4,
+        default=3,
     )
     assistant_max_tools_items: int = _doc(
         "Tools (functions) a session config may declare (needs llm_runtime=providers).",

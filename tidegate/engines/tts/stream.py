@@ -43,7 +43,7 @@ CLAUSE_END_RE = re.compile(r"[,;:]+(?=\s)")
 class ChunkPolicy:
     """Where text is cut into synthesis chunks."""
 
-    first_chunk_words: int = 4  # 0: the first chunk is a whole sentence too
+    first_chunk_words: int = 3  # 0: the first chunk is a whole sentence too
     early_max_words: int = 8  # later chunks are cut early while their word limit is <= this
     max_chunk_chars: int = 240
 
