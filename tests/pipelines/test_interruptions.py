@@ -281,9 +281,12 @@ async def test_noise_and_backchannels_resume_a_reply_and_words_cut_it(
     ignored = report["backchannel ignored"]["resumed"]
     assert {r for r, _, _ in ignored} == {"backchannel"}, report
     assert [w for _, h, _ in ignored for w in words_of(h)] == ["yes", "right"], report
-    # the reply's own words, heard as words, did not cut it: they were its own (reason echo)
+    # the reply's own words did not cut it (above): heard as words, they were its own (reason
+    # echo); Whisper's gate may also find no words in a second of echo (reason no_words; CI)
     own = report["own words"]["resumed"]
-    assert any(r == "echo" and words_of(h) for r, h, _ in own), report
+    assert own and all(r in {"echo", "no_words"} for r, _, _ in own), report
+    heard = [f for f in report["own words"]["finals"] if words_of(f)]
+    assert not heard or any(r == "echo" and words_of(h) for r, h, _ in own), report
     for name in ("backchannel counted", "question"):
         case, r = by[name], report[name]
         s = case.session
