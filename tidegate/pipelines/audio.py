@@ -34,9 +34,7 @@ final). If the quiet lasts and the segment closes there, with the same request (
 committed prefix, language, prompt), the early result is the final: the ASR ran during the
 VAD's wait (~0.1 s sooner after every turn). If speech resumes first, the early final is
 withdrawn (its ``cancel`` event) and counted (``early_finals_dropped``); at most one per
-segment is in flight, and a partial of the segment in flight when it starts is withdrawn (as
-at the segment's close: it would commit more and make the final's request differ).
-``asr_early_final`` turns it off.
+segment is in flight. ``asr_early_final`` turns it off.
 
 A final never waits behind a stale partial of its own session: when a segment closes while
 its partial is queued or running, the partial is withdrawn (its request's ``cancel`` event:
@@ -591,11 +589,6 @@ class AudioLane:
         end = ending - seg.start_sample
         if not 0 < end <= seg.samples:
             return
-        inflight = self._partial_cancel
-        if inflight is not None and inflight[0] is seg:
-            # the early final supersedes it, as the final would: run alone, and no partial
-            # commits more of the segment meanwhile (the final's request would then differ)
-            inflight[1].set()
         cancel = threading.Event()
         request = self.language.request(seg, end, cancel)
         task = self.session.spawn(self._submit(request), "asr-early-final")
