@@ -315,7 +315,7 @@ async def test_the_final_starts_when_the_quiet_begins_and_is_the_same(
     went quiet without ending the segment withdrew the early final it started."""
     pcm, rate = spoken(QUESTION, tmp_path)
     pcm = np.concatenate([pcm, np.zeros(rate, np.int16)])
-    early, counters = await _transcribe(settings, engines, pcm, rate)
+    early, counters = await _transcribe(settings, engines, pcm, rate, early_final=True)
     late, off = await _transcribe(settings, engines, pcm, rate, early_final=False)
     assert early == late and len(early) == 1, (early, late)
     assert counters["early_finals"] == 1, counters  # (a quiet between words drops one)
@@ -330,7 +330,7 @@ async def test_the_final_starts_when_the_quiet_begins_and_is_the_same(
     for gap_s in (0.12, 0.14, 0.16):
         gap = np.zeros(int(gap_s * rate), np.int16)
         paused = np.concatenate([head, gap, tail, np.zeros(rate, np.int16)])
-        texts, counters = await _transcribe(settings, engines, paused, rate)
+        texts, counters = await _transcribe(settings, engines, paused, rate, early_final=True)
         late, _ = await _transcribe(settings, engines, paused, rate, early_final=False)
         assert texts == late, (gap_s, texts, late)
         assert counters["early_finals"] >= 1, counters

@@ -78,7 +78,7 @@ class StreamingSettings:
     language_detect_max_s: float = 6.0
     #: a segment's final starts when the VAD's quiet begins, not when it ends it
     #: (pipelines/audio.py "early final")
-    early_final: bool = True
+    early_final: bool = False
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
