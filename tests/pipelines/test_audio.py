@@ -85,6 +85,15 @@ def lane_for(
     return lane, listener
 
 
+async def send(lane: AudioLane, pcm: np.ndarray, rate: int) -> None:
+    """``pcm`` into the lane as ``input.audio`` chunks of ``CHUNK_S``, as fast as it takes them."""
+    handle = lane.handlers()[InputAudio]
+    step = int(CHUNK_S * rate)
+    for i in range(0, len(pcm), step):
+        chunk = pcm[i : i + step].astype("<i2").tobytes()
+        await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+
+
 async def test_speech_becomes_a_final_and_the_listener_hears_it(
     settings: Settings, engines: EngineService, tmp_path: Path
 ) -> None:
@@ -177,12 +186,8 @@ async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:
     async for engines in started_engines(settings):
         session = FakeSession()
         lane, listener = lane_for(session, settings, engines, audio_max_ahead_s=0.0)
-        handle = lane.handlers()[InputAudio]
-        step = int(CHUNK_S * rate)
         try:
-            for i in range(0, len(pcm), step):
-                chunk = pcm[i : i + step].astype("<i2").tobytes()
-                await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+            await send(lane, pcm, rate)
             async with asyncio.timeout(scaled(60)):
                 while not any(k == "final" for k, _ in listener.heard):
                     await asyncio.sleep(0.05)
@@ -288,12 +293,8 @@ async def _transcribe(
         audio_max_ahead_s=0.0,
         streaming=dataclasses.replace(config.streaming, **streaming),
     )
-    handle = lane.handlers()[InputAudio]
-    step = int(CHUNK_S * rate)
     try:
-        for i in range(0, len(pcm), step):
-            chunk = pcm[i : i + step].astype("<i2").tobytes()
-            await handle(InputAudio(pcm=chunk, format="s16le", sample_rate=rate, channels=1))
+        await send(lane, pcm, rate)
         async with asyncio.timeout(scaled(60)):
             while not session.of(VadSpeechStopped) or (
                 lane.counters["finals"] + lane.counters["empty_finals"]
