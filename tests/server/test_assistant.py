@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import prepare_models, scaled, wait_ready
-from tidegate.bench.wer import wer
+from tidegate.bench.wer import ler
 from tidegate.engines import models
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -181,6 +181,13 @@ class converse:
             await self.client.close()
 
 
+#: the reply's audio reads as its text: letter error rate of Whisper tiny.en's transcription.
+#: Letters, not words: tiny.en hears Piper's "France is" as "Francis" in every run (WER 0.33 on
+#: a six-word reply, one run in many also "but" for "The": 0.5), which is the transcriber,
+#: not the audio (0.04 and 0.16 in letters); audio missing a chunk (three of its words) reads 0.48.
+READS_AS = 0.25
+
+
 def transcribe(whisper: WhisperOnnx, audio_48k: np.ndarray) -> str:
     pcm = resample(audio_48k.astype(np.float32) / 32768, 48_000, 16_000)
     result = whisper.run_batch([AsrRequest(pcm.astype(np.float32) / 32768)], [None])[0]
@@ -220,7 +227,7 @@ async def test_spoken_question_gets_a_spoken_answer(
     assert all(a.sample_rate == 48_000 and a.format == "s16le" for a in c.of(OutputAudio))
     assert len(audio) / 48_000 > 1.0
     heard = transcribe(whisper, audio)
-    assert wer(done.text, heard) <= 0.35, (done.text, heard)
+    assert ler(done.text, heard) <= READS_AS, (done.text, heard)
 
 
 async def test_text_input_gets_a_streamed_reply(live: LiveServer) -> None:
@@ -436,7 +443,7 @@ async def test_webrtc_question_is_answered_on_the_track(
     audio = call.audio()
     assert len(audio) / 48_000 > 1.0
     text = transcribe(whisper, np.clip(audio, -32768, 32767).astype(np.int16))
-    assert wer(done.text, text) <= 0.35, (done.text, text)
+    assert ler(done.text, text) <= READS_AS, (done.text, text)
 
 
 async def test_webrtc_speech_over_a_reply_stops_the_track(

@@ -15,7 +15,18 @@ def words(text: str) -> list[str]:
 
 def wer(reference: str, hypothesis: str) -> float:
     """Word error rate: edit distance over words, divided by the reference's length."""
-    r, h = words(reference), words(hypothesis)
+    return _edits(words(reference), words(hypothesis))
+
+
+def ler(reference: str, hypothesis: str) -> float:
+    """Letter error rate: edit distance over the words' letters with the spaces between words
+    dropped, divided by the reference's letter count. A transcriber that re-cuts words
+    ("France is" heard "Francis") costs two words of WER but one letter here: the measure
+    for "is this audio that text", where WER measures the transcriber as much as the audio."""
+    return _edits(list("".join(words(reference))), list("".join(words(hypothesis))))
+
+
+def _edits(r: list[str], h: list[str]) -> float:
     d = list(range(len(h) + 1))
     for i in range(1, len(r) + 1):
         prev, d[0] = d[0], i
