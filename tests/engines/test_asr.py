@@ -191,11 +191,16 @@ def test_no_partial_in_a_short_pause() -> None:
 
 
 def test_repetition_loops_are_cut() -> None:
-    """A span of at least min_len tokens said twice in a row is a loop; shorter repeats, and
-    copies reaching into the forced prefix, are not."""
+    """A span of at least min_len tokens said twice in a row is a loop, and a shorter one
+    said four times; three short copies, and copies reaching into the forced prefix, are not."""
     assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4) == 4
     assert repeated_tail([1, 2, 3, 4, 5, 2, 3, 4, 5], 4, keep=6) == 0
-    assert repeated_tail([7, 7, 7, 7], 4) == 0  # "no, no, no": short repeats are speech
+    assert repeated_tail([1, 7, 7, 7], 4) == 0  # "no, no, no": short repeats are speech
+    assert repeated_tail([1, 8, 7, 8, 7, 8, 7], 4) == 0
+    # "story history history history history": all copies but one go
+    assert repeated_tail([1, 7, 7, 7, 7], 4) == 3
+    assert repeated_tail([1, 8, 7, 8, 7, 8, 7, 8, 7], 4) == 6
+    assert repeated_tail([7, 7, 7, 7], 4, keep=2) == 0  # the copies would cut the prefix
     assert repeated_tail([1, 2, 3, 4, 5, 6], 4) == 0
     # 3 would cut Beckett's own words ("again. Fail" twice in "Fail again. Fail better."):
     # the default stays 4

@@ -12,8 +12,8 @@ No ..."); with 10 s it does not (docs/asr.md). Shorter requests are padded with 
 length, as Whisper itself pads to 30 s. The decoder then steps all requests together: one
 call per token for the whole batch (forced prefix tokens common to every row go in one call),
 finished rows leaving the batch. A hypothesis that starts repeating itself (a span of at
-least ``loop_min_tokens`` twice in a row: tiny.en loops on short audio padded with silence)
-ends there, without the copy.
+least ``loop_min_tokens`` twice in a row, or a shorter one :data:`SHORT_LOOP_COPIES` times:
+tiny.en loops on short audio padded with silence, and on echo) ends there, without the copies.
 
 Languages: each row carries a language token (:data:`LANG_AUTO` to detect it, :data:`LANG_NONE`
 on an English-only model, which has no language token). A multilingual row's prompt is
@@ -437,7 +437,7 @@ def greedy_decode(
                 continue
             hyp = [*seq[i][start[i] :], tok]
             k = repeated_tail(hyp, loop_min_tokens[i], len(prefixes[i]))
-            if k:  # a loop: drop the copy and end the hypothesis
+            if k:  # a loop: drop the copies and end the hypothesis
                 seq[i].append(tok)
                 del seq[i][-k:]
                 continue
@@ -472,18 +472,29 @@ def greedy_decode(
     ]
 
 
+#: copies in a row that make a span shorter than ``loop_min_tokens`` a loop: tiny.en on a
+#: second of a reply's echo wrote "story history history history history" (a final; it was
+#: taken for the user's words and cut the reply). Three copies stay speech ("no, no, no").
+SHORT_LOOP_COPIES = 4
+
+
 def repeated_tail(tokens: Sequence[int], min_len: int, keep: int = 0) -> int:
-    """Length of a span of at least ``min_len`` tokens that ``tokens`` ends with twice in a
-    row (Whisper's repetition loop on short, padded audio), or 0. The second copy must lie
-    after the first ``keep`` tokens (a forced prefix is never cut)."""
+    """How many tokens to drop from the end of ``tokens``, where it ends in a loop
+    (Whisper's repetition on short, padded or echoed audio), or 0: a span of at least
+    ``min_len`` tokens twice in a row, or a shorter span :data:`SHORT_LOOP_COPIES` times; all
+    copies but the first go. The copies dropped must lie after the first ``keep`` tokens (a
+    forced prefix is never cut)."""
     if min_len <= 0:
         return 0
     n = len(tokens)
-    for k in range(min_len, n // 2 + 1):
-        if n - k < keep:
-            break
-        if tokens[n - k :] == tokens[n - 2 * k : n - k]:
-            return k
+    for k in range(1, n // 2 + 1):
+        copies = 2 if k >= min_len else SHORT_LOOP_COPIES
+        drop = (copies - 1) * k
+        if n - drop < keep or n < copies * k:
+            continue
+        tail = tokens[n - k :]
+        if all(tokens[n - (c + 1) * k : n - c * k] == tail for c in range(1, copies)):
+            return drop
     return 0
 
 
