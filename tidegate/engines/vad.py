@@ -3,7 +3,9 @@
 Each request is one 32 ms frame (512 samples at 16 kHz) of one session. Silero also needs
 the last 64 samples of the session's previous frame and its recurrent state ([2, 128]);
 both live in the session's :class:`VadState`, so a batch stacks them into the model's
-``input`` [B, 576] and ``state`` [2, B, 128] and splits ``stateN`` back. A per-session
+``input`` [B, 576] and ``state`` [2, B, 128] and splits ``stateN`` back. The model is the
+shipped file (with its ``sr`` input: what Triton serves) or the batched graph prepared from
+it (tidegate/tools/convert_silero.py: no ``sr``, the same answers, less CPU). A per-session
 hysteresis (:class:`VadTracker`) turns probabilities into speech start/end events with
 sample timestamps: start when the probability reaches ``threshold`` and speech lasts
 ``min_speech_s``; end when it stays below ``threshold - 0.15`` for ``min_silence_s``;
@@ -13,7 +15,7 @@ segments are widened by ``speech_pad_s`` on both sides.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ SILERO_SIGNATURE = Signature(
         TensorSpec("stateN", "float32", (2, "batch", 128)),
     ),
 )
+#: the batched graph prepared from the shipped model: the 16 kHz branch only, no ``sr``
+SILERO_BATCHED_SIGNATURE = replace(SILERO_SIGNATURE, inputs=SILERO_SIGNATURE.inputs[:2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,7 @@ class SileroVad(Engine[Array, VadResult, Array]):
         self.runtime_options = runtime or RuntimeOptions()
         self.settings = settings or VadSettings()
         self._model: ModelRunner | None = None
-        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+        self._sr: Array | None = None  # the shipped model's ``sr`` input (None: batched graph)
 
     @property
     def signature(self) -> Signature:
@@ -175,7 +179,10 @@ class SileroVad(Engine[Array, VadResult, Array]):
 
     def _load(self) -> None:
         self._model = open_model(self.path, self.runtime_options)
-        SILERO_SIGNATURE.check_model(self._model.signature, model=self.path.name)
+        names = {t.name for t in self._model.signature.inputs}
+        signature = SILERO_SIGNATURE if "sr" in names else SILERO_BATCHED_SIGNATURE
+        signature.check_model(self._model.signature, model=self.path.name)
+        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64) if "sr" in names else None
 
     @property
     def provider(self) -> str:
@@ -215,7 +222,10 @@ class SileroVad(Engine[Array, VadResult, Array]):
         if not finite.all():
             return self._without_bad_frames(items, states, finite)
         rnn = np.stack([s.rnn for s in states], axis=1)
-        out = self._model.run({"input": x, "state": rnn, "sr": self._sr})
+        feeds = {"input": x, "state": rnn}
+        if self._sr is not None:
+            feeds["sr"] = self._sr
+        out = self._model.run(feeds)
         probs = out["output"].reshape(n).tolist()
         # Each session keeps a view of its slice: no copies, and the batch's arrays are
         # small (n x 2 x 128 floats).
