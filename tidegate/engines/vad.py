@@ -5,7 +5,10 @@ the last 64 samples of the session's previous frame and its recurrent state ([2,
 both live in the session's :class:`VadState`, so a batch stacks them into the model's
 ``input`` [B, 576] and ``state`` [2, B, 128] and splits ``stateN`` back. The model is the
 shipped file (with its ``sr`` input: what Triton serves) or the batched graph prepared from
-it (tidegate/tools/convert_silero.py: no ``sr``, the same answers, less CPU). A per-session
+it (tidegate/tools/convert_silero.py: no ``sr``, the same answers, less CPU). When a batch
+holds the same sessions in the same order as the one before (the steady state of many
+streams), their stacked state and contexts are taken as the last batch left them instead
+of being stacked again. A per-session
 hysteresis (:class:`VadTracker`) turns probabilities into speech start/end events with
 sample timestamps: start when the probability reaches ``threshold`` and speech lasts
 ``min_speech_s``; end when it stays below ``threshold - 0.15`` for ``min_silence_s``;
@@ -149,6 +152,16 @@ class VadResult:
     end_if_silent: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _LastBatch:
+    """What the last batch left: its sessions' new states, in order, and the arrays their
+    ``rnn`` and ``context`` are views of (never written to after)."""
+
+    states: list[VadState]
+    rnn: Array  # [2, B, 128]
+    context: Array  # [B, 64]
+
+
 class SileroVad(Engine[Array, VadResult, Array]):
     """Silero VAD over ONNX Runtime (or TensorRT), batched across sessions."""
 
@@ -168,6 +181,8 @@ class SileroVad(Engine[Array, VadResult, Array]):
         self.settings = settings or VadSettings()
         self._model: ModelRunner | None = None
         self._sr: Array | None = None  # the shipped model's ``sr`` input (None: batched graph)
+        self._input = np.empty((0, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
+        self._last: _LastBatch | None = None
 
     @property
     def signature(self) -> Signature:
@@ -183,6 +198,7 @@ class SileroVad(Engine[Array, VadResult, Array]):
         signature = SILERO_SIGNATURE if "sr" in names else SILERO_BATCHED_SIGNATURE
         signature.check_model(self._model.signature, model=self.path.name)
         self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64) if "sr" in names else None
+        self._last = None
 
     @property
     def provider(self) -> str:
@@ -211,27 +227,49 @@ class SileroVad(Engine[Array, VadResult, Array]):
             )
         return frame  # finiteness is checked for the whole batch in infer()
 
+    def _input_rows(self, n: int) -> Array:
+        """The model's ``input`` for n sessions: rows of a buffer kept between calls (no
+        state ever holds a view of it)."""
+        if self._input.shape[0] < n:
+            rows = max(n, 2 * self._input.shape[0])
+            self._input = np.empty((rows, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
+        return self._input[:n]
+
     def infer(self, items: Sequence[Array], states: Sequence[Any]) -> list[Outcome[VadResult]]:
         if self._model is None:
             raise EngineError("vad: not loaded")
         n = len(items)
-        x = np.empty((n, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
-        x[:, :CONTEXT_SAMPLES] = np.stack([s.context for s in states])
-        x[:, CONTEXT_SAMPLES:] = np.stack(items)
-        finite: Array = np.asarray(np.isfinite(x[:, CONTEXT_SAMPLES:]).all(axis=1))
-        if not finite.all():
-            return self._without_bad_frames(items, states, finite)
-        rnn = np.stack([s.rnn for s in states], axis=1)
+        x = self._input_rows(n)
+        audio = x[:, CONTEXT_SAMPLES:]
+        np.stack(items, out=audio)
+        # One pass over the batch; a sum that is not finite (NaN, infinity, or finite values
+        # so large that it overflows) sends it to the exact per-frame check.
+        if not np.isfinite(audio.sum()):
+            finite: Array = np.asarray(np.isfinite(audio).all(axis=1))
+            if not finite.all():
+                return self._without_bad_frames(items, states, finite)
+        last = self._last
+        if (
+            last is not None
+            and len(last.states) == n
+            and all(a is b for a, b in zip(states, last.states, strict=True))
+        ):
+            x[:, :CONTEXT_SAMPLES] = last.context
+            rnn = last.rnn
+        else:
+            np.stack([s.context for s in states], out=x[:, :CONTEXT_SAMPLES])
+            rnn = np.stack([s.rnn for s in states], axis=1)
         feeds = {"input": x, "state": rnn}
         if self._sr is not None:
             feeds["sr"] = self._sr
         out = self._model.run(feeds)
         probs = out["output"].reshape(n).tolist()
-        # Each session keeps a view of its slice: no copies, and the batch's arrays are
-        # small (n x 2 x 128 floats).
-        state_n = out["stateN"].transpose(1, 0, 2)
-        contexts = x[:, -CONTEXT_SAMPLES:]
+        # Each session keeps views of its slices (no copies: the arrays are small and never
+        # written to again); the contexts are copied out of the reused input buffer.
+        state_n = out["stateN"]
+        contexts = x[:, -CONTEXT_SAMPLES:].copy()
         results: list[Outcome[VadResult]] = []
+        new_states: list[VadState] = []
         for i, state in enumerate(states):
             p = probs[i]
             start = state.samples
@@ -241,11 +279,13 @@ class SileroVad(Engine[Array, VadResult, Array]):
                 old.settings, old.triggered, old.confirmed, old.speech_start, old.temp_end
             )
             events = tracker.update(p, start, end)
-            new_state = VadState(state_n[i], contexts[i], tracker, end)
+            new_state = VadState(state_n[:, i], contexts[i], tracker, end)
+            new_states.append(new_state)
             ending = tracker.end_if_silent()
             results.append(
                 Ok(VadResult(p, tracker.confirmed, tuple(events), end, ending), new_state)
             )
+        self._last = _LastBatch(new_states, state_n, contexts)
         return results
 
     def _without_bad_frames(
@@ -260,6 +300,7 @@ class SileroVad(Engine[Array, VadResult, Array]):
         if self._model is not None:
             self._model.close()
             self._model = None
+        self._last = None
 
 
 def frames(audio: Array) -> tuple[Array, Array]:
