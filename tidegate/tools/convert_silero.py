@@ -7,9 +7,10 @@ each) per layer, so a batch barely amortises them. Here the same arithmetic is w
 ``Gather`` (the frames' windows, or the convolution's taps, picked out by constant indices)
 then ONE ``MatMul`` over batch x frames per layer, in a time-major, channels-last layout:
 
-- STFT: the 64 + 512 input samples and the right-hand reflection padding (64) are gathered
-  into 4 windows of 256 (``Gather`` with indices [4, 256], the padding folded into the
-  indices), times the basis [256, 258]; magnitude ``sqrt(re^2 + im^2)`` of its two halves.
+- STFT: the 576 input samples and their right-hand reflection (64, a reversed ``Slice``)
+  are cut into five blocks of one hop (128); each of the 4 windows of 256 is two consecutive
+  blocks (``Gather`` of whole rows), times the basis [256, 258]; magnitude
+  ``sqrt(re^2 + im^2)`` of its two halves.
 - encoder 0 and 1 (kernel 3, padding 1, strides 1 and 2): zero-pad the time axis, gather each
   output frame's three input frames, reshape to [B, T', 3C] and multiply by the weight laid
   out [3C, C']; bias, ReLU.
@@ -155,14 +156,38 @@ class _Graph:
         return output
 
 
-def _stft_indices() -> Array:
-    """[4, 256]: each STFT window's positions in the input, the right-hand reflection padding
-    (64 samples: ``padded[576 + j] = input[574 - j]``) folded in."""
-    kernel, hop, pad = 256, 128, 64
-    frames = (INPUT_SAMPLES + pad - kernel) // hop + 1
-    pos = np.arange(frames)[:, None] * hop + np.arange(kernel)[None, :]
+#: the STFT: window, hop and the reflection padding on the right of the input
+STFT_WINDOW, STFT_HOP, STFT_PAD = 256, 128, 64
+STFT_FRAMES = (INPUT_SAMPLES + STFT_PAD - STFT_WINDOW) // STFT_HOP + 1  # 4
+
+
+def _stft_windows(g: _Graph) -> str:
+    """input [B, 576] -> the STFT's windows [B, 4, 256]: the input and its reflection
+    (``padded[576 + j] = input[574 - j]``) cut into blocks of one hop, and each window
+    gathered as two consecutive blocks (a Gather of whole 128-sample rows, not of samples)."""
     last = INPUT_SAMPLES - 1
-    return np.where(pos <= last, pos, 2 * last - pos).astype(np.int64)
+    tail = g.op(
+        "Slice",
+        [
+            "input",
+            g.const("stft.reflect_start", np.array([last - 1], np.int64)),
+            g.const("stft.reflect_end", np.array([last - 1 - STFT_PAD], np.int64)),
+            g.const("stft.reflect_axis", np.array([1], np.int64)),
+            g.const("stft.reflect_step", np.array([-1], np.int64)),
+        ],
+        "stft.reflection",
+    )
+    padded = g.op("Concat", ["input", tail], "stft.padded", axis=1)
+    blocks_n = (INPUT_SAMPLES + STFT_PAD) // STFT_HOP
+    shape = np.array([0, blocks_n, STFT_HOP], np.int64)
+    blocks = g.op("Reshape", [padded, g.const("stft.blocks_shape", shape)], "stft.blocks")
+    per_window = STFT_WINDOW // STFT_HOP
+    idx = np.arange(STFT_FRAMES)[:, None] + np.arange(per_window)[None, :]
+    pairs = g.op(
+        "Gather", [blocks, g.const("stft.windows", idx.astype(np.int64))], "stft.pairs", axis=1
+    )  # [B, 4, 2, 128]
+    shape = np.array([0, STFT_FRAMES, STFT_WINDOW], np.int64)
+    return g.op("Reshape", [pairs, g.const("stft.windows_shape", shape)], "stft.frames")
 
 
 def _conv(
@@ -215,9 +240,7 @@ def build(shipped: onnx.ModelProto) -> onnx.ModelProto:
     g = _Graph()
 
     # STFT: windows [B, 4, 256] @ basis [256, 258] -> magnitudes [B, 4, 129].
-    windows = g.op(
-        "Gather", ["input", g.const("stft.windows", _stft_indices())], "stft.frames", axis=1
-    )
+    windows = _stft_windows(g)
     basis = w["stft.forward_basis_buffer"][:, 0, :].T  # [256, 258]
     spec = g.op("MatMul", [windows, g.const("stft.basis", basis)], "stft.spectrum")
     half = basis.shape[1] // 2
@@ -246,7 +269,7 @@ def build(shipped: onnx.ModelProto) -> onnx.ModelProto:
         "Add", [g.op("Mul", [re, re], "stft.re2"), g.op("Mul", [im, im], "stft.im2")], "stft.power"
     )
     x = g.op("Sqrt", [power], "stft.magnitude")
-    frames = int(_stft_indices().shape[0])
+    frames = STFT_FRAMES
 
     for i, stride in enumerate(strides):
         x, frames = _conv(
