@@ -270,21 +270,21 @@ class SileroVad(Engine[Array, VadResult, Array]):
         contexts = x[:, -CONTEXT_SAMPLES:].copy()
         results: list[Outcome[VadResult]] = []
         new_states: list[VadState] = []
-        for i, state in enumerate(states):
-            p = probs[i]
-            start = state.samples
-            end = start + FRAME_SAMPLES
+        # The per-session views, made in one call each rather than one index per session.
+        rnns = list(state_n.transpose(1, 0, 2))
+        for state, p, rnn, context in zip(states, probs, rnns, contexts, strict=True):
+            end = state.samples + FRAME_SAMPLES
             old = state.tracker
             tracker = VadTracker(
                 old.settings, old.triggered, old.confirmed, old.speech_start, old.temp_end
             )
-            events = tracker.update(p, start, end)
-            new_state = VadState(state_n[:, i], contexts[i], tracker, end)
+            events = tracker.update(p, state.samples, end)
+            new_state = VadState(rnn, context, tracker, end)
             new_states.append(new_state)
-            ending = tracker.end_if_silent()
-            results.append(
-                Ok(VadResult(p, tracker.confirmed, tuple(events), end, ending), new_state)
+            result = VadResult(
+                p, tracker.confirmed, tuple(events) if events else (), end, tracker.end_if_silent()
             )
+            results.append(Ok(result, new_state))
         self._last = _LastBatch(new_states, state_n, contexts)
         return results
 
