@@ -229,7 +229,7 @@ class SileroVad(Engine[Array, VadResult, Array]):
 
     def _input_rows(self, n: int) -> Array:
         """The model's ``input`` for n sessions: rows of a buffer kept between calls (no
-        state ever holds a view of it)."""
+        state ever holds a view of it; ``infer`` runs on one worker thread at a time)."""
         if self._input.shape[0] < n:
             rows = max(n, 2 * self._input.shape[0])
             self._input = np.empty((rows, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
