@@ -204,7 +204,9 @@ def _conv(
         if [k - 1 for k in used] != list(range(frames)):
             raise ModelError(f"silero: {name} does not cover its input frames")
         w = taps[used].reshape(len(used) * c_in, c_out)
-        flat = g.op("Reshape", [x, g.const(f"{name}.flat_shape", np.array([0, -1]))], f"{name}.in")
+        flat = g.op(
+            "Reshape", [x, g.const(f"{name}.flat_shape", np.array([0, -1], np.int64))], f"{name}.in"
+        )
     else:
         padded = g.op(
             "Pad",
