@@ -51,6 +51,9 @@ class ModelSpec:
     files: tuple[str, ...]
     install_hint: str
     sources: dict[str, str]  # pinned SHA-256 of the source file(s), by name
+    #: prepared files that only the local runtimes (onnx, tensorrt) run: a Triton export
+    #: leaves them out (Triton serves the shipped file)
+    local_only: tuple[str, ...] = ()
 
 
 _SMOLLM2_NOTICE = (
@@ -76,8 +79,9 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             package="silero-vad",
             version="6.2.3",
             licence="MIT",
-            notice="Silero VAD, Copyright (c) 2020-present Silero Team (MIT licence).",
-            files=("silero_vad.onnx",),
+            notice="Silero VAD, Copyright (c) 2020-present Silero Team (MIT licence). "
+            "silero_vad_batched.onnx is the same model rewritten by tidegate for batches.",
+            files=("silero_vad.onnx", "silero_vad_batched.onnx"),
             install_hint="pip install --no-deps silero-vad==6.2.3 (never without --no-deps: "
             "it would pull torch)",
             sources={
@@ -85,6 +89,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                     "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
                 )
             },
+            local_only=("silero_vad_batched.onnx",),
         ),
         ModelSpec(
             name="blazeface",

@@ -3,7 +3,12 @@
 Each request is one 32 ms frame (512 samples at 16 kHz) of one session. Silero also needs
 the last 64 samples of the session's previous frame and its recurrent state ([2, 128]);
 both live in the session's :class:`VadState`, so a batch stacks them into the model's
-``input`` [B, 576] and ``state`` [2, B, 128] and splits ``stateN`` back. A per-session
+``input`` [B, 576] and ``state`` [2, B, 128] and splits ``stateN`` back. The model is the
+shipped file (with its ``sr`` input: what Triton serves) or the batched graph prepared from
+it (tidegate/tools/convert_silero.py: no ``sr``, the same answers, less CPU). When a batch
+holds the same sessions in the same order as the one before (the steady state of many
+streams), their stacked state and contexts are taken as the last batch left them instead
+of being stacked again. A per-session
 hysteresis (:class:`VadTracker`) turns probabilities into speech start/end events with
 sample timestamps: start when the probability reaches ``threshold`` and speech lasts
 ``min_speech_s``; end when it stays below ``threshold - 0.15`` for ``min_silence_s``;
@@ -13,7 +18,7 @@ segments are widened by ``speech_pad_s`` on both sides.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,8 @@ SILERO_SIGNATURE = Signature(
         TensorSpec("stateN", "float32", (2, "batch", 128)),
     ),
 )
+#: the batched graph prepared from the shipped model: the 16 kHz branch only, no ``sr``
+SILERO_BATCHED_SIGNATURE = replace(SILERO_SIGNATURE, inputs=SILERO_SIGNATURE.inputs[:2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +152,16 @@ class VadResult:
     end_if_silent: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _LastBatch:
+    """What the last batch left: its sessions' new states, in order, and the arrays their
+    ``rnn`` and ``context`` are views of (never written to after)."""
+
+    states: list[VadState]
+    rnn: Array  # [2, B, 128]
+    context: Array  # [B, 64]
+
+
 class SileroVad(Engine[Array, VadResult, Array]):
     """Silero VAD over ONNX Runtime (or TensorRT), batched across sessions."""
 
@@ -163,7 +180,9 @@ class SileroVad(Engine[Array, VadResult, Array]):
         self.runtime_options = runtime or RuntimeOptions()
         self.settings = settings or VadSettings()
         self._model: ModelRunner | None = None
-        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
+        self._sr: Array | None = None  # the shipped model's ``sr`` input (None: batched graph)
+        self._input = np.empty((0, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
+        self._last: _LastBatch | None = None
 
     @property
     def signature(self) -> Signature:
@@ -175,7 +194,11 @@ class SileroVad(Engine[Array, VadResult, Array]):
 
     def _load(self) -> None:
         self._model = open_model(self.path, self.runtime_options)
-        SILERO_SIGNATURE.check_model(self._model.signature, model=self.path.name)
+        names = {t.name for t in self._model.signature.inputs}
+        signature = SILERO_SIGNATURE if "sr" in names else SILERO_BATCHED_SIGNATURE
+        signature.check_model(self._model.signature, model=self.path.name)
+        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64) if "sr" in names else None
+        self._last = None
 
     @property
     def provider(self) -> str:
@@ -204,38 +227,65 @@ class SileroVad(Engine[Array, VadResult, Array]):
             )
         return frame  # finiteness is checked for the whole batch in infer()
 
+    def _input_rows(self, n: int) -> Array:
+        """The model's ``input`` for n sessions: rows of a buffer kept between calls (no
+        state ever holds a view of it; ``infer`` runs on one worker thread at a time)."""
+        if self._input.shape[0] < n:
+            rows = max(n, 2 * self._input.shape[0])
+            self._input = np.empty((rows, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
+        return self._input[:n]
+
     def infer(self, items: Sequence[Array], states: Sequence[Any]) -> list[Outcome[VadResult]]:
         if self._model is None:
             raise EngineError("vad: not loaded")
         n = len(items)
-        x = np.empty((n, CONTEXT_SAMPLES + FRAME_SAMPLES), dtype=np.float32)
-        x[:, :CONTEXT_SAMPLES] = np.stack([s.context for s in states])
-        x[:, CONTEXT_SAMPLES:] = np.stack(items)
-        finite: Array = np.asarray(np.isfinite(x[:, CONTEXT_SAMPLES:]).all(axis=1))
-        if not finite.all():
-            return self._without_bad_frames(items, states, finite)
-        rnn = np.stack([s.rnn for s in states], axis=1)
-        out = self._model.run({"input": x, "state": rnn, "sr": self._sr})
+        x = self._input_rows(n)
+        audio = x[:, CONTEXT_SAMPLES:]
+        np.stack(items, out=audio)
+        # One pass over the batch; a sum that is not finite (NaN, infinity, or finite values
+        # so large that it overflows) sends it to the exact per-frame check.
+        if not np.isfinite(audio.sum()):
+            finite: Array = np.asarray(np.isfinite(audio).all(axis=1))
+            if not finite.all():
+                return self._without_bad_frames(items, states, finite)
+        last = self._last
+        if (
+            last is not None
+            and len(last.states) == n
+            and all(a is b for a, b in zip(states, last.states, strict=True))
+        ):
+            x[:, :CONTEXT_SAMPLES] = last.context
+            rnn = last.rnn
+        else:
+            np.stack([s.context for s in states], out=x[:, :CONTEXT_SAMPLES])
+            rnn = np.stack([s.rnn for s in states], axis=1)
+        feeds = {"input": x, "state": rnn}
+        if self._sr is not None:
+            feeds["sr"] = self._sr
+        out = self._model.run(feeds)
         probs = out["output"].reshape(n).tolist()
-        # Each session keeps a view of its slice: no copies, and the batch's arrays are
-        # small (n x 2 x 128 floats).
-        state_n = out["stateN"].transpose(1, 0, 2)
-        contexts = x[:, -CONTEXT_SAMPLES:]
+        # Each session keeps views of its slices (no copies: the arrays are small and never
+        # written to again); the contexts are copied out of the reused input buffer.
+        state_n = out["stateN"]
+        contexts = x[:, -CONTEXT_SAMPLES:].copy()
         results: list[Outcome[VadResult]] = []
-        for i, state in enumerate(states):
-            p = probs[i]
-            start = state.samples
-            end = start + FRAME_SAMPLES
+        new_states: list[VadState] = []
+        # The per-session views, made in one call each rather than one index per session.
+        rnns = list(state_n.transpose(1, 0, 2))
+        for state, p, rnn, context in zip(states, probs, rnns, contexts, strict=True):
+            end = state.samples + FRAME_SAMPLES
             old = state.tracker
             tracker = VadTracker(
                 old.settings, old.triggered, old.confirmed, old.speech_start, old.temp_end
             )
-            events = tracker.update(p, start, end)
-            new_state = VadState(state_n[i], contexts[i], tracker, end)
-            ending = tracker.end_if_silent()
-            results.append(
-                Ok(VadResult(p, tracker.confirmed, tuple(events), end, ending), new_state)
+            events = tracker.update(p, state.samples, end)
+            new_state = VadState(rnn, context, tracker, end)
+            new_states.append(new_state)
+            result = VadResult(
+                p, tracker.confirmed, tuple(events) if events else (), end, tracker.end_if_silent()
             )
+            results.append(Ok(result, new_state))
+        self._last = _LastBatch(new_states, state_n, contexts)
         return results
 
     def _without_bad_frames(
@@ -250,6 +300,7 @@ class SileroVad(Engine[Array, VadResult, Array]):
         if self._model is not None:
             self._model.close()
             self._model = None
+        self._last = None
 
 
 def frames(audio: Array) -> tuple[Array, Array]:

@@ -72,9 +72,17 @@ def _copy_checked(src: Path, dst: Path, expected: str, progress: Progress) -> No
 
 
 def _prepare_silero(spec: ModelSpec, ctx: PrepareContext) -> None:
+    """Copy the shipped model, then write its batched graph (tools/convert_silero.py),
+    checked against it; a difference beyond the tolerance fails the preparation."""
     src = _package_dir("silero_vad", spec) / "data" / "silero_vad.onnx"
-    _copy_checked(
-        src, ctx.out_dir / "silero_vad.onnx", spec.sources["silero_vad.onnx"], ctx.progress
+    shipped = ctx.out_dir / "silero_vad.onnx"
+    _copy_checked(src, shipped, spec.sources["silero_vad.onnx"], ctx.progress)
+    from tidegate.tools.convert_silero import convert_checked
+
+    ctx.progress("  rewrite as silero_vad_batched.onnx (front end as batch-wide MatMuls)")
+    prob, state = convert_checked(shipped, ctx.out_dir / "silero_vad_batched.onnx")
+    ctx.progress(
+        f"  checked against the shipped model: {prob:.1g} (probability), {state:.1g} (state)"
     )
 
 

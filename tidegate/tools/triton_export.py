@@ -242,7 +242,8 @@ def model_files(
     custom: Mapping[str, models.CustomModel] | None = None,
 ) -> list[Path]:
     """The ONNX files of ``names`` (default: every prepared default model and every custom
-    one); :class:`ModelError` for a model that is unknown or not prepared."""
+    one), less those only local runtimes run (``ModelSpec.local_only``); :class:`ModelError`
+    for a model that is unknown or not prepared."""
     custom = dict(custom or {})
     if not names:
         names = [
@@ -256,7 +257,10 @@ def model_files(
             problems = models.verify(data_dir, name, deep=False)
             if problems:
                 raise ModelError(f"{name} is not prepared ({problems[0]}): tidegate models prepare")
-            files += sorted(models.model_dir(data_dir, name).glob("*.onnx"))
+            skip = set(models.DEFAULT_MODELS[name].local_only)
+            files += sorted(
+                f for f in models.model_dir(data_dir, name).glob("*.onnx") if f.name not in skip
+            )
         else:
             raise ModelError(f"unknown model {name!r}")
     return files

@@ -43,7 +43,8 @@ def _frames(assets: Path, n: int) -> list[np.ndarray]:
 
 def test_vad_stream_same_as_local(triton_server: Any, data_dir: Path, assets: Path) -> None:
     """A VAD stream (recurrent state carried in each request) gives the local runtime's
-    probabilities and speech events through Triton."""
+    probabilities (within 1e-5: locally the batched graph runs, Triton serves the shipped
+    file) and speech events through Triton."""
     frames = _frames(assets, 120)
     got = []
     for rt in (LOCAL, _triton(triton_server)):
@@ -54,10 +55,11 @@ def test_vad_stream_same_as_local(triton_server: Any, data_dir: Path, assets: Pa
             out = engine.run_batch([f], [state])[0]
             assert isinstance(out, Ok)
             state = out.state
-            probs.append((round(out.value.probability, 5), out.value.speech))
+            probs.append((out.value.probability, out.value.speech))
         engine.close()
         got.append(probs)
-    assert got[0] == got[1]
+    assert [s for _, s in got[0]] == [s for _, s in got[1]]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(got[0], got[1], strict=True)) <= 1e-5
     assert any(speech for _, speech in got[0])  # the clip has speech
 
 
@@ -241,8 +243,9 @@ async def test_server_stopped_mid_stream_and_restarted(
     """Two VAD streams run through Triton, one under each policy; the server stops mid-stream
     and starts again. refuse: the stream's frames fail with TritonUnavailableError (the
     session stays open) and new sessions are refused until a call succeeds again; fallback:
-    every frame is answered, with the local runtime's results, state carried across. After
-    the restart both streams are served by Triton again (a new channel)."""
+    every frame is answered, with the local runtime's results (within 1e-5: locally the
+    batched graph runs), state carried across. After the restart both streams are served by
+    Triton again (a new channel)."""
     frames = _frames(assets, 60)
     local = build_engine(EngineSpec("vad", "silero-vad", runtime=LOCAL), data_dir)
     local.load()
@@ -251,7 +254,7 @@ async def test_server_stopped_mid_stream_and_restarted(
         out = local.run_batch([f], [state])[0]
         assert isinstance(out, Ok)
         state = out.state
-        expected.append(round(out.value.probability, 5))
+        expected.append(out.value.probability)
     local.close()
 
     async def start(policy: str) -> Scheduler[Any, Any]:
@@ -267,21 +270,21 @@ async def test_server_stopped_mid_stream_and_restarted(
         got: list[float] = []
         for f in frames[:20]:
             assert 0.0 <= (await refuse.submit(f, session="a")).probability <= 1.0
-            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+            got.append((await fallback.submit(f, session="a")).probability)
         await asyncio.to_thread(triton_server.stop)
         with pytest.raises(TritonUnavailableError, match="unavailable"):
             await refuse.submit(frames[20], session="a")
         with pytest.raises(SessionError, match="Triton server"):
             refuse.open_session("b")
         for f in frames[20:40]:
-            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+            got.append((await fallback.submit(f, session="a")).probability)
         assert fallback.engine.provider.endswith("(triton fallback)")
         await asyncio.to_thread(triton_server.start)
         await asyncio.sleep(0.6)  # past triton_retry_s: Triton is tried again
         for f in frames[40:]:
-            got.append(round((await fallback.submit(f, session="a")).probability, 5))
+            got.append((await fallback.submit(f, session="a")).probability)
         assert fallback.engine.provider == "triton"
-        assert got == expected
+        assert np.abs(np.array(got) - np.array(expected)).max() <= 1e-5
         assert 0.0 <= (await refuse.submit(frames[0], session="a")).probability <= 1.0
         refuse.open_session("b")  # admitted again once a call succeeded
         assert refuse.stats()["failed"] >= 1
