@@ -184,7 +184,8 @@ class RedisSensorBus:
         self._subscribed = {}
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # untyped before redis 8.2, typed since: the ignore is for the older ones
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     def _deliver(self, msg: dict[str, Any]) -> None:
         channel = msg.get("channel")
