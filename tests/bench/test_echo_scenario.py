@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,23 @@ def test_echo_scenario_report(tmp_path: Path) -> None:
         assert r["real_time_held"] is held, r
     lost = [r["sessions"] for r in runs if not r["real_time_held"]]
     assert results["real_time_lost_at"] == (min(lost) if lost else None)
+
+
+async def test_a_refused_level_is_reported_and_closes_what_it_opened(tmp_path: Path) -> None:
+    """A level the server refuses (here its limit of connections per address) is a report
+    line, not a crash, and the sessions of that level that did open are closed: the server
+    holds none after it."""
+    from tests.server.conftest import make_settings, run_server
+    from tidegate.bench.scenarios.echo import encode_cycle, run_load
+    from tidegate.bench.target import Target
+
+    settings = make_settings(tmp_path, max_connections_per_address=3, ice_hosts=("127.0.0.1",))
+    async with run_server(settings) as live:
+        key = str(settings.jwt_secret)
+        target = Target(http_url=live.http, token="", mint_key=key)
+        level = await run_load(target, encode_cycle(), 6, 0.5, 500.0)
+        assert level["sessions"] == 6 and level["real_time_held"] is False, level
+        assert "429" in level["refused"], level
+        async with asyncio.timeout(scaled(10)):
+            while len(live.runtime.registry):
+                await asyncio.sleep(0.05)

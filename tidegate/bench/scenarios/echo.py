@@ -40,7 +40,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
 from tidegate.media._aiortc import tap_rtp
-from tidegate.protocol.client import Client
+from tidegate.protocol.client import Client, ClientError
 from tidegate.protocol.messages import FlowLag, Metrics
 
 from ..harness import scenario
@@ -218,13 +218,37 @@ async def open_session(target: Target, packets: list[bytes], *, echo: bool) -> E
     subject = f"echo-{next(_subjects)}"
     token = target.mint(subject=subject, tenant=subject)
     client = await Client.connect(target.control_url, token)
-    await client.create_session({"mode": "loopback"})
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    track = ReplayTrack(packets)
-    pc.addTransceiver(track, direction="sendrecv" if echo else "sendonly")
-    session = EchoSession(client, pc, track, await connect(client, pc))
+    try:
+        await client.create_session({"mode": "loopback"})
+        track = ReplayTrack(packets)
+        pc.addTransceiver(track, direction="sendrecv" if echo else "sendonly")
+        session = EchoSession(client, pc, track, await connect(client, pc))
+    except BaseException:  # refused or failed half way: nothing of it stays open
+        await pc.close()
+        await client.close()
+        raise
     session.reader = asyncio.get_running_loop().create_task(session.read_events())
     return session
+
+
+#: the session and connection limits of a server the scenario starts itself (``server_env``)
+LOCAL_MAX_SESSIONS = 2048
+_LIMITS = ("MAX_SESSIONS", "MAX_SESSIONS_PER_TENANT", "MAX_CONNECTIONS_PER_ADDRESS")
+
+
+async def open_sessions(target: Target, packets: list[bytes], n: int) -> list[EchoSession]:
+    """``n`` receive-only sessions opened at once; when any is refused, those that opened are
+    closed and the first error is raised."""
+    opened = await asyncio.gather(
+        *(open_session(target, packets, echo=False) for _ in range(n)), return_exceptions=True
+    )
+    sessions = [s for s in opened if isinstance(s, EchoSession)]
+    errors = [e for e in opened if isinstance(e, BaseException)]
+    if errors:
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        raise errors[0]
+    return sessions
 
 
 async def run_echo(target: Target, packets: list[bytes], duration_s: float) -> dict[str, Any]:
@@ -261,9 +285,10 @@ async def run_load(
     current().stage(f"echo: {n} receive-only session(s)")
     sessions: list[EchoSession] = []
     try:
-        sessions = list(
-            await asyncio.gather(*(open_session(target, packets, echo=False) for _ in range(n)))
-        )
+        try:
+            sessions = await open_sessions(target, packets, n)
+        except (ClientError, OSError, TimeoutError) as e:  # a limit of the server's, reported
+            return {"sessions": n, "refused": f"{type(e).__name__}: {e}", "real_time_held": False}
         await asyncio.sleep(1.5)  # every session past its first metrics event
         start = [s.audio_ms() for s in sessions]
         sent0 = [s.track.n for s in sessions]
@@ -322,7 +347,13 @@ async def run_load(
     "echo",
     "WebRTC loopback: connect time, audio round trip, server CPU, concurrent sessions",
     add_args=_args,
-    server_env={"TIDEGATE_METRICS_INTERVAL_S": "1", "TIDEGATE_ICE_HOSTS": "127.0.0.1"},
+    # the server it starts measures capacity, not the limits that protect a deployed one: the
+    # defaults (256 connections per address, 256 sessions) would refuse the levels above them
+    server_env={
+        "TIDEGATE_METRICS_INTERVAL_S": "1",
+        "TIDEGATE_ICE_HOSTS": "127.0.0.1",
+        **{f"TIDEGATE_{k}": str(LOCAL_MAX_SESSIONS) for k in _LIMITS},
+    },
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     loopback_ice()
@@ -363,6 +394,9 @@ def _summary(r: dict[str, Any]) -> str:
         "  real time",
     ]
     for x in r["receive_only"]:
+        if "refused" in x:
+            lines.append(f"  {x['sessions']:3d}  refused: {x['refused']}")
+            continue
         lines.append(
             f"  {x['sessions']:3d}  {x['connect_ms']['p50']:8.1f}  "
             f"{x.get('server_cpu_s_per_s', float('nan')):8.3f}  "
