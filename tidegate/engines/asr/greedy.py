@@ -487,10 +487,11 @@ def repeated_tail(tokens: Sequence[int], min_len: int, keep: int = 0) -> int:
     if min_len <= 0:
         return 0
     n = len(tokens)
-    for k in range(1, n // 2 + 1):
+    room = n - keep  # the most tokens that may go
+    for k in range(1, min(n // 2, room) + 1):  # per decoded token: cheap tests first
         copies = 2 if k >= min_len else SHORT_LOOP_COPIES
         drop = (copies - 1) * k
-        if n - drop < keep or n < copies * k:
+        if drop > room or n < copies * k or tokens[n - 1] != tokens[n - 1 - k]:
             continue
         tail = tokens[n - k :]
         if all(tokens[n - (c + 1) * k : n - c * k] == tail for c in range(1, copies)):
