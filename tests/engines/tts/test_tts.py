@@ -124,6 +124,28 @@ def test_chunks_after_a_short_first_one_grow_until_sentences() -> None:
     ]
 
 
+def test_an_open_sentence_is_cut_at_its_last_clause_mark_past_clause_cut_chars() -> None:
+    """A sentence that does not end (a runaway list) is cut at its last clause mark once it
+    holds ``clause_cut_chars``, so its chunks stay short enough to synthesize while the audio
+    ahead plays; with no clause mark it waits for ``max_chunk_chars`` and is cut at a space."""
+    policy = ChunkPolicy(first_chunk_words=0, clause_cut_chars=40, max_chunk_chars=80)
+    c = TextChunker(policy)
+    got = [x for n in range(1, 13) for x in c.push(f"{n} day{'s' if n > 1 else ''}, ")]
+    # cut as soon as the buffer holds 40 characters, so past it by at most the last piece
+    assert got == [
+        "1 day, 2 days, 3 days, 4 days, 5 days, 6 days,",
+        "7 days, 8 days, 9 days, 10 days, 11 days,",
+    ]
+    assert c.flush() == ["12 days,"]
+    # a short sentence with a clause mark is not cut at it
+    assert TextChunker(policy).push("Yes, it is. And") == ["Yes, it is."]
+    # no clause mark: the hard limit, at a space
+    words = TextChunker(policy).push("word " * 20)
+    assert words == [("word " * 16).strip()] and len(words[0]) <= 80
+    with pytest.raises(ValueError, match="clause_cut_chars"):
+        ChunkPolicy(clause_cut_chars=300, max_chunk_chars=240)
+
+
 async def test_stream_speaks_before_the_text_ends(voice: PiperVoice) -> None:
     """Audio frames (20 ms at 48 kHz) start while text is still arriving, and barge-in
     stops the stream at once."""

@@ -8,7 +8,11 @@ after it may be cut early too, after twice as many words as the one before (2, 4
 2) until that passes ``early_max_words``, then at sentences only: a short first chunk
 plays out before a whole sentence after it can be written and synthesized (at 4 sessions on
 2 CPUs, a 2-word first chunk followed by its sentence left ~1 s of silence in one reply of
-four; docs/assistant.md). A chunk never exceeds ``max_chunk_chars`` (cut at a space).
+four; docs/assistant.md). A sentence still open at ``clause_cut_chars`` is cut at its last
+clause mark (a reply that never ends a sentence, a list of "1 day, 2 days, ..." as the small
+local model writes, would otherwise wait for ``max_chunk_chars`` and then take longer to
+synthesize than the audio ahead of it lasts: gaps of 1.4-2.3 s were measured). A chunk never
+exceeds ``max_chunk_chars`` (cut at a space).
 
 Buffers: chunks waiting for synthesis are bounded (``max_pending_chunks``, policy
 ``coalesce``: a new chunk merges into the newest waiting one); synthesized audio waiting to be
@@ -45,12 +49,19 @@ class ChunkPolicy:
 
     first_chunk_words: int = 3  # 0: the first chunk is a whole sentence too
     early_max_words: int = 8  # later chunks are cut early while their word limit is <= this
+    clause_cut_chars: int = 100  # an open sentence this long is cut at its last clause mark
     max_chunk_chars: int = 240
 
     def __post_init__(self) -> None:
-        if self.first_chunk_words < 0 or self.early_max_words < 0 or self.max_chunk_chars < 16:
+        if (
+            self.first_chunk_words < 0
+            or self.early_max_words < 0
+            or self.max_chunk_chars < 16
+            or not 0 < self.clause_cut_chars <= self.max_chunk_chars
+        ):
             raise ValueError(
-                "first_chunk_words >= 0, early_max_words >= 0 and max_chunk_chars >= 16"
+                "first_chunk_words >= 0, early_max_words >= 0, max_chunk_chars >= 16 and "
+                "0 < clause_cut_chars <= max_chunk_chars"
             )
 
 
@@ -89,6 +100,10 @@ class TextChunker:
                 return min(ends)
         if m is not None:
             return m.end()
+        if len(buf) >= p.clause_cut_chars:
+            marks = list(CLAUSE_END_RE.finditer(buf[: p.max_chunk_chars + 1]))
+            if marks:
+                return marks[-1].end()
         if len(buf) > p.max_chunk_chars:
             space = buf.rfind(" ", 0, p.max_chunk_chars)
             return space if space > 0 else p.max_chunk_chars
