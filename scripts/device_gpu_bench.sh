@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (the device tool), in the repository's copy there: takes the
+# payload parts this call and earlier ones carried (.gpu/parts/, built here by
+# scripts/device_gpu_payload.sh) into $GP, and with every part there unpacks them and measures
+# ASR streams, BlazeFace frames/s and LLM tokens/s on ONNX Runtime's CUDA provider
+# (python -m tidegate.bench.micro.gpu), one part at a time, each with its own time limit, the
+# JSON reports and logs into $OUT. `--collect` only takes this call's parts.
+set -u
+GP=${GP:-/root/gp}
+mkdir -p "$GP"
+if [ -d .gpu/parts ]; then mv .gpu/parts/* "$GP"/ 2>/dev/null; fi
+ls -l "$GP"
+[ "${1:-}" = "--collect" ] && exit 0
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+if [ ! -d "$GP/site/onnxruntime" ]; then
+  for a in a b; do
+    cat "$GP/$a".* | python3 -c \
+      'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' |
+      tar -xf - -C "$GP" || { echo "unpacking $a failed"; exit 3; }
+  done
+fi
+# the CUDA 13 libraries the CUDA provider links (cuBLAS, cuRAND, cudart, cuFFT, cuDNN, NVRTC)
+libs=$(python3 - <<'EOF'
+import glob, os, site
+names = ("libcublas.so.", "libcublasLt.so.", "libcurand.so.", "libcufft.so.", "libcudart.so.",
+         "libcudnn.so.", "libnvrtc.so.")
+dirs = {os.path.dirname(f) for sp in site.getsitepackages()
+        for f in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so.*"), recursive=True)
+        if os.path.basename(f).startswith(names)}
+print(":".join(sorted(dirs)))
+EOF
+)
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PYTHONPATH="$GP/site:$PWD" PYTHONUNBUFFERED=1 TIDEGATE_DATA_DIR="$GP/data"
+nvidia-smi -L
+python3 -c 'import onnxruntime as o; print("onnxruntime", o.__version__, o.get_available_providers())'
+bench() {  # a limit in seconds, a name, then the bench's arguments
+  local limit=$1 name=$2
+  shift 2
+  echo "== $name (limit ${limit}s) $(date -u +%T)"
+  timeout "$limit" python3 -m tidegate.bench.micro.gpu --provider cuda --data-dir "$GP/data" \
+    --assets "$GP/assets" --out "$OUT" "$@" 2>&1 | tee "$OUT/$name.log"
+}
+bench "${T_VISION:-80}" vision --parts vision
+bench "${T_ASR:-230}" asr --parts asr --asr-duration-s 10
+bench "${T_LLM:-110}" llm --parts llm
+bench "${T_LLM_FP32:-120}" llm-fp32 --parts llm --llm-model smollm2-135m-fp32
+echo "== done $(date -u +%T)"
