@@ -14,7 +14,8 @@ ls -l "$GP"
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 if [ ! -d "$GP/site/onnxruntime" ]; then
-  for a in a b; do
+  for a in a b; do  # b (the LLM's package) may be left out when no LLM is measured
+    [ -e "$GP/$a.0" ] || continue
     cat "$GP/$a".* | python3 -c \
       'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)' |
       tar -xf - -C "$GP" || { echo "unpacking $a failed"; exit 3; }
@@ -42,8 +43,14 @@ bench() {  # a limit in seconds, a name, then the bench's arguments
   timeout "$limit" python3 -m tidegate.bench.micro.gpu --provider cuda --data-dir "$GP/data" \
     --assets "$GP/assets" --out "$OUT" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-bench "${T_VISION:-80}" vision --parts vision
-bench "${T_ASR:-230}" asr --parts asr --asr-duration-s 10
-bench "${T_LLM:-110}" llm --parts llm
-bench "${T_LLM_FP32:-120}" llm-fp32 --parts llm --llm-model smollm2-135m-fp32
+run=" ${RUN:-vision asr llm llm-fp32} "  # which measurements, in this order
+for m in $run; do
+  case $m in
+    vision) bench "${T_VISION:-80}" vision --parts vision ;;
+    asr) bench "${T_ASR:-230}" asr --parts asr --asr-duration-s 10 ;;
+    llm) bench "${T_LLM:-110}" llm --parts llm ;;
+    llm-fp32) bench "${T_LLM_FP32:-120}" llm-fp32 --parts llm --llm-model smollm2-135m-fp32 ;;
+    *) echo "unknown measurement $m" ;;
+  esac
+done
 echo "== done $(date -u +%T)"
