@@ -7,7 +7,8 @@ features on the ASR worker, the media pool, the engines' preprocessing), and a B
 wide as the machine wakes, and spins, every core for each of them: log-mel features of 10 s
 cost 21 CPU-ms with the pool against 6 with one thread on a 2-core machine, in the same wall
 time, and on a 16-core GPU machine the ASR process burned 3.9 CPU-s per second at one stream
-against 0.13 (docs/engines.md, "Threads"). An environment that sets them keeps its own.
+against 0.13 (docs/engines.md, "Threads outside ONNX Runtime"). An environment that sets
+them keeps its own.
 """
 
 import os as _os
