@@ -112,6 +112,12 @@ class AsrConfig:
         "Audio context the encoder runs on beyond the audio itself (docs/asr.md).", 5.0
     )
     ctx_step_s: float = setting("The encoder's audio context is rounded up to this.", 1.0)
+    final_beam_size: int = setting(
+        "Beam width a segment's final is decoded with (Whisper's beam search; partials stay "
+        "greedy): 1 is greedy, at most 16. Greedy by default: on tiny.en beams 5 changed no "
+        "word of the bench's speech and doubled a final's decode (docs/asr.md).",
+        1,
+    )
 
     def policy(self, max_sessions: int) -> BatchPolicy:
         return _policy(self, max_sessions)

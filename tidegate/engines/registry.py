@@ -211,6 +211,7 @@ def asr_engine(spec: EngineSpec, ctx: BuildContext) -> WhisperOnnx:
         runtime=spec.runtime,
         ctx_margin_s=spec.asr_ctx_margin_s,
         ctx_step_s=spec.asr_ctx_step_s,
+        final_beam_size=config.final_beam_size,
         language=config.language,
         languages=tuple(x for x in config.languages.split(",") if x.strip()),
     )

@@ -67,7 +67,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -676,7 +676,7 @@ class AudioLane:
         result: AsrResult | None = None
         error: EngineError | None = None
         try:
-            result = await self.asr.submit(request, urgent=final)
+            result = await self.asr.submit(replace(request, final=final), urgent=final)
         except AsrCancelledError as e:
             error = e
         except EngineError as e:

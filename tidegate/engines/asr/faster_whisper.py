@@ -21,7 +21,8 @@ from .tokenizer import AUTO, WhisperTokenizer
 
 
 class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
-    """faster-whisper, greedy (beam 1), without timestamps, ``compute_type`` int8 or float32."""
+    """faster-whisper without timestamps, ``compute_type`` int8 or float32: greedy, and a
+    final (``AsrRequest.final``) with a beam search of ``final_beam_size``."""
 
     name = "asr"
 
@@ -32,9 +33,11 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
         compute_type: str = "int8",
         threads: int = 1,
         language: str = "auto",
+        final_beam_size: int = 1,
     ) -> None:
         super().__init__()
         self.language = language
+        self.final_beam_size = final_beam_size
         self.folder = folder
         self.compute_type = compute_type
         self.threads = threads
@@ -86,6 +89,7 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
             request.cancel,
             language,
             tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
+            final=request.final,
         )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
@@ -104,7 +108,7 @@ class FasterWhisperAsr(Engine[AsrRequest, AsrResult, AsrRequest]):
                 language=None
                 if multilingual and asked == AUTO
                 else ("en" if not multilingual else asked),
-                beam_size=1,
+                beam_size=self.final_beam_size if it.final else 1,
                 temperature=0.0,
                 without_timestamps=True,
                 condition_on_previous_text=False,

@@ -1,4 +1,5 @@
-"""Whisper's batched greedy decoding, the one copy of it: the local engine
+"""Whisper's batched decoding (greedy, or a beam search for the rows that ask for one: a
+final), the one copy of it: the local engine
 (:mod:`.whisper_onnx`) runs it with its own encoder and decoder, and the Triton model
 ``FOLDER.transcribe`` runs it on the server (``tidegate models export-triton`` copies this file
 and :mod:`.features` beside that model's ``model.py``; scripts/pytriton_serve.py imports them).
@@ -14,6 +15,8 @@ call per token for the whole batch (forced prefix tokens common to every row go 
 finished rows leaving the batch. A hypothesis that starts repeating itself (a span of at
 least ``loop_min_tokens`` twice in a row, or a shorter one :data:`SHORT_LOOP_COPIES` times:
 tiny.en loops on short audio padded with silence, and on echo) ends there, without the copies.
+A row whose options ask for ``beam_size`` > 1 is decoded by Whisper's beam search in the same
+steps, its beams side by side in the decoder's batch (:func:`greedy_decode`).
 
 Languages: each row carries a language token (:data:`LANG_AUTO` to detect it, :data:`LANG_NONE`
 on an English-only model, which has no language token). A multilingual row's prompt is
@@ -59,6 +62,8 @@ MAX_PREFIX = MAX_TEXT_CTX // 2
 #: previous-text tokens kept as a context prompt (Whisper keeps up to 223; a short one keeps
 #: a batch's rows close in length: see greedy_decode)
 MAX_PROMPT = 64
+#: the widest beam search a request may ask for (Whisper's default is 5)
+MAX_BEAM = 16
 
 Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
 
@@ -68,8 +73,8 @@ TRANSCRIBE_INPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("audio_len", "int64", (1,)),  # samples of each row
     ("prefix", "int64", (-1,)),  # forced tokens, rows padded (at least one column)
     ("prefix_len", "int64", (1,)),
-    # ctx_margin_s, ctx_step_s, min_ctx_s, max_tokens_per_s, loop_min_tokens
-    ("options", "float32", (5,)),
+    # ctx_margin_s, ctx_step_s, min_ctx_s, max_tokens_per_s, loop_min_tokens, beam_size
+    ("options", "float32", (6,)),
     ("language", "int64", (1,)),  # language token, LANG_AUTO (-1) or LANG_NONE (0)
 )
 #: Its outputs: the hypothesis (prefix included, rows padded with -1) and its evidence.
@@ -98,10 +103,14 @@ class DecodeOptions:
     min_ctx_s: float = 10.0
     max_tokens_per_s: float = 8.0
     loop_min_tokens: int = 4
+    #: 1: greedy; more: a beam search of that width (:func:`greedy_decode`)
+    beam_size: int = 1
 
     def __post_init__(self) -> None:
         if self.ctx_margin_s < 0 or self.ctx_step_s <= 0 or self.max_tokens_per_s <= 0:
             raise ValueError("ctx_margin_s >= 0, ctx_step_s > 0 and max_tokens_per_s > 0")
+        if not 1 <= self.beam_size <= MAX_BEAM:
+            raise ValueError(f"beam_size: 1 to {MAX_BEAM}, got {self.beam_size}")
 
     def vector(self) -> Array:
         return np.array(
@@ -111,6 +120,7 @@ class DecodeOptions:
                 self.min_ctx_s,
                 self.max_tokens_per_s,
                 self.loop_min_tokens,
+                self.beam_size,
             ],
             dtype=np.float32,
         )
@@ -118,11 +128,13 @@ class DecodeOptions:
     @classmethod
     def from_vector(cls, v: Array) -> DecodeOptions:
         a = [float(x) for x in np.asarray(v, dtype=np.float64).reshape(-1)]
-        if len(a) != 5:
-            raise ValueError(f"options: 5 values expected, got {len(a)}")
+        if len(a) == 5:  # a client from before beam_size: greedy
+            a.append(1.0)
+        if len(a) != 6:
+            raise ValueError(f"options: 6 values expected, got {len(a)}")
         # float32 on the wire: round back to what the engine was configured with.
         r = [round(x, 6) for x in a]
-        return cls(r[0], r[1], r[2], r[3], round(r[4]))
+        return cls(r[0], r[1], r[2], r[3], round(r[4]), round(r[5]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +287,7 @@ def transcribe(
         cancelled,
         languages,
         prompts,
+        [o.beam_size for o in options],
     )
     t2 = time.perf_counter()
     return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
@@ -333,6 +346,7 @@ def greedy_decode(
     cancelled: Callable[[int], bool] | None = None,
     languages: Sequence[int] | None = None,
     prompts: Sequence[Sequence[int]] | None = None,
+    beams: Sequence[int] | None = None,
 ) -> list[Decoded | None]:
     """Step the decoder (KV cache) over every row together until each ends: EOT, its token
     budget, or a repetition loop. Each row begins with its context ``prompts`` (previous text,
@@ -341,7 +355,15 @@ def greedy_decode(
 
     Every row is at the same position at every step; a row's forced tokens (context, task
     prompt, prefix) are fed one per step while other rows generate, and in one call while
-    every row still has some (so a batch of one feeds them all at once)."""
+    every row still has some (so a batch of one feeds them all at once).
+
+    ``beams``: per row, 1 (greedy: the most likely token at every step) or the beam width
+    of a beam search (Whisper's: each step keeps the ``beams`` most likely continuations
+    among the ``beams + 1`` best of every live one; a continuation that ends (EOT, its
+    budget, a loop) is finished; the search ends with ``beams`` finished, and the one with
+    the best log-probability per generated token wins). A beam row takes one decoder slot
+    (batch row) while its forced tokens are fed and ``beams`` slots from its first
+    generated token on: the cost of its decoder steps, not of the encoder."""
     n = len(prefixes)
     L, _, H, dh, _ = cross_k.shape
     default = LANG_AUTO if vocab.multilingual else LANG_NONE
@@ -353,6 +375,9 @@ def greedy_decode(
             raise ValueError(f"language token {x} is not one of the model's")
     if not vocab.multilingual:
         lang = [LANG_NONE] * n
+    width_of = [1] * n if beams is None else [max(1, int(b)) for b in beams]
+    if len(width_of) != n:
+        raise ValueError(f"{len(width_of)} beam widths for {n} rows")
     lang_prob = [1.0] * n
     detect = any(x == LANG_AUTO for x in lang)
     # Each row's forced tokens: context, task prompt, prefix; the hypothesis starts after
@@ -368,19 +393,21 @@ def greedy_decode(
     ]
     sot_at = [len(lead[i]) for i in range(n)]
     start = [len(need[i]) - len(prefixes[i]) for i in range(n)]  # after the task prompt
-    seq: list[list[int]] = [[] for _ in range(n)]  # every token fed, per row
-    logprob = [0.0] * n
-    generated = [0] * n
     no_speech = [0.0] * n
     gone = [False] * n
-    active = list(range(n))
-    past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
-    past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
+    finished: list[list[_Beam]] = [[] for _ in range(n)]
+    # The decoder's batch: one slot per live hypothesis, a row's slots side by side. A
+    # slot's ``seq`` is every token fed so far and the ones to feed next (``seq[fed:]``).
     # <|startoftranscript|> alone first where a language is detected (read after it)
     chunk = 1 if detect else min(len(need[i]) for i in range(n))
-    feed = np.array([need[i][:chunk] for i in range(n)], dtype=np.int64)
-    while active:
-        pos0 = len(seq[active[0]])  # every active row is at the same position
+    slots = [_Beam(i, need[i][:chunk], 0.0, 0) for i in range(n)]
+    slot_rows = list(range(n))
+    cross_rows_k, cross_rows_v = cross_k, cross_v  # by row; cross_k/v follow the slots
+    past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
+    past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
+    fed = 0  # tokens fed so far: the same for every slot
+    while slots:
+        feed = np.array([b.seq[fed:] for b in slots], dtype=np.int64)
         out = decoder(
             {
                 "tokens": feed,
@@ -392,16 +419,15 @@ def greedy_decode(
         )
         logits = out["logits"]
         past_k, past_v = out["present_k"], out["present_v"]
-        width = feed.shape[1]
-        for row, i in enumerate(active):
-            seq[i].extend(int(t) for t in feed[row])
-            k = sot_at[i] - pos0
-            if 0 <= k < width:  # <|startoftranscript|> was fed in this call
-                p0 = _log_softmax(logits[row, k])
+        for s, beam in enumerate(slots):
+            i = beam.row
+            k = sot_at[i] - fed
+            if 0 <= k < feed.shape[1]:  # <|startoftranscript|> was fed in this call
+                p0 = _log_softmax(logits[s, k])
                 no_speech[i] = float(np.exp(p0[vocab.no_speech]))
                 if vocab.multilingual:
                     ids = vocab.detect_among(lang[i])
-                    pl = np.exp(_log_softmax(logits[row, k, ids]))
+                    pl = np.exp(_log_softmax(logits[s, k, ids]))
                     if lang[i] == LANG_AUTO:
                         lang[i] = int(ids[int(np.argmax(pl))])
                     if detect:  # the rest of every row's prompt, in its language now known
@@ -409,67 +435,128 @@ def greedy_decode(
                         start[i] = len(need[i]) - len(prefixes[i])
                     j = int(np.flatnonzero(ids == lang[i])[0])
                     lang_prob[i] = float(pl[j])
+        fed += feed.shape[1]
         last = logits[:, -1].astype(np.float64)
         last[:, vocab.suppress] = -np.inf
-        keep: list[int] = []
-        next_tokens: list[int] = []
-        for row, i in enumerate(active):
+        # Each row's slots give its next live hypotheses (``src``: the slot each continues).
+        src: list[int] = []
+        nxt: list[_Beam] = []
+        for i, mine in _by_row(slots):
             if cancelled is not None and cancelled(i):
                 gone[i] = True
                 continue
-            at = len(seq[i])
-            if at < len(need[i]):
-                tok = need[i][at]
-            else:
-                lg = last[row]
-                if generated[i] == 0 and at == start[i]:
+            if fed < len(need[i]):  # a forced token (the row has one slot)
+                src.append(mine[0])
+                nxt.append(slots[mine[0]].extended(need[i][fed], 0.0, generated=False))
+                continue
+            beams_i = width_of[i]
+            first = fed == start[i]  # nothing generated yet
+            budget_left = slots[mine[0]].generated < budgets[i]
+            candidates: list[tuple[float, int, int]] = []  # score, slot, token
+            for s in mine:
+                lg = last[s]
+                if first:
                     lg = lg.copy()
                     lg[vocab.suppress_begin] = -np.inf
-                if generated[i] >= budgets[i]:
-                    tok = vocab.eot
+                lp = lg - _logsumexp(lg)
+                if not budget_left:
+                    top = [vocab.eot]
+                elif beams_i == 1:
+                    top = [int(np.argmax(lp))]
                 else:
-                    tok = int(np.argmax(lg))
-                    lp = lg - _logsumexp(lg)
-                    logprob[i] += float(lp[tok])
-                    if tok != vocab.eot:
-                        generated[i] += 1
-            if tok == vocab.eot:
-                continue
-            hyp = [*seq[i][start[i] :], tok]
-            k = repeated_tail(hyp, loop_min_tokens[i], len(prefixes[i]))
-            if k:  # a loop: drop the copies and end the hypothesis
-                seq[i].append(tok)
-                del seq[i][-k:]
-                continue
-            keep.append(row)
-            next_tokens.append(tok)
-        if len(keep) < len(active):
-            active = [active[r] for r in keep]
-            idx = np.array(keep, dtype=np.int64)
-            past_k, past_v = past_k[:, idx], past_v[:, idx]
-            cross_k, cross_v = cross_k[:, idx], cross_v[:, idx]
-        if not active:
+                    top = _top(lp, beams_i + 1)
+                candidates += [(slots[s].logprob + float(lp[t]), s, t) for t in top]
+            candidates.sort(key=lambda c: -c[0])
+            live: list[_Beam] = []
+            for score, s, tok in candidates:
+                beam = slots[s]
+                if tok == vocab.eot:
+                    if len(finished[i]) < beams_i:  # a budget's EOT adds no probability
+                        finished[i].append(beam.ended(score if budget_left else beam.logprob))
+                    continue
+                grown = beam.extended(tok, score - beam.logprob, generated=True)
+                drop = repeated_tail(grown.seq[start[i] :], loop_min_tokens[i], len(prefixes[i]))
+                if drop:  # a loop: drop the copies and end the hypothesis
+                    del grown.seq[len(grown.seq) - drop :]
+                    if len(finished[i]) < beams_i:
+                        finished[i].append(grown)
+                    continue
+                src.append(s)
+                live.append(grown)
+                if len(live) == beams_i:
+                    break
+            if len(finished[i]) >= beams_i or not live:  # the row is done
+                del src[len(src) - len(live) :]
+                finished[i] = finished[i] or live
+            else:
+                nxt += live
+        if not nxt:
             break
-        # Forced tokens still due on every active row (beyond the next one) go in one call.
-        forced = min(len(need[i]) - len(seq[i]) - 1 for i in active)
+        rows_now = [b.row for b in nxt]
+        if rows_now != slot_rows:  # rows ended or widened: the cross tensors follow
+            cross_k, cross_v = cross_rows_k[:, rows_now], cross_rows_v[:, rows_now]
+            slot_rows = rows_now
+        if src != list(range(len(slots))):
+            idx = np.array(src, dtype=np.int64)
+            past_k, past_v = past_k[:, idx], past_v[:, idx]
+        slots = nxt
+        # Forced tokens still due on every slot (beyond the next one) go in one call.
+        forced = min(len(need[b.row]) - len(b.seq) for b in slots)
         if forced > 0:
-            feed = np.array(
-                [
-                    [next_tokens[k], *need[i][len(seq[i]) + 1 : len(seq[i]) + 1 + forced]]
-                    for k, i in enumerate(active)
-                ],
-                dtype=np.int64,
-            )
-        else:
-            feed = np.array(next_tokens, dtype=np.int64)[:, None]
+            for b in slots:
+                b.seq += need[b.row][len(b.seq) : len(b.seq) + forced]
     return [
         None
         if gone[i]
-        else Decoded(
-            seq[i][start[i] :], logprob[i], generated[i], no_speech[i], lang[i], lang_prob[i]
-        )
+        else _best(finished[i]).decoded(start[i], no_speech[i], lang[i], lang_prob[i])
         for i in range(n)
     ]
+
+
+@dataclass(slots=True)
+class _Beam:
+    """One hypothesis of a row: every token fed (context, prompt, prefix, generated), the
+    summed log-probability of the generated ones (EOT included once it ends), how many."""
+
+    row: int
+    seq: list[int]
+    logprob: float
+    generated: int
+
+    def extended(self, token: int, logprob: float, *, generated: bool) -> _Beam:
+        return _Beam(
+            self.row, [*self.seq, token], self.logprob + logprob, self.generated + generated
+        )
+
+    def ended(self, logprob: float) -> _Beam:
+        """This hypothesis, ended by EOT: ``logprob`` is its sum with the EOT's."""
+        return _Beam(self.row, self.seq, logprob, self.generated)
+
+    def decoded(self, start: int, no_speech: float, language: int, prob: float) -> Decoded:
+        return Decoded(self.seq[start:], self.logprob, self.generated, no_speech, language, prob)
+
+
+def _best(beams: Sequence[_Beam]) -> _Beam:
+    """Whisper's ranking: the best summed log-probability per generated token."""
+    return max(beams, key=lambda b: b.logprob / max(b.generated, 1))
+
+
+def _by_row(slots: Sequence[_Beam]) -> list[tuple[int, list[int]]]:
+    """The slots' rows in order, each with its slot indices (a row's slots are adjacent)."""
+    out: list[tuple[int, list[int]]] = []
+    for s, beam in enumerate(slots):
+        if out and out[-1][0] == beam.row:
+            out[-1][1].append(s)
+        else:
+            out.append((beam.row, [s]))
+    return out
+
+
+def _top(x: Array, k: int) -> list[int]:
+    """The indices of the ``k`` largest values of ``x``, largest first."""
+    k = min(k, len(x))
+    part = np.argpartition(-x, k - 1)[:k]
+    return [int(t) for t in part[np.argsort(-x[part], kind="stable")]]
 
 
 #: copies in a row that make a span shorter than ``loop_min_tokens`` a loop: tiny.en on a
@@ -516,11 +603,12 @@ def _log_softmax(x: Array) -> Array:
 def pack_requests(
     audios: Sequence[Array],
     prefixes: Sequence[Sequence[int]],
-    options: DecodeOptions,
+    options: DecodeOptions | Sequence[DecodeOptions],
     languages: Sequence[int] | None = None,
 ) -> dict[str, Array]:
-    """One transcribe request's tensors for a batch of rows (``languages``: a language token
-    per row, as :func:`transcribe` takes them; default :data:`LANG_AUTO`)."""
+    """One transcribe request's tensors for a batch of rows (``options``: for every row, or
+    one per row; ``languages``: a language token per row, as :func:`transcribe` takes them;
+    default :data:`LANG_AUTO`)."""
     b = len(audios)
     samples = max(len(a) for a in audios)
     audio = np.zeros((b, samples), dtype=np.float32)
@@ -535,7 +623,9 @@ def pack_requests(
         "audio_len": np.array([[len(a)] for a in audios], dtype=np.int64),
         "prefix": prefix,
         "prefix_len": np.array([[len(p)] for p in prefixes], dtype=np.int64),
-        "options": np.tile(options.vector(), (b, 1)),
+        "options": np.stack(
+            [o.vector() for o in ([options] * b if isinstance(options, DecodeOptions) else options)]
+        ),
         "language": np.array(
             [[x] for x in (languages if languages is not None else [LANG_AUTO] * b)],
             dtype=np.int64,
@@ -642,7 +732,9 @@ def _rows(
     audio_len = np.asarray(req["audio_len"]).reshape(-1)
     prefix = np.asarray(req["prefix"]).astype(np.int64)
     prefix_len = np.asarray(req["prefix_len"]).reshape(-1)
-    options = np.asarray(req["options"], dtype=np.float32).reshape(-1, 5)
+    options = np.asarray(req["options"], dtype=np.float32)
+    if options.ndim != 2 or options.shape[1] not in (5, 6):  # 5: from before beam_size
+        raise ValueError(f"options: [B, 6] expected, got shape {list(options.shape)}")
     b = audio.shape[0] if audio.ndim == 2 else -1
     language = (
         np.asarray(req["language"]).reshape(-1).astype(np.int64)

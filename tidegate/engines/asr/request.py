@@ -42,6 +42,9 @@ class AsrRequest:
     #: under ``auto``: the audio the language is detected on, when not ``audio`` itself (the
     #: turn so far, of which ``audio`` is the end; at most 30 s). The local runtimes only.
     language_audio: Array | None = field(default=None, compare=False)
+    #: a segment's final (not a partial): decoded as the engine decodes finals (a beam
+    #: search of ``asr_final_beam_size``; docs/asr.md)
+    final: bool = False
 
     @property
     def cancelled(self) -> bool:
@@ -56,12 +59,12 @@ class AsrCancelledError(EngineError):
 
 @dataclass(frozen=True, slots=True)
 class AsrResult:
-    """The greedy hypothesis: ``tokens`` (prefix included), ``text`` and the evidence for
-    (or against) speech. ``avg_logprob`` is over the generated (not forced) tokens.
-    ``language`` is the code it was transcribed in (detected or asked for; ``en`` for an
-    English-only model) and ``language_probability`` the model's probability of that language
-    given the audio (softmax over the language tokens after ``<|startoftranscript|>``; 1.0 for
-    an English-only model, which cannot tell)."""
+    """The hypothesis (greedy, or a final's beam search): ``tokens`` (prefix included),
+    ``text`` and the evidence for (or against) speech. ``avg_logprob`` is over the
+    generated (not forced) tokens. ``language`` is the code it was transcribed in (detected
+    or asked for; ``en`` for an English-only model) and ``language_probability`` the
+    model's probability of that language given the audio (softmax over the language tokens
+    after ``<|startoftranscript|>``; 1.0 for an English-only model, which cannot tell)."""
 
     tokens: tuple[int, ...]
     text: str

@@ -71,12 +71,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         max_tokens_per_s: float = 8.0,
         loop_min_tokens: int = 4,
         min_ctx_s: float = 10.0,
+        final_beam_size: int = 1,
         language: str = "auto",
         languages: Sequence[str] = (),
     ) -> None:
         """``languages``: the languages this deployment serves (``asr_languages``): detection
         chooses among them and a request for another is refused; empty: every language of
-        the model."""
+        the model. ``final_beam_size``: the beam width of a final's decode (a request with
+        ``final``); partials are greedy."""
         super().__init__()
         self.language = language  # a request's language when it names none
         self.languages = tuple(x.strip().lower() for x in languages if x.strip())
@@ -87,6 +89,10 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             max_tokens_per_s=max_tokens_per_s,
             loop_min_tokens=loop_min_tokens,
         )
+        try:
+            self.final_options = replace(self.decode_options, beam_size=final_beam_size)
+        except ValueError as e:
+            raise EngineError(f"asr: final_beam_size: {e}") from None
         self.folder = folder
         self.runtime_options = runtime or RuntimeOptions()
         self.ctx_margin_s = ctx_margin_s
@@ -172,6 +178,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
             language,
             tuple(int(t) for t in request.prompt[-MAX_PROMPT:]),
             context,
+            request.final,
         )
 
     def infer(self, items: Sequence[AsrRequest], states: Sequence[Any]) -> list[Outcome[AsrResult]]:
@@ -184,15 +191,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
         audios = [items[i].audio for i in live]
         prefixes = [items[i].prefix for i in live]
         languages = [self.tokenizer.language_token(items[i].language or AUTO) for i in live]
+        options = [self.final_options if items[i].final else self.decode_options for i in live]
         found = self._detect_on_context([items[i] for i in live], languages)
         detected = {live[k]: p for k, p in found.items()}  # by index of items
         rows: list[tuple[Decoded | None, int, dict[str, float]]]
         if self._transcribe is not None:
             # One call for the batch; a cancel that comes meanwhile drops the answer.
             t0 = time.perf_counter()
-            answer = self._transcribe.run(
-                pack_requests(audios, prefixes, self.decode_options, languages)
-            )
+            answer = self._transcribe.run(pack_requests(audios, prefixes, options, languages))
             call_ms = (time.perf_counter() - t0) * 1000
             got = unpack_results(answer)
             if len(got) != len(live):
@@ -211,7 +217,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 self._decoder.run,
                 audios,
                 prefixes,
-                [self.decode_options] * len(live),
+                options,
                 self.vocab,
                 cancelled=_row_cancelled(items, live),
                 languages=languages,
