@@ -43,11 +43,13 @@ bench() {  # a limit in seconds, a name, then the bench's arguments
   timeout "$limit" python3 -m tidegate.bench.micro.gpu --provider cuda --data-dir "$GP/data" \
     --assets "$GP/assets" --out "$OUT" "$@" 2>&1 | tee "$OUT/$name.log"
 }
-run=" ${RUN:-vision asr llm llm-fp32} "  # which measurements, in this order
+run=" ${RUN:-vision asr asr-fp32 llm llm-fp32} "  # which measurements, in this order
 for m in $run; do
   case $m in
     vision) bench "${T_VISION:-80}" vision --parts vision ;;
     asr) bench "${T_ASR:-230}" asr --parts asr --asr-duration-s 10 ;;
+    asr-fp32) bench "${T_ASR_FP32:-230}" asr-fp32 --parts asr --asr-duration-s 10 \
+      --asr-model whisper-tiny-en-fp32 ;;
     llm) bench "${T_LLM:-110}" llm --parts llm ;;
     llm-fp32) bench "${T_LLM_FP32:-120}" llm-fp32 --parts llm --llm-model smollm2-135m-fp32 ;;
     *) echo "unknown measurement $m" ;;

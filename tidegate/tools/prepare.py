@@ -205,8 +205,11 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"{folder / 'model.bin'}: SHA-256 {digest}, expected the pinned one")
     from tidegate.tools.convert_whisper import convert
 
-    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder (int8)")
-    convert(folder / "model.bin", ctx.out_dir, precision="int8")
+    precision = "fp32" if spec.name.endswith("-fp32") else "int8"
+    ctx.progress(
+        f"  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder ({precision})"
+    )
+    convert(folder / "model.bin", ctx.out_dir, precision=precision)
 
 
 #: the wheel holding each part of a split Whisper ``model.bin``, in order (the second wheel
@@ -290,6 +293,7 @@ PREPARERS: dict[str, Callable[[ModelSpec, PrepareContext], None]] = {
     "smollm2-135m-fp32": _prepare_smollm2,
     "piper-joe": _prepare_piper,
     "whisper-tiny-en": _prepare_whisper,
+    "whisper-tiny-en-fp32": _prepare_whisper,
     "whisper-base": _prepare_whisper_split,
     "smart-turn-v3.2": _prepare_smart_turn,
 }

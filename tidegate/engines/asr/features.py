@@ -66,12 +66,40 @@ def _window() -> Array:
     return (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)  # periodic Hann
 
 
-def log_mel(audio: Array) -> Array:
-    """[80, len(audio) // 160] float32 log-mel features of 16 kHz mono float audio."""
+def log_mel(audio: Array, length: int | None = None) -> Array:
+    """[80, n // 160] float32 log-mel features of 16 kHz mono float audio followed by silence
+    to ``length`` samples (``n``: ``length``, or the audio's own length when None; a longer
+    audio is cut to it). The frames that see only that silence are not computed: their power
+    is zero, so they are the floor (8 decades under the peak) that computing them gives, and
+    a short utterance in a 10 s window costs its own frames only."""
     x = np.asarray(audio, dtype=np.float32)
+    n = len(x) if length is None else int(length)
+    x = x[:n]
     pad = N_FFT // 2
-    if len(x) <= pad:
-        x = np.pad(x, (0, pad + 1 - len(x)))
+    if n - len(x) > N_FFT:
+        # Frame f reads samples [160 f - 200, 160 f + 200): those before the audio's end,
+        # computed on the audio and 400 samples of silence, read what they read in the
+        # whole window; every later frame reads silence only (and so does the reflection at
+        # the window's end, more than 200 samples past the audio).
+        total = n // HOP_SAMPLES
+        live = min(total, (len(x) + pad + HOP_SAMPLES - 1) // HOP_SAMPLES)
+        power = _power(np.pad(x, (0, N_FFT)))[:live]
+    else:
+        x = np.pad(x, (0, n - len(x)))
+        if len(x) <= pad:
+            x = np.pad(x, (0, pad + 1 - len(x)))
+        power = _power(x)[:-1]  # drop the last frame, as Whisper does
+        total = live = len(power)
+    mel = mel_filters() @ power.T.astype(np.float32)
+    logs = np.full((N_MELS, total), -10.0, dtype=np.float32)  # log10 of the 1e-10 floor
+    logs[:, :live] = np.log10(np.maximum(mel, 1e-10))
+    logs = np.maximum(logs, logs.max() - 8.0)
+    return ((logs + 4.0) / 4.0).astype(np.float32)
+
+
+def _power(x: Array) -> Array:
+    """[frames, 201] power spectrum of ``x``: centred STFT, reflect padding, Hann window."""
+    pad = N_FFT // 2
     x = np.pad(x, (pad, pad), mode="reflect")
     n_frames = 1 + (len(x) - N_FFT) // HOP_SAMPLES
     frames = np.lib.stride_tricks.as_strided(
@@ -80,8 +108,4 @@ def log_mel(audio: Array) -> Array:
     # float64 FFT: numpy 2 would keep float32 and numpy 1 upcasts; the same features either
     # way (the Triton transcribe model may run under another numpy).
     spec = np.fft.rfft((frames * _window()).astype(np.float64), axis=1)
-    power = (spec.real**2 + spec.imag**2)[:-1]  # drop the last frame, as Whisper does
-    mel = mel_filters() @ power.T.astype(np.float32)
-    logs = np.log10(np.maximum(mel, 1e-10))
-    logs = np.maximum(logs, logs.max() - 8.0)
-    return ((logs + 4.0) / 4.0).astype(np.float32)
+    return spec.real**2 + spec.imag**2

@@ -243,7 +243,7 @@ def encoder_input(audios: Sequence[Array], options: Sequence[DecodeOptions]) -> 
         for a, o in zip(audios, options, strict=True)
     )
     n = ctx * 2 * HOP_SAMPLES
-    mel = np.stack([log_mel(np.pad(a[:n], (0, n - len(a[:n])))) for a in audios])
+    mel = np.stack([log_mel(a, n) for a in audios])  # each padded with silence to n
     return mel, ctx
 
 
