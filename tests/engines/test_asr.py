@@ -13,6 +13,7 @@ import pytest
 from tidegate.engines import models
 from tidegate.engines.asr.faster_whisper import FasterWhisperAsr
 from tidegate.engines.asr.features import log_mel
+from tidegate.engines.asr.greedy import DecodeOptions
 from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
@@ -293,3 +294,37 @@ def test_a_hypothesis_echoing_the_prompt_is_recognised(onnx_asr: WhisperOnnx) ->
     assert not seg.echoes_prompt(said(" Fail again."))
     assert not seg.echoes_prompt(said(" Try again. Fail better."))
     assert not Segment("t", 0, tok.decode).echoes_prompt(said(" Try again."))
+
+
+def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett) -> None:
+    """An input passed as an ``OrtValue`` (what ``resident`` gives on a GPU: the cross
+    keys and values, copied once for every decoder step) is bound, not copied, and the
+    outputs are those of the plain call; here on the CPU, where the binding path also runs."""
+    import onnxruntime as ort
+
+    from tidegate.engines.asr.greedy import encoder_input
+    from tidegate.engines.runtime import RuntimeOptions, open_model
+
+    encoder = open_model(folder / "encoder.onnx", RuntimeOptions())
+    decoder = open_model(folder / "decoder.onnx", RuntimeOptions())
+    mel, _ = encoder_input([beckett[:32_000]], [DecodeOptions()])
+    cross = encoder.run({"mel": mel})
+    L, n, H, dh, _ = cross["cross_k"].shape
+    feeds = {
+        "tokens": np.array([[50257, 50362]], dtype=np.int64),
+        "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+        "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
+        "cross_k": cross["cross_k"],
+        "cross_v": cross["cross_v"],
+    }
+    plain = decoder.run(feeds)
+    assert decoder.resident(cross["cross_k"]) is cross["cross_k"]  # the CPU keeps arrays
+    bound = decoder.run(
+        {
+            **feeds,
+            "cross_k": ort.OrtValue.ortvalue_from_numpy(cross["cross_k"]),
+            "cross_v": ort.OrtValue.ortvalue_from_numpy(cross["cross_v"]),
+        }
+    )
+    for name, value in plain.items():
+        np.testing.assert_array_equal(bound[name], value, err_msg=name)

@@ -66,6 +66,8 @@ MAX_PROMPT = 64
 MAX_BEAM = 16
 
 Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
+#: a runtime's copy of an array where the model runs (:meth:`OnnxModel.resident`)
+Resident = Callable[["Array"], Any]
 
 #: The Triton transcribe model's inputs: name, numpy dtype, dims after the batch axis.
 TRANSCRIBE_INPUTS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
@@ -257,13 +259,14 @@ def transcribe(
     cancelled: Callable[[int], bool] | None = None,
     languages: Sequence[int] | None = None,
     prompts: Sequence[Sequence[int]] | None = None,
+    resident: Resident | None = None,
 ) -> tuple[list[Decoded | None], int, dict[str, float]]:
     """Encode and greedily decode a batch: one hypothesis per row (None for a row whose
     ``cancelled(row)`` became true), the audio context, and the timings. ``languages``: a
     language token per row (:data:`LANG_AUTO` detects it; default: :data:`LANG_AUTO` on a
     multilingual model, :data:`LANG_NONE` on an English-only one). ``prompts``: per row, the
     tokens of the text that came before (Whisper's previous-text context; at most
-    :data:`MAX_PROMPT` are kept, the newest)."""
+    :data:`MAX_PROMPT` are kept, the newest). ``resident``: see :func:`greedy_decode`."""
     prompts = [list(p)[-MAX_PROMPT:] if p else [] for p in (prompts or [()] * len(audios))]
     t0 = time.perf_counter()
     mel, ctx = encoder_input(audios, options)
@@ -288,6 +291,7 @@ def transcribe(
         languages,
         prompts,
         [o.beam_size for o in options],
+        resident,
     )
     t2 = time.perf_counter()
     return decoded, ctx, {"encode": (t1 - t0) * 1000, "decode": (t2 - t1) * 1000}
@@ -303,6 +307,7 @@ def transcribe_by_context(
     cancelled: Callable[[int], bool] | None = None,
     languages: Sequence[int] | None = None,
     prompts: Sequence[Sequence[int]] | None = None,
+    resident: Resident | None = None,
 ) -> list[tuple[Decoded | None, int, dict[str, float]]]:
     """:func:`transcribe` with the rows grouped by their own audio context: each group is
     encoded and decoded on its own, so a short row never pays the encoder for the longest
@@ -328,6 +333,7 @@ def transcribe_by_context(
             gone,
             None if languages is None else [languages[r] for r in group],
             None if prompts is None else [prompts[r] for r in group],
+            resident,
         )
         timings = {**timings, "groups": len(groups)}
         for r, d in zip(group, decoded, strict=True):
@@ -347,6 +353,7 @@ def greedy_decode(
     languages: Sequence[int] | None = None,
     prompts: Sequence[Sequence[int]] | None = None,
     beams: Sequence[int] | None = None,
+    resident: Resident | None = None,
 ) -> list[Decoded | None]:
     """Step the decoder (KV cache) over every row together until each ends: EOT, its token
     budget, or a repetition loop. Each row begins with its context ``prompts`` (previous text,
@@ -363,7 +370,11 @@ def greedy_decode(
     budget, a loop) is finished; the search ends with ``beams`` finished, and the one with
     the best log-probability per generated token wins). A beam row takes one decoder slot
     (batch row) while its forced tokens are fed and ``beams`` slots from its first
-    generated token on: the cost of its decoder steps, not of the encoder."""
+    generated token on: the cost of its decoder steps, not of the encoder.
+
+    ``resident``: the decoder's way to keep an input where it runs (a GPU's memory), for the
+    cross-attention keys and values, the same at every step: copied there once, and again
+    only when the batch's rows change (on the CPU, None)."""
     n = len(prefixes)
     L, _, H, dh, _ = cross_k.shape
     default = LANG_AUTO if vocab.multilingual else LANG_NONE
@@ -403,6 +414,8 @@ def greedy_decode(
     slots = [_Beam(i, need[i][:chunk], 0.0, 0) for i in range(n)]
     slot_rows = list(range(n))
     cross_rows_k, cross_rows_v = cross_k, cross_v  # by row; cross_k/v follow the slots
+    put: Resident = resident or (lambda a: a)
+    cross_fed = put(cross_k), put(cross_v)
     past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     fed = 0  # tokens fed so far: the same for every slot
@@ -413,8 +426,8 @@ def greedy_decode(
                 "tokens": feed,
                 "past_k": past_k,
                 "past_v": past_v,
-                "cross_k": cross_k,
-                "cross_v": cross_v,
+                "cross_k": cross_fed[0],
+                "cross_v": cross_fed[1],
             }
         )
         logits = out["logits"]
@@ -495,6 +508,7 @@ def greedy_decode(
         rows_now = [b.row for b in nxt]
         if rows_now != slot_rows:  # rows ended or widened: the cross tensors follow
             cross_k, cross_v = cross_rows_k[:, rows_now], cross_rows_v[:, rows_now]
+            cross_fed = put(cross_k), put(cross_v)
             slot_rows = rows_now
         if src != list(range(len(slots))):
             idx = np.array(src, dtype=np.int64)

@@ -222,6 +222,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 cancelled=_row_cancelled(items, live),
                 languages=languages,
                 prompts=[items[i].prompt for i in live],
+                resident=getattr(self._decoder, "resident", None),
             )
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
             if decoded_row is None:

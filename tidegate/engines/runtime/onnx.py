@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import EngineClosedError, ModelError, RuntimeUnavailableError
 from ..signature import Signature, ort_dtype, spec_from_shape
 from .base import Array, RuntimeOptions
@@ -121,6 +123,7 @@ class OnnxModel:
             ),
         )
         self._output_names = [o.name for o in self._signature.outputs]
+        self._device_id = options.device_id
         self.path = path
 
     @property
@@ -132,11 +135,36 @@ class OnnxModel:
         return self._provider
 
     def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        """The outputs, as host arrays. An input may be a :meth:`resident` copy (an
+        ``OrtValue``): it is bound where it lives instead of being copied again."""
         session = self._session
         if session is None:
             raise EngineClosedError(f"{self.path.name}: the model is closed")
-        outputs = session.run(self._output_names, dict(feeds))
-        return dict(zip(self._output_names, outputs, strict=True))
+        if not any(type(v).__name__ == "OrtValue" for v in feeds.values()):
+            outputs = session.run(self._output_names, dict(feeds))
+            return dict(zip(self._output_names, outputs, strict=True))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            if type(value).__name__ == "OrtValue":
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def resident(self, array: Array) -> Any:
+        """``array`` where this model runs, for inputs fed unchanged to many calls (Whisper's
+        cross-attention keys and values, at every decoder step): on the GPU providers an
+        ``OrtValue`` copied to the device once; on the CPU the array itself."""
+        if self._provider == "cpu":
+            return array
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(array), "cuda", self._device_id
+        )
 
     def close(self) -> None:
         # InferenceSession has no close(); dropping the reference frees it.
