@@ -50,6 +50,10 @@ for m in $run; do
     asr) bench "${T_ASR:-230}" asr --parts asr --asr-duration-s 10 ;;
     asr-fp32) bench "${T_ASR_FP32:-230}" asr-fp32 --parts asr --asr-duration-s 10 \
       --asr-model whisper-tiny-en-fp32 ;;
+    profile)
+      echo "== profile (limit ${T_PROFILE:-150}s) $(date -u +%T)"
+      timeout "${T_PROFILE:-150}" python3 scripts/device_asr_profile.py "$GP/assets" cuda 2>&1 |
+        tee "$OUT/profile.log" ;;
     llm) bench "${T_LLM:-110}" llm --parts llm ;;
     llm-fp32) bench "${T_LLM_FP32:-120}" llm-fp32 --parts llm --llm-model smollm2-135m-fp32 ;;
     *) echo "unknown measurement $m" ;;
