@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from tidegate.bench.micro.gpu import read_speech
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx

@@ -74,7 +74,7 @@ def toy_decoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"logits": logits, "present_k": present, "present_v": present.copy()}
 
 
-def decode(prefixes, beams, budgets=None, prompts=None):
+def decode(prefixes, beams, budgets=None, prompts=None, resident=None):
     n = len(prefixes)
     cross = np.zeros((1, n, 1, 2, 3), dtype=np.float32)  # L, batch, heads, dh, ctx
     return greedy_decode(
@@ -87,6 +87,7 @@ def decode(prefixes, beams, budgets=None, prompts=None):
         VOCAB,
         prompts=prompts,
         beams=beams,
+        resident=resident,
     )
 
 
@@ -101,9 +102,17 @@ def test_greedy_takes_the_likeliest_token_and_beams_the_likeliest_sentence() -> 
     assert beam.logprob / beam.generated > greedy.logprob / greedy.generated
 
 
-def test_rows_of_one_batch_keep_their_own_search() -> None:
+@pytest.mark.parametrize("gpu_layout", [False, True])
+def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
     """Greedy rows, beam rows, forced prefixes and context prompts in one batch: each row
-    decodes as it would alone (the slots' caches and cross tensors follow their rows)."""
+    decodes as it would alone (the slots' caches and cross tensors follow their rows). With
+    a ``resident`` (a GPU's layout) ended rows keep idle slots instead of leaving."""
+    uploads: list[int] = []
+
+    def resident(a: np.ndarray) -> np.ndarray:
+        uploads.append(a.shape[1])
+        return a
+
     rows = [
         ([], 1, []),
         ([], 4, []),
@@ -113,13 +122,34 @@ def test_rows_of_one_batch_keep_their_own_search() -> None:
     ]
     alone = [decode([p], [b], prompts=[q])[0] for p, b, q in rows]
     together = decode(
-        [p for p, _, _ in rows], [b for _, b, _ in rows], prompts=[q for *_, q in rows]
+        [p for p, _, _ in rows],
+        [b for _, b, _ in rows],
+        prompts=[q for *_, q in rows],
+        resident=resident if gpu_layout else None,
     )
     for a, t in zip(alone, together, strict=True):
         assert a is not None and t is not None
         assert (t.tokens, t.generated) == (a.tokens, a.generated)
         assert t.logprob == pytest.approx(a.logprob, abs=1e-5)
     assert together[1].tokens == [B, C] and together[2].tokens == [B, C]
+
+
+def test_ended_rows_keep_idle_slots_on_a_gpu() -> None:
+    """Greedy rows only, with a ``resident``: the rows end one by one and the batch keeps
+    its layout (the cross tensors go to the device once) until fewer than a quarter of its
+    slots are live."""
+    uploads: list[int] = []
+
+    def resident(a: np.ndarray) -> np.ndarray:
+        uploads.append(a.shape[1])
+        return a
+
+    prefixes = [[D], [B], [A], [D], [B], [A], [D], [B]]  # D ends first, then B C, then A ...
+    out = decode(prefixes, [1] * 8, resident=resident)
+    alone = decode(prefixes, [1] * 8)
+    assert [d.tokens for d in out] == [d.tokens for d in alone]  # type: ignore[union-attr]
+    assert uploads[:2] == [8, 8]  # k and v, once
+    assert all(n < 2 for n in uploads[2:]), uploads  # only once under a quarter live
 
 
 def test_the_budget_ends_every_beam() -> None:
@@ -172,3 +202,22 @@ def test_finals_search_beams_and_partials_stay_greedy_in_one_batch(
 def test_a_beam_width_out_of_range_is_refused(data_dir: Path) -> None:
     with pytest.raises(EngineError, match="final_beam_size"):
         WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"), final_beam_size=17)
+
+
+def test_idle_slots_change_no_word_on_the_real_model(beam_asr: WhisperOnnx, assets: Path) -> None:
+    """tiny.en, five stretches of the recorded clip that end at different steps, decoded
+    with the GPU's layout (ended rows idle in the batch) and the CPU's (ended rows leave):
+    the same hypotheses."""
+    from tidegate.bench.scenarios.asr import read_wav
+    from tidegate.engines.asr.greedy import transcribe
+
+    speech = read_wav(assets / "two_cities.wav")
+    audios = [speech[k * 16_000 : k * 16_000 + 8_000 * (k + 1)] for k in range(5)]
+    enc, dec, vocab = beam_asr._encoder, beam_asr._decoder, beam_asr.vocab
+    assert enc is not None and dec is not None and vocab is not None
+    options = [DecodeOptions()] * len(audios)
+    prefixes: list[list[int]] = [[]] * len(audios)
+    cpu, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
+    gpu, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab, resident=lambda a: a)
+    assert len({len(d.tokens) for d in cpu if d}) > 2  # the rows did end at different steps
+    assert [d.tokens for d in gpu if d] == [d.tokens for d in cpu if d]

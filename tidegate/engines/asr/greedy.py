@@ -64,6 +64,8 @@ MAX_PREFIX = MAX_TEXT_CTX // 2
 MAX_PROMPT = 64
 #: the widest beam search a request may ask for (Whisper's default is 5)
 MAX_BEAM = 16
+#: on a GPU, the batch keeps the slots of ended rows until fewer than this share is live
+KEEP_DEAD_FRACTION = 0.25
 
 Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
 #: a runtime's copy of an array where the model runs (:meth:`OnnxModel.resident`)
@@ -407,11 +409,15 @@ def greedy_decode(
     no_speech = [0.0] * n
     gone = [False] * n
     finished: list[list[_Beam]] = [[] for _ in range(n)]
-    # The decoder's batch: one slot per live hypothesis, a row's slots side by side. A
-    # slot's ``seq`` is every token fed so far and the ones to feed next (``seq[fed:]``).
+    # The decoder's batch: a position per slot, a row's slots side by side. A live slot is
+    # one hypothesis; its ``seq`` is every token fed so far and the ones to feed next
+    # (``seq[fed:]``). On the CPU a row that ends leaves the batch at once (its compute is
+    # the cost); on a GPU (``resident`` given) its slots stay, fed EOT and read by nobody,
+    # until fewer than :data:`KEEP_DEAD_FRACTION` of the slots are live: there, moving the
+    # cross tensors to a smaller batch costs more than computing the dead rows.
     # <|startoftranscript|> alone first where a language is detected (read after it)
     chunk = 1 if detect else min(len(need[i]) for i in range(n))
-    slots = [_Beam(i, need[i][:chunk], 0.0, 0) for i in range(n)]
+    slots: list[_Beam | None] = [_Beam(i, need[i][:chunk], 0.0, 0) for i in range(n)]
     slot_rows = list(range(n))
     cross_rows_k, cross_rows_v = cross_k, cross_v  # by row; cross_k/v follow the slots
     put: Resident = resident or (lambda a: a)
@@ -419,8 +425,13 @@ def greedy_decode(
     past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     fed = 0  # tokens fed so far: the same for every slot
-    while slots:
-        feed = np.array([b.seq[fed:] for b in slots], dtype=np.int64)
+    while True:
+        live_slots = [(s, b) for s, b in enumerate(slots) if b is not None]
+        width = len(live_slots[0][1].seq) - fed
+        feed = np.array(
+            [b.seq[fed:] if b is not None else [vocab.eot] * width for b in slots],
+            dtype=np.int64,
+        )
         out = decoder(
             {
                 "tokens": feed,
@@ -432,10 +443,10 @@ def greedy_decode(
         )
         logits = out["logits"]
         past_k, past_v = out["present_k"], out["present_v"]
-        for s, beam in enumerate(slots):
+        for s, beam in live_slots:
             i = beam.row
             k = sot_at[i] - fed
-            if 0 <= k < feed.shape[1]:  # <|startoftranscript|> was fed in this call
+            if 0 <= k < width:  # <|startoftranscript|> was fed in this call
                 p0 = _log_softmax(logits[s, k])
                 no_speech[i] = float(np.exp(p0[vocab.no_speech]))
                 if vocab.multilingual:
@@ -448,9 +459,10 @@ def greedy_decode(
                         start[i] = len(need[i]) - len(prefixes[i])
                     j = int(np.flatnonzero(ids == lang[i])[0])
                     lang_prob[i] = float(pl[j])
-        fed += feed.shape[1]
+        fed += width
         last = logits[:, -1].astype(np.float64)
         last[:, vocab.suppress] = -np.inf
+        lse = _logsumexp_rows(last)
         # Each row's slots give its next live hypotheses (``src``: the slot each continues).
         src: list[int] = []
         nxt: list[_Beam] = []
@@ -458,36 +470,41 @@ def greedy_decode(
             if cancelled is not None and cancelled(i):
                 gone[i] = True
                 continue
+            head = slots[mine[0]]
+            assert head is not None
             if fed < len(need[i]):  # a forced token (the row has one slot)
                 src.append(mine[0])
-                nxt.append(slots[mine[0]].extended(need[i][fed], 0.0, generated=False))
+                nxt.append(head.extended(need[i][fed], 0.0, generated=False))
                 continue
             beams_i = width_of[i]
             first = fed == start[i]  # nothing generated yet
-            budget_left = slots[mine[0]].generated < budgets[i]
+            budget_left = head.generated < budgets[i]
             candidates: list[tuple[float, int, int]] = []  # score, slot, token
             for s in mine:
-                lg = last[s]
+                lg, norm = last[s], lse[s]
                 if first:
                     lg = lg.copy()
                     lg[vocab.suppress_begin] = -np.inf
-                lp = lg - _logsumexp(lg)
+                    norm = _logsumexp(lg)
                 if not budget_left:
                     top = [vocab.eot]
                 elif beams_i == 1:
-                    top = [int(np.argmax(lp))]
+                    top = [int(np.argmax(lg))]
                 else:
-                    top = _top(lp, beams_i + 1)
-                candidates += [(slots[s].logprob + float(lp[t]), s, t) for t in top]
+                    top = _top(lg, beams_i + 1)
+                held = slots[s]
+                assert held is not None
+                candidates += [(held.logprob + float(lg[t] - norm), s, t) for t in top]
             candidates.sort(key=lambda c: -c[0])
             live: list[_Beam] = []
             for score, s, tok in candidates:
-                beam = slots[s]
+                held = slots[s]
+                assert held is not None
                 if tok == vocab.eot:
                     if len(finished[i]) < beams_i:  # a budget's EOT adds no probability
-                        finished[i].append(beam.ended(score if budget_left else beam.logprob))
+                        finished[i].append(held.ended(score if budget_left else held.logprob))
                     continue
-                grown = beam.extended(tok, score - beam.logprob, generated=True)
+                grown = held.extended(tok, score - held.logprob, generated=True)
                 drop = repeated_tail(grown.seq[start[i] :], loop_min_tokens[i], len(prefixes[i]))
                 if drop:  # a loop: drop the copies and end the hypothesis
                     del grown.seq[len(grown.seq) - drop :]
@@ -505,20 +522,27 @@ def greedy_decode(
                 nxt += live
         if not nxt:
             break
-        rows_now = [b.row for b in nxt]
-        if rows_now != slot_rows:  # rows ended or widened: the cross tensors follow
-            cross_k, cross_v = cross_rows_k[:, rows_now], cross_rows_v[:, rows_now]
-            cross_fed = put(cross_k), put(cross_v)
-            slot_rows = rows_now
-        if src != list(range(len(slots))):
-            idx = np.array(src, dtype=np.int64)
-            past_k, past_v = past_k[:, idx], past_v[:, idx]
-        slots = nxt
+        placed = None
+        if resident is not None and len(nxt) >= KEEP_DEAD_FRACTION * len(slots):
+            placed = _place(nxt, src, slot_rows)
+        if placed is not None:  # the same rows at the same places: the dead ones idle
+            slots, idx = placed
+        else:
+            slots, idx = list(nxt), src
+            rows_now = [b.row for b in nxt]
+            if rows_now != slot_rows:  # rows ended or widened: the cross tensors follow
+                cross_k, cross_v = cross_rows_k[:, rows_now], cross_rows_v[:, rows_now]
+                cross_fed = put(cross_k), put(cross_v)
+                slot_rows = rows_now
+        if idx != list(range(len(idx))) or len(idx) != past_k.shape[1]:
+            take = np.array(idx, dtype=np.int64)
+            past_k, past_v = past_k[:, take], past_v[:, take]
         # Forced tokens still due on every slot (beyond the next one) go in one call.
-        forced = min(len(need[b.row]) - len(b.seq) for b in slots)
+        forced = min(len(need[b.row]) - len(b.seq) for b in slots if b is not None)
         if forced > 0:
             for b in slots:
-                b.seq += need[b.row][len(b.seq) : len(b.seq) + forced]
+                if b is not None:
+                    b.seq += need[b.row][len(b.seq) : len(b.seq) + forced]
     return [
         None
         if gone[i]
@@ -555,15 +579,34 @@ def _best(beams: Sequence[_Beam]) -> _Beam:
     return max(beams, key=lambda b: b.logprob / max(b.generated, 1))
 
 
-def _by_row(slots: Sequence[_Beam]) -> list[tuple[int, list[int]]]:
-    """The slots' rows in order, each with its slot indices (a row's slots are adjacent)."""
-    out: list[tuple[int, list[int]]] = []
+def _by_row(slots: Sequence[_Beam | None]) -> list[tuple[int, list[int]]]:
+    """The live slots' rows in order, each with its slot indices."""
+    out: dict[int, list[int]] = {}
     for s, beam in enumerate(slots):
-        if out and out[-1][0] == beam.row:
-            out[-1][1].append(s)
-        else:
-            out.append((beam.row, [s]))
-    return out
+        if beam is not None:
+            out.setdefault(beam.row, []).append(s)
+    return list(out.items())
+
+
+def _place(
+    beams: Sequence[_Beam], src: Sequence[int], slot_rows: Sequence[int]
+) -> tuple[list[_Beam | None], list[int]] | None:
+    """The next step's slots when the batch keeps its layout (``slot_rows``, the row of each
+    position): each beam at a position of its row, the rest empty, and the position each
+    one's cache comes from; None when a row has more beams than positions (a beam search
+    widening)."""
+    free: dict[int, list[int]] = {}
+    for p, r in enumerate(slot_rows):
+        free.setdefault(r, []).append(p)
+    slots: list[_Beam | None] = [None] * len(slot_rows)
+    idx = list(range(len(slot_rows)))
+    for beam, s in zip(beams, src, strict=True):
+        places = free.get(beam.row)
+        if not places:
+            return None
+        p = places.pop(0)
+        slots[p], idx[p] = beam, s
+    return slots, idx
 
 
 def _top(x: Array, k: int) -> list[int]:
@@ -598,6 +641,12 @@ def repeated_tail(tokens: Sequence[int], min_len: int, keep: int = 0) -> int:
         if all(tokens[n - (c + 1) * k : n - c * k] == tail for c in range(1, copies)):
             return drop
     return 0
+
+
+def _logsumexp_rows(x: Array) -> Array:
+    """:func:`_logsumexp` of every row of ``x`` [rows, n] at once."""
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
 def _logsumexp(x: Array) -> float:
