@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
+from tidegate.engines.asr import greedy
 from tidegate.engines.asr.greedy import DecodeOptions, Vocabulary, greedy_decode
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -102,16 +103,14 @@ def test_greedy_takes_the_likeliest_token_and_beams_the_likeliest_sentence() -> 
     assert beam.logprob / beam.generated > greedy.logprob / greedy.generated
 
 
-@pytest.mark.parametrize("gpu_layout", [False, True])
-def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
+@pytest.mark.parametrize("keep_dead", [0.25, 2.0])
+def test_rows_of_one_batch_keep_their_own_search(
+    keep_dead: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Greedy rows, beam rows, forced prefixes and context prompts in one batch: each row
-    decodes as it would alone (the slots' caches and cross tensors follow their rows). With
-    a ``resident`` (a GPU's layout) ended rows keep idle slots instead of leaving."""
-    uploads: list[int] = []
-
-    def resident(a: np.ndarray) -> np.ndarray:
-        uploads.append(a.shape[1])
-        return a
+    decodes as it would alone (the slots' caches and cross tensors follow their rows),
+    whether ended rows keep idle slots or leave the batch at once."""
+    monkeypatch.setattr(greedy, "KEEP_DEAD_FRACTION", keep_dead)
 
     rows = [
         ([], 1, []),
@@ -125,7 +124,6 @@ def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
         [p for p, _, _ in rows],
         [b for _, b, _ in rows],
         prompts=[q for *_, q in rows],
-        resident=resident if gpu_layout else None,
     )
     for a, t in zip(alone, together, strict=True):
         assert a is not None and t is not None
@@ -134,10 +132,10 @@ def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
     assert together[1].tokens == [B, C] and together[2].tokens == [B, C]
 
 
-def test_ended_rows_keep_idle_slots_on_a_gpu() -> None:
-    """Greedy rows only, with a ``resident``: the rows end one by one and the batch keeps
-    its layout (the cross tensors go to the device once) until fewer than a quarter of its
-    slots are live."""
+def test_ended_rows_keep_idle_slots() -> None:
+    """Greedy rows ending one by one: the batch keeps its layout (the cross tensors go to
+    the device once, through ``resident``) until fewer than a quarter of its slots are
+    live."""
     uploads: list[int] = []
 
     def resident(a: np.ndarray) -> np.ndarray:
@@ -204,10 +202,12 @@ def test_a_beam_width_out_of_range_is_refused(data_dir: Path) -> None:
         WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"), final_beam_size=17)
 
 
-def test_idle_slots_change_no_word_on_the_real_model(beam_asr: WhisperOnnx, assets: Path) -> None:
+def test_idle_slots_change_no_word_on_the_real_model(
+    beam_asr: WhisperOnnx, assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """tiny.en, five stretches of the recorded clip that end at different steps, decoded
-    with the GPU's layout (ended rows idle in the batch) and the CPU's (ended rows leave):
-    the same hypotheses."""
+    with ended rows idle in the batch and with ended rows leaving it at once: the same
+    hypotheses."""
     from tidegate.bench.scenarios.asr import read_wav
     from tidegate.engines.asr.greedy import transcribe
 
@@ -217,7 +217,8 @@ def test_idle_slots_change_no_word_on_the_real_model(beam_asr: WhisperOnnx, asse
     assert enc is not None and dec is not None and vocab is not None
     options = [DecodeOptions()] * len(audios)
     prefixes: list[list[int]] = [[]] * len(audios)
-    cpu, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
-    gpu, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab, resident=lambda a: a)
-    assert len({len(d.tokens) for d in cpu if d}) > 2  # the rows did end at different steps
-    assert [d.tokens for d in gpu if d] == [d.tokens for d in cpu if d]
+    idle, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
+    monkeypatch.setattr(greedy, "KEEP_DEAD_FRACTION", 2.0)  # every ended row leaves at once
+    leave, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
+    assert len({len(d.tokens) for d in leave if d}) > 2  # the rows did end at different steps
+    assert [d.tokens for d in idle if d] == [d.tokens for d in leave if d]
