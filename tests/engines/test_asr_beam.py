@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.asr import greedy
 from tidegate.engines.asr.greedy import DecodeOptions, Vocabulary, greedy_decode
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
@@ -103,14 +102,12 @@ def test_greedy_takes_the_likeliest_token_and_beams_the_likeliest_sentence() -> 
     assert beam.logprob / beam.generated > greedy.logprob / greedy.generated
 
 
-@pytest.mark.parametrize("keep_dead", [0.25, 2.0])
-def test_rows_of_one_batch_keep_their_own_search(
-    keep_dead: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize("gpu_layout", [False, True])
+def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
     """Greedy rows, beam rows, forced prefixes and context prompts in one batch: each row
     decodes as it would alone (the slots' caches and cross tensors follow their rows),
-    whether ended rows keep idle slots or leave the batch at once."""
-    monkeypatch.setattr(greedy, "KEEP_DEAD_FRACTION", keep_dead)
+    whether ended rows leave the batch at once (the CPU) or keep idle slots (a GPU: a
+    ``resident`` is given)."""
 
     rows = [
         ([], 1, []),
@@ -124,6 +121,7 @@ def test_rows_of_one_batch_keep_their_own_search(
         [p for p, _, _ in rows],
         [b for _, b, _ in rows],
         prompts=[q for *_, q in rows],
+        resident=(lambda a: a) if gpu_layout else None,
     )
     for a, t in zip(alone, together, strict=True):
         assert a is not None and t is not None
@@ -132,10 +130,10 @@ def test_rows_of_one_batch_keep_their_own_search(
     assert together[1].tokens == [B, C] and together[2].tokens == [B, C]
 
 
-def test_ended_rows_keep_idle_slots() -> None:
-    """Greedy rows ending one by one: the batch keeps its layout (the cross tensors go to
-    the device once, through ``resident``) until fewer than a quarter of its slots are
-    live."""
+def test_ended_rows_keep_idle_slots_on_a_gpu() -> None:
+    """Greedy rows ending one by one, with a ``resident`` (a GPU): the batch keeps its
+    layout (the cross tensors go to the device once) until fewer than a quarter of its
+    slots are live."""
     uploads: list[int] = []
 
     def resident(a: np.ndarray) -> np.ndarray:
@@ -202,12 +200,10 @@ def test_a_beam_width_out_of_range_is_refused(data_dir: Path) -> None:
         WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"), final_beam_size=17)
 
 
-def test_idle_slots_change_no_word_on_the_real_model(
-    beam_asr: WhisperOnnx, assets: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_idle_slots_change_no_word_on_the_real_model(beam_asr: WhisperOnnx, assets: Path) -> None:
     """tiny.en, five stretches of the recorded clip that end at different steps, decoded
     with ended rows idle in the batch and with ended rows leaving it at once: the same
-    hypotheses."""
+    hypotheses (the GPU's layout, run here on the CPU)."""
     from tidegate.bench.scenarios.asr import read_wav
     from tidegate.engines.asr.greedy import transcribe
 
@@ -217,8 +213,9 @@ def test_idle_slots_change_no_word_on_the_real_model(
     assert enc is not None and dec is not None and vocab is not None
     options = [DecodeOptions()] * len(audios)
     prefixes: list[list[int]] = [[]] * len(audios)
-    idle, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
-    monkeypatch.setattr(greedy, "KEEP_DEAD_FRACTION", 2.0)  # every ended row leaves at once
+    idle, _, _ = transcribe(
+        enc.run, dec.run, audios, prefixes, options, vocab, resident=lambda a: a
+    )
     leave, _, _ = transcribe(enc.run, dec.run, audios, prefixes, options, vocab)
     assert len({len(d.tokens) for d in leave if d}) > 2  # the rows did end at different steps
     assert [d.tokens for d in idle if d] == [d.tokens for d in leave if d]

@@ -64,9 +64,9 @@ MAX_PREFIX = MAX_TEXT_CTX // 2
 MAX_PROMPT = 64
 #: the widest beam search a request may ask for (Whisper's default is 5)
 MAX_BEAM = 16
-#: a decoder batch keeps the slots of ended rows until fewer than this share is live
-#: (docs/asr.md: at batch 32 on the CPU, 1.3 s of decoding against 1.7 s compacting at once;
-#: on an H200 the copies of the cross tensors were 92 % of a batch's decoding)
+#: on a GPU, a decoder batch keeps the slots of ended rows until fewer than this share is
+#: live (docs/asr.md: on an H200 the copies of the cross tensors were 92 % of a batch's
+#: decoding; on the CPU idle rows cost their compute, and streaming's rows end far apart)
 KEEP_DEAD_FRACTION = 0.25
 
 Run = Callable[[Mapping[str, "Array"]], Mapping[str, "Array"]]
@@ -413,10 +413,11 @@ def greedy_decode(
     finished: list[list[_Beam]] = [[] for _ in range(n)]
     # The decoder's batch: a position per slot, a row's slots side by side. A live slot is
     # one hypothesis; its ``seq`` is every token fed so far and the ones to feed next
-    # (``seq[fed:]``). A row that ends keeps its slots, fed EOT and read by nobody, until
-    # fewer than :data:`KEEP_DEAD_FRACTION` of the slots are live: moving the cross tensors
-    # to a smaller batch (and, on a GPU, to the device again) costs more than computing the
-    # idle rows.
+    # (``seq[fed:]``). On the CPU a row that ends leaves the batch at once: each row's
+    # compute is the cost. On a GPU (``resident`` given) its slots stay, fed EOT and read by
+    # nobody, until fewer than :data:`KEEP_DEAD_FRACTION` of the slots are live: there the
+    # idle rows' compute is nearly free and moving the cross tensors to a smaller batch (and
+    # to the device again) is not.
     # <|startoftranscript|> alone first where a language is detected (read after it)
     chunk = 1 if detect else min(len(need[i]) for i in range(n))
     slots: list[_Beam | None] = [_Beam(i, need[i][:chunk], 0.0, 0) for i in range(n)]
@@ -525,7 +526,7 @@ def greedy_decode(
         if not nxt:
             break
         placed = None
-        if len(nxt) >= KEEP_DEAD_FRACTION * len(slots):
+        if resident is not None and len(nxt) >= KEEP_DEAD_FRACTION * len(slots):
             placed = _place(nxt, src, slot_rows)
         if placed is not None:  # the same rows at the same places: the dead ones idle
             slots, idx = placed

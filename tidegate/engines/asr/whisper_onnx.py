@@ -31,6 +31,7 @@ from .greedy import (
     MAX_TEXT_CTX,
     Decoded,
     DecodeOptions,
+    Resident,
     Transcriber,
     Vocabulary,
     audio_context,
@@ -222,7 +223,7 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 cancelled=_row_cancelled(items, live),
                 languages=languages,
                 prompts=[items[i].prompt for i in live],
-                resident=getattr(self._decoder, "resident", None),
+                resident=self._resident(),
             )
         for i, (decoded_row, ctx, timings) in zip(live, rows, strict=True):
             if decoded_row is None:
@@ -243,6 +244,14 @@ class WhisperOnnx(Engine[AsrRequest, AsrResult, AsrRequest]):
                 )
             )
         return out
+
+    def _resident(self) -> Resident | None:
+        """The decoder's device copy of an array, on a GPU provider (the decode loop then
+        keeps the cross tensors there); None on the CPU."""
+        decoder = self._decoder
+        if decoder is None or decoder.provider == "cpu":
+            return None
+        return getattr(decoder, "resident", None)
 
     def _detect_on_context(
         self, items: Sequence[AsrRequest], languages: list[int]
