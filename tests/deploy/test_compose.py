@@ -7,9 +7,11 @@ and its records land in PostgreSQL."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,10 @@ PUBLIC = "127.0.0.1"
 NODES = {"a": "127.0.0.2", "b": "127.0.0.3"}
 COTURN = "127.0.0.4"
 POSTGRES = "127.0.0.5"
+#: the longest fail_timeout of nginx.conf's upstream servers
+NGINX_FAIL_TIMEOUT_S = max(
+    int(t) for t in re.findall(r"fail_timeout=(\d+)s", (ROOT / "nginx" / "nginx.conf").read_text())
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT_S)]
 
@@ -95,6 +101,10 @@ def compose(
             if any(v != 200 for v in ready["status"].values()):
                 logs = run("logs", timeout=scaled(60))
                 raise AssertionError(f"not ready: {ready} ({logs.returncode})\n{log.read_text()}")
+            # NGINX takes a node that refused a connection while it started out of its
+            # upstreams for fail_timeout after the refusal (nginx.conf): until then every new
+            # session goes to the node that was up first (seen on a slower machine).
+            time.sleep(NGINX_FAIL_TIMEOUT_S)
             yield stack, f"postgresql://tidegate:{password}@{POSTGRES}:5432/tidegate"
         finally:
             run("down", "-v", "-t", "10", timeout=scaled(300))

@@ -62,3 +62,14 @@ def test_bad_options_are_named(kwargs: dict[str, object], words: str) -> None:
     """Nonsense runtime options are refused with a message naming them."""
     with pytest.raises(ValueError, match=words):
         RuntimeOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_int8_exactness_is_read_from_the_cpu_flags() -> None:
+    """QDQ graphs run on dequantized weights on x86 CPUs whose int8 kernels saturate (AVX2
+    without VNNI); everywhere else on ONNX Runtime's int8 kernels."""
+    from tidegate.engines.runtime.onnx import int8_exact_on
+
+    assert not int8_exact_on("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert int8_exact_on("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert int8_exact_on("flags\t\t: fpu avx2 avx_vnni\n")
+    assert int8_exact_on("Features\t: fp asimd asimddp\n")  # arm64: no flags line

@@ -3,6 +3,7 @@ by what this onnxruntime build offers, with TensorRT's engine cache in a folder 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,35 @@ def available_providers() -> tuple[str, ...]:
     import onnxruntime as ort
 
     return tuple(_SHORT[p] for p in ort.get_available_providers() if p in _SHORT)
+
+
+@functools.cache
+def int8_is_exact() -> bool:
+    """Whether ONNX Runtime's int8 MatMul kernels are exact on this CPU (:func:`int8_exact_on`
+    of /proc/cpuinfo; elsewhere taken as exact)."""
+    try:
+        return int8_exact_on(Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace"))
+    except OSError:
+        return True
+
+
+def int8_exact_on(cpuinfo: str) -> bool:
+    """False on an x86 CPU with AVX2 but no VNNI (``avx512_vnni``, ``avx_vnni``): there, as
+    ONNX Runtime's quantization docs warn, its u8 x s8 kernels sum pairs of products in
+    int16 (``vpmaddubsw``) and saturate unless the weights were quantized to 7 bits. Our
+    own int8 graphs are (``reduce_range``); Smart Turn's QDQ graph is not, and ordered its
+    sentences measurably worse on such a CPU (docs/engines.md)."""
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in cpuinfo.splitlines()
+            if line.startswith("flags")
+        ),
+        None,
+    )
+    if flags is None or "avx2" not in flags:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def choose_providers(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
@@ -95,6 +125,10 @@ class OnnxModel:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads burn CPU waiting for work; a server shares its cores.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not int8_is_exact():
+            # A quantized (QDQ) graph's int8 kernels saturate on x86 CPUs without VNNI
+            # (u8 x s8 pairs summed in int16): run its MatMuls on the dequantized weights.
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         so.log_severity_level = 3
         providers = choose_providers(options)
         try:
