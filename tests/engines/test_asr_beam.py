@@ -1,4 +1,4 @@
-"""Whisper's beam search (:func:`tidegate.engines.asr.greedy.greedy_decode` with ``beams``),
+"""Whisper's beam search (:func:`tidegate.engines.asr.greedy.batch_decode` with ``beams``),
 checked on a small language model whose answers are known, then on the real tiny.en.
 
 The small model is a decoder with the real one's interface (tokens, KV cache in, logits and
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.asr.greedy import DecodeOptions, Vocabulary, greedy_decode
+from tidegate.engines.asr.greedy import DecodeOptions, Vocabulary, batch_decode
 from tidegate.engines.asr.request import AsrRequest
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Ok
@@ -77,7 +77,7 @@ def toy_decoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def decode(prefixes, beams, budgets=None, prompts=None, resident=None):
     n = len(prefixes)
     cross = np.zeros((1, n, 1, 2, 3), dtype=np.float32)  # L, batch, heads, dh, ctx
-    return greedy_decode(
+    return batch_decode(
         toy_decoder,
         cross,
         cross,

@@ -16,7 +16,7 @@ finished rows leaving the batch. A hypothesis that starts repeating itself (a sp
 least ``loop_min_tokens`` twice in a row, or a shorter one :data:`SHORT_LOOP_COPIES` times:
 tiny.en loops on short audio padded with silence, and on echo) ends there, without the copies.
 A row whose options ask for ``beam_size`` > 1 is decoded by Whisper's beam search in the same
-steps, its beams side by side in the decoder's batch (:func:`greedy_decode`).
+steps, its beams side by side in the decoder's batch (:func:`batch_decode`).
 
 Languages: each row carries a language token (:data:`LANG_AUTO` to detect it, :data:`LANG_NONE`
 on an English-only model, which has no language token). A multilingual row's prompt is
@@ -60,7 +60,7 @@ MAX_AUDIO_CTX = 1500
 MAX_TEXT_CTX = 448
 MAX_PREFIX = MAX_TEXT_CTX // 2
 #: previous-text tokens kept as a context prompt (Whisper keeps up to 223; a short one keeps
-#: a batch's rows close in length: see greedy_decode)
+#: a batch's rows close in length: see batch_decode)
 MAX_PROMPT = 64
 #: the widest beam search a request may ask for (Whisper's default is 5)
 MAX_BEAM = 16
@@ -109,7 +109,7 @@ class DecodeOptions:
     min_ctx_s: float = 10.0
     max_tokens_per_s: float = 8.0
     loop_min_tokens: int = 4
-    #: 1: greedy; more: a beam search of that width (:func:`greedy_decode`)
+    #: 1: greedy; more: a beam search of that width (:func:`batch_decode`)
     beam_size: int = 1
 
     def __post_init__(self) -> None:
@@ -265,12 +265,13 @@ def transcribe(
     prompts: Sequence[Sequence[int]] | None = None,
     resident: Resident | None = None,
 ) -> tuple[list[Decoded | None], int, dict[str, float]]:
-    """Encode and greedily decode a batch: one hypothesis per row (None for a row whose
-    ``cancelled(row)`` became true), the audio context, and the timings. ``languages``: a
+    """Encode and decode a batch (greedy, or a beam search where a row's options ask): one
+    hypothesis per row (None for a row whose ``cancelled(row)`` became true), the audio
+    context, and the timings. ``languages``: a
     language token per row (:data:`LANG_AUTO` detects it; default: :data:`LANG_AUTO` on a
     multilingual model, :data:`LANG_NONE` on an English-only one). ``prompts``: per row, the
     tokens of the text that came before (Whisper's previous-text context; at most
-    :data:`MAX_PROMPT` are kept, the newest). ``resident``: see :func:`greedy_decode`."""
+    :data:`MAX_PROMPT` are kept, the newest). ``resident``: see :func:`batch_decode`."""
     prompts = [list(p)[-MAX_PROMPT:] if p else [] for p in (prompts or [()] * len(audios))]
     t0 = time.perf_counter()
     mel, ctx = encoder_input(audios, options)
@@ -283,7 +284,7 @@ def transcribe(
         )
         for a, p, c, o in zip(audios, prefixes, prompts, options, strict=True)
     ]
-    decoded = greedy_decode(
+    decoded = batch_decode(
         decoder,
         out["cross_k"],
         out["cross_v"],
@@ -345,7 +346,7 @@ def transcribe_by_context(
     return [out[r] for r in range(len(audios))]
 
 
-def greedy_decode(
+def batch_decode(
     decoder: Run,
     cross_k: Array,
     cross_v: Array,
@@ -874,7 +875,7 @@ def detect_languages(
     vocab: Vocabulary,
 ) -> list[tuple[int, float]]:
     """Each audio's language token and its probability, read after ``<|startoftranscript|>``
-    as :func:`greedy_decode` reads it (among ``vocab.detect_ids`` when set): one encoder pass
+    as :func:`batch_decode` reads it (among ``vocab.detect_ids`` when set): one encoder pass
     and one one-token decoder step for the batch. For detection on other audio than a row's
     own (the turn so far: :attr:`.request.AsrRequest.language_audio`)."""
     if not vocab.multilingual:
