@@ -60,18 +60,18 @@ def estimate_delay(
     max_k = max_lag // frame
     min_k = round(min_delay_s * sample_rate_hz) // frame
     n = len(mic_env)
-    best_k, best_c = -1, -1.0
     m = mic_env - mic_env.mean()
     m_norm = float(np.linalg.norm(m))
     if m_norm == 0.0:
         return None
-    for k in range(min_k, max_k + 1):
-        r = ref_env[max_k - k : max_k - k + n]
-        r = r - r.mean()
-        denom = float(np.linalg.norm(r)) * m_norm
-        c = float(np.dot(m, r) / denom) if denom > 0 else 0.0
-        if c > best_c:
-            best_k, best_c = k, c
-    if best_k < 0 or best_c < min_correlation:
+    # Every lag at once: row s of the windows is the reference envelope at lag max_k - s.
+    windows = np.lib.stride_tricks.sliding_window_view(ref_env, n)[: max_k - min_k + 1]
+    r = windows - windows.mean(axis=1, keepdims=True)
+    denom = np.linalg.norm(r, axis=1) * m_norm
+    dots = r @ m
+    c = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)[::-1]  # by lag
+    best = int(np.argmax(c))  # the shortest lag among equal peaks
+    best_k, best_c = min_k + best, float(c[best])
+    if best_c < min_correlation:
         return None
     return DelayEstimate(best_k * frame, best_c)
