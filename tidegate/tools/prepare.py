@@ -205,7 +205,7 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"{folder / 'model.bin'}: SHA-256 {digest}, expected the pinned one")
     from tidegate.tools.convert_whisper import convert
 
-    precision = "fp32" if spec.name.endswith("-fp32") else "int8"
+    precision = _precision(spec)
     ctx.progress(
         f"  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder ({precision})"
     )
@@ -259,8 +259,12 @@ def _prepare_smollm2(spec: ModelSpec, ctx: PrepareContext) -> None:
     digest = sha256_file(src) if src.is_file() else "missing"
     if digest != spec.sources[src.name]:
         raise ModelError(f"{src}: SHA-256 {digest}, expected {spec.sources[src.name]}")
-    precision = "fp32" if spec.name.endswith("-fp32") else "int8"
-    convert(src, ctx.out_dir, ctx.progress, precision=precision)
+    convert(src, ctx.out_dir, ctx.progress, precision=_precision(spec))
+
+
+def _precision(spec: ModelSpec) -> str:
+    """The weights a converted model is prepared with: a ``-fp32`` name keeps float32."""
+    return "fp32" if spec.name.endswith("-fp32") else "int8"
 
 
 def _prepare_piper(spec: ModelSpec, ctx: PrepareContext) -> None:

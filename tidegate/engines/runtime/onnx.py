@@ -125,12 +125,13 @@ class OnnxModel:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning threads burn CPU waiting for work; a server shares its cores.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if not int8_is_exact():
-            # A quantized (QDQ) graph's int8 kernels saturate on x86 CPUs without VNNI
-            # (u8 x s8 pairs summed in int16): run its MatMuls on the dequantized weights.
-            so.add_session_config_entry("session.disable_quant_qdq", "1")
         so.log_severity_level = 3
         providers = choose_providers(options)
+        if providers[0][0] == _EP_NAMES["cpu"] and not int8_is_exact():
+            # A quantized (QDQ) graph's int8 kernels saturate on x86 CPUs without VNNI
+            # (u8 x s8 pairs summed in int16): run its MatMuls on the dequantized weights.
+            # A GPU provider's session keeps its own int8 kernels.
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
             self._session: Any = ort.InferenceSession(
                 str(path),
