@@ -55,9 +55,17 @@ class Listener:
     def __init__(self) -> None:
         self.heard: list[tuple[str, Any]] = []
         self.partials: list[str] = []  # whole hypotheses of the open segment
+        #: sounds before their start of speech: onset / lost, and how much was heard before
+        self.onsets: list[tuple[str, int]] = []
 
     def on_speech_started(self, audio_ms: float) -> None:
         self.heard.append(("started", None))
+
+    def on_speech_onset(self) -> None:
+        self.onsets.append(("onset", len(self.heard)))
+
+    def on_speech_onset_lost(self) -> None:
+        self.onsets.append(("lost", len(self.heard)))
 
     def on_speech_stopped(self, recent: Any, audio_ms: float) -> None:
         self.heard.append(("stopped", (len(recent), audio_ms)))
@@ -125,10 +133,36 @@ async def test_speech_becomes_a_final_and_the_listener_hears_it(
     assert "capital" in words and "france" in words
     assert [r.text for r in session.records if isinstance(r, TranscriptSegment)] == [final.text]
     assert [k for k, _ in listener.heard] == ["started", "stopped", "final"]
+    assert listener.onsets == [("onset", 0)]  # told before the start of speech
     (stopped,) = [v for k, v in listener.heard if k == "stopped"]
     assert 0 < stopped[0] <= 8 * 16_000  # the recent audio up to the pause, 8 s at most
     assert listener.heard[-1][1] == (final.text, 0)
     assert session.credit_bytes == sent
+
+
+async def test_a_sound_shorter_than_speech_is_an_onset_then_lost(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A burst of speech sound shorter than vad_min_speech_s (0.25 s) but longer than
+    interrupt_pause_after_s (0.1 s): the listener hears its onset, then that it was lost,
+    and no start of speech (a reply paused for it resumes at once)."""
+    pcm, rate = spoken(QUESTION, tmp_path)
+    loud = np.flatnonzero(np.abs(pcm.astype(np.float32)) > 3000)
+    burst = pcm[loud[0] : loud[0] + int(0.18 * rate)]
+    quiet = np.zeros(rate // 2, np.int16)
+    session = FakeSession()
+    lane, listener = lane_for(session, settings, engines, audio_max_ahead_s=0.0)
+    try:
+        await send(lane, np.concatenate([quiet, burst, quiet, quiet]), rate)
+        async with asyncio.timeout(scaled(30)):
+            while len(listener.onsets) < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        await lane.close()
+        await session.close()
+    assert listener.onsets == [("onset", 0), ("lost", 0)]
+    assert listener.heard == [] and not session.of(VadSpeechStarted)
+    assert lane.counters["onsets"] == 1
 
 
 async def test_audio_ahead_of_real_time_is_refused(

@@ -134,6 +134,33 @@ def test_more_speech_pauses_a_resumed_reply_again_and_finals_are_counted() -> No
     assert gone.on_speech_started(1.0, live=False) is Verdict.WAIT  # its reply has ended
 
 
+def test_an_onset_pauses_and_a_sound_that_ends_short_of_speech_resumes_at_once() -> None:
+    """Paused at a sound's onset (no final due yet): a sound that ends short of speech (a
+    click) resumes now; one the VAD confirms as speech owes its final like any other."""
+    click = Interruption("r_1", paused_at=1.0, confirm_s=1.5, finals_due=0)
+    assert not click.closed
+    assert click.on_onset_lost(1.2) is Verdict.RESUME
+    click.resumed()
+    assert click.closed
+    speech = Interruption("r_1", paused_at=1.0, confirm_s=1.5, finals_due=0)
+    assert speech.on_speech_started(1.15) is Verdict.WAIT  # already paused at the onset
+    speech.on_speech_stopped(2.0)
+    assert not speech.closed  # its final is due
+    assert speech.on_final("Stop.", words=True) is Verdict.CUT
+    # after a resume, a new onset pauses again; one that ends short while an earlier
+    # segment's final is still due waits for that final
+    again = Interruption("r_1", paused_at=0.0, confirm_s=1.5)
+    again.on_speech_stopped(0.5)
+    assert again.on_partial(False, 2.0) is Verdict.RESUME
+    again.resumed()
+    assert again.on_onset(3.0) is Verdict.PAUSE and again.paused_at == 3.0
+    assert again.on_onset(3.1) is Verdict.WAIT
+    assert again.on_onset_lost(3.2) is Verdict.WAIT  # the first segment's final is due
+    assert again.on_final("", words=False) is Verdict.RESUME
+    gone = Interruption("r_1", paused_at=0.0, confirm_s=1.5, paused=False)
+    assert gone.on_onset(1.0, live=False) is Verdict.WAIT  # its reply has ended
+
+
 PLAYED = "Paris has a long and storied history, marked by"
 
 

@@ -343,6 +343,39 @@ async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(
     assert lane.stats()["interruptions_cut"] == 1
 
 
+async def test_an_onset_pauses_a_reply_and_resumes_it_at_once_if_no_speech_follows(
+    settings: Settings, engines: EngineService
+) -> None:
+    """speech_onset() pauses the reply before the VAD's start of speech; an onset lost (the
+    sound ended short of speech) resumes it at once (no_words); a second onset that becomes
+    speech (speech_started) stays one pause, and its words cut the reply."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 20)
+        lane.speech_onset()
+        (paused,) = session.of(ResponsePaused)
+        lane.speech_onset_lost()
+        (resumed,) = session.of(ResponseResumed)
+        assert lane.interruption is None  # over: nothing left to judge
+        await wait_for(lambda: len(session.of(OutputAudio)) >= 40)
+        lane.speech_onset()
+        lane.speech_started()  # the same sound, now speech: no second pause
+        assert len(session.of(ResponsePaused)) == 2
+        lane.speech_stopped()
+        assert lane.heard("Wait, stop.", final=True)
+        (done,) = session.of(ResponseDone)
+    finally:
+        await lane.close()
+        await session.close()
+    assert resumed.reason == "no_words" and resumed.played_ms == paused.played_ms
+    assert done.status == "cancelled"
+    stats = lane.stats()
+    assert stats["onset_pauses"] == 2 and stats["barge_ins"] == 2
+    assert stats["interruptions_resumed"] == 1 and stats["interruptions_cut"] == 1
+
+
 async def test_the_confirm_window_resumes_a_silent_user_and_zero_cuts_at_once(
     settings: Settings, engines: EngineService
 ) -> None:

@@ -119,6 +119,11 @@ class VadTracker:
             events.append(VadEvent("start", max(0, self.speech_start - pad)))
         return events
 
+    def onset(self) -> int | None:
+        """Above the threshold but not yet confirmed as speech (nor ended): the sample the
+        sound began at (None otherwise)."""
+        return self.speech_start if self.triggered and not self.confirmed else None
+
     def end_if_silent(self) -> int | None:
         """In confirmed speech gone quiet: the sample the end event will name if the quiet
         lasts (None otherwise)."""
@@ -150,6 +155,9 @@ class VadResult:
     #: in speech that has gone quiet: the sample its end event will name if the quiet lasts
     #: ``min_silence_s`` (None otherwise), so that work for the end can start before it comes
     end_if_silent: int | None = None
+    #: a sound above ``threshold`` not yet ``min_speech_s`` long (nor ended): the sample it
+    #: began at (None otherwise), so that a reply can pause before its start event comes
+    onset_sample: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +290,12 @@ class SileroVad(Engine[Array, VadResult, Array]):
             new_state = VadState(rnn, context, tracker, end)
             new_states.append(new_state)
             result = VadResult(
-                p, tracker.confirmed, tuple(events) if events else (), end, tracker.end_if_silent()
+                p,
+                tracker.confirmed,
+                tuple(events) if events else (),
+                end,
+                tracker.end_if_silent(),
+                tracker.onset(),
             )
             results.append(Ok(result, new_state))
         self._last = _LastBatch(new_states, state_n, contexts)

@@ -237,6 +237,15 @@ class SpeechListener(Protocol):
         """The VAD reported the start of speech (``audio_ms``: its media time)."""
         ...
 
+    def on_speech_onset(self) -> None:
+        """A sound above the VAD's threshold has lasted ``interrupt_pause_after_s`` but not
+        yet ``vad_min_speech_s`` (its start of speech, if it comes, follows)."""
+        ...
+
+    def on_speech_onset_lost(self) -> None:
+        """The sound of the last :meth:`on_speech_onset` ended without becoming speech."""
+        ...
+
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         """The VAD reported the end of speech (its final follows): ``recent`` is the last
         ``RECENT_S`` (at most) of the session's audio, up to ``PAUSE_TAIL_S`` after the end of
@@ -333,6 +342,9 @@ class AudioLane:
         self._recent_samples = 0
         self._segment: Segment | None = None
         self._segment_end = 0  # session sample where the last segment ended
+        #: a sound this long (in samples) before its start of speech is told to the listener
+        self._pause_after = round(config.interrupt_pause_after_s * SAMPLE_RATE_HZ)
+        self._onset_told = False
         self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
@@ -349,6 +361,7 @@ class AudioLane:
         self._discarded: set[str] = set()  # segment ids whose finals a clear dropped
         self.counters: dict[str, int] = {
             "segments": 0,
+            "onsets": 0,  # sounds told to the listener before their start of speech
             "partials": 0,
             "partials_cancelled": 0,
             "finals": 0,
@@ -573,9 +586,25 @@ class AudioLane:
                 if early is not None:  # its final decides whether it is the one
                     self._early_closed[seg.id] = early
                 await self._close_segment(seg, received)
+        self._onset(r)
         self._early_final(r.end_if_silent)
         if self._segment is not None and self._partial_due(self._segment):
             self._wake.set()
+
+    def _onset(self, r: VadResult) -> None:
+        """Tell the listener of a sound that has lasted ``interrupt_pause_after_s`` before the
+        VAD confirms it as speech, and of one that ended short (module doc)."""
+        if self.listener is None:
+            return
+        if r.onset_sample is not None:
+            if not self._onset_told and self._samples - r.onset_sample >= self._pause_after:
+                self._onset_told = True
+                self.counters["onsets"] += 1
+                self.listener.on_speech_onset()
+        elif self._onset_told:
+            self._onset_told = False
+            if not r.speech:  # ended short: no start of speech came
+                self.listener.on_speech_onset_lost()
 
     def _early_final(self, ending: int | None) -> None:
         """Start the open segment's final where the VAD would end it (``ending``: its quiet

@@ -219,6 +219,27 @@ class Interruption:
         self.pauses += 1
         return Verdict.PAUSE
 
+    def on_onset(self, now: float, *, live: bool = True) -> Verdict:
+        """A sound began over the reply (the VAD is above its threshold, not yet for
+        ``min_speech_s``): pause as for speech, but no final is due for it until its start
+        of speech comes (:meth:`on_speech_started`), or it ends short (:meth:`on_onset_lost`)."""
+        self.speaking = True
+        self.stopped_at = None
+        if self.paused or not live:
+            return Verdict.WAIT
+        self.paused, self.paused_at = True, now
+        self.pauses += 1
+        return Verdict.PAUSE
+
+    def on_onset_lost(self, now: float) -> Verdict:
+        """The sound ended before it was long enough to be speech (a click, a cough, a
+        blip of echo): no final will come for it, so a reply paused for it alone resumes now."""
+        self.speaking = False
+        self.stopped_at = now
+        if self.paused and self.finals_due <= 0:
+            return Verdict.RESUME
+        return Verdict.WAIT
+
     def on_speech_stopped(self, now: float) -> Verdict:
         """The sound stopped: its final will say (the lane re-arms its timer for
         :attr:`deadline`)."""

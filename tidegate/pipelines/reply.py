@@ -400,6 +400,7 @@ class ReplyLane:
             "cancelled": 0,
             "failed": 0,
             "barge_ins": 0,  # speech started over a reply (it paused, or was cut at once)
+            "onset_pauses": 0,  # ... of which paused at its onset, before the start of speech
             "interruptions_cut": 0,  # ... and was words: the reply was cut
             "interruptions_resumed": 0,  # ... and was not: the reply resumed
             "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
@@ -552,6 +553,41 @@ class ReplyLane:
         )
         self._pause(reply, now)
         self._arm_confirm(it)
+
+    def speech_onset(self) -> None:
+        """A sound began over the reply and has lasted ``interrupt_pause_after_s``, before
+        the VAD's start of speech (which waits for ``vad_min_speech_s``): pause the reply now.
+        Nothing is cut before the start of speech, so with ``confirm_s`` 0 this waits for it."""
+        reply = self.reply
+        if reply is None or self._interrupt_config()[0] <= 0:
+            return
+        now = time.monotonic()
+        it = self.interruption
+        if it is None:
+            it = self.interruption = Interruption(
+                reply.id,
+                now,
+                self._interrupt_config()[0],
+                self.config.interrupt_max_pause_s,
+                finals_due=0,
+            )
+            verdict = Verdict.PAUSE
+        else:
+            verdict = it.on_onset(now, live=reply.id == it.response_id)
+        if verdict is Verdict.PAUSE:
+            self.counters["barge_ins"] += 1
+            self.counters["onset_pauses"] += 1
+            self._pause(reply, now)
+            self._arm_confirm(it)
+
+    def speech_onset_lost(self) -> None:
+        """The sound :meth:`speech_onset` paused for ended before it was speech: no final
+        will judge it, so a reply paused for it alone plays on now (``no_words``)."""
+        it = self.interruption
+        if it is not None:
+            self._apply(it, it.on_onset_lost(time.monotonic()))
+            if it is self.interruption and it.paused:
+                self._arm_confirm(it)
 
     def speech_stopped(self) -> None:
         """The VAD heard the user stop speaking: a paused reply waits for the final (at most

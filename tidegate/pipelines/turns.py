@@ -79,6 +79,10 @@ class Replier(Protocol):
 
     def speech_started(self) -> None: ...
 
+    def speech_onset(self) -> None: ...
+
+    def speech_onset_lost(self) -> None: ...
+
     def speech_stopped(self) -> None: ...
 
     def heard(self, text: str, *, final: bool) -> bool: ...
@@ -190,6 +194,13 @@ class TurnTaking:
         self._held = None
         if self.policy != "manual" and self._turn_config("interrupt", True):
             self.reply.speech_started()  # over a reply: an interruption (the reply lane judges)
+
+    def on_speech_onset(self) -> None:
+        if self.policy != "manual" and self._turn_config("interrupt", True):
+            self.reply.speech_onset()  # a sound over a reply: pause it while the VAD decides
+
+    def on_speech_onset_lost(self) -> None:
+        self.reply.speech_onset_lost()
 
     def on_speech_stopped(self, recent: Array, audio_ms: float) -> None:
         self._speaking = False

@@ -95,6 +95,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             echo_max_delay_s=s.audio_echo_max_delay_s,
             echo_realign_min_s=s.audio_echo_realign_min_s,
             echo_max_pending_frames=s.audio_echo_max_pending_frames,
+            interrupt_pause_after_s=s.interrupt_pause_after_s,
         ),
         turns=TurnConfig(
             end_of_turn_s=s.assistant_end_of_turn_s,

@@ -550,6 +550,13 @@ class Settings:
         "speech cuts a reply at once. A session's config may say (interrupt.confirm_s).",
         default=2.0,
     )
+    interrupt_pause_after_s: float = _doc(
+        "A sound over a reply pauses it once it has been above the VAD's threshold this long, "
+        "before the VAD's start of speech (vad_min_speech_s); one that ends short of speech "
+        "resumes it at once. At or above vad_min_speech_s: replies pause at the start of "
+        "speech.",
+        default=0.1,
+    )
     interrupt_max_pause_s: float = _doc(
         "The longest a reply paused by a sound that goes on waits for the ASR's verdict "
         "before it resumes (a stream that stopped mid-sound, a stuck ASR).",

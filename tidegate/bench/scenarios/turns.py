@@ -29,8 +29,10 @@ Two sets (``--parts paused,echo``):
   reply lane's guard against the reply's own words did not resume it); and after each session's
   replies one more, over which the user asks a question (espeak-ng, another voice than the
   reply's) ``--talk-after-s`` into it: the cut latency (on the kiosk's media clock, from the
-  question's first sample to the end of the reply's audio on the speaker) and the
-  question's WER (its ``asr.final``). From the sessions' ``metrics`` events (the audio lane's
+  question's first sample to the end of the reply's audio on the speaker; over WS the kiosk
+  drops the audio it holds on ``response.paused``, as docs/protocol.md asks of a WS-only
+  client, and over WebRTC its jitter buffer plays out) and the question's WER (its
+  ``asr.final``). From the sessions' ``metrics`` events (the audio lane's
   echo stats): the canceller's CPU seconds per session-second and the echo reduction
   ``10 log10(in / out)`` of the microphone energy (the noise floor bounds it). ERLE proper
   (echo alone, -90 dBFS floor, after 3 s) comes from the echo set of ``tidegate bench ears``,
@@ -73,6 +75,8 @@ from tidegate.protocol.messages import (
     ResponseCancel,
     ResponseCreated,
     ResponseDone,
+    ResponsePaused,
+    ResponseResumed,
     TurnEnd,
     VadSpeechStarted,
 )
@@ -349,6 +353,7 @@ class Reply:
     prompt: str
     status: str | None = None
     speech_during: int = 0  # vad.speech_started while it ran
+    pauses: int = 0  # response.paused (each resumed, unless the reply was cut)
     first_sample: int | None = None  # where its audio starts on the speaker
     last_sample: int | None = None  # and ends
     onset: int | None = None  # double talk: where the question starts on the mic
@@ -407,6 +412,17 @@ class Kiosk:
         if r.first_sample is not None:
             r.last_sample = at + n
 
+    def stop(self) -> None:
+        """A WS-only client's answer to ``response.paused``: the audio it holds and has not
+        played yet is dropped (the server sends it again if the reply resumes)."""
+        now = self.now_sample()
+        if self.play_end > now:
+            self.speaker[now : self.play_end] = 0.0
+            self.play_end = now
+        r = self.reply
+        if r is not None and r.last_sample is not None:
+            r.last_sample = min(r.last_sample, now)
+
     def say(self, speech: np.ndarray[Any, Any], at: int) -> None:
         self.user, self.user_at = speech, at
 
@@ -453,6 +469,7 @@ async def _kiosk_session(
     client = await _open(target, "bench-echo", config)
     done = asyncio.Event()
     cancelled: set[str] = set()
+    paused: dict[str, float] = {}  # WS: a paused reply's frames from this ts on are dropped
     pc: RTCPeerConnection | None = None
     async with client, asyncio.TaskGroup() as tg:
         if transport == "rtc":
@@ -476,9 +493,18 @@ async def _kiosk_session(
                     log.errors.append(f"{ev.code}: {ev.message}")
                 elif isinstance(ev, Metrics):
                     log.metrics.append((time.monotonic(), ev.stats))
+                elif isinstance(ev, ResponsePaused):
+                    if r is not None and r.status is None:
+                        r.pauses += 1
+                    if transport == "ws":
+                        paused[ev.response_id] = ev.played_ms  # as docs/protocol.md asks
+                        kiosk.stop()
+                elif isinstance(ev, ResponseResumed):
+                    paused.pop(ev.response_id, None)
                 elif isinstance(ev, OutputAudio) and ev.response_id not in cancelled:
-                    pcm = np.frombuffer(ev.pcm, "<i2")
-                    kiosk.play(pcm)
+                    held = paused.get(ev.response_id or "")
+                    if held is None or ev.ts is None or ev.ts < held:
+                        kiosk.play(np.frombuffer(ev.pcm, "<i2"))
                 elif r is None:
                     continue
                 elif isinstance(ev, VadSpeechStarted) and r.status is None:
@@ -555,6 +581,9 @@ def _case_figures(sessions: list[EchoSession], control: EchoSession | None) -> d
         "false_barge_ins": sum(r.status == "cancelled" for r in replies),
         "unanswered": sum(r.status is None for r in replies),
         "echo_heard_as_speech": sum(r.speech_during > 0 for r in replies),
+        # paused by a sound (its echo) and resumed: a hiccup, not a cut
+        "paused_by_echo": sum(r.pauses > 0 for r in replies),
+        "pauses": sum(r.pauses for r in replies),
         "errors": [e for s in sessions for e in s.errors][:5],
     }
     # the canceller, from each session's last metrics before the user's question (echo alone)
@@ -691,6 +720,7 @@ def _echo_summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
         "false_barge_ins": sum(c["false_barge_ins"] for c in cases),
         "min_replies_per_case": min((c["replies"] for c in cases), default=0),
         "control_barge_ins": sum(c.get("control_off", {}).get("barge_ins", 0) for c in cases),
+        "paused_by_echo": sum(c["paused_by_echo"] for c in cases),
         "aec_cpu_s_per_session_s": percentiles(cpu),
         "echo_reduction_db_min": min(red) if red else None,
         "double_talk_cut_latency_ms": percentiles(cuts),
