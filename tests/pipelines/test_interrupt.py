@@ -161,6 +161,25 @@ def test_an_onset_pauses_and_a_sound_that_ends_short_of_speech_resumes_at_once()
     assert gone.on_onset(1.0, live=False) is Verdict.WAIT  # its reply has ended
 
 
+def test_a_short_sound_holds_the_pause_for_hold_s_and_more_sound_keeps_it() -> None:
+    """With hold_s, a sound that ended short of speech ("Stop,") resumes hold_s after it
+    ended; a new onset within the hold keeps the reply paused, and becomes the speech whose
+    final decides."""
+    cough = Interruption("r_1", paused_at=1.0, confirm_s=2.0, hold_s=0.4, finals_due=0)
+    assert cough.on_onset_lost(1.2) is Verdict.WAIT
+    assert cough.deadline == pytest.approx(1.6)
+    assert cough.on_confirm_timeout(1.5) is Verdict.WAIT
+    assert cough.on_confirm_timeout(1.6) is Verdict.RESUME
+    stop = Interruption("r_1", paused_at=1.0, confirm_s=2.0, hold_s=0.4, finals_due=0)
+    stop.on_onset_lost(1.2)  # "Stop,"
+    assert stop.on_onset(1.4) is Verdict.WAIT  # "I changed my mind": still paused
+    assert stop.deadline == 11.0  # sounding: no resume while it goes on
+    assert stop.on_speech_started(1.55) is Verdict.WAIT
+    stop.on_speech_stopped(2.5)
+    assert stop.deadline == 4.5  # its final is due: confirm_s after the sound
+    assert stop.on_final("I changed my mind.", words=True) is Verdict.CUT
+
+
 PLAYED = "Paris has a long and storied history, marked by"
 
 

@@ -347,8 +347,9 @@ async def test_an_onset_pauses_a_reply_and_resumes_it_at_once_if_no_speech_follo
     settings: Settings, engines: EngineService
 ) -> None:
     """speech_onset() pauses the reply before the VAD's start of speech; an onset lost (the
-    sound ended short of speech) resumes it at once (no_words); a second onset that becomes
-    speech (speech_started) stays one pause, and its words cut the reply."""
+    sound ended short of speech) resumes it after interrupt_onset_hold_s (no_words); a
+    second onset that becomes speech (speech_started) stays one pause, and its words cut
+    the reply."""
     session = Player()
     lane = lane_for(session, settings, engines)
     try:
@@ -357,6 +358,8 @@ async def test_an_onset_pauses_a_reply_and_resumes_it_at_once_if_no_speech_follo
         lane.speech_onset()
         (paused,) = session.of(ResponsePaused)
         lane.speech_onset_lost()
+        assert not session.of(ResponseResumed)  # the hold: more sound may follow
+        await wait_for(lambda: session.of(ResponseResumed), 5.0)
         (resumed,) = session.of(ResponseResumed)
         assert lane.interruption is None  # over: nothing left to judge
         await wait_for(lambda: len(session.of(OutputAudio)) >= 40)
@@ -370,6 +373,7 @@ async def test_an_onset_pauses_a_reply_and_resumes_it_at_once_if_no_speech_follo
         await lane.close()
         await session.close()
     assert resumed.reason == "no_words" and resumed.played_ms == paused.played_ms
+    assert resumed.paused_ms >= 350  # the hold (0.4 s; a loop timer may fire 5 ms early)
     assert done.status == "cancelled"
     stats = lane.stats()
     assert stats["onset_pauses"] == 2 and stats["barge_ins"] == 2

@@ -182,6 +182,9 @@ class Interruption:
     paused_at: float
     confirm_s: float
     max_pause_s: float = 10.0
+    #: a pause whose sound ended short of speech (nothing for the ASR to judge) lasts this
+    #: much longer: the quiet after "Stop," before the rest of the sentence
+    hold_s: float = 0.0
     paused: bool = True
     speaking: bool = True
     stopped_at: float | None = None
@@ -193,8 +196,9 @@ class Interruption:
 
     @property
     def closed(self) -> bool:
-        """Every segment's final is in and the user is not speaking."""
-        return not self.speaking and self.finals_due <= 0
+        """Every segment's final is in, the user is not speaking and the reply is not held
+        paused (a sound short of speech holds it for ``hold_s``)."""
+        return not self.speaking and self.finals_due <= 0 and not self.paused
 
     @property
     def deadline(self) -> float:
@@ -205,6 +209,8 @@ class Interruption:
         cap = self.paused_at + self.max_pause_s
         if self.speaking:
             return cap
+        if self.finals_due <= 0 and self.stopped_at is not None:  # a sound short of speech
+            return min(self.stopped_at + self.hold_s, cap)
         since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
         return min(since + self.confirm_s, cap)
 
@@ -233,10 +239,12 @@ class Interruption:
 
     def on_onset_lost(self, now: float) -> Verdict:
         """The sound ended before it was long enough to be speech (a click, a cough, a
-        blip of echo): no final will come for it, so a reply paused for it alone resumes now."""
+        blip of echo, a short "Stop,"): no final will come for it, so a reply paused for it
+        alone resumes ``hold_s`` from now (at the lane's timer, :attr:`deadline`) unless more
+        sound comes first."""
         self.speaking = False
         self.stopped_at = now
-        if self.paused and self.finals_due <= 0:
+        if self.paused and self.finals_due <= 0 and self.hold_s <= 0:
             return Verdict.RESUME
         return Verdict.WAIT
 

@@ -548,9 +548,7 @@ class ReplyLane:
         if reply is None:
             return
         self.counters["barge_ins"] += 1
-        it = self.interruption = Interruption(
-            reply.id, now, self._interrupt_config()[0], self.config.interrupt_max_pause_s
-        )
+        it = self.interruption = self._interruption(reply, now)
         self._pause(reply, now)
         self._arm_confirm(it)
 
@@ -564,13 +562,7 @@ class ReplyLane:
         now = time.monotonic()
         it = self.interruption
         if it is None:
-            it = self.interruption = Interruption(
-                reply.id,
-                now,
-                self._interrupt_config()[0],
-                self.config.interrupt_max_pause_s,
-                finals_due=0,
-            )
+            it = self.interruption = self._interruption(reply, now, finals_due=0)
             verdict = Verdict.PAUSE
         else:
             verdict = it.on_onset(now, live=reply.id == it.response_id)
@@ -580,9 +572,21 @@ class ReplyLane:
             self._pause(reply, now)
             self._arm_confirm(it)
 
+    def _interruption(self, reply: Reply, now: float, *, finals_due: int = 1) -> Interruption:
+        c = self.config
+        return Interruption(
+            reply.id,
+            now,
+            self._interrupt_config()[0],
+            c.interrupt_max_pause_s,
+            hold_s=c.interrupt_onset_hold_s,
+            finals_due=finals_due,
+        )
+
     def speech_onset_lost(self) -> None:
         """The sound :meth:`speech_onset` paused for ended before it was speech: no final
-        will judge it, so a reply paused for it alone plays on now (``no_words``)."""
+        will judge it, so a reply paused for it alone plays on (``no_words``) after
+        ``interrupt_onset_hold_s`` of quiet (more sound first keeps it paused)."""
         it = self.interruption
         if it is not None:
             self._apply(it, it.on_onset_lost(time.monotonic()))

@@ -114,6 +114,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             speculate_max_wait_s=s.assistant_speculate_max_wait_s,
             interrupt_confirm_s=s.interrupt_confirm_s,
             interrupt_max_pause_s=s.interrupt_max_pause_s,
+            interrupt_onset_hold_s=s.interrupt_onset_hold_s,
             interrupt_min_words=s.interrupt_min_words,
             interrupt_backchannels=s.interrupt_backchannels,
             interrupt_backchannel_phrases=s.interrupt_backchannel_phrases,

@@ -552,10 +552,15 @@ class Settings:
     )
     interrupt_pause_after_s: float = _doc(
         "A sound over a reply pauses it once it has been above the VAD's threshold this long, "
-        "before the VAD's start of speech (vad_min_speech_s); one that ends short of speech "
-        "resumes it at once. At or above vad_min_speech_s: replies pause at the start of "
-        "speech.",
+        "before the VAD's start of speech (vad_min_speech_s). At or above vad_min_speech_s: "
+        "replies pause at the start of speech.",
         default=0.1,
+    )
+    interrupt_onset_hold_s: float = _doc(
+        "A reply paused by a sound that ended short of speech (a click, a cough, one short "
+        "word such as 'Stop,' before the rest) resumes after this much quiet; more sound "
+        "within it keeps it paused.",
+        default=0.4,
     )
     interrupt_max_pause_s: float = _doc(
         "The longest a reply paused by a sound that goes on waits for the ASR's verdict "
