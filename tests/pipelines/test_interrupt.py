@@ -178,6 +178,17 @@ def test_a_short_sound_holds_the_pause_for_hold_s_and_more_sound_keeps_it() -> N
     stop.on_speech_stopped(2.5)
     assert stop.deadline == 4.5  # its final is due: confirm_s after the sound
     assert stop.on_final("I changed my mind.", words=True) is Verdict.CUT
+    # "Stop," heard as no words (the echo over it): its final holds the pause as well, and
+    # the rest of the sentence within hold_s keeps it
+    unread = Interruption("r_1", paused_at=1.0, confirm_s=2.0, hold_s=0.4)
+    unread.on_speech_stopped(1.3)
+    assert unread.on_final("", words=False, now=1.5) is Verdict.WAIT
+    assert unread.deadline == pytest.approx(1.7) and not unread.closed
+    assert unread.on_onset(1.6) is Verdict.WAIT  # "I changed my mind"
+    assert unread.on_confirm_timeout(1.7) is Verdict.WAIT
+    late = Interruption("r_1", paused_at=1.0, confirm_s=2.0, hold_s=0.4)
+    late.on_speech_stopped(1.3)
+    assert late.on_final("(coughs)", words=False, now=1.8) is Verdict.RESUME  # quiet enough
 
 
 PLAYED = "Paris has a long and storied history, marked by"

@@ -298,6 +298,7 @@ async def test_speech_pauses_a_reply_and_a_final_without_words_resumes_it(
         assert len(session.of(OutputAudio)) == sent  # nothing while paused
         lane.speech_stopped()
         assert lane.heard("", final=True)
+        await wait_for(lambda: session.of(ResponseResumed), 5.0)  # after the onset hold
         (resumed,) = session.of(ResponseResumed)
         await wait_for(lambda: session.of(ResponseDone))
     finally:

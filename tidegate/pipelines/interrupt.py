@@ -182,8 +182,9 @@ class Interruption:
     paused_at: float
     confirm_s: float
     max_pause_s: float = 10.0
-    #: a pause whose sound ended short of speech (nothing for the ASR to judge) lasts this
-    #: much longer: the quiet after "Stop," before the rest of the sentence
+    #: a pause with nothing left to judge (a sound short of speech, or finals without words)
+    #: ends only after the user has been quiet this long: the quiet after "Stop," (which the
+    #: ASR may not read under the echo) before the rest of the sentence
     hold_s: float = 0.0
     paused: bool = True
     speaking: bool = True
@@ -209,7 +210,7 @@ class Interruption:
         cap = self.paused_at + self.max_pause_s
         if self.speaking:
             return cap
-        if self.finals_due <= 0 and self.stopped_at is not None:  # a sound short of speech
+        if self.finals_due <= 0 and self.stopped_at is not None:  # nothing left to judge
             return min(self.stopped_at + self.hold_s, cap)
         since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
         return min(since + self.confirm_s, cap)
@@ -264,15 +265,18 @@ class Interruption:
             return Verdict.RESUME
         return Verdict.WAIT
 
-    def on_final(self, text: str, words: bool) -> Verdict:
-        """A segment's final (``text`` may be empty: no words were heard)."""
+    def on_final(self, text: str, words: bool, now: float = math.inf) -> Verdict:
+        """A segment's final (``text`` may be empty: no words were heard). The last one due,
+        without words, resumes the reply once the user has been quiet for ``hold_s`` (now,
+        or at the lane's timer: :attr:`deadline`)."""
         self.finals_due -= 1
         if words:
             return Verdict.CUT
         if text:
             self.absorbed.append(text)
         if self.paused and not self.speaking and self.finals_due <= 0:
-            return Verdict.RESUME  # the last verdict due is in: no words
+            if self.stopped_at is None or now >= self.stopped_at + self.hold_s - TIMER_SLACK_S:
+                return Verdict.RESUME  # the last verdict due is in: no words
         return Verdict.WAIT
 
     def on_confirm_timeout(self, now: float) -> Verdict:

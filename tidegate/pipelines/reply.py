@@ -625,7 +625,9 @@ class ReplyLane:
             words, it.echo = False, True
             if not final:
                 it.echo_heard = text
-        self._apply(it, it.on_final(text, words) if final else it.on_partial(words, now))
+        self._apply(it, it.on_final(text, words, now) if final else it.on_partial(words, now))
+        if final and it is self.interruption and it.paused:  # its deadline may have moved
+            self._arm_confirm(it)
         if final and text and not words:
             self.counters["echo_words" if echo else "backchannels"] += 1
             return False
