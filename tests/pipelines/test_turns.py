@@ -110,6 +110,12 @@ class Replies:
     def speech_started(self) -> None:
         self.barge_ins += 1
 
+    def speech_onset(self) -> None:
+        pass  # no reply runs here: nothing to pause
+
+    def speech_onset_lost(self) -> None:
+        pass
+
     def speech_stopped(self) -> None:
         pass
 
