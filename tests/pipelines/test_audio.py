@@ -144,7 +144,7 @@ async def test_a_sound_shorter_than_speech_is_an_onset_then_lost(
     settings: Settings, engines: EngineService, tmp_path: Path
 ) -> None:
     """A burst of speech sound shorter than vad_min_speech_s (0.25 s) but longer than
-    interrupt_pause_after_s (0.1 s): the listener hears its onset, then that it was lost,
+    interrupt_pause_after_s (0.15 s): the listener hears its onset, then that it was lost,
     and no start of speech (a reply paused for it resumes at once)."""
     pcm, rate = spoken(QUESTION, tmp_path)
     loud = np.flatnonzero(np.abs(pcm.astype(np.float32)) > 3000)

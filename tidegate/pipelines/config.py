@@ -30,7 +30,7 @@ class AudioConfig:
     echo_realign_min_s: float = 1.0
     echo_max_pending_frames: int = 500
     #: a sound over a reply this long pauses it, before the VAD's start of speech
-    interrupt_pause_after_s: float = 0.1
+    interrupt_pause_after_s: float = 0.15
 
 
 TURN_POLICIES = ("semantic", "silence")

@@ -554,7 +554,7 @@ class Settings:
         "A sound over a reply pauses it once it has been above the VAD's threshold this long, "
         "before the VAD's start of speech (vad_min_speech_s). At or above vad_min_speech_s: "
         "replies pause at the start of speech.",
-        default=0.1,
+        default=0.15,
     )
     interrupt_onset_hold_s: float = _doc(
         "A reply paused by a sound that ended short of speech (a click, a cough, one short "

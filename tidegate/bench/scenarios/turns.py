@@ -354,6 +354,7 @@ class Reply:
     status: str | None = None
     speech_during: int = 0  # vad.speech_started while it ran
     pauses: int = 0  # response.paused (each resumed, unless the reply was cut)
+    paused_ms: list[float] = field(default_factory=list)  # each resumed pause's length
     first_sample: int | None = None  # where its audio starts on the speaker
     last_sample: int | None = None  # and ends
     onset: int | None = None  # double talk: where the question starts on the mic
@@ -501,6 +502,8 @@ async def _kiosk_session(
                         kiosk.stop()
                 elif isinstance(ev, ResponseResumed):
                     paused.pop(ev.response_id, None)
+                    if r is not None and r.status is None:
+                        r.paused_ms.append(ev.paused_ms)
                 elif isinstance(ev, OutputAudio) and ev.response_id not in cancelled:
                     held = paused.get(ev.response_id or "")
                     if held is None or ev.ts is None or ev.ts < held:
@@ -584,6 +587,7 @@ def _case_figures(sessions: list[EchoSession], control: EchoSession | None) -> d
         # paused by a sound (its echo) and resumed: a hiccup, not a cut
         "paused_by_echo": sum(r.pauses > 0 for r in replies),
         "pauses": sum(r.pauses for r in replies),
+        "pause_ms": distribution([ms for r in replies for ms in r.paused_ms]),
         "errors": [e for s in sessions for e in s.errors][:5],
     }
     # the canceller, from each session's last metrics before the user's question (echo alone)
