@@ -2,8 +2,11 @@
 no clock: time is an argument). The reply lane (:mod:`tidegate.pipelines.reply`) applies the
 verdicts; docs/assistant.md, "Interruptions", explains the policy.
 
-When the VAD hears speech start while a reply is in progress, the reply's audio is *paused*
-at once (the user is not talked over) and an :class:`Interruption` is opened. The ASR then
+When a sound starts while a reply is in progress (the VAD above its threshold for
+``interrupt_pause_after_s``, or its start of speech), the reply's audio is *paused* at once
+(the user is not talked over) and an :class:`Interruption` is opened; a sound that ends short
+of speech, like a final without words, leaves nothing to judge, and the reply resumes after
+``hold_s`` of quiet (the rest of "Stop, I changed my mind" may follow). The ASR then
 decides what the speech was:
 
 - **words**: a partial hypothesis or a final with at least ``min_words`` words that are not
