@@ -23,7 +23,8 @@ Two owned tasks per session: the *VAD loop* reads the lane, runs each 32 ms fram
 the shared VAD scheduler (batched across sessions), emits ``vad.speech_started`` and
 ``vad.speech_stopped`` (and tells the listener sooner of a sound's onset: above the VAD's
 threshold for ``interrupt_pause_after_s``, before ``vad_min_speech_s`` makes it speech, and
-whether it ended short: a reply pauses on it), and grows the current :class:`~tidegate.engines.asr.streaming.Segment`;
+whether it ended short: a reply pauses on it), and grows the current
+:class:`~tidegate.engines.asr.streaming.Segment`;
 the *ASR loop* decodes through the shared ASR scheduler (batched across sessions): the
 final of every closed segment first (in order), else a partial of the open segment when one
 is due. Finals wait in a bounded queue (``asr_max_pending_finals``): when full, the VAD loop
