@@ -344,7 +344,7 @@ async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(
     assert lane.stats()["interruptions_cut"] == 1
 
 
-async def test_an_onset_pauses_a_reply_and_resumes_it_at_once_if_no_speech_follows(
+async def test_an_onset_pauses_a_reply_and_the_hold_resumes_it_if_no_speech_follows(
     settings: Settings, engines: EngineService
 ) -> None:
     """speech_onset() pauses the reply before the VAD's start of speech; an onset lost (the
