@@ -23,7 +23,9 @@ Two sets (``--parts paused,echo``):
   client has no echo cancellation). For every delay x level and transport: ``--replies``
   replies (``input.text`` prompts, ``--replies-per-session`` per session, the server's echo
   cancellation ``auto``) counting false barge-ins (a reply cancelled while the user said
-  nothing) and echo heard as speech (``vad.speech_started`` during a reply); a control reply
+  nothing), echo heard as speech (``vad.speech_started`` during a reply) and replies paused
+  by their echo (``response.paused``, then resumed: a gap the user hears; ``pause_ms``); a
+  control reply
   with the canceller ``off`` (the fault the set catches: its echo is heard as the user's
   speech, ``barge_ins``, which pauses the reply; ``cut``: how often that cut it, where the
   reply lane's guard against the reply's own words did not resume it); and after each session's
