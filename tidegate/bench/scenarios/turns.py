@@ -16,29 +16,27 @@ Two sets (``--parts paused,echo``):
   one intra-op thread: its CPU when the machine is not shared). Replies are cancelled as
   soon as they start (their cost is not measured here).
 - **echo**: a kiosk whose speaker the microphone hears. The client plays every reply it gets
-  (``output.audio`` frames over WS, the inbound track over WebRTC) onto a speaker timeline as
-  it arrives, and streams back in real time its microphone: that playback through a room
-  response (``audio_sets.room_response``), ``delay`` later and ``level`` below, over a noise
-  floor (``--noise-dbfs``), with ``ts`` (WS) or on the RTP clock (WebRTC, the offer saying the
-  client has no echo cancellation). For every delay x level and transport: ``--replies``
-  replies (``input.text`` prompts, ``--replies-per-session`` per session, the server's echo
-  cancellation ``auto``) counting false barge-ins (a reply cancelled while the user said
-  nothing), echo heard as speech (``vad.speech_started`` during a reply) and replies paused
-  by their echo (``response.paused``, then resumed: a gap the user hears; ``pause_ms``); a
-  control reply
-  with the canceller ``off`` (the fault the set catches: its echo is heard as the user's
-  speech, ``barge_ins``, which pauses the reply; ``cut``: how often that cut it, where the
-  reply lane's guard against the reply's own words did not resume it); and after each session's
-  replies one more, over which the user asks a question (espeak-ng, another voice than the
-  reply's) ``--talk-after-s`` into it: the cut latency (on the kiosk's media clock, from the
-  question's first sample to the end of the reply's audio on the speaker; over WS the kiosk
-  drops the audio it holds on ``response.paused``, as docs/protocol.md asks of a WS-only
-  client, and over WebRTC its jitter buffer plays out) and the question's WER (its
-  ``asr.final``). From the sessions' ``metrics`` events (the audio lane's
-  echo stats): the canceller's CPU seconds per session-second and the echo reduction
-  ``10 log10(in / out)`` of the microphone energy (the noise floor bounds it). ERLE proper
-  (echo alone, -90 dBFS floor, after 3 s) comes from the echo set of ``tidegate bench ears``,
-  run as a child (``--erle``).
+  (``output.audio`` frames over WS, the inbound track over WebRTC) onto a speaker timeline as it
+  arrives, and streams back in real time its microphone: that playback through a room response
+  (``audio_sets.room_response``), ``delay`` later and ``level`` below, over a noise floor
+  (``--noise-dbfs``), with ``ts`` (WS) or on the RTP clock (WebRTC, the offer saying the client has
+  no echo cancellation). For every delay x level and transport: ``--replies`` replies
+  (``input.text`` prompts, ``--replies-per-session`` per session, the server's echo cancellation
+  ``auto``) counting false barge-ins (a reply cancelled while the user said nothing), echo heard as
+  speech (``vad.speech_started`` during a reply) and replies paused by their echo
+  (``response.paused``, then resumed: a gap the user hears; ``pause_ms``); a control reply with the
+  canceller ``off`` (the fault the set catches: its echo is heard as the user's speech,
+  ``barge_ins``, which pauses the reply; ``cut``: how often that cut it, where the reply lane's
+  guard against the reply's own words did not resume it); and after each session's replies one more,
+  over which the user asks a question (espeak-ng, another voice than the reply's) ``--talk-after-s``
+  into it: the cut latency (on the kiosk's media clock, from the question's first sample to the end
+  of the reply's audio on the speaker; over WS the kiosk drops the audio it holds on
+  ``response.paused``, as docs/protocol.md asks of a WS-only client, and over WebRTC its jitter
+  buffer plays out) and the question's WER (its ``asr.final``). From the sessions' ``metrics``
+  events (the audio lane's echo stats): the canceller's CPU seconds per session-second and the echo
+  reduction ``10 log10(in / out)`` of the microphone energy (the noise floor bounds it). ERLE proper
+  (echo alone, -90 dBFS floor, after 3 s) comes from the echo set of ``tidegate bench ears``, run as
+  a child (``--erle``).
 
 Targets (issue #20): 0 false barge-ins in >= 20 replies at every delay and level; false
 cut-offs under ``semantic`` at most half of ``silence``'s; end of turn after a complete
