@@ -69,7 +69,8 @@ class ReplyConfig:
     #: ``interrupt.min_words`` and ``interrupt.backchannels``; what a backchannel is
     interrupt_confirm_s: float = 2.0
     interrupt_max_pause_s: float = 10.0
-    #: a reply paused by a sound that ended short of speech resumes after this much quiet
+    #: a reply paused by a sound that ended short of speech, or whose final had no words,
+    #: resumes after this much quiet
     interrupt_onset_hold_s: float = 0.4
     interrupt_min_words: int = 1
     interrupt_backchannels: str = "ignore"

@@ -544,7 +544,8 @@ class Settings:
     )
     interrupt_confirm_s: float = _doc(
         "Speech over a reply pauses its audio at once; words (interrupt_min_words) then cut "
-        "it, and a sound the ASR hears no words in resumes it: at its final; without a final, "
+        "it, and a sound the ASR hears no words in resumes it: at its final (once the user "
+        "has been quiet interrupt_onset_hold_s); without a final, "
         "this long after the pause or after the end of the sound, whichever is later; for a "
         "sound still going on this long after the pause, at a partial without words. 0: "
         "speech cuts a reply at once. A session's config may say (interrupt.confirm_s).",
@@ -558,8 +559,8 @@ class Settings:
     )
     interrupt_onset_hold_s: float = _doc(
         "A reply paused by a sound that ended short of speech (a click, a cough, one short "
-        "word such as 'Stop,' before the rest) resumes after this much quiet; more sound "
-        "within it keeps it paused.",
+        "word such as 'Stop,' before the rest), or whose final had no words, resumes after "
+        "the user has been quiet this long; more sound within it keeps it paused.",
         default=0.4,
     )
     interrupt_max_pause_s: float = _doc(
