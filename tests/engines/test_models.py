@@ -43,6 +43,52 @@ def test_prepare_is_once_and_verify_catches_corruption(data_dir: Path, tmp_path:
     assert models.verify(tmp_path, "silero-vad") == []
 
 
+def test_a_model_converted_another_way_is_prepared_again(data_dir: Path, tmp_path: Path) -> None:
+    """A converted model records its recipe in the manifest; one prepared with another recipe
+    (here: before recipes were recorded) is stale, and preparing converts it again."""
+    name = "whisper-tiny-en"
+    folder = models.model_dir(tmp_path, name)
+    shutil.copytree(models.model_dir(data_dir, name), folder)
+    manifest = json.loads((folder / models.MANIFEST).read_text())
+    assert manifest["conversion"] == models.DEFAULT_MODELS[name].conversion
+    del manifest["conversion"]
+    (folder / models.MANIFEST).write_text(json.dumps(manifest))
+    problems = models.verify(tmp_path, name, deep=False)
+    assert len(problems) == 1 and "before recipes were recorded" in problems[0]
+    assert "prepare it again" in problems[0]
+    with pytest.raises(ModelError, match="prepare it again"):
+        models.model_path(tmp_path, name)
+    lines: list[str] = []
+    prepare(tmp_path, name, download=False, progress=lines.append)
+    assert any("precision int8, decoder output_projection" in line for line in lines)
+    assert models.verify(tmp_path, name) == []
+
+
+def test_whisper_base_decoder_is_int8_throughout(data_dir: Path) -> None:
+    """Whisper base is converted with every MatMul int8 (its recipe), the decoder's too;
+    tiny.en's decoder keeps float32 layers and an int8 output projection."""
+    import onnx
+
+    def weights(name: str, graph: str) -> dict[str, int]:
+        """The graph's MatMuls with a constant weight, by op type."""
+        model = onnx.load(str(models.model_dir(data_dir, name) / graph))
+        consts = {t.name for t in model.graph.initializer}
+        found: dict[str, int] = {}
+        for node in model.graph.node:
+            if node.op_type in ("MatMul", "MatMulInteger") and node.input[1] in consts:
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+        return found
+
+    base = weights("whisper-base", "decoder.onnx")
+    assert "MatMul" not in base and base["MatMulInteger"] > 6 * 4  # 6 layers, >= 4 each
+    recorded = json.loads(
+        (models.model_dir(data_dir, "whisper-base") / "conversion.json").read_text()
+    )
+    assert recorded["int8_matmuls"] == {"encoder.onnx": "all", "decoder.onnx": "all"}
+    tiny = weights("whisper-tiny-en", "decoder.onnx")
+    assert tiny["MatMulInteger"] == 1 and tiny["MatMul"] > 4 * 4
+
+
 def test_blazeface_conversion_from_the_wheel(data_dir: Path, tmp_path: Path) -> None:
     """BlazeFace is extracted from the cached mediapipe wheel and converted with a dynamic
     batch axis, without downloading; the progress names each step."""

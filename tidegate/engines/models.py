@@ -54,9 +54,12 @@ class ModelSpec:
     #: prepared files that only the local runtimes (onnx, tensorrt) run: a Triton export
     #: leaves them out (Triton serves the shipped file)
     local_only: tuple[str, ...] = ()
+    #: how a converted model is converted (its converter's keyword arguments), recorded in
+    #: the manifest: a model prepared with another recipe is stale and prepared again
+    conversion: dict[str, Any] = field(default_factory=dict)
 
 
-def _tiny_en(name: str, weights: str) -> ModelSpec:
+def _tiny_en(name: str, weights: str, conversion: dict[str, Any]) -> ModelSpec:
     """whisper-tiny-en and its float32 twin: one package, one set of checked files."""
     return ModelSpec(
         name=name,
@@ -72,6 +75,7 @@ def _tiny_en(name: str, weights: str) -> ModelSpec:
             "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
             "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
         },
+        conversion=conversion,
     )
 
 
@@ -149,6 +153,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             files=("config.json", "tokenizer.json", "model.onnx"),
             install_hint=_SMOLLM2_HINT,
             sources=_SMOLLM2_SOURCES,
+            conversion={"precision": "int8"},
         ),
         ModelSpec(
             name="smollm2-135m-fp32",
@@ -159,6 +164,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             files=("config.json", "tokenizer.json", "model.onnx"),
             install_hint=_SMOLLM2_HINT,
             sources=_SMOLLM2_SOURCES,
+            conversion={"precision": "fp32"},
         ),
         ModelSpec(
             name="piper-joe",
@@ -178,10 +184,12 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 ),
             },
         ),
-        _tiny_en("whisper-tiny-en", ""),
+        # int8 encoder, the decoder's output projection only (docs/asr.md)
+        _tiny_en("whisper-tiny-en", "", {"precision": "int8", "decoder": "output_projection"}),
         _tiny_en(
             "whisper-tiny-en-fp32",
             ", float32 weights (for GPU providers, where int8 MatMuls run on the host)",
+            {"precision": "fp32"},
         ),
         ModelSpec(
             name="whisper-base",
@@ -214,6 +222,8 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 ),
                 "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
             },
+            # every MatMul int8 per channel, the decoder's too (docs/languages.md)
+            conversion={"precision": "int8", "per_channel": True, "decoder": "all"},
         ),
         ModelSpec(
             name="smart-turn-v3.2",
@@ -308,6 +318,11 @@ def verify(data_dir: Path, name: str, *, deep: bool = True) -> list[str]:
     for fname, digest in spec.sources.items():
         if manifest.get("sources", {}).get(fname) != digest:
             problems.append(f"{name}: source {fname} checksum differs from the pinned one")
+    if manifest.get("conversion", {}) != spec.conversion:
+        problems.append(
+            f"{name}: converted as {manifest.get('conversion', 'before recipes were recorded')},"
+            f" now {spec.conversion}; prepare it again"
+        )
     return problems
 
 

