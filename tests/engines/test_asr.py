@@ -302,7 +302,7 @@ def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett) -> 
     outputs are those of the plain call; here on the CPU, where the binding path also runs."""
     import onnxruntime as ort
 
-    from tidegate.engines.asr.greedy import encoder_input
+    from tidegate.engines.asr.greedy import cross_feeds, encoder_input
     from tidegate.engines.runtime import RuntimeOptions, open_model
 
     encoder = open_model(folder / "encoder.onnx", RuntimeOptions())
@@ -314,16 +314,14 @@ def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett) -> 
         "tokens": np.array([[50257, 50362]], dtype=np.int64),
         "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
         "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
-        "cross_k": cross["cross_k"],
-        "cross_v": cross["cross_v"],
+        **cross_feeds(cross["cross_k"], cross["cross_v"]),
     }
     plain = decoder.run(feeds)
     assert decoder.resident(cross["cross_k"]) is cross["cross_k"]  # the CPU keeps arrays
     bound = decoder.run(
         {
             **feeds,
-            "cross_k": ort.OrtValue.ortvalue_from_numpy(cross["cross_k"]),
-            "cross_v": ort.OrtValue.ortvalue_from_numpy(cross["cross_v"]),
+            **cross_feeds(cross["cross_k"], cross["cross_v"], ort.OrtValue.ortvalue_from_numpy),
         }
     )
     for name, value in plain.items():

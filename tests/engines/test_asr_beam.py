@@ -57,7 +57,7 @@ def toy_decoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     past = feeds["past_k"]
     n, w = tokens.shape
     L, _, H, _, dh = past.shape
-    assert feeds["cross_k"].shape[1] == n and past.shape[1] == n, "cache and batch disagree"
+    assert feeds["cross_k_0"].shape[0] == n and past.shape[1] == n, "cache and batch disagree"
     new = np.zeros((L, n, H, w, dh), dtype=np.float32)
     new[..., 0] = tokens[None, :, None, :]
     present = np.concatenate([past, new], axis=3)
@@ -137,14 +137,14 @@ def test_ended_rows_keep_idle_slots_on_a_gpu() -> None:
     uploads: list[int] = []
 
     def resident(a: np.ndarray) -> np.ndarray:
-        uploads.append(a.shape[1])
+        uploads.append(a.shape[0])  # one layer's keys or values: [batch, heads, ...]
         return a
 
     prefixes = [[D], [B], [A], [D], [B], [A], [D], [B]]  # D ends first, then B C, then A ...
     out = decode(prefixes, [1] * 8, resident=resident)
     alone = decode(prefixes, [1] * 8)
     assert [d.tokens for d in out] == [d.tokens for d in alone]  # type: ignore[union-attr]
-    assert uploads[:2] == [8, 8]  # k and v, once
+    assert uploads[:2] == [8, 8]  # k and v of the toy's one layer, once
     assert all(n < 2 for n in uploads[2:]), uploads  # only once under a quarter live
 
 

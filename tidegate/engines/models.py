@@ -22,6 +22,10 @@ from .signature import Signature
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+#: the Whisper decoder graph the ASR engine feeds (``tools.convert_whisper.DECODER_GRAPH``,
+#: which the converter checks): part of every Whisper recipe, so a model converted with an
+#: older graph is prepared again
+WHISPER_GRAPH = 2
 
 Progress = Callable[[str], None]
 
@@ -185,11 +189,15 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
             },
         ),
         # int8 encoder, the decoder's output projection only (docs/asr.md)
-        _tiny_en("whisper-tiny-en", "", {"precision": "int8", "decoder": "output_projection"}),
+        _tiny_en(
+            "whisper-tiny-en",
+            "",
+            {"precision": "int8", "decoder": "output_projection", "graph": WHISPER_GRAPH},
+        ),
         _tiny_en(
             "whisper-tiny-en-fp32",
             ", float32 weights (for GPU providers, where int8 MatMuls run on the host)",
-            {"precision": "fp32"},
+            {"precision": "fp32", "graph": WHISPER_GRAPH},
         ),
         ModelSpec(
             name="whisper-base",
@@ -223,7 +231,12 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
                 "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
             },
             # every MatMul int8 per channel, the decoder's too (docs/languages.md)
-            conversion={"precision": "int8", "per_channel": True, "decoder": "all"},
+            conversion={
+                "precision": "int8",
+                "per_channel": True,
+                "decoder": "all",
+                "graph": WHISPER_GRAPH,
+            },
         ),
         ModelSpec(
             name="smart-turn-v3.2",

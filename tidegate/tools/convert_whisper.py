@@ -23,9 +23,12 @@ u8 x s8 multiply-add saturates otherwise). ``conversion.json`` records what was 
 - encoder: ``mel`` [B, 80, 2T] -> ``cross_k`` [L, B, H, dh, T], ``cross_v`` [L, B, H, T, dh]
   (the decoder's cross-attention keys, pre-transposed, and values). ``T`` is any length up to
   1500 frames: the positional embedding is sliced to the input, so short audio costs little.
-- decoder: ``tokens`` [B, S], ``past_k``/``past_v`` [L, B, H, P, dh], ``cross_k``/``cross_v``
-  -> ``logits`` [B, S, V], ``present_k``/``present_v`` [L, B, H, P+S, dh]. Positions start at
-  P (the cache length); attention within the S new tokens is causal.
+- decoder: ``tokens`` [B, S], ``past_k``/``past_v`` [L, B, H, P, dh], ``cross_k_0`` ..
+  ``cross_k_{L-1}`` [B, H, dh, T] and ``cross_v_0`` .. [B, H, T, dh] (one input per layer:
+  taking layer i out of one stacked input copied every layer's keys and values at every
+  token, 13 % of a Whisper base decoder step at 10 s of audio) -> ``logits`` [B, S, V],
+  ``present_k``/``present_v`` [L, B, H, P+S, dh]. Positions start at P (the cache length);
+  attention within the S new tokens is causal. :data:`DECODER_GRAPH` numbers this contract.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ OPSET = 17
 PRECISIONS = ("int8", "fp32")
 OUTPUT_PROJECTION = "output_projection"  # the decoder's logits MatMul (node name)
 DECODER_INT8 = (OUTPUT_PROJECTION, "all")  # the decoder MatMuls an int8 conversion quantises
+#: the decoder graph's inputs (2: the cross keys and values one input per layer), recorded in
+#: a model spec's recipe so that a model prepared with an older graph is prepared again
+DECODER_GRAPH = 2
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 
 
@@ -331,9 +337,7 @@ def build_decoder(w: dict[str, Array]) -> onnx.ModelProto:
         x = g.op("Add", x, g.linear(g.merge_heads(a, d), p + "/self_attention/linear_1"))
         h = g.layer_norm(x, p + "/attention/layer_norm")
         q = g.heads(g.linear(h, p + "/attention/linear_0"), d, [0, 2, 1, 3])
-        kt = g.op("Squeeze", g.op("Gather", "cross_k", li, axis=0), g.const([0]))
-        cvv = g.op("Squeeze", g.op("Gather", "cross_v", li, axis=0), g.const([0]))
-        a = g.attend(q, kt, cvv, d)
+        a = g.attend(q, f"cross_k_{i}", f"cross_v_{i}", d)
         x = g.op("Add", x, g.linear(g.merge_heads(a, d), p + "/attention/linear_2"))
         x = _ffn(g, x, p)
     x = g.layer_norm(x, "decoder/layer_norm")
@@ -354,8 +358,14 @@ def build_decoder(w: dict[str, Array]) -> onnx.ModelProto:
             helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "new"]),
             helper.make_tensor_value_info("past_k", f, [L, "batch", H, "past", dh]),
             helper.make_tensor_value_info("past_v", f, [L, "batch", H, "past", dh]),
-            helper.make_tensor_value_info("cross_k", f, [L, "batch", H, dh, "audio_ctx"]),
-            helper.make_tensor_value_info("cross_v", f, [L, "batch", H, "audio_ctx", dh]),
+            *(
+                helper.make_tensor_value_info(f"cross_k_{i}", f, ["batch", H, dh, "audio_ctx"])
+                for i in range(L)
+            ),
+            *(
+                helper.make_tensor_value_info(f"cross_v_{i}", f, ["batch", H, "audio_ctx", dh])
+                for i in range(L)
+            ),
         ],
         [
             helper.make_tensor_value_info("logits", f, ["batch", "new", d.vocab]),
@@ -372,6 +382,7 @@ def convert(
     precision: str = "int8",
     per_channel: bool = False,
     decoder: str = OUTPUT_PROJECTION,
+    graph: int = DECODER_GRAPH,
 ) -> WhisperDims:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``conversion.json`` for the Whisper
     ``model.bin``; ``precision`` is ``int8`` (see the module docstring) or ``fp32``.
@@ -379,11 +390,14 @@ def convert(
     tensor: for Whisper base it keeps the float32 model's language detection (7 of 12 espeak
     clips, per tensor 5) and WER at the same CPU (docs/asr.md); tiny.en keeps per tensor.
     ``decoder`` (int8 only): the decoder MatMuls made int8, ``output_projection`` or ``all``
-    (Whisper base: 21-25 % less CPU per stream, WER as good, docs/languages.md)."""
+    (Whisper base: 21-25 % less CPU per stream, WER as good, docs/languages.md). ``graph``:
+    the decoder graph the caller expects (:data:`DECODER_GRAPH`, the only one built)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if decoder not in DECODER_INT8:
         raise ValueError(f"decoder must be one of {DECODER_INT8}, got {decoder!r}")
+    if graph != DECODER_GRAPH:
+        raise ValueError(f"this converter builds decoder graph {DECODER_GRAPH}, not {graph}")
     spec, w = read_ct2(model_bin)
     if spec != "WhisperSpec":
         raise ModelError(f"{model_bin}: a {spec}, expected a WhisperSpec")

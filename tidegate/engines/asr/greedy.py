@@ -425,7 +425,7 @@ def batch_decode(
     slot_rows = list(range(n))
     cross_rows_k, cross_rows_v = cross_k, cross_v  # by row; cross_k/v follow the slots
     put: Resident = resident or (lambda a: a)
-    cross_fed = put(cross_k), put(cross_v)
+    cross_fed = cross_feeds(cross_k, cross_v, put)
     past_k = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     past_v = np.zeros((L, n, H, 0, dh), dtype=np.float32)
     fed = 0  # tokens fed so far: the same for every slot
@@ -441,8 +441,7 @@ def batch_decode(
                 "tokens": feed,
                 "past_k": past_k,
                 "past_v": past_v,
-                "cross_k": cross_fed[0],
-                "cross_v": cross_fed[1],
+                **cross_fed,
             }
         )
         logits = out["logits"]
@@ -536,7 +535,7 @@ def batch_decode(
             rows_now = [b.row for b in nxt]
             if rows_now != slot_rows:  # rows ended or widened: the cross tensors follow
                 cross_k, cross_v = cross_rows_k[:, rows_now], cross_rows_v[:, rows_now]
-                cross_fed = put(cross_k), put(cross_v)
+                cross_fed = cross_feeds(cross_k, cross_v, put)
                 slot_rows = rows_now
         if idx != list(range(len(idx))) or len(idx) != past_k.shape[1]:
             take = np.array(idx, dtype=np.int64)
@@ -553,6 +552,16 @@ def batch_decode(
         else _best(finished[i]).decoded(start[i], no_speech[i], lang[i], lang_prob[i])
         for i in range(n)
     ]
+
+
+def cross_feeds(cross_k: Array, cross_v: Array, put: Resident | None = None) -> dict[str, Any]:
+    """The decoder's cross-attention inputs, one per layer (``cross_k_0`` ..), from the
+    encoder's stacked ``cross_k`` [L, B, H, dh, T] and ``cross_v`` [L, B, H, T, dh]: views,
+    not copies (each layer is contiguous), each made resident by ``put`` where given."""
+    put = put or (lambda a: a)
+    feeds = {f"cross_k_{i}": put(cross_k[i]) for i in range(cross_k.shape[0])}
+    feeds.update({f"cross_v_{i}": put(cross_v[i]) for i in range(cross_v.shape[0])})
+    return feeds
 
 
 @dataclass(slots=True)
@@ -889,8 +898,7 @@ def detect_languages(
             "tokens": np.full((n, 1), vocab.sot, dtype=np.int64),
             "past_k": np.zeros((L, n, H, 0, dh), dtype=np.float32),
             "past_v": np.zeros((L, n, H, 0, dh), dtype=np.float32),
-            "cross_k": cross_k,
-            "cross_v": cross_v,
+            **cross_feeds(cross_k, cross_v),
         }
     )["logits"]
     ids = vocab.detect_among(LANG_AUTO)
