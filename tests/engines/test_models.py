@@ -64,6 +64,15 @@ def test_a_model_converted_another_way_is_prepared_again(data_dir: Path, tmp_pat
     assert models.verify(tmp_path, name) == []
 
 
+def test_whisper_recipes_name_the_graphs_the_converter_builds() -> None:
+    from tidegate.tools.convert_whisper import GRAPH_VERSION
+
+    assert models.WHISPER_GRAPH == GRAPH_VERSION
+    for name, spec in models.DEFAULT_MODELS.items():
+        if name.startswith("whisper-"):
+            assert spec.conversion["graph"] == GRAPH_VERSION, name
+
+
 def test_whisper_base_decoder_is_int8_throughout(data_dir: Path) -> None:
     """Whisper base is converted with every MatMul int8 (its recipe), the decoder's too;
     tiny.en's decoder keeps float32 layers and an int8 output projection."""

@@ -22,10 +22,10 @@ from .signature import Signature
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-#: the Whisper decoder graph the ASR engine feeds (``tools.convert_whisper.DECODER_GRAPH``,
-#: which the converter checks): part of every Whisper recipe, so a model converted with an
-#: older graph is prepared again
-WHISPER_GRAPH = 2
+#: the Whisper graphs the ASR engine runs (``tools.convert_whisper.GRAPH_VERSION``, which
+#: the converter checks): part of every Whisper recipe, so a model converted with older
+#: graphs is prepared again
+WHISPER_GRAPH = 3
 
 Progress = Callable[[str], None]
 
