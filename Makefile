@@ -18,7 +18,7 @@ setup: system $(STAMP) $(ASSETS) web
 system:
 	@bash scripts/setup-system.sh
 	@bash scripts/setup-postgres.sh
-	@bash scripts/setup-mbrola.sh
+	@bash scripts/setup-test-voices.sh
 
 # The browser client (client-web/, served at /): its npm packages from the lock file (cached
 # under .cache/npm), then built into client-web/dist whenever its sources change.

@@ -1,5 +1,5 @@
 """Languages end to end (docs/languages.md): a real server on Whisper base multilingual with
-the local LLM and the voices registry; a WS-only client speaks German (espeak-ng through sox):
+the local LLM and the voices registry; a WS-only client speaks German (SVOX Pico through sox):
 the final reports German, the reply is asked in German and spoken by the German voice; a
 session that wants no German voice gets its replies in text only, and says why."""
 
@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import prepare_models, scaled, wait_ready
-from tidegate.bench.audio_sets import LANGUAGE_VOICES, espeak, have_tools
+from tidegate.bench.audio_sets import LANGUAGE_VOICES, have_tools, speak
 from tidegate.protocol.client import Client, RefusedError
 from tidegate.protocol.messages import (
     AsrFinal,
@@ -103,7 +103,7 @@ async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
     talk = await session(live, language="auto")
     events = talk.events
     try:
-        pcm = (espeak(GERMAN, voice=LANGUAGE_VOICES["de"]) * 32767).astype("<i2")
+        pcm = (speak(GERMAN, voice=LANGUAGE_VOICES["de"]) * 32767).astype("<i2")
         pcm = np.concatenate([pcm, np.zeros(16_000, "<i2")])
         step = int(CHUNK_S * 16_000)
         for i in range(0, len(pcm), step):

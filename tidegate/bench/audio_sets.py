@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,13 +69,20 @@ USER_SENTENCES: tuple[str, ...] = (
 )
 
 
-#: The voice that speaks test and bench sentences per language: espeak-ng's front end with an
-#: MBROLA diphone voice outside English (scripts/setup-mbrola.sh installs them). Whisper base
-#: hears espeak-ng's own German as English or Welsh and its French as Thai; with these it
-#: detects them (docs/languages.md has the figures). Spanish stays hard for it with any of
-#: Debian's four MBROLA Spanish voices (WER 0.6-0.8): the nearest to real speech we have.
-LANGUAGE_VOICES: dict[str, str] = {"en": "en-us", "de": "mb-de2", "fr": "mb-fr4", "es": "mb-es2"}
+#: The voice that speaks test and bench sentences per language: espeak-ng in English, SVOX
+#: Pico outside it (``pico-LANG``: HMM synthesis of a recorded speaker, the nearest to real
+#: speech that ships in a Debian package; scripts/setup-test-voices.sh installs it). Whisper
+#: base hears espeak-ng's own German as English or Welsh and its French as Thai, and no MBROLA
+#: Spanish voice (``mb-es1`` .. ``mb-es4``, still installed, e.g. for ``bench asr --voices``)
+#: well (WER 0.6-0.8); Pico's it understands (docs/languages.md has the figures).
+LANGUAGE_VOICES: dict[str, str] = {
+    "en": "en-us",
+    "de": "pico-de-DE",
+    "fr": "pico-fr-FR",
+    "es": "pico-es-ES",
+}
 MBROLA_DIR = "/usr/share/mbrola"
+PICO = "pico2wave"  # SVOX Pico's command (Debian's libttspico-utils)
 
 
 def have_tools() -> str:
@@ -82,21 +90,44 @@ def have_tools() -> str:
     return " ".join(p for p in ("espeak-ng", "sox") if shutil.which(p) is None)
 
 
+def speak(text: str, *, voice: str) -> Audio:
+    """``text`` spoken by ``voice``, 16 kHz float32 in [-1, 1] (cached): an SVOX Pico voice
+    (``pico-de-DE``: its own speed and pitch) or an espeak-ng one (``mb-`` names an MBROLA
+    voice behind espeak-ng's front end) at espeak-ng's default speed and pitch."""
+    return espeak(text, voice=voice)
+
+
 @lru_cache(maxsize=64)
 def _speak(text: str, voice: str, speed_wpm: int, pitch: int) -> bytes:
+    raw = ["-t", "raw", "-e", "signed", "-b", "16", "-c", "1", "-r", str(SAMPLE_RATE_HZ), "-"]
+    if voice.startswith("pico-"):
+        if shutil.which(PICO) is None:
+            raise RuntimeError(
+                f"SVOX Pico ({PICO}) is not installed: scripts/setup-test-voices.sh (make setup) "
+                "installs the test voices"
+            )
+        with tempfile.TemporaryDirectory(prefix="tidegate-pico-") as tmp:
+            wav = os.path.join(tmp, "speech.wav")  # pico2wave writes only to a .wav file
+            subprocess.run(
+                [PICO, "-l", voice.removeprefix("pico-"), "-w", wav, text],
+                check=True,
+                capture_output=True,
+            )
+            return subprocess.run(
+                ["sox", "-V1", "-D", wav, *raw], check=True, capture_output=True
+            ).stdout
     if voice.startswith("mb-"):
         name = voice.removeprefix("mb-").split("-")[0]
         if not os.path.exists(f"{MBROLA_DIR}/{name}/{name}"):
             raise RuntimeError(
                 f"the MBROLA voice {name} is not installed ({MBROLA_DIR}/{name}): "
-                "scripts/setup-mbrola.sh (make setup) installs the test voices"
+                "scripts/setup-test-voices.sh (make setup) installs the test voices"
             )
     espeak = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "--stdout", text],
         check=True,
         capture_output=True,
     )
-    raw = ["-t", "raw", "-e", "signed", "-b", "16", "-c", "1", "-r", str(SAMPLE_RATE_HZ), "-"]
     sox = subprocess.run(
         ["sox", "-V1", "-D", "-t", "wav", "-", *raw],
         input=espeak.stdout,
@@ -107,7 +138,8 @@ def _speak(text: str, voice: str, speed_wpm: int, pitch: int) -> bytes:
 
 
 def espeak(text: str, *, voice: str = "en-us", speed_wpm: int = 150, pitch: int = 50) -> Audio:
-    """``text`` spoken by espeak-ng, 16 kHz float32 in [-1, 1] (cached)."""
+    """``text`` spoken by espeak-ng, 16 kHz float32 in [-1, 1] (cached); a Pico voice (see
+    :func:`speak`) ignores ``speed_wpm`` and ``pitch``."""
     return np.frombuffer(_speak(text, voice, speed_wpm, pitch), np.int16).astype(np.float32) / 32768
 
 

@@ -2,8 +2,9 @@
 
 ``python -m tidegate.bench.micro.languages --json`` prints one JSON object: for each model
 (``whisper-tiny-en``, ``whisper-base``) and each language it serves (tiny.en: English; base:
-English, German, Spanish, French), sentences spoken by espeak-ng (with an MBROLA voice outside
-English: ``audio_sets.LANGUAGE_VOICES``; 2-4 s each) decoded with the streaming
+English, German, Spanish, French), sentences spoken by espeak-ng in English and SVOX Pico
+outside it (``audio_sets.LANGUAGE_VOICES``; ``--voices de=mb-de2,...`` another voice per
+language; 2-4 s each) decoded with the streaming
 policy a session uses (:class:`~tidegate.engines.asr.streaming.Segment`: a partial every
 ``partial_interval_s`` of audio, then the final; under ``auto`` the language is detected and
 locked once 2 s were decoded): the mean WER of the finals against the text spoken, the
@@ -37,7 +38,7 @@ from .. import audio_sets
 from ..wer import wer
 
 SR = audio_sets.SAMPLE_RATE_HZ
-#: language -> voice (audio_sets.LANGUAGE_VOICES: MBROLA outside English) and the sentences
+#: language -> voice (audio_sets.LANGUAGE_VOICES: Pico outside English) and the sentences
 #: spoken (3-5 s each at 150 wpm): the first
 #: three are the tests' (tests/engines/test_asr_languages.py), the rest a held-out set
 SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -209,6 +210,7 @@ def run_turns(
     languages: tuple[str, ...],
     served: tuple[str, ...] = (),
     settings: StreamingSettings | None = None,
+    voices: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Detection on whole turns cut at their pauses (Whisper base, ``auto``): per language,
     the turns whose language (the reply's) is right, and the finals reporting the right
@@ -221,10 +223,10 @@ def run_turns(
     right = total = 0
     try:
         for lang in languages:
-            voice, sentences = SENTENCES[lang]
+            voice, sentences = (voices or {}).get(lang, SENTENCES[lang][0]), SENTENCES[lang][1]
             ok = finals_ok = finals = cut = turns = 0
             for text in sentences[:clips]:
-                audio = audio_sets.trim_silence(audio_sets.espeak(text, voice=voice))
+                audio = audio_sets.trim_silence(audio_sets.speak(text, voice=voice))
                 if len(audio) <= 2 * SR:
                     continue
                 got, codes, pieces = stream_turn(engine, audio, s)
@@ -259,6 +261,7 @@ def run(
     languages: tuple[str, ...] = ("en", "de", "es", "fr"),
     served: tuple[str, ...] = (),
     settings: StreamingSettings | None = None,
+    voices: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The report (see the module docstring): ``clips`` sentences per language of
     ``languages``; ``served`` restricts detection (``asr_languages``); ``settings`` the
@@ -272,6 +275,7 @@ def run(
             "language_detect_max_s": s.language_detect_max_s,
         },
         "asr_languages": list(served),
+        "voices": {x: (voices or {}).get(x, SENTENCES[x][0]) for x in languages},
     }
     detected_all = long_turns = 0
     for name, model_languages in MODELS.items():
@@ -286,12 +290,12 @@ def run(
         engine.load()
         rows: dict[str, Any] = {}
         for lang in wanted:
-            voice, sentences = SENTENCES[lang]
+            voice, sentences = (voices or {}).get(lang, SENTENCES[lang][0]), SENTENCES[lang][1]
             sentences = sentences[:clips]
             errors, auto_errors, cpu, audio_s, detected, turns = [], [], 0.0, 0.0, 0, 0
             wrong: dict[str, int] = {}
             for text in sentences:
-                audio = audio_sets.trim_silence(audio_sets.espeak(text, voice=voice))
+                audio = audio_sets.trim_silence(audio_sets.speak(text, voice=voice))
                 given, _, c = stream(engine, audio, lang, s)
                 auto, seg, _ = stream(engine, audio, "auto", s)
                 errors.append(wer(text, given.text))
@@ -350,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         help="whole turns cut at their pauses (as the VAD cuts them), Whisper base, auto: "
         "how often the turn's language is right",
     )
+    p.add_argument(
+        "--voices",
+        default="",
+        help="another voice per language, e.g. de=mb-de2,es=mb-es2 (an espeak-ng, MBROLA mb- "
+        "or Pico pico- voice; default audio_sets.LANGUAGE_VOICES)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     missing = audio_sets.have_tools()
@@ -361,6 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(
             f"languages bench: no sentences for {unknown} (have {list(SENTENCES)})", file=sys.stderr
+        )
+        return 2
+    try:
+        voices = dict(
+            (k.strip(), v.strip())
+            for k, v in (x.split("=", 1) for x in args.voices.split(",") if x.strip())
+        )
+    except ValueError:
+        print(
+            f"languages bench: --voices takes LANG=VOICE pairs, got {args.voices!r}",
+            file=sys.stderr,
         )
         return 2
     default = StreamingSettings()
@@ -378,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         languages=wanted,
         served=tuple(x.strip() for x in args.asr_languages.split(",") if x.strip()),
         settings=settings,
+        voices=voices,
     )
     print(json.dumps(report, indent=2 if not args.json else None))
     return 0

@@ -135,7 +135,7 @@ def _args(p: argparse.ArgumentParser) -> None:
         "--language",
         default="",
         help="per language instead (de,es,fr,en): WER, detection and CPU per stream for each "
-        "model size, in-process on espeak-ng speech (the 'languages' scenario; no server)",
+        "model size, in-process on synthetic speech (the 'languages' scenario; no server)",
     )
     p.add_argument(
         "--turns",
@@ -144,6 +144,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--asr-languages", default="", help="with --language: restrict detection (asr_languages)"
+    )
+    p.add_argument(
+        "--voices",
+        default="",
+        help="with --language: another voice per language, e.g. de=mb-de2,es=mb-es2",
     )
 
 
@@ -623,6 +628,8 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
         command += ["--language", args.language, "--clips", str(args.sentences)]
         if args.asr_languages:
             command += ["--asr-languages", args.asr_languages]
+        if args.voices:
+            command += ["--voices", args.voices]
         if args.turns:
             command.append("--turns")
         return await _child(command, 1800.0)

@@ -19,6 +19,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", type=int, default=3, help="sentences per language (1-11)")
     p.add_argument("--language", default="en,de,es,fr", help="languages (comma-separated)")
     p.add_argument("--asr-languages", default="", help="restrict detection (asr_languages)")
+    p.add_argument("--voices", default="", help="another voice per language: de=mb-de2,...")
     p.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
 
 
@@ -33,6 +34,8 @@ async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     command += ["--clips", str(args.clips), "--language", args.language]
     if args.asr_languages:
         command += ["--asr-languages", args.asr_languages]
+    if args.voices:
+        command += ["--voices", args.voices]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return await _child(command, args.timeout_s)
