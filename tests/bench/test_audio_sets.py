@@ -62,3 +62,32 @@ def test_noise_burst_and_backchannel() -> None:
     assert np.array_equal(burst, audio_sets.noise_burst(seed=2, seconds=0.25, level_db=-12.0))
     mm = audio_sets.backchannel("mm-hmm")
     assert 0.2 * SR < len(mm) < 1.5 * SR
+
+
+def test_the_test_voices_speak_every_language() -> None:
+    """Each language's test voice (SVOX Pico outside English) gives 16 kHz speech, the same
+    samples every time; an MBROLA voice still speaks through espeak-ng."""
+    texts = {
+        "en": "Please open the window.",
+        "de": "Bitte öffne das Fenster.",
+        "es": "Por favor abre la ventana.",
+        "fr": "Ouvre la fenêtre, s'il te plaît.",
+    }
+    for lang, voice in audio_sets.LANGUAGE_VOICES.items():
+        a = audio_sets.speak(texts[lang], voice=voice)
+        assert a.dtype == np.float32 and SR < len(a) < 4 * SR, (lang, len(a))
+        assert np.abs(a).max() > 0.05, lang
+        audio_sets._speak.cache_clear()
+        assert np.array_equal(a, audio_sets.speak(texts[lang], voice=voice)), lang
+    assert audio_sets.LANGUAGE_VOICES["es"].startswith("pico-")
+    mbrola = audio_sets.speak(texts["es"], voice="mb-es2")
+    assert len(mbrola) > SR // 2
+
+
+def test_the_languages_bench_refuses_a_malformed_voice_choice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tidegate.bench.micro import languages
+
+    assert languages.main(["--language", "es", "--voices", "es"]) == 2
+    assert "LANG=VOICE" in capsys.readouterr().err
