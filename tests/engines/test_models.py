@@ -180,5 +180,12 @@ def test_cli_list_and_verify(
     assert run("verify", data=data_dir) == 0
     assert run("verify", "silero-vad", data=tmp_path) == 1
     assert "not prepared" in capsys.readouterr().err
+    stale = models.model_dir(tmp_path, "mtcnn")
+    shutil.copytree(models.model_dir(data_dir, "mtcnn"), stale)
+    manifest = json.loads((stale / models.MANIFEST).read_text())
+    (stale / models.MANIFEST).write_text(json.dumps({**manifest, "version": "0.0.0"}))
+    assert run("list", data=tmp_path) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["mtcnn"][1] == "stale" and rows["silero-vad"][1] == "missing"
     manifest = json.loads((models.model_dir(data_dir, "mtcnn") / "manifest.json").read_text())
     assert manifest["sources"] == models.DEFAULT_MODELS["mtcnn"].sources

@@ -86,7 +86,11 @@ def _custom(args: argparse.Namespace) -> dict[str, models.CustomModel]:
 def cmd_list(args: argparse.Namespace) -> int:
     rows = [("model", "state", "licence", "source", "location")]
     for name, spec in models.DEFAULT_MODELS.items():
-        state = "ready" if not models.verify(args.data_dir, name, deep=False) else "missing"
+        state = "ready"
+        if models.verify(args.data_dir, name, deep=False):
+            # prepared from another version or recipe, or a file gone: `prepare` redoes it
+            prepared = models.read_manifest(args.data_dir, name) is not None
+            state = "stale" if prepared else "missing"
         source = f"{spec.package}=={spec.version}"
         rows.append((name, state, spec.licence, source, str(models.model_dir(args.data_dir, name))))
     for name, m in _custom(args).items():
