@@ -91,3 +91,9 @@ def test_the_languages_bench_refuses_a_malformed_voice_choice(
 
     assert languages.main(["--language", "es", "--voices", "es"]) == 2
     assert "LANG=VOICE" in capsys.readouterr().err
+    assert languages.main(["--language", "es", "--voices", "de=mb-de2"]) == 2
+    assert "not in --language" in capsys.readouterr().err
+    assert languages.voices_for(("de", "es"), {"es": "mb-es2"}) == {
+        "de": audio_sets.LANGUAGE_VOICES["de"],
+        "es": "mb-es2",
+    }

@@ -203,6 +203,12 @@ def stream_turn(
     return (heard.code if heard is not None else None), finals, len(pieces)
 
 
+def voices_for(languages: tuple[str, ...], chosen: dict[str, str] | None) -> dict[str, str]:
+    """The voice speaking each of ``languages``: the ``chosen`` one (``--voices``), else its
+    test voice (:data:`SENTENCES`)."""
+    return {x: (chosen or {}).get(x, SENTENCES[x][0]) for x in languages}
+
+
 def run_turns(
     data_dir: Path,
     clips: int,
@@ -216,6 +222,7 @@ def run_turns(
     the turns whose language (the reply's) is right, and the finals reporting the right
     language."""
     s = settings or StreamingSettings()
+    voice_of = voices_for(languages, voices)
     prepare_offline(data_dir, "whisper-base")
     engine = WhisperOnnx(models.model_dir(data_dir, "whisper-base"), languages=served)
     engine.load()
@@ -223,7 +230,7 @@ def run_turns(
     right = total = 0
     try:
         for lang in languages:
-            voice, sentences = (voices or {}).get(lang, SENTENCES[lang][0]), SENTENCES[lang][1]
+            voice, sentences = voice_of[lang], SENTENCES[lang][1]
             ok = finals_ok = finals = cut = turns = 0
             for text in sentences[:clips]:
                 audio = audio_sets.trim_silence(audio_sets.speak(text, voice=voice))
@@ -267,6 +274,7 @@ def run(
     ``languages``; ``served`` restricts detection (``asr_languages``); ``settings`` the
     streaming policy (default: the server's)."""
     s = settings or StreamingSettings()
+    voice_of = voices_for(languages, voices)
     report: dict[str, Any] = {
         "streaming": {
             "partial_interval_s": s.partial_interval_s,
@@ -275,7 +283,7 @@ def run(
             "language_detect_max_s": s.language_detect_max_s,
         },
         "asr_languages": list(served),
-        "voices": {x: (voices or {}).get(x, SENTENCES[x][0]) for x in languages},
+        "voices": voice_of,
     }
     detected_all = long_turns = 0
     for name, model_languages in MODELS.items():
@@ -290,7 +298,7 @@ def run(
         engine.load()
         rows: dict[str, Any] = {}
         for lang in wanted:
-            voice, sentences = (voices or {}).get(lang, SENTENCES[lang][0]), SENTENCES[lang][1]
+            voice, sentences = voice_of[lang], SENTENCES[lang][1]
             sentences = sentences[:clips]
             errors, auto_errors, cpu, audio_s, detected, turns = [], [], 0.0, 0.0, 0, 0
             wrong: dict[str, int] = {}
@@ -383,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             f"languages bench: --voices takes LANG=VOICE pairs, got {args.voices!r}",
             file=sys.stderr,
         )
+        return 2
+    stray = sorted(set(voices) - set(wanted))
+    if stray:
+        print(f"languages bench: --voices names {stray}, not in --language", file=sys.stderr)
         return 2
     default = StreamingSettings()
     settings = replace(
