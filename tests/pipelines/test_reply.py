@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import pytest_asyncio
 from tests.support import scaled
 from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
+from tidegate.media.audio_out import AudioOutTrack
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.interrupt import Interruption
 from tidegate.pipelines.media import SessionMedia
@@ -318,6 +321,100 @@ async def test_speech_pauses_a_reply_and_a_final_without_words_resumes_it(
     assert record.spoken_text == generated
     stats = lane.stats()
     assert stats["interruptions_resumed"] == 1 and stats["resent_frames"] >= 1
+
+
+class TrackClient(FakeSession):
+    """A WebRTC client at the end of the reply lane's track: each packet plays ``delay_s``
+    after it arrives (its jitter buffer); with ``silences``, at response.paused it drops what
+    it holds and what arrives until response.resumed (what its rtc.offer's playout_delay_ms
+    promises), else it plays everything out."""
+
+    def __init__(self, delay_s: float, *, silences: bool) -> None:
+        super().__init__()
+        self.delay_s, self.silences = delay_s, silences
+        self.held: deque[float] = deque()  # when each held packet plays
+        self.arrived = self.played = self.dropped = 0
+        self.muted = False
+        self.played_at_pause: int | None = None
+        self.arrived_at_pause: int | None = None
+
+    def _play_due(self) -> None:
+        now = time.monotonic()
+        while self.held and self.held[0] <= now:
+            self.held.popleft()
+            self.played += 1
+
+    def packet(self, payload: bytes, pts: int) -> None:
+        self._play_due()
+        self.arrived += 1
+        if self.muted:
+            self.dropped += 1
+        else:
+            self.held.append(time.monotonic() + self.delay_s)
+
+    def emit(self, msg: object) -> None:
+        super().emit(msg)  # type: ignore[arg-type]
+        self._play_due()
+        if isinstance(msg, ResponsePaused):
+            self.played_at_pause, self.arrived_at_pause = self.played, self.arrived
+            if self.silences:
+                self.dropped += len(self.held)
+                self.held.clear()
+                self.muted = True
+        elif isinstance(msg, ResponseResumed):
+            self.muted = False
+
+
+@pytest.mark.parametrize("silences", [True, False], ids=["playout-delay-given", "none-given"])
+async def test_a_paused_track_takes_back_what_the_client_has_not_played(
+    settings: Settings, engines: EngineService, silences: bool
+) -> None:
+    """Over WebRTC, a client that gave its playout delay (rtc.offer ``playout_delay_ms``)
+    silences what it holds at response.paused: the pause takes back the frames it had not
+    played (sent less than that delay ago), response.paused says what it had played, and the
+    resumed reply sends them again, so it hears every frame exactly once. A client that said
+    nothing plays out what it received: only the frames the track had not sent come back."""
+    delay_s = 0.1
+    client = TrackClient(delay_s, silences=silences)
+    config = lane_config(settings)
+    media = SessionMedia(client, config.media, lambda peer: None)
+    track = AudioOutTrack(lead_ms=20)
+    media.peer = SimpleNamespace(audio_out=track)  # type: ignore[assignment]
+    media.client_playout_delay_s = delay_s if silences else None
+    lane = ReplyLane(
+        client, config.reply, engines.llm(), engines.get(TTS), voice="piper-joe", media=media
+    )
+    track.attach(client.packet)
+    try:
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: client.arrived >= 40)
+        lane.speech_started()
+        (paused,) = client.of(ResponsePaused)
+        lane.speech_stopped()
+        assert lane.heard("", final=True)
+        await wait_for(lambda: client.of(ResponseResumed), 5.0)
+        await wait_for(lambda: client.of(ResponseDone))
+        await asyncio.sleep(2 * delay_s)
+        client._play_due()
+    finally:
+        track.stop()
+        await lane.close()
+        await client.close()
+    (done,) = client.of(ResponseDone)
+    assert done.status == "completed" and not client.of(OutputAudio)
+    stats = lane.stats()
+    frames = stats["audio_frames"] - stats["resent_frames"]  # the reply's, each once
+    assert client.played_at_pause is not None and client.arrived_at_pause is not None
+    if silences:
+        # what it had played at the pause, give or take the frame playing then
+        assert abs(paused.played_ms - 20 * client.played_at_pause) <= 20
+        assert client.arrived_at_pause - client.played_at_pause >= 4  # it held ~5 frames
+        assert client.played == frames  # the dropped ones came again: each heard once
+        assert client.dropped >= 4
+    else:
+        assert paused.played_ms == 20 * client.arrived_at_pause  # every sent frame counts
+        assert client.dropped == 0 and client.played == client.arrived
+        assert client.played == frames
 
 
 async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(

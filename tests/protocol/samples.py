@@ -83,6 +83,7 @@ CLIENT_SAMPLES: list[Message] = [
     FunctionCallOutput(id="c14", call_id="call_7", output='{"temperature_c": 21}'),
     RtcOffer(id="c8", sdp=SDP),
     RtcOffer(id="c14", sdp=SDP, echo_cancellation=False),
+    RtcOffer(id="c15", sdp=SDP, echo_cancellation=False, playout_delay_ms=80.0),
     RtcCandidate(
         candidate="candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host",
         sdp_mid="0",

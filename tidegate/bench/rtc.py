@@ -40,16 +40,24 @@ def loopback_ice() -> None:
 
 
 async def connect(
-    client: Client, pc: RTCPeerConnection, *, echo_cancellation: bool | None = None
+    client: Client,
+    pc: RTCPeerConnection,
+    *,
+    echo_cancellation: bool | None = None,
+    playout_delay_ms: float | None = None,
 ) -> float:
     """Offer over the control channel, apply the answer, read the server's trickled candidates
     to their end, wait for ICE and DTLS; returns the connect time (offer sent -> connected, ms).
     ``echo_cancellation``: what the offer says of the client's own (``False``: a kiosk that
-    has none). Call it before anything else reads the client's events."""
+    has none); ``playout_delay_ms``: its jitter buffer (a client that gives it silences what
+    it holds at ``response.paused``). Call it before anything else reads the client's events."""
     await pc.setLocalDescription(await pc.createOffer())
     t0 = time.perf_counter()
     offer = RtcOffer(
-        id=client.next_id(), sdp=pc.localDescription.sdp, echo_cancellation=echo_cancellation
+        id=client.next_id(),
+        sdp=pc.localDescription.sdp,
+        echo_cancellation=echo_cancellation,
+        playout_delay_ms=playout_delay_ms,
     )
     answer = await client.request(offer)
     if not isinstance(answer, RtcAnswer):

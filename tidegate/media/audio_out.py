@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +50,9 @@ FRAME_TS = RTP_CLOCK_HZ * FRAME_MS // 1000
 TIME_BASE = fractions.Fraction(1, RTP_CLOCK_HZ)
 FRAME_S = FRAME_MS / 1000
 MAX_BEHIND_FRAMES = 3  # further behind the clock than this: skip ahead, don't burst
+#: the send times of this many last packets are kept (1.28 s: longer than any playout delay a
+#: client may give, docs/protocol.md ``rtc.offer``), for :meth:`AudioOutTrack.sent_since`
+SENT_TIMES_KEPT = 64
 
 PacketSink = Callable[[bytes, int], None]  # (Opus payload, pts in RTP clock units)
 
@@ -80,6 +85,7 @@ class AudioOutTrack(MediaStreamTrack):
         self.lead_s = lead_ms / 1000.0
         self.waits = 0
         self.sent = 0
+        self._sent_at: deque[float] = deque(maxlen=SENT_TIMES_KEPT)  # time.monotonic()
         self.skipped_slots = 0
         self.flushed_ms = 0.0
 
@@ -151,7 +157,19 @@ class AudioOutTrack(MediaStreamTrack):
     def _encode_next(self) -> bytes:
         frame = self.queue.pop()
         self.sent += 1
+        self._sent_at.append(time.monotonic())
         return self._encoder.encode(frame)
+
+    def sent_since(self, t: float) -> int:
+        """How many packets left after monotonic time ``t`` (at most the last
+        ``SENT_TIMES_KEPT``): those a client that plays each packet that long after it came
+        has not played yet."""
+        n = 0
+        for at in reversed(self._sent_at):
+            if at <= t:
+                break
+            n += 1
+        return n
 
     # -- pull: aiortc's own sender calls recv() --------------------------------------------
 

@@ -135,11 +135,14 @@ class EchoPath:
         self._behind_since: float | None = None  # since when the stream lags its arrival
         self._media_anchor: int | None = None  # capture sample of media time 0
         self._rest = np.zeros(0, np.float32)  # near samples short of a whole block
+        self._retract: int | None = None  # the reference from this sample on: forget it
         self._decimate = Decimator()  # on the worker only
         self._lock = asyncio.Lock()  # one call at a time (the canceller is thread-confined)
         self.counters: dict[str, int] = {
             "far_frames": 0,
             "far_dropped_frames": 0,
+            "far_retracted_frames": 0,  # told, then taken back by a pause before it fed
+            "retractions": 0,
             "near_blocks": 0,
             "uncleaned_blocks": 0,
             "reanchors": 0,
@@ -162,6 +165,18 @@ class EchoPath:
         while len(self._far) > self._max_far:
             self._far.popleft()
             self.counters["far_dropped_frames"] += 1
+
+    def unplayed(self, since: float) -> None:
+        """The speech told from monotonic ``since`` on will not play (a pause took it back):
+        its reference is forgotten, here and (at the next call) in the canceller. AEC3 fed a
+        reference whose echo never comes suppresses what the microphone hears instead —
+        the user's first words over a paused reply."""
+        at = since + self.playout_delay_s
+        while self._far and self._far[-1][2] >= at:
+            self._far.pop()
+            self.counters["far_retracted_frames"] += 1
+        sample = self.sample_at(at)
+        self._retract = sample if self._retract is None else min(self._retract, sample)
 
     # -- the near end (the audio lane) --------------------------------------------------------
     async def clean(
@@ -220,11 +235,14 @@ class EchoPath:
         self._near_next += n
         far = list(self._far)
         self._far.clear()
+        retract, self._retract = self._retract, None
         try:
             out: np.ndarray[Any, np.dtype[np.float32]] = await self.workers.run(
-                self._run, far, x[:n], at
+                self._run, far, x[:n], at, retract
             )
         except EngineError:  # the pool is full (or closing): this audio goes on uncleaned
+            if retract is not None:  # for the next call, unless a later pause moved it
+                self._retract = retract if self._retract is None else min(self._retract, retract)
             self._far.extendleft(reversed(far))  # the reference waits for the next call
             while len(self._far) > self._max_far:
                 self._far.popleft()
@@ -234,9 +252,15 @@ class EchoPath:
         self.counters["near_blocks"] += n // BLOCK_SAMPLES
         return out
 
-    def _run(self, far: list[tuple[Array, int, float]], near: Array, at: int) -> Array:
-        """On a worker thread: feed the reference played since the last call, then clean."""
+    def _run(
+        self, far: list[tuple[Array, int, float]], near: Array, at: int, retract: int | None
+    ) -> Array:
+        """On a worker thread: forget the reference a pause took back, feed the reference
+        played since the last call, then clean."""
         cpu0 = time.thread_time()
+        if retract is not None:
+            self.canceller.retract_far(retract)
+            self.counters["retractions"] += 1
         for pcm, rate_hz, played in far:
             self.canceller.add_far(self._decimate(pcm, rate_hz), self.sample_at(played))
         out = self.canceller.process_near(near, at)

@@ -66,6 +66,9 @@ class SessionMedia:
         self.offers = 0
         #: the latest rtc.offer's echo_cancellation (None: it said nothing)
         self.client_echo_cancellation: bool | None = None
+        #: the latest rtc.offer's playout_delay_ms, in s (None: it said nothing; such a client
+        #: plays what it received to the end, so every sent frame counts as heard)
+        self.client_playout_delay_s: float | None = None
         self._lock = asyncio.Lock()
 
     async def accept_offer(
@@ -119,6 +122,8 @@ class SessionMedia:
 
     async def _offer(self, msg: RtcOffer) -> None:
         self.client_echo_cancellation = msg.echo_cancellation
+        delay = msg.playout_delay_ms
+        self.client_playout_delay_s = None if delay is None else delay / 1000.0
         await self.handle_offer(msg.sdp, msg.id)
 
     def handlers(self) -> Mapping[type[Any], Handler]:

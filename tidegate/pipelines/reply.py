@@ -116,7 +116,8 @@ log = logging.getLogger(__name__)
 FRAME_S = FRAME_MS / 1000
 OUT_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000  # one 20 ms frame at 16 kHz
 WORD_RE = re.compile(r"\S+")
-#: frames sent this long ago are kept where a pause looks for those a track had not sent
+#: frames sent this long ago (plus the client's playout delay) are kept where a pause looks
+#: for those the client has not played
 INFLIGHT_KEEP_S = 0.2
 #: a reply's first chunk starts this little before its first sample above LEAD_SILENCE_DBFS:
 #: Piper begins every chunk with 40-60 ms of near silence, which the user would wait through
@@ -152,6 +153,11 @@ class EchoSink(Protocol):
 
     def played(self, pcm: Array, rate_hz: int, at: float) -> None:
         """A frame of speech whose playout starts at monotonic ``at``."""
+        ...
+
+    def unplayed(self, since: float) -> None:
+        """The frames told from monotonic ``since`` on will not play (a pause took them
+        back): no echo of them will come."""
         ...
 
 
@@ -693,13 +699,18 @@ class ReplyLane:
 
     def _pause(self, reply: Reply, now: float) -> None:
         """Hold the reply's audio now: frames not yet played go back to the front of its
-        backlog (exactly those the WebRTC track had not sent; for ``output.audio``, those
-        whose playout had not started), so the spoken part stops here."""
+        backlog (those the WebRTC track had not sent, and those it sent less than the
+        client's ``playout_delay_ms`` ago, which that client silences at ``response.paused``;
+        for ``output.audio``, those whose playout had not started), so the spoken part stops
+        here."""
         reply.playing.clear()
         reply.paused_at = now
         track = self._track()
         if track is not None:
             unsent = round(track.flush() / FRAME_MS)  # what it had not sent is not played
+            delay = self.media.client_playout_delay_s
+            if delay is not None:  # and what it sent that the client has not played
+                unsent += track.sent_since(now - delay)
             take = min(unsent, len(reply.inflight))
         else:
             take = sum(1 for f in reply.inflight if f.start > now)
@@ -708,6 +719,8 @@ class ReplyLane:
             f.chunk.frame_starts.pop()
             reply.frames_sent -= 1
             reply.backlog.appendleft(f)
+        if take and self.echo is not None:  # the canceller must not expect their echo
+            self.echo.unplayed(reply.backlog[0].start)
         reply.play_end = reply.inflight[-1].start + FRAME_S if reply.inflight else now
         log.debug(
             "session %s: reply %s paused at %d ms (%d frames taken back)",
@@ -1182,7 +1195,8 @@ class ReplyLane:
         self.counters["audio_frames"] += 1
         # what a pause may take back: frames whose playout has not started (and a little
         # more, for a track whose clock runs behind ours)
-        while reply.inflight and reply.inflight[0].start < now - INFLIGHT_KEEP_S:
+        keep = INFLIGHT_KEEP_S + (self.media.client_playout_delay_s or 0.0)
+        while reply.inflight and reply.inflight[0].start < now - keep:
             reply.inflight.popleft()
         reply.inflight.append(out)
 

@@ -481,11 +481,16 @@ class FunctionCallOutput(ClientMessage):
 class RtcOffer(ClientMessage):
     """A WebRTC offer; ``echo_cancellation`` says whether the client cancels its own playback
     echo (browsers do): ``false`` has the server cancel it (``audio.echo_cancellation``
-    ``auto``)."""
+    ``auto``). ``playout_delay_ms``, optional, is how long after a packet of the reply's audio
+    arrives the client plays it (its jitter buffer): a client that gives it silences what it
+    holds at ``response.paused`` until ``response.resumed`` (as a WS-only client drops it),
+    and the server counts a sent frame as heard only that long after sending it, so a pause
+    takes those frames back and a resumed reply plays them again."""
 
     TYPE: ClassVar[str] = "rtc.offer"
     sdp: str = spec(Text(MAX_SDP_CHARS, min_chars=1))
     echo_cancellation: bool | None = spec(Flag(), None)
+    playout_delay_ms: float | None = spec(Number(0, 1_000), None)
 
 
 @message

@@ -73,6 +73,56 @@ def test_user_speech_survives_double_talk(reply: np.ndarray) -> None:
     assert erle_db(echo[after], out[after]) >= MIN_ERLE_DB
 
 
+def test_a_retracted_reference_does_not_duck_the_user(reply: np.ndarray) -> None:
+    """A reply paused mid-sentence: the lane had told the canceller 0.3 s of reference ahead
+    (what it wrote to the track), the speaker stops at the pause, and the user speaks 0.1 s
+    later. Fed that reference, AEC3 expects an echo that never comes and ducks the user's
+    first words; with the reference retracted at the pause they keep their energy."""
+    near = audio_sets.speech(audio_sets.USER_SENTENCES[1])  # "Wait, what about Friday?"
+    pause = 4 * SR
+    played = reply.copy()
+    played[pause:] = 0.0  # the speaker stops at the pause
+    at = pause + SR // 10
+    mic, _, user = audio_sets.mic_with_echo(
+        played, delay_s=0.04, level_db=-6.0, near=near, near_at_s=at / SR, seed=3
+    )
+    ahead = round(0.3 * SR)
+
+    def kept_db(retract: bool) -> float:
+        ec = EchoCanceller(initial_delay_s=0.0)
+        out, told = np.zeros_like(mic), 0
+        for i in range(0, len(mic) - FRAME + 1, FRAME):
+            while told < min(i + ahead, len(reply)) and i < pause:
+                ec.add_far(reply[told : told + FRAME], told)
+                told += FRAME
+            if retract and i == pause:
+                ec.retract_far(pause)
+            out[i : i + FRAME] = ec.process_near(mic[i : i + FRAME], i)
+        first = slice(at, at + 4 * SR // 10)  # the first 0.4 s of the user's speech
+        if retract:
+            assert ec.counters["reference_retracted_samples"] == told - pause
+        return float(10 * np.log10(np.sum(out[first] ** 2) / np.sum(user[first] ** 2)))
+
+    ducked, kept = kept_db(False), kept_db(True)
+    assert kept > -2.0 and kept > ducked + 2.0, (ducked, kept)  # measured -5.5 / -0.1 dB
+
+
+def test_ring_truncate_forgets_the_tail() -> None:
+    """What a truncated ring forgot reads as missing, and it can be written again."""
+    from tidegate.engines.audio.echo import _Ring
+
+    ring = _Ring(100)
+    ring.write(np.arange(1, 151, dtype=np.float32), 0)  # holds samples 50..149
+    assert ring.truncate(120) == 30 and ring.truncate(130) == 0
+    x, missing = ring.read(110, 20)
+    assert list(x[:10]) == list(range(111, 121)) and not x[10:].any() and missing == 10
+    x, missing = ring.read(40, 20)  # older than the ring held before: still missing
+    assert not x[:10].any() and list(x[10:]) == list(range(51, 61)) and missing == 10
+    ring.write(np.full(10, 7.0, np.float32), 125)  # a gap, then new samples
+    x, missing = ring.read(118, 20)
+    assert list(x) == [119.0, 120.0] + [0.0] * 5 + [7.0] * 10 + [0.0] * 3 and missing == 3
+
+
 @pytest.mark.parametrize("delay_s", [0.02, 0.04, 0.1, 0.18, 0.3])
 def test_delay_is_estimated(reply: np.ndarray, delay_s: float) -> None:
     """Envelope cross-correlation finds 20-300 ms speaker -> microphone delays within 8 ms."""

@@ -135,6 +135,13 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-double-talk", action="store_true", help="skip the questions over replies")
     p.add_argument("--warm", default="on", help="on: the replies cached first; off")
     p.add_argument("--erle", default="on", help="on: ERLE from `bench ears`'s echo set; off")
+    p.add_argument(
+        "--rtc-pause",
+        choices=("silence", "play"),
+        default="silence",
+        help="WebRTC kiosk at response.paused: silence what it holds (its playout delay in "
+        "rtc.offer) or play its jitter buffer out (a client that says nothing)",
+    )
     p.add_argument("--data-dir", help="the server's data folder (the Piper voice for clips)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="the clip maker's limit")
 
@@ -383,6 +390,7 @@ class Kiosk:
         self.reply: Reply | None = None
         self.synced = False  # WebRTC: t0 taken from the microphone track's clock
         self.rtp_base: tuple[int, int] | None = None  # (speaker sample, RTP timestamp)
+        self.muted = False  # WebRTC: silenced at response.paused until resumed or done
 
     def now_sample(self) -> int:
         return round((time.monotonic() - self.t0) * RATE)
@@ -392,6 +400,8 @@ class Kiosk:
         first packet's arrival (late ones when they arrive)."""
         if self.rtp_base is None:
             self.rtp_base = (self.now_sample() + round(PLAYOUT_BUFFER_S * RATE), rtp_ts)
+        if self.muted:
+            return
         at = self.rtp_base[0] + ((rtp_ts - self.rtp_base[1]) & 0xFFFFFFFF) // 3
         self.play(pcm48, max(at, self.now_sample()))
 
@@ -414,8 +424,9 @@ class Kiosk:
             r.last_sample = at + n
 
     def stop(self) -> None:
-        """A WS-only client's answer to ``response.paused``: the audio it holds and has not
-        played yet is dropped (the server sends it again if the reply resumes)."""
+        """A WS-only client's answer to ``response.paused`` (and a WebRTC client's that gave
+        its playout delay): the audio it holds and has not played yet is dropped (the server
+        sends it again if the reply resumes)."""
         now = self.now_sample()
         if self.play_end > now:
             self.speaker[now : self.play_end] = 0.0
@@ -483,13 +494,17 @@ async def _kiosk_session(
 
             track = LiveOpusTrack(source)
             pc.addTransceiver(track, direction="sendrecv")
-            await connect(client, pc, echo_cancellation=False)
+            silence = args.rtc_pause == "silence"
+            delay_ms = PLAYOUT_BUFFER_S * 1000 if silence else None
+            await connect(client, pc, echo_cancellation=False, playout_delay_ms=delay_ms)
             tap = AudioTap(lambda pcm, arrival: None, lambda pcm, _, ts: kiosk.play_timed(pcm, ts))
             tap.install(pc)
 
         async def read() -> None:
             async for ev in client:
                 r = kiosk.reply
+                if isinstance(ev, ResponseResumed | ResponseDone):
+                    kiosk.muted = False  # the reply plays on, or it ended
                 if isinstance(ev, Error):
                     log.errors.append(f"{ev.code}: {ev.message}")
                 elif isinstance(ev, Metrics):
@@ -499,6 +514,9 @@ async def _kiosk_session(
                         r.pauses += 1
                     if transport == "ws":
                         paused[ev.response_id] = ev.played_ms  # as docs/protocol.md asks
+                        kiosk.stop()
+                    elif args.rtc_pause == "silence":  # as its rtc.offer said it would
+                        kiosk.muted = True
                         kiosk.stop()
                 elif isinstance(ev, ResponseResumed):
                     paused.pop(ev.response_id, None)
@@ -697,7 +715,12 @@ async def run_echo(target: Target, args: argparse.Namespace) -> dict[str, Any]:
         current().stage("turns echo: replies into the result caches")
         await _warm(target, args)
     cases = [(d / 1000, lvl) for d in _floats(args.delays_ms) for lvl in _floats(args.levels_db)]
-    out: dict[str, Any] = {"noise_dbfs": args.noise_dbfs, "transports": {}}
+    out: dict[str, Any] = {
+        "noise_dbfs": args.noise_dbfs,
+        "rtc_pause": args.rtc_pause,  # what the WebRTC kiosk does at response.paused
+        "rtc_playout_buffer_ms": PLAYOUT_BUFFER_S * 1000,
+        "transports": {},
+    }
     gate = asyncio.Semaphore(max(1, args.concurrency))
     for transport in transports:
 

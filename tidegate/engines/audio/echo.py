@@ -70,6 +70,19 @@ class _Ring:
         self.head = max(self.head, at + len(x))
         return dropped
 
+    def truncate(self, at: int) -> int:
+        """Forget what was written from absolute sample ``at`` on (it reads as missing, and
+        may be written again); returns how many samples were forgotten."""
+        if self.head is None or at >= self.head:
+            return 0
+        old = self.head
+        at = max(at, old - self.capacity)
+        self._zero(at, old)
+        self.head = at
+        # the slots just zeroed held, before, the samples a ring older: never read those
+        self.written_from = max(self.written_from, old - self.capacity)
+        return old - at
+
     def _zero(self, start: int, stop: int) -> None:
         self._put(np.zeros(stop - start, np.float32), start)
 
@@ -176,6 +189,7 @@ class EchoCanceller:
             "blocks": 0,
             "reference_missing_blocks": 0,
             "reference_dropped_samples": 0,
+            "reference_retracted_samples": 0,
             "estimates": 0,
             "delay_changes": 0,
         }
@@ -187,6 +201,12 @@ class EchoCanceller:
         with self._confined():
             x = _as_float(frames, "far")
             self.counters["reference_dropped_samples"] += self._far.write(x, played_at_sample)
+
+    def retract_far(self, from_sample: int) -> None:
+        """The reference from ``from_sample`` on will not play after all (it was taken back):
+        forget it, so that AEC3 does not expect an echo that never comes."""
+        with self._confined():
+            self.counters["reference_retracted_samples"] += self._far.truncate(from_sample)
 
     # -- the near end -------------------------------------------------------------------------
     def process_near(self, frames: Array, captured_at_sample: int) -> Array:
