@@ -14,7 +14,7 @@ import {
   signedInSource,
   type TokenSource,
 } from "./signin";
-import { initialState, reduce, resumedText, turnEndText, type Turn } from "./state";
+import { initialState, reduce, replySilenced, resumedText, turnEndText, type Turn } from "./state";
 import { VideoStage } from "./VideoStage";
 
 const LINK_LABEL = {
@@ -45,6 +45,13 @@ export function App() {
   useEffect(() => {
     if (player.current) player.current.srcObject = remote;
   }, [remote]);
+
+  // A paused reply is silent at once: what the jitter buffer holds is not played (the server
+  // took it back: rtc.offer's playout_delay_ms) and plays again if the reply resumes.
+  const silenced = replySilenced(state);
+  useEffect(() => {
+    if (player.current) player.current.muted = silenced;
+  }, [silenced]);
 
   // Device labels are only given once the page may use them: list again when media starts.
   useEffect(() => {

@@ -46,7 +46,7 @@ export type ClientMessage =
   | { type: "response.create"; id?: string; text?: string }
   | { type: "response.cancel"; id?: string; response_id?: string }
   | { type: "function_call.output"; id?: string; call_id: string; output: string }
-  | { type: "rtc.offer"; id?: string; sdp: string }
+  | { type: "rtc.offer"; id?: string; sdp: string; echo_cancellation?: boolean; playout_delay_ms?: number }
   | {
       type: "rtc.candidate";
       id?: string;

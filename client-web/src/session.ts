@@ -19,6 +19,11 @@ import type { Action } from "./state";
 
 export const PING_INTERVAL_MS = 2000;
 export const STATS_INTERVAL_MS = 1000;
+/** How long after a packet of the reply arrives this browser plays it, as told in rtc.offer:
+ * WebRTC's jitter buffer on a good network (~40 ms) plus the audio output (~20 ms). The page
+ * mutes the reply at response.paused, and the server takes back what was sent this recently
+ * (it is sent again if the reply resumes): an estimate off by x ms repeats or skips x ms. */
+export const PLAYOUT_DELAY_MS = 60;
 /** Reconnection waits, then the last one repeats until the session's resume window ends. */
 export const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000];
 const DEFAULT_RESUME_S = 30;
@@ -301,7 +306,7 @@ export class TidegateSession {
       );
     };
     await pc.setLocalDescription(await pc.createOffer());
-    this.send({ type: "rtc.offer", id: this.id(), sdp: pc.localDescription!.sdp });
+    this.send({ type: "rtc.offer", id: this.id(), sdp: pc.localDescription!.sdp, playout_delay_ms: PLAYOUT_DELAY_MS });
     this.stats = setInterval(() => void this.pollStats(), STATS_INTERVAL_MS);
   }
 

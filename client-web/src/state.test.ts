@@ -3,7 +3,17 @@
 import { describe, expect, it } from "vitest";
 
 import type { ServerMessage } from "./protocol";
-import { type Action, initialState, MAX_ERRORS, plainError, reduce, resumedText, type State, turnEndText } from "./state";
+import {
+  type Action,
+  initialState,
+  MAX_ERRORS,
+  plainError,
+  reduce,
+  replySilenced,
+  resumedText,
+  type State,
+  turnEndText,
+} from "./state";
 
 let seq = 0;
 const ev = (m: Record<string, unknown>, arrivedMs = 1000): Action => ({
@@ -57,6 +67,30 @@ describe("reduce", () => {
     expect(resumedText({ reason: "echo", heard: "is Paris" })).toBe("Reply resumed: “is Paris” was its own voice coming back.");
     // a pause for a reply that is over is ignored
     expect(run([ev({ type: "response.paused", response_id: "r_1", played_ms: 0 })], twice)).toEqual(twice);
+  });
+
+  it("silences the reply's audio from response.paused until it resumes or ends", () => {
+    const playing = run([
+      created(),
+      ev({ type: "response.created", response_id: "r_1" }),
+      ev({ type: "response.text.delta", response_id: "r_1", delta: "Paris" }),
+    ]);
+    expect(replySilenced(playing)).toBe(false);
+    const paused = run([ev({ type: "response.paused", response_id: "r_1", played_ms: 900 })], playing);
+    expect(replySilenced(paused)).toBe(true);
+    const resumed = run(
+      [ev({ type: "response.resumed", response_id: "r_1", played_ms: 900, paused_ms: 500, reason: "no_words" })],
+      paused,
+    );
+    expect(replySilenced(resumed)).toBe(false);
+    const cut = run(
+      [
+        ev({ type: "response.paused", response_id: "r_1", played_ms: 1400 }),
+        ev({ type: "response.done", response_id: "r_1", status: "cancelled", text: "Paris" }),
+      ],
+      resumed,
+    );
+    expect(replySilenced(cut)).toBe(false); // the next reply is heard
   });
 
   it("replaces a segment's partials by its final, in place", () => {

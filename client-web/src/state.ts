@@ -300,6 +300,12 @@ export function reduce(s: State, a: Action): State {
   }
 }
 
+/** Whether the reply's audio must be silent now: it is paused (response.paused) while the
+ * server judges a sound over it; it plays on at response.resumed, and ends at response.done. */
+export function replySilenced(s: State): boolean {
+  return s.turns.some((t) => t.who === "assistant" && t.live && t.paused === true);
+}
+
 /** Why a paused reply went on (response.resumed), in words. */
 export function resumedText(r: { reason: string; heard: string }): string {
   const heard = r.heard.trim();
