@@ -56,3 +56,4 @@ async def test_turns_scenario_report(live_target: Target, tmp_path: Path) -> Non
         assert case["echo_reduction_db"] > 6, case
         assert case["echo_stats"]["far_frames"] > 0, case
     assert results["targets"]["false_barge_ins"] == {"ws": 0, "rtc": 0}
+    assert results["echo"]["rtc_pause"] == "silence"  # the WebRTC kiosk gave its playout delay

@@ -31,12 +31,14 @@ Two sets (``--parts paused,echo``):
   over which the user asks a question (espeak-ng, another voice than the reply's) ``--talk-after-s``
   into it: the cut latency (on the kiosk's media clock, from the question's first sample to the end
   of the reply's audio on the speaker; over WS the kiosk drops the audio it holds on
-  ``response.paused``, as docs/protocol.md asks of a WS-only client, and over WebRTC its jitter
-  buffer plays out) and the question's WER (its ``asr.final``). From the sessions' ``metrics``
-  events (the audio lane's echo stats): the canceller's CPU seconds per session-second and the echo
-  reduction ``10 log10(in / out)`` of the microphone energy (the noise floor bounds it). ERLE proper
-  (echo alone, -90 dBFS floor, after 3 s) comes from the echo set of ``tidegate bench ears``, run as
-  a child (``--erle``).
+  ``response.paused``, as docs/protocol.md asks of a WS-only client; over WebRTC, with
+  ``--rtc-pause silence`` (the default) its ``rtc.offer`` gives its jitter buffer as
+  ``playout_delay_ms`` and it silences what it holds until the reply resumes or ends, with
+  ``play`` its jitter buffer plays out) and the question's WER (its ``asr.final``). From the
+  sessions' ``metrics`` events (the audio lane's echo stats): the canceller's CPU seconds per
+  session-second and the echo reduction ``10 log10(in / out)`` of the microphone energy (the
+  noise floor bounds it). ERLE proper (echo alone, -90 dBFS floor, after 3 s) comes from the
+  echo set of ``tidegate bench ears``, run as a child (``--erle``).
 
 Targets (issue #20): 0 false barge-ins in >= 20 replies at every delay and level; false
 cut-offs under ``semantic`` at most half of ``silence``'s; end of turn after a complete
