@@ -15,7 +15,14 @@ ears`` runs it as a subprocess and keeps it as its report):
 - ``aec``: one :class:`EchoCanceller` per case of the echo set (reply echoed at -6, -12,
   -20 dB with 40, 120, 250 ms delay, plus drift and double-talk cases): ERLE in dB after
   3 s of adaptation, the delay found, and the CPU seconds per session-second (target
-  <= 0.02), 20 ms frames fed as a lane would.
+  <= 0.02), 20 ms frames fed as a lane would;
+- ``aec-paced``: the canceller's CPU as live audio paces it: N sessions (``--paced-sessions``,
+  e.g. 1,4,8) each hand their audio lane's :class:`~tidegate.pipelines.echo.EchoPath` 20 ms
+  of microphone audio and of reference every 20 ms for ``--paced-s`` seconds (one thread,
+  sleeping between ticks as a server waiting for packets does); the CPU seconds per
+  session-second the path itself counts (what the sessions' ``metrics`` report live). Each
+  call finds the caches colder the more idle the machine is between calls
+  (docs/ears.md), so the figure falls as sessions share the thread.
 """
 
 from __future__ import annotations
@@ -307,6 +314,32 @@ def bench_aec() -> dict[str, Any]:
     }
 
 
+def bench_aec_paced(sessions: list[int], seconds: float) -> dict[str, Any]:
+    """See the module docstring (``aec-paced``)."""
+    from tidegate.engines.workers import WorkerPool
+    from tidegate.pipelines.echo import EchoPath
+
+    reply = np.concatenate([audio_sets.speech(t) for t in audio_sets.REPLY_SENTENCES])
+    mic, _, _ = audio_sets.mic_with_echo(reply, delay_s=0.08, level_db=-10.0)
+    ticks = max(1, round(seconds / (FRAME / SR)))
+    out: dict[str, Any] = {"seconds": ticks * FRAME / SR, "by_sessions": {}}
+    for n in sessions:
+        pool = WorkerPool("aec-paced", workers=1)  # the paths' own calls run here, inline
+        paths = [EchoPath(pool) for _ in range(n)]
+        t0 = time.monotonic()
+        for k in range(ticks):
+            i = (k * FRAME) % (len(reply) - FRAME)
+            for path in paths:
+                played = path.origin + i / SR
+                far = [(reply[i : i + FRAME], SR, played)]
+                path._run(far, mic[i : i + FRAME], path.sample_at(played), None)
+            time.sleep(max(0.0, t0 + (k + 1) * FRAME / SR - time.monotonic()))
+        pool.close()
+        per_session = sum(p.cpu_s for p in paths) / (n * ticks * FRAME / SR)
+        out["by_sessions"][str(n)] = {"cpu_s_per_session_s": round(per_session, 5)}
+    return out
+
+
 # -- the turns scenario's clips ----------------------------------------------------------------
 def write_clips(data_dir: Path, out: Path, *, seed: int, voice: str) -> dict[str, Any]:
     """The paused and complete sets (``audio_sets``) as 16 kHz float32 ``.npy`` files in
@@ -341,6 +374,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["turn"] = bench_turn(args.data_dir, args.sessions, args.repeats)
     if "aec" in args.parts:
         report["aec"] = bench_aec()
+    if "aec-paced" in args.parts:
+        counts = [int(n) for n in args.paced_sessions.split(",")]
+        report["aec_paced"] = bench_aec_paced(counts, args.paced_s)
     turn, aec = report.get("turn"), report.get("aec")
     report["targets"] = {
         "turn_cpu_ratio_max": 0.3,
@@ -371,6 +407,16 @@ def summary(report: dict[str, Any]) -> str:
                 f"  {name}: pairs ordered {s['pairs_ordered']:.2f}  median complete "
                 f"{s['median_complete']:.2f} unfinished {s['median_unfinished']:.2f}"
             )
+    paced = report.get("aec_paced")
+    if paced:
+        lines.append(
+            "aec paced (20 ms calls, one thread): "
+            + "  ".join(
+                f"{n} sessions {v['cpu_s_per_session_s']:.4f}"
+                for n, v in paced["by_sessions"].items()
+            )
+            + " CPU-s per session-second"
+        )
     a = report.get("aec")
     if a:
         lines.append(
@@ -389,7 +435,9 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.ears", description=__doc__)
     p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
-    p.add_argument("--parts", default="turn,aec", help="turn, aec")
+    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced")
+    p.add_argument("--paced-sessions", default="1,4,8", help="aec-paced: sessions per run")
+    p.add_argument("--paced-s", type=float, default=8.0, help="aec-paced: seconds per run")
     p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")
     p.add_argument("--repeats", type=int, default=3, help="rounds per way; the best is kept")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
