@@ -707,11 +707,11 @@ class ReplyLane:
         reply.paused_at = now
         track = self._track()
         if track is not None:
-            unsent = round(track.flush() / FRAME_MS)  # what it had not sent is not played
+            unplayed = round(track.flush() / FRAME_MS)  # what it had not sent is not played
             delay = self.media.client_playout_delay_s
-            if delay is not None:  # and what it sent that the client has not played
-                unsent += track.sent_since(now - delay)
-            take = min(unsent, len(reply.inflight))
+            if delay is not None:  # nor what it sent that the client has not played yet
+                unplayed += track.sent_since(now - delay)
+            take = min(unplayed, len(reply.inflight))
         else:
             take = sum(1 for f in reply.inflight if f.start > now)
         for _ in range(take):
