@@ -324,7 +324,7 @@ def bench_aec_paced(sessions: list[int], seconds: float) -> dict[str, Any]:
     ticks = max(1, round(seconds / (FRAME / SR)))
     out: dict[str, Any] = {"seconds": ticks * FRAME / SR, "by_sessions": {}}
     for n in sessions:
-        pool = WorkerPool("aec-paced", workers=1)  # the paths' own calls run here, inline
+        pool = WorkerPool("aec-paced", workers=1)  # EchoPath needs one; _run is called inline
         paths = [EchoPath(pool) for _ in range(n)]
         t0 = time.monotonic()
         for k in range(ticks):
