@@ -7,13 +7,15 @@ import pytest
 
 from tidegate.pipelines.interrupt import (
     DEFAULT_BACKCHANNELS,
-    ECHO_DISTANCE_PARTIAL,
     Heard,
     Interruption,
     Verdict,
     WordRule,
     echo_distance,
     echoed,
+    number_words,
+    sound_key,
+    spoken_letters,
     words_of,
 )
 
@@ -192,41 +194,71 @@ def test_a_short_sound_holds_the_pause_for_hold_s_and_more_sound_keeps_it() -> N
 
 
 PLAYED = "Paris has a long and storied history, marked by"
+# what other replies had played at a pause (the last word begun), for echoes heard there
+WEATHER = "Sure, I can help you with that. The weather today is sunny with a high of"
+TRAIN = "The train to Berlin leaves at half past nine from platform four, and the journey takes"
+JOKE = "Here is a joke: why did the scarecrow win an award? Because he was outstanding"
 
 
 @pytest.mark.parametrize(
-    ("heard", "own"),
+    ("heard", "played", "own"),
     [
         # echoes as Whisper heard them in the tests (words re-cut, misheard)
-        ("is a long and storied.", True),
-        ("along in story.", True),
-        ("has a long instance.", True),
-        ("has a long answer.", True),
-        # ... and the cut word at its end finished as Whisper liked (CI: a reply cut by it)
-        ("as a long influence,", True),
+        ("is a long and storied.", PLAYED, True),
+        ("along in story.", PLAYED, True),
+        ("has a long instance.", PLAYED, True),
+        ("has a long answer.", PLAYED, True),
+        # ... the cut word at its end finished as Whisper liked (CI: a reply cut by it), where
+        # the reply paused in "sto-"
+        ("as a long influence,", "The city of Paris has a long and sto", True),
+        # ... its sounds heard as other words (CI: a reply cut by it)
+        ("on the end story.", "The city of Paris has a long and storied", True),
+        # ... numbers written as digits (piper's echoes, tidegate/bench: Whisper tiny.en)
+        ("It takes about 6 hours.", TRAIN + " about six hours", True),
         # what a user says over it
-        ("Wait, what about Friday?", False),
-        ("What is the capital of France?", False),
-        ("Stop, I changed my mind.", False),
-        ("Tell me more about the history.", False),
-        ("No, that's wrong.", False),
-        ("stop", False),  # too short to tell: never an echo
-        ("no", False),
-        ("", False),
+        ("Wait, what about Friday?", PLAYED, False),
+        ("What is the capital of France?", PLAYED, False),
+        ("Stop, I changed my mind.", PLAYED, False),
+        ("Tell me more about the history.", PLAYED, False),
+        ("No, that's wrong.", PLAYED, False),
+        ("stop", PLAYED, False),  # too short to tell: never an echo
+        ("no", PLAYED, False),
+        ("", PLAYED, False),
+        # ... where one word of it is near a word the reply said: what is left without the
+        # last word is too short to be judged alone ("Cancel" ~ "can help", "How about" ~
+        # "Because he"), and the sounds of a question are not the reply's
+        ("Cancel that.", WEATHER, False),
+        ("How about tomorrow?", JOKE, False),
+        ("Excuse me.", JOKE, False),
+        ("Say that again.", TRAIN, False),
+        ("Hang on, wait a minute.", WEATHER, False),
+        ("Is it going to rain tomorrow?", TRAIN, False),
     ],
 )
-def test_what_the_reply_just_played_is_its_own(heard: str, own: bool) -> None:
-    """A text within ECHO_DISTANCE edits per letter of a stretch of what the reply played is
-    its own voice coming back; what users say over it is not, nor is anything under
-    ECHO_MIN_LETTERS letters."""
-    assert echoed(heard, PLAYED) is own
+def test_what_the_reply_just_played_is_its_own(heard: str, played: str, own: bool) -> None:
+    """A text within ECHO_DISTANCE edits per letter of a stretch of what the reply played, or
+    ECHO_SOUND_DISTANCE edits per sound of its end, is its own voice coming back; what users
+    say over it is not, nor is anything under ECHO_MIN_LETTERS letters."""
+    assert echoed(heard, played) is own
     assert not echoed(heard, "")
+
+
+def test_texts_are_compared_as_said() -> None:
+    """Numbers are their words; a sound key makes spellings that sound alike one."""
+    assert (
+        spoken_letters("Nearly 2000 years, 21 of them") == "nearlytwothousandyearstwentyoneofthem"
+    )
+    assert number_words(115) == "one hundred fifteen"
+    assert number_words(1_000_000) == "one zero zero zero zero zero zero"
+    assert sound_key("a long and storied") == "alankantstarat"
+    assert sound_key("on the end story") == "antantstara"
+    assert sound_key("Photograph") == sound_key("fotograf")
 
 
 def test_a_partial_near_the_replys_words_waits_for_the_final() -> None:
     """A partial about that near ("the long" for "a long") may be its echo misheard: it does
     not cut (the final decides); a question far from it does."""
-    assert echoed("the long", PLAYED, at_most=ECHO_DISTANCE_PARTIAL)
+    assert echoed("the long", PLAYED, partial=True)
     assert not echoed("the long", PLAYED)
-    assert not echoed("wait, what about Friday", PLAYED, at_most=ECHO_DISTANCE_PARTIAL)
+    assert not echoed("wait, what about Friday", PLAYED, partial=True)
     assert echo_distance("is a long and storied", PLAYED) < 0.1

@@ -81,46 +81,118 @@ def words_of(text: str) -> list[str]:
 #: say over a reply is >= 0.5 from it unless they repeat it (measured on the tests' replies)
 ECHO_DISTANCE = 0.35
 ECHO_DISTANCE_PARTIAL = 0.5
+#: ... or in edits per sound (:func:`sound_key`) from the stretch of it that ends where the reply
+#: paused (within ``ECHO_SOUND_TAIL`` sounds): Whisper also hears an echo's sounds as other
+#: words ("on the end story" for "a long and storied": 0.38 per letter, 0.09 per sound). Vowels
+#: are one sound there, so short keys match by chance: ``ECHO_MIN_SOUNDS`` at least
+ECHO_SOUND_DISTANCE = 0.2
+ECHO_MIN_SOUNDS = 10
+ECHO_SOUND_TAIL = 20
 #: fewer letters than this are never judged an echo ("no", "stop": too short to tell)
 ECHO_MIN_LETTERS = 6
+#: the words before an echo's last one (the cut word, which Whisper finishes as it likes) are
+#: judged on their own when they have this many letters, or ``ECHO_MIN_LETTERS`` + 1 in three
+#: words or more, and end within ``ECHO_HEAD_TAIL`` letters of where the reply paused: a
+#: shorter head ("Cancel", "How about") is near some word of three seconds of speech by chance
+ECHO_HEAD_LETTERS = 10
+ECHO_HEAD_TAIL = 12
 ECHO_MAX_LETTERS = 240  # the longest heard text compared (the cost is its length x the window's)
-_LETTERS_RE = re.compile(r"[^a-z0-9]+")
+_LETTERS_RE = re.compile(r"[^a-z]+")
+_NUMBER_RE = re.compile(r"\d+")
+_ONES = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen",
+)  # fmt: skip
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+# spellings that sound alike, to one letter each (in order: "ph" before "p" and "h")
+_SOUNDS = (
+    ("ph", "f"), ("th", "t"), ("ck", "k"), ("sh", "s"), ("ch", "k"), ("wh", "w"), ("gh", "g"),
+    ("qu", "kw"), ("c", "k"), ("q", "k"), ("z", "s"), ("x", "ks"), ("y", "i"), ("d", "t"),
+    ("b", "p"), ("g", "k"), ("v", "f"),
+)  # fmt: skip
+_VOWELS_RE = re.compile(r"[aeiou]+")
+_DOUBLE_RE = re.compile(r"(.)\1+")
 
 
-def echo_distance(heard: str, played: str) -> float:
-    """Edits per letter between ``heard`` and the stretch of ``played`` nearest to it (case,
-    spaces and punctuation ignored): the approximate-substring edit distance (Sellers)."""
-    a = _LETTERS_RE.sub("", heard.lower())[:ECHO_MAX_LETTERS]
-    b = _LETTERS_RE.sub("", played.lower())
+def number_words(n: int) -> str:
+    """``n`` as it is said ("2000" -> "two thousand"); digit by digit from a million on."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _ONES[n // 100] + " hundred" + (" " + number_words(rest) if rest else "")
+    if n < 1_000_000:
+        rest = n % 1000
+        return number_words(n // 1000) + " thousand" + (" " + number_words(rest) if rest else "")
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def spoken_letters(text: str) -> str:
+    """The letters of ``text`` as said: lower case, numbers in words (Whisper writes "6 hours"
+    where the reply said "six hours"), spaces and punctuation gone."""
+    said = _NUMBER_RE.sub(lambda m: f" {number_words(int(m.group()))} ", text.lower())
+    return _LETTERS_RE.sub("", said)
+
+
+def sound_key(text: str) -> str:
+    """What ``text`` sounds like, roughly: its letters with spellings that sound alike made one
+    (voiced and voiceless consonants too), every run of vowels one vowel, doubled letters once.
+    "a long and storied" -> "alankantstarat", "on the end story" -> "antantstara"."""
+    key = spoken_letters(text)
+    for spelt, sound in _SOUNDS:
+        key = key.replace(spelt, sound)
+    return _DOUBLE_RE.sub(r"\1", _VOWELS_RE.sub("a", key))
+
+
+def _nearest(a: str, b: str, *, tail: int | None = None) -> float:
+    """Edits per symbol between ``a`` and the stretch of ``b`` nearest to it, the
+    approximate-substring edit distance (Sellers); ``tail``: the stretch must end within the
+    last ``tail`` symbols of ``b``."""
+    a = a[:ECHO_MAX_LETTERS]
     if not a:
         return math.inf
-    prev = [0] * (len(b) + 1)  # a match may start anywhere in played
+    prev = [0] * (len(b) + 1)  # a match may start anywhere in b
     for i, x in enumerate(a, 1):
         cur = [i] + [0] * len(b)
         for j, y in enumerate(b, 1):
             cur[j] = min(prev[j - 1] + (x != y), prev[j] + 1, cur[j - 1] + 1)
         prev = cur
-    return min(prev) / len(a)  # ... and end anywhere
+    ends = prev if tail is None else prev[max(0, len(b) - tail) :]
+    return min(ends) / len(a)  # ... and end anywhere (or in the tail)
 
 
-def echoed(heard: str, played: str, *, at_most: float = ECHO_DISTANCE) -> bool:
+def echo_distance(heard: str, played: str) -> float:
+    """Edits per letter between ``heard`` and the stretch of ``played`` nearest to it (case,
+    spaces and punctuation ignored, numbers in words)."""
+    return _nearest(spoken_letters(heard), spoken_letters(played))
+
+
+def echoed(heard: str, played: str, *, partial: bool = False) -> bool:
     """Whether ``heard`` over a reply is its own voice: at least ``ECHO_MIN_LETTERS`` letters,
-    within ``at_most`` edits per letter of a stretch of what the reply ``played``."""
-    if _letters(heard) < ECHO_MIN_LETTERS or not played:
+    within ``ECHO_DISTANCE`` edits per letter of a stretch of what the reply ``played`` (that
+    text ends where it paused), or within ``ECHO_SOUND_DISTANCE`` edits per sound of its end.
+    ``partial``: a partial hypothesis, judged by ``ECHO_DISTANCE_PARTIAL`` per letter."""
+    if len(spoken_letters(heard)) < ECHO_MIN_LETTERS or not played:
         return False
+    at_most = ECHO_DISTANCE_PARTIAL if partial else ECHO_DISTANCE
     if echo_distance(heard, played) <= at_most:
         return True
-    # An echo ends mid-word (where the reply paused, or its sound ended) and the ASR finishes
-    # the cut word as it likes ("has a long and sto-" heard "as a long influence"): the words
-    # before the last one are judged on their own too, when there are letters enough
-    head = heard.split()[:-1]
-    return _letters(" ".join(head)) >= ECHO_MIN_LETTERS and (
-        echo_distance(" ".join(head), played) <= at_most
-    )
-
-
-def _letters(text: str) -> int:
-    return len(_LETTERS_RE.sub("", text.lower()))
+    key = sound_key(heard)
+    if len(key) >= ECHO_MIN_SOUNDS and (
+        _nearest(key, sound_key(played), tail=ECHO_SOUND_TAIL) <= ECHO_SOUND_DISTANCE
+    ):
+        return True
+    # An echo ends mid-word (where the reply paused) and the ASR finishes the cut word as it
+    # likes ("has a long and sto-" heard "as a long influence"): the words before the last one
+    # are judged on their own too, against the end of what played
+    words = heard.split()[:-1]
+    head = spoken_letters(" ".join(words))
+    if len(head) < ECHO_HEAD_LETTERS and (len(head) <= ECHO_MIN_LETTERS or len(words) < 3):
+        return False
+    return _nearest(head, spoken_letters(played), tail=ECHO_HEAD_TAIL) <= at_most
 
 
 @dataclass(frozen=True, slots=True)

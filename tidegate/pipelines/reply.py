@@ -98,14 +98,7 @@ from tidegate.protocol.realtime.commands import CreateResponse
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
-from .interrupt import (
-    ECHO_DISTANCE,
-    ECHO_DISTANCE_PARTIAL,
-    Interruption,
-    Verdict,
-    WordRule,
-    echoed,
-)
+from .interrupt import Interruption, Verdict, WordRule, echoed
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
 from .port import Handler, SessionPort
@@ -652,8 +645,7 @@ class ReplyLane:
         played = reply.spoken(now, begun=True)
         before = reply.spoken(it.paused_at - window)
         recent = played[len(before) :] if played.startswith(before) else played
-        at_most = ECHO_DISTANCE if final else ECHO_DISTANCE_PARTIAL
-        return echoed(text, recent, at_most=at_most)
+        return echoed(text, recent, partial=not final)
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""

@@ -588,9 +588,9 @@ class Settings:
     )
     interrupt_echo_window_s: float = _doc(
         "A text heard over a reply that is near what the reply itself played within this "
-        "many seconds before its pause (at most 0.35 edits per letter) is its own voice coming "
-        "back from a speaker, not the user's: it does not cut it (response.resumed reason "
-        "echo). 0: off.",
+        "many seconds before its pause (at most 0.35 edits per letter, or 0.2 per sound of its "
+        "end: docs/assistant.md) is its own voice coming back from a speaker, not the user's: "
+        "it does not cut it (response.resumed reason echo). 0: off.",
         default=3.0,
     )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)

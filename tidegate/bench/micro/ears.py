@@ -22,13 +22,22 @@ ears`` runs it as a subprocess and keeps it as its report):
   sleeping between ticks as a server waiting for packets does); the CPU seconds per
   session-second the path itself counts (what the sessions' ``metrics`` report live). Each
   call finds the caches colder the more idle the machine is between calls
-  (docs/ears.md), so the figure falls as sessions share the thread.
+  (docs/ears.md), so the figure falls as sessions share the thread;
+- ``echo-words``: the guard against the reply's own words (:func:`~tidegate.pipelines.
+  interrupt.echoed`) on what Whisper tiny.en hears: the Piper voice speaks ``ECHO_REPLIES``,
+  and at pauses every ``--echo-step-s`` the last second before it comes back at -6 dB over
+  a -60 dBFS floor (no canceller: the hardest echo the guard sees); of the echoes heard as
+  words, how many it takes for the reply's own (each against what the reply had played in
+  ``interrupt_echo_window_s`` before the pause, the word in progress included). And what
+  users say over a reply (``ECHO_USER_PHRASES``, espeak-ng, as Whisper hears them) against
+  every one of those windows: how many of those it wrongly takes for the reply's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -368,6 +377,113 @@ def write_clips(data_dir: Path, out: Path, *, seed: int, voice: str) -> dict[str
     return {"voice": "piper" if piper is not None else "espeak", "seed": seed, "clips": clips}
 
 
+# -- the guard against the reply's own words ---------------------------------------------------
+#: replies the Piper voice speaks for the echo-words part
+ECHO_REPLIES = (
+    "The city of Paris has a long and storied history, marked by numerous landmarks and "
+    "milestones. Paris was founded by the",
+    "The capital of France is Paris, a city known for its art, fashion, and culture along the "
+    "Seine river.",
+    "Sure, I can help you with that. The weather today is sunny with a high of twenty degrees "
+    "and a light breeze from the west.",
+    "London is the capital of England and the United Kingdom, and it has been a major "
+    "settlement for nearly two thousand years.",
+    "Here is a joke: why did the scarecrow win an award? Because he was outstanding in his field.",
+    "I would be happy to book a table for you. How many people will be joining, and what time "
+    "would you prefer?",
+    "Photosynthesis is the process by which green plants use sunlight to make food from carbon "
+    "dioxide and water.",
+    "The train to Berlin leaves at half past nine from platform four, and the journey takes "
+    "about six hours.",
+)
+#: what users say over a reply, for the echo-words part
+ECHO_USER_PHRASES = (
+    "Wait, what about Friday?", "What is the capital of France?", "Stop, I changed my mind.",
+    "Tell me more about the history.", "No, that's wrong.", "Hold on a second.",
+    "Actually, can you tell me about London instead?", "Sorry, I didn't catch that.",
+    "Can you repeat that?", "What time is it?", "I'd like a table for four.",
+    "How about tomorrow?", "That's not what I asked.", "Never mind.", "Let me think about it.",
+    "Okay stop talking.", "What's the weather like?", "Play some music.", "Tell me a joke.",
+    "Hang on, wait a minute.", "Who founded it?", "And what about Rome?",
+    "How long did that take?", "When was it built?", "Is it far from here?", "Cancel that.",
+    "Go back.", "Say that again.", "Louder please.", "Excuse me.", "Make it a table for two.",
+    "How much does it cost?", "Where is the station?", "Can you speak slower?",
+    "I need a taxi at nine.", "Is it going to rain tomorrow?", "Book it for seven people.",
+    "What about the Eiffel Tower?", "Tell me about Berlin.", "How old is the city?",
+    "Thanks, that's enough.", "Skip that part.", "One more question.",
+    "Could you book a train instead?",
+)  # fmt: skip
+ECHO_S = 1.0  # of the reply that comes back before each pause
+ECHO_LEVEL_DB = -6.0
+
+
+def _played_before(text: str, duration_s: float, t: float, window_s: float) -> str:
+    """What of ``text`` (spoken in ``duration_s``) a reply paused at ``t`` had played in the
+    ``window_s`` before: letters in proportion to time (as the reply lane reckons within a
+    chunk), the word in progress included."""
+    end = min(len(text), int(len(text) * t / duration_s))
+    while end < len(text) and text[end].isalnum():
+        end += 1
+    return text[max(0, int(len(text) * (t - window_s) / duration_s)) : end]
+
+
+def bench_echo_words(data_dir: Path, step_s: float, replies: int | None = None) -> dict[str, Any]:
+    """The echo-words part (module doc)."""
+    from tidegate.engines.asr.request import AsrRequest
+    from tidegate.engines.asr.whisper_onnx import WhisperOnnx
+    from tidegate.pipelines.config import ReplyConfig
+    from tidegate.pipelines.interrupt import DEFAULT_BACKCHANNELS, WordRule, echoed
+
+    (window,) = (f for f in dataclasses.fields(ReplyConfig) if f.name == "interrupt_echo_window_s")
+    window_s = float(window.default)  # type: ignore[arg-type]  # a plain default: 3.0
+    rule = WordRule(DEFAULT_BACKCHANNELS)
+    for name in ("whisper-tiny-en", "piper-joe"):
+        prepare_offline(data_dir, name)
+    piper = _piper(data_dir)
+    assert piper is not None
+    asr = WhisperOnnx(models.model_dir(data_dir, "whisper-tiny-en"))
+    asr.load()
+    rng = np.random.default_rng(0)
+    pad = np.zeros(int(0.3 * SR), np.float32)
+
+    def hear(audio: np.ndarray[Any, Any]) -> str:
+        x = np.concatenate([pad, audio.astype(np.float32), pad])
+        x += (rng.standard_normal(len(x)) * audio_sets.db_gain(-60.0)).astype(np.float32)
+        (out,) = asr.run_batch([AsrRequest(audio=x, final=True)], [None])
+        assert isinstance(out, Ok), out
+        return str(out.value.text)
+
+    echoes: list[dict[str, Any]] = []
+    try:
+        for text in ECHO_REPLIES[:replies]:
+            speech = piper[0](text)
+            duration = len(speech) / SR
+            for t in np.arange(ECHO_S + 0.2, duration + 1e-6, step_s):
+                cut = speech[int((t - ECHO_S) * SR) : int(t * SR)]
+                heard = hear(cut * audio_sets.db_gain(ECHO_LEVEL_DB))
+                if not rule.interrupts(heard, min_words=1, backchannels="ignore"):
+                    continue  # no words: nothing for the guard to judge
+                played = _played_before(text, duration, float(t), window_s)
+                echoes.append({"heard": heard, "played": played, "own": echoed(heard, played)})
+        users = [hear(audio_sets.speech(p)) for p in ECHO_USER_PHRASES]
+    finally:
+        piper[1].close()
+        asr.close()
+    windows = sorted({e["played"] for e in echoes})
+    wrong = [(u, w) for u in users for w in windows if echoed(u, w)]
+    own = sum(e["own"] for e in echoes)
+    return {
+        "echoes_with_words": len(echoes),
+        "echoes_judged_own": own,
+        "echo_recall": round(own / len(echoes), 3) if echoes else None,
+        "missed": [{"heard": e["heard"], "played": e["played"]} for e in echoes if not e["own"]],
+        "user_phrases": len(users),
+        "user_pairs": len(users) * len(windows),
+        "user_pairs_judged_own": len(wrong),
+        "user_phrases_judged_own": sorted({u for u, _ in wrong}),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"cpu_count": os.cpu_count()}
     if "turn" in args.parts:
@@ -377,6 +493,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "aec-paced" in args.parts:
         counts = [int(n) for n in args.paced_sessions.split(",")]
         report["aec_paced"] = bench_aec_paced(counts, args.paced_s)
+    if "echo-words" in args.parts:
+        report["echo_words"] = bench_echo_words(args.data_dir, args.echo_step_s)
     turn, aec = report.get("turn"), report.get("aec")
     report["targets"] = {
         "turn_cpu_ratio_max": 0.3,
@@ -417,6 +535,14 @@ def summary(report: dict[str, Any]) -> str:
             )
             + " CPU-s per session-second"
         )
+    w = report.get("echo_words")
+    if w:
+        lines.append(
+            f"echo words: {w['echoes_judged_own']} of {w['echoes_with_words']} echoes heard as "
+            f"words taken for the reply's own ({w['echo_recall']}); users' phrases taken for "
+            f"it: {len(w['user_phrases_judged_own'])} of {w['user_phrases']} "
+            f"({w['user_pairs_judged_own']} of {w['user_pairs']} phrase x window pairs)"
+        )
     a = report.get("aec")
     if a:
         lines.append(
@@ -435,7 +561,8 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.ears", description=__doc__)
     p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
-    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced")
+    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words")
+    p.add_argument("--echo-step-s", type=float, default=0.2, help="echo-words: pause spacing")
     p.add_argument("--paced-sessions", default="1,4,8", help="aec-paced: sessions per run")
     p.add_argument("--paced-s", type=float, default=8.0, help="aec-paced: seconds per run")
     p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")

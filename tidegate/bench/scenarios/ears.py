@@ -17,7 +17,8 @@ from .engines import _child
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder with prepared models (TIDEGATE_DATA_DIR)")
-    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced")
+    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words")
+    p.add_argument("--echo-step-s", type=float, default=0.2, help="echo-words: pause spacing")
     p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")
     p.add_argument("--paced-sessions", default="1,4,8", help="aec-paced: sessions per run")
     p.add_argument("--paced-s", type=float, default=8.0, help="aec-paced: seconds per run")
@@ -33,7 +34,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 )
 async def run(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     command = [sys.executable, "-m", "tidegate.bench.micro.ears", "--json"]
-    for flag in ("parts", "sessions", "repeats", "paced_sessions", "paced_s"):
+    for flag in ("parts", "sessions", "repeats", "paced_sessions", "paced_s", "echo_step_s"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
