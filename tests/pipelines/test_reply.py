@@ -15,12 +15,15 @@ import pytest
 import pytest_asyncio
 
 from tests.support import scaled
+from tidegate.bench import audio_sets
 from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
 from tidegate.media.audio_out import AudioOutTrack
+from tidegate.pipelines.echo import Played
 from tidegate.pipelines.errors import InvalidConfigError, NotFoundError
 from tidegate.pipelines.interrupt import Interruption
 from tidegate.pipelines.media import SessionMedia
+from tidegate.pipelines.own_voice import OwnVoice
 from tidegate.pipelines.records import Response as ResponseRecord
 from tidegate.pipelines.reply import (
     OutFrame,
@@ -439,6 +442,86 @@ async def test_words_cut_a_paused_reply_at_what_had_played_at_the_pause(
     assert done.status == "cancelled" and done.text == at_pause and at_pause
     assert lane.history[-1] == {"role": "assistant", "content": at_pause}
     assert lane.stats()["interruptions_cut"] == 1
+
+
+class Heard:
+    """What the session played (the reply lane's ``echo`` sink, beside the own-voice judge):
+    each frame and when it plays."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[np.ndarray, float]] = []
+
+    def played(self, pcm: np.ndarray, rate_hz: int, at: float) -> None:
+        assert rate_hz == 48_000
+        self.frames.append((pcm, at))
+
+    def unplayed(self, since: float) -> None:
+        self.frames = [(pcm, at) for pcm, at in self.frames if at < since]
+
+
+def echo_of(frames: list[tuple[np.ndarray, float]], level_db: float) -> np.ndarray:
+    """The frames' speech as a microphone hears it (16 kHz): each where it played (a gap
+    where the speech ran dry stays a gap), through a room, ``level_db`` down, over a -60 dBFS
+    floor; sample 0 is the first frame's playout start."""
+    first = frames[0][1]
+    speech = audio_sets.resample(np.concatenate([f for f, _ in frames]), 48_000)
+    far = np.zeros(round((frames[-1][1] - first) * 16_000) + 320, np.float32)
+    for k, (_, at) in enumerate(frames):
+        i = round((at - first) * 16_000)
+        far[i : i + 320] = speech[k * 320 : (k + 1) * 320]
+    return audio_sets.mic_with_echo(far, delay_s=0.0, level_db=level_db)[0]
+
+
+@pytest.mark.parametrize("user_speaks", [False, True])
+async def test_speech_that_sounds_like_the_reply_is_its_own_voice_whatever_its_words(
+    settings: Settings, engines: EngineService, user_speaks: bool
+) -> None:
+    """The reply's own voice comes back into the microphone (no canceller, -6 dB, 120 ms
+    late) and pauses it, and the ASR hears words nowhere near what it played ("Gerco went in
+    the world" for "scarecrow win an award", as Whisper did): it sounds like the reply, so it
+    resumes (reason echo, counted in echo_sounds). With the user asking a question over the
+    same echo, the same words cut it."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    heard = Heard()
+    lane.own_voice = OwnVoice()
+    lane.echo = Played([lane.own_voice, heard])
+    delay_s, uplink_s = 0.12, 0.03
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(heard.frames) >= 150)  # 3 s of speech told
+        first = heard.frames[0][1]
+        await asyncio.sleep(max(0.0, first + 2.5 - time.monotonic()))
+        lane.speech_started()
+        paused = time.monotonic()
+        await asyncio.sleep(delay_s + 0.2)  # the echo of what played before the pause ends
+        mic = echo_of(heard.frames, -6.0)  # the frames taken back at the pause are gone
+        if user_speaks:
+            question = audio_sets.speech("Wait, what about Friday?")
+            at = round((paused - 0.15 - first) * 16_000)
+            mic = np.pad(mic, (0, max(0, at + len(question) - len(mic))))
+            mic[at : at + len(question)] += question
+        end = round((time.monotonic() - first - delay_s - uplink_s) * 16_000)
+        for i in range(0, min(len(mic), end) - 320 + 1, 320):
+            lane.own_voice.heard(mic[i : i + 320], first + i / 16_000 + delay_s + uplink_s)
+        lane.speech_stopped()
+        lane.heard("Gerco went in the world.", final=True)
+        if user_speaks:
+            await wait_for(lambda: session.of(ResponseDone), 5.0)
+        else:
+            await wait_for(lambda: session.of(ResponseResumed), 5.0)
+    finally:
+        await lane.close()
+        await session.close()
+    stats = lane.stats()
+    if user_speaks:
+        (done,) = session.of(ResponseDone)
+        assert done.status == "cancelled" and not session.of(ResponseResumed)
+        assert stats["interruptions_cut"] == 1 and stats["echo_sounds"] == 0
+    else:
+        (resumed,) = session.of(ResponseResumed)
+        assert resumed.reason == "echo"
+        assert stats["echo_sounds"] == 1 and stats["interruptions_cut"] == 0
 
 
 async def test_an_onset_pauses_a_reply_and_the_hold_resumes_it_if_no_speech_follows(

@@ -102,8 +102,9 @@ from tidegate.protocol.messages import (
 from tidegate.protocol.realtime.commands import ClearInputAudio, CommitInputAudio
 
 from .config import AudioConfig
-from .echo import EchoPath
+from .echo import EchoPath, Played
 from .errors import InvalidConfigError, OverloadedError, RateLimitedError, UnsupportedError
+from .own_voice import OwnVoice
 from .port import Handler, SessionPort
 from .records import TranscriptSegment
 
@@ -330,6 +331,8 @@ class AudioLane:
                 max_pending_frames=s.echo_max_pending_frames,
             )
         self._echo_on = self.echo is not None  # auto: until a WebRTC client says it cancels
+        #: the reply's own voice told by sound (pipelines/own_voice.py), in a mode that speaks
+        self.own_voice: OwnVoice | None = OwnVoice() if speaks else None
         self._ws_ts = False  # the client stamps its input.audio (ts): the echo path's clock
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()
@@ -382,6 +385,13 @@ class AudioLane:
         session.spawn(self._asr_loop(), "asr")
 
     # -- input ------------------------------------------------------------------------------
+    @property
+    def reference(self) -> Played | None:
+        """Who is told what the session plays (the reply lane's ``echo``): the echo path and
+        the own-voice judge, those that are on."""
+        sinks = [x for x in (self.echo, self.own_voice) if x is not None]
+        return Played(sinks) if sinks else None
+
     def handlers(self) -> Mapping[type[Any], Handler]:
         return {
             InputAudio: self._audio,
@@ -533,6 +543,9 @@ class AudioLane:
         if self.echo is not None and self._echo_on:  # off the loop: the media workers
             media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
             pcm = await self.echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
+        if self.own_voice is not None:  # what the VAD and the ASR hear, from its capture
+            first = len(chunk.pcm) if chunk.first_samples is None else chunk.first_samples
+            self.own_voice.heard(pcm, chunk.arrival_s - first / SAMPLE_RATE_HZ)
         audio = np.concatenate([rest, pcm]) if len(rest) else pcm
         n = len(audio) // FRAME_SAMPLES
         async with self._feed_lock:

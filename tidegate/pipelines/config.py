@@ -10,6 +10,7 @@ from tidegate.engines.asr.streaming import StreamingSettings
 from tidegate.media import MediaConfig
 
 from .interrupt import DEFAULT_BACKCHANNELS
+from .own_voice import OWN_VOICE_LIKENESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class ReplyConfig:
     interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS
     #: words heard over a reply that it played this long before its pause are its own (0: off)
     interrupt_echo_window_s: float = 3.0
+    #: speech over a reply sounding at least this like it is its own voice (above 1: off)
+    interrupt_echo_likeness: float = OWN_VOICE_LIKENESS
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
     first_chunk_words: int = 3
 

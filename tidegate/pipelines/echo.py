@@ -52,7 +52,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,6 +67,35 @@ BLOCK_SAMPLES = 160  # the canceller's 10 ms block
 REANCHOR_S = 0.2  # the microphone stream this far behind its arrival ...
 REANCHOR_AFTER_S = 1.0  # ... for this long (a burst after a stall catches up before): re-anchored
 ECHO_CANCELLATION = ("auto", "on", "off")
+
+
+class EchoSink(Protocol):
+    """Who hears what the session plays (the reply lane tells it: its ``echo``)."""
+
+    def played(self, pcm: Array, rate_hz: int, at: float) -> None:
+        """A frame of speech whose playout starts at monotonic ``at``."""
+        ...
+
+    def unplayed(self, since: float) -> None:
+        """The frames told from monotonic ``since`` on will not play (a pause took them
+        back): no echo of them will come."""
+        ...
+
+
+class Played:
+    """Tells each of its sinks what the session plays: the echo path, and the own-voice judge
+    (pipelines/own_voice.py), those that are on."""
+
+    def __init__(self, sinks: Sequence[EchoSink]) -> None:
+        self.sinks = sinks
+
+    def played(self, pcm: Array, rate_hz: int, at: float) -> None:
+        for sink in self.sinks:
+            sink.played(pcm, rate_hz, at)
+
+    def unplayed(self, since: float) -> None:
+        for sink in self.sinks:
+            sink.unplayed(since)
 
 
 class Decimator:

@@ -97,10 +97,12 @@ from tidegate.protocol.realtime.commands import CreateResponse
 
 from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
+from .echo import EchoSink
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import Interruption, Verdict, WordRule, echoed
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
+from .own_voice import OWN_VOICE_LEAD_S, OwnVoice
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
 
@@ -139,19 +141,6 @@ class ReplyOptions:
 
 def new_response_id() -> str:
     return "r_" + secrets.token_urlsafe(9)
-
-
-class EchoSink(Protocol):
-    """Who hears what the session plays (the audio lane's echo path, pipelines/echo.py)."""
-
-    def played(self, pcm: Array, rate_hz: int, at: float) -> None:
-        """A frame of speech whose playout starts at monotonic ``at``."""
-        ...
-
-    def unplayed(self, since: float) -> None:
-        """The frames told from monotonic ``since`` on will not play (a pause took them
-        back): no echo of them will come."""
-        ...
 
 
 class Sight(Protocol):
@@ -385,6 +374,9 @@ class ReplyLane:
         #: told of every frame played, ahead of time, with when it is due (the assistant mode
         #: sets it when echo is cancelled; pipelines/echo.py)
         self.echo: EchoSink | None = None
+        #: what tells the reply's own voice by sound (pipelines/own_voice.py; the assistant mode
+        #: sets it): speech over the reply that sounds like it does not cut it
+        self.own_voice: OwnVoice | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)
@@ -404,6 +396,7 @@ class ReplyLane:
             "interruptions_resumed": 0,  # ... and was not: the reply resumed
             "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
             "echo_words": 0,  # finals absorbed as the reply's own words coming back
+            "echo_sounds": 0,  # ... of which told by their sound (their words were not near)
             "audio_frames": 0,
             "resent_frames": 0,  # frames taken back at a pause and sent again
             # a reply's speech ran dry mid-reply (its next audio was not ready when the audio
@@ -635,7 +628,9 @@ class ReplyLane:
     def _own_words(self, it: Interruption, text: str, now: float, *, final: bool) -> bool:
         """Whether ``text``, heard over the reply ``it`` paused, is (a final) or may be (a
         partial) that reply's own voice coming back: near a stretch of what the reply played
-        in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`)."""
+        in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`),
+        or sounding like what it played (:class:`.own_voice.OwnVoice`: the words of an echo
+        are often misheard; its sound is what it is)."""
         window = self.config.interrupt_echo_window_s
         reply = self.reply
         if window <= 0 or reply is None or reply.id != it.response_id:
@@ -645,7 +640,18 @@ class ReplyLane:
         played = reply.spoken(now, begun=True)
         before = reply.spoken(it.paused_at - window)
         recent = played[len(before) :] if played.startswith(before) else played
-        return echoed(text, recent, partial=not final)
+        if echoed(text, recent, partial=not final):
+            return True
+        if self.own_voice is None:
+            return False
+        # from the sound's start (the pause came interrupt_pause_after_s into it; the VAD's
+        # pre-roll before) to now
+        likeness = self.own_voice.likeness(it.paused_at - OWN_VOICE_LEAD_S, now)
+        if likeness is None or likeness < self.config.interrupt_echo_likeness:
+            return False
+        if final:
+            self.counters["echo_sounds"] += 1
+        return True
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""

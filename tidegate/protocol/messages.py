@@ -699,8 +699,9 @@ class ResponseResumed(ServerMessage):
     not an interruption. ``reason``: ``no_words`` (no speech the ASR could read, or none yet
     ``interrupt_confirm_s`` after the pause), ``backchannel`` (only backchannels such as
     "mm-hmm", under ``interrupt.backchannels: ignore``), ``few_words`` (fewer words than
-    ``interrupt.min_words``), ``echo`` (the words were the reply's own, just played, coming
-    back into the microphone: ``interrupt_echo_window_s``); ``heard`` what the ASR heard
+    ``interrupt.min_words``), ``echo`` (the reply's own voice, just played, coming back into
+    the microphone: its words, ``interrupt_echo_window_s``, or its sound,
+    ``interrupt_echo_likeness``); ``heard`` what the ASR heard
     (empty for no words); ``paused_ms`` how long it was paused."""
 
     TYPE: ClassVar[str] = "response.resumed"

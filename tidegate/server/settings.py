@@ -27,6 +27,7 @@ from tidegate.engines.registry import ENGINE_KINDS, KINDS, EngineConfigs, Engine
 from tidegate.media.errors import IceConfigError
 from tidegate.media.ice import IcePolicy
 from tidegate.pipelines.interrupt import BACKCHANNEL_POLICIES, DEFAULT_BACKCHANNELS, MAX_MIN_WORDS
+from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
 
 from .errors import ConfigError
 
@@ -593,6 +594,13 @@ class Settings:
         "it does not cut it (response.resumed reason echo). 0: off.",
         default=3.0,
     )
+    interrupt_echo_likeness: float = _doc(
+        "Speech heard over a reply whose sound is at least this like what the reply played "
+        "(the best correlation of their spectral envelopes over the speaker-to-microphone "
+        "delays, 0..1: docs/assistant.md) is its own voice coming back, whatever words the "
+        "ASR heard in it: it does not cut it (response.resumed reason echo). Above 1: off.",
+        default=OWN_VOICE_LIKENESS,
+    )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
         "The system message every assistant conversation starts with.",
@@ -966,6 +974,11 @@ class Settings:
             raise ConfigError(
                 "interrupt_backchannels must be ignore or interrupt, got "
                 f"{self.interrupt_backchannels!r}"
+            )
+        if self.interrupt_echo_likeness <= 0:
+            raise ConfigError(
+                "interrupt_echo_likeness must be positive (above 1: off), got "
+                f"{self.interrupt_echo_likeness}"
             )
         if not 1 <= self.interrupt_min_words <= MAX_MIN_WORDS:
             raise ConfigError(

@@ -7,7 +7,12 @@ import pytest
 
 from tests.support import prepare_models
 from tidegate.bench import audio_sets
-from tidegate.bench.micro.ears import ECHO_USER_PHRASES, bench_aec_paced, bench_echo_words
+from tidegate.bench.micro.ears import (
+    ECHO_USER_PHRASES,
+    bench_aec_paced,
+    bench_echo_words,
+    bench_own_voice,
+)
 
 pytestmark = pytest.mark.skipif(bool(audio_sets.have_tools()), reason="needs espeak-ng and sox")
 
@@ -34,3 +39,17 @@ def test_echo_words_judges_piper_echoes_and_users_phrases() -> None:
     assert report["user_phrases"] == len(ECHO_USER_PHRASES)
     assert report["user_pairs"] % len(ECHO_USER_PHRASES) == 0
     assert report["user_pairs_judged_own"] < report["user_pairs"] / 10, report
+
+
+def test_own_voice_tells_echoes_from_users_by_sound() -> None:
+    """The own-voice part judges one reply's echoes (canceller off and on), a user over
+    them, and the replayed second: without a canceller every echo is the reply's own voice,
+    no user's question over it is, nor the canceller's output of it."""
+    report = bench_own_voice(prepare_models("piper-joe"), replies=1)
+    groups = report["groups"]
+    off = groups["echo, canceller off"]
+    assert off["n"] == 18 and off["no_verdict"] == 0 and off["own"] == 18, groups
+    assert groups["replayed a second later"]["own"] == 2, groups
+    for name, g in groups.items():
+        if name.startswith("user"):
+            assert g["n"] == 18 and g.get("own", 0) == 0, groups

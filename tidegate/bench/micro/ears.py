@@ -30,7 +30,14 @@ ears`` runs it as a subprocess and keeps it as its report):
   words, how many it takes for the reply's own (each against what the reply had played in
   ``interrupt_echo_window_s`` before the pause, the word in progress included). And what
   users say over a reply (``ECHO_USER_PHRASES``, espeak-ng, as Whisper hears them) against
-  every one of those windows: how many of those it wrongly takes for the reply's.
+  every one of those windows: how many of those it wrongly takes for the reply's;
+- ``own-voice``: the same guard by sound (:class:`~tidegate.pipelines.own_voice.OwnVoice`):
+  four of those replies paused at 2.5 and 4 s, their echo (a room response, 40/120/250 ms,
+  -6/-12/-20 dB, a -60 dBFS floor) heard from 0.35 s before the pause to 0.4 s after its
+  end, with the canceller off and on; a user's question (espeak-ng, at its level and 10 dB
+  under) over the same echo from 0.15 s before the pause; and the last second before the
+  pause heard again a second later. The likeness of each, and the share at or above the
+  threshold (``interrupt_echo_likeness``).
 """
 
 from __future__ import annotations
@@ -484,6 +491,95 @@ def bench_echo_words(data_dir: Path, step_s: float, replies: int | None = None) 
     }
 
 
+def _likeness(
+    played: np.ndarray[Any, Any], mic: np.ndarray[Any, Any], since_s: float, until_s: float
+) -> float | None:
+    """An OwnVoice told of ``played`` (16 kHz) from t=0 and of ``mic`` up to ``until_s``,
+    arriving 30 ms after capture, judging [since_s, until_s)."""
+    from tidegate.pipelines.own_voice import OwnVoice
+
+    voice = OwnVoice()
+    for i in range(0, len(played) - FRAME + 1, FRAME):
+        voice.played(played[i : i + FRAME], SR, i / SR)
+    for j in range(0, min(len(mic), round(until_s * SR)) - FRAME + 1, FRAME):
+        voice.heard(mic[j : j + FRAME], j / SR + 0.03)
+    return voice.likeness(since_s, until_s)
+
+
+def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
+    """The own-voice part (module doc), on the first ``replies`` of ``ECHO_REPLIES``."""
+    from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
+
+    prepare_offline(data_dir, "piper-joe")
+    piper = _piper(data_dir)
+    assert piper is not None
+    try:
+        speech = [piper[0](t) for t in ECHO_REPLIES[:replies]]
+    finally:
+        piper[1].close()
+    users = [audio_sets.speech(p) for p in ECHO_USER_PHRASES[:12]]
+    groups: dict[str, list[float | None]] = {}
+
+    def add(name: str, value: float | None) -> None:
+        groups.setdefault(name, []).append(value)
+
+    def cancelled(mic: np.ndarray[Any, Any], far: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return _cancel(mic, far, EchoCanceller())[0]
+
+    for k, reply in enumerate(speech):
+        rng = np.random.default_rng(k)
+        for pause_s in (2.5, 4.0):
+            p = round(pause_s * SR)
+            far = reply.copy()
+            far[p:] = 0.0  # paused: nothing plays after
+            for n, (delay, level) in enumerate(
+                [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
+            ):
+                echo, _, _ = audio_sets.mic_with_echo(far, delay_s=delay, level_db=level, seed=k)
+                span = (pause_s - 0.35, pause_s + delay + 0.4)
+                add("echo, canceller off", _likeness(far[:p], echo, *span))
+                add("echo, canceller on", _likeness(far[:p], cancelled(echo, far), *span))
+                user = users[(2 * k + n + p) % len(users)]
+                for gain_db in (0.0, -10.0):
+                    mic, _, _ = audio_sets.mic_with_echo(
+                        far,
+                        delay_s=delay,
+                        level_db=level,
+                        near=user * audio_sets.db_gain(gain_db),
+                        near_at_s=pause_s - 0.15,
+                        seed=k,
+                    )
+                    span = (pause_s - 0.35, pause_s - 0.15 + len(user) / SR + 0.1)
+                    add(
+                        f"user {gain_db:+.0f} dB over echo, canceller off",
+                        _likeness(far[:p], mic, *span),
+                    )
+                    add(
+                        f"user {gain_db:+.0f} dB over echo, canceller on",
+                        _likeness(far[:p], cancelled(mic, far), *span),
+                    )
+            start = p - round(0.2 * SR)
+            mic = (rng.standard_normal(len(far)) * audio_sets.db_gain(-60.0)).astype(np.float32)
+            mic[start : start + SR] += reply[start - SR : start] * audio_sets.db_gain(-6.0)
+            add(
+                "replayed a second later",
+                _likeness(far[:p], mic, start / SR - 0.1, start / SR + 1.1),
+            )
+    out: dict[str, Any] = {"threshold": OWN_VOICE_LIKENESS, "groups": {}}
+    for name, values in groups.items():
+        got = [v for v in values if v is not None]
+        row: dict[str, Any] = {"n": len(values), "no_verdict": len(values) - len(got)}
+        if got:
+            row |= {
+                "min": round(min(got), 3),
+                "p50": round(float(np.median(got)), 3),
+                "max": round(max(got), 3),
+                "own": sum(v >= OWN_VOICE_LIKENESS for v in got),
+            }
+        out["groups"][name] = row
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"cpu_count": os.cpu_count()}
     if "turn" in args.parts:
@@ -493,6 +589,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "aec-paced" in args.parts:
         counts = [int(n) for n in args.paced_sessions.split(",")]
         report["aec_paced"] = bench_aec_paced(counts, args.paced_s)
+    if "own-voice" in args.parts:
+        report["own_voice"] = bench_own_voice(args.data_dir)
     if "echo-words" in args.parts:
         report["echo_words"] = bench_echo_words(args.data_dir, args.echo_step_s)
     turn, aec = report.get("turn"), report.get("aec")
@@ -543,6 +641,18 @@ def summary(report: dict[str, Any]) -> str:
             f"it: {len(w['user_phrases_judged_own'])} of {w['user_phrases']} "
             f"({w['user_pairs_judged_own']} of {w['user_pairs']} phrase x window pairs)"
         )
+    o = report.get("own_voice")
+    if o:
+        lines.append(f"own voice by sound (threshold {o['threshold']}):")
+        for name, g in o["groups"].items():
+            if "min" in g:
+                lines.append(
+                    f"  {name}: {g['own']} of {g['n'] - g['no_verdict']} at or above "
+                    f"(no verdict {g['no_verdict']})  min {g['min']:.2f} p50 {g['p50']:.2f} "
+                    f"max {g['max']:.2f}"
+                )
+            else:
+                lines.append(f"  {name}: no verdict in {g['n']}")
     a = report.get("aec")
     if a:
         lines.append(
@@ -561,7 +671,9 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.ears", description=__doc__)
     p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
-    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words")
+    p.add_argument(
+        "--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words, own-voice"
+    )
     p.add_argument("--echo-step-s", type=float, default=0.2, help="echo-words: pause spacing")
     p.add_argument("--paced-sessions", default="1,4,8", help="aec-paced: sessions per run")
     p.add_argument("--paced-s", type=float, default=8.0, help="aec-paced: seconds per run")

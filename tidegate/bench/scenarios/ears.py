@@ -17,7 +17,9 @@ from .engines import _child
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder with prepared models (TIDEGATE_DATA_DIR)")
-    p.add_argument("--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words")
+    p.add_argument(
+        "--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words, own-voice"
+    )
     p.add_argument("--echo-step-s", type=float, default=0.2, help="echo-words: pause spacing")
     p.add_argument("--sessions", type=int, default=16, help="concurrent turn requests")
     p.add_argument("--paced-sessions", default="1,4,8", help="aec-paced: sessions per run")

@@ -53,7 +53,9 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             speaks=True,  # its replies are the echo canceller's reference (audio.echo_*)
             language=language,
         )
-        reply.echo = audio.echo  # what the reply plays is the echo canceller's reference
+        # what the reply plays is the echo canceller's reference, and what its own voice is
+        # told by (pipelines/own_voice.py)
+        reply.echo, reply.own_voice = audio.reference, audio.own_voice
         return [audio, *([vision] if vision is not None else []), reply, turns]
 
     return Mode("assistant", session, config.media, lanes)

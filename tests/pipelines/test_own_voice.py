@@ -1,0 +1,110 @@
+"""The reply's own voice told by sound (pipelines/own_voice.py), on real audio: an espeak-ng
+reply played through a simulated room into a microphone (audio_sets.mic_with_echo: a room
+response, a delay, a level, a -60 dBFS floor), and a user's espeak-ng question over it."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from tidegate.bench import audio_sets
+from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS, OwnVoice
+
+pytestmark = pytest.mark.skipif(bool(audio_sets.have_tools()), reason="needs espeak-ng and sox")
+
+SR = 16_000
+FRAME = 320
+T0 = 100.0  # the monotonic time the reply's first frame plays
+UPLINK_S = 0.03  # the microphone's audio arrives this much after its capture
+PAUSE_S = 3.0  # the reply pauses here: nothing of it plays after
+
+
+@functools.cache
+def reply() -> np.ndarray:
+    """The reply as played: its speech up to the pause, silence after."""
+    x = np.concatenate([audio_sets.speech(t) for t in audio_sets.REPLY_SENTENCES[:2]])
+    x[round(PAUSE_S * SR) :] = 0.0
+    return x
+
+
+def hear(mic: np.ndarray, until_s: float, *, rate_hz: int = SR) -> OwnVoice:
+    """An OwnVoice told of the reply's frames up to the pause (int16, at ``rate_hz``: 16 kHz
+    as the WebRTC track writes, 48 kHz held as output.audio), and of ``mic`` in 20 ms chunks
+    as they arrive, up to ``until_s`` (when the ASR's verdict comes)."""
+    voice = OwnVoice()
+    up = rate_hz // SR
+    pcm = np.repeat(np.round(reply() * 32767).astype(np.int16), up)
+    for i in range(0, round(PAUSE_S * SR), FRAME):
+        voice.played(pcm[up * i : up * (i + FRAME)], rate_hz, T0 + i / SR)
+    for j in range(0, min(len(mic), round(until_s * SR)) - FRAME + 1, FRAME):
+        voice.heard(mic[j : j + FRAME], T0 + j / SR + UPLINK_S)
+    return voice
+
+
+@pytest.mark.parametrize("delay_s", [0.04, 0.25])
+@pytest.mark.parametrize("level_db", [-6.0, -20.0])
+@pytest.mark.parametrize("rate_hz", [16_000, 48_000])
+def test_the_replys_echo_is_its_own_voice_and_a_question_over_it_is_not(
+    delay_s: float, level_db: float, rate_hz: int
+) -> None:
+    """From the sound's start (0.35 s before the pause) to the end of its echo, what the
+    microphone heard of the reply alone is like what played; with the user asking a question
+    over it (from 0.15 s before the pause, at espeak's level), it is not."""
+    echo, _, _ = audio_sets.mic_with_echo(reply(), delay_s=delay_s, level_db=level_db)
+    voice = hear(echo, PAUSE_S + delay_s + 0.4, rate_hz=rate_hz)
+    own = voice.likeness(T0 + PAUSE_S - 0.35, T0 + PAUSE_S + delay_s + 0.4)
+    assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
+
+    question = audio_sets.speech("Wait, what about Friday?")
+    mic, _, _ = audio_sets.mic_with_echo(
+        reply(), delay_s=delay_s, level_db=level_db, near=question, near_at_s=PAUSE_S - 0.15
+    )
+    until = PAUSE_S - 0.15 + len(question) / SR + 0.1
+    other = hear(mic, until, rate_hz=rate_hz).likeness(T0 + PAUSE_S - 0.35, T0 + until)
+    assert other is not None and other < OWN_VOICE_LIKENESS - 0.15, other
+
+
+def test_the_reply_replayed_a_second_late_is_its_own_voice() -> None:
+    """The last second the reply played, heard again a second later (a long loop, and the
+    interruption test's echo case): within the lags searched."""
+    mic = (np.random.default_rng(0).standard_normal(len(reply())) * 0.001).astype(np.float32)
+    start = round((PAUSE_S - 0.2) * SR)
+    mic[start : start + SR] += reply()[start - SR : start] * audio_sets.db_gain(-6.0)
+    voice = hear(mic, PAUSE_S + 0.9)
+    own = voice.likeness(T0 + PAUSE_S - 0.3, T0 + PAUSE_S + 0.9)
+    assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
+
+
+def test_too_little_sound_or_nothing_played_is_no_verdict() -> None:
+    """A stretch with under MIN_FRAMES frames above its floor, or heard when nothing was
+    played lately, gives None; nothing is kept while no reply plays."""
+    floor = (np.random.default_rng(1).standard_normal(len(reply())) * 0.001).astype(np.float32)
+    voice = hear(floor, 2.0)
+    assert voice.likeness(T0 + 1.0, T0 + 2.0) is None  # the noise floor alone
+    idle = OwnVoice()
+    idle.heard(floor[: 10 * FRAME], T0)
+    assert idle.counters["heard_frames"] == 0
+    assert idle.likeness(T0, T0 + 1.0) is None
+
+
+def test_frames_a_pause_took_back_are_not_what_played() -> None:
+    """The echo of frames told and then taken back (unplayed) cannot be matched: after the
+    retraction, the reply's later speech heard is not like anything that played."""
+    echo, _, _ = audio_sets.mic_with_echo(
+        np.concatenate([reply()[: round(PAUSE_S * SR)], reply()[: round(PAUSE_S * SR)]]),
+        delay_s=0.04,
+        level_db=-6.0,
+    )
+    voice = OwnVoice()
+    pcm = np.round(reply() * 32767).astype(np.int16)
+    for i in range(0, round(PAUSE_S * SR), FRAME):
+        voice.played(pcm[i : i + FRAME], SR, T0 + i / SR)
+    voice.unplayed(T0 + 1.0)  # the frames from 1 s on were taken back
+    for j in range(0, len(echo) - FRAME + 1, FRAME):
+        voice.heard(echo[j : j + FRAME], T0 + j / SR + UPLINK_S)
+    kept = voice.likeness(T0 + 0.3, T0 + 1.0)
+    taken = voice.likeness(T0 + 1.8, T0 + 2.8)
+    assert kept is not None and kept >= OWN_VOICE_LIKENESS, kept
+    assert taken is not None and taken < OWN_VOICE_LIKENESS, taken
