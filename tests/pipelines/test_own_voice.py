@@ -29,15 +29,23 @@ def reply() -> np.ndarray:
     return x
 
 
-def hear(mic: np.ndarray, until_s: float, *, rate_hz: int = SR) -> OwnVoice:
+def hear(
+    mic: np.ndarray,
+    until_s: float,
+    *,
+    rate_hz: int = SR,
+    ahead_s: float = 0.0,
+    voice: OwnVoice | None = None,
+) -> OwnVoice:
     """An OwnVoice told of the reply's frames up to the pause (int16, at ``rate_hz``: 16 kHz
     as the WebRTC track writes, 48 kHz held as output.audio), and of ``mic`` in 20 ms chunks
-    as they arrive, up to ``until_s`` (when the ASR's verdict comes)."""
-    voice = OwnVoice()
+    as they arrive, up to ``until_s`` (when the ASR's verdict comes). ``ahead_s``: the client
+    played each frame that long before the time the lane told."""
+    voice = voice or OwnVoice()
     up = rate_hz // SR
     pcm = np.repeat(np.round(reply() * 32767).astype(np.int16), up)
     for i in range(0, round(PAUSE_S * SR), FRAME):
-        voice.played(pcm[up * i : up * (i + FRAME)], rate_hz, T0 + i / SR)
+        voice.played(pcm[up * i : up * (i + FRAME)], rate_hz, T0 + i / SR + ahead_s)
     for j in range(0, min(len(mic), round(until_s * SR)) - FRAME + 1, FRAME):
         voice.heard(mic[j : j + FRAME], T0 + j / SR + UPLINK_S)
     return voice
@@ -108,3 +116,18 @@ def test_frames_a_pause_took_back_are_not_what_played() -> None:
     taken = voice.likeness(T0 + 1.8, T0 + 2.8)
     assert kept is not None and kept >= OWN_VOICE_LIKENESS, kept
     assert taken is not None and taken < OWN_VOICE_LIKENESS, taken
+
+
+def test_a_client_that_plays_ahead_is_heard_within_its_lead() -> None:
+    """A WS-only client that plays output.audio as it arrives plays it up to the reply's
+    lead (0.2 s) before the time the lane told: its echo comes before that time, which an
+    OwnVoice whose early_s covers the lead still matches, and one whose early_s does not,
+    cannot."""
+    echo, _, _ = audio_sets.mic_with_echo(reply(), delay_s=0.04, level_db=-6.0)
+    until = PAUSE_S + 0.44
+    since = T0 + PAUSE_S - 0.35
+    wide = hear(echo, until, ahead_s=0.2, voice=OwnVoice(early_s=0.26))
+    own = wide.likeness(since, T0 + until)
+    assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
+    narrow = hear(echo, until, ahead_s=0.2).likeness(since, T0 + until)
+    assert narrow is not None and narrow < OWN_VOICE_LIKENESS, narrow

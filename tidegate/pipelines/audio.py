@@ -292,6 +292,7 @@ class AudioLane:
         *,
         listener: SpeechListener | None = None,
         speaks: bool = False,
+        own_voice: OwnVoice | None = None,
         language: TurnLanguage | None = None,
     ) -> None:
         self.session = session
@@ -331,8 +332,9 @@ class AudioLane:
                 max_pending_frames=s.echo_max_pending_frames,
             )
         self._echo_on = self.echo is not None  # auto: until a WebRTC client says it cancels
-        #: the reply's own voice told by sound (pipelines/own_voice.py), in a mode that speaks
-        self.own_voice: OwnVoice | None = OwnVoice() if speaks else None
+        #: the reply's own voice told by sound (pipelines/own_voice.py): told what the
+        #: microphone hears, in a mode that speaks and judges it
+        self.own_voice = own_voice
         self._ws_ts = False  # the client stamps its input.audio (ts): the echo path's clock
         self.vad.open_session(session.id)
         self._feed_lock = asyncio.Lock()

@@ -9,14 +9,15 @@ in ``BANDS`` bands between 100 Hz and 4 kHz (where speech is). The reply lane te
 the microphone audio it reads (after the canceller), stamped with its arrival. An echo is the
 played envelope, later by the speaker-to-microphone delay plus the uplink, and scaled per
 band by the room and the devices: so :meth:`OwnVoice.likeness` correlates the heard envelope
-of a stretch of time with the played one at every lag from ``-MAX_EARLY_S`` to ``max_lag_s``
+of a stretch of time with the played one at every lag from ``-early_s`` to ``max_lag_s``
 (each band's mean removed, which takes the scaling out), and returns the best correlation.
 The reply's own voice correlates near 1; a user's voice over it, near 0 (docs/assistant.md
 has the figures and the threshold, the setting ``interrupt_echo_likeness``).
 
 Nothing is computed while no reply has played within ``keep_s``: a session that is not
 being spoken to pays nothing. Frames a pause took back (:meth:`OwnVoice.unplayed`) are
-forgotten: their echo never comes. Memory: two bounded rings of ``keep_s`` of frames.
+forgotten: their echo never comes. Memory: two bounded rings of about ``keep_s`` of frames
+(16 floats each).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ LAG_STEP_S = 0.01
 BANDS = 16
 LOW_HZ, HIGH_HZ = 100.0, 4000.0
 FLOOR = 1e-9  # energy per band (full scale 1.0) below which a band is silence
-MAX_EARLY_S = 0.06  # heard stamps err late, never early, by more than this (docs: echo.py)
+#: heard stamps err late, never early, by more than this (docs: echo.py); a frame may also
+#: play before the time the reply lane tells (a WS-only client that plays ``output.audio`` as
+#: it arrives, up to ``assistant_audio_lead_s`` early): ``OwnVoice(early_s=...)`` adds it
+MAX_EARLY_S = 0.06
 #: the least heard frames above the noise floor a likeness is computed on (shorter: None)
 MIN_FRAMES = 10
 #: the longest stretch judged (the start of a sound tells; what came seconds later is other)
@@ -79,9 +83,12 @@ class OwnVoice:
     """See the module docstring. One per session; on the event loop (each call is a few
     tens of microseconds of numpy)."""
 
-    def __init__(self, *, keep_s: float = 6.0, max_lag_s: float = 1.5) -> None:
+    def __init__(
+        self, *, keep_s: float = 6.0, max_lag_s: float = 1.5, early_s: float = MAX_EARLY_S
+    ) -> None:
         self.keep_s = keep_s
         self.max_lag_s = max_lag_s
+        self.early_s = early_s
         self._envelopes: dict[int, Envelope] = {}
         self._played: deque[tuple[float, Array]] = deque(maxlen=round(keep_s / FRAME_S))
         # heard goes on keep_s after the last frame played: the MAX_SPAN_S from just before
@@ -154,7 +161,7 @@ class OwnVoice:
         p = np.stack([b for _, b in self._played])
         silence = np.full(BANDS, np.log10(FLOOR), np.float32)
         h = h[active] - h[active].mean(axis=0)
-        lags = np.arange(-MAX_EARLY_S, self.max_lag_s + 1e-9, LAG_STEP_S)
+        lags = np.arange(-self.early_s, self.max_lag_s + 1e-9, LAG_STEP_S)
         want = times[active][None, :] - lags[:, None]  # lags x frames: the played moment
         i = np.clip(np.searchsorted(p_times, want), 1, len(p_times) - 1)
         i -= np.abs(p_times[i - 1] - want) < np.abs(p_times[i] - want)

@@ -50,6 +50,7 @@ def test_own_voice_tells_echoes_from_users_by_sound() -> None:
     off = groups["echo, canceller off"]
     assert off["n"] == 18 and off["no_verdict"] == 0 and off["own"] == 18, groups
     assert groups["replayed a second later"]["own"] == 2, groups
+    assert groups["echo played 0.2 s early, canceller off"]["own"] == 18, groups
     for name, g in groups.items():
         if name.startswith("user"):
             assert g["n"] == 18 and g.get("own", 0) == 0, groups

@@ -37,7 +37,9 @@ ears`` runs it as a subprocess and keeps it as its report):
   end, with the canceller off and on; a user's question (espeak-ng, at its level and 10 dB
   under) over the same echo from 0.15 s before the pause; and the last second before the
   pause heard again a second later. The likeness of each, and the share at or above the
-  threshold (``interrupt_echo_likeness``).
+  threshold (``interrupt_echo_likeness``); and the echo of a WS-only client that played
+  each frame 0.2 s before it was due (as it arrived). The judge is made as the assistant
+  mode makes it (lags from -0.26 s: the default lead and the stamps' error).
 """
 
 from __future__ import annotations
@@ -492,15 +494,21 @@ def bench_echo_words(data_dir: Path, step_s: float, replies: int | None = None) 
 
 
 def _likeness(
-    played: np.ndarray[Any, Any], mic: np.ndarray[Any, Any], since_s: float, until_s: float
+    played: np.ndarray[Any, Any],
+    mic: np.ndarray[Any, Any],
+    since_s: float,
+    until_s: float,
+    ahead_s: float = 0.0,
 ) -> float | None:
-    """An OwnVoice told of ``played`` (16 kHz) from t=0 and of ``mic`` up to ``until_s``,
-    arriving 30 ms after capture, judging [since_s, until_s)."""
-    from tidegate.pipelines.own_voice import OwnVoice
+    """An OwnVoice as the assistant mode makes it (the default 0.2 s lead) told of ``played``
+    (16 kHz) from t=0 and of ``mic`` up to ``until_s``, arriving 30 ms after capture, judging
+    [since_s, until_s). ``ahead_s``: the client played each frame that long before it was
+    due (a WS-only client playing output.audio as it arrives)."""
+    from tidegate.pipelines.own_voice import MAX_EARLY_S, OwnVoice
 
-    voice = OwnVoice()
+    voice = OwnVoice(early_s=0.2 + MAX_EARLY_S)
     for i in range(0, len(played) - FRAME + 1, FRAME):
-        voice.played(played[i : i + FRAME], SR, i / SR)
+        voice.played(played[i : i + FRAME], SR, i / SR + ahead_s)
     for j in range(0, min(len(mic), round(until_s * SR)) - FRAME + 1, FRAME):
         voice.heard(mic[j : j + FRAME], j / SR + 0.03)
     return voice.likeness(since_s, until_s)
@@ -538,6 +546,7 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
                 echo, _, _ = audio_sets.mic_with_echo(far, delay_s=delay, level_db=level, seed=k)
                 span = (pause_s - 0.35, pause_s + delay + 0.4)
                 add("echo, canceller off", _likeness(far[:p], echo, *span))
+                add("echo played 0.2 s early, canceller off", _likeness(far[:p], echo, *span, 0.2))
                 add("echo, canceller on", _likeness(far[:p], cancelled(echo, far), *span))
                 user = users[(2 * k + n + p) % len(users)]
                 for gain_db in (0.0, -10.0):

@@ -14,6 +14,7 @@ from ..config import LaneConfig
 from ..language import TurnLanguage
 from ..media import SessionMedia
 from ..mode import Mode, running
+from ..own_voice import MAX_EARLY_S, OwnVoice
 from ..port import Lane, SessionPort
 from ..reply import ReplyLane
 from ..turns import TurnTaking
@@ -43,6 +44,10 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         )
         turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
         turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
+        # a WS-only client may play output.audio as it arrives, up to the lead early
+        early_s = config.reply.audio_lead_s + MAX_EARLY_S
+        judged = config.reply.interrupt_echo_likeness <= 1.0  # above 1: off
+        own_voice = OwnVoice(early_s=early_s) if judged else None
         audio = AudioLane(
             session,
             config.audio,
@@ -51,11 +56,12 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             engines.media,
             listener=turns,
             speaks=True,  # its replies are the echo canceller's reference (audio.echo_*)
+            own_voice=own_voice,
             language=language,
         )
         # what the reply plays is the echo canceller's reference, and what its own voice is
         # told by (pipelines/own_voice.py)
-        reply.echo, reply.own_voice = audio.reference, audio.own_voice
+        reply.echo, reply.own_voice = audio.reference, own_voice
         return [audio, *([vision] if vision is not None else []), reply, turns]
 
     return Mode("assistant", session, config.media, lanes)
