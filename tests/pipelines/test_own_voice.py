@@ -97,25 +97,24 @@ def test_too_little_sound_or_nothing_played_is_no_verdict() -> None:
     assert idle.likeness(T0, T0 + 1.0) is None
 
 
-def test_frames_a_pause_took_back_are_not_what_played() -> None:
-    """The echo of frames told and then taken back (unplayed) cannot be matched: after the
-    retraction, the reply's later speech heard is not like anything that played."""
-    echo, _, _ = audio_sets.mic_with_echo(
-        np.concatenate([reply()[: round(PAUSE_S * SR)], reply()[: round(PAUSE_S * SR)]]),
-        delay_s=0.04,
-        level_db=-6.0,
-    )
+def test_frames_a_pause_took_back_still_match_and_are_replaced_when_told_again() -> None:
+    """A client that plays output.audio as it arrives has played the frames a pause takes
+    back (unplayed): their echo is still the reply's own voice. Told again at a resume, they
+    replace what was told for the same time on."""
+    echo, _, _ = audio_sets.mic_with_echo(reply(), delay_s=0.04, level_db=-6.0)
     voice = OwnVoice()
     pcm = np.round(reply() * 32767).astype(np.int16)
     for i in range(0, round(PAUSE_S * SR), FRAME):
         voice.played(pcm[i : i + FRAME], SR, T0 + i / SR)
-    voice.unplayed(T0 + 1.0)  # the frames from 1 s on were taken back
-    for j in range(0, len(echo) - FRAME + 1, FRAME):
+    voice.unplayed(T0 + PAUSE_S - 0.5)  # taken back: the client had played them
+    for j in range(0, round((PAUSE_S + 0.44) * SR) - FRAME + 1, FRAME):
         voice.heard(echo[j : j + FRAME], T0 + j / SR + UPLINK_S)
-    kept = voice.likeness(T0 + 0.3, T0 + 1.0)
-    taken = voice.likeness(T0 + 1.8, T0 + 2.8)
-    assert kept is not None and kept >= OWN_VOICE_LIKENESS, kept
-    assert taken is not None and taken < OWN_VOICE_LIKENESS, taken
+    own = voice.likeness(T0 + PAUSE_S - 0.6, T0 + PAUSE_S + 0.44)
+    assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
+    told = voice.counters["played_frames"]
+    voice.played(pcm[:FRAME], SR, T0 + 1.0)  # told again from 1 s: what came after goes
+    assert voice.counters["played_frames"] == told + 1
+    assert [t for t, _ in voice._played][-2:] == pytest.approx([T0 + 0.98, T0 + 1.0])
 
 
 def test_a_client_that_plays_ahead_is_heard_within_its_lead() -> None:

@@ -15,9 +15,10 @@ The reply's own voice correlates near 1; a user's voice over it, near 0 (docs/as
 has the figures and the threshold, the setting ``interrupt_echo_likeness``).
 
 Nothing is computed while no reply has played within ``keep_s``: a session that is not
-being spoken to pays nothing. Frames a pause took back (:meth:`OwnVoice.unplayed`) are
-forgotten: their echo never comes. Memory: two bounded rings of about ``keep_s`` of frames
-(16 floats each).
+being spoken to pays nothing. Frames a pause took back (:meth:`OwnVoice.unplayed`) are kept
+until they are told again: a client may have played them (one that plays ``output.audio`` as
+it arrives), and those that did not play match nothing. Memory: two bounded rings of about
+``keep_s`` of frames (16 floats each).
 """
 
 from __future__ import annotations
@@ -112,13 +113,17 @@ class OwnVoice:
         env = self._envelope(rate_hz)
         if len(f) != env.n:
             f = np.resize(np.pad(f, (0, max(0, env.n - len(f)))), env.n)
+        while self._played and self._played[-1][0] >= at:  # taken back, now told again
+            self._played.pop()
         self._played.append((at, env(f[None, :])[0]))
         self.counters["played_frames"] += 1
 
     def unplayed(self, since: float) -> None:
-        """The frames told from monotonic ``since`` on will not play (a pause took them back)."""
-        while self._played and self._played[-1][0] >= since:
-            self._played.pop()
+        """The frames told from monotonic ``since`` on will not play (a pause took them back):
+        kept all the same. A client that plays ``output.audio`` as it arrives, and not as
+        ``response.paused`` says, has played them already, and their echo is the reply's own
+        voice; the reference of frames that never played matches nothing (frames told again
+        when the reply resumes replace them, :meth:`played`)."""
 
     # -- the audio lane's side ----------------------------------------------------------------
     def heard(self, pcm: np.ndarray[Any, np.dtype[np.float32]], at: float) -> None:
