@@ -69,6 +69,8 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TIDEGATE_JWKS_REFRESH_MIN_S": "0"}, "jwks_refresh_min_s must be positive"),
         ({"TIDEGATE_JWKS_CACHE_MAX_S": "10"}, "jwks_cache_max_s .10. must be at least"),
         ({"TIDEGATE_WEB_TOKEN_URL": "javascript:x"}, "web_token_url must be"),
+        ({"TIDEGATE_INTERRUPT_ECHO_LIKENESS": "0"}, "interrupt_echo_likeness must be positive"),
+        ({"TIDEGATE_INTERRUPT_ECHO_LIKENESS": "nan"}, "interrupt_echo_likeness must be positive"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], words: str) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from tidegate.engines.asr.streaming import StreamingSettings
 from tidegate.media import MediaConfig
 
-from .interrupt import DEFAULT_BACKCHANNELS
+from .interrupt import DEFAULT_BACKCHANNELS, ECHO_WINDOW_S
 from .own_voice import OWN_VOICE_LIKENESS
 
 
@@ -77,7 +77,7 @@ class ReplyConfig:
     interrupt_backchannels: str = "ignore"
     interrupt_backchannel_phrases: tuple[str, ...] = DEFAULT_BACKCHANNELS
     #: words heard over a reply that it played this long before its pause are its own (0: off)
-    interrupt_echo_window_s: float = 3.0
+    interrupt_echo_window_s: float = ECHO_WINDOW_S
     #: speech over a reply sounding at least this like it is its own voice (above 1: off)
     interrupt_echo_likeness: float = OWN_VOICE_LIKENESS
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)

@@ -77,8 +77,9 @@ class EchoSink(Protocol):
         ...
 
     def unplayed(self, since: float) -> None:
-        """The frames told from monotonic ``since`` on will not play (a pause took them
-        back): no echo of them will come."""
+        """The frames told from monotonic ``since`` on were taken back by a pause: a client
+        that plays as ``response.paused`` says will not play them (the echo path forgets
+        them; the own-voice judge keeps them, for clients that do not)."""
         ...
 
 

@@ -88,6 +88,8 @@ ECHO_DISTANCE_PARTIAL = 0.5
 ECHO_SOUND_DISTANCE = 0.2
 ECHO_MIN_SOUNDS = 10
 ECHO_SOUND_TAIL = 20
+#: how far back before a pause the reply's words are looked for (``interrupt_echo_window_s``)
+ECHO_WINDOW_S = 3.0
 #: fewer letters than this are never judged an echo ("no", "stop": too short to tell)
 ECHO_MIN_LETTERS = 6
 #: the words before an echo's last one (the cut word, which Whisper finishes as it likes) are
@@ -115,25 +117,31 @@ _VOWELS_RE = re.compile(r"[aeiou]+")
 _DOUBLE_RE = re.compile(r"(.)\1+")
 
 
-def number_words(n: int) -> str:
-    """``n`` as it is said ("2000" -> "two thousand"); digit by digit from a million on."""
+def number_words(digits: str) -> str:
+    """A run of digits as it is said ("2000" -> "two thousand"); digit by digit from seven
+    digits on (and never through ``int``, whose string conversion refuses thousands of digits:
+    an LLM's reply may hold any)."""
+    if len(digits) > 6:
+        return " ".join(_ONES[int(d)] for d in digits)
+    return _say(int(digits))
+
+
+def _say(n: int) -> str:
     if n < 20:
         return _ONES[n]
     if n < 100:
         return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
     if n < 1000:
         rest = n % 100
-        return _ONES[n // 100] + " hundred" + (" " + number_words(rest) if rest else "")
-    if n < 1_000_000:
-        rest = n % 1000
-        return number_words(n // 1000) + " thousand" + (" " + number_words(rest) if rest else "")
-    return " ".join(_ONES[int(d)] for d in str(n))
+        return _ONES[n // 100] + " hundred" + (" " + _say(rest) if rest else "")
+    rest = n % 1000
+    return _say(n // 1000) + " thousand" + (" " + _say(rest) if rest else "")
 
 
 def spoken_letters(text: str) -> str:
     """The letters of ``text`` as said: lower case, numbers in words (Whisper writes "6 hours"
     where the reply said "six hours"), spaces and punctuation gone."""
-    said = _NUMBER_RE.sub(lambda m: f" {number_words(int(m.group()))} ", text.lower())
+    said = _NUMBER_RE.sub(lambda m: f" {number_words(m.group())} ", text.lower())
     return _LETTERS_RE.sub("", said)
 
 

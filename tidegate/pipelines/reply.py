@@ -633,15 +633,16 @@ class ReplyLane:
         are often misheard; its sound is what it is)."""
         window = self.config.interrupt_echo_window_s
         reply = self.reply
-        if window <= 0 or reply is None or reply.id != it.response_id:
+        if reply is None or reply.id != it.response_id:
             return False
-        # the word in progress at the pause came back too: the ASR completes it ("influ..." is
-        # heard "influence"), and without it a one-second echo is a word off at 0.35
-        played = reply.spoken(now, begun=True)
-        before = reply.spoken(it.paused_at - window)
-        recent = played[len(before) :] if played.startswith(before) else played
-        if echoed(text, recent, partial=not final):
-            return True
+        if window > 0:
+            # the word in progress at the pause came back too: the ASR completes it ("influ..."
+            # is heard "influence"), and without it a one-second echo is a word off at 0.35
+            played = reply.spoken(now, begun=True)
+            before = reply.spoken(it.paused_at - window)
+            recent = played[len(before) :] if played.startswith(before) else played
+            if echoed(text, recent, partial=not final):
+                return True
         if self.own_voice is None:
             return False
         # from the sound's start (the pause came interrupt_pause_after_s into it; the VAD's

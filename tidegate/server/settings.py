@@ -26,7 +26,12 @@ from tidegate.engines.config import EngineDefaults
 from tidegate.engines.registry import ENGINE_KINDS, KINDS, EngineConfigs, EngineKind, engine_specs
 from tidegate.media.errors import IceConfigError
 from tidegate.media.ice import IcePolicy
-from tidegate.pipelines.interrupt import BACKCHANNEL_POLICIES, DEFAULT_BACKCHANNELS, MAX_MIN_WORDS
+from tidegate.pipelines.interrupt import (
+    BACKCHANNEL_POLICIES,
+    DEFAULT_BACKCHANNELS,
+    ECHO_WINDOW_S,
+    MAX_MIN_WORDS,
+)
 from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
 
 from .errors import ConfigError
@@ -592,7 +597,7 @@ class Settings:
         "many seconds before its pause (at most 0.35 edits per letter, or 0.2 per sound of its "
         "end: docs/assistant.md) is its own voice coming back from a speaker, not the user's: "
         "it does not cut it (response.resumed reason echo). 0: off.",
-        default=3.0,
+        default=ECHO_WINDOW_S,
     )
     interrupt_echo_likeness: float = _doc(
         "Speech heard over a reply whose sound is at least this like what the reply played "
@@ -975,7 +980,7 @@ class Settings:
                 "interrupt_backchannels must be ignore or interrupt, got "
                 f"{self.interrupt_backchannels!r}"
             )
-        if self.interrupt_echo_likeness <= 0:
+        if not self.interrupt_echo_likeness > 0:  # NaN too: it would take every sound for echo
             raise ConfigError(
                 "interrupt_echo_likeness must be positive (above 1: off), got "
                 f"{self.interrupt_echo_likeness}"

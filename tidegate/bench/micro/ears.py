@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import sys
@@ -440,11 +439,13 @@ def bench_echo_words(data_dir: Path, step_s: float, replies: int | None = None) 
     """The echo-words part (module doc)."""
     from tidegate.engines.asr.request import AsrRequest
     from tidegate.engines.asr.whisper_onnx import WhisperOnnx
-    from tidegate.pipelines.config import ReplyConfig
-    from tidegate.pipelines.interrupt import DEFAULT_BACKCHANNELS, WordRule, echoed
+    from tidegate.pipelines.interrupt import (
+        DEFAULT_BACKCHANNELS,
+        ECHO_WINDOW_S,
+        WordRule,
+        echoed,
+    )
 
-    (window,) = (f for f in dataclasses.fields(ReplyConfig) if f.name == "interrupt_echo_window_s")
-    window_s = float(window.default)  # type: ignore[arg-type]  # a plain default: 3.0
     rule = WordRule(DEFAULT_BACKCHANNELS)
     for name in ("whisper-tiny-en", "piper-joe"):
         prepare_offline(data_dir, name)
@@ -472,7 +473,7 @@ def bench_echo_words(data_dir: Path, step_s: float, replies: int | None = None) 
                 heard = hear(cut * audio_sets.db_gain(ECHO_LEVEL_DB))
                 if not rule.interrupts(heard, min_words=1, backchannels="ignore"):
                     continue  # no words: nothing for the guard to judge
-                played = _played_before(text, duration, float(t), window_s)
+                played = _played_before(text, duration, float(t), ECHO_WINDOW_S)
                 echoes.append({"heard": heard, "played": played, "own": echoed(heard, played)})
         users = [hear(audio_sets.speech(p)) for p in ECHO_USER_PHRASES]
     finally:
