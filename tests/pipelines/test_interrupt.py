@@ -193,6 +193,35 @@ def test_a_short_sound_holds_the_pause_for_hold_s_and_more_sound_keeps_it() -> N
     assert late.on_final("(coughs)", words=False, now=1.8) is Verdict.RESUME  # quiet enough
 
 
+def test_a_held_sound_lets_the_reply_play_on_until_it_is_not_its_own_voice() -> None:
+    """A sound judged by its sound before any pause (hold): the reply is not paused; if it
+    stops sounding like the reply, the reply pauses then and the interruption goes on as any
+    other; a held sound that ends leaves nothing paused, and its final closes it (or cuts)."""
+    echo = Interruption("r_1", paused_at=1.0, confirm_s=1.5, paused=False, finals_due=0, pauses=0)
+    assert echo.on_onset(1.0, hold=True) is Verdict.WAIT
+    assert echo.held and not echo.paused
+    assert echo.on_speech_started(1.1, hold=True) is Verdict.WAIT  # still held
+    assert echo.on_onset(1.2) is Verdict.WAIT  # more of the same sound: nothing new
+    echo.on_speech_stopped(2.0)
+    assert not echo.held and not echo.closed  # its final is due
+    assert echo.on_final("the weather in London", words=False, now=2.3) is Verdict.WAIT
+    assert echo.closed and echo.pauses == 0  # never paused: nothing to resume
+
+    user = Interruption("r_1", paused_at=1.0, confirm_s=1.5, paused=False, finals_due=0, pauses=0)
+    user.on_speech_started(1.0, hold=True)
+    assert user.hold_lost(1.6) is Verdict.PAUSE  # a user spoke over the echo
+    assert user.paused and user.paused_at == 1.6 and not user.held and user.pauses == 1
+    assert user.hold_lost(1.7) is Verdict.WAIT  # only once
+    assert user.on_final("Wait, what time is it", words=True) is Verdict.CUT
+
+    gone = Interruption("r_1", paused_at=1.0, confirm_s=1.5, paused=False, finals_due=0, pauses=0)
+    gone.on_onset(1.0, hold=True)
+    assert gone.hold_lost(1.2, live=False) is Verdict.WAIT and not gone.held  # the reply ended
+    cough = Interruption("r_1", paused_at=1.0, confirm_s=1.5, paused=False, finals_due=0, pauses=0)
+    cough.on_onset(1.0, hold=True)
+    assert cough.on_onset_lost(1.1) is Verdict.WAIT and cough.closed
+
+
 PLAYED = "Paris has a long and storied history, marked by"
 # what other replies had played at a pause (the last word begun), for echoes heard there
 WEATHER = "Sure, I can help you with that. The weather today is sunny with a high of"

@@ -516,12 +516,135 @@ async def test_speech_that_sounds_like_the_reply_is_its_own_voice_whatever_its_w
     stats = lane.stats()
     if user_speaks:
         (done,) = session.of(ResponseDone)
-        assert done.status == "cancelled" and not session.of(ResponseResumed)
+        assert done.status == "cancelled" and not session.of(ResponseResumed), (
+            stats,
+            session.of(ResponseResumed),
+        )
         assert stats["interruptions_cut"] == 1 and stats["echo_sounds"] == 0
     else:
         (resumed,) = session.of(ResponseResumed)
         assert resumed.reason == "echo"
         assert stats["echo_sounds"] == 1 and stats["interruptions_cut"] == 0
+
+
+class Microphone:
+    """A kiosk's microphone, live: every 20 ms slot it captured holds what the speaker played
+    ``delay_s`` before (the frames the reply lane told, 48 kHz, averaged down to 16 kHz),
+    ``level_db`` down, plus ``near`` speech from a given time, over a -60 dBFS floor; it is
+    told to the judge as the audio lane tells it (stamped with its capture plus the uplink)."""
+
+    def __init__(self, played: Heard, judge: OwnVoice, *, delay_s: float, level_db: float):
+        self.played, self.judge = played, judge
+        self.delay_s, self.gain = delay_s, audio_sets.db_gain(level_db)
+        self.uplink_s = 0.03
+        self.near: tuple[np.ndarray, float] | None = None  # speech, when it starts (monotonic)
+        self.rng = np.random.default_rng(7)
+
+    def slot(self, at: float) -> np.ndarray:
+        x = self.rng.standard_normal(320).astype(np.float32) * audio_sets.db_gain(-60.0)
+        source = at - self.delay_s
+        for pcm, start in reversed(self.played.frames):
+            if abs(start - source) < 0.01:
+                f = np.asarray(pcm, np.float32) / 32768.0  # 960 samples at 48 kHz
+                x += f.reshape(-1, 3).mean(axis=1) * self.gain
+                break
+            if start < source - 0.01:
+                break
+        if self.near is not None:
+            speech, begins = self.near
+            i = round((at - begins) * 16_000)
+            if -320 < i < len(speech):
+                part = speech[max(0, i) : i + 320]
+                x[max(0, -i) : max(0, -i) + len(part)] += part
+        return x
+
+    async def sounding(self) -> None:
+        """Until the echo arriving now has been speech for 0.2 s (the VAD would hear a sound:
+        an onset is told then, not in a gap between the reply's sentences)."""
+
+        def loud() -> bool:
+            source = time.monotonic() - self.delay_s
+            recent = [p for p, at in self.played.frames if source - 0.2 <= at < source]
+            rms = [
+                float(np.sqrt(np.mean((np.asarray(p, np.float32) / 32768) ** 2))) for p in recent
+            ]
+            return len(rms) >= 9 and min(rms) > 0.01
+
+        await wait_for(loud, 10.0)
+
+    async def run(self, start: float) -> None:
+        at = start
+        while True:
+            while at + 0.02 + self.uplink_s <= time.monotonic():
+                self.judge.heard(self.slot(at), at + self.uplink_s)
+                at += 0.02
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("user_speaks", [False, True])
+async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
+    settings: Settings, engines: EngineService, user_speaks: bool
+) -> None:
+    """A kiosk with no canceller (its speaker 40 ms and 6 dB into its microphone, live): the
+    echo pauses the reply once and is told by its sound (resumed, reason echo); from then on
+    the next sounds of that echo are judged before they pause it (held): the reply plays on,
+    and their finals are absorbed. A user asking a question over the echo while a sound is
+    held pauses the reply (echo_holds_lost), and the question's words cut it."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    played = Heard()
+    lane.own_voice = OwnVoice()
+    lane.echo = Played([lane.own_voice, played])
+    mic = Microphone(played, lane.own_voice, delay_s=0.04, level_db=-6.0)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(played.frames) >= 100)
+        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
+        await asyncio.sleep(max(0.0, played.frames[0][1] + 1.0 - time.monotonic()))
+        await mic.sounding()
+        lane.speech_onset()  # the echo's first sound: nothing is known of it yet
+        lane.speech_started()
+        assert len(session.of(ResponsePaused)) == 1
+        await asyncio.sleep(0.3)
+        lane.speech_stopped()
+        lane.heard("Gerco went in the world.", final=True)  # misheard: its sound tells
+        await wait_for(lambda: session.of(ResponseResumed), 5.0)
+        (resumed,) = session.of(ResponseResumed)
+        assert resumed.reason == "echo"
+        await asyncio.sleep(0.5)  # the reply plays on, and so does its echo
+        await mic.sounding()
+        lane.speech_onset()
+        lane.speech_started()
+        await asyncio.sleep(0.6)  # judged every 50 ms, on the echo
+        assert len(session.of(ResponsePaused)) == 1, lane.stats()  # held, not paused
+        if user_speaks:
+            question = audio_sets.speech("Wait, what about Friday?")
+            mic.near = (question, time.monotonic() - mic.uplink_s)
+            await wait_for(lambda: len(session.of(ResponsePaused)) == 2, 5.0)
+            asked = time.monotonic() - mic.near[1]
+            ends = mic.near[1] + len(question) / 16_000 + mic.uplink_s + 0.1
+            await asyncio.sleep(max(0.0, ends - time.monotonic()))  # its final comes after it
+            lane.speech_stopped()
+            lane.heard("Wait, what about Friday?", final=True)
+            (done,) = session.of(ResponseDone)
+            assert done.status == "cancelled"
+            print(f"held echo: the question paused the reply {asked * 1000:.0f} ms into it")
+        else:
+            lane.speech_stopped()
+            assert lane.heard("the cat sat in the sun", final=False)  # no verdict yet
+            assert not lane.heard("The cat's at in the sun.", final=True)  # absorbed
+            assert lane.interruption is None and len(session.of(ResponsePaused)) == 1
+            assert lane.reply is not None  # playing on
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        await lane.close()
+        await session.close()
+    stats = lane.stats()
+    assert stats["echo_holds"] == 1
+    assert stats["echo_holds_lost"] == (1 if user_speaks else 0)
+    assert stats["interruptions_cut"] == (1 if user_speaks else 0)
 
 
 async def test_an_onset_pauses_a_reply_and_the_hold_resumes_it_if_no_speech_follows(

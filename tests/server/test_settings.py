@@ -63,7 +63,10 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"TIDEGATE_PORT": "eighty"}, "TIDEGATE_PORT"),
         ({"TIDEGATE_PORT": "70000"}, "port must be"),
         ({"TIDEGATE_MAX_SESSIONS": "0"}, "max_sessions must be at least 1"),
-        ({"TIDEGATE_SEND_TIMEOUT_S": "-1"}, "cannot be negative"),
+        ({"TIDEGATE_SEND_TIMEOUT_S": "-1"}, "send_timeout_s must be a finite number of seconds"),
+        # NaN and infinity: every comparison with NaN is false (a timer never due)
+        ({"TIDEGATE_INTERRUPT_PAUSE_AFTER_S": "nan"}, "interrupt_pause_after_s must be a finite"),
+        ({"TIDEGATE_INTERRUPT_ECHO_HOLD_S": "inf"}, "interrupt_echo_hold_s must be a finite"),
         ({"TIDEGATE_CONFIG": "/nonexistent/tidegate.toml"}, "cannot read config file"),
         ({"TIDEGATE_AUDIO_OUT_LEAD_MS": "150"}, "audio_out_lead_ms must be 0..100"),
         ({"TIDEGATE_JWKS_REFRESH_MIN_S": "0"}, "jwks_refresh_min_s must be positive"),

@@ -80,6 +80,9 @@ class ReplyConfig:
     interrupt_echo_window_s: float = ECHO_WINDOW_S
     #: speech over a reply sounding at least this like it is its own voice (above 1: off)
     interrupt_echo_likeness: float = OWN_VOICE_LIKENESS
+    #: after the reply's own voice was told by its sound, sounds over a reply are judged by
+    #: their sound this long before they pause it (pipelines/interrupt.py; 0: never)
+    interrupt_echo_hold_s: float = 60.0
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
     first_chunk_words: int = 3
 

@@ -25,6 +25,13 @@ decides what the speech was:
   final. The server knows what it played; no other party to the conversation does. A user
   who repeats the reply's last words does not cut it with them.
 
+- **its own voice, held**: in a session whose reply's own voice has come back loud enough
+  to be told by its sound, a later sound over a reply is judged by its sound *before* it
+  pauses it: the reply plays on (the interruption is *held*, :meth:`Interruption.hold`) while
+  the sound keeps sounding like what it played, and pauses as any other the moment it does
+  not (:meth:`Interruption.hold_lost`: a user speaking over the echo). Without it a speaker
+  with no canceller paused the reply at each of its own sentences (a stutter).
+
 The interruption stays open until the final of every segment it spans is in: words that
 come later (after a resume) still cut, and the text it absorbed (the backchannel, a word
 below ``min_words``) is not the user's turn (:meth:`Interruption.on_final` says so).
@@ -277,6 +284,12 @@ class Interruption:
     absorbed: list[str] = field(default_factory=list)  # finals that were not words enough
     echo: bool = False  # some of what it heard was the reply's own words (echoed)
     echo_heard: str = ""  # the last partial judged the reply's own (told when no final is)
+    #: the reply plays on while the sound is judged by its sound (module doc); ``paused_at``
+    #: is then when the hold began (what the sound is judged from)
+    held: bool = False
+    #: the last hold judged the sound the reply's own voice (and it has not paused since):
+    #: its final is the reply's own whatever its words
+    sounded_own: bool = False
 
     @property
     def closed(self) -> bool:
@@ -298,28 +311,50 @@ class Interruption:
         since = self.paused_at if self.stopped_at is None else max(self.paused_at, self.stopped_at)
         return min(since + self.confirm_s, cap)
 
-    def on_speech_started(self, now: float, *, live: bool = True) -> Verdict:
-        """More speech before the interruption is over; ``live``: its reply still runs."""
+    def on_speech_started(self, now: float, *, live: bool = True, hold: bool = False) -> Verdict:
+        """More speech before the interruption is over; ``live``: its reply still runs;
+        ``hold``: the lane judges the sound before it pauses the reply (:meth:`hold`)."""
         self.speaking = True
         self.stopped_at = None
         self.finals_due += 1
-        if self.paused or not live:
-            return Verdict.WAIT
-        self.paused, self.paused_at = True, now
-        self.pauses += 1
-        return Verdict.PAUSE
+        return self._sound(now, live=live, hold=hold)
 
-    def on_onset(self, now: float, *, live: bool = True) -> Verdict:
+    def on_onset(self, now: float, *, live: bool = True, hold: bool = False) -> Verdict:
         """A sound began over the reply (the VAD is above its threshold, not yet for
         ``min_speech_s``): pause as for speech, but no final is due for it until its start
         of speech comes (:meth:`on_speech_started`), or it ends short (:meth:`on_onset_lost`)."""
         self.speaking = True
         self.stopped_at = None
-        if self.paused or not live:
+        return self._sound(now, live=live, hold=hold)
+
+    def _sound(self, now: float, *, live: bool, hold: bool) -> Verdict:
+        if self.paused or not live or self.held:
             return Verdict.WAIT
+        if hold:
+            self.hold(now)
+            return Verdict.WAIT
+        return self._pause(now)
+
+    def _pause(self, now: float) -> Verdict:
+        self.held = self.sounded_own = False
         self.paused, self.paused_at = True, now
         self.pauses += 1
         return Verdict.PAUSE
+
+    def hold(self, now: float) -> None:
+        """The reply plays on over the sound while the lane judges it by its sound (module
+        doc): it is paused only if :meth:`hold_lost` says so."""
+        self.held, self.paused_at = True, now
+
+    def hold_lost(self, now: float, *, live: bool = True) -> Verdict:
+        """The held sound no longer sounds like the reply (or could not be judged in time):
+        pause the reply now, as for any sound over it."""
+        if not self.held:
+            return Verdict.WAIT
+        if not live:
+            self.held = False
+            return Verdict.WAIT
+        return self._pause(now)
 
     def on_onset_lost(self, now: float) -> Verdict:
         """The sound ended before it was long enough to be speech (a click, a cough, a
@@ -328,15 +363,17 @@ class Interruption:
         sound comes first."""
         self.speaking = False
         self.stopped_at = now
+        self.held = False  # what was held stays unpaused: nothing more to judge by sound
         if self.paused and self.finals_due <= 0 and self.hold_s <= 0:
             return Verdict.RESUME
         return Verdict.WAIT
 
     def on_speech_stopped(self, now: float) -> Verdict:
         """The sound stopped: its final will say (the lane re-arms its timer for
-        :attr:`deadline`)."""
+        :attr:`deadline`; a held reply played on, and its words may still cut it)."""
         self.speaking = False
         self.stopped_at = now
+        self.held = False
         return Verdict.WAIT
 
     def on_partial(self, words: bool, now: float) -> Verdict:

@@ -51,6 +51,17 @@ OWN_VOICE_LIKENESS = 0.65
 #: how long before the pause the sound it paused for is judged from (the pause comes
 #: ``interrupt_pause_after_s``, 0.15 s, into a sound; the ASR's pre-roll is 0.2 s before it)
 OWN_VOICE_LEAD_S = 0.35
+#: a sound held over a reply (pipelines/interrupt.py, "its own voice, held") is judged on its
+#: last HOLD_SPAN_S every HOLD_CHECK_S; one that has not given enough sound to judge
+#: HOLD_JUDGE_S into the hold pauses the reply (a user's onset waits at most that long)
+HOLD_SPAN_S = 0.8
+HOLD_CHECK_S = 0.05
+HOLD_JUDGE_S = 0.2
+#: ... against the quietest frame heard lately (:meth:`OwnVoice.floor`), frames this far above
+#: it counting as sound (a stretch of sound may have no quiet frame of its own); once judged
+#: the reply's own, it stays so while its likeness is at most HOLD_MARGIN under the threshold
+HOLD_ACTIVE_DB = 6.0
+HOLD_MARGIN = 0.1
 
 
 def _edges(n: int) -> np.ndarray[Any, np.dtype[np.float64]]:
@@ -146,11 +157,42 @@ class OwnVoice:
         self._rest_at += k * FRAME_S
 
     # -- the judgement --------------------------------------------------------------------
-    def likeness(self, since: float, until: float) -> float | None:
+    def floor(self) -> float | None:
+        """The loudness (log10 of the loudest band's energy) of the quietest frame heard in
+        the last ``keep_s`` or so: the microphone's floor, the pauses between sentences."""
+        if not self._heard:
+            return None
+        return float(np.stack([b for _, b in self._heard]).max(axis=1).min())
+
+    def judge_hold(
+        self, held_from: float, now: float, threshold: float, *, judged: bool
+    ) -> tuple[bool | None, float | None]:
+        """The judgement of a sound held over a reply since monotonic ``held_from``
+        (pipelines/interrupt.py, "its own voice, held"): its last ``HOLD_SPAN_S`` against the
+        quietest frame heard lately. (True, likeness) while it sounds like what the reply
+        played (at or above ``threshold``; once ``judged`` so, down to ``HOLD_MARGIN`` under
+        it), (False, likeness) when it does not, (None, None) when too little of it rose
+        above the floor to tell."""
+        since = max(held_from - OWN_VOICE_LEAD_S, now - HOLD_SPAN_S)
+        likeness = self.likeness(since, now, floor=self.floor(), active_db=HOLD_ACTIVE_DB)
+        if likeness is None:
+            return None, None
+        return likeness >= threshold - (HOLD_MARGIN if judged else 0.0), likeness
+
+    def likeness(
+        self,
+        since: float,
+        until: float,
+        *,
+        floor: float | None = None,
+        active_db: float = ACTIVE_DB,
+    ) -> float | None:
         """How much what was heard from monotonic ``since`` to ``until`` sounds like what was
         played: the best correlation of their envelopes over the lags (module doc), or None
-        when fewer than ``MIN_FRAMES`` frames of it rose above its floor (too little to tell)
-        or nothing was played before it. At most ``MAX_SPAN_S`` from ``since`` are judged."""
+        when fewer than ``MIN_FRAMES`` frames of it rose ``active_db`` above its floor (too
+        little to tell) or nothing was played before it. The floor is the stretch's quietest
+        frame, or ``floor`` if lower (:meth:`floor`: for a stretch of sound that may have no
+        quiet frame). At most ``MAX_SPAN_S`` from ``since`` are judged."""
         until = min(until, since + MAX_SPAN_S)
         heard = [(t, b) for t, b in self._heard if since <= t < until]
         if len(heard) < MIN_FRAMES or len(self._played) < 2:
@@ -158,7 +200,8 @@ class OwnVoice:
         times = np.array([t for t, _ in heard])
         h = np.stack([b for _, b in heard])
         loudness = h.max(axis=1)
-        active = loudness > loudness.min() + ACTIVE_DB / 10
+        quiet = loudness.min() if floor is None else min(floor, float(loudness.min()))
+        active = loudness > quiet + active_db / 10
         if int(active.sum()) < MIN_FRAMES:
             return None
         self.counters["likenesses"] += 1

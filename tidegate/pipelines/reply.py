@@ -102,7 +102,7 @@ from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import Interruption, Verdict, WordRule, echoed
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
-from .own_voice import OWN_VOICE_LEAD_S, OwnVoice
+from .own_voice import HOLD_CHECK_S, HOLD_JUDGE_S, OWN_VOICE_LEAD_S, OwnVoice
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
 
@@ -385,6 +385,9 @@ class ReplyLane:
         #: the user's speech over the reply being judged (None: none)
         self.interruption: Interruption | None = None
         self._confirm_timer: asyncio.TimerHandle | None = None
+        #: when the reply's own voice was last told by its sound (None: never in this session)
+        self._own_sound_at: float | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None  # the held sound's next judgement
         self.counters = {
             "responses": 0,
             "completed": 0,
@@ -397,6 +400,10 @@ class ReplyLane:
             "backchannels": 0,  # finals absorbed (not the user's turn): backchannels, few words
             "echo_words": 0,  # finals absorbed as the reply's own words coming back
             "echo_sounds": 0,  # ... of which told by their sound (their words were not near)
+            # sounds over a reply judged by their sound before pausing it (the session's echo
+            # was told by its sound lately): the reply played on ...
+            "echo_holds": 0,
+            "echo_holds_lost": 0,  # ... until the sound no longer sounded like it: paused
             "audio_frames": 0,
             "resent_frames": 0,  # frames taken back at a pause and sent again
             # a reply's speech ran dry mid-reply (its next audio was not ready when the audio
@@ -530,41 +537,33 @@ class ReplyLane:
         if reply is not None and self._interrupt_config()[0] <= 0:
             self.barge_in()
             return
-        if it is not None:  # more speech of the same interruption
-            live = reply is not None and reply.id == it.response_id
-            if it.on_speech_started(now, live=live) is Verdict.PAUSE and reply is not None:
-                self.counters["barge_ins"] += 1
-                self._pause(reply, now)
-                self._arm_confirm(it)
-            return
-        if reply is None:
-            return
-        self.counters["barge_ins"] += 1
-        it = self.interruption = self._interruption(reply, now)
-        self._pause(reply, now)
-        self._arm_confirm(it)
+        if it is None:
+            if reply is None:
+                return
+            it = self.interruption = self._interruption(reply, now)
+        live = reply is not None and reply.id == it.response_id
+        verdict = it.on_speech_started(now, live=live, hold=self._holds(now))
+        self._sounded(it, verdict, now)
 
     def speech_onset(self) -> None:
         """A sound began over the reply and has lasted ``interrupt_pause_after_s``, before
-        the VAD's start of speech (which waits for ``vad_min_speech_s``): pause the reply now.
-        Nothing is cut before the start of speech, so with ``confirm_s`` 0 this waits for it."""
+        the VAD's start of speech (which waits for ``vad_min_speech_s``): pause the reply now
+        (or hold it: :meth:`_holds`). Nothing is cut before the start of speech, so with
+        ``confirm_s`` 0 this waits for it."""
         reply = self.reply
         if reply is None or self._interrupt_config()[0] <= 0:
             return
         now = time.monotonic()
         it = self.interruption
         if it is None:
-            it = self.interruption = self._interruption(reply, now, finals_due=0)
-            verdict = Verdict.PAUSE
-        else:
-            verdict = it.on_onset(now, live=reply.id == it.response_id)
+            it = self.interruption = self._interruption(reply, now)
+        verdict = it.on_onset(now, live=reply.id == it.response_id, hold=self._holds(now))
         if verdict is Verdict.PAUSE:
-            self.counters["barge_ins"] += 1
             self.counters["onset_pauses"] += 1
-            self._pause(reply, now)
-            self._arm_confirm(it)
+        self._sounded(it, verdict, now)
 
-    def _interruption(self, reply: Reply, now: float, *, finals_due: int = 1) -> Interruption:
+    def _interruption(self, reply: Reply, now: float) -> Interruption:
+        """A new interruption of ``reply``, not paused yet (its first sound says)."""
         c = self.config
         return Interruption(
             reply.id,
@@ -572,8 +571,67 @@ class ReplyLane:
             self._interrupt_config()[0],
             c.interrupt_max_pause_s,
             hold_s=c.interrupt_onset_hold_s,
-            finals_due=finals_due,
+            paused=False,
+            finals_due=0,
+            pauses=0,
         )
+
+    def _sounded(self, it: Interruption, verdict: Verdict, now: float) -> None:
+        """Carry out what a sound over the reply decided: pause it, or judge it held."""
+        reply = self.reply
+        if verdict is Verdict.PAUSE and reply is not None:
+            self.counters["barge_ins"] += 1
+            self._pause(reply, now)
+            self._arm_confirm(it)
+        elif it.held and self._hold_timer is None:
+            self.counters["echo_holds"] += 1
+            it.sounded_own = False
+            self._judge_hold(it)
+
+    # -- the reply's own voice held (pipelines/interrupt.py, "its own voice, held") ---------
+    def _holds(self, now: float) -> bool:
+        """Whether a sound starting over the reply now is judged by its sound before it
+        pauses the reply: the reply's own voice was told by its sound in this session within
+        ``interrupt_echo_hold_s`` (its speaker is loud enough in its microphone to be told)."""
+        at = self._own_sound_at
+        window = self.config.interrupt_echo_hold_s
+        return self.own_voice is not None and at is not None and now - at <= window
+
+    def _judge_hold(self, it: Interruption) -> None:
+        """Judge the held sound's last ``HOLD_SPAN_S``: the reply plays on while it sounds
+        like what the reply played, and is paused when it does not, or when too little of it
+        to tell has come ``HOLD_JUDGE_S`` into the hold; again every ``HOLD_CHECK_S``."""
+        self._hold_timer = None
+        if it is not self.interruption or not it.held or self.own_voice is None:
+            return
+        now = time.monotonic()
+        reply = self.reply
+        live = reply is not None and reply.id == it.response_id
+        likeness = None
+        held_from = it.paused_at
+        if live:
+            own, likeness = self.own_voice.judge_hold(
+                held_from, now, self.config.interrupt_echo_likeness, judged=it.sounded_own
+            )
+            if own:
+                it.sounded_own = True
+                self._own_sound_at = now
+            if own or (own is None and (it.sounded_own or now < held_from + HOLD_JUDGE_S)):
+                loop = asyncio.get_running_loop()
+                self._hold_timer = loop.call_later(HOLD_CHECK_S, self._judge_hold, it)
+                return
+        if it.hold_lost(now, live=live) is Verdict.PAUSE and reply is not None:
+            log.debug(
+                "session %s: held sound over reply %s is not its own voice (likeness %s, %.0f "
+                "ms into the hold)",
+                self.session.id,
+                reply.id,
+                None if likeness is None else round(likeness, 2),
+                (now - held_from) * 1000,
+            )
+
+            self.counters["echo_holds_lost"] += 1
+            self._sounded(it, Verdict.PAUSE, now)
 
     def speech_onset_lost(self) -> None:
         """The sound :meth:`speech_onset` paused for ended before it was speech: no final
@@ -635,24 +693,30 @@ class ReplyLane:
         reply = self.reply
         if reply is None or reply.id != it.response_id:
             return False
+        if it.sounded_own and not it.paused:  # held, judged its own and never paused since
+            if final:
+                self.counters["echo_sounds"] += 1
+            return True
+        words = False
         if window > 0:
             # the word in progress at the pause came back too: the ASR completes it ("influ..."
             # is heard "influence"), and without it a one-second echo is a word off at 0.35
             played = reply.spoken(now, begun=True)
             before = reply.spoken(it.paused_at - window)
             recent = played[len(before) :] if played.startswith(before) else played
-            if echoed(text, recent, partial=not final):
-                return True
-        if self.own_voice is None:
-            return False
+            words = echoed(text, recent, partial=not final)
+        if self.own_voice is None or (words and not final):
+            return words
         # from the sound's start (the pause came interrupt_pause_after_s into it; the VAD's
-        # pre-roll before) to now
+        # pre-roll before) to now; judged at a final even when the words said, to learn
+        # whether this session's echo is loud enough to be told by its sound (_holds)
         likeness = self.own_voice.likeness(it.paused_at - OWN_VOICE_LEAD_S, now)
-        if likeness is None or likeness < self.config.interrupt_echo_likeness:
-            return False
-        if final:
-            self.counters["echo_sounds"] += 1
-        return True
+        sound = likeness is not None and likeness >= self.config.interrupt_echo_likeness
+        if sound:
+            self._own_sound_at = now
+            if not words and final:
+                self.counters["echo_sounds"] += 1
+        return words or sound
 
     def _arm_confirm(self, it: Interruption) -> None:
         """(Re)arm the timer for the interruption's deadline."""
@@ -695,6 +759,9 @@ class ReplyLane:
         if self._confirm_timer is not None:
             self._confirm_timer.cancel()
             self._confirm_timer = None
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
 
     def _pause(self, reply: Reply, now: float) -> None:
         """Hold the reply's audio now: frames not yet played go back to the front of its

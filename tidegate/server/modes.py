@@ -120,6 +120,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             interrupt_backchannel_phrases=s.interrupt_backchannel_phrases,
             interrupt_echo_window_s=s.interrupt_echo_window_s,
             interrupt_echo_likeness=s.interrupt_echo_likeness,
+            interrupt_echo_hold_s=s.interrupt_echo_hold_s,
             first_chunk_words=s.assistant_first_chunk_words,
         ),
         vision=VisionConfig(

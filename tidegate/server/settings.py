@@ -10,6 +10,7 @@ generated into the data folder on first run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -606,6 +607,15 @@ class Settings:
         "ASR heard in it: it does not cut it (response.resumed reason echo). Above 1: off.",
         default=OWN_VOICE_LIKENESS,
     )
+    interrupt_echo_hold_s: float = _doc(
+        "Once a reply's own voice has been told by its sound in a session "
+        "(interrupt_echo_likeness), for this long after a sound over a reply is judged by its "
+        "sound before it pauses the reply: the reply plays on while the sound is like what it "
+        "played, and pauses the moment it is not (a user speaking over the echo) or when "
+        "0.2 s of it gave too little to judge. Without it a speaker with no canceller pauses "
+        "the reply at each of its own sentences. 0: never held.",
+        default=60.0,
+    )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(
         "The system message every assistant conversation starts with.",
@@ -953,8 +963,10 @@ class Settings:
                 least = 0 if name in ZERO_IS_OFF else 1
                 if isinstance(v, int) and v < least:
                     raise ConfigError(f"{name} must be at least {least}, got {v}")
-            if name.endswith("_s") and isinstance(v, float) and v < 0:
-                raise ConfigError(f"{name} cannot be negative, got {v}")
+            if name.endswith("_s") and isinstance(v, float) and not 0 <= v < math.inf:
+                # NaN too: every comparison with it is false (a timer never due, a round()
+                # that raises at the first session)
+                raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {v}")
             if name.endswith("_words") and isinstance(v, int) and v < 0:
                 raise ConfigError(f"{name} cannot be negative, got {v}")
         if self.listen_backlog_connections < 1:

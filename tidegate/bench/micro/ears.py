@@ -39,7 +39,11 @@ ears`` runs it as a subprocess and keeps it as its report):
   pause heard again a second later. The likeness of each, and the share at or above the
   threshold (``interrupt_echo_likeness``); and the echo of a WS-only client that played
   each frame 0.2 s before it was due (as it arrived). The judge is made as the assistant
-  mode makes it (lags from -0.26 s: the default lead and the stamps' error).
+  mode makes it (lags from -0.26 s: the default lead and the stamps' error). And the hold
+  (pipelines/interrupt.py, "its own voice, held"): the echo of a reply that plays on, held
+  from 1.2 s in and judged as the reply lane judges it to the reply's end (how many holds
+  are lost: the reply would pause for its own voice), and a user's question over it from
+  2.7 s (how many holds are lost, and how long into the question).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from tidegate.engines.turn import SmartTurn
 from tidegate.tools.prepare import prepare_offline
 
 from .. import audio_sets
+from ..report import percentiles
 
 SR = audio_sets.SAMPLE_RATE_HZ
 FRAME = 320  # 20 ms
@@ -515,6 +520,48 @@ def _likeness(
     return voice.likeness(since_s, until_s)
 
 
+def _hold(
+    played: np.ndarray[Any, Any], mic: np.ndarray[Any, Any], hold_s: float, until_s: float
+) -> float | None:
+    """A sound held over a reply that plays on (pipelines/interrupt.py, "its own voice,
+    held"), judged as the reply lane judges it: ``played`` and ``mic`` (16 kHz, t=0 the
+    reply's start, the microphone's frames arriving 30 ms after capture, the reply's told
+    0.2 s ahead) fed frame by frame, the hold from ``hold_s`` judged every
+    ``HOLD_CHECK_S`` to ``until_s``: when it was lost (the reply would pause), or None if it
+    held throughout."""
+    from tidegate.pipelines.own_voice import (
+        HOLD_CHECK_S,
+        HOLD_JUDGE_S,
+        MAX_EARLY_S,
+        OWN_VOICE_LIKENESS,
+        OwnVoice,
+    )
+
+    voice = OwnVoice(early_s=0.2 + MAX_EARLY_S)
+    lead = round(0.2 * SR / FRAME)
+    judged, next_check = False, hold_s
+    for k in range(round(until_s * SR / FRAME)):
+        i = (k + lead) * FRAME
+        if i + FRAME <= len(played):
+            voice.played(played[i : i + FRAME], SR, i / SR)
+        j = k * FRAME
+        if j + FRAME <= len(mic):
+            voice.heard(mic[j : j + FRAME], j / SR + 0.03)
+        now = (k + 1) * FRAME / SR + 0.03
+        if now < next_check:
+            continue
+        next_check = now + HOLD_CHECK_S
+        own, _ = voice.judge_hold(hold_s, now, OWN_VOICE_LIKENESS, judged=judged)
+        judged = judged or bool(own)
+        if not own and not (own is None and (judged or now < hold_s + HOLD_JUDGE_S)):
+            return now
+    return None
+
+
+def _rounded(block: dict[str, float]) -> dict[str, float]:
+    return {k: v if k == "n" else round(v, 3) for k, v in block.items()}
+
+
 def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
     """The own-voice part (module doc), on the first ``replies`` of ``ECHO_REPLIES``."""
     from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
@@ -575,18 +622,48 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
                 "replayed a second later",
                 _likeness(far[:p], mic, start / SR - 0.1, start / SR + 1.1),
             )
-    out: dict[str, Any] = {"threshold": OWN_VOICE_LIKENESS, "groups": {}}
+    # held: a sound over a reply that plays on, judged from 1.2 s into it (the echo then
+    # sounding) to its end; a user's question from 1.5 s after the hold began
+    holds: dict[str, list[float | None]] = {}
+    for k, reply in enumerate(speech):
+        end_s = len(reply) / SR
+        for n, (delay, level) in enumerate(
+            [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
+        ):
+            echo, _, _ = audio_sets.mic_with_echo(reply, delay_s=delay, level_db=level, seed=k)
+            at = _hold(reply, echo, 1.2, end_s)
+            holds.setdefault("echo held, canceller off", []).append(at and at - 1.2)
+            user = users[(3 * k + n) % len(users)]
+            for gain_db in (0.0, -10.0):
+                mic, _, _ = audio_sets.mic_with_echo(
+                    reply,
+                    delay_s=delay,
+                    level_db=level,
+                    near=user * audio_sets.db_gain(gain_db),
+                    near_at_s=2.7,
+                    seed=k,
+                )
+                at = _hold(reply, mic, 1.2, min(end_s, 2.7 + len(user) / SR))
+                holds.setdefault(f"user {gain_db:+.0f} dB over held echo", []).append(
+                    at and at - 2.7
+                )
+    out: dict[str, Any] = {"threshold": OWN_VOICE_LIKENESS, "groups": {}, "held": {}}
+    for name, values in holds.items():
+        lost = [v for v in values if v is not None]
+        out["held"][name] = {
+            "n": len(values),
+            "lost": len(lost),  # the reply would pause
+            # ... this long after the hold began (the echo), after the question began (users)
+            "lost_after_s": _rounded(percentiles(lost)),
+        }
     for name, values in groups.items():
         got = [v for v in values if v is not None]
-        row: dict[str, Any] = {"n": len(values), "no_verdict": len(values) - len(got)}
-        if got:
-            row |= {
-                "min": round(min(got), 3),
-                "p50": round(float(np.median(got)), 3),
-                "max": round(max(got), 3),
-                "own": sum(v >= OWN_VOICE_LIKENESS for v in got),
-            }
-        out["groups"][name] = row
+        out["groups"][name] = {
+            "n": len(values),
+            "no_verdict": len(values) - len(got),
+            "own": sum(v >= OWN_VOICE_LIKENESS for v in got),
+            "likeness": _rounded(percentiles(got)),
+        }
     return out
 
 
@@ -655,14 +732,21 @@ def summary(report: dict[str, Any]) -> str:
     if o:
         lines.append(f"own voice by sound (threshold {o['threshold']}):")
         for name, g in o["groups"].items():
-            if "min" in g:
+            lk = g["likeness"]
+            if lk["n"]:
                 lines.append(
-                    f"  {name}: {g['own']} of {g['n'] - g['no_verdict']} at or above "
-                    f"(no verdict {g['no_verdict']})  min {g['min']:.2f} p50 {g['p50']:.2f} "
-                    f"max {g['max']:.2f}"
+                    f"  {name}: {g['own']} of {lk['n']} at or above (no verdict "
+                    f"{g['no_verdict']})  min {lk['min']:.2f} p50 {lk['p50']:.2f} "
+                    f"max {lk['max']:.2f}"
                 )
             else:
                 lines.append(f"  {name}: no verdict in {g['n']}")
+        for name, h in o["held"].items():
+            after = ""
+            if h["lost"]:
+                p50, most = h["lost_after_s"]["p50"] * 1000, h["lost_after_s"]["max"] * 1000
+                after = f", {p50:.0f} ms p50 and {most:.0f} ms at most after it began"
+            lines.append(f"  {name}: hold lost (reply paused) in {h['lost']} of {h['n']}{after}")
     a = report.get("aec")
     if a:
         lines.append(
