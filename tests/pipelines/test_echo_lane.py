@@ -150,6 +150,8 @@ async def run_case(
             "resumed": case.reply.stats()["interruptions_resumed"],
             "held": case.reply.stats()["echo_holds"],  # ... judged its own before a pause
             "held_lost": case.reply.stats()["echo_holds_lost"],
+            "responses": case.reply.stats()["responses"],  # the one asked, and any its echo asked
+            "tail_echoes": case.reply.stats()["echo_after_reply"],
             "cut": case.reply.stats()["interruptions_cut"],  # ... taken for words: cut
             "played_s": round(case.session.play_end / RATE, 2),
             "echo": stats["echo"],

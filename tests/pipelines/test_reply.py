@@ -647,6 +647,46 @@ async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
     assert stats["interruptions_cut"] == (1 if user_speaks else 0)
 
 
+@pytest.mark.parametrize("user_speaks", [False, True])
+async def test_the_echo_of_a_reply_that_just_ended_is_not_the_users_turn(
+    settings: Settings, engines: EngineService, user_speaks: bool
+) -> None:
+    """A kiosk with no canceller (250 ms, -6 dB): the reply ends, and the end of its speech
+    is still coming back into the microphone; a sound that begins then and sounds like the
+    reply is not the user's turn (its final is absorbed: echo_after_reply), whatever words
+    the ASR made of it. The user speaking right after the reply is."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    played = Heard()
+    lane.own_voice = OwnVoice()
+    lane.echo = Played([lane.own_voice, played])
+    mic = Microphone(played, lane.own_voice, delay_s=0.25, level_db=-6.0)
+    feeder: asyncio.Task[None] | None = None
+    try:
+        lane.answer("What is the capital of France?", None, 0.0, spoken=True)
+        await wait_for(lambda: played.frames)
+        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
+        await wait_for(lambda: session.of(ResponseDone), 30.0)
+        text = "Paris."
+        if user_speaks:
+            question = audio_sets.speech("And what about Berlin?")
+            mic.near = (question, time.monotonic() + 0.3)  # after the echo's tail
+            await asyncio.sleep(0.3 + 0.15 + mic.uplink_s)
+            text = "And what about Berlin?"
+        lane.speech_onset()  # the end of the echo (or the user) is heard: no reply runs
+        lane.speech_started()
+        await asyncio.sleep(1.5 if user_speaks else 0.4)
+        lane.speech_stopped()
+        turn = lane.heard(text, final=True)
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        await lane.close()
+        await session.close()
+    assert turn == user_speaks
+    assert lane.stats()["echo_after_reply"] == (0 if user_speaks else 1)
+
+
 async def test_an_onset_pauses_a_reply_and_the_hold_resumes_it_if_no_speech_follows(
     settings: Settings, engines: EngineService
 ) -> None:

@@ -102,7 +102,7 @@ from .errors import InvalidConfigError, NotFoundError, UnsupportedError
 from .interrupt import Interruption, Verdict, WordRule, echoed
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
-from .own_voice import HOLD_CHECK_S, HOLD_JUDGE_S, OWN_VOICE_LEAD_S, OwnVoice
+from .own_voice import ECHO_TAIL_S, HOLD_CHECK_S, HOLD_JUDGE_S, OWN_VOICE_LEAD_S, OwnVoice
 from .port import Handler, SessionPort
 from .records import Response as ResponseRecord
 
@@ -388,6 +388,12 @@ class ReplyLane:
         #: when the reply's own voice was last told by its sound (None: never in this session)
         self._own_sound_at: float | None = None
         self._hold_timer: asyncio.TimerHandle | None = None  # the held sound's next judgement
+        #: the last reply that spoke, once it ended, and when its speech ended: its echo may
+        #: still come back (the speaker-to-microphone delay, the room)
+        self._ended: Reply | None = None
+        self._ended_at = 0.0
+        #: when a sound began after that reply ended (None: none since the last final)
+        self._tail_from: float | None = None
         self.counters = {
             "responses": 0,
             "completed": 0,
@@ -404,6 +410,9 @@ class ReplyLane:
             # was told by its sound lately): the reply played on ...
             "echo_holds": 0,
             "echo_holds_lost": 0,  # ... until the sound no longer sounded like it: paused
+            # finals after a reply ended that sounded like its speech (its echo's tail): not
+            # the user's turn (also counted in echo_words and echo_sounds)
+            "echo_after_reply": 0,
             "audio_frames": 0,
             "resent_frames": 0,  # frames taken back at a pause and sent again
             # a reply's speech ran dry mid-reply (its next audio was not ready when the audio
@@ -534,6 +543,7 @@ class ReplyLane:
         now = time.monotonic()
         it = self.interruption
         reply = self.reply
+        self._sound_after_reply(now)
         if reply is not None and self._interrupt_config()[0] <= 0:
             self.barge_in()
             return
@@ -551,9 +561,10 @@ class ReplyLane:
         (or hold it: :meth:`_holds`). Nothing is cut before the start of speech, so with
         ``confirm_s`` 0 this waits for it."""
         reply = self.reply
+        now = time.monotonic()
+        self._sound_after_reply(now)
         if reply is None or self._interrupt_config()[0] <= 0:
             return
-        now = time.monotonic()
         it = self.interruption
         if it is None:
             it = self.interruption = self._interruption(reply, now)
@@ -587,6 +598,24 @@ class ReplyLane:
             self.counters["echo_holds"] += 1
             it.sounded_own = False
             self._judge_hold(it)
+
+    def _sound_after_reply(self, now: float) -> None:
+        """A sound began: with no reply in progress, within ``ECHO_TAIL_S`` of the end of the
+        last one's speech, it may be that speech's echo (judged at its final: :meth:`heard`)."""
+        ended = self.reply is None and self._ended is not None
+        if ended and self._tail_from is None and now - self._ended_at <= ECHO_TAIL_S:
+            self._tail_from = now
+
+    def _echo_after_reply(self, text: str, now: float) -> bool:
+        """Whether the sound :meth:`_sound_after_reply` saw, now final (``text``), sounds like
+        the last reply's speech (its sound only: right after a reply a user often says its
+        last words back, "Coffee." to "... tea or coffee?", and the words rule would take
+        them)."""
+        since, self._tail_from = self._tail_from, None
+        if not text or since is None or self.own_voice is None or self.reply is not None:
+            return False
+        likeness = self.own_voice.likeness(since - OWN_VOICE_LEAD_S, now)
+        return likeness is not None and likeness >= self.config.interrupt_echo_likeness
 
     # -- the reply's own voice held (pipelines/interrupt.py, "its own voice, held") ---------
     def _holds(self, now: float) -> bool:
@@ -664,6 +693,13 @@ class ReplyLane:
         fewer words than ``min_words``): it is not the user's turn."""
         it = self.interruption
         if it is None:
+            if final and self._echo_after_reply(text, time.monotonic()):
+                # the end of the reply that just ended, come back: not the user's turn
+                self._own_sound_at = time.monotonic()
+                self.counters["echo_words"] += 1
+                self.counters["echo_sounds"] += 1
+                self.counters["echo_after_reply"] += 1
+                return False
             return True
         _, min_words, backchannels = self._interrupt_config()
         words = bool(text) and self._words.interrupts(
@@ -689,14 +725,14 @@ class ReplyLane:
         in the last ``interrupt_echo_window_s`` before the pause (:func:`.interrupt.echoed`),
         or sounding like what it played (:class:`.own_voice.OwnVoice`: the words of an echo
         are often misheard; its sound is what it is)."""
-        window = self.config.interrupt_echo_window_s
-        reply = self.reply
-        if reply is None or reply.id != it.response_id:
-            return False
         if it.sounded_own and not it.paused:  # held, judged its own and never paused since
             if final:
                 self.counters["echo_sounds"] += 1
             return True
+        window = self.config.interrupt_echo_window_s
+        reply = self.reply
+        if reply is None or reply.id != it.response_id:
+            return False
         words = False
         if window > 0:
             # the word in progress at the pause came back too: the ASR completes it ("influ..."
@@ -1302,6 +1338,9 @@ class ReplyLane:
             return
         if self.reply is reply:
             self.reply = None
+        if reply.frames_sent:  # it spoke: its echo may come back after it
+            self._ended, self._ended_at = reply, max(time.monotonic(), reply.play_end)
+            self._tail_from = None
         for waiting in reply.pending.values():
             waiting.cancel()
         self.counters[status] += 1
