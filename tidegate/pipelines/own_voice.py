@@ -51,12 +51,12 @@ OWN_VOICE_LIKENESS = 0.65
 #: how long before the pause the sound it paused for is judged from (the pause comes
 #: ``interrupt_pause_after_s``, 0.15 s, into a sound; the ASR's pre-roll is 0.2 s before it)
 OWN_VOICE_LEAD_S = 0.35
-#: a sound held over a reply (pipelines/interrupt.py, "its own voice, held") is judged on its
-#: last HOLD_SPAN_S every HOLD_CHECK_S; one that has not given enough sound to judge
-#: HOLD_JUDGE_S into the hold pauses the reply (a user's onset waits at most that long)
 #: a sound that begins this soon after a reply's speech ended may be its echo's tail (the
 #: speaker-to-microphone delay and the room: what the lags cover), judged by its sound
 ECHO_TAIL_S = 1.5
+#: a sound held over a reply (pipelines/interrupt.py, "its own voice, held") is judged on its
+#: last HOLD_SPAN_S every HOLD_CHECK_S; one that has not given enough sound to judge
+#: HOLD_JUDGE_S into the hold pauses the reply (a user's onset waits at most that long)
 HOLD_SPAN_S = 0.8
 HOLD_CHECK_S = 0.05
 HOLD_JUDGE_S = 0.2

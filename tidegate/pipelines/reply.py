@@ -388,10 +388,9 @@ class ReplyLane:
         #: when the reply's own voice was last told by its sound (None: never in this session)
         self._own_sound_at: float | None = None
         self._hold_timer: asyncio.TimerHandle | None = None  # the held sound's next judgement
-        #: the last reply that spoke, once it ended, and when its speech ended: its echo may
-        #: still come back (the speaker-to-microphone delay, the room)
-        self._ended: Reply | None = None
-        self._ended_at = 0.0
+        #: when the speech of the last reply that spoke ended (None: none yet): its echo may
+        #: still come back after it (the speaker-to-microphone delay, the room)
+        self._ended_at: float | None = None
         #: when a sound began after that reply ended (None: none since the last final)
         self._tail_from: float | None = None
         self.counters = {
@@ -602,9 +601,10 @@ class ReplyLane:
     def _sound_after_reply(self, now: float) -> None:
         """A sound began: with no reply in progress, within ``ECHO_TAIL_S`` of the end of the
         last one's speech, it may be that speech's echo (judged at its final: :meth:`heard`)."""
-        ended = self.reply is None and self._ended is not None
-        if ended and self._tail_from is None and now - self._ended_at <= ECHO_TAIL_S:
-            self._tail_from = now
+        ended = self._ended_at
+        if self.reply is None and ended is not None and self._tail_from is None:
+            if now - ended <= ECHO_TAIL_S:
+                self._tail_from = now
 
     def _echo_after_reply(self, text: str, now: float) -> bool:
         """Whether the sound :meth:`_sound_after_reply` saw, now final (``text``), sounds like
@@ -658,7 +658,6 @@ class ReplyLane:
                 None if likeness is None else round(likeness, 2),
                 (now - held_from) * 1000,
             )
-
             self.counters["echo_holds_lost"] += 1
             self._sounded(it, Verdict.PAUSE, now)
 
@@ -1339,7 +1338,7 @@ class ReplyLane:
         if self.reply is reply:
             self.reply = None
         if reply.frames_sent:  # it spoke: its echo may come back after it
-            self._ended, self._ended_at = reply, max(time.monotonic(), reply.play_end)
+            self._ended_at = max(time.monotonic(), reply.play_end)
             self._tail_from = None
         for waiting in reply.pending.values():
             waiting.cancel()
