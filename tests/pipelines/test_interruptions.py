@@ -29,6 +29,7 @@ import pytest_asyncio
 from tests.support import scaled
 from tidegate.bench import audio_sets
 from tidegate.engines.service import EngineService
+from tidegate.pipelines.echo import Played
 from tidegate.pipelines.interrupt import words_of
 from tidegate.pipelines.records import Response as ResponseRecord
 from tidegate.pipelines.reply import ReplyLane
@@ -138,15 +139,24 @@ class Case:
     def mic(self, start: int, n: int) -> bytes:
         """The microphone's samples [start, start + n): a -60 dBFS noise floor, and the
         sound once the reply has played ``SOUND_AFTER_S``."""
-        rid = self.first_reply()
-        if self.sound_at is None and rid and self.session.played_s(rid) >= SOUND_AFTER_S:
-            self.sound_at = -(-start // GRID) * GRID
+        if self.sound_at is None and self.ready():
+            self.sound_at = self.starts_at(start)
         x = np.resize(np.roll(NOISE, -(start % GRID)), n).astype(np.float64)
         if self.sound_at is not None:
             a = start - self.sound_at
             part = self.sound[max(0, a) : max(0, a + n)]
             x[: len(part)] += part
         return np.round(np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+    def ready(self) -> bool:
+        """Whether the sound starts now: once the reply has played ``SOUND_AFTER_S``."""
+        rid = self.first_reply()
+        return rid is not None and self.session.played_s(rid) >= SOUND_AFTER_S
+
+    def starts_at(self, start: int) -> int:
+        """The mic sample the sound starts at, once ready at ``start``: the next multiple of
+        ``GRID`` (the same VAD frames, run after run)."""
+        return -(-start // GRID) * GRID
 
     def over(self) -> bool:
         """The first reply is done after the sound, and a turn, if the sound was one, has
@@ -176,23 +186,67 @@ class Case:
             "stats": {
                 k: v
                 for k, v in self.reply.stats().items()
-                if k.startswith(("barge", "interrupt", "backch", "resent"))
+                if k.startswith(("barge", "interrupt", "backch", "resent", "audio_gap"))
             },
         }
+
+
+class Speaker:
+    """The frames the reply lane played and when each began (a sink beside its own): what
+    the client's speaker played, gaps included (a reply whose speech ran dry, as it does on
+    a loaded machine, leaves one), and none of what a pause took back."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[np.ndarray, float]] = []
+
+    def played(self, pcm: np.ndarray, rate_hz: int, at: float) -> None:
+        assert rate_hz == 48_000
+        self.frames.append((np.asarray(pcm), at))
+
+    def unplayed(self, since: float) -> None:
+        self.frames = [(pcm, at) for pcm, at in self.frames if at < since]
+
+    def last(self, seconds: float, now: float) -> np.ndarray | None:
+        """What it played in the ``seconds`` before ``now``, at 16 kHz, each frame where it
+        played; None if its speech had run dry in them (a loaded machine's TTS falls behind:
+        no echo can come back from what played longer ago than that)."""
+        frames = [(pcm, at) for pcm, at in self.frames if now - seconds <= at < now - 0.02]
+        if len(frames) < round(seconds / CHUNK_S) - 2:
+            return None
+        out = np.zeros(round(seconds * RATE), np.float32)
+        speech = audio_sets.resample(np.concatenate([pcm for pcm, _ in frames]), 48_000)
+        for k, (_, at) in enumerate(frames):
+            i = round((at - (now - seconds)) * RATE)
+            out[i : i + 320] = speech[k * 320 : (k + 1) * 320][: len(out) - i]
+        return out
 
 
 class EchoCase(Case):
     """A kiosk with no canceller at all: the sound is the reply's own last second of speech,
     as the client played it, back into the microphone at -6 dB (words the ASR reads)."""
 
-    def mic(self, start: int, n: int) -> bytes:
-        rid = self.first_reply()
-        if self.sound_at is None and rid and self.session.played_s(rid) >= SOUND_AFTER_S:
-            frames = self.session.frames[rid]
-            last = [frames[ts] for ts in sorted(frames)[-int(ECHO_S / CHUNK_S) :]]
-            played = np.frombuffer(b"".join(last), "<i2")
-            self.sound = audio_sets.resample(played, 48_000) * audio_sets.db_gain(-6.0)
-        return super().mic(start, n)
+    def start(self, settings: Settings, engines: EngineService) -> None:
+        super().start(settings, engines)
+        self.speaker = Speaker()
+        sinks = [self.reply.echo] if self.reply.echo is not None else []
+        self.reply.echo = Played([*sinks, self.speaker])
+
+    def ready(self) -> bool:
+        """Once the reply has played ``SOUND_AFTER_S`` and its last ``ECHO_S`` without a gap;
+        the sound is then that second, coming back."""
+        if not super().ready():
+            return False
+        played = self.speaker.last(ECHO_S, time.monotonic())
+        if played is None:
+            return False
+        self.sound = played * audio_sets.db_gain(-6.0)
+        return True
+
+    def starts_at(self, start: int) -> int:
+        """At once: an echo comes back within the speaker-to-microphone delay (up to 1.6 s
+        later, the grid's, it would be a second of speech from longer ago than any room
+        returns it; the own-voice judge looks 1.5 s back)."""
+        return start
 
 
 ECHO_S = 1.0  # of the reply's speech that comes back in EchoCase

@@ -130,3 +130,27 @@ def test_a_client_that_plays_ahead_is_heard_within_its_lead() -> None:
     assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
     narrow = hear(echo, until, ahead_s=0.2).likeness(since, T0 + until)
     assert narrow is not None and narrow < OWN_VOICE_LIKENESS, narrow
+
+
+def test_audio_that_arrives_in_bursts_keeps_its_own_timeline() -> None:
+    """The microphone's audio arrives in bursts (a busy loop, a stalled WebSocket: 200 ms
+    late, then five chunks at once): stamped by arrival its frames would bunch up; on the
+    stream's own timeline the echo still lines up with what played. A gap of more than a
+    second in the stream starts a new timeline."""
+    echo, _, _ = audio_sets.mic_with_echo(reply(), delay_s=0.12, level_db=-6.0)
+    voice = OwnVoice()
+    pcm = np.round(reply() * 32767).astype(np.int16)
+    for i in range(0, round(PAUSE_S * SR), FRAME):
+        voice.played(pcm[i : i + FRAME], SR, T0 + i / SR)
+    until = PAUSE_S + 0.12 + 0.4
+    for k, j in enumerate(range(0, round(until * SR) - FRAME + 1, FRAME)):
+        late = 0.2 if k % 10 < 5 else 0.0  # every fifth chunk waits 200 ms, then all come
+        burst = (k // 5) * 5 * FRAME / SR + 4 * FRAME / SR  # when the last of the five is due
+        arrival = T0 + (burst if late else j / SR + FRAME / SR) + UPLINK_S
+        voice.heard(echo[j : j + FRAME], arrival - FRAME / SR)
+    own = voice.likeness(T0 + PAUSE_S - 0.35, T0 + until)
+    assert own is not None and own >= OWN_VOICE_LIKENESS + 0.05, own
+    stamps = [t for t, _ in voice._heard]
+    assert stamps == sorted(stamps) and np.allclose(np.diff(stamps), 0.02), "one timeline"
+    voice.heard(echo[:FRAME], stamps[-1] + 2.0)  # after a 2 s gap
+    assert voice._heard[-1][0] == pytest.approx(stamps[-1] + 2.0)

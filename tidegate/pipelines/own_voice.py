@@ -39,6 +39,10 @@ FLOOR = 1e-9  # energy per band (full scale 1.0) below which a band is silence
 #: play before the time the reply lane tells (a WS-only client that plays ``output.audio`` as
 #: it arrives, up to ``assistant_audio_lead_s`` early): ``OwnVoice(early_s=...)`` adds it
 MAX_EARLY_S = 0.06
+#: heard audio that arrives this much later than the stream's timeline says is after a gap;
+#: this much earlier, the timeline had been anchored late (:meth:`OwnVoice.heard`)
+REANCHOR_S = 1.0
+REANCHOR_EARLY_S = 0.2
 #: the least heard frames above the noise floor a likeness is computed on (shorter: None)
 MIN_FRAMES = 10
 #: the longest stretch judged (the start of a sound tells; what came seconds later is other)
@@ -111,6 +115,7 @@ class OwnVoice:
         self._heard: deque[tuple[float, Array]] = deque(maxlen=round((keep_s + 1) / FRAME_S))
         self._rest = np.zeros(0, np.float32)  # heard samples short of a frame
         self._rest_at = 0.0  # the stamp of its first sample
+        self._next_at: float | None = None  # the stamp the next heard sample will have
         self.counters = {"played_frames": 0, "heard_frames": 0, "likenesses": 0}
 
     def _envelope(self, rate_hz: int) -> Envelope:
@@ -142,12 +147,27 @@ class OwnVoice:
     # -- the audio lane's side ----------------------------------------------------------------
     def heard(self, pcm: np.ndarray[Any, np.dtype[np.float32]], at: float) -> None:
         """Microphone audio (16 kHz float32) whose first sample was captured at about monotonic
-        ``at`` (its arrival less its length: late by the uplink, which the lags cover)."""
+        ``at`` (its arrival less its length: late by the uplink, which the lags cover).
+
+        The stamps are the stream's own timeline, not each piece's arrival: audio that comes
+        in a burst (a busy loop, a WebSocket that stalled) arrived late, and stamped by its
+        arrival its frames would bunch up and no longer line up with what was played. So a
+        piece is stamped where the one before it ended (the first piece's arrival anchors
+        the timeline, as the echo path's does), unless its arrival says it started
+        ``REANCHOR_EARLY_S`` earlier (the anchor was late, or the client's clock runs fast)
+        or ``REANCHOR_S`` later (a gap in the stream): then a new timeline starts there."""
         if not self._played or at - self._played[-1][0] > self.keep_s:
             self._rest = np.zeros(0, np.float32)  # no reply lately: nothing to compare with
+            self._next_at = None
             return
-        if len(self._rest) == 0:
-            self._rest_at = at
+        expected = self._next_at
+        if expected is None or not -REANCHOR_EARLY_S <= at - expected <= REANCHOR_S:
+            self._rest = np.zeros(0, np.float32)  # not contiguous with what came before
+            start = at
+        else:
+            start = expected
+        self._next_at = start + len(pcm) / 16_000
+        self._rest_at = start - len(self._rest) / 16_000
         x = np.concatenate([self._rest, pcm]) if len(self._rest) else pcm
         env = self._envelope(16_000)
         k = len(x) // env.n

@@ -747,6 +747,14 @@ class ReplyLane:
         # whether this session's echo is loud enough to be told by its sound (_holds)
         likeness = self.own_voice.likeness(it.paused_at - OWN_VOICE_LEAD_S, now)
         sound = likeness is not None and likeness >= self.config.interrupt_echo_likeness
+        log.debug(
+            "session %s: %r over reply %s: words %s, likeness %s",
+            self.session.id,
+            text[:80],
+            reply.id,
+            "near" if words else "not near",
+            None if likeness is None else round(likeness, 2),
+        )
         if sound:
             self._own_sound_at = now
             if not words and final:
