@@ -581,6 +581,19 @@ class Microphone:
             await asyncio.sleep(0.01)
 
 
+def kiosk_lane(
+    settings: Settings, engines: EngineService, *, delay_s: float
+) -> tuple[Player, ReplyLane, Heard, Microphone]:
+    """A reply lane with its own-voice judge, and a kiosk's microphone with no canceller
+    (its speaker ``delay_s`` and 6 dB into it) to run beside it."""
+    session = Player()
+    lane = lane_for(session, settings, engines)
+    played = Heard()
+    lane.own_voice = OwnVoice()
+    lane.echo = Played([lane.own_voice, played])
+    return session, lane, played, Microphone(played, lane.own_voice, delay_s=delay_s, level_db=-6.0)
+
+
 @pytest.mark.parametrize("user_speaks", [False, True])
 async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
     settings: Settings, engines: EngineService, user_speaks: bool
@@ -590,12 +603,7 @@ async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
     the next sounds of that echo are judged before they pause it (held): the reply plays on,
     and their finals are absorbed. A user asking a question over the echo while a sound is
     held pauses the reply (echo_holds_lost), and the question's words cut it."""
-    session = Player()
-    lane = lane_for(session, settings, engines)
-    played = Heard()
-    lane.own_voice = OwnVoice()
-    lane.echo = Played([lane.own_voice, played])
-    mic = Microphone(played, lane.own_voice, delay_s=0.04, level_db=-6.0)
+    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.04)
     feeder: asyncio.Task[None] | None = None
     try:
         lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
@@ -655,12 +663,7 @@ async def test_the_echo_of_a_reply_that_just_ended_is_not_the_users_turn(
     is still coming back into the microphone; a sound that begins then and sounds like the
     reply is not the user's turn (its final is absorbed: echo_after_reply), whatever words
     the ASR made of it. The user speaking right after the reply is."""
-    session = Player()
-    lane = lane_for(session, settings, engines)
-    played = Heard()
-    lane.own_voice = OwnVoice()
-    lane.echo = Played([lane.own_voice, played])
-    mic = Microphone(played, lane.own_voice, delay_s=0.25, level_db=-6.0)
+    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.25)
     feeder: asyncio.Task[None] | None = None
     try:
         lane.answer("What is the capital of France?", None, 0.0, spoken=True)
