@@ -10,7 +10,7 @@ from tidegate.engines.asr.streaming import StreamingSettings
 from tidegate.media import MediaConfig
 
 from .interrupt import DEFAULT_BACKCHANNELS, ECHO_WINDOW_S
-from .own_voice import OWN_VOICE_LIKENESS
+from .own_voice import ECHO_HOLD_S, OWN_VOICE_LIKENESS
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ class ReplyConfig:
     interrupt_echo_likeness: float = OWN_VOICE_LIKENESS
     #: after the reply's own voice was told by its sound, sounds over a reply are judged by
     #: their sound this long before they pause it (pipelines/interrupt.py; 0: never)
-    interrupt_echo_hold_s: float = 60.0
+    interrupt_echo_hold_s: float = ECHO_HOLD_S
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
     first_chunk_words: int = 3
 

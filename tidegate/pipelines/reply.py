@@ -689,12 +689,14 @@ class ReplyLane:
         """What the ASR heard of the user's speech (a partial hypothesis, or a segment's final;
         finals are told in order, empty ones too): words enough cut a reply it interrupted.
         False when the text was absorbed by an interruption that was not one (a backchannel,
-        fewer words than ``min_words``): it is not the user's turn."""
+        fewer words than ``min_words``, the reply's own voice), or is the echo of the reply
+        that just ended (:meth:`_echo_after_reply`): it is not the user's turn."""
         it = self.interruption
+        now = time.monotonic()
         if it is None:
-            if final and self._echo_after_reply(text, time.monotonic()):
+            if final and self._echo_after_reply(text, now):
                 # the end of the reply that just ended, come back: not the user's turn
-                self._own_sound_at = time.monotonic()
+                self._own_sound_at = now
                 self.counters["echo_words"] += 1
                 self.counters["echo_sounds"] += 1
                 self.counters["echo_after_reply"] += 1
@@ -704,7 +706,6 @@ class ReplyLane:
         words = bool(text) and self._words.interrupts(
             text, min_words=min_words, backchannels=backchannels
         )
-        now = time.monotonic()
         echo = words and self._own_words(it, text, now, final=final)
         if echo:
             words, it.echo = False, True

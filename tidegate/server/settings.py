@@ -33,7 +33,7 @@ from tidegate.pipelines.interrupt import (
     ECHO_WINDOW_S,
     MAX_MIN_WORDS,
 )
-from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
+from tidegate.pipelines.own_voice import ECHO_HOLD_S, OWN_VOICE_LIKENESS
 
 from .errors import ConfigError
 
@@ -614,7 +614,7 @@ class Settings:
         "played, and pauses the moment it is not (a user speaking over the echo) or when "
         "0.2 s of it gave too little to judge. Without it a speaker with no canceller pauses "
         "the reply at each of its own sentences. 0: never held.",
-        default=60.0,
+        default=ECHO_HOLD_S,
     )
     assistant_max_reply_tokens: int = _doc("Longest spoken reply, in tokens.", default=96)
     assistant_system_prompt: str = _doc(

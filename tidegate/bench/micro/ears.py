@@ -75,6 +75,8 @@ SETTLE_S = 3.0
 AFTER_SPEECH_S = 0.1  # the VAD's default min silence: when a pause is reported
 ECHO_DELAYS_S = (0.04, 0.12, 0.25)
 ECHO_LEVELS_DB = (-6.0, -12.0, -20.0)
+ECHO_CASES = [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
+USER_GAINS_DB = (0.0, -10.0)  # a user's question at espeak's level, and under it
 
 
 def _default_data_dir() -> Path:
@@ -558,6 +560,24 @@ def _hold(
     return None
 
 
+def _user_over_echo(
+    far: np.ndarray[Any, Any],
+    delay_s: float,
+    level_db: float,
+    user: np.ndarray[Any, Any],
+    gain_db: float,
+    at_s: float,
+    seed: int,
+) -> np.ndarray[Any, Any]:
+    """The microphone: ``far``'s echo, and ``user`` (``gain_db`` from espeak's level) from
+    ``at_s``."""
+    near = user * audio_sets.db_gain(gain_db)
+    mic, _, _ = audio_sets.mic_with_echo(
+        far, delay_s=delay_s, level_db=level_db, near=near, near_at_s=at_s, seed=seed
+    )
+    return mic
+
+
 def _rounded(block: dict[str, float]) -> dict[str, float]:
     return {k: v if k == "n" else round(v, 3) for k, v in block.items()}
 
@@ -588,24 +608,15 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
             p = round(pause_s * SR)
             far = reply.copy()
             far[p:] = 0.0  # paused: nothing plays after
-            for n, (delay, level) in enumerate(
-                [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
-            ):
+            for n, (delay, level) in enumerate(ECHO_CASES):
                 echo, _, _ = audio_sets.mic_with_echo(far, delay_s=delay, level_db=level, seed=k)
                 span = (pause_s - 0.35, pause_s + delay + 0.4)
                 add("echo, canceller off", _likeness(far[:p], echo, *span))
                 add("echo played 0.2 s early, canceller off", _likeness(far[:p], echo, *span, 0.2))
                 add("echo, canceller on", _likeness(far[:p], cancelled(echo, far), *span))
                 user = users[(2 * k + n + p) % len(users)]
-                for gain_db in (0.0, -10.0):
-                    mic, _, _ = audio_sets.mic_with_echo(
-                        far,
-                        delay_s=delay,
-                        level_db=level,
-                        near=user * audio_sets.db_gain(gain_db),
-                        near_at_s=pause_s - 0.15,
-                        seed=k,
-                    )
+                for gain_db in USER_GAINS_DB:
+                    mic = _user_over_echo(far, delay, level, user, gain_db, pause_s - 0.15, k)
                     span = (pause_s - 0.35, pause_s - 0.15 + len(user) / SR + 0.1)
                     add(
                         f"user {gain_db:+.0f} dB over echo, canceller off",
@@ -627,25 +638,18 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
     holds: dict[str, list[float | None]] = {}
     for k, reply in enumerate(speech):
         end_s = len(reply) / SR
-        for n, (delay, level) in enumerate(
-            [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
-        ):
+        for n, (delay, level) in enumerate(ECHO_CASES):
             echo, _, _ = audio_sets.mic_with_echo(reply, delay_s=delay, level_db=level, seed=k)
             at = _hold(reply, echo, 1.2, end_s)
-            holds.setdefault("echo held, canceller off", []).append(at and at - 1.2)
+            holds.setdefault("echo held, canceller off", []).append(
+                None if at is None else at - 1.2
+            )
             user = users[(3 * k + n) % len(users)]
-            for gain_db in (0.0, -10.0):
-                mic, _, _ = audio_sets.mic_with_echo(
-                    reply,
-                    delay_s=delay,
-                    level_db=level,
-                    near=user * audio_sets.db_gain(gain_db),
-                    near_at_s=2.7,
-                    seed=k,
-                )
+            for gain_db in USER_GAINS_DB:
+                mic = _user_over_echo(reply, delay, level, user, gain_db, 2.7, k)
                 at = _hold(reply, mic, 1.2, min(end_s, 2.7 + len(user) / SR))
                 holds.setdefault(f"user {gain_db:+.0f} dB over held echo", []).append(
-                    at and at - 2.7
+                    None if at is None else at - 2.7
                 )
     out: dict[str, Any] = {"threshold": OWN_VOICE_LIKENESS, "groups": {}, "held": {}}
     for name, values in holds.items():
