@@ -25,6 +25,7 @@ import pytest_asyncio
 from tests.support import scaled
 from tidegate.bench import audio_sets
 from tidegate.engines.service import EngineService
+from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
 from tidegate.protocol import ServerMessage
 from tidegate.protocol.messages import InputAudio, OutputAudio, ResponseDone
 from tidegate.server.settings import Settings
@@ -143,6 +144,11 @@ async def run_case(
     out: dict[str, Any] = {}
     for echo, case in cases.items():
         done = case.session.of(ResponseDone)[0]  # the reply asked for (the echo may ask more)
+        # the own-voice judge hears the microphone before the canceller: the reply's last
+        # seconds of echo, whole, whether a canceller cleans it after or not
+        end = case.session.t0 + case.session.play_end / RATE
+        voice = case.audio.own_voice
+        likeness = None if voice is None else voice.likeness(end - 3.5, end - 0.5)
         stats = case.audio.stats()
         out[echo] = {
             "status": done.status,
@@ -154,6 +160,7 @@ async def run_case(
             "tail_echoes": case.reply.stats()["echo_after_reply"],
             "cut": case.reply.stats()["interruptions_cut"],  # ... taken for words: cut
             "played_s": round(case.session.play_end / RATE, 2),
+            "likeness": likeness,
             "echo": stats["echo"],
         }
     return out
@@ -186,6 +193,9 @@ async def test_kiosk_echo_cuts_replies_without_aec_and_not_with_it(
     assert sum(r["held"] for r in off) >= 1, report
     assert all(r["cut"] == 0 and r["status"] == "completed" for r in on), report
     assert all(r["echo"] is None for r in off), report
+    # the own-voice judge heard the echo whole, before the canceller (through it: too
+    # little to tell)
+    assert all(r["likeness"] >= OWN_VOICE_LIKENESS for r in [*off, *on]), report
     for r in on:
         assert r["echo"]["far_frames"] > 0 and r["echo"]["near_blocks"] > 0, report
         assert r["echo"]["uncleaned_blocks"] == 0, report

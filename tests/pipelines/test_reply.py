@@ -538,6 +538,7 @@ class Microphone:
         self.delay_s, self.gain = delay_s, audio_sets.db_gain(level_db)
         self.uplink_s = 0.03
         self.near: tuple[np.ndarray, float] | None = None  # speech, when it starts (monotonic)
+        self.cancelled = False  # the server's canceller cleans this microphone next
         self.rng = np.random.default_rng(7)
 
     def slot(self, at: float) -> np.ndarray:
@@ -576,7 +577,7 @@ class Microphone:
         at = start
         while True:
             while at + 0.02 + self.uplink_s <= time.monotonic():
-                self.judge.heard(self.slot(at), at + self.uplink_s)
+                self.judge.heard(self.slot(at), at + self.uplink_s, cancelled=self.cancelled)
                 at += 0.02
             await asyncio.sleep(0.01)
 
@@ -653,6 +654,42 @@ async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
     assert stats["echo_holds"] == 1
     assert stats["echo_holds_lost"] == (1 if user_speaks else 0)
     assert stats["interruptions_cut"] == (1 if user_speaks else 0)
+
+
+async def test_where_a_canceller_cleans_the_microphone_the_echo_is_told_but_not_held(
+    settings: Settings, engines: EngineService
+) -> None:
+    """The judge hears the microphone before the server's canceller (the whole echo): a
+    sound the canceller let through pauses the reply and is told by its sound (resumed,
+    reason echo), but the next sound is not held: with a canceller, what reaches the VAD is
+    mostly the user, whose onset should pause the reply at once."""
+    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.04)
+    mic.cancelled = True
+    feeder: asyncio.Task[None] | None = None
+    try:
+        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+        await wait_for(lambda: len(played.frames) >= 100)
+        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
+        await asyncio.sleep(max(0.0, played.frames[0][1] + 1.0 - time.monotonic()))
+        for pauses in (1, 2):
+            await mic.sounding()
+            lane.speech_onset()
+            lane.speech_started()
+            assert len(session.of(ResponsePaused)) == pauses, lane.stats()  # not held
+            await asyncio.sleep(0.3)
+            lane.speech_stopped()
+            lane.heard("Gerco went in the world.", final=True)  # misheard: its sound tells
+            await wait_for(lambda n=pauses: len(session.of(ResponseResumed)) == n, 5.0)
+            assert session.of(ResponseResumed)[-1].reason == "echo"
+            await asyncio.sleep(0.5)
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        await lane.close()
+        await session.close()
+    stats = lane.stats()
+    assert stats["echo_holds"] == 0 and stats["echo_sounds"] == 2
+    assert stats["interruptions_cut"] == 0
 
 
 @pytest.mark.parametrize("user_speaks", [False, True])

@@ -48,7 +48,9 @@ submitted at once; and no partial starts in the short quiet that may end the seg
 Echo cancellation (:mod:`tidegate.pipelines.echo`) runs on what the VAD loop reads, before
 the VAD: ``audio.echo_cancellation`` ``on``, or ``auto`` in a mode whose session speaks
 (``speaks``: the assistant; its reply lane feeds the reference) for WS-only audio and for a
-WebRTC client whose offer said it has no echo cancellation of its own.
+WebRTC client whose offer said it has no echo cancellation of its own. The reply's
+own-voice judge (:mod:`tidegate.pipelines.own_voice`) is told the microphone before it: what
+the canceller leaves of an echo is too little to tell by sound.
 
 Manual turns (the Realtime dialect's ``input_audio_buffer.commit`` / ``.clear``, the commands
 of :mod:`tidegate.protocol.realtime.commands`): a *commit* waits until the audio received so
@@ -542,12 +544,14 @@ class AudioLane:
         else:
             self._last_audio_ms = now_ms()
         pcm = chunk.pcm
-        if self.echo is not None and self._echo_on:  # off the loop: the media workers
+        echo = self.echo if self._echo_on else None
+        if self.own_voice is not None:  # the microphone as captured: before the canceller
+            first = len(pcm) if chunk.first_samples is None else chunk.first_samples
+            at = chunk.arrival_s - first / SAMPLE_RATE_HZ
+            self.own_voice.heard(pcm, at, cancelled=echo is not None)
+        if echo is not None:  # off the loop: the media workers
             media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
-            pcm = await self.echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
-        if self.own_voice is not None:  # what the VAD and the ASR hear, from its capture
-            first = len(chunk.pcm) if chunk.first_samples is None else chunk.first_samples
-            self.own_voice.heard(pcm, chunk.arrival_s - first / SAMPLE_RATE_HZ)
+            pcm = await echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
         audio = np.concatenate([rest, pcm]) if len(rest) else pcm
         n = len(audio) // FRAME_SAMPLES
         async with self._feed_lock:

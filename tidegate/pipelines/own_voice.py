@@ -6,7 +6,12 @@ Both sides are cut into 20 ms frames and reduced to their spectral envelope: the
 in ``BANDS`` bands between 100 Hz and 4 kHz (where speech is). The reply lane tells
 :meth:`OwnVoice.played` every frame it plays, with the monotonic time its playout starts
 (what the echo canceller is told, :mod:`.echo`); the audio lane tells :meth:`OwnVoice.heard`
-the microphone audio it reads (after the canceller), stamped with its arrival. An echo is the
+the microphone audio it reads, stamped with its arrival: as captured, *before* the server's
+canceller. The canceller decides what the VAD and the ASR hear, but what it leaves of an echo
+is too little, and too changed by its suppressor, to tell by sound (through it the reply's
+echo scored 0.46-0.77 and mostly too little to judge, where the same microphone before it
+scored 0.67-0.96: docs/ears.md); before it, the microphone holds the whole echo, and a user's
+voice over it still does not correlate (at most 0.53). An echo is the
 played envelope, later by the speaker-to-microphone delay plus the uplink, and scaled per
 band by the room and the devices: so :meth:`OwnVoice.likeness` correlates the heard envelope
 of a stretch of time with the played one at every lag from ``-early_s`` to ``max_lag_s``
@@ -119,6 +124,10 @@ class OwnVoice:
         self._rest = np.zeros(0, np.float32)  # heard samples short of a frame
         self._rest_at = 0.0  # the stamp of its first sample
         self._next_at: float | None = None  # the stamp the next heard sample will have
+        #: whether the server's canceller cleans this microphone (after this judge hears it):
+        #: then what pauses a reply is what the canceller let through, and the reply lane
+        #: does not hold its sounds (the hold is for sessions with no canceller)
+        self.cancelled = False
         self.counters = {"played_frames": 0, "heard_frames": 0, "likenesses": 0}
 
     def _envelope(self, rate_hz: int) -> Envelope:
@@ -148,9 +157,12 @@ class OwnVoice:
         when the reply resumes replace them, :meth:`played`)."""
 
     # -- the audio lane's side ----------------------------------------------------------------
-    def heard(self, pcm: np.ndarray[Any, np.dtype[np.float32]], at: float) -> None:
-        """Microphone audio (16 kHz float32) whose first sample was captured at about monotonic
-        ``at`` (its arrival less its length: late by the uplink, which the lags cover).
+    def heard(
+        self, pcm: np.ndarray[Any, np.dtype[np.float32]], at: float, *, cancelled: bool = False
+    ) -> None:
+        """Microphone audio (16 kHz float32, before any canceller; ``cancelled``: the server's
+        canceller cleans it next) whose first sample was captured at about monotonic ``at``
+        (its arrival less its length: late by the uplink, which the lags cover).
 
         The stamps are the stream's own timeline, not each piece's arrival: audio that comes
         in a burst (a busy loop, a WebSocket that stalled) arrived late, and stamped by its
@@ -159,6 +171,7 @@ class OwnVoice:
         the timeline, as the echo path's does), unless its arrival says it started
         ``REANCHOR_EARLY_S`` earlier (the anchor was late, or the client's clock runs fast)
         or ``REANCHOR_S`` later (a gap in the stream): then a new timeline starts there."""
+        self.cancelled = cancelled
         if not self._played or at - self._played[-1][0] > self.keep_s:
             self._rest = np.zeros(0, np.float32)  # no reply lately: nothing to compare with
             self._next_at = None

@@ -621,10 +621,16 @@ class ReplyLane:
     def _holds(self, now: float) -> bool:
         """Whether a sound starting over the reply now is judged by its sound before it
         pauses the reply: the reply's own voice was told by its sound in this session within
-        ``interrupt_echo_hold_s`` (its speaker is loud enough in its microphone to be told)."""
+        ``interrupt_echo_hold_s`` (its speaker is loud enough in its microphone to be told),
+        and no canceller cleans its microphone. Where one does, a sound that reaches the VAD
+        is mostly the user's, and held, a question pauses the reply later than its onset
+        would (190 ms into it at the median, up to 0.9 s, against the onset's 0.15 s:
+        docs/ears.md); the rare echo the canceller lets through pauses the reply, and its
+        verdict resumes it."""
         at = self._own_sound_at
         window = self.config.interrupt_echo_hold_s
-        return self.own_voice is not None and at is not None and now - at <= window
+        own = self.own_voice
+        return own is not None and not own.cancelled and at is not None and now - at <= window
 
     def _judge_hold(self, it: Interruption) -> None:
         """Judge the held sound's last ``HOLD_SPAN_S``: the reply plays on while it sounds

@@ -42,22 +42,23 @@ def test_echo_words_judges_piper_echoes_and_users_phrases() -> None:
 
 
 def test_own_voice_tells_echoes_from_users_by_sound() -> None:
-    """The own-voice part judges one reply's echoes (canceller off and on), a user over
-    them, and the replayed second: without a canceller every echo is the reply's own voice,
-    no user's question over it is, nor the canceller's output of it. Held over a reply that
+    """The own-voice part judges one reply's echoes (the microphone as the judge hears it,
+    before any canceller, and after one), a user over them, and the replayed second: every
+    echo is the reply's own voice, no user's question over it is, nor the canceller's output
+    of it. Held over a reply that
     plays on, its echo keeps the hold to the reply's end, and every question over it ends
     the hold (the reply pauses) before the question does."""
     report = bench_own_voice(prepare_models("piper-joe"), replies=1)
     groups = report["groups"]
-    off = groups["echo, canceller off"]
-    assert off["n"] == 18 and off["no_verdict"] == 0 and off["own"] == 18, groups
-    assert off["likeness"]["min"] >= report["threshold"], groups
+    echo = groups["echo"]
+    assert echo["n"] == 18 and echo["no_verdict"] == 0 and echo["own"] == 18, groups
+    assert echo["likeness"]["min"] >= report["threshold"], groups
     assert groups["replayed a second later"]["own"] == 2, groups
-    assert groups["echo played 0.2 s early, canceller off"]["own"] == 18, groups
+    assert groups["echo played 0.2 s early"]["own"] == 18, groups
     for name, g in groups.items():
         if name.startswith("user"):
             assert g["n"] == 18 and g["own"] == 0, groups
     held = report["held"]
-    assert held["echo held, canceller off"] == {"n": 9, "lost": 0, "lost_after_s": {"n": 0}}
+    assert held["echo held"] == {"n": 9, "lost": 0, "lost_after_s": {"n": 0}}
     for gain in ("+0", "-10"):
         assert held[f"user {gain} dB over held echo"]["lost"] == 9, held

@@ -34,7 +34,8 @@ ears`` runs it as a subprocess and keeps it as its report):
 - ``own-voice``: the same guard by sound (:class:`~tidegate.pipelines.own_voice.OwnVoice`):
   four of those replies paused at 2.5 and 4 s, their echo (a room response, 40/120/250 ms,
   -6/-12/-20 dB, a -60 dBFS floor) heard from 0.35 s before the pause to 0.4 s after its
-  end, with the canceller off and on; a user's question (espeak-ng, at its level and 10 dB
+  end, as the judge hears the microphone (before any canceller) and, to show why, after the
+  canceller; a user's question (espeak-ng, at its level and 10 dB
   under) over the same echo from 0.15 s before the pause; and the last second before the
   pause heard again a second later. The likeness of each, and the share at or above the
   threshold (``interrupt_echo_likeness``); and the echo of a WS-only client that played
@@ -582,6 +583,11 @@ def _rounded(block: dict[str, float]) -> dict[str, float]:
     return {k: v if k == "n" else round(v, 3) for k, v in block.items()}
 
 
+#: a group of the own-voice part heard through the canceller: not what the judge hears (the
+#: microphone before it), measured to show why
+AFTER = "%s, after the canceller (not judged)"
+
+
 def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
     """The own-voice part (module doc), on the first ``replies`` of ``ECHO_REPLIES``."""
     from tidegate.pipelines.own_voice import OWN_VOICE_LIKENESS
@@ -611,19 +617,19 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
             for n, (delay, level) in enumerate(ECHO_CASES):
                 echo, _, _ = audio_sets.mic_with_echo(far, delay_s=delay, level_db=level, seed=k)
                 span = (pause_s - 0.35, pause_s + delay + 0.4)
-                add("echo, canceller off", _likeness(far[:p], echo, *span))
-                add("echo played 0.2 s early, canceller off", _likeness(far[:p], echo, *span, 0.2))
-                add("echo, canceller on", _likeness(far[:p], cancelled(echo, far), *span))
+                add("echo", _likeness(far[:p], echo, *span))
+                add("echo played 0.2 s early", _likeness(far[:p], echo, *span, 0.2))
+                add(AFTER % "echo", _likeness(far[:p], cancelled(echo, far), *span))
                 user = users[(2 * k + n + p) % len(users)]
                 for gain_db in USER_GAINS_DB:
                     mic = _user_over_echo(far, delay, level, user, gain_db, pause_s - 0.15, k)
                     span = (pause_s - 0.35, pause_s - 0.15 + len(user) / SR + 0.1)
                     add(
-                        f"user {gain_db:+.0f} dB over echo, canceller off",
+                        f"user {gain_db:+.0f} dB over echo",
                         _likeness(far[:p], mic, *span),
                     )
                     add(
-                        f"user {gain_db:+.0f} dB over echo, canceller on",
+                        AFTER % f"user {gain_db:+.0f} dB over echo",
                         _likeness(far[:p], cancelled(mic, far), *span),
                     )
             start = p - round(0.2 * SR)
@@ -641,9 +647,7 @@ def bench_own_voice(data_dir: Path, replies: int = 4) -> dict[str, Any]:
         for n, (delay, level) in enumerate(ECHO_CASES):
             echo, _, _ = audio_sets.mic_with_echo(reply, delay_s=delay, level_db=level, seed=k)
             at = _hold(reply, echo, 1.2, end_s)
-            holds.setdefault("echo held, canceller off", []).append(
-                None if at is None else at - 1.2
-            )
+            holds.setdefault("echo held", []).append(None if at is None else at - 1.2)
             user = users[(3 * k + n) % len(users)]
             for gain_db in USER_GAINS_DB:
                 mic = _user_over_echo(reply, delay, level, user, gain_db, 2.7, k)
