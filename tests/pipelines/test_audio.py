@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import pytest_asyncio
 from tests.support import scaled
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
-from tidegate.pipelines.audio import AudioLane
+from tidegate.engines.vad import FRAME_SAMPLES
+from tidegate.media.audio_in import AudioChunk
+from tidegate.pipelines.audio import AudioLane, _Feed
 from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
 from tidegate.pipelines.records import TranscriptSegment
 from tidegate.protocol.messages import (
@@ -371,3 +374,49 @@ async def test_the_final_starts_when_the_quiet_begins_and_is_the_same(
         assert counters["early_finals"] >= 1, counters
         dropped.append((counters["early_finals_dropped"], counters["segments"]))
     assert any(d >= 1 and n == 1 for d, n in dropped), dropped  # withdrawn, speech went on
+
+
+async def test_the_echo_canceller_is_called_once_per_vad_frame_not_per_chunk(
+    settings: Settings, engines: EngineService
+) -> None:
+    """With the canceller on, 20 ms chunks (WebRTC's) are held back until their cleaned
+    audio completes a 32 ms VAD frame: one call per frame, every frame as soon as it is
+    whole, every block cleaned once. A chunk that does not follow on from those held (a gap
+    in its media time) has them cleaned first, alone."""
+    session = FakeSession()
+    session.config = {"audio": {"echo_cancellation": "on"}}
+    lane, _ = lane_for(session, settings, engines)
+    assert lane.echo is not None
+    calls: list[int] = []
+    clean = lane.echo.clean
+
+    async def counted(pcm: Any, *args: Any) -> Any:
+        calls.append(len(pcm))
+        return await clean(pcm, *args)
+
+    lane.echo.clean = counted  # type: ignore[method-assign]
+    feed = _Feed(lane.inbox)
+    rng = np.random.default_rng(3)
+    t0 = time.monotonic()
+
+    async def chunk(k: int, media_ms: float) -> None:
+        pcm = (rng.standard_normal(320) * 0.01).astype(np.float32)
+        await lane._vad_chunk(feed, AudioChunk(pcm, media_ms, t0 + k * 0.02))
+
+    try:
+        lane._ws_ts = True  # the client stamps its audio: the media time dates it
+        for k in range(49):  # 0.98 s
+            await chunk(k, k * 20.0)
+            # a frame is run as soon as the chunks hold one: never a whole frame waiting
+            assert lane._samples // FRAME_SAMPLES == (k + 1) * 320 // FRAME_SAMPLES
+        assert len(calls) == 49 * 320 // FRAME_SAMPLES  # 30 calls for 49 chunks
+        assert len(feed.held) == 1  # the last chunk: 320 samples, short of a frame
+        assert sum(calls) == 48 * 320
+        await chunk(49, 60 * 20.0)  # 200 ms of media time missing before it
+        assert len(calls) == 32  # the held chunk alone, then this one
+        assert not feed.held and lane._samples == 31 * FRAME_SAMPLES
+    finally:
+        await lane.close()
+        await session.close()
+    stats = lane.echo.stats()
+    assert stats["near_blocks"] == 50 * 320 // 160 and stats["uncleaned_blocks"] == 0

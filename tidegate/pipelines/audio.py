@@ -72,7 +72,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -125,6 +125,30 @@ AUDIO_RETRY_AFTER_MS = 100.0  # input.audio refused because the media workers ar
 #: a commit or clear waits at most the inbound buffer's length plus this for the VAD to take
 #: the audio received before it (then it is refused with ``timeout``)
 SETTLE_MARGIN_S = 2.0
+#: a chunk held back from the echo canceller (AudioLane._clean) is cleaned with the next one
+#: only if that one arrived within this of its end (a stream without media time)
+HELD_GAP_S = 0.1
+
+
+@dataclass(slots=True)
+class _Feed:
+    """One VAD loop's state between its chunks: the part-frame left for the VAD, and the
+    chunks held back from the echo canceller until they complete a frame
+    (:meth:`AudioLane._clean`)."""
+
+    inbox: AudioInbox
+    rest: np.ndarray[Any, np.dtype[np.float32]] = field(
+        default_factory=lambda: np.zeros(0, np.float32)
+    )
+    held: list[AudioChunk] = field(default_factory=list)
+
+
+def _follows(last: AudioChunk, chunk: AudioChunk, *, media: bool) -> bool:
+    """Whether ``chunk`` goes on where ``last`` ended: by their media time when the stream
+    has one, else by their arrival (no more than ``HELD_GAP_S`` later than ``last`` lasts)."""
+    if media:
+        return abs(last.media_ms + last.duration_ms - chunk.media_ms) <= 1.0
+    return chunk.arrival_s - last.arrival_s <= last.duration_ms / 1000 + HELD_GAP_S
 
 
 def now_ms() -> float:
@@ -521,24 +545,22 @@ class AudioLane:
 
     # -- the VAD loop -----------------------------------------------------------------------
     async def _vad_loop(self, inbox: AudioInbox) -> None:
-        rest = np.zeros(0, dtype=np.float32)
+        feed = _Feed(inbox)
         mine = inbox is self.inbox  # the WS inbox: commits and clears wait for it
         while (chunk := await inbox.read(max_ms=inbox.max_ms)) is not None:
             if not mine:
-                rest = await self._vad_chunk(inbox, chunk, rest)
+                await self._vad_chunk(feed, chunk)
                 continue
             self._vad_busy = True
             try:
-                rest = await self._vad_chunk(inbox, chunk, rest)
+                await self._vad_chunk(feed, chunk)
             finally:
                 self._vad_busy = False
                 self._vad_idle.set()
 
-    async def _vad_chunk(
-        self, inbox: AudioInbox, chunk: AudioChunk, rest: np.ndarray[Any, np.dtype[np.float32]]
-    ) -> np.ndarray[Any, np.dtype[np.float32]]:
-        """One chunk through the VAD, after ``rest`` (the part-frame the chunk before left);
-        returns the part-frame this one leaves."""
+    async def _vad_chunk(self, feed: _Feed, chunk: AudioChunk) -> None:
+        """One chunk through the VAD, after the part-frame the chunks before left."""
+        inbox = feed.inbox
         if inbox is self.inbox:
             self._return_consumed()
         else:
@@ -550,14 +572,57 @@ class AudioLane:
             at = chunk.arrival_s - first / SAMPLE_RATE_HZ
             self.own_voice.heard(pcm, at, cancelled=echo is not None)
         if echo is not None:  # off the loop: the media workers
-            media = chunk.media_ms if inbox is not self.inbox or self._ws_ts else None
-            pcm = await echo.clean(pcm, chunk.arrival_s, media, chunk.first_samples)
+            cleaned = await self._clean(echo, feed, chunk)
+            if cleaned is None:
+                return
+            pcm = cleaned
+        elif feed.held:  # the canceller was turned off with audio held back for it
+            pcm = np.concatenate([*(c.pcm for c in feed.held), pcm])
+            feed.held.clear()
+        rest = feed.rest
         audio = np.concatenate([rest, pcm]) if len(rest) else pcm
         n = len(audio) // FRAME_SAMPLES
         async with self._feed_lock:
             for i in range(n):
                 await self._frame(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
-        return audio[n * FRAME_SAMPLES :]
+        feed.rest = audio[n * FRAME_SAMPLES :]
+
+    async def _clean(
+        self, echo: EchoPath, feed: _Feed, chunk: AudioChunk
+    ) -> np.ndarray[Any, np.dtype[np.float32]] | None:
+        """``chunk`` (after those held back before it) through the echo canceller, or None
+        while the cleaned audio would not complete a VAD frame: then it is held back for the
+        next chunk. One call per VAD frame (32 ms) instead of one per chunk (20 ms over
+        WebRTC): each call, on a media worker, finds its caches cold and pays for it more
+        than for its blocks (docs/ears.md), and the VAD could not have run sooner. Held back
+        at most a frame's samples; a chunk that does not follow on from those held (a gap
+        in its media time, or in its arrival) has them cleaned first, alone."""
+        media = feed.inbox is not self.inbox or self._ws_ts
+        held = feed.held
+        if held and not _follows(held[-1], chunk, media=media):
+            before = await self._clean_now(echo, held, media=media)
+            after = await self._clean_now(echo, [chunk], media=media)
+            return np.concatenate([before, after])
+        held.append(chunk)
+        pending = sum(len(c.pcm) for c in held)
+        if len(feed.rest) + echo.out_samples(pending) < FRAME_SAMPLES:
+            return None
+        return await self._clean_now(echo, held, media=media)
+
+    async def _clean_now(
+        self, echo: EchoPath, held: list[AudioChunk], *, media: bool
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The chunks ``held`` through the canceller as one piece (they follow on from each
+        other), dated by the first; ``held`` is emptied."""
+        first = held[0]
+        if len(held) == 1:
+            pcm, first_samples = first.pcm, first.first_samples
+        else:
+            pcm = np.concatenate([c.pcm for c in held])
+            first_samples = len(first.pcm) if first.first_samples is None else first.first_samples
+        held.clear()
+        at_ms = first.media_ms if media else None
+        return await echo.clean(pcm, first.arrival_s, at_ms, first_samples)
 
     async def _frame(self, frame: np.ndarray[Any, np.dtype[np.float32]]) -> None:
         received = self._last_audio_ms

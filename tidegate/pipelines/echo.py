@@ -210,6 +210,11 @@ class EchoPath:
         self._retract = sample if self._retract is None else min(self._retract, sample)
 
     # -- the near end (the audio lane) --------------------------------------------------------
+    def out_samples(self, samples: int) -> int:
+        """How much cleaned audio :meth:`clean` of ``samples`` more would return now (whole
+        blocks: the part of a block it holds comes out with the next call)."""
+        return (len(self._rest) + samples) // BLOCK_SAMPLES * BLOCK_SAMPLES
+
     async def clean(
         self,
         pcm: np.ndarray[Any, np.dtype[np.float32]],
