@@ -1,4 +1,4 @@
-"""The ears microbenchmark's paced AEC part (sessions' echo paths called every 20 ms) and its
+"""The ears microbenchmark's paced AEC part (sessions' echo paths fed every 20 ms) and its
 echo-words part (the guard against the reply's own words on what Whisper hears)."""
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def test_paced_aec_counts_each_sessions_canceller_time() -> None:
     assert report["seconds"] == pytest.approx(0.3)
     assert set(report["by_sessions"]) == {"1", "3"}
     for figures in report["by_sessions"].values():
-        assert 0.0 < figures["cpu_s_per_session_s"] < 1.0
+        assert 0.0 < figures["cpu_s_per_session_s"] < 1.0  # per VAD frame, as the lane
+        assert 0.0 < figures["per_chunk_cpu_s_per_session_s"] < 1.0
 
 
 def test_echo_words_judges_piper_echoes_and_users_phrases() -> None:

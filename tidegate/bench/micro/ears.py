@@ -17,12 +17,14 @@ ears`` runs it as a subprocess and keeps it as its report):
   3 s of adaptation, the delay found, and the CPU seconds per session-second (target
   <= 0.02), 20 ms frames fed as a lane would;
 - ``aec-paced``: the canceller's CPU as live audio paces it: N sessions (``--paced-sessions``,
-  e.g. 1,4,8) each hand their audio lane's :class:`~tidegate.pipelines.echo.EchoPath` 20 ms
-  of microphone audio and of reference every 20 ms for ``--paced-s`` seconds (one thread,
-  sleeping between ticks as a server waiting for packets does); the CPU seconds per
-  session-second the path itself counts (what the sessions' ``metrics`` report live). Each
-  call finds the caches colder the more idle the machine is between calls
-  (docs/ears.md), so the figure falls as sessions share the thread;
+  e.g. 1,4,8) each get 20 ms of microphone audio and of reference every 20 ms for
+  ``--paced-s`` seconds, and their audio lane's :class:`~tidegate.pipelines.echo.EchoPath`
+  cleans it as the lane calls it: once the chunks complete a 32 ms VAD frame (and, for
+  comparison, once per chunk, as the lane called it before); one thread, sleeping between
+  ticks as a server waiting for packets does; the CPU seconds per session-second the path
+  itself counts (what the sessions' ``metrics`` report live). Each call finds the caches
+  colder the more idle the machine is between calls (docs/ears.md), so the figure falls as
+  sessions share the thread;
 - ``echo-words``: the guard against the reply's own words (:func:`~tidegate.pipelines.
   interrupt.echoed`) on what Whisper tiny.en hears: the Piper voice speaks ``ECHO_REPLIES``,
   and at pauses every ``--echo-step-s`` the last second before it comes back at -6 dB over
@@ -341,6 +343,7 @@ def bench_aec() -> dict[str, Any]:
 
 def bench_aec_paced(sessions: list[int], seconds: float) -> dict[str, Any]:
     """See the module docstring (``aec-paced``)."""
+    from tidegate.engines.vad import FRAME_SAMPLES
     from tidegate.engines.workers import WorkerPool
     from tidegate.pipelines.echo import EchoPath
 
@@ -348,20 +351,34 @@ def bench_aec_paced(sessions: list[int], seconds: float) -> dict[str, Any]:
     mic, _, _ = audio_sets.mic_with_echo(reply, delay_s=0.08, level_db=-10.0)
     ticks = max(1, round(seconds / (FRAME / SR)))
     out: dict[str, Any] = {"seconds": ticks * FRAME / SR, "by_sessions": {}}
-    for n in sessions:
+
+    def paced(n: int, per_frame: bool) -> float:
+        """CPU-s per session-second of ``n`` sessions' echo paths, called per 20 ms chunk
+        or, as the audio lane calls them, once the chunks complete a VAD frame."""
         pool = WorkerPool("aec-paced", workers=1)  # EchoPath needs one; _run is called inline
         paths = [EchoPath(pool) for _ in range(n)]
         t0 = time.monotonic()
+        start, vad_rest = 0, 0  # the first sample not yet cleaned; cleaned short of a frame
         for k in range(ticks):
-            i = (k * FRAME) % (len(reply) - FRAME)
-            for path in paths:
-                played = path.origin + i / SR
-                far = [(reply[i : i + FRAME], SR, played)]
-                path._run(far, mic[i : i + FRAME], path.sample_at(played), None)
+            end = (k + 1) * FRAME
+            if not per_frame or vad_rest + end - start >= FRAME_SAMPLES:
+                vad_rest = (vad_rest + end - start) % FRAME_SAMPLES
+                i, m = start % (len(reply) - (end - start)), end - start
+                for path in paths:
+                    played = path.origin + i / SR
+                    far = [(reply[i : i + m], SR, played)]
+                    path._run(far, mic[i : i + m], path.sample_at(played), None)
+                start = end
             time.sleep(max(0.0, t0 + (k + 1) * FRAME / SR - time.monotonic()))
         pool.close()
-        per_session = sum(p.cpu_s for p in paths) / (n * ticks * FRAME / SR)
-        out["by_sessions"][str(n)] = {"cpu_s_per_session_s": round(per_session, 5)}
+        return sum(p.cpu_s for p in paths) / (n * ticks * FRAME / SR)
+
+    for n in sessions:
+        chunked = paced(n, per_frame=False)
+        out["by_sessions"][str(n)] = {
+            "cpu_s_per_session_s": round(paced(n, per_frame=True), 5),
+            "per_chunk_cpu_s_per_session_s": round(chunked, 5),
+        }
     return out
 
 
@@ -721,9 +738,10 @@ def summary(report: dict[str, Any]) -> str:
     paced = report.get("aec_paced")
     if paced:
         lines.append(
-            "aec paced (20 ms calls, one thread): "
+            "aec paced (one thread), per VAD frame / per 20 ms chunk: "
             + "  ".join(
-                f"{n} sessions {v['cpu_s_per_session_s']:.4f}"
+                f"{n} sessions {v['cpu_s_per_session_s']:.4f} / "
+                f"{v['per_chunk_cpu_s_per_session_s']:.4f}"
                 for n, v in paced["by_sessions"].items()
             )
             + " CPU-s per session-second"
