@@ -5,6 +5,7 @@ output.audio."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -539,6 +540,7 @@ class Microphone:
         self.uplink_s = 0.03
         self.near: tuple[np.ndarray, float] | None = None  # speech, when it starts (monotonic)
         self.cancelled = False  # the server's canceller cleans this microphone next
+        self._feeder: asyncio.Task[None] | None = None
         self.rng = np.random.default_rng(7)
 
     def slot(self, at: float) -> np.ndarray:
@@ -573,6 +575,14 @@ class Microphone:
 
         await wait_for(loud, 10.0)
 
+    def start(self, at: float) -> None:
+        """Capture from monotonic ``at`` on, live, until :meth:`stop`."""
+        self._feeder = asyncio.create_task(self.run(at))
+
+    def stop(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+
     async def run(self, start: float) -> None:
         at = start
         while True:
@@ -582,17 +592,48 @@ class Microphone:
             await asyncio.sleep(0.01)
 
 
-def kiosk_lane(
+@contextlib.asynccontextmanager
+async def kiosk(
     settings: Settings, engines: EngineService, *, delay_s: float
-) -> tuple[Player, ReplyLane, Heard, Microphone]:
+) -> AsyncIterator[tuple[Player, ReplyLane, Heard, Microphone]]:
     """A reply lane with its own-voice judge, and a kiosk's microphone with no canceller
-    (its speaker ``delay_s`` and 6 dB into it) to run beside it."""
+    (its speaker ``delay_s`` and 6 dB into it) to run beside it; all closed at the end."""
     session = Player()
     lane = lane_for(session, settings, engines)
     played = Heard()
     lane.own_voice = OwnVoice()
     lane.echo = Played([lane.own_voice, played])
-    return session, lane, played, Microphone(played, lane.own_voice, delay_s=delay_s, level_db=-6.0)
+    mic = Microphone(played, lane.own_voice, delay_s=delay_s, level_db=-6.0)
+    try:
+        yield session, lane, played, mic
+    finally:
+        mic.stop()
+        await lane.close()
+        await session.close()
+
+
+async def start_kiosk_reply(lane: ReplyLane, played: Heard, mic: Microphone) -> None:
+    """Start a reply and the microphone beside it; return 1 s into the reply's playout."""
+    lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
+    await wait_for(lambda: len(played.frames) >= 100)
+    mic.start(played.frames[0][1])
+    await asyncio.sleep(max(0.0, played.frames[0][1] + 1.0 - time.monotonic()))
+
+
+async def echo_pauses_and_is_told(
+    lane: ReplyLane, session: Player, mic: Microphone, pauses: int
+) -> None:
+    """The echo, once sounding, pauses the reply (its ``pauses``-th pause), its final is
+    misheard, and its sound tells it: the reply resumes, reason echo."""
+    await mic.sounding()
+    lane.speech_onset()
+    lane.speech_started()
+    assert len(session.of(ResponsePaused)) == pauses, lane.stats()
+    await asyncio.sleep(0.3)
+    lane.speech_stopped()
+    lane.heard("Gerco went in the world.", final=True)  # misheard: its sound tells
+    await wait_for(lambda: len(session.of(ResponseResumed)) == pauses, 5.0)
+    assert session.of(ResponseResumed)[-1].reason == "echo"
 
 
 @pytest.mark.parametrize("user_speaks", [False, True])
@@ -604,23 +645,10 @@ async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
     the next sounds of that echo are judged before they pause it (held): the reply plays on,
     and their finals are absorbed. A user asking a question over the echo while a sound is
     held pauses the reply (echo_holds_lost), and the question's words cut it."""
-    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.04)
-    feeder: asyncio.Task[None] | None = None
-    try:
-        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
-        await wait_for(lambda: len(played.frames) >= 100)
-        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
-        await asyncio.sleep(max(0.0, played.frames[0][1] + 1.0 - time.monotonic()))
-        await mic.sounding()
-        lane.speech_onset()  # the echo's first sound: nothing is known of it yet
-        lane.speech_started()
-        assert len(session.of(ResponsePaused)) == 1
-        await asyncio.sleep(0.3)
-        lane.speech_stopped()
-        lane.heard("Gerco went in the world.", final=True)  # misheard: its sound tells
-        await wait_for(lambda: session.of(ResponseResumed), 5.0)
-        (resumed,) = session.of(ResponseResumed)
-        assert resumed.reason == "echo"
+    async with kiosk(settings, engines, delay_s=0.04) as (session, lane, played, mic):
+        await start_kiosk_reply(lane, played, mic)
+        # the echo's first sound: nothing is known of it yet
+        await echo_pauses_and_is_told(lane, session, mic, 1)
         await asyncio.sleep(0.5)  # the reply plays on, and so does its echo
         await mic.sounding()
         lane.speech_onset()
@@ -645,11 +673,6 @@ async def test_once_its_echo_was_told_by_sound_the_reply_plays_on_over_it(
             assert not lane.heard("The cat's at in the sun.", final=True)  # absorbed
             assert lane.interruption is None and len(session.of(ResponsePaused)) == 1
             assert lane.reply is not None  # playing on
-    finally:
-        if feeder is not None:
-            feeder.cancel()
-        await lane.close()
-        await session.close()
     stats = lane.stats()
     assert stats["echo_holds"] == 1
     assert stats["echo_holds_lost"] == (1 if user_speaks else 0)
@@ -663,30 +686,12 @@ async def test_where_a_canceller_cleans_the_microphone_the_echo_is_told_but_not_
     sound the canceller let through pauses the reply and is told by its sound (resumed,
     reason echo), but the next sound is not held: with a canceller, what reaches the VAD is
     mostly the user, whose onset should pause the reply at once."""
-    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.04)
-    mic.cancelled = True
-    feeder: asyncio.Task[None] | None = None
-    try:
-        lane.answer("Tell me a long story about a cat.", None, 0.0, spoken=True)
-        await wait_for(lambda: len(played.frames) >= 100)
-        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
-        await asyncio.sleep(max(0.0, played.frames[0][1] + 1.0 - time.monotonic()))
-        for pauses in (1, 2):
-            await mic.sounding()
-            lane.speech_onset()
-            lane.speech_started()
-            assert len(session.of(ResponsePaused)) == pauses, lane.stats()  # not held
-            await asyncio.sleep(0.3)
-            lane.speech_stopped()
-            lane.heard("Gerco went in the world.", final=True)  # misheard: its sound tells
-            await wait_for(lambda n=pauses: len(session.of(ResponseResumed)) == n, 5.0)
-            assert session.of(ResponseResumed)[-1].reason == "echo"
+    async with kiosk(settings, engines, delay_s=0.04) as (session, lane, played, mic):
+        mic.cancelled = True
+        await start_kiosk_reply(lane, played, mic)
+        for pauses in (1, 2):  # the second is paused too: not held
+            await echo_pauses_and_is_told(lane, session, mic, pauses)
             await asyncio.sleep(0.5)
-    finally:
-        if feeder is not None:
-            feeder.cancel()
-        await lane.close()
-        await session.close()
     stats = lane.stats()
     assert stats["echo_holds"] == 0 and stats["echo_sounds"] == 2
     assert stats["interruptions_cut"] == 0
@@ -700,12 +705,10 @@ async def test_the_echo_of_a_reply_that_just_ended_is_not_the_users_turn(
     is still coming back into the microphone; a sound that begins then and sounds like the
     reply is not the user's turn (its final is absorbed: echo_after_reply), whatever words
     the ASR made of it. The user speaking right after the reply is."""
-    session, lane, played, mic = kiosk_lane(settings, engines, delay_s=0.25)
-    feeder: asyncio.Task[None] | None = None
-    try:
+    async with kiosk(settings, engines, delay_s=0.25) as (session, lane, played, mic):
         lane.answer("What is the capital of France?", None, 0.0, spoken=True)
         await wait_for(lambda: played.frames)
-        feeder = asyncio.create_task(mic.run(played.frames[0][1]))
+        mic.start(played.frames[0][1])
         await wait_for(lambda: session.of(ResponseDone), 30.0)
         text = "Paris."
         if user_speaks:
@@ -718,11 +721,6 @@ async def test_the_echo_of_a_reply_that_just_ended_is_not_the_users_turn(
         await asyncio.sleep(1.5 if user_speaks else 0.4)
         lane.speech_stopped()
         turn = lane.heard(text, final=True)
-    finally:
-        if feeder is not None:
-            feeder.cancel()
-        await lane.close()
-        await session.close()
     assert turn == user_speaks
     assert lane.stats()["echo_after_reply"] == (0 if user_speaks else 1)
 
