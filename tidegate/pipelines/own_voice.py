@@ -63,12 +63,12 @@ OWN_VOICE_LEAD_S = 0.35
 #: a sound that begins this soon after a reply's speech ended may be its echo's tail (the
 #: speaker-to-microphone delay and the room: what the lags cover), judged by its sound
 ECHO_TAIL_S = 1.5
-#: a sound held over a reply (pipelines/interrupt.py, "its own voice, held") is judged on its
-#: last HOLD_SPAN_S every HOLD_CHECK_S; one that has not given enough sound to judge
-#: HOLD_JUDGE_S into the hold pauses the reply (a user's onset waits at most that long)
 #: how long after the reply's own voice was told by its sound later sounds are held (the
 #: default of the setting ``interrupt_echo_hold_s``)
 ECHO_HOLD_S = 60.0
+#: a sound held over a reply (pipelines/interrupt.py, "its own voice, held") is judged on its
+#: last HOLD_SPAN_S every HOLD_CHECK_S; one that has not given enough sound to judge
+#: HOLD_JUDGE_S into the hold pauses the reply (a user's onset waits at most that long)
 HOLD_SPAN_S = 0.8
 HOLD_CHECK_S = 0.05
 HOLD_JUDGE_S = 0.2
