@@ -306,6 +306,14 @@ function TurnItem({ turn }: { turn: Turn }) {
             {turn.text.slice(turn.heard.length)}
           </span>
         </span>
+      ) : turn.tentative ? (
+        <span className="text">
+          {turn.text}
+          {turn.text ? " " : ""}
+          <span className="tentative" title="heard so far: may still change" data-testid="tentative">
+            {turn.tentative}
+          </span>
+        </span>
       ) : (
         <span className="text">{turn.text || (turn.live ? "…" : "")}</span>
       )}

@@ -91,6 +91,8 @@ export type ServerMessage = Envelope &
         audio_start_ms: number;
         audio_end_ms: number;
         timing?: Timing;
+        /** asr.partial: what is heard beyond `text` now; the next partial may change it. */
+        tentative?: string;
       }
     | { type: "vision.result"; frame_ts: number; detections: Detection[]; timing?: Timing }
     | { type: "response.created"; response_id: string }
@@ -155,7 +157,7 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   "vad.speech_started": { audio_ms: "n", timing: "m?" },
   "vad.speech_stopped": { audio_ms: "n", timing: "m?" },
   "turn.end": { reason: "s", probability: "n?", audio_ms: "n?" },
-  "asr.partial": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?" },
+  "asr.partial": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?", tentative: "s?" },
   "asr.final": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?" },
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
   "response.created": { response_id: "s" },

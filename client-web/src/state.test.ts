@@ -106,6 +106,23 @@ describe("reduce", () => {
     expect(empty.turns).toEqual([]);
   });
 
+  it("shows a partial's tentative words after its committed text until the final", () => {
+    const s = run([
+      created(),
+      ev({ type: "asr.partial", segment_id: "g1", text: "", tentative: "the capital", audio_start_ms: 0, audio_end_ms: 900 }),
+    ]);
+    expect(s.turns).toEqual([{ key: "g1", who: "user", text: "", tentative: "the capital", live: true }]);
+    const more = run(
+      [ev({ type: "asr.partial", segment_id: "g1", text: "the", tentative: "captain of", audio_start_ms: 0, audio_end_ms: 1400 })],
+      s,
+    );
+    expect(more.turns).toEqual([{ key: "g1", who: "user", text: "the", tentative: "captain of", live: true }]);
+    const none = run([ev({ type: "asr.partial", segment_id: "g1", text: "the capital", audio_start_ms: 0, audio_end_ms: 1900 })], more);
+    expect(none.turns).toEqual([{ key: "g1", who: "user", text: "the capital", live: true }]);
+    const f = run([ev({ type: "asr.final", segment_id: "g1", text: "The capital of France?", audio_start_ms: 0, audio_end_ms: 2000 })], more);
+    expect(f.turns).toEqual([{ key: "g1", who: "user", text: "The capital of France?", live: false }]);
+  });
+
   it("streams a reply from its deltas and marks a cut one interrupted", () => {
     const s = run([
       created(),

@@ -13,6 +13,8 @@ export interface Turn {
   text: string;
   /** user: a partial still growing; assistant: still streaming. */
   live: boolean;
+  /** user, live: the words heard beyond `text` so far, which the next partial may change. */
+  tentative?: string;
   status?: "completed" | "cancelled" | "failed";
   /** A cut reply: the part the user heard before the cut (a prefix of `text`). */
   heard?: string;
@@ -184,11 +186,13 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
     case "asr.partial":
     case "asr.final": {
       const final = m.type === "asr.final";
+      const tentative = final ? "" : (m.tentative ?? "").trim();
+      const turn: Turn = { key: m.segment_id, who: "user", text: m.text.trim(), live: !final };
       // A final with no words removes its partial: nothing was said.
       const turns =
         final && !m.text.trim()
           ? s.turns.filter((t) => !(t.who === "user" && t.key === m.segment_id))
-          : upsertTurn(s.turns, { key: m.segment_id, who: "user", text: m.text.trim(), live: !final });
+          : upsertTurn(s.turns, tentative ? { ...turn, tentative } : turn);
       const stages = { ...s.stages, [m.type]: stage(m.type, m.timing, arrivedMs, s.offsetMs) };
       return { ...s, turns, stages };
     }

@@ -56,6 +56,9 @@ def test_asr_scenario_report(tmp_path: Path) -> None:
     assert level["speech_stopped_to_final_ms"]["n"] == eos["n"]
     assert level["words_timed"] == 14
     assert level["partial_latency_ms"]["n"] + level["words_final_only"] == 14
+    # a caption (committed and tentative words) shows every word no later than committed text
+    assert level["caption_latency_ms"]["n"] + level["caption_words_final_only"] == 14
+    assert level["caption_words_final_only"] <= level["words_final_only"]
     assert level["cpu_s_per_audio_s"] > 0
     assert level["finals"] >= 2
     assert level["utterance_end_to_final_ms"]["n"] == 2 and level["utterances_without_final"] == 0

@@ -4,6 +4,7 @@ silence gate, batching, and agreement between the two implementations."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -189,6 +190,37 @@ def test_streaming_commits_only_agreed_whole_words(onnx_asr: WhisperOnnx, becket
     for a, b in zip(committed, [*committed[1:], text], strict=True):
         assert b.startswith(a), (a, b)
     assert wer(BECKETT, text) <= 0.1, text
+
+
+def test_streaming_shows_the_rest_of_each_hypothesis_as_tentative(
+    onnx_asr: WhisperOnnx, beckett
+) -> None:
+    """Each partial's committed text and tentative words together are its hypothesis; the
+    first decode commits nothing and shows everything as tentative, and what a later decode
+    commits was already shown (committed or tentative) by the one before: a caption of
+    committed and tentative words leads the committed text by a partial interval."""
+    tok = onnx_asr.tokenizer
+    assert tok is not None
+    s = StreamingSettings()
+    seg = Segment("s", 0, tok.decode)
+    shown: list[tuple[str, str]] = []
+    for end in range(16_000, len(beckett) + 1, 16_000):
+        seg.append(beckett[seg.samples : end])
+        (r,) = run(onnx_asr, seg.request())
+        seg.on_partial(r, end, s)
+        assert s.gate.is_speech(r), r.text
+        assert " ".join(x for x in (seg.committed_text, seg.tentative) if x) == r.text.strip()
+        shown.append((seg.committed_text, seg.tentative))
+    assert shown[0][0] == "" and shown[0][1], shown[0]
+    assert any(c for c, _ in shown), "nothing committed"
+    for (c0, t0), (c1, _) in itertools.pairwise(shown):
+        assert f"{c0} {t0}".strip().startswith(c1), (c0, t0, c1)
+    before = seg.tentative
+    silent = AsrResult(
+        seg.committed, "", avg_logprob=-2.0, no_speech_prob=0.99, compression_ratio=1.0
+    )
+    seg.on_partial(silent, len(beckett), s)
+    assert before and seg.tentative == "", "a hypothesis that is not speech clears it"
 
 
 def test_a_cancelled_request_is_dropped_alone(onnx_asr: WhisperOnnx, beckett) -> None:

@@ -121,6 +121,7 @@ SERVER_SAMPLES: list[Message] = [
         audio_start_ms=1200.0,
         audio_end_ms=2000.0,
         timing=TIMING,
+        tentative="of France",
     ),
     AsrFinal(
         seq=10,

@@ -181,4 +181,5 @@ def test_timing_sent_and_wire_order() -> None:
         "audio_start_ms",
         "audio_end_ms",
         "timing",
+        "tentative",
     ]

@@ -724,8 +724,10 @@ async def test_ws_only_device_speaks_and_publishes_sensors(
     assert VadSpeechStarted in kinds and AsrPartial in kinds and AsrFinal in kinds, lane
     final = " ".join(f.text for f in device.of(AsrFinal)).lower()
     assert "weather" in final and "umbrella" in final, final
-    partial = device.of(AsrPartial)[0]
-    assert partial.text and final.startswith(partial.text.lower()[:10]), (partial.text, final)
+    committed = [p for p in device.of(AsrPartial) if p.text]  # the first may be all tentative
+    assert committed, lane
+    partial = committed[0]
+    assert final.startswith(partial.text.lower()[:10]), (partial.text, final)
     done = device.done("completed")[-1]  # a pause in the reading may end a turn early
     assert done.text and len(device.audio(done.response_id)) > 48_000
 

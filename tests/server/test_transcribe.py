@@ -163,9 +163,10 @@ async def test_finals_are_recorded_and_served_by_the_records_api(
 
 async def test_long_speech_partials_grow_into_the_final(asr_server: LiveServer) -> None:
     """two_cities.wav (12 s): committed partials only grow within a segment and begin its
-    final; no segment's final is missing. Streamed at real time, as a speaker would: partials
-    are paced by the wall clock (asr_partial_interval_s), so faster than real time a loaded
-    machine may close each segment before any partial of it is decoded."""
+    final; no segment's final is missing. A segment's first partial, before any word is
+    committed, shows what was heard as ``tentative``. Streamed at real time, as a speaker
+    would: partials are paced by the wall clock (asr_partial_interval_s), so faster than real
+    time a loaded machine may close each segment before any partial of it is decoded."""
     audio = read_wav(CACHE / "assets" / "two_cities.wav", 12.0)
     events = await stream(asr_server, audio, speed=1.0)
     partials = [e for e, _ in events if isinstance(e, AsrPartial)]
@@ -173,6 +174,8 @@ async def test_long_speech_partials_grow_into_the_final(asr_server: LiveServer) 
     assert partials, "no partial"
     last: dict[str, str] = {}
     for p in partials:
+        if p.segment_id not in last:
+            assert p.text == "" and p.tentative, p
         assert p.text.startswith(last.get(p.segment_id, "")), (last, p.text)
         last[p.segment_id] = p.text
         assert finals[p.segment_id].startswith(p.text)

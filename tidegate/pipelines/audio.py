@@ -841,11 +841,15 @@ class AudioLane:
         if result is None:
             seg.decoded_until = decoded
             return
+        shown = seg.tentative
         committed = seg.on_partial(result, decoded, self.settings)
         self.language.partial_done(seg)  # a language it locked is the turn's
-        if committed:
+        if committed or seg.tentative != shown:
             self.counters["partials"] += 1
-            self.session.emit(self._event(AsrPartial, seg, seg.committed_text, timing))
+            tentative = seg.tentative or None
+            self.session.emit(
+                self._event(AsrPartial, seg, seg.committed_text, timing, tentative=tentative)
+            )
         if self.listener is not None and self._segment is seg:  # still the speech going on
             speech = self.settings.gate.is_speech(result)
             self.listener.on_partial(result.text.strip() if speech else "")

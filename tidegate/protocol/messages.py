@@ -612,10 +612,14 @@ class _AsrSegment(ServerMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AsrPartial(_AsrSegment):
-    """Text recognised so far while the user speaks: the committed part only, so every
-    partial of a segment is a prefix of the next and of the final."""
+    """Text recognised so far while the user speaks. ``text`` is the committed part only, so
+    every partial's ``text`` is a prefix of the next one's and of the final. ``tentative`` is
+    what the recognizer hears beyond it now (words, to be joined to ``text`` with a space):
+    a caption shows it at once, but the next partial or the final may change or drop it;
+    absent when the newest hypothesis adds nothing to ``text``."""
 
     TYPE: ClassVar[str] = "asr.partial"
+    tentative: str | None = spec(Text(MAX_TEXT_CHARS), None)
 
 
 @message

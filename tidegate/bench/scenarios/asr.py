@@ -15,7 +15,8 @@ stream count:
   from ``vad.speech_stopped`` to ``asr.final`` (the recogniser's share);
 - ``partial_latency_ms``: from the end of a word in the espeak part to the first
   ``asr.partial`` whose committed text contains it (words first seen in a final are counted
-  in ``words_final_only``);
+  in ``words_final_only``); ``caption_latency_ms``: the same for its committed text and
+  tentative words together, what a live caption shows (``caption_words_final_only``);
 - ``utterance_end_to_final_ms``: per utterance, from the moment the client sent its last
   speech to the first final that reaches its end (within 0.5 s): the measure the peer is
   compared on;
@@ -424,13 +425,24 @@ def _latencies(log: StreamLog) -> dict[str, list[float]]:
     return out
 
 
+def _shown(partial: AsrPartial, caption: bool) -> str:
+    """A partial's committed text, and with ``caption`` its tentative words after it."""
+    return " ".join(x for x in (partial.text, partial.tentative if caption else "") if x)
+
+
 def _partial_latency(
-    log: StreamLog, word_ends: list[tuple[str, float]], sentences_start_ms: float
+    log: StreamLog,
+    word_ends: list[tuple[str, float]],
+    sentences_start_ms: float,
+    *,
+    caption: bool = False,
 ) -> tuple[list[float], int]:
-    """Per espeak word (its end, ms of stream audio): the first partial that contains it;
-    returns the latencies and how many words were first seen in a final (or never)."""
+    """Per espeak word (its end, ms of stream audio): the first partial that contains it
+    (its committed text; with ``caption`` its tentative words too, as a caption shows them);
+    returns the latencies and how many words were first seen in a final (or never). Words
+    are matched by count (the n-th word of the sentences is shown once n words are)."""
     after = sentences_start_ms - SPAN_SLACK_MS  # the VAD's pre-roll may precede it
-    events = [(t, e.text, False) for e, t in log.partials if e.audio_start_ms >= after]
+    events = [(t, _shown(e, caption), False) for e, t in log.partials if e.audio_start_ms >= after]
     events += [(t, e.text, True) for e, t in log.finals if e.audio_start_ms >= after]
     events.sort(key=lambda e: e[0])
     first_seen: list[tuple[float, bool]] = []  # per word: (client time, seen in a final)
@@ -477,9 +489,10 @@ async def _level(
     audio_s = len(plan.audio) / RATE_HZ
     lat: dict[str, list[float]] = {"eos": [], "eos_short": [], "stopped": []}
     partial: list[float] = []
+    caption: list[float] = []
     utterance: list[float] = []
     missing = 0
-    final_only = 0
+    final_only = caption_final_only = 0
     figures: list[dict[str, float]] = []
     for log in logs:
         for k, v in _latencies(log).items():
@@ -488,6 +501,9 @@ async def _level(
             p, f = _partial_latency(log, plan.word_ends, plan.sentences_start_ms)
             partial += p
             final_only += f
+            p, f = _partial_latency(log, plan.word_ends, plan.sentences_start_ms, caption=True)
+            caption += p
+            caption_final_only += f
         u, m = utterance_latencies(
             [(f.audio_end_ms, t) for f, t in log.finals], log.sent_at, plan.utterances
         )
@@ -507,6 +523,8 @@ async def _level(
         "utterances_without_final": missing,
         "partial_latency_ms": distribution(partial),
         "words_final_only": final_only,
+        "caption_latency_ms": distribution(caption),
+        "caption_words_final_only": caption_final_only,
         "words_timed": len(plan.word_ends) * n,
         "finals": sum(len(log.finals) for log in logs),
         "partials": sum(len(log.partials) for log in logs),
@@ -704,6 +722,7 @@ def _summary(r: dict[str, Any]) -> str:
         f"(<=5 s: {p(r['eos_to_final_ms_utterances_le_5s'])}), stopped->final "
         f"{p(r['speech_stopped_to_final_ms'])} ms, utterance end->final "
         f"{p(r['utterance_end_to_final_ms'])} ms, partial {p(r['partial_latency_ms'])} ms, "
+        f"caption {p(r['caption_latency_ms'])} ms, "
         f"cpu/audio {r.get('cpu_s_per_audio_s', float('nan')):.3f}, "
         f"wer {r.get('wer', {}).get('mean', float('nan')):.3f}, lag events {r['lag_events']}"
     )

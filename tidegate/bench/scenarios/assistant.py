@@ -18,7 +18,9 @@ is the moment the client sent the question's last loud sample. Measured from the
 - ``eos_to_first_audio_ms``: the first ``output.audio`` whose samples are audible (detected
   in the received audio: a 20 ms frame above ``--audible-dbfs``);
 - ``speech_start_to_first_partial_ms``: from the start of the question to the first
-  ``asr.partial`` (short questions may have none: counted in ``turns_without_partial``);
+  ``asr.partial`` with committed text (its tentative words not counted, as the Realtime
+  dialect's transcription deltas carry none; short questions may have none: counted in
+  ``turns_without_partial``);
 - a per-stage breakdown, each from one clock only: ``vad_wait_ms`` (end of speech sent ->
   ``vad.speech_stopped`` received), ``asr_ms`` (the final's engine time, server clock),
   ``turn_wait_ms`` (final -> ``response.created``), ``llm_first_token_ms`` (the first
@@ -258,7 +260,7 @@ async def _reader(client: Client, log: SessionLog, threshold: float) -> None:
 def _note(turn: Turn, ev: ServerMessage, t: float, threshold: float) -> None:
     if isinstance(ev, VadSpeechStopped) and turn.stopped is None:
         turn.stopped = t
-    elif isinstance(ev, AsrPartial) and turn.partial is None:
+    elif isinstance(ev, AsrPartial) and ev.text and turn.partial is None:  # committed words
         turn.partial = t
     elif isinstance(ev, AsrFinal) and turn.created is None:
         turn.final = (ev, t)  # the last final before the reply starts

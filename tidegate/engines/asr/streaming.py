@@ -6,6 +6,10 @@ growing while the user speaks, re-decoded every ``partial_interval_s``, and what
   starts a new one), become committed. Committed tokens are forced as the prefix of every
   later decode of the segment, and of its final, so they never change: an ``asr.partial``
   carries the committed text, which only grows and is a prefix of the final.
+- **Tentative text**: the rest of the newest hypothesis, beyond what is committed, is what
+  the recognizer hears now (``tentative``): a caption can show it at once (a word is
+  committed only once a second decode agrees, one ``partial_interval_s`` or more later), but
+  the next partial or the final may change or drop it.
 - **Finals first**: a partial is not started while the newest audio is quiet (VAD
   probability below ``pause_probability``) for less than ``partial_hold_s``: the segment may
   be about to end, and its final should not queue behind a partial that nobody will read.
@@ -151,6 +155,8 @@ class Segment:
         self.probs: list[float] = []
         self.committed: tuple[int, ...] = ()
         self.committed_text = ""
+        #: the newest hypothesis beyond the committed text (words; may change or vanish)
+        self.tentative = ""
         self.commit_audio_end = 0  # segment samples the committing decode had seen
         self.previous: tuple[int, ...] | None = None
         self.decoded_until = 0
@@ -247,16 +253,25 @@ class Segment:
 
     def on_partial(self, result: AsrResult, decoded: int, s: StreamingSettings) -> bool:
         """Take a partial hypothesis of the first ``decoded`` samples; True when the
-        committed prefix grew."""
+        committed prefix grew. ``tentative`` becomes the hypothesis beyond the committed
+        text (nothing when the gate does not call it speech)."""
         self.decoded_until = max(self.decoded_until, decoded)
         self.on_language(result, decoded, s)
         if not s.gate.is_speech(result):
             self.previous = None
+            self.tentative = ""
             return False
         hyp = result.tokens
         prev, self.previous = self.previous, hyp
         prev_language, self._previous_language = self._previous_language, result.language
-        if prev is None or prev_language != result.language:
+        grew = self._commit(prev, hyp, decoded) if prev_language == result.language else False
+        self.tentative = self._decode(hyp[len(self.committed) :]).strip()
+        return grew
+
+    def _commit(self, prev: Sequence[int] | None, hyp: Sequence[int], decoded: int) -> bool:
+        """Commit what ``prev`` and ``hyp`` (of the first ``decoded`` samples) agree on, cut
+        back to a whole word; True when the committed prefix grew."""
+        if prev is None:
             return False
         n = common_prefix(prev, hyp)
         # Cut back to a word boundary: the word ending at n is complete only if hyp goes on
