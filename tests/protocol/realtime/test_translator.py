@@ -783,6 +783,42 @@ def test_transcription_session() -> None:
     assert err["param"] == "session.type"
 
 
+def test_segments_find_their_speech_items_by_time_whatever_the_order() -> None:
+    """Each segment's transcript goes to the item of the speech that began within its audio:
+    a later segment's partial before the earlier one's final, and a start of speech whose
+    segment never got a final (its ASR failed), shift nothing. A partial with tentative words
+    only sends nothing (the Realtime deltas carry committed text)."""
+    t = new_translator(session_type="transcription")
+    drain(t)
+    t.to_session()
+
+    def seg(kind: type[AsrPartial | AsrFinal], sid: str, start: float, end: float, **kw: str):
+        return kind(segment_id=sid, audio_start_ms=start, audio_end_ms=end, **kw)
+
+    events = feed(
+        t,
+        VadSpeechStarted(audio_ms=200.0),  # a: audio 0-900 (its pre-roll before 200)
+        VadSpeechStopped(audio_ms=900.0),
+        VadSpeechStarted(audio_ms=1200.0),  # b: audio 1000-
+        seg(AsrPartial, "b", 1000, 2000, text="", tentative="how"),
+        seg(AsrPartial, "b", 1000, 3000, text="how", tentative="are"),
+        seg(AsrFinal, "a", 0, 900, text="hello"),
+        VadSpeechStopped(audio_ms=3200.0),
+        seg(AsrFinal, "b", 1000, 3200, text="how are you"),
+        VadSpeechStarted(audio_ms=4200.0),  # c: its final never comes
+        VadSpeechStopped(audio_ms=4800.0),
+        VadSpeechStarted(audio_ms=5500.0),  # d: audio 5300-6000
+        VadSpeechStopped(audio_ms=6000.0),
+        seg(AsrFinal, "d", 5300, 6000, text="bye"),
+    )
+    started = [e["item_id"] for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    deltas = [(e["item_id"], e["delta"]) for e in events if e["type"].endswith(".delta")]
+    a, b, _, d = started
+    assert deltas == [(b, "how"), (a, "hello"), (b, " are you"), (d, "bye")]
+    done = [(e["item_id"], e["transcript"]) for e in events if e["type"].endswith(".completed")]
+    assert done == [(a, "hello"), (b, "how are you"), (d, "bye")]
+
+
 def test_items_delete_retrieve() -> None:
     """An unsent user text item can be deleted; retrieve returns an item; unknown ids are named."""
     t = new_translator()

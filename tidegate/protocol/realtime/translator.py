@@ -85,6 +85,8 @@ MAX_PENDING_REFS = 1024
 MAX_BAD_EVENTS = 16  # in a row, then close 4400
 MAX_PENDING_UPDATES = 16  # session.update waiting for tidegate; more are refused
 MAX_OPEN_SPEECH = 64  # speech items waiting for their first transcript (drop oldest)
+#: a start of speech belongs to the segment whose audio holds it (ms of float rounding)
+SEGMENT_SLACK_MS = 1.0
 MAX_REPLIES = 16  # tidegate runs one reply at a time; this only bounds a runtime's bug
 TIDEGATE_OUTPUT_RATE_HZ = 48_000
 
@@ -184,8 +186,9 @@ class RealtimeTranslator:
         # speech items
         self._speech_item: str | None = None
         self._segments: dict[str, str] = {}  # tidegate segment_id -> item id
-        # Speech items waiting for their segment id (noise with no words never gets one).
-        self._unassigned: deque[str] = deque(maxlen=MAX_OPEN_SPEECH)
+        # Speech items waiting for their segment id, with the media time their speech began
+        # (noise with no words never gets one).
+        self._unassigned: deque[tuple[str, float]] = deque(maxlen=MAX_OPEN_SPEECH)
         self._partial: dict[str, str] = {}  # item id -> transcript so far
         # manual turns: committed items waiting for tidegate's turn.end (commit id -> item
         # id), and the finals heard since the last commit or clear
@@ -679,7 +682,7 @@ class RealtimeTranslator:
             return
         item_id = self._new_id("item")
         self._speech_item = item_id
-        self._unassigned.append(item_id)
+        self._unassigned.append((item_id, msg.audio_ms))
         self._emit(
             "input_audio_buffer.speech_started", audio_start_ms=int(msg.audio_ms), item_id=item_id
         )
@@ -700,15 +703,28 @@ class RealtimeTranslator:
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         self._emit("conversation.item.added", previous_item_id=previous, item=record.to_wire())
 
-    def _segment_item(self, segment_id: str) -> str:
-        item_id = self._segments.get(segment_id)
+    def _segment_item(self, msg: AsrPartial | AsrFinal) -> str:
+        """The speech item of ``msg``'s segment: the one whose speech began within the
+        segment's audio (a segment starts at most its pre-roll before the VAD's start of
+        speech), whatever order the segments' events come in: a segment's first partial
+        can come before the previous segment's final, and a start of speech whose segment
+        never got a final (its ASR failed) must not shift the others."""
+        item_id = self._segments.get(msg.segment_id)
         if item_id is None:
-            if self._unassigned:
-                item_id = self._unassigned.popleft()
-            else:  # speech the client was not told about (e.g. VAD events were off)
+            mine = [
+                (item, at)
+                for item, at in self._unassigned
+                if msg.audio_start_ms - SEGMENT_SLACK_MS
+                <= at
+                <= msg.audio_end_ms + SEGMENT_SLACK_MS
+            ]
+            if mine:
+                self._unassigned.remove(mine[0])
+                item_id = mine[0][0]
+            else:  # speech the client was not told about (VAD events off, a long one cut)
                 item_id = self._new_id("item")
                 self._committed(item_id)
-            self._segments[segment_id] = item_id
+            self._segments[msg.segment_id] = item_id
             while len(self._segments) > MAX_PENDING_REFS:
                 self._segments.pop(next(iter(self._segments)))
         return item_id
@@ -730,7 +746,9 @@ class RealtimeTranslator:
     def _on_partial(self, msg: AsrPartial, now_ms: float) -> None:
         if self.config.turn_detection is None:
             return  # manual turns: the transcript comes after the commit
-        self._transcript_delta(self._segment_item(msg.segment_id), msg.text)
+        if not msg.text:  # tentative words only: no delta (deltas only grow), no item taken
+            return
+        self._transcript_delta(self._segment_item(msg), msg.text)
 
     def _on_final(self, msg: AsrFinal, now_ms: float) -> None:
         if self.config.turn_detection is None:  # manual turns: held for the commit
@@ -738,7 +756,7 @@ class RealtimeTranslator:
                 self._buffer_text.append(msg.text)
                 self._buffer_s += max(0.0, (msg.audio_end_ms - msg.audio_start_ms) / 1000.0)
             return
-        item_id = self._segment_item(msg.segment_id)
+        item_id = self._segment_item(msg)
         self._transcript_delta(item_id, msg.text)
         self._partial.pop(item_id, None)
         self._segments.pop(msg.segment_id, None)
