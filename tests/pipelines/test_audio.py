@@ -19,7 +19,7 @@ from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES
 from tidegate.media.audio_in import AudioChunk
-from tidegate.pipelines.audio import AudioLane, _Feed
+from tidegate.pipelines.audio import AudioLane, Joined, _Feed
 from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
 from tidegate.pipelines.records import TranscriptSegment
 from tidegate.protocol.messages import (
@@ -58,6 +58,8 @@ class Listener:
     def __init__(self) -> None:
         self.heard: list[tuple[str, Any]] = []
         self.partials: list[str] = []  # whole hypotheses of the open segment
+        #: per final: its segment's id, its text, its joined decode
+        self.finals: list[tuple[str, str, Joined | None]] = []
         #: sounds before their start of speech: onset / lost, and how much was heard before
         self.onsets: list[tuple[str, int]] = []
 
@@ -76,8 +78,20 @@ class Listener:
     def on_partial(self, text: str) -> None:
         self.partials.append(text)
 
-    def on_final(self, text: str, received: float, finals_pending: int) -> None:
+    def on_final(
+        self,
+        text: str,
+        received: float,
+        finals_pending: int,
+        *,
+        segment_id: str = "",
+        joined: Joined | None = None,
+    ) -> None:
         self.heard.append(("final", (text, finals_pending)))
+        self.finals.append((segment_id, text, joined))
+
+    def turn_segments(self) -> tuple[str, ...]:
+        return tuple(i for i, text, _ in self.finals if text)  # one turn: every final
 
 
 def lane_for(

@@ -48,6 +48,16 @@ PAUSED_SENTENCES: tuple[tuple[str, str], ...] = (
     ("The meeting has been moved to", "Thursday afternoon"),
 )
 #: Finished sentences (questions and statements) that end a turn.
+#: more sentences with a pause where they are clearly unfinished (the turn-words bench
+#: speaks these and PAUSED_SENTENCES)
+MORE_PAUSED_SENTENCES: tuple[tuple[str, str], ...] = (
+    ("Could you send the report to", "my manager before noon"),
+    ("We need three more chairs for", "the meeting in the afternoon"),
+    ("I left my keys on the table next to", "the front door"),
+    ("Please remind me to call", "the doctor at ten tomorrow"),
+    ("The restaurant around the corner serves", "very good fish and chips"),
+    ("How much does a ticket to", "the concert cost this year"),
+)
 COMPLETE_SENTENCES: tuple[str, ...] = (
     "I would like to book a table for four people tonight.",
     "What is the weather like in London tomorrow?",
@@ -123,8 +133,20 @@ def _speak(text: str, voice: str, speed_wpm: int, pitch: int) -> bytes:
                 f"the MBROLA voice {name} is not installed ({MBROLA_DIR}/{name}): "
                 "scripts/setup-test-voices.sh (make setup) installs the test voices"
             )
+    markup = ["-m"] if text.startswith("<speak>") else []  # SSML: breaks inside a sentence
     espeak = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "--stdout", text],
+        [
+            "espeak-ng",
+            *markup,
+            "-v",
+            voice,
+            "-s",
+            str(speed_wpm),
+            "-p",
+            str(pitch),
+            "--stdout",
+            text,
+        ],
         check=True,
         capture_output=True,
     )
@@ -241,6 +263,14 @@ def paused_sentence(
     start = lead_s + len(a) / SAMPLE_RATE_HZ
     end = start + pause_s + len(b) / SAMPLE_RATE_HZ
     return TurnClip(audio, f"{head} {tail}", end, (start, start + pause_s))
+
+
+def spoken_with_pause(head: str, tail: str, *, pause_s: float, voice: str = "en-us") -> Audio:
+    """``head`` and ``tail`` said as one sentence by espeak-ng with a ``pause_s`` break
+    between them (SSML): the tail keeps the sentence's prosody, unlike :func:`paused_sentence`'s
+    two utterances. Leading and trailing silence trimmed."""
+    ms = round(pause_s * 1000)
+    return trim_silence(espeak(f'<speak>{head} <break time="{ms}ms"/> {tail}</speak>', voice=voice))
 
 
 def complete_sentence(

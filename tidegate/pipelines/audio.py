@@ -39,6 +39,21 @@ VAD's wait (~0.1 s sooner after every turn). If speech resumes first, the early 
 withdrawn (its ``cancel`` event) and counted (``early_finals_dropped``); at most one per
 segment is in flight. ``asr_early_final`` turns it off.
 
+*Joined decodes* (``asr_join_max_gap_s``; modes with turn-taking only): a pause inside a
+sentence ("I'd like to book a table for ... four people tonight") ends a segment, and each
+segment decoded alone loses what the other says: the first comes out completed ("a table for
+it."), the second without its start ("4 people to hide"). So the final of a segment that
+begins within ``join_max_gap_s`` of the previous one's end is decoded twice, together in one
+batch: alone (its ``asr.final``, as always) and *joined*, over the audio of the segments
+before it in that stretch of talk (at most ``join_max_s``, the oldest dropping out), the
+silences between them kept, as one utterance. The listener gets the joined text with the
+segments' ids (:class:`Joined`); turn-taking replaces those segments' finals in the turn with
+it, so the reply answers the sentence as it was said, while the captions keep their per-
+segment finals. The joined decode is optional work, like a partial: none starts while the
+ASR queue holds ``asr_partial_max_queue_items``; an early final brings its joined decode
+along (the same segments and audio: it is kept), and a failed or unsure one (the gate) just
+leaves the segments' own finals.
+
 A final never waits behind a stale partial of its own session: when a segment closes while
 its partial is queued or running, the partial is withdrawn (its request's ``cancel`` event:
 the scheduler's worker skips it, or the decoder drops it at its next step) and the final is
@@ -235,6 +250,35 @@ def to_mono_16k(msg: InputAudio) -> np.ndarray[Any, np.dtype[np.float32]]:
     return np.concatenate([stream.process(to_mono(msg)), stream.flush()])
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A segment's final decoded together with the segments before it in the same stretch of
+    talk (module doc, "Joined decodes"): their ids in order (this one last) and the text."""
+
+    ids: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Said:
+    """A segment whose final had words: part of the next segment's joined decode."""
+
+    id: str
+    audio: Array
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(slots=True)
+class _JoinedTask:
+    """A joined decode in flight: the segments' ids, its audio's length, its cancel event."""
+
+    ids: tuple[str, ...]
+    samples: int
+    cancel: threading.Event
+    task: asyncio.Task[tuple[AsrResult | None, Timing, EngineError | None]]
+
+
 @dataclass(slots=True)
 class EarlyFinal:
     """A segment's final submitted while the VAD waits out its quiet (module doc): the
@@ -245,6 +289,7 @@ class EarlyFinal:
     request: AsrRequest
     cancel: threading.Event
     task: asyncio.Task[tuple[AsrResult | None, Timing, EngineError | None]]
+    joined: _JoinedTask | None = None  # its joined decode (module doc)
 
     def same_request(self, final: AsrRequest) -> bool:
         """Whether ``final``, the closed segment's request, asks what this one asked."""
@@ -288,14 +333,29 @@ class SpeechListener(Protocol):
         speech."""
         ...
 
-    def on_final(self, text: str, received: float, finals_pending: int) -> None:
+    def on_final(
+        self,
+        text: str,
+        received: float,
+        finals_pending: int,
+        *,
+        segment_id: str = "",
+        joined: Joined | None = None,
+    ) -> None:
         """A segment's final transcript was emitted (``received``: its audio's arrival, ms;
         ``finals_pending``: finals of ended segments still to come after this one); ``text``
-        is empty for a segment the ASR heard no words in (nothing was emitted for it)."""
+        is empty for a segment the ASR heard no words in (nothing was emitted for it).
+        ``joined``: the segment decoded together with the segments before it (module doc,
+        "Joined decodes"), when there were some and the decode was taken."""
         ...
 
     def on_commit(self, ref: str | None, audio_ms: float) -> None:
         """The client committed its audio (every final of it is out): end the turn there."""
+        ...
+
+    def turn_segments(self) -> tuple[str, ...]:
+        """The ids of the segments whose finals the user's turn now holds, in order (empty
+        once it was answered): the segments a joined decode may join (module doc)."""
         ...
 
     def on_clear(self) -> None:
@@ -380,6 +440,8 @@ class AudioLane:
         self._pause_after = round(config.interrupt_pause_after_s * SAMPLE_RATE_HZ)
         self._onset_told = False
         self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
+        #: the segments since the last long pause whose finals had words (joined decodes)
+        self._said: deque[_Said] = deque()
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
         self._max_finals = s.asr_max_pending_finals
@@ -406,6 +468,8 @@ class AudioLane:
             "commits": 0,
             "clears": 0,
             "prompt_echoes": 0,
+            "joined_finals": 0,  # a final's joined decode given to the listener (module doc)
+            "joins_skipped": 0,  # ... not started: the ASR queue was full
             "early_finals": 0,  # finals whose decode started in the VAD's wait (module doc)
             "early_finals_dropped": 0,  # ... withdrawn: speech went on, or the end differed
         }
@@ -436,6 +500,7 @@ class AudioLane:
         async with self._finals_space:  # every final of the committed audio is out
             await self._finals_space.wait_for(lambda: not self._finals)
         self.counters["commits"] += 1
+        self._said.clear()  # the turn ends here: the next speech joins nothing before it
         audio_ms = self._samples * 1000 / SAMPLE_RATE_HZ
         if self.listener is not None:
             self.listener.on_commit(msg.id, audio_ms)
@@ -454,6 +519,7 @@ class AudioLane:
         # the finals still due are skipped (at most asr_max_pending_finals ids, each
         # forgotten when its turn in the ASR loop comes)
         self._discarded.update(s.id for s, _ in self._finals)
+        self._said.clear()  # cleared words join nothing
         self.counters["clears"] += 1
         if self.listener is not None:
             self.listener.on_clear()
@@ -708,10 +774,13 @@ class AudioLane:
         cancel = threading.Event()
         request = self.language.request(seg, end, cancel)
         task = self.session.spawn(self._submit(request), "asr-early-final")
-        self._early = EarlyFinal(seg, end, request, cancel, task)
+        joined = self._start_joined(seg, end) if not self._asr_full() else None
+        self._early = EarlyFinal(seg, end, request, cancel, task, joined)
 
     def _drop_early(self, early: EarlyFinal) -> None:
         early.cancel.set()
+        if early.joined is not None:
+            early.joined.cancel.set()
         self.counters["early_finals_dropped"] += 1
 
     def _partial_due(self, seg: Segment) -> bool:
@@ -742,6 +811,96 @@ class AudioLane:
         seg.append(audio[skip:], [probability] * frames)
         self._segment = seg
         self.counters["segments"] += 1
+
+    # -- joined decodes (module doc) -------------------------------------------------------
+    def _asr_full(self) -> bool:
+        """The ASR queue is as full as stops partials: optional work waits."""
+        return self.asr.queue_load().depth >= self.settings.partial_max_queue_items
+
+    def _joined_request(
+        self, seg: Segment, end: int | None = None
+    ) -> tuple[tuple[str, ...], AsrRequest] | None:
+        """``seg`` (its first ``end`` samples) with the segments said before it in the same
+        stretch of talk, the silences between them kept: their ids and the request; None
+        when there are none (a long pause, no listener, joined decodes off)."""
+        s = self.settings
+        said = self._said
+        if self.listener is None or s.join_max_gap_s <= 0 or not said:
+            return None
+        if seg.start_sample - said[-1].end_sample > s.join_max_gap_s * SAMPLE_RATE_HZ:
+            return None
+        turn = self.listener.turn_segments()  # only what the turn still holds joins
+        samples = seg.samples if end is None else end
+        parts, ids = [seg.audio(samples)], [seg.id]
+        start, total = seg.start_sample, samples
+        for k, before in enumerate(reversed(said), 1):
+            if len(turn) < k or turn[-k] != before.id:
+                break  # answered, absorbed by an interruption, or an earlier turn's
+            gap = max(0, start - before.end_sample)
+            if total + gap + len(before.audio) > s.join_max_s * SAMPLE_RATE_HZ:
+                break  # the oldest drop out
+            parts += [np.zeros(gap, dtype=np.float32), before.audio]
+            ids.append(before.id)
+            start, total = before.start_sample, total + gap + len(before.audio)
+        if len(ids) == 1:
+            return None
+        audio = np.concatenate(parts[::-1])
+        language = seg.language if seg.language_locked else None
+        return tuple(reversed(ids)), AsrRequest(audio, language=language, final=True)
+
+    def _start_joined(self, seg: Segment, end: int | None = None) -> _JoinedTask | None:
+        wanted = self._joined_request(seg, end)
+        if wanted is None:
+            return None
+        ids, request = wanted
+        cancel = threading.Event()
+        task = self.session.spawn(self._submit(replace(request, cancel=cancel)), "asr-joined")
+        return _JoinedTask(ids, len(request.audio), cancel, task)
+
+    def _joined_for_final(self, seg: Segment, early: EarlyFinal | None) -> _JoinedTask | None:
+        """``seg``'s joined decode, started with its final: its early final's when that one
+        joined the same segments over the same audio, else a new one (unless the ASR queue
+        is full)."""
+        brought = early.joined if early is not None else None
+        if early is not None:
+            early.joined = None  # this final owns it now
+        wanted = self._joined_request(seg)
+        if brought is not None:
+            if (
+                wanted is not None
+                and wanted[0] == brought.ids
+                and len(wanted[1].audio) == brought.samples
+            ):
+                return brought
+            brought.cancel.set()
+        if wanted is None:
+            return None
+        if self._asr_full():
+            self.counters["joins_skipped"] += 1
+            return None
+        return self._start_joined(seg)
+
+    async def _joined_text(self, joined: _JoinedTask | None) -> Joined | None:
+        if joined is None:
+            return None
+        result, _, error = await joined.task
+        if error is not None or result is None or not self.settings.gate.is_speech(result):
+            return None
+        text = result.text.strip()
+        return Joined(joined.ids, text) if text else None
+
+    def _remember(self, seg: Segment) -> None:
+        """``seg``'s final had words: the next segment of this stretch of talk joins it."""
+        s = self.settings
+        if self.listener is None or s.join_max_gap_s <= 0:
+            return
+        said = self._said
+        if said and seg.start_sample - said[-1].end_sample > s.join_max_gap_s * SAMPLE_RATE_HZ:
+            said.clear()
+        said.append(_Said(seg.id, seg.audio(), seg.start_sample, seg.end_sample))
+        total = sum(len(x.audio) for x in said)
+        while total > s.join_max_s * SAMPLE_RATE_HZ:
+            total -= len(said.popleft().audio)
 
     async def _close_segment(self, seg: Segment, received: float) -> None:
         seg.closed = True
@@ -868,8 +1027,9 @@ class AudioLane:
             if early is not None:
                 self._drop_early(early)
             if self.listener is not None:
-                self.listener.on_final("", received, len(self._finals) - 1)
+                self.listener.on_final("", received, len(self._finals) - 1, segment_id=seg.id)
             return
+        joined = self._joined_for_final(seg, early)  # decoded beside the final (module doc)
         result, timing = await self._early_result(seg, early)
         if result is not None and seg.echoes_prompt(result):
             self.counters["prompt_echoes"] += 1
@@ -885,8 +1045,11 @@ class AudioLane:
         )
         if not text:
             self.counters["empty_finals"] += 1
+            self._said.clear()  # no words: the stretch of talk is broken
+            if joined is not None:
+                joined.cancel.set()
             if self.listener is not None:
-                self.listener.on_final("", received, len(self._finals) - 1)
+                self.listener.on_final("", received, len(self._finals) - 1, segment_id=seg.id)
             return
         self.counters["finals"] += 1
         if self.settings.prompt_tokens:
@@ -903,8 +1066,14 @@ class AudioLane:
                 audio_end_ms=event.audio_end_ms,
             )
         )
+        together = await self._joined_text(joined)
+        self._remember(seg)
         if self.listener is not None:  # this final is still queued: the others are pending
-            self.listener.on_final(text, received, len(self._finals) - 1)
+            if together is not None:
+                self.counters["joined_finals"] += 1
+            self.listener.on_final(
+                text, received, len(self._finals) - 1, segment_id=seg.id, joined=together
+            )
 
     async def _early_result(
         self, seg: Segment, early: EarlyFinal | None

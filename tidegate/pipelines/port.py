@@ -82,6 +82,46 @@ class SessionPort(Protocol):
     def record(self, rec: Record) -> bool: ...
 
 
+class LocalSession:
+    """A :class:`SessionPort` for lanes run in process without a server (benches, tests):
+    keeps the events, records and credit the lanes give it, and owns the tasks they start
+    (:meth:`close` cancels what is left)."""
+
+    def __init__(self, session_id: str = "s_lane") -> None:
+        self.id = session_id
+        self.config: dict[str, Any] = {}
+        self.caches: ReplyCaches | None = None
+        self.stage_times: StageTimesPort | None = None
+        self.events: list[ServerMessage] = []
+        self.records: list[Record] = []
+        self.credit_bytes = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def emit(self, msg: ServerMessage) -> None:
+        self.events.append(msg)
+
+    def return_credit(self, nbytes: int) -> None:
+        self.credit_bytes += nbytes
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def record(self, rec: Record) -> bool:
+        self.records.append(rec)
+        return True
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 class Lane(Protocol):
     """One unit of what a session does (audio, turns, reply, vision, loopback)."""
 

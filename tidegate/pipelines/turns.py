@@ -28,7 +28,12 @@ API does); a clear drops the words heard since the last turn.
 Each end is told to the client as ``turn.end`` {reason: semantic | timeout | silence | commit,
 probability, audio_ms} at the decision: it does not wait for the ASR final of the turn's last
 segment (except over a reply, below). The reply does: once the finals of every segment of the
-turn are out, they are joined into the user message the reply lane answers. Speech that starts
+turn are out, they are joined into the user message the reply lane answers. A final that
+comes with a joined decode (:mod:`tidegate.pipelines.audio`, "Joined decodes": the segment
+decoded together with the segments before it in the same stretch of talk) replaces those
+segments' finals in the turn with the joined text, when they are the turn's last ones (not
+when one of them was absorbed by an interruption or belongs to an earlier turn): the reply
+answers the sentence as said across its pauses, not its pieces decoded apart. Speech that starts
 before they are all out continues the turn (its text joins, and a later ``turn.end`` ends it
 again); a turn whose finals hold no words (a cough) is answered by nothing. ``input.text`` is
 a typed turn: it ends at once. Speech that starts while a reply is in progress is a possible
@@ -56,7 +61,7 @@ from tidegate.engines.scheduler import Scheduler
 from tidegate.media import MediaPeer
 from tidegate.protocol.messages import InputText, TurnEnd
 
-from .audio import SAMPLE_RATE_HZ, now_ms
+from .audio import SAMPLE_RATE_HZ, Joined, now_ms
 from .config import TurnConfig
 from .port import Handler, SessionPort
 
@@ -142,10 +147,12 @@ class TurnTaking:
             "turn_score_errors": 0,
             "turn_ends_continued": 0,  # speech came after turn.end, before the turn's finals
             "turn_ends_without_words": 0,  # the finals of an ended turn held no words
+            "turn_texts_joined": 0,  # finals replaced by their joined decode (module doc)
         }
         self._speaking = False  # between the VAD's start and end of speech
         self._finals_due = False  # a segment ended whose final is not out yet
-        self._turn: list[str] = []
+        #: the turn's words so far: per final (or joined decode), its segments' ids and text
+        self._turn: list[tuple[tuple[str, ...], str]] = []
         self._turn_received = 0.0
         self._pause = 0  # counts pauses: a score for an older one is stale
         self._decision: Decision | None = None
@@ -224,11 +231,19 @@ class TurnTaking:
     def on_partial(self, text: str) -> None:
         self.reply.heard(text, final=False)
 
-    def on_final(self, text: str, received: float, finals_pending: int) -> None:
+    def on_final(
+        self,
+        text: str,
+        received: float,
+        finals_pending: int,
+        *,
+        segment_id: str = "",
+        joined: Joined | None = None,
+    ) -> None:
         if not self.reply.heard(text, final=True):
             text = ""  # absorbed by an interruption that was not one: not the user's turn
         if text:
-            self._turn.append(text)
+            self._take(segment_id, text, joined)
             self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
             self._finals_due = False
@@ -241,6 +256,29 @@ class TurnTaking:
                 self._turn_timer = self.session.spawn(self._end_turn(0.0, held), "turn-end")
             else:
                 self._speculate()  # the turn's end is pending: its text is known now
+
+    def _take(self, segment_id: str, text: str, joined: Joined | None) -> None:
+        """A final's words join the turn: as the joined decode of it and the segments before
+        it when those are the turn's last entries (module doc), else as they are."""
+        entry: tuple[tuple[str, ...], str] = ((segment_id,), text)
+        if joined is not None and joined.ids[-1:] == (segment_id,):
+            before, k = joined.ids[:-1], 0
+            ids: tuple[str, ...] = ()
+            while len(ids) < len(before) and k < len(self._turn):
+                k += 1
+                ids = self._turn[-k][0] + ids
+            if before and ids == before:
+                del self._turn[-k:]
+                entry = (joined.ids, joined.text)
+                self.counters["turn_texts_joined"] += 1
+        self._turn.append(entry)
+
+    def turn_segments(self) -> tuple[str, ...]:
+        return tuple(i for ids, _ in self._turn for i in ids)
+
+    @property
+    def _words(self) -> str:
+        return " ".join(text for _, text in self._turn)
 
     def _turn_audio(self, recent: Array, audio_ms: float) -> Array:
         """The end of ``recent`` that is this turn's (see the module docstring)."""
@@ -260,7 +298,7 @@ class TurnTaking:
         self._decision = None
         self._finals_due = False  # the audio lane has put every final out
         self._ended, self._held, self._turn_start_ms = False, None, None
-        text = " ".join(self._turn)
+        text = self._words
         self._turn.clear()
         self.turns += 1
         self.counters["turn_ends_commit"] += 1
@@ -330,7 +368,7 @@ class TurnTaking:
             return  # the text is not known yet (on_final speculates when it is)
         wait_s = decision.at - time.monotonic()
         if wait_s > 0 and self._turn_config("respond", True):
-            self.reply.speculate(" ".join(self._turn), self._turn_received, wait_s=wait_s)
+            self.reply.speculate(self._words, self._turn_received, wait_s=wait_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         """Send ``turn.end`` at the decision; the reply follows once the finals are out."""
@@ -367,7 +405,7 @@ class TurnTaking:
         if not self._turn:
             self.counters["turn_ends_without_words"] += 1
             return
-        text = " ".join(self._turn)
+        text = self._words
         self._turn.clear()
         self.turns += 1
         if self._turn_config("respond", True):

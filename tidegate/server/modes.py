@@ -84,6 +84,8 @@ def lane_config(settings: Settings) -> LaneConfig:
                 language_lock_probability=s.asr_language_lock_probability,
                 language_detect_max_s=s.asr_language_detect_max_s,
                 early_final=s.asr_early_final,
+                join_max_gap_s=s.asr_join_max_gap_s,
+                join_max_s=s.asr_join_max_s,
             ),
             audio_buffer_s=s.audio_buffer_s,
             audio_silence_dbfs=s.audio_silence_dbfs,

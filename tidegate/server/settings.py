@@ -440,6 +440,17 @@ class Settings:
         "longer one a segment starts without it.",
         default=1.0,
     )
+    asr_join_max_gap_s: float = _doc(
+        "A segment that begins within this long (s) of the previous one's end (a pause inside "
+        "a turn) has its final decoded a second time together with the segments before it: "
+        "the turn's words as one utterance are what the reply answers (asr.final stays per "
+        "segment). 0: never. Only in modes with turn-taking.",
+        default=2.0,
+    )
+    asr_join_max_s: float = _doc(
+        "A joined decode covers at most this much audio (s): the oldest segments drop out.",
+        default=15.0,
+    )
     asr_partial_backoff_items: int = _doc(
         "Adaptive partial rate: the partial interval grows by asr_partial_interval_s for every "
         "this many requests queued for the ASR engine.",

@@ -60,6 +60,8 @@ from .features import SAMPLE_RATE_HZ
 from .request import AsrRequest, AsrResult, QualityGate
 
 VAD_FRAME_SAMPLES = 512
+#: a joined decode's audio at most (s): Whisper's window, less the encoder's margin
+MAX_JOIN_S = 25.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,11 @@ class StreamingSettings:
     #: a segment's final starts when the VAD's quiet begins, not when it ends it
     #: (pipelines/audio.py "early final")
     early_final: bool = False
+    #: a segment within this of the previous one's end is decoded again together with the
+    #: segments before it (s; 0: never): pipelines/audio.py, "Joined decodes"
+    join_max_gap_s: float = 2.0
+    #: ... over at most this much of their audio (s)
+    join_max_s: float = 15.0
     gate: QualityGate = field(default_factory=QualityGate)
 
     def __post_init__(self) -> None:
@@ -96,6 +103,8 @@ class StreamingSettings:
             raise ValueError("partial_backoff_items and partial_max_queue_items must be >= 1")
         if self.partial_hold_s < 0:
             raise ValueError("partial_hold_s cannot be negative")
+        if self.join_max_gap_s < 0 or not 0 < self.join_max_s <= MAX_JOIN_S:
+            raise ValueError(f"need join_max_gap_s >= 0 and 0 < join_max_s <= {MAX_JOIN_S:.0f}")
         if not 0 <= self.language_detect_s <= self.language_detect_max_s <= 30.0:
             raise ValueError("need 0 <= language_detect_s <= language_detect_max_s <= 30 s")
         if not 0 <= self.language_lock_probability <= 1:
