@@ -18,6 +18,10 @@ CASES = {
     "tts": [],  # the engine bench has no shorter setting (~25 s on 2 CPUs)
     "ears": ["--sessions", "4", "--repeats", "1", "--parts", "turn", "--data-dir", str(DATA)],
     "languages": ["--clips", "1", "--data-dir", str(DATA)],
+    "turn-words": [
+        *("--pauses", "0.6", "--sets", "ssml/en-us", "--sentences", "2"),
+        *("--data-dir", str(DATA)),
+    ],
 }
 
 
@@ -29,6 +33,8 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         prepare_models("smart-turn-v3.2")
     if name == "languages":
         prepare_models("whisper-tiny-en", "whisper-base")
+    if name == "turn-words":
+        prepare_models("silero-vad", "whisper-tiny-en")
     proc = subprocess.run(
         [sys.executable, "-m", "tidegate", "bench", name, *CASES[name], "--out", str(tmp_path)],
         capture_output=True,
@@ -44,6 +50,11 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         assert results
     elif name == "ears":
         assert results["turn"]["sessions"] == 4 and results["turn"]["cpu_ratio"] > 0
+    elif name == "turn-words":
+        ways = results["sets"]["ssml/en-us/0.6"]
+        assert set(ways) == {"joined", "apart"} and results["sentences"] == 2
+        # the two sentences are cut at their pauses: each second segment is joined
+        assert ways["joined"]["turn_texts_joined"] == 2 and ways["apart"]["joined_finals"] == 0
     elif name == "languages":
         assert set(results["whisper-base"]) == {"en", "de", "es", "fr"}
         assert results["cpu_ratio_vs_tiny_en"]["en"] > 0
@@ -56,6 +67,7 @@ def test_engine_scenario_report(name: str, tmp_path: Path) -> None:
         "engines",
         "ears",
         "languages",
+        "turn-words",
     ):  # flat *_p50/*_p95 figures are compared too, p95 as the tail
         rows = compare(report, report)
         assert rows and not any(r.worse for r in rows)

@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from tidegate.bench.micro import default_data_dir
 from tidegate.engines import models
 from tidegate.engines.audio import EchoCanceller
 from tidegate.engines.engine import Ok
@@ -82,15 +83,6 @@ ECHO_DELAYS_S = (0.04, 0.12, 0.25)
 ECHO_LEVELS_DB = (-6.0, -12.0, -20.0)
 ECHO_CASES = [(d, lv) for d in ECHO_DELAYS_S for lv in ECHO_LEVELS_DB]
 USER_GAINS_DB = (0.0, -10.0)  # a user's question at espeak's level, and under it
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("TIDEGATE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -799,7 +791,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.ears", description=__doc__)
-    p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="prepared models")
     p.add_argument(
         "--parts", default="turn,aec", help="turn, aec, aec-paced, echo-words, own-voice"
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tidegate.bench.micro import default_data_dir
 from tidegate.engines.engine import Engine, Failed
 from tidegate.engines.runtime import RuntimeOptions
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
@@ -39,15 +40,6 @@ def _percentiles(values: list[float]) -> dict[str, float]:
         return {}
     arr = np.asarray(values)
     return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)} | {"max": float(arr.max())}
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("TIDEGATE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
 
 
 def _audio(seconds: float, seed: int) -> np.ndarray[Any, Any]:
@@ -281,7 +273,7 @@ def summary(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.engines", description=__doc__)
-    p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="prepared models")
     p.add_argument("--engines", default="vad,blazeface", help="vad, blazeface, mtcnn")
     p.add_argument("--streams", default=",".join(map(str, STREAMS)), help="N values")
     p.add_argument("--vad-frames", type=int, default=200, help="frames per VAD stream")

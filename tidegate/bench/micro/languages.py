@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tidegate.bench.micro import default_data_dir
 from tidegate.engines import models
 from tidegate.engines.asr.request import AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
@@ -109,15 +109,6 @@ SENTENCES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 MODELS = {"whisper-tiny-en": ("en",), "whisper-base": ("en", "de", "es", "fr")}
 MAX_CLIPS = min(len(v[1]) for v in SENTENCES.values())
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("TIDEGATE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
 
 
 def _decode(engine: WhisperOnnx, request: AsrRequest) -> AsrResult:
@@ -406,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runner = run_turns if args.turns else run
     report = runner(
-        args.data_dir or _default_data_dir(),
+        args.data_dir or default_data_dir(),
         max(1, min(MAX_CLIPS, args.clips)),
         languages=wanted,
         served=tuple(x.strip() for x in args.asr_languages.split(",") if x.strip()),

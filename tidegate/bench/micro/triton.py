@@ -33,7 +33,8 @@ from tidegate.engines.service import EngineSpec, build_engine
 from tidegate.engines.vad import FRAME_SAMPLES, SAMPLE_RATE_HZ
 from tidegate.tools.prepare import prepare_offline
 
-from .engines import _audio, _default_data_dir, _frames, _percentiles
+from . import default_data_dir
+from .engines import _audio, _frames, _percentiles
 
 MODELS = {"vad": "silero-vad", "vision": "blazeface", "asr": "whisper-tiny-en", "tts": "piper-joe"}
 
@@ -224,7 +225,7 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tidegate.bench.micro.triton", description=__doc__)
     p.add_argument("--triton-url", required=True, help="gRPC endpoint of the Triton server")
-    p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="prepared models")
     p.add_argument("--engines", default="vad,vision,asr,tts", help="vad, vision, asr, tts")
     p.add_argument("--vad-frames", type=int, default=300, help="VAD frames (per stream)")
     p.add_argument("--vision-frames", type=int, default=40, help="vision frames")

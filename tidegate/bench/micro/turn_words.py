@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tidegate.bench import audio_sets
+from tidegate.bench.micro import default_data_dir
 from tidegate.bench.wer import wer
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
@@ -64,12 +65,14 @@ def _pct(values: list[float]) -> dict[str, float]:
     }
 
 
-def clips(kind: str, pause_s: float) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
-    """The set's sentences, each paused ``pause_s`` between its head and tail."""
+def clips(
+    kind: str, pause_s: float, sentences: tuple[tuple[str, str], ...] = SENTENCES
+) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
+    """The set's ``sentences``, each paused ``pause_s`` between its head and tail."""
     how, voice = kind.split("/", 1)
     if how == "ssml":
         return [
-            audio_sets.spoken_with_pause(h, t, pause_s=pause_s, voice=voice) for h, t in SENTENCES
+            audio_sets.spoken_with_pause(h, t, pause_s=pause_s, voice=voice) for h, t in sentences
         ]
     return [
         audio_sets.trim_silence(
@@ -77,7 +80,7 @@ def clips(kind: str, pause_s: float) -> list[np.ndarray[Any, np.dtype[np.float32
                 h, t, pause_s=pause_s, voice=lambda text: audio_sets.speak(text, voice=voice)
             ).audio
         )
-        for h, t in SENTENCES
+        for h, t in sentences
     ]
 
 
@@ -239,12 +242,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 async def _sets(
     args: argparse.Namespace, settings: Settings, engines: EngineService
 ) -> dict[str, Any]:
-    reference = [f"{h} {t}" for h, t in SENTENCES]
-    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "sentences": len(SENTENCES), "sets": {}}
+    sentences = SENTENCES[: args.sentences] if args.sentences > 0 else SENTENCES
+    reference = [f"{h} {t}" for h, t in sentences]
+    report: dict[str, Any] = {"cpu_count": os.cpu_count(), "sentences": len(sentences)}
+    report["sets"] = {}
     order = [True, False]
     for pause in args.pauses:
         for kind in args.sets:
-            audio = clips(kind, pause)
+            audio = clips(kind, pause, sentences)
             ways: dict[str, Any] = {}
             for joined in order:  # alternated: the next set starts with the other way
                 r = await run_set(settings, engines, audio, joined=joined)
@@ -292,22 +297,14 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _default_data_dir() -> Path:
-    env = os.environ.get("TIDEGATE_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("tidegate", appauthor=False))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m tidegate.bench.micro.turn_words", description=__doc__
     )
-    p.add_argument("--data-dir", type=Path, default=_default_data_dir(), help="prepared models")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="prepared models")
     p.add_argument("--pauses", default="0.3,0.6", help="pauses inside the sentences (s)")
     p.add_argument("--sets", default=",".join(SETS), help=f"of {', '.join(SETS)}")
+    p.add_argument("--sentences", type=int, default=0, help="the first N sentences (0: all)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = p.parse_args(argv)
     args.pauses = [float(x) for x in args.pauses.split(",")]

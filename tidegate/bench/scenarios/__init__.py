@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     languages,
     llm_tts,
     sensors,
+    turn_words,
     turns,
     vision,
 )
