@@ -437,3 +437,47 @@ async def test_a_paused_sentence_is_answered_as_one_utterance(
     assert max(wer(r, a) for r, a in zip(reference, answers, strict=True)) <= 0.25, report
     assert off == off_captions, report
     assert off_lane["joined_finals"] == off_turns.counters["turn_texts_joined"] == 0
+
+
+async def test_a_joined_decode_replaces_only_the_turns_own_last_finals() -> None:
+    """Turn-taking takes a joined decode in place of the finals it joins only when they are
+    the turn's last entries: not when one of them was absorbed by an interruption (not the
+    user's turn), nor after the turn was answered; it tells the lane which segments the
+    turn holds."""
+
+    class Absorbing(Replies):
+        def __init__(self) -> None:
+            super().__init__()
+            self.absorb: set[str] = set()
+
+        def heard(self, text: str, *, final: bool) -> bool:
+            return text not in self.absorb
+
+    session = FakeSession()
+    session.config = {"turn": {"policy": "manual"}}
+    replies = Absorbing()
+    turns = TurnTaking(session, lane_config(Settings()).turns, replies)
+
+    def final(seg: str, text: str, *joined: str) -> None:
+        together = Joined((*joined, seg), f"[{' '.join((*joined, seg))}]") if joined else None
+        turns.on_final(text, 0.0, 0, segment_id=seg, joined=together)
+
+    try:
+        final("a", "I would like a table for it.")
+        final("b", "4 people to hide.", "a")
+        assert turns.turn_segments() == ("a", "b") and turns._words == "[a b]"
+        final("c", "tonight", "a", "b")  # a third piece joins the first two
+        assert turns.turn_segments() == ("a", "b", "c") and turns._words == "[a b c]"
+        replies.absorb.add("mm-hmm")
+        final("d", "mm-hmm", "a", "b", "c")  # absorbed: not the turn's, its join neither
+        final("e", "please", "a", "b", "c", "d")  # joins d, which the turn does not hold
+        assert turns.turn_segments() == ("a", "b", "c", "e")
+        assert turns._words == "[a b c] please"
+        turns.on_commit(None, 0.0)  # answered: the turn is empty
+        assert turns.turn_segments() == () and replies.answers[-1][1] == "[a b c] please"
+        final("f", "and chips", "e")  # e was the answered turn's
+        assert turns.turn_segments() == ("f",) and turns._words == "and chips"
+        assert turns.counters["turn_texts_joined"] == 2
+    finally:
+        await turns.close()
+        await session.close()

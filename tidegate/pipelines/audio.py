@@ -845,8 +845,9 @@ class AudioLane:
         if len(ids) == 1:
             return None
         audio = np.concatenate(parts[::-1])
-        language = seg.language if seg.language_locked else None
-        return tuple(reversed(ids)), AsrRequest(audio, language=language, final=True)
+        # in the segment's language: the turn's once locked, else what it asks (auto: detected
+        # on the joined audio)
+        return tuple(reversed(ids)), AsrRequest(audio, language=seg.language, final=True)
 
     def _start_joined(self, seg: Segment, end: int | None = None) -> _JoinedTask | None:
         wanted = self._joined_request(seg, end)
