@@ -33,6 +33,7 @@ import numpy as np
 
 from tidegate.bench import audio_sets
 from tidegate.bench.micro import default_data_dir
+from tidegate.bench.report import percentiles
 from tidegate.bench.wer import wer
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
@@ -52,17 +53,6 @@ LEAD_S = 0.5
 TAIL_S = 1.5  # after each sentence: the VAD ends it, its finals come, then the commit
 SENTENCES = audio_sets.PAUSED_SENTENCES + audio_sets.MORE_PAUSED_SENTENCES
 SETS = ("ssml/en-us", "ssml/en-gb-x-rp", "apart/en-us", "apart/pico-en-US")
-
-
-def _pct(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0}
-    a = np.asarray(values)
-    return {
-        "n": len(values),
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-    }
 
 
 def clips(
@@ -216,7 +206,7 @@ async def run_set(
         "segments": lane.counters["segments"],
         "joined_finals": lane.counters["joined_finals"],
         "turn_texts_joined": turns.counters["turn_texts_joined"],
-        "stopped_to_turn_words_ms": _pct(latencies),
+        "stopped_to_turn_words_ms": percentiles(latencies),
         "cpu_s_per_audio_s": cpu / seconds,
         "wall_s": time.monotonic() - wall0,
     }
