@@ -43,6 +43,19 @@ async def idle_socket(address: str, port: int) -> socket.socket | None:
     return sock
 
 
+def heard_from_server(sock: socket.socket) -> bool:
+    """Whether the server answered this idle connection (a refusal's response), closed it or
+    reset it. One the kernel dropped from a full accept backlog after the client saw it
+    connect never reached the server: nothing comes on it."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # bytes of a response, or b"" at its end
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset
+    return True
+
+
 async def open_idle(address: str, port: int, n: int) -> list[socket.socket]:
     socks = await asyncio.gather(*(idle_socket(address, port) for _ in range(n)))
     return [s for s in socks if s is not None]
@@ -111,7 +124,11 @@ async def test_healthz_answers_under_fd_exhaustion(tmp_path: Path) -> None:
         async with asyncio.timeout(DROPPED_WITHIN_S):
             while (got := await connection_metrics(node))["open"] > 1:  # this request
                 await asyncio.sleep(0.2)
-        assert got["refused_per_address"] >= from_attacker - 16  # the one address over its cap
+        # the one address over its cap: of its connections that reached the server (answered
+        # or closed by it since), at most 16 were let in (CI once saw 300 connect, 282 refused)
+        reached = sum(heard_from_server(s) for s in socks[:from_attacker])
+        assert reached > 16
+        assert got["refused_per_address"] >= reached - 16, (reached, from_attacker, got)
         assert got["handshake_timeout"] + got["evicted"] > 0
         assert node.proc.poll() is None
         assert await healthz(node.http) == 200
