@@ -37,7 +37,7 @@ from tidegate.bench.report import percentiles
 from tidegate.bench.wer import wer
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
-from tidegate.pipelines.audio import AudioLane, Joined
+from tidegate.pipelines.audio import AudioLane
 from tidegate.pipelines.port import LocalSession
 from tidegate.pipelines.turns import TurnTaking
 from tidegate.protocol.messages import AsrFinal, InputAudio, VadSpeechStopped
@@ -115,17 +115,9 @@ class _Turns(TurnTaking):
         super().__init__(*args, **kwargs)
         self.final_at: list[float] = []
 
-    def on_final(
-        self,
-        text: str,
-        received: float,
-        finals_pending: int,
-        *,
-        segment_id: str = "",
-        joined: Joined | None = None,
-    ) -> None:
+    def on_final(self, *args: Any, **kwargs: Any) -> None:
         self.final_at.append(time.monotonic())
-        super().on_final(text, received, finals_pending, segment_id=segment_id, joined=joined)
+        super().on_final(*args, **kwargs)
 
 
 class _Session(LocalSession):
