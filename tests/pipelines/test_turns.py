@@ -345,9 +345,9 @@ async def test_a_turn_is_scored_on_its_own_audio(
 #: sentences paused where they are clearly unfinished, whose pieces tiny.en mangles apart
 #: (bench: python -m tidegate.bench.micro.turn_words)
 JOINED_SENTENCES = (
-    ("Can you tell me the weather in", "London tomorrow morning"),
-    ("The meeting has been moved to", "Thursday afternoon"),
-    ("Could you send the report to", "my manager before noon"),
+    audio_sets.PAUSED_SENTENCES[1],  # the weather in ... London tomorrow morning
+    audio_sets.PAUSED_SENTENCES[5],  # moved to ... Thursday afternoon
+    audio_sets.MORE_PAUSED_SENTENCES[0],  # the report to ... my manager before noon
 )
 
 

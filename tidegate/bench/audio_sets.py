@@ -47,7 +47,6 @@ PAUSED_SENTENCES: tuple[tuple[str, str], ...] = (
     ("I need to buy some milk and", "a loaf of bread"),
     ("The meeting has been moved to", "Thursday afternoon"),
 )
-#: Finished sentences (questions and statements) that end a turn.
 #: more sentences with a pause where they are clearly unfinished (the turn-words bench
 #: speaks these and PAUSED_SENTENCES)
 MORE_PAUSED_SENTENCES: tuple[tuple[str, str], ...] = (
@@ -58,6 +57,7 @@ MORE_PAUSED_SENTENCES: tuple[tuple[str, str], ...] = (
     ("The restaurant around the corner serves", "very good fish and chips"),
     ("How much does a ticket to", "the concert cost this year"),
 )
+#: Finished sentences (questions and statements) that end a turn.
 COMPLETE_SENTENCES: tuple[str, ...] = (
     "I would like to book a table for four people tonight.",
     "What is the weather like in London tomorrow?",

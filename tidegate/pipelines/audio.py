@@ -440,7 +440,9 @@ class AudioLane:
         self._pause_after = round(config.interrupt_pause_after_s * SAMPLE_RATE_HZ)
         self._onset_told = False
         self._context: deque[int] = deque(maxlen=max(1, config.streaming.prompt_tokens))
-        #: the segments since the last long pause whose finals had words (joined decodes)
+        #: the segments since the last long pause whose finals had words (joined decodes):
+        #: at most join_max_s of their audio (the oldest dropped; ~1 MB at 15 s), cleared by a
+        #: longer pause, a final without words, a commit or a clear
         self._said: deque[_Said] = deque()
         self._finals: deque[tuple[Segment, float]] = deque()
         self._finals_space = asyncio.Condition()
