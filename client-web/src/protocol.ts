@@ -95,7 +95,13 @@ export type ServerMessage = Envelope &
         tentative?: string;
       }
     | { type: "vision.result"; frame_ts: number; detections: Detection[]; timing?: Timing }
-    | { type: "response.created"; response_id: string }
+    | {
+        type: "response.created";
+        response_id: string;
+        /** A reply to a spoken turn: the words it answers, from these segments (in order). */
+        input_text?: string;
+        segment_ids?: string[];
+      }
     | { type: "response.text.delta"; response_id: string; delta: string; timing?: Timing }
     | { type: "response.paused"; response_id: string; played_ms: number }
     | {
@@ -160,7 +166,7 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   "asr.partial": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?", tentative: "s?" },
   "asr.final": { segment_id: "s", text: "s", audio_start_ms: "n", audio_end_ms: "n", timing: "m?" },
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
-  "response.created": { response_id: "s" },
+  "response.created": { response_id: "s", input_text: "s?", segment_ids: "a?" },
   "response.text.delta": { response_id: "s", delta: "s", timing: "m?" },
   "response.paused": { response_id: "s", played_ms: "n" },
   "response.resumed": { response_id: "s", played_ms: "n", paused_ms: "n", reason: "s", heard: "s?" },

@@ -123,6 +123,36 @@ describe("reduce", () => {
     expect(f.turns).toEqual([{ key: "g1", who: "user", text: "The capital of France?", live: false }]);
   });
 
+  it("shows a spoken turn as the reply answers it: its segments' captions as one utterance", () => {
+    const final = (id: string, text: string) =>
+      ev({ type: "asr.final", segment_id: id, text, audio_start_ms: 0, audio_end_ms: 1000 });
+    const s = run([
+      created(),
+      final("g1", "Hello."),
+      ev({ type: "response.created", response_id: "r_1", input_text: "Hello.", segment_ids: ["g1"] }),
+      ev({ type: "response.done", response_id: "r_1", status: "completed", text: "Hi!" }),
+      final("g2", "I would like to book a table for it."),
+      final("g3", "4 people to hide."),
+      final("g4", "mm-hmm"), // not the turn's (the server absorbed it): it stays
+      ev({
+        type: "response.created",
+        response_id: "r_2",
+        input_text: " I would like to book a table for four people tonight.",
+        segment_ids: ["g2", "g3", "g9"], // g9 was never shown (a final without words)
+      }),
+    ]);
+    expect(s.turns.map((t) => [t.who, t.key, t.text])).toEqual([
+      ["user", "g1", "Hello."],
+      ["assistant", "r_1", "Hi!"],
+      ["user", "g2", "I would like to book a table for four people tonight."],
+      ["user", "g4", "mm-hmm"],
+      ["assistant", "r_2", ""],
+    ]);
+    // a reply that names no turn (typed, or its own text) leaves the captions as they are
+    const typed = run([final("g5", "Thanks."), ev({ type: "response.created", response_id: "r_3" })], s);
+    expect(typed.turns.filter((t) => t.who === "user").map((t) => t.text)).toContain("Thanks.");
+  });
+
   it("streams a reply from its deltas and marks a cut one interrupted", () => {
     const s = run([
       created(),

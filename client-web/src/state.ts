@@ -139,6 +139,18 @@ function upsertTurn(turns: Turn[], turn: Turn): Turn[] {
   return next;
 }
 
+/** The user's turn as the reply answers it: the captions of its segments (each segment
+ * captioned alone) become one utterance with the words the server answered, which it may
+ * have decoded whole where the user paused mid-sentence. Segments not shown are skipped. */
+function spokenTurn(turns: Turn[], segmentIds: string[], text: string): Turn[] {
+  const ids = new Set(segmentIds);
+  const first = turns.findIndex((t) => t.who === "user" && ids.has(t.key));
+  const at = turns[first];
+  if (!at || !text.trim()) return turns;
+  const merged: Turn = { key: at.key, who: "user", text: text.trim(), live: false };
+  return turns.flatMap((t, i) => (i === first ? [merged] : t.who === "user" && ids.has(t.key) ? [] : [t]));
+}
+
 function stage(label: string, timing: Timing | undefined, arrivedMs: number, offsetMs: number | null): Stage {
   const st: Stage = { label };
   if (!timing) return st;
@@ -202,13 +214,15 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
         detections: { frameTs: m.frame_ts, items: m.detections, atMs: arrivedMs },
         stages: { ...s.stages, vision: stage("vision.result", m.timing, arrivedMs, s.offsetMs) },
       };
-    case "response.created":
+    case "response.created": {
+      const heard = m.input_text !== undefined && m.segment_ids ? spokenTurn(s.turns, m.segment_ids, m.input_text) : s.turns;
       return {
         ...s,
         activeResponse: m.response_id,
-        turns: upsertTurn(s.turns, { key: m.response_id, who: "assistant", text: "", live: true }),
+        turns: upsertTurn(heard, { key: m.response_id, who: "assistant", text: "", live: true }),
         announcement: "Replying…",
       };
+    }
     case "response.text.delta": {
       const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);
       if (prev && !prev.live) return s; // a delta after done (never expected): ignored

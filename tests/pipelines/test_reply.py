@@ -31,11 +31,14 @@ from tidegate.pipelines.reply import (
     Reply,
     ReplyLane,
     SpokenChunk,
+    SpokenTurn,
     mid_sentence,
     trim_leading_silence,
     trim_trailing_silence,
 )
 from tidegate.protocol.messages import (
+    MAX_TEXT_CHARS,
+    MAX_TURN_SEGMENTS,
     OutputAudio,
     ResponseCancel,
     ResponseCreate,
@@ -95,6 +98,7 @@ async def test_an_answer_streams_text_and_speech(
     (created,) = session.of(ResponseCreated)
     (done,) = session.of(ResponseDone)
     assert created.ref == "t1" and done.status == "completed" and done.text
+    assert created.input_text is None and created.segment_ids is None  # typed: no segments
     deltas = "".join(d.delta for d in session.of(ResponseTextDelta))
     assert deltas == done.text
     audio = session.of(OutputAudio)
@@ -141,10 +145,10 @@ async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
     llm = engines.llm()
     submitted = llm.counters.submitted
     try:
-        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2)
+        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2, segments=("g1",))
         await wait_for(lambda: lane.speculative is not None and lane.speculative.text)
         assert session.events == []  # held: the client sees nothing yet
-        lane.answer("What is the capital of France?", None, 7.0, spoken=True)
+        lane.answer("What is the capital of France?", None, 7.0, spoken=True, segments=("g1", "g2"))
         await wait_for(lambda: session.of(ResponseDone))
     finally:
         await lane.close()
@@ -152,6 +156,9 @@ async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
     (created,) = session.of(ResponseCreated)
     (done,) = session.of(ResponseDone)
     assert done.status == "completed" and created.response_id == done.response_id
+    # the turn as it ended, not as it was guessed (the same words from more segments)
+    assert created.input_text == "What is the capital of France?"
+    assert created.segment_ids == ("g1", "g2")
     assert "".join(d.delta for d in session.of(ResponseTextDelta)) == done.text
     assert session.of(OutputAudio) and done.timing is not None and done.timing.received == 7.0
     assert llm.counters.submitted == submitted + 1
@@ -266,6 +273,48 @@ async def test_requests_the_lane_cannot_serve_are_refused(
     finally:
         await lane.close()
         await session.close()
+
+
+async def test_a_reply_names_the_spoken_turn_it_answers(
+    settings: Settings, engines: EngineService
+) -> None:
+    """response.created gives a spoken turn's words and the segments they came from: for a
+    turn answered at its end, and for a committed one answered by a response.create that
+    gives no text; not for a response.create that gives its own. A turn too long to name is
+    not named."""
+    session = FakeSession()
+    session.config = {"output_modalities": ["text"]}
+    lane = lane_for(session, settings, engines)
+    create = lane.handlers()[ResponseCreate]
+    try:
+        lane.answer(
+            "I would like a table for four people tonight.",
+            None,
+            0.0,
+            spoken=True,
+            segments=("g1", "g2"),
+        )
+        await wait_for(lambda: len(session.of(ResponseDone)) == 1)
+        lane.hear("Make it five.", ("g3",))
+        await create(ResponseCreate(id="c1"))
+        await wait_for(lambda: len(session.of(ResponseDone)) == 2)
+        lane.hear("Make it six.", ("g4",))
+        await create(ResponseCreate(id="c2", text="Make it seven."))
+        await wait_for(lambda: len(session.of(ResponseDone)) == 3)
+    finally:
+        await lane.close()
+        await session.close()
+    named = [(c.ref, c.input_text, c.segment_ids) for c in session.of(ResponseCreated)]
+    assert named == [
+        (None, "I would like a table for four people tonight.", ("g1", "g2")),
+        ("c1", "Make it five.", ("g3",)),
+        ("c2", None, None),  # it answers the text it gave
+    ]
+    assert [d.status for d in session.of(ResponseDone)] == ["completed"] * 3
+    ids = tuple(f"g{k}" for k in range(MAX_TURN_SEGMENTS + 1))
+    assert SpokenTurn("yes " * 65, ids).created("r1", None).segment_ids is None
+    assert SpokenTurn("x" * (MAX_TEXT_CHARS + 1), ("g1",)).created("r1", None).input_text is None
+    assert SpokenTurn("yes", ()).created("r1", None).input_text is None
 
 
 class Player(FakeSession):

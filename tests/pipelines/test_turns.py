@@ -102,12 +102,24 @@ class Replies:
 
     def __init__(self) -> None:
         self.answers: list[tuple[float, str]] = []
+        self.segments: list[tuple[str, ...]] = []  # per answer, the segments it came from
         self.barge_ins = 0
 
-    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
+    def answer(
+        self,
+        text: str,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool,
+        segments: tuple[str, ...] = (),
+    ) -> None:
         self.answers.append((time.monotonic(), text))
+        self.segments.append(segments)
 
-    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+    def speculate(
+        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
+    ) -> None:
         pass  # the turn's end is what these tests look at
 
     def speech_started(self) -> None:
@@ -128,8 +140,9 @@ class Replies:
     def judging(self) -> bool:
         return False  # no reply runs here: no interruption to judge
 
-    def hear(self, text: str) -> None:
+    def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
         self.answers.append((time.monotonic(), text))  # respond false: heard, not answered
+        self.segments.append(segments)
 
 
 class Run:
@@ -434,6 +447,9 @@ async def test_a_paused_sentence_is_answered_as_one_utterance(
     # each join is its sentence's two segments, and the turn's words are the joined text
     assert [len(j.ids) for j in turns.joined] == [2] * len(clips), report
     assert answers == [j.text for j in turns.joined], report
+    # each answer names the segments its words came from: the two its captions came from
+    assert isinstance(turns.reply, Replies)
+    assert turns.reply.segments == [j.ids for j in turns.joined], report
     assert max(wer(r, a) for r, a in zip(reference, answers, strict=True)) <= 0.25, report
     assert off == off_captions, report
     assert off_lane["joined_finals"] == off_turns.counters["turn_texts_joined"] == 0

@@ -140,7 +140,13 @@ SERVER_SAMPLES: list[Message] = [
         timing=TIMING,
     ),
     VisionResult(seq=12, t=T0, frame_ts=66.0, detections=()),
-    ResponseCreated(seq=13, t=T0, response_id="r_1"),
+    ResponseCreated(
+        seq=13,
+        t=T0,
+        response_id="r_1",
+        input_text="What is the capital of France?",
+        segment_ids=("g1", "g2"),
+    ),
     ResponseTextDelta(seq=14, t=T0, response_id="r_1", delta="Paris", timing=TIMING),
     ResponseDone(seq=15, t=T0, response_id="r_1", status="cancelled", text="The capital"),
     ResponseFunctionCallDelta(

@@ -79,6 +79,8 @@ from tidegate.engines.tts.piper import OUTPUT_RATE_HZ
 from tidegate.engines.tts.stream import FRAME_MS
 from tidegate.media import AudioOutTrack, MediaPeer
 from tidegate.protocol.messages import (
+    MAX_TEXT_CHARS,
+    MAX_TURN_SEGMENTS,
     FunctionCallOutput,
     OutputAudio,
     ResponseCancel,
@@ -236,6 +238,31 @@ def _playing() -> asyncio.Event:
     return event
 
 
+@dataclass(frozen=True, slots=True)
+class SpokenTurn:
+    """The user's spoken turn a reply answers: its words (joined decodes where they replaced
+    the captions) and the ids of the speech segments they came from, in order."""
+
+    text: str
+    segments: tuple[str, ...]
+
+    def created(self, response_id: str, ref: str | None) -> ResponseCreated:
+        """``response.created`` naming this turn (unnamed when it is too long to name)."""
+        if not self.segments or len(self.segments) > MAX_TURN_SEGMENTS:
+            return ResponseCreated(response_id=response_id, ref=ref)
+        if len(self.text) > MAX_TEXT_CHARS:
+            return ResponseCreated(response_id=response_id, ref=ref)
+        return ResponseCreated(
+            response_id=response_id, ref=ref, input_text=self.text, segment_ids=self.segments
+        )
+
+
+def _created(reply: Reply) -> ResponseCreated:
+    if reply.turn is None:
+        return ResponseCreated(response_id=reply.id, ref=reply.ref)
+    return reply.turn.created(reply.id, reply.ref)
+
+
 @dataclass(slots=True)
 class Reply:
     """One response in progress."""
@@ -244,6 +271,8 @@ class Reply:
     ref: str | None
     received_ms: float  # when its input arrived (the turn's last audio, or the text)
     from_speech: bool = False  # answers a spoken turn (its first audio is voice-to-voice)
+    #: the spoken turn it answers: its words and the segments they came from (none: typed)
+    turn: SpokenTurn | None = None
     text: str = ""
     chunks: list[SpokenChunk] = field(default_factory=list)
     located: int = 0  # where the next chunk's text is looked for in ``text``
@@ -380,6 +409,7 @@ class ReplyLane:
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)
+        self._heard: SpokenTurn | None = None  # a committed turn waiting for response.create
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
         self._words = WordRule(config.interrupt_backchannel_phrases)
         #: the user's speech over the reply being judged (None: none)
@@ -436,21 +466,35 @@ class ReplyLane:
         """The outbound track is read from the media lane when a reply speaks."""
 
     # -- input ------------------------------------------------------------------------------
-    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
-        """The user said ``text`` (a turn, or ``input.text``): reply to it (adopting the
-        held reply when it was started on exactly these messages)."""
+    def answer(
+        self,
+        text: str,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool,
+        segments: tuple[str, ...] = (),
+    ) -> None:
+        """The user said ``text`` (a turn, or ``input.text``; a spoken one from the audio
+        lane's ``segments``): reply to it (adopting the held reply when it was started on
+        exactly these messages)."""
         self._user_says(text)
+        self._heard = None
+        turn = SpokenTurn(text, segments) if spoken else None
         language = self.language.for_reply(spoken=spoken) if self.language is not None else None
         held, self.speculative = self.speculative, None
         if held is not None:
             same = held.language == language
             if same and not held.finished and held.messages == self.messages(language=language):
+                held.turn = turn
                 self._adopt(held, ref, received_ms)
                 return
             self._discard(held)
-        self._start_reply(ref, received_ms, spoken=spoken, language=language)
+        self._start_reply(ref, received_ms, spoken=spoken, language=language, turn=turn)
 
-    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+    def speculate(
+        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
+    ) -> None:
         """Turn-taking expects the turn to end with ``text`` in ``wait_s``: start its reply
         now, held (module doc). A guess already running for the same text goes on."""
         language = self._turn_language()
@@ -465,6 +509,7 @@ class ReplyLane:
         if not options.speaks:  # a text reply cannot be held back by its speech: not guessed
             return
         reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
+        reply.turn = SpokenTurn(text, segments)
         reply.options = options
         reply.language = language
         reply.messages = self._messages_with(text, language)
@@ -485,7 +530,7 @@ class ReplyLane:
         text = "".join(e.delta for e in reply.held_events if isinstance(e, ResponseTextDelta))
         for event in reply.held_events:
             if isinstance(event, ResponseCreated):
-                self.session.emit(ResponseCreated(response_id=reply.id, ref=ref))
+                self.session.emit(_created(reply))
         if text:
             self.session.emit(
                 ResponseTextDelta(response_id=reply.id, delta=text, timing=self._timing(reply))
@@ -875,10 +920,12 @@ class ReplyLane:
         reply.play_end = max(reply.play_end, time.monotonic())  # the pause is no gap
         reply.playing.set()
 
-    def hear(self, text: str) -> None:
-        """The user said ``text`` (a committed turn): it waits for ``response.create``."""
+    def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
+        """The user said ``text`` (a committed turn, from ``segments``): it waits for
+        ``response.create``, whose reply answers that turn when it gives no text of its own."""
         self._discard_speculation()  # no reply comes of this turn by itself
         self._user_says(text)
+        self._heard = SpokenTurn(text, segments)
 
     async def _create(self, msg: ResponseCreate) -> None:
         self._answer_create(msg.text, msg.id, self._session_options())
@@ -887,14 +934,18 @@ class ReplyLane:
         self._answer_create(msg.text, msg.id, self._response_options(msg.options))
 
     def _answer_create(self, text: str | None, ref: str | None, options: ReplyOptions) -> None:
+        heard, self._heard = self._heard, None  # a heard turn is answered once, or not at all
         if text is not None:
             self._user_says(text)
+            heard = None
         elif not self.history or self.history[-1]["role"] != "user":
             raise InvalidConfigError(
                 "response.create: there is no user message to answer; give 'text'"
             )
+        elif heard is not None and self.history[-1]["content"] != heard.text:
+            heard = None  # the last user message is not that turn's (a typed one since)
         language = self.language.for_reply(spoken=False) if self.language is not None else None
-        self._start_reply(ref, now_ms(), options=options, language=language)
+        self._start_reply(ref, now_ms(), options=options, language=language, turn=heard)
 
     def _session_options(self) -> ReplyOptions:
         """The reply options the session's config gives (sessions/config.py checked them)."""
@@ -999,12 +1050,13 @@ class ReplyLane:
         spoken: bool = False,
         options: ReplyOptions | None = None,
         language: str | None = None,
+        turn: SpokenTurn | None = None,
     ) -> None:
         self._discard_speculation()  # whatever was guessed, this is what was asked
         if self.reply is not None:
             self._cut(self.reply)  # a new request supersedes the reply in progress
         self._end_interruption()
-        reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken)
+        reply = Reply(new_response_id(), ref, received_ms, from_speech=spoken, turn=turn)
         reply.options = options if options is not None else self._session_options()
         reply.language = language
         self.reply = reply
@@ -1013,7 +1065,7 @@ class ReplyLane:
 
     async def _respond(self, reply: Reply) -> None:
         s = self.session
-        self._emit(reply, ResponseCreated(response_id=reply.id, ref=reply.ref))
+        self._emit(reply, _created(reply))
         messages = (
             list(reply.messages)
             if reply.held

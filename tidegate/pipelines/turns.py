@@ -76,9 +76,23 @@ PAUSE_TAIL_S = 0.1
 class Replier(Protocol):
     """The reply lane, as turn-taking sees it."""
 
-    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None: ...
+    def answer(
+        self,
+        text: str,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool,
+        segments: tuple[str, ...] = (),
+    ) -> None:
+        """Reply to ``text``: a typed turn, or a spoken one whose words came from the audio
+        lane's ``segments`` (their ids, in order; joined decodes may have replaced their
+        captions' words)."""
+        ...
 
-    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+    def speculate(
+        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
+    ) -> None:
         """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
         ...
 
@@ -96,8 +110,9 @@ class Replier(Protocol):
         """Speech over a reply is being judged (it may be a backchannel, not a turn)."""
         ...
 
-    def hear(self, text: str) -> None:
-        """The user said ``text``; the reply waits for ``response.create``."""
+    def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
+        """The user said ``text`` (from ``segments``); the reply waits for
+        ``response.create``."""
         ...
 
 
@@ -298,13 +313,13 @@ class TurnTaking:
         self._decision = None
         self._finals_due = False  # the audio lane has put every final out
         self._ended, self._held, self._turn_start_ms = False, None, None
-        text = self._words
+        text, segments = self._words, self.turn_segments()
         self._turn.clear()
         self.turns += 1
         self.counters["turn_ends_commit"] += 1
         self.session.emit(TurnEnd(reason="commit", audio_ms=audio_ms, ref=ref))
         if text:
-            self.reply.hear(text)
+            self.reply.hear(text, segments)
 
     def on_clear(self) -> None:
         """The client cleared its audio: the words heard since the last turn are dropped."""
@@ -368,7 +383,9 @@ class TurnTaking:
             return  # the text is not known yet (on_final speculates when it is)
         wait_s = decision.at - time.monotonic()
         if wait_s > 0 and self._turn_config("respond", True):
-            self.reply.speculate(self._words, self._turn_received, wait_s=wait_s)
+            self.reply.speculate(
+                self._words, self._turn_received, wait_s=wait_s, segments=self.turn_segments()
+            )
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         """Send ``turn.end`` at the decision; the reply follows once the finals are out."""
@@ -405,13 +422,13 @@ class TurnTaking:
         if not self._turn:
             self.counters["turn_ends_without_words"] += 1
             return
-        text = self._words
+        text, segments = self._words, self.turn_segments()
         self._turn.clear()
         self.turns += 1
         if self._turn_config("respond", True):
-            self.reply.answer(text, None, self._turn_received, spoken=True)
+            self.reply.answer(text, None, self._turn_received, spoken=True, segments=segments)
         else:
-            self.reply.hear(text)
+            self.reply.hear(text, segments)
 
     def stats(self) -> dict[str, Any]:
         return {"turns": self.turns, **self.counters}

@@ -48,6 +48,7 @@ MAX_CHANNELS = 8
 MAX_IMAGE_SIDE_PX = 8_192
 MAX_TOOL_NAME_CHARS = 64
 MAX_TOOL_JSON_CHARS = 32_768  # a tool call's arguments, a tool's output
+MAX_TURN_SEGMENTS = 64  # the segment ids a reply names as the turn it answers
 
 T = TypeVar("T")
 
@@ -647,8 +648,21 @@ class VisionResult(ServerMessage):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseCreated(ServerMessage):
+    """A response began. For a reply to the user's spoken turn, ``input_text`` is the words
+    it answers and ``segment_ids`` the speech segments they came from (their ``asr.final``
+    ids, in order). The words can differ from those segments' captions: a sentence the
+    user paused in is cut into segments, each captioned alone, and answered as decoded
+    whole (docs/asr.md, "Joined decodes"); a client can show the turn as one utterance
+    with these words. Both are absent for a typed turn, for a reply with no turn of its own
+    (``response.create`` after one was answered), and for a turn too long to name
+    (over 64 segments or the text limit)."""
+
     TYPE: ClassVar[str] = "response.created"
     response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+    input_text: str | None = spec(Text(MAX_TEXT_CHARS), None)
+    segment_ids: tuple[str, ...] | None = spec(
+        ListOf(Text(MAX_ID_CHARS, min_chars=1), min_items=1, max_items=MAX_TURN_SEGMENTS), None
+    )
 
 
 @message

@@ -80,10 +80,20 @@ class _Reply:
     def __init__(self) -> None:
         self.turns: list[str] = []
 
-    def answer(self, text: str, ref: str | None, received_ms: float, *, spoken: bool) -> None:
+    def answer(
+        self,
+        text: str,
+        ref: str | None,
+        received_ms: float,
+        *,
+        spoken: bool,
+        segments: tuple[str, ...] = (),
+    ) -> None:
         self.turns.append(text)
 
-    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
+    def speculate(
+        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
+    ) -> None:
         """Nothing: no reply is started here."""
 
     def speech_started(self) -> None:
@@ -104,7 +114,7 @@ class _Reply:
     def judging(self) -> bool:
         return False
 
-    def hear(self, text: str) -> None:
+    def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
         self.turns.append(text)
 
 
