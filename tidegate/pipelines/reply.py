@@ -248,13 +248,11 @@ class SpokenTurn:
 
     def created(self, response_id: str, ref: str | None) -> ResponseCreated:
         """``response.created`` naming this turn (unnamed when it is too long to name)."""
-        if not self.segments or len(self.segments) > MAX_TURN_SEGMENTS:
-            return ResponseCreated(response_id=response_id, ref=ref)
-        if len(self.text) > MAX_TEXT_CHARS:
-            return ResponseCreated(response_id=response_id, ref=ref)
-        return ResponseCreated(
-            response_id=response_id, ref=ref, input_text=self.text, segment_ids=self.segments
-        )
+        if 0 < len(self.segments) <= MAX_TURN_SEGMENTS and len(self.text) <= MAX_TEXT_CHARS:
+            return ResponseCreated(
+                response_id=response_id, ref=ref, input_text=self.text, segment_ids=self.segments
+            )
+        return ResponseCreated(response_id=response_id, ref=ref)
 
 
 def _created(reply: Reply) -> ResponseCreated:
