@@ -65,7 +65,7 @@ format: setup
 	$(BIN)/ruff format .
 
 types: setup
-	$(BIN)/mypy tidegate
+	$(BIN)/mypy tidegate tests
 
 pytest: setup
 	$(BIN)/python -m pytest --durations=40 $(PYTEST_ARGS)

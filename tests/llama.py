@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types.chat import ChatCompletionFunctionToolParam
 
 from tidegate.bench.llama_server import LlamaServer
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 Servers = Callable[..., list[LlamaServer]]
 #: the tool the provider tests declare (OpenAI function schema)
-WEATHER = {
+WEATHER: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",

@@ -66,7 +66,8 @@ def _face_y4m(path: Path) -> tuple[int, int]:
     h, w = y.shape
 
     def sub(c: np.ndarray) -> np.ndarray:
-        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        means: np.ndarray = c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+        return means
 
     planes = [np.clip(p, 0, 255).round().astype(np.uint8) for p in (y, sub(u), sub(v))]
     with open(path, "wb") as f:

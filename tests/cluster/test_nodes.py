@@ -11,6 +11,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 import pytest
@@ -25,7 +26,17 @@ from tidegate.protocol.messages import InputSensor, SensorReading, SensorSubscri
 pytestmark = pytest.mark.slow
 
 KEY = secrets.token_hex(32)
-SETTINGS = {
+
+
+class NodeSettings(TypedDict):
+    """The nodes' settings (Node passes them on as environment variables)."""
+
+    rate_burst_sessions: str
+    rate_sessions_per_s: str
+    max_sessions_per_tenant: str
+
+
+SETTINGS: NodeSettings = {
     "rate_burst_sessions": "2",
     "rate_sessions_per_s": "0.01",
     "max_sessions_per_tenant": "3",

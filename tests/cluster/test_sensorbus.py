@@ -65,7 +65,7 @@ async def test_readings_cross_nodes_within_their_tenant(
     assert local.offered == a.published  # in process, once: its own node's copy is skipped
 
     async def own_copies_skipped() -> bool:  # A listens on x:s1 too, and skips its own
-        return a.stats()["received_own"] >= 2 and b.stats()["received"] >= 2
+        return bool(a.stats()["received_own"] >= 2 and b.stats()["received"] >= 2)
 
     await eventually(own_copies_skipped, 5, "B counted what it received")
     for s in (mine, other, local):
@@ -86,7 +86,7 @@ async def test_slow_subscriber_gets_the_latest_per_channel(
         a.publish("x", "s1", "hum", last + i, (float(-i),))
 
     async def all_there() -> bool:
-        return b.stats()["received"] >= 61
+        return bool(b.stats()["received"] >= 61)
 
     await eventually(all_there, 10, "B received every reading")
     got = {r.channel: r for r in sub.take()}

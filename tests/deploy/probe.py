@@ -22,6 +22,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
 
 from tests.support import scaled
 from tidegate.protocol.client import Client, RefusedError
@@ -164,8 +165,12 @@ async def _create(
     if cookie:
         headers["Cookie"] = cookie
     async with ws_connect(
-        ws_url, ssl=_tls(), subprotocols=["tidegate.v1.json"], additional_headers=headers
+        ws_url,
+        ssl=_tls(),
+        subprotocols=[Subprotocol("tidegate.v1.json")],
+        additional_headers=headers,
     ) as ws:
+        assert ws.response is not None
         set_cookie = ws.response.headers.get("Set-Cookie")
         await ws.send(json.dumps({"type": "session.create", "id": "c1", **body}))
         while True:
@@ -206,7 +211,7 @@ async def ws_flood(args: dict[str, Any]) -> dict[str, Any]:
             ws = await ws_connect(
                 ws_url,
                 ssl=_tls(),
-                subprotocols=["tidegate.v1.json"],
+                subprotocols=[Subprotocol("tidegate.v1.json")],
                 additional_headers=headers,
                 open_timeout=30,
             )

@@ -163,10 +163,10 @@ def test_nodes_routing_ids_and_media_ranges_match_nginx_conf() -> None:
             for p in published
         ), f"nginx does not publish {ports}/udp"
     turn = TURNSERVER_CONF.read_text()
-    low = re.search(r"(?m)^min-port=(\d+)$", turn)
-    high = re.search(r"(?m)^max-port=(\d+)$", turn)
-    assert low and high
-    relay = f"{low.group(1)}-{high.group(1)}"
+    min_port = re.search(r"(?m)^min-port=(\d+)$", turn)
+    max_port = re.search(r"(?m)^max-port=(\d+)$", turn)
+    assert min_port and max_port
+    relay = f"{min_port.group(1)}-{max_port.group(1)}"
     assert f"{relay}:{relay}/udp" in compose["services"]["coturn"]["ports"]
     for port in ("3478:3478/udp", "3478:3478/tcp", "5349:5349/tcp", "443:443"):
         assert port in published

@@ -8,8 +8,10 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
-from tidegate.bench.wer import wer, words  # noqa: F401
+from tidegate.bench.wer import wer as wer
+from tidegate.bench.wer import words as words
 
 BECKETT = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
 # The first 20 s of two_cities.wav (Dickens, A Tale of Two Cities), to a word boundary.
@@ -46,5 +48,5 @@ def espeak(text: str, tmp: Path) -> np.ndarray:
     with wave.open(str(out)) as w:
         rate = w.getframerate()
         x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
-    t = np.arange(round(len(x) * 16_000 / rate)) * rate / 16_000
+    t: npt.NDArray[np.float64] = np.arange(round(len(x) * 16_000 / rate)) * rate / 16_000
     return np.interp(t, np.arange(len(x)), x).astype(np.float32)

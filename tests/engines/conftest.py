@@ -4,8 +4,9 @@ onnx.helper."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -15,6 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from tests.support import prepare_models
 from tidegate.engines import models
 from tidegate.engines.runtime import gpu_present
+
+if TYPE_CHECKING:
+    from .triton_server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -46,7 +50,12 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: Iterable[onnx.TensorProto] = (),
+) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, initializer=list(inits))
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 8
@@ -131,7 +140,9 @@ TinyFactory = Callable[[Path], Path]
 
 
 @pytest.fixture(scope="session")
-def triton_server(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def triton_server(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
     """A real Triton server (pytriton's, on 127.0.0.1) serving the tiny models, Silero VAD,
     BlazeFace and Whisper's whole decode (the python transcribe model) under the names the
     triton runtime derives from their paths, plus ``slow.tiny.affine`` (answers after 1 s).

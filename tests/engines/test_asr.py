@@ -18,7 +18,7 @@ from tidegate.engines.asr.greedy import DecodeOptions
 from tidegate.engines.asr.request import AsrCancelledError, AsrRequest, AsrResult, QualityGate
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx, audio_context, repeated_tail
-from tidegate.engines.engine import Failed, Ok
+from tidegate.engines.engine import Engine, Failed, Ok
 from tidegate.tools.convert_whisper import read_ct2
 
 from .asr_audio import BECKETT, ESPEAK_SENTENCES, TWO_CITIES_20S, espeak, read_wav, wer
@@ -50,10 +50,12 @@ def beckett(assets: Path) -> np.ndarray:
     return read_wav(assets / "beckett.wav")
 
 
-def run(engine, *requests):
+def run(
+    engine: Engine[AsrRequest, AsrResult, AsrRequest], *requests: AsrRequest
+) -> list[AsrResult]:
     out = engine.run_batch(list(requests), [None] * len(requests))
     assert all(isinstance(o, Ok) for o in out), out
-    return [o.value for o in out]
+    return [o.value for o in out if isinstance(o, Ok)]
 
 
 def test_features_match_faster_whisper(beckett: np.ndarray) -> None:
@@ -99,7 +101,9 @@ def test_audio_context_follows_the_audio() -> None:
     assert audio_context(16_000 * 29, 5.0, 1.0, 10.0) == 1500
 
 
-def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path) -> None:
+def test_real_speech_is_transcribed(
+    onnx_asr: WhisperOnnx, beckett: np.ndarray, assets: Path
+) -> None:
     """beckett.wav and the first 20 s of two_cities.wav, decoded in one batch, WER <= 0.1;
     each on its own audio context (a short row does not pay for a long one)."""
     cities = read_wav(assets / "two_cities.wav", 20.0)
@@ -113,7 +117,7 @@ def test_real_speech_is_transcribed(onnx_asr: WhisperOnnx, beckett, assets: Path
 
 
 def test_the_float_model_hears_what_the_int8_one_hears(
-    onnx_asr: WhisperOnnx, data_dir: Path, beckett
+    onnx_asr: WhisperOnnx, data_dir: Path, beckett: np.ndarray
 ) -> None:
     """whisper-tiny-en-fp32 (for GPU providers) is the same weights unquantized: it writes
     the clip as the int8 model does."""
@@ -128,7 +132,7 @@ def test_the_float_model_hears_what_the_int8_one_hears(
     assert wer(ours.text, fp32.text) <= 0.1, (ours.text, fp32.text)
 
 
-def test_forced_prefix_is_kept(onnx_asr: WhisperOnnx, beckett) -> None:
+def test_forced_prefix_is_kept(onnx_asr: WhisperOnnx, beckett: np.ndarray) -> None:
     """A committed prefix begins the hypothesis, even when the audio says otherwise."""
     assert onnx_asr.tokenizer is not None
     prefix = tuple(onnx_asr.tokenizer.encode(" Ever tried, never"))
@@ -155,7 +159,7 @@ def test_espeak_sentences(onnx_asr: WhisperOnnx, tmp_path: Path) -> None:
     assert sum(errors) / len(errors) <= 0.25, [r.text for r in results]
 
 
-def test_bad_audio_fails_alone(onnx_asr: WhisperOnnx, beckett) -> None:
+def test_bad_audio_fails_alone(onnx_asr: WhisperOnnx, beckett: np.ndarray) -> None:
     """NaN audio fails its own request; the batch's other request is answered."""
     bad = np.full(16_000, np.nan, dtype=np.float32)
     out = onnx_asr.run_batch([AsrRequest(bad), AsrRequest(beckett[:48_000])], [None, None])
@@ -163,7 +167,9 @@ def test_bad_audio_fails_alone(onnx_asr: WhisperOnnx, beckett) -> None:
     assert isinstance(out[1], Ok)
 
 
-def test_faster_whisper_agrees(onnx_asr: WhisperOnnx, fw_asr: FasterWhisperAsr, beckett) -> None:
+def test_faster_whisper_agrees(
+    onnx_asr: WhisperOnnx, fw_asr: FasterWhisperAsr, beckett: np.ndarray
+) -> None:
     """Both implementations transcribe the real clip; their texts differ by WER <= 0.15."""
     (ours,) = run(onnx_asr, AsrRequest(beckett))
     (theirs,) = run(fw_asr, AsrRequest(beckett))
@@ -171,7 +177,9 @@ def test_faster_whisper_agrees(onnx_asr: WhisperOnnx, fw_asr: FasterWhisperAsr, 
     assert wer(theirs.text, ours.text) <= 0.15, (ours.text, theirs.text)
 
 
-def test_streaming_commits_only_agreed_whole_words(onnx_asr: WhisperOnnx, beckett) -> None:
+def test_streaming_commits_only_agreed_whole_words(
+    onnx_asr: WhisperOnnx, beckett: np.ndarray
+) -> None:
     """Growing re-decodes commit a prefix that only grows and is a prefix of the final."""
     tok = onnx_asr.tokenizer
     assert tok is not None
@@ -193,7 +201,7 @@ def test_streaming_commits_only_agreed_whole_words(onnx_asr: WhisperOnnx, becket
 
 
 def test_streaming_shows_the_rest_of_each_hypothesis_as_tentative(
-    onnx_asr: WhisperOnnx, beckett
+    onnx_asr: WhisperOnnx, beckett: np.ndarray
 ) -> None:
     """Each partial's committed text and tentative words together are its hypothesis; the
     first decode commits nothing and shows everything as tentative, and what a later decode
@@ -223,7 +231,7 @@ def test_streaming_shows_the_rest_of_each_hypothesis_as_tentative(
     assert before and seg.tentative == "", "a hypothesis that is not speech clears it"
 
 
-def test_a_cancelled_request_is_dropped_alone(onnx_asr: WhisperOnnx, beckett) -> None:
+def test_a_cancelled_request_is_dropped_alone(onnx_asr: WhisperOnnx, beckett: np.ndarray) -> None:
     """A request whose cancel event is set fails with AsrCancelledError; its batch mate is
     answered with the same text as alone."""
     cancel = threading.Event()
@@ -293,7 +301,9 @@ def test_partial_rate_adapts_to_the_queue() -> None:
     assert seg.due(s, 4) and not seg.due(s, 8)
 
 
-def test_a_context_prompt_stays_out_of_the_hypothesis(onnx_asr: WhisperOnnx, beckett) -> None:
+def test_a_context_prompt_stays_out_of_the_hypothesis(
+    onnx_asr: WhisperOnnx, beckett: np.ndarray
+) -> None:
     """A request's prompt (previous text) conditions the decode but is not in its tokens or
     text; a prompted row and an unprompted one batched together each get what they get
     alone (the rows' forced tokens are stepped per row)."""
@@ -328,7 +338,7 @@ def test_a_hypothesis_echoing_the_prompt_is_recognised(onnx_asr: WhisperOnnx) ->
     assert not Segment("t", 0, tok.decode).echoes_prompt(said(" Try again."))
 
 
-def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett) -> None:
+def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett: np.ndarray) -> None:
     """An input passed as an ``OrtValue`` (what ``resident`` gives on a GPU: the cross
     keys and values, copied once for every decoder step) is bound, not copied, and the
     outputs are those of the plain call; here on the CPU, where the binding path also runs."""
@@ -336,9 +346,11 @@ def test_the_decoder_takes_inputs_bound_where_it_runs(folder: Path, beckett) -> 
 
     from tidegate.engines.asr.greedy import cross_feeds, encoder_input
     from tidegate.engines.runtime import RuntimeOptions, open_model
+    from tidegate.engines.runtime.onnx import OnnxModel
 
     encoder = open_model(folder / "encoder.onnx", RuntimeOptions())
     decoder = open_model(folder / "decoder.onnx", RuntimeOptions())
+    assert isinstance(decoder, OnnxModel)
     mel, _ = encoder_input([beckett[:32_000]], [DecodeOptions()])
     cross = encoder.run({"mel": mel})
     L, n, H, dh, _ = cross["cross_k"].shape

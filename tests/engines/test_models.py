@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tidegate.engines import models
-from tidegate.engines.engine import TensorEngine
+from tidegate.engines.engine import Ok, TensorEngine
 from tidegate.engines.errors import MissingPackageError, ModelError
 from tidegate.engines.service import EngineSpec, build_engine
 from tidegate.tools.cli import add_commands
@@ -149,9 +149,10 @@ def test_custom_model_is_configuration(tmp_path: Path) -> None:
     custom = models.load_custom_models(toml)
     assert models.verify_custom(custom["affine"]) == []
     engine = build_engine(EngineSpec("affine", "affine"), tmp_path, custom)
+    assert isinstance(engine, TensorEngine)
     engine.load()
     out = engine.run_batch([{"x": np.ones(4, np.float32)}], [None])[0]
-    assert out.value["y"].shape == (3,)  # type: ignore[union-attr]
+    assert isinstance(out, Ok) and out.value["y"].shape == (3,)
     wrong = build_engine(EngineSpec("wrong", "wrong"), tmp_path, custom)
     with pytest.raises(ModelError, match=r"has shape \['batch', 4\], declared \['batch', 5\]"):
         wrong.load()

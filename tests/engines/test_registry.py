@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pytest
@@ -36,6 +36,13 @@ from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES, SileroVad, VadResult, VadSettings
 
 
+@runtime_checkable
+class BatchedConfig(Protocol):
+    """The config of a kind that batches requests: it makes the kind's policy."""
+
+    def policy(self, max_sessions: int) -> BatchPolicy: ...
+
+
 @pytest.mark.parametrize("row", KINDS, ids=lambda r: r.name)
 def test_every_row_is_complete(row: EngineKind[Any, Any]) -> None:
     """Each kind names real default models, a batching, and a frozen config whose every field
@@ -52,7 +59,7 @@ def test_every_row_is_complete(row: EngineKind[Any, Any]) -> None:
     assert spec.name == row.name and spec.model in (row.default_model, "providers")
     assert row.config_of(spec) == config
     if row.batching == "requests":
-        assert spec.policy == config.policy(7)
+        assert isinstance(config, BatchedConfig) and spec.policy == config.policy(7)
 
 
 def test_specs_follow_each_config() -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from tidegate.engines.engine import Failed, Ok, StateBinding, TensorEngine
+from tidegate.engines.engine import Failed, Ok, Outcome, StateBinding, TensorEngine
 from tidegate.engines.errors import InferenceError, OverloadedError, SessionError
+from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
 
 from .conftest import affine_model, gather_model, recurrent_model
@@ -105,12 +108,12 @@ async def test_session_state_in_order(tmp_path: Path) -> None:
         with pytest.raises(SessionError):
             sched.open_session("s0")
 
-        async def stream(i: int) -> list[np.ndarray]:
+        async def run_stream(i: int) -> list[np.ndarray]:
             # All of a session's requests are submitted at once: the scheduler orders them.
             results = await asyncio.gather(*(sched.submit(r, session=f"s{i}") for r in streams[i]))
             return [r["output"] for r in results]
 
-        got = await asyncio.gather(*(stream(i) for i in range(3)))
+        got = await asyncio.gather(*(run_stream(i) for i in range(3)))
         # The tiny model's reduction order depends on the batch: equal to float rounding.
         for g, e in zip(got, expected, strict=True):
             assert all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(g, e, strict=True))
@@ -182,7 +185,9 @@ class _GatedAffine(TensorEngine):
         self.started = threading.Event()
         self.batches: list[list[int]] = []
 
-    def infer(self, items, states):  # type: ignore[no-untyped-def]
+    def infer(
+        self, items: Sequence[dict[str, Array]], states: Sequence[Any]
+    ) -> list[Outcome[dict[str, Array]]]:
         firsts = [int(item["x"][0]) for item in items]
         self.batches.append(firsts)
         if min(firsts) < 0:

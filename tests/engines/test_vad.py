@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import wave
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
 from tidegate.engines.service import EngineSpec, build_engine
 from tidegate.engines.vad import (
     FRAME_SAMPLES,
     SAMPLE_RATE_HZ,
+    SileroVad,
     VadEvent,
+    VadResult,
     VadSettings,
     VadTracker,
     frames,
@@ -27,7 +31,9 @@ def read_wav(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
 
 
-async def segments(sched: Scheduler, session: str, audio: np.ndarray) -> list[VadEvent]:
+async def segments(
+    sched: Scheduler[Array, VadResult], session: str, audio: np.ndarray
+) -> list[VadEvent]:
     sched.open_session(session)
     events: list[VadEvent] = []
     whole, _ = frames(audio)
@@ -39,17 +45,17 @@ async def segments(sched: Scheduler, session: str, audio: np.ndarray) -> list[Va
 
 
 @pytest.fixture
-async def vad(data_dir: Path):
-    sched = Scheduler(
-        build_engine(EngineSpec("vad", "silero-vad"), data_dir), BatchPolicy(max_batch_items=8)
-    )
+async def vad(data_dir: Path) -> AsyncIterator[Scheduler[Array, VadResult]]:
+    engine = build_engine(EngineSpec("vad", "silero-vad"), data_dir)
+    assert isinstance(engine, SileroVad)
+    sched = Scheduler(engine, BatchPolicy(max_batch_items=8))
     await sched.start()
     yield sched
     await sched.close()
 
 
 async def test_finds_speech_in_a_recorded_clip_and_none_in_silence_or_noise(
-    vad, assets: Path
+    vad: Scheduler[Array, VadResult], assets: Path
 ) -> None:
     """Concurrently: the recorded clip (with silence added around it) gives speech segments
     covering its speech; silence and white noise give none."""
@@ -74,7 +80,7 @@ async def test_finds_speech_in_a_recorded_clip_and_none_in_silence_or_noise(
     assert vad.stats()["batch_size"]["mean"] > 1.0  # the three sessions shared batches
 
 
-async def test_rejects_bad_frames_without_harming_others(vad) -> None:
+async def test_rejects_bad_frames_without_harming_others(vad: Scheduler[Array, VadResult]) -> None:
     """A frame of the wrong size or with NaN fails alone, with a clear message."""
     from tidegate.engines.errors import RequestError
 
@@ -86,7 +92,7 @@ async def test_rejects_bad_frames_without_harming_others(vad) -> None:
         vad.submit(bad, session="a"), vad.submit(good, session="b"), return_exceptions=True
     )
     assert isinstance(results[0], RequestError) and "NaN" in str(results[0])
-    assert results[1].probability < 0.5
+    assert isinstance(results[1], VadResult) and results[1].probability < 0.5
     with pytest.raises(RequestError, match=r"expected \[512\]"):
         await vad.submit(np.zeros(100, np.float32), session="a")
 

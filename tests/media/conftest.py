@@ -4,10 +4,11 @@ Both gather host candidates on 127.0.0.1 only and use no ICE server (NETWORK.md)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
@@ -32,6 +33,10 @@ class Pair:
     remote_tracks: list[MediaStreamTrack] = field(default_factory=list)
     sent_rtp: int = 0
     dropped_rtp: int = 0
+
+
+# pair_factory: connect_pair's arguments -> a connected pair, closed after the test
+PairFactory = Callable[..., Awaitable[Pair]]
 
 
 async def connect_pair(
@@ -74,8 +79,15 @@ async def connect_pair(
                     return
             await send(data)
 
-        dtls._send_rtp = lossy
+        dtls._send_rtp = lossy  # type: ignore[method-assign]  # the lossy link under test
     return pair
+
+
+async def recv_audio(track: MediaStreamTrack) -> av.AudioFrame:
+    """The next frame of a remote audio track."""
+    frame = await track.recv()
+    assert isinstance(frame, av.AudioFrame)
+    return frame
 
 
 async def close_pair(pair: Pair) -> None:
@@ -84,7 +96,7 @@ async def close_pair(pair: Pair) -> None:
 
 
 @pytest.fixture
-async def pair_factory() -> AsyncIterator[Callable[..., Any]]:
+async def pair_factory() -> AsyncIterator[PairFactory]:
     pairs: list[Pair] = []
 
     async def make(*args: Any, **kw: Any) -> Pair:

@@ -51,6 +51,7 @@ def video(container: str = "mp4", codec: str = "mpeg4", frames: int = 3) -> byte
     out = io.BytesIO()
     with av.open(out, "w", format=container) as f:
         stream = f.add_stream(codec, rate=10)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         rgb = np.asarray(picture())
         for _ in range(frames):

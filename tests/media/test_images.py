@@ -36,7 +36,9 @@ def _refused(data: bytes, encoding: str, *words: str, **kw: int) -> str:
     ("fmt", "encoding", "options"),
     [("PNG", "png", {}), ("JPEG", "jpeg", {}), ("JPEG", "jpeg", {"progressive": True})],
 )
-def test_png_and_jpeg_decode_to_their_header_size(fmt: str, encoding: str, options: dict) -> None:
+def test_png_and_jpeg_decode_to_their_header_size(
+    fmt: str, encoding: str, options: dict[str, object]
+) -> None:
     """PNG, baseline and progressive JPEG: the header's size, then RGB pixels close to the
     picture's."""
     data = still(fmt, 64, 48, **options)

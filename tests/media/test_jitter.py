@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.media.jitter import JitterBuffer, ReleaseKind
+from tidegate.media.jitter import JitterBuffer, Release, ReleaseKind
 
 TS = 960
 
 
-def push(jb: JitterBuffer, seq: int, now: float, ts: int | None = None) -> list:
+def push(jb: JitterBuffer, seq: int, now: float, ts: int | None = None) -> list[Release]:
     seq16 = seq % 65536
     stamp = (seq * TS if ts is None else ts) % (1 << 32)
     return jb.push(seq16, stamp, bytes([seq % 256]), now)

@@ -15,6 +15,7 @@ from aiortc import RTCPeerConnection
 
 from tests.support import scaled
 from tidegate.media import (
+    AudioChunk,
     BadSdpError,
     MediaConfig,
     MediaPeer,
@@ -23,7 +24,7 @@ from tidegate.media import (
     live_peers,
 )
 
-from .conftest import close_pair, connect_pair, tone
+from .conftest import PairFactory, close_pair, connect_pair, recv_audio, tone
 
 
 def dominant_hz(pcm: np.ndarray, rate: int = 16_000) -> float:
@@ -31,7 +32,7 @@ def dominant_hz(pcm: np.ndarray, rate: int = 16_000) -> float:
     return float(np.argmax(spectrum) * rate / len(pcm))
 
 
-async def collect_audio(peer: MediaPeer, ms: float) -> list:
+async def collect_audio(peer: MediaPeer, ms: float) -> list[AudioChunk]:
     assert peer.audio_in is not None
     chunks = []
     got = 0.0
@@ -44,9 +45,10 @@ async def collect_audio(peer: MediaPeer, ms: float) -> list:
     return chunks
 
 
-async def test_audio_reaches_consumer_as_16k_mono_float32(pair_factory) -> None:
+async def test_audio_reaches_consumer_as_16k_mono_float32(pair_factory: PairFactory) -> None:
     """Client Opus audio arrives as 16 kHz mono float32 chunks, in order, at the real rate."""
     pair = await pair_factory()
+    assert pair.mic is not None
     pair.mic.write(tone(2.0, hz=440.0))
     chunks = await collect_audio(pair.server, 1000)
     pcm = np.concatenate([c.pcm for c in chunks])
@@ -63,7 +65,9 @@ async def test_audio_reaches_consumer_as_16k_mono_float32(pair_factory) -> None:
     assert st["audio_rtp"]["not_opus"] == 0
 
 
-async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factory) -> None:
+async def test_video_frames_reach_latest_slot_and_convert_on_request(
+    pair_factory: PairFactory,
+) -> None:
     """Decoded video lands in the latest-only slot; RGB/BGR arrays only when asked. Each
     frame went to the decoder at its marked last packet, none waited for the next frame."""
     pair = await pair_factory(audio=False, video=True)
@@ -74,6 +78,8 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     assert (plain.width, plain.height) == (640, 480)
     rgb = await video.take("rgb24", timeout_s=scaled(10))
     bgr = await video.take("bgr24", timeout_s=scaled(10))
+    assert rgb is not None and rgb.image is not None
+    assert bgr is not None and bgr.image is not None
     assert rgb.image.shape == (480, 640, 3) and rgb.image.dtype == np.uint8
     assert bgr.image.shape == (480, 640, 3)
     assert rgb.index < bgr.index
@@ -87,7 +93,9 @@ async def test_video_frames_reach_latest_slot_and_convert_on_request(pair_factor
     assert decoder["frames_at_marker"] >= st["frames"] and decoder["frames_at_next"] == 0
 
 
-async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory) -> None:
+async def test_video_frames_over_the_pixel_limit_are_never_decoded(
+    pair_factory: PairFactory,
+) -> None:
     """A WebRTC stream whose keyframes are larger than video_max_pixels (the peer's encoder
     chose the size) never reaches aiortc's decoder: its frames are counted as oversized and
     none is decoded, converted or taken."""
@@ -104,7 +112,9 @@ async def test_video_frames_over_the_pixel_limit_are_never_decoded(pair_factory)
         await video.take(timeout_s=0.3)
 
 
-async def test_forged_vp8_keyframes_are_never_decoded(pair_factory, monkeypatch) -> None:
+async def test_forged_vp8_keyframes_are_never_decoded(
+    pair_factory: PairFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A peer whose VP8 keyframes claim 16000x16000 (65 bytes that make the decoder allocate
     ~800 MB, over and over as it asks for new keyframes) costs the server no memory: the
     frames are counted as oversized and never decoded."""
@@ -129,7 +139,7 @@ async def test_forged_vp8_keyframes_are_never_decoded(pair_factory, monkeypatch)
             while pair.server.stats()["video_decoder"]["oversized"] < 30:
                 await asyncio.sleep(0.05)
     assert pair.server.stats()["video_decoder"]["last_size"] == [16_000, 16_000]
-    assert pair.server.video_in.frames == 0
+    assert pair.server.video_in is not None and pair.server.video_in.frames == 0
     assert rss.growth < 200 * 2**20, f"RSS grew {rss.growth / 2**20:.0f} MiB"
 
 
@@ -149,14 +159,16 @@ def test_decoded_frames_over_the_limit_are_dropped_by_the_inbox() -> None:
     assert inbox.slot and wide.stats()["oversized"] == 1 and not wide.slot
 
 
-async def test_echo_comes_back_to_the_client(pair_factory) -> None:
+async def test_echo_comes_back_to_the_client(pair_factory: PairFactory) -> None:
     """What the server writes to its outbound track plays on the client's track."""
     pair = await pair_factory()
+    assert pair.mic is not None
     pair.mic.write(tone(3.0, hz=440.0))
     out = pair.server.audio_out
     assert out is not None
 
     async def echo() -> None:
+        assert pair.server.audio_in is not None
         while (chunk := await pair.server.audio_in.read()) is not None:
             out.write(chunk.pcm)
 
@@ -166,7 +178,7 @@ async def test_echo_comes_back_to_the_client(pair_factory) -> None:
             while not pair.remote_tracks:
                 await asyncio.sleep(0.01)
             track = pair.remote_tracks[0]
-            frames = [await track.recv() for _ in range(60)]
+            frames = [await recv_audio(track) for _ in range(60)]
     finally:
         task.cancel()
     pcm = np.concatenate([f.to_ndarray().reshape(-1, 2)[:, 0] for f in frames[20:]])
@@ -177,9 +189,12 @@ async def test_echo_comes_back_to_the_client(pair_factory) -> None:
 
 
 @pytest.mark.parametrize("every", [10, 3])
-async def test_lost_packets_are_concealed_not_stalled(pair_factory, every: int) -> None:
+async def test_lost_packets_are_concealed_not_stalled(
+    pair_factory: PairFactory, every: int
+) -> None:
     """Every n-th packet lost: audio keeps flowing, each loss filled by FEC or PLC."""
     pair = await pair_factory(drop=lambda n: n % every == 0 and n > 5)
+    assert pair.mic is not None
     pair.mic.write(tone(3.0))
     chunks = await collect_audio(pair.server, 1500)
     st = pair.server.stats()["audio_rtp"]["jitter_buffer"]
@@ -226,7 +241,7 @@ async def test_malformed_sdp_is_refused_with_bad_sdp() -> None:
         await peer.close()
 
 
-async def test_candidate_before_offer_and_bad_candidate(pair_factory) -> None:
+async def test_candidate_before_offer_and_bad_candidate(pair_factory: PairFactory) -> None:
     """A candidate needs an offer first; a malformed one is bad_sdp; empty ends the trickle."""
     peer = MediaPeer(MediaConfig())
     try:
@@ -250,13 +265,16 @@ def _owned_state() -> tuple[int, int]:
 
 async def _one_cycle(i: int, video: bool) -> None:
     pair = await connect_pair(video=video)
+    assert pair.mic is not None
     pair.mic.write(tone(0.2))
     async with asyncio.timeout(scaled(10)):
         while pair.server.state != "connected":
             await asyncio.sleep(0.005)
+        assert pair.server.audio_in is not None
         chunk = await pair.server.audio_in.read()
         assert chunk is not None, f"cycle {i}: no audio"
         if video:
+            assert pair.server.video_in is not None
             assert await pair.server.video_in.take() is not None, f"cycle {i}: no frame"
     await close_pair(pair)
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
-from aiortc.rtp import RtcpSrPacket, RtpPacket
+from aiortc import RTCRtpReceiver
+from aiortc.rtp import AnyRtcpPacket, RtcpSrPacket, RtpPacket
 
 from tests.support import scaled
 from tidegate.media import AudioOutTrack, MediaConfig
@@ -19,13 +21,13 @@ from tidegate.media._aiortc import SendShell
 from tidegate.media.audio_out import FRAME_TS
 from tidegate.media.sender import NTP_EPOCH_OFFSET_S, ntp_now
 
-from .conftest import tone
+from .conftest import PairFactory, recv_audio, tone
 
 
 class Tap:
     """Records what the client's aiortc receiver is handed (then hands it on)."""
 
-    def __init__(self, receiver) -> None:
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
         self.rtp: list[RtpPacket] = []
         self.rtcp: list[object] = []
         rtp, rtcp = receiver._handle_rtp_packet, receiver._handle_rtcp_packet
@@ -34,21 +36,21 @@ class Tap:
             self.rtp.append(packet)
             await rtp(packet, arrival_time_ms)
 
-        async def on_rtcp(packet: object) -> None:
+        async def on_rtcp(packet: AnyRtcpPacket) -> None:
             self.rtcp.append(packet)
             await rtcp(packet)
 
-        receiver._handle_rtp_packet = on_rtp
-        receiver._handle_rtcp_packet = on_rtcp
+        receiver._handle_rtp_packet = on_rtp  # type: ignore[method-assign]  # the tap
+        receiver._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]  # the tap
 
 
-async def wait_for(cond, timeout_s: float = 10.0) -> None:
+async def wait_for(cond: Callable[[], object], timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(scaled(timeout_s)):
         while not cond():
             await asyncio.sleep(0.01)
 
 
-async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
+async def test_lean_sender_stream_is_well_formed(pair_factory: PairFactory) -> None:
     """The server's audio leaves through the lean sender: aiortc's receiver on the client gets
     every packet, in order, with the header aiortc's own sender would write."""
     pair = await pair_factory()
@@ -74,16 +76,17 @@ async def test_lean_sender_stream_is_well_formed(pair_factory) -> None:
     assert all(len(p.payload) > 0 for p in pkts)
     # The client's decoder (aiortc's own) made audio of it: the tone comes through.
     track = pair.remote_tracks[0]
-    frames = [await asyncio.wait_for(track.recv(), scaled(5)) for _ in range(10)]
+    frames = [await asyncio.wait_for(recv_audio(track), scaled(5)) for _ in range(10)]
     pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32)
     assert np.abs(pcm).max() > 1000  # s16 samples: not silence
 
 
-async def test_sender_reports_match_the_stream(pair_factory) -> None:
+async def test_sender_reports_match_the_stream(pair_factory: PairFactory) -> None:
     """aiortc's RTCP task still sends sender reports for our SSRC, from our counters: packet
     and octet counts of what went out, the RTP timestamp of a sent packet, NTP time of now."""
     pair = await pair_factory()
     sender = next(t for t in pair.server.pc.getTransceivers() if t.kind == "audio").sender
+    assert isinstance(sender, SendShell)
     tap = Tap(pair.client.getTransceivers()[0].receiver)
     await wait_for(lambda: sender.tg_lean)
     out = pair.server.audio_out
@@ -115,10 +118,11 @@ def test_ntp_now_is_the_wall_clock() -> None:
     assert abs((ntp >> 32) - NTP_EPOCH_OFFSET_S - time.time()) <= 1
 
 
-async def test_receive_fast_path_takes_our_audio(pair_factory) -> None:
+async def test_receive_fast_path_takes_our_audio(pair_factory: PairFactory) -> None:
     """The server's audio RTP is taken straight from the socket callback (all but what
     arrives before the receiver starts goes past aiortc's queue), and arrives whole."""
     pair = await pair_factory(recv_audio=False)
+    assert pair.mic is not None
     pair.mic.write(tone(1.0))
     assert pair.server.audio_in is not None
     got = 0.0
@@ -174,7 +178,7 @@ async def test_strict_windows_without_lead() -> None:
     assert len(sent) == 3
 
 
-async def test_echo_config_reaches_the_track(pair_factory) -> None:
+async def test_echo_config_reaches_the_track(pair_factory: PairFactory) -> None:
     pair = await pair_factory(MediaConfig(audio_out_lead_ms=0.0))
     assert pair.server.audio_out is not None and pair.server.audio_out.lead_s == 0.0
 
@@ -190,10 +194,11 @@ async def test_pull_path_keeps_working(lead_ms: float) -> None:
     track.stop()
 
 
-async def test_receive_fast_path_keeps_order_and_drops_bad_srtp(pair_factory) -> None:
+async def test_receive_fast_path_keeps_order_and_drops_bad_srtp(pair_factory: PairFactory) -> None:
     """While anything waits in aiortc's queue, our packet queues behind it (no overtaking);
     otherwise it takes the fast path, where a packet that fails SRTP is counted and dropped."""
     pair = await pair_factory(recv_audio=False)
+    assert pair.mic is not None
     pair.mic.write(tone(0.2))
     receiver = pair.server._audio_receiver
     assert receiver is not None
@@ -202,8 +207,10 @@ async def test_receive_fast_path_keeps_order_and_drops_bad_srtp(pair_factory) ->
     conn = receiver.fast_connection
     assert conn is not None
     client_t = pair.client.getTransceivers()[0]
+    payload_type = client_t._codecs[0].payloadType
+    assert payload_type is not None
     forged = (
-        bytes([0x80, client_t._codecs[0].payloadType])
+        bytes([0x80, payload_type])
         + (123).to_bytes(2, "big")
         + (456).to_bytes(4, "big")
         + client_t.sender._ssrc.to_bytes(4, "big")

@@ -25,6 +25,7 @@ from tidegate.media.video_guard import (
 def encode(codec: str, width: int, height: int, frames: int = 3, **options: str) -> list[bytes]:
     """Real encoded frames (libvpx VP8, libx264 Annex B) of a flat picture."""
     ctx = av.CodecContext.create(codec, "w")
+    assert isinstance(ctx, av.VideoCodecContext)
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = fractions.Fraction(1, 30)
     ctx.options = options

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import scaled
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
 from tidegate.engines.vad import FRAME_SAMPLES
@@ -90,8 +91,14 @@ class Listener:
         self.heard.append(("final", (text, finals_pending)))
         self.finals.append((segment_id, text, joined))
 
+    def on_commit(self, ref: str | None, audio_ms: float) -> None:
+        self.heard.append(("commit", (ref, audio_ms)))
+
     def turn_segments(self) -> tuple[str, ...]:
         return tuple(i for i, text, _ in self.finals if text)  # one turn: every final
+
+    def on_clear(self) -> None:
+        self.heard.append(("clear", None))
 
 
 def lane_for(
@@ -290,7 +297,9 @@ async def test_segments_start_with_pre_roll_and_carry_the_previous_text(
     assert a.audio_start_ms == pytest.approx(started[0].audio_ms - 1000.0)
     assert b.audio_start_ms == pytest.approx(a.audio_end_ms)  # clamped: the pause < 1 s
     assert b.audio_start_ms > started[1].audio_ms - 1000.0
-    tok = engines.get(ASR).engine.tokenizer
+    asr = engines.get(ASR).engine
+    assert isinstance(asr, WhisperOnnx) and asr.tokenizer is not None
+    tok = asr.tokenizer
     assert context == tuple(tok.encode(" " + a.text) + tok.encode(" " + b.text))
 
 
@@ -404,9 +413,14 @@ async def test_the_echo_canceller_is_called_once_per_vad_frame_not_per_chunk(
     calls: list[int] = []
     clean = lane.echo.clean
 
-    async def counted(pcm: Any, *args: Any) -> Any:
+    async def counted(
+        pcm: np.ndarray[Any, np.dtype[np.float32]],
+        arrival_s: float,
+        media_ms: float | None = None,
+        first_samples: int | None = None,
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
         calls.append(len(pcm))
-        return await clean(pcm, *args)
+        return await clean(pcm, arrival_s, media_ms, first_samples)
 
     lane.echo.clean = counted  # type: ignore[method-assign]
     feed = _Feed(lane.inbox)

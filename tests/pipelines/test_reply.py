@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from tests.support import scaled
 from tidegate.bench import audio_sets
+from tidegate.engines.llm import LlmBatcher
 from tidegate.engines.registry import TTS
 from tidegate.engines.service import EngineService
 from tidegate.media.audio_out import AudioOutTrack
@@ -143,6 +144,7 @@ async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
     session = FakeSession()
     lane = lane_for(session, settings, engines)
     llm = engines.llm()
+    assert isinstance(llm, LlmBatcher)
     submitted = llm.counters.submitted
     try:
         lane.speculate("What is the capital of France?", 5.0, wait_s=0.2, segments=("g1",))

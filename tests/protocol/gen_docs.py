@@ -19,7 +19,7 @@ from tidegate.protocol.errors import CloseCode, ErrorCode
 from tidegate.protocol.messages import CLIENT_MESSAGES, SERVER_MESSAGES, Message, Record
 from tidegate.protocol.state import Role, markdown, mermaid
 
-from .samples import CLIENT_SAMPLES, SERVER_SAMPLES
+from .samples import SAMPLES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BEGIN, END = "<!-- BEGIN GENERATED: catalogue -->", "<!-- END GENERATED: catalogue -->"
@@ -77,7 +77,7 @@ def _describe(cls: type) -> str:
 def catalogue() -> str:
     out: list[str] = []
     cbor = get_codec("cbor")
-    samples = {(m.DIRECTION.value, m.TYPE): m for m in reversed(CLIENT_SAMPLES + SERVER_SAMPLES)}
+    samples = {(m.DIRECTION.value, m.TYPE): m for m in reversed(SAMPLES)}
     for title, registry, direction in (
         ("Client to server", CLIENT_MESSAGES, "client"),
         ("Server to client", SERVER_MESSAGES, "server"),

@@ -12,7 +12,7 @@ from typing import Any
 
 from tidegate.protocol import get_codec
 
-from .samples import CLIENT_SAMPLES, SERVER_SAMPLES
+from .samples import SAMPLES
 
 PATH = Path(__file__).parent / "vectors" / "wire.json"
 
@@ -40,7 +40,7 @@ def from_json_value(obj: Any) -> Any:
 
 def build() -> dict[str, Any]:
     vectors = []
-    for msg in CLIENT_SAMPLES + SERVER_SAMPLES:
+    for msg in SAMPLES:
         wire = msg.to_wire()
         entry: dict[str, Any] = {
             "type": msg.TYPE,

@@ -7,6 +7,7 @@ from tidegate.protocol.messages import (
     SERVER_MESSAGES,
     AsrFinal,
     AsrPartial,
+    ClientMessage,
     Detection,
     Error,
     FlowCredit,
@@ -17,7 +18,6 @@ from tidegate.protocol.messages import (
     InputFrame,
     InputSensor,
     InputText,
-    Message,
     Metrics,
     OutputAudio,
     Ping,
@@ -37,6 +37,7 @@ from tidegate.protocol.messages import (
     SensorReading,
     SensorSubscribe,
     SensorUnsubscribe,
+    ServerMessage,
     ServerRtcCandidate,
     SessionClose,
     SessionClosed,
@@ -55,7 +56,7 @@ T0 = 1_795_000_000_000.5
 TIMING = Timing(received=T0, engine_start=T0 + 1.25, engine_end=T0 + 9.5)
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
-CLIENT_SAMPLES: list[Message] = [
+CLIENT_SAMPLES: list[ClientMessage] = [
     SessionCreate(id="c1", config={"mode": "loopback"}),
     SessionCreate(id="c2", session_id="s_abc"),
     SessionUpdate(id="c3", config={"mode": "assistant", "vad": {"threshold": 0.5}}),
@@ -92,7 +93,7 @@ CLIENT_SAMPLES: list[Message] = [
     RtcCandidate(candidate=""),
 ]
 
-SERVER_SAMPLES: list[Message] = [
+SERVER_SAMPLES: list[ServerMessage] = [
     SessionCreated(
         seq=1,
         t=T0,
@@ -207,6 +208,10 @@ SERVER_SAMPLES: list[Message] = [
         heard="Mm-hmm.",
     ),
 ]
+
+
+# Both directions, client samples first.
+SAMPLES: list[ClientMessage | ServerMessage] = [*CLIENT_SAMPLES, *SERVER_SAMPLES]
 
 
 def test_samples_cover_the_catalogue() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import pytest
 
 from tidegate.protocol import (
@@ -31,7 +33,15 @@ from tidegate.protocol.messages import (
 AUDIO = InputAudio(pcm=b"\x00" * 640, format="s16le", sample_rate=16000, channels=1)
 
 
-def pair(encoding: str = "cbor", **kw: float) -> tuple[Connection, Connection]:
+class ServerLimits(TypedDict, total=False):
+    """The server connection's limits that these tests set."""
+
+    max_message_bytes: int
+    max_bad_messages: int
+    bad_messages_window_ms: float
+
+
+def pair(encoding: str = "cbor", **kw: Unpack[ServerLimits]) -> tuple[Connection, Connection]:
     return Connection(Role.CLIENT, encoding=encoding), Connection(
         Role.SERVER, encoding=encoding, **kw
     )
@@ -43,7 +53,7 @@ def pump(src: Connection, dst: Connection, now: float = 0.0) -> list[Message | B
     return dst.events_received()
 
 
-def open_pair(encoding: str = "cbor", **kw: int) -> tuple[Connection, Connection]:
+def open_pair(encoding: str = "cbor", **kw: Unpack[ServerLimits]) -> tuple[Connection, Connection]:
     client, server = pair(encoding, **kw)
     client.send(SessionCreate(id="c1", config={"mode": "loopback"}), 0)
     [create] = pump(client, server)
@@ -69,7 +79,8 @@ def test_session_lifecycle(encoding: str) -> None:
     [created] = pump(server, client)
     assert isinstance(created, SessionCreated)
     assert created.seq == 1 and created.t == 5.0 and created.ref == "c1"
-    assert server.state is State.OPEN and client.state is State.OPEN
+    # mypy keeps the states narrowed by the first assert across the sends that opened them
+    assert server.state is State.OPEN and client.state is State.OPEN  # type: ignore[comparison-overlap]
     assert client.session_id == server.session_id == "s1"
     client.send(SessionClose(id="c2"), 6.0)
     assert client.state is State.CLOSING
@@ -162,7 +173,8 @@ def test_too_many_bad_messages_fail_the_connection() -> None:
     server.receive_data(b"\xff", t + 5_000.0)
     events = server.events_received()
     assert isinstance(events[-1], BadInput) and events[-1].fatal
-    assert server.state is State.CLOSED
+    # mypy keeps server.state narrowed by the assert above across the receive_data that closed it
+    assert server.state is State.CLOSED  # type: ignore[comparison-overlap]
     assert server.close_code == CloseCode.PROTOCOL_VIOLATION
     server.receive_data(b"\xff", 0)  # ignored once closed
     assert server.events_received() == []
@@ -255,7 +267,7 @@ def test_roles_cannot_send_the_other_sides_messages() -> None:
     with pytest.raises(LocalProtocolError):
         server.send(Ping(t_client=0.0), 0)
     with pytest.raises(LocalProtocolError):
-        client.send(Pong(t_client=0.0, t_server=0.0), 0)  # type: ignore[arg-type]
+        client.send(Pong(t_client=0.0, t_server=0.0), 0)
     with pytest.raises(LocalProtocolError, match=r"session\.create before"):
         client.send(InputText(text="early"), 0)
 

@@ -11,10 +11,11 @@ import pytest
 
 from tidegate.protocol import BadInput, CloseCode, Connection, ErrorCode, LocalProtocolError
 from tidegate.protocol.messages import (
+    ClientMessage,
     Error,
     InputText,
-    Message,
     Ping,
+    ServerMessage,
     SessionClose,
     SessionClosed,
     SessionCreate,
@@ -33,7 +34,7 @@ from tidegate.protocol.state import (
     sends,
 )
 
-SAMPLES: dict[Trigger, Message] = {
+SAMPLES: dict[Trigger, ClientMessage | ServerMessage] = {
     Trigger.CREATE: SessionCreate(id="m"),
     Trigger.CREATED: SessionCreated(session_id="s", config={}, limits={}, ice_servers=()),
     Trigger.CLOSE: SessionClose(id="m"),
@@ -54,7 +55,11 @@ def _apply(conn: Connection, trigger: Trigger) -> list[object]:
     if sends(conn.role, trigger):
         conn.send(msg, 0.0)
         return []
-    wire = msg.to_wire() if conn.role is Role.SERVER else msg.to_wire(conn.last_seq + 1, 0.0)  # type: ignore[call-arg]
+    if conn.role is Role.SERVER:
+        wire = msg.to_wire()
+    else:
+        assert isinstance(msg, ServerMessage)  # what a client receives, with seq and t
+        wire = msg.to_wire(conn.last_seq + 1, 0.0)
     conn.receive_data(conn.codec.encode(wire), 0.0)
     return list(conn.events_received())
 

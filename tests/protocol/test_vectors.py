@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tidegate.protocol import Direction, get_codec, parse_message
+from tidegate.protocol.messages import ClientMessage, ServerMessage
 
 from .gen_vectors import PATH, build, from_json_value
 
@@ -23,6 +24,7 @@ def test_binary_vectors_round_trip(vector: dict[str, Any], encoding: str) -> Non
     decoded = codec.decode(data)
     assert decoded == from_json_value(vector["value"])
     msg = parse_message(decoded, Direction(vector["direction"]))
+    assert isinstance(msg, ClientMessage | ServerMessage)
     assert codec.encode(msg.to_wire()) == data
 
 
@@ -35,6 +37,7 @@ def test_json_vectors_round_trip(vector: dict[str, Any]) -> None:
         Direction(vector["direction"]),
         binary_decoder=codec.binary_decoder,
     )
+    assert isinstance(msg, ClientMessage | ServerMessage)
     assert codec.encode(msg.to_wire()) == vector["json"]
 
 
@@ -48,6 +51,7 @@ def test_known_cbor_bytes() -> None:
     from tidegate.protocol.messages import Ping
 
     data = get_codec("cbor").encode(Ping(t_client=1.5).to_wire())
+    assert isinstance(data, bytes)
     assert data.hex() == (
         "a2"  # map of 2
         "64"

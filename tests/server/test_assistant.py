@@ -11,6 +11,7 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -46,6 +47,8 @@ from ..memory import PeakRss
 from .conftest import LiveServer, make_settings, run_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+M = TypeVar("M", bound=ServerMessage)
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -124,7 +127,7 @@ class Conversation:
         async for ev in self.client:
             self.events.append((ev, time.monotonic()))
 
-    def of(self, kind: type) -> list:
+    def of(self, kind: type[M]) -> list[M]:
         return [e for e, _ in self.events if isinstance(e, kind)]
 
     def done(self, status: str | None = None) -> list[ResponseDone]:
@@ -221,7 +224,8 @@ async def test_spoken_question_gets_a_spoken_answer(
     assert kinds.index(ResponseDone) > max(i for i, k in enumerate(kinds) if k is OutputAudio)
     assert "Paris" in done.text, done.text
     assert c.deltas(done.response_id) == done.text
-    for ev in [*c.of(ResponseTextDelta), done]:
+    timed: list[ResponseTextDelta | ResponseDone] = [*c.of(ResponseTextDelta), done]
+    for ev in timed:
         _check_timing(ev)
     audio = c.audio(done.response_id)
     assert all(a.sample_rate == 48_000 and a.format == "s16le" for a in c.of(OutputAudio))
@@ -278,7 +282,7 @@ async def test_speech_over_a_reply_cuts_it(
     ]
 
 
-async def _first(c: Conversation, kind: type) -> list:
+async def _first(c: Conversation, kind: type[M]) -> list[M]:
     await c.wait(lambda: c.of(kind))
     return c.of(kind)[:1]
 

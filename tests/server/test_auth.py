@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tidegate.protocol import CloseCode
 from tidegate.protocol.client import Client, ConnectionClosedError
@@ -100,7 +102,7 @@ def test_bearer_header_parsing() -> None:
     assert bearer_from_header(None) is None
 
 
-def test_key_is_generated_once_and_never_a_default(tmp_path) -> None:
+def test_key_is_generated_once_and_never_a_default(tmp_path: Path) -> None:
     """Without a configured secret a random key is written (0600) and reused."""
     settings = Settings(data_dir=tmp_path)
     key = load_or_create_secret(settings)
@@ -145,7 +147,7 @@ async def test_bad_tokens_over_the_wire(
     await client.close()
 
 
-async def test_origin_allow_list(tmp_path) -> None:
+async def test_origin_allow_list(tmp_path: Path) -> None:
     """Browsers from an unlisted origin are refused with 4403; listed ones get in."""
     settings = make_settings(tmp_path, allowed_origins=("https://app.example",))
     async with run_server(settings) as live:
@@ -174,7 +176,7 @@ async def test_auth_refusal_is_counted_and_other_sessions_unaffected(server: Liv
     """A refused connection does not disturb an authenticated one."""
     async with await server.client() as good:
         await good.create_session({"mode": "loopback"})
-        ws = await websockets.connect(server.url, subprotocols=["tidegate.v1.cbor"])
+        ws = await websockets.connect(server.url, subprotocols=[Subprotocol("tidegate.v1.cbor")])
         with pytest.raises(websockets.ConnectionClosed):
             while True:
                 await ws.recv()

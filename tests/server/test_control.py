@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import cbor2
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from tests.support import scaled
 from tidegate.protocol import CloseCode
@@ -22,6 +25,7 @@ from tidegate.protocol.messages import (
     ResponseCreated,
     ResponseDone,
     ResponseTextDelta,
+    ServerMessage,
     SessionUpdate,
     SessionUpdated,
 )
@@ -29,6 +33,13 @@ from tidegate.protocol.messages import (
 from .conftest import LiveServer, make_settings, run_server
 
 ENCODINGS = ["cbor", "msgpack", "json"]
+
+
+async def recv_bytes(ws: ClientConnection) -> bytes:
+    """The next message of a raw connection, a binary one (CBOR)."""
+    data = await ws.recv()
+    assert isinstance(data, bytes), data
+    return data
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -39,9 +50,9 @@ async def test_session_ping_and_text(server: LiveServer, encoding: str) -> None:
         assert created.session_id.startswith("s_")
         assert created.config == {"mode": "loopback"}
         assert created.limits["max_message_bytes"] == server.settings.max_message_bytes
-        assert await client.wait_for(FlowCredit) == FlowCredit(
-            seq=2, t=pytest.approx(created.t, abs=1000), messages=64, bytes=2_097_152
-        )
+        credit = await client.wait_for(FlowCredit)
+        assert credit == FlowCredit(seq=2, t=credit.t, messages=64, bytes=2_097_152)
+        assert credit.t == pytest.approx(created.t, abs=1000)
         sample = await client.sync_clock(3)
         assert sample.rtt_ms > 0
         assert abs(sample.offset_ms) < 50  # same host, same clock
@@ -62,7 +73,7 @@ async def test_seq_increases_and_timing_is_server_time(server: LiveServer) -> No
     """Every server message carries an increasing seq and a server time t."""
     async with await server.client() as client:
         await client.create_session({"mode": "loopback"})
-        seen = [client.session]
+        seen: list[ServerMessage | None] = [client.session]
         for i in range(3):
             await client.send(InputText(text=f"n{i}"))
         for _ in range(10):
@@ -83,7 +94,7 @@ async def test_audio_echo_and_credit(server: LiveServer) -> None:
             await client.send(
                 InputAudio(pcm=pcm, format="s16le", sample_rate=16000, channels=1, ts=i * 80.0)
             )
-        echoes = []
+        echoes: list[OutputAudio] = []
         while len(echoes) < 100:
             event = await client.recv(5)
             if isinstance(event, OutputAudio):
@@ -92,30 +103,30 @@ async def test_audio_echo_and_credit(server: LiveServer) -> None:
         assert all(e.pcm == pcm for e in echoes)
 
 
-async def test_upload_without_credit_is_refused(tmp_path) -> None:
+async def test_upload_without_credit_is_refused(tmp_path: Path) -> None:
     """An upload larger than the credit granted is refused with flow_violation and dropped;
     the connection goes on."""
     settings = make_settings(tmp_path, upload_credit_bytes=4096)
     async with run_server(settings) as live:
         ws = await websockets.connect(
             live.url,
-            subprotocols=["tidegate.v1.cbor"],
+            subprotocols=[Subprotocol("tidegate.v1.cbor")],
             additional_headers={"Authorization": f"Bearer {live.token()}"},
         )
         try:
             await ws.send(cbor2.dumps({"type": "session.create", "config": {"mode": "loopback"}}))
-            replies = [cbor2.loads(await ws.recv()) for _ in range(2)]
+            replies = [cbor2.loads(await recv_bytes(ws)) for _ in range(2)]
             assert [r["type"] for r in replies] == ["session.created", "flow.credit"]
             assert replies[1]["bytes"] == 4096
             frame = {"type": "input.frame", "image": b"\xff" * 5000, "encoding": "jpeg", "id": "f1"}
             await ws.send(cbor2.dumps(frame))
-            error = cbor2.loads(await asyncio.wait_for(ws.recv(), scaled(5)))
+            error = cbor2.loads(await asyncio.wait_for(recv_bytes(ws), scaled(5)))
             assert error["type"] == "error"
             assert error["code"] == "flow_violation"
             assert error["ref"] == "f1"
             assert "credit" in error["message"]
             await ws.send(cbor2.dumps({"type": "ping", "t_client": 1.0, "id": "p"}))
-            assert cbor2.loads(await asyncio.wait_for(ws.recv(), scaled(5)))["type"] == "pong"
+            assert cbor2.loads(await asyncio.wait_for(recv_bytes(ws), scaled(5)))["type"] == "pong"
         finally:
             await ws.close()
 
@@ -178,23 +189,23 @@ async def test_garbage_gets_errors_and_other_sessions_keep_working(server: LiveS
         await good.create_session({"mode": "loopback"})
         bad = await websockets.connect(
             server.url,
-            subprotocols=["tidegate.v1.cbor"],
+            subprotocols=[Subprotocol("tidegate.v1.cbor")],
             additional_headers={"Authorization": f"Bearer {server.token()}"},
         )
         await bad.send(b"\xff\xfe\x00garbage")
-        reply = cbor2.loads(await bad.recv())
+        reply = cbor2.loads(await recv_bytes(bad))
         assert reply["type"] == "error" and reply["code"] == "bad_message"
         assert "not valid CBOR" in reply["message"]
         await bad.send("text frames are not CBOR")
-        reply = cbor2.loads(await bad.recv())
+        reply = cbor2.loads(await recv_bytes(bad))
         assert reply["code"] == "bad_message"
         await bad.send(cbor2.dumps({"type": "input.text", "text": "before create", "id": "x"}))
-        reply = cbor2.loads(await bad.recv())
+        reply = cbor2.loads(await recv_bytes(bad))
         assert reply["code"] == "unexpected_message" and reply["ref"] == "x"
         await bad.send(cbor2.dumps({"type": "nope"}))
-        assert cbor2.loads(await bad.recv())["code"] == "unknown_type"
+        assert cbor2.loads(await recv_bytes(bad))["code"] == "unknown_type"
         await bad.send(cbor2.dumps({"type": "ping", "t_client": "soon"}))
-        reply = cbor2.loads(await bad.recv())
+        reply = cbor2.loads(await recv_bytes(bad))
         assert reply["code"] == "invalid_field" and "ping.t_client" in reply["message"]
         for _ in range(server.settings.max_bad_messages):
             await bad.send(b"\x1c")
@@ -289,7 +300,7 @@ async def test_resume_takes_over_a_live_connection(server: LiveServer) -> None:
     await first.close()
 
 
-async def test_detached_session_expires(tmp_path) -> None:
+async def test_detached_session_expires(tmp_path: Path) -> None:
     """A detached session is closed once its resume window has passed."""
     settings = make_settings(tmp_path, session_resume_s=0.2)
     async with run_server(settings) as live:
@@ -305,13 +316,13 @@ async def test_detached_session_expires(tmp_path) -> None:
             assert caught.value.server_code == "not_found"
 
 
-async def test_slow_reader_is_closed_with_too_slow(tmp_path) -> None:
+async def test_slow_reader_is_closed_with_too_slow(tmp_path: Path) -> None:
     """A client that stops reading while events pile up is closed with 4408."""
     settings = make_settings(tmp_path, outbox_max_messages=8, outbox_max_bytes=1 << 20)
     async with run_server(settings) as live:
         ws = await websockets.connect(
             live.url,
-            subprotocols=["tidegate.v1.cbor"],
+            subprotocols=[Subprotocol("tidegate.v1.cbor")],
             additional_headers={"Authorization": f"Bearer {live.token()}"},
             max_queue=1,
         )
@@ -333,7 +344,7 @@ async def test_slow_reader_is_closed_with_too_slow(tmp_path) -> None:
         assert caught.value.rcvd is not None and caught.value.rcvd.code == CloseCode.TOO_SLOW
 
 
-async def test_node_session_limit_refuses_with_retry_hint(tmp_path) -> None:
+async def test_node_session_limit_refuses_with_retry_hint(tmp_path: Path) -> None:
     """Past max_sessions, session.create is refused with overloaded and a retry hint."""
     settings = make_settings(tmp_path, max_sessions=2)
     async with run_server(settings) as live:
@@ -364,7 +375,7 @@ async def test_subprotocol_without_a_known_encoding_is_refused(server: LiveServe
     """Offering only an unknown tidegate subprotocol closes with 4400 and says what to offer."""
     ws = await websockets.connect(
         server.url,
-        subprotocols=["tidegate.v9.cbor"],
+        subprotocols=[Subprotocol("tidegate.v9.cbor")],
         additional_headers={"Authorization": f"Bearer {server.token()}"},
     )
     with pytest.raises(websockets.ConnectionClosed) as caught:

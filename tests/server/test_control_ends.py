@@ -16,6 +16,7 @@ from typing import Any
 import cbor2
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.support import scaled
 from tidegate.protocol import CloseCode
@@ -43,7 +44,7 @@ async def raw_connect(live: LiveServer, *, rcvbuf_bytes: int | None = None) -> A
     return await websockets.connect(
         live.url,
         sock=sock,
-        subprotocols=["tidegate.v1.cbor"],
+        subprotocols=[Subprotocol("tidegate.v1.cbor")],
         additional_headers={"Authorization": f"Bearer {live.token()}"},
         max_queue=1,
     )
@@ -55,7 +56,8 @@ async def the_session(live: LiveServer, created_before: int) -> Session:
     async with asyncio.timeout(scaled(10)):
         while registry.created <= created_before:
             await asyncio.sleep(0.01)
-    return list(registry)[-1]
+    session: Session = list(registry)[-1]  # the registry iterates as Any
+    return session
 
 
 async def stalled_client(live: LiveServer) -> tuple[Session, Any]:

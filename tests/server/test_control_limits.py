@@ -12,6 +12,7 @@ from typing import Any
 import cbor2
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.support import scaled
 from tidegate.protocol import CloseCode
@@ -26,7 +27,7 @@ CLOSED_WITHIN_S = 10.0
 async def raw(live: LiveServer, token: str | None = None) -> Any:
     return await websockets.connect(
         live.url,
-        subprotocols=["tidegate.v1.cbor"],
+        subprotocols=[Subprotocol("tidegate.v1.cbor")],
         additional_headers={"Authorization": f"Bearer {token or live.token()}"},
     )
 

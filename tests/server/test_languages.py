@@ -135,6 +135,7 @@ async def test_a_german_turn_is_answered_in_german(live: LiveServer) -> None:
     for f in finals:
         assert f.language_probability is not None
         assert f.language == "de" or f.language_probability < 0.7, f
+    assert finals[-1].language_probability is not None
     assert finals[-1].language_probability > 0.7
     assert done.status == "completed" and done.text, done
     assert (done.language, done.voice, done.text_only) == ("de", "de", None)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.support import scaled
 from tidegate.protocol.messages import InputText, Metrics
 
 from .conftest import make_settings, run_server
 
 
-async def test_metrics_event_reports_the_session(tmp_path) -> None:
+async def test_metrics_event_reports_the_session(tmp_path: Path) -> None:
     """A session emits `metrics` periodically with its connection, outbox and lane counters."""
     settings = make_settings(tmp_path, metrics_interval_s=0.1)
     async with run_server(settings) as live, await live.client() as client:

@@ -82,6 +82,7 @@ def refusals(m: dict[Any, float], reason: str) -> float:
 async def refused(live: LiveServer, token: str) -> TokenUnauthorizedError | TokenForbiddenError:
     with pytest.raises((TokenUnauthorizedError, TokenForbiddenError)) as caught:
         await live.runtime.verifier.verify(token)
+    assert isinstance(caught.value, TokenUnauthorizedError | TokenForbiddenError)
     return caught.value
 
 
@@ -96,7 +97,11 @@ async def test_an_issuer_token_opens_the_control_channel(tmp_path: Path, token_i
                 session = live.runtime.registry.get(created.session_id)
                 assert session is not None
                 principal = session.principal
-    assert (principal.subject, principal.tenant, principal.scopes) == ("bob", "acme", {"session"})
+    assert (principal.subject, principal.tenant, principal.scopes) == (
+        "bob",
+        "acme",
+        frozenset({"session"}),
+    )
     # The expiry travels as the HS256 tokens' does (what close-at-expiry reads).
     assert principal.expires_at_s == jwt.decode(token, options={"verify_signature": False})["exp"]
 
@@ -331,7 +336,8 @@ async def test_wrong_iss_aud_alg_and_algorithm_confusion(tmp_path: Path) -> None
                     "'ES256' is not accepted from issuer idp",
                 ),
                 "none": (
-                    jwt.encode(base, None, algorithm="none", headers={"kid": "k1"}),
+                    # PyJWT's "none" algorithm takes the key None, which encode's annotation omits
+                    jwt.encode(base, None, algorithm="none", headers={"kid": "k1"}),  # type: ignore[arg-type]
                     "algorithm",
                     "'none' is not accepted",
                 ),
@@ -513,7 +519,7 @@ scope_map = { "Session.Use" = "session", "Tidegate.Admin" = "admin" }
     m = entra.claims
     base = {"oid": "u-1", "tid": "t1", "exp": 2e9}
     p = principal_from({**base, "scp": "User.Read Session.Use"}, m, "session")
-    assert (p.subject, p.tenant, p.scopes) == ("u-1", "t1", {"session"})
+    assert (p.subject, p.tenant, p.scopes) == ("u-1", "t1", frozenset({"session"}))
     assert principal_from({**base, "roles": ["Tidegate.Admin"]}, m, "admin").is_admin
     assert principal_from({**base, "scp": ["Session.Use"]}, m, "session").scopes == {"session"}
     with pytest.raises(TokenForbiddenError, match="lacks scope 'session'"):

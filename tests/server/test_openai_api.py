@@ -13,14 +13,18 @@ import httpx
 import openai
 import orjson
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.support import prepare_models, scaled, wait_ready
+from tidegate.engines.llm import LlmBatcher
 
 from .conftest import LiveServer, make_settings, run_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".cache" / "data"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,14 @@ async def llm_server(tmp_path: Path, prepared: Path) -> AsyncIterator[LiveServer
         yield live
 
 
+def local_llm(live: LiveServer) -> LlmBatcher:
+    """The server's LLM: the local engine these tests run."""
+    assert live.runtime.engines is not None
+    llm = live.runtime.engines.llm()
+    assert isinstance(llm, LlmBatcher)
+    return llm
+
+
 def _client(live: LiveServer, token: str | None = None) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=f"{live.http}/v1", api_key=token or live.token(), max_retries=0, timeout=scaled(60)
@@ -58,7 +70,7 @@ async def test_openai_client_streams_a_completion(llm_server: LiveServer) -> Non
     async with _client(llm_server) as client:
         stream = await client.chat.completions.create(
             model="smollm2-135m",
-            messages=FRANCE,  # type: ignore[arg-type]
+            messages=FRANCE,
             stream=True,
             temperature=0,
             max_tokens=24,
@@ -85,7 +97,7 @@ async def test_openai_client_non_streaming(llm_server: LiveServer) -> None:
             model="smollm2-135m",
             messages=FRANCE,
             temperature=0,
-            max_tokens=24,  # type: ignore[arg-type]
+            max_tokens=24,
         )
         assert "Paris" in (reply.choices[0].message.content or "")
         assert reply.usage is not None and reply.usage.prompt_tokens > 10
@@ -93,7 +105,7 @@ async def test_openai_client_non_streaming(llm_server: LiveServer) -> None:
             model="smollm2-135m",
             messages=FRANCE,
             temperature=0,
-            max_tokens=2,  # type: ignore[arg-type]
+            max_tokens=2,
         )
         assert short.choices[0].finish_reason == "length"
         assert short.usage is not None and short.usage.completion_tokens == 2
@@ -103,10 +115,10 @@ async def test_openai_endpoint_needs_a_token_and_valid_input(llm_server: LiveSer
     """No token: 401 (AuthenticationError); bad fields: 400 naming the field."""
     async with _client(llm_server, token="not-a-jwt") as client:
         with pytest.raises(openai.AuthenticationError):
-            await client.chat.completions.create(model="x", messages=FRANCE)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="x", messages=FRANCE)
     async with _client(llm_server) as client:
         with pytest.raises(openai.BadRequestError, match="temperature"):
-            await client.chat.completions.create(model="x", messages=FRANCE, temperature=5)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="x", messages=FRANCE, temperature=5)
         with pytest.raises(openai.BadRequestError, match="messages"):
             await client.chat.completions.create(model="x", messages=[])
     async with httpx.AsyncClient() as http:
@@ -122,10 +134,12 @@ async def test_openai_endpoint_without_llm_is_unavailable(tmp_path: Path) -> Non
     """A server that runs no LLM answers 503, not a traceback."""
     async with run_server(make_settings(tmp_path)) as live, _client(live) as client:
         with pytest.raises(openai.InternalServerError):
-            await client.chat.completions.create(model="x", messages=FRANCE)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="x", messages=FRANCE)
 
 
-STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+STORY: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Write a long story about a dragon and a knight."}
+]
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -145,18 +159,18 @@ async def test_a_poisoned_request_does_not_cut_another_tenants_stream(
     """Requests with seed -1 and with out-of-range sampling values, sent by one tenant while
     another tenant's reply streams, are served or refused (400 naming the field); the stream
     completes."""
-    batcher = llm_server.runtime.engines.llm()
+    batcher = local_llm(llm_server)
     mallory = _client(llm_server, llm_server.token(tenant="umbrella", subject="mallory"))
     async with _client(llm_server) as alice, mallory:
         stream = await alice.chat.completions.create(
             model="smollm2-135m",
-            messages=STORY,  # type: ignore[arg-type]
+            messages=STORY,
             stream=True,
             temperature=0,
             max_tokens=400,
         )
         chunks = stream.__aiter__()
-        deltas = []
+        deltas: list[str] = []
         while not "".join(deltas):  # the reply is streaming
             chunk = await chunks.__anext__()
             deltas.append(chunk.choices[0].delta.content or "")
@@ -166,7 +180,7 @@ async def test_a_poisoned_request_does_not_cut_another_tenants_stream(
         seeded_task = asyncio.create_task(
             mallory.chat.completions.create(
                 model="smollm2-135m",
-                messages=FRANCE,  # type: ignore[arg-type]
+                messages=FRANCE,
                 seed=-1,
                 temperature=0.8,
                 max_tokens=4,
@@ -199,7 +213,7 @@ async def test_a_poisoned_request_does_not_cut_another_tenants_stream(
             with pytest.raises(openai.BadRequestError, match=field):
                 await mallory.chat.completions.create(
                     model="smollm2-135m",
-                    messages=FRANCE,  # type: ignore[arg-type]
+                    messages=FRANCE,
                     max_tokens=4,
                     extra_body=extra,
                 )
@@ -258,7 +272,7 @@ async def test_concurrent_completions_per_subject_are_capped(
         # Both streams were closed: their generations stop and give their slots back.
         slots = live.runtime.limiter.completions
         await _wait_for(lambda: slots.stats()["held"] == 0)
-        assert live.runtime.engines.llm().stats()["running"] == 0
+        assert local_llm(live).stats()["running"] == 0
         again = await http.post(url, json=short, headers=auth)
         assert again.status_code == 200, again.text
 
@@ -266,7 +280,7 @@ async def test_concurrent_completions_per_subject_are_capped(
 async def test_an_abandoned_request_stops_generating(llm_server: LiveServer) -> None:
     """A non-streaming request whose client disconnects mid-generation is cancelled (it does
     not run to its max_tokens)."""
-    batcher = llm_server.runtime.engines.llm()
+    batcher = local_llm(llm_server)
     cancelled, completed = batcher.counters.cancelled, batcher.counters.completed
     body = {"model": "m", "messages": STORY, "max_tokens": 400, "temperature": 0.7, "seed": 1}
     async with httpx.AsyncClient(timeout=scaled(60)) as http:
@@ -292,7 +306,8 @@ async def test_a_long_prompt_is_tokenised_off_the_event_loop(
     prompt = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 12000}]
     overrides = {"llm_max_prompt_tokens": 8192, "llm_max_context_tokens": 16384}
     async with serve_llm(tmp_path, prepared, **overrides) as live, httpx.AsyncClient() as http:
-        tokenizer = live.runtime.engines.llm().tokenizer
+        tokenizer = local_llm(live).tokenizer
+        assert tokenizer is not None
         t0 = asyncio.get_running_loop().time()
         tokenizer.encode_chat(prompt)  # what the loop would stall for
         inline_s = asyncio.get_running_loop().time() - t0

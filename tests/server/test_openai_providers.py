@@ -13,6 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import (
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionNamedToolChoiceParam,
+)
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from tests.llama import WEATHER, Servers
 from tests.support import scaled, wait_ready
@@ -20,7 +26,9 @@ from tidegate.bench.llama_server import LlamaServer
 
 from .conftest import LiveServer, make_settings, run_server
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 SECRET = "sk-test-3f9a1c77"
 
 
@@ -59,7 +67,10 @@ async def tool_gateway(tool_server: LlamaServer, tmp_path: Path) -> AsyncIterato
         yield live
 
 
-NAMED = {"type": "function", "function": {"name": "get_weather"}}
+NAMED: ChatCompletionNamedToolChoiceParam = {
+    "type": "function",
+    "function": {"name": "get_weather"},
+}
 
 
 def _client(live: LiveServer) -> openai.AsyncOpenAI:
@@ -85,6 +96,7 @@ async def test_openai_client_gets_a_tool_call(tool_gateway: LiveServer) -> None:
         choice = first.choices[0]
         assert choice.finish_reason == "tool_calls"
         (call,) = choice.message.tool_calls or []
+        assert isinstance(call, ChatCompletionMessageFunctionToolCall)
         assert call.function.name == "get_weather"
         assert isinstance(json.loads(call.function.arguments), dict)
         follow = [
@@ -115,7 +127,8 @@ async def test_tool_call_streams_as_deltas(tool_gateway: LiveServer) -> None:
             max_tokens=64,
             stream=True,
         )
-        pieces, finish = [], None
+        pieces: list[ChoiceDeltaToolCall] = []
+        finish = None
         async for chunk in stream:
             if chunk.choices:
                 pieces += chunk.choices[0].delta.tool_calls or []
@@ -146,6 +159,7 @@ async def test_the_primary_dying_is_not_seen(
             max_tokens=8,
         )
     assert text and plain.choices[0].message.content
+    assert live.runtime.engines is not None
     pool = live.runtime.engines.batchers["llm"]
     assert pool.stats()["providers"]["b"]["completed"] == 2
 
@@ -157,6 +171,7 @@ async def test_the_model_name_routes_to_its_provider(
     live, _, _ = gateway
     async with _client(live) as client:
         await client.chat.completions.create(model="b", messages=FRANCE, max_tokens=4)
+    assert live.runtime.engines is not None
     stats = live.runtime.engines.batchers["llm"].stats()["providers"]
     assert stats["b"]["requests"] == 1 and stats["a"]["requests"] == 0
 
@@ -199,6 +214,7 @@ async def test_the_api_key_never_shows(
     )
     assert '"llm_providers"' in ready
     listing = json.dumps(live.settings.describe())
+    assert live.runtime.engines is not None
     stats = json.dumps(live.runtime.engines.stats())
     for text in (metrics, ready, listing, stats, repr(live.settings)):
         assert SECRET not in text

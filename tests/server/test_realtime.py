@@ -21,6 +21,7 @@ import pytest_asyncio
 import websockets
 from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
+from websockets.typing import Subprotocol
 
 from tests.engines.asr_audio import BECKETT, read_wav
 from tests.protocol.realtime.conformance import check_server_event
@@ -529,8 +530,8 @@ async def test_bad_origin_is_refused(live: LiveServer) -> None:
     offered the browsers' way (subprotocols)."""
     event, code = await raw_refusal(
         live,
-        subprotocols=["realtime", f"openai-insecure-api-key.{live.token()}"],  # type: ignore[list-item]
-        origin="https://evil.example",  # type: ignore[arg-type]
+        subprotocols=["realtime", f"openai-insecure-api-key.{live.token()}"],
+        origin="https://evil.example",
     )
     assert event["error"]["type"] == "permission_error"
     assert code == 4403
@@ -540,8 +541,8 @@ async def test_browser_subprotocol_key_is_accepted(live: LiveServer) -> None:
     """The browsers' form: the JWT in the subprotocols, answered ``realtime`` (never the key),
     and session.created follows."""
     url = f"ws://127.0.0.1:{live.port}/v1/realtime?model=gpt-realtime"
-    protocols = ["realtime", f"openai-insecure-api-key.{live.token()}"]
-    async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+    protocols = [Subprotocol("realtime"), Subprotocol(f"openai-insecure-api-key.{live.token()}")]
+    async with websockets.connect(url, subprotocols=protocols) as ws:
         assert ws.subprotocol == "realtime"
         event = orjson.loads(await ws.recv())
     assert event["type"] == "session.created"
@@ -680,7 +681,7 @@ class RealtimeCall:
         """Play 24 kHz s16le into the microphone track, in real time."""
         r = StreamResampler(24_000, 16_000)  # int16 in, int16 out
         x = np.frombuffer(pcm24k, "<i2")
-        speech = np.concatenate([r.process(x), r.flush()]).astype(np.float32) / 32768
+        speech = np.concatenate([r.process(x), r.flush()]).astype(np.float32) / np.float32(32768)
         step = int(0.2 * 16_000)
         for i in range(0, len(speech), step):
             self.mic.write(speech[i : i + step])

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOOL = {  # the Realtime API's flat function form
     "type": "function",
-    "name": WEATHER["function"]["name"],  # type: ignore[index]
-    "description": WEATHER["function"]["description"],  # type: ignore[index]
-    "parameters": WEATHER["function"]["parameters"],  # type: ignore[index]
+    "name": WEATHER["function"]["name"],
+    "description": WEATHER["function"]["description"],
+    "parameters": WEATHER["function"]["parameters"],
 }
 SUNNY = '{"city": "Paris", "sky": "sunny", "temperature_c": 21}'
 

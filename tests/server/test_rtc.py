@@ -10,14 +10,17 @@ import hmac
 import time
 from pathlib import Path
 
+import av
 import httpx
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from tests.support import scaled
 from tidegate.media import AudioOutTrack, IcePolicy, apply_ice_policy
+from tidegate.pipelines.mode import Mode
 from tidegate.pipelines.modes.loopback import LoopbackLane
 from tidegate.protocol.client import RefusedError
 from tidegate.protocol.messages import (
@@ -38,7 +41,9 @@ def tone(seconds: float, hz: float = 440.0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-async def client_pc(with_video: bool = False) -> tuple[RTCPeerConnection, AudioOutTrack, list]:
+async def client_pc(
+    with_video: bool = False,
+) -> tuple[RTCPeerConnection, AudioOutTrack, list[MediaStreamTrack]]:
     pc = RTCPeerConnection(LOOPBACK.configuration())
     mic = AudioOutTrack()
     pc.addTrack(mic)
@@ -46,24 +51,25 @@ async def client_pc(with_video: bool = False) -> tuple[RTCPeerConnection, AudioO
         from aiortc import VideoStreamTrack
 
         pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
-    tracks: list = []
+    tracks: list[MediaStreamTrack] = []
     pc.on("track", tracks.append)
     apply_ice_policy(pc, LOOPBACK)
     await pc.setLocalDescription(await pc.createOffer())
     return pc, mic, tracks
 
 
-async def wait_rms(track, frames: int = 40) -> float:
+async def wait_rms(track: MediaStreamTrack, frames: int = 40) -> float:
     best = 0.0
     async with asyncio.timeout(scaled(10)):
         for _ in range(frames):
             f = await track.recv()
+            assert isinstance(f, av.AudioFrame)
             pcm = f.to_ndarray().astype(np.float32) / 32768
             best = max(best, float(np.sqrt(np.mean(pcm**2))))
     return best
 
 
-async def test_offer_over_control_channel_echoes_audio(tmp_path) -> None:
+async def test_offer_over_control_channel_echoes_audio(tmp_path: Path) -> None:
     """rtc.offer gets rtc.answer and trickled candidates; the audio comes back; metrics show
     the media counters and the frames seen."""
     settings = make_settings(tmp_path, metrics_interval_s=0.3)
@@ -138,6 +144,7 @@ async def test_http_offer_route(server: LiveServer) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         mic.write(tone(1.0))
         session = server.runtime.registry.get(created.session_id)
+        assert session is not None and isinstance(session.mode, Mode)
         async with asyncio.timeout(scaled(10)):
             while session.mode.lane(LoopbackLane).rtc_audio_chunks < 10:
                 await asyncio.sleep(0.02)
@@ -184,7 +191,7 @@ async def test_bad_sdp_and_early_candidate_are_refused(server: LiveServer) -> No
         assert (await client.ping()).rtt_ms > 0
 
 
-async def test_turn_credentials_in_session_created(tmp_path) -> None:
+async def test_turn_credentials_in_session_created(tmp_path: Path) -> None:
     """With a TURN secret, session.created carries coturn shared-secret credentials that
     expire after turn_ttl_s; configured STUN servers are listed as they are."""
     secret = "s3cret-for-coturn"
@@ -200,6 +207,7 @@ async def test_turn_credentials_in_session_created(tmp_path) -> None:
     stun, turn = created.ice_servers
     assert stun.urls == ("stun:127.0.0.1:3478",) and stun.username is None
     assert turn.urls == ("turn:127.0.0.1:3478?transport=udp",)
+    assert turn.username is not None
     expiry, _, user = turn.username.partition(":")
     assert user == created.session_id
     assert int(expiry) == pytest.approx(time.time() + 300, abs=5)

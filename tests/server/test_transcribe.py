@@ -380,6 +380,7 @@ async def test_every_audio_chunk_the_protocol_accepts_is_refused_or_survives() -
     )
     def check(fmt: str, rate: int, channels: int, pcm: bytes) -> None:
         msg = InputAudio(pcm=pcm, format=fmt, sample_rate=rate, channels=channels)
+        refusal: str | None
         try:
             frames = audio_frames(msg)
             out = to_mono_16k(msg)

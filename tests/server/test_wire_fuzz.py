@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import cbor2
 
 from tidegate.protocol import ErrorCode
-from tidegate.protocol.messages import Error, InputText, Pong, ResponseDone
+from tidegate.protocol.client import Client
+from tidegate.protocol.messages import Error, InputText, Ping, Pong, ResponseDone
 
 from ..protocol.samples import CLIENT_SAMPLES
 from .conftest import make_settings, run_server
@@ -15,7 +17,7 @@ from .conftest import make_settings, run_server
 DOCUMENTED = {c.value for c in ErrorCode}
 
 
-async def test_garbage_over_the_wire_gets_documented_errors_only(tmp_path) -> None:
+async def test_garbage_over_the_wire_gets_documented_errors_only(tmp_path: Path) -> None:
     """500 random and mutated payloads: every reply is a documented error; the session lives."""
     settings = make_settings(tmp_path, max_bad_messages=10_000)
     rng = random.Random(20261123)
@@ -52,7 +54,5 @@ async def test_garbage_over_the_wire_gets_documented_errors_only(tmp_path) -> No
         assert isinstance(await client.request(_ping(client)), Pong)
 
 
-def _ping(client):  # type: ignore[no-untyped-def]
-    from tidegate.protocol.messages import Ping
-
+def _ping(client: Client) -> Ping:
     return Ping(id=client.next_id(), t_client=0.0)

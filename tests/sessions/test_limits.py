@@ -74,7 +74,7 @@ async def test_messages_are_rate_limited_and_uploads_keep_their_credit(tmp_path:
         await client.wait_for(ResponseDone)
         for i in range(6):  # 3, 4 admitted; 5.. refused
             await client.send(InputSensor(channel="c", ts=float(i), values=(1.0,), id=f"u{i}"))
-        errors = []
+        errors: list[Error] = []
         while len(errors) < 4:
             msg = await client.recv(5)
             if isinstance(msg, Error):

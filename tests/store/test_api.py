@@ -3,6 +3,7 @@ filters, deletion, the OpenAPI description, and the errors it answers with."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ def _seed(server: LiveServer) -> None:
 
 
 @pytest.fixture
-async def api(database_url: str, tmp_path: Path):
+async def api(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[LiveServer, httpx.AsyncClient]]:
     settings = make_settings(tmp_path, database_url=database_url, rate_requests_per_s=0.0)
     async with run_server(settings) as server:
         _seed(server)

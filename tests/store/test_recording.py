@@ -4,6 +4,7 @@ sensor batches, on SQLite and on PostgreSQL, and keeps streaming while the datab
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,9 @@ async def test_expired_and_shutdown_sessions_are_recorded(tmp_path: Path) -> Non
     assert status[kept] == ("shutdown", "the server shut down")
 
 
-async def _stream_through_outage(server: LiveServer, cut, restore) -> tuple[str, int]:
+async def _stream_through_outage(
+    server: LiveServer, cut: Callable[[], None], restore: Callable[[], None]
+) -> tuple[str, int]:
     """Stream texts and sensor readings; cut the database partway, keep going, restore."""
     recorder = server.runtime.recorder
     async with await server.client() as client:

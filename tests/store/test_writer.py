@@ -4,6 +4,7 @@ the bounded queue, the journal, outages, replay without duplicates."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -207,7 +208,13 @@ async def test_a_bad_record_is_quarantined_not_retried(database_url: str, tmp_pa
     assert c["sessions"] == 1 and c["session_events"] == 3
 
 
-async def _outage_round(writer_url: str, check_url: str, tmp_path: Path, cut, restore) -> None:
+async def _outage_round(
+    writer_url: str,
+    check_url: str,
+    tmp_path: Path,
+    cut: Callable[[], None],
+    restore: Callable[[], None],
+) -> None:
     writer = make_writer(writer_url, tmp_path / "journal", timeout_s=0.5, retry_s=0.1)
     await writer.open()
     task = asyncio.create_task(writer.run())

@@ -113,7 +113,7 @@ async def test_bad_requests_are_refused(llm: LlmBatcher) -> None:
         llm.generate(prompt=[10**9])
     for bad in ({"top_p": 1.5}, {"top_p": -0.1}, {"seed": 2**63}, {"seed": -(2**63) - 1}):
         with pytest.raises(RequestError):
-            SamplingParams(**bad)  # type: ignore[arg-type]
+            SamplingParams(**bad)
 
 
 async def test_a_failing_request_fails_only_itself(llm: LlmBatcher) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tidegate.engines.errors import RuntimeUnavailableError
@@ -40,7 +42,7 @@ def test_cuda_preference_falls_back_or_is_required() -> None:
         choose_providers(RuntimeOptions(providers=("cuda",), require_first=True))
 
 
-def test_provider_options(tmp_path) -> None:
+def test_provider_options(tmp_path: Path) -> None:
     """CUDA runs with TF32 off unless asked; TensorRT caches engines in the given folder."""
     assert _provider_options("cuda", RuntimeOptions()) == {"device_id": 0, "use_tf32": 0}
     assert _provider_options("cuda", RuntimeOptions(cuda_tf32=True))["use_tf32"] == 1

@@ -14,9 +14,10 @@ import pytest
 
 from tests.support import scaled
 from tidegate.engines.asr.request import AsrRequest
+from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.engine import Failed, Ok, TensorEngine
 from tidegate.engines.errors import DeadlineError, SessionError
-from tidegate.engines.runtime import RuntimeOptions
+from tidegate.engines.runtime import Array, RuntimeOptions
 from tidegate.engines.runtime.triton import (
     TritonDeadlineError,
     TritonUnavailableError,
@@ -24,6 +25,7 @@ from tidegate.engines.runtime.triton import (
 )
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
 from tidegate.engines.service import EngineSpec, build_engine
+from tidegate.engines.vad import SileroVad, VadResult
 from tidegate.tools.triton_export import ExportOptions, export_repository, onnx_signature
 
 from ..asr_audio import read_wav
@@ -49,6 +51,7 @@ def test_vad_stream_same_as_local(triton_server: Any, data_dir: Path, assets: Pa
     got = []
     for rt in (LOCAL, _triton(triton_server)):
         engine = build_engine(EngineSpec("vad", "silero-vad", runtime=rt), data_dir)
+        assert isinstance(engine, SileroVad)
         engine.load()
         state, probs = engine.new_state(), []
         for f in frames:
@@ -80,6 +83,7 @@ def _asr_requests(engine: Any, assets: Path) -> list[AsrRequest]:
 def _results(rt: RuntimeOptions, data_dir: Path, assets: Path) -> tuple[list[Any], list[Any]]:
     """Each clip alone, then all of them in one batch."""
     engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+    assert isinstance(engine, WhisperOnnx)
     engine.load()
     try:
         reqs = _asr_requests(engine, assets)
@@ -169,6 +173,7 @@ def test_whisper_fallback_runs_the_same_decode(data_dir: Path, assets: Path) -> 
     rt = RuntimeOptions(runtime="triton", triton_url=f"127.0.0.1:{free_port()}",
                         triton_timeout_s=2.0, triton_policy="fallback")  # fmt: skip
     engine = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=rt), data_dir)
+    assert isinstance(engine, WhisperOnnx)
     engine.load()
     try:
         req = _asr_requests(engine, assets)[2]
@@ -177,6 +182,7 @@ def test_whisper_fallback_runs_the_same_decode(data_dir: Path, assets: Path) -> 
     finally:
         engine.close()
     local = build_engine(EngineSpec("asr", "whisper-tiny-en", runtime=LOCAL), data_dir)
+    assert isinstance(local, WhisperOnnx)
     local.load()
     expected = local.run_batch([req], [None])[0]
     local.close()
@@ -248,6 +254,7 @@ async def test_server_stopped_mid_stream_and_restarted(
     Triton again (a new channel)."""
     frames = _frames(assets, 60)
     local = build_engine(EngineSpec("vad", "silero-vad", runtime=LOCAL), data_dir)
+    assert isinstance(local, SileroVad)
     local.load()
     state, expected = local.new_state(), []
     for f in frames:
@@ -257,10 +264,11 @@ async def test_server_stopped_mid_stream_and_restarted(
         expected.append(out.value.probability)
     local.close()
 
-    async def start(policy: str) -> Scheduler[Any, Any]:
+    async def start(policy: str) -> Scheduler[Array, VadResult]:
         rt = _triton(triton_server, triton_timeout_s=5.0, triton_policy=policy, triton_retry_s=0.5)
         engine = build_engine(EngineSpec("vad", "silero-vad", runtime=rt), data_dir)
-        sched: Scheduler[Any, Any] = Scheduler(engine, BatchPolicy(batch_wait_s=0.0))
+        assert isinstance(engine, SileroVad)
+        sched = Scheduler(engine, BatchPolicy(batch_wait_s=0.0))
         await sched.start()
         sched.open_session("a")
         return sched
@@ -278,6 +286,7 @@ async def test_server_stopped_mid_stream_and_restarted(
             refuse.open_session("b")
         for f in frames[20:40]:
             got.append((await fallback.submit(f, session="a")).probability)
+        assert isinstance(fallback.engine, SileroVad)
         assert fallback.engine.provider.endswith("(triton fallback)")
         await asyncio.to_thread(triton_server.start)
         await asyncio.sleep(0.6)  # past triton_retry_s: Triton is tried again

@@ -12,6 +12,7 @@ import pytest
 from tidegate.bench.audio_sets import have_tools
 from tidegate.engines import models
 from tidegate.engines.errors import EngineError
+from tidegate.engines.runtime import Array
 from tidegate.engines.scheduler import Scheduler
 from tidegate.engines.tts.bank import NO_VOICE, VoiceBank
 from tidegate.engines.tts.piper import PiperVoice
@@ -39,7 +40,7 @@ async def test_piper_for_english_and_espeak_started_once(data_dir: Path) -> None
     """With Piper's joe running, English speaks with it; German starts its espeak-ng voice
     once for concurrent replies, speaks, and the bank closes it."""
     joe = next(f for f in models.DEFAULT_MODELS["piper-joe"].files if f.endswith(".onnx"))
-    piper: Scheduler[str, object] = Scheduler(
+    piper: Scheduler[str, Array] = Scheduler(
         PiperVoice(models.model_path(data_dir, "piper-joe", joe))
     )
     bank = VoiceBank(piper, "piper-joe")

@@ -12,7 +12,9 @@ from PIL import Image
 
 from tidegate.engines.scheduler import BatchPolicy, Scheduler
 from tidegate.engines.service import EngineSpec, build_engine
+from tidegate.engines.vision.blazeface import BlazeFace
 from tidegate.engines.vision.imaging import nms, resize
+from tidegate.engines.vision.mtcnn import Mtcnn
 
 # Where the face is in skimage's astronaut.png (x, y, width, height), checked by eye.
 ASTRONAUT_FACE = (178.0, 81.0, 94.0, 94.0)
@@ -37,6 +39,7 @@ async def test_finds_the_face_and_no_face_in_coffee(
     """Sessions sending the astronaut (also scaled to 640x480), and coffee, share batches:
     one face where the astronaut's is, none in the coffee photo."""
     engine = build_engine(EngineSpec("vision", model), data_dir)
+    assert isinstance(engine, BlazeFace | Mtcnn)
     sched = Scheduler(engine, BatchPolicy(max_batch_items=8, batch_wait_s=0.05))
     await sched.start()
     try:
