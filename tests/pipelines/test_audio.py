@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support import scaled
+from tidegate.engines.asr.request import AsrResult, QualityGate
 from tidegate.engines.asr.whisper_onnx import WhisperOnnx
 from tidegate.engines.registry import ASR, VAD
 from tidegate.engines.service import EngineService
@@ -25,6 +26,7 @@ from tidegate.pipelines.errors import InvalidConfigError, RateLimitedError
 from tidegate.pipelines.records import TranscriptSegment
 from tidegate.protocol.messages import (
     AsrFinal,
+    AsrPartial,
     Error,
     InputAudio,
     VadSpeechStarted,
@@ -230,6 +232,51 @@ async def test_resampled_audio_stays_within_full_scale() -> None:
     assert len(out) == 1_600
     assert np.abs(out).max() <= 1.0
     assert np.abs(out).max() > 0.9  # still the same wave, not silenced
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SwitchedGate(QualityGate):
+    """The quality gate until ``refuse`` is set; from then on nothing is speech."""
+
+    refuse: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def is_speech(self, r: AsrResult) -> bool:
+        return not self.refuse.is_set() and QualityGate.is_speech(self, r)
+
+
+async def test_a_final_without_words_takes_back_the_partials_shown(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A segment whose partial was sent, and whose final the gate then calls no speech (an
+    unsure scrap), ends with an `asr.final` of empty text: the client drops the words the
+    partial showed instead of showing them for good. (A segment never shown sends none.)"""
+    pcm, rate = spoken("Tell me a long story about a cat who lives by the sea.", tmp_path)
+    gate = SwitchedGate()
+    streaming = dataclasses.replace(lane_config(settings).audio.streaming, gate=gate)
+    session = FakeSession()
+    lane, listener = lane_for(
+        session, settings, engines, audio_max_ahead_s=0.0, streaming=streaming
+    )
+    part = len(pcm) * 2 // 3
+    try:
+        await send(lane, pcm[:part], rate)
+        async with asyncio.timeout(scaled(60)):
+            while not session.of(AsrPartial):  # the open segment's first partial
+                await asyncio.sleep(0.02)
+        gate.refuse.set()
+        await send(lane, np.concatenate([pcm[part:], np.zeros(rate, np.int16)]), rate)
+        async with asyncio.timeout(scaled(60)):
+            while not any(k == "final" for k, _ in listener.heard):
+                await asyncio.sleep(0.02)
+    finally:
+        await lane.close()
+        await session.close()
+    (partial,) = session.of(AsrPartial)
+    assert partial.text == "" and partial.tentative  # the first shows tentative words only
+    (final,) = session.of(AsrFinal)
+    assert final.segment_id == partial.segment_id and final.text == ""
+    assert lane.counters["empty_finals"] == 1 and lane.counters["finals"] == 0
+    assert not [r for r in session.records if isinstance(r, TranscriptSegment)]
 
 
 async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:

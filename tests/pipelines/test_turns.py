@@ -455,6 +455,31 @@ async def test_a_paused_sentence_is_answered_as_one_utterance(
     assert off_lane["joined_finals"] == off_turns.counters["turn_texts_joined"] == 0
 
 
+async def test_a_tail_unsure_alone_is_answered_with_its_sentence(
+    settings: Settings, engines: EngineService
+) -> None:
+    """ "a loaf of bread", said after a pause in "I need to buy some milk and ...", decodes
+    alone as an unsure scrap ("Atlofund Red", average log-probability -1.7 on this project's
+    machines) that the quality gate calls no speech: no words of its own, so before, the turn
+    lost them. Its joined decode with the head is sure, and the turn is answered with the
+    whole sentence."""
+    head, tail = "I need to buy some milk and", "a loaf of bread"
+    clip = np.concatenate(
+        [
+            audio_sets.silence(0.5),
+            audio_sets.spoken_with_pause(head, tail, pause_s=0.3),
+            audio_sets.silence(1.5),
+        ]
+    )
+    answers, captions, lane, _ = await _committed_turns(settings, engines, [clip])
+    report = {"answers": answers, "captions": captions, "lane": lane}
+    print(json.dumps(report))
+    assert lane["segments"] == 2, report  # cut at its pause
+    assert len(answers) == 1 and wer(f"{head} {tail}", answers[0]) <= 0.2, report
+    if "bread" not in captions[0].lower():  # the tail alone had no words (as measured here)
+        assert lane["empty_finals_joined"] == 1, report
+
+
 async def test_a_joined_decode_replaces_only_the_turns_own_last_finals() -> None:
     """Turn-taking takes a joined decode in place of the finals it joins only when they are
     the turn's last entries: not when one of them was absorbed by an interruption (not the
@@ -493,7 +518,12 @@ async def test_a_joined_decode_replaces_only_the_turns_own_last_finals() -> None
         assert turns.turn_segments() == () and replies.answers[-1][1] == "[a b c] please"
         final("f", "and chips", "e")  # e was the answered turn's
         assert turns.turn_segments() == ("f",) and turns._words == "and chips"
-        assert turns.counters["turn_texts_joined"] == 2
+        final("g", "", "f")  # no words alone, words joined with the turn's last: taken
+        assert turns.turn_segments() == ("f", "g") and turns._words == "[f g]"
+        final("h", "", "a")  # joined with what the turn does not end with: nothing taken
+        final("i", "")  # no words, no join: nothing
+        assert turns.turn_segments() == ("f", "g") and turns._words == "[f g]"
+        assert turns.counters["turn_texts_joined"] == 3
     finally:
         await turns.close()
         await session.close()

@@ -52,7 +52,12 @@ it, so the reply answers the sentence as it was said, while the captions keep th
 segment finals. The joined decode is optional work, like a partial: none starts while the
 ASR queue holds ``asr_partial_max_queue_items``; an early final brings its joined decode
 along (the same segments and audio: it is kept), and a failed or unsure one (the gate) just
-leaves the segments' own finals.
+leaves the segments' own finals. A segment too short or too unsure to read alone (the gate
+calls its own decode no speech, though it wrote words and its no-speech probability is low:
+"a loaf of bread" after "I need to buy some milk and ..." came out "Atlofund Red" at an
+average log-probability of -1.7) gets no ``asr.final`` words of its own, but its joined
+decode, when the gate calls that speech, still gives the turn its words (counted
+``empty_finals_joined``): the pause had ended a segment the sentence needed.
 
 A final never waits behind a stale partial of its own session: when a segment closes while
 its partial is queued or running, the partial is withdrawn (its request's ``cancel`` event:
@@ -464,6 +469,7 @@ class AudioLane:
             "partials_cancelled": 0,
             "finals": 0,
             "empty_finals": 0,
+            "empty_finals_joined": 0,  # no words alone, words joined (module doc)
             "asr_errors": 0,
             "vad_errors": 0,
             "cuts": 0,
@@ -883,6 +889,25 @@ class AudioLane:
             return None
         return self._start_joined(seg)
 
+    async def _joined_unsure(
+        self, joined: _JoinedTask | None, alone: AsrResult | None
+    ) -> Joined | None:
+        """The joined decode of a segment whose own the gate did not call speech, when that
+        one still wrote words and did not take them for silence (no-speech probability under
+        the gate's): an unsure reading of real speech, not a cough or a breath; else none."""
+        if joined is None:
+            return None
+        gate = self.settings.gate
+        if (
+            alone is None
+            or not alone.text.strip()
+            or alone.no_speech_prob > gate.no_speech_threshold
+            or alone.compression_ratio > gate.compression_ratio_threshold
+        ):
+            joined.cancel.set()
+            return None
+        return await self._joined_text(joined)
+
     async def _joined_text(self, joined: _JoinedTask | None) -> Joined | None:
         if joined is None:
             return None
@@ -1008,6 +1033,7 @@ class AudioLane:
         self.language.partial_done(seg)  # a language it locked is the turn's
         if committed or seg.tentative != shown:
             self.counters["partials"] += 1
+            seg.shown = True
             tentative = seg.tentative or None
             self.session.emit(
                 self._event(AsrPartial, seg, seg.committed_text, timing, tentative=tentative)
@@ -1048,11 +1074,19 @@ class AudioLane:
         )
         if not text:
             self.counters["empty_finals"] += 1
-            self._said.clear()  # no words: the stretch of talk is broken
-            if joined is not None:
-                joined.cancel.set()
+            if seg.shown:  # its partials are on show: the final with no words takes them back
+                self.session.emit(self._event(AsrFinal, seg, "", timing))
+            together = await self._joined_unsure(joined, result)
+            if together is None:
+                self._said.clear()  # no words: the stretch of talk is broken
+            else:  # words only with the segments before it (module doc)
+                self.counters["empty_finals_joined"] += 1
+                self.counters["joined_finals"] += 1
+                self._remember(seg)
             if self.listener is not None:
-                self.listener.on_final("", received, len(self._finals) - 1, segment_id=seg.id)
+                self.listener.on_final(
+                    "", received, len(self._finals) - 1, segment_id=seg.id, joined=together
+                )
             return
         self.counters["finals"] += 1
         if self.settings.prompt_tokens:

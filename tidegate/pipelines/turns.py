@@ -256,10 +256,10 @@ class TurnTaking:
         joined: Joined | None = None,
     ) -> None:
         if not self.reply.heard(text, final=True):
-            text = ""  # absorbed by an interruption that was not one: not the user's turn
-        if text:
-            self._take(segment_id, text, joined)
-            self._turn_received = received
+            text, joined = "", None  # absorbed by an interruption that was not one
+        if text or joined is not None:  # no words alone may still be words joined
+            if self._take(segment_id, text, joined):
+                self._turn_received = received
         if not self._speaking and finals_pending == 0:  # no speech or final pending
             self._finals_due = False
             held, self._held = self._held, None
@@ -272,9 +272,10 @@ class TurnTaking:
             else:
                 self._speculate()  # the turn's end is pending: its text is known now
 
-    def _take(self, segment_id: str, text: str, joined: Joined | None) -> None:
+    def _take(self, segment_id: str, text: str, joined: Joined | None) -> bool:
         """A final's words join the turn: as the joined decode of it and the segments before
-        it when those are the turn's last entries (module doc), else as they are."""
+        it when those are the turn's last entries (module doc), else as they are (a final
+        without words of its own: nothing); whether the turn took any."""
         entry: tuple[tuple[str, ...], str] = ((segment_id,), text)
         if joined is not None and joined.ids[-1:] == (segment_id,):
             before, k = joined.ids[:-1], 0
@@ -286,7 +287,10 @@ class TurnTaking:
                 del self._turn[-k:]
                 entry = (joined.ids, joined.text)
                 self.counters["turn_texts_joined"] += 1
+        if not entry[1]:
+            return False
         self._turn.append(entry)
+        return True
 
     def turn_segments(self) -> tuple[str, ...]:
         return tuple(i for ids, _ in self._turn for i in ids)

@@ -626,10 +626,13 @@ class AsrPartial(_AsrSegment):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AsrFinal(_AsrSegment):
-    """The segment's text once its speech has ended. ``language`` is the language it was
-    recognised in (ISO 639-1: the session's ``language``, or detected once per turn under
-    ``auto``; the same for every segment of a turn) and ``language_probability`` the model's
-    probability of that language given the turn's audio (1 for an English-only model)."""
+    """The segment's text once its speech has ended. A segment whose speech held no words
+    the recogniser could read (a cough, a breath, an unsure scrap) has no final, unless its
+    partials were sent: then its final has ``text`` empty and takes them back. ``language``
+    is the language it was recognised in (ISO 639-1: the session's ``language``, or detected
+    once per turn under ``auto``; the same for every segment of a turn) and
+    ``language_probability`` the model's probability of that language given the turn's audio
+    (1 for an English-only model)."""
 
     TYPE: ClassVar[str] = "asr.final"
     language: str | None = spec(Text(MAX_LANGUAGE_CHARS, min_chars=1), None)

@@ -262,8 +262,8 @@ def _note(turn: Turn, ev: ServerMessage, t: float, threshold: float) -> None:
         turn.stopped = t
     elif isinstance(ev, AsrPartial) and ev.text and turn.partial is None:  # committed words
         turn.partial = t
-    elif isinstance(ev, AsrFinal) and turn.created is None:
-        turn.final = (ev, t)  # the last final before the reply starts
+    elif isinstance(ev, AsrFinal) and ev.text and turn.created is None:
+        turn.final = (ev, t)  # the last final with words before the reply starts
     elif isinstance(ev, TurnEnd) and turn.created is None:
         turn.turn_end = (ev, t)  # the last turn.end before the reply starts
     elif isinstance(ev, ResponseCreated) and turn.created is None:

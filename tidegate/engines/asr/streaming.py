@@ -170,6 +170,7 @@ class Segment:
         self.previous: tuple[int, ...] | None = None
         self.decoded_until = 0
         self.closed = False
+        self.shown = False  # a partial of it was sent: the client knows it (its final closes it)
         self._decode = decode
         self._previous_language = ""
 
