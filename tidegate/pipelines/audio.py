@@ -892,9 +892,10 @@ class AudioLane:
     async def _joined_unsure(
         self, joined: _JoinedTask | None, alone: AsrResult | None
     ) -> Joined | None:
-        """The joined decode of a segment whose own the gate did not call speech, when that
-        one still wrote words and did not take them for silence (no-speech probability under
-        the gate's): an unsure reading of real speech, not a cough or a breath; else none."""
+        """The joined decode of a segment whose decode alone the gate did not call speech,
+        when that decode still wrote words and did not take them for silence (no-speech
+        probability under the gate's, no repetition loop): an unsure reading of real speech,
+        not a cough or a breath. Else none (the joined decode is withdrawn)."""
         if joined is None:
             return None
         gate = self.settings.gate
