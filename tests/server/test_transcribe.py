@@ -141,11 +141,12 @@ async def test_speech_gives_vad_events_partials_and_finals(asr_server: LiveServe
 async def test_finals_are_recorded_and_served_by_the_records_api(
     asr_server: LiveServer,
 ) -> None:
-    """Every asr.final of a transcribe session becomes a transcript segment that
-    GET /v1/sessions/{id}/transcript serves (same ids, text and audio times, in order)."""
+    """Every asr.final with words of a transcribe session becomes a transcript segment that
+    GET /v1/sessions/{id}/transcript serves (same ids, text and audio times, in order); one
+    without words (it takes back a segment's partials) is not a transcript."""
     sids: list[str] = []
     events = await stream(asr_server, read_wav(CACHE / "assets" / "beckett.wav"), session_ids=sids)
-    finals = [e for e, _ in events if isinstance(e, AsrFinal)]
+    finals = [e for e, _ in events if isinstance(e, AsrFinal) and e.text]
     assert finals and sids
     assert await asr_server.runtime.recorder.flush(20)
     auth = {"Authorization": f"Bearer {asr_server.token()}"}
