@@ -33,6 +33,7 @@ from tidegate.pipelines.reply import (
     ReplyLane,
     SpokenChunk,
     SpokenTurn,
+    _created,
     mid_sentence,
     trim_leading_silence,
     trim_trailing_silence,
@@ -147,7 +148,7 @@ async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
     assert isinstance(llm, LlmBatcher)
     submitted = llm.counters.submitted
     try:
-        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2, segments=("g1",))
+        lane.speculate("What is the capital of France?", 5.0, wait_s=0.2)
         await wait_for(lambda: lane.speculative is not None and lane.speculative.text)
         assert session.events == []  # held: the client sees nothing yet
         lane.answer("What is the capital of France?", None, 7.0, spoken=True, segments=("g1", "g2"))
@@ -158,7 +159,7 @@ async def test_a_speculative_reply_is_adopted_when_the_turn_ends_as_guessed(
     (created,) = session.of(ResponseCreated)
     (done,) = session.of(ResponseDone)
     assert done.status == "completed" and created.response_id == done.response_id
-    # the turn as it ended, not as it was guessed (the same words from more segments)
+    # the turn the answer named (a held reply is named when it is adopted)
     assert created.input_text == "What is the capital of France?"
     assert created.segment_ids == ("g1", "g2")
     assert "".join(d.delta for d in session.of(ResponseTextDelta)) == done.text
@@ -313,10 +314,15 @@ async def test_a_reply_names_the_spoken_turn_it_answers(
         ("c2", None, None),  # it answers the text it gave
     ]
     assert [d.status for d in session.of(ResponseDone)] == ["completed"] * 3
+
+    def created(text: str, segments: tuple[str, ...]) -> ResponseCreated:
+        return _created(Reply("r1", None, 0.0, turn=SpokenTurn(text, segments)))
+
     ids = tuple(f"g{k}" for k in range(MAX_TURN_SEGMENTS + 1))
-    assert SpokenTurn("yes " * 65, ids).created("r1", None).segment_ids is None
-    assert SpokenTurn("x" * (MAX_TEXT_CHARS + 1), ("g1",)).created("r1", None).input_text is None
-    assert SpokenTurn("yes", ()).created("r1", None).input_text is None
+    assert created("yes " * 65, ids).segment_ids is None
+    assert created("x" * (MAX_TEXT_CHARS + 1), ("g1",)).input_text is None
+    assert created("yes", ()).input_text is None
+    assert created("yes", ("g1",)).segment_ids == ("g1",)
 
 
 class Player(FakeSession):

@@ -117,9 +117,7 @@ class Replies:
         self.answers.append((time.monotonic(), text))
         self.segments.append(segments)
 
-    def speculate(
-        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
-    ) -> None:
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         pass  # the turn's end is what these tests look at
 
     def speech_started(self) -> None:

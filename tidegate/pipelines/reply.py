@@ -246,19 +246,20 @@ class SpokenTurn:
     text: str
     segments: tuple[str, ...]
 
-    def created(self, response_id: str, ref: str | None) -> ResponseCreated:
-        """``response.created`` naming this turn (unnamed when it is too long to name)."""
-        if 0 < len(self.segments) <= MAX_TURN_SEGMENTS and len(self.text) <= MAX_TEXT_CHARS:
-            return ResponseCreated(
-                response_id=response_id, ref=ref, input_text=self.text, segment_ids=self.segments
-            )
-        return ResponseCreated(response_id=response_id, ref=ref)
-
 
 def _created(reply: Reply) -> ResponseCreated:
-    if reply.turn is None:
-        return ResponseCreated(response_id=reply.id, ref=reply.ref)
-    return reply.turn.created(reply.id, reply.ref)
+    """``reply``'s ``response.created``, naming the spoken turn it answers (not a turn too
+    long to name)."""
+    turn = reply.turn
+    if (
+        turn is not None
+        and 0 < len(turn.segments) <= MAX_TURN_SEGMENTS
+        and len(turn.text) <= MAX_TEXT_CHARS
+    ):
+        return ResponseCreated(
+            response_id=reply.id, ref=reply.ref, input_text=turn.text, segment_ids=turn.segments
+        )
+    return ResponseCreated(response_id=reply.id, ref=reply.ref)
 
 
 @dataclass(slots=True)
@@ -484,15 +485,13 @@ class ReplyLane:
         if held is not None:
             same = held.language == language
             if same and not held.finished and held.messages == self.messages(language=language):
-                held.turn = turn
+                held.turn = turn  # the turn as it ended (named when adopted: _adopt)
                 self._adopt(held, ref, received_ms)
                 return
             self._discard(held)
         self._start_reply(ref, received_ms, spoken=spoken, language=language, turn=turn)
 
-    def speculate(
-        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
-    ) -> None:
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         """Turn-taking expects the turn to end with ``text`` in ``wait_s``: start its reply
         now, held (module doc). A guess already running for the same text goes on."""
         language = self._turn_language()
@@ -507,7 +506,6 @@ class ReplyLane:
         if not options.speaks:  # a text reply cannot be held back by its speech: not guessed
             return
         reply = Reply(new_response_id(), None, received_ms, from_speech=True, held=True)
-        reply.turn = SpokenTurn(text, segments)
         reply.options = options
         reply.language = language
         reply.messages = self._messages_with(text, language)

@@ -90,9 +90,7 @@ class Replier(Protocol):
         captions' words)."""
         ...
 
-    def speculate(
-        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
-    ) -> None:
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         """The turn will end with ``text`` in ``wait_s`` unless the user speaks again."""
         ...
 
@@ -387,9 +385,7 @@ class TurnTaking:
             return  # the text is not known yet (on_final speculates when it is)
         wait_s = decision.at - time.monotonic()
         if wait_s > 0 and self._turn_config("respond", True):
-            self.reply.speculate(
-                self._words, self._turn_received, wait_s=wait_s, segments=self.turn_segments()
-            )
+            self.reply.speculate(self._words, self._turn_received, wait_s=wait_s)
 
     async def _end_turn(self, delay_s: float, decision: Decision) -> None:
         """Send ``turn.end`` at the decision; the reply follows once the finals are out."""

@@ -91,9 +91,7 @@ class _Reply:
     ) -> None:
         self.turns.append(text)
 
-    def speculate(
-        self, text: str, received_ms: float, *, wait_s: float, segments: tuple[str, ...] = ()
-    ) -> None:
+    def speculate(self, text: str, received_ms: float, *, wait_s: float) -> None:
         """Nothing: no reply is started here."""
 
     def speech_started(self) -> None:
