@@ -106,6 +106,18 @@ describe("reduce", () => {
     expect(empty.turns).toEqual([]);
   });
 
+  it("leaves the turns and the stage timings alone for a final without words never shown", () => {
+    const timing = { received: 10_000, engine_start: 10_020, engine_end: 10_120, sent: 10_121 };
+    const s = run([
+      created(),
+      ev({ type: "asr.final", segment_id: "g1", text: "hi", audio_start_ms: 0, audio_end_ms: 900, timing }),
+    ]);
+    const cough = { ...timing, engine_end: 10_400, sent: 10_401 };
+    const after = run([ev({ type: "asr.final", segment_id: "g2", text: "", audio_start_ms: 1000, audio_end_ms: 1300, timing: cough })], s);
+    expect(after.turns).toEqual(s.turns);
+    expect(after.stages["asr.final"]).toEqual(s.stages["asr.final"]);
+  });
+
   it("shows a partial's tentative words after its committed text until the final", () => {
     const s = run([
       created(),

@@ -200,11 +200,12 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
       const final = m.type === "asr.final";
       const tentative = final ? "" : (m.tentative ?? "").trim();
       const turn: Turn = { key: m.segment_id, who: "user", text: m.text.trim(), live: !final };
-      // A final with no words removes its partial: nothing was said.
-      const turns =
-        final && !m.text.trim()
-          ? s.turns.filter((t) => !(t.who === "user" && t.key === m.segment_id))
-          : upsertTurn(s.turns, tentative ? { ...turn, tentative } : turn);
+      // Every segment ends with a final: one with no words removes its partials (nothing was
+      // said: a cough, a scrap, dropped audio) and times nothing the user said.
+      if (final && !m.text.trim()) {
+        return { ...s, turns: s.turns.filter((t) => !(t.who === "user" && t.key === m.segment_id)) };
+      }
+      const turns = upsertTurn(s.turns, tentative ? { ...turn, tentative } : turn);
       const stages = { ...s.stages, [m.type]: stage(m.type, m.timing, arrivedMs, s.offsetMs) };
       return { ...s, turns, stages };
     }

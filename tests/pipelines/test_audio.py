@@ -32,6 +32,7 @@ from tidegate.protocol.messages import (
     VadSpeechStarted,
     VadSpeechStopped,
 )
+from tidegate.protocol.realtime.commands import ClearInputAudio
 from tidegate.server.modes import lane_config
 from tidegate.server.settings import Settings
 
@@ -249,7 +250,7 @@ async def test_a_final_without_words_takes_back_the_partials_shown(
 ) -> None:
     """A segment whose partial was sent, and whose final the gate then calls no speech (an
     unsure scrap), ends with an `asr.final` of empty text: the client drops the words the
-    partial showed instead of showing them for good. (A segment never shown sends none.)"""
+    partial showed instead of showing them for good."""
     pcm, rate = spoken("Tell me a long story about a cat who lives by the sea.", tmp_path)
     gate = SwitchedGate()
     streaming = dataclasses.replace(lane_config(settings).audio.streaming, gate=gate)
@@ -279,11 +280,78 @@ async def test_a_final_without_words_takes_back_the_partials_shown(
     assert not [r for r in session.records if isinstance(r, TranscriptSegment)]
 
 
+async def test_a_segment_never_shown_still_ends_with_its_final(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """Speech the VAD calls speech and the recogniser reads no words in, from its first
+    partial on (a gate that calls nothing speech: a cough, a scrap), shows the client no
+    partial, and still ends with its `asr.final`, empty: every segment a
+    `vad.speech_started` announced ends (a Realtime item opened there completes)."""
+    pcm, rate = spoken(QUESTION, tmp_path)
+    gate = SwitchedGate()
+    gate.refuse.set()
+    streaming = dataclasses.replace(lane_config(settings).audio.streaming, gate=gate)
+    session = FakeSession()
+    lane, listener = lane_for(
+        session, settings, engines, audio_max_ahead_s=0.0, streaming=streaming
+    )
+    try:
+        await send(lane, np.concatenate([pcm, np.zeros(rate, np.int16)]), rate)
+        async with asyncio.timeout(scaled(60)):
+            while not any(k == "final" for k, _ in listener.heard):
+                await asyncio.sleep(0.02)
+    finally:
+        await lane.close()
+        await session.close()
+    assert session.of(VadSpeechStarted) and not session.of(AsrPartial)
+    (final,) = session.of(AsrFinal)
+    assert final.text == "" and final.error is None
+    assert final.audio_end_ms > final.audio_start_ms
+    assert lane.counters["empty_finals"] == 1 and lane.counters["finals"] == 0
+    assert not [r for r in session.records if isinstance(r, TranscriptSegment)]
+
+
+async def test_a_segment_a_clear_drops_ends_with_an_empty_final(
+    settings: Settings, engines: EngineService, tmp_path: Path
+) -> None:
+    """A clear of the input audio in the middle of speech drops the open segment, whose
+    partials were on show: it ends with an `asr.final` of empty text (not decoded), the
+    speech that goes on after the clear is a segment of its own with its own final."""
+    pcm, rate = spoken("Tell me a long story about a cat who lives by the sea.", tmp_path)
+    session = FakeSession()
+    lane, listener = lane_for(session, settings, engines, audio_max_ahead_s=0.0)
+    part = len(pcm) * 2 // 3
+    try:
+        await send(lane, pcm[:part], rate)
+        async with asyncio.timeout(scaled(60)):
+            while not session.of(AsrPartial):
+                await asyncio.sleep(0.02)
+        await lane.handlers()[ClearInputAudio](ClearInputAudio(id="c1"))
+        await send(lane, np.concatenate([pcm[part:], np.zeros(rate, np.int16)]), rate)
+        async with asyncio.timeout(scaled(60)):
+            while len(session.of(AsrFinal)) < 2:
+                await asyncio.sleep(0.02)
+    finally:
+        await lane.close()
+        await session.close()
+    dropped, rest = session.of(AsrFinal)
+    assert dropped.segment_id == session.of(AsrPartial)[0].segment_id
+    assert dropped.text == "" and dropped.timing is None  # not decoded
+    assert rest.segment_id != dropped.segment_id and rest.audio_start_ms >= dropped.audio_end_ms
+    assert lane.counters["clears"] == 1
+    kinds = [k for k, _ in listener.heard]
+    assert kinds.index("clear") < kinds.index("final")  # turn-taking: cleared, then its end
+    assert listener.finals[0][:2] == (dropped.segment_id, "")
+    assert [r.text for r in session.records if isinstance(r, TranscriptSegment)] == (
+        [rest.text] if rest.text else []
+    )
+
+
 async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:
-    """An ASR engine that misses every deadline (asr_deadline_s 1 ms): the speech gets no
-    final, the client gets a `timeout` error naming the stretch of speech that was not
-    transcribed, and the listener still hears the (empty) final, so turn-taking moves on
-    instead of waiting for a turn that never ends."""
+    """An ASR engine that misses every deadline (asr_deadline_s 1 ms): the client gets a
+    `timeout` error naming the stretch of speech that was not transcribed, then the
+    segment's final, empty, with `error` `timeout`; the listener hears the (empty) final,
+    so turn-taking moves on instead of waiting for a turn that never ends."""
     settings = engine_settings(tmp_path, ("silero-vad", "whisper-tiny-en"), engines=("vad", "asr"))
     settings = settings.replace(asr_deadline_s=0.001)
     pcm, rate = spoken(QUESTION, tmp_path)
@@ -299,11 +367,13 @@ async def test_a_lost_final_is_told_to_the_client(tmp_path: Path) -> None:
         finally:
             await lane.close()
             await session.close()
-        assert not session.of(AsrFinal)
+        (final,) = session.of(AsrFinal)
+        assert final.text == "" and final.error == "timeout"
         errors = session.of(Error)
         assert [e.code for e in errors] == ["timeout"]
         assert "was not transcribed" in errors[0].message
         assert "deadline" in errors[0].message
+        assert session.events.index(errors[0]) < session.events.index(final)
         assert listener.heard[-1] == ("final", ("", 0))
 
 

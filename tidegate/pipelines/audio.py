@@ -28,7 +28,10 @@ whether it ended short: a reply pauses on it), and grows the current
 the *ASR loop* decodes through the shared ASR scheduler (batched across sessions): the
 final of every closed segment first (in order), else a partial of the open segment when one
 is due. Finals wait in a bounded queue (``asr_max_pending_finals``): when full, the VAD loop
-waits, the lane fills, and its policy applies.
+waits, the lane fills, and its policy applies. Every segment ends with one ``asr.final``: a
+segment without words (a cough, a scrap, the audio a clear dropped) with ``text`` empty, one
+whose decode failed with ``error`` (after the ``error`` message naming its stretch), so a
+client can close every caption, and a Realtime item every segment's speech opened.
 
 A final starts before the VAD's end of speech: the VAD ends speech once it has been quiet for
 ``vad_min_silence_s`` (and names the end where the quiet began), so when a frame goes quiet
@@ -111,6 +114,7 @@ from tidegate.media.pace import RealTimePace
 from tidegate.media.resample import StreamResampler
 from tidegate.protocol.errors import ErrorCode
 from tidegate.protocol.messages import (
+    FINAL_ERRORS,
     AsrFinal,
     AsrPartial,
     Error,
@@ -518,15 +522,13 @@ class AudioLane:
     async def _clear(self, msg: ClearInputAudio) -> None:
         """The audio received so far makes no transcript and no turn."""
         await self._settle("input_audio_buffer.clear")
-        seg = self._cut_open()
-        if seg is not None:  # dropped: never queued for its final
-            seg.closed = True
-            inflight = self._partial_cancel
-            if inflight is not None and inflight[0] is seg:
-                inflight[1].set()
-        # the finals still due are skipped (at most asr_max_pending_finals ids, each
-        # forgotten when its turn in the ASR loop comes)
+        # the finals still due are not decoded: each ends without words (at most
+        # asr_max_pending_finals + 1 ids, each forgotten when its turn in the ASR loop comes)
         self._discarded.update(s.id for s, _ in self._finals)
+        seg = self._cut_open()
+        if seg is not None:  # the open one too: queued only for its final without words
+            self._discarded.add(seg.id)
+            await self._close_segment(seg, self._last_audio_ms)
         self._said.clear()  # cleared words join nothing
         self.counters["clears"] += 1
         if self.listener is not None:
@@ -1000,13 +1002,11 @@ class AudioLane:
             if isinstance(e, DeadlineError)
             else ErrorCode.INTERNAL
         )
-        why = {
-            ErrorCode.OVERLOADED: "the speech recognizer is overloaded",
-            ErrorCode.TIMEOUT: "the speech recognizer missed its deadline",
-        }.get(code, "the speech recognizer failed")
+        why = FINAL_ERRORS[code.value]
         start = seg.start_sample * 1000 / SAMPLE_RATE_HZ
         end = seg.end_sample * 1000 / SAMPLE_RATE_HZ
         kept = "; the words recognized so far are kept" if seg.committed_text else ""
+        seg.failed = code.value  # named again on its final
         self.session.emit(
             Error(
                 code=code.value,
@@ -1034,7 +1034,6 @@ class AudioLane:
         self.language.partial_done(seg)  # a language it locked is the turn's
         if committed or seg.tentative != shown:
             self.counters["partials"] += 1
-            seg.shown = True
             tentative = seg.tentative or None
             self.session.emit(
                 self._event(AsrPartial, seg, seg.committed_text, timing, tentative=tentative)
@@ -1056,6 +1055,7 @@ class AudioLane:
             self._discarded.discard(seg.id)
             if early is not None:
                 self._drop_early(early)
+            self.session.emit(self._event(AsrFinal, seg, "", None))  # every segment ends
             if self.listener is not None:
                 self.listener.on_final("", received, len(self._finals) - 1, segment_id=seg.id)
             return
@@ -1075,8 +1075,8 @@ class AudioLane:
         )
         if not text:
             self.counters["empty_finals"] += 1
-            if seg.shown:  # its partials are on show: the final with no words takes them back
-                self.session.emit(self._event(AsrFinal, seg, "", timing))
+            # every segment ends with its final: one without words takes back its partials
+            self.session.emit(self._event(AsrFinal, seg, "", timing, error=seg.failed))
             together = await self._joined_unsure(joined, result)
             if together is None:
                 self._said.clear()  # no words: the stretch of talk is broken
@@ -1093,7 +1093,13 @@ class AudioLane:
         if self.settings.prompt_tokens:
             self._context.extend(self._encode(" " + text))
         event = self._event(
-            AsrFinal, seg, text, timing, language=language, language_probability=probability
+            AsrFinal,
+            seg,
+            text,
+            timing,
+            language=language,
+            language_probability=probability,
+            error=seg.failed,
         )
         self.session.emit(event)
         self.session.record(  # never waits: a bounded queue to the writer (store/writer.py)
@@ -1129,7 +1135,7 @@ class AudioLane:
         return await self._run(seg, None)
 
     @staticmethod
-    def _event(cls: Any, seg: Segment, text: str, timing: Timing, **extra: Any) -> Any:
+    def _event(cls: Any, seg: Segment, text: str, timing: Timing | None, **extra: Any) -> Any:
         return cls(
             **extra,
             segment_id=seg.id,

@@ -49,6 +49,12 @@ MAX_IMAGE_SIDE_PX = 8_192
 MAX_TOOL_NAME_CHARS = 64
 MAX_TOOL_JSON_CHARS = 32_768  # a tool call's arguments, a tool's output
 MAX_TURN_SEGMENTS = 64  # the segment ids a reply names as the turn it answers
+#: why a segment's final failed (``asr.final`` ``error``, an ErrorCode value), in words
+FINAL_ERRORS = {
+    "overloaded": "the speech recognizer is overloaded",
+    "timeout": "the speech recognizer missed its deadline",
+    "internal": "the speech recognizer failed",
+}
 
 T = TypeVar("T")
 
@@ -626,17 +632,22 @@ class AsrPartial(_AsrSegment):
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AsrFinal(_AsrSegment):
-    """The segment's text once its speech has ended. A segment whose speech held no words
-    the recogniser could read (a cough, a breath, an unsure scrap) has no final, unless its
-    partials were sent: then its final has ``text`` empty and takes them back. ``language``
-    is the language it was recognised in (ISO 639-1: the session's ``language``, or detected
-    once per turn under ``auto``; the same for every segment of a turn) and
-    ``language_probability`` the model's probability of that language given the turn's audio
-    (1 for an English-only model)."""
+    """The segment's text once its speech has ended. Every segment ends with exactly one
+    final, whatever became of it: ``text`` is empty when its speech held no words the
+    recogniser could read (a cough, a breath, an unsure scrap) or when a clear of the input
+    audio dropped it (the Realtime dialect's ``input_audio_buffer.clear``), and a client
+    showing its partials takes them back.
+    ``error`` is set when the recogniser failed on the segment (``overloaded``, ``timeout``
+    or ``internal``, the ``error`` message sent before it says more): ``text`` is then only
+    the words committed before the failure. ``language`` is the language it was recognised
+    in (ISO 639-1: the session's ``language``, or detected once per turn under ``auto``;
+    the same for every segment of a turn) and ``language_probability`` the model's
+    probability of that language given the turn's audio (1 for an English-only model)."""
 
     TYPE: ClassVar[str] = "asr.final"
     language: str | None = spec(Text(MAX_LANGUAGE_CHARS, min_chars=1), None)
     language_probability: float | None = spec(Number(0, 1), None)
+    error: str | None = spec(Text(choices=tuple(FINAL_ERRORS)), None)
 
 
 @message

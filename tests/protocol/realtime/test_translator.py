@@ -568,6 +568,7 @@ def test_manual_turns_commit_and_clear() -> None:
     assert isinstance(commit, CommitInputAudio)
     events = feed(
         t,
+        AsrFinal(segment_id="g9b", text="", audio_start_ms=100, audio_end_ms=150),  # a cough
         AsrFinal(segment_id="g10", text="there", audio_start_ms=100, audio_end_ms=200),
         TurnEnd(reason="commit", audio_ms=200.0, ref=commit.id),
     )
@@ -825,6 +826,61 @@ def test_segments_find_their_speech_items_by_time_whatever_the_order() -> None:
     assert deltas == [(b, "how"), (a, "hello"), (b, " are you"), (d, "bye")]
     done = [(e["item_id"], e["transcript"]) for e in events if e["type"].endswith(".completed")]
     assert done == [(a, "hello"), (b, "how are you"), (d, "bye")]
+
+
+def test_every_speech_item_ends_whatever_its_segment_became() -> None:
+    """Every segment ends with a final (docs/asr.md), so every item a start of speech opened
+    ends: a cough the VAD took for speech completes with transcript "", a segment the
+    recogniser failed on with `...transcription.failed` and its item `incomplete` (with the
+    words committed before the failure, if any), and a segment without words that no start
+    of speech announced makes no item and takes no other segment's."""
+    t = new_translator(session_type="transcription")
+    drain(t)
+    t.to_session()
+
+    def final(sid: str, start: float, end: float, text: str = "", **kw: Any) -> AsrFinal:
+        return AsrFinal(segment_id=sid, text=text, audio_start_ms=start, audio_end_ms=end, **kw)
+
+    events = feed(
+        t,
+        VadSpeechStarted(audio_ms=200.0),  # a cough
+        VadSpeechStopped(audio_ms=600.0),
+        final("a", 0, 600),
+        VadSpeechStarted(audio_ms=1200.0),  # the recogniser missed its deadline
+        VadSpeechStopped(audio_ms=2000.0),
+        Error(code="timeout", message="speech at 1000-2000 ms was not transcribed"),
+        final("b", 1000, 2000, error="timeout"),
+        VadSpeechStarted(audio_ms=2600.0),  # failed after committing a word
+        AsrPartial(segment_id="c", text="so", audio_start_ms=2400, audio_end_ms=3000),
+        VadSpeechStopped(audio_ms=3400.0),
+        final("c", 2400, 3400, "so", error="overloaded"),
+        final("r", 3400, 3500),  # the rest of a long one, no words: announced by nothing
+        VadSpeechStarted(audio_ms=6200.0),
+        VadSpeechStopped(audio_ms=7000.0),
+        final("d", 6000, 7000, "hi"),
+    )
+    a, b, c, d = [e["item_id"] for e in events if e["type"] == "input_audio_buffer.speech_started"]
+    completed = [
+        (e["item_id"], e["transcript"]) for e in events if e["type"].endswith(".completed")
+    ]
+    assert completed == [(a, ""), (d, "hi")]
+    failed = [e for e in events if e["type"].endswith(".failed")]
+    assert [(e["item_id"], e["error"]["code"]) for e in failed] == [
+        (b, "timeout"),
+        (c, "overloaded"),
+    ]
+    assert failed[0]["error"]["type"] == "transcription_error"
+    assert "deadline" in failed[0]["error"]["message"]
+    done = {e["item"]["id"]: e["item"] for e in events if e["type"] == "conversation.item.done"}
+    assert set(done) == {a, b, c, d}  # no item for the unannounced rest
+    assert [done[i]["status"] for i in (a, b, c, d)] == [
+        "completed",
+        "incomplete",
+        "incomplete",
+        "completed",
+    ]
+    assert done[c]["content"][0]["transcript"] == "so"
+    assert types(events).count("conversation.item.added") == 4
 
 
 def test_items_delete_retrieve() -> None:

@@ -191,7 +191,7 @@ async def run_set(
                     )
                 )
             await commit(CommitInputAudio(id=f"c{k}"))  # waits for the sentence's finals
-            captions.append(" ".join(f.text for f in session.of(AsrFinal)[finals0:]))
+            captions.append(" ".join(f.text for f in session.of(AsrFinal)[finals0:] if f.text))
             stops, finals = session.stopped_at[stopped0:], turns.final_at[at0:]
             if stops and finals:
                 latencies.append((finals[-1] - stops[-1]) * 1000)

@@ -321,7 +321,8 @@ class StreamLog:
     """What one stream sent (audio end ms -> client time) and received (client times)."""
 
     sent: list[tuple[float, float]] = field(default_factory=list)
-    finals: list[tuple[AsrFinal, float]] = field(default_factory=list)
+    finals: list[tuple[AsrFinal, float]] = field(default_factory=list)  # those with words
+    ended: set[int] = field(default_factory=set)  # every final's audio end (ms, rounded)
     partials: list[tuple[AsrPartial, float]] = field(default_factory=list)
     stopped: list[tuple[VadSpeechStopped, float]] = field(default_factory=list)
     lag_events: int = 0
@@ -346,7 +347,9 @@ async def _reader(client: Client, log: StreamLog) -> None:
     async for ev in client:
         t = time.monotonic()
         if isinstance(ev, AsrFinal):
-            log.finals.append((ev, t))
+            if ev.text:  # one without words only closes its segment (a cough, a scrap)
+                log.finals.append((ev, t))
+            log.ended.add(round(ev.audio_end_ms))
             log.changed.set()
         elif isinstance(ev, AsrPartial):
             log.partials.append((ev, t))
@@ -402,9 +405,8 @@ async def run_stream(
 
 def _all_final(log: StreamLog, grace_s: float = 5.0) -> bool:
     now = time.monotonic()
-    done = {round(f.audio_end_ms) for f, _ in log.finals}
     return bool(log.stopped) and all(
-        round(s.audio_ms) in done or now - t > grace_s for s, t in log.stopped
+        round(s.audio_ms) in log.ended or now - t > grace_s for s, t in log.stopped
     )
 
 

@@ -532,7 +532,7 @@ async def _kiosk_session(
                     continue
                 elif isinstance(ev, VadSpeechStarted) and r.status is None:
                     r.speech_during += 1
-                elif isinstance(ev, AsrFinal) and r.onset is not None:
+                elif isinstance(ev, AsrFinal) and ev.text and r.onset is not None:
                     r.heard.append(ev.text)
                 elif isinstance(ev, ResponseCreated) and r.onset is not None and r.status:
                     cancelled.add(ev.response_id)  # the answer to the question: not needed

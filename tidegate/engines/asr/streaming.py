@@ -170,7 +170,7 @@ class Segment:
         self.previous: tuple[int, ...] | None = None
         self.decoded_until = 0
         self.closed = False
-        self.shown = False  # a partial of it was sent: the client knows it (its final closes it)
+        self.failed: str | None = None  # why its final's decode failed (an ErrorCode value)
         self._decode = decode
         self._previous_language = ""
 

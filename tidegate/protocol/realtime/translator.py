@@ -44,6 +44,7 @@ import orjson
 
 from ..errors import CloseCode, ErrorCode
 from ..messages import (
+    FINAL_ERRORS,
     AsrFinal,
     AsrPartial,
     ClientMessage,
@@ -703,12 +704,12 @@ class RealtimeTranslator:
         self._emit("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         self._emit("conversation.item.added", previous_item_id=previous, item=record.to_wire())
 
-    def _segment_item(self, msg: AsrPartial | AsrFinal) -> str:
+    def _segment_item(self, msg: AsrPartial | AsrFinal, *, new: bool = True) -> str | None:
         """The speech item of ``msg``'s segment: the one whose speech began within the
         segment's audio (a segment starts at most its pre-roll before the VAD's start of
         speech), whatever order the segments' events come in: a segment's first partial
-        can come before the previous segment's final, and a start of speech whose segment
-        never got a final (its ASR failed) must not shift the others."""
+        can come before the previous segment's final. A segment the client was told of by
+        no start of speech gets an item of its own, unless ``new`` is false (None)."""
         item_id = self._segments.get(msg.segment_id)
         if item_id is None:
             mine = [
@@ -721,6 +722,8 @@ class RealtimeTranslator:
             if mine:
                 self._unassigned.remove(mine[0])
                 item_id = mine[0][0]
+            elif not new:
+                return None
             else:  # speech the client was not told about (VAD events off, a long one cut)
                 item_id = self._new_id("item")
                 self._committed(item_id)
@@ -748,20 +751,43 @@ class RealtimeTranslator:
             return  # manual turns: the transcript comes after the commit
         if not msg.text:  # tentative words only: no delta (deltas only grow), no item taken
             return
-        self._transcript_delta(self._segment_item(msg), msg.text)
+        item_id = self._segment_item(msg)
+        assert item_id is not None
+        self._transcript_delta(item_id, msg.text)
 
     def _on_final(self, msg: AsrFinal, now_ms: float) -> None:
+        """Every segment ends with a final (tidegate's ``asr.final``): its item's transcript,
+        ``""`` for a cough or a scrap, or, when the recogniser failed on it,
+        ``conversation.item.input_audio_transcription.failed`` (the item ends ``incomplete``
+        with the words committed before the failure, if any)."""
+        seconds = max(0.0, (msg.audio_end_ms - msg.audio_start_ms) / 1000.0)
         if self.config.turn_detection is None:  # manual turns: held for the commit
-            if sum(len(t) + 1 for t in self._buffer_text) + len(msg.text) <= ev.MAX_TEXT_CHARS:
+            if msg.text and (
+                sum(len(t) + 1 for t in self._buffer_text) + len(msg.text) <= ev.MAX_TEXT_CHARS
+            ):
                 self._buffer_text.append(msg.text)
-                self._buffer_s += max(0.0, (msg.audio_end_ms - msg.audio_start_ms) / 1000.0)
+                self._buffer_s += seconds
             return
-        item_id = self._segment_item(msg)
+        # a segment without words that no start of speech announced (the rest of a long
+        # one cut, a clear's) is no item of the conversation
+        item_id = self._segment_item(msg, new=bool(msg.text) or msg.error is not None)
+        self._segments.pop(msg.segment_id, None)
+        if item_id is None:
+            return
         self._transcript_delta(item_id, msg.text)
         self._partial.pop(item_id, None)
-        self._segments.pop(msg.segment_id, None)
-        if self._transcribing():
-            seconds = max(0.0, (msg.audio_end_ms - msg.audio_start_ms) / 1000.0)
+        if self._transcribing() and msg.error is not None:
+            self._emit(
+                "conversation.item.input_audio_transcription.failed",
+                item_id=item_id,
+                content_index=0,
+                error={
+                    "type": "transcription_error",
+                    "code": msg.error,
+                    "message": FINAL_ERRORS.get(msg.error, "the transcription failed"),
+                },
+            )
+        elif self._transcribing():
             self._emit(
                 "conversation.item.input_audio_transcription.completed",
                 item_id=item_id,
@@ -773,8 +799,8 @@ class RealtimeTranslator:
         if item is None:
             return
         item.text = msg.text
-        item.transcript_known = True
-        item.status = "completed"
+        item.transcript_known = msg.error is None or bool(msg.text)
+        item.status = "completed" if msg.error is None else "incomplete"
         self._emit("conversation.item.done", item=item.to_wire())
 
     def _on_turn_end(self, msg: TurnEnd, now_ms: float) -> None:
