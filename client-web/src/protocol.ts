@@ -103,6 +103,7 @@ export type ServerMessage = Envelope &
         segment_ids?: string[];
       }
     | { type: "response.text.delta"; response_id: string; delta: string; timing?: Timing }
+    | { type: "response.audio.started"; response_id: string }
     | { type: "response.paused"; response_id: string; played_ms: number }
     | {
         type: "response.resumed";
@@ -168,6 +169,7 @@ const SERVER_FIELDS: Record<ServerType, Record<string, `${Kind}` | `${Kind}?`>> 
   "vision.result": { frame_ts: "n", detections: "a", timing: "m?" },
   "response.created": { response_id: "s", input_text: "s?", segment_ids: "a?" },
   "response.text.delta": { response_id: "s", delta: "s", timing: "m?" },
+  "response.audio.started": { response_id: "s" },
   "response.paused": { response_id: "s", played_ms: "n" },
   "response.resumed": { response_id: "s", played_ms: "n", paused_ms: "n", reason: "s", heard: "s?" },
   "response.done": { response_id: "s", status: "s", text: "s", timing: "m?", reason: "s?" },

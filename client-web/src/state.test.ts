@@ -38,6 +38,18 @@ describe("reduce", () => {
     expect(turnEndText({ reason: "silence", probability: null })).toBe("Turn ended: silence");
   });
 
+  it("says the reply is speaking once its audio starts, not after it ended", () => {
+    const s = run([
+      created(),
+      ev({ type: "response.created", response_id: "r_1" }),
+      ev({ type: "response.text.delta", response_id: "r_1", delta: "Paris" }),
+      ev({ type: "response.audio.started", response_id: "r_1" }),
+    ]);
+    expect(s.announcement).toBe("Speaking…");
+    const done = run([ev({ type: "response.done", response_id: "r_1", status: "completed", text: "Paris." })], s);
+    expect(run([ev({ type: "response.audio.started", response_id: "r_1" })], done)).toEqual(done);
+  });
+
   it("shows a reply paused by a sound, resumed when it was not an interruption", () => {
     const s = run([
       created(),

@@ -234,6 +234,10 @@ function onEvent(s: State, m: ServerMessage, arrivedMs: number): State {
         : s.stages;
       return { ...s, turns: upsertTurn(s.turns, turn), stages };
     }
+    case "response.audio.started": {
+      const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);
+      return prev?.live ? { ...s, announcement: "Speaking…" } : s;
+    }
     case "response.paused":
     case "response.resumed": {
       const prev = s.turns.find((t) => t.who === "assistant" && t.key === m.response_id);

@@ -22,6 +22,7 @@ from tidegate.protocol.messages import (
     OutputAudio,
     Ping,
     Pong,
+    ResponseAudioStarted,
     ResponseCancel,
     ResponseCreate,
     ResponseCreated,
@@ -149,6 +150,7 @@ SERVER_SAMPLES: list[ServerMessage] = [
         segment_ids=("g1", "g2"),
     ),
     ResponseTextDelta(seq=14, t=T0, response_id="r_1", delta="Paris", timing=TIMING),
+    ResponseAudioStarted(seq=14, t=T0, response_id="r_1"),
     ResponseDone(seq=15, t=T0, response_id="r_1", status="cancelled", text="The capital"),
     ResponseFunctionCallDelta(
         seq=23, t=T0, response_id="r_2", call_id="call_7", name="get_weather", arguments='{"city": '

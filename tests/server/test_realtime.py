@@ -490,9 +490,8 @@ async def test_barge_in_and_truncate(live: LiveServer, question: bytes) -> None:
 
 
 async def test_unsupported_event_is_refused_and_the_session_goes_on(live: LiveServer) -> None:
-    """``output_audio_buffer.clear`` (WebRTC only) is refused with unsupported_event naming the
-    client's event_id; a manual commit (not served by the runtime yet) is refused too; the
-    connection stays usable."""
+    """``output_audio_buffer.clear`` over a WebSocket (it belongs to WebRTC calls) is refused
+    with unsupported_event naming the client's event_id; the connection stays usable."""
 
     async def body(connection: Any, events: Events) -> None:
         await connection.send({"type": "output_audio_buffer.clear", "event_id": "clear-1"})
@@ -736,12 +735,79 @@ async def test_webrtc_call_with_the_oai_events_channel(live: LiveServer, questio
     assert done["response"]["output"][0]["content"][0]["transcript"]
     assert done["response"]["usage"]["output_tokens"] > 0
     assert not call.of("response.output_audio.delta")  # the speech is on the track
+    kinds = [e["type"] for e in call.events]  # the track's buffer brackets the reply's audio
+    assert kinds.count("output_audio_buffer.started") == 1
+    assert kinds.count("output_audio_buffer.stopped") == 1
+    assert (
+        kinds.index("response.content_part.added")
+        < kinds.index("output_audio_buffer.started")
+        < kinds.index("response.done")
+        < kinds.index("output_audio_buffer.stopped")
+    )
+    (started,) = call.of("output_audio_buffer.started")
+    assert started["response_id"] == done["response"]["id"]
     heard = np.concatenate(call.heard) if call.heard else np.zeros(0, np.float32)
     loud = np.abs(heard) > 1000  # s16 samples at 48 kHz: the reply's speech, not silence
     assert loud.sum() > 48_000 * 0.3, loud.sum()
     async with asyncio.timeout(scaled(10)):  # the call's end closes its session
         while len(live.runtime.registry) > sessions_before:
             await asyncio.sleep(0.05)
+
+
+async def test_webrtc_calls_reply_is_cut_by_output_audio_buffer_clear(live: LiveServer) -> None:
+    """The Agents SDK's ``interrupt()`` on a call, once the reply is heard on the track:
+    ``response.cancel`` then ``output_audio_buffer.clear``. One cut (``client_cancelled``),
+    ``output_audio_buffer.cleared`` before its ``response.done``, no error, and the track
+    falls silent."""
+    call = RealtimeCall(live)
+    try:
+        answer = await call.offer()
+        assert answer.status_code == 201, answer.text
+        from aiortc import RTCSessionDescription
+
+        await call.pc.setRemoteDescription(RTCSessionDescription(answer.text, "answer"))
+        await call.until(lambda: call.of("session.created"), 30)
+        call.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Tell me a long story about a cat."}
+                    ],
+                },
+            }
+        )
+        call.send({"type": "response.create"})
+        await call.until(lambda: call.of("output_audio_buffer.started"))
+        await call.until(lambda: len(call.heard) >= 10)  # 0.2 s of the reply heard
+        call.send({"type": "response.cancel", "event_id": "cancel-1"})
+        call.send({"type": "output_audio_buffer.clear", "event_id": "clear-1"})
+        await call.until(lambda: call.of("response.done"))
+        await asyncio.sleep(0.3)  # what was on its way (the track leads by a frame or two)
+        cut_at = len(call.heard)
+        await asyncio.sleep(1.5)
+    finally:
+        await call.close()
+    assert not call.of("error"), call.of("error")
+    (done,) = call.of("response.done")
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+    kinds = [e["type"] for e in call.events]
+    assert kinds.count("output_audio_buffer.cleared") == 1
+    assert "output_audio_buffer.stopped" not in kinds
+    assert (
+        kinds.index("output_audio_buffer.started")
+        < kinds.index("output_audio_buffer.cleared")
+        < kinds.index("response.done")
+    )
+    (cleared,) = call.of("output_audio_buffer.cleared")
+    assert cleared["response_id"] == done["response"]["id"]
+    # the track falls silent (with nothing queued it sends nothing, as Opus DTX)
+    after = call.heard[cut_at:]
+    loud = (np.abs(np.concatenate(after)) > 1000).sum() if after else 0
+    assert loud < 48_000 * 0.02, (len(after), loud)
 
 
 async def test_webrtc_call_offers_are_checked(live: LiveServer) -> None:

@@ -83,6 +83,7 @@ from tidegate.protocol.messages import (
     MAX_TURN_SEGMENTS,
     FunctionCallOutput,
     OutputAudio,
+    ResponseAudioStarted,
     ResponseCancel,
     ResponseCreate,
     ResponseCreated,
@@ -1323,6 +1324,7 @@ class ReplyLane:
         chunk = out.chunk
         if not reply.voiced:
             reply.voiced = True
+            self._emit(reply, ResponseAudioStarted(response_id=reply.id))
             if reply.from_speech and stages is not None:
                 stages.voice_to_voice.observe(max(0.0, now_ms() - reply.received_ms))
         elif now - reply.play_end > FRAME_S:  # the speech ran dry (a frame's slack: timers)

@@ -690,6 +690,21 @@ class ResponseTextDelta(ServerMessage):
 
 @message
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseAudioStarted(ServerMessage):
+    """The reply's audio begins: its first frame is on its way, on the session's WebRTC audio
+    track (it plays once through the client's jitter buffer), or WS-only as the
+    ``output.audio`` that follows. Once per reply, for a reply that speaks, after its first
+    ``response.text.delta``. Its audio ends with ``response.done``: a spoken reply's
+    ``response.done`` comes once its audio has played (``completed``) or been cut
+    (``cancelled``, ``failed``); ``response.paused`` and ``response.resumed`` come between.
+    A client can show the assistant speaking from here to there."""
+
+    TYPE: ClassVar[str] = "response.audio.started"
+    response_id: str = spec(Text(MAX_ID_CHARS, min_chars=1))
+
+
+@message
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseDone(ServerMessage):
     """The end of a response; when ``cancelled``, ``text`` is what was delivered before the cut;
     when ``failed``, ``reason`` says why; ``usage`` the tokens its LLM rounds took (absent

@@ -151,14 +151,17 @@ async def _refuse(
     await ws.close(code, _close_reason(e.message))
 
 
-def realtime_translator(runtime: Runtime, hs: Handshake) -> RealtimeTranslator:
-    """A connection's translator, with the node's bounds."""
+def realtime_translator(
+    runtime: Runtime, hs: Handshake, *, track_audio: bool = False
+) -> RealtimeTranslator:
+    """A connection's translator, with the node's bounds (``track_audio``: a WebRTC call's)."""
     return RealtimeTranslator(
         audio=RealtimeAudioCodec(),
         model=hs.model,
         session_type=hs.session_type,
         max_event_bytes=max_event_bytes(runtime),
         max_bad_events=runtime.settings.max_bad_messages,
+        track_audio=track_audio,
     )
 
 

@@ -111,7 +111,7 @@ async def calls_endpoint(request: Request, runtime: Runtime, principal: Principa
         model=query.get("model") or "tidegate",
         session_type="transcription" if query.get("intent") == "transcription" else "realtime",
     )
-    t = realtime_translator(runtime, hs)
+    t = realtime_translator(runtime, hs, track_audio=True)
     t.start(0.0)
     (create,) = t.to_session()
     assert isinstance(create, SessionCreate)  # start() asks for nothing else

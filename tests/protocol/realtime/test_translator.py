@@ -20,6 +20,7 @@ from tidegate.protocol.messages import (
     InputAudio,
     OutputAudio,
     Pong,
+    ResponseAudioStarted,
     ResponseCancel,
     ResponseCreate,
     ResponseCreated,
@@ -452,6 +453,114 @@ def test_barge_in_cuts_the_response_and_truncate_reports_it() -> None:
         "item_id": item_id,
         "audio_end_ms": 150,
     }
+
+
+def test_a_calls_reply_tells_its_audio_buffer_started_stopped_and_cleared() -> None:
+    """On a WebRTC call (the reply's audio on the track): ``output_audio_buffer.started``
+    once its audio begins (after its audio part was added), ``stopped`` after the
+    ``response.done`` of a reply that played to its end, ``cleared`` before the
+    ``response.done`` of one cut by speech; a text-only response and a WebSocket
+    connection tell nothing of a buffer they do not have."""
+    t = new_translator(track_audio=True)
+    drain(t)
+    t.to_session()
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_1"),
+        ResponseTextDelta(response_id="r_1", delta="Paris."),
+        ResponseAudioStarted(response_id="r_1"),
+        ResponsePaused(response_id="r_1", played_ms=200.0),  # a cough: no event
+        ResponseResumed(response_id="r_1", played_ms=200.0, paused_ms=300.0, reason="no_words"),
+        ResponseDone(response_id="r_1", status="completed", text="Paris."),
+    )
+    kinds = types(events)
+    rid = events[0]["response"]["id"]
+    assert kinds.count("output_audio_buffer.started") == 1
+    assert kinds.index("response.content_part.added") < kinds.index("output_audio_buffer.started")
+    assert kinds[-1] == "output_audio_buffer.stopped" and kinds[-2] == "response.done"
+    assert {e["response_id"] for e in events if e["type"].startswith("output_audio_buffer")} == {
+        rid
+    }
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_2"),
+        ResponseTextDelta(response_id="r_2", delta="Once upon a time"),
+        ResponseAudioStarted(response_id="r_2"),
+        VadSpeechStarted(audio_ms=4000.0),
+        ResponseDone(response_id="r_2", status="cancelled", text="Once"),
+    )
+    kinds = types(events)
+    assert kinds.index("output_audio_buffer.cleared") < kinds.index("response.done")
+    assert "output_audio_buffer.stopped" not in kinds
+    # text only: no audio part, no buffer
+    send(t, {"type": "response.create", "response": {"output_modalities": ["text"]}})
+    (cmd,) = t.to_session()
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_3", ref=cmd.id),
+        ResponseTextDelta(response_id="r_3", delta="Hi."),
+        ResponseAudioStarted(response_id="r_3"),
+        ResponseDone(response_id="r_3", status="completed", text="Hi."),
+    )
+    assert not [k for k in types(events) if k.startswith("output_audio_buffer")]
+    ws = new_translator()
+    drain(ws)
+    events = feed(
+        ws,
+        ResponseCreated(response_id="r_1"),
+        ResponseTextDelta(response_id="r_1", delta="Paris."),
+        ResponseAudioStarted(response_id="r_1"),
+        *audio_out("r_1", 2),
+        ResponseDone(response_id="r_1", status="completed", text="Paris."),
+    )
+    assert not [k for k in types(events) if k.startswith("output_audio_buffer")]
+
+
+def test_output_audio_buffer_clear_cuts_a_calls_playing_reply_once() -> None:
+    """``output_audio_buffer.clear`` on a call cuts the reply whose audio plays (one
+    tidegate cancel, also when ``response.cancel`` came first, as the Agents SDK sends
+    them); ``cleared`` comes with its ``response.done``; with nothing playing it is
+    ``cleared`` at once for the last reply that played. Over a WebSocket it is refused by
+    name."""
+    t = new_translator(track_audio=True)
+    drain(t)
+    t.to_session()
+    feed(
+        t,
+        ResponseCreated(response_id="r_1"),
+        ResponseTextDelta(response_id="r_1", delta="Once upon a time"),
+        ResponseAudioStarted(response_id="r_1"),
+    )
+    assert send(t, {"type": "output_audio_buffer.clear", "event_id": "c1"}) == []
+    (cancel,) = t.to_session()
+    assert isinstance(cancel, ResponseCancel) and cancel.response_id == "r_1"
+    events = feed(t, ResponseDone(response_id="r_1", status="cancelled", text="Once"))
+    kinds = types(events)
+    assert kinds[0] == "output_audio_buffer.cleared" and kinds[-1] == "response.done"
+    rid = events[-1]["response"]["id"]
+    assert events[0]["response_id"] == rid
+    assert events[-1]["response"]["status_details"]["reason"] == "client_cancelled"
+    # the SDK's interrupt(): response.cancel, then output_audio_buffer.clear: one cut
+    feed(
+        t,
+        ResponseCreated(response_id="r_2"),
+        ResponseTextDelta(response_id="r_2", delta="Twice"),
+        ResponseAudioStarted(response_id="r_2"),
+    )
+    assert send(t, {"type": "response.cancel"}) == []
+    assert send(t, {"type": "output_audio_buffer.clear"}) == []
+    assert len([m for m in t.to_session() if isinstance(m, ResponseCancel)]) == 1
+    events = feed(t, ResponseDone(response_id="r_2", status="cancelled", text="Twice"))
+    assert types(events).count("output_audio_buffer.cleared") == 1
+    # the cut done before the clear arrives (it raced the SDK's two events): nothing more,
+    # the buffer's end was told
+    assert send(t, {"type": "output_audio_buffer.clear"}) == []
+    assert t.to_session() == []
+    ws = new_translator()
+    drain(ws)
+    (err,) = errors(send(ws, {"type": "output_audio_buffer.clear", "event_id": "c9"}))
+    assert err["code"] == RealtimeCode.UNSUPPORTED_EVENT and err["event_id"] == "c9"
+    assert "WebRTC" in err["message"]
 
 
 def test_a_resumed_reply_is_seamless_to_a_realtime_client() -> None:

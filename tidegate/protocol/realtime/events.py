@@ -124,6 +124,12 @@ class AudioClear(ClientEvent):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class OutputAudioClear(ClientEvent):
+    """``output_audio_buffer.clear``: WebRTC calls only (the translator refuses it over a
+    WebSocket, where the client owns its playback)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class UserText:
     """A user message of ``input_text`` parts (joined by newlines)."""
 
@@ -663,6 +669,11 @@ def _clear(c: _Ctx, d: dict[str, Any]) -> AudioClear:
     return AudioClear(c.event_id)
 
 
+def _output_clear(c: _Ctx, d: dict[str, Any]) -> OutputAudioClear:
+    c.obj(d, "event", frozenset({"type", "event_id"}))
+    return OutputAudioClear(c.event_id)
+
+
 _ITEM_KEYS = frozenset(
     {"id", "type", "object", "status", "role", "content", "call_id", "output", "name", "arguments"}
 )
@@ -856,14 +867,17 @@ PARSERS: dict[str, Callable[[_Ctx, dict[str, Any]], ClientEvent]] = {
     "conversation.item.retrieve": _retrieve,
     "response.create": _response_create,
     "response.cancel": _response_cancel,
+    "output_audio_buffer.clear": _output_clear,
 }
 """Every GA client event tidegate serves (fully or partly: docs/realtime.md)."""
 
-UNSUPPORTED_EVENTS: dict[str, str] = {
-    "output_audio_buffer.clear": "it belongs to the WebRTC and SIP transports; over a WebSocket "
-    "the client owns its playback buffer (stop playing, then conversation.item.truncate)",
-}
-"""GA client events refused by name, with the reason."""
+UNSUPPORTED_EVENTS: dict[str, str] = {}
+"""GA client events refused by name, with the reason (none at present)."""
+
+OUTPUT_CLEAR_OVER_WS = (
+    "it belongs to the WebRTC and SIP transports; over a WebSocket the client owns its "
+    "playback buffer (stop playing, then conversation.item.truncate)"
+)
 
 CLIENT_EVENT_TYPES = frozenset(PARSERS) | frozenset(UNSUPPORTED_EVENTS)
 

@@ -52,6 +52,7 @@ from ..messages import (
     FunctionCallOutput,
     InputAudio,
     OutputAudio,
+    ResponseAudioStarted,
     ResponseCancel,
     ResponseCreate,
     ResponseCreated,
@@ -136,6 +137,9 @@ class _Reply:
     claimable: bool = False  # a continuation opened by itself, not yet claimed by the client
     cancel_asked: bool = False  # response.cancel or a truncation asked tidegate to cut it
     waiting_calls: set[str] = dataclasses.field(default_factory=set)
+    #: the Realtime response whose ``output_audio_buffer.started`` announced the reply's
+    #: audio on a call's track (its ``stopped`` or ``cleared`` names it too)
+    audio_response: str | None = None
 
 
 class RealtimeTranslator:
@@ -152,7 +156,11 @@ class RealtimeTranslator:
         input_audio_buffer_max_s: float = INPUT_AUDIO_BUFFER_MAX_S,
         max_items: int = MAX_ITEMS,
         max_bad_events: int = MAX_BAD_EVENTS,
+        track_audio: bool = False,
     ) -> None:
+        """``track_audio``: the reply's audio plays on a WebRTC track (a call), not as
+        ``response.output_audio.delta``: the ``output_audio_buffer.*`` events are sent and
+        ``output_audio_buffer.clear`` is served."""
         if session_type not in ev.SESSION_TYPES:
             raise ValueError(f"session_type must be one of {ev.SESSION_TYPES}")
         self.audio = audio
@@ -160,6 +168,7 @@ class RealtimeTranslator:
         self.input_audio_max_ahead_ms = input_audio_max_ahead_s * 1000.0
         self.input_audio_buffer_max_ms = input_audio_buffer_max_s * 1000.0
         self.max_bad_events = max_bad_events
+        self.track_audio = track_audio
         self.config = SessionConfig(type=session_type, model=model)
         self.session_id: str | None = None
         self.close_code: CloseCode | None = None
@@ -612,6 +621,24 @@ class RealtimeTranslator:
         reply.cancel_asked = True
         self._send(ResponseCancel(response_id=reply.tid, id=self._msg_id()), e.event_id)
 
+    def _on_output_clear(self, e: ev.OutputAudioClear, now_ms: float) -> None:
+        """``output_audio_buffer.clear`` (calls): cut the reply whose audio is playing, as a
+        ``response.cancel`` would (the Agents SDK sends both, the cancel first: one cut);
+        ``output_audio_buffer.cleared`` follows with its ``response.done``. With nothing
+        playing (or the cut already asked) there is nothing to do: every reply that played
+        has already said ``stopped`` or ``cleared``, or is about to."""
+        if not self.track_audio:
+            raise RealtimeError(
+                RealtimeCode.UNSUPPORTED_EVENT,
+                f"'output_audio_buffer.clear' is not supported here: {ev.OUTPUT_CLEAR_OVER_WS}.",
+                param="type",
+                event_id=e.event_id,
+            )
+        reply = self._active_reply()
+        if reply is not None and reply.audio_response is not None and not reply.cancel_asked:
+            reply.cancel_asked = True
+            self._send(ResponseCancel(response_id=reply.tid, id=self._msg_id()), e.event_id)
+
     # -- tidegate's side -----------------------------------------------------------------------
 
     def receive_message(self, msg: ServerMessage, now_ms: float) -> None:
@@ -943,6 +970,20 @@ class RealtimeTranslator:
         )
         self._emit(etype, **self._where(r, item), content_index=0, delta=msg.delta)
 
+    def _on_audio_started(self, msg: ResponseAudioStarted, now_ms: float) -> None:
+        """A call's reply began on the track: ``output_audio_buffer.started`` (after its
+        audio part was added, as the API orders them)."""
+        if not self.track_audio:
+            return
+        reply = self._replies.get(msg.response_id)
+        r = self._current(msg.response_id)
+        if reply is None or r is None or r.modalities != ("audio",):
+            return  # a text-only response: its speech is not heard (docs/realtime.md)
+        self._message(r)
+        if reply.audio_response is None:
+            reply.audio_response = r.id
+            self._emit("output_audio_buffer.started", response_id=r.id)
+
     def _on_audio(self, msg: OutputAudio, now_ms: float) -> None:
         if msg.response_id is None:
             return
@@ -1094,7 +1135,11 @@ class RealtimeTranslator:
         r = reply.current
         if r is None:
             if reply.claimed is None and msg.status == "completed":
-                return  # the last round ended with the calls; nothing came after
+                # the last round ended with the calls; nothing came after (what it said
+                # before them has played)
+                if reply.audio_response is not None:
+                    self._emit("output_audio_buffer.stopped", response_id=reply.audio_response)
+                return
             r = self._open(reply)
         status = {"completed": "completed", "cancelled": "cancelled", "failed": "failed"}[
             msg.status
@@ -1118,7 +1163,12 @@ class RealtimeTranslator:
         else:
             details = {"type": "completed"}
         r.usage = msg.usage
+        played = reply.audio_response
+        if played is not None and status != "completed":  # the track stopped mid-reply
+            self._emit("output_audio_buffer.cleared", response_id=played)
         self._close_response(reply, r, status, details)
+        if played is not None and status == "completed":  # it has played to its end
+            self._emit("output_audio_buffer.stopped", response_id=played)
 
 
 #: response.create options the session runtime serves (tidegate config names); the rest
@@ -1177,6 +1227,7 @@ _HANDLERS: dict[type[ev.ClientEvent], Any] = {
     ev.ItemRetrieve: RealtimeTranslator._on_retrieve,
     ev.ResponseCreate: RealtimeTranslator._on_response_create,
     ev.ResponseCancel: RealtimeTranslator._on_response_cancel,
+    ev.OutputAudioClear: RealtimeTranslator._on_output_clear,
 }
 
 _SERVER_HANDLERS: dict[type[ServerMessage], Any] = {
@@ -1192,6 +1243,7 @@ _SERVER_HANDLERS: dict[type[ServerMessage], Any] = {
     ResponseCreated: RealtimeTranslator._on_response_created,
     ResponseTextDelta: RealtimeTranslator._on_text_delta,
     OutputAudio: RealtimeTranslator._on_audio,
+    ResponseAudioStarted: RealtimeTranslator._on_audio_started,
     ResponseFunctionCallDelta: RealtimeTranslator._on_call_delta,
     ResponseFunctionCallDone: RealtimeTranslator._on_call_done,
     ResponseDone: RealtimeTranslator._on_response_done,
