@@ -80,7 +80,7 @@ export type ServerMessage = Envelope &
     | { type: "vad.speech_started" | "vad.speech_stopped"; audio_ms: number; timing?: Timing }
     | {
         type: "turn.end";
-        reason: "semantic" | "silence" | "timeout" | "commit";
+        reason: "semantic" | "silence" | "timeout" | "commit" | "idle";
         probability?: number;
         audio_ms?: number;
       }

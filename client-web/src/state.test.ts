@@ -36,6 +36,7 @@ describe("reduce", () => {
     expect(again.turnEnd).toBeNull();
     expect(turnEndText({ reason: "semantic", probability: 0.93 })).toBe("Turn ended: you sounded finished (93% sure)");
     expect(turnEndText({ reason: "silence", probability: null })).toBe("Turn ended: silence");
+    expect(turnEndText({ reason: "idle", probability: null })).toBe("You were quiet: the assistant goes on");
   });
 
   it("says the reply is speaking once its audio starts, not after it ended", () => {

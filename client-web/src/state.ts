@@ -344,5 +344,6 @@ export function turnEndText(t: { reason: string; probability: number | null }): 
   if (t.reason === "semantic") return `Turn ended: you sounded finished${score}`;
   if (t.reason === "timeout") return `Turn ended: waited for more${score}`;
   if (t.reason === "commit") return "Turn ended: committed";
+  if (t.reason === "idle") return "You were quiet: the assistant goes on";
   return "Turn ended: silence";
 }

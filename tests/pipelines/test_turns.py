@@ -138,6 +138,9 @@ class Replies:
     def judging(self) -> bool:
         return False  # no reply runs here: no interruption to judge
 
+    def replying(self) -> bool:
+        return False  # no reply runs here
+
     def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
         self.answers.append((time.monotonic(), text))  # respond false: heard, not answered
         self.segments.append(segments)

@@ -38,6 +38,7 @@ from tidegate.protocol.messages import (
     ResponseResumed,
     ResponseTextDelta,
     ServerMessage,
+    TurnEnd,
     VadSpeechStarted,
     VadSpeechStopped,
 )
@@ -161,15 +162,16 @@ class Conversation:
 class converse:
     """``async with converse(live) as c``: an assistant session whose events are collected."""
 
-    def __init__(self, live: LiveServer) -> None:
+    def __init__(self, live: LiveServer, **config: object) -> None:
         self.live = live
+        self.config = config  # more of the session's config
 
     async def __aenter__(self) -> Conversation:
         self.client = await self.live.client()
         # This client hears no echo of its replies (a headset): it says so. With the server's
         # canceller on (auto, for WS-only), a question spoken over a reply comes out worse
         # transcribed (docs/ears.md, double talk) and the small LLM no longer says Paris.
-        config = {"mode": "assistant", "audio": {"echo_cancellation": "off"}}
+        config = {"mode": "assistant", "audio": {"echo_cancellation": "off"}, **self.config}
         created = await self.client.create_session(config)
         self.conv = Conversation(self.client, created.session_id)
         self.reader = asyncio.get_running_loop().create_task(self.conv.read())
@@ -246,6 +248,38 @@ async def test_text_input_gets_a_streamed_reply(live: LiveServer) -> None:
     assert len([d for d in c.of(ResponseTextDelta)]) > 3
     assert c.deltas(done.response_id) == done.text and "cat" in done.text.lower()
     assert len(c.audio(done.response_id)) / 48_000 > 3.0
+
+
+async def test_a_silent_user_is_prompted_after_the_idle_timeout(
+    live: LiveServer, question: tuple[np.ndarray, int]
+) -> None:
+    """``turn.idle_timeout_s``: a question spoken right after a reply has played stops the
+    idle timer (it is answered, no idle turn); then the user stays silent: once a reply has
+    played, ``turn.end`` with reason ``idle`` comes at least the timeout later and a reply
+    prompts the user, again after that reply, up to ``turn_idle_max_prompts`` (3) in a row;
+    then the assistant waits in silence."""
+    timeout_s = 1.0
+    async with converse(live, turn={"idle_timeout_s": timeout_s}, max_output_tokens=12) as c:
+        await c.client.send(InputText(id="t1", text=QUESTION))
+        await c.wait(lambda: c.done())
+        await c.speak(*question)  # starts at once: within the timeout
+        await c.wait(lambda: len(c.done()) >= 5, 120)
+        await asyncio.sleep(timeout_s * 2.5)  # no fourth prompt
+    done_at = [t for e, t in c.events if isinstance(e, ResponseDone)]
+    idle = [(e, t) for e, t in c.events if isinstance(e, TurnEnd) and e.reason == "idle"]
+    created = c.of(ResponseCreated)
+    assert len(c.done()) == 5 and all(d.status == "completed" for d in c.done())
+    assert len(idle) == 3, [e for e, _ in idle]
+    # the typed question, the spoken one, then the three prompts; each idle turn.end comes
+    # after the reply before it has played, at least the timeout later, before its prompt
+    first_idle = c.events.index(idle[0])
+    spoken = [e for e, _ in c.events[:first_idle] if isinstance(e, AsrFinal) and e.text]
+    assert spoken and "capital" in " ".join(f.text for f in spoken).lower()
+    for k, (end, at) in enumerate(idle):
+        assert end.audio_ms is None
+        assert at - done_at[k + 1] >= timeout_s * 0.95
+        assert created[k + 2].response_id not in {d.response_id for d in c.done()[: k + 2]}
+    assert idle[-1][1] < done_at[-1]  # the last prompt's reply came; nothing after it
 
 
 async def test_speech_over_a_reply_cuts_it(

@@ -44,11 +44,15 @@ SESSION_TURN_POLICIES = (*TURN_POLICIES, "manual")
 class TurnConfig:
     """Turn-taking: how a turn ends. ``policy`` is the default a session config's
     ``turn.policy`` overrides; ``end_of_turn_s`` is the silence policy's wait after the end of
-    speech, ``max_wait_s`` the semantic policy's wait after a pause judged incomplete."""
+    speech, ``max_wait_s`` the semantic policy's wait after a pause judged incomplete;
+    ``idle_timeout_s`` how long the user may stay silent after a reply before the assistant
+    takes the turn (0: never), at most ``idle_max_prompts`` times in a row."""
 
     end_of_turn_s: float
     policy: str = "semantic"
     max_wait_s: float = 1.5
+    idle_timeout_s: float = 0.0
+    idle_max_prompts: int = 3
 
 
 @dataclass(frozen=True, slots=True)

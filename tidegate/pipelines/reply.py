@@ -60,7 +60,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -406,6 +406,9 @@ class ReplyLane:
         #: what tells the reply's own voice by sound (pipelines/own_voice.py; the assistant mode
         #: sets it): speech over the reply that sounds like it does not cut it
         self.own_voice: OwnVoice | None = None
+        #: told when a reply ends, with when its audio has played out (monotonic s; turn-taking
+        #: times the user's silence from there: ``turn.idle_timeout_s``)
+        self.on_done: Callable[[float], None] | None = None
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)
@@ -464,6 +467,10 @@ class ReplyLane:
 
     def start_media(self, peer: MediaPeer) -> None:
         """The outbound track is read from the media lane when a reply speaks."""
+
+    def replying(self) -> bool:
+        """A reply is in progress (not a held guess)."""
+        return self.reply is not None
 
     # -- input ------------------------------------------------------------------------------
     def answer(
@@ -1402,8 +1409,9 @@ class ReplyLane:
             return
         if self.reply is reply:
             self.reply = None
+        played = max(time.monotonic(), reply.play_end)
         if reply.frames_sent:  # it spoke: its echo may come back after it
-            self._ended_at = max(time.monotonic(), reply.play_end)
+            self._ended_at = played
             self._tail_from = None
         for waiting in reply.pending.values():
             waiting.cancel()
@@ -1439,6 +1447,8 @@ class ReplyLane:
         if heard:
             self.history.append({"role": "assistant", "content": heard})
             self._trim_history()
+        if self.on_done is not None:
+            self.on_done(played)
 
     # -- the rest ---------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -42,6 +42,14 @@ interruption: the reply lane pauses the reply and judges it from what the ASR he
 fewer words than ``interrupt.min_words``) is not part of the user's turn, so while it judges,
 ``turn.end`` waits for the turn's finals (a backchannel ends no turn).
 
+A silent user (``turn.idle_timeout_s``, setting ``turn_idle_timeout_s``; 0: off): once a reply
+has played out (the reply lane's ``on_done``), the user's silence is timed; a start of speech
+stops the timer, and speech that comes to no words restarts it from its end. If the user says
+and types nothing for that long, and no reply is under way, the assistant takes the turn:
+``turn.end`` {reason: idle}, then (unless ``respond`` is false) a reply to ``IDLE_PROMPT``.
+At most ``idle_max_prompts`` such turns in a row without the user speaking words or typing;
+not under the manual policy.
+
 It hears the audio lane through the :class:`~tidegate.pipelines.audio.SpeechListener` port,
 and asks the vision lane (when the mode has one) for the freshest sight at each turn's end.
 """
@@ -71,6 +79,8 @@ log = logging.getLogger(__name__)
 TURN_PRE_SPEECH_S = 0.5
 #: what the audio at a pause holds after the VAD's end of speech (audio.PAUSE_TAIL_S), and more
 PAUSE_TAIL_S = 0.1
+#: the user message an idle turn answers (the LLM sees the silence as the user's turn)
+IDLE_PROMPT = "(The user has said nothing for {seconds:g} seconds since your last reply.)"
 
 
 class Replier(Protocol):
@@ -106,6 +116,10 @@ class Replier(Protocol):
 
     def judging(self) -> bool:
         """Speech over a reply is being judged (it may be a backchannel, not a turn)."""
+        ...
+
+    def replying(self) -> bool:
+        """A reply is in progress."""
         ...
 
     def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
@@ -155,6 +169,7 @@ class TurnTaking:
             "turn_ends_timeout": 0,
             "turn_ends_silence": 0,
             "turn_ends_commit": 0,
+            "turn_ends_idle": 0,  # the user stayed silent after a reply (turn.idle_timeout_s)
             "turn_scores": 0,
             "turn_scores_incomplete": 0,
             "turn_score_errors": 0,
@@ -176,6 +191,11 @@ class TurnTaking:
         self.last_scored_s: float | None = None
         self._turn_timer: asyncio.Task[Any] | None = None
         self._score_task: asyncio.Task[Any] | None = None
+        #: the assistant has the floor back after its reply and the user has not taken a turn
+        #: since: the idle timer runs while the user is silent (module doc)
+        self._idle_waiting = False
+        self._idle_timer: asyncio.Task[Any] | None = None
+        self._idle_prompts = 0  # idle turns since the user last spoke or typed
 
     def _turn_config(self, key: str, default: Any) -> Any:
         return self.session.config.get("turn", {}).get(key, default)
@@ -194,6 +214,7 @@ class TurnTaking:
         """Nothing: turns hear the audio lane, not the media."""
 
     async def _text(self, msg: InputText) -> None:
+        self._user_took_turn()
         if self.vision is not None:
             await self.vision.at_turn_end()  # a typed turn ends here
         self.reply.answer(msg.text, msg.id, now_ms(), spoken=False)
@@ -203,6 +224,7 @@ class TurnTaking:
         if self._turn_start_ms is None:
             self._turn_start_ms = audio_ms  # a new turn
         self._speaking = True
+        self._cancel_idle()  # re-armed if what was said holds no words
         self._pause += 1  # a score still coming is for a pause that is over
         self._decision = None
         if self._turn_timer is not None:
@@ -265,6 +287,7 @@ class TurnTaking:
                 self._answer()
             elif not self._turn:
                 self._turn_start_ms = None  # what was heard had no words: no turn
+                self._arm_idle(time.monotonic())  # the silence goes on
             elif held is not None:  # decided over a reply: its words are in, the turn ends
                 self._turn_timer = self.session.spawn(self._end_turn(0.0, held), "turn-end")
             else:
@@ -319,6 +342,7 @@ class TurnTaking:
         self._turn.clear()
         self.turns += 1
         self.counters["turn_ends_commit"] += 1
+        self._user_took_turn()
         self.session.emit(TurnEnd(reason="commit", audio_ms=audio_ms, ref=ref))
         if text:
             self.reply.hear(text, segments)
@@ -421,10 +445,12 @@ class TurnTaking:
         self._turn_start_ms = None  # the next speech starts a new turn
         if not self._turn:
             self.counters["turn_ends_without_words"] += 1
+            self._arm_idle(time.monotonic())  # the silence goes on
             return
         text, segments = self._words, self.turn_segments()
         self._turn.clear()
         self.turns += 1
+        self._user_took_turn()
         if self._turn_config("respond", True):
             self.reply.answer(text, None, self._turn_received, spoken=True, segments=segments)
         else:
@@ -433,9 +459,57 @@ class TurnTaking:
     def stats(self) -> dict[str, Any]:
         return {"turns": self.turns, **self.counters}
 
+    # -- the user's silence after a reply (turn.idle_timeout_s) --------------------------------
+    def reply_ended(self, played: float) -> None:
+        """The reply lane's reply ended, its audio played out at ``played`` (monotonic s):
+        the user's silence is timed from there."""
+        self._idle_waiting = True
+        self._arm_idle(played)
+
+    def _idle_timeout_s(self) -> float:
+        if self.policy == "manual":
+            return 0.0  # no turn detection: the client decides when a turn is
+        return float(self._turn_config("idle_timeout_s", self.config.idle_timeout_s))
+
+    def _arm_idle(self, since: float) -> None:
+        timeout_s = self._idle_timeout_s()
+        if not self._idle_waiting or timeout_s <= 0:
+            return
+        if self._idle_prompts >= self.config.idle_max_prompts:
+            return  # it has asked enough: it waits in silence for the user
+        self._cancel_idle()
+        delay_s = max(0.0, since + timeout_s - time.monotonic())
+        self._idle_timer = self.session.spawn(self._idle(delay_s, timeout_s), "turn-idle")
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _user_took_turn(self) -> None:
+        """The user spoke words or typed: the silence is broken, the prompts count anew."""
+        self._idle_waiting = False
+        self._idle_prompts = 0
+        self._cancel_idle()
+
+    async def _idle(self, delay_s: float, timeout_s: float) -> None:
+        """The user stayed silent ``timeout_s`` after the reply: the assistant's turn."""
+        await asyncio.sleep(delay_s)
+        self._idle_timer = None
+        busy = self._speaking or self._finals_due or self._turn or self._ended
+        if busy or self._turn_timer is not None or self.reply.replying():
+            return  # a turn or a reply is under way; its end times the silence again
+        self._idle_waiting = False
+        self._idle_prompts += 1
+        self.counters["turn_ends_idle"] += 1
+        self.session.emit(TurnEnd(reason="idle"))
+        if self._turn_config("respond", True):
+            self.reply.answer(IDLE_PROMPT.format(seconds=timeout_s), None, now_ms(), spoken=False)
+
     async def close(self) -> None:
-        for task in (self._turn_timer, self._score_task):
+        for task in (self._turn_timer, self._score_task, self._idle_timer):
             if task is not None:
                 task.cancel()
         self._turn_timer = None
         self._score_task = None
+        self._idle_timer = None

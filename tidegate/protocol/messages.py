@@ -594,13 +594,16 @@ class TurnEnd(ServerMessage):
     decided (``semantic``: the turn model judged it complete at a pause; ``timeout``: judged
     incomplete, and no speech followed within ``turn_max_wait_s``; ``silence``: the silence
     policy, or its fallback; ``commit``: the client committed its audio, the Realtime
-    dialect's ``input_audio_buffer.commit``), ``probability`` the turn model's score at the
-    last pause (absent under the silence policy), ``audio_ms`` the media time of that pause
-    (with ``commit``: of the end of the audio committed). With ``commit``, every final of the
+    dialect's ``input_audio_buffer.commit``; ``idle``: the user said nothing for the
+    session's ``turn.idle_timeout_s`` after the assistant's reply had played, and the
+    assistant takes the turn: a reply prompting the user follows unless ``turn.respond`` is
+    false), ``probability`` the turn model's score at the last pause (absent under the
+    silence policy), ``audio_ms`` the media time of that pause (with ``commit``: of the end
+    of the audio committed; absent with ``idle``). With ``commit``, every final of the
     committed audio is out before it (``ref``: the commit's id)."""
 
     TYPE: ClassVar[str] = "turn.end"
-    reason: str = spec(Text(choices=("semantic", "silence", "timeout", "commit")))
+    reason: str = spec(Text(choices=("semantic", "silence", "timeout", "commit", "idle")))
     probability: float | None = spec(Number(0, 1), None)
     audio_ms: float | None = spec(_MEDIA_MS, None)
 

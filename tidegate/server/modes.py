@@ -103,6 +103,8 @@ def lane_config(settings: Settings) -> LaneConfig:
             end_of_turn_s=s.assistant_end_of_turn_s,
             policy=s.turn_policy,
             max_wait_s=s.turn_max_wait_s,
+            idle_timeout_s=s.turn_idle_timeout_s,
+            idle_max_prompts=s.turn_idle_max_prompts,
         ),
         reply=ReplyConfig(
             system_prompt=s.assistant_system_prompt,

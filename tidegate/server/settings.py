@@ -560,6 +560,18 @@ class Settings:
         "speech before it ends anyway (reason timeout).",
         default=1.5,
     )
+    turn_idle_timeout_s: float = _doc(
+        "After the assistant's reply has played, how long the user may stay silent before the "
+        "assistant takes the turn itself: turn.end with reason idle, and a reply that prompts "
+        "the user (the Realtime dialect's idle_timeout_ms), unless a session's config says "
+        "(turn.idle_timeout_s). Not under the manual turn policy. 0: never.",
+        default=0.0,
+    )
+    turn_idle_max_prompts: int = _doc(
+        "Idle turns in a row (turn_idle_timeout_s) the assistant takes without the user "
+        "speaking or typing in between; then it waits in silence.",
+        default=3,
+    )
     interrupt_confirm_s: float = _doc(
         "Speech over a reply pauses its audio at once; words (interrupt_min_words) then cut "
         "it, and a sound the ASR hears no words in resumes it: at its final (once the user "
@@ -1007,6 +1019,10 @@ class Settings:
             raise ConfigError(
                 "interrupt_echo_likeness must be positive (above 1: off), got "
                 f"{self.interrupt_echo_likeness}"
+            )
+        if self.turn_idle_max_prompts < 1:
+            raise ConfigError(
+                f"turn_idle_max_prompts must be at least 1, got {self.turn_idle_max_prompts}"
             )
         if not 1 <= self.interrupt_min_words <= MAX_MIN_WORDS:
             raise ConfigError(

@@ -52,11 +52,13 @@ Choices = tuple[Any, ...] | Between
 #: ``input_audio_buffer.commit``); ``end_of_turn_s`` / ``max_wait_s`` override the settings
 #: ``assistant_end_of_turn_s`` / ``turn_max_wait_s`` for this session; ``respond`` false: a
 #: turn's end keeps the user's words for the next ``response.create`` instead of replying;
-#: ``interrupt`` false: speech over a reply does not cut it.
+#: ``interrupt`` false: speech over a reply does not cut it; ``idle_timeout_s`` overrides
+#: ``turn_idle_timeout_s`` (0: never).
 TURN_KEYS: dict[str, Choices] = {
     "policy": SESSION_TURN_POLICIES,
     "end_of_turn_s": Between(0.0, 10.0),
     "max_wait_s": Between(0.0, 30.0),
+    "idle_timeout_s": Between(0.0, 600.0),
     "respond": (True, False),
     "interrupt": (True, False),
 }

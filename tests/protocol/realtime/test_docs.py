@@ -45,7 +45,7 @@ def test_every_ga_server_event_is_documented_and_emitted_ones_are_served() -> No
     source = Path(translator.__file__).read_text()
     emitted = set(
         re.findall(
-            r'"((?:session|input_audio_buffer|conversation|response|rate_limits|error)[a-z_.]*)"',
+            r'"((?:session|input_audio_buffer|output_audio_buffer|conversation|response|rate_limits|error)[a-z_.]*)"',
             source,
         )
     )

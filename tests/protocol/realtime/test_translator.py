@@ -774,6 +774,50 @@ def test_turn_detection_maps_to_tidegate_turn_config() -> None:
     assert upd.config == {"mode": "assistant", "turn": {}}
 
 
+def test_idle_timeout_is_tidegates_idle_turn() -> None:
+    """server_vad ``idle_timeout_ms`` is tidegate's ``turn.idle_timeout_s`` (semantic_vad has
+    none: unknown there, as in the API); tidegate's ``turn.end`` ``idle`` is the API's
+    ``input_audio_buffer.timeout_triggered`` over the silent stretch of the audio appended,
+    whose item is committed without words before the response that prompts the user."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    turn = {"type": "server_vad", "idle_timeout_ms": 6000}
+    session = {"type": "realtime", "audio": {"input": {"turn_detection": turn}}}
+    send(t, {"type": "session.update", "session": session})
+    (upd,) = t.to_session()
+    assert isinstance(upd, SessionUpdate)
+    assert upd.config == {"mode": "assistant", "turn": {"idle_timeout_s": 6.0}}
+    updated = feed(t, SessionUpdated(config=upd.config))
+    assert updated[0]["session"]["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 6000
+    for i in range(400):  # 8 s of audio appended, 20 ms at a time
+        send(t, {"type": "input_audio_buffer.append", "audio": b64(TONE_24K)}, now_ms=20.0 * i)
+    t.to_session()
+    events = feed(
+        t,
+        TurnEnd(reason="idle"),
+        ResponseCreated(response_id="r_1"),
+        ResponseTextDelta(response_id="r_1", delta="Are you still there?"),
+    )
+    kinds = types(events)
+    assert kinds[:4] == [
+        "input_audio_buffer.timeout_triggered",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    assert "response.created" in kinds
+    timeout = events[0]
+    assert (timeout["audio_start_ms"], timeout["audio_end_ms"]) == (2000, 8000)
+    assert timeout["item_id"] == events[1]["item_id"] == events[3]["item"]["id"]
+    assert events[3]["item"]["status"] == "completed"
+    semantic = {"type": "semantic_vad", "idle_timeout_ms": 6000}
+    session = {"type": "realtime", "audio": {"input": {"turn_detection": semantic}}}
+    (err,) = errors(send(t, {"type": "session.update", "session": session}))
+    assert err["code"] == RealtimeCode.UNKNOWN_PARAMETER
+    assert err["param"] == "session.audio.input.turn_detection.idle_timeout_ms"
+
+
 def test_transcription_language_goes_to_tidegate() -> None:
     """transcription.language is tidegate's config language; removing it sends null (the
     engine's default again)."""
@@ -808,14 +852,6 @@ def test_transcription_language_goes_to_tidegate() -> None:
                 }
             },
             "session.audio.input.turn_detection.prefix_padding_ms",
-        ),
-        (
-            {
-                "audio": {
-                    "input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 6000}}
-                }
-            },
-            "session.audio.input.turn_detection.idle_timeout_ms",
         ),
         ({"audio": {"output": {"speed": 1.2}}}, "session.audio.output.speed"),
     ],

@@ -112,6 +112,9 @@ class _Reply:
     def judging(self) -> bool:
         return False
 
+    def replying(self) -> bool:
+        return False
+
     def hear(self, text: str, segments: tuple[str, ...] = ()) -> None:
         self.turns.append(text)
 

@@ -44,6 +44,7 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         )
         turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
         turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
+        reply.on_done = turns.reply_ended  # the user's silence after it (turn.idle_timeout_s)
         # a WS-only client may play output.audio as it arrives, up to the lead early
         early_s = config.reply.audio_lead_s + MAX_EARLY_S
         judged = config.reply.interrupt_echo_likeness <= 1.0  # above 1: off

@@ -409,7 +409,7 @@ def _turn_detection(c: _Ctx, value: Any, path: str) -> TurnDetection | None:
         )
     td = _read_turn_detection(c, d, kind, path)
     # What tidegate's turn-taking cannot honour is refused by name (docs/realtime.md):
-    # its VAD's threshold and pre-roll are the server's, and it has no idle timeout.
+    # its VAD's threshold and pre-roll are the server's.
     if td.threshold is not None and td.threshold != DEFAULT_VAD_THRESHOLD:
         raise c.unsupported(
             path + ".threshold",
@@ -420,8 +420,6 @@ def _turn_detection(c: _Ctx, value: Any, path: str) -> TurnDetection | None:
             path + ".prefix_padding_ms",
             f"the VAD's pre-roll is the server's; only {DEFAULT_PREFIX_PADDING_MS} is accepted",
         )
-    if td.idle_timeout_ms is not None:
-        raise c.unsupported(path + ".idle_timeout_ms", "there is no idle timeout")
     return td
 
 

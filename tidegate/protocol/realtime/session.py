@@ -139,8 +139,9 @@ def turn_for_tidegate(td: TurnDetection | None) -> dict[str, Any]:
     ``null`` is the manual policy; ``server_vad`` keeps the server's policy unless it sets
     ``silence_duration_ms`` (then the silence policy, waiting that long after tidegate's VAD
     reports the end of speech); ``semantic_vad`` is the semantic policy (Smart Turn), its
-    eagerness a maximum wait; ``create_response`` / ``interrupt_response`` false are
-    ``respond`` / ``interrupt`` false."""
+    eagerness a maximum wait; ``idle_timeout_ms`` (server_vad) is ``idle_timeout_s``;
+    ``create_response`` / ``interrupt_response`` false are ``respond`` / ``interrupt``
+    false."""
     if td is None:
         return {"policy": "manual"}
     turn: dict[str, Any] = {}
@@ -151,6 +152,8 @@ def turn_for_tidegate(td: TurnDetection | None) -> dict[str, Any]:
     elif td.silence_duration_ms is not None:
         turn["policy"] = "silence"
         turn["end_of_turn_s"] = td.silence_duration_ms / 1000.0
+    if td.idle_timeout_ms is not None:
+        turn["idle_timeout_s"] = td.idle_timeout_ms / 1000.0
     if not td.create_response:
         turn["respond"] = False
     if not td.interrupt_response:

@@ -831,12 +831,38 @@ class RealtimeTranslator:
         self._emit("conversation.item.done", item=item.to_wire())
 
     def _on_turn_end(self, msg: TurnEnd, now_ms: float) -> None:
-        """A commit's words are all out (manual turns): its item gets its transcript."""
+        """A commit's words are all out (manual turns): its item gets its transcript. An idle
+        turn is the API's idle timeout (below)."""
+        if msg.reason == "idle":
+            self._idle_timeout(msg)
+            return
         if msg.reason != "commit" or msg.ref is None:
             return
         item_id = self._commits.pop(msg.ref, None)
         if item_id is not None:
             self._complete_commit(item_id)
+
+    def _idle_timeout(self, msg: TurnEnd) -> None:
+        """The user said nothing for ``idle_timeout_ms`` after the reply had played
+        (tidegate's ``turn.end`` ``idle``): ``input_audio_buffer.timeout_triggered`` over the
+        silent stretch, which is committed as an item without words; tidegate's reply to the
+        silence follows as a response."""
+        td = self.config.turn_detection
+        span_ms = td.idle_timeout_ms if td is not None and td.idle_timeout_ms is not None else 0
+        end_ms = msg.audio_ms if msg.audio_ms is not None else self._in_media_ms()
+        item_id = self._new_id("item")
+        self._emit(
+            "input_audio_buffer.timeout_triggered",
+            audio_start_ms=int(max(0.0, end_ms - span_ms)),
+            audio_end_ms=int(end_ms),
+            item_id=item_id,
+        )
+        self._committed(item_id)
+        item = self.conversation.get(item_id)
+        if item is not None:
+            item.transcript_known = True
+            item.status = "completed"
+            self._emit("conversation.item.done", item=item.to_wire())
 
     def _complete_commit(self, item_id: str, *, failed: bool = False) -> None:
         text = "" if failed else " ".join(self._buffer_text)
