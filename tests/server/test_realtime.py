@@ -810,6 +810,101 @@ async def test_webrtc_calls_reply_is_cut_by_output_audio_buffer_clear(live: Live
     assert loud < 48_000 * 0.02, (len(after), loud)
 
 
+async def raw_sideband(live: LiveServer, call_id: str, **token: Any) -> tuple[Any, int | None]:
+    """A sideband the server refuses: its one event (SDK-checked) and the close code."""
+    url = f"ws://127.0.0.1:{live.port}/v1/realtime?call_id={call_id}"
+    headers = {"Authorization": f"Bearer {live.token(**token)}"}
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        event = check_server_event(str(await ws.recv()))
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        return event, ws.close_code
+
+
+async def test_a_server_steers_a_call_through_its_sideband(live: LiveServer) -> None:
+    """The SDK's ``realtime.connect(call_id=...)`` attaches a server to a browser's WebRTC
+    call: it gets the session as it is (``session.created``), its ``session.update`` and
+    ``response.create`` are handled as the client's, every event reaches both, the reply
+    speaks on the call's track. A second sideband may attach; a third, an unknown call and
+    another tenant's call are refused; a sideband leaving ends nothing; the call's end closes
+    its sidebands (1000)."""
+    call = RealtimeCall(live)
+    try:
+        answer = await call.offer()
+        assert answer.status_code == 201, answer.text
+        call_id = answer.headers["location"].rsplit("/", 1)[-1]
+        from aiortc import RTCSessionDescription
+
+        await call.pc.setRemoteDescription(RTCSessionDescription(answer.text, "answer"))
+        await call.until(lambda: call.of("session.created"), 30)
+        client = openai_client(live)
+        async with client.realtime.connect(call_id=call_id) as sideband:
+            events = Events(sideband)
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(events.read())
+                await events.until(lambda: events.of("session.created"), 30)
+                await sideband.session.update(
+                    session={"type": "realtime", "instructions": "Answer in one short sentence."}
+                )
+                await events.until(lambda: events.of("session.updated"), 30)
+                await sideband.conversation.item.create(
+                    item={
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {"type": "input_text", "text": "What is the capital of France?"}
+                        ],
+                    }
+                )
+                await sideband.response.create()
+                await events.until(lambda: events.of("response.done"))
+                await call.until(lambda: call.of("response.done"), 30)
+                # a second sideband attaches; a third is one too many
+                async with client.realtime.connect(call_id=call_id) as second:
+                    first = await second.recv()
+                    assert first.type == "session.created"
+                    third, code = await raw_sideband(live, call_id)
+                    assert third["error"]["code"] == "rate_limited" and code == 4429
+                refused, code = await raw_sideband(live, "s_nosuchcall")
+                assert refused["error"]["code"] == "forbidden" and code == 4403
+                refused, code = await raw_sideband(live, call_id, tenant="globex")
+                assert refused["error"]["code"] == "forbidden" and code == 4403
+                reader.cancel()
+        # the sidebands have left: the call goes on
+        call.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "And of Italy?"}],
+                },
+            }
+        )
+        call.send({"type": "response.create", "event_id": "after"})
+        await call.until(lambda: len(call.of("response.done")) >= 2)
+        # the call's end closes a sideband still attached
+        async with client.realtime.connect(call_id=call_id) as last:
+            assert (await last.recv()).type == "session.created"
+            await call.close()
+            with pytest.raises(websockets.ConnectionClosedOK):
+                while True:
+                    await last.recv()
+    finally:
+        await call.close()
+    assert not call.of("error") and not events.of("error"), (call.of("error"), events.of("error"))
+    session = events.of("session.created")[0]["session"]
+    assert session["type"] == "realtime" and session["model"] == "gpt-realtime"
+    updated = events.of("session.updated")[0]["session"]
+    assert updated["instructions"] == "Answer in one short sentence."
+    assert call.of("session.updated")[0]["session"] == updated  # the call's client saw it too
+    (done,) = events.of("response.done")
+    assert done["response"]["status"] == "completed"
+    assert call.of("response.done")[0]["response"]["id"] == done["response"]["id"]
+    assert call.of("output_audio_buffer.started")  # it spoke on the call's track
+    assert "paris" in done["response"]["output"][0]["content"][0]["transcript"].lower()
+
+
 async def test_webrtc_call_offers_are_checked(live: LiveServer) -> None:
     """An offer without the data channel is refused (bad_sdp) and opens no session for long;
     a body that is not SDP is refused naming the Content-Type; no token: 401."""

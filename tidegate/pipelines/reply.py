@@ -388,6 +388,7 @@ class ReplyLane:
         sight: Sight | None = None,
         voices: VoiceBank | None = None,
         language: TurnLanguage | None = None,
+        on_done: Callable[[float], None] | None = None,
     ) -> None:
         self.session = session
         self.config = config
@@ -408,7 +409,7 @@ class ReplyLane:
         self.own_voice: OwnVoice | None = None
         #: told when a reply ends, with when its audio has played out (monotonic s; turn-taking
         #: times the user's silence from there: ``turn.idle_timeout_s``)
-        self.on_done: Callable[[float], None] | None = None
+        self.on_done = on_done
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)

@@ -70,6 +70,7 @@ from tidegate.sessions.session import Session
 from . import edge
 from .asgi_ws import AsgiWebSocket, Disconnected
 from .auth import SCOPE_SESSION, Principal
+from .call_socket import find_call, serve_sideband
 from .control import (
     ControlChannel,
     _close_reason,
@@ -108,6 +109,9 @@ async def realtime_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
     except RealtimeError as e:
         await _refuse(ws, _offered(ws), e, CloseCode.PROTOCOL_VIOLATION)
         return
+    if hs.call_id is not None:
+        await _sideband(ws, runtime, hs)
+        return
     try:
         principal = await edge.admit(runtime, ws.headers, hs.token, SCOPE_SESSION)
         _hold_sessionless(runtime, principal)
@@ -126,6 +130,25 @@ async def realtime_endpoint(ws: AsgiWebSocket, runtime: Runtime) -> None:
         raise
     channel = RealtimeChannel(ws, runtime, principal, hs)
     await channel.run()
+
+
+async def _sideband(ws: AsgiWebSocket, runtime: Runtime, hs: Handshake) -> None:
+    """``?call_id=``: the connection is that WebRTC call's sideband (realtime_calls.py): the
+    same token checks, then the call must be open here and the subject's tenant's."""
+    try:
+        principal = await edge.admit(runtime, ws.headers, hs.token, SCOPE_SESSION)
+        assert hs.call_id is not None
+        call = find_call(runtime, principal, hs.call_id)
+    except RefusalError as e:
+        runtime.counters["realtime_sidebands_refused"] += 1
+        await _refuse(ws, hs.subprotocol, e, e.close_code or CloseCode.FORBIDDEN)
+        return
+    try:
+        await ws.accept(subprotocol=hs.subprotocol)
+    except Disconnected:
+        return
+    runtime.counters["realtime_sidebands"] += 1
+    await serve_sideband(ws, call, principal, leeway_s=runtime.settings.jwt_leeway_s)
 
 
 def _offered(ws: AsgiWebSocket) -> str | None:

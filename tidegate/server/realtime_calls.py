@@ -42,17 +42,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tidegate.media import MediaPeer
-from tidegate.media.datachannel import DataChannelClosedError, EventChannel
+from tidegate.media.datachannel import DataChannelClosedError
 from tidegate.pipelines.media import SessionMedia
 from tidegate.pipelines.records import client_info
+from tidegate.protocol import CloseCode
 from tidegate.protocol.messages import SessionCreate
 from tidegate.protocol.realtime import Handshake, RealtimeTranslator
 from tidegate.protocol.realtime.events import MAX_EVENT_BYTES
 from tidegate.sessions.session import Session
 
 from . import edge
-from .asgi_ws import Disconnected
 from .auth import Principal
+from .call_socket import CallSocket
 from .errors import InvalidConfigError, UnsupportedError
 from .realtime import END_REASON, RealtimeChannel, realtime_translator
 
@@ -64,36 +65,6 @@ log = logging.getLogger(__name__)
 CALLS_PATH = "/v1/realtime/calls"
 EVENTS_LABEL = "oai-events"  # the data channel the API names
 CALL_DIALECT = "realtime-webrtc"
-
-
-class CallSocket:
-    """The ``oai-events`` data channel with the WebSocket shell's surface (``receive``,
-    ``send``, ``close``, ``scope``): text frames in and out; the end of the channel is the
-    shell's ``Disconnected``."""
-
-    def __init__(self, channel: EventChannel, scope: dict[str, Any]) -> None:
-        self.channel = channel
-        self.scope = scope
-        self.closed = False
-
-    async def receive(self) -> str | bytes:
-        message = await self.channel.receive()
-        if message is None:
-            raise Disconnected(None)
-        return message
-
-    async def send(self, payload: str | bytes) -> None:
-        try:
-            await self.channel.send(payload if isinstance(payload, str) else payload.decode())
-        except DataChannelClosedError:
-            raise Disconnected(None) from None
-
-    async def close(self, code: int, reason: str = "") -> None:
-        """A data channel carries no close code: it is closed (the code is logged)."""
-        if not self.closed:
-            self.closed = True
-            log.debug("realtime call channel closed with %s (%s)", code, reason)
-            self.channel.close()
 
 
 @edge.handler()
@@ -158,8 +129,17 @@ async def _serve_call(
             log.info("realtime call %s: no %s channel (%s)", session.id, EVENTS_LABEL, e)
             runtime.counters["realtime_calls_unconnected"] += 1
             return
+        s = runtime.settings
+        socket = CallSocket(
+            events,
+            scope,
+            t,
+            tenant=session.tenant,
+            max_sidebands=s.realtime_call_max_sidebands,
+            max_pending=s.realtime_sideband_max_pending_events,
+        )
         channel = RealtimeChannel(
-            CallSocket(events, scope),  # type: ignore[arg-type]
+            socket,  # type: ignore[arg-type]
             runtime,
             principal,
             hs,
@@ -168,7 +148,12 @@ async def _serve_call(
             first_events=[_session_update(session_json)] if session_json else [],
         )
         runtime.counters["realtime_calls"] += 1
-        await channel.run()
+        runtime.call_sockets[session.id] = socket
+        try:
+            await channel.run()
+        finally:
+            runtime.call_sockets.pop(session.id, None)
+            await socket.close(CloseCode.NORMAL, "the call ended")
     finally:
         if not session.closed:
             with contextlib.suppress(Exception):
@@ -233,4 +218,4 @@ def _form_parts(content_type: str, body: bytes) -> dict[str, bytes]:
     return parts
 
 
-__all__ = ["CALLS_PATH", "EVENTS_LABEL", "CallSocket", "calls_endpoint"]
+__all__ = ["CALLS_PATH", "EVENTS_LABEL", "calls_endpoint"]

@@ -101,6 +101,9 @@ class Runtime:
         self._tasks: list[asyncio.Task[Any]] = []
         #: Realtime WebRTC calls being served (realtime_calls.py): each ends its session
         self.calls: set[asyncio.Task[Any]] = set()
+        #: the calls whose oai-events channel is open, by call id (their session's id): what
+        #: a sideband (/v1/realtime?call_id=) attaches to (realtime_calls.CallSocket)
+        self.call_sockets: dict[str, Any] = {}
         self.engines: EngineService | None = None
 
     async def start(self) -> None:

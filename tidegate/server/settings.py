@@ -337,6 +337,16 @@ class Settings:
         "open its oai-events data channel; after it the call and its session end.",
         default=30.0,
     )
+    realtime_call_max_sidebands: int = _doc(
+        "WebSockets (/v1/realtime?call_id=) attached to one Realtime WebRTC call as its "
+        "sidebands; more are refused.",
+        default=2,
+    )
+    realtime_sideband_max_pending_events: int = _doc(
+        "Events waiting to be sent to one sideband of a call; a sideband that falls further "
+        "behind is closed (4408), the call goes on.",
+        default=1024,
+    )
     audio_out_bitrate_bps: int = _doc("Opus bitrate of outbound audio.", default=32_000)
     audio_out_complexity: int = _doc(
         "Opus encoder complexity of outbound audio (0-10; CPU per frame grows with it: "
@@ -1073,7 +1083,16 @@ class Settings:
             raise ConfigError(
                 f"video_decoder_max_frames must be positive, got {self.video_decoder_max_frames}"
             )
-        for name in ("data_channel_max_inbound_messages", "data_channel_max_buffered_bytes"):
+        if self.realtime_call_max_sidebands < 0:
+            raise ConfigError(
+                "realtime_call_max_sidebands cannot be negative (0: none), got "
+                f"{self.realtime_call_max_sidebands}"
+            )
+        for name in (
+            "data_channel_max_inbound_messages",
+            "data_channel_max_buffered_bytes",
+            "realtime_sideband_max_pending_events",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.realtime_call_connect_s <= 0:

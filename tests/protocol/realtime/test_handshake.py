@@ -26,6 +26,12 @@ def test_browser_subprotocols() -> None:
     assert accept([], {}, {"intent": "transcription"}).session_type == "transcription"
 
 
+def test_a_call_id_asks_for_a_sideband() -> None:
+    """``?call_id=`` names the WebRTC call to attach to (the shell checks it exists)."""
+    assert accept([], {}, {"call_id": "s_Ab3-x_9"}).call_id == "s_Ab3-x_9"
+    assert accept([], {}, {}).call_id is None
+
+
 def test_no_credentials_is_left_to_the_shell() -> None:
     """Nothing offered: token None (the shell refuses with 4401)."""
     assert accept(["realtime"], {}, {}).token is None
@@ -36,7 +42,9 @@ def test_no_credentials_is_left_to_the_shell() -> None:
     [
         (["realtime", "openai-beta.realtime-v1"], {}, {}, "OpenAI-Beta"),
         ([], {"openai-beta": "realtime=v1"}, {}, "OpenAI-Beta"),
-        ([], {}, {"call_id": "rtc_1"}, "call_id"),
+        ([], {}, {"call_id": "rtc/../1"}, "call_id"),
+        ([], {}, {"call_id": ""}, "call_id"),
+        ([], {}, {"call_id": "x" * 65}, "call_id"),
         ([], {}, {"model": "x" * 200}, "model"),
         ([], {}, {"intent": "chat"}, "intent"),
     ],
@@ -44,7 +52,8 @@ def test_no_credentials_is_left_to_the_shell() -> None:
 def test_refusals_name_what(
     subprotocols: list[str], headers: dict[str, str], query: dict[str, str], param: str
 ) -> None:
-    """The beta protocol, WebRTC call ids and odd models are refused, naming the parameter."""
+    """The beta protocol, malformed call ids and odd models are refused, naming the
+    parameter."""
     with pytest.raises(RealtimeError) as info:
         accept(subprotocols, headers, query)
     assert info.value.param == param

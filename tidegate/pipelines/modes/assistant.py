@@ -31,6 +31,12 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
         voice = next((x.model for x in engines.specs if x.name == "tts"), "tts")
         # the user's turn's language: the audio lane finds it, the reply lane answers in it
         language = TurnLanguage(lambda: session.config.get("language"))
+        turns: TurnTaking | None = None  # built next: it answers through the reply lane
+
+        def reply_done(played: float) -> None:  # the user's silence is timed from here
+            if turns is not None:
+                turns.reply_ended(played)
+
         reply = ReplyLane(
             session,
             config.reply,
@@ -41,10 +47,10 @@ def build(session: SessionPort, config: LaneConfig, engines: EngineService | Non
             sight=vision,
             voices=engines.voices,
             language=language,
+            on_done=reply_done,
         )
         turn = engines.get(TURN) if TURN.name in engines.handles else None  # None: silence
         turns = TurnTaking(session, config.turns, reply, vision=vision, turn=turn)
-        reply.on_done = turns.reply_ended  # the user's silence after it (turn.idle_timeout_s)
         # a WS-only client may play output.audio as it arrives, up to the lead early
         early_s = config.reply.audio_lead_s + MAX_EARLY_S
         judged = config.reply.interrupt_echo_likeness <= 1.0  # above 1: off

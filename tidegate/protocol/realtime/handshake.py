@@ -13,8 +13,9 @@ otherwise the first ``session.update`` may switch the kind (``session.type``). `
 accepted and echoed in the session (tidegate serves its configured engines
 whatever it says). The beta protocol (``OpenAI-Beta: realtime=v1`` header, or the
 ``openai-beta.realtime-v1`` subprotocol) names other event shapes: it is refused, naming it,
-rather than answered with GA events the client would misread. ``?call_id=`` (attaching to a
-WebRTC call) is refused: the WebRTC flavour is not served.
+rather than answered with GA events the client would misread. ``?call_id=`` attaches the
+connection to a WebRTC call as its *sideband* (a server's control of a call a browser holds:
+docs/realtime.md); the shell checks the call exists and is the subject's tenant's.
 
 :func:`accept` does no I/O: the shell passes what the HTTP upgrade carried and verifies the
 token it returns.
@@ -33,6 +34,7 @@ KEY_PREFIX = "openai-insecure-api-key."
 IGNORED_PREFIXES = ("openai-organization.", "openai-project.")
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 MAX_MODEL_CHARS = 128
+MAX_CALL_ID_CHARS = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class Handshake:
     subprotocol: str | None  # to answer with ("realtime" when offered)
     model: str
     session_type: str  # "realtime", or "transcription" for ?intent=transcription
+    call_id: str | None = None  # ?call_id=: a sideband of that WebRTC call
 
 
 def accept(
@@ -63,11 +66,15 @@ def accept(
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         token = value.strip()  # the header wins over a subprotocol key
-    if query.get("call_id"):
+    call_id = query.get("call_id")
+    if call_id is not None and not (
+        0 < len(call_id) <= MAX_CALL_ID_CHARS
+        and all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in call_id)
+    ):
         raise RealtimeError(
-            RealtimeCode.UNSUPPORTED_PARAMETER,
-            "'call_id' (attaching to a WebRTC call) is not supported by this server "
-            "(see docs/realtime.md).",
+            RealtimeCode.INVALID_VALUE,
+            f"Invalid 'call_id': expected 1 to {MAX_CALL_ID_CHARS} letters, digits, '_' or "
+            "'-' (the id the call's Location header ends with).",
             param="call_id",
         )
     model = query.get("model") or DEFAULT_MODEL
@@ -84,7 +91,9 @@ def accept(
             "Invalid 'intent': expected 'realtime' or 'transcription'.",
             param="intent",
         )
-    return Handshake(token=token, subprotocol=answer, model=model, session_type=intent)
+    return Handshake(
+        token=token, subprotocol=answer, model=model, session_type=intent, call_id=call_id
+    )
 
 
 def _beta() -> RealtimeError:

@@ -223,6 +223,17 @@ class RealtimeTranslator:
         self._out.append(orjson.dumps(event).decode())
         self.stats["events_out"] += 1
 
+    def session_event(self) -> str:
+        """A ``session.created`` frame of the session as it is now, for one more connection
+        to the same session only (a call's sideband): it is not queued for the others."""
+        self._n_event += 1
+        event = {
+            "type": "session.created",
+            "event_id": f"event_{self._n_event}",
+            "session": self.config.to_wire(),
+        }
+        return orjson.dumps(event).decode()
+
     def _error(self, error: RealtimeError) -> None:
         body: dict[str, Any] = {
             "type": error.error_type,
