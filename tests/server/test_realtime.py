@@ -489,6 +489,24 @@ async def test_barge_in_and_truncate(live: LiveServer, question: bytes) -> None:
     assert truncated["item_id"] == done["response"]["output"][0]["id"]
 
 
+async def test_response_tools_on_an_llm_without_tools_are_refused(live: LiveServer) -> None:
+    """A response's own ``tools`` on the bundled LLM (which calls none) is refused naming the
+    reason, with the client's event_id; no response starts."""
+
+    async def body(connection: Any, events: Events) -> None:
+        tool = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+        await connection.send(
+            {"type": "response.create", "event_id": "rc-1", "response": {"tools": [tool]}}
+        )
+        await events.until(lambda: events.of("error"), 30)
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert error["error"]["event_id"] == "rc-1"
+    assert "calls no tools" in error["error"]["message"], error
+    assert not events.of("response.created")
+
+
 async def test_unsupported_event_is_refused_and_the_session_goes_on(live: LiveServer) -> None:
     """``output_audio_buffer.clear`` over a WebSocket (it belongs to WebRTC calls) is refused
     with unsupported_event naming the client's event_id; the connection stays usable."""

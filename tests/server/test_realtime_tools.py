@@ -109,3 +109,37 @@ async def test_function_call_round_trip(live: LiveServer) -> None:
     assert message["content"][0]["transcript"]
     audio = events.of("response.output_audio.delta")
     assert any(e["response_id"] == second["response"]["id"] for e in audio)
+
+
+async def test_a_response_brings_its_own_tools(live: LiveServer) -> None:
+    """``response.create`` with its own ``tools`` and ``tool_choice`` (none for the session):
+    the call comes as with session tools; a ``tool_choice`` naming a tool the response does
+    not declare is refused naming it, and the session goes on."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.response.create(
+            response={"tools": [TOOL], "tool_choice": {"type": "function", "name": "get_time"}}
+        )
+        await events.until(lambda: events.of("error"), 30)
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
+            }
+        )
+        await connection.response.create(
+            response={
+                "tools": [TOOL],
+                "tool_choice": {"type": "function", "name": "get_weather"},
+            }
+        )
+        await events.until(lambda: events.of("response.done"))
+
+    events = await session(live, body)
+    (error,) = events.of("error")
+    assert "tool_choice" in error["error"]["message"], error
+    (call,) = events.of("response.function_call_arguments.done")
+    assert call["name"] == "get_weather" and isinstance(json.loads(call["arguments"]), dict)
+    (done,) = events.of("response.done")
+    assert [o["type"] for o in done["response"]["output"]] == ["function_call"]

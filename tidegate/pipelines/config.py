@@ -89,6 +89,9 @@ class ReplyConfig:
     interrupt_echo_hold_s: float = ECHO_HOLD_S
     #: the first TTS chunk's length in words (engines/tts/stream.py ChunkPolicy; 0: a sentence)
     first_chunk_words: int = 3
+    #: a response's own ``tools`` (response.create), bounded as a session's are
+    max_tools_items: int = 32
+    max_tools_bytes: int = 32_768
 
 
 @dataclass(frozen=True, slots=True)

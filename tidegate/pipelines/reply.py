@@ -66,9 +66,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tidegate.engines.errors import DeadlineError, EngineError, OverloadedError
+from tidegate.engines.errors import DeadlineError, EngineError, OverloadedError, RequestError
 from tidegate.engines.llm import Generation, LlmEngine, SamplingParams
-from tidegate.engines.llm.tools import ToolCall, ToolCallDelta, ToolCallError
+from tidegate.engines.llm.tools import (
+    ToolCall,
+    ToolCallDelta,
+    ToolCallError,
+    validate_tool_choice,
+    validate_tools,
+)
 from tidegate.engines.runtime import Array
 from tidegate.engines.runtime.openai import ProviderError
 from tidegate.engines.scheduler import Scheduler
@@ -130,7 +136,9 @@ MAX_INSTRUCTIONS_CHARS = 16_384  # as a session's (sessions/config.py)
 DEFAULT_VOICE = "default"  # the server's TTS voice, whatever its model
 #: ``response.create`` options the reply lane serves; the dialect keeps the rest (formats,
 #: metadata) to itself
-RESPONSE_OPTIONS = frozenset({"instructions", "output_modalities", "max_output_tokens", "voice"})
+RESPONSE_OPTIONS = frozenset(
+    {"instructions", "output_modalities", "max_output_tokens", "voice", "tools", "tool_choice"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +148,9 @@ class ReplyOptions:
     instructions: str | None = None  # None: the session's, else the configured prompt
     speaks: bool = True  # output_modalities ["audio"]; ["text"]: no speech
     max_tokens: int | None = None  # None: the session's, else assistant_max_reply_tokens
+    #: the response's own tools and tool_choice (Chat Completions form); None: the session's
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: Any = None
 
 
 def new_response_id() -> str:
@@ -1004,7 +1015,33 @@ class ReplyLane:
                 f"response.create voice: {voice!r} is not a voice of this server; it speaks "
                 f"with {[DEFAULT_VOICE, self.voice]}"
             )
-        return ReplyOptions(instructions or None, speaks, max_tokens)
+        tools, choice = self._response_tools(options)
+        return ReplyOptions(instructions or None, speaks, max_tokens, tools, choice)
+
+    def _response_tools(
+        self, options: dict[str, Any]
+    ) -> tuple[tuple[dict[str, Any], ...] | None, Any]:
+        """A response's own ``tools`` (they replace the session's for it) and ``tool_choice``
+        (naming its tools, or the session's when it gives none), checked as a session's."""
+        if "tools" not in options and "tool_choice" not in options:
+            return None, None
+        c = self.config
+        try:
+            if "tools" in options:
+                tools = validate_tools(
+                    options["tools"], max_items=c.max_tools_items, max_bytes=c.max_tools_bytes
+                )
+            else:
+                tools = tuple(self.session.config.get("tools") or ())
+            choice = validate_tool_choice(options.get("tool_choice"), tools)
+        except RequestError as e:
+            raise InvalidConfigError(f"response.create {e}") from None
+        if tools and not self.llm.supports_tools:
+            raise UnsupportedError(
+                "response.create tools: this server's LLM calls no tools (a provider that "
+                "does: llm_runtime providers)"
+            )
+        return tools, choice
 
     async def _cancel(self, msg: ResponseCancel) -> None:
         reply = self.reply
@@ -1091,7 +1128,10 @@ class ReplyLane:
             while True:  # one LLM round, then another after each round of tool calls
                 reply.round_start = len(reply.text)
                 gen = await self._generate(
-                    messages, first_round=reply.calls_made == 0, max_tokens=reply.options.max_tokens
+                    messages,
+                    first_round=reply.calls_made == 0,
+                    max_tokens=reply.options.max_tokens,
+                    options=reply.options,
                 )
                 reply.gen = gen
                 async for item in gen.events():
@@ -1135,19 +1175,27 @@ class ReplyLane:
         self._finish(reply, "completed", reply.text)
 
     async def _generate(
-        self, messages: list[dict[str, Any]], *, first_round: bool, max_tokens: int | None = None
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        first_round: bool,
+        max_tokens: int | None = None,
+        options: ReplyOptions | None = None,
     ) -> Generation:
         """The next LLM round. The session's ``tool_choice`` holds for the reply's first
         round only; later rounds, which have the calls' outputs, send none (the provider's
-        default, ``auto``): a forced call would otherwise be forced again every round.
+        default, ``auto``): a forced call would otherwise be forced again every round. A
+        response's own ``tools`` / ``tool_choice`` (``options``) replace the session's.
         ``max_tokens`` lowers the reply's budget (never above ``assistant_max_reply_tokens``)."""
         s = self.session
         params = self._params
         if max_tokens is not None and max_tokens < params.max_tokens:
             params = SamplingParams(max_tokens=max_tokens)
-        tools = s.config.get("tools")
+        tools: list[dict[str, Any]] | None = s.config.get("tools")
+        choice = s.config.get("tool_choice")
+        if options is not None and options.tools is not None:  # the response's own
+            tools, choice = list(options.tools), options.tool_choice
         if tools:
-            choice = s.config.get("tool_choice")
             return self.llm.generate(
                 messages,
                 params,

@@ -126,6 +126,8 @@ def lane_config(settings: Settings) -> LaneConfig:
             interrupt_echo_likeness=s.interrupt_echo_likeness,
             interrupt_echo_hold_s=s.interrupt_echo_hold_s,
             first_chunk_words=s.assistant_first_chunk_words,
+            max_tools_items=s.assistant_max_tools_items,
+            max_tools_bytes=s.assistant_max_tools_bytes,
         ),
         vision=VisionConfig(
             interval_s=s.assistant_vision_interval_s, max_pixels=s.frame_max_pixels
