@@ -49,8 +49,9 @@ class CallSocket:
     ``realtime_sideband_max_pending_events`` behind is closed with 4408; the call goes on),
     and what a sideband sends is read with the client's events, in arrival order, through one
     inbox of ``INBOX_FRAMES`` (a reader that finds it full waits: a flooding sideband is slowed
-    at its own socket). A pump task, owned here and cancelled by :meth:`close`, moves the
-    channel's events into that inbox."""
+    at its own socket), checked as theirs are (a run of bad events from either closes the
+    call, as the translator has it). A pump task, owned here and cancelled by
+    :meth:`close`, moves the channel's events into that inbox."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class CallSocket:
         tenant: str,
         max_sidebands: int,
         max_pending: int,
+        send_timeout_s: float,
     ) -> None:
         self.channel = channel
         self.scope = scope
@@ -68,6 +70,7 @@ class CallSocket:
         self.tenant = tenant
         self.max_sidebands = max_sidebands
         self.max_pending = max_pending
+        self.send_timeout_s = send_timeout_s
         self.closed = False
         self.sidebands: list[Sideband] = []
         self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(INBOX_FRAMES)
@@ -107,7 +110,10 @@ class CallSocket:
     async def attach(self, sideband: Sideband) -> None:
         """Serve ``sideband`` until it or the call ends: the session as it is now first,
         then every frame the call sends; its events are read with the client's."""
-        sideband.offer(self.translator.session_event())
+        if self.closed:  # ended while the sideband's socket was being accepted
+            sideband.end(CloseCode.NORMAL, "the call ended")
+        else:
+            sideband.offer(self.translator.session_event())
         self.sidebands.append(sideband)
         try:
             await sideband.run(self._inbox)
@@ -120,9 +126,10 @@ class Sideband:
     queue to the socket and a reader putting its frames into the call's inbox, both owned by
     :meth:`run`, which ends them when either side (or the call, or the token) ends it."""
 
-    def __init__(self, ws: AsgiWebSocket, max_pending: int) -> None:
+    def __init__(self, ws: AsgiWebSocket, max_pending: int, close_timeout_s: float) -> None:
         self.ws = ws
         self.max_pending = max_pending
+        self.close_timeout_s = close_timeout_s  # a socket that takes no close frame is left
         self.close_code: int | None = None
         self.close_reason = ""
         self.sent = 0
@@ -157,8 +164,9 @@ class Sideband:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Disconnected):
-                await self.ws.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+            with contextlib.suppress(Disconnected, TimeoutError):
+                async with asyncio.timeout(self.close_timeout_s):
+                    await self.ws.close(self.close_code or CloseCode.NORMAL, self.close_reason)
 
     async def _write(self) -> None:
         try:
@@ -201,7 +209,7 @@ async def serve_sideband(
 ) -> None:
     """Serve an accepted ``/v1/realtime?call_id=`` WebSocket as ``call``'s sideband until it,
     the call or its token ends (4401, as every connection; ``leeway_s``: the verifier's)."""
-    sideband = Sideband(ws, call.max_pending)
+    sideband = Sideband(ws, call.max_pending, call.send_timeout_s)
     expiry: asyncio.TimerHandle | None = None
     if principal.expires_at_s > 0:
         delay_s = principal.expires_at_s + leeway_s - time.time()

@@ -137,6 +137,7 @@ async def _serve_call(
             tenant=session.tenant,
             max_sidebands=s.realtime_call_max_sidebands,
             max_pending=s.realtime_sideband_max_pending_events,
+            send_timeout_s=s.send_timeout_s,
         )
         channel = RealtimeChannel(
             socket,  # type: ignore[arg-type]
