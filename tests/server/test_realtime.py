@@ -489,6 +489,59 @@ async def test_barge_in_and_truncate(live: LiveServer, question: bytes) -> None:
     assert truncated["item_id"] == done["response"]["output"][0]["id"]
 
 
+async def test_an_out_of_band_response_runs_beside_the_conversation(live: LiveServer) -> None:
+    """While the conversation's spoken reply is in progress, ``response.create`` with
+    ``conversation: "none"`` and an ``input`` referring to the user's item runs beside it:
+    both complete, the out-of-band one in text, with ``conversation_id`` null, its item in no
+    conversation (``conversation.item.retrieve`` does not find it)."""
+
+    async def body(connection: Any, events: Events) -> None:
+        await connection.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Tell me a short story about a cat."}],
+            }
+        )
+        await events.until(lambda: events.of("conversation.item.added"), 30)
+        user_item = events.of("conversation.item.added")[0]["item"]["id"]
+        await connection.response.create()
+        await events.until(lambda: events.of("response.output_audio.delta"))
+        await connection.response.create(
+            response={
+                "conversation": "none",
+                "instructions": "Say in one word what the user asked for.",
+                "metadata": {"job": "topic"},
+                "input": [{"type": "item_reference", "id": user_item}],
+            }
+        )
+        await events.until(lambda: len(events.of("response.done")) >= 2)
+        oob = next(
+            d for d in events.of("response.done") if d["response"]["conversation_id"] is None
+        )
+        await connection.send(
+            {
+                "type": "conversation.item.retrieve",
+                "event_id": "find-oob",
+                "item_id": oob["response"]["output"][0]["id"],
+            }
+        )
+        await events.until(lambda: events.of("error"), 30)
+
+    events = await session(live, body)
+    done = {d["response"]["conversation_id"]: d["response"] for d in events.of("response.done")}
+    assert set(done) == {"conv_1", None}
+    assert done["conv_1"]["status"] == "completed" and done[None]["status"] == "completed"
+    oob = done[None]
+    assert oob["output_modalities"] == ["text"] and oob["metadata"] == {"job": "topic"}
+    assert oob["output"][0]["content"][0]["type"] == "output_text"
+    assert oob["output"][0]["content"][0]["text"]
+    added = [e["item"]["id"] for e in events.of("conversation.item.added")]
+    assert oob["output"][0]["id"] not in added
+    (error,) = events.of("error")
+    assert error["error"]["code"] == "item_not_found" and error["error"]["event_id"] == "find-oob"
+
+
 async def test_response_tools_on_an_llm_without_tools_are_refused(live: LiveServer) -> None:
     """A response's own ``tools`` on the bundled LLM (which calls none) is refused naming the
     reason, with the client's event_id; no response starts."""

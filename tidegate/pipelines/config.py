@@ -92,6 +92,8 @@ class ReplyConfig:
     #: a response's own ``tools`` (response.create), bounded as a session's are
     max_tools_items: int = 32
     max_tools_bytes: int = 32_768
+    #: out-of-band responses (conversation none) one session runs at once
+    max_out_of_band_replies: int = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,7 @@ from .audio import SAMPLE_RATE_HZ, now_ms
 from .config import ReplyConfig
 from .echo import EchoSink
 from .errors import InvalidConfigError, NotFoundError, UnsupportedError
+from .errors import OverloadedError as RefusedOverloaded
 from .interrupt import Interruption, Verdict, WordRule, echoed
 from .language import TurnLanguage, reply_hint
 from .media import SessionMedia
@@ -137,8 +138,19 @@ DEFAULT_VOICE = "default"  # the server's TTS voice, whatever its model
 #: ``response.create`` options the reply lane serves; the dialect keeps the rest (formats,
 #: metadata) to itself
 RESPONSE_OPTIONS = frozenset(
-    {"instructions", "output_modalities", "max_output_tokens", "voice", "tools", "tool_choice"}
+    {
+        "instructions",
+        "output_modalities",
+        "max_output_tokens",
+        "voice",
+        "tools",
+        "tool_choice",
+        "conversation",
+        "input",
+    }
 )
+#: the roles an out-of-band response's ``input`` messages may have
+INPUT_ROLES = ("user", "assistant", "system", "tool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +163,10 @@ class ReplyOptions:
     #: the response's own tools and tool_choice (Chat Completions form); None: the session's
     tools: tuple[dict[str, Any], ...] | None = None
     tool_choice: Any = None
+    #: out of band (``conversation: "none"``): beside the conversation, in text, its words
+    #: kept out of the history; over ``input`` (LLM messages) when given, else the history
+    out_of_band: bool = False
+    input: tuple[dict[str, Any], ...] | None = None
 
 
 def new_response_id() -> str:
@@ -297,6 +313,7 @@ class Reply:
     finished: bool = False
     #: a speculative reply not adopted yet: it emits nothing, its speaker waits for release
     held: bool = False
+    out_of_band: bool = False  # beside the conversation (ReplyOptions.out_of_band)
     messages: list[dict[str, Any]] = field(default_factory=list)  # what the LLM was given
     held_events: list[Any] = field(default_factory=list)  # what it would have emitted
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -424,6 +441,8 @@ class ReplyLane:
         self.history: list[dict[str, Any]] = []
         self.reply: Reply | None = None
         self.speculative: Reply | None = None  # held, until the turn ends (module doc)
+        #: out-of-band responses in progress, by id (``assistant_max_out_of_band_replies``)
+        self.out_of_band: dict[str, Reply] = {}
         self._heard: SpokenTurn | None = None  # a committed turn waiting for response.create
         self._params = SamplingParams(max_tokens=config.max_reply_tokens)
         self._words = WordRule(config.interrupt_backchannel_phrases)
@@ -467,6 +486,7 @@ class ReplyLane:
             "speculations": 0,
             "speculation_hits": 0,
             "speculation_discarded": 0,
+            "out_of_band": 0,  # responses beside the conversation (conversation none)
         }
 
     def handlers(self) -> Mapping[type[Any], Handler]:
@@ -950,6 +970,9 @@ class ReplyLane:
         self._answer_create(msg.text, msg.id, self._response_options(msg.options))
 
     def _answer_create(self, text: str | None, ref: str | None, options: ReplyOptions) -> None:
+        if options.out_of_band:
+            self._start_out_of_band(ref, options)
+            return
         heard, self._heard = self._heard, None  # a heard turn is answered once, or not at all
         if text is not None:
             self._user_says(text)
@@ -1016,7 +1039,49 @@ class ReplyLane:
                 f"with {[DEFAULT_VOICE, self.voice]}"
             )
         tools, choice = self._response_tools(options)
-        return ReplyOptions(instructions or None, speaks, max_tokens, tools, choice)
+        out_of_band, given = self._out_of_band_input(options)
+        if out_of_band:
+            speaks = False  # beside the conversation, nothing is said aloud (docs/realtime.md)
+        return ReplyOptions(
+            instructions or None, speaks, max_tokens, tools, choice, out_of_band, given
+        )
+
+    def _out_of_band_input(
+        self, options: dict[str, Any]
+    ) -> tuple[bool, tuple[dict[str, Any], ...] | None]:
+        """``conversation: "none"`` and its ``input``: LLM messages (``role`` user,
+        assistant, system or tool; ``content`` text; an assistant's ``tool_calls``), at most
+        ``assistant_max_history_messages`` of them."""
+        conversation = options.get("conversation")
+        if conversation not in (None, "none"):
+            raise InvalidConfigError(
+                f"response.create conversation: expected 'none' (out of band), got {conversation!r}"
+            )
+        raw = options.get("input")
+        if raw is None:
+            return conversation == "none", None
+        if conversation != "none":
+            raise InvalidConfigError("response.create input: only with conversation 'none'")
+        limit = self.config.max_history_messages
+        if not isinstance(raw, list) or len(raw) > limit:
+            raise InvalidConfigError(
+                f"response.create input: expected a list of at most {limit} messages "
+                "(assistant_max_history_messages)"
+            )
+        for i, m in enumerate(raw):
+            content = m.get("content") if isinstance(m, dict) else None
+            ok = (
+                isinstance(m, dict)
+                and m.get("role") in INPUT_ROLES
+                and (content is None or isinstance(content, str))
+                and len(content or "") <= 4 * MAX_TEXT_CHARS
+            )
+            if not ok:
+                raise InvalidConfigError(
+                    f"response.create input[{i}]: expected a message with a role in "
+                    f"{list(INPUT_ROLES)} and text content"
+                )
+        return True, tuple(raw)
 
     def _response_tools(
         self, options: dict[str, Any]
@@ -1045,6 +1110,8 @@ class ReplyLane:
 
     async def _cancel(self, msg: ResponseCancel) -> None:
         reply = self.reply
+        if msg.response_id in self.out_of_band:
+            reply = self.out_of_band[msg.response_id]
         if reply is None or (msg.response_id not in (None, reply.id)):
             which = f"response {msg.response_id!r}" if msg.response_id else "response"
             raise NotFoundError(f"no {which} in progress")
@@ -1105,12 +1172,30 @@ class ReplyLane:
         self.counters["responses"] += 1
         reply.task = self.session.spawn(self._respond(reply), "reply")
 
+    def _start_out_of_band(self, ref: str | None, options: ReplyOptions) -> None:
+        """A response beside the conversation: the reply in progress goes on, nothing is
+        said aloud, and its words stay out of the history (at most
+        ``assistant_max_out_of_band_replies`` at once)."""
+        limit = self.config.max_out_of_band_replies
+        if len(self.out_of_band) >= limit:
+            raise RefusedOverloaded(
+                f"response.create: {limit} out-of-band responses are in progress already "
+                "(assistant_max_out_of_band_replies)"
+            )
+        reply = Reply(new_response_id(), ref, now_ms(), out_of_band=True)
+        reply.options = options
+        history = list(options.input) if options.input is not None else None
+        reply.messages = self.messages(history, instructions=options.instructions)
+        self.out_of_band[reply.id] = reply
+        self.counters["out_of_band"] += 1
+        reply.task = self.session.spawn(self._respond(reply), "reply-out-of-band")
+
     async def _respond(self, reply: Reply) -> None:
         s = self.session
         self._emit(reply, _created(reply))
         messages = (
             list(reply.messages)
-            if reply.held
+            if reply.held or reply.out_of_band
             else self.messages(instructions=reply.options.instructions, language=reply.language)
         )
         try:
@@ -1157,6 +1242,9 @@ class ReplyLane:
                         tts.push(item)
                 reply.round_done()
                 if not gen.tool_calls:
+                    break
+                if reply.out_of_band:  # its calls are told, not answered: its one round ends
+                    self._tell_calls(reply, gen.tool_calls)
                     break
                 messages += await self._call_tools(reply, gen.tool_calls)
             if tts is not None and reply.speaker is not None:
@@ -1206,6 +1294,22 @@ class ReplyLane:
         if s.caches is not None:  # a greedy reply given before comes back at once
             return await s.caches.generate(self.llm, messages, params, session=s.id)
         return await self.llm.submit(messages, params, session=s.id)
+
+    def _tell_calls(self, reply: Reply, calls: tuple[ToolCall, ...]) -> None:
+        """An out-of-band response's calls: sent to the client, nothing awaited."""
+        for call in calls:
+            self.counters["tool_calls"] += 1
+            self.session.emit(
+                ResponseFunctionCallDone(
+                    response_id=reply.id,
+                    call_id=call.call_id,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+            )
+            reply.calls.append(
+                {"call_id": call.call_id, "name": call.name, "arguments": call.arguments}
+            )
 
     async def _call_tools(self, reply: Reply, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
         """Send each call to the client (``response.function_call.done``), wait for every
@@ -1458,6 +1562,7 @@ class ReplyLane:
             return
         if self.reply is reply:
             self.reply = None
+        self.out_of_band.pop(reply.id, None)
         played = max(time.monotonic(), reply.play_end)
         if reply.frames_sent:  # it spoke: its echo may come back after it
             self._ended_at = played
@@ -1492,6 +1597,8 @@ class ReplyLane:
         )
         # what was heard of the last round (earlier rounds are in the history with their
         # tool calls already)
+        if reply.out_of_band:  # beside the conversation: not in its history, not its turn
+            return
         heard = spoken[reply.round_start :] if len(spoken) > reply.round_start else ""
         if heard:
             self.history.append({"role": "assistant", "content": heard})
@@ -1510,6 +1617,12 @@ class ReplyLane:
     async def close(self) -> None:
         self._end_interruption()
         self._discard_speculation()
+        for other in list(self.out_of_band.values()):
+            other.finished = True
+            self._stop(other)
+            if other.task is not None:
+                other.task.cancel()
+        self.out_of_band.clear()
         reply = self.reply
         if reply is not None:
             reply.finished = True

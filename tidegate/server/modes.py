@@ -128,6 +128,7 @@ def lane_config(settings: Settings) -> LaneConfig:
             first_chunk_words=s.assistant_first_chunk_words,
             max_tools_items=s.assistant_max_tools_items,
             max_tools_bytes=s.assistant_max_tools_bytes,
+            max_out_of_band_replies=s.assistant_max_out_of_band_replies,
         ),
         vision=VisionConfig(
             interval_s=s.assistant_vision_interval_s, max_pixels=s.frame_max_pixels

@@ -680,6 +680,12 @@ class Settings:
         "(0: whole sentences from the first; docs/assistant.md).",
         default=3,
     )
+    assistant_max_out_of_band_replies: int = _doc(
+        "Out-of-band responses (the Realtime dialect's response.create with conversation "
+        "none: beside the conversation, in text) one session runs at once; more are refused "
+        "(overloaded).",
+        default=2,
+    )
     assistant_max_tools_items: int = _doc(
         "Tools (functions) a session config may declare (needs llm_runtime=providers).",
         default=32,

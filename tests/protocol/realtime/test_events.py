@@ -243,9 +243,18 @@ def test_session_fields(session: dict[str, Any], expected: dict[str, Any]) -> No
             "audio_end_ms",
         ),
         (
-            {"type": "response.create", "event_id": "e", "response": {"conversation": "none"}},
+            {"type": "response.create", "event_id": "e", "response": {"conversation": "conv_9"}},
             RealtimeCode.UNSUPPORTED_PARAMETER,
             "response.conversation",
+        ),
+        (
+            {
+                "type": "response.create",
+                "event_id": "e",
+                "response": {"conversation": "none", "input": [{"type": "item_reference"}]},
+            },
+            RealtimeCode.MISSING_PARAMETER,
+            "response.input[0].id",
         ),
         (
             {"type": "response.create", "event_id": "e", "response": {"input": []}},

@@ -293,6 +293,81 @@ def test_per_response_options_become_a_command() -> None:
     ]
 
 
+def test_an_out_of_band_response_stays_out_of_the_conversation() -> None:
+    """``conversation: "none"``: a ``CreateResponse`` beside the conversation (the pending
+    user text stays pending, the conversation's reply in progress goes on), its ``input``
+    items and references as LLM messages; its response has ``conversation_id`` null, is in
+    text, and its items join no conversation; ``response.cancel`` by its id cuts it alone.
+    ``input`` without ``conversation: "none"`` and a reference to no item are refused."""
+    t = new_translator()
+    drain(t)
+    t.to_session()
+    send(
+        t,
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "id": "u1",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "I want a refund."}],
+            },
+        },
+    )
+    send(t, {"type": "response.create"})
+    (create,) = t.to_session()
+    feed(t, ResponseCreated(response_id="r_main", ref=create.id))  # the conversation's reply
+    oob = {
+        "conversation": "none",
+        "instructions": "Classify the user's intent in one word.",
+        "metadata": {"topic": "intent"},
+        "input": [
+            {"type": "item_reference", "id": "u1"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "?"}]},
+        ],
+    }
+    assert send(t, {"type": "response.create", "event_id": "o1", "response": oob}) == []
+    (cmd,) = t.to_session()
+    assert isinstance(cmd, CreateResponse) and cmd.text is None
+    assert cmd.options["conversation"] == "none"
+    assert cmd.options["input"] == [
+        {"role": "user", "content": "I want a refund."},
+        {"role": "user", "content": "?"},
+    ]
+    events = feed(
+        t,
+        ResponseCreated(response_id="r_oob", ref=cmd.id),
+        ResponseTextDelta(response_id="r_oob", delta="refund"),
+        ResponseDone(response_id="r_oob", status="completed", text="refund"),
+    )
+    kinds = types(events)
+    assert "conversation.item.added" not in kinds and "conversation.item.done" not in kinds
+    created = events[0]["response"]
+    assert created["conversation_id"] is None and created["output_modalities"] == ["text"]
+    assert created["metadata"] == {"topic": "intent"}
+    done = events[-1]["response"]
+    assert done["output"][0]["content"] == [{"type": "output_text", "text": "refund"}]
+    assert t.conversation.get(done["output"][0]["id"]) is None
+    # the conversation's reply is still the one in progress: a second create is refused
+    (err,) = errors(send(t, {"type": "response.create", "event_id": "again"}))
+    assert err["code"] == RealtimeCode.RESPONSE_ACTIVE
+    # an out-of-band one in progress is cancelled by its id, not the conversation's
+    send(t, {"type": "response.create", "response": {"conversation": "none"}})
+    (cmd,) = t.to_session()
+    assert isinstance(cmd, CreateResponse) and "input" not in cmd.options  # the conversation
+    events = feed(t, ResponseCreated(response_id="r_oob2", ref=cmd.id))
+    send(t, {"type": "response.cancel", "response_id": events[0]["response"]["id"]})
+    (cancel,) = t.to_session()
+    assert isinstance(cancel, ResponseCancel) and cancel.response_id == "r_oob2"
+    bad = {"input": [{"type": "item_reference", "id": "u1"}]}
+    (err,) = errors(send(t, {"type": "response.create", "event_id": "b1", "response": bad}))
+    assert err["param"] == "response.input" and err["event_id"] == "b1"
+    missing = {"conversation": "none", "input": [{"type": "item_reference", "id": "nope"}]}
+    (err,) = errors(send(t, {"type": "response.create", "event_id": "b2", "response": missing}))
+    assert err["code"] == RealtimeCode.ITEM_NOT_FOUND and err["param"] == "response.input[0].id"
+    assert t.to_session() == []
+
+
 def test_a_refused_command_is_an_error_for_the_event() -> None:
     """A runtime that does not serve a command answers unsupported; the client hears it."""
     t = new_translator()

@@ -32,6 +32,7 @@ MAX_INSTRUCTIONS_CHARS = 32_768
 MAX_TOOL_JSON_CHARS = 32_768
 MAX_TOOLS_ITEMS = 32
 MAX_METADATA_ITEMS = 16
+MAX_INPUT_ITEMS = 64  # an out-of-band response's ``input`` items
 MAX_DEPTH = 16  # JSON nesting of one event (tool schemas are the deep part)
 
 SESSION_TYPES = ("realtime", "transcription")
@@ -150,6 +151,13 @@ Item = UserText | CallOutput
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ItemReference:
+    """An ``item_reference`` in a response's ``input``: an item of the conversation, by id."""
+
+    id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ItemCreate(ClientEvent):
     item: Item
     previous_item_id: str | None
@@ -176,7 +184,8 @@ class ItemRetrieve(ClientEvent):
 class ResponseCreate(ClientEvent):
     """``response.create``; ``options`` holds the per-response overrides that were given
     (instructions, output_modalities, max_output_tokens, tools, tool_choice, voice,
-    output_format, metadata, conversation)."""
+    output_format, metadata; ``conversation`` ``"none"``: out of band, with its ``input``, a
+    tuple of items and item references, when given)."""
 
     options: dict[str, Any]
 
@@ -740,6 +749,28 @@ def _item(c: _Ctx, value: Any, path: str) -> Item:
     return UserText(item_id, text)
 
 
+def _input(c: _Ctx, value: Any, path: str) -> tuple[Item | ItemReference, ...]:
+    """An out-of-band response's ``input``: user messages, function call outputs, and
+    references to items of the conversation."""
+    if type(value) is not list:
+        raise c.wrong_type(value, path, "an array")
+    if len(value) > MAX_INPUT_ITEMS:
+        raise c.fail(
+            RealtimeCode.INVALID_VALUE,
+            f"Invalid '{path}': at most {MAX_INPUT_ITEMS} items.",
+            path,
+        )
+    out: list[Item | ItemReference] = []
+    for i, raw in enumerate(value):
+        p = f"{path}[{i}]"
+        if type(raw) is dict and raw.get("type") == "item_reference":
+            d = c.obj(raw, p, frozenset({"type", "id"}))
+            out.append(ItemReference(c.ident(c.need(d, "id", p), p + ".id")))
+        else:
+            out.append(_item(c, raw, p))
+    return tuple(out)
+
+
 def _item_create(c: _Ctx, d: dict[str, Any]) -> ItemCreate:
     c.obj(d, "event", frozenset({"type", "event_id", "item", "previous_item_id"}))
     prev = (
@@ -792,14 +823,21 @@ def _response_create(c: _Ctx, d: dict[str, Any]) -> ResponseCreate:
     if d.get("response") is None:
         return ResponseCreate(c.event_id, options)
     r = c.obj(d["response"], "response", _RESPONSE_KEYS, frozenset({"prompt", "reasoning"}))
-    if r.get("input") is not None:
-        raise c.unsupported("response.input", "a response answers the conversation")
     if r.get("conversation") is not None:
         conv = c.text(r["conversation"], "response.conversation", 128)
-        if conv != "auto":
+        if conv not in ("auto", "none"):
             raise c.unsupported(
-                "response.conversation", "only 'auto' (out-of-band responses are not served)"
+                "response.conversation", "'auto' or 'none' (conversations are not named here)"
             )
+        if conv == "none":
+            options["conversation"] = "none"
+    if r.get("input") is not None:
+        if options.get("conversation") != "none":
+            raise c.unsupported(
+                "response.input",
+                "an input of its own is for an out-of-band response (conversation: none)",
+            )
+        options["input"] = _input(c, r["input"], "response.input")
     if "instructions" in r:
         options["instructions"] = c.text(
             r["instructions"], "response.instructions", MAX_INSTRUCTIONS_CHARS

@@ -123,6 +123,7 @@ class _Response:
     done: bool = False
     last_ts: float = -1.0  # the newest output.audio ts forwarded (frames sent again: dropped)
     usage: Usage | None = None  # tidegate's, on the response that ends the reply
+    oob: bool = False  # out of band (conversation none): its items join no conversation
 
 
 @dataclasses.dataclass(slots=True)
@@ -140,6 +141,7 @@ class _Reply:
     #: the Realtime response whose ``output_audio_buffer.started`` announced the reply's
     #: audio on a call's track (its ``stopped`` or ``cleared`` names it too)
     audio_response: str | None = None
+    oob: bool = False  # an out-of-band response (conversation none)
 
 
 class RealtimeTranslator:
@@ -573,8 +575,10 @@ class RealtimeTranslator:
         self._emit("conversation.item.retrieved", item=item.to_wire())
 
     def _active_reply(self) -> _Reply | None:
+        """The reply of the default conversation in progress (out-of-band ones aside)."""
         for reply in self._replies.values():
-            return reply
+            if not reply.oob:
+                return reply
         return None
 
     def _on_response_create(self, e: ev.ResponseCreate, now_ms: float) -> None:
@@ -584,6 +588,9 @@ class RealtimeTranslator:
                 "A transcription session makes no responses.",
                 event_id=e.event_id,
             )
+        if e.options.get("conversation") == "none":
+            self._out_of_band(e)
+            return
         reply = self._active_reply()
         if reply is not None:
             if reply.claimable:
@@ -616,12 +623,61 @@ class RealtimeTranslator:
         else:
             self._send(ResponseCreate(text=text, id=mid), e.event_id)
 
+    def _out_of_band(self, e: ev.ResponseCreate) -> None:
+        """``conversation: "none"``: a response beside the conversation (it may run while
+        the conversation's does), over its ``input`` (items and references to the
+        conversation's, as LLM messages) or, without one, the conversation as it is; its
+        output joins no conversation. The pending user text stays pending."""
+        options = dict(e.options)
+        runtime = _runtime_options(options)
+        runtime["conversation"] = "none"
+        if "input" in options:
+            runtime["input"] = [
+                self._input_message(x, i, e.event_id) for i, x in enumerate(options["input"])
+            ]
+        mid = self._msg_id()
+        self._create_options[mid] = options
+        while len(self._create_options) > MAX_PENDING_REFS:
+            self._create_options.pop(next(iter(self._create_options)))
+        self._send(CreateResponse(id=mid, text=None, options=runtime), e.event_id)
+
+    def _input_message(
+        self, x: ev.Item | ev.ItemReference, i: int, event_id: str | None
+    ) -> dict[str, Any]:
+        """One item of an out-of-band response's ``input`` as an LLM message."""
+        if isinstance(x, ev.UserText):
+            return {"role": "user", "content": x.text}
+        if isinstance(x, ev.CallOutput):
+            return {"role": "tool", "tool_call_id": x.call_id, "content": x.output}
+        item = self.conversation.get(x.id)
+        if item is None:
+            raise RealtimeError(
+                RealtimeCode.ITEM_NOT_FOUND,
+                f"Item with id '{x.id}' not found in the conversation.",
+                param=f"response.input[{i}].id",
+                event_id=event_id,
+            )
+        if item.kind == "function_call":
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.text},
+            }
+            return {"role": "assistant", "content": "", "tool_calls": [call]}
+        if item.kind == "function_call_output":
+            return {"role": "tool", "tool_call_id": item.call_id, "content": item.output}
+        role = "assistant" if item.kind == "assistant" else "user"
+        return {"role": role, "content": item.text}
+
     def _on_response_cancel(self, e: ev.ResponseCancel, now_ms: float) -> None:
-        reply = self._active_reply()
-        if reply is None or (
-            e.response_id is not None
-            and (reply.current is None or reply.current.id != e.response_id)
-        ):
+        if e.response_id is not None:  # any response in progress, out-of-band ones too
+            named = [
+                r for r in self._replies.values() if r.current and r.current.id == e.response_id
+            ]
+            reply = named[0] if named else None
+        else:
+            reply = self._active_reply()
+        if reply is None:
             raise RealtimeError(
                 RealtimeCode.RESPONSE_NOT_ACTIVE,
                 "Cancellation failed: no active response found"
@@ -907,7 +963,7 @@ class RealtimeTranslator:
 
     def _on_response_created(self, msg: ResponseCreated, now_ms: float) -> None:
         options = self._create_options.pop(msg.ref, {}) if msg.ref else {}
-        reply = _Reply(msg.response_id, options)
+        reply = _Reply(msg.response_id, options, oob=options.get("conversation") == "none")
         self._replies[msg.response_id] = reply
         while len(self._replies) > MAX_REPLIES:
             self._replies.pop(next(iter(self._replies)))
@@ -919,11 +975,15 @@ class RealtimeTranslator:
         response = _Response(
             id=self._new_id("resp"),
             tid=reply.tid,
-            modalities=o.get("output_modalities", cfg.output_modalities),
+            # out of band: in text (tidegate says nothing aloud beside the conversation)
+            modalities=("text",)
+            if reply.oob
+            else o.get("output_modalities", cfg.output_modalities),
             output_format=o.get("output_format", cfg.output_format),
             voice=o.get("voice", cfg.voice),
             max_output_tokens=o.get("max_output_tokens", cfg.max_output_tokens),
             metadata=o.get("metadata"),
+            oob=reply.oob,
         )
         reply.current = response
         self._emit("response.created", response=self._response_wire(response, "in_progress"))
@@ -938,7 +998,7 @@ class RealtimeTranslator:
             "status": status,
             "status_details": details,
             "output": [i.to_wire() for i in r.output],
-            "conversation_id": "conv_1",
+            "conversation_id": None if r.oob else "conv_1",
             "output_modalities": list(r.modalities),
             "audio": {"output": {"format": r.output_format.to_wire(), "voice": r.voice}},
             "max_output_tokens": r.max_output_tokens,
@@ -984,14 +1044,15 @@ class RealtimeTranslator:
 
     def _add_output(self, r: _Response, item: ItemRecord) -> None:
         r.output.append(item)
-        previous = self.conversation.add(item)
         self._emit(
             "response.output_item.added",
             response_id=r.id,
             output_index=len(r.output) - 1,
             item=item.to_wire(),
         )
-        self._emit("conversation.item.added", previous_item_id=previous, item=item.to_wire())
+        if not r.oob:  # an out-of-band response's items join no conversation
+            previous = self.conversation.add(item)
+            self._emit("conversation.item.added", previous_item_id=previous, item=item.to_wire())
 
     def _where(self, r: _Response, item: ItemRecord) -> dict[str, Any]:
         return {"response_id": r.id, "item_id": item.id, "output_index": r.output.index(item)}
@@ -1084,7 +1145,8 @@ class RealtimeTranslator:
             output_index=where["output_index"],
             item=item.to_wire(),
         )
-        self._emit("conversation.item.done", item=item.to_wire())
+        if not r.oob:
+            self._emit("conversation.item.done", item=item.to_wire())
 
     def _on_call_delta(self, msg: ResponseFunctionCallDelta, now_ms: float) -> None:
         r = self._current(msg.response_id)
@@ -1140,10 +1202,11 @@ class RealtimeTranslator:
             output_index=where["output_index"],
             item=item.to_wire(),
         )
-        self._emit("conversation.item.done", item=item.to_wire())
         reply = self._replies[msg.response_id]
-        reply.waiting_calls.add(msg.call_id)
-        self._calls[msg.call_id] = msg.response_id
+        if not r.oob:  # an out-of-band response's calls are reported, not answered
+            self._emit("conversation.item.done", item=item.to_wire())
+            reply.waiting_calls.add(msg.call_id)
+            self._calls[msg.call_id] = msg.response_id
         # The round ends the Realtime response: clients answer the calls after response.done.
         self._close_response(reply, r, "completed", None)
 
