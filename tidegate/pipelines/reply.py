@@ -1244,7 +1244,11 @@ class ReplyLane:
                 if not gen.tool_calls:
                     break
                 if reply.out_of_band:  # its calls are told, not answered: its one round ends
-                    self._tell_calls(reply, gen.tool_calls)
+                    self._send_calls(reply, gen.tool_calls)
+                    reply.calls.extend(
+                        {"call_id": c.call_id, "name": c.name, "arguments": c.arguments}
+                        for c in gen.tool_calls
+                    )
                     break
                 messages += await self._call_tools(reply, gen.tool_calls)
             if tts is not None and reply.speaker is not None:
@@ -1295,8 +1299,8 @@ class ReplyLane:
             return await s.caches.generate(self.llm, messages, params, session=s.id)
         return await self.llm.submit(messages, params, session=s.id)
 
-    def _tell_calls(self, reply: Reply, calls: tuple[ToolCall, ...]) -> None:
-        """An out-of-band response's calls: sent to the client, nothing awaited."""
+    def _send_calls(self, reply: Reply, calls: tuple[ToolCall, ...]) -> None:
+        """Each call to the client (``response.function_call.done``)."""
         for call in calls:
             self.counters["tool_calls"] += 1
             self.session.emit(
@@ -1307,15 +1311,11 @@ class ReplyLane:
                     arguments=call.arguments,
                 )
             )
-            reply.calls.append(
-                {"call_id": call.call_id, "name": call.name, "arguments": call.arguments}
-            )
 
     async def _call_tools(self, reply: Reply, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
         """Send each call to the client (``response.function_call.done``), wait for every
         ``function_call.output`` (at most ``assistant_tool_timeout_s``); the messages that
         carry the calls and their outputs to the next round (also kept in the history)."""
-        s = self.session
         limit = self.config.max_tool_calls_items
         reply.calls_made += len(calls)
         if reply.calls_made > limit:
@@ -1326,15 +1326,7 @@ class ReplyLane:
         loop = asyncio.get_running_loop()
         for call in calls:
             reply.pending[call.call_id] = loop.create_future()
-            self.counters["tool_calls"] += 1
-            s.emit(
-                ResponseFunctionCallDone(
-                    response_id=reply.id,
-                    call_id=call.call_id,
-                    name=call.name,
-                    arguments=call.arguments,
-                )
-            )
+        self._send_calls(reply, calls)
         timeout_s = self.config.tool_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
