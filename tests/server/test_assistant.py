@@ -275,10 +275,12 @@ async def test_a_silent_user_is_prompted_after_the_idle_timeout(
     first_idle = c.events.index(idle[0])
     spoken = [e for e, _ in c.events[:first_idle] if isinstance(e, AsrFinal) and e.text]
     assert spoken and "capital" in " ".join(f.text for f in spoken).lower()
+    order = [e for e, _ in c.events]
     for k, (end, at) in enumerate(idle):
         assert end.audio_ms is None
         assert at - done_at[k + 1] >= timeout_s * 0.95
-        assert created[k + 2].response_id not in {d.response_id for d in c.done()[: k + 2]}
+        prompt = created[k + 2]  # its reply comes after it
+        assert order.index(end) < order.index(prompt) < order.index(c.done()[k + 2])
     assert idle[-1][1] < done_at[-1]  # the last prompt's reply came; nothing after it
 
 

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 import websockets
 from openai import AsyncOpenAI
-from openai.types.realtime import RealtimeServerEvent
+from openai.types.realtime import RealtimeConversationItemUserMessageParam, RealtimeServerEvent
 from websockets.typing import Subprotocol
 
 from tests.engines.asr_audio import BECKETT, read_wav
@@ -150,6 +150,11 @@ async def session(
     return events
 
 
+def user_text(text: str) -> RealtimeConversationItemUserMessageParam:
+    """A user message item of ``text``, as conversation.item.create takes it."""
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
 def no_errors(events: Events) -> None:
     assert not events.of("error"), events.of("error")
 
@@ -159,13 +164,7 @@ async def test_text_turn_with_the_sdk(live: LiveServer) -> None:
     deltas of 24 kHz PCM) and response.done completed; session.created names the model."""
 
     async def body(connection: Any, events: Events) -> None:
-        await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Say hello."}],
-            }
-        )
+        await connection.conversation.item.create(item=user_text("Say hello."))
         await connection.response.create()
         await events.until(lambda: events.of("response.done"))
 
@@ -454,11 +453,7 @@ async def test_barge_in_and_truncate(live: LiveServer, question: bytes) -> None:
 
     async def body(connection: Any, events: Events) -> None:
         await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a long story about a cat."}],
-            }
+            item=user_text("Tell me a long story about a cat.")
         )
         await connection.response.create()
         await events.until(lambda: events.of("response.output_audio.delta"))
@@ -497,11 +492,7 @@ async def test_an_out_of_band_response_runs_beside_the_conversation(live: LiveSe
 
     async def body(connection: Any, events: Events) -> None:
         await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "Tell me a short story about a cat."}],
-            }
+            item=user_text("Tell me a short story about a cat.")
         )
         await events.until(lambda: events.of("conversation.item.added"), 30)
         user_item = events.of("conversation.item.added")[0]["item"]["id"]
@@ -841,13 +832,7 @@ async def test_webrtc_calls_reply_is_cut_by_output_audio_buffer_clear(live: Live
         call.send(
             {
                 "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [
-                        {"type": "input_text", "text": "Tell me a long story about a cat."}
-                    ],
-                },
+                "item": user_text("Tell me a long story about a cat."),
             }
         )
         call.send({"type": "response.create"})
@@ -919,13 +904,7 @@ async def test_a_server_steers_a_call_through_its_sideband(live: LiveServer) -> 
                 )
                 await events.until(lambda: events.of("session.updated"), 30)
                 await sideband.conversation.item.create(
-                    item={
-                        "type": "message",
-                        "role": "user",
-                        "content": [
-                            {"type": "input_text", "text": "What is the capital of France?"}
-                        ],
-                    }
+                    item=user_text("What is the capital of France?")
                 )
                 await sideband.response.create()
                 await events.until(lambda: events.of("response.done"))
@@ -945,11 +924,7 @@ async def test_a_server_steers_a_call_through_its_sideband(live: LiveServer) -> 
         call.send(
             {
                 "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "And of Italy?"}],
-                },
+                "item": user_text("And of Italy?"),
             }
         )
         call.send({"type": "response.create", "event_id": "after"})

@@ -17,7 +17,7 @@ from tests.support import wait_ready
 from tidegate.bench.llama_server import LlamaServer
 
 from .conftest import LiveServer, make_settings, run_server
-from .test_realtime import Events, no_errors, session
+from .test_realtime import Events, no_errors, session, user_text
 from .test_realtime import prepared as prepared  # a fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -73,13 +73,7 @@ async def test_function_call_round_trip(live: LiveServer) -> None:
             }
         )
         await events.until(lambda: events.of("session.updated") or events.of("error"), 30)
-        await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
-            }
-        )
+        await connection.conversation.item.create(item=user_text("What is the weather in Paris?"))
         await connection.response.create()
         await events.until(lambda: events.of("response.done"))
         (call,) = events.of("response.function_call_arguments.done")
@@ -121,13 +115,7 @@ async def test_a_response_brings_its_own_tools(live: LiveServer) -> None:
             response={"tools": [TOOL], "tool_choice": {"type": "function", "name": "get_time"}}
         )
         await events.until(lambda: events.of("error"), 30)
-        await connection.conversation.item.create(
-            item={
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
-            }
-        )
+        await connection.conversation.item.create(item=user_text("What is the weather in Paris?"))
         await connection.response.create(
             response={
                 "tools": [TOOL],

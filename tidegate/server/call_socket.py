@@ -74,7 +74,9 @@ class CallSocket:
         self.closed = False
         self.sidebands: list[Sideband] = []
         self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue(INBOX_FRAMES)
-        self._pump = asyncio.get_running_loop().create_task(self._pump_channel())
+        self._pump = asyncio.get_running_loop().create_task(
+            self._pump_channel(), name="realtime-call-events"
+        )
 
     async def _pump_channel(self) -> None:
         while (message := await self.channel.receive()) is not None:
@@ -106,6 +108,7 @@ class CallSocket:
             self._pump.cancel()
             for sideband in self.sidebands:
                 sideband.end(CloseCode.NORMAL, "the call ended")
+            await asyncio.gather(self._pump, return_exceptions=True)
 
     async def attach(self, sideband: Sideband) -> None:
         """Serve ``sideband`` until it or the call ends: the session as it is now first,
@@ -154,16 +157,14 @@ class Sideband:
         self._done.set()
 
     async def run(self, inbox: asyncio.Queue[str | bytes | None]) -> None:
-        tasks = [
-            asyncio.create_task(self._write()),
-            asyncio.create_task(self._read(inbox)),
-        ]
+        writer = asyncio.create_task(self._write(), name="realtime-sideband-writer")
+        reader = asyncio.create_task(self._read(inbox), name="realtime-sideband-reader")
         try:
             await self._done.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:  # both are this call's: ended here, whatever ended the sideband
+            writer.cancel()
+            reader.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
             with contextlib.suppress(Disconnected, TimeoutError):
                 async with asyncio.timeout(self.close_timeout_s):
                     await self.ws.close(self.close_code or CloseCode.NORMAL, self.close_reason)
